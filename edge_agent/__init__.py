@@ -1,0 +1,1 @@
+"""The edge agent: a small MQTT + ONNX Runtime daemon for devices. Never imports mesh."""

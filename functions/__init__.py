@@ -1,0 +1,1 @@
+"""The traffic function library, written with the mesh decorators."""

@@ -1,0 +1,99 @@
+"""fogmesh: a serverless function mesh across cloud, fog and edge.
+
+Register functions and modules on an app with decorators, then run them on a
+tier-labelled Ray cluster through a :class:`Runner`::
+
+    from mesh import Mesh, Resources
+
+    app = Mesh("traffic")
+
+    @app.function(tier="fog", resources=Resources(cpus=0.5), timeout_s=30)
+    def count(site: str) -> int: ...
+
+``import mesh`` never imports Ray: the Ray backend loads when first used.
+"""
+
+from ._app import Mesh, RegisteredFunction, RegisteredModule
+from ._backend import (
+    SITE_LABEL,
+    TIER_LABEL,
+    BatchResult,
+    Call,
+    CallResult,
+    ComputeBackend,
+    NodeInfo,
+    TuneResult,
+    check_satisfiable,
+)
+from ._errors import (
+    BackendError,
+    CancelledError,
+    ClusterNotRunningError,
+    ConfigError,
+    FunctionTimeoutError,
+    InvalidArgumentsError,
+    InvocationError,
+    MeshError,
+    RemoteFunctionError,
+    SpecError,
+    StoreError,
+    UnknownFunctionError,
+    UnsatisfiableError,
+)
+from ._settings import MeshSettings
+from ._specs import (
+    COMPUTE_TIERS,
+    TIERS,
+    BatchSpec,
+    Domain,
+    FunctionKind,
+    FunctionSpec,
+    ModuleSpec,
+    QoS,
+    Resources,
+    StreamSpec,
+    TuneSpec,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMPUTE_TIERS",
+    "SITE_LABEL",
+    "TIER_LABEL",
+    "TIERS",
+    "BackendError",
+    "BatchResult",
+    "BatchSpec",
+    "Call",
+    "CallResult",
+    "CancelledError",
+    "ClusterNotRunningError",
+    "ComputeBackend",
+    "ConfigError",
+    "Domain",
+    "FunctionKind",
+    "FunctionSpec",
+    "FunctionTimeoutError",
+    "InvalidArgumentsError",
+    "InvocationError",
+    "Mesh",
+    "MeshError",
+    "MeshSettings",
+    "ModuleSpec",
+    "NodeInfo",
+    "QoS",
+    "RegisteredFunction",
+    "RegisteredModule",
+    "RemoteFunctionError",
+    "Resources",
+    "SpecError",
+    "StoreError",
+    "StreamSpec",
+    "TuneResult",
+    "TuneSpec",
+    "UnknownFunctionError",
+    "UnsatisfiableError",
+    "__version__",
+    "check_satisfiable",
+]

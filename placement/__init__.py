@@ -1,0 +1,1 @@
+"""Pure placement engine (filled in by the placement issue)."""
