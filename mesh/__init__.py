@@ -40,6 +40,9 @@ from ._errors import (
     UnknownFunctionError,
     UnsatisfiableError,
 )
+from ._loader import load_apps
+from ._report import report
+from ._runner import Run, Runner
 from ._settings import MeshSettings
 from ._specs import (
     COMPUTE_TIERS,
@@ -54,14 +57,16 @@ from ._specs import (
     StreamSpec,
     TuneSpec,
 )
+from ._store import Deployment, RunRecord, RunStatus, SQLiteStore, Store
+from ._streams import LocalBus, MessageBus, StreamWorker, WindowOutcome, topic_matches
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COMPUTE_TIERS",
     "SITE_LABEL",
-    "TIER_LABEL",
     "TIERS",
+    "TIER_LABEL",
     "BackendError",
     "BatchResult",
     "BatchSpec",
@@ -71,15 +76,18 @@ __all__ = [
     "ClusterNotRunningError",
     "ComputeBackend",
     "ConfigError",
+    "Deployment",
     "Domain",
     "FunctionKind",
     "FunctionSpec",
     "FunctionTimeoutError",
     "InvalidArgumentsError",
     "InvocationError",
+    "LocalBus",
     "Mesh",
     "MeshError",
     "MeshSettings",
+    "MessageBus",
     "ModuleSpec",
     "NodeInfo",
     "QoS",
@@ -87,13 +95,24 @@ __all__ = [
     "RegisteredModule",
     "RemoteFunctionError",
     "Resources",
+    "Run",
+    "RunRecord",
+    "RunStatus",
+    "Runner",
+    "SQLiteStore",
     "SpecError",
+    "Store",
     "StoreError",
     "StreamSpec",
+    "StreamWorker",
     "TuneResult",
     "TuneSpec",
     "UnknownFunctionError",
     "UnsatisfiableError",
+    "WindowOutcome",
     "__version__",
     "check_satisfiable",
+    "load_apps",
+    "report",
+    "topic_matches",
 ]

@@ -8,7 +8,7 @@ locally. Running happens through a :class:`mesh.Runner`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -18,7 +18,6 @@ from ._errors import InvalidArgumentsError, SpecError, UnknownFunctionError
 from ._specs import (
     BatchSpec,
     Domain,
-    FunctionKind,
     FunctionSpec,
     ModuleSpec,
     QoS,
@@ -49,7 +48,7 @@ class RegisteredFunction:
     @property
     def signature(self) -> inspect.Signature:
         """The function's Python signature."""
-        return inspect.signature(self.fn)
+        return _signature(self.fn)
 
     def bind(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Check and convert keyword arguments against the signature.
@@ -72,9 +71,14 @@ class RegisteredModule:
     app: str
 
 
-def bind_arguments(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``kwargs`` against ``fn``'s signature; see :meth:`RegisteredFunction.bind`."""
-    signature = inspect.signature(fn)
+def bind_arguments(
+    name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], *, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """Validate ``kwargs`` against ``fn``'s signature; see :meth:`RegisteredFunction.bind`.
+
+    Parameters named in ``skip`` are supplied by the mesh, not the caller.
+    """
+    signature = _signature(fn)
     try:
         hints = _type_hints(fn)
     except Exception:  # unresolvable forward references: validate presence only
@@ -83,7 +87,7 @@ def bind_arguments(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any])
     bound: dict[str, Any] = {}
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     for param in signature.parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name in skip:
             continue
         if param.kind is param.POSITIONAL_ONLY:
             problems.append(f"{param.name} is positional-only; the mesh passes keywords")
@@ -105,15 +109,26 @@ def bind_arguments(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any])
             except Exception:  # an annotation pydantic cannot build a validator for
                 pass
         bound[param.name] = value
-    unknown = [key for key in kwargs if key not in signature.parameters]
+    unknown = [key for key in kwargs if key not in signature.parameters or key in skip]
     if unknown and not accepts_any:
         known = ", ".join(signature.parameters) or "none"
-        problems.append(f"unexpected argument(s) {', '.join(map(repr, unknown))} (accepted: {known})")
+        problems.append(
+            f"unexpected argument(s) {', '.join(map(repr, unknown))} (accepted: {known})"
+        )
     elif unknown:
         bound.update({key: kwargs[key] for key in unknown})
     if problems:
         raise InvalidArgumentsError(name, problems, str(signature))
     return bound
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(
+            fn, eval_str=True
+        )  # readable under `from __future__ import annotations`
+    except Exception:
+        return inspect.signature(fn)
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -159,7 +174,9 @@ class Mesh:
         self._modules: dict[str, RegisteredModule] = {}
 
     def __repr__(self) -> str:
-        return f"Mesh({self.name!r}, functions={len(self._functions)}, modules={len(self._modules)})"
+        return (
+            f"Mesh({self.name!r}, functions={len(self._functions)}, modules={len(self._modules)})"
+        )
 
     @property
     def functions(self) -> Mapping[str, RegisteredFunction]:
@@ -256,8 +273,14 @@ class Mesh:
         """
         if _fn is not None:
             raise _no_parentheses("function")
-        options = dict(name=name, tier=tier, site=site, resources=resources, retries=retries,
-                       timeout_s=timeout_s)
+        options = dict(
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
+        )
 
         def register(fn: F) -> F:
             self.add_function(fn, **options)  # type: ignore[arg-type]
@@ -278,8 +301,15 @@ class Mesh:
     ) -> RegisteredFunction:
         """Register ``fn`` without decorator syntax; see :meth:`function`."""
         return self._register(
-            FunctionSpec, fn, "function", name=name, tier=tier, site=site,
-            resources=resources, retries=retries, timeout_s=timeout_s,
+            FunctionSpec,
+            fn,
+            "function",
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
         )
 
     @overload
@@ -342,10 +372,21 @@ class Mesh:
             raise SpecError(
                 "@app.tune needs metric= and mode=, e.g. @app.tune(metric='val_mae', mode='min')"
             )
-        options = dict(metric=metric, mode=mode, search_space=search_space,
-                       num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
-                       scheduler=scheduler, max_iterations=max_iterations, name=name, tier=tier,
-                       site=site, resources=resources, retries=retries, timeout_s=timeout_s)
+        options = dict(
+            metric=metric,
+            mode=mode,
+            search_space=search_space,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent_trials,
+            scheduler=scheduler,
+            max_iterations=max_iterations,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
+        )
 
         def register(fn: F) -> F:
             self.add_tune(fn, **options)  # type: ignore[arg-type]
@@ -373,8 +414,11 @@ class Mesh:
     ) -> RegisteredFunction:
         """Register a tune trainable without decorator syntax; see :meth:`tune`."""
         _check_callable(fn, "tune")
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
         if len(params) != 1:
             raise SpecError(
                 f"@app.tune function {getattr(fn, '__name__', fn)!r} must take exactly one "
@@ -382,11 +426,22 @@ class Mesh:
                 f"(config: dict) -> None); it takes {len(params)}"
             )
         return self._register(
-            TuneSpec, fn, "tune", metric=metric, mode=mode,
-            search_space=dict(search_space or {}), num_samples=num_samples,
-            max_concurrent_trials=max_concurrent_trials, scheduler=scheduler,
-            max_iterations=max_iterations, name=name, tier=tier, site=site,
-            resources=resources, retries=retries, timeout_s=timeout_s,
+            TuneSpec,
+            fn,
+            "tune",
+            metric=metric,
+            mode=mode,
+            search_space=dict(search_space or {}),
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent_trials,
+            scheduler=scheduler,
+            max_iterations=max_iterations,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
         )
 
     @overload
@@ -434,8 +489,16 @@ class Mesh:
         """
         if _fn is not None:
             raise _no_parentheses("batch")
-        options = dict(schedule=schedule, input_format=input_format, name=name, tier=tier,
-                       site=site, resources=resources, retries=retries, timeout_s=timeout_s)
+        options = dict(
+            schedule=schedule,
+            input_format=input_format,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
+        )
 
         def register(fn: F) -> F:
             self.add_batch(fn, **options)  # type: ignore[arg-type]
@@ -459,8 +522,17 @@ class Mesh:
         """Register a batch function without decorator syntax; see :meth:`batch`."""
         _require_one_argument(fn, "batch", "(events: Dataset) -> Dataset")
         return self._register(
-            BatchSpec, fn, "batch", schedule=schedule, input_format=input_format, name=name,
-            tier=tier, site=site, resources=resources, retries=retries, timeout_s=timeout_s,
+            BatchSpec,
+            fn,
+            "batch",
+            schedule=schedule,
+            input_format=input_format,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
         )
 
     @overload
@@ -512,9 +584,17 @@ class Mesh:
             raise _no_parentheses("stream")
         if topic is None:
             raise SpecError("@app.stream needs topic=, e.g. @app.stream(topic='traffic/+/counts')")
-        options = dict(topic=topic, window_s=window_s, output_topic=output_topic, name=name,
-                       tier=tier, site=site, resources=resources, retries=retries,
-                       timeout_s=timeout_s)
+        options = dict(
+            topic=topic,
+            window_s=window_s,
+            output_topic=output_topic,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
+            timeout_s=timeout_s,
+        )
 
         def register(fn: F) -> F:
             self.add_stream(fn, **options)  # type: ignore[arg-type]
@@ -539,8 +619,17 @@ class Mesh:
         """Register a stream function without decorator syntax; see :meth:`stream`."""
         _require_one_argument(fn, "stream", "(window: list[dict]) -> list[dict]")
         return self._register(
-            StreamSpec, fn, "stream", topic=topic, window_s=window_s, output_topic=output_topic,
-            name=name, tier=tier, site=site, resources=resources, retries=retries,
+            StreamSpec,
+            fn,
+            "stream",
+            topic=topic,
+            window_s=window_s,
+            output_topic=output_topic,
+            name=name,
+            tier=tier,
+            site=site,
+            resources=resources,
+            retries=retries,
             timeout_s=timeout_s,
         )
 
@@ -595,9 +684,16 @@ class Mesh:
                 "@app.module needs model= and qos=, e.g. "
                 "@app.module(model='vehicle-counter', qos=QoS(p95_latency_ms=20))"
             )
-        options = dict(model=model, qos=qos, tiers=tiers, name=name, resources=resources,
-                       min_replicas=min_replicas, max_replicas=max_replicas,
-                       target_in_flight=target_in_flight)
+        options = dict(
+            model=model,
+            qos=qos,
+            tiers=tiers,
+            name=name,
+            resources=resources,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_in_flight=target_in_flight,
+        )
 
         def register(cls: C) -> C:
             self.add_module(cls, **options)  # type: ignore[arg-type]
@@ -627,11 +723,22 @@ class Mesh:
             )
         module_name = name or cls.__name__
         if module_name in self._modules:
-            raise SpecError(f"a module named {module_name!r} is already registered on {self.name!r}")
-        spec = _build(ModuleSpec, module_name, name=module_name, model=model, qos=qos,
-                      tiers=tuple(tiers), resources=resources or Resources(),
-                      min_replicas=min_replicas, max_replicas=max_replicas,
-                      target_in_flight=target_in_flight, description=_first_doc_line(cls))
+            raise SpecError(
+                f"a module named {module_name!r} is already registered on {self.name!r}"
+            )
+        spec = _build(
+            ModuleSpec,
+            module_name,
+            name=module_name,
+            model=model,
+            qos=qos,
+            tiers=tuple(tiers),
+            resources=resources or Resources(),
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_in_flight=target_in_flight,
+            description=_first_doc_line(cls),
+        )
         registered = RegisteredModule(spec=spec, cls=cls, app=self.name)
         self._modules[module_name] = registered
         return registered
@@ -639,7 +746,10 @@ class Mesh:
     # -- shared --
 
     def _register(
-        self, spec_type: type[FunctionSpec], fn: Callable[..., Any], decorator: str,
+        self,
+        spec_type: type[FunctionSpec],
+        fn: Callable[..., Any],
+        decorator: str,
         **options: Any,
     ) -> RegisteredFunction:
         _check_callable(fn, decorator)
@@ -659,7 +769,7 @@ class Mesh:
 
 def _domain(kind: str, **values: Any) -> Domain:
     try:
-        return Domain(kind=kind, **values)  # type: ignore[arg-type]
+        return Domain(kind=kind, **values)
     except ValidationError as exc:
         raise SpecError(_format_validation(f"search space {kind}()", exc)) from None
 
@@ -710,8 +820,11 @@ def _check_callable(fn: Any, decorator: str) -> None:
 
 def _require_one_argument(fn: Callable[..., Any], decorator: str, shape: str) -> None:
     _check_callable(fn, decorator)
-    params = [p for p in inspect.signature(fn).parameters.values()
-              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     required = [p for p in params if p.default is p.empty]
     if len(required) != 1:
         raise SpecError(

@@ -15,8 +15,8 @@ from ._errors import UnsatisfiableError
 from ._specs import FunctionSpec
 
 __all__ = [
-    "TIER_LABEL",
     "SITE_LABEL",
+    "TIER_LABEL",
     "BatchResult",
     "Call",
     "CallResult",
@@ -150,19 +150,28 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
     """
     live = [n for n in nodes if n.alive]
     offer: list[Mapping[str, object]] = [
-        {"node": n.node_id[:8], "tier": n.tier or "-", **({"site": n.site} if n.site else {}),
-         **{k: v for k, v in n.resources_total.items() if k in ("CPU", "GPU")}}
+        {
+            "node": n.node_id[:8],
+            "tier": n.tier or "-",
+            **({"site": n.site} if n.site else {}),
+            **{k: v for k, v in n.resources_total.items() if k in ("CPU", "GPU")},
+        }
         for n in live
     ]
     tiered = [n for n in live if n.tier == spec.tier]
     if not tiered:
-        raise UnsatisfiableError(spec.name, _requested(spec), offer,
-                                 f"no live node has tier {spec.tier!r}")
+        raise UnsatisfiableError(
+            spec.name, _requested(spec), offer, f"no live node has tier {spec.tier!r}"
+        )
     if spec.site:
         tiered = [n for n in tiered if n.site == spec.site]
         if not tiered:
-            raise UnsatisfiableError(spec.name, _requested(spec), offer,
-                                     f"no live {spec.tier} node has site {spec.site!r}")
+            raise UnsatisfiableError(
+                spec.name,
+                _requested(spec),
+                offer,
+                f"no live {spec.tier} node has site {spec.site!r}",
+            )
     needs: dict[str, float] = {"CPU": spec.resources.cpus, **spec.resources.custom}
     if spec.resources.gpus:
         needs["GPU"] = spec.resources.gpus
@@ -175,6 +184,8 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
             return node
         short.extend(f"{k} {node.resources_total.get(k, 0.0):g} < {needs[k]:g}" for k in lacking)
     raise UnsatisfiableError(
-        spec.name, _requested(spec), offer,
+        spec.name,
+        _requested(spec),
+        offer,
         f"no {spec.tier} node has the resources asked for ({'; '.join(sorted(set(short)))})",
     )

@@ -105,9 +105,10 @@ class UnsatisfiableError(MeshError):
         self.function = function
         self.requested = dict(requested)
         self.available = available
-        offer = "; ".join(
-            ", ".join(f"{k}={v}" for k, v in node.items()) for node in available
-        ) or "no live nodes"
+        offer = (
+            "; ".join(", ".join(f"{k}={v}" for k, v in node.items()) for node in available)
+            or "no live nodes"
+        )
         super().__init__(f"cannot run {function}: {reason} (nodes: {offer})")
 
 

@@ -8,7 +8,7 @@ has a unit in its name where it has a unit.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,7 +40,7 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
-class FunctionKind(str, Enum):
+class FunctionKind(StrEnum):
     """What a registered function is run as."""
 
     FUNCTION = "function"
@@ -59,9 +59,13 @@ class Resources(_Spec):
         Resources(cpus=0.5, gpus=0.0, memory_mb=None, custom={})
     """
 
-    cpus: float = Field(0.25, gt=0, le=512, description="CPU cores reserved (fractional allowed, > 0).")
+    cpus: float = Field(
+        0.25, gt=0, le=512, description="CPU cores reserved (fractional allowed, > 0)."
+    )
     gpus: float = Field(0.0, ge=0, le=64, description="GPUs reserved (fractional allowed).")
-    memory_mb: int | None = Field(None, gt=0, description="Memory reserved in MiB; None = not reserved.")
+    memory_mb: int | None = Field(
+        None, gt=0, description="Memory reserved in MiB; None = not reserved."
+    )
     custom: dict[str, float] = Field(
         default_factory=dict, description="Extra Ray custom resources, name -> amount."
     )
@@ -75,7 +79,9 @@ class QoS(_Spec):
         QoS(p95_latency_ms=20.0, min_throughput_rps=None)
     """
 
-    p95_latency_ms: float = Field(gt=0, description="Target 95th-percentile latency in milliseconds.")
+    p95_latency_ms: float = Field(
+        gt=0, description="Target 95th-percentile latency in milliseconds."
+    )
     min_throughput_rps: float | None = Field(
         None, gt=0, description="Requests per second the module must sustain; None = no target."
     )
@@ -96,7 +102,9 @@ class Domain(_Spec):
                 raise ValueError(f"{self.kind}() needs a non-empty list of values")
         else:
             if self.low is None or self.high is None or not self.low < self.high:
-                raise ValueError(f"{self.kind}(low, high) needs low < high, got {self.low}, {self.high}")
+                raise ValueError(
+                    f"{self.kind}(low, high) needs low < high, got {self.low}, {self.high}"
+                )
             if self.kind == "loguniform" and self.low <= 0:
                 raise ValueError(f"loguniform(low, high) needs low > 0, got {self.low}")
         return self

@@ -1,0 +1,319 @@
+"""The run store: every invocation and every deployed function, in SQLite.
+
+SQLite in WAL mode is the default store (DESIGN §3); the :class:`Store`
+Protocol is the seam a PostgreSQL store would implement later. A run is
+written twice: once when it starts (after its arguments were validated and a
+node was found, so bad input never leaves a row) and once when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._errors import StoreError
+
+__all__ = [
+    "Deployment",
+    "RunRecord",
+    "RunStatus",
+    "SQLiteStore",
+    "Store",
+]
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended."""
+        return self is not RunStatus.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One invocation of a function."""
+
+    id: str
+    function: str
+    app: str
+    kind: str
+    args_digest: str
+    args_preview: str
+    tier: str
+    status: RunStatus
+    started_at: float
+    node_id: str | None = None
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    duration_s: float | None = None
+    result_ref: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A function registered with the control plane by `mesh deploy`."""
+
+    function: str
+    app: str
+    kind: str
+    source: str
+    tier: str
+    spec_json: str
+    deployed_at: float
+
+
+class Store(Protocol):
+    """Persistent state of the control plane."""
+
+    def start_run(self, record: RunRecord) -> None:
+        """Record a run that has started."""
+        ...
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        duration_s: float,
+        node_id: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
+        result_ref: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how a run ended."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """One run by id (a unique prefix is enough)."""
+        ...
+
+    def list_runs(self, *, function: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """The newest runs first."""
+        ...
+
+    def put_deployment(self, deployment: Deployment) -> Deployment | None:
+        """Record a deployed function; returns the one it replaced, if any."""
+        ...
+
+    def list_deployments(self) -> list[Deployment]:
+        """Deployed functions by name."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    args_digest TEXT NOT NULL,
+    args_preview TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    node_id TEXT,
+    node_labels TEXT NOT NULL DEFAULT '{}',
+    duration_s REAL,
+    result_ref TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_function ON runs(function, started_at);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
+CREATE TABLE IF NOT EXISTS deployments (
+    function TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    deployed_at REAL NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    """The :class:`Store` on one SQLite file (WAL, one connection, thread-safe).
+
+    Example:
+        >>> store = SQLiteStore(":memory:")
+        >>> store.list_runs()
+        []
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (and create) the store at ``path``; ``":memory:"`` for a throwaway one."""
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a process crash (not a power cut) and skips
+            # an fsync per commit, which matters on the invocation path.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"run store write failed ({self.path}): {exc}") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return list(cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"run store read failed ({self.path}): {exc}") from exc
+
+    def start_run(self, record: RunRecord) -> None:
+        """Record a run that has started."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO runs (id, function, app, kind, args_digest, args_preview, tier, "
+                "status, started_at, node_id, node_labels, duration_s, result_ref, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.function,
+                    record.app,
+                    record.kind,
+                    record.args_digest,
+                    record.args_preview,
+                    record.tier,
+                    record.status.value,
+                    record.started_at,
+                    record.node_id,
+                    json.dumps(dict(record.node_labels)),
+                    record.duration_s,
+                    record.result_ref,
+                    record.error,
+                ),
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        duration_s: float,
+        node_id: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
+        result_ref: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how a run ended."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status = ?, duration_s = ?, node_id = COALESCE(?, node_id), "
+                "node_labels = COALESCE(?, node_labels), result_ref = ?, error = ? WHERE id = ?",
+                (
+                    status.value,
+                    duration_s,
+                    node_id,
+                    json.dumps(dict(node_labels)) if node_labels is not None else None,
+                    result_ref,
+                    error,
+                    run_id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no run {run_id!r} to finish in {self.path}")
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """One run by id or unique id prefix."""
+        rows = self._read("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",))
+        if len(rows) != 1:
+            what = "no run" if not rows else "more than one run"
+            raise StoreError(f"{what} matches {run_id!r} in {self.path}")
+        return _run(rows[0])
+
+    def list_runs(self, *, function: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """The newest runs first, optionally of one function."""
+        if function is None:
+            rows = self._read("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT * FROM runs WHERE function = ? ORDER BY started_at DESC LIMIT ?",
+                (function, limit),
+            )
+        return [_run(row) for row in rows]
+
+    def put_deployment(self, deployment: Deployment) -> Deployment | None:
+        """Record a deployed function; returns the deployment it replaced, if any."""
+        with self._write() as db:
+            cursor = db.execute(
+                "SELECT * FROM deployments WHERE function = ?", (deployment.function,)
+            )
+            cursor.row_factory = sqlite3.Row
+            previous = cursor.fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO deployments (function, app, kind, source, tier, "
+                "spec_json, deployed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    deployment.function,
+                    deployment.app,
+                    deployment.kind,
+                    deployment.source,
+                    deployment.tier,
+                    deployment.spec_json,
+                    deployment.deployed_at,
+                ),
+            )
+        return Deployment(**dict(previous)) if previous is not None else None
+
+    def list_deployments(self) -> list[Deployment]:
+        """Deployed functions by name."""
+        return [
+            Deployment(**dict(row))
+            for row in self._read("SELECT * FROM deployments ORDER BY function")
+        ]
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    values = dict(row)
+    values["status"] = RunStatus(values["status"])
+    values["node_labels"] = json.loads(values["node_labels"] or "{}")
+    return RunRecord(**values)
