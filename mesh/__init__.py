@@ -24,6 +24,7 @@ from ._backend import (
     NodeInfo,
     TuneResult,
     check_satisfiable,
+    connect_backend,
 )
 from ._errors import (
     BackendError,
@@ -112,6 +113,7 @@ __all__ = [
     "WindowOutcome",
     "__version__",
     "check_satisfiable",
+    "connect_backend",
     "load_apps",
     "report",
     "topic_matches",

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._app import RegisteredFunction
-from ._errors import UnsatisfiableError
+from ._errors import BackendError, UnsatisfiableError
+from ._settings import MeshSettings
 from ._specs import FunctionSpec
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "NodeInfo",
     "TuneResult",
     "check_satisfiable",
+    "connect_backend",
 ]
 
 #: Node label that carries a Ray node's tier.
@@ -189,3 +191,22 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
         offer,
         f"no {spec.tier} node has the resources asked for ({'; '.join(sorted(set(short)))})",
     )
+
+
+def connect_backend(settings: MeshSettings) -> ComputeBackend:
+    """The Ray backend for ``settings``.
+
+    Connects to ``settings.ray_address``, else to the cluster of `mesh up`,
+    else starts an embedded local cluster that ``close()`` stops.
+
+    Raises:
+        BackendError: Ray is not installed (with the install hint) or unreachable.
+    """
+    try:
+        from ._ray_backend import RayBackend
+    except ImportError as exc:
+        raise BackendError(
+            f"the Ray backend needs the cloud extra: pip install 'fogmesh[cloud]' ({exc})"
+        ) from exc
+    backend: ComputeBackend = RayBackend.connect(settings)
+    return backend

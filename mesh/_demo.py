@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ._backend import BatchResult, TuneResult
+from ._backend import BatchResult, TuneResult, connect_backend
 from ._errors import MeshError
 from ._loader import load_apps
 from ._runner import Run, Runner
@@ -46,8 +46,6 @@ def run_demo(settings: MeshSettings, *, console: Console, quick: bool = False) -
     Raises:
         MeshError: a step failed (the message names it); nothing is left running.
     """
-    from .cli import connect_backend
-
     started = time.monotonic()
     apps = load_apps(DEMO_SOURCE)
     store = SQLiteStore(settings.store_path)

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ._app import Mesh, RegisteredFunction
-from ._backend import ComputeBackend
+from ._backend import connect_backend
 from ._daemon import cluster_down, cluster_up, read_cluster_file
-from ._errors import BackendError, MeshError, UnknownFunctionError
+from ._errors import MeshError, UnknownFunctionError
 from ._loader import load_apps
 from ._settings import MeshSettings
 from ._store import Deployment, SQLiteStore
@@ -40,8 +40,6 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-_INSTALL_HINT = "the Ray backend needs the cloud extra: pip install 'fogmesh[cloud]'"
-
 
 def _settings() -> MeshSettings:
     return MeshSettings()
@@ -54,20 +52,6 @@ def _errors() -> Iterator[None]:
     except MeshError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         raise typer.Exit(1) from None
-
-
-def connect_backend(settings: MeshSettings) -> ComputeBackend:
-    """The Ray backend for ``settings``: the cluster of `mesh up`, or ``MESH_RAY_ADDRESS``.
-
-    Raises:
-        BackendError: Ray is not installed (with the install hint).
-    """
-    try:
-        from ._ray_backend import RayBackend
-    except ImportError as exc:
-        raise BackendError(f"{_INSTALL_HINT} ({exc})") from exc
-    backend: ComputeBackend = RayBackend.connect(settings)
-    return backend
 
 
 def _open_store(settings: MeshSettings) -> SQLiteStore:
