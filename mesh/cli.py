@@ -371,6 +371,34 @@ def demo(
         run_demo(_settings(), console=console, quick=quick)
 
 
+tokens_app = typer.Typer(
+    help="Bearer tokens for the REST and inference APIs.", no_args_is_help=True
+)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    subject: Annotated[str, typer.Argument(help="Who the token is for (a user, a service).")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", "-s", help="read, invoke or admin (repeat); default read."),
+    ] = None,
+    ttl_s: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 86_400.0,
+) -> None:
+    """Issue a signed bearer token with scopes and an expiry; prints only the token."""
+    from ._auth import TokenSigner
+
+    settings = _settings()
+    try:
+        token = TokenSigner.load_or_create(settings.data_dir).issue(
+            subject, scope or ["read"], ttl_s=ttl_s, now=time.time()
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(token)
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
