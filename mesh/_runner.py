@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._app import Mesh, RegisteredFunction, bind_arguments
+from ._app import Mesh, RegisteredFunction
+from ._arguments import bind_arguments
 from ._backend import BatchResult, Call, CallResult, ComputeBackend, NodeInfo, TuneResult
 from ._backend import check_satisfiable as _check_satisfiable
 from ._errors import (
