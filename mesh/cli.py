@@ -404,6 +404,9 @@ def _when(timestamp: float) -> str:
 
 
 def _mount_optional() -> None:
+    from ._cli_models import models_app
+
+    app.add_typer(models_app, name="models")
     try:
         from ._cli_agents import agents_app
     except ImportError:  # the edge extra is not installed

@@ -1,0 +1,490 @@
+"""The traffic app: train, tune, export and serve the junction models.
+
+* ``train_counter`` / ``train_forecaster`` (cloud): fit on synthetic data (the
+  SUMO scenario feeds the same renderer later), export ONNX with a parity
+  check, optionally register the result as a candidate version; they return a
+  :class:`ModelRef` (a JSON-able dict).
+* ``tune_counter`` (cloud): Ray Tune with ASHA over the counter's learning rate
+  and width, selecting by ``val_mae``.
+* ``VehicleCounter``: the inference module serving ``vehicle-counter`` with a
+  20 ms p95 target; the placement engine decides where.
+
+Sizes are parameters and the defaults are small, so a run takes seconds on a
+CPU; training uses CUDA when the node has a GPU.
+
+Example:
+    >>> ref = train_counter(out_dir="/tmp/m", train_size=512, epochs=3)  # doctest: +SKIP
+    >>> ref["metrics"]["val_mae"] < 3, ref["onnx_path"]                   # doctest: +SKIP
+    (True, '/tmp/m/vehicle-counter-....onnx')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+import mesh
+from mesh import Mesh, QoS, Resources
+
+from . import models
+from .occupancy import APPROACHES, DEFAULT_CELLS, DEFAULT_LANES, synthetic_dataset
+
+__all__ = [
+    "COUNTER_MODEL",
+    "FORECASTER_MODEL",
+    "ModelRef",
+    "VehicleCounter",
+    "app",
+    "code_version",
+    "counter_trial",
+    "lagged_windows",
+    "synthetic_flows",
+    "train_counter",
+    "train_forecaster",
+    "tune_counter",
+]
+
+logger = logging.getLogger(__name__)
+
+app = Mesh("traffic")
+
+COUNTER_MODEL = "vehicle-counter"
+FORECASTER_MODEL = "flow-forecaster"
+TRAIN_CPUS = 1.0
+#: Parity tolerance: counts are O(10..70), so float32 noise is ~1e-5.
+COUNTER_TOLERANCE = 1e-3
+FORECASTER_TOLERANCE = 1e-3
+
+
+class ModelRef(TypedDict):
+    """What a training function returns: where the exported model is and how good it is."""
+
+    model: str
+    onnx_path: str
+    sha256: str
+    opset: int
+    max_abs_error: float
+    code_version: str
+    data_id: str
+    metrics: dict[str, float]
+    hyperparameters: dict[str, Any]
+    num_parameters: int
+    device: str
+    registered_version: str | None
+
+
+@cache
+def code_version() -> str:
+    """The code version of the models: a digest of this module, the models and the renderer."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("traffic.py", "models.py", "occupancy.py"):
+        digest.update((here / name).read_bytes())
+    return f"traffic-{digest.hexdigest()[:12]}"
+
+
+def _default_out_dir() -> Path:
+    return mesh.MeshSettings().data_dir / "exports"
+
+
+def _register(ref: ModelRef, metric: str, mode: str, run_id: str | None) -> str:
+    from mesh import Lineage, ModelRegistry, SelectionMetric
+
+    registry = ModelRegistry.open()
+    try:
+        version = registry.register(
+            ref["model"],
+            Path(ref["onnx_path"]),
+            code_version=ref["code_version"],
+            metric=SelectionMetric(
+                metric, ref["metrics"][metric], "min" if mode == "min" else "max"
+            ),
+            lineage=Lineage(
+                run_id=run_id,
+                data_id=ref["data_id"],
+                hyperparameters=ref["hyperparameters"],
+                extra={
+                    "max_abs_error": ref["max_abs_error"],
+                    "device": ref["device"],
+                    "num_parameters": ref["num_parameters"],
+                },
+            ),
+        )
+    finally:
+        registry.close()
+    return version.version
+
+
+# -- the vehicle counter ----------------------------------------------------------
+
+
+def _reserved_cpus(function: str) -> float:
+    """CPUs the function's spec reserves: torch gets as many threads, no more."""
+    return app.functions[function].spec.resources.cpus
+
+
+def counter_trial(
+    config: Mapping[str, Any],
+    *,
+    on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+    cpus: float | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the counter as ``config`` says; returns the fit and the data's lineage.
+
+    ``config`` keys (all optional): ``lr``, ``width``, ``hidden``, ``epochs``,
+    ``batch_size``, ``train_size``, ``val_size``, ``seed``, ``lanes``, ``cells``.
+    """
+    train_size = int(config.get("train_size", 2048))
+    val_size = int(config.get("val_size", 512))
+    seed = int(config.get("seed", 0))
+    lanes = int(config.get("lanes", DEFAULT_LANES))
+    cells = int(config.get("cells", DEFAULT_CELLS))
+    train = synthetic_dataset(train_size, seed=seed, num_lanes=lanes, cells=cells)
+    # Held-out data comes from another seed: no frame is in both.
+    val = synthetic_dataset(val_size, seed=seed + 1_000_003, num_lanes=lanes, cells=cells)
+    with models.torch_threads(cpus or _reserved_cpus("train_counter")):
+        import torch
+
+        torch.manual_seed(seed)
+        model = models.vehicle_counter(
+            approaches=len(APPROACHES),
+            lanes=lanes,
+            cells=cells,
+            width=int(config.get("width", 32)),
+            hidden=int(config.get("hidden", 256)),
+        )
+        fit = models.fit_regressor(
+            model,
+            (train.images, train.counts),
+            (val.images, val.counts),
+            epochs=int(config.get("epochs", 8)),
+            lr=float(config.get("lr", 2e-3)),
+            batch_size=int(config.get("batch_size", 64)),
+            seed=seed,
+            on_epoch=on_epoch,
+        )
+    return fit, {"train": train, "val": val}
+
+
+@app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=1800)
+def train_counter(
+    out_dir: str | None = None,
+    epochs: int = 8,
+    lr: float = 2e-3,
+    width: int = 32,
+    train_size: int = 2048,
+    val_size: int = 512,
+    seed: int = 0,
+    register: bool = False,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Train the vehicle-counter CNN, export it to ONNX (parity-checked); optionally register it.
+
+    Args:
+        out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
+        epochs: passes over the training frames.
+        lr: Adam's learning rate.
+        width: channels of the CNN trunk (32: ~267k parameters).
+        train_size: synthetic training frames.
+        val_size: held-out frames (also the parity inputs of the export).
+        seed: seeds the data and the weights.
+        register: register the export as a candidate version of ``vehicle-counter``.
+        run_id: the mesh run id, recorded in the version's lineage.
+    """
+    from mesh import export_onnx
+
+    config: dict[str, Any] = {
+        "lr": lr,
+        "width": width,
+        "hidden": 256,
+        "epochs": epochs,
+        "batch_size": 64,
+        "train_size": train_size,
+        "val_size": val_size,
+        "seed": seed,
+    }
+    fit, data = counter_trial(config)
+    val = data["val"]
+    import torch
+
+    x_val = torch.from_numpy(val.images)
+    target = Path(out_dir) if out_dir else _default_out_dir()
+    path = target / f"{COUNTER_MODEL}-{uuid.uuid4().hex[:12]}.onnx"
+    # Held-out batches of 1, 7 and the rest: parity and the dynamic batch axis at once.
+    parity = [x_val[:1], x_val[1:8], x_val[8:]] if len(x_val) > 8 else [x_val[:1], x_val]
+    report = export_onnx(
+        fit.model,
+        x_val[:2],
+        path,
+        input_names=["occupancy"],
+        output_names=["counts"],
+        parity_inputs=parity,
+        tolerance=COUNTER_TOLERANCE,
+    )
+    ref = ModelRef(
+        model=COUNTER_MODEL,
+        onnx_path=str(report.path),
+        sha256=report.sha256,
+        opset=report.opset,
+        max_abs_error=report.max_abs_error,
+        code_version=code_version(),
+        data_id=data["train"].data_id,
+        metrics={
+            "val_mae": fit.val_mae,
+            "best_epoch": float(fit.best_epoch),
+            "train_seconds": round(fit.seconds, 3),
+        },
+        hyperparameters=config,
+        num_parameters=models.count_parameters(fit.model),
+        device=fit.device,
+        registered_version=None,
+    )
+    if register:
+        ref["registered_version"] = _register(ref, "val_mae", "min", run_id)
+    logger.info(
+        "trained %s: val_mae=%.3f, %d parameters, onnx %s (max abs error %.2g)",
+        COUNTER_MODEL,
+        fit.val_mae,
+        ref["num_parameters"],
+        report.sha256[:12],
+        report.max_abs_error,
+    )
+    return ref
+
+
+@app.tune(
+    metric="val_mae",
+    mode="min",
+    scheduler="asha",
+    num_samples=4,
+    max_concurrent_trials=2,
+    max_iterations=6,
+    search_space={
+        "lr": app.loguniform(5e-4, 5e-3),
+        "width": app.choice([16, 32]),
+        "epochs": 6,
+        "train_size": 1024,
+        "val_size": 256,
+    },
+    tier="cloud",
+    resources=Resources(cpus=TRAIN_CPUS),
+)
+def tune_counter(config: dict[str, Any]) -> None:
+    """Search the counter's learning rate and width; ASHA stops poor trials early by val_mae."""
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        mesh.report(
+            val_mae=metrics["val_mae"], train_loss=metrics["train_loss"], epoch=float(epoch)
+        )
+
+    counter_trial(config, on_epoch=report, cpus=_reserved_cpus("tune_counter"))
+
+
+# -- the flow forecaster ------------------------------------------------------------
+
+
+def synthetic_flows(
+    minutes: int, *, seed: int = 0, approaches: int = len(APPROACHES)
+) -> npt.NDArray[np.float32]:
+    """Vehicles per minute per approach, ``[minutes, approaches]``, with a morning peak.
+
+    Deterministic by seed; the SUMO scenario's detector counts take its place later.
+    """
+    rng = np.random.default_rng([seed, 7])
+    t = np.arange(minutes, dtype=np.float64)
+    base = rng.uniform(3.0, 8.0, approaches)
+    peak_at = rng.uniform(90.0, 150.0)
+    peak = np.exp(-(((t - peak_at) / 45.0) ** 2))[:, None]
+    weight = rng.uniform(0.6, 1.6, approaches)
+    # Slow wander (platoons released by upstream signals) on top of the peak.
+    wander = np.cumsum(rng.normal(0.0, 0.25, (minutes, approaches)), axis=0)
+    wander -= np.linspace(0.0, 1.0, minutes)[:, None] * wander[-1:]
+    rate = np.clip(base + 14.0 * peak * weight + wander, 0.2, None)
+    return rng.poisson(rate).astype(np.float32)
+
+
+def lagged_windows(
+    series: npt.NDArray[np.float32], lags: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Inputs ``[n, approaches, lags]`` (oldest first) and next-minute targets ``[n, approaches]``.
+
+    Returns:
+        The windows and the counts of the minute after each.
+    """
+    if len(series) <= lags:
+        raise ValueError(f"need more than {lags} minutes of counts, got {len(series)}")
+    windows = np.stack([series[i : i + lags] for i in range(len(series) - lags)])
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)), series[lags:]
+
+
+@app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=900)
+def train_forecaster(
+    out_dir: str | None = None,
+    minutes: int = 2400,
+    lags: int = 8,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    hidden: int = 64,
+    seed: int = 0,
+    register: bool = False,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Train the short-term flow forecaster (MLP), export it to ONNX; optionally register it.
+
+    The last quarter of the series is held out (it is later in time: no leakage).
+
+    Args:
+        out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
+        minutes: length of the synthetic count series (several days of 4-hour peaks).
+        lags: minutes of history per prediction.
+        epochs: passes over the training windows.
+        lr: Adam's learning rate.
+        hidden: units per hidden layer.
+        seed: seeds the data and the weights.
+        register: register the export as a candidate version of ``flow-forecaster``.
+        run_id: the mesh run id, recorded in the version's lineage.
+    """
+    import torch
+
+    from mesh import export_onnx
+
+    days = [synthetic_flows(240, seed=seed * 1000 + d) for d in range(max(1, minutes // 240))]
+    pairs = [lagged_windows(day, lags) for day in days]
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    cut = int(len(x) * 0.75)
+    data_id = "synthetic-flows-" + hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:16]
+    with models.torch_threads(_reserved_cpus("train_forecaster")):
+        torch.manual_seed(seed)
+        model = models.flow_forecaster(
+            approaches=x.shape[1], lags=lags, hidden=hidden, scale=float(max(1.0, y.mean()))
+        )
+        fit = models.fit_regressor(
+            model,
+            (x[:cut], y[:cut]),
+            (x[cut:], y[cut:]),
+            epochs=epochs,
+            lr=lr,
+            batch_size=128,
+            seed=seed,
+        )
+    persistence_mae = float(np.abs(x[cut:, :, -1] - y[cut:]).mean())
+    x_val = torch.from_numpy(x[cut:])
+    target = Path(out_dir) if out_dir else _default_out_dir()
+    path = target / f"{FORECASTER_MODEL}-{uuid.uuid4().hex[:12]}.onnx"
+    report = export_onnx(
+        fit.model,
+        x_val[:2],
+        path,
+        input_names=["counts"],
+        output_names=["next_counts"],
+        parity_inputs=[x_val[:1], x_val[1:8], x_val[8:]],
+        tolerance=FORECASTER_TOLERANCE,
+    )
+    ref = ModelRef(
+        model=FORECASTER_MODEL,
+        onnx_path=str(report.path),
+        sha256=report.sha256,
+        opset=report.opset,
+        max_abs_error=report.max_abs_error,
+        code_version=code_version(),
+        data_id=data_id,
+        metrics={
+            "val_mae": fit.val_mae,
+            "persistence_mae": persistence_mae,
+            "best_epoch": float(fit.best_epoch),
+        },
+        hyperparameters={
+            "minutes": minutes,
+            "lags": lags,
+            "epochs": epochs,
+            "lr": lr,
+            "hidden": hidden,
+            "seed": seed,
+        },
+        num_parameters=models.count_parameters(fit.model),
+        device=fit.device,
+        registered_version=None,
+    )
+    if register:
+        ref["registered_version"] = _register(ref, "val_mae", "min", run_id)
+    logger.info(
+        "trained %s: val_mae=%.3f (persistence %.3f), onnx %s",
+        FORECASTER_MODEL,
+        fit.val_mae,
+        persistence_mae,
+        report.sha256[:12],
+    )
+    return ref
+
+
+# -- serving ----------------------------------------------------------------------
+
+
+@app.module(
+    model=COUNTER_MODEL,
+    qos=QoS(p95_latency_ms=20),
+    tiers=["edge", "fog", "cloud"],
+    resources=Resources(cpus=0.5),
+)
+class VehicleCounter:
+    """Vehicles per approach from a junction's occupancy frame."""
+
+    input_name = "occupancy"
+    approaches = APPROACHES
+
+    def __init__(self, lanes: int = DEFAULT_LANES, cells: int = DEFAULT_CELLS) -> None:
+        """Expect frames of ``[4, lanes, cells]``."""
+        self.shape = (len(APPROACHES), lanes, cells)
+
+    def preprocess(self, frame: Any) -> dict[str, npt.NDArray[np.float32]]:
+        """A frame ``[4, lanes, cells]`` or a batch ``[N, 4, lanes, cells]`` -> model feeds.
+
+        Also accepts ``{"occupancy": ...}`` and nested lists.
+
+        Raises:
+            ValueError: the shape is wrong or values are not finite (the message
+                names the expected shape).
+        """
+        if isinstance(frame, Mapping):
+            frame = frame.get(self.input_name, frame.get("frame"))
+        array = np.asarray(frame, dtype=np.float32)
+        if array.shape == self.shape:
+            array = array[None]
+        if array.ndim != 4 or array.shape[1:] != self.shape or array.shape[0] < 1:
+            raise ValueError(
+                f"expected an occupancy frame of shape {list(self.shape)} or "
+                f"[N, {', '.join(map(str, self.shape))}], got {list(array.shape)}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError("occupancy values must be finite")
+        return {self.input_name: np.clip(array, 0.0, 1.0)}
+
+    def postprocess(self, outputs: Any) -> list[dict[str, int]]:
+        """Model outputs ``[N, 4]`` (or a list/dict holding them) -> counts per approach."""
+        if isinstance(outputs, Mapping):
+            outputs = outputs.get("counts", next(iter(outputs.values())))
+        elif (
+            isinstance(outputs, Sequence)
+            and not isinstance(outputs, np.ndarray)
+            and outputs
+            and np.asarray(outputs[0]).ndim == 2
+        ):
+            outputs = outputs[0]
+        counts = np.asarray(outputs, dtype=np.float64).reshape(-1, len(APPROACHES))
+        return [
+            {
+                name: max(0, math.floor(value + 0.5))
+                for name, value in zip(APPROACHES, row, strict=True)
+            }
+            for row in counts
+        ]
