@@ -1,9 +1,10 @@
 """Function invocation benchmark: the mesh's Ray backend against plain Ray, same run.
 
 On one embedded cluster (a cloud head and a fog node), a trivial function is
-invoked through ``RayBackend.submit(...).result()`` and, as the floor, through a
-plain ``ray.remote`` task with the same options (CPU budget, label selector,
-retries). The two are interleaved call by call (and round by round for
+invoked through the mesh — ``Runner.submit(...).result()``: name lookup, argument
+check, node check and the two run-store writes (SQLite) around the Ray task —
+and, as the floor, through a plain ``ray.remote`` task with the same options
+(CPU budget, label selector, retries). The two are interleaved call by call (and round by round for
 throughput) so that drift on a small host hits both alike.
 
 * latency: sequential calls after a warm-up, p50/p99;
@@ -32,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mesh import Mesh, MeshSettings, Resources  # noqa: E402
+from mesh import Mesh, MeshSettings, Resources, Runner, SQLiteStore  # noqa: E402
 
 
 def ping(x: int) -> int:
@@ -94,8 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 name="ping",
             )
 
+            runner = Runner([app], backend=backend, store=SQLiteStore(settings.store_path))
+
             def mesh_call(i: int) -> Any:
-                return backend.submit(registered, {"x": i}, run_id=f"b{i}")
+                return runner.submit("ping", x=i)
 
             def mesh_wait(call: Any) -> Any:
                 return call.result()
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"\n{'path':<34}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}")
     for label, key in (
-        ("mesh RayBackend.submit().result()", "mesh"),
+        ("mesh Runner.submit().result()", "mesh"),
         ("plain ray.remote + ray.get", "ray"),
     ):
         row = result[key]

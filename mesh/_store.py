@@ -4,11 +4,19 @@ SQLite in WAL mode is the default store (DESIGN §3); the :class:`Store`
 Protocol is the seam a PostgreSQL store would implement later. A run is
 written twice: once when it starts (after its arguments were validated and a
 node was found, so bad input never leaves a row) and once when it ends.
+
+Run writes go through one writer thread that commits whatever has queued up
+in one transaction (group commit): an invocation costs a queue put instead of
+two commits, and a burst of runs costs one commit. Every read waits for the
+queue to drain first, so a reader always sees its own writes.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -19,6 +27,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ._errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 512
 
 __all__ = [
     "Deployment",
@@ -176,6 +188,15 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
+        self._open_runs: set[str] = set()
+        self._failure: StoreError | None = None
+        self._closed = False
+        self._writer = threading.Thread(target=self._drain, name="mesh-store-writer", daemon=True)
+        self._writer.start()
+        atexit.register(self.close)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -194,7 +215,52 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise StoreError(f"the run store {self.path} is closed")
+        self._queue.put((sql, params))
+
+    def _drain(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            writes = [op for op in batch if isinstance(op, tuple)]
+            if writes:
+                try:
+                    with self._write() as db:
+                        for sql, params in writes:
+                            db.execute(sql, params)
+                except StoreError as exc:
+                    logger.error("run store %s: lost %d writes: %s", self.path, len(writes), exc)
+                    self._failure = exc
+            for op in batch:
+                if isinstance(op, threading.Event):
+                    op.set()
+            if any(op is None for op in batch):
+                return
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed.
+
+        Raises:
+            StoreError: a queued write failed.
+        """
+        if not self._writer.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        if self._failure is not None:
+            raise self._failure
+
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        self.flush()
         with self._lock:
             try:
                 cursor = self._db.execute(sql, params)
@@ -204,29 +270,29 @@ class SQLiteStore:
                 raise StoreError(f"run store read failed ({self.path}): {exc}") from exc
 
     def start_run(self, record: RunRecord) -> None:
-        """Record a run that has started."""
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO runs (id, function, app, kind, args_digest, args_preview, tier, "
-                "status, started_at, node_id, node_labels, duration_s, result_ref, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.function,
-                    record.app,
-                    record.kind,
-                    record.args_digest,
-                    record.args_preview,
-                    record.tier,
-                    record.status.value,
-                    record.started_at,
-                    record.node_id,
-                    json.dumps(dict(record.node_labels)),
-                    record.duration_s,
-                    record.result_ref,
-                    record.error,
-                ),
-            )
+        """Record a run that has started (queued; committed within milliseconds)."""
+        self._enqueue(
+            "INSERT INTO runs (id, function, app, kind, args_digest, args_preview, tier, "
+            "status, started_at, node_id, node_labels, duration_s, result_ref, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.function,
+                record.app,
+                record.kind,
+                record.args_digest,
+                record.args_preview,
+                record.tier,
+                record.status.value,
+                record.started_at,
+                record.node_id,
+                json.dumps(dict(record.node_labels)),
+                record.duration_s,
+                record.result_ref,
+                record.error,
+            ),
+        )
+        self._open_runs.add(record.id)
 
     def finish_run(
         self,
@@ -239,23 +305,29 @@ class SQLiteStore:
         result_ref: str | None = None,
         error: str | None = None,
     ) -> None:
-        """Record how a run ended."""
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE runs SET status = ?, duration_s = ?, node_id = COALESCE(?, node_id), "
-                "node_labels = COALESCE(?, node_labels), result_ref = ?, error = ? WHERE id = ?",
-                (
-                    status.value,
-                    duration_s,
-                    node_id,
-                    json.dumps(dict(node_labels)) if node_labels is not None else None,
-                    result_ref,
-                    error,
-                    run_id,
-                ),
-            )
-            if cursor.rowcount != 1:
-                raise StoreError(f"no run {run_id!r} to finish in {self.path}")
+        """Record how a run ended (queued; committed within milliseconds).
+
+        Raises:
+            StoreError: no such run.
+        """
+        if run_id not in self._open_runs and not self._read(
+            "SELECT 1 FROM runs WHERE id = ?", (run_id,)
+        ):
+            raise StoreError(f"no run {run_id!r} to finish in {self.path}")
+        self._open_runs.discard(run_id)
+        self._enqueue(
+            "UPDATE runs SET status = ?, duration_s = ?, node_id = COALESCE(?, node_id), "
+            "node_labels = COALESCE(?, node_labels), result_ref = ?, error = ? WHERE id = ?",
+            (
+                status.value,
+                duration_s,
+                node_id,
+                json.dumps(dict(node_labels)) if node_labels is not None else None,
+                result_ref,
+                error,
+                run_id,
+            ),
+        )
 
     def get_run(self, run_id: str) -> RunRecord:
         """One run by id or unique id prefix."""
@@ -278,6 +350,7 @@ class SQLiteStore:
 
     def put_deployment(self, deployment: Deployment) -> Deployment | None:
         """Record a deployed function; returns the deployment it replaced, if any."""
+        self.flush()
         with self._write() as db:
             cursor = db.execute(
                 "SELECT * FROM deployments WHERE function = ?", (deployment.function,)
@@ -307,7 +380,13 @@ class SQLiteStore:
         ]
 
     def close(self) -> None:
-        """Close the connection."""
+        """Commit what is queued and close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join()
+        atexit.unregister(self.close)
         with self._lock:
             self._db.close()
 
