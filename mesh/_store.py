@@ -19,6 +19,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ._errors import StoreError
 logger = logging.getLogger(__name__)
 
 _BATCH = 512
+_LINGER_S = 0.005
 
 __all__ = [
     "Deployment",
@@ -225,9 +227,12 @@ class SQLiteStore:
     def _drain(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < _BATCH:
+            # Linger briefly so writes arriving together share one commit (and one
+            # wake-up of this thread); a flush or close ends the wait at once.
+            linger_until = time.monotonic() + _LINGER_S
+            while len(batch) < _BATCH and isinstance(batch[-1], tuple):
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, linger_until - time.monotonic())))
                 except queue.Empty:
                     break
             writes = [op for op in batch if isinstance(op, tuple)]
