@@ -1,0 +1,398 @@
+"""Edge agent benchmark: the agent against a bare paho device, same broker, same run.
+
+Measures, through one Mosquitto (QoS 1, TCP_NODELAY on every client and the
+broker) and the same ONNX CNN (1 ONNX Runtime thread):
+
+* round trip request -> ONNX -> reply, one request at a time (p50/p99), for the
+  agent and for the *floor*: a bare paho device written here that runs the model
+  right in its message callback and answers raw bytes;
+* throughput with a window of requests in flight (default 64);
+* the agent's RSS with the model loaded;
+* cold start to ready: process start -> first answered request, from the cache
+  (restart) and from nothing (desired state retained, download, load, warm-up);
+* the raw ONNX Runtime call, for reference.
+
+Usage::
+
+    python bench/edge.py [--requests 2000] [--window 64] [--seconds 3] [--json out.json]
+
+Targets (issue #3): agent p50 <= floor p50 + 0.3 ms; agent rps >= 80 % of the
+floor; RSS <= 100 MB; ready <= 1.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FLOOR_REQ = "bench/floor/req"
+FLOOR_REPLY = "bench/floor/reply"
+
+
+# ------------------------------------------------------------------ the floor device
+
+
+def run_floor_device(host: str, port: int, model: str) -> None:
+    """A bare paho device: raw float32 in, raw float32 out, inference in the callback."""
+    import numpy as np
+    import onnxruntime as ort
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: np.zeros((1, 1, 32, 32), np.float32)})
+
+    def on_message(c: Any, _u: Any, msg: Any) -> None:
+        corr, body = msg.payload[:16], msg.payload[16:]
+        x = np.frombuffer(body, dtype=np.float32).reshape(1, 1, 32, 32)
+        (y,) = sess.run(None, {name: x})
+        c.publish(FLOOR_REPLY, corr + y.tobytes(), qos=1)
+
+    def on_connect(c: Any, *_a: Any) -> None:
+        c.subscribe(FLOOR_REQ, qos=1)
+        print("floor ready", flush=True)
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-floor", protocol=mqtt.MQTTv5)
+    c.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.on_connect = on_connect
+    c.on_message = on_message
+    c.max_inflight_messages_set(256)
+    c.connect(host, port, keepalive=30)
+    c.loop_forever()
+
+
+# ------------------------------------------------------------------ the client
+
+
+class Client:
+    """One paho client sending requests and matching replies by correlation id."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.waiters: dict[bytes, Callable[[bytes], None]] = {}
+        self.lock = threading.Lock()
+        self.cid = f"bench-{uuid.uuid4().hex[:6]}"
+        self.reply_topic = f"mesh/v1/replies/{self.cid}"
+        self._subacked = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid, protocol=mqtt.MQTTv5)
+        c.on_socket_open = lambda _c, _u, s: s.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        c.on_message = self._on_message
+        c.on_subscribe = lambda *_a: self._subacked.set()
+        c.max_inflight_messages_set(256)
+        c.connect(host, port, keepalive=30)
+        c.loop_start()
+        c.subscribe([(FLOOR_REPLY, 1), (self.reply_topic, 1)])
+        assert self._subacked.wait(10)
+        self.c = c
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        payload = bytes(msg.payload)
+        if msg.topic == FLOOR_REPLY:
+            corr = payload[:16]
+        else:
+            from edge_agent.protocol import decode_frame
+
+            header, _ = decode_frame(payload)
+            corr = str(header.get("correlation_id", "")).encode()
+        with self.lock:
+            cb = self.waiters.pop(corr, None)
+        if cb is not None:
+            cb(payload)
+
+    def send(self, target: str, x: Any, done: Callable[[bytes], None]) -> None:
+        from edge_agent.protocol import Tensor, encode_frame
+
+        if target == "floor":
+            corr = uuid.uuid4().bytes
+            payload, topic = corr + x.tobytes(), FLOOR_REQ
+        else:
+            corr = uuid.uuid4().hex.encode()
+            req = {"schema_version": 1, "kind": "infer_request", "id": corr.decode(),
+                   "module": "cnn", "reply_to": self.reply_topic, "correlation_id": corr.decode()}
+            payload = encode_frame(req, [Tensor.from_numpy("input", x)])
+            topic = f"mesh/v1/modules/cnn/infer/{target}"
+        with self.lock:
+            self.waiters[corr] = done
+        self.c.publish(topic, payload, qos=1)
+
+    def call(self, target: str, x: Any, timeout_s: float = 10.0) -> bytes:
+        ev = threading.Event()
+        box: list[bytes] = []
+
+        def done(p: bytes) -> None:
+            box.append(p)
+            ev.set()
+
+        self.send(target, x, done)
+        if not ev.wait(timeout_s):
+            raise TimeoutError(f"{target}: no reply in {timeout_s}s")
+        return box[0]
+
+    def latency(self, target: str, x: Any, n: int) -> list[float]:
+        for _ in range(50):
+            self.call(target, x)
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.call(target, x)
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+
+    def throughput(self, target: str, x: Any, window: int, seconds: float) -> float:
+        sem = threading.Semaphore(window)
+        count = [0]
+        lock = threading.Lock()
+
+        def done(_p: bytes) -> None:
+            with lock:
+                count[0] += 1
+            sem.release()
+
+        # warm up
+        for _ in range(window):
+            sem.acquire()
+            self.send(target, x, done)
+        for _ in range(window):
+            sem.acquire()
+        for _ in range(window):
+            sem.release()
+        with lock:
+            count[0] = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            sem.acquire()
+            self.send(target, x, done)
+        for _ in range(window):
+            sem.acquire(timeout=10)
+        elapsed = time.perf_counter() - start
+        return count[0] / elapsed
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+
+class Artifacts:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def spawn_agent(broker_url: str, cache: Path, pub: str, log: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "edge_agent", "--id", "bench-agent", "--broker", broker_url,
+            "--cache-dir", str(cache), "--public-key", pub, "--heartbeat-period-s", "5",
+            "--log-level", "WARNING"]
+    with log.open("ab") as f:
+        return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def time_to_first_reply(client: Client, x: Any, timeout_s: float = 30.0) -> float:
+    """From now until a request is answered (resent every 20 ms until one is)."""
+    start = time.perf_counter()
+    got = threading.Event()
+    while not got.is_set():
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError("agent never answered")
+        client.send("bench-agent", x, lambda _p: got.set())
+        got.wait(0.02)
+    return time.perf_counter() - start
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--model", type=Path, help="an ONNX CNN with input float32[N,1,32,32]")
+    ap.add_argument("--json", type=Path, help="write results here")
+    ap.add_argument("--floor-device", nargs=3, metavar=("HOST", "PORT", "MODEL"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.floor_device:
+        run_floor_device(args.floor_device[0], int(args.floor_device[1]), args.floor_device[2])
+        return 0
+
+    import base64
+
+    import numpy as np
+    import onnxruntime as ort
+    import psutil
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_agent.protocol import artifact_signing_message
+    from mesh._broker import start_mosquitto
+
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    model = args.model
+    if model is None:
+        from tests.support.agent_fixtures import build_cnn
+
+        model = build_cnn(work / "cnn.onnx")
+    data = model.read_bytes()
+    x = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(100):
+        sess.run(None, {"input": x})
+    raw = []
+    for _ in range(1000):
+        t = time.perf_counter()
+        sess.run(None, {"input": x})
+        raw.append((time.perf_counter() - t) * 1e3)
+    del sess
+
+    key = Ed25519PrivateKey.generate()
+    pub = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    sha = hashlib.sha256(data).hexdigest()
+    sig = base64.b64encode(key.sign(artifact_signing_message("cnn", "1", sha))).decode()
+    files = Artifacts({"/cnn.onnx": data})
+    desired = {"schema_version": 1, "kind": "desired", "version": 1, "modules": [
+        {"name": "cnn", "version": "1", "url": f"{files.base}/cnn.onnx", "sha256": sha,
+         "signature": sig}]}
+
+    broker = start_mosquitto(workdir=work / "mosquitto", persistence=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    result: dict[str, Any] = {}
+    try:
+        floor = subprocess.Popen(
+            [sys.executable, __file__, "--floor-device", broker.host, str(broker.port), str(model)],
+            stdout=subprocess.PIPE, cwd=REPO)
+        procs.append(floor)
+        assert floor.stdout is not None and b"floor ready" in floor.stdout.readline()
+        client = Client(broker.host, broker.port)
+        client.c.publish("mesh/v1/agents/bench-agent/desired", json.dumps(desired), qos=1,
+                         retain=True).wait_for_publish(5)
+
+        cache = work / "cache"
+        log = work / "agent.log"
+        agent = spawn_agent(broker.url, cache, pub, log)
+        procs.append(agent)
+        fresh_s = time_to_first_reply(client, x)
+        stop(agent)
+        agent = spawn_agent(broker.url, cache, pub, log)
+        procs.append(agent)
+        ready_s = time_to_first_reply(client, x)
+
+        floor_lat = client.latency("floor", x, args.requests)
+        agent_lat = client.latency("bench-agent", x, args.requests)
+        floor_rps = client.throughput("floor", x, args.window, args.seconds)
+        agent_rps = client.throughput("bench-agent", x, args.window, args.seconds)
+        # second pass, interleaved the other way round, to even out drift
+        agent_lat += client.latency("bench-agent", x, args.requests)
+        floor_lat += client.latency("floor", x, args.requests)
+        agent_rps = max(agent_rps, client.throughput("bench-agent", x, args.window, args.seconds))
+        floor_rps = max(floor_rps, client.throughput("floor", x, args.window, args.seconds))
+        agent_rss = psutil.Process(agent.pid).memory_info().rss / 2**20
+        floor_rss = psutil.Process(floor.pid).memory_info().rss / 2**20
+        client.close()
+        result = {
+            "agent": {"p50_ms": statistics.median(agent_lat), "p99_ms": pct(agent_lat, 0.99),
+                      "rps": agent_rps, "rss_mib": agent_rss, "ready_s": ready_s,
+                      "fresh_install_ready_s": fresh_s},
+            "floor": {"p50_ms": statistics.median(floor_lat), "p99_ms": pct(floor_lat, 0.99),
+                      "rps": floor_rps, "rss_mib": floor_rss},
+            "raw_onnx": {"p50_ms": statistics.median(raw)},
+            "config": {"requests": args.requests, "window": args.window,
+                       "seconds": args.seconds, "qos": 1, "broker": "mosquitto",
+                       "cpus": os.cpu_count()},
+        }
+    finally:
+        for p in procs:
+            stop(p)
+        broker.stop()
+        files.close()
+
+    a, f = result["agent"], result["floor"]
+    checks = [
+        ("agent p50 <= floor p50 + 0.3 ms", a["p50_ms"] <= f["p50_ms"] + 0.3),
+        ("agent rps >= 80% of floor", a["rps"] >= 0.8 * f["rps"]),
+        ("agent RSS <= 100 MB", a["rss_mib"] <= 100),
+        ("ready <= 1.5 s", a["ready_s"] <= 1.5),
+    ]
+    result["targets_met"] = {name: ok for name, ok in checks}
+    print(f"{'path':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'RSS MiB':>9}")
+    print(f"{'raw ONNX Runtime':<28}{result['raw_onnx']['p50_ms']:>9.3f}")
+    print(f"{'floor: bare paho device':<28}{f['p50_ms']:>9.3f}{f['p99_ms']:>9.3f}"
+          f"{f['rps']:>9.0f}{f['rss_mib']:>9.1f}")
+    print(f"{'edge agent':<28}{a['p50_ms']:>9.3f}{a['p99_ms']:>9.3f}"
+          f"{a['rps']:>9.0f}{a['rss_mib']:>9.1f}")
+    print(f"agent ready from cache {a['ready_s']:.3f} s; from nothing (download+load) "
+          f"{a['fresh_install_ready_s']:.3f} s")
+    for name, ok in checks:
+        print(f"  [{'ok' if ok else 'MISS'}] {name}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,605 @@
+"""The edge agent: desired state in, observed state out, inference served, pipelines run.
+
+Threads: paho's network thread (decodes messages, queues work, never runs a
+model), one reconciler (downloads, verifies, loads, swaps), worker(s) per
+module, one per pipeline, the outbox pump and the heartbeat.
+
+Start-up order makes the agent useful before the broker answers: the cached
+modules are loaded and the pipelines started from ``state.json`` first, then the
+connection is attempted in the background.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+from ._cache import ArtifactError, Installed, ModuleCache
+from ._heartbeat import HeartbeatLoop, process_start_time, sample_host
+from ._offload import OffloadClient
+from ._outbox import Outbox, OutboxItem
+from ._pipelines import Pipeline
+from ._runtime import Job, JobResult, LoadedModel, ModuleLoadError, ModuleServer, load_model
+from ._serving import InferenceEndpoint
+from ._settings import AgentSettings
+from ._sources import SourceContext, make_source
+from ._transport import ConnectionConfig, Message, MqttTransport, PublishHandle, Transport
+from .protocol import (
+    AgentStatus,
+    DesiredState,
+    ErrorCode,
+    Heartbeat,
+    InstalledModule,
+    ModuleError,
+    ModuleSpec,
+    ObservedState,
+    PipelineSpec,
+    ProtocolError,
+    Route,
+    Tensor,
+    parse_json,
+)
+
+__all__ = ["Agent"]
+
+logger = logging.getLogger(__name__)
+
+
+def _agent_version() -> str:
+    try:
+        return package_version("fogmesh")
+    except PackageNotFoundError:
+        return "0"
+
+
+class Agent:
+    """One edge agent process.
+
+    Example:
+        >>> from edge_agent import AgentSettings, MemoryBroker, MemoryTransport
+        >>> import tempfile, pathlib
+        >>> s = AgentSettings(id="cam-1", cache_dir=pathlib.Path(tempfile.mkdtemp()),
+        ...                   require_signature=False, heartbeat_period_s=60)
+        >>> broker = MemoryBroker()
+        >>> agent = Agent(s, transport=MemoryTransport(broker, "cam-1"))
+        >>> agent.start(); agent.wait_connected(5)
+        True
+        >>> agent.stop()
+    """
+
+    def __init__(self, settings: AgentSettings, *, transport: Transport | None = None) -> None:
+        """Build the agent; :meth:`start` makes it run."""
+        self.settings = settings
+        self.agent_id = settings.id
+        self.site = settings.site
+        self.topics = settings.topics
+        self._started_at = time.time()
+        self._transport = transport or self._make_transport()
+        self._cache = ModuleCache(
+            settings.cache_dir,
+            public_key=settings.public_key_bytes(),
+            require_signature=settings.require_signature,
+            max_bytes=settings.max_artifact_bytes,
+            timeout_s=settings.download_timeout_s,
+        )
+        self._outbox = Outbox(
+            settings.cache_dir / "outbox.db",
+            max_events=settings.outbox_max_events,
+            max_bytes=settings.outbox_max_bytes,
+        )
+        self._offload = OffloadClient(
+            self._transport,
+            self.topics,
+            self.agent_id,
+            qos=settings.qos,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self._lock = threading.RLock()
+        self._servers: dict[str, ModuleServer] = {}
+        self._installed: dict[str, Installed] = {}
+        self._specs: dict[str, ModuleSpec] = {}
+        self._routes: dict[str, Route] = {}
+        self._errors: dict[str, ModuleError] = {}
+        self._pipelines: dict[str, Pipeline] = {}
+        self._desired: DesiredState | None = None
+        self._version = -1
+        self._pending: DesiredState | None = None
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._connected = threading.Event()
+        self._ready = threading.Event()
+        self._beat_seq = 0
+        self._endpoint = InferenceEndpoint(
+            self._transport,
+            self.agent_id,
+            self._servers.get,
+            qos=settings.qos,
+            max_payload_bytes=settings.max_payload_bytes,
+            served=lambda: [n for n, s in self._servers.items() if s.current is not None],
+        )
+        self._reconciler = threading.Thread(
+            target=self._reconcile_loop, name="reconciler", daemon=True
+        )
+        self._heartbeat = HeartbeatLoop(settings.heartbeat_period_s, self._send_heartbeat)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _status(self, state: str, reason: str | None = None) -> bytes:
+        status = AgentStatus(
+            agent=self.agent_id,
+            state=state,
+            site=self.site,
+            agent_version=_agent_version(),
+            reason=reason,
+        )
+        return status.model_dump_json(exclude_none=True).encode()
+
+    def _make_transport(self) -> MqttTransport:
+        s = self.settings
+        user, password = s.credentials()
+        return MqttTransport(
+            ConnectionConfig(
+                host=s.broker_host,
+                port=s.broker_port,
+                client_id=s.id,
+                keepalive_s=s.keepalive_s,
+                protocol=s.protocol,
+                tls=s.tls,
+                ca_file=str(s.ca_file) if s.ca_file else None,
+                cert_file=str(s.cert_file) if s.cert_file else None,
+                key_file=str(s.key_file) if s.key_file else None,
+                tls_insecure=s.tls_insecure,
+                username=user,
+                password=password,
+                will=(self.topics.status(s.id), self._status("offline", "connection lost")),
+                session_expiry_s=s.session_expiry_s,
+                reconnect_min_s=s.reconnect_min_s,
+                reconnect_max_s=s.reconnect_max_s,
+                max_inflight=s.max_inflight,
+            )
+        )
+
+    def start(self) -> None:
+        """Serve cached modules and pipelines, then connect in the background."""
+        self._restore()
+        self._ready.set()
+        logger.info(
+            "agent %s ready %.3fs after process start with %d cached module(s)",
+            self.agent_id,
+            time.time() - process_start_time(),
+            len(self._servers),
+        )
+        t = self._transport
+        t.add_connection_listener(self._on_connection)
+        t.subscribe(self.topics.desired(self.agent_id), self._on_desired, qos=1)
+        t.subscribe(
+            f"{self.topics.prefix}/modules/+/infer/{self.agent_id}", self._endpoint.on_request, 1
+        )
+        self._offload.start()
+        self._outbox.start_pump(self._publish_event, window=self.settings.outbox_window)
+        self._reconciler.start()
+        self._heartbeat.start()
+        t.start()
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Stop everything; publish the retained offline status first if connected."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._wake.notify_all()
+            pipelines = list(self._pipelines.values())
+        for p in pipelines:
+            p.stop()
+        self._heartbeat.stop()
+        if self._reconciler.is_alive():
+            self._reconciler.join(10.0)
+        self._outbox.close()
+        self._transport.stop(
+            final=(self.topics.status(self.agent_id), self._status("offline", reason))
+        )
+        for server in list(self._servers.values()):
+            server.stop()
+        logger.info("agent %s stopped (%s)", self.agent_id, reason)
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until cached modules are served (before any broker contact)."""
+        return self._ready.wait(timeout_s)
+
+    def wait_connected(self, timeout_s: float | None = None) -> bool:
+        """Wait until the broker session is up."""
+        return self._connected.wait(timeout_s)
+
+    @property
+    def version(self) -> int:
+        """The desired-state version applied (-1 before any)."""
+        return self._version
+
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self._connected.set()
+            self._transport.publish(
+                self.topics.status(self.agent_id), self._status("online"), qos=1, retain=True
+            )
+            self._publish_observed()
+        else:
+            self._connected.clear()
+        self._outbox.set_online(up)
+
+    # ------------------------------------------------------------------ restore
+
+    def _restore(self) -> None:
+        state = self._cache.load_state()
+        for name, inst in state.installed.items():
+            try:
+                self._cache.check_signature(inst.spec)
+                model = self._load(inst.spec, inst)
+            except (ArtifactError, ModuleLoadError) as exc:
+                logger.warning("module %s@%s: cached copy unusable: %s", name, inst.version, exc)
+                continue
+            self._activate(inst.spec, inst, model)
+        desired = state.desired
+        if desired is not None:
+            self._desired, self._version = desired, desired.version
+            for spec in desired.modules:
+                self._specs[spec.name] = spec
+                self._routes[spec.name] = spec.route
+        self._sync_pipelines()
+        if desired is not None:
+            logger.info(
+                "agent %s: restored desired version %d from cache", self.agent_id, desired.version
+            )
+
+    # ------------------------------------------------------------------ desired state
+
+    def _on_desired(self, msg: Message) -> None:
+        if not msg.payload:
+            logger.info("agent %s: desired state cleared on the broker; keeping", self.agent_id)
+            return
+        try:
+            desired = parse_json(
+                msg.payload, DesiredState, max_bytes=self.settings.max_payload_bytes
+            )
+        except ProtocolError as exc:
+            logger.warning("agent %s: desired state refused: %s", self.agent_id, exc)
+            return
+        if desired.agent is not None and desired.agent != self.agent_id:
+            logger.warning(
+                "agent %s: desired state is for agent %s; refused", self.agent_id, desired.agent
+            )
+            return
+        with self._lock:
+            held = max(self._version, self._pending.version if self._pending else -1)
+            if desired.version <= held:
+                logger.info(
+                    "agent %s: ignoring desired version %d (holding %d)",
+                    self.agent_id,
+                    desired.version,
+                    held,
+                )
+                if desired.version == self._version:
+                    self._publish_observed()  # e.g. the control plane restarted: re-acknowledge
+                return
+            self._pending = desired
+            self._wake.notify_all()
+
+    def _reconcile_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                desired, self._pending = self._pending, None
+            assert desired is not None
+            try:
+                self._apply(desired)
+            except Exception:
+                logger.exception(
+                    "agent %s: applying desired version %d failed", self.agent_id, desired.version
+                )
+
+    def _apply(self, desired: DesiredState) -> None:
+        logger.info(
+            "agent %s: applying desired version %d (%d modules, %d pipelines)",
+            self.agent_id,
+            desired.version,
+            len(desired.modules),
+            len(desired.pipelines),
+        )
+        wanted = {m.name for m in desired.modules}
+        for spec in desired.modules:
+            if self._stopping:
+                return
+            self._apply_module(spec)
+        for name in sorted((set(self._specs) | set(self._servers)) - wanted):
+            self._remove_module(name)
+        with self._lock:
+            self._desired, self._version = desired, desired.version
+        self._cache.save_state(desired, dict(self._installed))
+        self._sync_pipelines()
+        self._publish_observed()
+
+    def _apply_module(self, spec: ModuleSpec) -> None:
+        name = spec.name
+        with self._lock:
+            current_route = self._routes.get(name)
+            if current_route is None or spec.route.epoch >= current_route.epoch:
+                self._routes[name] = spec.route
+            else:
+                logger.warning(
+                    "module %s: route epoch %d is older than %d; route kept",
+                    name,
+                    spec.route.epoch,
+                    current_route.epoch,
+                )
+            self._specs[name] = spec
+        if not spec.has_artifact:
+            if name in self._servers:  # now remote-only: nothing local to keep
+                self._drop_local(name)
+            self._errors.pop(name, None)
+            return
+        inst = self._installed.get(name)
+        server = self._servers.get(name)
+        if (
+            inst is not None
+            and inst.sha256 == spec.sha256
+            and inst.version == spec.version
+            and server is not None
+            and server.current is not None
+        ):
+            self._errors.pop(name, None)
+            return
+        try:
+            installed = self._install_with_retries(spec)
+            model = self._load(spec, installed)
+        except (ArtifactError, ModuleLoadError) as exc:
+            self._errors[name] = ModuleError(
+                module=name, version=spec.version, code=exc.code, message=exc.reason
+            )
+            serving = server.current.version if server and server.current else None
+            logger.error(
+                "module %s@%s refused: %s (still serving %s)",
+                name,
+                spec.version,
+                exc.reason,
+                serving,
+            )
+            return
+        self._activate(spec, installed, model)
+        self._cache.remove(name, keep=installed.path)
+        self._errors.pop(name, None)
+
+    def _install_with_retries(self, spec: ModuleSpec) -> Installed:
+        delay = 0.5
+        for attempt in range(1, self.settings.download_retries + 1):
+            try:
+                return self._cache.install(spec)
+            except ArtifactError as exc:
+                if exc.code != ErrorCode.DOWNLOAD or attempt == self.settings.download_retries:
+                    raise
+                logger.warning(
+                    "module %s@%s: download attempt %d failed (%s); retrying",
+                    spec.name,
+                    spec.version,
+                    attempt,
+                    exc.reason,
+                )
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _load(self, spec: ModuleSpec, inst: Installed) -> LoadedModel:
+        return load_model(
+            inst.path,
+            name=spec.name,
+            version=spec.version,
+            sha256=inst.sha256,
+            threads=spec.threads,
+            providers=spec.providers,
+            warmup_runs=spec.warmup_runs,
+        )
+
+    def _activate(self, spec: ModuleSpec, inst: Installed, model: LoadedModel) -> None:
+        with self._lock:
+            server = self._servers.get(spec.name)
+            if server is None:
+                server = ModuleServer(
+                    spec.name,
+                    max_queue=spec.max_queue,
+                    workers=self.settings.workers,
+                    max_batch=spec.max_batch,
+                )
+                self._servers[spec.name] = server
+            server.swap(model)
+            self._installed[spec.name] = inst
+            self._specs.setdefault(spec.name, spec)
+            self._routes.setdefault(spec.name, spec.route)
+
+    def _drop_local(self, name: str) -> None:
+        with self._lock:
+            server = self._servers.pop(name, None)
+            self._installed.pop(name, None)
+        if server is not None:
+            server.stop()
+        self._cache.remove(name)
+
+    def _remove_module(self, name: str) -> None:
+        logger.info("module %s: no longer desired; removing", name)
+        with self._lock:
+            self._specs.pop(name, None)
+            self._routes.pop(name, None)
+            self._errors.pop(name, None)
+        self._drop_local(name)
+
+    # ------------------------------------------------------------------ pipelines
+
+    def _pipeline_specs(self) -> dict[str, PipelineSpec]:
+        specs = {p.name: p for p in self.settings.pipelines}
+        if self._desired is not None:
+            specs.update({p.name: p for p in self._desired.pipelines})
+        return specs
+
+    def _sync_pipelines(self) -> None:
+        wanted = self._pipeline_specs()
+        with self._lock:
+            current = dict(self._pipelines)
+        for name, pipe in current.items():
+            if wanted.get(name) != pipe.spec or not pipe.running:
+                pipe.stop()
+                with self._lock:
+                    self._pipelines.pop(name, None)
+        for name, spec in wanted.items():
+            if name in self._pipelines or self._stopping:
+                continue
+            if spec.module not in self._specs:
+                logger.warning(
+                    "pipeline %s: module %s is not desired; not started", name, spec.module
+                )
+                continue
+            ctx = SourceContext(
+                transport=self._transport,
+                base_dir=self.settings.cache_dir,
+                max_payload_bytes=self.settings.max_payload_bytes,
+                name=name,
+            )
+            try:
+                source = make_source(spec.source, ctx)
+                pipe = Pipeline(spec, source, self, self.topics.events(self.site, spec.stream_name))
+                pipe.start()
+            except (ValueError, OSError) as exc:
+                logger.error("pipeline %s: cannot start: %s", name, exc)
+                self._errors[f"pipeline:{name}"] = ModuleError(
+                    module=spec.module,
+                    code=ErrorCode.BAD_REQUEST,
+                    message=f"pipeline {name}: {exc}",
+                )
+                continue
+            with self._lock:
+                self._pipelines[name] = pipe
+
+    # PipelineHost
+    def route_for(self, module: str) -> Route | None:
+        """The module's current route (None when not desired)."""
+        return self._routes.get(module)
+
+    def has_local(self, module: str) -> bool:
+        """Whether a model is loaded for ``module``."""
+        server = self._servers.get(module)
+        return server is not None and server.current is not None
+
+    def run_local(self, module: str, tensors: Sequence[Tensor], timeout_s: float) -> JobResult:
+        """Run ``module`` here and wait (used by pipelines)."""
+        server = self._servers.get(module)
+        if server is None or server.current is None:
+            err = ProtocolError(ErrorCode.NOT_READY, f"module {module} is not loaded here")
+            return JobResult(None, err, None, 0.0, 0.0)
+        fut: Future[JobResult] = Future()
+        job = Job(tensors, fut.set_result, enqueued=time.perf_counter())
+        deadline = time.monotonic() + timeout_s
+        while not server.submit(job):  # full: pipelines wait, requests are refused
+            if time.monotonic() > deadline:
+                err = ProtocolError(ErrorCode.OVERLOADED, f"module {module}: queue full")
+                return JobResult(None, err, None, 0.0, 0.0)
+            time.sleep(0.005)
+        try:
+            return fut.result(timeout_s)
+        except FutureTimeout:
+            err = ProtocolError(ErrorCode.EXPIRED, f"module {module}: no result in {timeout_s}s")
+            return JobResult(None, err, None, 0.0, 0.0)
+
+    def run_offload(self, module: str, route: Route, tensors: Sequence[Tensor]) -> JobResult:
+        """Run ``module`` on ``route.target`` (used by pipelines)."""
+        assert route.target is not None
+        if not self._transport.connected:
+            err = ProtocolError(ErrorCode.OFFLOAD_FAILED, "broker not reachable")
+            return JobResult(None, err, None, 0.0, 0.0)
+        return self._offload.request(module, route.target, tensors, route.timeout_ms / 1e3)
+
+    def emit(self, topic: str, make_payload: Callable[[int], bytes], qos: int) -> int:
+        """Buffer an event in the outbox (published in order when connected)."""
+        return self._outbox.put(topic, make_payload, qos)
+
+    def _publish_event(self, item: OutboxItem) -> PublishHandle | None:
+        return self._transport.publish(item.topic, item.payload, qos=item.qos)
+
+    # ------------------------------------------------------------------ reporting
+
+    def observed(self) -> ObservedState:
+        """The observed state now."""
+        with self._lock:
+            installed = []
+            for name, spec in sorted(self._specs.items()):
+                route = self._routes.get(name, spec.route)
+                server = self._servers.get(name)
+                model = server.current if server else None
+                if model is None and spec.has_artifact:
+                    continue
+                installed.append(
+                    InstalledModule(
+                        name=name,
+                        version=model.version if model else spec.version,
+                        sha256=model.sha256 if model else None,
+                        inputs=list(model.inputs) if model else [],
+                        outputs=list(model.outputs) if model else [],
+                        provider=model.provider if model else None,
+                        route_mode=route.mode,
+                        route_epoch=route.epoch,
+                        ready_ts=model.loaded_at if model else None,
+                    )
+                )
+            return ObservedState(
+                agent=self.agent_id,
+                version=max(self._version, 0),
+                installed=installed,
+                errors=list(self._errors.values()),
+                pipelines=sorted(n for n, p in self._pipelines.items() if p.running),
+            )
+
+    def _publish_observed(self) -> None:
+        obs = self.observed()
+        self._transport.publish(
+            self.topics.observed(self.agent_id),
+            obs.model_dump_json(exclude_none=True).encode(),
+            qos=1,
+            retain=True,
+        )
+
+    def heartbeat(self) -> Heartbeat:
+        """A heartbeat built now."""
+        self._beat_seq += 1
+        with self._lock:
+            servers = dict(self._servers)
+        return Heartbeat(
+            agent=self.agent_id,
+            site=self.site,
+            seq=self._beat_seq,
+            uptime_s=round(time.time() - self._started_at, 3),
+            period_s=self.settings.heartbeat_period_s,
+            host=sample_host(),
+            modules={n: s.stats() for n, s in servers.items()},
+            outbox=self._outbox.stats(),
+        )
+
+    def _send_heartbeat(self) -> None:
+        if not self._transport.connected:
+            return
+        beat = self.heartbeat()
+        self._transport.publish(
+            self.topics.heartbeat(self.agent_id),
+            beat.model_dump_json(exclude_none=True).encode(),
+            qos=0,
+            expiry_s=max(1, int(self.settings.heartbeat_period_s * 3)),
+        )
+
+    def debug_state(self) -> dict[str, Any]:
+        """A JSON-able summary (for logs and tests)."""
+        return json.loads(self.observed().model_dump_json())  # type: ignore[no-any-return]

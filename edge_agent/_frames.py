@@ -1,0 +1,259 @@
+r"""Binary frames and tensors of the MQTT contract (standard library only).
+
+A frame is ``MAGIC`` (4 bytes) + header length (uint32 little-endian) + a JSON
+header object (with ``tensors``: a list of ``{name, dtype, shape}``) + the raw
+little-endian C-order bytes of each tensor in header order. A payload that
+starts with ``{`` is a header-only frame. Use it through
+:mod:`edge_agent.protocol`, which re-exports these names.
+
+Example:
+    >>> frame = pack_frame({"kind": "x"}, [Tensor("a", "uint8", (2,), b"\x01\x02")])
+    >>> header, tensors = unpack_frame(frame)
+    >>> header["kind"], bytes(tensors[0].data)
+    ('x', b'\x01\x02')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DTYPES",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "ErrorCode",
+    "ProtocolError",
+    "Tensor",
+    "pack_frame",
+    "peek_header",
+    "unpack_frame",
+]
+
+MAGIC = b"FMF\x01"
+"""First bytes of a binary frame: 'FMF' + frame format version 1."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 256 * 1024
+_HEADER_LEN = struct.Struct("<I")
+
+DTYPES: dict[str, int] = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+}
+"""Tensor dtypes on the wire (numpy names) and their item sizes in bytes."""
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable error codes in replies and observed state."""
+
+    MALFORMED = "malformed"
+    """Not valid JSON / not a frame."""
+    SCHEMA_VERSION = "schema_version"
+    """``schema_version`` missing or not :data:`SCHEMA_VERSION`."""
+    BAD_REQUEST = "bad_request"
+    """Valid JSON but not the message expected (missing/invalid fields)."""
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNKNOWN_MODULE = "unknown_module"
+    BAD_INPUT = "bad_input"
+    """Tensor names, dtypes or shapes do not fit the module's signature."""
+    OVERLOADED = "overloaded"
+    """The module's queue is full."""
+    EXPIRED = "expired"
+    NOT_READY = "not_ready"
+    INTEGRITY = "integrity"
+    """Artifact sha256 or signature check failed."""
+    DOWNLOAD = "download"
+    UNSUPPORTED = "unsupported"
+    """The device cannot run this module (provider, opset, operator)."""
+    OFFLOAD_FAILED = "offload_failed"
+    INTERNAL = "internal"
+
+
+class ProtocolError(ValueError):
+    """A message could not be accepted; ``code`` says why, the message how.
+
+    Attributes:
+        code: The :class:`ErrorCode`.
+        reason: Human-readable reason, naming what was expected.
+    """
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.value}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor as raw little-endian C-order bytes.
+
+    Example:
+        >>> Tensor("x", "int32", (2,), bytes(8)).nbytes
+        8
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes | memoryview
+
+    @property
+    def nbytes(self) -> int:
+        """Size the data must have: prod(shape) * itemsize."""
+        return math.prod(self.shape) * DTYPES[self.dtype]
+
+    def to_numpy(self) -> npt.NDArray[Any]:
+        """A read-only numpy view of the data (numpy is imported lazily)."""
+        import numpy as np
+
+        dt = np.dtype(self.dtype).newbyteorder("<")
+        return np.frombuffer(self.data, dtype=dt).reshape(self.shape)
+
+    @classmethod
+    def from_numpy(cls, name: str, array: np.ndarray[Any, Any]) -> Tensor:
+        """Wrap a numpy array (converted to little-endian C order if it is not)."""
+        import numpy as np
+
+        dtype = array.dtype.name
+        if dtype not in DTYPES:
+            raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {name!r}: dtype {dtype} unsupported")
+        arr = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        return cls(name, dtype, tuple(int(d) for d in arr.shape), arr.data.cast("B"))
+
+
+def pack_frame(header: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> bytes:
+    """Encode a header (its ``tensors`` field is filled in) and tensors as one frame.
+
+    Raises:
+        ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
+    """
+    for t in tensors:
+        if t.dtype not in DTYPES:
+            raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {t.name!r}: unknown dtype {t.dtype}")
+        if len(t.data) != t.nbytes:
+            raise ProtocolError(
+                ErrorCode.BAD_INPUT,
+                f"tensor {t.name!r}: {len(t.data)} bytes, "
+                f"{t.dtype}{list(t.shape)} needs {t.nbytes}",
+            )
+    obj = dict(header)
+    obj["tensors"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in tensors]
+    head = json.dumps(obj, separators=(",", ":")).encode()
+    return b"".join(
+        [
+            MAGIC,
+            _HEADER_LEN.pack(len(head)),
+            head,
+            *(bytes(t.data) if isinstance(t.data, memoryview) else t.data for t in tensors),
+        ]
+    )
+
+
+def unpack_frame(
+    payload: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], list[Tensor]]:
+    """Split a frame into its JSON header (not yet validated) and its tensors.
+
+    The tensors' data are zero-copy views of ``payload``. A payload starting with
+    ``{`` is a header-only frame.
+
+    Raises:
+        ProtocolError: PAYLOAD_TOO_LARGE, or MALFORMED with what is wrong.
+    """
+    size = len(payload)
+    if size > max_bytes:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"{size} bytes is over the limit of {max_bytes}"
+        )
+    view = memoryview(payload)
+    if bytes(view[:1]) == b"{":
+        head_bytes, body_at = view, size
+    elif bytes(view[:4]) == MAGIC and size >= 8:
+        (head_len,) = _HEADER_LEN.unpack_from(view, 4)
+        if head_len > MAX_HEADER_BYTES or 8 + head_len > size:
+            raise ProtocolError(ErrorCode.MALFORMED, f"frame header length {head_len} is invalid")
+        head_bytes, body_at = view[8 : 8 + head_len], 8 + head_len
+    else:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"not a frame: expected magic {MAGIC!r} or a JSON object"
+        )
+    try:
+        header = json.loads(bytes(head_bytes))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"malformed JSON header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "frame header is not a JSON object")
+    metas = header.get("tensors") or []
+    if not isinstance(metas, list):
+        raise ProtocolError(ErrorCode.MALFORMED, "header 'tensors' is not a list")
+    tensors: list[Tensor] = []
+    at = body_at
+    for i, m in enumerate(metas):
+        try:
+            name, dtype, shape = str(m["name"]), str(m["dtype"]), tuple(int(d) for d in m["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"tensor #{i}: needs name, dtype, shape"
+            ) from exc
+        if dtype not in DTYPES:
+            raise ProtocolError(
+                ErrorCode.BAD_INPUT,
+                f"tensor {name!r}: unknown dtype {dtype!r}, use one of {sorted(DTYPES)}",
+            )
+        if any(d < 0 for d in shape):
+            raise ProtocolError(
+                ErrorCode.BAD_INPUT, f"tensor {name!r}: negative dim in {list(shape)}"
+            )
+        n = math.prod(shape) * DTYPES[dtype]
+        if at + n > size:
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                f"tensor {name!r}: {dtype}{list(shape)} needs {n} bytes, frame is short",
+            )
+        tensors.append(Tensor(name, dtype, shape, view[at : at + n]))
+        at += n
+    if at != size:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{size - at} trailing bytes after the tensors")
+    return header, tensors
+
+
+def peek_header(payload: bytes | memoryview) -> dict[str, Any] | None:
+    """Best-effort header of a payload that failed to decode (to address an error reply).
+
+    Reads only the header, whatever the size of the rest; None if unreadable.
+    """
+    view = memoryview(payload)
+    try:
+        if bytes(view[:4]) == MAGIC and len(view) >= 8:
+            (head_len,) = _HEADER_LEN.unpack_from(view, 4)
+            if head_len > MAX_HEADER_BYTES:
+                return None
+            obj = json.loads(bytes(view[8 : 8 + head_len]))
+        elif bytes(view[:1]) == b"{" and len(view) <= MAX_HEADER_BYTES:
+            obj = json.loads(bytes(view))
+        else:
+            return None
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+    return obj if isinstance(obj, dict) else None

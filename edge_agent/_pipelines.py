@@ -1,0 +1,166 @@
+"""Local pipelines: source -> module (local or offloaded, per its route) -> events.
+
+The outputs become events, published through the outbox.
+
+Each pipeline is one thread. The route is read for every sample, so a route
+switch (a new route epoch in the desired state) applies to the next sample
+without restarting the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ._runtime import JobResult
+from ._sources import Sample, Source
+from .protocol import Event, PipelineSpec, Route, Tensor, json_tensor
+
+__all__ = ["Pipeline", "PipelineHost"]
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineHost(Protocol):
+    """What a pipeline needs from the agent."""
+
+    agent_id: str
+    site: str
+
+    def route_for(self, module: str) -> Route | None:
+        """The module's current route, or None if the module is no longer desired."""
+        ...
+
+    def run_local(self, module: str, tensors: Sequence[Tensor], timeout_s: float) -> JobResult:
+        """Run the module on this device and wait for the result."""
+        ...
+
+    def run_offload(self, module: str, route: Route, tensors: Sequence[Tensor]) -> JobResult:
+        """Run the module on ``route.target`` and wait for the result."""
+        ...
+
+    def has_local(self, module: str) -> bool:
+        """Whether the module is loaded on this device."""
+        ...
+
+    def emit(self, topic: str, make_payload: Callable[[int], bytes], qos: int) -> int:
+        """Put an event in the outbox; ``make_payload(seq)`` builds it. Returns the seq."""
+        ...
+
+
+class Pipeline:
+    """Runs one :class:`PipelineSpec` on its own thread."""
+
+    def __init__(self, spec: PipelineSpec, source: Source, host: PipelineHost, topic: str) -> None:
+        """Events go to ``topic`` (``{p}/events/{site}/{stream}``)."""
+        self.spec = spec
+        self._source = source
+        self._host = host
+        self._topic = topic
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.processed = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        """Start the source and the thread."""
+        self._source.start()
+        self._thread = threading.Thread(
+            target=self._run, name=f"pipeline-{self.spec.name}", daemon=True
+        )
+        self._thread.start()
+        logger.info(
+            "pipeline %s: started (%s source -> module %s -> stream %s)",
+            self.spec.name,
+            self.spec.source.kind,
+            self.spec.module,
+            self.spec.stream_name,
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop after the sample in progress."""
+        self._stop.set()
+        self._source.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sample = self._source.get(0.25)
+            except Exception:
+                logger.exception("pipeline %s: source failed; stopping", self.spec.name)
+                return
+            if sample is None:
+                if self._source.exhausted:
+                    logger.info("pipeline %s: source exhausted", self.spec.name)
+                    return
+                continue
+            try:
+                self._process(sample)
+            except Exception:
+                self.failed += 1
+                logger.exception("pipeline %s: sample failed", self.spec.name)
+
+    def _process(self, sample: Sample) -> None:
+        name, module = self.spec.name, self.spec.module
+        route = self._host.route_for(module)
+        if route is None:
+            return
+        started = time.perf_counter()
+        where = "local"
+        result: JobResult
+        if route.mode == "offload" and route.target:
+            where = f"offload:{route.target}"
+            result = self._host.run_offload(module, route, sample.tensors)
+            if result.error is not None and route.fallback_local and self._host.has_local(module):
+                logger.warning(
+                    "pipeline %s: offload of %s to %s failed (%s); ran locally",
+                    name,
+                    module,
+                    route.target,
+                    result.error.reason,
+                )
+                where = "local"
+                result = self._host.run_local(module, sample.tensors, route.timeout_ms / 1e3)
+        else:
+            result = self._host.run_local(module, sample.tensors, 30.0)
+        if result.error is not None or result.outputs is None:
+            self.failed += 1
+            logger.warning(
+                "pipeline %s: module %s (%s) failed: %s",
+                name,
+                module,
+                where,
+                result.error.reason if result.error else "no outputs",
+            )
+            return
+        event = Event(
+            agent=self._host.agent_id,
+            site=self._host.site,
+            stream=self.spec.stream_name,
+            pipeline=name,
+            module=module,
+            version=result.version,
+            route=where,
+            source_ts=sample.ts,
+            latency_ms=round((time.perf_counter() - started) * 1e3, 3),
+            outputs={t.name: json_tensor(t) for t in result.outputs},
+        )
+        body = event.model_dump(mode="json", exclude_none=True)
+
+        def make_payload(seq: int) -> bytes:
+            body["seq"] = seq
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        self._host.emit(self._topic, make_payload, self.spec.qos)
+        self.processed += 1
