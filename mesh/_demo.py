@@ -16,12 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ._backend import BatchResult, TuneResult, connect_backend
+from ._broker import start_embedded_broker
+from ._edge_gateway import EdgeGateway
 from ._errors import MeshError
 from ._loader import load_apps
 from ._runner import Run, Runner
 from ._settings import MeshSettings
 from ._store import SQLiteStore
-from ._streams import LocalBus, StreamWorker
+from ._streams import StreamWorker
 
 __all__ = ["run_demo"]
 
@@ -132,26 +134,34 @@ def run_demo(settings: MeshSettings, *, console: Console, quick: bool = False) -
             f"val_mae={fitted['val_mae']:.3f} vehicles/min on {SITES[0]}",
         )
 
-        console.rule("5. live signal plans at the fog (stream windows)")
+        console.rule("5. live signal plans at the fog (stream windows over MQTT)")
         t0 = time.monotonic()
-        bus = LocalBus()
         plans: list[dict[str, Any]] = []
-        bus.subscribe("demo/plans", lambda _t, payload: plans.append(json.loads(payload)))
-        worker = StreamWorker(runner, "signal_plan", bus)
-        worker.start()
+        with console.status("starting the embedded MQTT broker…"):
+            broker = start_embedded_broker()
+            gateway = EdgeGateway(broker.url, protocol="3.1.1").start()  # amqtt: 3.1.1 only
         try:
-            for second in range(3 if quick else 5):
-                for i, site in enumerate(SITES):
-                    counts = {
-                        a: (second + i * 3 + j * 2) % 9
-                        for j, a in enumerate(("north", "east", "south", "west"))
-                    }
-                    bus.publish(
-                        f"demo/{site}/counts", json.dumps({"site": site, **counts}).encode()
-                    )
-                time.sleep(1.0)
+            console.print(f"  embedded broker at {broker.url}")
+            gateway.subscribe("demo/plans", lambda _t, payload: plans.append(json.loads(payload)))
+            worker = StreamWorker(runner, "signal_plan", gateway)
+            worker.start()
+            try:
+                for second in range(3 if quick else 5):
+                    for i, site in enumerate(SITES):
+                        counts = {
+                            a: (second + i * 3 + j * 2) % 9
+                            for j, a in enumerate(("north", "east", "south", "west"))
+                        }
+                        gateway.publish(
+                            f"demo/{site}/counts", json.dumps({"site": site, **counts}).encode()
+                        )
+                    time.sleep(1.0)
+            finally:
+                worker.stop()
+            gateway.barrier()  # the last window's plans are delivered before we count them
         finally:
-            worker.stop()
+            gateway.stop()
+            broker.stop()
         windows = [o for o in worker.outcomes if o.messages]
         failed = [o for o in windows if o.error]
         if failed:
