@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ._errors import MeshError, SpecError
 from ._specs import FunctionKind, StreamSpec
+from ._topics import topic_matches
 
 __all__ = ["LocalBus", "MessageBus", "StreamWorker", "WindowOutcome", "topic_matches"]
 
@@ -38,25 +39,6 @@ class MessageBus(Protocol):
     def publish(self, topic: str, payload: bytes) -> None:
         """Send ``payload`` to ``topic``."""
         ...
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` matches the MQTT ``pattern`` (``+`` one level, ``#`` the rest).
-
-    Example:
-        >>> topic_matches("traffic/+/counts", "traffic/j1/counts")
-        True
-        >>> topic_matches("traffic/#", "traffic")
-        True
-    """
-    want = pattern.split("/")
-    have = topic.split("/")
-    for i, level in enumerate(want):
-        if level == "#":
-            return True
-        if i >= len(have) or (level != "+" and level != have[i]):
-            return False
-    return len(want) == len(have)
 
 
 class LocalBus:
