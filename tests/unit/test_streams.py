@@ -8,26 +8,9 @@ import pytest
 from mesh import Mesh, SpecError
 from mesh._runner import Runner
 from mesh._store import SQLiteStore
-from mesh._streams import LocalBus, StreamWorker, topic_matches
+from mesh._streams import LocalBus, StreamWorker
 
 from .fakes import FakeBackend
-
-
-@pytest.mark.parametrize(
-    ("pattern", "topic", "match"),
-    [
-        ("a/+/c", "a/b/c", True),
-        ("a/+/c", "a/b/d", False),
-        ("a/#", "a", True),
-        ("a/#", "a/b/c", True),
-        ("a/+", "a/b/c", False),
-        ("a/b", "a/b", True),
-        ("#", "x/y", True),
-        ("a/+/c", "a//c", True),
-    ],
-)
-def test_topic_matches(pattern: str, topic: str, match: bool) -> None:
-    assert topic_matches(pattern, topic) is match
 
 
 def _runner() -> Runner:
