@@ -502,6 +502,21 @@ class RayBackend:
         """The embedded cluster this backend started and owns, if any."""
         return self._cluster
 
+    def node_usage(self) -> dict[str, dict[str, float]]:
+        """Logical resources still available on each live node, by node id.
+
+        Ray has no public per-node call for this in 2.60; the private one is
+        wrapped here so a change in it costs `mesh status` a column, not a crash.
+        """
+        try:
+            from ray._private.state import available_resources_per_node
+
+            per_node = available_resources_per_node()  # type: ignore[no-untyped-call]
+        except Exception:  # private API: degrade to "unknown" rather than fail
+            logger.debug("per-node resource usage unavailable", exc_info=True)
+            return {}
+        return {str(node): {k: float(v) for k, v in res.items()} for node, res in per_node.items()}
+
     def nodes(self, *, refresh: bool = False) -> list[NodeInfo]:
         """Live and dead nodes from ``ray.nodes()``, cached for 2 s unless ``refresh``."""
         return list(self._node_snapshot(refresh=refresh))

@@ -76,9 +76,10 @@ def up(
             f"data in {settings.data_dir}"
         )
         for node in info.get("nodes", []):
+            site = f" site {node['site']}" if node.get("site") else ""
             console.print(
-                f"  node {str(node.get('node_id', ''))[:8]}  "
-                f"{node.get('labels', {})}  {node.get('resources', {})}"
+                f"  {node.get('tier', '?'):<5} node {str(node.get('node_id', ''))[:8]}{site}, "
+                f"{node.get('cpus', '?')} CPU"
             )
 
 

@@ -64,6 +64,7 @@ def test_up_deploy_invoke_runs_down(env: dict[str, str], tmp_path: Path) -> None
     status = _mesh(env, "status")
     assert status.returncode == 0, status.stderr
     assert "cloud" in status.stdout and "fog" in status.stdout
+    assert status.stdout.count(" 0/1 ") == 2  # CPU used/total per node, nothing running
 
     deployed = _mesh(env, "deploy", "functions/demo.py")
     assert deployed.returncode == 0, deployed.stderr
