@@ -140,6 +140,18 @@ def _requested(spec: FunctionSpec) -> dict[str, object]:
     return wanted
 
 
+def _offer(live: list[NodeInfo]) -> list[Mapping[str, object]]:
+    return [
+        {
+            "node": n.node_id[:8],
+            "tier": n.tier or "-",
+            **({"site": n.site} if n.site else {}),
+            **{k: v for k, v in n.resources_total.items() if k in ("CPU", "GPU")},
+        }
+        for n in live
+    ]
+
+
 def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
     """Return a live node that could run ``spec``, or explain why none can.
 
@@ -151,19 +163,10 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
             the resources in total.
     """
     live = [n for n in nodes if n.alive]
-    offer: list[Mapping[str, object]] = [
-        {
-            "node": n.node_id[:8],
-            "tier": n.tier or "-",
-            **({"site": n.site} if n.site else {}),
-            **{k: v for k, v in n.resources_total.items() if k in ("CPU", "GPU")},
-        }
-        for n in live
-    ]
     tiered = [n for n in live if n.tier == spec.tier]
     if not tiered:
         raise UnsatisfiableError(
-            spec.name, _requested(spec), offer, f"no live node has tier {spec.tier!r}"
+            spec.name, _requested(spec), _offer(live), f"no live node has tier {spec.tier!r}"
         )
     if spec.site:
         tiered = [n for n in tiered if n.site == spec.site]
@@ -171,7 +174,7 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
             raise UnsatisfiableError(
                 spec.name,
                 _requested(spec),
-                offer,
+                _offer(live),
                 f"no live {spec.tier} node has site {spec.site!r}",
             )
     needs: dict[str, float] = {"CPU": spec.resources.cpus, **spec.resources.custom}
@@ -188,7 +191,7 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
     raise UnsatisfiableError(
         spec.name,
         _requested(spec),
-        offer,
+        _offer(live),
         f"no {spec.tier} node has the resources asked for ({'; '.join(sorted(set(short)))})",
     )
 

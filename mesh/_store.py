@@ -227,12 +227,14 @@ class SQLiteStore:
     def _drain(self) -> None:
         while True:
             batch = [self._queue.get()]
-            # Linger briefly so writes arriving together share one commit (and one
-            # wake-up of this thread); a flush or close ends the wait at once.
-            linger_until = time.monotonic() + _LINGER_S
-            while len(batch) < _BATCH and isinstance(batch[-1], tuple):
+            if isinstance(batch[0], tuple):
+                # Linger briefly so writes arriving together share one commit; sleeping
+                # (rather than waking per queued item) keeps this thread off the GIL
+                # while invocations run. Reads wait at most this long for a flush.
+                time.sleep(_LINGER_S)
+            while len(batch) < _BATCH:
                 try:
-                    batch.append(self._queue.get(timeout=max(0.0, linger_until - time.monotonic())))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             writes = [op for op in batch if isinstance(op, tuple)]
@@ -291,7 +293,7 @@ class SQLiteStore:
                 record.status.value,
                 record.started_at,
                 record.node_id,
-                json.dumps(dict(record.node_labels)),
+                json.dumps(dict(record.node_labels)) if record.node_labels else "{}",
                 record.duration_s,
                 record.result_ref,
                 record.error,
