@@ -1,0 +1,437 @@
+"""The gateway: OIP v2 routed to replicas and agents, auth, metrics, the real tritonclient."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mesh._auth import TokenSigner
+from mesh._edge_gateway import EdgeInferenceError, EdgeRequestTimeoutError
+from mesh._export import ModelSignature, TensorSpec
+from mesh._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh._oip import decode_response, encode_request
+from mesh._replica_server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
+from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
+from mesh._upstream import UpstreamPool
+from tests.support.agent_fixtures import build_tiny_model
+
+SIG = ModelSignature(inputs=(TensorSpec("x", "float32", ("N", 4)),),
+                     outputs=(TensorSpec("y", "float32", ("N", 4)),), opset=17)
+SIGNER = TokenSigner(b"s" * 32)
+
+
+@dataclass
+class Replica:
+    app: ReplicaApp
+    server: ServerThread
+
+    def endpoint(self, version: str = "v1", rid: str = "r1") -> ReplicaEndpoint:
+        return ReplicaEndpoint(rid, f"node-{rid}", self.server.host, self.server.port, version)
+
+
+def start_replica(path: Path, version: str = "v1") -> Replica:
+    runner = ModelRunner(path, cpus=0.5, warmup_runs=1)
+    app = ReplicaApp(runner, model="m", version=version, node_id="node-r1", replica_id="r1")
+    app.warmup()
+    return Replica(app, serve_asgi(app, port=0))
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    path = build_tiny_model(tmp_path_factory.mktemp("gw") / "tiny.onnx", scale=2.0)
+    r = start_replica(path)
+    try:
+        yield r
+    finally:
+        r.server.stop()
+        r.app.close()
+
+
+def token(*scopes: str, ttl_s: float = 60.0, now: float | None = None) -> str:
+    return SIGNER.issue("tester", list(scopes), ttl_s=ttl_s, now=time.time() if now is None
+                        else now)
+
+
+def bearer(*scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(*scopes)}"}
+
+
+def make_gateway(routes: RouteTable, *, auth: bool = True, **kw: Any) -> Gateway:
+    return Gateway(routes, auth=TokenAuth(SIGNER if auth else None), **kw)
+
+
+async def request(gateway: Gateway, method: str, path: str, **kw: Any) -> httpx.Response:
+    app = create_gateway_app(gateway)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gw") as client:
+            return await client.request(method, path, **kw)
+    finally:
+        await gateway.close()
+
+
+def post_infer(gateway: Gateway, x: np.ndarray[Any, Any], *, module: str = "m",
+               binary: bool = False, headers: dict[str, str] | None = None,
+               version: str | None = None) -> httpx.Response:
+    body, header_length = encode_request({"x": x}, binary=binary, binary_output=binary)
+    h = dict(headers if headers is not None else bearer("invoke"))
+    if header_length is not None:
+        h["Inference-Header-Content-Length"] = str(header_length)
+    path = f"/v2/models/{module}/infer" if version is None else \
+        f"/v2/models/{module}/versions/{version}/infer"
+    return asyncio.run(request(gateway, "POST", path, content=body, headers=h))
+
+
+def result(response: httpx.Response) -> np.ndarray[Any, Any]:
+    raw = response.headers.get("inference-header-content-length")
+    return decode_response(response.content, int(raw) if raw else None)["y"]
+
+
+# ---------------------------------------------------------------- auth
+
+
+def test_token_auth_checks_scheme_signature_expiry_and_scope() -> None:
+    now = [1000.0]
+    auth = TokenAuth(SIGNER, clock=lambda: now[0])
+    good = token("invoke", ttl_s=10, now=1000.0)
+    assert auth.check(f"Bearer {good}", "invoke") is not None
+    assert auth.check(f"bearer {good}".encode(), "read") is not None  # cached, scope implied
+    from mesh._auth import AuthError, ForbiddenError
+
+    for header, needle in [(None, "missing"), ("Basic abc", "Bearer <token>"),
+                           ("Bearer mesh_x.y", "invalid token signature")]:
+        with pytest.raises(AuthError, match=needle):
+            auth.check(header, "read")
+    with pytest.raises(ForbiddenError, match="needs 'admin'"):
+        auth.check(f"Bearer {good}", "admin")
+    now[0] = 1011.0
+    with pytest.raises(AuthError, match="expired"):
+        auth.check(f"Bearer {good}", "invoke")  # the cached claims expire too
+    assert TokenAuth(None).check(None, "admin") is None
+
+
+# ---------------------------------------------------------------- inference to replicas
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_through_the_gateway(replica: Replica, binary: bool) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    response = post_infer(gateway, x, binary=binary)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(result(response), 2 * x)
+    versioned = post_infer(gateway, x, version="v1")
+    assert versioned.status_code == 200
+    text = gateway.metrics.render()
+    assert 'mesh_inference_latency_seconds_count{module="m",version="v1",node="node-r1"} 2' \
+        in text
+    assert 'mesh_inference_requests_total{module="m",version="v1",node="node-r1",code="200"} 2' \
+        in text
+
+
+def test_auth_errors(replica: Replica) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes)
+    x = np.ones((1, 4), np.float32)
+    missing = post_infer(gateway, x, headers={})
+    assert missing.status_code == 401 and "missing Authorization" in missing.json()["error"]
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    expired = f"Bearer {token('invoke', ttl_s=1, now=time.time() - 10)}"
+    assert post_infer(gateway, x, headers={"Authorization": expired}).status_code == 401
+    forbidden = post_infer(gateway, x, headers=bearer("read"))
+    assert forbidden.status_code == 403 and "needs 'invoke'" in forbidden.json()["error"]
+    meta = asyncio.run(request(gateway, "GET", "/v2/models/m"))
+    assert meta.status_code == 401
+    assert asyncio.run(request(gateway, "GET", "/metrics")).status_code == 401
+    assert asyncio.run(request(gateway, "GET", "/v2/health/ready")).status_code == 200
+    assert 'reason="auth"' in gateway.metrics.render()
+
+
+def test_unknown_model_and_version_get_404(replica: Replica) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes, auth=False)
+    x = np.ones((1, 4), np.float32)
+    unknown = post_infer(gateway, x, module="nope")
+    assert unknown.status_code == 404 and "served: m" in unknown.json()["error"]
+    assert post_infer(gateway, x, version="v7").status_code == 404
+    meta = asyncio.run(request(gateway, "GET", "/v2/models/nope"))
+    assert meta.status_code == 404 and "is not served" in meta.json()["error"]
+    text = gateway.metrics.render()
+    assert 'module="<unknown>",version="",node="",reason="not_found"} 1' in text
+    assert 'module="nope"' not in text  # client-chosen names do not become labels
+    assert asyncio.run(request(gateway, "GET", "/v2/models/nope/ready")).status_code == 404
+
+
+def test_bad_tensors_get_400_with_the_signature(replica: Replica) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes, auth=False)
+    response = post_infer(gateway, np.ones((1, 3), np.float32))
+    assert response.status_code == 400
+    assert "expected inputs x: FP32[-1,4]" in response.json()["error"]
+    assert 'reason="bad_input"' in gateway.metrics.render()
+
+
+def test_metadata_ready_routes_and_metrics(replica: Replica) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG, tier="fog")
+    gateway = make_gateway(routes)
+    read = bearer("read")
+    meta = asyncio.run(request(gateway, "GET", "/v2/models/m", headers=read)).json()
+    assert meta["name"] == "m" and meta["versions"] == ["v1"]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    assert asyncio.run(request(gateway, "GET", "/v2/models/m/versions/v1",
+                               headers=read)).status_code == 200
+    assert asyncio.run(request(gateway, "GET", "/v2/models/m/ready",
+                               headers=read)).status_code == 200
+    assert asyncio.run(request(gateway, "GET", "/v2", headers=read)).json()["name"] == "fogmesh"
+    listed = asyncio.run(request(gateway, "GET", "/v1/routes", headers=read)).json()
+    assert listed[0]["module"] == "m" and listed[0]["endpoints"][0]["kind"] == "replica"
+    metrics = asyncio.run(request(gateway, "GET", "/metrics", headers=read))
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "# TYPE mesh_inference_latency_seconds histogram" in metrics.text
+    routes.set("m", "v1", [])
+    assert asyncio.run(request(gateway, "GET", "/v2/models/m/ready",
+                               headers=read)).status_code == 503
+    openapi = asyncio.run(request(gateway, "GET", "/openapi.json")).json()
+    assert "/v2/models/{name}/infer" in openapi["paths"]
+
+
+def test_a_dead_endpoint_is_retried_on_another(replica: Replica) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    dead = ReplicaEndpoint("r0", "node-r0", "127.0.0.1", dead_port, "v1")
+    routes = RouteTable()
+    routes.set("m", "v1", [dead, replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes, auth=False)
+    for _ in range(4):
+        assert post_infer(gateway, np.ones((1, 4), np.float32)).status_code == 200
+    assert gateway.metrics.counter("mesh_inference_retries_total", "", ("module",)).value("m") >= 1
+    routes.set("m", "v1", [dead], signature=SIG)
+    failed = post_infer(gateway, np.ones((1, 4), np.float32))
+    assert failed.status_code == 502 and "could be reached" in failed.json()["error"]
+
+
+def test_no_endpoint_is_503_and_scale_from_zero_waits(replica: Replica) -> None:
+    routes = RouteTable()
+    routes.set("m", "v1", [], signature=SIG)
+    gateway = make_gateway(routes, auth=False)
+    assert post_infer(gateway, np.ones((1, 4), np.float32)).status_code == 503
+    routes.set("m", "v1", [], scale_from_zero=True)
+    woken: list[str] = []
+
+    def wake(module: str) -> None:  # what the serving manager does when asked
+        woken.append(module)
+        routes.set(module, "v1", [replica.endpoint()])
+
+    routes.on_demand(lambda module: asyncio.get_running_loop().call_later(0.05, wake, module))
+    assert post_infer(gateway, np.ones((1, 4), np.float32)).status_code == 200
+    assert woken == ["m"]
+
+
+# ---------------------------------------------------------------- inference to agents
+
+
+class FakeEdge:
+    """Answers like EdgeGateway.infer: y = 2x, or an error."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail: Exception | None = None
+
+    async def infer(self, module: str, node: str, inputs: Any, *, timeout_s: float = 5.0,
+                    version: str | None = None) -> Any:
+        self.calls.append((module, node))
+        if self.fail is not None:
+            raise self.fail
+
+        class Reply:
+            version = "v2"
+
+        class Result:
+            outputs = {"y": inputs["x"] * 2}
+            reply = Reply()
+
+        return Result()
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_on_an_agent(binary: bool) -> None:
+    routes = RouteTable()
+    routes.set("m", "v2", [AgentEndpoint("cam-1", "v2")], signature=SIG, tier="edge")
+    edge = FakeEdge()
+    gateway = make_gateway(routes, edge=edge)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    response = post_infer(gateway, x, binary=binary)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(result(response), 2 * x)
+    assert edge.calls == [("m", "cam-1")]
+    assert 'version="v2",node="cam-1",code="200"' in gateway.metrics.render()
+    bad = post_infer(gateway, np.ones((1, 5), np.float32))
+    assert bad.status_code == 400 and "expected inputs x: FP32[-1,4]" in bad.json()["error"]
+    assert len(edge.calls) == 1  # refused before going to the agent
+
+
+def test_agent_errors_map_to_status_codes() -> None:
+    routes = RouteTable()
+    routes.set("m", "v2", [AgentEndpoint("cam-1", "v2")], tier="edge")  # no signature known
+    edge = FakeEdge()
+    gateway = make_gateway(routes, edge=edge, auth=False)
+    x = np.ones((1, 4), np.float32)
+    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="bad_input",
+                                   message="shape", expected=["x: float32[?,4]"])
+    bad = post_infer(gateway, x)
+    assert bad.status_code == 400 and "x: float32[?,4]" in bad.json()["error"]
+    edge.fail = EdgeRequestTimeoutError(module="m", node="cam-1", correlation_id="c",
+                                        timeout_s=1.0)
+    assert post_infer(gateway, x).status_code == 504
+    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="unknown_module",
+                                   message="not here")
+    assert post_infer(gateway, x).status_code == 503
+    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="overloaded", message="busy")
+    assert post_infer(gateway, x).status_code == 502
+    no_edge = make_gateway(routes, auth=False)
+    assert post_infer(no_edge, x).status_code == 503
+
+
+# ---------------------------------------------------------------- the real tritonclient
+
+
+@pytest.fixture
+def served_gateway(replica: Replica) -> Iterator[tuple[str, RouteTable]]:
+    routes = RouteTable()
+    routes.set("m", "v1", [replica.endpoint()], signature=SIG)
+    server = serve_asgi(create_gateway_app(make_gateway(routes)), port=0, lifespan="on")
+    try:
+        yield f"{server.host}:{server.port}", routes
+    finally:
+        server.stop()
+
+
+def test_tritonclient_works_unchanged(served_gateway: tuple[str, RouteTable]) -> None:
+    tritonclient_http = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    url, _ = served_gateway
+    client = tritonclient_http.InferenceServerClient(url=url)
+    auth = bearer("invoke")
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready("m", headers=dict(auth))
+        meta = client.get_model_metadata("m", headers=dict(auth))
+        assert meta["inputs"][0]["shape"] == [-1, 4]
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        for binary in (True, False):
+            inp = tritonclient_http.InferInput("x", [2, 4], "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            outs = [tritonclient_http.InferRequestedOutput("y", binary_data=binary)]
+            # a fresh dict each call: tritonclient adds Inference-Header-Content-Length to it
+            res = client.infer("m", [inp], outputs=outs, headers=dict(auth), request_id="42")
+            np.testing.assert_allclose(res.as_numpy("y"), 2 * x)
+            assert res.get_response()["id"] == "42"
+        res = client.infer("m", [inp], headers=dict(auth))  # no outputs named: all, binary
+        np.testing.assert_allclose(res.as_numpy("y"), 2 * x)
+        with pytest.raises(InferenceServerException, match="missing Authorization"):
+            client.infer("m", [inp])
+        bad = tritonclient_http.InferInput("x", [2, 2], "FP32")
+        bad.set_data_from_numpy(np.ones((2, 2), np.float32))
+        with pytest.raises(InferenceServerException, match=r"expected inputs x: FP32\[-1,4\]"):
+            client.infer("m", [bad], headers=dict(auth))
+        with pytest.raises(InferenceServerException, match="not served"):
+            client.infer("other", [inp], headers=dict(auth))
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- the upstream pool
+
+
+def test_pool_reuses_connections_and_survives_idle_closes(replica: Replica) -> None:
+    host, port = replica.server.host, replica.server.port
+
+    async def run() -> None:
+        pool = UpstreamPool()
+        first = await pool.request(host, port, "GET", "/v2/health/live")
+        second = await pool.request(host, port, "GET", "/v2/health/live")
+        assert first.status == second.status == 200
+        assert len(pool._idle[(host, port)]) == 1
+        conn = pool._idle[(host, port)][0]
+        assert conn.used == 2
+        assert conn.transport is not None
+        conn.transport.close()  # as if the server had closed an idle connection
+        await asyncio.sleep(0.01)
+        assert (await pool.request(host, port, "GET", "/v2/health/live")).status == 200
+        await pool.close()
+
+    asyncio.run(run())
+
+
+def test_pool_reads_chunked_bodies_and_times_out() -> None:
+    async def chunked(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"world", "more_body": False})
+
+    server = serve_asgi(chunked, port=0)
+
+    async def run() -> None:
+        pool = UpstreamPool()
+        response = await pool.request(server.host, server.port, "GET", "/")
+        assert response.body == b"hello world"
+        assert response.headers[b"transfer-encoding"] == b"chunked"
+        with pytest.raises(TimeoutError):
+            await pool.request(server.host, server.port, "GET", "/slow", timeout_s=0.1)
+        assert (await pool.request(server.host, server.port, "GET", "/")).status == 200
+        await pool.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
+def test_v1_models_is_mounted_behind_the_same_tokens(tmp_path: Path) -> None:
+    from mesh import MeshSettings, ModelRegistry
+
+    registry = ModelRegistry.open(MeshSettings(data_dir=tmp_path))
+    try:
+        registry.register("m", build_tiny_model(tmp_path / "m.onnx"), code_version="c1")
+        gateway = make_gateway(RouteTable())
+        app = create_gateway_app(gateway, registry=registry)
+
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://gw") as client:
+                anonymous = await client.get("/v1/models")
+                listed = await client.get("/v1/models", headers=bearer("read"))
+                assert listed.json()[0]["name"] == "m"
+                promote = await client.post("/v1/models/m/versions/v1/promote",
+                                            headers=bearer("invoke"))
+                admin = await client.post("/v1/models/m/versions/v1/promote",
+                                          headers=bearer("admin"))
+                return [anonymous.status_code, listed.status_code, promote.status_code,
+                        admin.status_code]
+
+        assert asyncio.run(run()) == [401, 200, 403, 200]
+    finally:
+        registry.close()
