@@ -24,6 +24,8 @@ from ._artifacts import (
     sha256_file,
     verify_signature,
 )
+from ._auth import SCOPES, AuthError, ForbiddenError, TokenClaims, TokenSigner
+from ._autoscale import AutoscalePolicy, Autoscaler
 from ._backend import (
     SITE_LABEL,
     TIER_LABEL,
@@ -92,6 +94,15 @@ from ._export import (
     export_onnx,
 )
 from ._loader import load_apps
+from ._metrics import MetricsRegistry
+from ._oip import (
+    InferenceInputError,
+    ModelNotReadyError,
+    ModelNotServedError,
+    ServingError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from ._profile import LatencyStat, ModelProfile, ProfileError, ProviderProfile, measure_profile
 from ._registry import (
     InvalidRegistrationError,
@@ -106,7 +117,20 @@ from ._registry import (
     StageError,
 )
 from ._report import report
+from ._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
 from ._runner import Run, Runner
+from ._serving import (
+    AgentInstaller,
+    DeployError,
+    HttpProbe,
+    ModelArtifact,
+    ReplicaFailedError,
+    ReplicaHandle,
+    ReplicaLauncher,
+    ReplicaProbe,
+    ReplicaStatus,
+    ServingManager,
+)
 from ._settings import MeshSettings
 from ._specs import (
     COMPUTE_TIERS,
@@ -129,9 +153,12 @@ __version__ = "0.1.0"
 __all__ = [
     "COMPUTE_TIERS",
     "DEFAULT_OPSET",
+    "SCOPES",
     "SITE_LABEL",
     "TIERS",
     "TIER_LABEL",
+    "AgentEndpoint",
+    "AgentInstaller",
     "AgentRecord",
     "AgentView",
     "ArtifactError",
@@ -139,6 +166,9 @@ __all__ = [
     "ArtifactNotFoundError",
     "ArtifactSigner",
     "ArtifactStore",
+    "AuthError",
+    "AutoscalePolicy",
+    "Autoscaler",
     "BackendError",
     "BatchResult",
     "BatchSpec",
@@ -150,6 +180,7 @@ __all__ = [
     "ClusterNotRunningError",
     "ComputeBackend",
     "ConfigError",
+    "DeployError",
     "Deployment",
     "Domain",
     "EdgeConnectionError",
@@ -165,12 +196,15 @@ __all__ = [
     "ExportError",
     "ExportParityError",
     "ExportReport",
+    "ForbiddenError",
     "FunctionKind",
     "FunctionSpec",
     "FunctionTimeoutError",
     "GatewayStats",
     "HeartbeatSample",
+    "HttpProbe",
     "InferResult",
+    "InferenceInputError",
     "InvalidArgumentsError",
     "InvalidModelError",
     "InvalidRegistrationError",
@@ -183,12 +217,17 @@ __all__ = [
     "MeshError",
     "MeshSettings",
     "MessageBus",
+    "MetricsRegistry",
+    "ModelArtifact",
     "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ModelNotServedError",
     "ModelProfile",
     "ModelRegistry",
     "ModelSignature",
     "ModelSummary",
     "ModelVersion",
+    "ModuleRoute",
     "ModuleSpec",
     "MosquittoBroker",
     "NodeInfo",
@@ -199,13 +238,22 @@ __all__ = [
     "RegisteredModule",
     "RegistryError",
     "RemoteFunctionError",
+    "ReplicaEndpoint",
+    "ReplicaFailedError",
+    "ReplicaHandle",
+    "ReplicaLauncher",
+    "ReplicaProbe",
+    "ReplicaStatus",
     "Resources",
+    "RouteTable",
     "Run",
     "RunRecord",
     "RunStatus",
     "Runner",
     "SQLiteStore",
     "SelectionMetric",
+    "ServingError",
+    "ServingManager",
     "SpecError",
     "Stage",
     "StageError",
@@ -214,10 +262,14 @@ __all__ = [
     "StreamSpec",
     "StreamWorker",
     "TensorSpec",
+    "TokenClaims",
+    "TokenSigner",
     "TuneResult",
     "TuneSpec",
     "UnknownFunctionError",
     "UnsatisfiableError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
     "WindowOutcome",
     "__version__",
     "check_parity",

@@ -15,7 +15,23 @@ catch one root. The tree::
     │   ├── RemoteFunctionError    the function raised; carries the remote traceback
     │   ├── FunctionTimeoutError   it ran past ``timeout_s`` and was cancelled
     │   └── CancelledError         it was cancelled by the caller
-    └── StoreError                 the run store could not be read or written
+    ├── StoreError                 the run store could not be read or written
+    ├── ServingError               (mesh._oip) an inference request could not be served
+    │   ├── InferenceInputError    tensors do not fit the model's signature (HTTP 400)
+    │   ├── ModelNotServedError    no such module is served (HTTP 404)
+    │   ├── ModelNotReadyError     the module has no ready endpoint yet (HTTP 503)
+    │   └── UpstreamError          the replica or agent failed
+    │       └── UpstreamTimeoutError
+    ├── DeployError                (mesh._serving) a module version could not be deployed
+    │   └── ReplicaFailedError
+    ├── RegistryError, ExportError, ProfileError   (models: registry, export, profile)
+    ├── ArtifactError              (mesh._artifacts) store, signature
+    ├── EdgeGatewayError           (mesh._edge_records) MQTT connection, timeout, remote error
+    ├── EnrolmentError, BrokerStartError
+    └── AuthError, ForbiddenError  (mesh._auth) HTTP 401 / 403
+
+The placement engine (package ``placement``) imports nothing of ``mesh``; its
+``PlacementError`` derives from ``ValueError``.
 
 Exceptions carry structured attributes; their messages hold the numbers and
 names that matter.
