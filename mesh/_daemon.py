@@ -1,9 +1,11 @@
 """`mesh up` / `mesh down`: the long-running local cluster process.
 
-`mesh up` starts ``python -m mesh._ray_cluster`` in its own session; that
-process starts the embedded Ray cluster (a cloud head and fog nodes), writes
-``cluster.json`` in the data directory and holds the cluster until it gets
-SIGTERM. `mesh down` sends SIGTERM to that pid, and only that pid.
+`mesh up` starts ``python -m mesh._control_plane`` in its own session; that
+process starts the embedded Ray cluster (a cloud head and fog nodes), the MQTT
+broker, the serving manager and the HTTP gateway, writes ``cluster.json`` in
+the data directory (with ``gateway_url`` and ``broker_url``) once all are
+ready, and holds them until it gets SIGTERM. `mesh down` sends SIGTERM to that
+pid, and only that pid.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def cluster_up(
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mesh._ray_cluster"],
+            [sys.executable, "-m", "mesh._control_plane"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -75,6 +75,10 @@ def up(
             f"[green]up[/]: Ray at {info['address']} (pid {info['pid']}); "
             f"data in {settings.data_dir}"
         )
+        if info.get("gateway_url"):
+            console.print(f"  gateway {info['gateway_url']}  (OIP v2 at /v2, REST at /v1)")
+        if info.get("broker_url"):
+            console.print(f"  broker  {info['broker_url']}")
         for node in info.get("nodes", []):
             site = f" site {node['site']}" if node.get("site") else ""
             console.print(
@@ -408,6 +412,9 @@ def _mount_optional() -> None:
     from ._cli_models import models_app
 
     app.add_typer(models_app, name="models")
+    from ._cli_modules import modules_app
+
+    app.add_typer(modules_app, name="modules")
     try:
         from ._cli_agents import agents_app
     except ImportError:  # the edge extra is not installed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh._broker import free_port
 from mesh._daemon import pid_alive
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -43,6 +44,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "RAY_AUTH_MODE": "disabled",
         "COLUMNS": "200",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # `mesh up` starts the control plane: keep its gateway and broker off fixed ports.
+        "MESH_GATEWAY_PORT": str(free_port()),
+        "MESH_EMBEDDED_BROKER_PORT": "0",
     }
     yield values
     # Whatever happens in the test, stop the cluster process it started (by its pid).

@@ -1,0 +1,186 @@
+"""`/v1/modules` over a fake serving manager: list, deploy, undeploy, errors and scopes."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+from mesh._auth import TokenSigner
+from mesh._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh._modules_api import create_modules_router
+from mesh._registry import ModelNotFoundError
+from mesh._routes import ModuleRoute, ReplicaEndpoint, RouteTable
+from mesh._serving import DeployError, ReplicaStatus
+
+SIGNER = TokenSigner(b"m" * 32)
+
+
+class FakeManager:
+    """Records deploys; publishes a one-replica route per deploy."""
+
+    def __init__(self) -> None:
+        self.routes = RouteTable()
+        self.specs: list[Any] = []
+        self.fail: Exception | None = None
+
+    def deploy(
+        self,
+        spec: Any,
+        version: Any = "production",
+        *,
+        tier: str | None = None,
+        site: str | None = None,
+        replicas: int | None = None,
+        batching: str = "auto",
+    ) -> ModuleRoute:
+        if self.fail is not None:
+            raise self.fail
+        self.specs.append((spec, version, tier, site, replicas))
+        endpoint = ReplicaEndpoint(f"{spec.name}-r1", "node-fog-1", "127.0.0.1", 9, "v1")
+        return self.routes.set(
+            spec.name, "v1", (endpoint,), tier=tier or "fog", slo_ms=spec.qos.p95_latency_ms
+        )
+
+    def deploy_to_agent(
+        self, spec: Any, agent_id: str, version: Any = "production", *, timeout_s: float = 60.0
+    ) -> ModuleRoute:
+        raise DeployError(f"agent {agent_id} is offline")
+
+    def undeploy(self, module: str, *, drain: bool = True) -> None:
+        self.routes.remove(module)
+
+    def status(self, module: str | None = None) -> list[ReplicaStatus]:
+        return [
+            ReplicaStatus(
+                r.module, r.version, f"{r.module}-r1", "serving", "node-fog-1", "http://127.0.0.1:9"
+            )
+            for r in self.routes.routes()
+            if module is None or r.module == module
+        ]
+
+
+@pytest.fixture
+def manager() -> FakeManager:
+    return FakeManager()
+
+
+@pytest.fixture
+def client(manager: FakeManager) -> Iterator[TestClient]:
+    # Mounted as the control plane mounts it: on the gateway app (its auth errors -> 401/403).
+    auth = TokenAuth(SIGNER)
+    gateway = Gateway(manager.routes, auth=auth)
+    app = create_gateway_app(
+        gateway, routers=[create_modules_router(manager, auth=auth.dependency)]
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def _auth(*scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {SIGNER.issue('t', list(scopes), ttl_s=60, now=time.time())}"}
+
+
+def test_deploy_builds_the_spec_from_the_request_and_lists_it(
+    client: TestClient, manager: FakeManager
+) -> None:
+    r = client.post(
+        "/v1/modules",
+        headers=_auth("admin"),
+        json={
+            "model": "vehicle-counter",
+            "tier": "fog",
+            "p95_ms": 20,
+            "cpus": 0.5,
+            "max_replicas": 3,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["module"] == "vehicle-counter" and r.json()["epoch"] == 1
+    spec, version, tier, site, replicas = manager.specs[0]
+    assert (spec.model, spec.tiers, spec.resources.cpus, spec.max_replicas) == (
+        "vehicle-counter",
+        ("fog",),
+        0.5,
+        3,
+    )
+    assert spec.qos.p95_latency_ms == 20 and (version, tier, site, replicas) == (
+        "production",
+        "fog",
+        None,
+        None,
+    )
+
+    listed = client.get("/v1/modules", headers=_auth("read")).json()
+    assert [(m["module"], m["version"], m["tier"], m["epoch"]) for m in listed] == [
+        ("vehicle-counter", "v1", "fog", 1)
+    ]
+    assert listed[0]["replicas"][0]["node"] == "node-fog-1"
+
+
+def test_name_overrides_the_module_name(client: TestClient, manager: FakeManager) -> None:
+    r = client.post(
+        "/v1/modules",
+        headers=_auth("admin"),
+        json={"model": "vehicle-counter", "name": "counter-b", "version": "v2"},
+    )
+    assert r.status_code == 200 and r.json()["module"] == "counter-b"
+    assert manager.specs[0][1] == "v2"
+
+
+def test_scopes(client: TestClient) -> None:
+    body = {"model": "m"}
+    assert client.get("/v1/modules").status_code == 401
+    assert client.post("/v1/modules", json=body).status_code == 401
+    assert client.post("/v1/modules", json=body, headers=_auth("read")).status_code == 403
+    assert client.delete("/v1/modules/m", headers=_auth("invoke")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(ModelNotFoundError("m", "v9"), 404), (DeployError("replicas did not start"), 409)],
+)
+def test_deploy_errors_map_to_statuses(
+    client: TestClient, manager: FakeManager, error: Exception, status: int
+) -> None:
+    manager.fail = error
+    r = client.post("/v1/modules", headers=_auth("admin"), json={"model": "m"})
+    assert r.status_code == status and str(error) in r.json()["detail"]
+
+
+def test_bad_requests(client: TestClient) -> None:
+    admin = _auth("admin")
+    assert (
+        client.post("/v1/modules", headers=admin, json={"model": "m", "tier": "edge"}).status_code
+        == 422
+    )
+    assert (
+        client.post(
+            "/v1/modules", headers=admin, json={"model": "m", "min_replicas": 3, "max_replicas": 1}
+        ).status_code
+        == 422
+    )
+    assert (
+        client.post("/v1/modules", headers=admin, json={"model": "m", "bogus": 1}).status_code
+        == 422
+    )
+    r = client.post("/v1/modules", headers=admin, json={"model": "m", "agent": "cam-1"})
+    assert r.status_code == 409 and "offline" in r.json()["detail"]
+
+
+def test_undeploy(client: TestClient, manager: FakeManager) -> None:
+    client.post("/v1/modules", headers=_auth("admin"), json={"model": "m"})
+    assert client.delete("/v1/modules/m", headers=_auth("admin")).status_code == 204
+    assert manager.routes.get("m") is None
+    assert client.delete("/v1/modules/m", headers=_auth("admin")).status_code == 404
