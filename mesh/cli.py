@@ -173,7 +173,7 @@ def deploy(
                         "module",
                         ",".join(module.spec.tiers),
                         mesh_app.name,
-                        "registered (serving arrives with modules)",
+                        "registered; serve it with `mesh modules deploy`",
                     )
         finally:
             store.close()
