@@ -98,9 +98,7 @@ class Client:
         self.reply_topic = f"mesh/v1/replies/{self.cid}"
         self._subacked = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid, protocol=mqtt.MQTTv5)
-        c.on_socket_open = lambda _c, _u, s: s.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
+        c.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.on_message = self._on_message
         c.on_subscribe = lambda *_a: self._subacked.set()
         c.max_inflight_messages_set(256)
@@ -132,8 +130,14 @@ class Client:
             payload, topic = corr + x.tobytes(), FLOOR_REQ
         else:
             corr = uuid.uuid4().hex.encode()
-            req = {"schema_version": 1, "kind": "infer_request", "id": corr.decode(),
-                   "module": "cnn", "reply_to": self.reply_topic, "correlation_id": corr.decode()}
+            req = {
+                "schema_version": 1,
+                "kind": "infer_request",
+                "id": corr.decode(),
+                "module": "cnn",
+                "reply_to": self.reply_topic,
+                "correlation_id": corr.decode(),
+            }
             payload = encode_frame(req, [Tensor.from_numpy("input", x)])
             topic = f"mesh/v1/modules/cnn/infer/{target}"
         with self.lock:
@@ -231,9 +235,23 @@ class Artifacts:
 
 
 def spawn_agent(broker_url: str, cache: Path, pub: str, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "edge_agent", "--id", "bench-agent", "--broker", broker_url,
-            "--cache-dir", str(cache), "--public-key", pub, "--heartbeat-period-s", "5",
-            "--log-level", "WARNING"]
+    args = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "--id",
+        "bench-agent",
+        "--broker",
+        broker_url,
+        "--cache-dir",
+        str(cache),
+        "--public-key",
+        pub,
+        "--heartbeat-period-s",
+        "5",
+        "--log-level",
+        "WARNING",
+    ]
     with log.open("ab") as f:
         return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -270,8 +288,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--model", type=Path, help="an ONNX CNN with input float32[N,1,32,32]")
     ap.add_argument("--json", type=Path, help="write results here")
-    ap.add_argument("--floor-device", nargs=3, metavar=("HOST", "PORT", "MODEL"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--floor-device", nargs=3, metavar=("HOST", "PORT", "MODEL"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.floor_device:
         run_floor_device(args.floor_device[0], int(args.floor_device[1]), args.floor_device[2])
@@ -310,14 +329,26 @@ def main() -> int:
     del sess
 
     key = Ed25519PrivateKey.generate()
-    pub = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    pub = base64.b64encode(
+        key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
     sha = hashlib.sha256(data).hexdigest()
     sig = base64.b64encode(key.sign(artifact_signing_message("cnn", "1", sha))).decode()
     files = Artifacts({"/cnn.onnx": data})
-    desired = {"schema_version": 1, "kind": "desired", "version": 1, "modules": [
-        {"name": "cnn", "version": "1", "url": f"{files.base}/cnn.onnx", "sha256": sha,
-         "signature": sig}]}
+    desired = {
+        "schema_version": 1,
+        "kind": "desired",
+        "version": 1,
+        "modules": [
+            {
+                "name": "cnn",
+                "version": "1",
+                "url": f"{files.base}/cnn.onnx",
+                "sha256": sha,
+                "signature": sig,
+            }
+        ],
+    }
 
     broker = start_mosquitto(workdir=work / "mosquitto", persistence=False)
     procs: list[subprocess.Popen[bytes]] = []
@@ -325,12 +356,15 @@ def main() -> int:
     try:
         floor = subprocess.Popen(
             [sys.executable, __file__, "--floor-device", broker.host, str(broker.port), str(model)],
-            stdout=subprocess.PIPE, cwd=REPO)
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
         procs.append(floor)
         assert floor.stdout is not None and b"floor ready" in floor.stdout.readline()
         client = Client(broker.host, broker.port)
-        client.c.publish("mesh/v1/agents/bench-agent/desired", json.dumps(desired), qos=1,
-                         retain=True).wait_for_publish(5)
+        client.c.publish(
+            "mesh/v1/agents/bench-agent/desired", json.dumps(desired), qos=1, retain=True
+        ).wait_for_publish(5)
 
         cache = work / "cache"
         log = work / "agent.log"
@@ -355,15 +389,29 @@ def main() -> int:
         floor_rss = psutil.Process(floor.pid).memory_info().rss / 2**20
         client.close()
         result = {
-            "agent": {"p50_ms": statistics.median(agent_lat), "p99_ms": pct(agent_lat, 0.99),
-                      "rps": agent_rps, "rss_mib": agent_rss, "ready_s": ready_s,
-                      "fresh_install_ready_s": fresh_s},
-            "floor": {"p50_ms": statistics.median(floor_lat), "p99_ms": pct(floor_lat, 0.99),
-                      "rps": floor_rps, "rss_mib": floor_rss},
+            "agent": {
+                "p50_ms": statistics.median(agent_lat),
+                "p99_ms": pct(agent_lat, 0.99),
+                "rps": agent_rps,
+                "rss_mib": agent_rss,
+                "ready_s": ready_s,
+                "fresh_install_ready_s": fresh_s,
+            },
+            "floor": {
+                "p50_ms": statistics.median(floor_lat),
+                "p99_ms": pct(floor_lat, 0.99),
+                "rps": floor_rps,
+                "rss_mib": floor_rss,
+            },
             "raw_onnx": {"p50_ms": statistics.median(raw)},
-            "config": {"requests": args.requests, "window": args.window,
-                       "seconds": args.seconds, "qos": 1, "broker": "mosquitto",
-                       "cpus": os.cpu_count()},
+            "config": {
+                "requests": args.requests,
+                "window": args.window,
+                "seconds": args.seconds,
+                "qos": 1,
+                "broker": "mosquitto",
+                "cpus": os.cpu_count(),
+            },
         }
     finally:
         for p in procs:
@@ -381,12 +429,18 @@ def main() -> int:
     result["targets_met"] = {name: ok for name, ok in checks}
     print(f"{'path':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'RSS MiB':>9}")
     print(f"{'raw ONNX Runtime':<28}{result['raw_onnx']['p50_ms']:>9.3f}")
-    print(f"{'floor: bare paho device':<28}{f['p50_ms']:>9.3f}{f['p99_ms']:>9.3f}"
-          f"{f['rps']:>9.0f}{f['rss_mib']:>9.1f}")
-    print(f"{'edge agent':<28}{a['p50_ms']:>9.3f}{a['p99_ms']:>9.3f}"
-          f"{a['rps']:>9.0f}{a['rss_mib']:>9.1f}")
-    print(f"agent ready from cache {a['ready_s']:.3f} s; from nothing (download+load) "
-          f"{a['fresh_install_ready_s']:.3f} s")
+    print(
+        f"{'floor: bare paho device':<28}{f['p50_ms']:>9.3f}{f['p99_ms']:>9.3f}"
+        f"{f['rps']:>9.0f}{f['rss_mib']:>9.1f}"
+    )
+    print(
+        f"{'edge agent':<28}{a['p50_ms']:>9.3f}{a['p99_ms']:>9.3f}"
+        f"{a['rps']:>9.0f}{a['rss_mib']:>9.1f}"
+    )
+    print(
+        f"agent ready from cache {a['ready_s']:.3f} s; from nothing (download+load) "
+        f"{a['fresh_install_ready_s']:.3f} s"
+    )
     for name, ok in checks:
         print(f"  [{'ok' if ok else 'MISS'}] {name}")
     if args.json:

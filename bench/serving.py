@@ -74,12 +74,25 @@ def run_fastapi_server(port: int, model: str) -> None:
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> JSONResponse:
         doc = await request.json()
-        feeds = {i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"])
-                 for i in doc["inputs"]}
+        feeds = {
+            i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"])
+            for i in doc["inputs"]
+        }
         results = session.run(None, feeds)
-        return JSONResponse({"model_name": name, "outputs": [
-            {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
-            for n, r in zip(outputs, results, strict=True)]})
+        return JSONResponse(
+            {
+                "model_name": name,
+                "outputs": [
+                    {
+                        "name": n,
+                        "datatype": "FP32",
+                        "shape": list(r.shape),
+                        "data": r.ravel().tolist(),
+                    }
+                    for n, r in zip(outputs, results, strict=True)
+                ],
+            }
+        )
 
     print("fastapi ready", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -94,9 +107,10 @@ def deploy_serve(model: bytes) -> int:
 
     from mesh._broker import free_port
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0.5,
-                                         "label_selector": {"mesh.tier": "fog"}},
-                      max_ongoing_requests=CONCURRENCY)
+    @serve.deployment(
+        ray_actor_options={"num_cpus": 0.5, "label_selector": {"mesh.tier": "fog"}},
+        max_ongoing_requests=CONCURRENCY,
+    )
     class Cnn:
         def __init__(self, data: bytes) -> None:
             import onnxruntime as ort
@@ -104,21 +118,34 @@ def deploy_serve(model: bytes) -> int:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(data, sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                data, sess_options=opts, providers=["CPUExecutionProvider"]
+            )
             self.outputs = [o.name for o in self.session.get_outputs()]
 
         async def __call__(self, request: Request) -> JSONResponse:
             import numpy as np
 
             doc = await request.json()
-            feeds = {i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"])
-                     for i in doc["inputs"]}
+            feeds = {
+                i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"])
+                for i in doc["inputs"]
+            }
             results = self.session.run(None, feeds)
-            return JSONResponse({"model_name": MODULE, "outputs": [
-                {"name": n, "datatype": "FP32", "shape": list(r.shape),
-                 "data": r.ravel().tolist()}
-                for n, r in zip(self.outputs, results, strict=True)]})
+            return JSONResponse(
+                {
+                    "model_name": MODULE,
+                    "outputs": [
+                        {
+                            "name": n,
+                            "datatype": "FP32",
+                            "shape": list(r.shape),
+                            "data": r.ravel().tolist(),
+                        }
+                        for n, r in zip(self.outputs, results, strict=True)
+                    ],
+                }
+            )
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -142,19 +169,26 @@ def run_load(spec_path: str) -> None:
 
     async def main() -> dict[str, Any]:
         pool = UpstreamPool(max_idle=CONCURRENCY * 2)
-        out: dict[str, Any] = {t["name"]: {"p50": [], "p99": [], "rps": [], "errors": 0}
-                               for t in spec["targets"]}
+        out: dict[str, Any] = {
+            t["name"]: {"p50": [], "p99": [], "rps": [], "errors": 0} for t in spec["targets"]
+        }
 
         async def one(target: dict[str, Any]) -> None:
             body, header_length = bodies[target["binary"]]
             headers = [(b"content-type", b"application/json")]
             if header_length is not None:
-                headers.append((b"inference-header-content-length",
-                                str(header_length).encode()))
+                headers.append((b"inference-header-content-length", str(header_length).encode()))
             if target.get("token"):
                 headers.append((b"authorization", f"Bearer {target['token']}".encode()))
-            response = await pool.request("127.0.0.1", target["port"], "POST", target["path"],
-                                          body=body, headers=headers, timeout_s=30)
+            response = await pool.request(
+                "127.0.0.1",
+                target["port"],
+                "POST",
+                target["path"],
+                body=body,
+                headers=headers,
+                timeout_s=30,
+            )
             if response.status != 200:
                 out[target["name"]]["errors"] += 1
                 raise RuntimeError(f"{target['name']}: {response.status} {response.body[:200]!r}")
@@ -206,8 +240,9 @@ def raw_ort_ms(model: Path, runs: int = 2000) -> float:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), sess_options=opts,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
     x = {"input": np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32)}
     for _ in range(200):
         session.run(None, x)
@@ -256,8 +291,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per c=16 round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    parser.add_argument("--fastapi-server", nargs=2, metavar=("PORT", "MODEL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fastapi-server", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--load", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fastapi_server:
@@ -284,31 +320,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     model = build_cnn(work / "cnn.onnx")
     raw = raw_ort_ms(model)
-    settings = MeshSettings(data_dir=work / "mesh", fog_nodes=1, fog_cpus=1, cloud_cpus=1,
-                            object_store_mb=100, ray_auth_mode="disabled")
+    settings = MeshSettings(
+        data_dir=work / "mesh",
+        fog_nodes=1,
+        fog_cpus=1,
+        cloud_cpus=1,
+        object_store_mb=100,
+        ray_auth_mode="disabled",
+    )
     procs: list[subprocess.Popen[bytes]] = []
     backend = RayBackend.connect(settings)
     manager: ServingManager | None = None
     servers = []
     try:
         fastapi_port = free_port()
-        fastapi = subprocess.Popen([sys.executable, __file__, "--fastapi-server",
-                                    str(fastapi_port), str(model)], stdout=subprocess.PIPE,
-                                   cwd=REPO)
+        fastapi = subprocess.Popen(
+            [sys.executable, __file__, "--fastapi-server", str(fastapi_port), str(model)],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
         procs.append(fastapi)
         _wait_line(fastapi, b"fastapi ready")
 
-        spec = ModuleSpec(name=MODULE, model=MODULE, qos=QoS(p95_latency_ms=20),
-                          tiers=("fog", "cloud"), resources=Resources(cpus=0.5))
+        spec = ModuleSpec(
+            name=MODULE,
+            model=MODULE,
+            qos=QoS(p95_latency_ms=20),
+            tiers=("fog", "cloud"),
+            resources=Resources(cpus=0.5),
+        )
         manager = ServingManager(RouteTable(), RayReplicaLauncher(nodes=backend.nodes)).start()
-        route = manager.deploy(spec, ModelArtifact.from_file(model, model=MODULE, version="v1"),
-                               tier="fog")
+        route = manager.deploy(
+            spec, ModelArtifact.from_file(model, model=MODULE, version="v1"), tier="fog"
+        )
         signer = TokenSigner.load_or_create(settings.data_dir)
         token = signer.issue("bench", ["invoke"], ttl_s=3600, now=time.time())
         gateways = {}
         for name, auth in (("gateway", TokenAuth(signer)), ("gateway_no_auth", TokenAuth(None))):
-            server = serve_asgi(create_gateway_app(Gateway(manager.routes, auth=auth)),
-                                port=0, name=name, lifespan="on")
+            server = serve_asgi(
+                create_gateway_app(Gateway(manager.routes, auth=auth)),
+                port=0,
+                name=name,
+                lifespan="on",
+            )
             servers.append(server)
             gateways[name] = server.port
         serve_port = deploy_serve(model.read_bytes())
@@ -317,21 +371,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = f"/v2/models/{MODULE}/infer"
         targets = [
             {"name": "fastapi", "port": fastapi_port, "path": path, "binary": False},
-            {"name": "gateway", "port": gateways["gateway"], "path": path, "binary": False,
-             "token": token},
-            {"name": "gateway_no_auth", "port": gateways["gateway_no_auth"], "path": path,
-             "binary": False},
-            {"name": "gateway_binary", "port": gateways["gateway"], "path": path,
-             "binary": True, "token": token},
-            {"name": "serve_http", "port": serve_port, "path": f"/v2/models/{MODULE}/infer",
-             "binary": False, "slow": True},
+            {
+                "name": "gateway",
+                "port": gateways["gateway"],
+                "path": path,
+                "binary": False,
+                "token": token,
+            },
+            {
+                "name": "gateway_no_auth",
+                "port": gateways["gateway_no_auth"],
+                "path": path,
+                "binary": False,
+            },
+            {
+                "name": "gateway_binary",
+                "port": gateways["gateway"],
+                "path": path,
+                "binary": True,
+                "token": token,
+            },
+            {
+                "name": "serve_http",
+                "port": serve_port,
+                "path": f"/v2/models/{MODULE}/infer",
+                "binary": False,
+                "slow": True,
+            },
         ]
         load_spec = work / "load.json"
-        load_spec.write_text(json.dumps({"targets": targets, "requests": args.requests,
-                                         "seconds": args.seconds, "rounds": args.rounds,
-                                         "warmup": 100}))
-        load = subprocess.run([sys.executable, __file__, "--load", str(load_spec)],
-                              capture_output=True, cwd=REPO, timeout=1800)
+        load_spec.write_text(
+            json.dumps(
+                {
+                    "targets": targets,
+                    "requests": args.requests,
+                    "seconds": args.seconds,
+                    "rounds": args.rounds,
+                    "warmup": 100,
+                }
+            )
+        )
+        load = subprocess.run(
+            [sys.executable, __file__, "--load", str(load_spec)],
+            capture_output=True,
+            cwd=REPO,
+            timeout=1800,
+        )
         if load.returncode != 0:
             raise RuntimeError(f"the load process failed:\n{load.stderr.decode()[-3000:]}")
         measured = json.loads(load.stdout.decode().strip().splitlines()[-1])
@@ -359,9 +444,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def summary(name: str) -> dict[str, float]:
         m = measured[name]
-        return {"p50_ms": round(statistics.median(m["p50"]), 3),
-                "p99_ms": round(statistics.median(m["p99"]), 3),
-                "rps": round(statistics.median(m["rps"]), 1)}
+        return {
+            "p50_ms": round(statistics.median(m["p50"]), 3),
+            "p99_ms": round(statistics.median(m["p99"]), 3),
+            "rps": round(statistics.median(m["rps"]), 1),
+        }
 
     result: dict[str, Any] = {name: summary(name) for name in measured}
     result["raw_ort"] = {"p50_ms": round(raw, 3)}
@@ -376,20 +463,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rps_pct": round(100 * (g["rps"] / result["gateway_no_auth"]["rps"] - 1), 1),
         **auth_check_us(),
     }
-    result["setup"] = {"model_parameters": 355_600, "replica_node": route.endpoints[0].node,
-                       "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
-                       "rounds": args.rounds,
-                       "requests_per_round": args.requests, "seconds_per_round": args.seconds,
-                       "concurrency": CONCURRENCY}
+    result["setup"] = {
+        "model_parameters": 355_600,
+        "replica_node": route.endpoints[0].node,
+        "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "rounds": args.rounds,
+        "requests_per_round": args.requests,
+        "seconds_per_round": args.seconds,
+        "concurrency": CONCURRENCY,
+    }
 
     rows = [
         ("raw ONNX Runtime (in process)", result["raw_ort"]["p50_ms"], None, None),
         ("plain FastAPI + ONNX Runtime", f["p50_ms"], f["p99_ms"], f["rps"]),
         ("gateway -> fog replica (auth on)", g["p50_ms"], g["p99_ms"], g["rps"]),
-        ("gateway, auth off", result["gateway_no_auth"]["p50_ms"],
-         result["gateway_no_auth"]["p99_ms"], result["gateway_no_auth"]["rps"]),
-        ("gateway, binary tensors (auth on)", result["gateway_binary"]["p50_ms"],
-         result["gateway_binary"]["p99_ms"], result["gateway_binary"]["rps"]),
+        (
+            "gateway, auth off",
+            result["gateway_no_auth"]["p50_ms"],
+            result["gateway_no_auth"]["p99_ms"],
+            result["gateway_no_auth"]["rps"],
+        ),
+        (
+            "gateway, binary tensors (auth on)",
+            result["gateway_binary"]["p50_ms"],
+            result["gateway_binary"]["p99_ms"],
+            result["gateway_binary"]["rps"],
+        ),
         ("Ray Serve HTTP proxy -> replica", s["p50_ms"], s["p99_ms"], s["rps"]),
     ]
     print(f"\n{'path':<36} {'p50 ms':>8} {'p99 ms':>8} {'req/s @16':>10}")
@@ -399,16 +499,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{label:<36} {p50:8.3f} {p99_text} {rps_text}")
     mark = {True: "ok", False: "MISSED"}
     t = result["targets"]
-    print(f"\ntargets: gateway p50 {g['p50_ms']:.3f} <= fastapi {f['p50_ms']:.3f} + 1 ms: "
-          f"{mark[t['gateway_p50_le_fastapi_plus_1ms']]}; gateway rps "
-          f"{100 * g['rps'] / f['rps']:.0f}% of fastapi (>= 60%): "
-          f"{mark[t['gateway_rps_ge_60pct_fastapi']]}; "
-          f"{g['rps'] / s['rps']:.1f}x serve_http (>= 5x): "
-          f"{mark[t['gateway_rps_ge_5x_serve_http']]}")
+    print(
+        f"\ntargets: gateway p50 {g['p50_ms']:.3f} <= fastapi {f['p50_ms']:.3f} + 1 ms: "
+        f"{mark[t['gateway_p50_le_fastapi_plus_1ms']]}; gateway rps "
+        f"{100 * g['rps'] / f['rps']:.0f}% of fastapi (>= 60%): "
+        f"{mark[t['gateway_rps_ge_60pct_fastapi']]}; "
+        f"{g['rps'] / s['rps']:.1f}x serve_http (>= 5x): "
+        f"{mark[t['gateway_rps_ge_5x_serve_http']]}"
+    )
     a = result["auth_cost"]
-    print(f"auth cost: {a['p50_ms']:+.3f} ms p50 and {a['rps_pct']:+.1f}% throughput against "
-          f"auth off (run noise); the check itself: {a['check_cached_us']:.1f} us per request "
-          f"(a token seen before), {a['check_first_us']:.1f} us the first time")
+    print(
+        f"auth cost: {a['p50_ms']:+.3f} ms p50 and {a['rps_pct']:+.1f}% throughput against "
+        f"auth off (run noise); the check itself: {a['check_cached_us']:.1f} us per request "
+        f"(a token seen before), {a['check_first_us']:.1f} us the first time"
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

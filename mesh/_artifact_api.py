@@ -22,10 +22,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-import socket
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from urllib.parse import urlencode
@@ -44,6 +41,7 @@ from ._artifacts import (
     atomic_write_bytes,
 )
 from ._errors import MeshError
+from ._http_server import ServerThread, serve_asgi
 
 if TYPE_CHECKING:
     from ._enrolment import EdgeSettings
@@ -109,16 +107,25 @@ class UrlSigner:
         msg = f"{sha256}\n{agent_id}\n{expires}".encode()
         return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
 
-    def sign_url(self, base_url: str, sha256: str, *, agent_id: str, ttl_s: float = 86400.0,
-                 now: float | None = None) -> str:
+    def sign_url(
+        self,
+        base_url: str,
+        sha256: str,
+        *,
+        agent_id: str,
+        ttl_s: float = 86400.0,
+        now: float | None = None,
+    ) -> str:
         """A download URL for ``agent_id`` valid for ``ttl_s`` seconds."""
         expires = int((time.time() if now is None else now) + ttl_s)
-        query = urlencode({"agent": agent_id, "expires": expires,
-                           "sig": self._mac(sha256, agent_id, expires)})
+        query = urlencode(
+            {"agent": agent_id, "expires": expires, "sig": self._mac(sha256, agent_id, expires)}
+        )
         return f"{base_url.rstrip('/')}/v1/artifacts/{sha256}?{query}"
 
-    def verify(self, sha256: str, agent_id: str, expires: int, sig: str,
-               now: float | None = None) -> bool:
+    def verify(
+        self, sha256: str, agent_id: str, expires: int, sig: str, now: float | None = None
+    ) -> bool:
         """Whether a pre-signed URL's fields are authentic and unexpired."""
         if expires < (time.time() if now is None else now):
             return False
@@ -165,14 +172,24 @@ def signed_module_spec(
     )
 
 
-def artifact_router(*, store: ArtifactStore, signer: ArtifactSigner, auth: AgentAuth,
-                    url_signer: UrlSigner | None = None) -> APIRouter:
+def artifact_router(
+    *,
+    store: ArtifactStore,
+    signer: ArtifactSigner,
+    auth: AgentAuth,
+    url_signer: UrlSigner | None = None,
+) -> APIRouter:
     """The ``/v1/artifacts`` routes as an ``APIRouter`` (to mount in a FastAPI app)."""
     router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
     challenge = {"WWW-Authenticate": 'Bearer realm="fogmesh-artifacts"'}
 
-    def _agent(authorization: str | None, sha256: str, agent: str | None,
-               expires: int | None, sig: str | None) -> str:
+    def _agent(
+        authorization: str | None,
+        sha256: str,
+        agent: str | None,
+        expires: int | None,
+        sig: str | None,
+    ) -> str:
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
@@ -180,26 +197,36 @@ def artifact_router(*, store: ArtifactStore, signer: ArtifactSigner, auth: Agent
                 if agent_id is not None:
                     return agent_id
             raise HTTPException(401, "invalid bearer token", headers=challenge)
-        if agent is not None and expires is not None and sig is not None and \
-                url_signer is not None and url_signer.verify(sha256, agent, expires, sig) and \
-                auth.is_enrolled(agent):
+        if (
+            agent is not None
+            and expires is not None
+            and sig is not None
+            and url_signer is not None
+            and url_signer.verify(sha256, agent, expires, sig)
+            and auth.is_enrolled(agent)
+        ):
             return agent
         if agent is not None or sig is not None:
             raise HTTPException(401, "invalid or expired signed URL", headers=challenge)
-        raise HTTPException(401, "missing Authorization: Bearer <agent token>",
-                            headers=challenge)
+        raise HTTPException(401, "missing Authorization: Bearer <agent token>", headers=challenge)
 
     @router.get("/public-key", summary="The control plane's artifact-signing public key")
     def public_key() -> dict[str, str]:
-        return {"algorithm": "ed25519", "public_key": signer.public_key_b64(),
-                "key_id": signer.key_id, "pem": signer.public_key_pem()}
+        return {
+            "algorithm": "ed25519",
+            "public_key": signer.public_key_b64(),
+            "key_id": signer.key_id,
+            "pem": signer.public_key_pem(),
+        }
 
     @router.get(
         "/{sha256}",
         summary="Download an artifact by sha256 (enrolled agents only)",
         response_class=FileResponse,
-        responses={401: {"description": "no or wrong credentials"},
-                   404: {"description": "no artifact with this sha256"}},
+        responses={
+            401: {"description": "no or wrong credentials"},
+            404: {"description": "no artifact with this sha256"},
+        },
     )
     def download(
         sha256: str,
@@ -215,9 +242,15 @@ def artifact_router(*, store: ArtifactStore, signer: ArtifactSigner, auth: Agent
             logger.info("agent %s asked for unknown artifact %s", agent_id, sha256[:80])
             raise HTTPException(404, f"no artifact with sha256 {sha256[:80]}") from None
         logger.info("agent %s downloads artifact %s (%d bytes)", agent_id, sha256, info.size)
-        return FileResponse(info.path, media_type="application/octet-stream",
-                            headers={"ETag": f'"{sha256}"', "X-Content-SHA256": sha256,
-                                     "Cache-Control": "private, max-age=31536000, immutable"})
+        return FileResponse(
+            info.path,
+            media_type="application/octet-stream",
+            headers={
+                "ETag": f'"{sha256}"',
+                "X-Content-SHA256": sha256,
+                "Cache-Control": "private, max-age=31536000, immutable",
+            },
+        )
 
     return router
 
@@ -240,41 +273,24 @@ def create_artifact_app(
 
         auth = EnrolmentStore(settings.store_path)
     app = FastAPI(title="fogmesh artifacts", version="1")
-    app.include_router(artifact_router(
-        store=store or ArtifactStore(settings.data_dir / "artifacts"),
-        signer=signer or ArtifactSigner.load_or_create(settings.data_dir),
-        auth=auth,
-        url_signer=url_signer or UrlSigner.load_or_create(settings.data_dir),
-    ))
+    app.include_router(
+        artifact_router(
+            store=store or ArtifactStore(settings.data_dir / "artifacts"),
+            signer=signer or ArtifactSigner.load_or_create(settings.data_dir),
+            auth=auth,
+            url_signer=url_signer or UrlSigner.load_or_create(settings.data_dir),
+        )
+    )
     return app
 
 
-@dataclass(slots=True)
-class ArtifactServer:
-    """A uvicorn server running in a daemon thread."""
-
-    host: str
-    port: int
-    _server: Any
-    _thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask uvicorn to exit and join its thread; idempotent."""
-        self._server.should_exit = True
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout_s)
-        logger.info("artifact endpoint %s stopped", self.url)
+#: The artifact endpoint's server handle (``url``, ``stop()``).
+ArtifactServer = ServerThread
 
 
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                    timeout_s: float = 10.0) -> ArtifactServer:
+def serve_in_thread(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 10.0
+) -> ServerThread:
     """Serve an ASGI app with uvicorn in a daemon thread; returns once it accepts.
 
     Args:
@@ -286,26 +302,4 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0,
     Raises:
         MeshError: uvicorn did not start in time.
     """
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none",
-                            http="h11", log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name=f"mesh-artifacts-{bound_port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout_s)
-            sock.close()
-            raise MeshError(f"artifact endpoint on {host}:{bound_port} did not start")
-        time.sleep(0.01)
-    handle = ArtifactServer(host, bound_port, server, thread)
-    logger.info("artifact endpoint listening on %s", handle.url)
-    return handle
+    return serve_asgi(app, host=host, port=port, name="mesh-artifacts", timeout_s=timeout_s)

@@ -299,8 +299,9 @@ class ArtifactSigner:
                 serialization.NoEncryption(),
             )
             atomic_write_bytes(key_file, pem, mode=0o600)
-            logger.info("created artifact signing key %s (public %s)", key_file,
-                        signer.public_key_b64())
+            logger.info(
+                "created artifact signing key %s (public %s)", key_file, signer.public_key_b64()
+            )
         pub_file = keys / PUBLIC_KEY_FILE
         pub_pem = signer.public_key_pem().encode()
         if not pub_file.is_file() or pub_file.read_bytes() != pub_pem:
@@ -342,9 +343,13 @@ class ArtifactSigner:
         """The public key as a SubjectPublicKeyInfo PEM."""
         from cryptography.hazmat.primitives import serialization
 
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii")
+        return (
+            self._key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
 
 
 def verify_signature(public_key: str | bytes, signature_b64: str, message: bytes) -> None:

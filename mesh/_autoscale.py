@@ -22,6 +22,7 @@ from ._specs import ModuleSpec
 
 __all__ = ["AutoscalePolicy", "Autoscaler"]
 
+
 @dataclass(frozen=True, slots=True)
 class AutoscalePolicy:
     """How many replicas a module wants for a load (pure).
@@ -43,12 +44,23 @@ class AutoscalePolicy:
     scale_to_zero_delay_s: float = 60.0
 
     @classmethod
-    def of(cls, spec: ModuleSpec, *, upscale_delay_s: float = 1.0,
-           downscale_delay_s: float = 30.0, scale_to_zero_delay_s: float = 60.0
-           ) -> AutoscalePolicy:
+    def of(
+        cls,
+        spec: ModuleSpec,
+        *,
+        upscale_delay_s: float = 1.0,
+        downscale_delay_s: float = 30.0,
+        scale_to_zero_delay_s: float = 60.0,
+    ) -> AutoscalePolicy:
         """The policy a module spec declares, with these delays."""
-        return cls(spec.min_replicas, spec.max_replicas, spec.target_in_flight,
-                   upscale_delay_s, downscale_delay_s, scale_to_zero_delay_s)
+        return cls(
+            spec.min_replicas,
+            spec.max_replicas,
+            spec.target_in_flight,
+            upscale_delay_s,
+            downscale_delay_s,
+            scale_to_zero_delay_s,
+        )
 
     def wanted(self, load: float) -> int:
         """Replicas for ``load`` requests in flight, within the bounds."""

@@ -187,9 +187,12 @@ class EmbeddedBroker:
 
                 streams: set[asyncio.StreamWriter] = set()
 
-                async def stream_connected(self, reader: asyncio.StreamReader,
-                                           writer: asyncio.StreamWriter,
-                                           listener_name: str) -> None:
+                async def stream_connected(
+                    self,
+                    reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter,
+                    listener_name: str,
+                ) -> None:
                     self.streams.add(writer)
                     try:
                         await super().stream_connected(reader, writer, listener_name)
@@ -251,8 +254,9 @@ class EmbeddedBroker:
                 try:
                     fut.result(_START_TIMEOUT_S)
                 except Exception:
-                    logger.warning("embedded broker %s did not shut down cleanly", self.url,
-                                   exc_info=True)
+                    logger.warning(
+                        "embedded broker %s did not shut down cleanly", self.url, exc_info=True
+                    )
             if thread.is_alive():
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(_START_TIMEOUT_S)
@@ -303,7 +307,9 @@ def find_mosquitto() -> str | None:
     if found:
         return found
     for candidate in (
-        "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/opt/homebrew/sbin/mosquitto",
     ):
         if os.access(candidate, os.X_OK):
             return candidate
@@ -451,7 +457,9 @@ class MosquittoBroker:
             self._proc = proc
             assert proc.stdout is not None
             self._reader = threading.Thread(
-                target=self._pump, args=(proc.stdout,), name=f"mosquitto-{self.port}-log",
+                target=self._pump,
+                args=(proc.stdout,),
+                name=f"mosquitto-{self.port}-log",
                 daemon=True,
             )
             self._reader.start()
@@ -577,8 +585,11 @@ def start_mosquitto(
             if port:
                 break
             cfg = MosquittoConfig(
-                port=free_port(), host=cfg.host, persistence_dir=cfg.persistence_dir,
-                password_file=cfg.password_file, acl_file=cfg.acl_file,
+                port=free_port(),
+                host=cfg.host,
+                persistence_dir=cfg.persistence_dir,
+                password_file=cfg.password_file,
+                acl_file=cfg.acl_file,
             )
     assert last is not None
     raise last

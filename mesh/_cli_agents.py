@@ -89,16 +89,21 @@ def _from_record(record: AgentRecord, now: float) -> AgentHealth:
     metrics = record.metrics
     cpu, mem = metrics.get("cpu_percent"), metrics.get("mem_percent")
     return AgentHealth(
-        agent_id=record.agent_id, site=record.site, enrolled=True, health=record.state,
+        agent_id=record.agent_id,
+        site=record.site,
+        enrolled=True,
+        health=record.state,
         heartbeat_age_s=(now - record.last_heartbeat_at) if record.last_heartbeat_at else None,
         cpu_percent=float(cpu) if isinstance(cpu, int | float) else None,
         mem_percent=float(mem) if isinstance(mem, int | float) else None,
-        observed_version=None, source="store",
+        observed_version=None,
+        source="store",
     )
 
 
-def collect_health(settings: EdgeSettings, *, wait_s: float = 1.0,
-                   connect_timeout_s: float = 3.0) -> tuple[list[AgentHealth], str | None]:
+def collect_health(
+    settings: EdgeSettings, *, wait_s: float = 1.0, connect_timeout_s: float = 3.0
+) -> tuple[list[AgentHealth], str | None]:
     """Enrolled agents (and any others the broker knows) with their health.
 
     Returns:
@@ -115,8 +120,13 @@ def collect_health(settings: EdgeSettings, *, wait_s: float = 1.0,
         if username is None and settings.control_credentials_file.is_file():
             creds = control_plane_credentials(settings)
             username, password = creds.username, creds.password
-        gateway = EdgeGateway(settings.broker_url, username=username, password=password,
-                              prefix=settings.topic_prefix, session_expiry_s=0)
+        gateway = EdgeGateway(
+            settings.broker_url,
+            username=username,
+            password=password,
+            prefix=settings.topic_prefix,
+            session_expiry_s=0,
+        )
         gateway.start(timeout_s=connect_timeout_s)
     except MeshError as exc:
         return sorted(rows.values(), key=lambda h: h.agent_id), str(exc)
@@ -126,8 +136,9 @@ def collect_health(settings: EdgeSettings, *, wait_s: float = 1.0,
         gateway.barrier(connect_timeout_s)
 
         def settled() -> bool:
-            return all(v.last_heartbeat is not None for v in gateway.agents()
-                       if v.state == "online")
+            return all(
+                v.last_heartbeat is not None for v in gateway.agents() if v.state == "online"
+            )
 
         gateway.wait_until(settled, wait_s)
         now = time.time()
@@ -139,8 +150,9 @@ def collect_health(settings: EdgeSettings, *, wait_s: float = 1.0,
                 site=(stored.site if stored else None) or view.site,
                 enrolled=view.agent_id in records,
                 health=view.health(now),
-                heartbeat_age_s=view.heartbeat_age_s(now) if hb else
-                (stored.heartbeat_age_s if stored else None),
+                heartbeat_age_s=view.heartbeat_age_s(now)
+                if hb
+                else (stored.heartbeat_age_s if stored else None),
                 cpu_percent=hb.host.cpu_percent if hb else (stored.cpu_percent if stored else None),
                 mem_percent=hb.host.mem_percent if hb else (stored.mem_percent if stored else None),
                 observed_version=view.observed.version if view.observed else None,
@@ -169,22 +181,39 @@ def _list(json_out: bool, wait_s: float) -> None:
     with _errors():
         rows, offline_reason = collect_health(settings, wait_s=wait_s)
     if json_out:
-        print(json.dumps({
-            "live": offline_reason is None,
-            "reason": offline_reason,
-            "agents": [asdict(r) for r in rows],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "live": offline_reason is None,
+                    "reason": offline_reason,
+                    "agents": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
         return
     if offline_reason is not None:
-        err.print(f"[yellow]broker {settings.broker_url} not reachable[/] ({offline_reason}); "
-                  "showing the last stored health", highlight=False)
+        err.print(
+            f"[yellow]broker {settings.broker_url} not reachable[/] ({offline_reason}); "
+            "showing the last stored health",
+            highlight=False,
+        )
     if not rows:
-        console.print("no agents enrolled; enrol one with "
-                      "[bold]mesh agents enroll ID --site SITE[/]")
+        console.print(
+            "no agents enrolled; enrol one with [bold]mesh agents enroll ID --site SITE[/]"
+        )
         return
     table = Table(title="edge agents")
-    for column in ("agent", "site", "health", "last heartbeat", "cpu %", "mem %", "observed",
-                   "source"):
+    for column in (
+        "agent",
+        "site",
+        "health",
+        "last heartbeat",
+        "cpu %",
+        "mem %",
+        "observed",
+        "source",
+    ):
         table.add_column(column, justify="right" if column.endswith("%") else "left")
     for r in rows:
         style = _STYLE.get(r.health, "")
@@ -229,15 +258,24 @@ def enroll_cmd(
     settings = EdgeSettings()
     with _errors():
         result = enroll(agent_id, site=site, settings=settings, broker_url=broker)
-    console.print(f"[green]enrolled[/] [bold]{result.agent_id}[/] (site {result.site}). "
-                  "Run on the device (the password is shown only now):")
+    console.print(
+        f"[green]enrolled[/] [bold]{result.agent_id}[/] (site {result.site}). "
+        "Run on the device (the password is shown only now):"
+    )
     # Printed bare, never wrapped or cropped, so it can be copied as is.
     console.print(result.command_line, soft_wrap=True, markup=False, highlight=False)
-    console.print(f"artifact token (Authorization: Bearer): {_escape(result.token)}",
-                  soft_wrap=True, highlight=False)
-    console.print(f"[dim]password file {result.password_file}, ACL file {result.acl_file}; "
-                  "reload Mosquitto to apply (systemctl reload mosquitto, or kill -HUP its "
-                  "pid)[/]", soft_wrap=True, highlight=False)
+    console.print(
+        f"artifact token (Authorization: Bearer): {_escape(result.token)}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"[dim]password file {result.password_file}, ACL file {result.acl_file}; "
+        "reload Mosquitto to apply (systemctl reload mosquitto, or kill -HUP its "
+        "pid)[/]",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @agents_app.command("revoke")

@@ -46,9 +46,16 @@ class EdgeInstaller:
         module_options: extra fields of each module entry (threads, max_batch, ...).
     """
 
-    def __init__(self, edge: EdgeGateway, *, store: ArtifactStore, signer: ArtifactSigner,
-                 url_signer: UrlSigner, base_url: str,
-                 module_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        edge: EdgeGateway,
+        *,
+        store: ArtifactStore,
+        signer: ArtifactSigner,
+        url_signer: UrlSigner,
+        base_url: str,
+        module_options: dict[str, Any] | None = None,
+    ) -> None:
         """Keep the agents' module lists in memory."""
         self._edge = edge
         self._store = store
@@ -64,14 +71,16 @@ class EdgeInstaller:
         view = self._edge.agent(agent_id)
         held = 0
         if view is not None:
-            held = max(view.observed.version if view.observed is not None else 0,
-                       view.desired_version or 0)
+            held = max(
+                view.observed.version if view.observed is not None else 0, view.desired_version or 0
+            )
         version = max(self._versions.get(agent_id, 0), held) + 1
         self._versions[agent_id] = version
         return version
 
-    def install(self, agent_id: str, module: str, artifact: ModelArtifact,
-                timeout_s: float) -> None:
+    def install(
+        self, agent_id: str, module: str, artifact: ModelArtifact, timeout_s: float
+    ) -> None:
         """Install ``artifact`` as ``module`` on ``agent_id`` and wait until it serves it.
 
         Raises:
@@ -79,17 +88,25 @@ class EdgeInstaller:
         """
         info = self._store.put_bytes(artifact.data)
         if info.sha256 != artifact.sha256:
-            raise DeployError(f"{module} {artifact.version}: the bytes have sha256 "
-                              f"{info.sha256}, not {artifact.sha256}")
-        entry = signed_module_spec(module, artifact.version, info, agent_id=agent_id,
-                                   base_url=self._base_url, signer=self._signer,
-                                   url_signer=self._url_signer, **self._options)
+            raise DeployError(
+                f"{module} {artifact.version}: the bytes have sha256 "
+                f"{info.sha256}, not {artifact.sha256}"
+            )
+        entry = signed_module_spec(
+            module,
+            artifact.version,
+            info,
+            agent_id=agent_id,
+            base_url=self._base_url,
+            signer=self._signer,
+            url_signer=self._url_signer,
+            **self._options,
+        )
         with self._lock:
             modules = dict(self._modules.get(agent_id, {}))
             modules[module] = entry
             version = self._next_version(agent_id)
-            desired = DesiredState(agent=agent_id, version=version,
-                                   modules=list(modules.values()))
+            desired = DesiredState(agent=agent_id, version=version, modules=list(modules.values()))
         try:
             self._edge.publish_desired(agent_id, desired)
             observed = self._edge.wait_for_observed(agent_id, version, timeout_s=timeout_s)
@@ -97,11 +114,20 @@ class EdgeInstaller:
             raise DeployError(f"{module} {artifact.version} on agent {agent_id}: {exc}") from exc
         installed = {(m.name, m.version) for m in observed.installed}
         if (module, artifact.version) not in installed:
-            errors = "; ".join(f"{e.code}: {e.message}" for e in observed.errors
-                               if e.module == module) or "not installed"
-            raise DeployError(f"agent {agent_id} did not install {module} {artifact.version} "
-                              f"(desired version {version}): {errors}")
+            errors = (
+                "; ".join(f"{e.code}: {e.message}" for e in observed.errors if e.module == module)
+                or "not installed"
+            )
+            raise DeployError(
+                f"agent {agent_id} did not install {module} {artifact.version} "
+                f"(desired version {version}): {errors}"
+            )
         with self._lock:
             self._modules[agent_id] = modules
-        logger.info("agent %s serves %s %s (desired version %d)", agent_id, module,
-                    artifact.version, version)
+        logger.info(
+            "agent %s serves %s %s (desired version %d)",
+            agent_id,
+            module,
+            artifact.version,
+            version,
+        )

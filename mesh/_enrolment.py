@@ -105,7 +105,8 @@ class EdgeSettings(MeshSettings):
     )
     topic_prefix: str = Field(DEFAULT_PREFIX, description="MQTT topic prefix.")
     mqtt_username: str | None = Field(
-        None, description="Control plane's broker user; default mesh-control from the data dir "
+        None,
+        description="Control plane's broker user; default mesh-control from the data dir "
         "when a password file exists, else anonymous.",
     )
     mqtt_password: str | None = Field(None, description="Password of mqtt_username.")
@@ -164,7 +165,10 @@ def _binary_hash(tool: str, username: str, password: str) -> str:
         # only ever lives in this private temp dir and this short-lived process.
         proc = subprocess.run(
             [tool, "-c", "-b", str(file), username, password],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         if proc.returncode != 0:
             raise EnrolmentError(
@@ -326,8 +330,9 @@ class EnrolmentStore:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
-                                       isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=10000")
@@ -413,8 +418,9 @@ class EnrolmentStore:
     def agent_for_token(self, token: str) -> str | None:
         """The agent a bearer token belongs to, or None (constant-time compare)."""
         digest = _token_digest(token)
-        rows = self._rows("SELECT agent_id, token_sha256 FROM agents WHERE token_sha256 = ?",
-                          (digest,))
+        rows = self._rows(
+            "SELECT agent_id, token_sha256 FROM agents WHERE token_sha256 = ?", (digest,)
+        )
         for row in rows:
             if hmac.compare_digest(row["token_sha256"], digest):
                 return str(row["agent_id"])
@@ -432,8 +438,11 @@ class EnrolmentStore:
         """Remember what a gateway last saw of an agent (no-op for unknown agents)."""
         sets: list[str] = []
         params: list[Any] = []
-        for column, value in (("state", state), ("last_seen_at", seen_at),
-                              ("last_heartbeat_at", heartbeat_at)):
+        for column, value in (
+            ("state", state),
+            ("last_seen_at", seen_at),
+            ("last_heartbeat_at", heartbeat_at),
+        ):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(value)
@@ -443,8 +452,9 @@ class EnrolmentStore:
         if not sets:
             return
         with self._tx() as db:
-            db.execute(f"UPDATE agents SET {', '.join(sets)} WHERE agent_id = ?",
-                       (*params, agent_id))
+            db.execute(
+                f"UPDATE agents SET {', '.join(sets)} WHERE agent_id = ?", (*params, agent_id)
+            )
 
 
 def _record(row: sqlite3.Row) -> AgentRecord:
@@ -467,7 +477,9 @@ def _record(row: sqlite3.Row) -> AgentRecord:
 
 
 def build_acl(
-    agents: list[tuple[str, str]], *, prefix: str = DEFAULT_PREFIX,
+    agents: list[tuple[str, str]],
+    *,
+    prefix: str = DEFAULT_PREFIX,
     control_user: str = CONTROL_PLANE_USER,
 ) -> str:
     """Render a Mosquitto ACL file for ``(agent_id, site)`` pairs.
@@ -524,8 +536,11 @@ def control_plane_credentials(settings: EdgeSettings | None = None) -> BrokerCre
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"cannot read broker credentials {file}: {exc}") from exc
         creds = BrokerCredentials(CONTROL_PLANE_USER, secrets.token_urlsafe(24))
-        payload = {"username": creds.username, "password": creds.password,
-                   "password_hash": hash_password(creds.password, username=creds.username)}
+        payload = {
+            "username": creds.username,
+            "password": creds.password,
+            "password_hash": hash_password(creds.password, username=creds.username),
+        }
         atomic_write_bytes(file, json.dumps(payload, indent=2).encode(), mode=0o600)
         logger.info("created control-plane broker user %s in %s", creds.username, file)
         return creds
@@ -533,8 +548,11 @@ def control_plane_credentials(settings: EdgeSettings | None = None) -> BrokerCre
 
 def _control_hash(settings: EdgeSettings) -> tuple[str, str]:
     creds = control_plane_credentials(settings)
-    data = json.loads(settings.control_credentials_file.read_text()) \
-        if settings.control_credentials_file.is_file() else {}
+    data = (
+        json.loads(settings.control_credentials_file.read_text())
+        if settings.control_credentials_file.is_file()
+        else {}
+    )
     hashed = data.get("password_hash")
     if not isinstance(hashed, str) or not verify_mosquitto_hash(creds.password, hashed):
         hashed = hash_password(creds.password, username=creds.username)
@@ -549,10 +567,12 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
     """
     control_user, control_hash = _control_hash(settings)
     entries = store.credentials()
-    passwd = "".join(f"{user}:{hashed}\n" for user, _, hashed in
-                     [(control_user, "", control_hash), *entries])
-    acl = build_acl([(a, s) for a, s, _ in entries], prefix=settings.topic_prefix,
-                    control_user=control_user)
+    passwd = "".join(
+        f"{user}:{hashed}\n" for user, _, hashed in [(control_user, "", control_hash), *entries]
+    )
+    acl = build_acl(
+        [(a, s) for a, s, _ in entries], prefix=settings.topic_prefix, control_user=control_user
+    )
     pw_file, acl_file = settings.password_file, settings.acl_file
     with _file_lock(pw_file.parent / ".lock"):
         # Group-readable so a mosquitto running as its own user (in the file's group) can read.
@@ -582,12 +602,18 @@ def device_command(
     """
     argv = [
         "mesh-edge-agent",
-        "--broker", broker_url,
-        "--id", agent_id,
-        "--site", site,
-        "--username", username,
-        "--password", password,
-        "--public-key", public_key,
+        "--broker",
+        broker_url,
+        "--id",
+        agent_id,
+        "--site",
+        site,
+        "--username",
+        username,
+        "--password",
+        password,
+        "--public-key",
+        public_key,
     ]
     if prefix != DEFAULT_PREFIX:
         argv += ["--prefix", prefix]
@@ -653,19 +679,33 @@ def enroll(
             db.close()
     url = broker_url or settings.device_broker_url
     command = device_command(
-        agent_id=agent_id, site=site, broker_url=url, username=agent_id, password=password,
-        public_key=public_key, prefix=settings.topic_prefix,
+        agent_id=agent_id,
+        site=site,
+        broker_url=url,
+        username=agent_id,
+        password=password,
+        public_key=public_key,
+        prefix=settings.topic_prefix,
     )
     logger.info("enrolled agent %s (site %s)", agent_id, site)
     return EnrolmentResult(
-        agent_id=agent_id, site=site, username=agent_id, password=password, token=token,
-        public_key=public_key, broker_url=url, artifact_url=settings.artifact_url,
-        command=command, password_file=pw_file, acl_file=acl_file,
+        agent_id=agent_id,
+        site=site,
+        username=agent_id,
+        password=password,
+        token=token,
+        public_key=public_key,
+        broker_url=url,
+        artifact_url=settings.artifact_url,
+        command=command,
+        password_file=pw_file,
+        acl_file=acl_file,
     )
 
 
-def revoke(agent_id: str, *, settings: EdgeSettings | None = None,
-           store: EnrolmentStore | None = None) -> bool:
+def revoke(
+    agent_id: str, *, settings: EdgeSettings | None = None, store: EnrolmentStore | None = None
+) -> bool:
     """Remove an agent and its broker credentials; returns whether it was enrolled."""
     settings = settings or EdgeSettings()
     own_store = store is None

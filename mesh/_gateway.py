@@ -89,8 +89,15 @@ _UNKNOWN = "<unknown>"
 class EdgeInference(Protocol):
     """What the gateway needs of the edge gateway (:class:`mesh._edge_gateway.EdgeGateway`)."""
 
-    async def infer(self, module: str, node: str, inputs: Mapping[str, npt.NDArray[Any]], *,
-                    timeout_s: float = 5.0, version: str | None = None) -> Any:
+    async def infer(
+        self,
+        module: str,
+        node: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        timeout_s: float = 5.0,
+        version: str | None = None,
+    ) -> Any:
         """Run ``module`` on agent ``node``; the result has ``outputs`` and ``reply.version``."""
         ...
 
@@ -107,8 +114,13 @@ class TokenAuth:
         cache_size: verified tokens remembered (each still checked for expiry).
     """
 
-    def __init__(self, signer: TokenSigner | None, *, clock: Callable[[], float] = time.time,
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        signer: TokenSigner | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 4096,
+    ) -> None:
         """Check tokens with ``signer``."""
         self.signer = signer
         self._clock = clock
@@ -132,8 +144,10 @@ class TokenAuth:
         if self.signer is None:
             return None
         if not authorization:
-            raise AuthError("missing Authorization: Bearer <token> (make one with "
-                            "`mesh tokens create NAME --scope invoke`)")
+            raise AuthError(
+                "missing Authorization: Bearer <token> (make one with "
+                "`mesh tokens create NAME --scope invoke`)"
+            )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
         scheme, _, token = authorization.partition(" ")
@@ -207,24 +221,38 @@ class Gateway:
         self._pools: dict[int, UpstreamPool] = {}
         m = self.metrics
         labels = ("module", "version", "node")
-        self._latency = m.histogram("mesh_inference_latency_seconds",
-                                    "Inference latency at the gateway.", labels)
-        self._requests = m.counter("mesh_inference_requests_total",
-                                   "Inference requests answered, by status code.",
-                                   (*labels, "code"))
-        self._errors = m.counter("mesh_inference_errors_total",
-                                 "Failed inference requests, by reason.", (*labels, "reason"))
-        self._slow = m.counter("mesh_inference_slo_violations_total",
-                               "Requests slower than the module's p95 latency target.", labels)
-        self._retried = m.counter("mesh_inference_retries_total",
-                                  "Requests retried on another endpoint.", ("module",))
-        m.gauge("mesh_inference_in_flight", "Requests in flight at the gateway.",
-                ("module",)).set_collector(
-            lambda: [((r.module,), float(routes.module_in_flight(r.module)))
-                     for r in routes.routes()])
+        self._latency = m.histogram(
+            "mesh_inference_latency_seconds", "Inference latency at the gateway.", labels
+        )
+        self._requests = m.counter(
+            "mesh_inference_requests_total",
+            "Inference requests answered, by status code.",
+            (*labels, "code"),
+        )
+        self._errors = m.counter(
+            "mesh_inference_errors_total",
+            "Failed inference requests, by reason.",
+            (*labels, "reason"),
+        )
+        self._slow = m.counter(
+            "mesh_inference_slo_violations_total",
+            "Requests slower than the module's p95 latency target.",
+            labels,
+        )
+        self._retried = m.counter(
+            "mesh_inference_retries_total", "Requests retried on another endpoint.", ("module",)
+        )
+        m.gauge(
+            "mesh_inference_in_flight", "Requests in flight at the gateway.", ("module",)
+        ).set_collector(
+            lambda: [
+                ((r.module,), float(routes.module_in_flight(r.module))) for r in routes.routes()
+            ]
+        )
         if edge is not None and hasattr(edge, "agents"):
             m.gauge("mesh_edge_agents", "Edge agents by liveness.", ("state",)).set_collector(
-                lambda: self._agent_states(edge))
+                lambda: self._agent_states(edge)
+            )
 
     @staticmethod
     def _agent_states(edge: Any) -> list[tuple[tuple[str, ...], float]]:
@@ -277,11 +305,14 @@ class Gateway:
             if current.endpoints:
                 return current
             self.routes.note_demand(route.module)
-        raise ModelNotReadyError(f"model {route.module!r} scaled to zero did not start a "
-                                 f"replica within {self._cold_start_timeout_s:g} s")
+        raise ModelNotReadyError(
+            f"model {route.module!r} scaled to zero did not start a "
+            f"replica within {self._cold_start_timeout_s:g} s"
+        )
 
-    async def infer(self, module: str, version: str | None, body: bytes,
-                    headers: Sequence[tuple[bytes, bytes]]) -> Answer:
+    async def infer(
+        self, module: str, version: str | None, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Answer:
         """Answer one inference request: status, response headers and body.
 
         Raises:
@@ -323,8 +354,9 @@ class Gateway:
         self._requests.inc(1, module, version, node, str(status))
         self._errors.inc(1, module, version, node, _reason_for(status))
 
-    async def _dispatch(self, route: ModuleRoute, body: bytes,
-                        headers: Sequence[tuple[bytes, bytes]]) -> tuple[Answer, str, str]:
+    async def _dispatch(
+        self, route: ModuleRoute, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[Answer, str, str]:
         tried: list[ReplicaEndpoint] = []
         failure: Exception | None = None
         for attempt in range(self._retries + 1):
@@ -339,12 +371,24 @@ class Gateway:
             self.routes.acquire(endpoint)
             try:
                 response = await self._pool().request(
-                    endpoint.host, endpoint.port, "POST", f"/v2/models/{route.module}/infer",
-                    body=body, headers=headers, timeout_s=self._upstream_timeout_s)
+                    endpoint.host,
+                    endpoint.port,
+                    "POST",
+                    f"/v2/models/{route.module}/infer",
+                    body=body,
+                    headers=headers,
+                    timeout_s=self._upstream_timeout_s,
+                )
             except UpstreamConnectionError as exc:
-                logger.warning("%s %s: replica %s on node %s failed (%s); %s", route.module,
-                               endpoint.version, endpoint.replica_id, endpoint.node_id[:8], exc,
-                               "retrying" if attempt < self._retries else "giving up")
+                logger.warning(
+                    "%s %s: replica %s on node %s failed (%s); %s",
+                    route.module,
+                    endpoint.version,
+                    endpoint.replica_id,
+                    endpoint.node_id[:8],
+                    exc,
+                    "retrying" if attempt < self._retries else "giving up",
+                )
                 failure = exc
                 tried.append(endpoint)
                 route = self.routes.get(route.module) or route  # it may have switched
@@ -353,8 +397,10 @@ class Gateway:
                 raise UpstreamTimeoutError(
                     f"replica {endpoint.replica_id} of {route.module} on node "
                     f"{endpoint.node_id[:8]} did not answer within "
-                    f"{self._upstream_timeout_s:g} s", model=route.module,
-                    node=endpoint.node) from exc
+                    f"{self._upstream_timeout_s:g} s",
+                    model=route.module,
+                    node=endpoint.node,
+                ) from exc
             finally:
                 self.routes.release(endpoint)
             if response.status == 503 and attempt < self._retries:
@@ -364,11 +410,17 @@ class Gateway:
             out = [(k, v) for k, v in response.headers.items() if k in _FORWARD]
             return (response.status, out, response.body), endpoint.node, endpoint.version
         detail = f" ({failure})" if failure is not None else ""
-        raise UpstreamError(f"no replica of {route.module!r} could be reached{detail}",
-                            model=route.module)
+        raise UpstreamError(
+            f"no replica of {route.module!r} could be reached{detail}", model=route.module
+        )
 
-    async def _infer_agent(self, route: ModuleRoute, endpoint: AgentEndpoint, body: bytes,
-                           headers: Sequence[tuple[bytes, bytes]]) -> Answer:
+    async def _infer_agent(
+        self,
+        route: ModuleRoute,
+        endpoint: AgentEndpoint,
+        body: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> Answer:
         from ._edge_gateway import (
             EdgeConnectionError,
             EdgeInferenceError,
@@ -377,16 +429,19 @@ class Gateway:
 
         module = route.module
         if self.edge is None:
-            raise ModelNotReadyError(f"model {module!r} is on agent {endpoint.agent_id} but "
-                                     "the gateway has no edge connection")
+            raise ModelNotReadyError(
+                f"model {module!r} is on agent {endpoint.agent_id} but "
+                "the gateway has no edge connection"
+            )
         raw = next((v for k, v in headers if k == _FORWARD[1]), None)
         request = decode_request(module, body, _header_length(module, raw))
         if route.signature is not None:
             check_inputs(module, request.inputs, route.signature.inputs)
         self.routes.acquire(endpoint)
         try:
-            result = await self.edge.infer(module, endpoint.agent_id, request.inputs,
-                                           timeout_s=self._edge_timeout_s)
+            result = await self.edge.infer(
+                module, endpoint.agent_id, request.inputs, timeout_s=self._edge_timeout_s
+            )
         except EdgeRequestTimeoutError as exc:
             raise UpstreamTimeoutError(str(exc), model=module, node=endpoint.agent_id) from exc
         except EdgeInferenceError as exc:
@@ -400,12 +455,24 @@ class Gateway:
         finally:
             self.routes.release(endpoint)
         version = getattr(result.reply, "version", None) or endpoint.version
-        payload, json_length = encode_response(module, version, request.id, result.outputs,
-                                               requested=request.outputs, binary=request.binary)
+        payload, json_length = encode_response(
+            module,
+            version,
+            request.id,
+            result.outputs,
+            requested=request.outputs,
+            binary=request.binary,
+        )
         if json_length is None:
             return 200, [(b"content-type", b"application/json")], payload
-        return 200, [(b"content-type", b"application/octet-stream"),
-                     (_FORWARD[1], str(json_length).encode())], payload
+        return (
+            200,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (_FORWARD[1], str(json_length).encode()),
+            ],
+            payload,
+        )
 
     # -- metadata
 
@@ -430,9 +497,15 @@ class Gateway:
 
 
 def _reason_for(status: int) -> str:
-    return {400: "bad_input", 401: "auth", 403: "auth", 404: "not_found", 413: "too_large",
-            503: "not_ready", 504: "timeout"}.get(status, "upstream" if status >= 500 else
-                                                  "client")
+    return {
+        400: "bad_input",
+        401: "auth",
+        403: "auth",
+        404: "not_found",
+        413: "too_large",
+        503: "not_ready",
+        504: "timeout",
+    }.get(status, "upstream" if status >= 500 else "client")
 
 
 def _header_length(module: str, raw: bytes | None) -> int | None:
@@ -480,10 +553,14 @@ class _InferFastPath:
             extra = [_CHALLENGE] if status == 401 else []
             await respond(send, status, error_body(exc), headers=extra)
             return True
-        content_type = next((v for k, v in headers if k == b"content-type"),
-                            b"application/json")
-        await respond(send, status, payload, content_type=content_type,
-                      headers=[h for h in headers if h[0] != b"content-type"])
+        content_type = next((v for k, v in headers if k == b"content-type"), b"application/json")
+        await respond(
+            send,
+            status,
+            payload,
+            content_type=content_type,
+            headers=[h for h in headers if h[0] != b"content-type"],
+        )
         return True
 
 
@@ -502,8 +579,11 @@ class GatewayApp(FastAPI):
         fast = self.fast_path
         if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
-            if path.startswith("/v2/models/") and path.endswith(_INFER_SUFFIX) \
-                    and await fast(scope, receive, send):
+            if (
+                path.startswith("/v2/models/")
+                and path.endswith(_INFER_SUFFIX)
+                and await fast(scope, receive, send)
+            ):
                 return
         await super().__call__(scope, receive, send)
 
@@ -539,8 +619,12 @@ def create_gateway_app(
         yield
         await gateway.close()  # the pooled connections of the serving loop
 
-    app = GatewayApp(title=title, version="1", lifespan=lifespan,
-                     description="Open Inference Protocol v2 and the mesh's REST API.")
+    app = GatewayApp(
+        title=title,
+        version="1",
+        lifespan=lifespan,
+        description="Open Inference Protocol v2 and the mesh's REST API.",
+    )
     app.fast_path = _InferFastPath(gateway)
 
     async def on_mesh_error(_request: Request, exc: Exception) -> Response:
@@ -584,16 +668,16 @@ def create_gateway_app(
         body = await request.body()
         forwarded = [(k, v) for k, v in request.headers.raw if k in _FORWARD]
         status, headers, payload = await gateway.infer(name, version, body, forwarded)
-        return Response(payload, status_code=status,
-                        headers={k.decode(): v.decode() for k, v in headers})
+        return Response(
+            payload, status_code=status, headers={k.decode(): v.decode() for k, v in headers}
+        )
 
     @app.get("/v1/routes", tags=["routes"], dependencies=read)
     def list_routes() -> list[dict[str, Any]]:
         """Where each module is served now: version, epoch, endpoints."""
         return [r.describe() for r in gateway.routes.routes()]
 
-    @app.get("/metrics", tags=["metrics"], dependencies=read,
-             response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["metrics"], dependencies=read, response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus metrics: latency per module, version and node; errors; replicas."""
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
@@ -601,8 +685,11 @@ def create_gateway_app(
     if registry is not None:
         from ._models_api import create_models_router
 
-        app.include_router(create_models_router(
-            registry, auth=(lambda scope: auth.dependency(scope)) if auth.enabled else None))
+        app.include_router(
+            create_models_router(
+                registry, auth=(lambda scope: auth.dependency(scope)) if auth.enabled else None
+            )
+        )
     for router in routers:
         app.include_router(router)
     return app

@@ -68,16 +68,33 @@ __all__ = [
 HEADER_LENGTH = "inference-header-content-length"
 
 _TO_OIP: dict[str, str] = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
-    "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
 }
 _FROM_OIP: dict[str, str] = {v: k for k, v in _TO_OIP.items()}
 _ORT_TYPES: dict[str, str] = {
-    "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(int8)": "int8",
-    "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
-    "tensor(float16)": "float16", "tensor(float)": "float32", "tensor(double)": "float64",
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
 }
 
 
@@ -107,8 +124,7 @@ class InferenceInputError(ServingError, ValueError):
 class ModelNotServedError(ServingError, LookupError):
     """No such model (or version of it) is served (HTTP 404)."""
 
-    def __init__(self, model: str, version: str | None = None,
-                 served: Sequence[str] = ()) -> None:
+    def __init__(self, model: str, version: str | None = None, served: Sequence[str] = ()) -> None:
         self.model = model
         self.version = version
         self.served = sorted(served)
@@ -197,8 +213,9 @@ def ort_signature(session: Any, opset: int = 0) -> ModelSignature:
     )
 
 
-def check_inputs(model: str, inputs: Mapping[str, npt.NDArray[Any]],
-                 signature: Sequence[TensorSpec]) -> None:
+def check_inputs(
+    model: str, inputs: Mapping[str, npt.NDArray[Any]], signature: Sequence[TensorSpec]
+) -> None:
     """Refuse inputs whose names, dtypes or shapes do not fit ``signature``.
 
     Raises:
@@ -217,30 +234,43 @@ def check_inputs(model: str, inputs: Mapping[str, npt.NDArray[Any]],
         if spec is None:
             continue
         if array.dtype.name != spec.dtype:
-            problems.append(f"input {name!r} has datatype {oip_datatype(array.dtype.name)}, "
-                            f"not {oip_datatype(spec.dtype)}")
+            problems.append(
+                f"input {name!r} has datatype {oip_datatype(array.dtype.name)}, "
+                f"not {oip_datatype(spec.dtype)}"
+            )
             continue
         dims = _dims(spec)
         fits = len(dims) == array.ndim and all(
-            d < 0 or d == n for d, n in zip(dims, array.shape, strict=True))
+            d < 0 or d == n for d, n in zip(dims, array.shape, strict=True)
+        )
         if not fits:
-            problems.append(f"input {name!r} has shape {list(array.shape)}, not "
-                            f"[{','.join(map(str, dims))}]")
+            problems.append(
+                f"input {name!r} has shape {list(array.shape)}, not [{','.join(map(str, dims))}]"
+            )
     if problems:
         raise InferenceInputError(model, "; ".join(problems), describe_signature(signature))
 
 
-def model_metadata(name: str, versions: Sequence[str], signature: ModelSignature, *,
-                   platform: str = "onnxruntime_onnx") -> dict[str, Any]:
+def model_metadata(
+    name: str,
+    versions: Sequence[str],
+    signature: ModelSignature,
+    *,
+    platform: str = "onnxruntime_onnx",
+) -> dict[str, Any]:
     """The OIP model metadata document."""
     return {
         "name": name,
         "versions": list(versions),
         "platform": platform,
-        "inputs": [{"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
-                   for s in signature.inputs],
-        "outputs": [{"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
-                    for s in signature.outputs],
+        "inputs": [
+            {"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
+            for s in signature.inputs
+        ],
+        "outputs": [
+            {"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
+            for s in signature.outputs
+        ],
     }
 
 
@@ -263,7 +293,7 @@ def parse_model_path(path: str) -> tuple[str, str | None, str] | None:
     prefix = "/v2/models/"
     if not path.startswith(prefix):
         return None
-    parts = path[len(prefix):].split("/")
+    parts = path[len(prefix) :].split("/")
     name = parts[0]
     if not name:
         return None
@@ -276,7 +306,6 @@ def parse_model_path(path: str) -> tuple[str, str | None, str] | None:
     if len(rest) == 1 and rest[0] in _MODEL_ACTIONS:
         return name, version, rest[0]
     return None
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +343,15 @@ def _numpy() -> Any:
 
 def _shape(model: str, name: str, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
-        raise InferenceInputError(model, f"input {name!r}: shape must be a list of sizes >= 0, "
-                                         f"got {raw!r}")
+        raise InferenceInputError(
+            model, f"input {name!r}: shape must be a list of sizes >= 0, got {raw!r}"
+        )
     return tuple(raw)
 
 
-def _decode_input(model: str, item: Any, binary: memoryview, offset: int
-                  ) -> tuple[str, npt.NDArray[Any], int]:
+def _decode_input(
+    model: str, item: Any, binary: memoryview, offset: int
+) -> tuple[str, npt.NDArray[Any], int]:
     np = _numpy()
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise InferenceInputError(model, "each input needs a 'name', 'shape' and 'datatype'")
@@ -328,8 +359,11 @@ def _decode_input(model: str, item: Any, binary: memoryview, offset: int
     datatype = item.get("datatype")
     dtype_name = _FROM_OIP.get(datatype) if isinstance(datatype, str) else None
     if dtype_name is None:
-        raise InferenceInputError(model, f"input {name!r}: unsupported datatype {datatype!r} "
-                                         f"(supported: {', '.join(sorted(_FROM_OIP))})")
+        raise InferenceInputError(
+            model,
+            f"input {name!r}: unsupported datatype {datatype!r} "
+            f"(supported: {', '.join(sorted(_FROM_OIP))})",
+        )
     shape = _shape(model, name, item.get("shape"))
     count = math.prod(shape)
     dtype = np.dtype(dtype_name).newbyteorder("<")
@@ -337,24 +371,31 @@ def _decode_input(model: str, item: Any, binary: memoryview, offset: int
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise InferenceInputError(model, f"input {name!r}: binary_data_size {size!r} runs "
-                                             f"past the {len(binary)} binary bytes")
+            raise InferenceInputError(
+                model,
+                f"input {name!r}: binary_data_size {size!r} runs "
+                f"past the {len(binary)} binary bytes",
+            )
         if size != count * dtype.itemsize:
-            raise InferenceInputError(model, f"input {name!r}: {size} bytes do not hold "
-                                             f"{count} {datatype} values of shape {list(shape)}")
-        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+            raise InferenceInputError(
+                model,
+                f"input {name!r}: {size} bytes do not hold "
+                f"{count} {datatype} values of shape {list(shape)}",
+            )
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
         return name, array, offset + size
     if "data" not in item:
-        raise InferenceInputError(model, f"input {name!r} has neither 'data' nor "
-                                         "'binary_data_size'")
+        raise InferenceInputError(
+            model, f"input {name!r} has neither 'data' nor 'binary_data_size'"
+        )
     try:
         array = np.asarray(item["data"], dtype=dtype_name)
     except (TypeError, ValueError) as exc:
-        raise InferenceInputError(model, f"input {name!r}: data is not {datatype}: {exc}"
-                                  ) from None
+        raise InferenceInputError(model, f"input {name!r}: data is not {datatype}: {exc}") from None
     if array.size != count:
-        raise InferenceInputError(model, f"input {name!r}: {array.size} values do not fill "
-                                         f"shape {list(shape)}")
+        raise InferenceInputError(
+            model, f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
+        )
     return name, array.reshape(shape), offset
 
 
@@ -370,16 +411,19 @@ def decode_request(model: str, body: bytes, header_length: int | None = None) ->
         InferenceInputError: malformed JSON, tensors or binary sizes.
     """
     if header_length is not None and not 0 < header_length <= len(body):
-        raise InferenceInputError(model, f"Inference-Header-Content-Length {header_length} is "
-                                         f"outside the {len(body)}-byte body")
+        raise InferenceInputError(
+            model,
+            f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body",
+        )
     head = body if header_length is None else body[:header_length]
     try:
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InferenceInputError(model, f"the body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise InferenceInputError(model, "the body must be an object with a non-empty 'inputs' "
-                                         "list")
+        raise InferenceInputError(
+            model, "the body must be an object with a non-empty 'inputs' list"
+        )
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     inputs: dict[str, npt.NDArray[Any]] = {}
     offset = 0
@@ -410,8 +454,9 @@ def decode_request(model: str, body: bytes, header_length: int | None = None) ->
     )
 
 
-def encode_request(inputs: Mapping[str, npt.NDArray[Any]], *, binary: bool = True,
-                   binary_output: bool = False) -> tuple[bytes, int | None]:
+def encode_request(
+    inputs: Mapping[str, npt.NDArray[Any]], *, binary: bool = True, binary_output: bool = False
+) -> tuple[bytes, int | None]:
     """An inference request body for ``inputs`` (what tritonclient sends); for clients and tests.
 
     Returns:
@@ -422,8 +467,11 @@ def encode_request(inputs: Mapping[str, npt.NDArray[Any]], *, binary: bool = Tru
     blobs: list[bytes] = []
     for name, array in inputs.items():
         arr = np.ascontiguousarray(array)
-        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape),
-                                 "datatype": oip_datatype(arr.dtype.name)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(arr.shape),
+            "datatype": oip_datatype(arr.dtype.name),
+        }
         if binary:
             raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -471,15 +519,20 @@ def encode_response(
     else:
         unknown = [r.name for r in requested if r.name not in outputs]
         if unknown:
-            raise InferenceInputError(model, f"unknown output {', '.join(map(repr, unknown))} "
-                                             f"(outputs: {', '.join(outputs)})")
+            raise InferenceInputError(
+                model,
+                f"unknown output {', '.join(map(repr, unknown))} (outputs: {', '.join(outputs)})",
+            )
         chosen = [(r.name, binary if r.binary is None else r.binary) for r in requested]
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, as_binary in chosen:
         array = outputs[name]
-        entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(array.dtype.name),
-                                 "shape": list(array.shape)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": oip_datatype(array.dtype.name),
+            "shape": list(array.shape),
+        }
         if as_binary:
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -498,8 +551,7 @@ def encode_response(
     return head + b"".join(blobs), len(head)
 
 
-def decode_response(body: bytes, header_length: int | None = None
-                    ) -> dict[str, npt.NDArray[Any]]:
+def decode_response(body: bytes, header_length: int | None = None) -> dict[str, npt.NDArray[Any]]:
     """Output arrays of a response body (for clients and tests)."""
     np = _numpy()
     head = body if header_length is None else body[:header_length]
@@ -511,8 +563,9 @@ def decode_response(body: bytes, header_length: int | None = None
         dtype = np.dtype(_FROM_OIP[item["datatype"]]).newbyteorder("<")
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            out[item["name"]] = np.frombuffer(binary[offset:offset + size],
-                                              dtype=dtype).reshape(item["shape"])
+            out[item["name"]] = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(
+                item["shape"]
+            )
             offset += size
         else:
             out[item["name"]] = np.asarray(item["data"], dtype=dtype).reshape(item["shape"])

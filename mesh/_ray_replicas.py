@@ -48,8 +48,17 @@ _MODEL_REFS_KEPT = 8
 class ReplicaActor:
     """The actor class: one replica's model and HTTP server, inside a Ray worker."""
 
-    def __init__(self, module: str, version: str, model: list[Any], cpus: float, gpus: float,
-                 batching: str, replica_id: str, bind_host: str | None) -> None:
+    def __init__(
+        self,
+        module: str,
+        version: str,
+        model: list[Any],
+        cpus: float,
+        gpus: float,
+        batching: str,
+        replica_id: str,
+        bind_host: str | None,
+    ) -> None:
         """Load, warm up and serve; the actor is ready when this returns.
 
         ``model`` is ``[ObjectRef of the ONNX bytes]``: nested, so the actor fetches it
@@ -61,17 +70,29 @@ class ReplicaActor:
         self._node_id = context.get_node_id()
         host = bind_host or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         data: bytes = ray.get(model[0])
-        runner = ModelRunner(data, cpus=cpus, gpus=gpus,
-                             batching=batching)  # type: ignore[arg-type]
-        self._app = ReplicaApp(runner, model=module, version=version, node_id=self._node_id,
-                               replica_id=replica_id)
+        runner = ModelRunner(data, cpus=cpus, gpus=gpus, batching=batching)  # type: ignore[arg-type]
+        self._app = ReplicaApp(
+            runner, model=module, version=version, node_id=self._node_id, replica_id=replica_id
+        )
         self._app.warmup()
         self._server = serve_asgi(self._app, host=host, port=0, name=f"replica-{replica_id}")
-        self._info = {"replica_id": replica_id, "node_id": self._node_id, "host": host,
-                      "port": self._server.port, "version": version,
-                      "provider": runner.provider, "threads": runner.threads}
-        logger.info("replica %s of %s %s serves %s on node %s", replica_id, module, version,
-                    self._server.url, self._node_id[:8])
+        self._info = {
+            "replica_id": replica_id,
+            "node_id": self._node_id,
+            "host": host,
+            "port": self._server.port,
+            "version": version,
+            "provider": runner.provider,
+            "threads": runner.threads,
+        }
+        logger.info(
+            "replica %s of %s %s serves %s on node %s",
+            replica_id,
+            module,
+            version,
+            self._server.url,
+            self._node_id[:8],
+        )
 
     def endpoint(self) -> dict[str, Any]:
         """Where it serves, and how (provider, threads)."""
@@ -85,8 +106,13 @@ class ReplicaActor:
 
 
 def _endpoint(info: dict[str, Any]) -> ReplicaEndpoint:
-    return ReplicaEndpoint(str(info["replica_id"]), str(info["node_id"]), str(info["host"]),
-                           int(info["port"]), str(info["version"]))
+    return ReplicaEndpoint(
+        str(info["replica_id"]),
+        str(info["node_id"]),
+        str(info["host"]),
+        int(info["port"]),
+        str(info["version"]),
+    )
 
 
 class RayReplicaHandle:
@@ -111,7 +137,8 @@ class RayReplicaHandle:
         cause = str(exc).strip().splitlines()
         detail = cause[-1] if cause else type(exc).__name__
         return ReplicaFailedError(
-            f"replica {r.replica_id} of {r.module} {r.version} on {r.tier} failed: {detail}")
+            f"replica {r.replica_id} of {r.module} {r.version} on {r.tier} failed: {detail}"
+        )
 
     def poll(self) -> ReplicaEndpoint | None:
         """Its endpoint once the actor's constructor finished; None before (never blocks)."""
@@ -168,8 +195,13 @@ class RayReplicaLauncher:
         max_restarts: Ray restarts of a replica whose process died.
     """
 
-    def __init__(self, *, nodes: Callable[[], list[NodeInfo]] | None = None,
-                 bind_host: str | None = None, max_restarts: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: Callable[[], list[NodeInfo]] | None = None,
+        bind_host: str | None = None,
+        max_restarts: int = 3,
+    ) -> None:
         """Use the Ray connection of this process (``ray.init`` done by the backend)."""
         self._nodes = nodes
         self._bind_host = bind_host
@@ -205,8 +237,9 @@ class RayReplicaLauncher:
         """
         if not ray.is_initialized():
             raise BackendError("Ray is not connected: connect the backend before serving")
-        spec = FunctionSpec(name=request.module, tier=request.tier, site=request.site,
-                            resources=request.resources)
+        spec = FunctionSpec(
+            name=request.module, tier=request.tier, site=request.site, resources=request.resources
+        )
         check_satisfiable(spec, self._live_nodes())
         options = task_resources(spec)
         options.update(
@@ -219,11 +252,28 @@ class RayReplicaLauncher:
         res = request.resources
         model_ref = self._model_ref(request.artifact)
         try:
-            actor = ray.remote(ReplicaActor).options(**options).remote(
-                request.module, request.version, [model_ref], res.cpus,
-                res.gpus, request.batching, request.replica_id, self._bind_host)
+            actor = (
+                ray.remote(ReplicaActor)
+                .options(**options)
+                .remote(
+                    request.module,
+                    request.version,
+                    [model_ref],
+                    res.cpus,
+                    res.gpus,
+                    request.batching,
+                    request.replica_id,
+                    self._bind_host,
+                )
+            )
         except Exception as exc:
             raise BackendError(f"Ray refused replica {request.replica_id}: {exc}") from exc
-        logger.info("replica %s of %s %s requested on %s (%s)", request.replica_id,
-                    request.module, request.version, request.tier, options["label_selector"])
+        logger.info(
+            "replica %s of %s %s requested on %s (%s)",
+            request.replica_id,
+            request.module,
+            request.version,
+            request.tier,
+            options["label_selector"],
+        )
         return RayReplicaHandle(actor, request, model_ref)

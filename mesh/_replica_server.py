@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import MeshError
 from ._export import ModelSignature
+from ._http_server import ServerThread, serve_asgi
 from ._metrics import CONTENT_TYPE, MetricsRegistry
 from ._oip import (
     HEADER_LENGTH,
@@ -161,15 +162,17 @@ class ModelRunner:
         self.providers = choose_providers(ort.get_available_providers(), gpus)
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self._session = ort.InferenceSession(source, sess_options=options,
-                                                 providers=self.providers)
+            self._session = ort.InferenceSession(
+                source, sess_options=options, providers=self.providers
+            )
         except Exception as exc:
             raise MeshError(f"ONNX Runtime cannot load the model: {exc}") from exc
         self.provider = self._session.get_providers()[0]
         self.signature: ModelSignature = ort_signature(self._session)
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self.batchable = all(s.batch_dynamic for s in
-                             (*self.signature.inputs, *self.signature.outputs))
+        self.batchable = all(
+            s.batch_dynamic for s in (*self.signature.inputs, *self.signature.outputs)
+        )
         self.max_batch = max(1, max_batch) if self.batchable else 1
         self._batching = batching
         self.batching = batching == "on" and self.batchable
@@ -213,10 +216,14 @@ class ModelRunner:
             # Batching pays when a batch of 8 costs clearly less than 8 single runs.
             self.batching = self.batch8_ms / 8 < 0.75 * self.single_ms
         self.warm = True
-        logger.info("model warm on %s with %d thread(s): %.3f ms at batch 1%s; batching %s",
-                    self.provider, self.threads, self.single_ms,
-                    f", {self.batch8_ms:.3f} ms at batch 8" if self.batch8_ms else "",
-                    "on" if self.batching else "off")
+        logger.info(
+            "model warm on %s with %d thread(s): %.3f ms at batch 1%s; batching %s",
+            self.provider,
+            self.threads,
+            self.single_ms,
+            f", {self.batch8_ms:.3f} ms at batch 8" if self.batch8_ms else "",
+            "on" if self.batching else "off",
+        )
 
 
 # ---------------------------------------------------------------- batching
@@ -258,8 +265,9 @@ class _Batcher:
 
     async def submit(self, feeds: Feeds, model: str) -> Feeds:
         if len(self._queue) >= self._max_queue:
-            raise ReplicaOverloadedError(f"replica of {model!r} has {len(self._queue)} requests "
-                                         "queued; try another replica")
+            raise ReplicaOverloadedError(
+                f"replica of {model!r} has {len(self._queue)} requests queued; try another replica"
+            )
         loop = asyncio.get_running_loop()
         first = next(iter(feeds.values()))
         job = _Job(feeds, loop.create_future(), int(first.shape[0]) if first.ndim else 1)
@@ -278,8 +286,11 @@ class _Batcher:
         if not self._runner.batching:
             return jobs
         size = first.size
-        while self._queue and size + self._queue[0].size <= self._runner.max_batch \
-                and _compatible(first.feeds, self._queue[0].feeds):
+        while (
+            self._queue
+            and size + self._queue[0].size <= self._runner.max_batch
+            and _compatible(first.feeds, self._queue[0].feeds)
+        ):
             job = self._queue.popleft()
             jobs.append(job)
             size += job.size
@@ -314,7 +325,8 @@ class _Batcher:
                 jobs = self._take()
                 try:
                     results: list[Feeds] | BaseException = await loop.run_in_executor(
-                        self._pool, self._run, jobs)
+                        self._pool, self._run, jobs
+                    )
                 except Exception as exc:
                     results = exc
                 self._deliver(jobs, results)
@@ -359,7 +371,8 @@ class ReplicaStats:
         self._since = self._changed = clock()
         self.metrics = MetricsRegistry()
         self.latency = self.metrics.histogram(
-            "mesh_replica_latency_seconds", "Time from request to response in this replica.")
+            "mesh_replica_latency_seconds", "Time from request to response in this replica."
+        )
 
     def _advance(self, now: float) -> None:
         self._area += self.in_flight * (now - self._changed)
@@ -390,8 +403,12 @@ class ReplicaStats:
             average = self._area / span if span > 0 else float(self.in_flight)
             self._area, self._since = 0.0, now
             out: dict[str, Any] = {
-                "in_flight": self.in_flight, "avg_in_flight": average, "window_s": span,
-                "requests": self.requests, "errors": self.errors}
+                "in_flight": self.in_flight,
+                "avg_in_flight": average,
+                "window_s": span,
+                "requests": self.requests,
+                "errors": self.errors,
+            }
         snap = self.latency.snapshot()
         out["p50_ms"] = None if (q := snap.quantile(0.5)) is None else q * 1000.0
         out["p95_ms"] = None if (q := snap.quantile(0.95)) is None else q * 1000.0
@@ -428,13 +445,26 @@ async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | No
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def respond(send: Send, status: int, body: bytes, *,
-                  content_type: bytes = b"application/json",
-                  headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
     """Send a complete response."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -463,9 +493,17 @@ class ReplicaApp:
         max_queue: queued requests past which it answers 503.
     """
 
-    def __init__(self, runner: ModelRunner, *, model: str, version: str,
-                 node_id: str = "", replica_id: str = "", max_queue: int = 1024,
-                 execution: Literal["auto", "inline", "thread"] = "auto") -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        *,
+        model: str,
+        version: str,
+        node_id: str = "",
+        replica_id: str = "",
+        max_queue: int = 1024,
+        execution: Literal["auto", "inline", "thread"] = "auto",
+    ) -> None:
         """Wrap ``runner``; call :meth:`warmup` (or let :meth:`start` do it) before serving."""
         self.runner = runner
         self.model = model
@@ -488,8 +526,13 @@ class ReplicaApp:
         if self._execution == "auto":
             single = self.runner.single_ms or 0.0
             self._batcher.inline = single < INLINE_BELOW_MS
-        logger.info("replica %s of %s %s runs the model %s", self.replica_id, self.model,
-                    self.version, "inline" if self._batcher.inline else "on a worker thread")
+        logger.info(
+            "replica %s of %s %s runs the model %s",
+            self.replica_id,
+            self.model,
+            self.version,
+            "inline" if self._batcher.inline else "on a worker thread",
+        )
 
     def close(self) -> None:
         """Stop the model thread."""
@@ -497,13 +540,22 @@ class ReplicaApp:
 
     def describe(self) -> dict[str, Any]:
         """Identity and state, as ``/stats`` reports it."""
-        return {"model": self.model, "version": self.version, "node_id": self.node_id,
-                "replica_id": self.replica_id, "pid": os.getpid(), "ready": self.ready,
-                "provider": self.runner.provider, "threads": self.runner.threads,
-                "batching": self.runner.batching, "max_batch": self.runner.max_batch,
-                "inline": self._batcher.inline,
-                "queue": self._batcher.depth(), "batches": self._batcher.batches,
-                "batched_requests": self._batcher.batched_requests}
+        return {
+            "model": self.model,
+            "version": self.version,
+            "node_id": self.node_id,
+            "replica_id": self.replica_id,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "provider": self.runner.provider,
+            "threads": self.runner.threads,
+            "batching": self.runner.batching,
+            "max_batch": self.runner.max_batch,
+            "inline": self._batcher.inline,
+            "queue": self._batcher.depth(),
+            "batches": self._batcher.batches,
+            "batched_requests": self._batcher.batched_requests,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -518,23 +570,40 @@ class ReplicaApp:
                 ok = path.endswith("live") or self.ready
                 await respond(send, 200 if ok else 503, b"")
             elif path == "/v2":
-                await respond_json(send, 200, {"name": "fogmesh-replica", "version": "1",
-                                               "extensions": ["binary_tensor_data"]})
+                await respond_json(
+                    send,
+                    200,
+                    {
+                        "name": "fogmesh-replica",
+                        "version": "1",
+                        "extensions": ["binary_tensor_data"],
+                    },
+                )
             elif path == "/stats":
                 await respond_json(send, 200, {**self.describe(), **self.stats.window()})
             elif path == "/metrics":
-                await respond(send, 200, self.stats.metrics.render().encode(),
-                              content_type=CONTENT_TYPE.encode())
+                await respond(
+                    send,
+                    200,
+                    self.stats.metrics.render().encode(),
+                    content_type=CONTENT_TYPE.encode(),
+                )
             else:
                 await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
         except Exception as exc:  # the one place a request's failure becomes a response
             if not isinstance(exc, ServingError):
-                logger.exception("replica %s of %s %s failed on %s", self.replica_id,
-                                 self.model, self.version, path)
+                logger.exception(
+                    "replica %s of %s %s failed on %s",
+                    self.replica_id,
+                    self.model,
+                    self.version,
+                    path,
+                )
             await respond_error(send, exc)
 
-    async def _model_route(self, scope: Scope, receive: Receive, send: Send, path: str,
-                           method: str) -> None:
+    async def _model_route(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> None:
         parsed = parse_model_path(path)
         if parsed is None:
             await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
@@ -547,8 +616,9 @@ class ReplicaApp:
         elif action == "ready":
             await respond(send, 200 if self.ready else 503, b"")
         elif action == "" and method == "GET":
-            await respond_json(send, 200, model_metadata(self.model, [self.version],
-                                                         self.runner.signature))
+            await respond_json(
+                send, 200, model_metadata(self.model, [self.version], self.runner.signature)
+            )
         else:
             await respond(send, 405, error_body(LookupError(f"{method} {path} is not allowed")))
 
@@ -559,26 +629,44 @@ class ReplicaApp:
         try:
             body = await read_body(receive)
             if body is None:
-                await respond(send, 413, error_body(ValueError(
-                    f"request body over {MAX_BODY_BYTES} bytes, or the client left")))
+                await respond(
+                    send,
+                    413,
+                    error_body(
+                        ValueError(f"request body over {MAX_BODY_BYTES} bytes, or the client left")
+                    ),
+                )
                 return
             raw_length = header(scope, HEADER_LENGTH.encode())
             try:
                 header_length = int(raw_length) if raw_length is not None else None
             except ValueError:
-                raise InferenceInputError(self.model, f"{HEADER_LENGTH} is not a number: "
-                                                      f"{raw_length!r}") from None
+                raise InferenceInputError(
+                    self.model, f"{HEADER_LENGTH} is not a number: {raw_length!r}"
+                ) from None
             request = decode_request(self.model, body, header_length)
             check_inputs(self.model, request.inputs, self.runner.signature.inputs)
             outputs = await self._batcher.submit(request.inputs, self.model)
             payload, json_length = encode_response(
-                self.model, self.version, request.id, outputs, requested=request.outputs,
-                binary=request.binary)
-            extra = [] if json_length is None else [
-                (HEADER_LENGTH.encode(), str(json_length).encode())]
-            await respond(send, 200, payload, headers=extra,
-                          content_type=b"application/json" if json_length is None
-                          else b"application/octet-stream")
+                self.model,
+                self.version,
+                request.id,
+                outputs,
+                requested=request.outputs,
+                binary=request.binary,
+            )
+            extra = (
+                [] if json_length is None else [(HEADER_LENGTH.encode(), str(json_length).encode())]
+            )
+            await respond(
+                send,
+                200,
+                payload,
+                headers=extra,
+                content_type=b"application/json"
+                if json_length is None
+                else b"application/octet-stream",
+            )
             ok = True
         finally:
             self.stats.finished(time.perf_counter() - started, ok)
@@ -587,78 +675,11 @@ class ReplicaApp:
 # ---------------------------------------------------------------- serving
 
 
-class ServerThread:
-    """An ASGI app served by uvicorn in a daemon thread (see :func:`serve_asgi`)."""
-
-    def __init__(self, server: Any, thread: threading.Thread, host: str, port: int) -> None:
-        """Wrap a started uvicorn server."""
-        self._server = server
-        self._thread = thread
-        self.host = host
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        """Whether the server thread still runs."""
-        return self._thread.is_alive()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop accepting, finish open requests (up to ``timeout_s``), and join; idempotent."""
-        self._server.should_exit = True
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout_s)
-
-
-def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int = 0, name: str = "mesh-http",
-               keep_alive_s: float = 300.0, timeout_s: float = 15.0,
-               lifespan: Literal["on", "off"] = "off") -> ServerThread:
-    """Serve ``app`` with uvicorn in a daemon thread; returns once it accepts connections.
-
-    httptools and uvloop are used when installed (uvicorn's ``auto``).
-    Keep-alive is long because the gateway pools connections to replicas.
-    ``lifespan="on"`` runs the app's startup and shutdown (the gateway closes
-    its connections there).
-
-    Raises:
-        MeshError: the server did not start within ``timeout_s``.
-    """
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan=lifespan, ws="none",
-                            http="auto", loop="auto", log_level="warning", backlog=2048,
-                            proxy_headers=False, server_header=False, date_header=False,
-                            timeout_keep_alive=int(keep_alive_s), timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name=f"{name}-{bound}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout_s)
-            sock.close()
-            raise MeshError(f"HTTP server {name} on {host}:{bound} did not start")
-        time.sleep(0.005)
-    logger.info("%s listening on http://%s:%d", name, host, bound)
-    return ServerThread(server, thread, host, bound)
-
-
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mesh._replica_server",
-        description="Serve one ONNX model over the Open Inference Protocol (no Ray).")
+        description="Serve one ONNX model over the Open Inference Protocol (no Ray).",
+    )
     parser.add_argument("--model", required=True, type=Path, help="the ONNX file")
     parser.add_argument("--name", required=True, help="the name it is served under")
     parser.add_argument("--version", default="v1", help="its version")
@@ -668,11 +689,17 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--execution", choices=("auto", "inline", "thread"), default="auto")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     runner = ModelRunner(args.model, cpus=args.cpus, batching=args.batching)
-    app = ReplicaApp(runner, model=args.name, version=args.version, node_id=socket.gethostname(),
-                     execution=args.execution)
+    app = ReplicaApp(
+        runner,
+        model=args.name,
+        version=args.version,
+        node_id=socket.gethostname(),
+        execution=args.execution,
+    )
     app.warmup()
     server = serve_asgi(app, host=args.host, port=args.port, name=f"replica-{args.name}")
     print(f"ready {server.url}", flush=True)

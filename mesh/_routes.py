@@ -59,8 +59,13 @@ class ReplicaEndpoint:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"kind": "replica", "replica_id": self.replica_id, "node": self.node_id,
-                "url": self.url, "version": self.version}
+        return {
+            "kind": "replica",
+            "replica_id": self.replica_id,
+            "node": self.node_id,
+            "url": self.url,
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +82,12 @@ class AgentEndpoint:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"kind": "agent", "agent_id": self.agent_id, "node": self.agent_id,
-                "version": self.version}
+        return {
+            "kind": "agent",
+            "agent_id": self.agent_id,
+            "node": self.agent_id,
+            "version": self.version,
+        }
 
 
 Endpoint = ReplicaEndpoint | AgentEndpoint
@@ -112,10 +121,16 @@ class ModuleRoute:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form (``GET /v1/routes``)."""
-        return {"module": self.module, "version": self.version, "epoch": self.epoch,
-                "tier": self.tier, "endpoints": [e.describe() for e in self.endpoints],
-                "scale_from_zero": self.scale_from_zero, "slo_ms": self.slo_ms,
-                "switched_at": self.switched_at}
+        return {
+            "module": self.module,
+            "version": self.version,
+            "epoch": self.epoch,
+            "tier": self.tier,
+            "endpoints": [e.describe() for e in self.endpoints],
+            "scale_from_zero": self.scale_from_zero,
+            "slo_ms": self.slo_ms,
+            "switched_at": self.switched_at,
+        }
 
 
 class RouteTable:
@@ -167,7 +182,8 @@ class RouteTable:
                 endpoints=tuple(endpoints),
                 signature=signature if signature is not None else (old.signature if old else None),
                 tier=tier if tier is not None else (old.tier if old else "fog"),
-                scale_from_zero=scale_from_zero if scale_from_zero is not None
+                scale_from_zero=scale_from_zero
+                if scale_from_zero is not None
                 else (old.scale_from_zero if old else False),
                 slo_ms=slo_ms if slo_ms is not None else (old.slo_ms if old else None),
             )
@@ -190,8 +206,7 @@ class RouteTable:
                 listener(old, None)
         return old
 
-    def on_change(self, listener: Callable[[ModuleRoute | None, ModuleRoute | None], None]
-                  ) -> None:
+    def on_change(self, listener: Callable[[ModuleRoute | None, ModuleRoute | None], None]) -> None:
         """Call ``listener(old, new)`` after each switch (new is None on removal)."""
         with self._lock:
             self._listeners.append(listener)
@@ -200,8 +215,9 @@ class RouteTable:
 
     def pick(self, route: ModuleRoute, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
         """The endpoint with the fewest requests in flight (round robin among equals)."""
-        candidates = [e for e in route.endpoints if e not in exclude] if exclude \
-            else route.endpoints
+        candidates = (
+            [e for e in route.endpoints if e not in exclude] if exclude else route.endpoints
+        )
         if not candidates:
             return None
         if len(candidates) == 1:

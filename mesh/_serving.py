@@ -103,8 +103,9 @@ class ModelArtifact:
     signature: ModelSignature
 
     @classmethod
-    def from_registry(cls, registry: ModelRegistry, model: str, ref: str = "production"
-                      ) -> ModelArtifact:
+    def from_registry(
+        cls, registry: ModelRegistry, model: str, ref: str = "production"
+    ) -> ModelArtifact:
         """The version ``ref`` (``v3``, ``production``, ...) of ``model`` in the registry."""
         version, path = registry.artifact_path(model, ref)
         return cls.from_version(version, path.read_bytes())
@@ -122,8 +123,9 @@ class ModelArtifact:
         from ._export import load_checked, signature_of
 
         data = path.read_bytes()
-        return cls(model, version, hashlib.sha256(data).hexdigest(), data,
-                   signature_of(load_checked(data)))
+        return cls(
+            model, version, hashlib.sha256(data).hexdigest(), data, signature_of(load_checked(data))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +220,9 @@ class ReplicaProbe(Protocol):
 class AgentInstaller(Protocol):
     """Installs a module on an edge agent (desired state over MQTT, artifact over HTTP)."""
 
-    def install(self, agent_id: str, module: str, artifact: ModelArtifact,
-                timeout_s: float) -> None:
+    def install(
+        self, agent_id: str, module: str, artifact: ModelArtifact, timeout_s: float
+    ) -> None:
         """Install ``artifact`` as ``module`` on the agent and wait until it serves it.
 
         Raises:
@@ -343,12 +346,16 @@ class ServingManager:
         self._thread: threading.Thread | None = None
         metrics = metrics or MetricsRegistry()
         self._replica_gauge = metrics.gauge(
-            "mesh_replicas", "Replicas per module, version and state.", ("module", "version",
-                                                                          "state"))
+            "mesh_replicas",
+            "Replicas per module, version and state.",
+            ("module", "version", "state"),
+        )
         self._replica_gauge.set_collector(self._replica_counts)
         self._switches = metrics.counter(
-            "mesh_route_switches_total", "Route switches (deploys, migrations, scaling).",
-            ("module",))
+            "mesh_route_switches_total",
+            "Route switches (deploys, migrations, scaling).",
+            ("module",),
+        )
         self._epoch = metrics.gauge("mesh_route_epoch", "Current route epoch.", ("module",))
         routes.on_change(self._route_changed)
         routes.on_demand(lambda _module: self._wake.set())
@@ -390,25 +397,31 @@ class ServingManager:
 
     # -- deploying
 
-    def _artifact(self, spec: ModuleSpec, version: str | ModelVersion | ModelArtifact
-                  ) -> ModelArtifact:
+    def _artifact(
+        self, spec: ModuleSpec, version: str | ModelVersion | ModelArtifact
+    ) -> ModelArtifact:
         if isinstance(version, ModelArtifact):
             return version
         if self._registry is None:
-            raise DeployError(f"{spec.name}: pass a ModelArtifact, or give the manager a "
-                              "registry to resolve versions")
+            raise DeployError(
+                f"{spec.name}: pass a ModelArtifact, or give the manager a "
+                "registry to resolve versions"
+            )
         if isinstance(version, str):
             return ModelArtifact.from_registry(self._registry, spec.model, version)
-        return ModelArtifact.from_version(version, self._registry.artifacts.read_bytes(
-            version.sha256))
+        return ModelArtifact.from_version(
+            version, self._registry.artifacts.read_bytes(version.sha256)
+        )
 
     @staticmethod
     def _tier(spec: ModuleSpec, tier: str | None) -> str:
         if tier is None:
             tier = next((t for t in spec.tiers if t in COMPUTE_TIERS), None)
             if tier is None:
-                raise DeployError(f"{spec.name} runs only on {', '.join(spec.tiers)}; use "
-                                  "deploy_to_agent() for edge agents")
+                raise DeployError(
+                    f"{spec.name} runs only on {', '.join(spec.tiers)}; use "
+                    "deploy_to_agent() for edge agents"
+                )
         if tier not in COMPUTE_TIERS:
             raise DeployError(f"tier {tier!r} has no Ray nodes; use deploy_to_agent() for edge")
         if tier not in spec.tiers:
@@ -450,21 +463,40 @@ class ServingManager:
         with lock:
             old = self._deployments.get(spec.name)
             serving = len(old.serving()) if old is not None and old.agent is None else 0
-            count = replicas if replicas is not None else min(
-                spec.max_replicas, max(1, spec.min_replicas, serving))
+            count = (
+                replicas
+                if replicas is not None
+                else min(spec.max_replicas, max(1, spec.min_replicas, serving))
+            )
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
             fresh = self._start_replicas(spec, artifact, tier, site, count, batching)
-            new = _Deployment(spec, artifact, tier, site, fresh, lock=lock, batching=batching,
-                              autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)))
-            route = self._switch(new, old, f"{count} {tier} replica(s) ready after "
-                                           f"{time.monotonic() - started:.1f} s")
+            new = _Deployment(
+                spec,
+                artifact,
+                tier,
+                site,
+                fresh,
+                lock=lock,
+                batching=batching,
+                autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)),
+            )
+            route = self._switch(
+                new,
+                old,
+                f"{count} {tier} replica(s) ready after {time.monotonic() - started:.1f} s",
+            )
         return route
 
-    def deploy_to_agent(self, spec: ModuleSpec, agent_id: str,
-                        version: str | ModelVersion | ModelArtifact = "production", *,
-                        timeout_s: float = 60.0) -> ModuleRoute:
+    def deploy_to_agent(
+        self,
+        spec: ModuleSpec,
+        agent_id: str,
+        version: str | ModelVersion | ModelArtifact = "production",
+        *,
+        timeout_s: float = 60.0,
+    ) -> ModuleRoute:
         """Serve the module on an edge agent and switch its route there, make-before-break.
 
         Raises:
@@ -491,13 +523,27 @@ class ServingManager:
                 lock = self._locks[module] = threading.Lock()
             return lock
 
-    def _start_replicas(self, spec: ModuleSpec, artifact: ModelArtifact, tier: str,
-                        site: str | None, count: int, batching: str) -> dict[str, _Replica]:
+    def _start_replicas(
+        self,
+        spec: ModuleSpec,
+        artifact: ModelArtifact,
+        tier: str,
+        site: str | None,
+        count: int,
+        batching: str,
+    ) -> dict[str, _Replica]:
         started: dict[str, _Replica] = {}
         try:
             for _ in range(count):
-                request = ReplicaRequest(spec.name, artifact, tier, site, spec.resources,
-                                         _replica_id(spec.name, artifact.version), batching)
+                request = ReplicaRequest(
+                    spec.name,
+                    artifact,
+                    tier,
+                    site,
+                    spec.resources,
+                    _replica_id(spec.name, artifact.version),
+                    batching,
+                )
                 handle = self._launcher.launch(request)
                 started[handle.replica_id] = _Replica(handle, artifact.version)
             deadline = time.monotonic() + self._start_timeout_s
@@ -510,7 +556,8 @@ class ServingManager:
                     raise DeployError(
                         f"{spec.name} {artifact.version}: {len(waiting)} of {count} replicas "
                         f"on {tier} did not serve within {self._start_timeout_s:g} s "
-                        f"({', '.join(waiting)}); the previous version keeps serving")
+                        f"({', '.join(waiting)}); the previous version keeps serving"
+                    )
                 time.sleep(0.02)
         except BaseException:
             for replica in started.values():
@@ -525,12 +572,22 @@ class ServingManager:
         spec = new.spec
         with self._lock:
             self._deployments[spec.name] = new
-        route = self.routes.set(spec.name, new.artifact.version, new.endpoints(),
-                                signature=new.artifact.signature, tier=new.tier,
-                                scale_from_zero=spec.min_replicas == 0 and new.agent is None,
-                                slo_ms=spec.qos.p95_latency_ms)
-        logger.info("%s %s serves on %s (route epoch %d)", spec.name, new.artifact.version,
-                    where, route.epoch)
+        route = self.routes.set(
+            spec.name,
+            new.artifact.version,
+            new.endpoints(),
+            signature=new.artifact.signature,
+            tier=new.tier,
+            scale_from_zero=spec.min_replicas == 0 and new.agent is None,
+            slo_ms=spec.qos.p95_latency_ms,
+        )
+        logger.info(
+            "%s %s serves on %s (route epoch %d)",
+            spec.name,
+            new.artifact.version,
+            where,
+            route.epoch,
+        )
         if old is not None:
             self._drain_and_stop(spec.name, list(old.replicas.values()))
         return route
@@ -538,8 +595,12 @@ class ServingManager:
     def _drain_and_stop(self, module: str, replicas: list[_Replica]) -> None:
         endpoints = [r.endpoint for r in replicas if r.endpoint is not None]
         if endpoints and not self.routes.wait_drained(endpoints, self._drain_timeout_s):
-            logger.warning("%s: %d old endpoint(s) still had requests after %.0f s; stopping",
-                           module, len(endpoints), self._drain_timeout_s)
+            logger.warning(
+                "%s: %d old endpoint(s) still had requests after %.0f s; stopping",
+                module,
+                len(endpoints),
+                self._drain_timeout_s,
+            )
         deadline = time.monotonic() + self._drain_timeout_s
         for replica in replicas:
             # Other clients (agents offloading) may still be served: wait for the replica.
@@ -549,8 +610,9 @@ class ServingManager:
                     break
                 time.sleep(0.02)
             replica.handle.stop()
-            logger.info("%s: replica %s (%s) stopped", module, replica.handle.replica_id,
-                        replica.version)
+            logger.info(
+                "%s: replica %s (%s) stopped", module, replica.handle.replica_id, replica.version
+            )
 
     def undeploy(self, module: str, *, drain: bool = True) -> None:
         """Stop routing ``module`` and stop its replicas (after they drain, unless ``drain``)."""
@@ -573,19 +635,32 @@ class ServingManager:
     def status(self, module: str | None = None) -> list[ReplicaStatus]:
         """Replicas (and agents) per module, with their last stats."""
         with self._lock:
-            deployments = [d for m, d in sorted(self._deployments.items())
-                           if module is None or m == module]
+            deployments = [
+                d for m, d in sorted(self._deployments.items()) if module is None or m == module
+            ]
         out: list[ReplicaStatus] = []
         for d in deployments:
             if d.agent is not None:
-                out.append(ReplicaStatus(d.spec.name, d.artifact.version, d.agent, "serving",
-                                         d.agent, None))
+                out.append(
+                    ReplicaStatus(
+                        d.spec.name, d.artifact.version, d.agent, "serving", d.agent, None
+                    )
+                )
             for rid, r in sorted(d.replicas.items()):
-                out.append(ReplicaStatus(
-                    d.spec.name, r.version, rid, r.state,
-                    r.endpoint.node_id if r.endpoint else None,
-                    r.endpoint.url if r.endpoint else None, r.in_flight,
-                    r.stats.get("requests"), r.stats.get("p50_ms"), r.stats.get("p95_ms")))
+                out.append(
+                    ReplicaStatus(
+                        d.spec.name,
+                        r.version,
+                        rid,
+                        r.state,
+                        r.endpoint.node_id if r.endpoint else None,
+                        r.endpoint.url if r.endpoint else None,
+                        r.in_flight,
+                        r.stats.get("requests"),
+                        r.stats.get("p50_ms"),
+                        r.stats.get("p95_ms"),
+                    )
+                )
         return out
 
     def _replica_counts(self) -> Iterable[tuple[tuple[str, ...], float]]:
@@ -632,8 +707,7 @@ class ServingManager:
                 changed |= self._check_health(d, rid, replica)
             elif replica.state == "draining":
                 self._check_draining(d, rid, replica, now)
-        live = [r for r in d.replicas.values() if r.state in ("starting", "serving",
-                                                              "unhealthy")]
+        live = [r for r in d.replicas.values() if r.state in ("starting", "serving", "unhealthy")]
         # Replicas report a time average (every client); the gateway knows its own now.
         load = max(sum(r.in_flight for r in d.serving()), self.routes.module_in_flight(module))
         if demanded and not live:
@@ -643,18 +717,31 @@ class ServingManager:
         if target > len(live):
             for _ in range(target - len(live)):
                 self._launch_one(d)
-            logger.info("%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live),
-                        target, load)
+            logger.info(
+                "%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live), target, load
+            )
         elif target < len(live):
             changed |= self._scale_down(d, len(live) - target, now)
-            logger.info("%s: scaling down %d -> %d replicas (in flight %.1f)", module, len(live),
-                        target, load)
+            logger.info(
+                "%s: scaling down %d -> %d replicas (in flight %.1f)",
+                module,
+                len(live),
+                target,
+                load,
+            )
         if changed:
             self.routes.set(module, d.artifact.version, d.endpoints())
 
     def _launch_one(self, d: _Deployment) -> None:
-        request = ReplicaRequest(d.spec.name, d.artifact, d.tier, d.site, d.spec.resources,
-                                 _replica_id(d.spec.name, d.artifact.version), d.batching)
+        request = ReplicaRequest(
+            d.spec.name,
+            d.artifact,
+            d.tier,
+            d.site,
+            d.spec.resources,
+            _replica_id(d.spec.name, d.artifact.version),
+            d.batching,
+        )
         try:
             handle = self._launcher.launch(request)
         except MeshError as exc:
@@ -673,8 +760,13 @@ class ServingManager:
         if endpoint is None:
             return False
         replica.endpoint, replica.state, replica.failures = endpoint, "serving", 0
-        logger.info("%s: replica %s serves at %s on node %s", d.spec.name, rid, endpoint.url,
-                    endpoint.node_id[:8])
+        logger.info(
+            "%s: replica %s serves at %s on node %s",
+            d.spec.name,
+            rid,
+            endpoint.url,
+            endpoint.node_id[:8],
+        )
         return True
 
     def _check_health(self, d: _Deployment, rid: str, replica: _Replica) -> bool:
@@ -695,8 +787,12 @@ class ServingManager:
         changed = replica.state == "serving"
         if changed:
             replica.state = "unhealthy"
-            logger.warning("%s: replica %s failed %d health checks; out of the route", module,
-                           rid, replica.failures)
+            logger.warning(
+                "%s: replica %s failed %d health checks; out of the route",
+                module,
+                rid,
+                replica.failures,
+            )
         try:
             endpoint = replica.handle.refresh(1.0)
         except ReplicaFailedError as exc:
@@ -727,7 +823,8 @@ class ServingManager:
         # Starting or unhealthy replicas go first, then the least busy.
         order = sorted(
             (r for r in d.replicas.values() if r.state != "draining"),
-            key=lambda r: (r.state == "serving", r.in_flight))
+            key=lambda r: (r.state == "serving", r.in_flight),
+        )
         changed = False
         for replica in order[:count]:
             changed |= replica.state == "serving"

@@ -80,9 +80,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamConnectionError(
-                f"connection closed before the response was complete ({exc or 'EOF'})",
-                partial=bool(self._buffer) or self._head is not None))
+            waiter.set_exception(
+                UpstreamConnectionError(
+                    f"connection closed before the response was complete ({exc or 'EOF'})",
+                    partial=bool(self._buffer) or self._head is not None,
+                )
+            )
         self._waiter = None
 
     def data_received(self, data: bytes) -> None:
@@ -117,7 +120,7 @@ class _Connection(asyncio.Protocol):
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 headers[name.strip().lower()] = value.strip()
-            del buffer[:end + 4]
+            del buffer[: end + 4]
             chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
             try:
                 length = -1 if chunked else int(headers.get(b"content-length", b"0"))
@@ -159,11 +162,11 @@ class _Connection(asyncio.Protocol):
                 trailer = buffer.find(b"\r\n\r\n", end)  # optional trailers, then CRLF
                 if trailer < 0:
                     return None
-                del buffer[:trailer + 4]
+                del buffer[: trailer + 4]
                 return bytes(out)
             if len(buffer) < end + 2 + size + 2:
                 return None
-            out += buffer[end + 2:end + 2 + size]
+            out += buffer[end + 2 : end + 2 + size]
             pos = end + 2 + size + 2
 
     def send(self, data: Sequence[bytes]) -> asyncio.Future[UpstreamResponse]:
@@ -199,7 +202,8 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, host, port), self._connect_timeout_s)
+                loop.create_connection(_Connection, host, port), self._connect_timeout_s
+            )
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
         return conn
@@ -252,8 +256,9 @@ class UpstreamPool:
                 conn = await self._connect(host, port)
             waiter = conn.send(data)
             try:
-                response = await (waiter if timeout_s is None
-                                  else asyncio.wait_for(waiter, timeout_s))
+                response = await (
+                    waiter if timeout_s is None else asyncio.wait_for(waiter, timeout_s)
+                )
             except UpstreamConnectionError as exc:
                 conn.close()
                 if reused and attempt == 0 and not exc.partial:

@@ -74,10 +74,28 @@ def wait(cond: Callable[[], object], timeout_s: float = 15.0, what: str = "") ->
 
 
 def agent_args(b: BrokerHandle, agent: str, cache: Path, key: SigningKey) -> list[str]:
-    return ["--id", agent, "--site", SITE, "--broker", b.url, "--cache-dir", str(cache),
-            "--public-key", key.public_b64, "--keepalive-s", str(KEEPALIVE_S),
-            "--heartbeat-period-s", "0.5", "--reconnect-min-s", "1", "--reconnect-max-s", "1",
-            "--log-level", "INFO"]
+    return [
+        "--id",
+        agent,
+        "--site",
+        SITE,
+        "--broker",
+        b.url,
+        "--cache-dir",
+        str(cache),
+        "--public-key",
+        key.public_b64,
+        "--keepalive-s",
+        str(KEEPALIVE_S),
+        "--heartbeat-period-s",
+        "0.5",
+        "--reconnect-min-s",
+        "1",
+        "--reconnect-max-s",
+        "1",
+        "--log-level",
+        "INFO",
+    ]
 
 
 def observed(r: Requester, agent: str) -> ObservedState | None:
@@ -86,8 +104,11 @@ def observed(r: Requester, agent: str) -> ObservedState | None:
 
 
 def events(r: Requester) -> list[Event]:
-    return [Event.model_validate_json(p) for t, p in list(r.events)
-            if t.startswith(f"{T.prefix}/events/")]
+    return [
+        Event.model_validate_json(p)
+        for t, p in list(r.events)
+        if t.startswith(f"{T.prefix}/events/")
+    ]
 
 
 def cnn_input(seed: int = 0) -> Tensor:
@@ -95,32 +116,57 @@ def cnn_input(seed: int = 0) -> Tensor:
     return Tensor.from_numpy("input", arr)
 
 
-def test_agent_lifecycle(broker: Any, tmp_path: Path, cnn_models: tuple[Path, Path],
-                         signing_key: SigningKey, artifact_server: ArtifactServer,
-                         agent_processes: Callable[..., AgentProcess]) -> None:
+def test_agent_lifecycle(
+    broker: Any,
+    tmp_path: Path,
+    cnn_models: tuple[Path, Path],
+    signing_key: SigningKey,
+    artifact_server: ArtifactServer,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
     agent = f"cam-{broker.kind}"
     v1, v2 = (p.read_bytes() for p in cnn_models)
     replay = tmp_path / "replay.bin"
     write_replay(replay, [encode_frame({}, [cnn_input(i)]) for i in range(10)])
-    pipeline = {"name": "count", "module": "cnn", "stream": "counts",
-                "source": {"kind": "file", "path": str(replay), "rate_hz": 20, "loop": True}}
+    pipeline = {
+        "name": "count",
+        "module": "cnn",
+        "stream": "counts",
+        "source": {"kind": "file", "path": str(replay), "rate_hz": 20, "loop": True},
+    }
     cache = tmp_path / "cache"
     with requester(broker.host, broker.port) as r:
         r.subscribe(f"{T.prefix}/agents/{agent}/#")
         r.subscribe(T.events(SITE, "#"))
         status_sub = mosquitto_sub(broker, T.status(agent), count=1, timeout_s=15)
-        proc = agent_processes(agent_args(broker, agent, cache, signing_key),
-                               tmp_path / "agent.log").start()
+        proc = agent_processes(
+            agent_args(broker, agent, cache, signing_key), tmp_path / "agent.log"
+        ).start()
         # 1. A plain mosquitto_sub sees the retained online status.
         out, _ = status_sub.communicate(timeout=20)
         assert json.loads(out.split(" ", 1)[1])["state"] == "online", out
 
         # 2. Install v1, infer.
-        r.client.publish(T.desired(agent), json.dumps(desired(
-            1, [module_spec(artifact_server, signing_key, "cnn", "1", v1, warmup_runs=1)],
-            [pipeline])), qos=1, retain=True)
-        wait(lambda: (o := observed(r, agent)) is not None and o.version == 1
-             and [m.version for m in o.installed] == ["1"], what="v1 installed")
+        r.client.publish(
+            T.desired(agent),
+            json.dumps(
+                desired(
+                    1,
+                    [module_spec(artifact_server, signing_key, "cnn", "1", v1, warmup_runs=1)],
+                    [pipeline],
+                )
+            ),
+            qos=1,
+            retain=True,
+        )
+        wait(
+            lambda: (
+                (o := observed(r, agent)) is not None
+                and o.version == 1
+                and [m.version for m in o.installed] == ["1"]
+            ),
+            what="v1 installed",
+        )
         reply, (logits,) = r.infer("cnn", agent, [cnn_input()])
         assert reply.ok and reply.version == "1" and logits.shape == (1, 10)
 
@@ -143,9 +189,18 @@ def test_agent_lifecycle(broker: Any, tmp_path: Path, cnn_models: tuple[Path, Pa
             t.start()
         try:
             wait(lambda: len(results) > 20, what="load running")
-            r.client.publish(T.desired(agent), json.dumps(desired(
-                2, [module_spec(artifact_server, signing_key, "cnn", "2", v2, warmup_runs=1)],
-                [pipeline])), qos=1, retain=True)
+            r.client.publish(
+                T.desired(agent),
+                json.dumps(
+                    desired(
+                        2,
+                        [module_spec(artifact_server, signing_key, "cnn", "2", v2, warmup_runs=1)],
+                        [pipeline],
+                    )
+                ),
+                qos=1,
+                retain=True,
+            )
             wait(lambda: any(x.version == "2" for x in results[-5:]), what="v2 serving")
             n = len(results)
             wait(lambda: len(results) > n + 20, what="more requests on v2")
@@ -164,9 +219,20 @@ def test_agent_lifecycle(broker: Any, tmp_path: Path, cnn_models: tuple[Path, Pa
         time.sleep(5.0)  # the outage itself: the agent keeps running its pipeline meanwhile
         broker.start()
         made_offline = 5.0 * 20 * 0.8
-        wait(lambda: sum(1 for e in events(r) if e.source_ts and e.source_ts > outage_start + 0.5
-                         and e.source_ts < outage_start + 4.5) >= made_offline * 0.8,
-             timeout_s=20, what="events made during the outage")
+        wait(
+            lambda: (
+                sum(
+                    1
+                    for e in events(r)
+                    if e.source_ts
+                    and e.source_ts > outage_start + 0.5
+                    and e.source_ts < outage_start + 4.5
+                )
+                >= made_offline * 0.8
+            ),
+            timeout_s=20,
+            what="events made during the outage",
+        )
         evs = [e for e in events(r) if e.agent == agent]
         seqs = sorted({e.seq for e in evs})
         assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the event sequence"
@@ -180,44 +246,74 @@ def test_agent_lifecycle(broker: Any, tmp_path: Path, cnn_models: tuple[Path, Pa
         n_status = len([1 for t, _ in r.events if t == T.status(agent)])
         killed = time.monotonic()
         proc.kill()
-        wait(lambda: any(json.loads(p)["state"] == "offline"
-                         for t, p in r.events[n_status:] if t == T.status(agent)),
-             timeout_s=1.5 * KEEPALIVE_S + 1, what="last will")
+        wait(
+            lambda: any(
+                json.loads(p)["state"] == "offline"
+                for t, p in r.events[n_status:]
+                if t == T.status(agent)
+            ),
+            timeout_s=1.5 * KEEPALIVE_S + 1,
+            what="last will",
+        )
         assert time.monotonic() - killed <= 1.5 * KEEPALIVE_S
 
         # 6. Restart with the broker down: serves from the cache before reaching it.
         broker.stop()
         restarted = time.time()
-        restart = agent_processes(agent_args(broker, agent, cache, signing_key),
-                                  tmp_path / "agent2.log").start()
+        restart = agent_processes(
+            agent_args(broker, agent, cache, signing_key), tmp_path / "agent2.log"
+        ).start()
         assert restart.wait_log("with 1 cached module(s)", 15), restart.log()
         assert restart.wait_log("pipeline count: started", 5), restart.log()
         time.sleep(1.0)  # let the offline pipeline produce a few events
         broker_back = time.time()
         n_status = len([1 for t, _ in r.events if t == T.status(agent)])
         broker.start()
-        wait(lambda: any(e.source_ts and restarted < e.source_ts < broker_back
-                         and e.version == "2" for e in events(r)),
-             timeout_s=20, what="events produced before the broker came back")
-        wait(lambda: any(json.loads(p)["state"] == "online"
-                         for t, p in r.events[n_status:] if t == T.status(agent)),
-             what="online again")
+        wait(
+            lambda: any(
+                e.source_ts and restarted < e.source_ts < broker_back and e.version == "2"
+                for e in events(r)
+            ),
+            timeout_s=20,
+            what="events produced before the broker came back",
+        )
+        wait(
+            lambda: any(
+                json.loads(p)["state"] == "online"
+                for t, p in r.events[n_status:]
+                if t == T.status(agent)
+            ),
+            what="online again",
+        )
         reply, _ = r.infer("cnn", agent, [cnn_input()])
         assert reply.ok and reply.version == "2"
         assert restart.terminate() == 0
-        wait(lambda: any(json.loads(p).get("reason", "").startswith("signal")
-                         for t, p in r.events if t == T.status(agent)), what="clean offline")
+        wait(
+            lambda: any(
+                json.loads(p).get("reason", "").startswith("signal")
+                for t, p in r.events
+                if t == T.status(agent)
+            ),
+            what="clean offline",
+        )
 
 
-def test_bad_input(broker: Any, tmp_path: Path, signing_key: SigningKey,
-                   artifact_server: ArtifactServer,
-                   agent_processes: Callable[..., AgentProcess]) -> None:
+def test_bad_input(
+    broker: Any,
+    tmp_path: Path,
+    signing_key: SigningKey,
+    artifact_server: ArtifactServer,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
     agent = f"bad-{broker.kind}"
     good = build_tiny_model(tmp_path / "good.onnx", scale=2.0).read_bytes()
     newer = build_tiny_model(tmp_path / "newer.onnx", scale=3.0).read_bytes()
     custom = build_tiny_model(tmp_path / "custom.onnx", op_domain="com.example.x").read_bytes()
-    args = [*agent_args(broker, agent, tmp_path / "cache", signing_key),
-            "--max-payload-bytes", "65536"]
+    args = [
+        *agent_args(broker, agent, tmp_path / "cache", signing_key),
+        "--max-payload-bytes",
+        "65536",
+    ]
     x = Tensor.from_numpy("x", np.ones((1, 4), np.float32))
     with requester(broker.host, broker.port) as r:
         r.subscribe(T.observed(agent))
@@ -228,8 +324,10 @@ def test_bad_input(broker: Any, tmp_path: Path, signing_key: SigningKey,
             r.client.publish(T.desired(agent), raw, qos=1, retain=True)
 
         def obs(version: int) -> ObservedState:
-            wait(lambda: (o := observed(r, agent)) is not None and o.version == version,
-                 what=f"observed version {version}")
+            wait(
+                lambda: (o := observed(r, agent)) is not None and o.version == version,
+                what=f"observed version {version}",
+            )
             o = observed(r, agent)
             assert o is not None
             return o
@@ -244,8 +342,15 @@ def test_bad_input(broker: Any, tmp_path: Path, signing_key: SigningKey,
         assert proc.wait_log("schema_version 2 is not supported", 10)
         assert proc.wait_log("ignoring desired version 2 (holding 3)", 10)
         # Artifacts: bad sha256, bad signature, a module the device cannot run.
-        bad_sha = module_spec(artifact_server, signing_key, "m", "4", newer, sha256="0" * 64,
-                              signature=signing_key.sign("m", "4", "0" * 64))
+        bad_sha = module_spec(
+            artifact_server,
+            signing_key,
+            "m",
+            "4",
+            newer,
+            sha256="0" * 64,
+            signature=signing_key.sign("m", "4", "0" * 64),
+        )
         publish_desired(desired(4, [bad_sha]))
         assert obs(4).errors[0].code == ErrorCode.INTEGRITY
         bad_sig = module_spec(artifact_server, SigningKey.generate(), "m", "5", newer)

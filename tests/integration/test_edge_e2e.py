@@ -96,13 +96,22 @@ class Mesh:
     def module(self, version: str, path: Path) -> Any:
         assert self.server is not None
         info = self.store.put_file(path)
-        return signed_module_spec("counter", version, info, agent_id=AGENT,
-                                  base_url=self.server.url, signer=self.signer,
-                                  url_signer=self.url_signer, warmup_runs=1)
+        return signed_module_spec(
+            "counter",
+            version,
+            info,
+            agent_id=AGENT,
+            base_url=self.server.url,
+            signer=self.signer,
+            url_signer=self.url_signer,
+            warmup_runs=1,
+        )
 
     def desired(self, version: int, module: Any, replay: Path) -> DesiredState:
         pipeline = PipelineSpec(
-            name="count", module="counter", stream="counts",
+            name="count",
+            module="counter",
+            stream="counts",
             source=SourceSpec(kind="file", path=str(replay), rate_hz=RATE_HZ, loop=True),
         )
         return DesiredState(version=version, modules=[module], pipelines=[pipeline])
@@ -117,18 +126,35 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     port = free_port()
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=f"mqtt://127.0.0.1:{port}")
     result = enroll(AGENT, site=SITE, settings=settings)
-    broker = start_mosquitto(port, workdir=tmp_path / "mosquitto",
-                             password_file=settings.password_file, acl_file=settings.acl_file)
+    broker = start_mosquitto(
+        port,
+        workdir=tmp_path / "mosquitto",
+        password_file=settings.password_file,
+        acl_file=settings.acl_file,
+    )
     creds = control_plane_credentials(settings)
     health = EnrolmentStore(settings.store_path)
     gateway: EdgeGateway | None = None
     m: Mesh | None = None
     try:
-        gateway = EdgeGateway(broker.url, username=creds.username, password=creds.password,
-                              keepalive_s=5, health_sink=health).start()
-        m = Mesh(tmp_path, settings, result, broker, ArtifactStore(settings.data_dir / "artifacts"),
-                 ArtifactSigner.load_or_create(settings.data_dir),
-                 UrlSigner.load_or_create(settings.data_dir), health, gateway)
+        gateway = EdgeGateway(
+            broker.url,
+            username=creds.username,
+            password=creds.password,
+            keepalive_s=5,
+            health_sink=health,
+        ).start()
+        m = Mesh(
+            tmp_path,
+            settings,
+            result,
+            broker,
+            ArtifactStore(settings.data_dir / "artifacts"),
+            ArtifactSigner.load_or_create(settings.data_dir),
+            UrlSigner.load_or_create(settings.data_dir),
+            health,
+            gateway,
+        )
         gateway.on_event(m.events.append)
         gateway.subscribe(f"{T.prefix}/events/{SITE}/#", lambda t, p: m.raw_events.append(p))
         m.start_server()
@@ -144,22 +170,41 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 
 def _agent_args(m: Mesh, cache: Path) -> list[str]:
     # The device command printed at enrolment, plus test-speed knobs.
-    return [*m.enrolment.command[1:], "--cache-dir", str(cache),
-            "--keepalive-s", str(KEEPALIVE_S), "--heartbeat-period-s", "0.5",
-            "--reconnect-min-s", "1", "--reconnect-max-s", "1", "--log-level", "INFO"]
+    return [
+        *m.enrolment.command[1:],
+        "--cache-dir",
+        str(cache),
+        "--keepalive-s",
+        str(KEEPALIVE_S),
+        "--heartbeat-period-s",
+        "0.5",
+        "--reconnect-min-s",
+        "1",
+        "--reconnect-max-s",
+        "1",
+        "--log-level",
+        "INFO",
+    ]
 
 
 def _replay_file(path: Path) -> Path:
     from edge_agent._sources import write_replay
 
-    frames = [encode_frame({}, [Tensor.from_numpy("x", np.full((1, 4), i, np.float32))])
-              for i in range(1, 21)]
+    frames = [
+        encode_frame({}, [Tensor.from_numpy("x", np.full((1, 4), i, np.float32))])
+        for i in range(1, 21)
+    ]
     write_replay(path, frames)
     return path
 
 
-async def _load(gw: EdgeGateway, stop: threading.Event, results: list[InferResult],
-                failures: list[BaseException], workers: int = 4) -> None:
+async def _load(
+    gw: EdgeGateway,
+    stop: threading.Event,
+    results: list[InferResult],
+    failures: list[BaseException],
+    workers: int = 4,
+) -> None:
     rng = np.random.default_rng(0)
 
     async def worker() -> None:
@@ -177,15 +222,21 @@ async def _load(gw: EdgeGateway, stop: threading.Event, results: list[InferResul
     await asyncio.gather(*[worker() for _ in range(workers)])
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, gw: EdgeGateway,
-          agent: AgentProcess | None = None) -> None:
+def _wait(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    gw: EdgeGateway,
+    agent: AgentProcess | None = None,
+) -> None:
     if not gw.wait_until(predicate, timeout_s):
         log = agent.log()[-4000:] if agent is not None else ""
         pytest.fail(f"timed out after {timeout_s}s waiting for {what}\nagent log:\n{log}")
 
 
 def test_agent_lifecycle_end_to_end(
-    mesh: Mesh, agent_processes: Callable[..., AgentProcess],  # noqa: F811
+    mesh: Mesh,
+    agent_processes: Callable[..., AgentProcess],  # noqa: F811
 ) -> None:
     m, gw = mesh, mesh.gateway
     cache = m.tmp / "agent-cache"
@@ -195,18 +246,31 @@ def test_agent_lifecycle_end_to_end(
 
     # ---- start: online, seen by the gateway and by a plain mosquitto_sub
     agent = agent_processes(_agent_args(m, cache), m.tmp / "agent.log").start()
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "online", 30,
-          "the agent to come online", gw, agent)
+    _wait(
+        lambda: (v := gw.agent(AGENT)) is not None and v.state == "online",
+        30,
+        "the agent to come online",
+        gw,
+        agent,
+    )
     creds = control_plane_credentials(m.settings)
-    sub = mosquitto_sub(m.broker, T.status(AGENT), username=creds.username,
-                        password=creds.password)
+    sub = mosquitto_sub(m.broker, T.status(AGENT), username=creds.username, password=creds.password)
     out, _ = sub.communicate(timeout=15)
     assert json.loads(out.partition(" ")[2])["state"] == "online"
 
     # ---- install v1, infer over MQTT
     gw.publish_desired(AGENT, m.desired(1, m.module("1", v1), replay))
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.observed is not None
-          and v.observed.version == 1, 30, "observed version 1", gw, agent)
+    _wait(
+        lambda: (
+            (v := gw.agent(AGENT)) is not None
+            and v.observed is not None
+            and v.observed.version == 1
+        ),
+        30,
+        "observed version 1",
+        gw,
+        agent,
+    )
     observed = gw.wait_for_observed(AGENT, 1)
     assert [(i.name, i.version) for i in observed.installed] == [("counter", "1")]
     assert observed.errors == [] and observed.pipelines == ["count"]
@@ -226,8 +290,7 @@ def test_agent_lifecycle_end_to_end(
         load = asyncio.create_task(_load(gw, stop, results, failures))
         while len(results) < 40:
             await asyncio.sleep(0.01)
-        await asyncio.to_thread(gw.publish_desired, AGENT, m.desired(2, m.module("2", v2),
-                                                                      replay))
+        await asyncio.to_thread(gw.publish_desired, AGENT, m.desired(2, m.module("2", v2), replay))
         await asyncio.to_thread(gw.wait_for_observed, AGENT, 2, timeout_s=30)
         seen_v2 = sum(r.reply.version == "2" for r in results)
         while sum(r.reply.version == "2" for r in results) < seen_v2 + 40:
@@ -250,8 +313,13 @@ def test_agent_lifecycle_end_to_end(
     time.sleep(OUTAGE_S)  # the outage itself: the scenario's 10 seconds
     m.broker.start()
     up_at = time.time()
-    _wait(lambda: any(e.ts > up_at + 1.0 for e in m.events), 60,
-          "events made after the outage (the backlog is replayed first, in order)", gw, agent)
+    _wait(
+        lambda: any(e.ts > up_at + 1.0 for e in m.events),
+        60,
+        "events made after the outage (the backlog is replayed first, in order)",
+        gw,
+        agent,
+    )
     seqs = m.seqs()
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "an event was lost"
     buffered = [e for e in m.events if down_at + 0.5 < e.ts < up_at - 0.5]
@@ -269,24 +337,42 @@ def test_agent_lifecycle_end_to_end(
     # by the broker's keepalive check, 1.5x keepalive after its last packet; Mosquitto
     # counts in whole seconds and checks about once a second, hence up to 2 s more
     # (measured here: 3.9-4.7 s for a 2 s keepalive)
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "online", 20,
-          "online again after the outage", gw, agent)
+    _wait(
+        lambda: (v := gw.agent(AGENT)) is not None and v.state == "online",
+        20,
+        "online again after the outage",
+        gw,
+        agent,
+    )
     frozen_at = time.monotonic()
     os.kill(agent.pid, signal.SIGSTOP)
     try:
-        _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline",
-              1.5 * KEEPALIVE_S + 2.0, "offline by keepalive", gw)
+        _wait(
+            lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline",
+            1.5 * KEEPALIVE_S + 2.0,
+            "offline by keepalive",
+            gw,
+        )
     finally:
         os.kill(agent.pid, signal.SIGCONT)
     assert time.monotonic() - frozen_at <= 1.5 * KEEPALIVE_S + 2.0
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "online", 20,
-          "online again after SIGCONT", gw, agent)
+    _wait(
+        lambda: (v := gw.agent(AGENT)) is not None and v.state == "online",
+        20,
+        "online again after SIGCONT",
+        gw,
+        agent,
+    )
 
     # ---- SIGKILL: offline (last will) within 1.5x keepalive
     killed_at = time.monotonic()
     agent.kill()
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline",
-          1.5 * KEEPALIVE_S, "offline within 1.5x keepalive", gw)
+    _wait(
+        lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline",
+        1.5 * KEEPALIVE_S,
+        "offline within 1.5x keepalive",
+        gw,
+    )
     assert time.monotonic() - killed_at <= 1.5 * KEEPALIVE_S
 
     # ---- restart with the broker and the artifact endpoint down: serves from cache
@@ -309,8 +395,7 @@ def test_agent_lifecycle_end_to_end(
 
     _wait(online_status, 30, "the restarted agent online", gw, again)
     online_at = status_ts[-1]
-    _wait(lambda: any(e.ts > online_at for e in m.events), 30, "events after reconnect", gw,
-          again)
+    _wait(lambda: any(e.ts > online_at for e in m.events), 30, "events after reconnect", gw, again)
     from_cache = [e for e in m.events if restarted_at < e.ts < online_at]
     assert from_cache, "no event was produced before the agent reconnected"
     assert {e.version for e in from_cache} == {"2"} and {e.route for e in from_cache} == {"local"}
@@ -320,7 +405,11 @@ def test_agent_lifecycle_end_to_end(
     seqs = m.seqs()
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "an event was lost across the restart"
     again.terminate()
-    _wait(lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline", 10,
-          "offline after a clean stop", gw)
+    _wait(
+        lambda: (v := gw.agent(AGENT)) is not None and v.state == "offline",
+        10,
+        "offline after a clean stop",
+        gw,
+    )
     record = m.health.get(AGENT)
     assert record is not None and record.state == "offline"

@@ -71,14 +71,22 @@ def status(agent: str, state: str, site: str = "s1") -> bytes:
 
 
 def heartbeat(agent: str, seq: int, cpu: float = 10.0) -> bytes:
-    host = HostMetrics(cpu_percent=cpu, mem_percent=50.0, mem_available_mb=100.0, rss_mb=10.0,
-                       load1=0.1, load5=0.1, load15=0.1)
+    host = HostMetrics(
+        cpu_percent=cpu,
+        mem_percent=50.0,
+        mem_available_mb=100.0,
+        rss_mb=10.0,
+        load1=0.1,
+        load5=0.1,
+        load15=0.1,
+    )
     return Heartbeat(agent=agent, seq=seq, period_s=1.0, host=host).model_dump_json().encode()
 
 
 def fake_agent(handle: BrokerHandle, agent: str, **kw: Any) -> MqttProbe:
-    probe = MqttProbe(handle, client_id=agent, will=(T.status(agent), status(agent, "offline")),
-                      **kw)
+    probe = MqttProbe(
+        handle, client_id=agent, will=(T.status(agent), status(agent, "offline")), **kw
+    )
     assert probe.connack() == 0
     return probe
 
@@ -86,8 +94,15 @@ def fake_agent(handle: BrokerHandle, agent: str, **kw: Any) -> MqttProbe:
 class Responder:
     """Answers inference requests for ``agent`` like an agent does (y = 2x)."""
 
-    def __init__(self, probe: MqttProbe, agent: str, *, duplicate: bool = False,
-                 fail: bool = False, silent_modules: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        probe: MqttProbe,
+        agent: str,
+        *,
+        duplicate: bool = False,
+        fail: bool = False,
+        silent_modules: tuple[str, ...] = (),
+    ) -> None:
         self.probe = probe
         self.agent = agent
         self.seen = 0
@@ -102,13 +117,17 @@ class Responder:
         if req.module in self.silent:
             return
         if self.fail:
-            reply = InferReply(correlation_id=req.correlation_id, module=req.module,
-                               node=self.agent,
-                               error=ErrorInfo(code=ErrorCode.BAD_INPUT, message="wrong shape"))
+            reply = InferReply(
+                correlation_id=req.correlation_id,
+                module=req.module,
+                node=self.agent,
+                error=ErrorInfo(code=ErrorCode.BAD_INPUT, message="wrong shape"),
+            )
             outputs: list[Tensor] = []
         else:
-            reply = InferReply(correlation_id=req.correlation_id, module=req.module,
-                               node=self.agent, version="7")
+            reply = InferReply(
+                correlation_id=req.correlation_id, module=req.module, node=self.agent, version="7"
+            )
             outputs = [Tensor.from_numpy("y", tensors[0].to_numpy() * 2)]
         frame = encode_frame(reply, outputs)
         for _ in range(2 if self.duplicate else 1):
@@ -119,7 +138,8 @@ class Responder:
 
 
 def test_negotiates_mqtt5_on_mosquitto_and_311_on_amqtt(
-    gateway: EdgeGateway, broker: BrokerHandle,  # noqa: F811
+    gateway: EdgeGateway,
+    broker: BrokerHandle,  # noqa: F811
 ) -> None:
     expected = "5" if isinstance(broker, MosquittoBroker) else "3.1.1"
     assert isinstance(broker, MosquittoBroker | EmbeddedBroker)
@@ -140,7 +160,8 @@ def test_unreachable_broker_is_a_clear_error() -> None:
 
 
 def test_registry_sees_agents_come_online_and_go_offline_by_will(
-    gateway: EdgeGateway, broker: BrokerHandle,  # noqa: F811
+    gateway: EdgeGateway,
+    broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
     probe = fake_agent(broker, agent)
@@ -156,8 +177,10 @@ def test_registry_sees_agents_come_online_and_go_offline_by_will(
 
     for seq in range(5):
         probe.publish(T.heartbeat(agent), heartbeat(agent, seq, cpu=float(seq)))
-    assert gateway.wait_until(lambda: len(gateway.metrics(agent)) == 3 and
-                              gateway.metrics(agent)[-1].heartbeat.seq == 4, 10)
+    assert gateway.wait_until(
+        lambda: len(gateway.metrics(agent)) == 3 and gateway.metrics(agent)[-1].heartbeat.seq == 4,
+        10,
+    )
     assert [s.cpu_percent for s in gateway.metrics(agent)] == [2.0, 3.0, 4.0]  # bounded ring
     latest = gateway.agent(agent)
     assert latest is not None and latest.heartbeat_age_s() is not None
@@ -178,13 +201,23 @@ def test_a_new_gateway_rebuilds_the_registry_from_retained_messages(
     agent = unique("cam")
     probe = fake_agent(broker, agent)
     probe.publish(T.status(agent), status(agent, "online"), retain=True)
-    probe.publish(T.observed(agent), ObservedState(agent=agent, version=5)
-                  .model_dump_json().encode(), retain=True)
+    probe.publish(
+        T.observed(agent),
+        ObservedState(agent=agent, version=5).model_dump_json().encode(),
+        retain=True,
+    )
     with EdgeGateway(broker.url) as gw:
         gw.publish_desired(agent, DesiredState(version=5))
     with EdgeGateway(broker.url) as gw:
-        assert gw.wait_until(lambda: (v := gw.agent(agent)) is not None and v.state == "online"
-                             and v.observed is not None and v.desired_version == 5, 10)
+        assert gw.wait_until(
+            lambda: (
+                (v := gw.agent(agent)) is not None
+                and v.state == "online"
+                and v.observed is not None
+                and v.desired_version == 5
+            ),
+            10,
+        )
     probe.close()
 
 
@@ -192,21 +225,25 @@ def test_health_is_persisted_to_the_store(broker: BrokerHandle, tmp_path: Path) 
     settings = EdgeSettings(data_dir=tmp_path)
     agent = unique("cam")
     enroll(agent, site="s1", settings=settings)
-    with EnrolmentStore(settings.store_path) as store, \
-            EdgeGateway(broker.url, health_sink=store) as gw:
+    with (
+        EnrolmentStore(settings.store_path) as store,
+        EdgeGateway(broker.url, health_sink=store) as gw,
+    ):
         probe = fake_agent(broker, agent)
         probe.publish(T.status(agent), status(agent, "online"), retain=True)
         probe.publish(T.heartbeat(agent), heartbeat(agent, 1, cpu=42.0))
         assert gw.wait_until(lambda: bool(gw.metrics(agent)), 10)
-        assert gw.wait_until(lambda: (r := store.get(agent)) is not None
-                             and r.metrics.get("cpu_percent") == 42.0, 10)
+        assert gw.wait_until(
+            lambda: (r := store.get(agent)) is not None and r.metrics.get("cpu_percent") == 42.0, 10
+        )
         record = store.get(agent)
         assert record is not None and record.state == "online"
         probe.close()
 
 
 def test_cli_health_is_live_when_the_broker_is_reachable(
-    broker: BrokerHandle, tmp_path: Path,  # noqa: F811
+    broker: BrokerHandle,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     settings = EdgeSettings(data_dir=tmp_path, broker_url=broker.url)
     agent, silent = unique("cam"), unique("cam")
@@ -261,16 +298,19 @@ def test_desired_state_is_retained_qos1(gateway: EdgeGateway, broker: BrokerHand
 
 
 def test_infer_round_trip_with_concurrency_and_duplicates(
-    gateway: EdgeGateway, broker: BrokerHandle,  # noqa: F811
+    gateway: EdgeGateway,
+    broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
     responder = Responder(fake_agent(broker, agent), agent, duplicate=True)
 
     async def run() -> list[Any]:
-        return await asyncio.gather(*[
-            gateway.infer("counter", agent, {"x": np.full((2, 3), i, np.float32)}, timeout_s=10)
-            for i in range(50)
-        ])
+        return await asyncio.gather(
+            *[
+                gateway.infer("counter", agent, {"x": np.full((2, 3), i, np.float32)}, timeout_s=10)
+                for i in range(50)
+            ]
+        )
 
     results = asyncio.run(run())
     for i, result in enumerate(results):
@@ -311,8 +351,9 @@ def test_events_are_deduplicated_by_id(gateway: EdgeGateway, broker: BrokerHandl
     got: list[Event] = []
     raw: list[bytes] = []
     gateway.on_event(got.append)
-    unsubscribe = gateway.subscribe(f"{T.prefix}/events/{site}/+",
-                                    lambda topic, payload: raw.append(payload))
+    unsubscribe = gateway.subscribe(
+        f"{T.prefix}/events/{site}/+", lambda topic, payload: raw.append(payload)
+    )
     probe = MqttProbe(broker)
     events = [Event(site=site, stream="counts", data={"n": i}) for i in range(5)]
     for event in events + events[:3] + events[::-1]:  # replays and duplicates
@@ -328,15 +369,28 @@ def test_events_are_deduplicated_by_id(gateway: EdgeGateway, broker: BrokerHandl
 
 
 def test_malformed_payloads_are_dropped_and_the_gateway_keeps_running(
-    gateway: EdgeGateway, broker: BrokerHandle,  # noqa: F811
+    gateway: EdgeGateway,
+    broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
     probe = fake_agent(broker, agent)
-    junk = [b"", b"\xff\xfe", b"{not json", b"[1,2]", b'{"schema_version": 99}',
-            b'{"schema_version": 1, "kind": "status"}', b"x" * 100_000]
+    junk = [
+        b"",
+        b"\xff\xfe",
+        b"{not json",
+        b"[1,2]",
+        b'{"schema_version": 99}',
+        b'{"schema_version": 1, "kind": "status"}',
+        b"x" * 100_000,
+    ]
     for payload in junk:
-        for topic in (T.status(agent), T.heartbeat(agent), T.observed(agent),
-                      T.events("s1", "counts"), gateway.reply_topic):
+        for topic in (
+            T.status(agent),
+            T.heartbeat(agent),
+            T.observed(agent),
+            T.events("s1", "counts"),
+            gateway.reply_topic,
+        ):
             probe.publish(topic, payload)
     probe.publish(T.status(agent), status(agent, "online"), retain=True)
     assert gateway.wait_for_agent(agent, timeout_s=10).state == "online"
@@ -402,8 +456,9 @@ def secured(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, EdgeSettings]]:
     require_mosquitto()
     settings = EdgeSettings(data_dir=tmp_path / "data")
     enroll("placeholder", site="s0", settings=settings)  # writes both files
-    handle = start_mosquitto(workdir=tmp_path / "mq", password_file=settings.password_file,
-                             acl_file=settings.acl_file)
+    handle = start_mosquitto(
+        workdir=tmp_path / "mq", password_file=settings.password_file, acl_file=settings.acl_file
+    )
     try:
         yield handle, settings
     finally:
@@ -422,7 +477,8 @@ def _connect_when_reloaded(handle: MosquittoBroker, **kw: Any) -> MqttProbe:
 
 
 def test_enrolled_acls_are_enforced_by_mosquitto(
-    secured: tuple[MosquittoBroker, EdgeSettings], monkeypatch: pytest.MonkeyPatch,
+    secured: tuple[MosquittoBroker, EdgeSettings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     handle, settings = secured
     a = enroll("cam-a", site="site-a", settings=settings)
@@ -440,14 +496,15 @@ def test_enrolled_acls_are_enforced_by_mosquitto(
     anonymous.close()
 
     with EdgeGateway(handle.url, username=creds.username, password=creds.password) as gw:
-        pa = _connect_when_reloaded(handle, client_id="cam-a", username="cam-a",
-                                    password=a.password)
-        pb = _connect_when_reloaded(handle, client_id="cam-b", username="cam-b",
-                                    password=b.password)
+        pa = _connect_when_reloaded(
+            handle, client_id="cam-a", username="cam-a", password=a.password
+        )
+        pb = _connect_when_reloaded(
+            handle, client_id="cam-b", username="cam-b", password=b.password
+        )
         # cam-a impersonates cam-b, then speaks for itself: only its own message arrives
         pa.publish(T.status("cam-b"), status("cam-b", "online"), retain=True)
-        pa.publish(T.events("site-b", "counts"), Event(stream="counts").model_dump_json()
-                   .encode())
+        pa.publish(T.events("site-b", "counts"), Event(stream="counts").model_dump_json().encode())
         pa.publish(T.status("cam-a"), status("cam-a", "online", "site-a"), retain=True)
         gw.wait_for_agent("cam-a", timeout_s=10)
         assert gw.agent("cam-b") is None
@@ -464,8 +521,9 @@ def test_enrolled_acls_are_enforced_by_mosquitto(
         assert pa.payloads(T.desired("cam-b")) == []
 
         # a plain mosquitto_sub with the control plane's credentials sees cam-a online
-        sub = mosquitto_sub(handle, T.status("cam-a"), username=creds.username,
-                            password=creds.password)
+        sub = mosquitto_sub(
+            handle, T.status("cam-a"), username=creds.username, password=creds.password
+        )
         out, _ = sub.communicate(timeout=15)
         assert json.loads(out.partition(" ")[2])["state"] == "online"
         pa.close()

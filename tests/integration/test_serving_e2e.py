@@ -61,32 +61,57 @@ def control_plane(tmp_path: Path, ray_backend: RayBackend) -> Iterator[ControlPl
     from mesh._ray_replicas import RayReplicaLauncher
 
     require_mosquitto()
-    settings = EdgeSettings(data_dir=tmp_path / "cp",
-                            broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=f"mqtt://127.0.0.1:{free_port()}")
     enrolment = enroll(AGENT, site="int-1-1", settings=settings)
-    broker = start_mosquitto(int(settings.broker_url.rsplit(":", 1)[1]),
-                             workdir=tmp_path / "mosquitto", password_file=settings.password_file,
-                             acl_file=settings.acl_file)
+    broker = start_mosquitto(
+        int(settings.broker_url.rsplit(":", 1)[1]),
+        workdir=tmp_path / "mosquitto",
+        password_file=settings.password_file,
+        acl_file=settings.acl_file,
+    )
     creds = control_plane_credentials(settings)
     registry = ModelRegistry.open(settings)
-    edge = EdgeGateway(broker.url, username=creds.username, password=creds.password,
-                       keepalive_s=5).start()
+    edge = EdgeGateway(
+        broker.url, username=creds.username, password=creds.password, keepalive_s=5
+    ).start()
     artifacts = serve_in_thread(create_artifact_app(settings), port=0)
-    installer = EdgeInstaller(edge, store=ArtifactStore(settings.data_dir / "artifacts"),
-                              signer=ArtifactSigner.load_or_create(settings.data_dir),
-                              url_signer=UrlSigner.load_or_create(settings.data_dir),
-                              base_url=artifacts.url)
+    installer = EdgeInstaller(
+        edge,
+        store=ArtifactStore(settings.data_dir / "artifacts"),
+        signer=ArtifactSigner.load_or_create(settings.data_dir),
+        url_signer=UrlSigner.load_or_create(settings.data_dir),
+        base_url=artifacts.url,
+    )
     metrics = MetricsRegistry()
-    manager = ServingManager(RouteTable(), RayReplicaLauncher(nodes=ray_backend.nodes),
-                             registry=registry, installer=installer, metrics=metrics,
-                             period_s=0.25, start_timeout_s=120).start()
+    manager = ServingManager(
+        RouteTable(),
+        RayReplicaLauncher(nodes=ray_backend.nodes),
+        registry=registry,
+        installer=installer,
+        metrics=metrics,
+        period_s=0.25,
+        start_timeout_s=120,
+    ).start()
     from mesh._auth import TokenSigner
 
     try:
-        with running_gateway(manager.routes, signer=TokenSigner.load_or_create(settings.data_dir),
-                             edge=edge, registry=registry, metrics=metrics) as (_, server):
-            yield ControlPlane(settings, registry, manager, edge, f"{server.host}:{server.port}",
-                               server, metrics, enrolment.command[1:])
+        with running_gateway(
+            manager.routes,
+            signer=TokenSigner.load_or_create(settings.data_dir),
+            edge=edge,
+            registry=registry,
+            metrics=metrics,
+        ) as (_, server):
+            yield ControlPlane(
+                settings,
+                registry,
+                manager,
+                edge,
+                f"{server.host}:{server.port}",
+                server,
+                metrics,
+                enrolment.command[1:],
+            )
     finally:
         manager.close()
         artifacts.stop()
@@ -98,9 +123,14 @@ def control_plane(tmp_path: Path, ray_backend: RayBackend) -> Iterator[ControlPl
 def mesh_token(data_dir: Path, *scopes: str) -> str:
     """`mesh tokens create` as a user runs it."""
     args = [a for s in scopes for a in ("--scope", s)]
-    out = subprocess.run([sys.executable, "-m", "mesh.cli", "tokens", "create", "e2e", *args],
-                         capture_output=True, text=True, check=True, timeout=60,
-                         env={**os.environ, "MESH_DATA_DIR": str(data_dir)})
+    out = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "tokens", "create", "e2e", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "MESH_DATA_DIR": str(data_dir)},
+    )
     return out.stdout.strip()
 
 
@@ -116,23 +146,30 @@ def frames(n: int) -> list[np.ndarray[Any, Any]]:
 def train(backend: RayBackend, out: Path, run_id: str, **config: Any) -> dict[str, Any]:
     from functions.traffic import app
 
-    call = backend.submit(app.get("train_counter"), {**TINY, "out_dir": str(out), **config},
-                          run_id=run_id)
+    call = backend.submit(
+        app.get("train_counter"), {**TINY, "out_dir": str(out), **config}, run_id=run_id
+    )
     ref: dict[str, Any] = call.result(timeout_s=300).value
     return ref
 
 
 def register(registry: ModelRegistry, ref: dict[str, Any], run_id: str) -> str:
     version = registry.register(
-        ref["model"], Path(ref["onnx_path"]), code_version=ref["code_version"],
+        ref["model"],
+        Path(ref["onnx_path"]),
+        code_version=ref["code_version"],
         metric=SelectionMetric("val_mae", ref["metrics"]["val_mae"], "min"),
-        lineage=Lineage(run_id=run_id, data_id=ref["data_id"],
-                        hyperparameters=ref["hyperparameters"]))
+        lineage=Lineage(
+            run_id=run_id, data_id=ref["data_id"], hyperparameters=ref["hyperparameters"]
+        ),
+    )
     return version.version
 
 
 def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
-    control_plane: ControlPlane, ray_backend: RayBackend, tmp_path: Path,
+    control_plane: ControlPlane,
+    ray_backend: RayBackend,
+    tmp_path: Path,
     agent_processes: Callable[..., AgentProcess],  # noqa: F811
 ) -> None:
     import tritonclient.http as triton
@@ -152,8 +189,11 @@ def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
     cp.registry.promote(COUNTER_MODEL, v1)
     tuned = ray_backend.submit(app.get("tune_counter"), TINY, run_id="tune").result(400).value
     assert tuned.metric == "val_mae" and len(tuned.trials) == 4
-    runners = {v1: ModelRunner(cp.registry.artifact_path(COUNTER_MODEL, v1)[1], cpus=1,
-                               batching="off", warmup_runs=0)}
+    runners = {
+        v1: ModelRunner(
+            cp.registry.artifact_path(COUNTER_MODEL, v1)[1], cpus=1, batching="off", warmup_runs=0
+        )
+    }
 
     def expected(version: str, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         return runners[version].run({"occupancy": x})["counts"]
@@ -169,29 +209,41 @@ def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
         # ---- deploy to fog, infer with tritonclient through the gateway
         route = cp.manager.deploy(spec, "production", tier="fog")
         fog_nodes = {n.node_id for n in ray_backend.nodes() if n.alive and n.tier == "fog"}
-        assert [isinstance(e, ReplicaEndpoint) and e.node_id in fog_nodes
-                for e in route.endpoints] == [True]
+        assert [
+            isinstance(e, ReplicaEndpoint) and e.node_id in fog_nodes for e in route.endpoints
+        ] == [True]
         meta = client.get_model_metadata(name, headers={"Authorization": f"Bearer {token}"})
         assert meta["inputs"][0]["name"] == "occupancy" and meta["versions"] == [v1]
         for x in inputs[:4]:
             result = infer(x)
-            np.testing.assert_allclose(result.as_numpy("counts"), expected(v1, x), rtol=1e-4,
-                                       atol=1e-4)
+            np.testing.assert_allclose(
+                result.as_numpy("counts"), expected(v1, x), rtol=1e-4, atol=1e-4
+            )
             assert result.get_response()["model_version"] == v1
         with pytest.raises(InferenceServerException, match="expected inputs occupancy"):
             infer(inputs[0][:, :2])
 
         # ---- the same module on an edge agent, the same gateway URL
-        agent = agent_processes([*cp.agent_command, "--cache-dir", str(tmp_path / "cache"),
-                                 "--heartbeat-period-s", "0.5", "--log-level", "INFO"],
-                                tmp_path / "agent.log").start()
+        agent = agent_processes(
+            [
+                *cp.agent_command,
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--heartbeat-period-s",
+                "0.5",
+                "--log-level",
+                "INFO",
+            ],
+            tmp_path / "agent.log",
+        ).start()
         cp.edge.wait_for_agent(AGENT, timeout_s=30)
         route = cp.manager.deploy_to_agent(spec, AGENT, "production", timeout_s=60)
         assert route.endpoints == (AgentEndpoint(AGENT, v1),) and route.tier == "edge"
         for x in inputs[:4]:
             result = infer(x)
-            np.testing.assert_allclose(result.as_numpy("counts"), expected(v1, x), rtol=1e-4,
-                                       atol=1e-4)
+            np.testing.assert_allclose(
+                result.as_numpy("counts"), expected(v1, x), rtol=1e-4, atol=1e-4
+            )
         with pytest.raises(InferenceServerException, match="expected inputs occupancy"):
             infer(inputs[0][:, :2])
         assert f'node="{AGENT}",code="200"' in cp.metrics.render()
@@ -201,9 +253,15 @@ def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
             want = expected(version or "?", feeds["occupancy"]).ravel()
             np.testing.assert_allclose(outputs["counts"], want, rtol=1e-4, atol=1e-4)
 
-        load = LoadRunner(cp.server.host, cp.server.port, name,
-                          lambda i: {"occupancy": inputs[i % len(inputs)]}, token=token,
-                          workers=4, check=check).start()
+        load = LoadRunner(
+            cp.server.host,
+            cp.server.port,
+            name,
+            lambda i: {"occupancy": inputs[i % len(inputs)]},
+            token=token,
+            workers=4,
+            check=check,
+        ).start()
         try:
             load.wait_for(lambda: load.count(v1) >= 40, 30, "v1 answers from the agent")
             edge_answers = load.count()
@@ -211,11 +269,21 @@ def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
             load.wait_for(lambda: load.count() >= edge_answers + 40, 30, "answers from fog")
 
             best = tuned.best_config
-            ref2 = train(ray_backend, tmp_path / "exports", "train-2", seed=2, lr=best["lr"],
-                         width=best["width"])
+            ref2 = train(
+                ray_backend,
+                tmp_path / "exports",
+                "train-2",
+                seed=2,
+                lr=best["lr"],
+                width=best["width"],
+            )
             v2 = register(cp.registry, ref2, "train-2")
-            runners[v2] = ModelRunner(cp.registry.artifact_path(COUNTER_MODEL, v2)[1], cpus=1,
-                                      batching="off", warmup_runs=0)
+            runners[v2] = ModelRunner(
+                cp.registry.artifact_path(COUNTER_MODEL, v2)[1],
+                cpus=1,
+                batching="off",
+                warmup_runs=0,
+            )
             cp.registry.promote(COUNTER_MODEL, v2)
             assert cp.manager.deploy(spec, "production").version == v2
             load.wait_for(lambda: load.count(v2) >= 40, 30, "v2 answers")

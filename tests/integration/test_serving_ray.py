@@ -23,23 +23,35 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
-SPEC = ModuleSpec(name="cnn", model="cnn", qos=QoS(p95_latency_ms=50), tiers=("fog", "cloud"),
-                  resources=Resources(cpus=0.5))
+SPEC = ModuleSpec(
+    name="cnn",
+    model="cnn",
+    qos=QoS(p95_latency_ms=50),
+    tiers=("fog", "cloud"),
+    resources=Resources(cpus=0.5),
+)
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelArtifact, ModelArtifact]:
     d = tmp_path_factory.mktemp("cnn")
-    return (ModelArtifact.from_file(build_cnn(d / "v1.onnx", seed=1), model="cnn", version="v1"),
-            ModelArtifact.from_file(build_cnn(d / "v2.onnx", seed=2), model="cnn", version="v2"))
+    return (
+        ModelArtifact.from_file(build_cnn(d / "v1.onnx", seed=1), model="cnn", version="v1"),
+        ModelArtifact.from_file(build_cnn(d / "v2.onnx", seed=2), model="cnn", version="v2"),
+    )
 
 
 @pytest.fixture
 def manager(ray_backend: RayBackend) -> Iterator[ServingManager]:
     from mesh._ray_replicas import RayReplicaLauncher
 
-    m = ServingManager(RouteTable(), RayReplicaLauncher(nodes=ray_backend.nodes),
-                       period_s=0.2, unhealthy_after=2, start_timeout_s=90).start()
+    m = ServingManager(
+        RouteTable(),
+        RayReplicaLauncher(nodes=ray_backend.nodes),
+        period_s=0.2,
+        unhealthy_after=2,
+        start_timeout_s=90,
+    ).start()
     try:
         yield m
     finally:
@@ -55,7 +67,8 @@ def frame(i: int) -> dict[str, Any]:
 
 
 def test_replicas_run_on_fog_and_serve_direct(
-    ray_backend: RayBackend, manager: ServingManager,
+    ray_backend: RayBackend,
+    manager: ServingManager,
     artifacts: tuple[ModelArtifact, ModelArtifact],
 ) -> None:
     v1, v2 = artifacts
@@ -85,7 +98,7 @@ def test_replicas_run_on_fog_and_serve_direct(
         assert load.failures() == []
         versions = [o.version for o in load.outcomes]
         assert versions[0] == "v1" and versions[-1] == "v2"
-        assert "v1" not in versions[versions.index("v2") + 20:]  # switched at once
+        assert "v1" not in versions[versions.index("v2") + 20 :]  # switched at once
 
         # Ray restarts a killed replica; the manager finds its new port
         (current,) = manager.routes.get("cnn").endpoints  # type: ignore[union-attr]
@@ -96,8 +109,8 @@ def test_replicas_run_on_fog_and_serve_direct(
         def restarted() -> bool:
             route = manager.routes.get("cnn")
             return route is not None and any(
-                isinstance(e, ReplicaEndpoint) and e.port != current.port
-                for e in route.endpoints)
+                isinstance(e, ReplicaEndpoint) and e.port != current.port for e in route.endpoints
+            )
 
         wait_until(restarted, 90, "the killed replica back in the route on a new port")
         load = LoadRunner(server.host, server.port, "cnn", frame, workers=1, check=check).start()
@@ -109,7 +122,8 @@ def test_replicas_run_on_fog_and_serve_direct(
 
 
 def test_what_no_node_can_hold_is_refused_at_once(
-    manager: ServingManager, artifacts: tuple[ModelArtifact, ModelArtifact],
+    manager: ServingManager,
+    artifacts: tuple[ModelArtifact, ModelArtifact],
 ) -> None:
     with pytest.raises(UnsatisfiableError, match="no live fog node has site 'nowhere'"):
         manager.deploy(SPEC, artifacts[0], tier="fog", site="nowhere")
@@ -120,35 +134,53 @@ def test_what_no_node_can_hold_is_refused_at_once(
 
 
 def test_replicas_scale_with_in_flight_requests(
-    ray_backend: RayBackend, artifacts: tuple[ModelArtifact, ModelArtifact], tmp_path: Path,
+    ray_backend: RayBackend,
+    artifacts: tuple[ModelArtifact, ModelArtifact],
+    tmp_path: Path,
 ) -> None:
     from mesh._ray_replicas import RayReplicaLauncher
 
-    spec = SPEC.model_copy(update={"name": "cnn-auto", "min_replicas": 1, "max_replicas": 2,
-                                   "target_in_flight": 1.0,
-                                   "resources": Resources(cpus=0.25)})
-    m = ServingManager(RouteTable(), RayReplicaLauncher(nodes=ray_backend.nodes),
-                       period_s=0.2, autoscale_delays={"upscale_delay_s": 0.5,
-                                                       "downscale_delay_s": 1.0}).start()
+    spec = SPEC.model_copy(
+        update={
+            "name": "cnn-auto",
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_in_flight": 1.0,
+            "resources": Resources(cpus=0.25),
+        }
+    )
+    m = ServingManager(
+        RouteTable(),
+        RayReplicaLauncher(nodes=ray_backend.nodes),
+        period_s=0.2,
+        autoscale_delays={"upscale_delay_s": 0.5, "downscale_delay_s": 1.0},
+    ).start()
     try:
         m.deploy(spec, artifacts[0], tier="fog")
         with running_gateway(m.routes) as (_, server):
             load = LoadRunner(server.host, server.port, "cnn-auto", frame, workers=8).start()
             try:
-                wait_until(lambda: len(m.routes.get("cnn-auto").endpoints) == 2,  # type: ignore[union-attr]
-                           60, "a second replica under load")
+                wait_until(
+                    lambda: len(m.routes.get("cnn-auto").endpoints) == 2,  # type: ignore[union-attr]
+                    60,
+                    "a second replica under load",
+                )
             finally:
                 load.stop()
             assert load.failures() == []
-        wait_until(lambda: len(m.routes.get("cnn-auto").endpoints) == 1,  # type: ignore[union-attr]
-                   30, "back to one replica when idle")
+        wait_until(
+            lambda: len(m.routes.get("cnn-auto").endpoints) == 1,  # type: ignore[union-attr]
+            30,
+            "back to one replica when idle",
+        )
         wait_until(lambda: len(m.status("cnn-auto")) == 1, 30, "the idle replica stopped")
     finally:
         m.close()
 
 
 def test_a_model_that_cannot_load_fails_the_deploy_and_the_old_version_serves(
-    manager: ServingManager, artifacts: tuple[ModelArtifact, ModelArtifact],
+    manager: ServingManager,
+    artifacts: tuple[ModelArtifact, ModelArtifact],
 ) -> None:
     import time
 

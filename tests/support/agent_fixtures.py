@@ -45,14 +45,16 @@ REPO = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------- models
 
 
-def build_tiny_model(path: Path, *, scale: float = 2.0, width: int = 4,
-                     opset: int = 17, op_domain: str = "") -> Path:
+def build_tiny_model(
+    path: Path, *, scale: float = 2.0, width: int = 4, opset: int = 17, op_domain: str = ""
+) -> Path:
     """y = x * scale with x: float32[N, width] (onnx.helper, no torch; fast)."""
     from onnx import TensorProto, helper
 
     node = helper.make_node("Mul", ["x", "s"], ["y"], domain=op_domain)
     graph = helper.make_graph(
-        [node], "tiny",
+        [node],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor("s", TensorProto.FLOAT, [1], [scale])],
@@ -83,8 +85,16 @@ def build_cnn(path: Path, *, seed: int = 0) -> Path:
         data = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
         return numpy_helper.from_array(data, name)
 
-    inits = [w("c1w", 32, 1, 3, 3), w("c1b", 32), w("c2w", 64, 32, 3, 3), w("c2b", 64),
-             w("f1w", 82, 4096), w("f1b", 82), w("f2w", 10, 82), w("f2b", 10)]
+    inits = [
+        w("c1w", 32, 1, 3, 3),
+        w("c1b", 32),
+        w("c2w", 64, 32, 3, 3),
+        w("c2b", 64),
+        w("f1w", 82, 4096),
+        w("f1b", 82),
+        w("f2w", 10, 82),
+        w("f2b", 10),
+    ]
     pads = [1, 1, 1, 1]
     nodes = [
         helper.make_node("Conv", ["input", "c1w", "c1b"], ["a1"], kernel_shape=[3, 3], pads=pads),
@@ -99,7 +109,8 @@ def build_cnn(path: Path, *, seed: int = 0) -> Path:
         helper.make_node("Gemm", ["hr", "f2w", "f2b"], ["logits"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "cnn",
+        nodes,
+        "cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         inits,
@@ -138,8 +149,9 @@ class SigningKey:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         key = Ed25519PrivateKey.generate()
-        raw = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                            serialization.PublicFormat.Raw)
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         return cls(key, raw)
 
     @property
@@ -148,7 +160,8 @@ class SigningKey:
 
     def sign(self, name: str, version: str, sha256: str) -> str:
         return base64.b64encode(
-            self.private.sign(artifact_signing_message(name, version, sha256))).decode()
+            self.private.sign(artifact_signing_message(name, version, sha256))
+        ).decode()
 
 
 @pytest.fixture(scope="session")
@@ -210,20 +223,44 @@ def artifact_server() -> Iterator[ArtifactServer]:
         server.close()
 
 
-def module_spec(server: ArtifactServer, key: SigningKey, name: str, version: str, data: bytes,
-                *, sha256: str | None = None, signature: str | None = None,
-                **extra: Any) -> dict[str, Any]:
+def module_spec(
+    server: ArtifactServer,
+    key: SigningKey,
+    name: str,
+    version: str,
+    data: bytes,
+    *,
+    sha256: str | None = None,
+    signature: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """A desired-state module entry for ``data``, served and signed."""
     digest = hashlib.sha256(data).hexdigest()
     url = server.add(f"{name}-{version}-{uuid.uuid4().hex[:6]}.onnx", data)
-    return {"name": name, "version": version, "url": url, "sha256": sha256 or digest,
-            "signature": signature or key.sign(name, version, sha256 or digest), **extra}
+    return {
+        "name": name,
+        "version": version,
+        "url": url,
+        "sha256": sha256 or digest,
+        "signature": signature or key.sign(name, version, sha256 or digest),
+        **extra,
+    }
 
 
-def desired(version: int, modules: Sequence[dict[str, Any]],
-            pipelines: Sequence[dict[str, Any]] = (), **extra: Any) -> dict[str, Any]:
-    return {"schema_version": 1, "kind": "desired", "version": version,
-            "modules": list(modules), "pipelines": list(pipelines), **extra}
+def desired(
+    version: int,
+    modules: Sequence[dict[str, Any]],
+    pipelines: Sequence[dict[str, Any]] = (),
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "kind": "desired",
+        "version": version,
+        "modules": list(modules),
+        "pipelines": list(pipelines),
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------- agent process
@@ -242,8 +279,13 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent", *self.args],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+        )
         log.close()
         return self
 
@@ -288,7 +330,9 @@ def agent_processes() -> Iterator[Callable[..., AgentProcess]]:
     """Factory of agent processes; every one is killed at the end of the test."""
     made: list[AgentProcess] = []
 
-    def make(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> AgentProcess:
+    def make(
+        args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> AgentProcess:
         p = AgentProcess(args, log_path, env)
         made.append(p)
         return p
@@ -337,9 +381,12 @@ class AmqttProcess:
             if os.environ.get("MESH_REQUIRE_SERVICES") == "1":
                 pytest.fail(f"MESH_REQUIRE_SERVICES=1 but {reason}")
             pytest.skip(reason)
-        self.proc = subprocess.Popen([sys.executable, "-c", _AMQTT_MAIN, str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _AMQTT_MAIN, str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert b"ready" in line, f"amqtt did not start on {self.url}"
@@ -422,21 +469,36 @@ class Requester:
         with self._cond:
             return self._cond.wait_for(predicate, timeout_s)
 
-    def send(self, module: str, node: str, tensors: Sequence[Tensor], *,
-             payload: bytes | None = None, deadline_ts: float | None = None,
-             **header: Any) -> str:
+    def send(
+        self,
+        module: str,
+        node: str,
+        tensors: Sequence[Tensor],
+        *,
+        payload: bytes | None = None,
+        deadline_ts: float | None = None,
+        **header: Any,
+    ) -> str:
         corr = uuid.uuid4().hex
-        req = InferRequest(module=module, reply_to=self.reply_topic, correlation_id=corr,
-                           deadline_ts=deadline_ts)
+        req = InferRequest(
+            module=module, reply_to=self.reply_topic, correlation_id=corr, deadline_ts=deadline_ts
+        )
         body = encode_frame({**req.model_dump(mode="json", exclude_none=True), **header}, tensors)
         self.client.publish(self.topics.infer(module, node), payload or body, qos=1)
         return corr
 
-    def infer(self, module: str, node: str, tensors: Sequence[Tensor],
-              timeout_s: float = 10.0, **header: Any) -> tuple[InferReply, list[Tensor]]:
+    def infer(
+        self,
+        module: str,
+        node: str,
+        tensors: Sequence[Tensor],
+        timeout_s: float = 10.0,
+        **header: Any,
+    ) -> tuple[InferReply, list[Tensor]]:
         corr = self.send(module, node, tensors, **header)
-        assert self.wait_for(lambda: corr in self.replies, timeout_s), \
+        assert self.wait_for(lambda: corr in self.replies, timeout_s), (
             f"no reply from {node} for {module} within {timeout_s}s"
+        )
         with self._cond:
             return self.replies.pop(corr)
 

@@ -113,10 +113,17 @@ class MqttProbe:
     a condition over them.
     """
 
-    def __init__(self, handle: BrokerHandle, *, client_id: str | None = None,
-                 username: str | None = None, password: str | None = None,
-                 will: tuple[str, bytes] | None = None, keepalive: int = 60,
-                 protocol: str = "3.1.1") -> None:
+    def __init__(
+        self,
+        handle: BrokerHandle,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        will: tuple[str, bytes] | None = None,
+        keepalive: int = 60,
+        protocol: str = "3.1.1",
+    ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -127,8 +134,9 @@ class MqttProbe:
         self._subacks: dict[int, list[int]] = {}
         self._pubacks: set[int] = set()
         proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-        self.client: Any = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                       protocol=proto)
+        self.client: Any = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto
+        )
         if username is not None:
             self.client.username_pw_set(username, password)
         if will is not None:
@@ -147,8 +155,7 @@ class MqttProbe:
             self._connack.append(int(rc.value))
             self._cond.notify_all()
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         with self._cond:
             self.disconnects.append(int(rc.value))
             self._cond.notify_all()
@@ -158,8 +165,7 @@ class MqttProbe:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._cond.notify_all()
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any,
-                      props: Any) -> None:
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         with self._cond:
             self._subacks[mid] = [int(c.value) for c in codes]
             self._cond.notify_all()
@@ -185,13 +191,21 @@ class MqttProbe:
         assert self.wait_for(lambda: mid in self._subacks, timeout_s), f"no SUBACK for {topic}"
         return self._subacks[mid]
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                qos: int = 1, timeout_s: float = 10.0) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+        timeout_s: float = 10.0,
+    ) -> None:
         """Publish and wait for the PUBACK (QoS 1)."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos:
-            assert self.wait_for(lambda: info.mid in self._pubacks, timeout_s), \
+            assert self.wait_for(lambda: info.mid in self._pubacks, timeout_s), (
                 f"no PUBACK for {topic}"
+            )
 
     def payloads(self, topic: str) -> list[bytes]:
         """Payloads received on ``topic`` so far."""
@@ -214,13 +228,33 @@ class MqttProbe:
         self.client.loop_stop()
 
 
-def mosquitto_sub(handle: BrokerHandle, topic: str, *, count: int = 1,
-                  username: str | None = None, password: str | None = None,
-                  timeout_s: float = 10.0) -> subprocess.Popen[str]:
+def mosquitto_sub(
+    handle: BrokerHandle,
+    topic: str,
+    *,
+    count: int = 1,
+    username: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 10.0,
+) -> subprocess.Popen[str]:
     """Start a plain ``mosquitto_sub -C count`` (caller waits on / kills it)."""
     require_mosquitto_clients()
-    cmd = ["mosquitto_sub", "-h", handle.host, "-p", str(handle.port), "-t", topic,
-           "-C", str(count), "-W", str(int(timeout_s)), "-v", "-q", "1"]
+    cmd = [
+        "mosquitto_sub",
+        "-h",
+        handle.host,
+        "-p",
+        str(handle.port),
+        "-t",
+        topic,
+        "-C",
+        str(count),
+        "-W",
+        str(int(timeout_s)),
+        "-v",
+        "-q",
+        "1",
+    ]
     if username is not None:
         cmd += ["-u", username, "-P", password or ""]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -28,14 +28,19 @@ from mesh._upstream import UpstreamPool
 
 
 @contextlib.contextmanager
-def running_gateway(routes: RouteTable, *, signer: TokenSigner | None = None,
-                    edge: EdgeInference | None = None, registry: Any = None,
-                    metrics: MetricsRegistry | None = None,
-                    ) -> Iterator[tuple[Gateway, ServerThread]]:
+def running_gateway(
+    routes: RouteTable,
+    *,
+    signer: TokenSigner | None = None,
+    edge: EdgeInference | None = None,
+    registry: Any = None,
+    metrics: MetricsRegistry | None = None,
+) -> Iterator[tuple[Gateway, ServerThread]]:
     """The gateway app served on a free port; stopped (and its connections closed) after."""
     gateway = Gateway(routes, auth=TokenAuth(signer), edge=edge, metrics=metrics)
-    server = serve_asgi(create_gateway_app(gateway, registry=registry), port=0,
-                        name="gateway", lifespan="on")
+    server = serve_asgi(
+        create_gateway_app(gateway, registry=registry), port=0, name="gateway", lifespan="on"
+    )
     try:
         yield gateway, server
     finally:
@@ -72,8 +77,9 @@ class LoadRunner:
     _thread: threading.Thread | None = None
 
     def start(self) -> LoadRunner:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True,
-                                        name="load")
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._run()), daemon=True, name="load"
+        )
         self._thread.start()
         return self
 
@@ -89,19 +95,33 @@ class LoadRunner:
                 inputs = self.inputs(i)
                 i += self.workers
                 body, header_length = encode_request(inputs, binary=self.binary)
-                extra = [] if header_length is None else [
-                    (b"inference-header-content-length", str(header_length).encode())]
+                extra = (
+                    []
+                    if header_length is None
+                    else [(b"inference-header-content-length", str(header_length).encode())]
+                )
                 try:
                     response = await pool.request(
-                        self.host, self.port, "POST", f"/v2/models/{self.module}/infer",
-                        body=body, headers=headers + extra, timeout_s=30)
+                        self.host,
+                        self.port,
+                        "POST",
+                        f"/v2/models/{self.module}/infer",
+                        body=body,
+                        headers=headers + extra,
+                        timeout_s=30,
+                    )
                 except Exception as exc:
                     self.outcomes.append(Outcome(0, None, repr(exc), time.time()))
                     continue
                 if response.status != 200:
-                    self.outcomes.append(Outcome(response.status, None,
-                                                 response.body.decode(errors="replace"),
-                                                 time.time()))
+                    self.outcomes.append(
+                        Outcome(
+                            response.status,
+                            None,
+                            response.body.decode(errors="replace"),
+                            time.time(),
+                        )
+                    )
                     continue
                 doc = json.loads(response.body)
                 version = doc.get("model_version")
@@ -112,8 +132,9 @@ class LoadRunner:
                         self.check(inputs, outputs, version)
                     except AssertionError as exc:
                         error = f"wrong answer: {exc}"
-                self.outcomes.append(Outcome(200 if error is None else -1, version, error,
-                                             time.time()))
+                self.outcomes.append(
+                    Outcome(200 if error is None else -1, version, error, time.time())
+                )
 
         await asyncio.gather(*[worker(w) for w in range(self.workers)])
         await pool.close()
@@ -127,16 +148,21 @@ class LoadRunner:
         return [o for o in list(self.outcomes) if o.status != 200]
 
     def count(self, version: str | None = None) -> int:
-        return sum(1 for o in list(self.outcomes)
-                   if o.status == 200 and (version is None or o.version == version))
+        return sum(
+            1
+            for o in list(self.outcomes)
+            if o.status == 200 and (version is None or o.version == version)
+        )
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; "
-                                     f"{len(self.outcomes)} requests, "
-                                     f"failures: {self.failures()[:3]}")
+                raise AssertionError(
+                    f"timed out after {timeout_s}s waiting for {what}; "
+                    f"{len(self.outcomes)} requests, "
+                    f"failures: {self.failures()[:3]}"
+                )
             time.sleep(0.02)
 
 

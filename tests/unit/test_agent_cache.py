@@ -26,12 +26,17 @@ def key() -> SigningKey:
     return SigningKey.generate()
 
 
-def _spec(server: ArtifactServer, key: SigningKey, data: bytes, version: str = "1",
-          **kw: object) -> ModuleSpec:
+def _spec(
+    server: ArtifactServer, key: SigningKey, data: bytes, version: str = "1", **kw: object
+) -> ModuleSpec:
     sha = hashlib.sha256(data).hexdigest()
     fields: dict[str, object] = {
-        "name": "m", "version": version, "url": server.add(f"m{version}", data), "sha256": sha,
-        "signature": key.sign("m", version, sha)}
+        "name": "m",
+        "version": version,
+        "url": server.add(f"m{version}", data),
+        "sha256": sha,
+        "signature": key.sign("m", version, sha),
+    }
     fields.update(kw)
     return ModuleSpec.model_validate(fields)
 
@@ -44,8 +49,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in f.parent.iterdir()] == ["state.json"]
 
 
-def test_atomic_write_failure_keeps_old_content(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_failure_keeps_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = tmp_path / "state.json"
     atomic_write(f, b"old")
 
@@ -59,8 +65,9 @@ def test_atomic_write_failure_keeps_old_content(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_install_verifies_and_is_idempotent(tmp_path: Path, server: ArtifactServer,
-                                            key: SigningKey) -> None:
+def test_install_verifies_and_is_idempotent(
+    tmp_path: Path, server: ArtifactServer, key: SigningKey
+) -> None:
     cache = ModuleCache(tmp_path, public_key=key.public_raw)
     spec = _spec(server, key, b"model-bytes")
     inst = cache.install(spec)
@@ -72,13 +79,19 @@ def test_install_verifies_and_is_idempotent(tmp_path: Path, server: ArtifactServ
 
 
 @pytest.mark.parametrize("case", ["sha", "signature", "wrong-key", "unsigned", "size"])
-def test_install_refuses_bad_artifacts(tmp_path: Path, server: ArtifactServer, key: SigningKey,
-                                       case: str) -> None:
+def test_install_refuses_bad_artifacts(
+    tmp_path: Path, server: ArtifactServer, key: SigningKey, case: str
+) -> None:
     cache = ModuleCache(tmp_path, public_key=key.public_raw)
     data = b"model-bytes"
     if case == "sha":
-        spec = _spec(server, key, data, sha256=hashlib.sha256(b"other").hexdigest(),
-                     signature=key.sign("m", "1", hashlib.sha256(b"other").hexdigest()))
+        spec = _spec(
+            server,
+            key,
+            data,
+            sha256=hashlib.sha256(b"other").hexdigest(),
+            signature=key.sign("m", "1", hashlib.sha256(b"other").hexdigest()),
+        )
         needle = "sha256 mismatch"
     elif case == "signature":
         spec = _spec(server, key, data, signature=key.sign("m", "2", "0" * 64))
@@ -100,8 +113,9 @@ def test_install_refuses_bad_artifacts(tmp_path: Path, server: ArtifactServer, k
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_signature_can_be_waived_for_tests(tmp_path: Path, server: ArtifactServer,
-                                           key: SigningKey) -> None:
+def test_signature_can_be_waived_for_tests(
+    tmp_path: Path, server: ArtifactServer, key: SigningKey
+) -> None:
     cache = ModuleCache(tmp_path, public_key=None, require_signature=False)
     assert cache.install(_spec(server, key, b"x")).path.exists()
 
@@ -117,8 +131,9 @@ def test_download_errors(tmp_path: Path, server: ArtifactServer, key: SigningKey
         cache.install(ftp)
 
 
-def test_state_survives_restart_and_skips_corrupt_files(tmp_path: Path, server: ArtifactServer,
-                                                        key: SigningKey) -> None:
+def test_state_survives_restart_and_skips_corrupt_files(
+    tmp_path: Path, server: ArtifactServer, key: SigningKey
+) -> None:
     cache = ModuleCache(tmp_path, public_key=key.public_raw)
     spec = _spec(server, key, b"v1")
     inst = cache.install(spec)

@@ -92,8 +92,10 @@ class Client:
             if m.topic == self.reply_topic:
                 h, ts = decode_frame(m.payload)
                 r = parse_header(h, InferReply)
-                self.replies[r.correlation_id or ""] = (r, [Tensor(t.name, t.dtype, t.shape,
-                                                                   bytes(t.data)) for t in ts])
+                self.replies[r.correlation_id or ""] = (
+                    r,
+                    [Tensor(t.name, t.dtype, t.shape, bytes(t.data)) for t in ts],
+                )
 
     def on(self, topic: str) -> list[bytes]:
         with self.lock:
@@ -113,16 +115,18 @@ class Client:
         raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         self.t.publish(T.desired(AGENT), raw, retain=True)
 
-    def send(self, module: str, tensors: list[Tensor], payload: bytes | None = None,
-             **header: Any) -> str:
+    def send(
+        self, module: str, tensors: list[Tensor], payload: bytes | None = None, **header: Any
+    ) -> str:
         corr = uuid.uuid4().hex
         req = InferRequest(module=module, reply_to=self.reply_topic, correlation_id=corr)
         body = {**req.model_dump(mode="json", exclude_none=True), **header}
         self.t.publish(T.infer(module, AGENT), payload or encode_frame(body, tensors))
         return corr
 
-    def infer(self, module: str, tensors: list[Tensor], **header: Any
-              ) -> tuple[InferReply, list[Tensor]]:
+    def infer(
+        self, module: str, tensors: list[Tensor], **header: Any
+    ) -> tuple[InferReply, list[Tensor]]:
         corr = self.send(module, tensors, **header)
         assert wait(lambda: corr in self.replies), f"no reply for {module}"
         return self.replies.pop(corr)
@@ -141,11 +145,19 @@ def env(tmp_path: Path, key: SigningKey) -> Iterator[dict[str, Any]]:
     agents: list[Agent] = []
 
     def make(**kw: Any) -> Agent:
-        fields: dict[str, Any] = {"id": AGENT, "site": "s1", "cache_dir": tmp_path / "cache",
-                                  "public_key": key.public_b64, "heartbeat_period_s": 60, **kw}
+        fields: dict[str, Any] = {
+            "id": AGENT,
+            "site": "s1",
+            "cache_dir": tmp_path / "cache",
+            "public_key": key.public_b64,
+            "heartbeat_period_s": 60,
+            **kw,
+        }
         settings = AgentSettings(**fields)
-        will = (T.status(AGENT), b'{"schema_version":1,"kind":"status","agent":"cam-1",'
-                                 b'"state":"offline"}')
+        will = (
+            T.status(AGENT),
+            b'{"schema_version":1,"kind":"status","agent":"cam-1","state":"offline"}',
+        )
         agent = Agent(settings, transport=MemoryTransport(broker, AGENT, will=will))
         agents.append(agent)
         agent.start()
@@ -164,8 +176,9 @@ def installed(obs: ObservedState) -> dict[str, str]:
     return {m.name: m.version for m in obs.installed}
 
 
-def test_install_infer_and_status(env: dict[str, Any], server: ArtifactServer, key: SigningKey,
-                                  models: dict[str, bytes]) -> None:
+def test_install_infer_and_status(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     agent = env["make"]()
     assert agent.wait_connected(5)
@@ -180,20 +193,22 @@ def test_install_infer_and_status(env: dict[str, Any], server: ArtifactServer, k
     np.testing.assert_allclose(y.to_numpy(), 3.0)
 
 
-def test_desired_versions_and_bad_desired_messages(env: dict[str, Any], server: ArtifactServer,
-                                                   key: SigningKey,
-                                                   models: dict[str, bytes]) -> None:
+def test_desired_versions_and_bad_desired_messages(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     agent: Agent = env["make"]()
     c.publish_desired(desired(5, [module_spec(server, key, "tiny", "1", models["v1"])]))
     c.wait_observed(lambda o: o.version == 5)
     hits = len(server.hits)
-    for bad in [desired(4, [module_spec(server, key, "tiny", "2", models["v2"])]),  # older
-                desired(5, []),  # same
-                {**desired(9, []), "schema_version": 2},
-                desired(9, [], agent="someone-else"),
-                b"{not json",
-                b"[]"]:
+    for bad in [
+        desired(4, [module_spec(server, key, "tiny", "2", models["v2"])]),  # older
+        desired(5, []),  # same
+        {**desired(9, []), "schema_version": 2},
+        desired(9, [], agent="someone-else"),
+        b"{not json",
+        b"[]",
+    ]:
         c.publish_desired(bad)
     c.t.flush()
     time.sleep(0.2)
@@ -202,8 +217,9 @@ def test_desired_versions_and_bad_desired_messages(env: dict[str, Any], server: 
     assert reply.ok and reply.version == "1"  # still serving, nothing changed
 
 
-def test_bad_requests_get_clear_error_replies(env: dict[str, Any], server: ArtifactServer,
-                                              key: SigningKey, models: dict[str, bytes]) -> None:
+def test_bad_requests_get_clear_error_replies(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     env["make"](max_payload_bytes=4096)
     c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"])]))
@@ -228,18 +244,32 @@ def test_bad_requests_get_clear_error_replies(env: dict[str, Any], server: Artif
     reply, _ = c.infer("tiny", [big])
     assert reply.error is not None and reply.error.code is ErrorCode.PAYLOAD_TOO_LARGE
 
-    c.send("tiny", [], payload=json.dumps({"schema_version": 1, "reply_to": c.reply_topic,
-                                          "correlation_id": "no-module"}).encode())
+    c.send(
+        "tiny",
+        [],
+        payload=json.dumps(
+            {"schema_version": 1, "reply_to": c.reply_topic, "correlation_id": "no-module"}
+        ).encode(),
+    )
     assert wait(lambda: "no-module" in c.replies)
     err = c.replies["no-module"][0].error
     assert err is not None and err.code is ErrorCode.BAD_REQUEST and "module" in err.message
 
     corr = c.send("tiny", [], payload=b"\x00garbage")  # no header: logged and dropped
-    c.send("tiny", [], payload=json.dumps({"schema_version": 1, "kind": "infer_request",
-                                          "module": "tiny", "reply_to": c.reply_topic,
-                                          "correlation_id": "malformed",
-                                          "tensors": [{"name": "x", "dtype": "float32",
-                                                       "shape": [1, 4]}]}).encode())
+    c.send(
+        "tiny",
+        [],
+        payload=json.dumps(
+            {
+                "schema_version": 1,
+                "kind": "infer_request",
+                "module": "tiny",
+                "reply_to": c.reply_topic,
+                "correlation_id": "malformed",
+                "tensors": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+            }
+        ).encode(),
+    )
     assert wait(lambda: "malformed" in c.replies)
     assert c.replies["malformed"][0].error.code is ErrorCode.MALFORMED  # type: ignore[union-attr]
     assert corr not in c.replies
@@ -247,21 +277,45 @@ def test_bad_requests_get_clear_error_replies(env: dict[str, Any], server: Artif
     assert reply.ok
 
 
-def test_bad_artifacts_keep_old_version_and_removal(env: dict[str, Any], server: ArtifactServer,
-                                                    key: SigningKey,
-                                                    models: dict[str, bytes]) -> None:
+def test_bad_artifacts_keep_old_version_and_removal(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     env["make"]()
     c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"])]))
     c.wait_observed(lambda o: installed(o) == {"tiny": "1"})
     cases = [
-        (2, module_spec(server, key, "tiny", "2", models["v2"], sha256="0" * 64,
-                        signature=key.sign("tiny", "2", "0" * 64)), "integrity", "sha256"),
-        (3, module_spec(server, key, "tiny", "3", models["v2"],
-                        signature=key.sign("tiny", "2", "1" * 64)), "integrity", "signature"),
+        (
+            2,
+            module_spec(
+                server,
+                key,
+                "tiny",
+                "2",
+                models["v2"],
+                sha256="0" * 64,
+                signature=key.sign("tiny", "2", "0" * 64),
+            ),
+            "integrity",
+            "sha256",
+        ),
+        (
+            3,
+            module_spec(
+                server, key, "tiny", "3", models["v2"], signature=key.sign("tiny", "2", "1" * 64)
+            ),
+            "integrity",
+            "signature",
+        ),
         (4, module_spec(server, key, "tiny", "4", models["custom"]), "unsupported", "cannot load"),
-        (5, module_spec(server, key, "tiny", "5", models["v2"],
-                        providers=["TensorrtExecutionProvider"]), "unsupported", "providers"),
+        (
+            5,
+            module_spec(
+                server, key, "tiny", "5", models["v2"], providers=["TensorrtExecutionProvider"]
+            ),
+            "unsupported",
+            "providers",
+        ),
     ]
     for version, spec, code, needle in cases:
         c.publish_desired(desired(version, [spec]))
@@ -282,8 +336,9 @@ def test_bad_artifacts_keep_old_version_and_removal(env: dict[str, Any], server:
     assert reply.error is not None and reply.error.code is ErrorCode.UNKNOWN_MODULE
 
 
-def test_hot_swap_under_continuous_requests(env: dict[str, Any], server: ArtifactServer,
-                                            key: SigningKey, models: dict[str, bytes]) -> None:
+def test_hot_swap_under_continuous_requests(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     env["make"]()
     c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"])]))
@@ -320,18 +375,29 @@ def _replay(tmp_path: Path, n: int = 5) -> str:
 
 
 def _pipeline(path: str, rate_hz: float = 100.0) -> dict[str, Any]:
-    return {"name": "cam", "module": "tiny", "stream": "counts",
-            "source": {"kind": "file", "path": path, "rate_hz": rate_hz, "loop": True}}
+    return {
+        "name": "cam",
+        "module": "tiny",
+        "stream": "counts",
+        "source": {"kind": "file", "path": path, "rate_hz": rate_hz, "loop": True},
+    }
 
 
-def test_pipeline_offline_buffer_and_ordered_replay(env: dict[str, Any], tmp_path: Path,
-                                                    server: ArtifactServer, key: SigningKey,
-                                                    models: dict[str, bytes]) -> None:
+def test_pipeline_offline_buffer_and_ordered_replay(
+    env: dict[str, Any],
+    tmp_path: Path,
+    server: ArtifactServer,
+    key: SigningKey,
+    models: dict[str, bytes],
+) -> None:
     c: Client = env["client"]
     broker: MemoryBroker = env["broker"]
     agent: Agent = env["make"]()
-    c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"])],
-                              [_pipeline(_replay(tmp_path))]))
+    c.publish_desired(
+        desired(
+            1, [module_spec(server, key, "tiny", "1", models["v1"])], [_pipeline(_replay(tmp_path))]
+        )
+    )
     assert wait(lambda: len(c.events()) >= 5)
     ev = c.events()[0]
     assert ev.route == "local" and ev.module == "tiny" and ev.agent == AGENT
@@ -351,14 +417,23 @@ def test_pipeline_offline_buffer_and_ordered_replay(env: dict[str, Any], tmp_pat
     assert len(set(seqs) - before) >= 20
 
 
-def test_restart_serves_from_cache_before_the_broker(env: dict[str, Any], tmp_path: Path,
-                                                     server: ArtifactServer, key: SigningKey,
-                                                     models: dict[str, bytes]) -> None:
+def test_restart_serves_from_cache_before_the_broker(
+    env: dict[str, Any],
+    tmp_path: Path,
+    server: ArtifactServer,
+    key: SigningKey,
+    models: dict[str, bytes],
+) -> None:
     c: Client = env["client"]
     broker: MemoryBroker = env["broker"]
     first: Agent = env["make"]()
-    c.publish_desired(desired(3, [module_spec(server, key, "tiny", "1", models["v1"])],
-                              [_pipeline(_replay(tmp_path), rate_hz=50)]))
+    c.publish_desired(
+        desired(
+            3,
+            [module_spec(server, key, "tiny", "1", models["v1"])],
+            [_pipeline(_replay(tmp_path), rate_hz=50)],
+        )
+    )
     assert wait(lambda: len(c.events()) >= 2)
     first.stop()
     broker.set_online(False)
@@ -370,13 +445,21 @@ def test_restart_serves_from_cache_before_the_broker(env: dict[str, Any], tmp_pa
     offline_until = time.time()
     broker.set_online(True)
     assert second.wait_connected(5)
-    assert wait(lambda: any(e.source_ts and e.source_ts < offline_until
-                            and e.agent == AGENT for e in c.events()[-50:]))
+    assert wait(
+        lambda: any(
+            e.source_ts and e.source_ts < offline_until and e.agent == AGENT
+            for e in c.events()[-50:]
+        )
+    )
 
 
-def test_offload_route_and_local_fallback(env: dict[str, Any], tmp_path: Path,
-                                          server: ArtifactServer, key: SigningKey,
-                                          models: dict[str, bytes]) -> None:
+def test_offload_route_and_local_fallback(
+    env: dict[str, Any],
+    tmp_path: Path,
+    server: ArtifactServer,
+    key: SigningKey,
+    models: dict[str, bytes],
+) -> None:
     c: Client = env["client"]
     broker: MemoryBroker = env["broker"]
     fog = MemoryTransport(broker, "fog-1")
@@ -390,17 +473,27 @@ def test_offload_route_and_local_fallback(env: dict[str, Any], tmp_path: Path,
         h, (t,) = decode_frame(m.payload)
         req = parse_header(h, InferRequest)
         y = Tensor.from_numpy("y", t.to_numpy() * 10)
-        body = {"schema_version": 1, "kind": "infer_reply", "correlation_id": req.correlation_id,
-                "module": req.module, "version": "fog-1", "node": "fog-1"}
+        body = {
+            "schema_version": 1,
+            "kind": "infer_reply",
+            "correlation_id": req.correlation_id,
+            "module": req.module,
+            "version": "fog-1",
+            "node": "fog-1",
+        }
         assert req.reply_to
         fog.publish(req.reply_to, encode_frame(body, [y]))
 
     fog.subscribe(T.infer("tiny", "fog-1"), fog_answer)
     env["make"]()
     route = {"mode": "offload", "target": "fog-1", "epoch": 1, "timeout_ms": 300}
-    c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"],
-                                              route=route)],
-                              [_pipeline(_replay(tmp_path), rate_hz=50)]))
+    c.publish_desired(
+        desired(
+            1,
+            [module_spec(server, key, "tiny", "1", models["v1"], route=route)],
+            [_pipeline(_replay(tmp_path), rate_hz=50)],
+        )
+    )
     assert wait(lambda: any(e.route == "offload:fog-1" for e in c.events()))
     off = next(e for e in c.events() if e.route == "offload:fog-1")
     assert off.version == "fog-1"
@@ -414,17 +507,16 @@ def test_offload_route_and_local_fallback(env: dict[str, Any], tmp_path: Path,
     c.publish_desired(desired(2, [spec], [_pipeline(_replay(tmp_path), rate_hz=50)]))
     obs = c.wait_observed(lambda o: o.version == 2)
     assert obs.installed[0].route_mode == "local" and obs.installed[0].route_epoch == 2
-    stale = module_spec(server, key, "tiny", "1", models["v1"],
-                        route={**route, "epoch": 1})
+    stale = module_spec(server, key, "tiny", "1", models["v1"], route={**route, "epoch": 1})
     c.publish_desired(desired(3, [stale], [_pipeline(_replay(tmp_path), rate_hz=50)]))
     obs = c.wait_observed(lambda o: o.version == 3)
     assert obs.installed[0].route_mode == "local" and obs.installed[0].route_epoch == 2
     fog.stop()
 
 
-def test_heartbeats_and_offline_on_stop_and_will(env: dict[str, Any], server: ArtifactServer,
-                                                 key: SigningKey,
-                                                 models: dict[str, bytes]) -> None:
+def test_heartbeats_and_offline_on_stop_and_will(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, models: dict[str, bytes]
+) -> None:
     c: Client = env["client"]
     agent: Agent = env["make"](heartbeat_period_s=0.05)
     c.publish_desired(desired(1, [module_spec(server, key, "tiny", "1", models["v1"])]))
@@ -433,8 +525,9 @@ def test_heartbeats_and_offline_on_stop_and_will(env: dict[str, Any], server: Ar
 
     def counted() -> Heartbeat | None:
         # The reply can reach us before the next heartbeat counts the request.
-        beats = [Heartbeat.model_validate_json(p) for p in c.on(T.heartbeat(AGENT))
-                 if b'"tiny"' in p]
+        beats = [
+            Heartbeat.model_validate_json(p) for p in c.on(T.heartbeat(AGENT)) if b'"tiny"' in p
+        ]
         return next((b for b in reversed(beats) if b.modules["tiny"].requests >= 1), None)
 
     assert wait(lambda: counted() is not None)

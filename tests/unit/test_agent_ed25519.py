@@ -13,8 +13,7 @@ from edge_agent._ed25519 import verify
 
 def _keypair() -> tuple[Ed25519PrivateKey, bytes]:
     key = Ed25519PrivateKey.generate()
-    pub = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                        serialization.PublicFormat.Raw)
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return key, pub
 
 
@@ -36,7 +35,8 @@ def test_rfc8032_test_vector_1() -> None:
     pub = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
     sig = bytes.fromhex(
         "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
-        "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+        "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    )
     assert verify(pub, b"", sig)
 
 

@@ -12,9 +12,18 @@ FORBIDDEN = ("ray", "torch", "fastapi", "mesh", "cryptography", "uvicorn", "http
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
-                          "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "\nimport sys, json\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -22,7 +31,8 @@ def test_agent_imports_nothing_heavy_in_a_fresh_interpreter() -> None:
     loaded = _modules_after(
         "import edge_agent, edge_agent.__main__\n"
         "from edge_agent import Agent, MqttTransport, MemoryTransport, register_source\n"
-        "from edge_agent import _agent, _runtime, _cache, _outbox, _pipelines, _heartbeat")
+        "from edge_agent import _agent, _runtime, _cache, _outbox, _pipelines, _heartbeat"
+    )
     assert not loaded & set(FORBIDDEN), loaded & set(FORBIDDEN)
     assert {"paho", "onnxruntime", "psutil", "pydantic"} <= loaded
 
@@ -38,9 +48,14 @@ def test_public_names_resolve() -> None:
 
 
 def test_cli_help_and_bad_settings() -> None:
-    ok = subprocess.run([sys.executable, "-m", "edge_agent", "--help"], capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and "--broker" in ok.stdout and "EDGE_AGENT_" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "edge_agent", "--id", "a/b"], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--id", "a/b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "topic level" in bad.stderr

@@ -39,16 +39,33 @@ def test_topic_levels_checked(level: str) -> None:
 
 
 def _module(**kw: object) -> dict[str, object]:
-    return {"name": "counter", "version": "1", "url": "http://h/x.onnx", "sha256": "a" * 64,
-            "signature": "c2ln", **kw}
+    return {
+        "name": "counter",
+        "version": "1",
+        "url": "http://h/x.onnx",
+        "sha256": "a" * 64,
+        "signature": "c2ln",
+        **kw,
+    }
 
 
 def test_desired_state_round_trip_ignores_unknown_fields() -> None:
-    raw = json.dumps({"schema_version": 1, "kind": "desired", "version": 3, "future": {"x": 1},
-                      "modules": [_module(route={"mode": "offload", "target": "fog-1",
-                                                 "epoch": 4, "new": 1}, extra=True)],
-                      "pipelines": [{"name": "p1", "module": "counter",
-                                     "source": {"kind": "file", "path": "r.bin"}}]})
+    raw = json.dumps(
+        {
+            "schema_version": 1,
+            "kind": "desired",
+            "version": 3,
+            "future": {"x": 1},
+            "modules": [
+                _module(
+                    route={"mode": "offload", "target": "fog-1", "epoch": 4, "new": 1}, extra=True
+                )
+            ],
+            "pipelines": [
+                {"name": "p1", "module": "counter", "source": {"kind": "file", "path": "r.bin"}}
+            ],
+        }
+    )
     d = p.parse_json(raw, p.DesiredState)
     assert d.version == 3 and d.modules[0].route.target == "fog-1" and d.modules[0].route.epoch == 4
     assert d.pipelines[0].stream_name == "p1"
@@ -67,13 +84,16 @@ def test_wrong_schema_version_refused_with_reason(version: object) -> None:
     assert "expected 1" in str(err.value)
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b"{not json", p.ErrorCode.MALFORMED),
-    (b"[1, 2]", p.ErrorCode.MALFORMED),
-    (b"\xff\xfe", p.ErrorCode.MALFORMED),
-    (b'{"schema_version": 1, "kind": "observed", "version": 1}', p.ErrorCode.BAD_REQUEST),
-    (b'{"schema_version": 1, "version": -1}', p.ErrorCode.BAD_REQUEST),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", p.ErrorCode.MALFORMED),
+        (b"[1, 2]", p.ErrorCode.MALFORMED),
+        (b"\xff\xfe", p.ErrorCode.MALFORMED),
+        (b'{"schema_version": 1, "kind": "observed", "version": 1}', p.ErrorCode.BAD_REQUEST),
+        (b'{"schema_version": 1, "version": -1}', p.ErrorCode.BAD_REQUEST),
+    ],
+)
 def test_parse_json_errors(raw: bytes, code: p.ErrorCode) -> None:
     with pytest.raises(p.ProtocolError) as err:
         p.parse_json(raw, p.DesiredState)
@@ -106,29 +126,66 @@ def test_desired_state_rules() -> None:
     with pytest.raises(ValueError, match="repeat"):
         p.DesiredState(version=1, modules=[p.ModuleSpec.model_validate(_module())] * 2)
     with pytest.raises(ValueError, match="unknown module"):
-        p.DesiredState.model_validate({"version": 1, "pipelines": [
-            {"name": "x", "module": "nope", "source": {"kind": "mqtt", "topic": "t"}}]})
+        p.DesiredState.model_validate(
+            {
+                "version": 1,
+                "pipelines": [
+                    {"name": "x", "module": "nope", "source": {"kind": "mqtt", "topic": "t"}}
+                ],
+            }
+        )
 
 
 def test_status_heartbeat_observed_event_round_trip() -> None:
     msgs: list[p.Envelope] = [
         p.AgentStatus(agent="a", state="offline", reason="connection lost"),
-        p.Heartbeat(agent="a", host=p.HostMetrics(cpu_percent=1, mem_percent=2,
-                                                  mem_available_mb=3, rss_mb=4, load1=0,
-                                                  load5=0, load15=0),
-                    modules={"m": p.ModuleStats(requests=3, p50_ms=0.5)}),
-        p.ObservedState(agent="a", version=2, errors=[p.ModuleError(
-            module="m", version="2", code=p.ErrorCode.INTEGRITY, message="sha256 mismatch")]),
-        p.Event(stream="counts", seq=7, outputs={"y": p.JsonTensor(dtype="float32", shape=[1],
-                                                                   data=[1.5])}),
+        p.Heartbeat(
+            agent="a",
+            host=p.HostMetrics(
+                cpu_percent=1,
+                mem_percent=2,
+                mem_available_mb=3,
+                rss_mb=4,
+                load1=0,
+                load5=0,
+                load15=0,
+            ),
+            modules={"m": p.ModuleStats(requests=3, p50_ms=0.5)},
+        ),
+        p.ObservedState(
+            agent="a",
+            version=2,
+            errors=[
+                p.ModuleError(
+                    module="m", version="2", code=p.ErrorCode.INTEGRITY, message="sha256 mismatch"
+                )
+            ],
+        ),
+        p.Event(
+            stream="counts",
+            seq=7,
+            outputs={"y": p.JsonTensor(dtype="float32", shape=[1], data=[1.5])},
+        ),
     ]
     for m in msgs:
         assert p.parse_json(m.model_dump_json(), type(m)) == m
     assert msgs[0].id != p.AgentStatus(agent="a", state="online").id
 
 
-DTYPE_CASES = ["bool", "int8", "uint8", "int16", "uint16", "float16", "int32", "uint32",
-               "float32", "int64", "uint64", "float64"]
+DTYPE_CASES = [
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "float16",
+    "int32",
+    "uint32",
+    "float32",
+    "int64",
+    "uint64",
+    "float64",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPE_CASES)
@@ -149,8 +206,10 @@ def test_frame_layout_is_magic_length_header_bodies() -> None:
     frame = p.encode_frame({"kind": "x"}, [p.Tensor("t", "uint8", (2,), b"\x01\x02")])
     assert frame[:4] == p.MAGIC
     (n,) = struct.unpack_from("<I", frame, 4)
-    assert json.loads(frame[8:8 + n])["tensors"] == [{"name": "t", "dtype": "uint8", "shape": [2]}]
-    assert frame[8 + n:] == b"\x01\x02"
+    assert json.loads(frame[8 : 8 + n])["tensors"] == [
+        {"name": "t", "dtype": "uint8", "shape": [2]}
+    ]
+    assert frame[8 + n :] == b"\x01\x02"
 
 
 def test_big_endian_and_non_contiguous_arrays_are_normalised() -> None:
@@ -165,20 +224,32 @@ def test_header_only_json_frame() -> None:
     assert header["module"] == "m" and tensors == []
 
 
-@pytest.mark.parametrize(("payload", "code", "needle"), [
-    (b"XXXX\x00\x00\x00\x00", p.ErrorCode.MALFORMED, "magic"),
-    (p.MAGIC + struct.pack("<I", 99) + b"{}", p.ErrorCode.MALFORMED, "header length"),
-    (p.MAGIC + struct.pack("<I", 2) + b"[]", p.ErrorCode.MALFORMED, "not a JSON object"),
-    (p.MAGIC + struct.pack("<I", 3) + b"{x}", p.ErrorCode.MALFORMED, "malformed JSON"),
-    (b'{"tensors": [{"name": "a", "dtype": "float32", "shape": [4]}]}', p.ErrorCode.MALFORMED,
-     "frame is short"),
-    (b'{"tensors": [{"name": "a", "dtype": "complex64", "shape": [1]}]}',
-     p.ErrorCode.BAD_INPUT, "unknown dtype"),
-    (b'{"tensors": [{"name": "a", "dtype": "int8", "shape": [-1]}]}', p.ErrorCode.BAD_INPUT,
-     "negative"),
-    (b'{"tensors": [{"name": "a"}]}', p.ErrorCode.MALFORMED, "needs name, dtype, shape"),
-    (b'{"tensors": 3}', p.ErrorCode.MALFORMED, "not a list"),
-])
+@pytest.mark.parametrize(
+    ("payload", "code", "needle"),
+    [
+        (b"XXXX\x00\x00\x00\x00", p.ErrorCode.MALFORMED, "magic"),
+        (p.MAGIC + struct.pack("<I", 99) + b"{}", p.ErrorCode.MALFORMED, "header length"),
+        (p.MAGIC + struct.pack("<I", 2) + b"[]", p.ErrorCode.MALFORMED, "not a JSON object"),
+        (p.MAGIC + struct.pack("<I", 3) + b"{x}", p.ErrorCode.MALFORMED, "malformed JSON"),
+        (
+            b'{"tensors": [{"name": "a", "dtype": "float32", "shape": [4]}]}',
+            p.ErrorCode.MALFORMED,
+            "frame is short",
+        ),
+        (
+            b'{"tensors": [{"name": "a", "dtype": "complex64", "shape": [1]}]}',
+            p.ErrorCode.BAD_INPUT,
+            "unknown dtype",
+        ),
+        (
+            b'{"tensors": [{"name": "a", "dtype": "int8", "shape": [-1]}]}',
+            p.ErrorCode.BAD_INPUT,
+            "negative",
+        ),
+        (b'{"tensors": [{"name": "a"}]}', p.ErrorCode.MALFORMED, "needs name, dtype, shape"),
+        (b'{"tensors": 3}', p.ErrorCode.MALFORMED, "not a list"),
+    ],
+)
 def test_malformed_frames(payload: bytes, code: p.ErrorCode, needle: str) -> None:
     with pytest.raises(p.ProtocolError) as err:
         p.decode_frame(payload)
@@ -222,8 +293,11 @@ def test_json_tensor() -> None:
 
 
 def test_reply_ok_flag_and_error_expected_signature() -> None:
-    err = p.ErrorInfo(code=p.ErrorCode.BAD_INPUT, message="shape",
-                      expected=[p.TensorSpec(name="x", dtype="float32", shape=["N", 4])])
+    err = p.ErrorInfo(
+        code=p.ErrorCode.BAD_INPUT,
+        message="shape",
+        expected=[p.TensorSpec(name="x", dtype="float32", shape=["N", 4])],
+    )
     reply = p.InferReply(error=err)
     assert not reply.ok and p.InferReply().ok
     assert err.expected is not None and err.expected[0].describe() == "x: float32[N,4]"

@@ -37,11 +37,14 @@ def test_signature_and_run(tiny: Path) -> None:
     np.testing.assert_allclose(y.to_numpy(), np.full((2, 4), 3.0))
 
 
-@pytest.mark.parametrize(("tensor", "needle"), [
-    (x(dtype="float64"), "dtype float64, expected float32"),
-    (x(width=3), "shape [1, 3], expected x: float32[N,4]"),
-    (Tensor.from_numpy("x", np.zeros(4, np.float32)), "shape [4]"),
-])
+@pytest.mark.parametrize(
+    ("tensor", "needle"),
+    [
+        (x(dtype="float64"), "dtype float64, expected float32"),
+        (x(width=3), "shape [1, 3], expected x: float32[N,4]"),
+        (Tensor.from_numpy("x", np.zeros(4, np.float32)), "shape [4]"),
+    ],
+)
 def test_bad_inputs_name_the_signature(tiny: Path, tensor: Tensor, needle: str) -> None:
     m = load_model(tiny, name="tiny", version="1")
     with pytest.raises(Exception) as err:
@@ -54,8 +57,12 @@ def test_names_checked_when_ambiguous(tiny: Path) -> None:
     m = load_model(tiny, name="tiny", version="1")
     assert "x" in m.feeds([Tensor.from_numpy("anything", np.zeros((1, 4), np.float32))])
     with pytest.raises(Exception, match=r"missing \['x'\], unexpected \['a', 'b'\]"):
-        m.feeds([Tensor.from_numpy("a", np.zeros((1, 4), np.float32)),
-                 Tensor.from_numpy("b", np.zeros((1, 4), np.float32))])
+        m.feeds(
+            [
+                Tensor.from_numpy("a", np.zeros((1, 4), np.float32)),
+                Tensor.from_numpy("b", np.zeros((1, 4), np.float32)),
+            ]
+        )
 
 
 def test_modules_the_device_cannot_run(tmp_path: Path, tiny: Path) -> None:

@@ -117,11 +117,15 @@ def test_module_signature_verifies_and_binds_name_version_and_digest() -> None:
     sig = signer.sign_module("counter", "2", digest)
     verify_signature(signer.public_key_b64(), sig, artifact_signing_message("counter", "2", digest))
     verify_signature(signer.public_key_pem(), sig, artifact_signing_message("counter", "2", digest))
-    for name, version, sha in [("other", "2", digest), ("counter", "3", digest),
-                               ("counter", "2", "0" * 64)]:
+    for name, version, sha in [
+        ("other", "2", digest),
+        ("counter", "3", digest),
+        ("counter", "2", "0" * 64),
+    ]:
         with pytest.raises(InvalidSignatureError):
-            verify_signature(signer.public_key_raw(), sig,
-                             artifact_signing_message(name, version, sha))
+            verify_signature(
+                signer.public_key_raw(), sig, artifact_signing_message(name, version, sha)
+            )
     with pytest.raises(InvalidSignatureError, match="malformed"):
         verify_signature(signer.public_key_b64(), "%%%", b"x")
     with pytest.raises(ArtifactError, match="not a hex sha256"):
@@ -143,7 +147,6 @@ def test_the_agents_own_verifier_accepts_our_signatures() -> None:
 
 # starlette's TestClient warns about httpx (warnings are errors here), so the tests
 # talk to a real uvicorn server on a free loopback port.
-
 
 
 @contextmanager
@@ -239,8 +242,12 @@ def test_router_mounts_in_any_app(tmp_path: Path) -> None:
     app = FastAPI()
     app.include_router(artifact_router(store=store, signer=ArtifactSigner.generate(), auth=Auth()))
     with _served(app) as client:
-        assert client.get(f"/v1/artifacts/{info.sha256}",
-                          headers={"Authorization": "Bearer t"}).content == b"z"
+        assert (
+            client.get(
+                f"/v1/artifacts/{info.sha256}", headers={"Authorization": "Bearer t"}
+            ).content
+            == b"z"
+        )
         assert "/v1/artifacts/{sha256}" in client.get("/openapi.json").json()["paths"]
 
 
@@ -248,13 +255,24 @@ def test_signed_module_spec_is_a_valid_desired_module(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     info = store.put_bytes(b"model")
     signer = ArtifactSigner.generate()
-    spec = signed_module_spec("counter", "1", info, agent_id="cam-01", base_url="http://cp:1/",
-                              signer=signer, url_signer=UrlSigner(b"k" * 32), threads=2)
+    spec = signed_module_spec(
+        "counter",
+        "1",
+        info,
+        agent_id="cam-01",
+        base_url="http://cp:1/",
+        signer=signer,
+        url_signer=UrlSigner(b"k" * 32),
+        threads=2,
+    )
     assert isinstance(spec, ModuleSpec)
     assert spec.url is not None and spec.url.startswith(f"http://cp:1/v1/artifacts/{info.sha256}?")
     assert spec.sha256 == info.sha256 and spec.size == 5 and spec.threads == 2
-    verify_signature(signer.public_key_b64(), spec.signature or "",
-                     artifact_signing_message("counter", "1", info.sha256))
+    verify_signature(
+        signer.public_key_b64(),
+        spec.signature or "",
+        artifact_signing_message("counter", "1", info.sha256),
+    )
 
 
 def test_serve_in_thread_serves_and_stops(tmp_path: Path) -> None:
@@ -264,8 +282,11 @@ def test_serve_in_thread_serves_and_stops(tmp_path: Path) -> None:
     server = serve_in_thread(create_artifact_app(settings), port=0)
     try:
         assert server.port > 0
-        r = httpx.get(f"{server.url}/v1/artifacts/{info.sha256}",
-                      headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        r = httpx.get(
+            f"{server.url}/v1/artifacts/{info.sha256}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
         assert r.status_code == 200 and r.content == b"served"
     finally:
         server.stop()

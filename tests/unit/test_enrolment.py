@@ -161,12 +161,15 @@ def test_bad_site_is_refused(settings: EdgeSettings) -> None:
 
 def test_device_command_is_accepted_by_the_agent(settings: EdgeSettings) -> None:
     agent_settings = pytest.importorskip("edge_agent._settings")
-    result = enroll("cam-07", site="int-2-1", settings=settings,
-                    broker_url="mqtt://10.0.0.2:1883")
+    result = enroll("cam-07", site="int-2-1", settings=settings, broker_url="mqtt://10.0.0.2:1883")
     assert result.command[0] == "mesh-edge-agent"
     parsed = agent_settings.load_settings(result.command[1:], env={})
-    assert (parsed.id, parsed.site, parsed.broker_host, parsed.broker_port) == \
-        ("cam-07", "int-2-1", "10.0.0.2", 1883)
+    assert (parsed.id, parsed.site, parsed.broker_host, parsed.broker_port) == (
+        "cam-07",
+        "int-2-1",
+        "10.0.0.2",
+        1883,
+    )
     assert parsed.credentials() == ("cam-07", result.password)
     signer = ArtifactSigner.load_or_create(settings.data_dir)
     assert parsed.public_key_bytes() == signer.public_key_raw()
@@ -196,8 +199,13 @@ def test_control_plane_credentials_are_stable(settings: EdgeSettings) -> None:
 def test_health_is_recorded_and_listed(settings: EdgeSettings) -> None:
     enroll("cam-01", site="s1", settings=settings)
     with EnrolmentStore(settings.store_path) as db:
-        db.record_health("cam-01", state="online", seen_at=100.0, heartbeat_at=100.0,
-                         metrics={"cpu_percent": 12.5, "mem_percent": 40.0})
+        db.record_health(
+            "cam-01",
+            state="online",
+            seen_at=100.0,
+            heartbeat_at=100.0,
+            metrics={"cpu_percent": 12.5, "mem_percent": 40.0},
+        )
         db.record_health("ghost", state="online")  # not enrolled: ignored
         db.record_health("cam-01")  # nothing to record
         (record,) = db.list_agents()
@@ -206,19 +214,25 @@ def test_health_is_recorded_and_listed(settings: EdgeSettings) -> None:
     rows, reason = collect_health(settings, wait_s=0.1, connect_timeout_s=1.0)
     assert reason is not None and "cannot reach broker" in reason
     (row,) = rows
-    assert (row.agent_id, row.health, row.cpu_percent, row.source) == \
-        ("cam-01", "online", 12.5, "store")
+    assert (row.agent_id, row.health, row.cpu_percent, row.source) == (
+        "cam-01",
+        "online",
+        12.5,
+        "store",
+    )
 
 
 # ---------------------------------------------------------------- CLI
 
 
 def test_cli_enroll_prints_the_device_command(settings: EdgeSettings) -> None:
-    result = CliRunner().invoke(agents_app, ["enroll", "cam-09", "--site", "int-1-1",
-                                             "--broker", "mqtt://10.1.1.1:1883"])
+    result = CliRunner().invoke(
+        agents_app, ["enroll", "cam-09", "--site", "int-1-1", "--broker", "mqtt://10.1.1.1:1883"]
+    )
     assert result.exit_code == 0, result.output
-    assert "mesh-edge-agent --broker mqtt://10.1.1.1:1883 --id cam-09 --site int-1-1" in \
-        result.output
+    assert (
+        "mesh-edge-agent --broker mqtt://10.1.1.1:1883 --id cam-09 --site int-1-1" in result.output
+    )
     assert "--public-key" in result.output and "--password" in result.output
     with EnrolmentStore(settings.store_path) as db:
         assert db.is_enrolled("cam-09")

@@ -23,8 +23,11 @@ from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from mesh._upstream import UpstreamPool
 from tests.support.agent_fixtures import build_tiny_model
 
-SIG = ModelSignature(inputs=(TensorSpec("x", "float32", ("N", 4)),),
-                     outputs=(TensorSpec("y", "float32", ("N", 4)),), opset=17)
+SIG = ModelSignature(
+    inputs=(TensorSpec("x", "float32", ("N", 4)),),
+    outputs=(TensorSpec("y", "float32", ("N", 4)),),
+    opset=17,
+)
 SIGNER = TokenSigner(b"s" * 32)
 
 
@@ -56,8 +59,9 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
 
 
 def token(*scopes: str, ttl_s: float = 60.0, now: float | None = None) -> str:
-    return SIGNER.issue("tester", list(scopes), ttl_s=ttl_s, now=time.time() if now is None
-                        else now)
+    return SIGNER.issue(
+        "tester", list(scopes), ttl_s=ttl_s, now=time.time() if now is None else now
+    )
 
 
 def bearer(*scopes: str) -> dict[str, str]:
@@ -71,22 +75,32 @@ def make_gateway(routes: RouteTable, *, auth: bool = True, **kw: Any) -> Gateway
 async def request(gateway: Gateway, method: str, path: str, **kw: Any) -> httpx.Response:
     app = create_gateway_app(gateway)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gw") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        ) as client:
             return await client.request(method, path, **kw)
     finally:
         await gateway.close()
 
 
-def post_infer(gateway: Gateway, x: np.ndarray[Any, Any], *, module: str = "m",
-               binary: bool = False, headers: dict[str, str] | None = None,
-               version: str | None = None) -> httpx.Response:
+def post_infer(
+    gateway: Gateway,
+    x: np.ndarray[Any, Any],
+    *,
+    module: str = "m",
+    binary: bool = False,
+    headers: dict[str, str] | None = None,
+    version: str | None = None,
+) -> httpx.Response:
     body, header_length = encode_request({"x": x}, binary=binary, binary_output=binary)
     h = dict(headers if headers is not None else bearer("invoke"))
     if header_length is not None:
         h["Inference-Header-Content-Length"] = str(header_length)
-    path = f"/v2/models/{module}/infer" if version is None else \
-        f"/v2/models/{module}/versions/{version}/infer"
+    path = (
+        f"/v2/models/{module}/infer"
+        if version is None
+        else f"/v2/models/{module}/versions/{version}/infer"
+    )
     return asyncio.run(request(gateway, "POST", path, content=body, headers=h))
 
 
@@ -106,8 +120,11 @@ def test_token_auth_checks_scheme_signature_expiry_and_scope() -> None:
     assert auth.check(f"bearer {good}".encode(), "read") is not None  # cached, scope implied
     from mesh._auth import AuthError, ForbiddenError
 
-    for header, needle in [(None, "missing"), ("Basic abc", "Bearer <token>"),
-                           ("Bearer mesh_x.y", "invalid token signature")]:
+    for header, needle in [
+        (None, "missing"),
+        ("Basic abc", "Bearer <token>"),
+        ("Bearer mesh_x.y", "invalid token signature"),
+    ]:
         with pytest.raises(AuthError, match=needle):
             auth.check(header, "read")
     with pytest.raises(ForbiddenError, match="needs 'admin'"):
@@ -133,10 +150,10 @@ def test_infer_through_the_gateway(replica: Replica, binary: bool) -> None:
     versioned = post_infer(gateway, x, version="v1")
     assert versioned.status_code == 200
     text = gateway.metrics.render()
-    assert 'mesh_inference_latency_seconds_count{module="m",version="v1",node="node-r1"} 2' \
-        in text
-    assert 'mesh_inference_requests_total{module="m",version="v1",node="node-r1",code="200"} 2' \
-        in text
+    assert 'mesh_inference_latency_seconds_count{module="m",version="v1",node="node-r1"} 2' in text
+    assert (
+        'mesh_inference_requests_total{module="m",version="v1",node="node-r1",code="200"} 2' in text
+    )
 
 
 def test_auth_errors(replica: Replica) -> None:
@@ -192,10 +209,13 @@ def test_metadata_ready_routes_and_metrics(replica: Replica) -> None:
     meta = asyncio.run(request(gateway, "GET", "/v2/models/m", headers=read)).json()
     assert meta["name"] == "m" and meta["versions"] == ["v1"]
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
-    assert asyncio.run(request(gateway, "GET", "/v2/models/m/versions/v1",
-                               headers=read)).status_code == 200
-    assert asyncio.run(request(gateway, "GET", "/v2/models/m/ready",
-                               headers=read)).status_code == 200
+    assert (
+        asyncio.run(request(gateway, "GET", "/v2/models/m/versions/v1", headers=read)).status_code
+        == 200
+    )
+    assert (
+        asyncio.run(request(gateway, "GET", "/v2/models/m/ready", headers=read)).status_code == 200
+    )
     assert asyncio.run(request(gateway, "GET", "/v2", headers=read)).json()["name"] == "fogmesh"
     listed = asyncio.run(request(gateway, "GET", "/v1/routes", headers=read)).json()
     assert listed[0]["module"] == "m" and listed[0]["endpoints"][0]["kind"] == "replica"
@@ -203,8 +223,9 @@ def test_metadata_ready_routes_and_metrics(replica: Replica) -> None:
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE mesh_inference_latency_seconds histogram" in metrics.text
     routes.set("m", "v1", [])
-    assert asyncio.run(request(gateway, "GET", "/v2/models/m/ready",
-                               headers=read)).status_code == 503
+    assert (
+        asyncio.run(request(gateway, "GET", "/v2/models/m/ready", headers=read)).status_code == 503
+    )
     openapi = asyncio.run(request(gateway, "GET", "/openapi.json")).json()
     assert "/v2/models/{name}/infer" in openapi["paths"]
 
@@ -254,8 +275,15 @@ class FakeEdge:
         self.calls: list[tuple[str, str]] = []
         self.fail: Exception | None = None
 
-    async def infer(self, module: str, node: str, inputs: Any, *, timeout_s: float = 5.0,
-                    version: str | None = None) -> Any:
+    async def infer(
+        self,
+        module: str,
+        node: str,
+        inputs: Any,
+        *,
+        timeout_s: float = 5.0,
+        version: str | None = None,
+    ) -> Any:
         self.calls.append((module, node))
         if self.fail is not None:
             raise self.fail
@@ -293,15 +321,16 @@ def test_agent_errors_map_to_status_codes() -> None:
     edge = FakeEdge()
     gateway = make_gateway(routes, edge=edge, auth=False)
     x = np.ones((1, 4), np.float32)
-    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="bad_input",
-                                   message="shape", expected=["x: float32[?,4]"])
+    edge.fail = EdgeInferenceError(
+        module="m", node="cam-1", code="bad_input", message="shape", expected=["x: float32[?,4]"]
+    )
     bad = post_infer(gateway, x)
     assert bad.status_code == 400 and "x: float32[?,4]" in bad.json()["error"]
-    edge.fail = EdgeRequestTimeoutError(module="m", node="cam-1", correlation_id="c",
-                                        timeout_s=1.0)
+    edge.fail = EdgeRequestTimeoutError(module="m", node="cam-1", correlation_id="c", timeout_s=1.0)
     assert post_infer(gateway, x).status_code == 504
-    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="unknown_module",
-                                   message="not here")
+    edge.fail = EdgeInferenceError(
+        module="m", node="cam-1", code="unknown_module", message="not here"
+    )
     assert post_infer(gateway, x).status_code == 503
     edge.fail = EdgeInferenceError(module="m", node="cam-1", code="overloaded", message="busy")
     assert post_infer(gateway, x).status_code == 502
@@ -420,17 +449,24 @@ def test_v1_models_is_mounted_behind_the_same_tokens(tmp_path: Path) -> None:
         app = create_gateway_app(gateway, registry=registry)
 
         async def run() -> list[int]:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://gw") as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw"
+            ) as client:
                 anonymous = await client.get("/v1/models")
                 listed = await client.get("/v1/models", headers=bearer("read"))
                 assert listed.json()[0]["name"] == "m"
-                promote = await client.post("/v1/models/m/versions/v1/promote",
-                                            headers=bearer("invoke"))
-                admin = await client.post("/v1/models/m/versions/v1/promote",
-                                          headers=bearer("admin"))
-                return [anonymous.status_code, listed.status_code, promote.status_code,
-                        admin.status_code]
+                promote = await client.post(
+                    "/v1/models/m/versions/v1/promote", headers=bearer("invoke")
+                )
+                admin = await client.post(
+                    "/v1/models/m/versions/v1/promote", headers=bearer("admin")
+                )
+                return [
+                    anonymous.status_code,
+                    listed.status_code,
+                    promote.status_code,
+                    admin.status_code,
+                ]
 
         assert asyncio.run(run()) == [401, 200, 403, 200]
     finally:

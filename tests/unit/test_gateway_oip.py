@@ -26,8 +26,11 @@ from mesh._oip import (
     parse_model_path,
 )
 
-SIG = ModelSignature(inputs=(TensorSpec("x", "float32", ("batch", 4)),),
-                     outputs=(TensorSpec("y", "float32", ("batch", 4)),), opset=17)
+SIG = ModelSignature(
+    inputs=(TensorSpec("x", "float32", ("batch", 4)),),
+    outputs=(TensorSpec("y", "float32", ("batch", 4)),),
+    opset=17,
+)
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -44,32 +47,51 @@ def test_request_round_trip(binary: bool) -> None:
 
 
 def test_request_outputs_and_parameters() -> None:
-    doc = {"id": "r1", "parameters": {"binary_data_output": True},
-           "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}],
-           "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    doc = {
+        "id": "r1",
+        "parameters": {"binary_data_output": True},
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+    }
     request = decode_request("m", json.dumps(doc).encode())
     assert request.id == "r1" and request.binary is True
     assert request.outputs is not None and request.outputs[0].binary is False
     assert request.inputs["x"].shape == (1, 4)  # nested data is accepted too
 
 
-@pytest.mark.parametrize(("doc", "needle"), [
-    (b"not json", "not JSON"),
-    (b"[]", "non-empty 'inputs'"),
-    (b'{"inputs": []}', "non-empty 'inputs'"),
-    (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP99", "data": [1, 2]}]}',
-     "unsupported datatype 'FP99'"),
-    (b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}',
-     "2 values do not fill shape [3]"),
-    (b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
-     "shape must be a list of sizes"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}',
-     "neither 'data' nor 'binary_data_size'"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}',
-     "data is not FP32"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},'
-     b' {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', "given twice"),
-])
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "non-empty 'inputs'"),
+        (b'{"inputs": []}', "non-empty 'inputs'"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP99", "data": [1, 2]}]}',
+            "unsupported datatype 'FP99'",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}',
+            "2 values do not fill shape [3]",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
+            "shape must be a list of sizes",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}',
+            "neither 'data' nor 'binary_data_size'",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}',
+            "data is not FP32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},'
+            b' {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+            "given twice",
+        ),
+    ],
+)
 def test_malformed_requests_are_refused(doc: bytes, needle: str) -> None:
     with pytest.raises(InferenceInputError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         decode_request("m", doc)
@@ -86,7 +108,7 @@ def test_binary_sizes_are_checked() -> None:
     doc["inputs"][0]["parameters"]["binary_data_size"] = 8
     head = json.dumps(doc).encode()
     with pytest.raises(InferenceInputError, match="do not hold"):
-        decode_request("m", head + body[header_length:header_length + 8], len(head))
+        decode_request("m", head + body[header_length : header_length + 8], len(head))
 
 
 def test_check_inputs_names_the_expected_signature() -> None:
@@ -109,8 +131,9 @@ def test_check_inputs_names_the_expected_signature() -> None:
 @pytest.mark.parametrize("binary", [False, True])
 def test_response_round_trip(binary: bool) -> None:
     y = np.linspace(0, 1, 8, dtype=np.float32).reshape(2, 4)
-    body, header_length = encode_response("m", "v2", "r9", {"y": y, "z": y[:, :1]},
-                                          requested=None, binary=binary)
+    body, header_length = encode_response(
+        "m", "v2", "r9", {"y": y, "z": y[:, :1]}, requested=None, binary=binary
+    )
     out = decode_response(body, header_length)
     np.testing.assert_array_equal(out["y"], y)
     head = json.loads(body if header_length is None else body[:header_length])
@@ -122,14 +145,18 @@ def test_response_honours_requested_outputs() -> None:
 
     y = np.ones((1, 2), np.float32)
     body, header_length = encode_response(
-        "m", None, None, {"y": y, "z": y}, binary=False,
-        requested=[RequestedOutput("z", binary=True)])
+        "m",
+        None,
+        None,
+        {"y": y, "z": y},
+        binary=False,
+        requested=[RequestedOutput("z", binary=True)],
+    )
     assert header_length is not None
     head = json.loads(body[:header_length])
     assert [o["name"] for o in head["outputs"]] == ["z"] and "model_version" not in head
     with pytest.raises(InferenceInputError, match="unknown output 'w'"):
-        encode_response("m", None, None, {"y": y}, binary=False,
-                        requested=[RequestedOutput("w")])
+        encode_response("m", None, None, {"y": y}, binary=False, requested=[RequestedOutput("w")])
 
 
 def test_model_paths() -> None:

@@ -24,8 +24,11 @@ from mesh._serving import (
 )
 from tests.support.agent_fixtures import build_tiny_model
 
-SIG = ModelSignature(inputs=(TensorSpec("x", "float32", ("N", 4)),),
-                     outputs=(TensorSpec("y", "float32", ("N", 4)),), opset=17)
+SIG = ModelSignature(
+    inputs=(TensorSpec("x", "float32", ("N", 4)),),
+    outputs=(TensorSpec("y", "float32", ("N", 4)),),
+    opset=17,
+)
 
 
 def artifact(version: str) -> ModelArtifact:
@@ -36,9 +39,13 @@ def artifact(version: str) -> ModelArtifact:
 
 
 def spec(**kw: Any) -> ModuleSpec:
-    options: dict[str, Any] = {"name": "counter", "model": "counter",
-                               "qos": QoS(p95_latency_ms=20), "tiers": ("edge", "fog", "cloud"),
-                               "resources": Resources(cpus=0.5)}
+    options: dict[str, Any] = {
+        "name": "counter",
+        "model": "counter",
+        "qos": QoS(p95_latency_ms=20),
+        "tiers": ("edge", "fog", "cloud"),
+        "resources": Resources(cpus=0.5),
+    }
     options.update(kw)
     return ModuleSpec(**options)
 
@@ -63,8 +70,13 @@ class FakeHandle:
         return self.request.replica_id
 
     def endpoint(self) -> ReplicaEndpoint:
-        return ReplicaEndpoint(self.replica_id, f"node-{self.request.tier}", "127.0.0.1",
-                               self.port, self.request.version)
+        return ReplicaEndpoint(
+            self.replica_id,
+            f"node-{self.request.tier}",
+            "127.0.0.1",
+            self.port,
+            self.request.version,
+        )
 
     def poll(self) -> ReplicaEndpoint | None:
         if self.fail:
@@ -103,8 +115,7 @@ class FakeLauncher:
             raise UnsatisfiableError(request.module, {"tier": request.tier}, [], "no node")
         self.events.append(f"launch {request.version}")
         self.next_port += 1
-        handle = FakeHandle(request, self.next_port, self.events, self.polls_until_ready,
-                            self.fail)
+        handle = FakeHandle(request, self.next_port, self.events, self.polls_until_ready, self.fail)
         self.handles.append(handle)
         return handle
 
@@ -134,8 +145,7 @@ class Clock:
         return self.now
 
 
-def manager(launcher: FakeLauncher, probe: FakeProbe | None = None, **kw: Any
-            ) -> ServingManager:
+def manager(launcher: FakeLauncher, probe: FakeProbe | None = None, **kw: Any) -> ServingManager:
     kw.setdefault("drain_timeout_s", 5.0)
     kw.setdefault("start_timeout_s", 5.0)
     return ServingManager(RouteTable(), launcher, probe=probe or FakeProbe(), **kw)
@@ -148,8 +158,7 @@ def test_route_switches_bump_the_epoch_and_keep_defaults() -> None:
     table = RouteTable()
     changes: list[tuple[Any, Any]] = []
     table.on_change(lambda old, new: changes.append((old, new)))
-    first = table.set("m", "v1", [AgentEndpoint("a", "v1")], signature=SIG, tier="edge",
-                      slo_ms=20)
+    first = table.set("m", "v1", [AgentEndpoint("a", "v1")], signature=SIG, tier="edge", slo_ms=20)
     second = table.set("m", "v2", [])
     assert (first.epoch, second.epoch) == (1, 2)
     assert second.signature is SIG and second.tier == "edge" and second.slo_ms == 20
@@ -203,13 +212,21 @@ def test_policy_bounds_and_targets() -> None:
     assert zero.wanted(0) == 0 and zero.wanted(0.2) == 1
     module = spec(min_replicas=0, max_replicas=3, target_in_flight=4)
     assert AutoscalePolicy.of(module, downscale_delay_s=5) == AutoscalePolicy(
-        0, 3, 4.0, 1.0, 5.0, 60.0)
+        0, 3, 4.0, 1.0, 5.0, 60.0
+    )
 
 
 def test_autoscaler_waits_before_scaling_and_wakes_from_zero_at_once() -> None:
-    scaler = Autoscaler(AutoscalePolicy(min_replicas=0, max_replicas=3, target_in_flight=1,
-                                        upscale_delay_s=1, downscale_delay_s=10,
-                                        scale_to_zero_delay_s=30))
+    scaler = Autoscaler(
+        AutoscalePolicy(
+            min_replicas=0,
+            max_replicas=3,
+            target_in_flight=1,
+            upscale_delay_s=1,
+            downscale_delay_s=10,
+            scale_to_zero_delay_s=30,
+        )
+    )
     assert scaler.decide(0, 0.5, now=0) == 1  # a request waits: no delay from zero
     assert scaler.decide(1, 3.0, now=1) == 1
     assert scaler.decide(1, 3.0, now=1.5) == 1
@@ -299,8 +316,7 @@ def test_deploy_to_an_agent_and_back() -> None:
     installs: list[tuple[str, str, str]] = []
 
     class Installer:
-        def install(self, agent_id: str, module: str, art: ModelArtifact,
-                    timeout_s: float) -> None:
+        def install(self, agent_id: str, module: str, art: ModelArtifact, timeout_s: float) -> None:
             installs.append((agent_id, module, art.version))
 
     launcher = FakeLauncher()
@@ -322,10 +338,12 @@ def test_registry_versions_are_resolved(tmp_path: Path) -> None:
 
     registry = ModelRegistry.open(MeshSettings(data_dir=tmp_path))
     try:
-        v1 = registry.register("counter", build_tiny_model(tmp_path / "a.onnx", scale=1.0),
-                               code_version="c1")
-        registry.register("counter", build_tiny_model(tmp_path / "b.onnx", scale=2.0),
-                          code_version="c1")
+        v1 = registry.register(
+            "counter", build_tiny_model(tmp_path / "a.onnx", scale=1.0), code_version="c1"
+        )
+        registry.register(
+            "counter", build_tiny_model(tmp_path / "b.onnx", scale=2.0), code_version="c1"
+        )
         registry.promote("counter", "v1")
         launcher = FakeLauncher()
         m = manager(launcher, registry=registry)
@@ -385,8 +403,10 @@ def test_dead_replica_is_replaced() -> None:
     assert first.stopped and len(launcher.handles) == 2
     m.tick()  # the replacement is ready
     route = m.routes.get("counter")
-    assert route is not None and [e.port for e in route.endpoints  # type: ignore[union-attr]
-                                  ] == [launcher.handles[1].port]
+    assert route is not None and [
+        e.port
+        for e in route.endpoints  # type: ignore[union-attr]
+    ] == [launcher.handles[1].port]
     m.close()
 
 
@@ -395,8 +415,13 @@ def test_replicas_follow_the_load() -> None:
     probe = FakeProbe()
     clock = Clock()
     metrics = MetricsRegistry()
-    m = manager(launcher, probe, clock=clock, metrics=metrics,
-                autoscale_delays={"upscale_delay_s": 1, "downscale_delay_s": 10})
+    m = manager(
+        launcher,
+        probe,
+        clock=clock,
+        metrics=metrics,
+        autoscale_delays={"upscale_delay_s": 1, "downscale_delay_s": 10},
+    )
     m.deploy(spec(min_replicas=1, max_replicas=3, target_in_flight=2), artifact("v1"))
     probe.in_flight[launcher.handles[0].port] = 5.0
     m.tick()
@@ -497,10 +522,18 @@ class FakeEdgeGateway:
 
         modules = self.published[-1].modules
         if self.refuse:
-            return ObservedState(agent=agent_id, version=version, errors=[
-                ModuleError(module=modules[-1].name, code="integrity", message="bad signature")])
-        return ObservedState(agent=agent_id, version=version, installed=[
-            InstalledModule(name=m.name, version=m.version) for m in modules])
+            return ObservedState(
+                agent=agent_id,
+                version=version,
+                errors=[
+                    ModuleError(module=modules[-1].name, code="integrity", message="bad signature")
+                ],
+            )
+        return ObservedState(
+            agent=agent_id,
+            version=version,
+            installed=[InstalledModule(name=m.name, version=m.version) for m in modules],
+        )
 
 
 def test_edge_installer_publishes_signed_modules_with_newer_versions(tmp_path: Path) -> None:
@@ -510,9 +543,14 @@ def test_edge_installer_publishes_signed_modules_with_newer_versions(tmp_path: P
 
     store = ArtifactStore(tmp_path / "artifacts")
     edge = FakeEdgeGateway()
-    installer = EdgeInstaller(edge, store=store, signer=ArtifactSigner.generate(),  # type: ignore[arg-type]
-                              url_signer=UrlSigner(b"u" * 32), base_url="http://cp:8471",
-                              module_options={"max_batch": 4})
+    installer = EdgeInstaller(
+        edge,
+        store=store,
+        signer=ArtifactSigner.generate(),  # type: ignore[arg-type]
+        url_signer=UrlSigner(b"u" * 32),
+        base_url="http://cp:8471",
+        module_options={"max_batch": 4},
+    )
     installer.install("cam-1", "counter", artifact("v1"), 5.0)
     installer.install("cam-1", "other", artifact("v2"), 5.0)
     first, second = edge.published

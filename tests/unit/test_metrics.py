@@ -60,7 +60,8 @@ def test_gauge_collector_is_read_at_render() -> None:
     registry = MetricsRegistry()
     state = {"online": 2.0}
     registry.gauge("agents", "Agents.", ("state",)).set_collector(
-        lambda: [((k,), v) for k, v in state.items()])
+        lambda: [((k,), v) for k, v in state.items()]
+    )
     assert 'agents{state="online"} 2' in registry.render()
     state["online"] = 5.0
     assert 'agents{state="online"} 5' in registry.render()

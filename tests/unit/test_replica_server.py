@@ -36,24 +36,32 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_app(path: Path, **kw: Any) -> ReplicaApp:
-    runner = ModelRunner(path, cpus=kw.pop("cpus", 0.5), batching=kw.pop("batching", "auto"),
-                         warmup_runs=1)
+    runner = ModelRunner(
+        path, cpus=kw.pop("cpus", 0.5), batching=kw.pop("batching", "auto"), warmup_runs=1
+    )
     app = ReplicaApp(runner, model="m", version="v1", node_id="n1", replica_id="r1", **kw)
     app.warmup()
     return app
 
 
 async def call(app: ReplicaApp, method: str, path: str, **kw: Any) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://replica") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://replica"
+    ) as client:
         return await client.request(method, path, **kw)
 
 
-def infer(app: ReplicaApp, inputs: dict[str, np.ndarray[Any, Any]], *, binary: bool = False,
-          path: str = "/v2/models/m/infer") -> httpx.Response:
+def infer(
+    app: ReplicaApp,
+    inputs: dict[str, np.ndarray[Any, Any]],
+    *,
+    binary: bool = False,
+    path: str = "/v2/models/m/infer",
+) -> httpx.Response:
     body, header_length = encode_request(inputs, binary=binary, binary_output=binary)
-    headers = {} if header_length is None else {
-        "Inference-Header-Content-Length": str(header_length)}
+    headers = (
+        {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+    )
     return asyncio.run(call(app, "POST", path, content=body, headers=headers))
 
 
@@ -106,13 +114,17 @@ def test_versioned_path_and_unknown_model(tiny: Path) -> None:
     assert other.status_code == 404 and "'other' is not served" in other.json()["error"]
 
 
-@pytest.mark.parametrize(("inputs", "needle"), [
-    ({"z": np.ones((1, 4), np.float32)}, "missing input 'x'; unknown input 'z'"),
-    ({"x": np.ones((1, 5), np.float32)}, "input 'x' has shape [1, 5], not [-1,4]"),
-    ({"x": np.ones((1, 4), np.int64)}, "input 'x' has datatype INT64, not FP32"),
-])
-def test_bad_tensors_get_400_naming_the_signature(tiny: Path, inputs: dict[str, Any],
-                                                  needle: str) -> None:
+@pytest.mark.parametrize(
+    ("inputs", "needle"),
+    [
+        ({"z": np.ones((1, 4), np.float32)}, "missing input 'x'; unknown input 'z'"),
+        ({"x": np.ones((1, 5), np.float32)}, "input 'x' has shape [1, 5], not [-1,4]"),
+        ({"x": np.ones((1, 4), np.int64)}, "input 'x' has datatype INT64, not FP32"),
+    ],
+)
+def test_bad_tensors_get_400_naming_the_signature(
+    tiny: Path, inputs: dict[str, Any], needle: str
+) -> None:
     app = make_app(tiny)
     response = infer(app, inputs)
     assert response.status_code == 400
@@ -125,8 +137,15 @@ def test_malformed_body_gets_400(tiny: Path) -> None:
     app = make_app(tiny)
     response = asyncio.run(call(app, "POST", "/v2/models/m/infer", content=b"{nope"))
     assert response.status_code == 400 and "not JSON" in response.json()["error"]
-    bad_len = asyncio.run(call(app, "POST", "/v2/models/m/infer", content=b"{}",
-                               headers={"Inference-Header-Content-Length": "x"}))
+    bad_len = asyncio.run(
+        call(
+            app,
+            "POST",
+            "/v2/models/m/infer",
+            content=b"{}",
+            headers={"Inference-Header-Content-Length": "x"},
+        )
+    )
     assert bad_len.status_code == 400
 
 
@@ -158,12 +177,18 @@ def test_concurrent_requests_are_batched_and_answered_apart(cnn: Path) -> None:
     expected = [app.runner.run({"input": x})["logits"] for x in xs]
 
     async def many() -> list[httpx.Response]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://replica") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://replica"
+        ) as client:
+
             async def one(x: np.ndarray[Any, Any]) -> httpx.Response:
                 body, hl = encode_request({"input": x}, binary=True)
-                return await client.post("/v2/models/m/infer", content=body,
-                                         headers={"Inference-Header-Content-Length": str(hl)})
+                return await client.post(
+                    "/v2/models/m/infer",
+                    content=body,
+                    headers={"Inference-Header-Content-Length": str(hl)},
+                )
+
             return await asyncio.gather(*[one(x) for x in xs])
 
     responses = asyncio.run(many())
@@ -231,5 +256,6 @@ def test_a_replica_holding_a_gpu_runs_on_cuda(cnn: Path) -> None:
     runner.warmup()
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
     cpu = ModelRunner(cnn, cpus=1, warmup_runs=0)
-    np.testing.assert_allclose(runner.run({"input": x})["logits"], cpu.run({"input": x})["logits"],
-                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        runner.run({"input": x})["logits"], cpu.run({"input": x})["logits"], rtol=1e-3, atol=1e-4
+    )
