@@ -1,0 +1,218 @@
+"""What the serving manager needs from replicas and installers: Protocols and records.
+
+The Ray launcher (:mod:`mesh._ray_replicas`), the HTTP probe and the edge
+installer implement these; unit tests use fakes behind the same Protocols.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import MeshError
+from ._export import ModelSignature
+from ._routes import ReplicaEndpoint
+from ._specs import Resources
+
+if TYPE_CHECKING:
+    from ._registry import ModelRegistry, ModelVersion
+
+__all__ = [
+    "AgentInstaller",
+    "DeployError",
+    "HttpProbe",
+    "ModelArtifact",
+    "ReplicaFailedError",
+    "ReplicaHandle",
+    "ReplicaLauncher",
+    "ReplicaProbe",
+    "ReplicaRequest",
+    "ReplicaStatus",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class DeployError(MeshError, RuntimeError):
+    """A version could not be put in service; what served before still serves."""
+
+
+class ReplicaFailedError(DeployError):
+    """A replica died for good or failed to start (the message says why)."""
+
+
+# ---------------------------------------------------------------- what is deployed
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArtifact:
+    """One version of a model's ONNX file, ready to ship to replicas or agents.
+
+    Attributes:
+        model: the model's name in the registry.
+        version: the version id (``v3``).
+        sha256: digest of the file.
+        data: the file's bytes.
+        signature: its inputs and outputs.
+    """
+
+    model: str
+    version: str
+    sha256: str
+    data: bytes = field(repr=False)
+    signature: ModelSignature
+
+    @classmethod
+    def from_registry(
+        cls, registry: ModelRegistry, model: str, ref: str = "production"
+    ) -> ModelArtifact:
+        """The version ``ref`` (``v3``, ``production``, ...) of ``model`` in the registry."""
+        version, path = registry.artifact_path(model, ref)
+        return cls.from_version(version, path.read_bytes())
+
+    @classmethod
+    def from_version(cls, version: ModelVersion, data: bytes) -> ModelArtifact:
+        """Wrap a registry version and its bytes."""
+        return cls(version.name, version.version, version.sha256, data, version.signature)
+
+    @classmethod
+    def from_file(cls, path: Path, *, model: str, version: str) -> ModelArtifact:
+        """An ONNX file outside the registry (checked, signature read from the graph)."""
+        import hashlib
+
+        from ._export import load_checked, signature_of
+
+        data = path.read_bytes()
+        return cls(
+            model, version, hashlib.sha256(data).hexdigest(), data, signature_of(load_checked(data))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRequest:
+    """What a launcher needs to start one replica."""
+
+    module: str
+    artifact: ModelArtifact
+    tier: str
+    site: str | None
+    resources: Resources
+    replica_id: str
+    batching: str = "auto"
+    max_restarts: int = 3
+
+    @property
+    def version(self) -> str:
+        """The version the replica serves."""
+        return self.artifact.version
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """One replica as ``mesh modules``/``placements`` show it."""
+
+    module: str
+    version: str
+    replica_id: str
+    state: str
+    node: str | None
+    url: str | None
+    in_flight: float | None = None
+    requests: int | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+
+# ---------------------------------------------------------------- the seams
+
+
+class ReplicaHandle(Protocol):
+    """A started (or starting) replica."""
+
+    @property
+    def replica_id(self) -> str:
+        """Its id."""
+        ...
+
+    def poll(self) -> ReplicaEndpoint | None:
+        """Its endpoint once it serves (warm); None while it starts. Never blocks.
+
+        Raises:
+            ReplicaFailedError: it failed to start or died for good.
+        """
+        ...
+
+    def refresh(self, timeout_s: float) -> ReplicaEndpoint | None:
+        """Ask it for its endpoint now (a restarted replica listens on a new port).
+
+        Returns None when it does not answer within ``timeout_s`` (e.g. restarting).
+
+        Raises:
+            ReplicaFailedError: it died for good.
+        """
+        ...
+
+    def stop(self) -> None:
+        """Stop it (idempotent)."""
+        ...
+
+
+class ReplicaLauncher(Protocol):
+    """Starts replicas on nodes of a tier (Ray: an actor pinned by label_selector)."""
+
+    def launch(self, request: ReplicaRequest) -> ReplicaHandle:
+        """Start a replica; returns at once (poll the handle).
+
+        Raises:
+            UnsatisfiableError: no live node has the tier, site or resources.
+        """
+        ...
+
+
+class ReplicaProbe(Protocol):
+    """Reads a replica's ``/stats`` over its own socket (health apart from Ray)."""
+
+    def stats(self, endpoint: ReplicaEndpoint, timeout_s: float) -> dict[str, Any] | None:
+        """The replica's stats, or None when it does not answer."""
+        ...
+
+
+class AgentInstaller(Protocol):
+    """Installs a module on an edge agent (desired state over MQTT, artifact over HTTP)."""
+
+    def install(
+        self, agent_id: str, module: str, artifact: ModelArtifact, timeout_s: float
+    ) -> None:
+        """Install ``artifact`` as ``module`` on the agent and wait until it serves it.
+
+        Raises:
+            DeployError: the agent reported an error or did not answer in time.
+        """
+        ...
+
+
+class HttpProbe:
+    """:class:`ReplicaProbe` over ``http.client`` (the manager's thread; no event loop)."""
+
+    def stats(self, endpoint: ReplicaEndpoint, timeout_s: float) -> dict[str, Any] | None:
+        """``GET /stats`` of the replica; None on any failure."""
+        conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout_s)
+        try:
+            conn.request("GET", "/stats")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            data = json.loads(body)
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+
+# ---------------------------------------------------------------- the manager
