@@ -7,71 +7,26 @@ list -> mesh modules undeploy -> mesh down.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mesh._broker import free_port
 from mesh._daemon import pid_alive
+from tests.support.cli import mesh_cli
 
 pytest.importorskip("onnx")
 pytest.importorskip("tritonclient.http")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _mesh(
-    env: dict[str, str], *args: str, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
 
 def _ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    data = tmp_path / "data"
-    values = {
-        **os.environ,
-        "MESH_DATA_DIR": str(data),
-        "RAY_AUTH_MODE": "disabled",
-        "COLUMNS": "200",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "MESH_GATEWAY_PORT": str(free_port()),
-        "MESH_EMBEDDED_BROKER_PORT": "0",
-    }
-    values.pop("MESH_BROKER_URL", None)
-    yield values
-    # Whatever happens in the test, stop the control plane it started (by its pid).
-    record = data / "cluster.json"
-    if record.exists():
-        pid = json.loads(record.read_text())["pid"]
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
 
 
 def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: Path) -> None:
@@ -84,11 +39,11 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
     model = build_cnn(tmp_path / "counter.onnx")
     data = Path(env["MESH_DATA_DIR"])
 
-    modules_down = _mesh(env, "modules", "list")
+    modules_down = mesh_cli(env, "modules", "list")
     assert modules_down.returncode == 1 and "mesh up" in modules_down.stderr
 
     started = time.monotonic()
-    up = _ok(_mesh(env, "up"))
+    up = _ok(mesh_cli(env, "up"))
     up_s = time.monotonic() - started
     record = json.loads((data / "cluster.json").read_text())
     gateway_url = record["gateway_url"]
@@ -101,7 +56,7 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
     assert {n["tier"] for n in record["nodes"]} == {"cloud", "fog"}
 
     _ok(
-        _mesh(
+        mesh_cli(
             env,
             "models",
             "register",
@@ -115,14 +70,14 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
             "min",
         )
     )
-    _ok(_mesh(env, "models", "promote", "vehicle-counter", "v1"))
+    _ok(mesh_cli(env, "models", "promote", "vehicle-counter", "v1"))
 
-    unknown = _mesh(env, "modules", "deploy", "no-such-model", "--tier", "fog")
+    unknown = mesh_cli(env, "modules", "deploy", "no-such-model", "--tier", "fog")
     assert unknown.returncode == 1 and "404" in unknown.stderr and "no-such-model" in unknown.stderr
 
     started = time.monotonic()
     deployed = _ok(
-        _mesh(
+        mesh_cli(
             env,
             "modules",
             "deploy",
@@ -138,7 +93,7 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
     deploy_s = time.monotonic() - started
     assert "deployed vehicle-counter v1 on fog (epoch 1)" in deployed
 
-    token = _ok(_mesh(env, "tokens", "create", "x", "--scope", "invoke")).strip()
+    token = _ok(mesh_cli(env, "tokens", "create", "x", "--scope", "invoke")).strip()
     x = np.random.default_rng(3).standard_normal((2, 1, 32, 32)).astype(np.float32)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -161,7 +116,7 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
     finally:
         client.close()
 
-    listed = _ok(_mesh(env, "modules", "list", "--json"))
+    listed = _ok(mesh_cli(env, "modules", "list", "--json"))
     (module,) = json.loads(listed)
     assert (module["module"], module["version"], module["tier"], module["epoch"]) == (
         "vehicle-counter",
@@ -171,12 +126,14 @@ def test_up_register_deploy_infer_undeploy_down(env: dict[str, str], tmp_path: P
     )
     fog = {n["node_id"] for n in record["nodes"] if n["tier"] == "fog"}
     assert [r["node"] in fog and r["state"] == "serving" for r in module["replicas"]] == [True]
-    assert "vehicle-counter" in _ok(_mesh(env, "modules", "list"))
+    assert "vehicle-counter" in _ok(mesh_cli(env, "modules", "list"))
 
-    assert "undeployed vehicle-counter" in _ok(_mesh(env, "modules", "undeploy", "vehicle-counter"))
-    assert "no modules served" in _ok(_mesh(env, "modules", "list"))
+    assert "undeployed vehicle-counter" in _ok(
+        mesh_cli(env, "modules", "undeploy", "vehicle-counter")
+    )
+    assert "no modules served" in _ok(mesh_cli(env, "modules", "list"))
 
-    down = _ok(_mesh(env, "down"))
+    down = _ok(mesh_cli(env, "down"))
     assert f"stopped the cluster process {record['pid']}" in down
     assert not (data / "cluster.json").exists() and not pid_alive(record["pid"])
     print(f"mesh up {up_s:.1f} s, mesh modules deploy {deploy_s:.1f} s")

@@ -1,0 +1,3 @@
+"""Fixtures of the end-to-end tests."""
+
+from tests.support.cli import env  # noqa: F401  (the CLI environment fixture)
