@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.server
 import json
 import os
 import socket
@@ -209,31 +208,6 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
 
 
-class Artifacts:
-    def __init__(self, files: dict[str, bytes]) -> None:
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.srv.server_address[1]}"
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 def spawn_agent(broker_url: str, cache: Path, pub: str, log: Path) -> subprocess.Popen[bytes]:
     args = [
         sys.executable,
@@ -334,7 +308,10 @@ def main() -> int:
     ).decode()
     sha = hashlib.sha256(data).hexdigest()
     sig = base64.b64encode(key.sign(artifact_signing_message("cnn", "1", sha))).decode()
-    files = Artifacts({"/cnn.onnx": data})
+    from tests.support.agent_fixtures import ArtifactServer
+
+    files = ArtifactServer()
+    url = files.add("cnn.onnx", data)
     desired = {
         "schema_version": 1,
         "kind": "desired",
@@ -343,7 +320,7 @@ def main() -> int:
             {
                 "name": "cnn",
                 "version": "1",
-                "url": f"{files.base}/cnn.onnx",
+                "url": url,
                 "sha256": sha,
                 "signature": sig,
             }
