@@ -21,6 +21,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -125,21 +126,90 @@ class Tensor:
 
     def to_numpy(self) -> npt.NDArray[Any]:
         """A read-only numpy view of the data (numpy is imported lazily)."""
-        import numpy as np
+        tables = _NUMPY or _numpy_tables()
+        dt = tables.dtypes.get(self.dtype)
+        if dt is None:  # not a wire dtype: let numpy say what is wrong with it
+            import numpy as np
 
-        dt = np.dtype(self.dtype).newbyteorder("<")
-        return np.frombuffer(self.data, dtype=dt).reshape(self.shape)
+            dt = np.dtype(self.dtype).newbyteorder("<")
+        return tables.frombuffer(self.data, dtype=dt).reshape(self.shape)
 
     @classmethod
     def from_numpy(cls, name: str, array: np.ndarray[Any, Any]) -> Tensor:
         """Wrap a numpy array (converted to little-endian C order if it is not)."""
+        # The common case (little-endian, C order, not empty) is a zero-copy view
+        # named from a table: numpy's dtype.name alone costs microseconds.
+        dtype = (_NUMPY or _numpy_tables()).names.get(array.dtype.str)
+        if dtype is not None and array.size and array.flags.c_contiguous:
+            return cls(name, dtype, array.shape, array.data.cast("B"))
         import numpy as np
 
         dtype = array.dtype.name
         if dtype not in DTYPES:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {name!r}: dtype {dtype} unsupported")
         arr = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        return cls(name, dtype, tuple(int(d) for d in arr.shape), arr.data.cast("B"))
+        data = arr.data.cast("B") if arr.size else b""  # a view of no bytes cannot be cast
+        return cls(name, dtype, tuple(int(d) for d in arr.shape), data)
+
+
+class _NumpyTables:
+    """numpy, imported on first use, and the wire dtypes looked up once.
+
+    ``np.dtype(name)`` and ``dtype.name`` each cost microseconds, on every tensor
+    of every request; dictionary lookups do not.
+    """
+
+    __slots__ = ("dtypes", "frombuffer", "names")
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.frombuffer = np.frombuffer
+        self.dtypes = {n: np.dtype(n).newbyteorder("<") for n in DTYPES}
+        self.names = {dt.str: n for n, dt in self.dtypes.items()}  # '<f4' -> 'float32'
+
+
+_NUMPY: _NumpyTables | None = None
+
+
+def _numpy_tables() -> _NumpyTables:
+    global _NUMPY
+    _NUMPY = _NumpyTables()
+    return _NUMPY
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+# json.dumps builds its C encoder anew on every call, through three Python-level
+# calls; one built here (no circular-reference check) writes the same text.
+_C_ENCODE = (
+    c_make_encoder(None, _JSON.default, encode_basestring_ascii, None, ":", ",", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    """``json.dumps(obj, separators=(",", ":")).encode()``."""
+    if _C_ENCODE is None:
+        return _JSON.encode(obj).encode()
+    return "".join(_C_ENCODE(obj, 0)).encode()
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads(raw)``, without its pure-Python steps in the usual case.
+
+    A frame header is UTF-8 with nothing around the object; anything else
+    (another encoding, whitespace, an error) goes through ``json.loads`` itself.
+    """
+    try:
+        text = raw.decode()
+        obj, end = _DECODER.raw_decode(text)
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError
+        return json.loads(raw)
+    return obj if end == len(text) else json.loads(raw)
 
 
 def pack_frame(header: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> bytes:
@@ -148,26 +218,26 @@ def pack_frame(header: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> byt
     Raises:
         ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
     """
+    metas = []
+    parts: list[bytes | memoryview] = [MAGIC, b"", b""]
     for t in tensors:
-        if t.dtype not in DTYPES:
+        size = DTYPES.get(t.dtype)
+        if size is None:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {t.name!r}: unknown dtype {t.dtype}")
-        if len(t.data) != t.nbytes:
+        data = t.data
+        if len(data) != math.prod(t.shape) * size:
             raise ProtocolError(
                 ErrorCode.BAD_INPUT,
-                f"tensor {t.name!r}: {len(t.data)} bytes, "
-                f"{t.dtype}{list(t.shape)} needs {t.nbytes}",
+                f"tensor {t.name!r}: {len(data)} bytes, {t.dtype}{list(t.shape)} needs {t.nbytes}",
             )
-    obj = dict(header)
-    obj["tensors"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in tensors]
-    head = json.dumps(obj, separators=(",", ":")).encode()
-    return b"".join(
-        [
-            MAGIC,
-            _HEADER_LEN.pack(len(head)),
-            head,
-            *(bytes(t.data) if isinstance(t.data, memoryview) else t.data for t in tensors),
-        ]
-    )
+        metas.append({"name": t.name, "dtype": t.dtype, "shape": list(t.shape)})
+        parts.append(
+            bytes(data) if isinstance(data, memoryview) and not data.c_contiguous else data
+        )
+    head = _dumps({**header, "tensors": metas})
+    parts[1] = _HEADER_LEN.pack(len(head))
+    parts[2] = head
+    return b"".join(parts)
 
 
 def unpack_frame(
@@ -187,19 +257,20 @@ def unpack_frame(
             ErrorCode.PAYLOAD_TOO_LARGE, f"{size} bytes is over the limit of {max_bytes}"
         )
     view = memoryview(payload)
-    if bytes(view[:1]) == b"{":
-        head_bytes, body_at = view, size
-    elif bytes(view[:4]) == MAGIC and size >= 8:
+    start = bytes(view[:4])
+    if start[:1] == b"{":
+        head_bytes, body_at = payload if isinstance(payload, bytes) else bytes(view), size
+    elif start == MAGIC and size >= 8:
         (head_len,) = _HEADER_LEN.unpack_from(view, 4)
         if head_len > MAX_HEADER_BYTES or 8 + head_len > size:
             raise ProtocolError(ErrorCode.MALFORMED, f"frame header length {head_len} is invalid")
-        head_bytes, body_at = view[8 : 8 + head_len], 8 + head_len
+        head_bytes, body_at = bytes(view[8 : 8 + head_len]), 8 + head_len
     else:
         raise ProtocolError(
             ErrorCode.MALFORMED, f"not a frame: expected magic {MAGIC!r} or a JSON object"
         )
     try:
-        header = json.loads(bytes(head_bytes))
+        header = _loads(head_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"malformed JSON header: {exc}") from exc
     if not isinstance(header, dict):
@@ -211,21 +282,22 @@ def unpack_frame(
     at = body_at
     for i, m in enumerate(metas):
         try:
-            name, dtype, shape = str(m["name"]), str(m["dtype"]), tuple(int(d) for d in m["shape"])
+            name, dtype, shape = str(m["name"]), str(m["dtype"]), tuple(map(int, m["shape"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(
                 ErrorCode.MALFORMED, f"tensor #{i}: needs name, dtype, shape"
             ) from exc
-        if dtype not in DTYPES:
+        itemsize = DTYPES.get(dtype)
+        if itemsize is None:
             raise ProtocolError(
                 ErrorCode.BAD_INPUT,
                 f"tensor {name!r}: unknown dtype {dtype!r}, use one of {sorted(DTYPES)}",
             )
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise ProtocolError(
                 ErrorCode.BAD_INPUT, f"tensor {name!r}: negative dim in {list(shape)}"
             )
-        n = math.prod(shape) * DTYPES[dtype]
+        n = math.prod(shape) * itemsize
         if at + n > size:
             raise ProtocolError(
                 ErrorCode.MALFORMED,

@@ -4,7 +4,14 @@ The outputs become events, published through the outbox.
 
 Each pipeline is one thread. The route is read for every sample, so a route
 switch (a new route epoch in the desired state) applies to the next sample
-without restarting the pipeline.
+without restarting the pipeline: the sample in flight finishes where it started
+(make-before-break, as the control plane switches it).
+
+A sample that fails is retried once on the other side, so none is lost to a
+switch: a failed offload runs locally when the module is installed here and
+the route allows it, or on the new route when the route switched meanwhile
+(e.g. to a new replica); a failed local run goes to the new route when the
+route switched to offload meanwhile (e.g. the module became remote-only).
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from .protocol import Event, PipelineSpec, Route, Tensor, json_tensor
 __all__ = ["Pipeline", "PipelineHost"]
 
 logger = logging.getLogger(__name__)
+
+#: How long a pipeline waits for its module on this device.
+_LOCAL_TIMEOUT_S = 30.0
 
 
 class PipelineHost(Protocol):
@@ -65,6 +75,8 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.processed = 0
         self.failed = 0
+        self.offloaded = 0
+        self.retried = 0
 
     def start(self) -> None:
         """Start the source and the thread."""
@@ -111,29 +123,46 @@ class Pipeline:
                 self.failed += 1
                 logger.exception("pipeline %s: sample failed", self.spec.name)
 
+    def _run_on(self, route: Route, sample: Sample, timeout_s: float) -> tuple[JobResult, str]:
+        module = self.spec.module
+        if route.mode == "offload" and route.target:
+            return self._host.run_offload(module, route, sample.tensors), f"offload:{route.target}"
+        return self._host.run_local(module, sample.tensors, timeout_s), "local"
+
+    def _other_side(self, tried: Route) -> Route | None:
+        """Where a sample that failed on ``tried`` goes next (None: nowhere)."""
+        now = self._host.route_for(self.spec.module)
+        if now is not None and (now.mode, now.target) != (tried.mode, tried.target):
+            return now  # switched while the sample was in flight: follow the switch
+        offloaded = tried.mode == "offload" and tried.fallback_local
+        if offloaded and self._host.has_local(self.spec.module):
+            return Route(mode="local", epoch=tried.epoch)
+        return None
+
     def _process(self, sample: Sample) -> None:
         name, module = self.spec.name, self.spec.module
         route = self._host.route_for(module)
         if route is None:
             return
         started = time.perf_counter()
-        where = "local"
-        result: JobResult
-        if route.mode == "offload" and route.target:
-            where = f"offload:{route.target}"
-            result = self._host.run_offload(module, route, sample.tensors)
-            if result.error is not None and route.fallback_local and self._host.has_local(module):
+        result, where = self._run_on(route, sample, _LOCAL_TIMEOUT_S)
+        if result.error is not None:
+            retry = self._other_side(route)
+            if retry is not None:
+                # A fallback to local keeps within the offload's time budget.
+                timeout_s = route.timeout_ms / 1e3 if route.mode == "offload" else _LOCAL_TIMEOUT_S
+                self.retried += 1
+                failed_where, reason = where, result.error.reason
+                result, where = self._run_on(retry, sample, timeout_s)
                 logger.warning(
-                    "pipeline %s: offload of %s to %s failed (%s); ran locally",
+                    "pipeline %s: %s of %s failed (%s); retried %s: %s",
                     name,
+                    failed_where,
                     module,
-                    route.target,
-                    result.error.reason,
+                    reason,
+                    where,
+                    "failed" if result.error else "ok",
                 )
-                where = "local"
-                result = self._host.run_local(module, sample.tensors, route.timeout_ms / 1e3)
-        else:
-            result = self._host.run_local(module, sample.tensors, 30.0)
         if result.error is not None or result.outputs is None:
             self.failed += 1
             logger.warning(
@@ -144,6 +173,8 @@ class Pipeline:
                 result.error.reason if result.error else "no outputs",
             )
             return
+        if where != "local":
+            self.offloaded += 1
         event = Event(
             agent=self._host.agent_id,
             site=self._host.site,
@@ -153,7 +184,9 @@ class Pipeline:
             version=result.version,
             route=where,
             source_ts=sample.ts,
-            latency_ms=round((time.perf_counter() - started) * 1e3, 3),
+            # From the sample's arrival, not the module's start: time spent waiting
+            # for a busy device's CPU is part of what the pipeline's user sees.
+            latency_ms=round(max(time.perf_counter() - started, time.time() - sample.ts) * 1e3, 3),
             outputs={t.name: json_tensor(t) for t in result.outputs},
         )
         body = event.model_dump(mode="json", exclude_none=True)

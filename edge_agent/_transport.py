@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -58,17 +59,20 @@ MessageHandler = Callable[[Message], None]
 
 
 class PublishHandle:
-    """Tracks one publish: ``published`` turns True when the broker acknowledged it."""
+    """Tracks one publish: :meth:`is_published` turns True once the broker acknowledged it."""
 
-    __slots__ = ("mid", "published")
+    __slots__ = ("_info", "mid", "published")
 
-    def __init__(self, mid: int) -> None:
-        """A handle for message id ``mid``."""
+    def __init__(self, mid: int, info: mqtt.MQTTMessageInfo | None = None) -> None:
+        """A handle for message id ``mid`` (``info``: paho's, which learns of the ack)."""
         self.mid = mid
         self.published = False
+        self._info = info
 
     def is_published(self) -> bool:
         """Whether the broker acknowledged it (QoS 0: whether it was written)."""
+        if not self.published and self._info is not None:
+            self.published = self._info.is_published()
         return self.published
 
 
@@ -197,6 +201,77 @@ def probe_mqtt5(config: ConnectionConfig, timeout_s: float = 3.0) -> bool:
         sock.close()
 
 
+class _Client(mqtt.Client):
+    """paho's client, run by :meth:`start_loop` instead of ``loop_start()``.
+
+    Under ``loop_start()`` a publish from another thread (the module worker
+    sending a reply) only queues the packet and wakes the network thread through
+    a socketpair, which then writes it: two thread hand-offs per reply. Without
+    paho's own thread, ``publish()`` writes the packet from the calling thread
+    (unless the network thread is inside a callback, which then writes it on
+    its way out), so a reply leaves as soon as it is made. Writes can now come
+    from two threads, so they are serialised here. TLS keeps ``loop_start()``:
+    an SSL object must not be read and written from two threads at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._write_lock = threading.Lock()
+        self._loop_thread: threading.Thread | None = None
+        self._reading = False
+        self._after_read: list[Callable[[], None]] = []
+
+    def _packet_write(self) -> MQTTErrorCode:
+        with self._write_lock:
+            return super()._packet_write()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read and handle packets, then run what :meth:`after_read` deferred."""
+        self._reading = True
+        try:
+            return super().loop_read(max_packets)
+        finally:
+            self._reading = False
+            while self._after_read:
+                todo, self._after_read = self._after_read, []
+                for fn in todo:
+                    fn()
+
+    def after_read(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the network thread once the packets being read are handled.
+
+        By then paho has acknowledged them and is about to wait on the socket
+        again, so a worker that ``fn`` wakes finds the GIL free instead of waking
+        twice (for its queue, then for the GIL held while paho sends the ack).
+        Outside a read, ``fn`` runs at once.
+        """
+        if self._reading:
+            self._after_read.append(fn)
+        else:
+            fn()
+
+    def start_loop(self) -> None:
+        """Run the network loop (connect, read, reconnect) on a daemon thread."""
+        self._thread_terminate = False
+        self._loop_thread = threading.Thread(
+            target=self._run_loop, name=f"mqtt-{self._client_id.decode()}", daemon=True
+        )
+        self._loop_thread.start()
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop_forever(retry_first_connection=True)
+        except Exception:  # never seen; without it the thread would die silently
+            logger.exception("mqtt network loop of %s failed", self._client_id.decode())
+
+    def stop_loop(self, timeout_s: float = 5.0) -> None:
+        """Stop the loop started by :meth:`start_loop` (after :meth:`disconnect`)."""
+        self._thread_terminate = True
+        thread = self._loop_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+
 def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
     # Without it, small request/reply messages wait for Nagle: 88 ms instead of 1 ms.
     try:
@@ -220,15 +295,15 @@ class MqttTransport:
         self._lock = threading.RLock()
         self._state = _State(protocol="3.1.1" if config.protocol == "3.1.1" else "5")
         self._conn_listeners: list[Callable[[bool], None]] = []
-        # Handles of publishes not yet acknowledged, and acks that beat their
-        # handle's registration (paho may ack before publish() returns).
-        self._pending: dict[int, PublishHandle] = {}
-        self._early: set[int] = set()
-        self._pending_lock = threading.Lock()
         self._stopping = False
         self._stop_event = threading.Event()
         self._probed = False
         self._loop_started = False
+        # Topic -> the filters it matches, so a message costs one dict lookup
+        # instead of a walk of paho's filter trie; rebuilt on (un)subscribe.
+        self._matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
+        self._matches: dict[str, list[str]] = {}
+        self._match_lock = threading.Lock()  # never held while waiting on anything
         self._client = self._make_client()
 
     @property
@@ -247,10 +322,10 @@ class MqttTransport:
 
     # -------------------------------------------------------------- paho client
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _Client:
         cfg = self._config
         v5 = self._state.protocol == "5"
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -260,8 +335,11 @@ class MqttTransport:
         client.on_socket_open = _set_nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_unrouted
+        # No on_publish: paho would call it under its callback mutex from inside a
+        # socket write, which can now happen on a publishing thread that holds
+        # paho's message mutex, waiting on a network thread that wants it (a
+        # deadlock). Handles ask paho's MQTTMessageInfo instead.
+        client.on_message = self._on_message
         client.max_inflight_messages_set(cfg.max_inflight)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         if cfg.username is not None:
@@ -276,8 +354,6 @@ class MqttTransport:
             client.tls_insecure_set(cfg.tls_insecure)
         if cfg.will is not None:
             client.will_set(cfg.will[0], cfg.will[1], qos=1, retain=True)
-        for topic_filter in self._state.subs:
-            self._route(client, topic_filter)
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -343,7 +419,10 @@ class MqttTransport:
                 clean_start=cfg.clean_start,
                 properties=self._connect_properties(),
             )
-            self._client.loop_start()
+            if cfg.tls:
+                self._client.loop_start()
+            else:
+                self._client.start_loop()
             self._loop_started = True
         logger.info(
             "agent %s connecting to mqtt://%s:%d (MQTT %s)",
@@ -369,8 +448,14 @@ class MqttTransport:
             except (RuntimeError, ValueError) as exc:
                 logger.warning("agent %s: final publish failed: %s", self._config.client_id, exc)
         client.disconnect()
-        client.loop_stop()
+        self._stop_loop(client)
         self._state.connected = False
+
+    def _stop_loop(self, client: _Client) -> None:
+        if self._config.tls:
+            client.loop_stop()
+        else:
+            client.stop_loop()
 
     def _fallback_to_311(self) -> None:
         # Runs on the network thread; swap the client from a helper thread since
@@ -378,7 +463,7 @@ class MqttTransport:
         def swap() -> None:
             with self._lock:
                 old = self._client
-                old.loop_stop()
+                self._stop_loop(old)
                 self._client = self._make_client()
                 self._loop_started = False
             self._connect()
@@ -437,17 +522,6 @@ class MqttTransport:
             for listener in list(self._conn_listeners):
                 self._safe(listener, False)
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _props: Any) -> None:
-        with self._pending_lock:
-            handle = self._pending.pop(mid, None)
-            if handle is None:
-                self._early.add(mid)
-            else:
-                handle.published = True
-
-    def _on_unrouted(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        logger.debug("agent %s: no handler for %s", self._config.client_id, msg.topic)
-
     def _safe(self, fn: Callable[[Any], None], arg: Any) -> None:
         try:
             fn(arg)
@@ -456,32 +530,43 @@ class MqttTransport:
 
     # -------------------------------------------------------------- pub/sub
 
-    def _route(self, client: mqtt.Client, topic_filter: str) -> None:
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        filters = self._matches.get(topic)
+        if filters is None:
+            with self._match_lock:
+                filters = list(self._matcher.iter_match(topic))  # type: ignore[no-untyped-call]
+                if len(self._matches) >= 1024:  # many distinct topics: do not grow
+                    self._matches.clear()
+                self._matches[topic] = filters
+        if not filters:
+            logger.debug("agent %s: no handler for %s", self._config.client_id, topic)
+            return
+        props = msg.properties
+        payload = msg.payload
+        message = Message(
+            topic,
+            payload if type(payload) is bytes else bytes(payload),
+            bool(msg.retain),
+            getattr(props, "ResponseTopic", None),
+            getattr(props, "CorrelationData", None),
+        )
+        for topic_filter in filters:
             sub = self._state.subs.get(topic_filter)
             if sub is None:
-                return
-            props = getattr(msg, "properties", None)
-            response_topic = getattr(props, "ResponseTopic", None) if props else None
-            correlation = getattr(props, "CorrelationData", None) if props else None
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-            message = Message(msg.topic, payload, bool(msg.retain), response_topic, correlation)
+                continue
             try:
                 sub.handler(message)
             except Exception:
-                logger.exception(
-                    "agent %s: handler for %s failed", self._config.client_id, msg.topic
-                )
-
-        client.message_callback_add(topic_filter, on_message)
+                logger.exception("agent %s: handler for %s failed", self._config.client_id, topic)
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
         """Route ``topic_filter`` to ``handler``; subscribes now if connected, else on connect."""
         with self._lock:
-            fresh = topic_filter not in self._state.subs
             self._state.subs[topic_filter] = _Subscription(handler, qos)
-            if fresh:
-                self._route(self._client, topic_filter)
+            with self._match_lock:
+                self._matcher[topic_filter] = topic_filter
+                self._matches = {}
         if self._state.connected:
             self._client.subscribe(topic_filter, qos)
 
@@ -490,7 +575,9 @@ class MqttTransport:
         with self._lock:
             if self._state.subs.pop(topic_filter, None) is None:
                 return
-            self._client.message_callback_remove(topic_filter)
+            with self._match_lock:
+                del self._matcher[topic_filter]  # type: ignore[no-untyped-call]
+                self._matches = {}
         if self._state.connected:
             self._client.unsubscribe(topic_filter)
 
@@ -518,19 +605,15 @@ class MqttTransport:
             if expiry_s:
                 props.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            logger.warning(
-                "agent %s: publish to %s failed: %s",
-                self._config.client_id,
-                topic,
-                mqtt.error_string(info.rc),
-            )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # NO_CONN: the connection dropped just now (paho resends QoS >= 1 on
+            # reconnect, but the caller is told "not sent", as when offline).
+            if info.rc != mqtt.MQTT_ERR_NO_CONN:
+                logger.warning(
+                    "agent %s: publish to %s failed: %s",
+                    self._config.client_id,
+                    topic,
+                    mqtt.error_string(info.rc),
+                )
             return None
-        handle = PublishHandle(int(info.mid))
-        with self._pending_lock:
-            if handle.mid in self._early:
-                self._early.discard(handle.mid)
-                handle.published = True
-            else:
-                self._pending[handle.mid] = handle
-        return handle
+        return PublishHandle(info.mid, info)

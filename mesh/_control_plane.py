@@ -9,10 +9,12 @@ In order, each step undone in reverse on SIGTERM/SIGINT (or when a later one fai
    the environment: then that broker is used as it is ("set explicitly" means
    the variable is present, even when it names the default URL).
 3. The edge gateway (MQTT side), the model registry, the serving manager with
-   the Ray replica launcher.
+   the Ray replica launcher, and the placement controller (monitors, migration
+   executor, placement store; ``MESH_PLACEMENT_*`` settings); the modules
+   recorded before a restart are re-deployed where they were, in the background.
 4. The HTTP gateway on ``MESH_GATEWAY_HOST``:``MESH_GATEWAY_PORT``
    (127.0.0.1:8080): ``/v2`` inference, ``/v1/models``, ``/v1/modules``,
-   ``/v1/routes``, ``/v1/artifacts`` (for agents) and ``/metrics``.
+   ``/v1/placements``, ``/v1/routes``, ``/v1/artifacts`` (for agents) and ``/metrics``.
 
 Only then is ``cluster.json`` written (``address``, ``pid``, ``started_at``,
 ``auth_mode``, ``nodes`` as before, plus ``gateway_url`` and ``broker_url``);
@@ -28,6 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -37,7 +40,7 @@ from pydantic_settings import SettingsConfigDict
 from ._enrolment import EdgeSettings
 from ._errors import MeshError
 
-__all__ = ["ControlPlaneSettings", "run_control_plane"]
+__all__ = ["ControlPlaneServices", "ControlPlaneSettings", "build_services", "run_control_plane"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,27 @@ class ControlPlaneSettings(EdgeSettings):
     )
     replica_start_timeout_s: float = Field(
         120.0, gt=0, description="How long new replicas may take to serve."
+    )
+    placement_enabled: bool = Field(
+        True, description="Run the placement controller's reconcile loop (pins work either way)."
+    )
+    placement_period_s: float = Field(
+        30.0, gt=0, description="A placement round runs at least this often."
+    )
+    placement_window_s: float = Field(
+        5.0, gt=0, description="How long an observed p95 must stay over the SLO to trigger a move."
+    )
+    placement_min_samples: int = Field(
+        20, ge=1, description="Requests in the window before an observed p95 counts."
+    )
+    placement_dwell_s: float = Field(
+        60.0, ge=0, description="A module that meets its SLO stays at least this long on a node."
+    )
+    placement_gateway_site: str = Field(
+        "gateway", min_length=1, description="Site of the gateway's clients (modules' source)."
+    )
+    placement_restore: bool = Field(
+        True, description="Re-deploy the modules recorded before a restart, where they were."
     )
 
     @property
@@ -133,7 +157,7 @@ def run_control_plane(
             broker = _start_broker(settings)
             undo.append(("MQTT broker", broker.stop))
             broker_url, protocol = broker.url, "3.1.1"
-        app = _build_services(settings, backend, broker_url, protocol, undo)
+        app = build_services(settings, backend, broker_url, protocol, undo).app
 
         from ._replica_server import serve_asgi
 
@@ -193,14 +217,33 @@ def run_control_plane(
         logger.info("control plane %d stopped", os.getpid())
 
 
-def _build_services(
+@dataclass(frozen=True, slots=True)
+class ControlPlaneServices:
+    """What :func:`build_services` started: the HTTP app and the services behind it."""
+
+    app: Any
+    edge: Any
+    registry: Any
+    installer: Any
+    manager: Any
+    controller: Any
+
+
+def build_services(
     settings: ControlPlaneSettings,
     backend: Any,
     broker_url: str,
     protocol: Any,
     undo: list[tuple[str, Callable[[], object]]],
-) -> Any:
-    """Edge gateway, registry, serving manager and the HTTP app; their stops go on ``undo``."""
+    *,
+    host_cpu: bool = True,
+) -> ControlPlaneServices:
+    """Edge gateway, registry, serving manager, placement controller and the HTTP app.
+
+    Their stops go on ``undo`` as they start (undo them in reverse). ``host_cpu``
+    lets the placement monitors read host CPU as node utilisation; turn it off
+    where every node shares one host (a scenario on one machine).
+    """
     from ._artifact_api import UrlSigner, artifact_router
     from ._artifacts import ArtifactSigner, ArtifactStore
     from ._auth import TokenSigner
@@ -210,8 +253,10 @@ def _build_services(
     from ._gateway import Gateway, TokenAuth, create_gateway_app
     from ._metrics import MetricsRegistry
     from ._modules_api import create_modules_router
+    from ._placements_api import create_placements_router
     from ._ray_replicas import RayReplicaLauncher
     from ._registry import ModelRegistry
+    from ._replica_contract import ReplicaMqtt
     from ._routes import RouteTable
     from ._serving import ServingManager
 
@@ -244,20 +289,113 @@ def _build_services(
     metrics = MetricsRegistry()
     manager = ServingManager(
         RouteTable(),
-        RayReplicaLauncher(nodes=backend.nodes),
+        RayReplicaLauncher(
+            nodes=backend.nodes,
+            # Replicas answer agents' offloaded requests over MQTT too.
+            mqtt=ReplicaMqtt(
+                broker_url,
+                username=username,
+                password=password,
+                prefix=settings.topic_prefix,
+                protocol="3.1.1" if edge.protocol == "3.1.1" else "auto",
+            ),
+        ),
         registry=registry,
         installer=installer,
         metrics=metrics,
         start_timeout_s=settings.replica_start_timeout_s,
     ).start()
     undo.append(("serving manager", manager.close))
+    controller = _placement_controller(
+        settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
+    )
     auth = TokenAuth(TokenSigner.load_or_create(settings.data_dir))
-    gateway = Gateway(manager.routes, auth=auth, edge=edge, metrics=metrics)
+    gateway = Gateway(
+        manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
+    )
     routers = [
         create_modules_router(manager, auth=auth.dependency),
+        create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
     ]
-    return create_gateway_app(gateway, registry=registry, routers=routers)
+    app = create_gateway_app(gateway, registry=registry, routers=routers)
+    return ControlPlaneServices(app, edge, registry, installer, manager, controller)
+
+
+def _placement_controller(
+    settings: ControlPlaneSettings,
+    backend: Any,
+    edge: Any,
+    installer: Any,
+    registry: Any,
+    manager: Any,
+    undo: list[tuple[str, Callable[[], object]]],
+    *,
+    host_cpu: bool = True,
+) -> Any:
+    """Monitors, migration executor, placement store and the controller, started.
+
+    The modules recorded before a restart are re-deployed on a thread first (agents
+    may take a while to come back); the reconcile loop starts once that is done.
+    Agents' pipeline events feed the monitors (per-site pipeline placement).
+    """
+    from ._migrations import MigrationExecutor
+    from ._monitors import EdgeCanary, Monitors, PathProbe
+    from ._placement_controller import ControllerSettings, PlacementController
+    from ._placement_store import PlacementStore
+    from ._ray_monitors import RayNodeProbe
+
+    routes = manager.routes
+    node_probe = RayNodeProbe(backend.nodes)
+
+    def signature(module: str) -> Any:
+        route = routes.get(module)
+        return route.signature if route is not None else None
+
+    monitors = Monitors(
+        node_probe=node_probe,
+        agents=edge,
+        rtt=PathProbe(routes, node_probe=node_probe, edge=edge),
+        canary=EdgeCanary(edge, signature),
+        host_cpu=host_cpu,
+    )
+    undo.append(("node probes", node_probe.close))
+    undo.append(("pipeline events", edge.on_event(monitors.observe_event)))
+    store = PlacementStore(settings.store_path)
+    undo.append(("placement store", store.close))
+    executor = MigrationExecutor(manager, store, requests=monitors, installer=installer)
+    controller = PlacementController(
+        manager,
+        monitors,
+        executor,
+        store,
+        settings=ControllerSettings(
+            enabled=settings.placement_enabled,
+            period_s=settings.placement_period_s,
+            window_s=settings.placement_window_s,
+            min_samples=settings.placement_min_samples,
+            dwell_s=settings.placement_dwell_s,
+            gateway_site=settings.placement_gateway_site,
+        ),
+        registry=registry,
+    )
+    closing = threading.Event()
+
+    def restore_then_start() -> None:
+        if settings.placement_restore:
+            restored = controller.restore(manager)
+            if restored:
+                logger.info("placement: restored %s", ", ".join(restored))
+        if not closing.is_set():
+            controller.start()
+
+    def close() -> None:
+        closing.set()
+        controller.close()
+
+    undo.append(("placement controller", close))
+    threading.Thread(target=restore_then_start, name="mesh-placement-start", daemon=True).start()
+    return controller
 
 
 def _main() -> None:

@@ -10,26 +10,59 @@ verifies and loads it; a failure comes back in the observed state and is raised.
 This installer keeps each agent's modules and publishes them all in each
 desired state (pipelines are not touched here).
 
+:meth:`EdgeInstaller.set_route` switches where an agent's pipelines run a
+module (make-before-break, DESIGN section 6): the same modules are published
+with that module's route changed and its route epoch + 1, and it returns once
+the agent reports the new epoch. The agent applies a route to the next
+pipeline input: one in flight finishes where it started, and a failed offload
+is retried once on the other side. A module with no artifact on the agent is
+remote-only (its route offloads). The target of an offload route is a node
+that answers ``{p}/modules/{module}/infer/{target}``: an agent id, or a replica
+id (replicas started with MQTT settings answer there; :func:`offload_target`).
+
 Example:
     >>> installer = EdgeInstaller(edge, store=store, signer=signer,
     ...                           url_signer=url_signer, base_url=server.url)  # doctest: +SKIP
     >>> manager = ServingManager(routes, launcher, installer=installer)      # doctest: +SKIP
+    >>> target = offload_target(manager.routes.get("counter").endpoints[0])  # doctest: +SKIP
+    >>> installer.set_route("cam-07", "counter", "offload", target, 10.0)    # doctest: +SKIP
+    3
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
-from edge_agent.protocol import DesiredState, ModuleSpec
+from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
 
 from ._artifact_api import UrlSigner, signed_module_spec
 from ._artifacts import ArtifactSigner, ArtifactStore
 from ._edge_gateway import EdgeGateway, EdgeGatewayError
+from ._routes import AgentEndpoint, Endpoint
 from ._serving import DeployError, ModelArtifact
 
-__all__ = ["EdgeInstaller"]
+__all__ = ["EdgeInstaller", "offload_target"]
+
+#: The version a remote-only module entry carries when none is given.
+REMOTE_VERSION = "remote"
+
+
+def offload_target(endpoint: Endpoint) -> str:
+    """The node id an agent's offload route names to reach ``endpoint``.
+
+    A replica (started with MQTT settings) answers on its replica id; an agent on its id.
+
+    Example:
+        >>> from mesh._routes import ReplicaEndpoint
+        >>> offload_target(ReplicaEndpoint("counter-v1-3f2a1b", "n1", "10.0.0.5", 8000, "v1"))
+        'counter-v1-3f2a1b'
+    """
+    if isinstance(endpoint, AgentEndpoint):
+        return endpoint.agent_id
+    return endpoint.replica_id
+
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +98,10 @@ class EdgeInstaller:
         self._options = dict(module_options or {})
         self._modules: dict[str, dict[str, ModuleSpec]] = {}
         self._versions: dict[str, int] = {}
+        self._epochs: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        # One desired-state change per agent at a time: each starts from the last one kept.
+        self._agent_locks: dict[str, threading.Lock] = {}
 
     def _next_version(self, agent_id: str) -> int:
         view = self._edge.agent(agent_id)
@@ -78,10 +114,29 @@ class EdgeInstaller:
         self._versions[agent_id] = version
         return version
 
+    def _agent_lock(self, agent_id: str) -> threading.Lock:
+        with self._lock:
+            return self._agent_locks.setdefault(agent_id, threading.Lock())
+
+    def _publish_and_wait(
+        self, agent_id: str, modules: dict[str, ModuleSpec], timeout_s: float, what: str
+    ) -> tuple[int, ObservedState]:
+        with self._lock:
+            version = self._next_version(agent_id)
+        desired = DesiredState(agent=agent_id, version=version, modules=list(modules.values()))
+        try:
+            self._edge.publish_desired(agent_id, desired)
+            observed = self._edge.wait_for_observed(agent_id, version, timeout_s=timeout_s)
+        except EdgeGatewayError as exc:
+            raise DeployError(f"{what} on agent {agent_id}: {exc}") from exc
+        return version, observed
+
     def install(
         self, agent_id: str, module: str, artifact: ModelArtifact, timeout_s: float
     ) -> None:
         """Install ``artifact`` as ``module`` on ``agent_id`` and wait until it serves it.
+
+        The module keeps the route it had on the agent (see :meth:`set_route`).
 
         Raises:
             DeployError: the agent reported an error, or did not answer in time.
@@ -92,38 +147,33 @@ class EdgeInstaller:
                 f"{module} {artifact.version}: the bytes have sha256 "
                 f"{info.sha256}, not {artifact.sha256}"
             )
-        entry = signed_module_spec(
-            module,
-            artifact.version,
-            info,
-            agent_id=agent_id,
-            base_url=self._base_url,
-            signer=self._signer,
-            url_signer=self._url_signer,
-            **self._options,
-        )
-        with self._lock:
-            modules = dict(self._modules.get(agent_id, {}))
+        with self._agent_lock(agent_id):
+            with self._lock:
+                modules = dict(self._modules.get(agent_id, {}))
+            previous = modules.get(module)
+            entry = signed_module_spec(
+                module,
+                artifact.version,
+                info,
+                agent_id=agent_id,
+                base_url=self._base_url,
+                signer=self._signer,
+                url_signer=self._url_signer,
+                route=previous.route if previous is not None else None,
+                **self._options,
+            )
             modules[module] = entry
-            version = self._next_version(agent_id)
-            desired = DesiredState(agent=agent_id, version=version, modules=list(modules.values()))
-        try:
-            self._edge.publish_desired(agent_id, desired)
-            observed = self._edge.wait_for_observed(agent_id, version, timeout_s=timeout_s)
-        except EdgeGatewayError as exc:
-            raise DeployError(f"{module} {artifact.version} on agent {agent_id}: {exc}") from exc
-        installed = {(m.name, m.version) for m in observed.installed}
-        if (module, artifact.version) not in installed:
-            errors = (
-                "; ".join(f"{e.code}: {e.message}" for e in observed.errors if e.module == module)
-                or "not installed"
+            version, observed = self._publish_and_wait(
+                agent_id, modules, timeout_s, f"{module} {artifact.version}"
             )
-            raise DeployError(
-                f"agent {agent_id} did not install {module} {artifact.version} "
-                f"(desired version {version}): {errors}"
-            )
-        with self._lock:
-            self._modules[agent_id] = modules
+            installed = {(m.name, m.version) for m in observed.installed}
+            if (module, artifact.version) not in installed:
+                raise DeployError(
+                    f"agent {agent_id} did not install {module} {artifact.version} "
+                    f"(desired version {version}): {_errors(observed, module)}"
+                )
+            with self._lock:
+                self._modules[agent_id] = modules
         logger.info(
             "agent %s serves %s %s (desired version %d)",
             agent_id,
@@ -131,3 +181,116 @@ class EdgeInstaller:
             artifact.version,
             version,
         )
+
+    def set_route(
+        self,
+        agent_id: str,
+        module: str,
+        route_mode: Literal["local", "offload"],
+        target: str | None,
+        timeout_s: float,
+        *,
+        version: str | None = None,
+        route_timeout_ms: int | None = None,
+        fallback_local: bool | None = None,
+    ) -> int:
+        """Switch where ``agent_id``'s pipelines run ``module``; returns the new route epoch.
+
+        The agent's modules are published again with this one's route changed and
+        its route epoch one past the last (this installer's or the agent's, if
+        higher); the call returns once the agent reports that epoch. A module the
+        agent does not hold becomes a remote-only entry (``route_mode`` must then
+        be ``offload``), named ``version`` (default ``"remote"``).
+
+        Args:
+            agent_id: the agent.
+            module: the module its pipelines feed.
+            route_mode: ``"local"`` (its own ONNX Runtime) or ``"offload"``.
+            target: for ``offload``, the node answering the module's infer topic
+                (a replica id, see :func:`offload_target`, or another agent's id).
+            timeout_s: how long to wait for the agent.
+            version: the version of a new remote-only entry.
+            route_timeout_ms: how long the agent waits for an offloaded answer
+                (default: the route's current value).
+            fallback_local: whether a failed offload runs locally when the module is
+                installed (default: the route's current value).
+
+        Raises:
+            DeployError: a route that cannot be (offload without a target, local for
+                a remote-only module), or the agent did not report the new epoch
+                in time or reported an error; this installer then keeps the route
+                it had.
+
+        Example:
+            >>> installer.set_route("cam-07", "counter", "offload",
+            ...                     "counter-v1-3f2a1b", timeout_s=10)  # doctest: +SKIP
+            1
+        """
+        with self._agent_lock(agent_id):
+            with self._lock:
+                modules = dict(self._modules.get(agent_id, {}))
+                known = self._epochs.get((agent_id, module), 0)
+            current = modules.get(module)
+            base = current.route if current is not None else Route()
+            epoch = max(known, base.epoch, _observed_epoch(self._edge, agent_id, module)) + 1
+            changes: dict[str, Any] = {
+                "mode": route_mode,
+                "target": target if route_mode == "offload" else None,
+                "epoch": epoch,
+            }
+            if route_timeout_ms is not None:
+                changes["timeout_ms"] = route_timeout_ms
+            if fallback_local is not None:
+                changes["fallback_local"] = fallback_local
+            try:
+                route = Route.model_validate({**base.model_dump(), **changes})
+                if current is not None:
+                    entry = ModuleSpec.model_validate({**current.model_dump(), "route": route})
+                else:
+                    entry = ModuleSpec(name=module, version=version or REMOTE_VERSION, route=route)
+            except ValueError as exc:  # pydantic's ValidationError, with the field at fault
+                raise DeployError(
+                    f"route of {module} on agent {agent_id} cannot be {route_mode}"
+                    f"{f' to {target}' if target else ''}: {exc}"
+                ) from exc
+            modules[module] = entry
+            where = f"{route_mode}{f' to {target}' if route_mode == 'offload' else ''}"
+            version_sent, observed = self._publish_and_wait(
+                agent_id, modules, timeout_s, f"route of {module} ({where}, epoch {epoch})"
+            )
+            reported = next((m for m in observed.installed if m.name == module), None)
+            if reported is None or reported.route_epoch < epoch:
+                got = "nothing" if reported is None else f"epoch {reported.route_epoch}"
+                raise DeployError(
+                    f"agent {agent_id} did not switch {module} to {where} (route epoch "
+                    f"{epoch}, desired version {version_sent}; it reports {got}): "
+                    f"{_errors(observed, module, 'no error reported')}"
+                )
+            with self._lock:
+                self._modules[agent_id] = modules
+                self._epochs[(agent_id, module)] = epoch
+        logger.info(
+            "agent %s runs %s %s (route epoch %d, desired version %d)",
+            agent_id,
+            module,
+            where,
+            epoch,
+            version_sent,
+        )
+        return epoch
+
+
+def _errors(observed: ObservedState, module: str, default: str = "not installed") -> str:
+    return (
+        "; ".join(f"{e.code}: {e.message}" for e in observed.errors if e.module == module)
+        or default
+    )
+
+
+def _observed_epoch(edge: EdgeGateway, agent_id: str, module: str) -> int:
+    """The route epoch the agent last reported for ``module`` (0 if none)."""
+    view = edge.agent(agent_id)
+    observed = view.observed if view is not None else None
+    if observed is None:
+        return 0
+    return max((m.route_epoch for m in observed.installed if m.name == module), default=0)

@@ -6,6 +6,7 @@ catch one root. The tree::
     MeshError
     ├── SpecError                  a decorator or spec was misused (at decoration time)
     ├── ConfigError                settings or a file could not be read or validated
+    │   └── ScenarioError          (mesh._scenario_load) a scenario file is invalid; every problem
     ├── UnknownFunctionError       no function of that name is registered
     ├── InvalidArgumentsError      arguments do not fit the function's signature
     ├── UnsatisfiableError         no node has the tier / resources asked for

@@ -76,7 +76,14 @@ if TYPE_CHECKING:
 
     from ._registry import ModelRegistry
 
-__all__ = ["EdgeInference", "Gateway", "GatewayApp", "TokenAuth", "create_gateway_app"]
+__all__ = [
+    "EdgeInference",
+    "Gateway",
+    "GatewayApp",
+    "LatencyObserver",
+    "TokenAuth",
+    "create_gateway_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,14 @@ class EdgeInference(Protocol):
         version: str | None = None,
     ) -> Any:
         """Run ``module`` on agent ``node``; the result has ``outputs`` and ``reply.version``."""
+        ...
+
+
+class LatencyObserver(Protocol):
+    """Told every answered request (the placement monitors: :class:`mesh._monitors.Monitors`)."""
+
+    def observe(self, module: str, node: str, latency_s: float, ok: bool) -> None:
+        """A request of ``module`` on ``node`` took ``latency_s``; ``ok`` unless it failed."""
         ...
 
 
@@ -191,6 +206,7 @@ class Gateway:
         edge: the edge gateway, for modules served by agents.
         auth: token checks (default: off).
         metrics: where latency histograms and error counters go.
+        observer: told each request's module, node, latency and outcome (placement monitors).
         upstream_timeout_s: how long a replica may take to answer.
         edge_timeout_s: how long an agent may take to answer.
         cold_start_timeout_s: how long a request waits for a module scaled to zero.
@@ -204,6 +220,7 @@ class Gateway:
         edge: EdgeInference | None = None,
         auth: TokenAuth | None = None,
         metrics: MetricsRegistry | None = None,
+        observer: LatencyObserver | None = None,
         upstream_timeout_s: float = 30.0,
         edge_timeout_s: float = 10.0,
         cold_start_timeout_s: float = 120.0,
@@ -214,6 +231,7 @@ class Gateway:
         self.edge = edge
         self.auth = auth or TokenAuth(None)
         self.metrics = metrics or MetricsRegistry()
+        self.observer = observer
         self._upstream_timeout_s = upstream_timeout_s
         self._edge_timeout_s = edge_timeout_s
         self._cold_start_timeout_s = cold_start_timeout_s
@@ -326,10 +344,20 @@ class Gateway:
             served_version = route.version
             answer, node, served_version = await self._dispatch(route, body, headers)
         except Exception as exc:
-            self.count_error(module, served_version, getattr(exc, "node", None) or node, exc)
+            node = getattr(exc, "node", None) or node
+            self.count_error(module, served_version, node, exc)
+            # Only served modules: the names of others come from clients.
+            if (
+                self.observer is not None
+                and http_status(exc) >= 500
+                and self.routes.get(module) is not None
+            ):
+                self.observer.observe(module, node, time.perf_counter() - started, False)
             raise
         elapsed = time.perf_counter() - started
         status = answer[0]
+        if self.observer is not None:
+            self.observer.observe(module, node, elapsed, status < 500)
         self._latency.observe(elapsed, module, served_version, node)
         self._requests.inc(1, module, served_version, node, str(status))
         if status >= 400:

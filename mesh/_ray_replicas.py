@@ -9,6 +9,11 @@ node; the endpoint ``(node id, host, port)`` is what :meth:`RayReplicaHandle.pol
 returns once the constructor is done. Ray is used to start, find and stop
 replicas, never per request.
 
+Given broker settings (``mqtt=``), each replica also answers edge agents'
+offloaded requests on ``{p}/modules/{module}/infer/{replica_id}``
+(:mod:`mesh._replica_mqtt`); the constructor returns only once that subscription
+is acknowledged, so a replica in a route always listens on both ways in.
+
 The model's bytes go to the object store once per version (``ray.put``), and
 every replica of that version (and every restart) reads them from there; each
 handle holds the reference, so a restart finds them as long as the replica is
@@ -16,7 +21,8 @@ wanted. (Ray logs a line per replica saying that constructor arguments in the
 object store must stay in scope for restarts: they do.)
 
 Example:
-    >>> launcher = RayReplicaLauncher(nodes=backend.nodes)          # doctest: +SKIP
+    >>> launcher = RayReplicaLauncher(nodes=backend.nodes,
+    ...                               mqtt=ReplicaMqtt(broker_url))   # doctest: +SKIP
     >>> manager = ServingManager(routes, launcher, registry=registry)  # doctest: +SKIP
 """
 
@@ -26,7 +32,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import exceptions as ray_exceptions
@@ -34,9 +40,13 @@ from ray import exceptions as ray_exceptions
 from ._backend import NodeInfo, check_satisfiable
 from ._errors import BackendError
 from ._ray_backend import label_selector, task_resources
+from ._replica_contract import ReplicaMqtt
 from ._routes import ReplicaEndpoint
 from ._serving import ModelArtifact, ReplicaFailedError, ReplicaRequest
 from ._specs import FunctionSpec
+
+if TYPE_CHECKING:
+    from ._replica_mqtt import MqttResponder
 
 __all__ = ["RayReplicaHandle", "RayReplicaLauncher", "ReplicaActor"]
 
@@ -58,8 +68,9 @@ class ReplicaActor:
         batching: str,
         replica_id: str,
         bind_host: str | None,
+        mqtt: ReplicaMqtt | None = None,
     ) -> None:
-        """Load, warm up and serve; the actor is ready when this returns.
+        """Load, warm up and serve (HTTP, and MQTT when given); ready when this returns.
 
         ``model`` is ``[ObjectRef of the ONNX bytes]``: nested, so the actor fetches it
         (the driver keeps the reference, and a restarted actor fetches it again).
@@ -76,6 +87,16 @@ class ReplicaActor:
         )
         self._app.warmup()
         self._server = serve_asgi(self._app, host=host, port=0, name=f"replica-{replica_id}")
+        self._mqtt: MqttResponder | None = None
+        if mqtt is not None:
+            from ._replica_mqtt import MqttResponder
+
+            try:
+                self._mqtt = MqttResponder(self._app, mqtt).start()
+            except BaseException:
+                self._server.stop(timeout_s=1.0)
+                self._app.close()
+                raise
         self._info = {
             "replica_id": replica_id,
             "node_id": self._node_id,
@@ -84,6 +105,7 @@ class ReplicaActor:
             "version": version,
             "provider": runner.provider,
             "threads": runner.threads,
+            "mqtt_topic": self._mqtt.topic if self._mqtt is not None else None,
         }
         logger.info(
             "replica %s of %s %s serves %s on node %s",
@@ -99,8 +121,10 @@ class ReplicaActor:
         return dict(self._info)
 
     def stop(self) -> None:
-        """Stop serving (open requests finish first)."""
+        """Stop serving (open requests, HTTP and MQTT, finish first)."""
         self._app.draining = True
+        if self._mqtt is not None:
+            self._mqtt.stop(timeout_s=5.0)
         self._server.stop(timeout_s=10.0)
         self._app.close()
 
@@ -193,6 +217,8 @@ class RayReplicaLauncher:
             default ``ray.nodes()``.
         bind_host: address replicas listen on; default the node's IP (what Ray uses).
         max_restarts: Ray restarts of a replica whose process died.
+        mqtt: the broker replicas connect to, to answer agents' offloaded requests
+            on ``{p}/modules/{module}/infer/{replica_id}``; None = HTTP only.
     """
 
     def __init__(
@@ -201,10 +227,12 @@ class RayReplicaLauncher:
         nodes: Callable[[], list[NodeInfo]] | None = None,
         bind_host: str | None = None,
         max_restarts: int = 3,
+        mqtt: ReplicaMqtt | None = None,
     ) -> None:
         """Use the Ray connection of this process (``ray.init`` done by the backend)."""
         self._nodes = nodes
         self._bind_host = bind_host
+        self._mqtt = mqtt
         self._max_restarts = max_restarts
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -264,6 +292,7 @@ class RayReplicaLauncher:
                     request.batching,
                     request.replica_id,
                     self._bind_host,
+                    self._mqtt,
                 )
             )
         except Exception as exc:

@@ -11,7 +11,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import unquote, urlsplit
 
 from ._errors import MeshError
 from ._export import ModelSignature
@@ -29,6 +30,7 @@ __all__ = [
     "ReplicaFailedError",
     "ReplicaHandle",
     "ReplicaLauncher",
+    "ReplicaMqtt",
     "ReplicaProbe",
     "ReplicaRequest",
     "ReplicaStatus",
@@ -109,6 +111,55 @@ class ReplicaRequest:
     def version(self) -> str:
         """The version the replica serves."""
         return self.artifact.version
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaMqtt:
+    """How replicas reach the MQTT broker, to answer agents' offloaded requests directly.
+
+    A replica given these subscribes to ``{prefix}/modules/{module}/infer/{replica_id}``:
+    the replica id is the ``target`` an agent's offload route names (see
+    :func:`mesh._edge_install.offload_target`).
+
+    Attributes:
+        url: ``mqtt://[user:pass@]host[:port]``.
+        username: broker user (overrides the URL's).
+        password: broker password (overrides the URL's).
+        prefix: topic prefix (``mesh/v1``).
+        protocol: ``"auto"`` (5, then 3.1.1 when refused), ``"5"`` or ``"3.1.1"``.
+        connect_timeout_s: how long a starting replica waits to be connected and
+            subscribed; it fails to start past that (a route must never name a
+            replica that does not listen).
+        keepalive_s: MQTT keepalive.
+
+    Example:
+        >>> ReplicaMqtt("mqtt://cp:pw@10.0.0.2:1884").endpoint()
+        ('10.0.0.2', 1884, 'cp', 'pw')
+    """
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    prefix: str = "mesh/v1"
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    connect_timeout_s: float = 15.0
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError(f"broker {self.url!r}: expected mqtt://[user:pass@]host[:port]")
+        if self.protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"protocol {self.protocol!r}: expected 'auto', '5' or '3.1.1'")
+
+    def endpoint(self) -> tuple[str, int, str | None, str | None]:
+        """Host, port, username and password (explicit fields win over the URL's)."""
+        parts = urlsplit(self.url)
+        user = self.username or (unquote(parts.username) if parts.username else None)
+        password = self.password
+        if password is None and parts.password:
+            password = unquote(parts.password)
+        return parts.hostname or "127.0.0.1", parts.port or 1883, user, password
 
 
 @dataclass(frozen=True, slots=True)

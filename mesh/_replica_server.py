@@ -236,8 +236,32 @@ class _Job:
     size: int
 
 
-def _compatible(a: Feeds, b: Feeds) -> bool:
+def compatible(a: Feeds, b: Feeds) -> bool:
+    """Whether two requests' inputs stack along the batch axis."""
     return all(b[name].shape[1:] == arr.shape[1:] for name, arr in a.items())
+
+
+def run_together(
+    runner: ModelRunner, jobs: Sequence[tuple[Feeds, int]]
+) -> tuple[list[Feeds], bool]:
+    """Run requests ``(feeds, batch size)`` as one batch; outputs per request, and whether batched.
+
+    The caller picks :func:`compatible` requests; a model whose outputs turn out
+    not to follow the batch axis runs them one by one.
+    """
+    if len(jobs) == 1:
+        return [runner.run(jobs[0][0])], False
+    import numpy as np
+
+    names = list(jobs[0][0])
+    merged = {n: np.concatenate([feeds[n] for feeds, _ in jobs], axis=0) for n in names}
+    outputs = runner.run(merged)
+    total = sum(size for _, size in jobs)
+    if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
+        return [runner.run(feeds) for feeds, _ in jobs], False  # not batch-wise after all
+    cuts = np.cumsum([size for _, size in jobs])[:-1]
+    split = {n: np.split(o, cuts, axis=0) for n, o in outputs.items()}
+    return [{n: parts[i] for n, parts in split.items()} for i in range(len(jobs))], True
 
 
 class _Batcher:
@@ -289,7 +313,7 @@ class _Batcher:
         while (
             self._queue
             and size + self._queue[0].size <= self._runner.max_batch
-            and _compatible(first.feeds, self._queue[0].feeds)
+            and compatible(first.feeds, self._queue[0].feeds)
         ):
             job = self._queue.popleft()
             jobs.append(job)
@@ -334,21 +358,11 @@ class _Batcher:
             self._scheduled = False
 
     def _run(self, jobs: list[_Job]) -> list[Feeds]:
-        if len(jobs) == 1:
-            return [self._runner.run(jobs[0].feeds)]
-        import numpy as np
-
-        names = list(jobs[0].feeds)
-        merged = {n: np.concatenate([j.feeds[n] for j in jobs], axis=0) for n in names}
-        outputs = self._runner.run(merged)
-        total = sum(j.size for j in jobs)
-        if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
-            return [self._runner.run(j.feeds) for j in jobs]  # not batch-wise after all
-        self.batches += 1
-        self.batched_requests += len(jobs)
-        cuts = np.cumsum([j.size for j in jobs])[:-1]
-        split = {n: np.split(o, cuts, axis=0) for n, o in outputs.items()}
-        return [{n: parts[i] for n, parts in split.items()} for i in range(len(jobs))]
+        results, batched = run_together(self._runner, [(j.feeds, j.size) for j in jobs])
+        if batched:
+            self.batches += 1
+            self.batched_requests += len(jobs)
+        return results
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -512,6 +526,9 @@ class ReplicaApp:
         self.replica_id = replica_id
         self.stats = ReplicaStats()
         self.draining = False
+        self.max_queue = max_queue
+        #: Other ways in (the MQTT responder): name -> its part of ``/stats``.
+        self.reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         self._execution = execution
         self._batcher = _Batcher(runner, max_queue, inline=execution == "inline")
 
@@ -541,6 +558,7 @@ class ReplicaApp:
     def describe(self) -> dict[str, Any]:
         """Identity and state, as ``/stats`` reports it."""
         return {
+            **{name: report() for name, report in self.reporters.items()},
             "model": self.model,
             "version": self.version,
             "node_id": self.node_id,
@@ -688,26 +706,39 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="CPUs (intra-op threads)")
     parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--execution", choices=("auto", "inline", "thread"), default="auto")
+    parser.add_argument("--mqtt", metavar="URL", help="also answer MQTT requests via this broker")
+    parser.add_argument("--mqtt-prefix", default="mesh/v1", help="MQTT topic prefix")
+    parser.add_argument("--replica-id", default=None, help="MQTT target id (default: the name)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     runner = ModelRunner(args.model, cpus=args.cpus, batching=args.batching)
+    replica_id = args.replica_id or args.name
     app = ReplicaApp(
         runner,
         model=args.name,
         version=args.version,
         node_id=socket.gethostname(),
+        replica_id=replica_id,
         execution=args.execution,
     )
     app.warmup()
     server = serve_asgi(app, host=args.host, port=args.port, name=f"replica-{args.name}")
-    print(f"ready {server.url}", flush=True)
+    responder = None
+    if args.mqtt:
+        from ._replica_contract import ReplicaMqtt
+        from ._replica_mqtt import MqttResponder
+
+        responder = MqttResponder(app, ReplicaMqtt(args.mqtt, prefix=args.mqtt_prefix)).start()
+    print(f"ready {server.url}" + (f" {responder.topic}" if responder else ""), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
+        if responder is not None:
+            responder.stop()
         server.stop()
         app.close()
 

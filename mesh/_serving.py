@@ -67,8 +67,10 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentInstaller",
     "DeployError",
+    "DeploymentView",
     "HttpProbe",
     "ModelArtifact",
+    "PhaseHook",
     "ReplicaFailedError",
     "ReplicaHandle",
     "ReplicaLauncher",
@@ -113,6 +115,39 @@ class _Deployment:
         if self.agent is not None:
             return [AgentEndpoint(self.agent, self.artifact.version)]
         return [r.endpoint for r in self.serving() if r.endpoint is not None]
+
+
+PhaseHook = Callable[[str], None]
+"""Called with ``"ready"``, ``"switched"``, ``"drained"`` and ``"removed"`` as a switch goes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentView:
+    """What serves a module now (for the placement controller and restarts).
+
+    Attributes:
+        spec: the module.
+        artifact: the version served.
+        tier: ``cloud``, ``fog`` or ``edge``.
+        site: the ``mesh.site`` its replicas are pinned to, if any.
+        agent: the edge agent serving it, if any.
+        nodes: node ids of its serving replicas (or the agent id).
+    """
+
+    spec: ModuleSpec
+    artifact: ModelArtifact
+    tier: str
+    site: str | None
+    agent: str | None
+    nodes: tuple[str, ...]
+
+
+def _phase(hook: PhaseHook | None, phase: str) -> None:
+    if hook is not None:
+        try:
+            hook(phase)
+        except Exception:  # a hook must not break a switch
+            logger.exception("phase hook failed at %s", phase)
 
 
 def _replica_id(module: str, version: str) -> str:
@@ -264,6 +299,7 @@ class ServingManager:
         site: str | None = None,
         replicas: int | None = None,
         batching: str = "auto",
+        on_phase: PhaseHook | None = None,
     ) -> ModuleRoute:
         """Serve ``version`` of the module on ``tier`` nodes, make-before-break.
 
@@ -276,6 +312,7 @@ class ServingManager:
             replicas: how many to start (default: as many as serve now, at least
                 ``max(1, min_replicas)``).
             batching: the replicas' dynamic batching: ``auto``, ``on`` or ``off``.
+            on_phase: told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
 
         Returns:
             The new route (its epoch is one more than before).
@@ -299,6 +336,7 @@ class ServingManager:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
             fresh = self._start_replicas(spec, artifact, tier, site, count, batching)
+            _phase(on_phase, "ready")
             new = _Deployment(
                 spec,
                 artifact,
@@ -313,6 +351,7 @@ class ServingManager:
                 new,
                 old,
                 f"{count} {tier} replica(s) ready after {time.monotonic() - started:.1f} s",
+                on_phase,
             )
         return route
 
@@ -323,8 +362,11 @@ class ServingManager:
         version: str | ModelVersion | ModelArtifact = "production",
         *,
         timeout_s: float = 60.0,
+        on_phase: PhaseHook | None = None,
     ) -> ModuleRoute:
         """Serve the module on an edge agent and switch its route there, make-before-break.
+
+        ``on_phase`` is told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
 
         Raises:
             DeployError: no installer, or the agent did not install it (nothing changed).
@@ -338,8 +380,9 @@ class ServingManager:
         with lock:
             old = self._deployments.get(spec.name)
             self._installer.install(agent_id, spec.name, artifact, timeout_s)
+            _phase(on_phase, "ready")
             new = _Deployment(spec, artifact, "edge", None, agent=agent_id, lock=lock)
-            route = self._switch(new, old, f"agent {agent_id}")
+            route = self._switch(new, old, f"agent {agent_id}", on_phase)
         return route
 
     def _module_lock(self, module: str) -> threading.Lock:
@@ -394,7 +437,13 @@ class ServingManager:
             replica.state = "serving"
         return started
 
-    def _switch(self, new: _Deployment, old: _Deployment | None, where: str) -> ModuleRoute:
+    def _switch(
+        self,
+        new: _Deployment,
+        old: _Deployment | None,
+        where: str,
+        on_phase: PhaseHook | None = None,
+    ) -> ModuleRoute:
         """Publish ``new``'s endpoints in one step, then drain and stop ``old``'s replicas."""
         spec = new.spec
         with self._lock:
@@ -415,12 +464,30 @@ class ServingManager:
             where,
             route.epoch,
         )
+        _phase(on_phase, "switched")
         if old is not None:
-            self._drain_and_stop(spec.name, list(old.replicas.values()))
+            # An old agent stays installed (a local fallback for its pipelines); its
+            # requests through the gateway finish there.
+            agents: list[Endpoint] = (
+                [AgentEndpoint(old.agent, old.artifact.version)]
+                if old.agent is not None and old.agent != new.agent
+                else []
+            )
+            self._drain_and_stop(spec.name, list(old.replicas.values()), agents, on_phase)
+        else:
+            _phase(on_phase, "drained")
+            _phase(on_phase, "removed")
         return route
 
-    def _drain_and_stop(self, module: str, replicas: list[_Replica]) -> None:
-        endpoints = [r.endpoint for r in replicas if r.endpoint is not None]
+    def _drain_and_stop(
+        self,
+        module: str,
+        replicas: list[_Replica],
+        agents: list[Endpoint] | None = None,
+        on_phase: PhaseHook | None = None,
+    ) -> None:
+        endpoints: list[Endpoint] = [r.endpoint for r in replicas if r.endpoint is not None]
+        endpoints += agents or []
         if endpoints and not self.routes.wait_drained(endpoints, self._drain_timeout_s):
             logger.warning(
                 "%s: %d old endpoint(s) still had requests after %.0f s; stopping",
@@ -436,10 +503,13 @@ class ServingManager:
                 if stats is None or not stats.get("in_flight"):
                     break
                 time.sleep(0.02)
+        _phase(on_phase, "drained")
+        for replica in replicas:
             replica.handle.stop()
             logger.info(
                 "%s: replica %s (%s) stopped", module, replica.handle.replica_id, replica.version
             )
+        _phase(on_phase, "removed")
 
     def undeploy(self, module: str, *, drain: bool = True) -> None:
         """Stop routing ``module`` and stop its replicas (after they drain, unless ``drain``)."""
@@ -458,6 +528,22 @@ class ServingManager:
         logger.info("%s undeployed", module)
 
     # -- observing
+
+    def deployments(self) -> list[DeploymentView]:
+        """What serves each module now, by module."""
+        with self._lock:
+            deployments = [self._deployments[m] for m in sorted(self._deployments)]
+        out = []
+        for d in deployments:
+            nodes = (
+                (d.agent,)
+                if d.agent is not None
+                else tuple(
+                    sorted({r.endpoint.node_id for r in d.serving() if r.endpoint is not None})
+                )
+            )
+            out.append(DeploymentView(d.spec, d.artifact, d.tier, d.site, d.agent, nodes))
+        return out
 
     def status(self, module: str | None = None) -> list[ReplicaStatus]:
         """Replicas (and agents) per module, with their last stats."""

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from ._app import Mesh, RegisteredFunction
 from ._backend import connect_backend
+from ._cli_scenario import scenario_app
 from ._daemon import cluster_down, cluster_up, read_cluster_file
 from ._errors import MeshError, UnknownFunctionError
 from ._loader import load_apps
@@ -365,21 +367,54 @@ def runs(
     console.print(table)
 
 
-@app.command()
-def demo(
-    quick: Annotated[bool, typer.Option(help="Fewer trials and shorter streams.")] = False,
+def _bundled_scenario(name: str) -> Path:
+    """A scenario shipped in the repository's ``scenarios/`` folder."""
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        path = base / "scenarios" / f"{name}.yaml"
+        if path.is_file():
+            return path
+    raise typer.BadParameter(f"no scenarios/{name}.yaml here or beside the mesh package")
+
+
+@app.command("run")
+def run_file(
+    file: Annotated[Path, typer.Argument(help="A scenario YAML (see `mesh scenario schema`).")],
 ) -> None:
-    """Run the demo pipeline across the cloud and fog tiers, on embedded defaults."""
-    from ._demo import run_demo
+    """Run a scenario: broker, Ray cluster, agents, SUMO, faults; ends with a report."""
+    from ._scenario_run import run_scenario
 
     with _errors():
-        run_demo(_settings(), console=console, quick=quick)
+        run_scenario(file, console=console)
+
+
+@app.command()
+def demo(
+    quick: Annotated[
+        bool, typer.Option(help="The small scenario (2x2 grid, 2 agents, 2 minutes).")
+    ] = False,
+    pipeline: Annotated[
+        bool,
+        typer.Option(help="Only the function pipeline across cloud and fog (no SUMO, no agents)."),
+    ] = False,
+) -> None:
+    """Run the smart-traffic scenario (scenarios/traffic.yaml) on embedded defaults."""
+    if pipeline:
+        from ._demo import run_demo
+
+        with _errors():
+            run_demo(_settings(), console=console, quick=quick)
+        return
+    from ._scenario_run import run_scenario
+
+    with _errors():
+        run_scenario(_bundled_scenario("small" if quick else "traffic"), console=console)
 
 
 tokens_app = typer.Typer(
     help="Bearer tokens for the REST and inference APIs.", no_args_is_help=True
 )
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(scenario_app, name="scenario")
 
 
 @tokens_app.command("create")
@@ -415,6 +450,9 @@ def _mount_optional() -> None:
     from ._cli_modules import modules_app
 
     app.add_typer(modules_app, name="modules")
+    from ._cli_placements import placements_app
+
+    app.add_typer(placements_app, name="placements")
     try:
         from ._cli_agents import agents_app
     except ImportError:  # the edge extra is not installed

@@ -1,0 +1,867 @@
+"""`mesh run FILE`: a whole scenario, from an empty machine to a report.
+
+In order, each stage shown as it runs and undone in reverse on the way out
+(Ctrl-C included):
+
+1. **check** the file (:func:`~mesh._scenario_load.load_scenario`) — nothing
+   starts when it is wrong;
+2. **infrastructure**: the MQTT broker (embedded, Mosquitto or external), a
+   local Ray cluster with the scenario's cloud head and fog nodes (real
+   raylets with tier labels), and the control plane's services in this
+   process: edge gateway, registry, artifact endpoint, serving manager and
+   the placement controller;
+3. **network and demand**: the SUMO grid (every junction signalised) and the
+   routes all controllers share;
+4. **pipeline**: the triggers due at the start (batch analytics, tuning) and
+   each module's training function on its tier; the exports are registered;
+5. **agents**: one real edge agent process per camera, each behind its own
+   emulated link, and the modules rolled out where they start;
+6. **live control**: the fog stream functions, cameras → agents (CNN counts)
+   → fog (signal plans) → SUMO, with the fault timeline and the placement
+   engine reacting;
+7. **baselines** (SUMO's own programs on the same routes) and the **report**.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from ._errors import MeshError
+from ._linkem import LinkShape
+from ._scenario import CPU_PROVIDER, Link, ModuleDecl, RayNode, Scenario
+from ._scenario_faults import FaultTimeline, parse_target
+from ._scenario_procs import AgentFleet, CpuHog
+from ._scenario_report import (
+    ControllerKpis,
+    MigrationRecord,
+    ModuleLatency,
+    ScenarioReport,
+    headline,
+    write_report,
+)
+
+__all__ = ["ScenarioRun", "run_scenario"]
+
+logger = logging.getLogger(__name__)
+
+#: SUMO's program names for the scenario's baseline names.
+_BASELINE_CONTROL = {"fixed": "static", "actuated": "actuated", "delay_based": "delay_based"}
+CAMERA_STREAM = "counts"
+
+
+@dataclass(slots=True)
+class _EventTally:
+    """Counts events per agent by sequence number, to find gaps (lost events)."""
+
+    seqs: dict[str, set[int]] = field(default_factory=dict)
+    received: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, agent: str, seq: int) -> None:
+        with self.lock:
+            self.seqs.setdefault(agent, set()).add(seq)
+            self.received += 1
+
+    def lost(self) -> int:
+        """Sequence numbers missing between each agent's first and last event."""
+        with self.lock:
+            return sum(max(s) - min(s) + 1 - len(s) for s in self.seqs.values() if s)
+
+
+class ScenarioRun:
+    """One run of a scenario (see the module docstring).
+
+    Args:
+        scenario: a checked scenario.
+        console: where progress goes.
+        fresh: start from an empty state directory (registry, runs, caches).
+    """
+
+    def __init__(self, scenario: Scenario, *, console: Console, fresh: bool = True) -> None:
+        """Nothing starts before :meth:`run`."""
+        self.scenario = scenario
+        self.console = console
+        self.out_dir = scenario.output_dir().resolve()
+        self.state_dir = self.out_dir / "state"
+        self._fresh = fresh
+        self.report = ScenarioReport(name=scenario.name, sim_seconds=0.0)
+        self._hogs: dict[str, CpuHog] = {}
+        self._fleet: AgentFleet | None = None
+        self._services: Any = None
+        self._cluster: Any = None
+        self._fog_nodes: dict[str, str] = {}
+        self._agent_link: dict[str, LinkShape] = {}
+        self._events = _EventTally()
+        self._latency: dict[str, ModuleLatency] = {}
+        self._runner_obj: Any = None
+        self._started = time.monotonic()
+
+    # -- the whole run ------------------------------------------------------------
+
+    def run(self) -> ScenarioReport:
+        """Run every stage; returns the report (also written to ``outputs.dir``).
+
+        Raises:
+            MeshError: a stage failed; everything started so far is stopped.
+        """
+        if self._fresh and self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            self._stack = stack
+            stack.enter_context(_environment(MESH_DATA_DIR=str(self.state_dir)))
+            stack.enter_context(_on_path(Path.cwd()))
+            self._stage("infrastructure", self._start_infrastructure)
+            sim = self.scenario.simulation
+            if sim is not None:
+                self._stage("network and demand", self._prepare_simulation)
+            self._stage("models", self._train_models)
+            if self.scenario.agent_nodes():
+                self._stage("agents", self._start_agents)
+            self._stage("roll-out", self._roll_out)
+            if sim is not None:
+                self._stage("live control", self._live)
+        if self.scenario.simulation is not None and self.scenario.simulation.baselines:
+            self._stage("baselines", self._baselines)
+        self.report.wall_seconds = time.monotonic() - self._started
+        if self.scenario.outputs.report:
+            paths = write_report(self.report, self.out_dir)
+            self.report.notes.append(f"report: {paths.html}")
+            self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
+        return self.report
+
+    def _stage(self, name: str, fn: Callable[[], None]) -> None:
+        self.console.rule(name)
+        t0 = time.monotonic()
+        try:
+            fn()
+        except MeshError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            raise MeshError(f"scenario {self.scenario.name}: {name} failed: {exc}") from exc
+        self.console.print(f"  [green]✓[/] {name} ({time.monotonic() - t0:.1f} s)")
+
+    # -- 2. infrastructure ----------------------------------------------------------
+
+    def _start_infrastructure(self) -> None:
+        from ._backend import connect_backend
+        from ._broker import free_port, start_embedded_broker
+        from ._control_plane import ControlPlaneSettings, build_services
+        from ._http_server import serve_asgi
+
+        sc = self.scenario
+        head = sc.head_node() or RayNode(name="cloud", tier="cloud")
+        broker_kind = sc.broker.kind
+        if broker_kind == "external":
+            assert sc.broker.url is not None
+            broker_url = sc.broker.url
+        elif broker_kind == "mosquitto":
+            from ._broker import start_mosquitto
+
+            broker = start_mosquitto(sc.broker.port or 0, workdir=self.state_dir / "mosquitto")
+            self._stack.callback(broker.stop)
+            broker_url = broker.url
+        else:
+            embedded = start_embedded_broker(port=sc.broker.port or 0)
+            self._stack.callback(embedded.stop)
+            broker_url = embedded.url
+        self.console.print(f"  broker ({broker_kind}) at {broker_url}")
+        self._broker_url = broker_url
+        port = free_port()
+        settings = ControlPlaneSettings(
+            data_dir=self.state_dir,
+            cloud_cpus=head.cpus,
+            cloud_gpus=head.gpus,
+            fog_nodes=0,
+            gateway_port=port,
+            broker_url=broker_url,
+            topic_prefix=sc.broker.prefix,
+            placement_period_s=5.0,
+            placement_window_s=5.0,
+            placement_min_samples=6,
+            placement_dwell_s=20.0,
+            placement_restore=False,
+        )
+        self._settings = settings
+        with self.console.status("starting the Ray cluster (cloud head + fog nodes)…"):
+            backend = connect_backend(settings)
+            self._stack.callback(backend.close)
+            self._backend = backend
+            cluster = getattr(backend, "cluster", None)
+            if cluster is None:
+                raise MeshError("scenarios need the embedded Ray cluster (unset MESH_RAY_ADDRESS)")
+            self._cluster = cluster
+            for node in sc.nodes.ray:
+                if node.tier == "fog":
+                    info = cluster.add_fog_node(site=node.site_name, cpus=node.cpus)
+                    self._fog_nodes[node.name] = info.node_id
+        for info in cluster.nodes:
+            self.console.print(
+                f"  Ray node {info.node_id[:8]}: {info.tier}"
+                f"{' site ' + info.site if info.site else ''}, {info.cpus:g} CPU"
+            )
+        undo: list[tuple[str, Callable[[], object]]] = []
+        protocol = "3.1.1" if broker_kind == "embedded" else "auto"
+        try:
+            services = build_services(settings, backend, broker_url, protocol, undo, host_cpu=False)
+        finally:
+            for what, stop in reversed(undo):
+                self._stack.callback(_quietly(what, stop))
+        self._services = services
+        server = serve_asgi(services.app, host="127.0.0.1", port=port)
+        self._stack.callback(server.stop)
+        self.console.print(f"  control plane at {server.url} (REST, /v2 inference, artifacts)")
+
+    # -- 3. network and demand ---------------------------------------------------------
+
+    def _prepare_simulation(self) -> None:
+        from ._sumo_network import build_grid, make_demand
+
+        sim = self.scenario.simulation
+        assert sim is not None
+        net_dir = self.out_dir / "net"
+        grid_decl = sim.network.grid
+        if grid_decl is None:
+            raise MeshError("scenarios run generated grids only for now (simulation.network.grid)")
+        self._grid = build_grid(
+            net_dir,
+            rows=grid_decl.rows,
+            cols=grid_decl.cols,
+            edge_length_m=grid_decl.length_m,
+            lanes=grid_decl.lanes,
+        )
+        seed = sim.demand.seed if sim.demand.seed is not None else self.scenario.seed
+        self._demand = make_demand(
+            net_dir,
+            self._grid,
+            level=sim.demand.level,
+            seed=seed,
+            horizon_s=sim.demand.duration_s,
+            scale=sim.demand.scale,
+        )
+        self.report.grid = f"{grid_decl.rows}x{grid_decl.cols}"
+        self.report.demand = f"{sim.demand.level}, {self._demand.vehicles} vehicles"
+        self.console.print(
+            f"  {self._grid.name}: {len(self._grid.junctions)} signalised junctions; "
+            f"{sim.demand.level} demand: {self._demand.vehicles} vehicles over "
+            f"{sim.demand.duration_s:g} s"
+        )
+
+    # -- 4. models ------------------------------------------------------------------------
+
+    def _runner(self) -> Any:
+        from ._app import Mesh
+        from ._loader import load_apps
+        from ._runner import Runner
+        from ._store import SQLiteStore
+
+        if self._runner_obj is not None:
+            return self._runner_obj
+        apps: list[Mesh] = []
+        seen: set[str] = set()
+        for ref in self.scenario.functions:
+            module = ref.partition(":")[0]
+            if module not in seen:
+                seen.add(module)
+                with contextlib.suppress(MeshError):
+                    apps.extend(load_apps(module))
+        scenario_app = Mesh(f"scenario-{self.scenario.name}")
+        registered = {name for a in apps for name in a.functions}
+        for decl in self.scenario.streams:
+            fn = _resolve(decl.function)
+            scenario_app.add_stream(
+                fn,
+                topic=decl.input,
+                output_topic=decl.output,
+                window_s=decl.window_s,
+                name=decl.name,
+                tier=decl.tier,
+            )
+        for trig in self.scenario.triggers:
+            name = trig.function.partition(":")[2]
+            if name not in registered:
+                scenario_app.add_function(_resolve(trig.function), name=name, tier=trig.tier)
+                registered.add(name)
+        store = SQLiteStore(self._settings.store_path)
+        self._stack.callback(store.close)
+        self._runner_obj = Runner([*apps, scenario_app], backend=self._backend, store=store)
+        return self._runner_obj
+
+    def _train_models(self) -> None:
+        from ._registry import ModelRegistry
+
+        runner = self._runner()
+        registry: ModelRegistry = self._services.registry
+        for trig in self.scenario.triggers:
+            if trig.after is None and (trig.at_s or 0.0) == 0.0:
+                self._run_function(runner, trig.function.partition(":")[2], dict(trig.args))
+        self._versions: dict[str, str] = {}
+        for decl in self.scenario.modules:
+            source = decl.model
+            if source.train is not None:
+                name = source.train.partition(":")[2]
+                with self.console.status(f"training {decl.name} ({name})…"):
+                    ref = self._run_function(runner, name, dict(source.args))
+                version = ref.get("registered_version") if isinstance(ref, dict) else None
+                model_name = ref.get("model", decl.name) if isinstance(ref, dict) else decl.name
+                if version is None and isinstance(ref, dict) and ref.get("onnx_path"):
+                    version = registry.register(
+                        model_name,
+                        Path(ref["onnx_path"]),
+                        code_version=ref.get("code_version", "?"),
+                    ).version
+                if version is None:
+                    raise MeshError(f"{decl.name}: {source.train} returned no model to register")
+            elif source.path is not None:
+                path = self.scenario.resolve_path(source.path)
+                model_name = decl.name
+                version = registry.register(
+                    model_name, path, code_version=f"file:{path.name}"
+                ).version
+            else:
+                assert source.registry is not None
+                model_name, _, version = source.registry.partition("@")
+                version = f"v{version}" if version else "production"
+            self._versions[decl.name] = f"{model_name}@{version}"
+            self.console.print(f"  {decl.name}: model {model_name} {version}")
+
+    def _run_function(self, runner: Any, name: str, kwargs: dict[str, Any]) -> Any:
+        t0 = time.monotonic()
+        run = runner.submit(name, **kwargs)
+        value = run.result()
+        labels = runner.node_labels(run.node_id or "")
+        tier = labels.get("mesh.tier", "?")
+        summary = _summarise(value)
+        self.console.print(
+            f"  [green]✓[/] {name} on {tier} node {(run.node_id or '-')[:8]} "
+            f"({time.monotonic() - t0:.1f} s): {summary}"
+        )
+        self.report.steps.append(
+            {
+                "name": name,
+                "tier": tier,
+                "node": (run.node_id or "-")[:8],
+                "seconds": round(time.monotonic() - t0, 2),
+                "summary": summary,
+            }
+        )
+        return value
+
+    # -- 5. agents ---------------------------------------------------------------------------
+
+    def _link_shape(self, a: str, b: str) -> LinkShape:
+        """The declared link between two endpoints (most specific first), or no delay."""
+        best: tuple[int, Link] | None = None
+        for link in self.scenario.links:
+            for x, y in ((link.from_, link.to), (link.to, link.from_)):
+                if _endpoint_matches(x, a) and _endpoint_matches(y, b):
+                    rank = _specificity(x) + _specificity(y)
+                    if best is None or rank > best[0]:
+                        best = (rank, link)
+        if best is None:
+            return LinkShape()
+        link = best[1]
+        rate = link.bandwidth_mbps * 1000 if link.bandwidth_mbps else None
+        return LinkShape(delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, rate_kbps=rate)
+
+    def _start_agents(self) -> None:
+        from ._artifacts import ArtifactSigner
+        from ._enrolment import enroll
+
+        host, _, port = self._broker_url.removeprefix("mqtt://").partition(":")
+        signer = ArtifactSigner.load_or_create(self.state_dir)
+        public_key = signer.public_key_b64()
+        fleet = AgentFleet(
+            (host, int(port or 1883)),
+            self.out_dir,
+            prefix=self.scenario.broker.prefix,
+            public_key=public_key,
+            options={"heartbeat_period_s": 1.0, "keepalive_s": 5, "protocol": "3.1.1"},
+        )
+        self._stack.callback(fleet.close)
+        self._fleet = fleet
+        cameras = {a.site for a in self.scenario.agent_nodes()}
+        prefix = self.scenario.broker.prefix
+        cores = os.cpu_count() or 1
+        for i, agent in enumerate(self.scenario.agent_nodes()):
+            # Enrolled: the artifact endpoint serves signed URLs to enrolled agents only.
+            enroll(agent.id, site=agent.site, settings=self._settings, public_key=public_key)
+            # The broker sits with the fog: an agent's link to it is its edge-fog link.
+            shape = self._link_shape(f"agent:{agent.id}", "fog")
+            self._agent_link[agent.id] = shape
+            pipelines = [self._camera_pipeline(agent.site, prefix)] if agent.site in cameras else []
+            fleet.add(
+                agent.id,
+                agent.site,
+                link=shape,
+                cores=[i % cores],
+                env={"EDGE_AGENT_PIPELINES": json.dumps(pipelines)},
+                cpus=agent.cpus,
+            )
+        edge = self._services.edge
+        with self.console.status(f"waiting for {len(fleet.agents)} agents to come online…"):
+            for agent_id in fleet.agents:
+                edge.wait_for_agent(agent_id, timeout_s=30.0)
+        self.console.print(f"  {len(fleet.agents)} agents online: {', '.join(fleet.agents)}")
+
+    def _camera_pipeline(self, site: str, prefix: str) -> dict[str, Any]:
+        counter = self._camera_module()
+        return {
+            "name": CAMERA_STREAM,
+            "module": counter.name if counter is not None else "counter",
+            "source": {"kind": "mqtt", "topic": f"{prefix}/sensors/{site}/camera"},
+            "stream": CAMERA_STREAM,
+            "qos": 1,
+        }
+
+    def _camera_module(self) -> ModuleDecl | None:
+        """The module the cameras feed: the first one that may run at the edge."""
+        return next((m for m in self.scenario.modules if "edge" in m.tiers), None)
+
+    # -- 5b. roll-out ------------------------------------------------------------------------
+
+    def _module_spec(self, decl: ModuleDecl) -> Any:
+        from ._specs import ModuleSpec, QoS, Resources
+
+        model, _, _ = self._versions[decl.name].partition("@")
+        return ModuleSpec(
+            name=decl.name,
+            model=model,
+            qos=QoS(p95_latency_ms=decl.qos.p95_ms),
+            tiers=tuple(decl.tiers),
+            resources=Resources(cpus=decl.cpus),
+        )
+
+    def _roll_out(self) -> None:
+        from ._replica_contract import ModelArtifact
+
+        manager = self._services.manager
+        sim = self.scenario.simulation
+        for decl in self.scenario.modules:
+            spec = self._module_spec(decl)
+            version = self._versions[decl.name].partition("@")[2]
+            self._latency[decl.name] = ModuleLatency(slo_ms=decl.qos.p95_ms)
+            initial = decl.initial or decl.tiers[0]
+            compute = [t for t in decl.tiers if t in ("fog", "cloud")]
+            if compute:
+                # A warm replica on a compute tier: the gateway's route and the agents'
+                # offload target while the engine keeps the module at the edge.
+                tier = initial if initial in compute else compute[0]
+                with self.console.status(f"starting {decl.name} replica on {tier}…"):
+                    route = manager.deploy(spec, version, tier=tier)
+                self.console.print(
+                    f"  {decl.name} {version}: {tier} replica ready (route epoch {route.epoch})"
+                )
+            if initial == "edge" and self._fleet is not None:
+                installer = self._services.installer
+                artifact = ModelArtifact.from_registry(self._services.registry, spec.model, version)
+                with self.console.status(f"installing {decl.name} on the agents…"):
+                    for agent_id in self._fleet.agents:
+                        installer.install(agent_id, decl.name, artifact, 60.0)
+                self.console.print(
+                    f"  {decl.name} {version}: installed on {len(self._fleet.agents)} agents"
+                )
+                if decl is self._camera_module():
+                    # Each camera's pipeline is placed per site: local, or offloaded.
+                    sites = {a.id: a.site for a in self.scenario.agent_nodes()}
+                    rate = 1.0 / sim.camera_every_s if sim is not None else None
+                    self._services.controller.track_pipelines(decl.name, sites, rate_per_s=rate)
+
+    # -- 6. live control -----------------------------------------------------------------------
+
+    def _live(self) -> None:
+        from edge_agent.protocol import Event, Tensor, encode_frame
+        from functions.occupancy import APPROACHES, DEFAULT_LANE_LENGTH_M
+        from functions.signals import ControllerConfig, camera_frames
+
+        from ._streams import StreamWorker
+        from ._sumo_session import JunctionObservation, SumoSession
+        from ._traffic_live import CameraFrame, LiveStats, TrafficLoop
+
+        sim = self.scenario.simulation
+        assert sim is not None
+        edge = self._services.edge
+        runner = self._runner()
+        prefix = self.scenario.broker.prefix
+        counter = self._camera_module()
+        cameras = {a.site: a.id for a in self.scenario.agent_nodes()}
+        out_topic = counter.output if counter is not None and counter.output else None
+        loop_box: list[TrafficLoop] = []
+
+        frame_info: dict[str, dict[str, Any]] = {}
+        segments_m = ControllerConfig().segments_m
+        neighbours = {
+            j: {a.name: a.neighbour for a in arms if a.neighbour is not None}
+            for j, arms in self._grid.junctions.items()
+        }
+
+        def on_event(event: Event) -> None:
+            if event.stream != CAMERA_STREAM or event.agent is None:
+                return
+            self._events.add(event.agent, event.seq)
+            loop = loop_box[0] if loop_box else None
+            sim_t = loop.sim_time_at(event.source_ts or time.time()) if loop else 0.0
+            if counter is not None and event.latency_ms is not None:
+                self._latency[counter.name].samples.append((sim_t, event.latency_ms))
+            counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
+            if out_topic is None or counts is None or event.site is None:
+                return
+            # counts [1 + K, 4]: the whole approach, then each segment from the stop line.
+            values = [float(v) for v in counts.data]
+            rows = [values[i : i + 4] for i in range(0, len(values), 4)]
+            info = frame_info.get(event.site, {})
+            message = {
+                "site": event.site,
+                "t": info.get("t", sim_t),
+                "counts": dict(zip(APPROACHES, rows[0], strict=False)),
+                "segments": {a: [row[k] for row in rows[1:]] for k, a in enumerate(APPROACHES)},
+                "signal": info.get("signal"),
+                "neighbours": neighbours.get(event.site, {}),
+                "frame_ts": event.source_ts,
+                "route": event.route,
+            }
+            edge.publish(out_topic.replace("{site}", event.site), json.dumps(message).encode())
+
+        self._stack.callback(edge.on_event(on_event))
+
+        def on_plan(_topic: str, payload: bytes) -> None:
+            try:
+                plan = json.loads(payload)
+                junction, phase = str(plan["site"]), int(plan["phase"])
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("bad signal plan %r: %s", payload[:200], exc)
+                return
+            if loop_box:
+                loop_box[0].offer_plan(junction, phase, plan.get("frame_ts"))
+
+        for decl in self.scenario.streams:
+            if decl.output:
+                self._stack.callback(edge.subscribe(decl.output, on_plan))
+            worker = StreamWorker(runner, decl.name, edge)
+            worker.start()
+            self._stack.callback(worker.stop)
+
+        def render(obs: JunctionObservation) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
+            # One image of each approach and its segments from the stop line (a
+            # queue profile); the counter counts them all in one batch.
+            frames, _ = camera_frames(
+                obs.approaches, segments_m=segments_m, lane_length_m=DEFAULT_LANE_LENGTH_M
+            )
+            frame_info[obs.junction] = {
+                "t": obs.time_s,
+                "signal": {
+                    "phase": obs.phase,
+                    "stage": obs.stage,
+                    "elapsed_s": obs.stage_elapsed_s,
+                    "target": obs.target,
+                },
+            }
+            return frames, obs.counts
+
+        def publish(frame: CameraFrame) -> None:
+            tensor = Tensor.from_numpy("occupancy", frame.frame)
+            payload = encode_frame({"kind": "frame", "sim_s": frame.sim_s}, [tensor])
+            edge.publish(f"{prefix}/sensors/{frame.junction}/camera", payload, qos=0)
+
+        session = SumoSession(
+            self._grid,
+            self._demand.path,
+            control="external",
+            seed=self.scenario.seed,
+            end_s=sim.demand.duration_s,
+            fallback_after_s=10.0,
+            workdir=self.out_dir / "sumo-adaptive",
+        )
+        timeline = FaultTimeline(self.scenario.faults)
+        session.start()
+        try:
+            loop = TrafficLoop(
+                session,
+                cameras=cameras,
+                render=render,
+                publish_frame=publish,
+                timeline=timeline,
+                actions=_Actions(self),
+                speedup=sim.speedup,
+                camera_every_s=sim.camera_every_s,
+                on_progress=self._progress_printer(),
+            )
+            loop_box.append(loop)
+            stats: LiveStats = loop.run()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                session.close()
+            raise
+        kpis = session.close()
+        edge.barrier()
+        time.sleep(1.0)  # the last events and plans in flight
+        self.report.sim_seconds = stats.sim_s
+        self.report.traffic["adaptive"] = _kpis(kpis)
+        self.report.faults = timeline.windows
+        self.report.notes.extend(timeline.errors)
+        self.report.modules = self._latency
+        self.report.events_sent = stats.frames_sent
+        self.report.events_received = self._events.received
+        self.report.lost_events = self._events.lost()
+        self.report.migrations = self._migrations(loop)
+        self._agent_cpu(loop)
+
+    def _progress_printer(self) -> Callable[[Any], None]:
+        last = [0.0]
+
+        def show(stats: Any) -> None:
+            if stats.wall_s - last[0] < 5.0:
+                return
+            last[0] = stats.wall_s
+            counter = self._camera_module()
+            p95 = "-"
+            if counter is not None:
+                recent = [v for _, v in self._latency[counter.name].samples[-200:]]
+                if recent:
+                    p95 = f"{float(np.percentile(recent, 95)):.1f} ms"
+            self.console.print(
+                f"  sim {stats.sim_s:4.0f} s · wall {stats.wall_s:4.0f} s · frames "
+                f"{stats.frames_sent} · events {self._events.received} · plans "
+                f"{stats.plans_applied} · p95 {p95}",
+                soft_wrap=True,
+            )
+
+        return show
+
+    def _migrations(self, loop: Any) -> list[MigrationRecord]:
+        controller = self._services.controller
+        out = []
+        for m in reversed(controller.history(limit=500)):
+            at = m.switched_at or m.decided_at
+            out.append(
+                MigrationRecord(
+                    t=loop.sim_time_at(at),
+                    module=m.module,
+                    site=m.site,
+                    source=f"{m.from_tier or '?'} {(m.from_node or '-')[:12]}",
+                    target=f"{m.to_tier} {m.to_node[:12]}",
+                    reason=f"{m.status}: {m.reason}"[:200],
+                    switch_s=(m.switched_at - m.decided_at) if m.switched_at else None,
+                )
+            )
+        return out
+
+    def _agent_cpu(self, loop: Any) -> None:
+        """Host CPU as the agents report it (they share this host: one series)."""
+        if self._fleet is None or not self._fleet.agents:
+            return
+        agent_id = next(iter(self._fleet.agents))
+        series = [
+            (loop.sim_time_at(sample.received_at), float(sample.cpu_percent))
+            for sample in self._services.edge.metrics(agent_id)
+        ]
+        self.report.agent_cpu["host (all agents)"] = series
+
+    # -- 7. baselines ----------------------------------------------------------------------------
+
+    def _baselines(self) -> None:
+        from ._sumo_session import SumoSession
+
+        sim = self.scenario.simulation
+        assert sim is not None
+        for name in sim.baselines:
+            with self.console.status(f"SUMO {name} on the same routes…"):
+                session = SumoSession(
+                    self._grid,
+                    self._demand.path,
+                    control=_BASELINE_CONTROL[name],  # type: ignore[arg-type]
+                    seed=self.scenario.seed,
+                    end_s=sim.demand.duration_s,
+                    workdir=self.out_dir / f"sumo-{name}",
+                )
+                session.start()
+                kpis = session.run()
+            self.report.traffic[name] = _kpis(kpis)
+            self.console.print(
+                f"  {name}: mean wait {kpis.mean_wait_s:.1f} s, trip {kpis.mean_trip_s:.1f} s, "
+                f"{kpis.arrivals} arrivals, {kpis.teleports} teleports"
+            )
+
+
+# -- fault actions ------------------------------------------------------------------------
+
+
+class _Actions:
+    """The scenario's :class:`~mesh._scenario_faults.FaultActions`."""
+
+    def __init__(self, run: ScenarioRun) -> None:
+        self._run = run
+
+    def hog_cpu(self, target: str, load: float) -> None:
+        kind, name = parse_target(target)
+        fleet = self._run._fleet
+        cores: list[int] | None = None
+        cgroup = None
+        if kind == "agent" and fleet is not None:
+            # On the agent's device: inside its CPU budget, or on its pinned core.
+            handle = fleet.agents[name]
+            cgroup = handle.cgroup
+            cores = list(handle.cores) if handle.cores else None
+        workers = max(1, round(2 * load))
+        self._run._hogs[target] = CpuHog(cores, workers=workers, cgroup=cgroup).start()
+
+    def stop_hog(self, target: str) -> None:
+        hog = self._run._hogs.pop(target, None)
+        if hog is not None:
+            hog.stop()
+
+    def _agents_on(self, link: str) -> list[str]:
+        fleet = self._run._fleet
+        if fleet is None:
+            return []
+        kind, name = parse_target(link)
+        if kind == "agent":
+            return [name]
+        a, _, b = name.partition("->")
+        ends = {a, b}
+        if "edge" in ends:
+            return list(fleet.agents)
+        return [x for x in fleet.agents if x in ends or fleet.agents[x].site in ends]
+
+    def set_link(self, link: str, delay_ms: float, jitter_ms: float) -> None:
+        fleet = self._run._fleet
+        assert fleet is not None
+        for agent_id in self._agents_on(link):
+            fleet.set_link(agent_id, delay_ms=delay_ms, jitter_ms=jitter_ms)
+
+    def restore_link(self, link: str) -> None:
+        fleet = self._run._fleet
+        assert fleet is not None
+        for agent_id in self._agents_on(link):
+            shape = self._run._agent_link.get(agent_id, LinkShape())
+            fleet.set_link(agent_id, delay_ms=shape.delay_ms, jitter_ms=shape.jitter_ms)
+
+    def kill_agent(self, agent_id: str) -> None:
+        assert self._run._fleet is not None
+        self._run._fleet.kill(agent_id)
+
+    def start_agent(self, agent_id: str) -> None:
+        assert self._run._fleet is not None
+        self._run._fleet.start(agent_id)
+
+    def remove_node(self, name: str) -> None:
+        node_id = self._run._fog_nodes.get(name)
+        if node_id is None:
+            raise MeshError(f"no fog node {name!r} to remove")
+        self._run._cluster.remove_node(node_id, graceful=False)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _kpis(k: Any) -> ControllerKpis:
+    return ControllerKpis(
+        mean_wait_s=k.mean_wait_s,
+        mean_time_loss_s=k.mean_time_loss_s,
+        mean_trip_s=k.mean_trip_s,
+        arrivals=k.arrivals,
+        teleports=k.teleports,
+        queue=[(float(t), float(q)) for t, q in k.queue_series],
+    )
+
+
+def _endpoint_matches(decl: str, endpoint: str) -> bool:
+    kind, name = parse_target(endpoint) if ":" in endpoint else ("tier", endpoint)
+    return decl in (endpoint, name) or (kind == "agent" and decl == "edge")
+
+
+def _specificity(decl: str) -> int:
+    return 0 if decl in ("edge", "fog", "cloud") else 1
+
+
+def _resolve(ref: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    fn = getattr(importlib.import_module(module_name), attr)
+    if not callable(fn):
+        raise MeshError(f"{ref} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def _summarise(value: Any) -> str:
+    if isinstance(value, dict):
+        if "model" in value and "metrics" in value:
+            metrics = ", ".join(f"{k}={v:.3g}" for k, v in value["metrics"].items())
+            return f"{value['model']} ({metrics}) → {Path(str(value.get('onnx_path'))).name}"
+        return json.dumps(value, default=str)[:160]
+    for attr in ("best_config", "num_rows"):
+        if hasattr(value, attr):
+            return f"{attr}={getattr(value, attr)}"
+    return str(value)[:160]
+
+
+def _quietly(what: str, stop: Callable[[], object]) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            stop()
+        except Exception:
+            logger.exception("stopping %s failed", what)
+
+    return call
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _on_path(path: Path) -> Iterator[None]:
+    entry = str(path)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def run_scenario(path: Path, *, console: Console) -> ScenarioReport:
+    """Check and run the scenario in ``path``; prints the headline figures at the end.
+
+    Raises:
+        ScenarioError: the file is invalid (nothing started).
+        MeshError: a stage failed (everything started was stopped).
+    """
+    from ._scenario_load import load_scenario
+
+    scenario = load_scenario(path)
+    console.print(f"scenario [bold]{scenario.name}[/] from {path}: {scenario.description}")
+    report = ScenarioRun(scenario, console=console).run()
+    for line in headline(report):
+        console.print(f"  {line}")
+    _ = CPU_PROVIDER
+    return report

@@ -1,0 +1,91 @@
+"""`mesh run` on the small traffic scenario, and `mesh demo` (the full one, slow), end to end.
+
+Real everything: the embedded broker, a local Ray cluster (cloud head + fog
+node), two edge agent processes running the trained counter CNN on camera
+frames rendered from SUMO, the fog stream function's signal plans applied
+through libsumo, the fault timeline and the placement controller.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.cli import ROOT, mesh_cli
+
+pytestmark = [pytest.mark.ray, pytest.mark.mqtt]
+
+
+def _require_sumo() -> None:
+    if importlib.util.find_spec("libsumo") is None or importlib.util.find_spec("sumo") is None:
+        reason = "SUMO is not installed (pip install 'fogmesh[sim]')"
+        if os.environ.get("MESH_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"MESH_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _scenario_copy(name: str, out: Path, tmp_path: Path) -> Path:
+    data = yaml.safe_load((ROOT / "scenarios" / f"{name}.yaml").read_text())
+    data["outputs"] = {"dir": str(out)}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _check_report(out: Path, stdout: str, *, agents: int) -> dict[str, object]:
+    report = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    summary = report["summary"]
+    assert summary["lost_events"] == 0
+    assert report["events_sent"] > 0
+    assert report["events_received"] >= report["events_sent"] - 2 * agents  # the last in flight
+    adaptive = report["traffic"]["adaptive"]
+    assert adaptive["arrivals"] > 0
+    assert adaptive["teleports"] == 0
+    assert report["modules"]["counter"]["samples"]
+    for stage in ("infrastructure", "models", "agents", "roll-out", "live control", "baselines"):
+        assert stage in stdout
+    assert "report:" in stdout
+    return report
+
+
+@pytest.mark.timeout(900)
+def test_small_scenario(env: dict[str, str], tmp_path: Path) -> None:
+    _require_sumo()
+    out = tmp_path / "out"
+    scenario = _scenario_copy("small", out, tmp_path)
+    result = mesh_cli(env, "run", str(scenario), timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = _check_report(out, result.stdout, agents=2)
+    assert set(report["traffic"]) == {"adaptive", "fixed"}
+    kinds = {f["kind"] for f in report["faults"]}
+    assert kinds == {"cpu_hog", "link_delay"}
+    # Both agents' processes and the hog are gone (ended by pid).
+    assert "train_counter on cloud node" in result.stdout
+
+
+def test_bad_scenario_changes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodules:\n  - name: counter\n    qos: {p95_ms: fast}\n")
+    result = mesh_cli(env, "run", str(bad), timeout=120)
+    assert result.returncode == 1
+    assert "bad.yaml:4: modules[0].qos.p95_ms" in result.stderr
+    assert not (ROOT / ".mesh" / "scenarios" / "bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_demo_traffic(env: dict[str, str], tmp_path: Path) -> None:
+    _require_sumo()
+    out = tmp_path / "out"
+    scenario = _scenario_copy("traffic", out, tmp_path)
+    result = mesh_cli(env, "run", str(scenario), timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = _check_report(out, result.stdout, agents=9)
+    assert set(report["traffic"]) == {"adaptive", "fixed", "actuated", "delay_based"}

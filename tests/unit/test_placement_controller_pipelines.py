@@ -1,0 +1,308 @@
+"""Per-site placement of agents' pipelines, with fakes.
+
+Two agents run ``counter`` pipelines at sites s1 and s2; the module's gateway
+deployment is on the fog node (the fake launcher's replicas), the offload
+target. Pipeline events and canaries are fed by hand on a fake clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from edge_agent.protocol import Event
+from mesh._migrations import MigrationExecutor
+from mesh._monitors import Monitors, NodeSample, NodeState
+from mesh._placement_controller import ControllerSettings, PlacementController
+from mesh._placement_store import MigrationRecord, PlacementStore
+from mesh._routes import ReplicaEndpoint, RouteTable
+from mesh._serving import ServingManager
+from tests.unit.test_gateway_serving import Clock, FakeLauncher, FakeProbe, artifact, spec
+
+A1, A2 = "cam-1", "cam-2"
+FOG, CLOUD = "node-fog", "node-cloud"  # the fake launcher's replicas report node-{tier}
+SLO_MS = 20.0  # spec()'s
+DWELL_S = 10.0
+
+
+@dataclass
+class FakeNodes:
+    """Two agents and two Ray nodes as the monitors see them."""
+
+    alive: dict[str, bool] = field(
+        default_factory=lambda: {A1: True, A2: True, FOG: True, CLOUD: True}
+    )
+
+    def nodes(self) -> list[NodeState]:
+        shapes = {
+            A1: ("agent", "edge", "s1", 1),
+            A2: ("agent", "edge", "s2", 1),
+            FOG: ("ray", "fog", "fog-0", 4),
+            CLOUD: ("ray", "cloud", "cloud", 8),
+        }
+        return [
+            NodeState(name, kind, tier, site, self.alive[name], servers)
+            for name, (kind, tier, site, servers) in shapes.items()
+        ]
+
+    def sample(self) -> list[NodeSample]:
+        return []
+
+    def ping(self, node: str, timeout_s: float) -> float | None:
+        return 1.0
+
+
+@dataclass
+class FakeCanary:
+    """Canary latency per agent; a list cycles (noisy)."""
+
+    ms: dict[str, list[float]] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def infer_ms(self, module: str, node: NodeState, timeout_s: float) -> float:
+        self.calls.append((module, node.name))
+        values = self.ms.get(node.name, [2.0])
+        return values[len(self.calls) % len(values)]
+
+
+class Installer:
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, str, str, str | None]] = []
+        self.fail: str | None = None
+
+    def install(self, agent_id: str, module: str, art: Any, timeout_s: float) -> None:
+        pass
+
+    def set_route(
+        self, agent_id: str, module: str, mode: str, target: str | None, timeout_s: float
+    ) -> int:
+        if self.fail is not None:
+            raise RuntimeError(self.fail)
+        self.routes.append((agent_id, module, mode, target))
+        return len(self.routes)
+
+
+@dataclass
+class World:
+    clock: Clock
+    canary: FakeCanary
+    monitors: Monitors
+    manager: ServingManager
+    installer: Installer
+    store: PlacementStore
+    controller: PlacementController
+
+    def events(self, agent: str, ms: float | list[float], route: str = "local") -> None:
+        for value in ms if isinstance(ms, list) else [ms] * 10:
+            self.monitors.observe_event(
+                Event(
+                    agent=agent,
+                    site={A1: "s1", A2: "s2"}[agent],
+                    stream="counts",
+                    module="counter",
+                    route=route,
+                    latency_ms=value,
+                )
+            )
+
+    def fog_replicas(self) -> set[str]:
+        route = self.manager.routes.get("counter")
+        assert route is not None
+        return {
+            e.replica_id
+            for e in route.endpoints
+            if isinstance(e, ReplicaEndpoint) and e.node_id == FOG
+        }
+
+    def pipeline(self, agent: str) -> dict[str, Any]:
+        entries: list[dict[str, Any]] = self.controller.describe()["pipelines"]
+        [entry] = [p for p in entries if p["agent"] == agent]
+        return entry
+
+    def round(self, dt: float = 0.5) -> list[MigrationRecord]:
+        self.clock.now += dt
+        return list(self.controller.step().migrations)
+
+
+def world(**settings: Any) -> World:
+    clock = Clock()
+    clock.now = 100.0
+    canary = FakeCanary()
+    monitors = Monitors(node_probe=FakeNodes(), canary=canary, clock=clock)
+    installer = Installer()
+    manager = ServingManager(
+        RouteTable(),
+        FakeLauncher(),
+        probe=FakeProbe(),
+        installer=installer,
+        drain_timeout_s=1.0,
+        start_timeout_s=5.0,
+    )
+    store = PlacementStore(":memory:")
+    executor = MigrationExecutor(
+        manager, store, requests=monitors, installer=installer, monotonic=clock
+    )
+    options: dict[str, Any] = {
+        "window_s": 2.0,
+        "min_samples": 5,
+        "dwell_s": DWELL_S,
+        "period_s": 5.0,
+        "poll_s": 0.0,
+        "canary_period_s": 0.0,
+        "tick_s": 0.01,
+    }
+    options.update(settings)
+    controller = PlacementController(
+        manager, monitors, executor, store, settings=ControllerSettings(**options), clock=clock
+    )
+    manager.deploy(spec(), artifact("v1"), tier="fog")
+    controller.track_pipelines("counter", {A1: "s1", A2: "s2"}, rate_per_s=10.0)
+    w = World(clock, canary, monitors, manager, installer, store, controller)
+    assert not w.round(0.0)  # the first round plans the gateway route: it stays on fog
+    return w
+
+
+def slow_site_moves(w: World) -> MigrationRecord:
+    """s1's pipeline misses the SLO, s2's meets it: s1 offloads to the fog replica."""
+    w.clock.now += 2.5  # past the first window
+    w.canary.ms[A1] = [80.0]
+    w.events(A1, 60.0)
+    w.events(A2, 3.0)
+    [record] = w.round(0.0)
+    return record
+
+
+# ---------------------------------------------------------------- monitors
+
+
+def test_monitors_keep_pipeline_events_per_route() -> None:
+    w = world()
+    w.events(A1, [3.0, 4.0])
+    w.events(A1, [30.0], route="offload:counter-v1-abc")
+    w.monitors.observe_event(Event(stream="counts", data={"n": 1}))  # not a pipeline's
+    snap = w.monitors.snapshot(2.0)
+    by_route = snap.pipelines["counter", A1]
+    assert by_route["local"].count == 2 and by_route["local"].p95_ms == 4.0
+    assert by_route["offload:counter-v1-abc"].p95_ms == 30.0
+    assert set(snap.pipelines) == {("counter", A1)}
+    assert w.monitors.pipeline_since("counter", A1, 0.0) == (3, 30.0)
+
+
+def test_track_pipelines_validates() -> None:
+    w = world()
+    with pytest.raises(ValueError, match="at least one"):
+        w.controller.track_pipelines("counter", {})
+    with pytest.raises(ValueError, match="rate_per_s"):
+        w.controller.track_pipelines("counter", {A1: "s1"}, rate_per_s=-1.0)
+    assert w.controller.untrack_pipelines("counter")
+    assert not w.controller.untrack_pipelines("counter")
+    assert w.controller.describe()["pipelines"] == []
+
+
+# ---------------------------------------------------------------- placement
+
+
+def test_a_site_over_slo_offloads_to_fog_and_the_others_stay() -> None:
+    w = world()
+    record = slow_site_moves(w)
+    assert record.status == "done" and record.site == "s1"
+    assert (record.from_node, record.to_node) == (A1, FOG)
+    assert (record.from_tier, record.to_tier) == ("edge", "fog")
+    assert "counter@s1" in record.reason and "observed p95 60.0 ms > SLO 20" in record.reason
+    assert "fog" in record.explanation and record.switched_at is not None
+    assert record.decided_at <= (record.ready_at or 0) <= record.switched_at
+    [(agent, module, mode, target)] = w.installer.routes
+    assert (agent, module, mode) == (A1, "counter", "offload") and target in w.fog_replicas()
+    assert w.pipeline(A1)["route"] == f"offload:{target}" and w.pipeline(A1)["saturated"]
+    assert w.pipeline(A2)["route"] == "local" and not w.pipeline(A2)["saturated"]
+    assert w.store.migrations() == [record]
+    # The gateway route did not move: it is the offload target.
+    route = w.manager.routes.get("counter")
+    assert route is not None and {e.node for e in route.endpoints} == {FOG}
+
+
+def test_the_site_returns_after_the_dwell_once_canaries_meet_the_slo() -> None:
+    w = world()
+    to_fog = slow_site_moves(w)
+    target = w.installer.routes[-1][3]
+    moved_at = w.clock.now
+
+    # Offloaded, the site meets the SLO; the agent is still slow: it stays on fog.
+    for _ in range(30):
+        w.events(A1, 5.0, route=f"offload:{target}")
+        w.events(A2, 3.0)
+        assert not w.round()
+    assert (A1 in {n for _, n in w.canary.calls}) and w.pipeline(A1)["saturated"]
+
+    # The agent recovers: the canaries lift the mark; after the dwell the site returns.
+    w.canary.ms[A1] = [2.0]
+    returned: list[MigrationRecord] = []
+    for _ in range(60):
+        w.events(A1, 5.0, route=f"offload:{target}")
+        returned += w.round(0.3)
+        if returned:
+            break
+    [back] = returned
+    assert back.status == "done" and back.site == "s1"
+    assert (back.from_node, back.to_node, back.to_tier) == (FOG, A1, "edge")
+    assert w.clock.now - moved_at >= DWELL_S
+    assert w.installer.routes[-1] == (A1, "counter", "local", None)
+    assert w.pipeline(A1)["route"] == "local" and not w.pipeline(A1)["saturated"]
+    assert [m.id for m in w.store.migrations()] == [back.id, to_fog.id]
+
+
+def test_noisy_latency_does_not_flap() -> None:
+    rng = random.Random(7)
+    w = world()
+
+    # Jitter under the SLO (a rare spike stays under the p95): nothing moves.
+    for _ in range(40):
+        w.events(A1, [rng.choice([3.0] * 99 + [40.0]) for _ in range(10)])
+        w.events(A2, [rng.uniform(2.0, 15.0) for _ in range(10)])
+        assert not w.round()
+
+    # Around the SLO: one move, then the noisy canaries keep the agent marked.
+    w.canary.ms[A1] = [rng.uniform(2.0, 40.0) for _ in range(20)]
+    moves: list[MigrationRecord] = []
+    for _ in range(200):
+        route = w.pipeline(A1)["route"]
+        w.events(A1, [rng.uniform(5.0, 25.0) for _ in range(10)], route=route)
+        w.events(A2, [rng.uniform(2.0, 15.0) for _ in range(10)])
+        moves += w.round()
+    assert [(m.site, m.to_node) for m in moves] == [("s1", FOG)]
+    assert w.pipeline(A2)["route"] == "local"
+
+
+def test_a_failed_route_switch_is_recorded_and_nothing_changes() -> None:
+    w = world()
+    w.installer.fail = "agent cam-1 did not report epoch 2"
+    record = slow_site_moves(w)
+    assert record.status == "failed" and "did not report epoch 2" in (record.error or "")
+    assert record.switched_at is None and record.to_node == FOG
+    assert w.store.migrations()[0].status == "failed"
+    assert w.installer.routes == [] and w.pipeline(A1)["route"] == "local"
+    assert w.pipeline(A2)["route"] == "local"
+    # The next attempt waits a window, then succeeds once the agent answers.
+    w.installer.fail = None
+    w.events(A1, 60.0)
+    assert not w.round(0.5)
+    w.events(A1, 60.0)
+    [retry] = w.round(2.0)
+    assert retry.status == "done" and w.pipeline(A1)["route"].startswith("offload:")
+
+
+def test_a_gone_replica_sends_the_site_to_the_module_s_new_node() -> None:
+    w = world(default_rtt_ms={"edge": 2.0, "fog": 5.0, "cloud": 8.0})
+    slow_site_moves(w)
+    w.controller.pin("counter", tier="cloud")  # the gateway route moves: fog replicas stop
+    gateway, pipeline = w.round()
+    assert (gateway.site, gateway.to_node) == ("gateway", CLOUD)
+    assert pipeline.site == "s1" and "is gone" in pipeline.reason and pipeline.to_node == CLOUD
+    agent, _, mode, target = w.installer.routes[-1]
+    route = w.manager.routes.get("counter")
+    assert route is not None
+    assert target in {e.replica_id for e in route.endpoints if isinstance(e, ReplicaEndpoint)}
+    assert (agent, mode) == (A1, "offload")

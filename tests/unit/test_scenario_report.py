@@ -1,0 +1,83 @@
+"""The scenario report: JSON keys, headline figures and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mesh._scenario_report import (
+    ControllerKpis,
+    FaultWindow,
+    MigrationRecord,
+    ModuleLatency,
+    ScenarioReport,
+    headline,
+    percentile,
+    write_report,
+)
+
+
+def _report() -> ScenarioReport:
+    queue = [(float(t), float(t % 7)) for t in range(0, 120, 5)]
+    return ScenarioReport(
+        name="small",
+        sim_seconds=120.0,
+        wall_seconds=30.0,
+        grid="2x2",
+        demand="peak",
+        traffic={
+            "adaptive": ControllerKpis(
+                mean_wait_s=9.0, mean_time_loss_s=14.0, mean_trip_s=80.0, arrivals=90, queue=queue
+            ),
+            "fixed": ControllerKpis(
+                mean_wait_s=30.0, mean_time_loss_s=40.0, mean_trip_s=110.0, arrivals=80
+            ),
+            "actuated": ControllerKpis(
+                mean_wait_s=12.0, mean_time_loss_s=18.0, mean_trip_s=85.0, arrivals=88
+            ),
+            "delay_based": ControllerKpis(
+                mean_wait_s=10.0, mean_time_loss_s=16.0, mean_trip_s=84.0, arrivals=89
+            ),
+        },
+        modules={
+            "counter": ModuleLatency(
+                slo_ms=20.0, samples=[(float(t), 5.0 if t != 50 else 40.0) for t in range(100)]
+            )
+        },
+        migrations=[
+            MigrationRecord(t=55.0, module="counter", site="A0", source="edge", target="fog-0")
+        ],
+        faults=[FaultWindow(kind="cpu_hog", target="agent:j-A0", start=40.0, end=70.0)],
+        agent_cpu={"j-A0": [(float(t), 20.0) for t in range(0, 120, 10)]},
+        events_sent=100,
+        events_received=100,
+    )
+
+
+def test_summary_compares_adaptive_with_the_best_non_fixed_baseline() -> None:
+    s = _report().summary()
+    assert s["best_baseline"] == "delay_based"
+    assert s["adaptive_vs_best_baseline"] == pytest.approx(0.9)
+    assert s["slo_attainment"] == pytest.approx(0.99)
+    assert s["migrations"] == 1
+
+
+def test_report_files(tmp_path: Path) -> None:
+    paths = write_report(_report(), tmp_path / "out")
+    body = json.loads(paths.json.read_text())
+    assert body["summary"]["lost_events"] == 0
+    assert body["traffic"]["adaptive"]["mean_wait_s"] == 9.0
+    page = paths.html.read_text()
+    assert page.count("data:image/png;base64,") == 3  # queues, latency, CPU
+    assert "src='http" not in page  # self-contained
+    assert "delay_based" in page and "cpu_hog" in page
+
+
+def test_headline_and_percentile() -> None:
+    lines = headline(_report())
+    assert any("0.90x" in line for line in lines)
+    assert any(line.startswith("counter: p95") for line in lines)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([], 95) != percentile([], 95)  # NaN
