@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import multiprocessing
 import statistics
@@ -122,6 +123,11 @@ def _routes(job: Job, grid: Any) -> Path:
     ).path
 
 
+def _trips_dir(job: Job) -> Path:
+    """Where a run's tripinfo stays, for a closer look after the bench."""
+    return Path(job.workdir) / "trips" / f"{job.level}-s{job.seed}-{job.controller}"
+
+
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
@@ -150,6 +156,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
         seed=job.seed,
         end_s=job.end_s,
         min_green_s=config.min_green_s,
+        workdir=_trips_dir(job),
     ) as sim:
         junctions = sim.junctions
         controllers = {}
@@ -254,7 +261,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
         for j in junctions:
             act = sim.actuator(j)
             hist = act.history
-            for (t0, state), (t1, _) in zip(hist, hist[1:], strict=False):
+            for (t0, state), (t1, _) in itertools.pairwise(hist):
                 if state in act.greens:
                     greens[act.greens.index(state)].append(t1 - t0)
     kpis = sim.close()
@@ -284,7 +291,12 @@ def run_job(job: Job) -> dict[str, Any]:
         from mesh._sumo_session import SumoSession
 
         with SumoSession(
-            grid, routes, control=_SUMO_CONTROL[job.controller], seed=job.seed, end_s=job.end_s
+            grid,
+            routes,
+            control=_SUMO_CONTROL[job.controller],
+            seed=job.seed,
+            end_s=job.end_s,
+            workdir=_trips_dir(job),
         ) as sim:
             pass_through = sim.run()
         kpis = pass_through

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -37,8 +36,7 @@ __all__ = ["InferenceEndpoint"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _ReplyTo:
+class _ReplyTo(NamedTuple):  # a tuple: built for every request, on the network thread
     topic: str
     correlation_id: str | None
     correlation_data: bytes | None

@@ -210,45 +210,21 @@ class _Client(mqtt.Client):
     paho's own thread, ``publish()`` writes the packet from the calling thread
     (unless the network thread is inside a callback, which then writes it on
     its way out), so a reply leaves as soon as it is made. Writes can now come
-    from two threads, so they are serialised here. TLS keeps ``loop_start()``:
-    an SSL object must not be read and written from two threads at once.
+    from two threads, so they are serialised here; none blocks (the socket is
+    non-blocking: what a full send buffer leaves queued goes out with the
+    network thread's next pass, at the latest after its 1 s select timeout).
+    TLS keeps ``loop_start()``: an SSL object must not be read and written from
+    two threads at once.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._write_lock = threading.Lock()
         self._loop_thread: threading.Thread | None = None
-        self._reading = False
-        self._after_read: list[Callable[[], None]] = []
 
     def _packet_write(self) -> MQTTErrorCode:
         with self._write_lock:
             return super()._packet_write()
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read and handle packets, then run what :meth:`after_read` deferred."""
-        self._reading = True
-        try:
-            return super().loop_read(max_packets)
-        finally:
-            self._reading = False
-            while self._after_read:
-                todo, self._after_read = self._after_read, []
-                for fn in todo:
-                    fn()
-
-    def after_read(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the network thread once the packets being read are handled.
-
-        By then paho has acknowledged them and is about to wait on the socket
-        again, so a worker that ``fn`` wakes finds the GIL free instead of waking
-        twice (for its queue, then for the GIL held while paho sends the ack).
-        Outside a read, ``fn`` runs at once.
-        """
-        if self._reading:
-            self._after_read.append(fn)
-        else:
-            fn()
 
     def start_loop(self) -> None:
         """Run the network loop (connect, read, reconnect) on a daemon thread."""

@@ -126,6 +126,8 @@ class ControllerConfig:
     yellow_s: float = 3.0
     #: Cumulative camera segments: counts within these distances of the stop line.
     segments_m: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0)
+    #: Length of an approach (the far end of the last, whole-approach band).
+    approach_length_m: float = 180.0
     #: Speed at which approaching vehicles reach the stop line (the limit, 50 km/h).
     approach_speed_mps: float = 13.89
     #: Vehicles per second one approach discharges at saturation (two lanes).
@@ -136,6 +138,8 @@ class ControllerConfig:
     gap_weight: float = 1.0
     #: Max-pressure: switch when another phase's pressure exceeds the current one's by this.
     pressure_margin: float = 10.0
+    #: Keep a green while vehicles still stand on it (0 turns this off).
+    discharge_weight: float = 1.0
     #: Downstream weight in the pressure (1 = classic max-pressure, 0 = queue only).
     downstream_weight: float = 0.0
     #: Exits fuller than this fraction of capacity block their approach.
@@ -447,7 +451,9 @@ def decide(
         return switch("max-green")
     if pressures[best] - pressures[cur] > config.pressure_margin:
         return switch("pressure")
-    if total(queued, cur) >= zero:
+    if config.discharge_weight > 0 and total(queued, cur) * config.discharge_weight >= max(
+        zero, total(expected, best) * 0
+    ):
         # Vehicles still stand on the green: the queue is discharging; cutting it
         # wastes the start-up time it has already paid.
         return stay("discharging")
@@ -465,8 +471,10 @@ def decide(
     # latency); cutting the green now makes each wait ``red_s - tau`` (those
     # arriving late in the red wait little). Keeping it until they cross
     # makes the other side wait ``horizon`` s each.
-    reaches = config.segments_m
-    arriving = [total([seg[k] for seg in segments], cur) for k in range(len(reaches))]
+    # The whole approach closes the profile (its far end at ``approach_length_m``).
+    reaches = (*config.segments_m, max(config.approach_length_m, config.segments_m[-1] + 1.0))
+    arriving = [total([seg[k] for seg in segments], cur) for k in range(len(reaches) - 1)]
+    arriving.append(total(counts, cur))
     spared = 0.0
     previous = 0.0
     previous_m = 0.0

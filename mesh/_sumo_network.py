@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -281,7 +282,7 @@ def build_grid(
         nets[control] = path
         if path.is_file():
             continue
-        tmp = path.with_suffix(".tmp.xml")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.xml")
         _run_tool(
             [
                 exe,
@@ -406,7 +407,7 @@ def _grid_route(
             path.append((x, y))
     nodes = [name_at[p] for p in path]
     route = [entry]
-    for a, b in zip(nodes, nodes[1:], strict=False):
+    for a, b in itertools.pairwise(nodes):
         route.append(grid.edges[(a, b)])
     route.append(exit_edge)
     return route
@@ -442,7 +443,9 @@ def make_demand(
     """
     spec = DEMAND_LEVELS.get(level, None) if isinstance(level, str) else level
     if spec is None:
-        raise ValueError(f"unknown demand level {level!r}: expected one of {', '.join(DEMAND_LEVELS)}")
+        raise ValueError(
+            f"unknown demand level {level!r}: expected one of {', '.join(DEMAND_LEVELS)}"
+        )
     if horizon_s <= 0 or scale <= 0:
         raise ValueError(f"horizon_s and scale must be > 0, got {horizon_s}, {scale}")
     salt = sum(ord(c) * (i + 1) for i, c in enumerate(spec.name))
@@ -494,7 +497,7 @@ def make_demand(
             f'<route edges="{" ".join(route)}"/></vehicle>'
         )
     lines.append("</routes>")
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
     return Demand(path=path, level=spec.name, seed=seed, vehicles=len(trips), horizon_s=horizon_s)

@@ -507,7 +507,9 @@ class SumoSession:
         sumo = self._sumo
         logic = sumo.trafficlight.getAllProgramLogics(jid)[0]
         states = [p.state for p in logic.phases]
-        green_idx = [i for i, s in enumerate(states) if "y" not in s and any(c in _GREEN for c in s)]
+        green_idx = [
+            i for i, s in enumerate(states) if "y" not in s and any(c in _GREEN for c in s)
+        ]
         greens = tuple(states[i] for i in green_idx)
         yellows = [p.duration for p in logic.phases if "y" in p.state]
         links = sumo.trafficlight.getControlledLinks(jid)
@@ -726,4 +728,3 @@ class SumoSession:
     def signal_history(self, junction: str) -> list[tuple[float, str]]:
         """Every signal state the actuator set, with its time (external control)."""
         return list(self.actuator(junction).history)
-

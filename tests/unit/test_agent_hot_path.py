@@ -291,3 +291,82 @@ def test_publish_handle_asks_paho() -> None:
 
 def test_publish_without_a_connection_returns_none() -> None:
     assert _transport().publish("a", b"x") is None
+
+
+def test_start_and_stop_without_a_broker_return_promptly() -> None:
+    import time
+
+    t = MqttTransport(ConnectionConfig("127.0.0.1", 1, "unit", protocol="5", reconnect_min_s=1))
+    t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    t.stop()
+    assert time.monotonic() - started < 3
+    assert not t.connected
+
+
+class _FakeBroker:
+    """Just enough MQTT 5 for one client: CONNACK, then record what arrives."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received = bytearray()
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        conn.settimeout(5)
+        with conn:
+            conn.recv(4096)  # CONNECT
+            conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK, v5, success, no properties
+            while not self.done.is_set():
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.received += data
+
+    def close(self) -> None:
+        self.done.set()
+        self.server.close()
+
+
+def test_a_publish_is_written_by_the_publishing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from edge_agent import _transport
+
+    writers: list[str] = []
+    original = _transport._Client._packet_write
+
+    def record(self: Any) -> Any:
+        if self._out_packet:
+            writers.append(threading.current_thread().name)
+        return original(self)
+
+    monkeypatch.setattr(_transport._Client, "_packet_write", record)
+    broker = _FakeBroker()
+    t = MqttTransport(ConnectionConfig("127.0.0.1", broker.port, "unit", protocol="5"))
+    try:
+        t.start()
+        deadline = time.monotonic() + 5
+        while not t.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert t.connected
+        writers.clear()
+        worker = threading.Thread(target=lambda: t.publish("r/1", b"reply", qos=0), name="worker")
+        worker.start()
+        worker.join()
+        while b"reply" not in broker.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b"reply" in broker.received
+        assert writers == ["worker"]  # no hand-off to the network thread
+    finally:
+        t.stop(timeout_s=0.5)
+        broker.close()
