@@ -130,16 +130,14 @@ class ControllerConfig:
     approach_length_m: float = 180.0
     #: Speed at which approaching vehicles reach the stop line (the limit, 50 km/h).
     approach_speed_mps: float = 13.89
-    #: Vehicles per second one approach discharges at saturation (two lanes).
-    saturation_vps: float = 1.0
     #: Delay a vehicle cut off by a switch suffers beyond the red itself (stop and start).
     stop_penalty_s: float = 3.0
     #: Gap-out weight of the waiting side against the approaching green (higher cuts sooner).
     gap_weight: float = 1.0
     #: Max-pressure: switch when another phase's pressure exceeds the current one's by this.
     pressure_margin: float = 10.0
-    #: Keep a green while vehicles still stand on it (0 turns this off).
-    discharge_weight: float = 1.0
+    #: Weight of moving (not yet standing) vehicles on the red side in the gap-out.
+    moving_weight: float = 0.5
     #: Downstream weight in the pressure (1 = classic max-pressure, 0 = queue only).
     downstream_weight: float = 0.0
     #: Exits fuller than this fraction of capacity block their approach.
@@ -451,21 +449,13 @@ def decide(
         return switch("max-green")
     if pressures[best] - pressures[cur] > config.pressure_margin:
         return switch("pressure")
-    if config.discharge_weight > 0 and total(queued, cur) * config.discharge_weight >= max(
-        zero, total(expected, best) * 0
-    ):
-        # Vehicles still stand on the green: the queue is discharging; cutting it
-        # wastes the start-up time it has already paid.
-        return stay("discharging")
     # Gap-out, looking ahead: keep the green while the vehicles about to cross on it,
     # each spared a red of ``red_s``, outweigh the wait it costs the other side.
     waiting = total(expected, best)
-    served_lanes = max(1, len(layout.phases[best]))
-    red_s = (
-        2 * config.yellow_s
-        + max(config.min_green_s, waiting / (config.saturation_vps * served_lanes))
-        + config.stop_penalty_s
-    )
+    if config.moving_weight != 1.0:
+        standing = total(queued, best)
+        waiting = standing + config.moving_weight * max(0.0, waiting - standing)
+    red_s = 2 * config.yellow_s + config.min_green_s + config.stop_penalty_s
     # Each band of the green's arrival profile (between two segment ends) holds
     # vehicles that reach the stop line in about ``tau`` s (after the plan's
     # latency); cutting the green now makes each wait ``red_s - tau`` (those

@@ -87,8 +87,9 @@ class ModuleDeployer(Protocol):
         tier: str | None = ...,
         site: str | None = ...,
         on_phase: PhaseHook | None = ...,
+        node: str | None = ...,
     ) -> ModuleRoute:
-        """Serve ``version`` on ``tier`` (and ``site``) nodes, make-before-break."""
+        """Serve ``version`` on ``tier`` (and ``site``) nodes or one ``node``, make-before-break."""
         ...
 
     def deploy_to_agent(
@@ -232,7 +233,12 @@ class MigrationExecutor:
                 # in the engine; deploying there must not ask for that label.
                 label = None if target.site == target.tier else target.site
                 route = self._deployer.deploy(
-                    view.spec, view.artifact, tier=target.tier, site=label, on_phase=on_phase
+                    view.spec,
+                    view.artifact,
+                    tier=target.tier,
+                    site=label,
+                    on_phase=on_phase,
+                    node=target.node,
                 )
         except Exception as exc:  # the source keeps serving; the record says why
             error = f"{type(exc).__name__}: {exc}"

@@ -543,6 +543,12 @@ class PlacementController:
         for name, view in views.items():
             node = view.agent or (view.nodes[0] if view.nodes else None)
             if node is None:
+                # Every replica failed its health checks (its node died, say): mark
+                # where it was unusable for it and re-place now, without waiting
+                # for Ray to declare the node dead (~15 s).
+                lost = self._placed.get(name)
+                if lost is not None and self._mark(name, lost.node, math.inf):
+                    triggers.append(f"no serving replica: {name} on {lost.node[:8]}")
                 continue
             here = self._placed.get(name)
             version = view.artifact.version

@@ -38,7 +38,7 @@ import ray
 from ray import exceptions as ray_exceptions
 
 from ._backend import NodeInfo, check_satisfiable
-from ._errors import BackendError
+from ._errors import BackendError, UnsatisfiableError
 from ._ray_backend import label_selector, task_resources
 from ._replica_contract import ReplicaMqtt
 from ._routes import ReplicaEndpoint
@@ -268,10 +268,21 @@ class RayReplicaLauncher:
         spec = FunctionSpec(
             name=request.module, tier=request.tier, site=request.site, resources=request.resources
         )
-        check_satisfiable(spec, self._live_nodes())
+        live = self._live_nodes()
+        check_satisfiable(spec, live)
+        selector = label_selector(spec)
+        if request.node is not None:
+            if not any(n.node_id == request.node for n in live):
+                raise UnsatisfiableError(
+                    request.module,
+                    {"node": request.node},
+                    [{"node": n.node_id, "tier": n.tier} for n in live],
+                    f"node {request.node[:8]} is not a live node",
+                )
+            selector = {**selector, "ray.io/node-id": request.node}
         options = task_resources(spec)
         options.update(
-            label_selector=label_selector(spec),
+            label_selector=selector,
             max_restarts=self._max_restarts,
             max_task_retries=0,
             max_concurrency=2,  # endpoint() answers while stop() runs

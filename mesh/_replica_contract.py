@@ -106,6 +106,8 @@ class ReplicaRequest:
     replica_id: str
     batching: str = "auto"
     max_restarts: int = 3
+    #: Pin to this one Ray node (its id), besides tier and site.
+    node: str | None = None
 
     @property
     def version(self) -> str:

@@ -614,6 +614,9 @@ class ScenarioRun:
                 session.close()
             raise
         kpis = session.close()
+        # Placement stops with the simulation: a move under way finishes while
+        # the agents still run, before anything is torn down.
+        self._services.controller.close()
         edge.barrier()
         time.sleep(1.0)  # the last events and plans in flight
         self.report.sim_seconds = stats.sim_s

@@ -107,6 +107,7 @@ class _Deployment:
     batching: str = "auto"
     autoscaler: Autoscaler | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    node: str | None = None
 
     def serving(self) -> list[_Replica]:
         return [r for r in self.replicas.values() if r.state == "serving"]
@@ -300,6 +301,7 @@ class ServingManager:
         replicas: int | None = None,
         batching: str = "auto",
         on_phase: PhaseHook | None = None,
+        node: str | None = None,
     ) -> ModuleRoute:
         """Serve ``version`` of the module on ``tier`` nodes, make-before-break.
 
@@ -313,6 +315,8 @@ class ServingManager:
                 ``max(1, min_replicas)``).
             batching: the replicas' dynamic batching: ``auto``, ``on`` or ``off``.
             on_phase: told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
+            node: pin the replicas to this Ray node (its id), e.g. the placement
+                engine's choice; without it Ray may pick a node it still thinks alive.
 
         Returns:
             The new route (its epoch is one more than before).
@@ -335,7 +339,7 @@ class ServingManager:
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
-            fresh = self._start_replicas(spec, artifact, tier, site, count, batching)
+            fresh = self._start_replicas(spec, artifact, tier, site, count, batching, node)
             _phase(on_phase, "ready")
             new = _Deployment(
                 spec,
@@ -346,6 +350,7 @@ class ServingManager:
                 lock=lock,
                 batching=batching,
                 autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)),
+                node=node,
             )
             route = self._switch(
                 new,
@@ -401,6 +406,7 @@ class ServingManager:
         site: str | None,
         count: int,
         batching: str,
+        node: str | None = None,
     ) -> dict[str, _Replica]:
         started: dict[str, _Replica] = {}
         try:
@@ -413,6 +419,7 @@ class ServingManager:
                     spec.resources,
                     _replica_id(spec.name, artifact.version),
                     batching,
+                    node=node,
                 )
                 handle = self._launcher.launch(request)
                 started[handle.replica_id] = _Replica(handle, artifact.version)
@@ -654,6 +661,7 @@ class ServingManager:
             d.spec.resources,
             _replica_id(d.spec.name, d.artifact.version),
             d.batching,
+            node=d.node,
         )
         try:
             handle = self._launcher.launch(request)
