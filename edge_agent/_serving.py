@@ -23,6 +23,7 @@ from ._runtime import Job, JobResult, LoadedModel, ModuleServer
 from ._transport import Message, Transport
 from .protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    PING_MODULE,
     SCHEMA_VERSION,
     ErrorCode,
     ErrorInfo,
@@ -211,7 +212,9 @@ class InferenceEndpoint:
                 ErrorCode.UNKNOWN_MODULE,
                 f"module {module} is not served by agent {self._agent}; serving {served}",
             )
-            logger.warning("agent %s: %s", self._agent, err.reason)
+            # The control plane's RTT probe asks for a module no agent serves.
+            level = logging.DEBUG if module == PING_MODULE else logging.WARNING
+            logger.log(level, "agent %s: %s", self._agent, err.reason)
             self._send_error(to, module, err)
             return
         job = Job(

@@ -77,6 +77,7 @@ __all__ = [
     "DTYPES",
     "MAGIC",
     "MAX_HEADER_BYTES",
+    "PING_MODULE",
     "SCHEMA_VERSION",
     "AgentStatus",
     "DesiredState",
@@ -116,6 +117,8 @@ SCHEMA_VERSION = 1
 """Version of every message in this module; a receiver refuses any other."""
 
 DEFAULT_PREFIX = "mesh/v1"
+#: The module the control plane asks for to time an agent's round trip (never served).
+PING_MODULE = "mesh-ping"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 

@@ -4,23 +4,32 @@ The controller is pure Python with explicit state (:func:`decide` returns the
 next :class:`ControllerState` and a :class:`Decision`), so it runs the same in
 the benchmark, in tests and as the fog stream function :func:`signal_plan`.
 
-Each decision (every second or so) sees, per approach, the vehicles the
-camera counts on the whole approach and those near the stop line (counted on
-the first segment of the same frame), optionally the vehicles on each
-approach's downstream road and a short-term forecast. A missing count holds
-the last one (a dropped frame is not an empty road). The rule, once the green
-has lasted ``min_green_s``:
+Each decision (every second or so) sees, per approach, what the counter CNN
+reads off the junction's camera frame: the vehicles on the whole approach, the
+cumulative counts within 15/30/60/120 m of the stop line (the same frame with
+the cells beyond blanked: an arrival profile), and the standing vehicles (the
+counter run on the still part of two consecutive frames); optionally the
+vehicles on each approach's exit road (the neighbour's camera) and a
+short-term forecast. A missing value holds the last one (a dropped frame is
+not an empty road); counts under half a vehicle are none (counter noise).
+Once the green has lasted ``min_green_s``:
 
-1. **skip empty phases** — never switch to a phase with nobody to serve;
-2. **spillback** — leave a green whose exits are full (it moves nobody);
-3. **empty green** — nobody on the served approaches: serve the others now;
-4. **gap-out** — nobody near the stop line on green (the queue has cleared)
-   while the others wait for at least as many as are still approaching;
+1. **skip empty phases** — only phases with vehicles to serve, and not all of
+   whose exits are full, are candidates; none: keep the green;
+2. **spillback** — leave a green whose exits are all full (it moves nobody);
+3. **empty green** — nobody on the served approaches: switch now;
+4. **max green** — ``max_green_s`` bounds the wait on the other side;
 5. **pressure** — max-pressure with hysteresis: switch when another phase's
-   pressure (queued vehicles minus those on its exits) exceeds the current
-   one's by ``pressure_margin`` plus a term that grows as the green is young,
-   so saturated greens run long (little lost time) and light ones short;
-6. **max green** — ``max_green_s`` caps the wait on the other side.
+   pressure (its vehicles, plus forecast arrivals, minus
+   ``downstream_weight`` times those on its exits) exceeds the current one's
+   by ``pressure_margin`` — what keeps a saturated grid moving;
+6. **look-ahead gap-out** — otherwise keep the green while the vehicles about
+   to cross on it outweigh the wait it costs the other side: a vehicle ``tau``
+   seconds from the stop line that a switch cuts off waits about ``red_s -
+   tau`` (yellow, the other green, yellow, stop and start), while each second
+   of green costs every standing vehicle on the other side a second (moving
+   ones count ``moving_weight``). Arrival times subtract the plan's
+   ``latency_s``: vehicles that cross before a plan lands need no green from it.
 
 Yellow and minimum green are modelled here (the controller knows when its
 switch completes) and enforced again by the actuator in front of the
@@ -138,8 +147,11 @@ class ControllerConfig:
     pressure_margin: float = 10.0
     #: Weight of moving (not yet standing) vehicles on the red side in the gap-out.
     moving_weight: float = 0.5
+    #: Extra hysteresis per vehicle in both phases' pressure: longer greens (less
+    #: lost time) as queues grow.
+    pressure_ratio: float = 0.15
     #: Downstream weight in the pressure (1 = classic max-pressure, 0 = queue only).
-    downstream_weight: float = 0.0
+    downstream_weight: float = 0.4
     #: Exits fuller than this fraction of capacity block their approach.
     spillback_ratio: float = 0.85
     #: Seconds of forecast arrivals (vehicles per minute) added to the counts.
@@ -445,9 +457,14 @@ def decide(
 
     if blocked(cur):
         return switch("spillback")
+    if total(counts, cur) < zero:
+        return switch("empty-green")
     if elapsed >= config.max_green_s:
         return switch("max-green")
-    if pressures[best] - pressures[cur] > config.pressure_margin:
+    margin = config.pressure_margin + config.pressure_ratio * max(
+        0.0, pressures[best] + pressures[cur]
+    )
+    if pressures[best] - pressures[cur] > margin:
         return switch("pressure")
     # Gap-out, looking ahead: keep the green while the vehicles about to cross on it,
     # each spared a red of ``red_s``, outweigh the wait it costs the other side.
@@ -611,7 +628,8 @@ def plans_for_window(
     """The stream function's logic over explicit ``states`` (updated in place).
 
     A message: ``{"site", "t", "counts": {approach: n | null}, "segments"?:
-    {approach: [n within each of segments_m] | null}, "forecast"?: {approach:
+    {approach: [n within each of segments_m] | null}, "queued"?: {approach: n
+    standing (the counter on :func:`still_frame`)}, "forecast"?: {approach:
     vehicles per minute}, "signal"?: {"phase", "stage", "elapsed_s", "target"?},
     "neighbours"?: {side: site}, "phases"?: [[approach, ...], ...]}``.
     Downstream counts come from the neighbours' messages in the same window
@@ -626,7 +644,7 @@ def plans_for_window(
             continue
         merged = latest.setdefault(site, {})
         for key, value in message.items():
-            if key in ("counts", "segments") and isinstance(value, Mapping):
+            if key in ("counts", "segments", "queued") and isinstance(value, Mapping):
                 # A later message with a dropped approach keeps the earlier count.
                 held = dict(merged.get(key) or {})
                 held.update({k: v for k, v in value.items() if v is not None})
@@ -661,8 +679,10 @@ def plans_for_window(
             else None
         )
         t = float(message.get("t", 0.0))
+        # A controller new to a junction assumes its green has run the minimum
+        # (the junction's report, when there is one, corrects it at once).
         state = states.get(site) or initial_state(
-            layout, config, t=t, phase=signal.phase if signal else 0
+            layout, config, t=t - config.min_green_s, phase=signal.phase if signal else 0
         )
         forecast = _per_approach(message.get("forecast"), approaches)
         raw_segments = message.get("segments")
@@ -675,6 +695,7 @@ def plans_for_window(
             t=t,
             counts=counts,
             segments=segments,
+            queued=_per_approach(message.get("queued"), approaches),
             downstream=downstream,
             forecast=None if forecast is None else [f or 0.0 for f in forecast],
             signal=signal,

@@ -46,6 +46,7 @@ __all__ = [
     "app",
     "code_version",
     "counter_trial",
+    "demand_profiles",
     "lagged_windows",
     "synthetic_flows",
     "train_counter",
@@ -287,6 +288,27 @@ def tune_counter(config: dict[str, Any]) -> None:
         )
 
     counter_trial(config, on_epoch=report, cpus=_reserved_cpus("tune_counter"))
+
+
+# -- demand analytics ------------------------------------------------------------------
+
+
+@app.batch(tier="cloud", resources=Resources(cpus=0.5), input_format="csv")
+def demand_profiles(events: Any) -> Any:
+    """Demand profile per junction and approach from recorded counts (Ray Data).
+
+    Input rows: ``site, minute, approach, count`` (vehicles seen per minute); out:
+    the mean and peak per site and approach.
+    """
+    return events.groupby(["site", "approach"]).aggregate(
+        _ray_data_agg("Mean", "count"), _ray_data_agg("Max", "count")
+    )
+
+
+def _ray_data_agg(kind: str, column: str) -> Any:
+    import ray.data.aggregate as agg  # in the batch job only
+
+    return getattr(agg, kind)(column)
 
 
 # -- the flow forecaster ------------------------------------------------------------

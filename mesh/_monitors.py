@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from edge_agent.protocol import PING_MODULE
 from placement import (
     CurrentPlacement,
     CurrentRoute,
@@ -312,7 +313,7 @@ class PathProbe:
 
         started = time.perf_counter()
         try:
-            self._edge.infer_sync("mesh-ping", agent, {}, timeout_s=timeout_s)
+            self._edge.infer_sync(PING_MODULE, agent, {}, timeout_s=timeout_s)
         except EdgeInferenceError:
             pass  # the expected answer: no such module
         except Exception:

@@ -328,6 +328,11 @@ class ModelSource(_Model):
     args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the train function."
     )
+    tune: Ref | None = Field(
+        None,
+        description="A declared @app.tune function run first; its best config's keys that "
+        "the train function takes override args.",
+    )
     path: str | None = Field(
         None, min_length=1, description="An ONNX file, relative to the scenario file."
     )
@@ -338,8 +343,8 @@ class ModelSource(_Model):
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
         _exactly_one(self, ("train", "path", "registry"), "a model")
-        if self.args and self.train is None:
-            raise ValueError("args are only for a train function")
+        if (self.args or self.tune) and self.train is None:
+            raise ValueError("args and tune are only for a train function")
         return self
 
 

@@ -329,6 +329,8 @@ class _Checker:
             source = module.model
             if source.train is not None:
                 self._declared((*loc, "model", "train"), source.train)
+            if source.tune is not None:
+                self._declared((*loc, "model", "tune"), source.tune)
             if source.path is not None and not self.s.resolve_path(source.path).is_file():
                 self.add(
                     (*loc, "model", "path"),

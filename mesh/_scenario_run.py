@@ -129,6 +129,7 @@ class ScenarioRun:
             sim = self.scenario.simulation
             if sim is not None:
                 self._stage("network and demand", self._prepare_simulation)
+                self._stage("history", self._collect_history)
             self._stage("models", self._train_models)
             if self.scenario.agent_nodes():
                 self._stage("agents", self._start_agents)
@@ -263,6 +264,67 @@ class ScenarioRun:
             f"{sim.demand.duration_s:g} s"
         )
 
+    def _collect_history(self) -> None:
+        """Record what the cameras see on a day like the scenario's (another seed).
+
+        SUMO's fixed-time program runs the scenario's demand level with another
+        seed; each junction's approaches are counted every simulated second and
+        averaged per minute into ``history/counts-<junction>.csv`` (``site,
+        minute, approach, count``): the data the cloud's analytics and training read.
+        """
+        import csv
+
+        from ._sumo_network import make_demand
+        from ._sumo_session import SumoSession
+
+        sim = self.scenario.simulation
+        assert sim is not None
+        seed = (sim.demand.seed if sim.demand.seed is not None else self.scenario.seed) + 1
+        demand = make_demand(
+            self.out_dir / "history",
+            self._grid,
+            level=sim.demand.level,
+            seed=seed,
+            horizon_s=sim.demand.duration_s,
+            scale=sim.demand.scale,
+        )
+        sums: dict[tuple[str, int, int], float] = {}
+        session = SumoSession(
+            self._grid,
+            demand.path,
+            control="static",
+            seed=seed,
+            end_s=sim.demand.duration_s,
+            workdir=self.out_dir / "history" / "sumo",
+        )
+        session.start()
+        try:
+            while not session.done:
+                minute = int(session.time_s // 60)
+                for junction, obs in session.observe_all().items():
+                    for k, count in enumerate(obs.counts):
+                        key = (junction, minute, k)
+                        sums[key] = sums.get(key, 0.0) + count
+                session.step()
+        finally:
+            session.close()
+        self._history_dir = self.out_dir / "history"
+        names = ("north", "east", "south", "west")
+        rows = 0
+        for junction in sorted({j for j, _, _ in sums}):
+            path = self._history_dir / f"counts-{junction}.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["site", "minute", "approach", "count"])
+                for (j, minute, k), total in sorted(sums.items()):
+                    if j == junction:
+                        writer.writerow([j, minute, names[k], round(total / 60.0, 2)])
+                        rows += 1
+        self.console.print(
+            f"  {demand.vehicles} vehicles, {len(self._grid.junctions)} junctions: "
+            f"{rows} per-minute approach counts in {self._history_dir}"
+        )
+
     # -- 4. models ------------------------------------------------------------------------
 
     def _runner(self) -> Any:
@@ -310,7 +372,8 @@ class ScenarioRun:
         registry: ModelRegistry = self._services.registry
         for trig in self.scenario.triggers:
             if trig.after is None and not trig.at_s and trig.every_s is None:
-                self._run_function(runner, trig.function.partition(":")[2], dict(trig.args))
+                args = {k: self._substitute(v) for k, v in trig.args.items()}
+                self._run_function(runner, trig.function.partition(":")[2], args)
             else:
                 # Not yet: runs during the live phase (at_s > 0, every_s, after).
                 note = f"trigger {trig.name}: timed and chained runs are not implemented; skipped"
@@ -321,8 +384,17 @@ class ScenarioRun:
             source = decl.model
             if source.train is not None:
                 name = source.train.partition(":")[2]
+                args = dict(source.args)
+                if source.tune is not None:
+                    tune_name = source.tune.partition(":")[2]
+                    with self.console.status(f"tuning {decl.name} ({tune_name})…"):
+                        tuned = self._run_function(runner, tune_name, {})
+                    takes = runner.get(name).signature.parameters
+                    best = {k: v for k, v in tuned.best_config.items() if k in takes}
+                    args.update(best)
+                    self.console.print(f"  {decl.name}: best config {best}")
                 with self.console.status(f"training {decl.name} ({name})…"):
-                    ref = self._run_function(runner, name, dict(source.args))
+                    ref = self._run_function(runner, name, args)
                 version = ref.get("registered_version") if isinstance(ref, dict) else None
                 model_name = ref.get("model", decl.name) if isinstance(ref, dict) else decl.name
                 if version is None and isinstance(ref, dict) and ref.get("onnx_path"):
@@ -345,6 +417,13 @@ class ScenarioRun:
                 version = f"v{version}" if version else "production"
             self._versions[decl.name] = f"{model_name}@{version}"
             self.console.print(f"  {decl.name}: model {model_name} {version}")
+
+    def _substitute(self, value: Any) -> Any:
+        """``{history}`` and ``{out}`` in a trigger's string arguments."""
+        if not isinstance(value, str):
+            return value
+        history = getattr(self, "_history_dir", self.out_dir / "history")
+        return value.replace("{history}", str(history)).replace("{out}", str(self.out_dir))
 
     def _run_function(self, runner: Any, name: str, kwargs: dict[str, Any]) -> Any:
         t0 = time.monotonic()
@@ -430,7 +509,13 @@ class ScenarioRun:
         return {
             "name": CAMERA_STREAM,
             "module": counter.name if counter is not None else "counter",
-            "source": {"kind": "mqtt", "topic": f"{prefix}/sensors/{site}/camera"},
+            # A camera keeps its newest frames: a busy device skips stale ones
+            # (counted as dropped) rather than falling further behind.
+            "source": {
+                "kind": "mqtt",
+                "topic": f"{prefix}/sensors/{site}/camera",
+                "options": {"buffer": 8},
+            },
             "stream": CAMERA_STREAM,
             "qos": 1,
         }

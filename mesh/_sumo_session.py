@@ -50,7 +50,9 @@ import numpy.typing as npt
 from ._sumo_network import GridNetwork, SimulationError, find_sumo_binary
 
 __all__ = [
+    "HALTING_SPEED_MPS",
     "ApproachObservation",
+    "Control",
     "JunctionObservation",
     "Kpis",
     "SignalActuator",
@@ -122,8 +124,8 @@ class SignalActuator:
     Example:
         >>> act = SignalActuator(["GGrr", "rrGG"], yellow_s=3, min_green_s=5)
         >>> act.request(1, now=0.0)
-        >>> [act.tick(float(t)) for t in range(0, 10, 2)]
-        ['GGrr', 'GGrr', 'GGrr', 'yyrr', 'rrGG']
+        >>> [act.tick(float(t)) for t in range(0, 12, 2)]
+        ['GGrr', 'GGrr', 'GGrr', 'yyrr', 'yyrr', 'rrGG']
     """
 
     def __init__(
@@ -438,6 +440,9 @@ class SumoSession:
             self.close()
         else:
             self._shutdown()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
 
     def start(self) -> None:
         """Load the net and routes into libsumo.

@@ -44,7 +44,9 @@ def _check_report(out: Path, stdout: str, *, agents: int) -> dict[str, object]:
     summary = report["summary"]
     assert summary["lost_events"] == 0
     assert report["events_sent"] > 0
-    assert report["events_received"] >= report["events_sent"] - 2 * agents  # the last in flight
+    # Every event an agent emitted arrived (no sequence gaps); a busy device may skip
+    # stale camera frames, so most but not all frames become events.
+    assert report["events_received"] >= 0.5 * report["events_sent"] - 2 * agents
     adaptive = report["traffic"]["adaptive"]
     assert adaptive["arrivals"] > 0
     assert adaptive["teleports"] == 0

@@ -1,0 +1,361 @@
+"""The adaptive signal controller and the actuator's safety rules, without SUMO."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from functions.occupancy import ApproachState, count_visible
+from functions.signals import (
+    ControllerConfig,
+    ControllerState,
+    JunctionLayout,
+    Observation,
+    SignalController,
+    SignalReport,
+    camera_frames,
+    decide,
+    initial_state,
+    plans_for_window,
+    still_frame,
+)
+from mesh._sumo_session import SignalActuator, transition_state
+
+NS, EW = 0, 1
+# Counts are (north, east, south, west); segments per approach are cumulative
+# counts within 15, 30, 60 and 120 m of the stop line.
+EMPTY = (0.0, 0.0, 0.0, 0.0)
+
+
+def seg(*rows: tuple[float, float, float, float]) -> list[list[float]]:
+    return [list(r) for r in rows]
+
+
+def near(n: float) -> tuple[float, float, float, float]:
+    """``n`` vehicles within 15 m of the stop line."""
+    return (n, n, n, n)
+
+
+def controller(**options: float) -> SignalController:
+    return SignalController(JunctionLayout.two_phase(), ControllerConfig(**options))  # type: ignore[arg-type]
+
+
+def test_no_switch_before_the_minimum_green() -> None:
+    ctl = controller(min_green_s=7.0)
+    for t in range(7):
+        decision = ctl.step(Observation(t=float(t), counts=(0, 5, 0, 5)))
+        assert decision.phase == NS and decision.reason == "min-green"
+    decision = ctl.step(Observation(t=7.0, counts=(0, 5, 0, 5)))
+    assert decision.phase == EW and decision.switch and decision.reason == "empty-green"
+
+
+def test_a_switch_passes_through_yellow_and_never_reverts() -> None:
+    ctl = controller(min_green_s=5.0, yellow_s=3.0)
+    assert ctl.step(Observation(t=5.0, counts=(0, 4, 0, 0))).switch
+    # Demand flips back during the yellow: the controller keeps the switch it began.
+    for t in (6.0, 7.0):
+        decision = ctl.step(Observation(t=t, counts=(9, 0, 9, 0)))
+        assert decision.phase == EW and decision.reason == "switching"
+        assert ctl.state.stage == "yellow"
+    decision = ctl.step(Observation(t=8.0, counts=(9, 0, 9, 0)))
+    assert ctl.state.stage == "green" and ctl.state.phase == EW
+    assert decision.reason == "min-green"  # a fresh green, however strong the other side
+
+
+def test_a_pending_switch_survives_the_plan_latency() -> None:
+    # The junction still reports the old green for a second after the plan was sent.
+    ctl = controller(min_green_s=5.0)
+    assert ctl.step(
+        Observation(t=10.0, counts=(0, 3, 0, 3), signal=SignalReport(NS, "green", 10.0))
+    ).switch
+    late = ctl.step(
+        Observation(t=11.0, counts=(8, 0, 8, 0), signal=SignalReport(NS, "green", 11.0))
+    )
+    assert late.phase == EW and late.reason == "switching"
+    shown = ctl.step(
+        Observation(t=12.0, counts=(8, 0, 8, 0), signal=SignalReport(NS, "yellow", 0.0, EW))
+    )
+    assert shown.phase == EW
+
+
+def test_missing_counts_hold_the_last_ones() -> None:
+    ctl = controller(min_green_s=5.0)
+    ctl.step(Observation(t=0.0, counts=(2, 6, 1, 4)))
+    ctl.step(Observation(t=1.0, counts=(None, None, 3, None)))
+    assert ctl.state.counts == (2.0, 6.0, 3.0, 4.0)
+    assert ctl.state.counts_at_s == 0.0  # the last complete observation
+    ctl.step(Observation(t=2.0, counts=(None, float("nan"), None, None)))
+    assert ctl.state.counts == (2.0, 6.0, 3.0, 4.0)
+
+
+def test_a_dropped_frame_does_not_empty_the_road() -> None:
+    # East-west has a queue; its frames drop: a zero would hand the green away.
+    ctl = controller(min_green_s=5.0)
+    ctl.step(Observation(t=0.0, counts=(1, 6, 0, 6)))
+    decisions = [ctl.step(Observation(t=float(t), counts=(1, None, 0, None))) for t in range(1, 12)]
+    assert any(d.switch and d.phase == EW for d in decisions)
+    assert ctl.state.phase == EW
+
+
+def test_empty_phases_are_skipped() -> None:
+    layout = JunctionLayout(
+        phases=tuple(frozenset({a}) for a in ("north", "east", "south", "west"))
+    )
+    ctl = SignalController(layout, ControllerConfig(min_green_s=5.0))
+    decision = ctl.step(Observation(t=6.0, counts=(0, 0, 0, 3)))
+    assert decision.switch and decision.phase == 3  # straight to the west, not round the ring
+
+
+def test_no_demand_elsewhere_keeps_the_green() -> None:
+    ctl = controller(min_green_s=5.0)
+    for t in range(5, 100, 5):
+        decision = ctl.step(Observation(t=float(t), counts=(0, 0, 0, 0)))
+        assert decision.phase == NS and not decision.switch
+    assert decision.reason == "no-demand-elsewhere"
+
+
+def test_counter_noise_below_half_a_vehicle_is_no_vehicle() -> None:
+    ctl = controller(min_green_s=5.0)
+    decision = ctl.step(Observation(t=6.0, counts=(0.0, 0.4, 0.0, 0.45)))
+    assert not decision.switch and decision.reason == "no-demand-elsewhere"
+
+
+def test_gap_out_when_nobody_is_about_to_cross() -> None:
+    ctl = controller(min_green_s=5.0)
+    # Two vehicles far up the green approaches, five standing on the red side.
+    decision = ctl.step(
+        Observation(
+            t=8.0,
+            counts=(1, 5, 1, 0),
+            segments=seg(EMPTY, near(5), EMPTY, EMPTY),
+            queued=(0, 5, 0, 0),
+        )
+    )
+    assert decision.switch and decision.reason == "gap-out"
+
+
+def test_the_green_extends_for_vehicles_about_to_cross() -> None:
+    ctl = controller(min_green_s=5.0)
+    # A platoon of six within 30-60 m on green; one vehicle waits on the red side.
+    decision = ctl.step(
+        Observation(
+            t=8.0,
+            counts=(6, 1, 0, 0),
+            segments=seg((0, 0, 6, 6), near(1), EMPTY, EMPTY),
+            queued=(0, 1, 0, 0),
+        )
+    )
+    assert not decision.switch and decision.reason == "extend"
+
+
+def test_pressure_cuts_a_long_green_at_saturation() -> None:
+    ctl = controller(min_green_s=5.0, pressure_margin=10.0)
+    full = (4, 8, 16, 30)
+    decision = ctl.step(
+        Observation(t=20.0, counts=(8, 30, 8, 30), segments=seg(full, full, full, full))
+    )
+    assert decision.switch and decision.reason == "pressure"
+
+
+def test_max_green_bounds_the_wait() -> None:
+    ctl = controller(min_green_s=5.0, max_green_s=40.0, pressure_margin=100.0)
+    stream = (4, 8, 16, 30)
+    for t in range(5, 40):
+        assert not ctl.step(
+            Observation(
+                t=float(t), counts=(30, 1, 30, 0), segments=seg(stream, near(1), stream, EMPTY)
+            )
+        ).switch
+    decision = ctl.step(
+        Observation(t=40.0, counts=(30, 1, 30, 0), segments=seg(stream, near(1), stream, EMPTY))
+    )
+    assert decision.switch and decision.reason == "max-green"
+
+
+def test_a_green_whose_exits_are_full_is_given_up() -> None:
+    ctl = controller(min_green_s=5.0)
+    stream = (4, 8, 16, 30)
+    decision = ctl.step(
+        Observation(
+            t=10.0,
+            counts=(30, 2, 30, 0),
+            segments=seg(stream, near(2), stream, EMPTY),
+            downstream=(47, 0, 47, 0),
+        )
+    )
+    assert decision.switch and decision.reason == "spillback"
+
+
+def test_decisions_are_deterministic() -> None:
+    rng = np.random.default_rng(3)
+    observations = [
+        Observation(t=float(t), counts=tuple(float(x) for x in rng.integers(0, 12, 4)))
+        for t in range(300)
+    ]
+    runs = []
+    for _ in range(2):
+        ctl = controller()
+        runs.append([(d.phase, d.reason) for d in map(ctl.step, observations)])
+    assert runs[0] == runs[1]
+    assert len({p for p, _ in runs[0]}) == 2
+
+
+def test_state_round_trips_through_a_message() -> None:
+    layout = JunctionLayout.two_phase()
+    config = ControllerConfig()
+    state, _ = decide(
+        layout, config, initial_state(layout, config), Observation(t=1.0, counts=(1, 2, 3, 4))
+    )
+    assert ControllerState.from_dict(state.as_dict()) == state
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_green_s"):
+        ControllerConfig(min_green_s=10.0, max_green_s=5.0)
+    with pytest.raises(ValueError, match="segments_m"):
+        ControllerConfig(segments_m=(30.0, 15.0))
+    with pytest.raises(ValueError, match="unknown approaches"):
+        JunctionLayout(phases=(frozenset({"up"}),))
+
+
+# -- the stream function ------------------------------------------------------------
+
+
+def message(
+    site: str, t: float, counts: dict[str, float | None], **extra: object
+) -> dict[str, object]:
+    return {"site": site, "t": t, "counts": counts, **extra}
+
+
+def test_the_stream_function_plans_each_junction_and_keeps_state() -> None:
+    states: dict[str, ControllerState] = {}
+    window = [
+        message(
+            "A0", 6.0, {"north": 0, "east": 3, "south": 0, "west": 2}, neighbours={"east": "B0"}
+        ),
+        message(
+            "B0", 6.0, {"north": 4, "east": 0, "south": 4, "west": 7}, neighbours={"west": "A0"}
+        ),
+    ]
+    plans = plans_for_window(window, states)
+    assert [p["site"] for p in plans] == ["A0", "B0"]
+    a0 = plans[0]
+    assert a0["phase"] == EW and a0["switch"] and a0["schema_version"] == 1
+    assert set(states) == {"A0", "B0"}
+    # A0's west approach feeds B0's west arm: its count is A0's east-bound downstream.
+    assert states["A0"].downstream[3] == 7.0
+    assert states["A0"].downstream[1] == 0.0  # a border exit
+    assert states["B0"].downstream[1] == 3.0  # B0's east arm drains into A0's east arm
+
+
+def test_the_stream_function_holds_counts_across_messages_and_windows() -> None:
+    states: dict[str, ControllerState] = {}
+    plans_for_window([message("J", 0.0, {"north": 5, "east": 1, "south": 2, "west": 0})], states)
+    window = [
+        message("J", 1.0, {"north": None, "east": 2, "south": None, "west": 0}),
+        message("J", 2.0, {"north": None, "east": None, "south": None, "west": 1}),
+    ]
+    plans_for_window(window, states)
+    assert states["J"].counts == (5.0, 2.0, 2.0, 1.0)
+    queued = {"north": 3, "east": 1, "south": 0, "west": None}
+    plans_for_window(
+        [message("J", 3.0, {"north": 5, "east": 2, "south": 2, "west": 1}, queued=queued)], states
+    )
+    assert states["J"].queued == (3.0, 1.0, 0.0, 0.0)
+
+
+def test_signal_plan_is_a_registered_fog_stream() -> None:
+    from functions.signals import app
+
+    spec = app.functions["signal_plan"].spec
+    assert spec.kind.value == "stream" and spec.tier == "fog"
+
+
+# -- the camera ------------------------------------------------------------------------
+
+
+def test_camera_segments_count_what_lies_within_reach() -> None:
+    state = ApproachState(
+        np.array([1.0, 20.0, 50.0, 100.0, 170.0]), np.array([0, 1, 0, 1, 0]), np.full(5, 5.0)
+    )
+    frames, exact = camera_frames([state] * 4, segments_m=(15.0, 30.0, 60.0, 120.0))
+    assert frames.shape == (5, 4, 2, 64)
+    assert exact[:, 0].tolist() == [5.0, 1.0, 2.0, 3.0, 4.0]
+    assert exact[0, 0] == count_visible(state.positions_m, 240.0)
+    assert frames[1, :, :, 4:].sum() == 0.0  # 15 m is 4 cells of 3.75 m
+
+
+def test_a_still_frame_keeps_standing_vehicles_only() -> None:
+    standing = ApproachState(np.array([1.0]), np.array([0]), np.array([5.0]))
+    before, _ = camera_frames(
+        [standing, ApproachState(np.array([60.0]), np.array([0]), np.array([5.0]))] * 2
+    )
+    after, _ = camera_frames(
+        [standing, ApproachState(np.array([46.0]), np.array([0]), np.array([5.0]))] * 2
+    )
+    still = still_frame(after[0], before[0])
+    assert still[0].sum() == pytest.approx(after[0][0].sum())
+    assert still[1].sum() == 0.0
+    first = after[0]
+    assert still_frame(first, None) is first
+
+
+# -- the actuator (mesh._sumo_session, pure) ----------------------------------------------
+
+
+def test_transition_state_turns_lost_greens_yellow() -> None:
+    assert transition_state("GGgrrr", "rrrGGg") == "yyyrrr"
+    # Greens kept stay green; new greens wait for the yellow to end.
+    assert transition_state("GGrr", "GrGG") == "Gyrr"
+    with pytest.raises(ValueError):
+        transition_state("Gr", "G")
+
+
+def _assert_safe(
+    history: list[tuple[float, str]], yellow_s: float, min_green_s: float, greens: tuple[str, ...]
+) -> None:
+    for (t0, s0), (t1, s1) in itertools.pairwise(history):
+        for a, b in zip(s0, s1, strict=True):
+            assert not (a in "Gg" and b == "r"), f"{s0} -> {s1} at {t1} skips yellow"
+        if "y" in s0:
+            assert t1 - t0 >= yellow_s
+        if s0 in greens:
+            assert t1 - t0 >= min_green_s
+
+
+def test_the_actuator_enforces_yellow_and_minimum_green_whatever_it_is_asked() -> None:
+    greens = ("GGgrrrGGgrrr", "rrrGGgrrrGGg")
+    act = SignalActuator(greens, yellow_s=3.0, min_green_s=5.0)
+    rng = np.random.default_rng(0)
+    for t in range(400):
+        act.request(int(rng.integers(0, 2)), float(t))
+        act.tick(float(t))
+    assert act.switches > 10
+    _assert_safe(act.history, 3.0, 5.0, greens)
+
+
+def test_the_actuator_holds_the_last_plan_then_falls_back() -> None:
+    greens = ("GGrr", "rrGG")
+    act = SignalActuator(
+        greens, yellow_s=3.0, min_green_s=5.0, fallback_after_s=30.0, fallback_green_s=20.0
+    )
+    act.request(1, 0.0)
+    states = [act.tick(float(t)) for t in range(200)]
+    assert states[10] == "rrGG"
+    assert act.switches >= 3  # no plans after t=0: it rotated on its own
+    _assert_safe(act.history, 3.0, 5.0, greens)
+    with pytest.raises(ValueError):
+        act.request(2, 1.0)
+
+
+def test_importing_the_mesh_never_imports_libsumo() -> None:
+    code = (
+        "import sys, mesh, mesh._sumo_session, mesh._sumo_network, functions.signals;"
+        "print('libsumo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
