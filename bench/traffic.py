@@ -13,7 +13,7 @@ and the same routes (``mesh._sumo_network``):
   the signals ``--delay-s`` later (the mesh's latency) through the actuator,
   which enforces yellow and the minimum green.
 
-Without ``--counter`` a small counter is trained once (``functions.traffic``)
+Without ``--counter`` a counter (8192 frames, 12 epochs) is trained once (``functions.traffic``)
 and cached under the work directory; ``--exact`` uses exact counts plus
 Gaussian noise (sd ``--count-noise``) instead. The table shows mean waiting
 time, time loss (creeping counts there, not in waiting time), trip duration,
@@ -22,7 +22,7 @@ arrivals and teleports, averaged over seeds. ``slo_attainment`` and
 
 Usage::
 
-    python bench/traffic.py --quick                      # 2x2 grid, 1 seed, ~3 minutes
+    python bench/traffic.py --quick     # 2x2, 1 seed, ~40 s (+1-2 min to train a counter once)
     python bench/traffic.py --seeds 3 --json bench/results/traffic.json
     python bench/traffic.py --levels peak --grid 4x4 --counter counter.onnx
 """
@@ -72,6 +72,7 @@ class Job:
     count_noise: float
     drop_rate: float
     config: dict[str, Any] = field(default_factory=dict)
+    keep_trips: bool = False
 
 
 # -- counts -------------------------------------------------------------------------
@@ -127,8 +128,10 @@ def _routes(job: Job, grid: Any) -> Path:
     ).path
 
 
-def _trips_dir(job: Job) -> Path:
-    """Where a run's tripinfo stays, for a closer look after the bench."""
+def _trips_dir(job: Job) -> Path | None:
+    """Where a run's tripinfo stays with ``--keep-trips`` (else a temporary directory)."""
+    if not job.keep_trips:
+        return None
     return Path(job.workdir) / "trips" / f"{job.level}-s{job.seed}-{job.controller}"
 
 
@@ -408,7 +411,7 @@ def print_table(levels: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2x2 grid, 1 seed, 15 min demand")
+    parser.add_argument("--quick", action="store_true", help="2x2 grid, 1 seed, 30 min demand")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--levels", default=",".join(LEVELS))
@@ -424,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-s", type=float, default=1.0, help="plan latency (sim s)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep-trips", action="store_true", help="keep tripinfo files")
     parser.add_argument("--set", action="append", default=[], help="controller option k=v")
     args = parser.parse_args(argv)
 
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     grid = args.grid or ("2x2" if args.quick else "3x3")
     rows, cols = (int(x) for x in grid.lower().split("x"))
-    horizon = args.horizon_s or (900.0 if args.quick else 3600.0)
+    horizon = args.horizon_s or (1800.0 if args.quick else 3600.0)
     levels = [x for x in args.levels.split(",") if x]
     controllers = [x for x in args.controllers.split(",") if x]
     workdir = args.workdir or Path(tempfile.gettempdir()) / "fogmesh-bench-traffic"
@@ -468,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             count_noise=args.count_noise,
             drop_rate=args.drop_rate,
             config=config,
+            keep_trips=args.keep_trips,
         )
         for level in levels
         for seed in range(seeds)

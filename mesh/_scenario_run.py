@@ -118,8 +118,12 @@ class ScenarioRun:
         Raises:
             MeshError: a stage failed; everything started so far is stopped.
         """
-        if self._fresh and self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
+        if self._fresh:
+            # A fresh control plane with agents that remember the last run (their
+            # cached modules and route epochs) would disagree with them.
+            for stale in (self.state_dir, self.out_dir / "agents"):
+                if stale.exists():
+                    shutil.rmtree(stale)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
             self._stack = stack
@@ -578,7 +582,7 @@ class ScenarioRun:
     def _live(self) -> None:
         from edge_agent.protocol import Event, Tensor, encode_frame
         from functions.occupancy import APPROACHES, DEFAULT_LANE_LENGTH_M
-        from functions.signals import ControllerConfig, camera_frames
+        from functions.signals import ControllerConfig, camera_frames, still_frame
 
         from ._streams import StreamWorker
         from ._sumo_session import JunctionObservation, SumoSession
@@ -596,6 +600,7 @@ class ScenarioRun:
 
         frame_info: dict[str, dict[str, Any]] = {}
         segments_m = ControllerConfig().segments_m
+        previous: dict[str, np.ndarray[Any, Any]] = {}
         neighbours = {
             j: {a.name: a.neighbour for a in arms if a.neighbour is not None}
             for j, arms in self._grid.junctions.items()
@@ -612,15 +617,20 @@ class ScenarioRun:
             counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
             if out_topic is None or counts is None or event.site is None:
                 return
-            # counts [1 + K, 4]: the whole approach, then each segment from the stop line.
+            # counts [2 + K, 4]: the whole approach, each segment from the stop line,
+            # and what stood still since the previous frame (the queue).
             values = [float(v) for v in counts.data]
             rows = [values[i : i + 4] for i in range(0, len(values), 4)]
+            if len(rows) != len(segments_m) + 2:
+                logger.warning("counts event from %s has %d rows", event.site, len(rows))
+                return
             info = frame_info.get(event.site, {})
             message = {
                 "site": event.site,
                 "t": info.get("t", sim_t),
-                "counts": dict(zip(APPROACHES, rows[0], strict=False)),
-                "segments": {a: [row[k] for row in rows[1:]] for k, a in enumerate(APPROACHES)},
+                "counts": dict(zip(APPROACHES, rows[0], strict=True)),
+                "segments": {a: [row[k] for row in rows[1:-1]] for k, a in enumerate(APPROACHES)},
+                "queued": dict(zip(APPROACHES, rows[-1], strict=True)),
                 "signal": info.get("signal"),
                 "neighbours": neighbours.get(event.site, {}),
                 "frame_ts": event.source_ts,
@@ -653,6 +663,8 @@ class ScenarioRun:
             frames, _ = camera_frames(
                 obs.approaches, segments_m=segments_m, lane_length_m=DEFAULT_LANE_LENGTH_M
             )
+            still = still_frame(frames[0], previous.get(obs.junction))
+            previous[obs.junction] = frames[0]
             frame_info[obs.junction] = {
                 "t": obs.time_s,
                 "signal": {
@@ -662,7 +674,7 @@ class ScenarioRun:
                     "target": obs.target,
                 },
             }
-            return frames, obs.counts
+            return np.concatenate([frames, still[None]]), obs.counts
 
         def publish(frame: CameraFrame) -> None:
             tensor = Tensor.from_numpy("occupancy", frame.frame)
