@@ -58,8 +58,8 @@ def test_up_deploy_invoke_runs_down(env: dict[str, str], tmp_path: Path) -> None
     assert not (Path(env["MESH_DATA_DIR"]) / "cluster.json").exists()
 
 
-def test_demo_quick(env: dict[str, str]) -> None:
-    demo = mesh_cli(env, "demo", "--quick", timeout=600)
+def test_demo_pipeline_quick(env: dict[str, str]) -> None:
+    demo = mesh_cli(env, "demo", "--pipeline", "--quick", timeout=600)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "demo finished" in demo.stdout
     for function in (
