@@ -265,7 +265,7 @@ def test_agent_lifecycle(
         ).start()
         assert restart.wait_log("with 1 cached module(s)", 15), restart.log()
         assert restart.wait_log("pipeline count: started", 5), restart.log()
-        time.sleep(1.0)  # let the offline pipeline produce a few events
+        time.sleep(3.0)  # let the offline pipeline produce a few events (slow when loaded)
         broker_back = time.time()
         n_status = len([1 for t, _ in r.events if t == T.status(agent)])
         broker.start()
