@@ -29,10 +29,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +41,25 @@ from rich.console import Console
 
 from ._errors import MeshError
 from ._linkem import LinkShape
-from ._scenario import CPU_PROVIDER, Link, ModuleDecl, RayNode, Scenario
-from ._scenario_faults import FaultTimeline, parse_target
+from ._scenario import CPU_PROVIDER, ModuleDecl, RayNode, Scenario
+from ._scenario_actions import ScenarioActions
+from ._scenario_faults import FaultTimeline
 from ._scenario_procs import AgentFleet, CpuHog
 from ._scenario_report import (
-    ControllerKpis,
     MigrationRecord,
     ModuleLatency,
     ScenarioReport,
     headline,
     write_report,
+)
+from ._scenario_util import (
+    controller_kpis,
+    environment,
+    link_shape,
+    on_path,
+    quietly,
+    resolve,
+    summarise,
 )
 
 __all__ = ["ScenarioRun", "run_scenario"]
@@ -127,8 +135,8 @@ class ScenarioRun:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
             self._stack = stack
-            stack.enter_context(_environment(MESH_DATA_DIR=str(self.state_dir)))
-            stack.enter_context(_on_path(Path.cwd()))
+            stack.enter_context(environment(MESH_DATA_DIR=str(self.state_dir)))
+            stack.enter_context(on_path(Path.cwd()))
             self._stage("infrastructure", self._start_infrastructure)
             sim = self.scenario.simulation
             if sim is not None:
@@ -227,7 +235,7 @@ class ScenarioRun:
             services = build_services(settings, backend, broker_url, protocol, undo, host_cpu=False)
         finally:
             for what, stop in reversed(undo):
-                self._stack.callback(_quietly(what, stop))
+                self._stack.callback(quietly(what, stop))
         self._services = services
         server = serve_asgi(services.app, host="127.0.0.1", port=port)
         self._stack.callback(server.stop)
@@ -269,64 +277,24 @@ class ScenarioRun:
         )
 
     def _collect_history(self) -> None:
-        """Record what the cameras see on a day like the scenario's (another seed).
-
-        SUMO's fixed-time program runs the scenario's demand level with another
-        seed; each junction's approaches are counted every simulated second and
-        averaged per minute into ``history/counts-<junction>.csv`` (``site,
-        minute, approach, count``): the data the cloud's analytics and training read.
-        """
-        import csv
-
-        from ._sumo_network import make_demand
-        from ._sumo_session import SumoSession
+        """Record what the cameras see on a day like the scenario's (another seed)."""
+        from ._traffic_history import collect_history
 
         sim = self.scenario.simulation
         assert sim is not None
         seed = (sim.demand.seed if sim.demand.seed is not None else self.scenario.seed) + 1
-        demand = make_demand(
-            self.out_dir / "history",
+        history = collect_history(
             self._grid,
+            self.out_dir / "history",
             level=sim.demand.level,
             seed=seed,
             horizon_s=sim.demand.duration_s,
             scale=sim.demand.scale,
         )
-        sums: dict[tuple[str, int, int], float] = {}
-        session = SumoSession(
-            self._grid,
-            demand.path,
-            control="static",
-            seed=seed,
-            end_s=sim.demand.duration_s,
-            workdir=self.out_dir / "history" / "sumo",
-        )
-        session.start()
-        try:
-            while not session.done:
-                minute = int(session.time_s // 60)
-                for junction, obs in session.observe_all().items():
-                    for k, count in enumerate(obs.counts):
-                        key = (junction, minute, k)
-                        sums[key] = sums.get(key, 0.0) + count
-                session.step()
-        finally:
-            session.close()
-        self._history_dir = self.out_dir / "history"
-        names = ("north", "east", "south", "west")
-        rows = 0
-        for junction in sorted({j for j, _, _ in sums}):
-            path = self._history_dir / f"counts-{junction}.csv"
-            with path.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["site", "minute", "approach", "count"])
-                for (j, minute, k), total in sorted(sums.items()):
-                    if j == junction:
-                        writer.writerow([j, minute, names[k], round(total / 60.0, 2)])
-                        rows += 1
+        self._history_dir = history.directory
         self.console.print(
-            f"  {demand.vehicles} vehicles, {len(self._grid.junctions)} junctions: "
-            f"{rows} per-minute approach counts in {self._history_dir}"
+            f"  {history.vehicles} vehicles, {len(self._grid.junctions)} junctions: "
+            f"{history.rows} per-minute approach counts in {history.directory}"
         )
 
     # -- 4. models ------------------------------------------------------------------------
@@ -350,7 +318,7 @@ class ScenarioRun:
         scenario_app = Mesh(f"scenario-{self.scenario.name}")
         registered = {name for a in apps for name in a.functions}
         for decl in self.scenario.streams:
-            fn = _resolve(decl.function)
+            fn = resolve(decl.function)
             scenario_app.add_stream(
                 fn,
                 topic=decl.input,
@@ -362,7 +330,7 @@ class ScenarioRun:
         for trig in self.scenario.triggers:
             name = trig.function.partition(":")[2]
             if name not in registered:
-                scenario_app.add_function(_resolve(trig.function), name=name, tier=trig.tier)
+                scenario_app.add_function(resolve(trig.function), name=name, tier=trig.tier)
                 registered.add(name)
         store = SQLiteStore(self._settings.store_path)
         self._stack.callback(store.close)
@@ -435,7 +403,7 @@ class ScenarioRun:
         value = run.result()
         labels = runner.node_labels(run.node_id or "")
         tier = labels.get("mesh.tier", "?")
-        summary = _summarise(value)
+        summary = summarise(value)
         self.console.print(
             f"  [green]✓[/] {name} on {tier} node {(run.node_id or '-')[:8]} "
             f"({time.monotonic() - t0:.1f} s): {summary}"
@@ -454,19 +422,7 @@ class ScenarioRun:
     # -- 5. agents ---------------------------------------------------------------------------
 
     def _link_shape(self, a: str, b: str) -> LinkShape:
-        """The declared link between two endpoints (most specific first), or no delay."""
-        best: tuple[int, Link] | None = None
-        for link in self.scenario.links:
-            for x, y in ((link.from_, link.to), (link.to, link.from_)):
-                if _endpoint_matches(x, a) and _endpoint_matches(y, b):
-                    rank = _specificity(x) + _specificity(y)
-                    if best is None or rank > best[0]:
-                        best = (rank, link)
-        if best is None:
-            return LinkShape()
-        link = best[1]
-        rate = link.bandwidth_mbps * 1000 if link.bandwidth_mbps else None
-        return LinkShape(delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, rate_kbps=rate)
+        return link_shape(self.scenario.links, a, b)
 
     def _start_agents(self) -> None:
         from ._artifacts import ArtifactSigner
@@ -699,7 +655,7 @@ class ScenarioRun:
                 render=render,
                 publish_frame=publish,
                 timeline=timeline,
-                actions=_Actions(self),
+                actions=ScenarioActions(self),
                 speedup=sim.speedup,
                 camera_every_s=sim.camera_every_s,
                 on_progress=self._progress_printer(),
@@ -717,7 +673,7 @@ class ScenarioRun:
         edge.barrier()
         time.sleep(1.0)  # the last events and plans in flight
         self.report.sim_seconds = stats.sim_s
-        self.report.traffic["adaptive"] = _kpis(kpis)
+        self.report.traffic["adaptive"] = controller_kpis(kpis)
         self.report.faults = timeline.windows
         self.report.notes.extend(timeline.errors)
         self.report.modules = self._latency
@@ -797,161 +753,11 @@ class ScenarioRun:
                 )
                 session.start()
                 kpis = session.run()
-            self.report.traffic[name] = _kpis(kpis)
+            self.report.traffic[name] = controller_kpis(kpis)
             self.console.print(
                 f"  {name}: mean wait {kpis.mean_wait_s:.1f} s, trip {kpis.mean_trip_s:.1f} s, "
                 f"{kpis.arrivals} arrivals, {kpis.teleports} teleports"
             )
-
-
-# -- fault actions ------------------------------------------------------------------------
-
-
-class _Actions:
-    """The scenario's :class:`~mesh._scenario_faults.FaultActions`."""
-
-    def __init__(self, run: ScenarioRun) -> None:
-        self._run = run
-
-    def hog_cpu(self, target: str, load: float) -> None:
-        kind, name = parse_target(target)
-        fleet = self._run._fleet
-        cores: list[int] | None = None
-        cgroup = None
-        if kind == "agent" and fleet is not None:
-            # On the agent's device: inside its CPU budget, or on its pinned core.
-            handle = fleet.agents[name]
-            cgroup = handle.cgroup
-            cores = list(handle.cores) if handle.cores else None
-        workers = max(1, round(2 * load))
-        self._run._hogs[target] = CpuHog(cores, workers=workers, cgroup=cgroup).start()
-
-    def stop_hog(self, target: str) -> None:
-        hog = self._run._hogs.pop(target, None)
-        if hog is not None:
-            hog.stop()
-
-    def _agents_on(self, link: str) -> list[str]:
-        fleet = self._run._fleet
-        if fleet is None:
-            return []
-        kind, name = parse_target(link)
-        if kind == "agent":
-            return [name]
-        a, _, b = name.partition("->")
-        ends = {a, b}
-        if "edge" in ends:
-            return list(fleet.agents)
-        return [x for x in fleet.agents if x in ends or fleet.agents[x].site in ends]
-
-    def set_link(self, link: str, delay_ms: float, jitter_ms: float) -> None:
-        fleet = self._run._fleet
-        assert fleet is not None
-        for agent_id in self._agents_on(link):
-            fleet.set_link(agent_id, delay_ms=delay_ms, jitter_ms=jitter_ms)
-
-    def restore_link(self, link: str) -> None:
-        fleet = self._run._fleet
-        assert fleet is not None
-        for agent_id in self._agents_on(link):
-            shape = self._run._agent_link.get(agent_id, LinkShape())
-            fleet.set_link(agent_id, delay_ms=shape.delay_ms, jitter_ms=shape.jitter_ms)
-
-    def kill_agent(self, agent_id: str) -> None:
-        assert self._run._fleet is not None
-        self._run._fleet.kill(agent_id)
-
-    def start_agent(self, agent_id: str) -> None:
-        assert self._run._fleet is not None
-        self._run._fleet.start(agent_id)
-
-    def remove_node(self, name: str) -> None:
-        node_id = self._run._fog_nodes.get(name)
-        if node_id is None:
-            raise MeshError(f"no fog node {name!r} to remove")
-        self._run._cluster.remove_node(node_id, graceful=False)
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def _kpis(k: Any) -> ControllerKpis:
-    return ControllerKpis(
-        mean_wait_s=k.mean_wait_s,
-        mean_time_loss_s=k.mean_time_loss_s,
-        mean_trip_s=k.mean_trip_s,
-        arrivals=k.arrivals,
-        teleports=k.teleports,
-        queue=[(float(t), float(q)) for t, q in k.queue_series],
-    )
-
-
-def _endpoint_matches(decl: str, endpoint: str) -> bool:
-    kind, name = parse_target(endpoint) if ":" in endpoint else ("tier", endpoint)
-    return decl in (endpoint, name) or (kind == "agent" and decl == "edge")
-
-
-def _specificity(decl: str) -> int:
-    return 0 if decl in ("edge", "fog", "cloud") else 1
-
-
-def _resolve(ref: str) -> Callable[..., Any]:
-    import importlib
-
-    module_name, _, attr = ref.partition(":")
-    fn = getattr(importlib.import_module(module_name), attr)
-    if not callable(fn):
-        raise MeshError(f"{ref} is not callable")
-    return fn  # type: ignore[no-any-return]
-
-
-def _summarise(value: Any) -> str:
-    if isinstance(value, dict):
-        if "model" in value and "metrics" in value:
-            metrics = ", ".join(f"{k}={v:.3g}" for k, v in value["metrics"].items())
-            return f"{value['model']} ({metrics}) → {Path(str(value.get('onnx_path'))).name}"
-        return json.dumps(value, default=str)[:160]
-    for attr in ("best_config", "num_rows"):
-        if hasattr(value, attr):
-            return f"{attr}={getattr(value, attr)}"
-    return str(value)[:160]
-
-
-def _quietly(what: str, stop: Callable[[], object]) -> Callable[[], None]:
-    def call() -> None:
-        try:
-            stop()
-        except Exception:
-            logger.exception("stopping %s failed", what)
-
-    return call
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _on_path(path: Path) -> Iterator[None]:
-    entry = str(path)
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
 
 
 def run_scenario(path: Path, *, console: Console) -> ScenarioReport:
