@@ -27,13 +27,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ._errors import StoreError
+from ._store import open_sqlite, write_transaction
 
 __all__ = [
     "DeploymentRecord",
@@ -230,16 +231,8 @@ class PlacementStore:
     def __init__(self, path: str | Path) -> None:
         """Open (and create) the tables at ``path``."""
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_sqlite(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the placement store at {self.path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -249,19 +242,8 @@ class PlacementStore:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"placement store write failed ({self.path}): {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock, f"placement store ({self.path})")
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -57,6 +57,7 @@ from ._errors import MeshError
 from ._export import InvalidModelError, ModelSignature, load_checked, signature_of
 from ._profile import CPU, ModelProfile, measure_profile
 from ._settings import MeshSettings
+from ._store import open_sqlite
 
 __all__ = [
     "InvalidRegistrationError",
@@ -311,16 +312,8 @@ class ModelRegistry:
         self.profile_budget_s = profile_budget_s
         self.max_model_bytes = max_model_bytes
         self._clock = clock
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_sqlite(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot open the model registry at {self.path}: {exc}") from exc
         self._lock = threading.RLock()

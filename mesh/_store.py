@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -164,6 +164,50 @@ CREATE TABLE IF NOT EXISTS deployments (
 """
 
 
+def open_sqlite(path: str, schema: str, *, named_rows: bool = True) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path`` (its folder created) with ``schema`` applied.
+
+    Shared by the run, placement and registry stores. WAL + ``synchronous=NORMAL``
+    survives a process crash (not a power cut) and skips an fsync per commit,
+    which matters on the invocation path. Rows come back as ``sqlite3.Row``
+    unless ``named_rows`` is False (plain tuples).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or the schema applied.
+    """
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
+    if named_rows:
+        db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(schema)
+    return db
+
+
+@contextmanager
+def write_transaction(
+    db: sqlite3.Connection, lock: threading.Lock | threading.RLock, what: str
+) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under ``lock``; rolled back on any error.
+
+    Raises:
+        StoreError: SQLite failed (``what`` names the store in the message).
+    """
+    with lock:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"{what} write failed: {exc}") from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
 class SQLiteStore:
     """The :class:`Store` on one SQLite file (WAL, one connection, thread-safe).
 
@@ -176,17 +220,8 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         """Open (and create) the store at ``path``; ``":memory:"`` for a throwaway one."""
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL survives a process crash (not a power cut) and skips
-            # an fsync per commit, which matters on the invocation path.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_sqlite(self.path, _SCHEMA, named_rows=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -203,19 +238,8 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"run store write failed ({self.path}): {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock, f"run store ({self.path})")
 
     def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
         if self._failure is not None:
