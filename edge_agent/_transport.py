@@ -226,6 +226,44 @@ class _Client(mqtt.Client):
         with self._write_lock:
             return super()._packet_write()
 
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: mqtt.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        # paho's own (2.1, 2.2) pokes the network thread through its socketpair
+        # on every packet, before writing it. With our loop the caller writes
+        # the packet itself, so the poke only woke the network thread to fight
+        # the worker for the GIL in the middle of a reply (~0.1 ms a round
+        # trip here). Poke only when something is left for that thread to do.
+        if self._loop_thread is None:  # loop_start() (TLS) or no loop: paho's way
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        # Inside a callback the network thread writes it on its way out.
+        if self._in_callback_mutex.acquire(False):
+            self._in_callback_mutex.release()
+            rc = self.loop_write()
+            if not self.want_write():
+                return rc
+        pair = self._sockpairW
+        if pair is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                pair.send(b"0")
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def start_loop(self) -> None:
         """Run the network loop (connect, read, reconnect) on a daemon thread."""
         self._thread_terminate = False
