@@ -335,13 +335,15 @@ def _placement_controller(
 ) -> Any:
     """Monitors, migration executor, placement store and the controller, started.
 
-    The modules recorded before a restart are re-deployed on a thread first (agents
-    may take a while to come back); the reconcile loop starts once that is done.
+    The modules recorded before a restart are re-deployed (and the pipelines tracked
+    again) on a thread first (agents may take a while to come back); the reconcile
+    loop starts once that is done.
     Agents' pipeline events feed the monitors (per-site pipeline placement).
     """
     from ._migrations import MigrationExecutor
     from ._monitors import EdgeCanary, Monitors, PathProbe
-    from ._placement_controller import ControllerSettings, PlacementController
+    from ._placement_controller import PlacementController
+    from ._placement_settings import ControllerSettings
     from ._placement_store import PlacementStore
     from ._ray_monitors import RayNodeProbe
 
@@ -378,6 +380,7 @@ def _placement_controller(
             gateway_site=settings.placement_gateway_site,
         ),
         registry=registry,
+        agents=edge,  # a restored pipeline's route starts as its agent reports it
     )
     closing = threading.Event()
 

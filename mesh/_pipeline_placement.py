@@ -25,6 +25,13 @@ Each round of the placement controller, for every (module, site) declared with
 4. **move**: :meth:`MigrationExecutor.route_pipeline` switches the agent's route
    and records the move with its site.
 
+A site first declared (or tracked again after a control-plane restart) is
+taken to run locally until its agent's observed state lists the module. An
+agent that reports offloading it (switched before the restart) is taken as
+offloaded to a replica not known here: the observed state names the route's
+mode and epoch, not its target, and the replicas were re-deployed anyway, so
+the site is re-planned at once.
+
 Example:
     >>> controller.track_pipelines("counter", {"cam-07": "int-2-1", "cam-08": "int-2-2"},
     ...                            rate_per_s=10.0)                  # doctest: +SKIP
@@ -36,8 +43,8 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 from placement import (
     OURS,
@@ -57,16 +64,17 @@ from placement import (
 
 from ._migrations import MigrationExecutor, Target
 from ._monitors import LatencyStats, NodeState, Snapshot
-from ._placement_store import MigrationRecord
+from ._placement_settings import ControllerSettings, EdgeAgents
+from ._placement_store import MigrationRecord, PipelineRecord, PlacementStore
 from ._routes import ReplicaEndpoint
 from ._serving import DeploymentView
-
-if TYPE_CHECKING:
-    from ._placement_controller import ControllerSettings
 
 __all__ = ["PipelinePlacer", "PipelineSite"]
 
 logger = logging.getLogger(__name__)
+
+#: The node of a site its agent reports offloaded to a target not known here.
+_UNKNOWN = "(unknown)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,7 @@ class _SiteRoute:
     replica: str | None = None
     tier: str = "edge"
     last_trigger: float = -math.inf
+    known: bool = False  # set by this placer or reported by the agent, not assumed
 
 
 class PipelinePlacer:
@@ -104,6 +113,9 @@ class PipelinePlacer:
         settings: the controller's knobs (window, samples, dwell, margins, costs).
         endpoints: module -> its route's endpoints (replicas answer offloads).
         clock: monotonic seconds.
+        store: where declarations are recorded, for :meth:`restore` (None: nowhere).
+        agents: the agents' registry: a site's route until this placer switches it
+            is the one its agent reports (None: taken to be local).
     """
 
     def __init__(
@@ -113,8 +125,12 @@ class PipelinePlacer:
         *,
         endpoints: Callable[[str], Sequence[Any]],
         clock: Callable[[], float],
+        store: PlacementStore | None = None,
+        agents: EdgeAgents | None = None,
     ) -> None:
-        """Nothing is tracked until :meth:`track`."""
+        """Nothing is tracked until :meth:`track` (or :meth:`restore`)."""
+        self._store = store
+        self._agents = agents
         self._executor = executor
         self._settings = settings
         self._endpoints = endpoints
@@ -126,19 +142,29 @@ class PipelinePlacer:
     def track(self, module: str, sites: Mapping[str, str], rate_per_s: float) -> None:
         """Declare ``module``'s pipelines: agent -> site (replaces an earlier declaration).
 
-        A site not seen before is taken to run locally.
+        A site not seen before is taken to run locally until its agent reports
+        its route (see the module's docstring). Once valid, the declaration is
+        recorded in the store (a failure there is logged: it is placed all the same).
 
         Raises:
-            ValueError: no sites, an empty site, or a negative or non-finite rate.
+            ValueError: no sites, an empty or non-string id, or a negative or non-finite rate.
         """
+        self._declare(module, sites, rate_per_s)
+        if self._store is not None:
+            try:
+                self._store.put_pipelines(PipelineRecord(module, dict(sites), rate_per_s))
+            except Exception:
+                logger.exception("%s: could not record the pipelines", module)
+
+    def _declare(self, module: str, sites: Mapping[str, str], rate_per_s: float) -> None:
         if not sites:
             raise ValueError(f"{module}: declare at least one agent -> site")
         if not (math.isfinite(rate_per_s) and rate_per_s >= 0):
             raise ValueError(f"{module}: rate_per_s must be >= 0, got {rate_per_s!r}")
         for agent, site in sites.items():
-            if not agent or not site:
+            if not (agent and site and isinstance(agent, str) and isinstance(site, str)):
                 raise ValueError(
-                    f"{module}: agent and site must not be empty ({agent!r}: {site!r})"
+                    f"{module}: agent and site must be non-empty strings ({agent!r}: {site!r})"
                 )
         now = self._clock()
         with self._lock:
@@ -152,11 +178,42 @@ class PipelinePlacer:
                 del self._routes[key]
 
     def untrack(self, module: str) -> bool:
-        """Stop placing ``module``'s pipelines (their routes stay as they are)."""
+        """Stop placing ``module``'s pipelines and forget them in the store.
+
+        Their routes stay as they are. Returns whether they were tracked or recorded.
+        """
         with self._lock:
             for key in [k for k in self._routes if k[0] == module]:
                 del self._routes[key]
-            return self._sites.pop(module, None) is not None
+            tracked = self._sites.pop(module, None) is not None
+        recorded = False
+        if self._store is not None:
+            try:
+                recorded = self._store.remove_pipelines(module)
+            except Exception:
+                logger.exception("%s: could not forget the recorded pipelines", module)
+        return tracked or recorded
+
+    def restore(self) -> list[str]:
+        """Track the store's recorded pipelines again (after a restart); returns the modules.
+
+        An entry that fails validation is logged and skipped (it stays recorded).
+        """
+        try:
+            records = self._store.pipelines() if self._store is not None else []
+        except Exception:
+            logger.exception("could not read the recorded pipelines")
+            return []
+        restored = []
+        for r in records:
+            try:
+                self._declare(r.module, r.sites, r.rate_per_s)
+            except Exception:
+                logger.exception("could not restore %s pipelines %s", r.module, dict(r.sites))
+                continue
+            restored.append(r.module)
+            logger.info("restored %s pipelines at %d site(s)", r.module, len(r.sites))
+        return restored
 
     def tracked(self) -> frozenset[str]:
         """Modules whose pipelines are placed."""
@@ -167,14 +224,12 @@ class PipelinePlacer:
         """``local``, ``offload:<replica>``, or None for a site not tracked."""
         with self._lock:
             route = self._routes.get((module, agent))
-        if route is None:
-            return None
-        return "local" if route.node == agent else f"offload:{route.replica}"
+        return None if route is None else _route_key(route, agent)
 
     def describe(
         self, snapshot: Snapshot | None, saturated: Callable[[str, str], bool]
     ) -> list[dict[str, Any]]:
-        """Every tracked site: its node, route, since when, observed p95, saturated or not."""
+        """Every tracked site: node, route, declared rate, since when, observed p95, saturated."""
         with self._lock:
             sites = [s for by_agent in self._sites.values() for s in by_agent.values()]
             routes = dict(self._routes)
@@ -183,7 +238,7 @@ class PipelinePlacer:
             route = routes.get((s.module, s.agent))
             if route is None:
                 continue
-            key = "local" if route.node == s.agent else f"offload:{route.replica}"
+            key = _route_key(route, s.agent)
             stats = _stats(snapshot, s.module, s.agent, key)
             out.append(
                 {
@@ -193,6 +248,7 @@ class PipelinePlacer:
                     "node": route.node,
                     "tier": route.tier,
                     "route": key,
+                    "rate_per_s": s.rate_per_s,
                     "since_s": self._clock() - route.since,
                     "observed_p95_ms": _finite(stats.p95_ms) if stats else None,
                     "events": stats.count if stats else 0,
@@ -246,6 +302,7 @@ class PipelinePlacer:
                     route = self._routes.get((module, agent))
                 if route is None:
                     continue
+                route = self._reported(site, route)
                 why = self._site_triggers(
                     view, site, route, replicas, snapshot, now, saturated, mark
                 )
@@ -282,6 +339,39 @@ class PipelinePlacer:
             out.setdefault(e.node_id, e.replica_id)
         return out
 
+    def _reported(self, site: PipelineSite, route: _SiteRoute) -> _SiteRoute:
+        """``route``, or the one the agent reports while this placer has not set it."""
+        if route.known or self._agents is None:
+            return route
+        try:
+            view = self._agents.agent(site.agent)
+        except Exception:
+            logger.exception("%s@%s: could not read agent %s", site.module, site.site, site.agent)
+            return route
+        observed = view.observed if view is not None else None
+        installed = observed.installed if observed is not None else []
+        reported = next((m for m in installed if m.name == site.module), None)
+        if reported is None:
+            return route  # not heard from yet: local until it reports
+        epoch = max(route.epoch, reported.route_epoch)
+        if reported.route_mode == "offload":
+            learned = _SiteRoute(_UNKNOWN, route.since, epoch, tier="unknown", known=True)
+            logger.info(
+                "%s@%s: agent %s reports an offload route (epoch %d) set before; re-planning",
+                site.module,
+                site.site,
+                site.agent,
+                reported.route_epoch,
+            )
+        else:
+            learned = replace(route, epoch=epoch, known=True)
+        with self._lock:
+            key = (site.module, site.agent)
+            if self._routes.get(key) is not route:
+                return self._routes.get(key) or route  # switched or untracked meanwhile
+            self._routes[key] = learned
+        return learned
+
     def _site_triggers(
         self,
         view: DeploymentView,
@@ -297,6 +387,10 @@ class PipelinePlacer:
         s = self._settings
         module, agent = site.module, site.agent
         local = route.node == agent
+        if not local and route.replica is None:
+            if now - route.last_trigger < s.window_s:
+                return []  # planned already (the agent was away, or the switch failed)
+            return [f"{module}@{site.site}: {agent} offloads to a replica not known here"]
         if not local and replicas.get(route.node) != route.replica:
             return [f"{module}@{site.site}: replica {route.replica} on {route.node} is gone"]
         if (
@@ -308,8 +402,7 @@ class PipelinePlacer:
             return [""]  # the agent recovered: the engine decides if the site returns
         if now - route.since < s.window_s:
             return []  # the window still holds events from before the last switch
-        key = "local" if local else f"offload:{route.replica}"
-        stats = _stats(snapshot, module, agent, key)
+        stats = _stats(snapshot, module, agent, _route_key(route, agent))
         slo = view.spec.qos.p95_latency_ms
         if stats is None or stats.count < s.min_samples or not stats.p95_ms > slo:
             return []
@@ -444,8 +537,14 @@ class PipelinePlacer:
                         None if local else replicas[chosen.node],
                         to.tier,
                         now,
+                        known=True,
                     )
         return record
+
+
+def _route_key(route: _SiteRoute, agent: str) -> str:
+    """``local`` or ``offload:<replica>`` (``offload:?``: a target not known here)."""
+    return "local" if route.node == agent else f"offload:{route.replica or '?'}"
 
 
 def _source(route: _SiteRoute, site: PipelineSite, snapshot: Snapshot) -> Target:

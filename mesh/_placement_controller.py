@@ -17,12 +17,14 @@ Each round (every ``tick_s``) it:
    out its moves make-before-break through the :class:`MigrationExecutor`.
 
 A saturated mark is lifted when canary inferences on that node meet the SLO
-again (an agent keeps the module installed), or after ``saturation_ttl_s``.
+again (an agent keeps the module installed), or after ``saturation_ttl_s``
+(:mod:`mesh._saturation`).
 
 Modules whose agents run pipelines (:meth:`PlacementController.track_pipelines`)
 are also placed per site, after the gateway routes: each site's pipeline runs
 on its agent or offloads to the module's replicas
 (:mod:`mesh._pipeline_placement`); their gateway route keeps to fog and cloud.
+They are recorded in the store and tracked again by :meth:`PlacementController.restore`.
 Pins: a module pinned to a tier may only be placed there; one pinned to a
 node is not planned at all and is moved there.
 
@@ -42,8 +44,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any
 
 from placement import (
     KEEP,
@@ -62,86 +64,15 @@ from placement import (
 from ._migrations import MigrationExecutor, Target
 from ._monitors import ModuleIntent, Monitors, NodeState, Snapshot, engine_inputs
 from ._pipeline_placement import PipelinePlacer
+from ._placement_settings import ControllerSettings, EdgeAgents, RoundResult, ServedModules
 from ._placement_store import DeploymentRecord, MigrationRecord, Pin, PlacementStore, PlanRecord
+from ._saturation import SaturationMarks
 from ._serving import DeploymentView
 
+# Defined in ._placement_settings; re-exported for the imports that name this module.
 __all__ = ["ControllerSettings", "PlacementController", "RoundResult", "ServedModules"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ControllerSettings:
-    """Knobs of the reconcile loop.
-
-    Attributes:
-        enabled: run the loop at all (pins and the REST API work either way).
-        tick_s: how often a round looks for triggers.
-        period_s: a full planning round runs at least this often.
-        window_s: the window of observed latency a violation must last.
-        min_samples: requests in the window before an observed p95 counts.
-        dwell_s: a route that meets its SLO stays at least this long.
-        slo_margin: hysteresis: a move targets ``slo * (1 - slo_margin)``.
-        poll_s: how often node metrics and RTTs are read.
-        canary_period_s: how often a saturated node is probed for recovery.
-        saturation_ttl_s: a saturated mark is lifted after this long anyway.
-        gateway_site: the site of the gateway's clients (modules' default source).
-        default_rate_per_s: a source's rate before any request was observed.
-        cost_per_h: price per hour of a node, by tier.
-        default_rtt_ms: RTT of a node not probed, by tier.
-        overhead_ms: per-request cost of the path to a tier, on top of the profile.
-        default_service_ms: service time of a module without a profile.
-        max_utilisation: a node busier than this is overloaded.
-    """
-
-    enabled: bool = True
-    tick_s: float = 0.25
-    period_s: float = 30.0
-    window_s: float = 5.0
-    min_samples: int = 20
-    dwell_s: float = 60.0
-    slo_margin: float = 0.1
-    poll_s: float = 1.0
-    canary_period_s: float = 0.25
-    saturation_ttl_s: float = 300.0
-    gateway_site: str = "gateway"
-    default_rate_per_s: float = 1.0
-    cost_per_h: Mapping[str, float] = field(
-        default_factory=lambda: {"edge": 0.01, "fog": 0.3, "cloud": 1.0}
-    )
-    default_rtt_ms: Mapping[str, float] = field(
-        default_factory=lambda: {"edge": 2.0, "fog": 5.0, "cloud": 20.0}
-    )
-    overhead_ms: Mapping[str, float] = field(
-        default_factory=lambda: {"edge": 1.0, "fog": 1.0, "cloud": 1.0}
-    )
-    default_service_ms: float = 2.0
-    max_utilisation: float = 0.85
-
-
-class ServedModules(Protocol):
-    """What the controller reads of :class:`mesh._serving.ServingManager`."""
-
-    def deployments(self) -> list[DeploymentView]:
-        """What serves each module now."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    """What one round did (for tests and logs).
-
-    Attributes:
-        triggers: why it planned (empty: it did not).
-        plan: the engine's plan, if it planned.
-        plan_version: the stored desired-placement version, if a new one.
-        migrations: the moves carried out.
-    """
-
-    triggers: tuple[str, ...] = ()
-    plan: EnginePlan | None = None
-    plan_version: int | None = None
-    migrations: tuple[MigrationRecord, ...] = ()
 
 
 @dataclass(slots=True)
@@ -150,13 +81,6 @@ class _Placed:
     since: float
     version: str
     epoch: int = 1
-
-
-@dataclass(slots=True)
-class _Saturation:
-    since: float
-    p95_ms: float
-    last_canary: float = -math.inf
 
 
 class PlacementController:
@@ -173,6 +97,8 @@ class PlacementController:
             or at the agent's site for a module first seen on an agent.
         routes: the route table (replicas that pipelines offload to); default
             ``served.routes``.
+        agents: the edge gateway: a tracked pipeline's route starts as its agent
+            reports it (None: taken to be local).
         clock: monotonic seconds (injected in tests).
     """
 
@@ -187,6 +113,7 @@ class PlacementController:
         registry: Any = None,
         sources: Mapping[str, Mapping[str, float]] | None = None,
         routes: Any = None,
+        agents: EdgeAgents | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Nothing runs until :meth:`start` (or :meth:`step`)."""
@@ -201,7 +128,7 @@ class PlacementController:
         }
         self._clock = clock
         self._placed: dict[str, _Placed] = {}
-        self._saturated: dict[tuple[str, str], _Saturation] = {}
+        self._saturated = SaturationMarks(self.settings, monitors.run_canary, clock)
         self._nodes: frozenset[str] | None = None
         self._pins: dict[str, Pin] = store.pins()
         self._pins_changed = False
@@ -224,7 +151,9 @@ class PlacementController:
             route = table.get(module) if table is not None else None
             return tuple(route.endpoints) if route is not None else ()
 
-        self._pipelines = PipelinePlacer(executor, self.settings, endpoints=endpoints, clock=clock)
+        self._pipelines = PipelinePlacer(
+            executor, self.settings, endpoints=endpoints, clock=clock, store=store, agents=agents
+        )
 
     # -- lifecycle
 
@@ -324,6 +253,7 @@ class PlacementController:
         window offloads to a Ray node holding one of the module's replicas (its
         gateway deployment), and returns to its agent once canaries meet the SLO
         and the dwell has passed. Feed the events with :meth:`Monitors.observe_event`.
+        The declaration is recorded in the store: :meth:`restore` tracks it again.
 
         Args:
             module: the module installed on the agents.
@@ -343,7 +273,7 @@ class PlacementController:
         self.wake()
 
     def untrack_pipelines(self, module: str) -> bool:
-        """Stop placing ``module``'s pipelines; returns whether they were tracked."""
+        """Stop placing ``module``'s pipelines; returns whether they were tracked or recorded."""
         return self._pipelines.untrack(module)
 
     # -- observing
@@ -354,7 +284,7 @@ class PlacementController:
             placed = dict(self._placed)
             engine_plan = self._plan
             pins = dict(self._pins)
-            saturated = dict(self._saturated)
+            saturated = self._saturated.pairs()
         latest = self.store.latest_plan()
         modules = []
         for view in self._served.deployments():
@@ -410,7 +340,7 @@ class PlacementController:
         views = {v.spec.name: v for v in self._served.deployments()}
         triggers = self._adopt(views, now)
         triggers += self._slo_triggers(views, snapshot, now)
-        self._relieve(views, snapshot, now)
+        self._saturated.relieve(views, snapshot, now, {m: p.node for m, p in self._placed.items()})
         alive = frozenset(n.name for n in snapshot.nodes.values() if n.alive)
         if self._nodes is not None and alive != self._nodes:
             joined, left = sorted(alive - self._nodes), sorted(self._nodes - alive)
@@ -437,7 +367,7 @@ class PlacementController:
             triggers=result.triggers,
             service_ms=self._service_ms,
             saturated=lambda m, n: (m, n) in self._saturated,
-            mark=self._mark,
+            mark=self._saturated.mark,
             stop=self._stop,
         )
         if fired or moved:
@@ -547,7 +477,7 @@ class PlacementController:
                 # where it was unusable for it and re-place now, without waiting
                 # for Ray to declare the node dead (~15 s).
                 lost = self._placed.get(name)
-                if lost is not None and self._mark(name, lost.node, math.inf):
+                if lost is not None and self._saturated.mark(name, lost.node, math.inf):
                     triggers.append(f"no serving replica: {name} on {lost.node[:8]}")
                 continue
             here = self._placed.get(name)
@@ -598,56 +528,12 @@ class PlacementController:
             slo = view.spec.qos.p95_latency_ms
             if stats.count - stats.errors < s.min_samples or not stats.p95_ms > slo:
                 continue
-            if (module, node) not in self._saturated:
-                self._saturated[module, node] = _Saturation(now, stats.p95_ms)
+            if self._saturated.mark(module, node, stats.p95_ms, since=now):
                 out.append(
                     f"{module} on {node}: observed p95 {stats.p95_ms:.1f} ms > SLO {slo:g} ms "
                     f"over {s.window_s:g} s ({stats.count} requests)"
                 )
         return out
-
-    def _mark(self, module: str, node: str, p95_ms: float) -> bool:
-        """Mark ``node`` saturated for ``module``; False when it already was."""
-        if (module, node) in self._saturated:
-            return False
-        self._saturated[module, node] = _Saturation(self._clock(), p95_ms)
-        return True
-
-    def _relieve(self, views: Mapping[str, DeploymentView], snapshot: Snapshot, now: float) -> None:
-        """Probe saturated nodes the module left; lift the mark when they meet the SLO."""
-        s = self.settings
-        for key, mark in list(self._saturated.items()):
-            module, node = key
-            view = views.get(module)
-            if view is None or now - mark.since > s.saturation_ttl_s:
-                del self._saturated[key]
-                logger.info("%s on %s: saturated mark expired", module, node)
-                continue
-            here = self._placed.get(module)
-            if here is not None and here.node == node:
-                continue  # still serving there: the gateway's numbers tell
-            state = snapshot.nodes.get(node)
-            if state is None or not state.alive or state.kind != "agent":
-                continue  # nothing to probe: the TTL lifts it
-            if now - mark.last_canary >= s.canary_period_s:
-                mark.last_canary = now
-                self.monitors.run_canary(module, node)
-            canary = snapshot.canaries.get(key)
-            target = view.spec.qos.p95_latency_ms * (1.0 - s.slo_margin)
-            if (
-                canary is not None
-                and canary.count >= 5
-                and canary.errors == 0
-                and canary.p95_ms <= target
-            ):
-                del self._saturated[key]
-                logger.info(
-                    "%s on %s: canary p95 %.1f ms <= %.1f ms: no longer saturated",
-                    module,
-                    node,
-                    canary.p95_ms,
-                    target,
-                )
 
     def _sources_of(self, view: DeploymentView) -> dict[str, float]:
         declared = self._sources.get(view.spec.name)
@@ -716,7 +602,7 @@ class PlacementController:
                     node=here.node if here else None,
                     since_s=here.since if here else 0.0,
                     epoch=here.epoch if here else 1,
-                    saturated=frozenset(n for (m, n) in self._saturated if m == name),
+                    saturated=self._saturated.nodes(name),
                 )
             )
         return out
@@ -824,7 +710,9 @@ class PlacementController:
     def restore(self, manager: Any, *, timeout_s: float = 60.0) -> list[str]:
         """Re-deploy every recorded module where it served before the restart.
 
-        Returns the modules restored; one that fails is logged and skipped.
+        Then track the recorded pipelines again (each site's route starts as its
+        agent reports it, see ``agents``). Returns the modules re-deployed; a
+        deployment or pipeline entry that fails is logged and skipped.
         """
         from ._specs import ModuleSpec
 
@@ -847,6 +735,7 @@ class PlacementController:
                 )
             except Exception:
                 logger.exception("could not restore %s %s", record.module, record.version)
+        self._pipelines.restore()
         return restored
 
 

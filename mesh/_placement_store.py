@@ -1,4 +1,4 @@
-"""Placement state in SQLite: versioned desired placements, migrations, pins, deployments.
+"""Placement state in SQLite: desired placements, migrations, pins, deployments, pipelines.
 
 The same database file as the run store (``<data_dir>/mesh.db``, WAL), in its
 own tables, so one file holds the control plane's hard state:
@@ -10,7 +10,9 @@ own tables, so one file holds the control plane's hard state:
   slowest request during the move;
 * ``placement_pins``: modules an operator fixed to a node or a tier;
 * ``placement_deployments``: what serves each module (spec, version, tier,
-  site, agent), read back at start to re-apply after a restart.
+  site, agent), read back at start to re-apply after a restart;
+* ``placement_pipelines``: modules whose agents' pipelines are placed per site
+  (agent -> site, declared rate), tracked again after a restart.
 
 Writes are few (a plan or a migration every few seconds at most), so each is
 its own transaction on one connection behind a lock.
@@ -24,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -40,9 +43,12 @@ __all__ = [
     "DeploymentRecord",
     "MigrationRecord",
     "Pin",
+    "PipelineRecord",
     "PlacementStore",
     "PlanRecord",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS placement_plans (
@@ -92,6 +98,12 @@ CREATE TABLE IF NOT EXISTS placement_deployments (
     site TEXT,
     agent TEXT,
     sources_json TEXT NOT NULL DEFAULT '{}',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS placement_pipelines (
+    module TEXT PRIMARY KEY,
+    sites_json TEXT NOT NULL,
+    rate_per_s REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 """
@@ -218,6 +230,23 @@ class DeploymentRecord:
     site: str | None
     agent: str | None
     sources: Mapping[str, float] = field(default_factory=dict)
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRecord:
+    """A module whose agents' pipelines are placed per site, to track again after a restart.
+
+    Attributes:
+        module: the module the pipelines run.
+        sites: agent id -> the site its pipeline serves.
+        rate_per_s: the declared frames per second per site.
+        updated_at: Unix time.
+    """
+
+    module: str
+    sites: Mapping[str, str]
+    rate_per_s: float
     updated_at: float = field(default_factory=time.time)
 
 
@@ -368,6 +397,45 @@ class PlacementStore:
             doc = dict(r)
             doc["sources"] = json.loads(doc.pop("sources_json") or "{}")
             out.append(DeploymentRecord(**doc))
+        return out
+
+    # -- pipelines
+
+    def put_pipelines(self, record: PipelineRecord) -> None:
+        """Record (or replace) the pipelines tracked for a module."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO placement_pipelines VALUES (?, ?, ?, ?)",
+                (
+                    record.module,
+                    json.dumps(dict(record.sites), sort_keys=True),
+                    record.rate_per_s,
+                    record.updated_at,
+                ),
+            )
+
+    def remove_pipelines(self, module: str) -> bool:
+        """Forget a module's pipelines; returns whether they were recorded."""
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM placement_pipelines WHERE module = ?", (module,))
+            return cursor.rowcount > 0
+
+    def pipelines(self) -> list[PipelineRecord]:
+        """Every module's recorded pipelines, by module.
+
+        A row whose sites are not a JSON object is logged and left out (it stays
+        stored until the module's pipelines are recorded again or removed).
+        """
+        out = []
+        for r in self._rows("SELECT * FROM placement_pipelines ORDER BY module"):
+            try:
+                sites = json.loads(r["sites_json"])
+                if not isinstance(sites, dict):
+                    raise ValueError(f"expected a JSON object, got {type(sites).__name__}")
+            except ValueError as exc:  # json.JSONDecodeError is one
+                logger.warning("%s: stored pipelines unreadable, skipped: %s", r["module"], exc)
+                continue
+            out.append(PipelineRecord(r["module"], sites, r["rate_per_s"], r["updated_at"]))
         return out
 
 

@@ -6,7 +6,9 @@ The real :class:`ServingManager` runs on the fake launcher and installer of
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +33,12 @@ from mesh._monitors import (
     percentile,
 )
 from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import DeploymentRecord, MigrationRecord, PlacementStore
+from mesh._placement_store import (
+    DeploymentRecord,
+    MigrationRecord,
+    PipelineRecord,
+    PlacementStore,
+)
 from mesh._placements_api import create_placements_router
 from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from mesh._serving import ModelArtifact, ServingManager
@@ -268,6 +275,33 @@ def test_store_survives_reopening(tmp_path: Any) -> None:
     again = PlacementStore(path)
     latest = again.latest_plan()
     assert latest is not None and latest.version == 1 and again.pins()["m"].node == "n"
+    again.close()
+
+
+def test_store_keeps_pipelines_across_reopening(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mesh.db"
+    store = PlacementStore(path)
+    assert store.pipelines() == []
+    store.put_pipelines(PipelineRecord("counter", {"cam-1": "s1", "cam-2": "s2"}, 10.0, 1.0))
+    store.put_pipelines(PipelineRecord("detector", {"cam-3": "s3"}, 2.5, 2.0))
+    store.put_pipelines(PipelineRecord("counter", {"cam-1": "s9"}, 4.0, 3.0))  # replaces
+    store.close()
+    again = PlacementStore(path)
+    assert again.pipelines() == [
+        PipelineRecord("counter", {"cam-1": "s9"}, 4.0, 3.0),
+        PipelineRecord("detector", {"cam-3": "s3"}, 2.5, 2.0),
+    ]
+    assert again.remove_pipelines("detector") and not again.remove_pipelines("detector")
+    # A row another writer damaged is logged and left out; the others still read.
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO placement_pipelines VALUES ('torn', '{\"cam-1\": ', 1.0, 0.0)")
+        db.execute("INSERT INTO placement_pipelines VALUES ('listed', '[\"cam-1\"]', 1.0, 0.0)")
+    with caplog.at_level(logging.WARNING, logger="mesh._placement_store"):
+        assert [r.module for r in again.pipelines()] == ["counter"]
+    skipped = {r.getMessage().split(":")[0] for r in caplog.records}
+    assert skipped == {"listed", "torn"}
     again.close()
 
 

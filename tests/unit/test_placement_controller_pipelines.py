@@ -7,17 +7,21 @@ target. Pipeline events and canaries are fed by hand on a fake clock.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.protocol import Event
+from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
+from mesh._edge_registry import AgentRegistry
 from mesh._migrations import MigrationExecutor
 from mesh._monitors import Monitors, NodeSample, NodeState
-from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import MigrationRecord, PlacementStore
+from mesh._placement_controller import PlacementController
+from mesh._placement_settings import ControllerSettings
+from mesh._placement_store import MigrationRecord, PipelineRecord, PlacementStore
 from mesh._routes import ReplicaEndpoint, RouteTable
 from mesh._serving import ServingManager
 from tests.unit.test_gateway_serving import Clock, FakeLauncher, FakeProbe, artifact, spec
@@ -127,7 +131,27 @@ class World:
         return list(self.controller.step().migrations)
 
 
-def world(**settings: Any) -> World:
+class Registryless:
+    """What :meth:`PlacementController.restore` calls; a recorded version is an artifact id."""
+
+    def __init__(self, inner: ServingManager) -> None:
+        self.inner = inner
+
+    def deploy_to_agent(self, s: Any, agent: str, version: str, **kw: Any) -> Any:
+        return self.inner.deploy_to_agent(s, agent, artifact(version), **kw)
+
+    def deploy(self, s: Any, version: str, **kw: Any) -> Any:
+        return self.inner.deploy(s, artifact(version), **kw)
+
+
+def world(
+    *, store: PlacementStore | None = None, agents: Any = None, fresh: bool = True, **settings: Any
+) -> World:
+    """Two tracked sites on a fog deployment; ``fresh=False``: a restarted control plane.
+
+    A restarted one has nothing deployed or tracked: ``restore`` brings back
+    what ``store`` recorded.
+    """
     clock = Clock()
     clock.now = 100.0
     canary = FakeCanary()
@@ -141,7 +165,7 @@ def world(**settings: Any) -> World:
         drain_timeout_s=1.0,
         start_timeout_s=5.0,
     )
-    store = PlacementStore(":memory:")
+    store = store if store is not None else PlacementStore(":memory:")
     executor = MigrationExecutor(
         manager, store, requests=monitors, installer=installer, monotonic=clock
     )
@@ -156,12 +180,19 @@ def world(**settings: Any) -> World:
     }
     options.update(settings)
     controller = PlacementController(
-        manager, monitors, executor, store, settings=ControllerSettings(**options), clock=clock
+        manager,
+        monitors,
+        executor,
+        store,
+        settings=ControllerSettings(**options),
+        agents=agents,
+        clock=clock,
     )
-    manager.deploy(spec(), artifact("v1"), tier="fog")
-    controller.track_pipelines("counter", {A1: "s1", A2: "s2"}, rate_per_s=10.0)
     w = World(clock, canary, monitors, manager, installer, store, controller)
-    assert not w.round(0.0)  # the first round plans the gateway route: it stays on fog
+    if fresh:
+        manager.deploy(spec(), artifact("v1"), tier="fog")
+        controller.track_pipelines("counter", {A1: "s1", A2: "s2"}, rate_per_s=10.0)
+        assert not w.round(0.0)  # the first round plans the gateway route: it stays on fog
     return w
 
 
@@ -306,3 +337,107 @@ def test_a_gone_replica_sends_the_site_to_the_module_s_new_node() -> None:
     assert route is not None
     assert target in {e.replica_id for e in route.endpoints if isinstance(e, ReplicaEndpoint)}
     assert (agent, mode) == (A1, "offload")
+
+
+# ---------------------------------------------------------------- after a restart
+
+
+def report_route(agents: AgentRegistry, agent: str, mode: str, epoch: int) -> None:
+    """``agent`` reports (retained observed state) that its pipelines run counter ``mode``."""
+    observed = ObservedState(
+        agent=agent,
+        version=epoch + 1,
+        installed=[
+            InstalledModule(name="counter", version="v1", route_mode=mode, route_epoch=epoch)
+        ],
+    )
+    topic = Topics().observed(agent)
+    assert agents.handle_agent(agent, "observed", topic, observed.model_dump_json().encode())
+
+
+def sites(w: World) -> set[tuple[str, str, float, str]]:
+    return {
+        (p["agent"], p["site"], p["rate_per_s"], p["route"])
+        for p in w.controller.describe()["pipelines"]
+    }
+
+
+def test_tracked_pipelines_survive_a_restart(tmp_path: Path) -> None:
+    before = world(store=PlacementStore(tmp_path / "mesh.db"))
+    [recorded] = before.store.pipelines()
+    assert (recorded.module, dict(recorded.sites), recorded.rate_per_s) == (
+        "counter",
+        {A1: "s1", A2: "s2"},
+        10.0,
+    )
+    before.store.close()
+
+    after = world(store=PlacementStore(tmp_path / "mesh.db"), fresh=False)
+    assert sites(after) == set()
+    assert after.controller.restore(Registryless(after.manager)) == ["counter"]
+    # The declared rate (not the default of 1/s) and the sites came back from the store.
+    assert sites(after) == {(A1, "s1", 10.0, "local"), (A2, "s2", 10.0, "local")}
+    assert not after.round(0.0)
+    # ... and they are placed again: the slow site offloads to the restored fog replica.
+    record = slow_site_moves(after)
+    assert (record.site, record.from_node, record.to_node) == ("s1", A1, FOG)
+    assert after.installer.routes[-1][3] in after.fog_replicas()
+
+
+def test_untracked_pipelines_are_forgotten_by_the_store() -> None:
+    w = world()
+    assert [r.module for r in w.store.pipelines()] == ["counter"]
+    assert w.controller.untrack_pipelines("counter")
+    assert w.store.pipelines() == []
+    after = world(store=w.store, fresh=False)
+    after.controller.restore(Registryless(after.manager))
+    assert sites(after) == set()
+    # A declaration that failed validation was never recorded.
+    with pytest.raises(ValueError, match="at least one"):
+        w.controller.track_pipelines("counter", {})
+    assert w.store.pipelines() == []
+
+
+def test_a_bad_recorded_entry_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    w = world()
+    w.store.put_pipelines(PipelineRecord("broken", {A1: ""}, 1.0))
+    w.store.put_pipelines(PipelineRecord("negative", {A2: "s2"}, -3.0))
+    after = world(store=w.store, fresh=False)
+    with caplog.at_level(logging.ERROR, logger="mesh._pipeline_placement"):
+        assert after.controller.restore(Registryless(after.manager)) == ["counter"]
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(m.startswith("could not restore broken pipelines") for m in failed), failed
+    assert any(m.startswith("could not restore negative pipelines") for m in failed), failed
+    assert after.controller.describe()["pipelines"] != []
+    assert {p["module"] for p in after.controller.describe()["pipelines"]} == {"counter"}
+    # The bad entries stay recorded until they are untracked.
+    assert [r.module for r in after.store.pipelines()] == ["broken", "counter", "negative"]
+    assert after.controller.untrack_pipelines("broken")
+    assert [r.module for r in after.store.pipelines()] == ["counter", "negative"]
+
+
+def test_a_restored_site_starts_on_the_route_its_agent_reports() -> None:
+    w = world()
+    agents = AgentRegistry()
+    after = world(store=w.store, agents=agents, fresh=False)
+    report_route(agents, A2, "local", 0)
+    after.controller.restore(Registryless(after.manager))
+    # A1 has not reported yet: taken as local, nothing moves.
+    assert not after.round(0.0)
+    assert sites(after) == {(A1, "s1", 10.0, "local"), (A2, "s2", 10.0, "local")}
+
+    # A1 reports the offload route it was switched to before the restart (its
+    # target replica is gone with the old control plane): it is re-planned at once.
+    report_route(agents, A1, "offload", 3)
+    [record] = after.round()
+    assert record.status == "done" and record.site == "s1"
+    assert "offloads to a replica not known here" in record.reason
+    assert record.from_node == "(unknown)"
+    [(agent, module, mode, target)] = after.installer.routes
+    assert (agent, module) == (A1, "counter")
+    # Its agent is not saturated and is the cheapest node: the site comes home.
+    assert (mode, target, record.to_node) == ("local", None, A1)
+    assert after.pipeline(A1)["route"] == "local"
+    assert after.pipeline(A2)["route"] == "local"
+    # Known now: the next rounds leave both sites where they are.
+    assert not after.round() and not after.round()
