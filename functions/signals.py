@@ -10,8 +10,10 @@ cumulative counts within 15/30/60/120 m of the stop line (the same frame with
 the cells beyond blanked: an arrival profile), and the standing vehicles (the
 counter run on the still part of two consecutive frames); optionally the
 vehicles on each approach's exit road (the neighbour's camera) and a
-short-term forecast. A missing value holds the last one (a dropped frame is
-not an empty road); counts under half a vehicle are none (counter noise).
+short-term forecast: the mean number of vehicles the flow forecaster
+predicts on each approach over the next minute. A missing value holds the
+last one (a dropped frame is not an empty road); counts under half a vehicle
+are none (counter noise).
 Once the green has lasted ``min_green_s``:
 
 1. **skip empty phases** — only phases with vehicles to serve, and not all of
@@ -20,9 +22,9 @@ Once the green has lasted ``min_green_s``:
 3. **empty green** — nobody on the served approaches: switch now;
 4. **max green** — ``max_green_s`` bounds the wait on the other side;
 5. **pressure** — max-pressure with hysteresis: switch when another phase's
-   pressure (its vehicles, plus forecast arrivals, minus
-   ``downstream_weight`` times those on its exits) exceeds the current one's
-   by ``pressure_margin`` — what keeps a saturated grid moving;
+   pressure (its vehicles, minus ``downstream_weight`` times those on its
+   exits) exceeds the current one's by ``pressure_margin`` — what keeps a
+   saturated grid moving;
 6. **look-ahead gap-out** — otherwise keep the green while the vehicles about
    to cross on it outweigh the wait it costs the other side: a vehicle ``tau``
    seconds from the stop line that a switch cuts off waits about ``red_s -
@@ -30,6 +32,14 @@ Once the green has lasted ``min_green_s``:
    of green costs every standing vehicle on the other side a second (moving
    ones count ``moving_weight``). Arrival times subtract the plan's
    ``latency_s``: vehicles that cross before a plan lands need no green from it.
+
+A forecast sharpens rules 5 and 6 as a trend: an approach predicted to hold
+more vehicles over the next minute than it holds now counts
+``forecast_weight`` times the difference more, in its phase's pressure and
+in the waiting side of the gap-out (a filling approach wins a near-tie; an
+emptying one is not discounted). Which phases have vehicles to serve (rules
+1 and 3) goes by the camera alone, so a forecast never calls a green for an
+empty road; without a forecast nothing changes.
 
 Yellow and minimum green are modelled here (the controller knows when its
 switch completes) and enforced again by the actuator in front of the
@@ -154,8 +164,12 @@ class ControllerConfig:
     downstream_weight: float = 0.4
     #: Exits fuller than this fraction of capacity block their approach.
     spillback_ratio: float = 0.85
-    #: Seconds of forecast arrivals (vehicles per minute) added to the counts.
-    forecast_horizon_s: float = 10.0
+    #: Weight of a forecast's rise: an approach counts this times ``max(0, forecast -
+    #: count)`` more in the pressure and the gap-out (forecast: the predicted mean number
+    #: of vehicles on it over the next minute). 0 ignores forecasts. 0.5: on 14 peak
+    #: seeds (3x3) mean wait 1.4% below no forecast, within seed noise; 0.25 and 1.0
+    #: were not better.
+    forecast_weight: float = 0.5
     #: Seconds from an observation to its plan reaching the signal (the mesh's latency):
     #: vehicles that cross meanwhile need no green from this decision.
     latency_s: float = 1.0
@@ -173,6 +187,8 @@ class ControllerConfig:
             )
         if list(self.segments_m) != sorted(self.segments_m) or any(m <= 0 for m in self.segments_m):
             raise ValueError(f"segments_m must be increasing and > 0, got {self.segments_m}")
+        if not self.forecast_weight >= 0:
+            raise ValueError(f"forecast_weight must be >= 0, got {self.forecast_weight}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +209,9 @@ class Observation:
     each approach's cumulative counts within :attr:`ControllerConfig.segments_m`
     of the stop line; ``queued`` (optional) the standing vehicles (counted on
     the still part of two consecutive frames). ``None`` anywhere (or a missing sequence) means not
-    received: the controller holds the last value.
+    received: the controller holds the last value. ``forecast`` (optional) is
+    the predicted mean number of vehicles on each approach over the next
+    minute; it is not held (``None`` for an approach: no forecast there).
     """
 
     t: float
@@ -201,7 +219,7 @@ class Observation:
     segments: Sequence[Sequence[float | None] | None] | None = None
     queued: Sequence[float | None] | None = None
     downstream: Sequence[float | None] | None = None
-    forecast: Sequence[float] | None = None
+    forecast: Sequence[float | None] | None = None
     signal: SignalReport | None = None
 
 
@@ -374,6 +392,24 @@ def _advance_signal(
     return state
 
 
+def _forecast_rise(
+    forecast: Sequence[float | None] | None,
+    counts: tuple[float, ...],
+    config: ControllerConfig,
+) -> tuple[float, ...]:
+    """Per approach, ``forecast_weight`` times how far the forecast exceeds the count."""
+    if forecast is not None and len(forecast) != len(counts):
+        raise ValueError(f"expected {len(counts)} forecast values, got {len(forecast)}")
+    if forecast is None or config.forecast_weight == 0:
+        return (0.0,) * len(counts)
+    return tuple(
+        0.0
+        if f is None or not math.isfinite(float(f))
+        else config.forecast_weight * max(0.0, float(f) - c)
+        for f, c in zip(forecast, counts, strict=True)
+    )
+
+
 def decide(
     layout: JunctionLayout,
     config: ControllerConfig,
@@ -412,10 +448,9 @@ def decide(
 
     idx = {a: i for i, a in enumerate(layout.approaches)}
     zero = config.zero_below
-    expected = list(counts)
-    if obs.forecast is not None and config.forecast_horizon_s > 0:
-        for i, f in enumerate(obs.forecast):
-            expected[i] += max(0.0, float(f)) * config.forecast_horizon_s / 60.0
+    rise = _forecast_rise(obs.forecast, counts, config)
+    # What each approach will hold: the count, plus the forecast's rise (rules 5 and 6).
+    expected = tuple(c + r for c, r in zip(counts, rise, strict=True))
     full = [d / layout.capacity_veh for d in downstream]
 
     def total(values: Sequence[float], phase: int) -> float:
@@ -445,7 +480,7 @@ def decide(
     others = [
         p
         for p in range(len(layout.phases))
-        if p != cur and total(expected, p) >= zero and not blocked(p)
+        if p != cur and total(counts, p) >= zero and not blocked(p)
     ]
     if not others:
         return stay("no-demand-elsewhere")
@@ -630,7 +665,8 @@ def plans_for_window(
     A message: ``{"site", "t", "counts": {approach: n | null}, "segments"?:
     {approach: [n within each of segments_m] | null}, "queued"?: {approach: n
     standing (the counter on :func:`still_frame`)}, "forecast"?: {approach:
-    vehicles per minute}, "signal"?: {"phase", "stage", "elapsed_s", "target"?},
+    predicted mean vehicles on it over the next minute}, "signal"?: {"phase",
+    "stage", "elapsed_s", "target"?},
     "neighbours"?: {side: site}, "phases"?: [[approach, ...], ...]}``.
     Downstream counts come from the neighbours' messages in the same window
     (a side without a neighbour is a free border exit). One plan per site:
@@ -697,7 +733,7 @@ def plans_for_window(
             segments=segments,
             queued=_per_approach(message.get("queued"), approaches),
             downstream=downstream,
-            forecast=None if forecast is None else [f or 0.0 for f in forecast],
+            forecast=forecast,
             signal=signal,
         )
         states[site], decision = decide(layout, config, state, obs)

@@ -1,7 +1,8 @@
 """The traffic app: train, tune, export and serve the junction models.
 
-* ``train_counter`` / ``train_forecaster`` (cloud): fit on synthetic data (the
-  SUMO scenario feeds the same renderer later), export ONNX with a parity
+* ``train_counter`` / ``train_forecaster`` (cloud): fit (the counter on
+  synthetic frames; the forecaster on a scenario's recorded history, see
+  :func:`read_history`, or on synthetic flows), export ONNX with a parity
   check, optionally register the result as a candidate version; they return a
   :class:`ModelRef` (a JSON-able dict).
 * ``tune_counter`` (cloud): Ray Tune with ASHA over the counter's learning rate
@@ -20,11 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import glob
 import hashlib
 import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypedDict
@@ -41,13 +45,16 @@ from .occupancy import APPROACHES, DEFAULT_CELLS, DEFAULT_LANES, synthetic_datas
 __all__ = [
     "COUNTER_MODEL",
     "FORECASTER_MODEL",
+    "CountSeries",
     "ModelRef",
     "VehicleCounter",
     "app",
     "code_version",
     "counter_trial",
     "demand_profiles",
+    "history_windows",
     "lagged_windows",
+    "read_history",
     "synthetic_flows",
     "train_counter",
     "train_forecaster",
@@ -297,8 +304,9 @@ def tune_counter(config: dict[str, Any]) -> None:
 def demand_profiles(events: Any) -> Any:
     """Demand profile per junction and approach from recorded counts (Ray Data).
 
-    Input rows: ``site, minute, approach, count`` (vehicles seen per minute); out:
-    the mean and peak per site and approach.
+    Input rows: ``site, minute, approach, count`` (and ``day`` in a scenario's
+    history; ``count`` is the mean number of vehicles on the approach that
+    minute); out: the mean and peak per site and approach.
     """
     return events.groupby(["site", "approach"]).aggregate(
         _ray_data_agg("Mean", "count"), _ray_data_agg("Max", "count")
@@ -348,6 +356,159 @@ def lagged_windows(
     return np.ascontiguousarray(windows.transpose(0, 2, 1)), series[lags:]
 
 
+@dataclass(frozen=True, slots=True)
+class CountSeries:
+    """One junction's per-minute counts over one recorded day.
+
+    Attributes:
+        source: the CSV file it was read from.
+        site: the junction.
+        day: the day (a SUMO run) within the file.
+        first_minute: the minute of ``counts[0]``.
+        counts: ``[minutes, approaches]``, approaches in :data:`APPROACHES` order.
+    """
+
+    source: str
+    site: str
+    day: int
+    first_minute: int
+    counts: npt.NDArray[np.float32]
+
+
+_HISTORY_COLUMNS = ("site", "minute", "approach", "count")
+
+
+def read_history(pattern: str) -> list[CountSeries]:
+    """The series in the history CSVs matching ``pattern`` (a glob), one per site and day.
+
+    Rows are ``site, day, minute, approach, count`` (``day`` optional, 0 when
+    missing); ``count`` is the mean number of vehicles on the approach during
+    that minute (``mesh._traffic_history``). Every minute of a series, from its
+    first to its last, needs a count for every approach.
+
+    Raises:
+        FileNotFoundError: no file matches ``pattern``.
+        ValueError: a file is malformed (the message names it, and the line).
+    """
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no history files match {pattern!r}")
+    index = {a: i for i, a in enumerate(APPROACHES)}
+    out: list[CountSeries] = []
+    for path in paths:
+        cells: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                missing = [c for c in _HISTORY_COLUMNS if c not in (reader.fieldnames or ())]
+                if missing:
+                    raise ValueError(
+                        f"{path}: missing column(s) {', '.join(missing)} (expected "
+                        f"{', '.join(_HISTORY_COLUMNS)}, optionally day)"
+                    )
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    approach = row["approach"]
+                    if approach not in index:
+                        raise ValueError(
+                            f"{where}: unknown approach {approach!r} "
+                            f"(expected one of {', '.join(APPROACHES)})"
+                        )
+                    try:
+                        day = int(row.get("day") or 0)
+                        minute = int(row["minute"])
+                        count = float(row["count"])
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(f"{where}: not a number ({exc})") from None
+                    if not math.isfinite(count) or count < 0:
+                        raise ValueError(f"{where}: count must be finite and >= 0, got {count}")
+                    cells.setdefault((row["site"], day), {})[(minute, index[approach])] = count
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read history ({exc})") from exc
+        for (site, day), values in sorted(cells.items()):
+            minutes = sorted({m for m, _ in values})
+            first, last = minutes[0], minutes[-1]
+            series = np.zeros((last - first + 1, len(APPROACHES)), dtype=np.float32)
+            for m in range(first, last + 1):
+                for a, k in index.items():
+                    value = values.get((m, k))
+                    if value is None:
+                        raise ValueError(
+                            f"{path}: site {site} day {day} has no {a} count for minute {m}"
+                        )
+                    series[m - first, k] = value
+            out.append(CountSeries(path, site, day, first, series))
+    return out
+
+
+def history_windows(
+    series: Sequence[CountSeries], lags: int, *, holdout: float = 0.25
+) -> tuple[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+]:
+    """Training and held-out windows from every series: the later part of each is held out.
+
+    Each series with more than ``lags`` minutes gives :func:`lagged_windows`;
+    the last ``ceil(holdout * n)`` of its ``n`` windows (at least one, when it
+    has two or more) are held out, so validation is always later in time than
+    training within a day. Shorter series are skipped.
+
+    Returns:
+        ``x_train [n, approaches, lags]``, ``y_train [n, approaches]``, ``x_val``, ``y_val``.
+
+    Raises:
+        ValueError: too little history for a training and a held-out window.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    train: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    val: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    for s in series:
+        if len(s.counts) <= lags:
+            logger.debug(
+                "history %s %s day %d: too short for %d lags", s.source, s.site, s.day, lags
+            )
+            continue
+        x, y = lagged_windows(s.counts, lags)
+        held = math.ceil(holdout * len(x)) if len(x) > 1 else 0
+        cut = len(x) - held
+        train.append((x[:cut], y[:cut]))
+        if held:
+            val.append((x[cut:], y[cut:]))
+    if not train or not val:
+        longest = max((len(s.counts) for s in series), default=0)
+        raise ValueError(
+            f"need series of more than {lags + 1} minutes for training and held-out "
+            f"windows with {lags} lags; the longest of {len(series)} has {longest}"
+        )
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        np.concatenate([x for x, _ in val]),
+        np.concatenate([y for _, y in val]),
+    )
+
+
+def _synthetic_windows(
+    minutes: int, lags: int, seed: int
+) -> tuple[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+]:
+    days = [synthetic_flows(240, seed=seed * 1000 + d) for d in range(max(1, minutes // 240))]
+    pairs = [lagged_windows(day, lags) for day in days]
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    # The last quarter is held out (later in time: no leakage).
+    cut = int(len(x) * 0.75)
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
 @app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=900)
 def train_forecaster(
     out_dir: str | None = None,
@@ -357,59 +518,91 @@ def train_forecaster(
     lr: float = 3e-3,
     hidden: int = 64,
     seed: int = 0,
+    history: str | None = None,
     register: bool = False,
     run_id: str | None = None,
 ) -> ModelRef:
     """Train the short-term flow forecaster (MLP), export it to ONNX; optionally register it.
 
-    The last quarter of the series is held out (it is later in time: no leakage).
+    It predicts each approach's next-minute value from its last ``lags``
+    minutes (input ``counts [N, approaches, lags]``, oldest first; output
+    ``next_counts [N, approaches]``). With ``history`` it learns a scenario's
+    recorded counts (:func:`read_history`: mean vehicles on each approach per
+    minute, what the edge counter reports live), holding out the later part of
+    every series (:func:`history_windows`); without, synthetic flows with the
+    last quarter held out. ``persistence_mae`` in the metrics is the held-out
+    error of predicting the last minute again: the baseline to beat.
 
     Args:
         out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
-        minutes: length of the synthetic count series (several days of 4-hour peaks).
+        minutes: length of the synthetic count series (several days of 4-hour peaks);
+            unused with ``history``.
         lags: minutes of history per prediction.
         epochs: passes over the training windows.
         lr: Adam's learning rate.
         hidden: units per hidden layer.
         seed: seeds the data and the weights.
+        history: a glob of history CSVs (``counts-*.csv``); None = synthetic flows.
         register: register the export as a candidate version of ``flow-forecaster``.
         run_id: the mesh run id, recorded in the version's lineage.
+
+    Raises:
+        FileNotFoundError: ``history`` matches no file.
+        ValueError: the history is malformed or too short for ``lags``.
     """
     import torch
 
     from mesh import export_onnx
 
-    days = [synthetic_flows(240, seed=seed * 1000 + d) for d in range(max(1, minutes // 240))]
-    pairs = [lagged_windows(day, lags) for day in days]
-    x = np.concatenate([p[0] for p in pairs])
-    y = np.concatenate([p[1] for p in pairs])
-    cut = int(len(x) * 0.75)
-    data_id = "synthetic-flows-" + hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:16]
+    hyperparameters: dict[str, Any] = {
+        "lags": lags,
+        "epochs": epochs,
+        "lr": lr,
+        "hidden": hidden,
+        "seed": seed,
+    }
+    if history is not None:
+        series = read_history(history)
+        x_train, y_train, x_val, y_val = history_windows(series, lags)
+        kind = "traffic-history-"
+        hyperparameters.update(history=history, series=len(series))
+    else:
+        x_train, y_train, x_val, y_val = _synthetic_windows(minutes, lags, seed)
+        kind = "synthetic-flows-"
+        hyperparameters["minutes"] = minutes
+    digest = hashlib.sha256()
+    for array in (x_train, y_train, x_val, y_val):
+        digest.update(array.tobytes())
+    data_id = kind + digest.hexdigest()[:16]
     with models.torch_threads(_reserved_cpus("train_forecaster")):
         torch.manual_seed(seed)
         model = models.flow_forecaster(
-            approaches=x.shape[1], lags=lags, hidden=hidden, scale=float(max(1.0, y.mean()))
+            approaches=x_train.shape[1],
+            lags=lags,
+            hidden=hidden,
+            scale=float(max(1.0, y_train.mean())),
         )
         fit = models.fit_regressor(
             model,
-            (x[:cut], y[:cut]),
-            (x[cut:], y[cut:]),
+            (x_train, y_train),
+            (x_val, y_val),
             epochs=epochs,
             lr=lr,
             batch_size=128,
             seed=seed,
         )
-    persistence_mae = float(np.abs(x[cut:, :, -1] - y[cut:]).mean())
-    x_val = torch.from_numpy(x[cut:])
+    persistence_mae = float(np.abs(x_val[:, :, -1] - y_val).mean())
+    x_held = torch.from_numpy(x_val)
     target = Path(out_dir) if out_dir else _default_out_dir()
     path = target / f"{FORECASTER_MODEL}-{uuid.uuid4().hex[:12]}.onnx"
+    parity = [x_held[:1], x_held[1:8], x_held[8:]] if len(x_held) > 8 else [x_held]
     report = export_onnx(
         fit.model,
-        x_val[:2],
+        x_held[:2],
         path,
         input_names=["counts"],
         output_names=["next_counts"],
-        parity_inputs=[x_val[:1], x_val[1:8], x_val[8:]],
+        parity_inputs=parity,
         tolerance=FORECASTER_TOLERANCE,
     )
     ref = ModelRef(
@@ -424,15 +617,10 @@ def train_forecaster(
             "val_mae": fit.val_mae,
             "persistence_mae": persistence_mae,
             "best_epoch": float(fit.best_epoch),
+            "train_windows": float(len(x_train)),
+            "val_windows": float(len(x_val)),
         },
-        hyperparameters={
-            "minutes": minutes,
-            "lags": lags,
-            "epochs": epochs,
-            "lr": lr,
-            "hidden": hidden,
-            "seed": seed,
-        },
+        hyperparameters=hyperparameters,
         num_parameters=models.count_parameters(fit.model),
         device=fit.device,
         registered_version=None,
@@ -440,10 +628,13 @@ def train_forecaster(
     if register:
         ref["registered_version"] = _register(ref, "val_mae", "min", run_id)
     logger.info(
-        "trained %s: val_mae=%.3f (persistence %.3f), onnx %s",
+        "trained %s on %s: val_mae=%.3f (persistence %.3f), %d/%d windows, onnx %s",
         FORECASTER_MODEL,
+        kind.rstrip("-"),
         fit.val_mae,
         persistence_mae,
+        len(x_train),
+        len(x_val),
         report.sha256[:12],
     )
     return ref

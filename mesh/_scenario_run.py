@@ -239,6 +239,7 @@ class ScenarioRun:
         self._services = services
         server = serve_asgi(services.app, host="127.0.0.1", port=port)
         self._stack.callback(server.stop)
+        self._gateway_url = server.url
         self.console.print(f"  control plane at {server.url} (REST, /v2 inference, artifacts)")
 
     # -- 3. network and demand ---------------------------------------------------------
@@ -277,8 +278,8 @@ class ScenarioRun:
         )
 
     def _collect_history(self) -> None:
-        """Record what the cameras see on a day like the scenario's (another seed)."""
-        from ._traffic_history import collect_history
+        """Record what the cameras see on days like the scenario's (other seeds)."""
+        from ._traffic_history import collect_history, history_days
 
         sim = self.scenario.simulation
         assert sim is not None
@@ -290,11 +291,12 @@ class ScenarioRun:
             seed=seed,
             horizon_s=sim.demand.duration_s,
             scale=sim.demand.scale,
+            days=history_days(sim.demand.duration_s),
         )
         self._history_dir = history.directory
         self.console.print(
-            f"  {history.vehicles} vehicles, {len(self._grid.junctions)} junctions: "
-            f"{history.rows} per-minute approach counts in {history.directory}"
+            f"  {history.days} days, {history.vehicles} vehicles, {history.series} junction "
+            f"series: {history.rows} per-minute approach counts in {history.directory}"
         )
 
     # -- 4. models ------------------------------------------------------------------------
@@ -356,7 +358,7 @@ class ScenarioRun:
             source = decl.model
             if source.train is not None:
                 name = source.train.partition(":")[2]
-                args = dict(source.args)
+                args = {k: self._substitute(v) for k, v in source.args.items()}
                 if source.tune is not None:
                     tune_name = source.tune.partition(":")[2]
                     with self.console.status(f"tuning {decl.name} ({tune_name})…"):
@@ -391,7 +393,7 @@ class ScenarioRun:
             self.console.print(f"  {decl.name}: model {model_name} {version}")
 
     def _substitute(self, value: Any) -> Any:
-        """``{history}`` and ``{out}`` in a trigger's string arguments."""
+        """``{history}`` and ``{out}`` in a trigger's or a training function's string arguments."""
         if not isinstance(value, str):
             return value
         history = getattr(self, "_history_dir", self.out_dir / "history")
@@ -553,6 +555,7 @@ class ScenarioRun:
         cameras = {a.site: a.id for a in self.scenario.agent_nodes()}
         out_topic = counter.output if counter is not None and counter.output else None
         loop_box: list[TrafficLoop] = []
+        feed = self._forecast_feed()
 
         frame_info: dict[str, dict[str, Any]] = {}
         segments_m = ControllerConfig().segments_m
@@ -581,6 +584,7 @@ class ScenarioRun:
                 logger.warning("counts event from %s has %d rows", event.site, len(rows))
                 return
             info = frame_info.get(event.site, {})
+            forecast = feed.observe(event.site, sim_t, rows[0]) if feed is not None else None
             message = {
                 "site": event.site,
                 "t": info.get("t", sim_t),
@@ -592,6 +596,8 @@ class ScenarioRun:
                 "frame_ts": event.source_ts,
                 "route": event.route,
             }
+            if forecast is not None:
+                message["forecast"] = forecast
             edge.publish(out_topic.replace("{site}", event.site), json.dumps(message).encode())
 
         self._stack.callback(edge.on_event(on_event))
@@ -672,6 +678,9 @@ class ScenarioRun:
         self._services.controller.close()
         edge.barrier()
         time.sleep(1.0)  # the last events and plans in flight
+        if feed is not None:
+            feed.close()
+            self.report.notes.append(f"{feed.name}: {feed.stats.describe()}")
         self.report.sim_seconds = stats.sim_s
         self.report.traffic["adaptive"] = controller_kpis(kpis)
         self.report.faults = timeline.windows
@@ -682,6 +691,27 @@ class ScenarioRun:
         self.report.lost_events = self._events.lost()
         self.report.migrations = self._migrations(loop)
         self._agent_cpu(loop)
+
+    def _forecast_feed(self) -> Any:
+        """Live forecasts through the gateway, when a module serves the flow forecaster."""
+        from functions.traffic import FORECASTER_MODEL
+
+        from ._traffic_forecast import gateway_feed
+
+        names = [m for m, v in self._versions.items() if v.startswith(f"{FORECASTER_MODEL}@")]
+        if not names:
+            return None
+        latency = self._latency[names[0]]
+        try:
+            feed = gateway_feed(
+                self._gateway_url, self.state_dir, names[0], on_latency=latency.samples.append
+            )
+        except (MeshError, OSError) as exc:
+            self.report.notes.append(f"{names[0]}: no live forecasts ({exc})")
+            self.console.print(f"  [yellow]![/] {self.report.notes[-1]}")
+            return None
+        self._stack.callback(feed.close)
+        return feed
 
     def _progress_printer(self) -> Callable[[Any], None]:
         last = [0.0]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from functions.occupancy import ApproachState, count_visible
+from functions.occupancy import APPROACHES, ApproachState, count_visible
 from functions.signals import (
     ControllerConfig,
     ControllerState,
@@ -359,3 +361,109 @@ def test_importing_the_mesh_never_imports_libsumo() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- forecasts ------------------------------------------------------------------------
+
+
+def _busy_observations(seed: int = 11, steps: int = 600) -> list[Observation]:
+    """A junction under random demand, with segments, queues and exits."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(steps):
+        counts = tuple(float(x) for x in rng.integers(0, 14, 4))
+        segments = [sorted(float(min(c, x)) for x in rng.integers(0, 8, 4)) for c in counts]
+        queued = tuple(float(min(c, q)) for c, q in zip(counts, rng.integers(0, 6, 4), strict=True))
+        downstream = tuple(float(x) for x in rng.integers(0, 30, 4))
+        out.append(
+            Observation(
+                t=float(t), counts=counts, segments=segments, queued=queued, downstream=downstream
+            )
+        )
+    return out
+
+
+def _decisions(observations: list[Observation], **options: float) -> list[tuple[int, str]]:
+    ctl = controller(**options)
+    return [(d.phase, d.reason) for d in map(ctl.step, observations)]
+
+
+def test_without_a_forecast_decisions_are_as_before_forecasts_existed() -> None:
+    observations = _busy_observations()
+    plain = _decisions(observations)
+    # Recorded with the controller before forecasts were wired in (same observations).
+    reasons = collections.Counter(r for _, r in plain)
+    assert reasons == {
+        "min-green": 263,
+        "extend": 181,
+        "switching": 104,
+        "pressure": 36,
+        "gap-out": 15,
+        "empty-green": 1,
+    }
+    switches = [t for t, (_, r) in enumerate(plain) if r in ("pressure", "gap-out", "empty-green")]
+    assert switches[:12] == [7, 21, 34, 42, 55, 67, 78, 94, 104, 115, 126, 140]
+    assert len(switches) == 52 and switches[-1] == 594
+    # A forecast at or below the counts, a forecast of nothing, or a zero weight: the same.
+    below = [replace(o, forecast=[c * 0.5 for c in o.counts]) for o in observations]  # type: ignore[operator]
+    unknown = [replace(o, forecast=[None] * 4) for o in observations]
+    high = [replace(o, forecast=[50.0] * 4) for o in observations]
+    assert _decisions(below) == plain
+    assert _decisions(unknown) == plain
+    assert _decisions(high, forecast_weight=0.0) == plain
+    assert _decisions(high) != plain  # the forecast does reach the rule
+
+
+def _tie_segments(counts: tuple[float, ...]) -> list[list[float]]:
+    """North-south's vehicles 30-60 m out (about to cross: the gap-out extends); the rest queued."""
+    n, e, s, w = counts
+    return seg((0, 0, n, n), near(e), (0, 0, s, s), near(w))
+
+
+def _near_tie(forecast: tuple[float, float, float, float] | None, counts: tuple[float, ...]) -> str:
+    # North-south green for 20 s, its vehicles about to cross: only the pressure cuts it.
+    ctl = controller(min_green_s=5.0)
+    obs = Observation(t=20.0, counts=counts, segments=_tie_segments(counts), forecast=forecast)
+    return ctl.step(obs).reason
+
+
+def test_a_rising_forecast_tips_a_near_tie_toward_its_phase() -> None:
+    counts = (6.0, 12.0, 6.0, 12.0)  # pressures 12 vs 24: 12 short of the margin (15.4)
+    assert _near_tie(None, counts) == "extend"
+    # East will hold 24 vehicles over the next minute, not 12: east-west's pressure rises.
+    assert _near_tie((6.0, 24.0, 6.0, 12.0), counts) == "pressure"
+    # A falling forecast is no reason: the camera's count stands.
+    assert _near_tie((6.0, 5.0, 6.0, 5.0), counts) == "extend"
+
+
+def test_a_rising_forecast_on_the_green_holds_it() -> None:
+    counts = (6.0, 15.0, 6.0, 15.0)  # pressures 12 vs 30: over the margin (16.3)
+    assert _near_tie(None, counts) == "pressure"
+    # North fills up over the next minute: the green's pressure rises, the tie holds.
+    assert _near_tie((10.0, 15.0, 6.0, 15.0), counts) == "extend"
+
+
+def test_a_forecast_alone_never_calls_a_green_for_an_empty_road() -> None:
+    ctl = controller(min_green_s=5.0)
+    decision = ctl.step(Observation(t=20.0, counts=(3, 0, 3, 0), forecast=(3, 9, 3, 9)))
+    assert not decision.switch and decision.reason == "no-demand-elsewhere"
+
+
+def test_the_stream_function_reads_forecasts_per_approach() -> None:
+    signal = {"phase": NS, "stage": "green", "elapsed_s": 20.0}
+    values = (6.0, 12.0, 6.0, 12.0)
+    counts: dict[str, float | None] = dict(zip(APPROACHES, values, strict=True))
+    segments = dict(zip(APPROACHES, _tie_segments(values), strict=True))
+    plain = plans_for_window([message("J", 20.0, counts, signal=signal, segments=segments)], {})
+    assert plain[0]["reason"] == "extend"
+    # Only east forecast: the other approaches have none (not zero).
+    window = [message("J", 20.0, counts, signal=signal, segments=segments, forecast={"east": 24.0})]
+    tipped = plans_for_window(window, {})
+    assert tipped[0]["reason"] == "pressure" and tipped[0]["phase"] == EW
+
+
+def test_a_negative_forecast_weight_is_refused() -> None:
+    with pytest.raises(ValueError, match="forecast_weight"):
+        ControllerConfig(forecast_weight=-0.5)
+    with pytest.raises(ValueError, match="4 forecast values"):
+        controller().step(Observation(t=1.0, counts=(1, 1, 1, 1), forecast=(1.0, 2.0)))
