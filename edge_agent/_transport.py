@@ -253,16 +253,17 @@ class _Client(mqtt.Client):
             }
         )
         # Inside a callback the network thread writes it on its way out.
-        if self._in_callback_mutex.acquire(False):
+        written = self._in_callback_mutex.acquire(False)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        if written:
             self._in_callback_mutex.release()
-            rc = self.loop_write()
-            if not self.want_write():
-                return rc
-        pair = self._sockpairW
-        if pair is not None:
-            with contextlib.suppress(BlockingIOError, OSError):
-                pair.send(b"0")
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+            rc = self.loop_write()  # as paho: a failed write (connection lost) is returned
+        if not written or self.want_write():
+            pair = self._sockpairW
+            if pair is not None:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    pair.send(b"0")
+        return rc
 
     def start_loop(self) -> None:
         """Run the network loop (connect, read, reconnect) on a daemon thread."""
