@@ -567,3 +567,16 @@ def test_edge_installer_publishes_signed_modules_with_newer_versions(tmp_path: P
     edge.refuse = False
     installer.install("cam-1", "fourth", artifact("v4"), 5.0)  # the refused one is not kept
     assert [m.name for m in edge.published[-1].modules] == ["counter", "other", "fourth"]
+
+
+class Registryless:
+    """What :meth:`PlacementController.restore` calls; a recorded version is an artifact id."""
+
+    def __init__(self, inner: ServingManager) -> None:
+        self.inner = inner
+
+    def deploy_to_agent(self, s: Any, agent: str, version: str, **kw: Any) -> Any:
+        return self.inner.deploy_to_agent(s, agent, artifact(version), **kw)
+
+    def deploy(self, s: Any, version: str, **kw: Any) -> Any:
+        return self.inner.deploy(s, artifact(version), **kw)

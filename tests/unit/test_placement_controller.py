@@ -43,7 +43,14 @@ from mesh._placements_api import create_placements_router
 from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from mesh._serving import ModelArtifact, ServingManager
 from placement import Module, Profile
-from tests.unit.test_gateway_serving import Clock, FakeLauncher, FakeProbe, artifact, spec
+from tests.unit.test_gateway_serving import (
+    Clock,
+    FakeLauncher,
+    FakeProbe,
+    Registryless,
+    artifact,
+    spec,
+)
 
 AGENT = "cam-1"
 FOG = "node-fog"  # the fake launcher's replicas report node-{tier}
@@ -447,18 +454,6 @@ def test_restore_redeploys_recorded_modules() -> None:
     w = world()
     w.controller.step()
     fresh = ServingManager(RouteTable(), FakeLauncher(), probe=FakeProbe(), installer=Installer())
-
-    class Registryless:
-        """The recorded version is an artifact id: resolve it like the registry would."""
-
-        def __init__(self, inner: ServingManager) -> None:
-            self.inner = inner
-
-        def deploy_to_agent(self, s: Any, agent: str, version: str, **kw: Any) -> Any:
-            return self.inner.deploy_to_agent(s, agent, artifact(version), **kw)
-
-        def deploy(self, s: Any, version: str, **kw: Any) -> Any:
-            return self.inner.deploy(s, artifact(version), **kw)
 
     assert w.controller.restore(Registryless(fresh)) == ["counter"]
     route = fresh.routes.get("counter")

@@ -24,7 +24,14 @@ from mesh._placement_settings import ControllerSettings
 from mesh._placement_store import MigrationRecord, PipelineRecord, PlacementStore
 from mesh._routes import ReplicaEndpoint, RouteTable
 from mesh._serving import ServingManager
-from tests.unit.test_gateway_serving import Clock, FakeLauncher, FakeProbe, artifact, spec
+from tests.unit.test_gateway_serving import (
+    Clock,
+    FakeLauncher,
+    FakeProbe,
+    Registryless,
+    artifact,
+    spec,
+)
 
 A1, A2 = "cam-1", "cam-2"
 FOG, CLOUD = "node-fog", "node-cloud"  # the fake launcher's replicas report node-{tier}
@@ -129,19 +136,6 @@ class World:
     def round(self, dt: float = 0.5) -> list[MigrationRecord]:
         self.clock.now += dt
         return list(self.controller.step().migrations)
-
-
-class Registryless:
-    """What :meth:`PlacementController.restore` calls; a recorded version is an artifact id."""
-
-    def __init__(self, inner: ServingManager) -> None:
-        self.inner = inner
-
-    def deploy_to_agent(self, s: Any, agent: str, version: str, **kw: Any) -> Any:
-        return self.inner.deploy_to_agent(s, agent, artifact(version), **kw)
-
-    def deploy(self, s: Any, version: str, **kw: Any) -> Any:
-        return self.inner.deploy(s, artifact(version), **kw)
 
 
 def world(
