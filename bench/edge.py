@@ -91,11 +91,24 @@ class Client:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
+        from edge_agent.protocol import FrameTemplate, decode_frame
+
+        self._decode_frame = decode_frame
         self.waiters: dict[bytes, Callable[[bytes], None]] = {}
         self.lock = threading.Lock()
         self.cid = f"bench-{uuid.uuid4().hex[:6]}"
         self.reply_topic = f"mesh/v1/replies/{self.cid}"
         self._subacked = threading.Event()
+        # What every request to the agent's module says, encoded once (a client
+        # that sends many requests to one module does this).
+        self._requests = FrameTemplate(
+            {
+                "schema_version": 1,
+                "kind": "infer_request",
+                "module": "cnn",
+                "reply_to": self.reply_topic,
+            }
+        )
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid, protocol=mqtt.MQTTv5)
         c.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.on_message = self._on_message
@@ -112,9 +125,7 @@ class Client:
         if msg.topic == FLOOR_REPLY:
             corr = payload[:16]
         else:
-            from edge_agent.protocol import decode_frame
-
-            header, _ = decode_frame(payload)
+            header, _ = self._decode_frame(payload)
             corr = str(header.get("correlation_id", "")).encode()
         with self.lock:
             cb = self.waiters.pop(corr, None)
@@ -122,22 +133,13 @@ class Client:
             cb(payload)
 
     def send(self, target: str, x: Any, done: Callable[[bytes], None]) -> None:
-        from edge_agent.protocol import Tensor, encode_frame
-
         if target == "floor":
             corr = uuid.uuid4().bytes
             payload, topic = corr + x.tobytes(), FLOOR_REQ
         else:
-            corr = uuid.uuid4().hex.encode()
-            req = {
-                "schema_version": 1,
-                "kind": "infer_request",
-                "id": corr.decode(),
-                "module": "cnn",
-                "reply_to": self.reply_topic,
-                "correlation_id": corr.decode(),
-            }
-            payload = encode_frame(req, [Tensor.from_numpy("input", x)])
+            rid = uuid.uuid4().hex
+            corr = rid.encode()
+            payload = self._requests.encode_array({"id": rid, "correlation_id": rid}, "input", x)
             topic = f"mesh/v1/modules/cnn/infer/{target}"
         with self.lock:
             self.waiters[corr] = done

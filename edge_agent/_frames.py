@@ -34,6 +34,7 @@ __all__ = [
     "MAGIC",
     "MAX_HEADER_BYTES",
     "ErrorCode",
+    "FrameTemplate",
     "ProtocolError",
     "Tensor",
     "pack_frame",
@@ -139,9 +140,11 @@ class Tensor:
         """Wrap a numpy array (converted to little-endian C order if it is not)."""
         # The common case (little-endian, C order, not empty) is a zero-copy view
         # named from a table: numpy's dtype.name alone costs microseconds.
-        dtype = (_NUMPY or _numpy_tables()).names.get(array.dtype.str)
-        if dtype is not None and array.size and array.flags.c_contiguous:
-            return cls(name, dtype, array.shape, array.data.cast("B"))
+        dtype = (_NUMPY or _numpy_tables()).by_dtype.get(array.dtype)
+        if dtype is not None and array.size:
+            view = array.data
+            if view.c_contiguous:
+                return cls(name, dtype, array.shape, view.cast("B"))
         import numpy as np
 
         dtype = array.dtype.name
@@ -159,14 +162,17 @@ class _NumpyTables:
     of every request; dictionary lookups do not.
     """
 
-    __slots__ = ("dtypes", "frombuffer", "names")
+    __slots__ = ("by_dtype", "dtypes", "frombuffer")
 
     def __init__(self) -> None:
         import numpy as np
 
         self.frombuffer = np.frombuffer
         self.dtypes = {n: np.dtype(n).newbyteorder("<") for n in DTYPES}
-        self.names = {dt.str: n for n, dt in self.dtypes.items()}  # '<f4' -> 'float32'
+        # dtype('<f4') -> 'float32'; a dtype equal to one of these (float32 on a
+        # little-endian machine) finds it too. Byte order is part of equality,
+        # '|' (one byte) included, so a big-endian dtype is not found.
+        self.by_dtype: dict[Any, str] = {dt: n for n, dt in self.dtypes.items()}
 
 
 _NUMPY: _NumpyTables | None = None
@@ -188,14 +194,46 @@ _C_ENCODE = (
 )
 
 
+def _dumps_str(obj: dict[str, Any]) -> str:
+    """``json.dumps(obj, separators=(",", ":"))``."""
+    if _C_ENCODE is None:
+        return _JSON.encode(obj)
+    return "".join(_C_ENCODE(obj, 0))
+
+
 def _dumps(obj: dict[str, Any]) -> bytes:
     """``json.dumps(obj, separators=(",", ":")).encode()``."""
-    if _C_ENCODE is None:
-        return _JSON.encode(obj).encode()
-    return "".join(_C_ENCODE(obj, 0)).encode()
+    return _dumps_str(obj).encode()
 
 
-_DECODER = json.JSONDecoder()
+# (name, dtype, shape) -> (the tensor's JSON in a header, its size in bytes): a
+# client or a module sends the same few kinds of tensor again and again.
+_METAS: dict[tuple[Any, Any, Any], tuple[str, int]] = {}
+
+
+def _meta(t: Tensor) -> tuple[str, int]:
+    key = (t.name, t.dtype, t.shape)
+    try:
+        return _METAS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable shape (a list): not cached
+        key = None  # type: ignore[assignment]
+    size = DTYPES.get(t.dtype)
+    if size is None:
+        raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {t.name!r}: unknown dtype {t.dtype}")
+    meta = (
+        _dumps_str({"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}),
+        math.prod(t.shape) * size,
+    )
+    if key is not None:
+        if len(_METAS) >= 1024:
+            _METAS.clear()
+        _METAS[key] = meta
+    return meta
+
+
+_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # raw_decode, less a frame
 
 
 def _loads(raw: bytes) -> Any:
@@ -206,8 +244,8 @@ def _loads(raw: bytes) -> Any:
     """
     try:
         text = raw.decode()
-        obj, end = _DECODER.raw_decode(text)
-    except ValueError:  # UnicodeDecodeError, JSONDecodeError
+        obj, end = _SCAN(text, 0)
+    except (ValueError, StopIteration):  # UnicodeDecodeError, not JSON
         return json.loads(raw)
     return obj if end == len(text) else json.loads(raw)
 
@@ -218,26 +256,137 @@ def pack_frame(header: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> byt
     Raises:
         ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
     """
-    metas = []
+    if type(header) is dict and "tensors" not in header:
+        # The header's JSON, its closing brace left for the tensors' (cached) JSON.
+        text = _dumps_str(header)
+        return frame_with_head(f"{text[:-1]}," if header else "{", tensors)
+    metas = [
+        {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in tensors
+    ]  # keeps the position of a "tensors" field already there
     parts: list[bytes | memoryview] = [MAGIC, b"", b""]
     for t in tensors:
-        size = DTYPES.get(t.dtype)
-        if size is None:
-            raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {t.name!r}: unknown dtype {t.dtype}")
-        data = t.data
-        if len(data) != math.prod(t.shape) * size:
-            raise ProtocolError(
-                ErrorCode.BAD_INPUT,
-                f"tensor {t.name!r}: {len(data)} bytes, {t.dtype}{list(t.shape)} needs {t.nbytes}",
-            )
-        metas.append({"name": t.name, "dtype": t.dtype, "shape": list(t.shape)})
-        parts.append(
-            bytes(data) if isinstance(data, memoryview) and not data.c_contiguous else data
-        )
+        parts.append(_tensor_data(t))
     head = _dumps({**header, "tensors": metas})
     parts[1] = _HEADER_LEN.pack(len(head))
     parts[2] = head
     return b"".join(parts)
+
+
+def _tensor_data(t: Tensor) -> bytes | memoryview:
+    """The bytes of ``t``, checked against its dtype and shape."""
+    _, nbytes = _meta(t)
+    data = t.data
+    if len(data) != nbytes:
+        raise ProtocolError(
+            ErrorCode.BAD_INPUT,
+            f"tensor {t.name!r}: {len(data)} bytes, {t.dtype}{list(t.shape)} needs {nbytes}",
+        )
+    return bytes(data) if isinstance(data, memoryview) and not data.c_contiguous else data
+
+
+def frame_with_head(head: str, tensors: Sequence[Tensor] = ()) -> bytes:
+    """A frame whose JSON header starts with ``head``: ``{`` then fields, each followed by ``,``.
+
+    The ``tensors`` field (from a cache) and the closing brace are added, so
+    ``frame_with_head('{"kind":"x",', ts)`` is ``pack_frame({"kind": "x"}, ts)``.
+    A sender that writes the same fields every time can keep their JSON text
+    and save encoding a dict per frame.
+
+    Raises:
+        ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
+    """
+    if len(tensors) == 1:  # the usual case, without the loop
+        t = tensors[0]
+        meta, nbytes = _meta(t)
+        data = t.data
+        if len(data) != nbytes:
+            _tensor_data(t)  # raises
+        if isinstance(data, memoryview) and not data.c_contiguous:
+            data = bytes(data)
+        head_bytes = f'{head}"tensors":[{meta}]}}'.encode()
+        return b"".join((MAGIC, _HEADER_LEN.pack(len(head_bytes)), head_bytes, data))
+    metas = []
+    parts: list[bytes | memoryview] = [MAGIC, b"", b""]
+    for t in tensors:
+        metas.append(_meta(t)[0])
+        parts.append(_tensor_data(t))
+    head_bytes = f'{head}"tensors":[{",".join(metas)}]}}'.encode()
+    parts[1] = _HEADER_LEN.pack(len(head_bytes))
+    parts[2] = head_bytes
+    return b"".join(parts)
+
+
+class FrameTemplate:
+    r"""Frames whose headers share fixed fields, whose JSON is written once.
+
+    ``template.encode(fields, tensors)`` is ``pack_frame({**fixed, **fields},
+    tensors)`` (the fixed fields first), for a sender that sends the same kind of
+    message again and again, e.g. requests to one module from one client.
+
+    Example:
+        >>> t = FrameTemplate({"kind": "infer_request", "module": "m"})
+        >>> frame = t.encode({"id": "1"}, [Tensor("x", "uint8", (1,), b"\x07")])
+        >>> frame == pack_frame({"kind": "infer_request", "module": "m", "id": "1"},
+        ...                     [Tensor("x", "uint8", (1,), b"\x07")])
+        True
+    """
+
+    __slots__ = ("_arrays", "_fixed", "_start")
+
+    def __init__(self, fixed: Mapping[str, Any]) -> None:
+        """``fixed``: the fields every frame has (JSON types; no ``tensors``).
+
+        Raises:
+            ValueError: ``fixed`` names ``tensors``.
+        """
+        if "tensors" in fixed:
+            raise ValueError("the 'tensors' field is written from the tensors")
+        self._fixed = frozenset(fixed)
+        text = _dumps_str(dict(fixed))
+        self._start = f"{text[:-1]}," if fixed else "{"
+        self._arrays: dict[tuple[str, Any, tuple[int, ...]], str] = {}
+
+    def encode(
+        self, fields: Mapping[str, Any] | None = None, tensors: Sequence[Tensor] = ()
+    ) -> bytes:
+        """A frame with the fixed fields, then ``fields``, then the tensors.
+
+        Raises:
+            ValueError: ``fields`` repeats a fixed field or names ``tensors``.
+            ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
+        """
+        return frame_with_head(self._head(fields), tensors)
+
+    def encode_array(
+        self, fields: Mapping[str, Any] | None, name: str, array: np.ndarray[Any, Any]
+    ) -> bytes:
+        """``encode(fields, [Tensor.from_numpy(name, array)])``, for one numpy array.
+
+        The tensor's part of the header is kept for each name, dtype and shape.
+
+        Raises:
+            ValueError: ``fields`` repeats a fixed field or names ``tensors``.
+            ProtocolError: BAD_INPUT when the array's dtype is not a wire dtype.
+        """
+        meta = self._arrays.get((name, array.dtype, array.shape))
+        if meta is not None:
+            data = array.data
+            if data.c_contiguous:
+                head = f'{self._head(fields)}"tensors":[{meta}]}}'.encode()
+                return b"".join((MAGIC, _HEADER_LEN.pack(len(head)), head, data))
+        t = Tensor.from_numpy(name, array)
+        wire = (_NUMPY or _numpy_tables()).by_dtype.get(array.dtype) is not None
+        if wire and t.data and len(self._arrays) < 64:  # sent as is (not swapped, not empty)
+            self._arrays[(name, array.dtype, array.shape)] = _meta(t)[0]
+        return self.encode(fields, [t])
+
+    def _head(self, fields: Mapping[str, Any] | None) -> str:
+        if not fields:
+            return self._start
+        if "tensors" in fields or not self._fixed.isdisjoint(fields):
+            raise ValueError(f"fields {sorted(fields)} repeat a fixed field or name 'tensors'")
+        text = _dumps_str(fields if type(fields) is dict else dict(fields))
+        return f"{self._start}{text[1:-1]},"
 
 
 def unpack_frame(
@@ -257,14 +406,16 @@ def unpack_frame(
             ErrorCode.PAYLOAD_TOO_LARGE, f"{size} bytes is over the limit of {max_bytes}"
         )
     view = memoryview(payload)
-    start = bytes(view[:4])
-    if start[:1] == b"{":
-        head_bytes, body_at = payload if isinstance(payload, bytes) else bytes(view), size
-    elif start == MAGIC and size >= 8:
+    raw = payload if type(payload) is bytes else None  # slices of bytes cost less
+    start = raw[:4] if raw is not None else bytes(view[:4])
+    if start == MAGIC and size >= 8:
         (head_len,) = _HEADER_LEN.unpack_from(view, 4)
         if head_len > MAX_HEADER_BYTES or 8 + head_len > size:
             raise ProtocolError(ErrorCode.MALFORMED, f"frame header length {head_len} is invalid")
-        head_bytes, body_at = bytes(view[8 : 8 + head_len]), 8 + head_len
+        body_at = 8 + head_len
+        head_bytes = raw[8:body_at] if raw is not None else bytes(view[8:body_at])
+    elif start[:1] == b"{":
+        head_bytes, body_at = raw if raw is not None else bytes(view), size
     else:
         raise ProtocolError(
             ErrorCode.MALFORMED, f"not a frame: expected magic {MAGIC!r} or a JSON object"
@@ -282,7 +433,9 @@ def unpack_frame(
     at = body_at
     for i, m in enumerate(metas):
         try:
-            name, dtype, shape = str(m["name"]), str(m["dtype"]), tuple(map(int, m["shape"]))
+            name, dtype, shape = m["name"], m["dtype"], tuple(map(int, m["shape"]))
+            if type(name) is not str or type(dtype) is not str:
+                name, dtype = str(name), str(dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(
                 ErrorCode.MALFORMED, f"tensor #{i}: needs name, dtype, shape"

@@ -7,6 +7,14 @@ switch (a new route epoch in the desired state) applies to the next sample
 without restarting the pipeline: the sample in flight finishes where it started
 (make-before-break, as the control plane switches it).
 
+A ``remote`` route hands the source itself to a replica, which subscribes to
+it and publishes the events. The route's ``since_ts`` splits the frames by
+capture time: frames from before it still run on the previous route here;
+later ones are held (the newest few, in a ring) and not run. When the route
+comes back (local or offload), held frames captured at or after the new
+route's ``since_ts`` run first, and frames from before it are left to the
+replica, which ran them: a switch either way loses none and runs none twice.
+
 A sample that fails is retried once on the other side, so none is lost to a
 switch: a failed offload runs locally when the module is installed here and
 the route allows it, or on the new route when the route switched meanwhile
@@ -16,6 +24,7 @@ route switched to offload meanwhile (e.g. the module became remote-only).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -33,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a pipeline waits for its module on this device.
 _LOCAL_TIMEOUT_S = 30.0
+
+#: Frames held while the source is remote, to run when the route comes back.
+_HELD_FRAMES = 32
 
 
 class PipelineHost(Protocol):
@@ -77,6 +89,11 @@ class Pipeline:
         self.failed = 0
         self.offloaded = 0
         self.retried = 0
+        self.handed_over = 0
+        self._held: collections.deque[Sample] = collections.deque(maxlen=_HELD_FRAMES)
+        # Frames captured before this ran on the replica the source came back from.
+        self._remote_until: float | None = None
+        self._last: Route | None = None
 
     def start(self) -> None:
         """Start the source and the thread."""
@@ -132,18 +149,59 @@ class Pipeline:
     def _other_side(self, tried: Route) -> Route | None:
         """Where a sample that failed on ``tried`` goes next (None: nowhere)."""
         now = self._host.route_for(self.spec.module)
-        if now is not None and (now.mode, now.target) != (tried.mode, tried.target):
+        moved = now is not None and (now.mode, now.target) != (tried.mode, tried.target)
+        if now is not None and moved and now.mode != "remote":
             return now  # switched while the sample was in flight: follow the switch
         offloaded = tried.mode == "offload" and tried.fallback_local
         if offloaded and self._host.has_local(self.spec.module):
             return Route(mode="local", epoch=tried.epoch)
         return None
 
-    def _process(self, sample: Sample) -> None:
-        name, module = self.spec.name, self.spec.module
-        route = self._host.route_for(module)
+    def _route_for(self, sample: Sample) -> Route | None:
+        """The route this sample runs on (None: not here, it is the replica's or undesired)."""
+        route = self._host.route_for(self.spec.module)
         if route is None:
-            return
+            return None
+        last, self._last = self._last, route
+        if last is None or (last.epoch, last.mode) != (route.epoch, route.mode):
+            logger.info(
+                "pipeline %s: route %s%s (epoch %d%s)",
+                self.spec.name,
+                route.mode,
+                f" to {route.target}" if route.target else "",
+                route.epoch,
+                f", frames from {route.since_ts:.3f}" if route.since_ts is not None else "",
+            )
+        at = sample.split_ts
+        if route.mode == "remote":
+            if last is not None and last.mode != "remote":
+                self._remote_until = None
+            if route.since_ts is None or at >= route.since_ts:
+                self._held.append(sample)
+                self.handed_over += 1
+                return None
+            # Captured before the switch: it belongs to the route before.
+            if self._host.has_local(self.spec.module):
+                return Route(mode="local", epoch=route.epoch)
+            return Route(mode="offload", epoch=route.epoch, target=route.target)
+        if last is not None and last.mode == "remote":
+            # Back from remote: the replica runs what was captured before since_ts.
+            self._remote_until = route.since_ts
+            held = [s for s in self._held if route.since_ts is None or s.split_ts >= route.since_ts]
+            self._held.clear()
+            for s in held:
+                self._process_on(s, route)
+        if self._remote_until is not None and at < self._remote_until:
+            return None
+        return route
+
+    def _process(self, sample: Sample) -> None:
+        route = self._route_for(sample)
+        if route is not None:
+            self._process_on(sample, route)
+
+    def _process_on(self, sample: Sample, route: Route) -> None:
+        name, module = self.spec.name, self.spec.module
         started = time.perf_counter()
         result, where = self._run_on(route, sample, _LOCAL_TIMEOUT_S)
         if result.error is not None:

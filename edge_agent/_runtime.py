@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +86,53 @@ def _spec(arg: Any, module: str, version: str) -> TensorSpec:
     return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
 
 
+class _OneInput(NamedTuple):
+    """What :meth:`LoadedModel.feeds` checks of a one-input model, worked out once.
+
+    The general check walks the signature's pydantic specs for every request;
+    this is a few comparisons, then the same numpy view.
+    """
+
+    name: str
+    dtype: str
+    np_dtype: np.dtype[Any]
+    rank: int
+    fixed: Callable[[tuple[int, ...]], Any] | None  # picks the fixed dims of a shape
+    want: Any  # what ``fixed`` must give
+
+
+def _one_input(inputs: Sequence[TensorSpec]) -> _OneInput | None:
+    if len(inputs) != 1:
+        return None
+    spec = inputs[0]
+    at = [i for i, d in enumerate(spec.shape) if isinstance(d, int)]
+    want = tuple(spec.shape[i] for i in at)
+    return _OneInput(
+        spec.name,
+        spec.dtype,
+        np.dtype(spec.dtype).newbyteorder("<"),
+        len(spec.shape),
+        operator.itemgetter(*at) if at else None,
+        want[0] if len(at) == 1 else want,
+    )
+
+
+def _session_run(session: Any) -> Callable[[list[str], dict[str, Array], Any], list[Array]]:
+    """``session.run``, or on the CPU provider the C++ session's own ``run``.
+
+    ``InferenceSession.run`` first validates the feed names and ownership and
+    checks for graph capture, in Python, on every call; feeds checked by
+    :meth:`LoadedModel.feeds` need none of it. Other providers keep the wrapper
+    for its fallback to the CPU.
+    """
+    inner = getattr(session, "_sess", None)
+    if inner is not None and session.get_providers() == ["CPUExecutionProvider"]:
+        run: Callable[[list[str], dict[str, Array], Any], list[Array]] = inner.run
+        return run
+    wrapped: Callable[[list[str], dict[str, Array], Any], list[Array]] = session.run
+    return wrapped
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     """An ONNX Runtime session for one module version, with its signature."""
@@ -97,6 +145,17 @@ class LoadedModel:
     outputs: tuple[TensorSpec, ...]
     provider: str
     loaded_at: float
+    # Worked out once from the above, for the request path.
+    _one: _OneInput | None = field(default=None, init=False, repr=False, compare=False)
+    _run: Callable[[list[str], dict[str, Array], Any], list[Array]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _output_names: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_one", _one_input(self.inputs))
+        object.__setattr__(self, "_run", _session_run(self.session))
+        object.__setattr__(self, "_output_names", [s.name for s in self.outputs])
 
     def describe_inputs(self) -> str:
         """E.g. ``input: float32[?,1,32,32]``."""
@@ -110,6 +169,19 @@ class LoadedModel:
         Raises:
             ProtocolError: BAD_INPUT, naming the expected signature.
         """
+        one = self._one
+        if one is not None and len(tensors) == 1:
+            t = tensors[0]
+            shape = t.shape
+            if (
+                t.dtype == one.dtype
+                and len(shape) == one.rank
+                and (one.fixed is None or one.fixed(shape) == one.want)
+            ):
+                return {one.name: np.frombuffer(t.data, dtype=one.np_dtype).reshape(shape)}
+        return self._check_feeds(tensors)
+
+    def _check_feeds(self, tensors: Sequence[Tensor]) -> dict[str, Array]:
         if len(self.inputs) == 1 and len(tensors) == 1:
             pairs = [(self.inputs[0], tensors[0])]
         else:
@@ -139,10 +211,13 @@ class LoadedModel:
 
     def run(self, feeds: Mapping[str, Array]) -> list[Tensor]:
         """Run the session; outputs as tensors named by the model."""
-        arrays = self.session.run(None, dict(feeds))
+        names = self._output_names
+        run = self._run
+        arrays = (run or self.session.run)(
+            names, feeds if type(feeds) is dict else dict(feeds), None
+        )
         return [
-            Tensor.from_numpy(s.name, np.asarray(a))
-            for s, a in zip(self.outputs, arrays, strict=True)
+            Tensor.from_numpy(name, np.asarray(a)) for name, a in zip(names, arrays, strict=True)
         ]
 
     @property
@@ -385,11 +460,12 @@ class ModuleServer:
                 return
             batch = [first]
             # Dynamic batching: take whatever else is already waiting (never wait for more).
+            # empty() first: usually nothing is, and an Empty raised costs more.
             stop_after = False
-            while len(batch) < self._max_batch:
+            while len(batch) < self._max_batch and not self._queue.empty():
                 try:
                     more = self._queue.get_nowait()
-                except queue.Empty:
+                except queue.Empty:  # another worker took it
                     break
                 if more is _STOP:
                     stop_after = True

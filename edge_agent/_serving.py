@@ -10,6 +10,7 @@ that cannot even be addressed is logged and dropped.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from ._frames import pack_frame, peek_header, unpack_frame
+from ._frames import frame_with_head, pack_frame, peek_header, unpack_frame
 from ._runtime import Job, JobResult, LoadedModel, ModuleServer
 from ._transport import Message, Transport
 from .protocol import (
@@ -68,6 +69,10 @@ _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "correlation_id": _OPT_STR,
     "deadline_ts": _OPT_NUMBER,
 }
+
+
+_json_str = json.encoder.encode_basestring_ascii
+"""A str as JSON text (C), as json.dumps writes it."""
 
 
 def plain_request(header: dict[str, Any]) -> _Request | None:
@@ -129,6 +134,11 @@ class InferenceEndpoint:
         # Reply ids: unique per process start, cheaper than a uuid4 per reply.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_seq = itertools.count()
+        # A result's header is written from this text (what pack_frame would write).
+        self._result_start = (
+            f'{{"schema_version":{SCHEMA_VERSION},"kind":"infer_reply","id":"{self._id_prefix}'
+        )
+        self._node_json = _json_str(agent_id)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_seq):016x}"
@@ -250,21 +260,23 @@ class InferenceEndpoint:
         if result.error is not None:
             self._send_error(to, module, result.error, server.current)
             return
-        header = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "infer_reply",
-            "id": self._new_id(),
-            "ts": time.time(),
-            "correlation_id": to.correlation_id,
-            "module": module,
-            "version": result.version,
-            "node": self._agent,
-            "queue_ms": round(result.queue_ms, 3),
-            "compute_ms": round(result.compute_ms, 3),
-        }
+        # The header pack_frame would write for {schema_version, kind, id, ts,
+        # correlation_id, module, version, node, queue_ms, compute_ms}, written
+        # straight from its parts: a reply is on every request's path.
+        corr, version = to.correlation_id, result.version
+        head = (
+            f"{self._result_start}{next(self._id_seq):016x}"
+            f'","ts":{time.time()!r}'
+            f',"correlation_id":{"null" if corr is None else _json_str(corr)}'
+            f',"module":{_json_str(module)}'
+            f',"version":{"null" if version is None else _json_str(version)}'
+            f',"node":{self._node_json}'
+            f',"queue_ms":{round(result.queue_ms, 3)!r}'
+            f',"compute_ms":{round(result.compute_ms, 3)!r},'
+        )
         self._transport.publish(
             to.topic,
-            pack_frame(header, result.outputs or ()),
+            frame_with_head(head, result.outputs or ()),
             qos=self._qos,
             correlation_data=to.correlation_data,
         )

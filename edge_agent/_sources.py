@@ -49,10 +49,21 @@ _LEN = struct.Struct("<I")
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One input for a pipeline: tensors and when they were captured."""
+    """One input for a pipeline.
+
+    ``ts`` is when it reached this device (latency counts from there);
+    ``captured_ts`` when the camera took it (the frame header's ``ts``; None
+    when the frame does not say), which splits frames between routes.
+    """
 
     tensors: tuple[Tensor, ...]
     ts: float
+    captured_ts: float | None = None
+
+    @property
+    def split_ts(self) -> float:
+        """The time a route's ``since_ts`` is compared with."""
+        return self.ts if self.captured_ts is None else self.captured_ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,15 +237,19 @@ class MqttSource:
         return False
 
     def _on_message(self, msg: Message) -> None:
+        arrived = time.time()
         try:
-            _, tensors = decode_frame(msg.payload, max_bytes=self._max)
+            header, tensors = decode_frame(msg.payload, max_bytes=self._max)
         except ProtocolError as exc:
             logger.warning("pipeline %s: bad frame on %s: %s", self._name, msg.topic, exc)
             return
+        captured = header.get("ts")
+        if type(captured) not in (int, float):
+            captured = None
         with self._cv:
             if len(self._buf) == self._buf.maxlen:
                 self.dropped += 1
-            self._buf.append(Sample(tuple(tensors), time.time()))
+            self._buf.append(Sample(tuple(tensors), arrived, captured))
             self._cv.notify()
 
     def get(self, timeout_s: float) -> Sample | None:

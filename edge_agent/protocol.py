@@ -65,6 +65,7 @@ from ._frames import (
     MAGIC,
     MAX_HEADER_BYTES,
     ErrorCode,
+    FrameTemplate,
     ProtocolError,
     Tensor,
     pack_frame,
@@ -85,6 +86,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "Event",
+    "FrameTemplate",
     "Heartbeat",
     "HostMetrics",
     "InferReply",
@@ -263,6 +265,16 @@ class Route(BaseModel):
       answer as its event, as if computed locally. If the answer does not come
       within ``timeout_ms`` and ``fallback_local`` is true and the module is
       installed locally, the agent runs it locally instead.
+    * ``mode="remote"``: the source moved too. The replica ``target`` takes the
+      pipeline's frames from its MQTT source itself and publishes the events
+      (route ``remote:<target>``), so a starved or cut-off device is out of the
+      path. The agent keeps its source and holds the frames it no longer runs,
+      to run them again when the route comes back.
+
+    ``since_ts`` splits the frames of a switch exactly: frames captured (the
+    frame header's ``ts``, else their arrival) at or after it belong to this
+    route, earlier ones to the previous route. Nothing is run twice and nothing
+    is skipped, however late the agent learns of the switch.
 
     ``epoch`` increases by one each time the control plane switches the route
     (make-before-break migration); an agent never goes back to a lower epoch, and
@@ -273,16 +285,21 @@ class Route(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    mode: Literal["local", "offload"] = "local"
+    mode: Literal["local", "offload", "remote"] = "local"
     epoch: int = Field(0, ge=0)
-    target: str | None = Field(None, description="Node id to offload to (mode='offload').")
+    target: str | None = Field(
+        None, description="Node id to offload to, or that runs the pipeline (offload, remote)."
+    )
     timeout_ms: int = Field(2000, gt=0)
     fallback_local: bool = True
+    since_ts: float | None = Field(
+        None, description="Frames captured at or after this (Unix s) follow this route."
+    )
 
     @model_validator(mode="after")
     def _target_for_offload(self) -> Route:
-        if self.mode == "offload" and not self.target:
-            raise ValueError("route mode 'offload' needs a target node id")
+        if self.mode != "local" and not self.target:
+            raise ValueError(f"route mode {self.mode!r} needs a target node id")
         return self
 
 
@@ -332,7 +349,7 @@ class ModuleSpec(BaseModel):
         present = [self.url is not None, self.sha256 is not None, self.signature is not None]
         if any(present) and not all(present):
             raise ValueError(f"module {self.name!r}: url, sha256 and signature come together")
-        if not any(present) and self.route.mode != "offload":
+        if not any(present) and self.route.mode == "local":
             raise ValueError(f"module {self.name!r} has no artifact, so its route must offload")
         return self
 
@@ -433,7 +450,7 @@ class InstalledModule(BaseModel):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     provider: str | None = None
-    route_mode: Literal["local", "offload"] = "local"
+    route_mode: Literal["local", "offload", "remote"] = "local"
     route_epoch: int = 0
     ready_ts: float | None = None
 
@@ -601,7 +618,7 @@ class Event(Envelope):
     pipeline: str | None = None
     module: str | None = None
     version: str | None = None
-    route: str = Field("local", description="'local' or 'offload:<node>'.")
+    route: str = Field("local", description="'local', 'offload:<node>' or 'remote:<node>'.")
     seq: int = Field(0, description="Per-agent sequence number (order of replay).")
     source_ts: float | None = None
     latency_ms: float | None = None

@@ -286,6 +286,7 @@ def build_services(
     installer = EdgeInstaller(
         edge, store=artifacts, signer=signer, url_signer=url_signer, base_url=base_url
     )
+    undo.append(("edge installer", installer.close))
     metrics = MetricsRegistry()
     manager = ServingManager(
         RouteTable(),

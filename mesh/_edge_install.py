@@ -20,6 +20,11 @@ remote-only (its route offloads). The target of an offload route is a node
 that answers ``{p}/modules/{module}/infer/{target}``: an agent id, or a replica
 id (replicas started with MQTT settings answer there; :func:`offload_target`).
 
+A ``remote`` route hands the pipeline's source to the replica as well
+(:mod:`mesh._source_handover`): the replica is given a lease on the source
+and listens before the agent is switched, and both switches carry the same
+split time, so every frame runs once, on one side or the other.
+
 Example:
     >>> installer = EdgeInstaller(edge, store=store, signer=signer,
     ...                           url_signer=url_signer, base_url=server.url)  # doctest: +SKIP
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
@@ -40,10 +46,30 @@ from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
 from ._artifact_api import UrlSigner, signed_module_spec
 from ._artifacts import ArtifactSigner, ArtifactStore
 from ._edge_gateway import EdgeGateway, EdgeGatewayError
+from ._errors import MeshError
 from ._routes import AgentEndpoint, Endpoint
 from ._serving import DeployError, ModelArtifact
+from ._source_handover import Lease, SourceHandover
 
-__all__ = ["EdgeInstaller", "offload_target"]
+__all__ = ["EdgeInstaller", "PipelineSource", "offload_target"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSource:
+    """Where a site's pipeline takes its frames (what a ``remote`` route hands over).
+
+    Attributes:
+        site: the site (its events' topic level).
+        topic: the MQTT topic the frames are published on.
+        stream: the event stream the pipeline publishes.
+    """
+
+    site: str
+    topic: str
+    stream: str
+
 
 #: The version a remote-only module entry carries when none is given.
 REMOTE_VERSION = "remote"
@@ -77,6 +103,8 @@ class EdgeInstaller:
         url_signer: signs the agents' download URLs.
         base_url: the artifact endpoint as agents reach it.
         module_options: extra fields of each module entry (threads, max_batch, ...).
+        handover: the replicas' source leases (default: one on ``edge``, made on
+            first use by a ``remote`` route).
     """
 
     def __init__(
@@ -88,6 +116,7 @@ class EdgeInstaller:
         url_signer: UrlSigner,
         base_url: str,
         module_options: dict[str, Any] | None = None,
+        handover: SourceHandover | None = None,
     ) -> None:
         """Keep the agents' module lists in memory."""
         self._edge = edge
@@ -102,6 +131,24 @@ class EdgeInstaller:
         self._lock = threading.Lock()
         # One desired-state change per agent at a time: each starts from the last one kept.
         self._agent_locks: dict[str, threading.Lock] = {}
+        self._handover = handover
+        # (agent, module) -> the replica holding its source, and the source.
+        self._remote: dict[tuple[str, str], tuple[str, PipelineSource]] = {}
+
+    @property
+    def handover(self) -> SourceHandover:
+        """The replicas' source leases (started on first use)."""
+        with self._lock:
+            if self._handover is None:
+                self._handover = SourceHandover(self._edge, self._edge.prefix)
+            return self._handover
+
+    def close(self) -> None:
+        """Stop listening for the replicas' lease acknowledgements."""
+        with self._lock:
+            handover, self._handover = self._handover, None
+        if handover is not None:
+            handover.close()
 
     def _next_version(self, agent_id: str) -> int:
         view = self._edge.agent(agent_id)
@@ -186,13 +233,14 @@ class EdgeInstaller:
         self,
         agent_id: str,
         module: str,
-        route_mode: Literal["local", "offload"],
+        route_mode: Literal["local", "offload", "remote"],
         target: str | None,
         timeout_s: float,
         *,
         version: str | None = None,
         route_timeout_ms: int | None = None,
         fallback_local: bool | None = None,
+        source: PipelineSource | None = None,
     ) -> int:
         """Switch where ``agent_id``'s pipelines run ``module``; returns the new route epoch.
 
@@ -205,21 +253,26 @@ class EdgeInstaller:
         Args:
             agent_id: the agent.
             module: the module its pipelines feed.
-            route_mode: ``"local"`` (its own ONNX Runtime) or ``"offload"``.
+            route_mode: ``"local"`` (its own ONNX Runtime), ``"offload"``, or
+                ``"remote"`` (the replica ``target`` takes the source too).
             target: for ``offload``, the node answering the module's infer topic
-                (a replica id, see :func:`offload_target`, or another agent's id).
+                (a replica id, see :func:`offload_target`, or another agent's id);
+                for ``remote``, a replica id.
             timeout_s: how long to wait for the agent.
             version: the version of a new remote-only entry.
             route_timeout_ms: how long the agent waits for an offloaded answer
                 (default: the route's current value).
             fallback_local: whether a failed offload runs locally when the module is
                 installed (default: the route's current value).
+            source: the pipeline's source, for ``remote``.
 
         Raises:
             DeployError: a route that cannot be (offload without a target, local for
-                a remote-only module), or the agent did not report the new epoch
+                a remote-only module, remote without a source), the replica did
+                not take the source, or the agent did not report the new epoch
                 in time or reported an error; this installer then keeps the route
-                it had.
+                it had (a source already handed over stays with the replica: the
+                agent follows the retained desired state when it can).
 
         Example:
             >>> installer.set_route("cam-07", "counter", "offload",
@@ -233,10 +286,13 @@ class EdgeInstaller:
             current = modules.get(module)
             base = current.route if current is not None else Route()
             epoch = max(known, base.epoch, _observed_epoch(self._edge, agent_id, module)) + 1
+            held = self._remote.get((agent_id, module))
+            split = self.handover.split_time() if route_mode == "remote" or held else None
             changes: dict[str, Any] = {
                 "mode": route_mode,
-                "target": target if route_mode == "offload" else None,
+                "target": target if route_mode != "local" else None,
                 "epoch": epoch,
+                "since_ts": split,
             }
             if route_timeout_ms is not None:
                 changes["timeout_ms"] = route_timeout_ms
@@ -254,10 +310,25 @@ class EdgeInstaller:
                     f"{f' to {target}' if target else ''}: {exc}"
                 ) from exc
             modules[module] = entry
-            where = f"{route_mode}{f' to {target}' if route_mode == 'offload' else ''}"
-            version_sent, observed = self._publish_and_wait(
-                agent_id, modules, timeout_s, f"route of {module} ({where}, epoch {epoch})"
-            )
+            where = f"{route_mode}{f' to {target}' if route_mode != 'local' else ''}"
+            if route_mode == "remote":
+                assert target is not None and split is not None  # the route validated
+                split = self._hand_over(agent_id, module, target, source, split, held, timeout_s)
+                route = route.model_copy(update={"since_ts": split})
+                modules[module] = entry.model_copy(update={"route": route})
+            try:
+                version_sent, observed = self._publish_and_wait(
+                    agent_id, modules, timeout_s, f"route of {module} ({where}, epoch {epoch})"
+                )
+            finally:
+                stays = route_mode == "remote" and held is not None and held[0] == target
+                if held is not None and split is not None and not stays:
+                    # The agent's desired state (retained) has the new route: whenever
+                    # it follows, frames from the split on are its, not the replica's.
+                    replica, old = held
+                    self.handover.release(module, replica, old.site, old.stream, split)
+                    if self._remote.get((agent_id, module)) == held:
+                        del self._remote[(agent_id, module)]
             reported = next((m for m in observed.installed if m.name == module), None)
             if reported is None or reported.route_epoch < epoch:
                 got = "nothing" if reported is None else f"epoch {reported.route_epoch}"
@@ -278,6 +349,32 @@ class EdgeInstaller:
             version_sent,
         )
         return epoch
+
+    def _hand_over(
+        self,
+        agent_id: str,
+        module: str,
+        replica: str,
+        source: PipelineSource | None,
+        split: float,
+        held: tuple[str, PipelineSource] | None,
+        timeout_s: float,
+    ) -> float:
+        """Give ``replica`` the source from ``split`` on; returns the split time kept.
+
+        The replica listens when this returns.
+        """
+        if held is not None and held[0] == replica:
+            return split  # it has it already
+        if source is None:
+            raise DeployError(f"route of {module} on agent {agent_id} cannot be remote: no source")
+        lease = Lease(source.site, agent_id, source.topic, source.stream, split)
+        try:
+            split = self.handover.assign(module, replica, lease, timeout_s)
+        except MeshError as exc:
+            raise DeployError(f"route of {module} on agent {agent_id}: {exc}") from exc
+        self._remote[(agent_id, module)] = (replica, source)
+        return split
 
 
 def _errors(observed: ObservedState, module: str, default: str = "not installed") -> str:

@@ -292,11 +292,14 @@ class MigrationExecutor:
         reason: str,
         explanation: str = "",
         plan_version: int | None = None,
+        source_topic: Any = None,
     ) -> MigrationRecord:
         """Point ``agent``'s pipelines of ``module`` at ``target``; returns the finished record.
 
         ``target`` is the agent itself (run locally) or a Ray node, reached through
-        ``replica`` (the replica id answering offloaded requests there). Never
+        ``replica`` (the replica id answering offloaded requests there). With
+        ``source_topic`` (a :class:`~mesh._edge_install.PipelineSource`), the
+        replica takes the pipeline's source too (route ``remote``). Never
         raises for a failed switch: the record says ``failed`` and why, and the
         agent keeps the route it had.
 
@@ -345,14 +348,20 @@ class MigrationExecutor:
             error = f"no replica of {module} on {target.node} to offload to"
         else:
             ready = self._clock()  # both ends already serve the module
+            remote = not local and source_topic is not None
             try:
-                set_route(
-                    agent,
-                    module,
-                    "local" if local else "offload",
-                    None if local else replica,
-                    self._agent_timeout_s,
-                )
+                if remote:
+                    set_route(
+                        agent, module, "remote", replica, self._agent_timeout_s, source=source_topic
+                    )
+                else:
+                    set_route(
+                        agent,
+                        module,
+                        "local" if local else "offload",
+                        None if local else replica,
+                        self._agent_timeout_s,
+                    )
             except Exception as exc:  # the agent keeps its route; the record says why
                 error = f"{type(exc).__name__}: {exc}"
         if error is not None:
@@ -378,7 +387,10 @@ class MigrationExecutor:
                 module,
                 site,
                 agent,
-                "run locally" if local else f"offload to {replica} on {target.node}",
+                "run locally"
+                if local
+                else f"{'hand the source' if source_topic else 'offload'} to {replica} "
+                f"on {target.node}",
             )
         with self._lock:
             self._running.pop(key, None)

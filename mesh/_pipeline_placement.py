@@ -86,12 +86,16 @@ class PipelineSite:
         agent: the agent running it.
         site: the site it serves (its source).
         rate_per_s: the declared frame rate (the observed one replaces it).
+        source: where its frames come from (a
+            :class:`~mesh._edge_install.PipelineSource`): moved with the pipeline
+            (route ``remote``); None: the agent offloads each frame.
     """
 
     module: str
     agent: str
     site: str
     rate_per_s: float
+    source: Any = None
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class _SiteRoute:
     tier: str = "edge"
     last_trigger: float = -math.inf
     known: bool = False  # set by this placer or reported by the agent, not assumed
+    remote: bool = False  # the replica took the source too
 
 
 class PipelinePlacer:
@@ -139,8 +144,19 @@ class PipelinePlacer:
         self._sites: dict[str, dict[str, PipelineSite]] = {}
         self._routes: dict[tuple[str, str], _SiteRoute] = {}
 
-    def track(self, module: str, sites: Mapping[str, str], rate_per_s: float) -> None:
+    def track(
+        self,
+        module: str,
+        sites: Mapping[str, str],
+        rate_per_s: float,
+        *,
+        sources: Mapping[str, Any] | None = None,
+    ) -> None:
         """Declare ``module``'s pipelines: agent -> site (replaces an earlier declaration).
+
+        ``sources`` (agent -> :class:`~mesh._edge_install.PipelineSource`) names
+        the sources that move with an offloaded pipeline; they are not recorded
+        (after a restart those sites offload frame by frame until declared again).
 
         A site not seen before is taken to run locally until its agent reports
         its route (see the module's docstring). Once valid, the declaration is
@@ -149,14 +165,20 @@ class PipelinePlacer:
         Raises:
             ValueError: no sites, an empty or non-string id, or a negative or non-finite rate.
         """
-        self._declare(module, sites, rate_per_s)
+        self._declare(module, sites, rate_per_s, sources or {})
         if self._store is not None:
             try:
                 self._store.put_pipelines(PipelineRecord(module, dict(sites), rate_per_s))
             except Exception:
                 logger.exception("%s: could not record the pipelines", module)
 
-    def _declare(self, module: str, sites: Mapping[str, str], rate_per_s: float) -> None:
+    def _declare(
+        self,
+        module: str,
+        sites: Mapping[str, str],
+        rate_per_s: float,
+        sources: Mapping[str, Any] | None = None,
+    ) -> None:
         if not sites:
             raise ValueError(f"{module}: declare at least one agent -> site")
         if not (math.isfinite(rate_per_s) and rate_per_s >= 0):
@@ -169,7 +191,7 @@ class PipelinePlacer:
         now = self._clock()
         with self._lock:
             self._sites[module] = {
-                agent: PipelineSite(module, agent, site, rate_per_s)
+                agent: PipelineSite(module, agent, site, rate_per_s, (sources or {}).get(agent))
                 for agent, site in sites.items()
             }
             for agent in sites:
@@ -219,6 +241,13 @@ class PipelinePlacer:
         """Modules whose pipelines are placed."""
         with self._lock:
             return frozenset(self._sites)
+
+    def offloaded_to(self, module: str) -> frozenset[str]:
+        """The Ray nodes some site of ``module`` offloads to (or handed its source to)."""
+        with self._lock:
+            return frozenset(
+                r.node for (m, agent), r in self._routes.items() if m == module and r.node != agent
+            )
 
     def route_of(self, module: str, agent: str) -> str | None:
         """``local``, ``offload:<replica>``, or None for a site not tracked."""
@@ -354,7 +383,7 @@ class PipelinePlacer:
         if reported is None:
             return route  # not heard from yet: local until it reports
         epoch = max(route.epoch, reported.route_epoch)
-        if reported.route_mode == "offload":
+        if reported.route_mode in ("offload", "remote"):
             learned = _SiteRoute(_UNKNOWN, route.since, epoch, tier="unknown", known=True)
             logger.info(
                 "%s@%s: agent %s reports an offload route (epoch %d) set before; re-planning",
@@ -526,6 +555,7 @@ class PipelinePlacer:
             replica=None if local else replicas[chosen.node],
             reason=reason,
             explanation=explanation,
+            source_topic=None if local else site.source,
         )
         if record.status == "done":
             with self._lock:
@@ -538,13 +568,16 @@ class PipelinePlacer:
                         to.tier,
                         now,
                         known=True,
+                        remote=not local and site.source is not None,
                     )
         return record
 
 
 def _route_key(route: _SiteRoute, agent: str) -> str:
-    """``local`` or ``offload:<replica>`` (``offload:?``: a target not known here)."""
-    return "local" if route.node == agent else f"offload:{route.replica or '?'}"
+    """``local``, ``offload:<replica>`` (``offload:?``: a target not known here) or ``remote:…``."""
+    if route.node == agent:
+        return "local"
+    return f"{'remote' if route.remote else 'offload'}:{route.replica or '?'}"
 
 
 def _source(route: _SiteRoute, site: PipelineSite, snapshot: Snapshot) -> Target:

@@ -245,7 +245,12 @@ class PlacementController:
             self._sources[module] = dict(sources)
 
     def track_pipelines(
-        self, module: str, sites: Mapping[str, str], *, rate_per_s: float | None = None
+        self,
+        module: str,
+        sites: Mapping[str, str],
+        *,
+        rate_per_s: float | None = None,
+        sources: Mapping[str, Any] | None = None,
     ) -> None:
         """Declare that agents' pipelines run ``module``, one per site, and place each site.
 
@@ -260,6 +265,11 @@ class PlacementController:
             sites: agent id -> the site its pipeline serves (replaces an earlier call's).
             rate_per_s: frames per second per site until events are observed
                 (default ``settings.default_rate_per_s``).
+            sources: agent id -> its pipeline's MQTT source
+                (:class:`~mesh._edge_install.PipelineSource`): a site with one is
+                moved with its source (route ``remote``: the replica takes the
+                frames itself, the agent is out of the path); without, its agent
+                offloads each frame.
 
         Raises:
             ValueError: no sites, an empty id, or a bad rate.
@@ -269,7 +279,7 @@ class PlacementController:
             ...                            rate_per_s=10.0)  # doctest: +SKIP
         """
         rate = self.settings.default_rate_per_s if rate_per_s is None else rate_per_s
-        self._pipelines.track(module, sites, rate)
+        self._pipelines.track(module, sites, rate, sources=sources)
         self.wake()
 
     def untrack_pipelines(self, module: str) -> bool:
@@ -578,6 +588,18 @@ class PlacementController:
             pin = pins.get(name)
             if pin is not None and pin.node is not None:
                 continue
+            here = self._placed.get(name)
+            if (
+                pin is None
+                and here is not None
+                and here.node in self._pipelines.offloaded_to(name)
+                and (state := snapshot.nodes.get(here.node)) is not None
+                and state.alive
+            ):
+                # Its replica there serves agents' offloaded pipelines (or holds
+                # their sources): moving it would cut them off mid-stream. Their
+                # own placement moves them off an overloaded node first.
+                continue
             tiers: list[Tier] = [t for t in TIERS if t in view.spec.tiers]
             if name in tracked and any(t != "edge" for t in tiers):
                 # Its pipelines offload to this deployment: it stays on Ray nodes.
@@ -589,7 +611,6 @@ class PlacementController:
                 {t: service + float(s.overhead_ms.get(t, 0.0)) for t in TIERS},
                 memory_mb=max(1.0, len(view.artifact.data) * 3 / 2**20),
             )
-            here = self._placed.get(name)
             out.append(
                 ModuleIntent(
                     module=Module(

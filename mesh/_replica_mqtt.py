@@ -21,6 +21,9 @@ reply to ``reply_to`` with the correlation id (and, over MQTT 5, the
 CorrelationData). The requests count in the replica's ``/stats``, so a
 draining replica is stopped only once its MQTT work is done too.
 
+The same worker runs agents' pipelines whose source was handed to this
+replica (route ``remote``): see :mod:`mesh._replica_pipelines`.
+
 :meth:`MqttResponder.start` returns once the subscription is acknowledged (the
 replica reports ready only then); :meth:`MqttResponder.stop` unsubscribes,
 finishes the requests it holds and disconnects.
@@ -65,6 +68,7 @@ from edge_agent.protocol import (
 from ._errors import MeshError
 from ._oip import InferenceInputError, check_inputs
 from ._replica_contract import ReplicaMqtt
+from ._replica_pipelines import Done, ReplicaPipelines
 from ._replica_server import Feeds, ReplicaApp, compatible, run_together
 
 __all__ = ["MqttResponder", "Publish"]
@@ -125,6 +129,7 @@ class _Work:
     size: int
     deadline_ts: float | None
     received: float  # perf_counter
+    done: Done | None = None  # a handed-over pipeline's frame: its answer goes here
 
 
 class MqttResponder:
@@ -163,6 +168,7 @@ class MqttResponder:
         self._qos = qos
         self._max = max_payload_bytes
         self._send: Publish = publish or self._publish
+        self._publish_override = publish
         self._expected = [
             TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape))
             for s in app.runner.signature.inputs
@@ -187,6 +193,13 @@ class MqttResponder:
         # Counted from paho's thread and the worker: under a lock, so none is lost.
         self._counts_lock = threading.Lock()
         self._counts = dict.fromkeys(("requests", "errors", "expired", "duplicates"), 0)
+        self.pipelines = ReplicaPipelines(
+            self,
+            prefix=config.prefix,
+            model=app.model,
+            version=app.version,
+            max_payload_bytes=max_payload_bytes,
+        )
         app.reporters["mqtt"] = self.describe
 
     # ---------------------------------------------------------------- lifecycle
@@ -359,6 +372,7 @@ class MqttResponder:
         if self._stopping:
             return
         _, self._sub_mid = client.subscribe(self.topic, qos=self._qos)
+        self.pipelines.on_connected()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -375,6 +389,7 @@ class MqttResponder:
         self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
         if mid != self._sub_mid:
+            self.pipelines.on_subscribed(mid)
             return
         failed = [str(rc) for rc in reason_codes if int(getattr(rc, "value", rc)) >= 0x80]
         if failed:
@@ -394,6 +409,10 @@ class MqttResponder:
             self._unsubscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic != self.topic and self.pipelines.wants(msg.topic):
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+            self.pipelines.on_message(msg.topic, payload)
+            return
         props = getattr(msg, "properties", None)
         self.handle(
             msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload),
@@ -462,6 +481,52 @@ class MqttResponder:
                 self._cond.notify()
         if refusal is not None:
             self._refuse(to, refusal)
+
+    # ---------------------------------------------------------------- handed-over pipelines
+
+    def mqtt_subscribe(self, topic: str) -> int | None:
+        """Subscribe at QoS 1 (for :class:`ReplicaPipelines`); the SUBACK's message id."""
+        client = self._client
+        if client is None:
+            return None
+        rc, mid = client.subscribe(topic, qos=1)
+        return int(mid) if rc == 0 and mid is not None else None
+
+    def mqtt_unsubscribe(self, topic: str) -> None:
+        """Unsubscribe (for :class:`ReplicaPipelines`)."""
+        client = self._client
+        if client is not None:
+            client.unsubscribe(topic)
+
+    def mqtt_publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 (events, lease acknowledgements)."""
+        if self._publish_override is not None:
+            self._publish_override(topic, payload, None)
+            return
+        client = self._client
+        if client is None:
+            logger.warning("replica %s: not connected; %s dropped", self.replica_id, topic)
+            return
+        self._last_reply = client.publish(topic, payload, qos=1, retain=retain)
+
+    def submit_frame(self, tensors: Sequence[Tensor], done: Done) -> None:
+        """Queue a handed-over pipeline's frame for the worker (never blocks)."""
+        try:
+            feeds = self._feeds(tensors)
+        except ProtocolError as exc:
+            done(None, exc.reason)
+            return
+        first = next(iter(feeds.values()), None)
+        size = int(first.shape[0]) if first is not None and first.ndim else 1
+        with self._cond:
+            if self._closed or len(self._queue) >= self._app.max_queue:
+                refused = "stopping" if self._closed else "queue full"
+            else:
+                self._app.stats.started()
+                self._queue.append(_Work(None, feeds, size, None, time.perf_counter(), done))
+                self._cond.notify()
+                return
+        done(None, f"replica {self.replica_id}: {refused}")
 
     def _feeds(self, tensors: Sequence[Tensor]) -> Feeds:
         inputs = self._app.runner.signature.inputs
@@ -561,7 +626,10 @@ class MqttResponder:
                 exc,
             )
             for work in live:
-                self._refuse(work.reply, ProtocolError(ErrorCode.INTERNAL, f"inference: {exc}"))
+                if work.done is not None:
+                    work.done(None, f"inference: {exc}")
+                else:
+                    self._refuse(work.reply, ProtocolError(ErrorCode.INTERNAL, f"inference: {exc}"))
                 app.stats.finished(time.perf_counter() - work.received, False)
             return
         compute_ms = round((time.perf_counter() - start) * 1e3, 3)
@@ -570,6 +638,9 @@ class MqttResponder:
             app.stats.finished(time.perf_counter() - work.received, ok)
 
     def _answer(self, work: _Work, outputs: Feeds, queue_ms: float, compute_ms: float) -> bool:
+        if work.done is not None:
+            work.done(dict(outputs), None)
+            return True
         to = work.reply
         if to is None:
             self._count("requests")
@@ -657,4 +728,5 @@ class MqttResponder:
             "subscribed": self._subscribed.is_set(),
             **self.counts,
             "queue": depth,
+            "pipelines": self.pipelines.describe(),
         }

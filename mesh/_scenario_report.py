@@ -135,6 +135,11 @@ class ScenarioReport(BaseModel):
     lost_events: int = 0
     events_sent: int = 0
     events_received: int = 0
+    events_by_route: dict[str, int] = Field(
+        default_factory=dict,
+        description="Camera events by where they ran: local, offload (frame by frame), "
+        "remote (a replica took the camera's frames).",
+    )
     notes: list[str] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(
         default_factory=list, description="Pipeline steps: name, tier, node, seconds, summary."
@@ -209,8 +214,16 @@ def headline(report: ScenarioReport) -> list[str]:
     lines.append(
         f"migrations: {len(report.migrations)}; lost requests: {report.lost_requests}; "
         f"lost events: {report.lost_events} of {report.events_sent}"
+        f"{_routes(report.events_by_route)}"
     )
     return lines
+
+
+def _routes(by_route: dict[str, int]) -> str:
+    """`` (ran: local 200, remote 40)``, or nothing."""
+    if not by_route:
+        return ""
+    return " (ran: " + ", ".join(f"{k} {v}" for k, v in sorted(by_route.items())) + ")"
 
 
 def write_report(report: ScenarioReport, out_dir: Path) -> ReportPaths:
@@ -343,7 +356,8 @@ def _html(report: ScenarioReport) -> str:
         parts.append(_img(_plot_cpu(report), "agent CPU"))
     parts.append(
         f"<h2>Delivery</h2><p>events sent {report.events_sent}, received "
-        f"{report.events_received}, lost {report.lost_events}; requests lost "
+        f"{report.events_received}, lost {report.lost_events}"
+        f"{_routes(report.events_by_route)}; requests lost "
         f"{report.lost_requests}. SLO attainment: "
         f"{_pct(s['slo_attainment'])}.</p>"
     )

@@ -530,10 +530,22 @@ class ScenarioRun:
                     f"  {decl.name} {version}: installed on {len(self._fleet.agents)} agents"
                 )
                 if decl is self._camera_module():
-                    # Each camera's pipeline is placed per site: local, or offloaded.
+                    # Each camera's pipeline is placed per site: local, or on a
+                    # replica that then takes the camera's frames itself.
+                    from ._edge_install import PipelineSource
+
+                    prefix = self.scenario.broker.prefix
                     sites = {a.id: a.site for a in self.scenario.agent_nodes()}
+                    sources = {
+                        agent: PipelineSource(
+                            site, f"{prefix}/sensors/{site}/camera", CAMERA_STREAM
+                        )
+                        for agent, site in sites.items()
+                    }
                     rate = 1.0 / sim.camera_every_s if sim is not None else None
-                    self._services.controller.track_pipelines(decl.name, sites, rate_per_s=rate)
+                    self._services.controller.track_pipelines(
+                        decl.name, sites, rate_per_s=rate, sources=sources
+                    )
 
     # -- 6. live control -----------------------------------------------------------------------
 
@@ -558,6 +570,7 @@ class ScenarioRun:
         feed = self._forecast_feed()
 
         frame_info: dict[str, dict[str, Any]] = {}
+        routes = self.report.events_by_route
         segments_m = ControllerConfig().segments_m
         previous: dict[str, np.ndarray[Any, Any]] = {}
         neighbours = {
@@ -568,7 +581,11 @@ class ScenarioRun:
         def on_event(event: Event) -> None:
             if event.stream != CAMERA_STREAM or event.agent is None:
                 return
-            self._events.add(event.agent, event.seq)
+            # A replica holding a site's source numbers its events itself.
+            remote = event.route.startswith("remote:")
+            where = event.route.partition(":")[0]
+            routes[where] = routes.get(where, 0) + 1
+            self._events.add(f"{event.agent}@{event.route}" if remote else event.agent, event.seq)
             loop = loop_box[0] if loop_box else None
             sim_t = loop.sim_time_at(event.source_ts or time.time()) if loop else 0.0
             if counter is not None and event.latency_ms is not None:
@@ -640,7 +657,8 @@ class ScenarioRun:
 
         def publish(frame: CameraFrame) -> None:
             tensor = Tensor.from_numpy("occupancy", frame.frame)
-            payload = encode_frame({"kind": "frame", "sim_s": frame.sim_s}, [tensor])
+            header = {"kind": "frame", "sim_s": frame.sim_s, "ts": time.time()}
+            payload = encode_frame(header, [tensor])
             edge.publish(f"{prefix}/sensors/{frame.junction}/camera", payload, qos=0)
 
         session = SumoSession(

@@ -68,6 +68,8 @@ def test_small_scenario(env: dict[str, str], tmp_path: Path) -> None:
     assert set(report["traffic"]) == {"adaptive", "fixed"}
     kinds = {f["kind"] for f in report["faults"]}
     assert kinds == {"cpu_hog", "link_delay"}
+    # The hogged agent's site moved with its camera: a fog replica took the frames.
+    assert report["events_by_route"].get("remote", 0) > 0, report["migrations"]
     # Both agents' processes and the hog are gone (ended by pid).
     assert "train_counter on cloud node" in result.stdout
 

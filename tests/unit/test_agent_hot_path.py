@@ -4,17 +4,19 @@ checked without pydantic, frames, JSON, tensors, and topic routing in the transp
 from __future__ import annotations
 
 import json
+import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent._frames import Tensor, _dumps, _loads, pack_frame, unpack_frame
+from edge_agent._frames import FrameTemplate, Tensor, _dumps, _loads, pack_frame, unpack_frame
 from edge_agent._serving import _PLAIN_TYPES, plain_request
 from edge_agent._transport import ConnectionConfig, Message, MqttTransport, PublishHandle
-from edge_agent.protocol import InferRequest, ProtocolError, parse_header
+from edge_agent.protocol import InferReply, InferRequest, ProtocolError, parse_header
 
 # ------------------------------------------------------------------ request headers
 
@@ -370,3 +372,313 @@ def test_a_publish_is_written_by_the_publishing_thread(monkeypatch: pytest.Monke
     finally:
         t.stop(timeout_s=0.5)
         broker.close()
+
+
+# ------------------------------------------------------------------ frame encoding shortcuts
+
+
+def _tensors() -> list[Tensor]:
+    return [
+        Tensor.from_numpy("a", np.arange(6, dtype=np.float32).reshape(2, 3)),
+        Tensor("b", "uint8", (3,), b"xyz"),
+    ]
+
+
+def _json_header(frame: bytes) -> bytes:
+    (n,) = struct.unpack_from("<I", frame, 4)
+    return frame[8 : 8 + n]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+@pytest.mark.parametrize("fixed", [{}, {"kind": "x"}, {"kind": "x", "s": 'é"\n', "f": 1.5}])
+@pytest.mark.parametrize("fields", [{}, {"id": "1"}, {"id": None, "k": [1, {"a": True}]}])
+def test_frame_template_writes_what_pack_frame_writes(
+    fixed: dict[str, Any], fields: dict[str, Any], n: int
+) -> None:
+    tensors = _tensors()[:n]
+    want = pack_frame({**fixed, **fields}, tensors)
+    assert FrameTemplate(fixed).encode(fields, tensors) == want
+    # and what json.dumps writes
+    metas = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in tensors]
+    text = json.dumps({**fixed, **fields, "tensors": metas}, separators=(",", ":"))
+    assert _json_header(want) == text.encode()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(8, dtype=np.float32).reshape(2, 4),
+        np.arange(6, dtype=">i4").reshape(2, 3),  # big-endian: converted, never as is
+        np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+        np.arange(12, dtype=np.int64)[::3],
+        np.zeros((0, 4), np.float32),
+        np.array(3, np.uint8),
+        np.array([True, False]),
+    ],
+)
+def test_frame_template_encodes_an_array_as_its_tensor(array: np.ndarray[Any, Any]) -> None:
+    t = FrameTemplate({"kind": "x"})
+    fields = {"id": "1"}
+    want = pack_frame({"kind": "x", "id": "1"}, [Tensor.from_numpy("a", array)])
+    for _ in range(3):  # the first encodes the long way and keeps the tensor's JSON
+        assert t.encode_array(fields, "a", array) == want
+    same_kind = array.copy() + 1 if array.dtype != bool else ~array
+    assert t.encode_array(fields, "a", same_kind) == pack_frame(
+        {"kind": "x", "id": "1"}, [Tensor.from_numpy("a", same_kind)]
+    )
+    with pytest.raises(ProtocolError, match="unsupported"):
+        t.encode_array(fields, "a", np.zeros(2, np.complex64))
+
+
+def test_frame_template_refuses_repeated_fields() -> None:
+    with pytest.raises(ValueError, match="tensors"):
+        FrameTemplate({"tensors": []})
+    t = FrameTemplate({"kind": "x"})
+    repeated: list[dict[str, Any]] = [{"kind": "y"}, {"tensors": []}]
+    for fields in repeated:
+        with pytest.raises(ValueError, match="repeat"):
+            t.encode(fields)
+
+
+def test_pack_frame_keeps_a_tensors_field_in_place() -> None:
+    frame = pack_frame({"a": 1, "tensors": "old", "b": 2}, _tensors()[1:])
+    assert _json_header(frame).startswith(b'{"a":1,"tensors":[{"name":"b"')
+    assert unpack_frame(frame)[0]["b"] == 2
+
+
+def test_pack_frame_checks_sizes_with_the_tensor_cache() -> None:
+    from edge_agent import _frames
+
+    good = Tensor("b", "uint8", (3,), b"xyz")
+    pack_frame({}, [good])
+    for bad in (Tensor("b", "uint8", (3,), b"xy"), Tensor("b", "uint16", (3,), b"xyz")):
+        with pytest.raises(ProtocolError, match="needs 6|2 bytes"):
+            pack_frame({}, [bad])
+    with pytest.raises(ProtocolError, match="unknown dtype"):
+        pack_frame({}, [Tensor("b", "complex64", (1,), b"12345678")])
+    listed = Tensor("c", "uint8", [2], b"ab")  # type: ignore[arg-type]  # not hashable
+    assert unpack_frame(pack_frame({}, [listed]))[1][0].shape == (2,)
+    for i in range(1100):
+        pack_frame({}, [Tensor(f"t{i}", "uint8", (1,), b"x")])
+    assert len(_frames._METAS) <= 1024
+
+
+def test_reply_header_is_what_pack_frame_writes() -> None:
+    from edge_agent._runtime import JobResult
+    from edge_agent._serving import InferenceEndpoint, _ReplyTo
+
+    sent: list[bytes] = []
+
+    class _T:
+        def publish(self, topic: str, payload: bytes, **_kw: Any) -> None:
+            sent.append(payload)
+
+    ep = InferenceEndpoint(_T(), 'node "é"', lambda _m: None)  # type: ignore[arg-type]
+    out = _tensors()
+    for corr, version, queue_ms in (("c-1", "v2", 0.0123456), (None, None, 3)):
+        result = JobResult(out, None, version, queue_ms, 1.23456)
+        ep._send_result(_ReplyTo("r", corr, None), "mod", None, result)  # type: ignore[arg-type]
+        header, tensors = unpack_frame(sent[-1])
+        assert header == {
+            "schema_version": 1,
+            "kind": "infer_reply",
+            "id": header["id"],
+            "ts": header["ts"],
+            "correlation_id": corr,
+            "module": "mod",
+            "version": version,
+            "node": 'node "é"',
+            "queue_ms": round(queue_ms, 3),
+            "compute_ms": 1.235,
+            "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in out],
+        }
+        assert sent[-1] == pack_frame({k: v for k, v in header.items() if k != "tensors"}, out)
+        assert [bytes(t.data) for t in tensors] == [bytes(t.data) for t in out]
+        parse_header(header, InferReply)
+    assert len({unpack_frame(p)[0]["id"] for p in sent}) == 2
+
+
+# ------------------------------------------------------------------ input checks
+
+
+def test_one_input_shortcut_agrees_with_the_full_check(tmp_path: Path) -> None:
+    from edge_agent._runtime import load_model
+    from tests.support.agent_fixtures import build_cnn
+
+    m = load_model(build_cnn(tmp_path / "cnn.onnx"), name="cnn", version="1")
+    assert m._one is not None
+    cases: list[np.ndarray[Any, Any]] = [
+        np.zeros((1, 1, 32, 32), np.float32),
+        np.zeros((3, 1, 32, 32), np.float32),
+        np.zeros((0, 1, 32, 32), np.float32),
+        np.zeros((1, 1, 32, 31), np.float32),
+        np.zeros((1, 2, 32, 32), np.float32),
+        np.zeros((1, 32, 32), np.float32),
+        np.zeros((1, 1, 32, 32), np.float64),
+        np.zeros((1, 1, 32, 32, 1), np.float32),
+    ]
+    for array in cases:
+        tensors = [Tensor.from_numpy("whatever", array)]
+        try:
+            want = m._check_feeds(tensors)
+        except ProtocolError as exc:
+            with pytest.raises(ProtocolError) as got:
+                m.feeds(tensors)
+            assert str(got.value) == str(exc)
+            continue
+        feeds = m.feeds(tensors)
+        assert list(feeds) == list(want) == ["input"]
+        assert feeds["input"].dtype == want["input"].dtype
+        np.testing.assert_array_equal(feeds["input"], want["input"])
+    two = [Tensor.from_numpy("input", cases[0]), Tensor.from_numpy("other", cases[0])]
+    with pytest.raises(ProtocolError, match="unexpected"):
+        m.feeds(two)
+
+
+def test_run_skips_the_session_wrapper_only_on_the_cpu() -> None:
+    from edge_agent._runtime import _session_run
+
+    class _Inner:
+        def run(self, *_a: Any) -> list[Any]:
+            return ["inner"]
+
+    class _Session:
+        _sess = _Inner()
+
+        def __init__(self, providers: list[str]) -> None:
+            self.providers = providers
+
+        def get_providers(self) -> list[str]:
+            return self.providers
+
+        def run(self, *_a: Any) -> list[Any]:
+            return ["wrapper"]
+
+    assert _session_run(_Session(["CPUExecutionProvider"]))([], {}, None) == ["inner"]
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _session_run(_Session(gpu))([], {}, None) == ["wrapper"]
+
+
+# ------------------------------------------------------------------ paho read shortcuts
+
+
+def _packet(
+    topic: bytes,
+    payload: bytes,
+    *,
+    qos: int,
+    mid: int,
+    v5: bool,
+    props: bytes = b"",
+    flags: int = 0,
+) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        body += bytes([len(props)]) + props
+    body += payload
+    n, size = len(body), bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        size.append(byte | 0x80 if n else byte)
+        if not n:
+            break
+    return bytes([0x30 | qos << 1 | flags]) + bytes(size) + body
+
+
+def _read_with(
+    client_cls: type[mqtt.Client], v5: bool, packet: bytes
+) -> tuple[list[tuple[Any, ...]], bytes]:
+    """Feed ``packet`` to a client of ``client_cls``; what it delivered and wrote back."""
+    import socket
+
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = client_cls(
+        CallbackAPIVersion.VERSION2, client_id="u", protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    )
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(2)
+    got: list[Any] = []
+    client.on_message = lambda _c, _u, m: got.append(m)
+    client._sock = ours
+    try:
+        theirs.sendall(packet)
+        assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+        client.loop_write()
+        ours.setblocking(True)
+        theirs.setblocking(False)
+        try:
+            back = theirs.recv(100)
+        except BlockingIOError:
+            back = b""
+    finally:
+        client._sock = None
+        ours.close()
+        theirs.close()
+    seen: list[tuple[Any, ...]] = []
+    for m in got:  # compare what the properties say, not the objects
+        props = m.properties
+        says = (getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
+        seen.append((m.topic, m.payload, m.qos, m.mid, bool(m.retain), bool(m.dup), *says))
+    return seen, back
+
+
+@pytest.mark.parametrize("v5", [True, False])
+@pytest.mark.parametrize(
+    ("qos", "flags", "props"),
+    [
+        (0, 0, b""),
+        (1, 0, b""),
+        (1, 0x01, b""),  # retained
+        (1, 0x08, b""),  # duplicate
+        (2, 0, b""),
+        (1, 0, b"\x08\x00\x01r\x09\x00\x02cd"),  # ResponseTopic, CorrelationData
+    ],
+)
+def test_publish_read_like_paho(v5: bool, qos: int, flags: int, props: bytes) -> None:
+    from edge_agent._transport import _Client
+
+    if props and not v5:
+        pytest.skip("properties are MQTT 5")
+    for payload in (b"", b"p" * 300, b"q" * 20000):
+        packet = _packet(
+            "a/b/é".encode(), payload, qos=qos, mid=513, v5=v5, props=props, flags=flags
+        )
+        got, acked = _read_with(_Client, v5, packet)
+        assert (got, acked) == _read_with(mqtt.Client, v5, packet)
+        assert len(got) == (qos < 2) and len(acked) == (4 if qos else 0)
+
+
+def test_puback_without_properties_completes_the_publish() -> None:
+    import socket
+
+    from paho.mqtt.enums import CallbackAPIVersion, _ConnectionState
+
+    from edge_agent._transport import _Client
+
+    for v5 in (True, False):
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="u",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        )
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        client._sock = ours
+        client._state = _ConnectionState.MQTT_CS_CONNECTED
+        try:
+            info = client.publish("t", b"x", qos=1)
+            assert not info.is_published() and client._inflight_messages == 1
+            theirs.sendall(bytes([0x40, 2]) + info.mid.to_bytes(2, "big"))  # PUBACK
+            client.loop_read()
+            assert info.is_published()
+            assert client._inflight_messages == 0 and not client._out_messages
+            theirs.sendall(bytes([0x40, 2, 0, 99]))  # an unknown id: ignored
+            assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+        finally:
+            client._sock = None
+            ours.close()
+            theirs.close()

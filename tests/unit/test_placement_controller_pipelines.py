@@ -59,8 +59,10 @@ class FakeNodes:
             for name, (kind, tier, site, servers) in shapes.items()
         ]
 
+    busy: dict[str, float] = field(default_factory=dict)
+
     def sample(self) -> list[NodeSample]:
-        return []
+        return [NodeSample(node, cpu, 10.0, 1000.0, 4) for node, cpu in self.busy.items()]
 
     def ping(self, node: str, timeout_s: float) -> float | None:
         return 1.0
@@ -139,7 +141,12 @@ class World:
 
 
 def world(
-    *, store: PlacementStore | None = None, agents: Any = None, fresh: bool = True, **settings: Any
+    *,
+    store: PlacementStore | None = None,
+    agents: Any = None,
+    fresh: bool = True,
+    node_probe: FakeNodes | None = None,
+    **settings: Any,
 ) -> World:
     """Two tracked sites on a fog deployment; ``fresh=False``: a restarted control plane.
 
@@ -149,7 +156,7 @@ def world(
     clock = Clock()
     clock.now = 100.0
     canary = FakeCanary()
-    monitors = Monitors(node_probe=FakeNodes(), canary=canary, clock=clock)
+    monitors = Monitors(node_probe=node_probe or FakeNodes(), canary=canary, clock=clock)
     installer = Installer()
     manager = ServingManager(
         RouteTable(),
@@ -331,6 +338,21 @@ def test_a_gone_replica_sends_the_site_to_the_module_s_new_node() -> None:
     assert route is not None
     assert target in {e.replica_id for e in route.endpoints if isinstance(e, ReplicaEndpoint)}
     assert (agent, mode) == (A1, "offload")
+
+
+def test_the_deployment_serving_an_offloaded_site_stays_on_an_overloaded_node() -> None:
+    nodes = FakeNodes()
+    w = world(node_probe=nodes)
+    slow_site_moves(w)
+    nodes.busy[FOG] = 99.0  # the engine alone would move the gateway route off fog
+    assert not [r for r in w.round() if r.site == "gateway"]
+    route = w.manager.routes.get("counter")
+    assert route is not None and {e.node for e in route.endpoints} == {FOG}
+
+    # Once no site is offloaded there, the overloaded node is left.
+    w.installer.routes.clear()
+    w.controller.track_pipelines("counter", {A2: "s2"}, rate_per_s=10.0)
+    assert [r.to_node for r in w.round(6.0) if r.site == "gateway"] == [CLOUD]
 
 
 # ---------------------------------------------------------------- after a restart
