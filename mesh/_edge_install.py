@@ -53,8 +53,6 @@ from ._source_handover import Lease, SourceHandover
 
 __all__ = ["EdgeInstaller", "PipelineSource", "offload_target"]
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, slots=True)
 class PipelineSource:

@@ -30,6 +30,7 @@ from edge_agent.protocol import (
     Event,
     ProtocolError,
     Tensor,
+    Topics,
     decode_frame,
     json_tensor,
 )
@@ -90,6 +91,7 @@ class ReplicaPipelines:
         """Nothing is subscribed until :meth:`on_connected`."""
         self._host = host
         self._prefix = prefix
+        self._names = Topics(prefix)
         self._model = model
         self._version = version
         self._max = max_payload_bytes
@@ -227,7 +229,7 @@ class ReplicaPipelines:
                     for name, array in outputs.items()
                 },
             )
-            topic = f"{self._prefix}/events/{lease.site}/{lease.stream}"
+            topic = self._names.events(lease.site, lease.stream)
             self._host.mqtt_publish(topic, event.model_dump_json(exclude_none=True).encode())
             self.events += 1
 
