@@ -528,6 +528,11 @@ class Agent:
         """Buffer an event in the outbox (published in order when connected)."""
         return self._outbox.put(topic, make_payload, qos)
 
+    def watch(self, topic: str, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        """Pass each message on ``topic`` to ``handler`` (on the network thread) until undone."""
+        self._transport.subscribe(topic, lambda msg: handler(msg.payload), qos=0)
+        return lambda: self._transport.unsubscribe(topic)
+
     def _publish_event(self, item: OutboxItem) -> PublishHandle | None:
         return self._transport.publish(item.topic, item.payload, qos=item.qos)
 

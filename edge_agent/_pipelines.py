@@ -10,10 +10,14 @@ without restarting the pipeline: the sample in flight finishes where it started
 A ``remote`` route hands the source itself to a replica, which subscribes to
 it and publishes the events. The route's ``since_ts`` splits the frames by
 capture time: frames from before it still run on the previous route here;
-later ones are held (the newest few, in a ring) and not run. When the route
+later ones are held (the newest 128, in a ring) and not run. When the route
 comes back (local or offload), held frames captured at or after the new
 route's ``since_ts`` run first, and frames from before it are left to the
 replica, which ran them: a switch either way loses none and runs none twice.
+A replica can die, though (its node gone): while remote the pipeline follows
+its own event topic, where the replica's answers appear, and frames it left
+unanswered (once it had :data:`_ANSWER_GRACE_S` to answer) run here, late but
+not lost. Moving from one replica to another does the same at once.
 
 A sample that fails is retried once on the other side, so none is lost to a
 switch: a failed offload runs locally when the module is installed here and
@@ -43,8 +47,12 @@ logger = logging.getLogger(__name__)
 #: How long a pipeline waits for its module on this device.
 _LOCAL_TIMEOUT_S = 30.0
 
+#: After a remote route ends, how long the replica has to answer the frames it
+#: was given before the agent runs the unanswered ones itself.
+_ANSWER_GRACE_S = 2.0
+
 #: Frames held while the source is remote, to run when the route comes back.
-_HELD_FRAMES = 32
+_HELD_FRAMES = 128  # a minute at 2 frames a second
 
 
 class PipelineHost(Protocol):
@@ -73,6 +81,10 @@ class PipelineHost(Protocol):
         """Put an event in the outbox; ``make_payload(seq)`` builds it. Returns the seq."""
         ...
 
+    def watch(self, topic: str, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        """Pass each message on ``topic`` to ``handler``; returns the undo."""
+        ...
+
 
 class Pipeline:
     """Runs one :class:`PipelineSpec` on its own thread."""
@@ -94,6 +106,10 @@ class Pipeline:
         # Frames captured before this ran on the replica the source came back from.
         self._remote_until: float | None = None
         self._last: Route | None = None
+        # While remote: capture times the replica answered (its events on our topic).
+        self._answered: set[float] = set()
+        self._answered_lock = threading.Lock()
+        self._unwatch: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Start the source and the thread."""
@@ -174,8 +190,12 @@ class Pipeline:
             )
         at = sample.split_ts
         if route.mode == "remote":
-            if last is not None and last.mode != "remote":
+            if last is None or last.mode != "remote":
                 self._remote_until = None
+                self._watch()
+            elif last.epoch != route.epoch:
+                # To another replica from since_ts: what the last one left unanswered is ours.
+                self._run_unanswered(route, before=route.since_ts)
             if route.since_ts is None or at >= route.since_ts:
                 self._held.append(sample)
                 self.handed_over += 1
@@ -185,15 +205,83 @@ class Pipeline:
                 return Route(mode="local", epoch=route.epoch)
             return Route(mode="offload", epoch=route.epoch, target=route.target)
         if last is not None and last.mode == "remote":
-            # Back from remote: the replica runs what was captured before since_ts.
-            self._remote_until = route.since_ts
-            held = [s for s in self._held if route.since_ts is None or s.split_ts >= route.since_ts]
-            self._held.clear()
-            for s in held:
+            # Back from remote: held frames from since_ts on are ours; earlier ones
+            # the replica's, unless it does not answer them (its node gone): those
+            # wait a grace period, then run here, late but not lost.
+            since = route.since_ts if route.since_ts is not None else at
+            self._remote_until = since
+            ours = [s for s in self._held if s.split_ts >= since]
+            self._held = collections.deque(
+                (s for s in self._held if s.split_ts < since), maxlen=self._held.maxlen
+            )
+            for s in ours:
                 self._process_on(s, route)
-        if self._remote_until is not None and at < self._remote_until:
-            return None
+        if self._remote_until is not None:
+            if at < self._remote_until:
+                self._held.append(sample)  # in flight at the switch: the replica's too
+                return None
+            if time.time() >= self._remote_until + _ANSWER_GRACE_S:
+                self._remote_until = None
+                self._run_unanswered(route, before=None)
+                self._unwatch_events()
         return route
+
+    def _watch(self) -> None:
+        """Follow the replica's answers on the pipeline's own event topic."""
+        if self._unwatch is None:
+            with self._answered_lock:
+                self._answered.clear()
+            try:
+                self._unwatch = self._host.watch(self._topic, self._on_answer)
+            except Exception:
+                logger.exception("pipeline %s: cannot follow the replica's events", self.spec.name)
+
+    def _unwatch_events(self) -> None:
+        undo, self._unwatch = self._unwatch, None
+        if undo is not None:
+            try:
+                undo()
+            except Exception:
+                logger.exception("pipeline %s: cannot stop following events", self.spec.name)
+
+    def _on_answer(self, payload: bytes) -> None:
+        """An event on our topic (network thread): note the frames a replica answered."""
+        try:
+            body = json.loads(payload)
+            route, captured = body.get("route", ""), body.get("source_ts")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(route, str) and route.startswith("remote:") and captured is not None:
+            with self._answered_lock:
+                self._answered.add(float(captured))
+
+    def _run_unanswered(self, route: Route, before: float | None) -> None:
+        """Run the held frames no replica answered: all, or those captured before ``before``."""
+        with self._answered_lock:
+            answered = set(self._answered)
+        mine = [
+            s
+            for s in self._held
+            if s.split_ts not in answered and (before is None or s.split_ts < before)
+        ]
+        keep = [] if before is None else [s for s in self._held if s.split_ts >= before]
+        self._held = collections.deque(keep, maxlen=self._held.maxlen)
+        late = sum(1 for s in mine if route.since_ts is None or s.split_ts < route.since_ts)
+        if late:
+            logger.warning(
+                "pipeline %s: %d held frame(s) the replica did not answer run here, late",
+                self.spec.name,
+                late,
+            )
+        here = route if route.mode != "remote" else None
+        if here is None:
+            here = (
+                Route(mode="local", epoch=route.epoch)
+                if self._host.has_local(self.spec.module)
+                else Route(mode="offload", epoch=route.epoch, target=route.target)
+            )
+        for s in mine:
+            self._process_on(s, here)
 
     def _process(self, sample: Sample) -> None:
         route = self._route_for(sample)
@@ -241,7 +329,7 @@ class Pipeline:
             module=module,
             version=result.version,
             route=where,
-            source_ts=sample.ts,
+            source_ts=sample.split_ts,  # when the camera took it, where the frame says
             # From the sample's arrival, not the module's start: time spent waiting
             # for a busy device's CPU is part of what the pipeline's user sees.
             latency_ms=round(max(time.perf_counter() - started, time.time() - sample.ts) * 1e3, 3),

@@ -274,7 +274,10 @@ class Route(BaseModel):
     ``since_ts`` splits the frames of a switch exactly: frames captured (the
     frame header's ``ts``, else their arrival) at or after it belong to this
     route, earlier ones to the previous route. Nothing is run twice and nothing
-    is skipped, however late the agent learns of the switch.
+    is skipped, however late the agent learns of the switch. A replica that
+    stops answering (its node died) leaves frames no one ran: while remote the
+    agent watches its site's events, and when the route changes it runs the
+    held frames the replica did not answer (late, but not lost).
 
     ``epoch`` increases by one each time the control plane switches the route
     (make-before-break migration); an agent never goes back to a lower epoch, and
@@ -620,7 +623,10 @@ class Event(Envelope):
     version: str | None = None
     route: str = Field("local", description="'local', 'offload:<node>' or 'remote:<node>'.")
     seq: int = Field(0, description="Per-agent sequence number (order of replay).")
-    source_ts: float | None = None
+    source_ts: float | None = Field(
+        None,
+        description="When the sample was taken (its frame's 'ts'), else when it arrived.",
+    )
     latency_ms: float | None = None
     outputs: dict[str, JsonTensor] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

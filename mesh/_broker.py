@@ -4,7 +4,9 @@ Both hide behind :class:`BrokerHandle` (``url``, ``host``, ``port``, ``stop()``)
 
 - :func:`start_embedded_broker` runs amqtt (MQTT 3.1.1 only, anonymous, loopback)
   on its own asyncio loop in a daemon thread: the demo's and the unit-ish
-  integration tests' default. asyncio sets ``TCP_NODELAY`` on its TCP sockets.
+  integration tests' default. A client's persistent session (``clean_session``
+  false) keeps QoS 1 messages while it is away, as Mosquitto's does
+  (:mod:`mesh._amqtt_auth`). asyncio sets ``TCP_NODELAY`` on its TCP sockets.
 - :func:`start_mosquitto` runs a real ``mosquitto`` from a generated config
   (``set_tcp_nodelay true``, ``log_dest stdout``, a persistence dir, optional
   password and ACL files) as a child process: production-like, for tests and dev.
@@ -176,10 +178,9 @@ class EmbeddedBroker:
                         "bind": f"{self._bind_host}:{self._requested_port}",
                     }
                 },
-                # Only what we need: no $SYS publisher, no packet logger.
-                "plugins": {
-                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-                },
+                # Only what we need: no $SYS publisher, no packet logger. Anyone may
+                # connect, and persistent sessions keep QoS 1 messages while away.
+                "plugins": {"mesh._amqtt_auth.OpenSessionsAuth": {"allow_anonymous": True}},
             }
 
             class _Broker(Broker):  # type: ignore[misc]

@@ -14,8 +14,13 @@ Each round of the placement controller, for every (module, site) declared with
    ``on_event``);
 2. **trigger**: the observed p95 over the SLO (a site running locally marks its
    agent *saturated* for the module, the controller's marks, lifted by its
-   canaries), the offload target's replica gone, an offloaded site whose agent
-   recovered and whose dwell passed, or any of the controller's own triggers
+   canaries), the offload target's replica gone or silent (a remote route's
+   replica that answered under a quarter of the declared frames over the
+   window: planned without it, back to the agent if nothing else can take
+   it), an offloaded site whose agent
+   recovered and whose hold passed (the dwell; twice as long, and so on, each
+   time the site left its agent again soon after returning: flap damping, see
+   :class:`ControllerSettings`), or any of the controller's own triggers
    (a node joined or left, the period);
 3. **plan** with the engine: one :class:`~placement.Source` for the site, its
    own agent and the Ray nodes holding the module's replicas as candidates
@@ -108,6 +113,15 @@ class _SiteRoute:
     last_trigger: float = -math.inf
     known: bool = False  # set by this placer or reported by the agent, not assumed
     remote: bool = False  # the replica took the source too
+    # Flap damping: away, how long before the site may return (0: the dwell);
+    # local, the hold it served last (0: it never left), for the relapse test.
+    hold_s: float = 0.0
+    relapses: int = 0  # left again soon after returning, in a row
+    silent: bool = False  # remote, and its replica stopped answering: planned without it
+
+    def hold(self, dwell_s: float) -> float:
+        """How long this route stays before its site may return to the agent."""
+        return max(dwell_s, self.hold_s)
 
 
 class PipelinePlacer:
@@ -282,6 +296,7 @@ class PipelinePlacer:
                     "observed_p95_ms": _finite(stats.p95_ms) if stats else None,
                     "events": stats.count if stats else 0,
                     "saturated": saturated(s.module, s.agent),
+                    "relapses": route.relapses,
                 }
             )
         return out
@@ -422,10 +437,23 @@ class PipelinePlacer:
             return [f"{module}@{site.site}: {agent} offloads to a replica not known here"]
         if not local and replicas.get(route.node) != route.replica:
             return [f"{module}@{site.site}: replica {route.replica} on {route.node} is gone"]
+        if route.remote and now - route.since >= s.window_s:
+            # The replica took the source: if it stops answering (its node is
+            # going, its link is cut), no latency says so, and its agent only
+            # holds the frames. Silence is a violation too.
+            stats = _stats(snapshot, module, agent, _route_key(route, agent))
+            answered = stats.count if stats is not None else 0
+            expected = site.rate_per_s * s.window_s
+            route.silent = answered < expected / 4
+            if route.silent:
+                return [
+                    f"{module}@{site.site}: replica {route.replica} on {route.node} answered "
+                    f"{answered} frame(s) in {s.window_s:g} s (~{expected:.0f} expected)"
+                ]
         if (
             not local
             and not saturated(module, agent)
-            and now - route.since >= s.dwell_s
+            and now - route.since >= route.hold(s.dwell_s)
             and now - route.last_trigger >= s.window_s
         ):
             return [""]  # the agent recovered: the engine decides if the site returns
@@ -460,6 +488,8 @@ class PipelinePlacer:
         here = snapshot.nodes.get(agent)
         if here is None or not here.alive:
             return None  # the agent is away: its pipeline is not running either
+        if route.silent:
+            replicas = {n: r for n, r in replicas.items() if n != route.node}
         ray = [
             n
             for node_id in sorted(replicas)
@@ -527,22 +557,28 @@ class PipelinePlacer:
             logger.exception("%s@%s: planning the pipeline failed", module, site.site)
             return None
         chosen = engine_plan.routes.get((module, site.site))
-        if chosen is None:
+        node = chosen.node if chosen is not None else agent if route.silent else None
+        if node is None:
             logger.info("%s@%s: no node can take the pipeline; it stays", module, site.site)
+            return None  # (a silent replica's site goes back to its agent: better slow)
+        if node == route.node:
             return None
-        if chosen.node == route.node:
-            return None
-        if chosen.node != agent and chosen.node not in replicas:
+        held = route.hold(s.dwell_s) - (now - route.since)
+        serving = route.replica is not None and replicas.get(route.node) == route.replica
+        if node == agent and serving and held > 0:
+            logger.debug("%s@%s: may return to %s in %.0f s", module, site.site, agent, held)
+            return None  # flap damping: its replica still serves it
+        if node != agent and node not in replicas:
             logger.warning(
-                "%s@%s: the engine chose %s, which holds no replica", module, site.site, chosen.node
+                "%s@%s: the engine chose %s, which holds no replica", module, site.site, node
             )
             return None
         try:
-            explanation = str(engine_plan.explain(module, site.site))
+            explanation = str(engine_plan.explain(module, site.site)) if chosen else ""
         except (KeyError, ValueError):
             explanation = ""
-        to = snapshot.nodes[chosen.node]
-        local = chosen.node == agent
+        to = snapshot.nodes[node]
+        local = node == agent
         reason = "; ".join(w for w in why if w) or (
             f"{agent} meets the SLO again" if local else "re-planned"
         )
@@ -552,25 +588,50 @@ class PipelinePlacer:
             site=site.site,
             source=_source(route, site, snapshot),
             target=Target(to.name, to.tier, site.site if local else to.site, to.kind),
-            replica=None if local else replicas[chosen.node],
+            replica=None if local else replicas[node],
             reason=reason,
             explanation=explanation,
             source_topic=None if local else site.source,
         )
         if record.status == "done":
+            hold_s, relapses = self._damping(site, route, local, now)
             with self._lock:
                 if (module, agent) in self._routes:
                     self._routes[module, agent] = _SiteRoute(
-                        chosen.node,
+                        node,
                         self._clock(),
                         route.epoch + 1,
-                        None if local else replicas[chosen.node],
+                        None if local else replicas[node],
                         to.tier,
                         now,
                         known=True,
                         remote=not local and site.source is not None,
+                        hold_s=hold_s,
+                        relapses=relapses,
                     )
         return record
+
+    def _damping(
+        self, site: PipelineSite, route: _SiteRoute, local: bool, now: float
+    ) -> tuple[float, int]:
+        """The new route's hold and relapse count (see :class:`ControllerSettings`)."""
+        s = self._settings
+        if local or route.node != site.agent:
+            return route.hold_s, route.relapses  # returning, or from one replica to another
+        # Leaving the agent: a relapse if it came back from a hold not long ago.
+        relapse = route.hold_s > 0 and now - route.since < 2 * route.hold_s
+        relapses = route.relapses + 1 if relapse else 0
+        hold_s = min(s.max_hold_s, s.dwell_s * s.relapse_backoff**relapses)
+        if relapses:
+            logger.info(
+                "%s@%s: left %s again %.0f s after returning; stays away %.0f s",
+                site.module,
+                site.site,
+                site.agent,
+                now - route.since,
+                hold_s,
+            )
+        return max(hold_s, s.dwell_s), relapses
 
 
 def _route_key(route: _SiteRoute, agent: str) -> str:

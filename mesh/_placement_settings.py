@@ -39,6 +39,11 @@ class ControllerSettings:
         window_s: the window of observed latency a violation must last.
         min_samples: requests in the window before an observed p95 counts.
         dwell_s: a route that meets its SLO stays at least this long.
+        relapse_backoff: a pipeline site that leaves its agent again within two
+            holds of returning *relapses*: its next stay away lasts this many
+            times longer (the first lasts ``dwell_s``), so a marginal agent does
+            not flap.
+        max_hold_s: the longest such stay away.
         slo_margin: hysteresis: a move targets ``slo * (1 - slo_margin)``.
         poll_s: how often node metrics and RTTs are read.
         canary_period_s: how often a saturated node is probed for recovery.
@@ -58,6 +63,8 @@ class ControllerSettings:
     window_s: float = 5.0
     min_samples: int = 20
     dwell_s: float = 60.0
+    relapse_backoff: float = 2.0
+    max_hold_s: float = 900.0
     slo_margin: float = 0.1
     poll_s: float = 1.0
     canary_period_s: float = 0.25

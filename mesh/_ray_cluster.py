@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
 from ._backend import SITE_LABEL, TIER_LABEL
 from ._errors import BackendError
 from ._settings import MeshSettings
@@ -209,8 +211,19 @@ class LocalCluster:
             if entry[1].tier == "cloud":
                 raise BackendError("the head (cloud) node is removed only by shutdown()")
             del self._nodes[node_id]
+        workers = [] if graceful else _workers_of(entry[0])
         self._cluster.remove_node(entry[0], allow_graceful=graceful)
-        logger.info("embedded node %s (%s) removed", node_id[:8], entry[1].site)
+        # A machine that goes away takes its workers along; the raylet's would
+        # otherwise linger, still answering over MQTT, until they noticed.
+        for proc in workers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        logger.info(
+            "embedded node %s (%s) removed%s",
+            node_id[:8],
+            entry[1].site,
+            f" with {len(workers)} worker(s)" if workers else "",
+        )
 
     def shutdown(self) -> None:
         """Stop every raylet this cluster started; idempotent."""
@@ -230,6 +243,15 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _workers_of(node: Any) -> list[psutil.Process]:
+    """The processes a node's raylet started (its workers), for an abrupt removal."""
+    try:
+        [raylet] = node.all_processes["raylet"]
+        return list(psutil.Process(raylet.process.pid).children(recursive=True))
+    except (AttributeError, KeyError, ValueError, psutil.Error):
+        return []
 
 
 def _forget_address(address: str) -> None:

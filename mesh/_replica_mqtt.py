@@ -41,6 +41,7 @@ import collections
 import json
 import logging
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -139,7 +140,7 @@ class MqttResponder:
         app: the replica (its model, version, stats and queue limit are used).
         config: the broker and topic prefix.
         replica_id: the target id agents name (default ``app.replica_id``).
-        client_id: MQTT client id (default ``mesh-replica-{replica_id}``).
+        client_id: MQTT client id (default ``mesh-replica-{replica_id}-{random}``).
         qos: QoS of the subscription and of replies.
         max_payload_bytes: larger requests are refused.
         publish: send replies through this instead of the broker (unit tests,
@@ -163,7 +164,9 @@ class MqttResponder:
         self.replica_id = Topics.check_segment(replica_id or app.replica_id)
         self.topics = Topics(config.prefix)
         self.topic = self.topics.infer(app.model, self.replica_id)
-        self.client_id = client_id or f"mesh-replica-{self.replica_id}"
+        # Unique per process: a replica Ray restarts elsewhere while the old process
+        # still lingers (its node is going) must not take turns kicking it off the broker.
+        self.client_id = client_id or f"mesh-replica-{self.replica_id}-{secrets.token_hex(3)}"
         self.protocol: str | None = None
         self._qos = qos
         self._max = max_payload_bytes
@@ -409,7 +412,9 @@ class MqttResponder:
             self._unsubscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic != self.topic and self.pipelines.wants(msg.topic):
+        if msg.topic != self.topic:
+            # A lease list or a handed-over frame (one of a source just given back,
+            # still in flight before the UNSUBACK, is dropped there: not a request).
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
             self.pipelines.on_message(msg.topic, payload)
             return

@@ -106,10 +106,6 @@ class ReplicaPipelines:
         self.events = 0
         self.refused = 0
 
-    def wants(self, topic: str) -> bool:
-        """Whether a message on ``topic`` is for the pipelines."""
-        return topic == self.control_topic or topic in self._topics
-
     def on_connected(self) -> None:
         """(Re)subscribe the lease list and every source (on paho's thread, after CONNACK)."""
         with self._lock:

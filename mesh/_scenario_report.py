@@ -66,12 +66,22 @@ class ModuleLatency(BaseModel):
     samples: list[tuple[float, float]] = Field(
         default_factory=list, description="(sim second, latency ms)."
     )
+    failed: list[float] = Field(
+        default_factory=list,
+        description="Sim seconds of calls that failed or were dropped: each misses the SLO.",
+    )
+
+    def within(self) -> int:
+        """Samples within the SLO."""
+        return sum(1 for _, v in self.samples if v <= self.slo_ms)
+
+    def calls(self) -> int:
+        """Samples and failed calls."""
+        return len(self.samples) + len(self.failed)
 
     def attainment(self) -> float | None:
-        """Share of samples within the SLO (None without samples)."""
-        if not self.samples:
-            return None
-        return sum(1 for _, v in self.samples if v <= self.slo_ms) / len(self.samples)
+        """Share of calls answered within the SLO (None without any)."""
+        return self.within() / self.calls() if self.calls() else None
 
     def windows(self, width_s: float) -> list[tuple[float, float, float]]:
         """(window start, p50, p95) per ``width_s`` window of sim time."""
@@ -140,18 +150,21 @@ class ScenarioReport(BaseModel):
         description="Camera events by where they ran: local, offload (frame by frame), "
         "remote (a replica took the camera's frames).",
     )
+    over_slo_by_route: dict[str, int] = Field(
+        default_factory=dict,
+        description="Of those, the events whose latency was over the camera module's SLO.",
+    )
     notes: list[str] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(
         default_factory=list, description="Pipeline steps: name, tier, node, seconds, summary."
     )
 
     def slo_attainment(self) -> float | None:
-        """Share of all module samples within their SLO."""
-        total = sum(len(m.samples) for m in self.modules.values())
+        """Share of all modules' calls answered within their SLO (a failed call misses it)."""
+        total = sum(m.calls() for m in self.modules.values())
         if not total:
             return None
-        ok = sum(sum(1 for _, v in m.samples if v <= m.slo_ms) for m in self.modules.values())
-        return ok / total
+        return sum(m.within() for m in self.modules.values()) / total
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (also at the top of ``report.json``)."""
@@ -210,20 +223,25 @@ def headline(report: ScenarioReport) -> list[str]:
             p95 = percentile([v for _, v in m.samples], 95)
             lines.append(
                 f"{name}: p95 {p95:.1f} ms (SLO {m.slo_ms:g} ms), {a * 100:.2f}% within SLO"
+                + (f" ({len(m.failed)} failed)" if m.failed else "")
             )
     lines.append(
         f"migrations: {len(report.migrations)}; lost requests: {report.lost_requests}; "
         f"lost events: {report.lost_events} of {report.events_sent}"
-        f"{_routes(report.events_by_route)}"
+        f"{_routes(report.events_by_route, report.over_slo_by_route)}"
     )
     return lines
 
 
-def _routes(by_route: dict[str, int]) -> str:
-    """`` (ran: local 200, remote 40)``, or nothing."""
+def _routes(by_route: dict[str, int], over: dict[str, int]) -> str:
+    """`` (ran: local 200, 3 over SLO; remote 40)``, or nothing."""
     if not by_route:
         return ""
-    return " (ran: " + ", ".join(f"{k} {v}" for k, v in sorted(by_route.items())) + ")"
+    ran = [
+        f"{k} {v}" + (f", {over[k]} over SLO" if over.get(k) else "")
+        for k, v in sorted(by_route.items())
+    ]
+    return " (ran: " + "; ".join(ran) + ")"
 
 
 def write_report(report: ScenarioReport, out_dir: Path) -> ReportPaths:
@@ -315,13 +333,16 @@ def _html(report: ScenarioReport) -> str:
                 [
                     name,
                     str(len(values)),
+                    str(len(m.failed)),
                     f"{percentile(values, 50):.2f}",
                     f"{percentile(values, 95):.2f}",
                     f"{m.slo_ms:g}",
                     f"{a * 100:.2f}%" if a is not None else "-",
                 ]
             )
-        parts.append(_table(["module", "samples", "p50 ms", "p95 ms", "SLO ms", "within"], rows))
+        parts.append(
+            _table(["module", "samples", "failed", "p50 ms", "p95 ms", "SLO ms", "within"], rows)
+        )
         parts.append(_img(_plot_latency(report), "latency against the SLO"))
     parts.append("<h2>Placement</h2>")
     if report.migrations:
@@ -357,7 +378,7 @@ def _html(report: ScenarioReport) -> str:
     parts.append(
         f"<h2>Delivery</h2><p>events sent {report.events_sent}, received "
         f"{report.events_received}, lost {report.lost_events}"
-        f"{_routes(report.events_by_route)}; requests lost "
+        f"{_routes(report.events_by_route, report.over_slo_by_route)}; requests lost "
         f"{report.lost_requests}. SLO attainment: "
         f"{_pct(s['slo_attainment'])}.</p>"
     )

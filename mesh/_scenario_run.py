@@ -29,10 +29,8 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from ._errors import MeshError
 from ._linkem import LinkShape
 from ._scenario import CPU_PROVIDER, ModuleDecl, RayNode, Scenario
 from ._scenario_actions import ScenarioActions
+from ._scenario_camera import CAMERA_STREAM, CameraRelay, EventTally
 from ._scenario_faults import FaultTimeline
 from ._scenario_procs import AgentFleet, CpuHog
 from ._scenario_report import (
@@ -68,26 +67,6 @@ logger = logging.getLogger(__name__)
 
 #: SUMO's program names for the scenario's baseline names.
 _BASELINE_CONTROL = {"fixed": "static", "actuated": "actuated", "delay_based": "delay_based"}
-CAMERA_STREAM = "counts"
-
-
-@dataclass(slots=True)
-class _EventTally:
-    """Counts events per agent by sequence number, to find gaps (lost events)."""
-
-    seqs: dict[str, set[int]] = field(default_factory=dict)
-    received: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, agent: str, seq: int) -> None:
-        with self.lock:
-            self.seqs.setdefault(agent, set()).add(seq)
-            self.received += 1
-
-    def lost(self) -> int:
-        """Sequence numbers missing between each agent's first and last event."""
-        with self.lock:
-            return sum(max(s) - min(s) + 1 - len(s) for s in self.seqs.values() if s)
 
 
 class ScenarioRun:
@@ -113,7 +92,7 @@ class ScenarioRun:
         self._cluster: Any = None
         self._fog_nodes: dict[str, str] = {}
         self._agent_link: dict[str, LinkShape] = {}
-        self._events = _EventTally()
+        self._events = EventTally()
         self._latency: dict[str, ModuleLatency] = {}
         self._runner_obj: Any = None
         self._started = time.monotonic()
@@ -471,12 +450,13 @@ class ScenarioRun:
         return {
             "name": CAMERA_STREAM,
             "module": counter.name if counter is not None else "counter",
-            # A camera keeps its newest frames: a busy device skips stale ones
-            # (counted as dropped) rather than falling further behind.
+            # Room for a minute of frames: a starved device falls behind (its
+            # latency counts against the SLO until its site moves) but sheds none,
+            # so every frame sent is answered or counted lost.
             "source": {
                 "kind": "mqtt",
                 "topic": f"{prefix}/sensors/{site}/camera",
-                "options": {"buffer": 8},
+                "options": {"buffer": 128},
             },
             "stream": CAMERA_STREAM,
             "qos": 1,
@@ -550,12 +530,11 @@ class ScenarioRun:
     # -- 6. live control -----------------------------------------------------------------------
 
     def _live(self) -> None:
-        from edge_agent.protocol import Event, Tensor, encode_frame
-        from functions.occupancy import APPROACHES, DEFAULT_LANE_LENGTH_M
-        from functions.signals import ControllerConfig, camera_frames, still_frame
+        from edge_agent.protocol import Tensor, encode_frame
+        from functions.signals import ControllerConfig
 
         from ._streams import StreamWorker
-        from ._sumo_session import JunctionObservation, SumoSession
+        from ._sumo_session import SumoSession
         from ._traffic_live import CameraFrame, LiveStats, TrafficLoop
 
         sim = self.scenario.simulation
@@ -565,59 +544,25 @@ class ScenarioRun:
         prefix = self.scenario.broker.prefix
         counter = self._camera_module()
         cameras = {a.site: a.id for a in self.scenario.agent_nodes()}
-        out_topic = counter.output if counter is not None and counter.output else None
         loop_box: list[TrafficLoop] = []
         feed = self._forecast_feed()
+        if counter is not None:
+            self._events.slo_ms = counter.qos.p95_ms
 
-        frame_info: dict[str, dict[str, Any]] = {}
-        routes = self.report.events_by_route
-        segments_m = ControllerConfig().segments_m
-        previous: dict[str, np.ndarray[Any, Any]] = {}
-        neighbours = {
-            j: {a.name: a.neighbour for a in arms if a.neighbour is not None}
-            for j, arms in self._grid.junctions.items()
-        }
-
-        def on_event(event: Event) -> None:
-            if event.stream != CAMERA_STREAM or event.agent is None:
-                return
-            # A replica holding a site's source numbers its events itself.
-            remote = event.route.startswith("remote:")
-            where = event.route.partition(":")[0]
-            routes[where] = routes.get(where, 0) + 1
-            self._events.add(f"{event.agent}@{event.route}" if remote else event.agent, event.seq)
-            loop = loop_box[0] if loop_box else None
-            sim_t = loop.sim_time_at(event.source_ts or time.time()) if loop else 0.0
-            if counter is not None and event.latency_ms is not None:
-                self._latency[counter.name].samples.append((sim_t, event.latency_ms))
-            counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
-            if out_topic is None or counts is None or event.site is None:
-                return
-            # counts [2 + K, 4]: the whole approach, each segment from the stop line,
-            # and what stood still since the previous frame (the queue).
-            values = [float(v) for v in counts.data]
-            rows = [values[i : i + 4] for i in range(0, len(values), 4)]
-            if len(rows) != len(segments_m) + 2:
-                logger.warning("counts event from %s has %d rows", event.site, len(rows))
-                return
-            info = frame_info.get(event.site, {})
-            forecast = feed.observe(event.site, sim_t, rows[0]) if feed is not None else None
-            message = {
-                "site": event.site,
-                "t": info.get("t", sim_t),
-                "counts": dict(zip(APPROACHES, rows[0], strict=True)),
-                "segments": {a: [row[k] for row in rows[1:-1]] for k, a in enumerate(APPROACHES)},
-                "queued": dict(zip(APPROACHES, rows[-1], strict=True)),
-                "signal": info.get("signal"),
-                "neighbours": neighbours.get(event.site, {}),
-                "frame_ts": event.source_ts,
-                "route": event.route,
-            }
-            if forecast is not None:
-                message["forecast"] = forecast
-            edge.publish(out_topic.replace("{site}", event.site), json.dumps(message).encode())
-
-        self._stack.callback(edge.on_event(on_event))
+        relay = CameraRelay(
+            junctions={
+                j: {a.name: a.neighbour for a in arms if a.neighbour is not None}
+                for j, arms in self._grid.junctions.items()
+            },
+            segments_m=ControllerConfig().segments_m,
+            publish=edge.publish,
+            output=counter.output if counter is not None and counter.output else None,
+            tally=self._events,
+            on_latency=self._latency[counter.name].samples.append if counter else None,
+            sim_time_at=lambda ts: loop_box[0].sim_time_at(ts) if loop_box else 0.0,
+            forecast=feed.observe if feed is not None else None,
+        )
+        self._stack.callback(edge.on_event(relay.on_event))
 
         def on_plan(_topic: str, payload: bytes) -> None:
             try:
@@ -636,30 +581,15 @@ class ScenarioRun:
             worker.start()
             self._stack.callback(worker.stop)
 
-        def render(obs: JunctionObservation) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
-            # One image of each approach and its segments from the stop line (a
-            # queue profile); the counter counts them all in one batch.
-            frames, _ = camera_frames(
-                obs.approaches, segments_m=segments_m, lane_length_m=DEFAULT_LANE_LENGTH_M
-            )
-            still = still_frame(frames[0], previous.get(obs.junction))
-            previous[obs.junction] = frames[0]
-            frame_info[obs.junction] = {
-                "t": obs.time_s,
-                "signal": {
-                    "phase": obs.phase,
-                    "stage": obs.stage,
-                    "elapsed_s": obs.stage_elapsed_s,
-                    "target": obs.target,
-                },
-            }
-            return np.concatenate([frames, still[None]]), obs.counts
-
         def publish(frame: CameraFrame) -> None:
             tensor = Tensor.from_numpy("occupancy", frame.frame)
-            header = {"kind": "frame", "sim_s": frame.sim_s, "ts": time.time()}
+            ts = time.time()
+            self._events.sent(frame.junction, ts)
+            header = {"kind": "frame", "sim_s": frame.sim_s, "ts": ts}
             payload = encode_frame(header, [tensor])
-            edge.publish(f"{prefix}/sensors/{frame.junction}/camera", payload, qos=0)
+            # QoS 1: the agent's persistent session keeps frames sent while it
+            # restarts (it runs them late, and they count so), rather than lose them.
+            edge.publish(f"{prefix}/sensors/{frame.junction}/camera", payload, qos=1)
 
         session = SumoSession(
             self._grid,
@@ -676,7 +606,7 @@ class ScenarioRun:
             loop = TrafficLoop(
                 session,
                 cameras=cameras,
-                render=render,
+                render=relay.render,
                 publish_frame=publish,
                 timeline=timeline,
                 actions=ScenarioActions(self),
@@ -706,7 +636,17 @@ class ScenarioRun:
         self.report.modules = self._latency
         self.report.events_sent = stats.frames_sent
         self.report.events_received = self._events.received
+        self.report.events_by_route = dict(self._events.by_route)
+        self.report.over_slo_by_route = dict(self._events.over_slo)
         self.report.lost_events = self._events.lost()
+        if gaps := self._events.gaps():
+            self.report.notes.append(f"camera events: {gaps} sequence gap(s)")
+        for site, missing in self._events.unanswered_by_site().items():
+            first, last = (loop.sim_time_at(missing[i]) for i in (0, -1))
+            self.report.notes.append(
+                f"camera {site}: {len(missing)} frame(s) never answered "
+                f"(sim {first:.0f}-{last:.0f} s)"
+            )
         self.report.migrations = self._migrations(loop)
         self._agent_cpu(loop)
 
@@ -722,7 +662,11 @@ class ScenarioRun:
         latency = self._latency[names[0]]
         try:
             feed = gateway_feed(
-                self._gateway_url, self.state_dir, names[0], on_latency=latency.samples.append
+                self._gateway_url,
+                self.state_dir,
+                names[0],
+                on_latency=latency.samples.append,
+                on_failure=latency.failed.append,
             )
         except (MeshError, OSError) as exc:
             self.report.notes.append(f"{names[0]}: no live forecasts ({exc})")

@@ -118,6 +118,7 @@ class ForecastFeed:
         approaches: the order of counts in :meth:`observe` and of the forecaster's axis.
         minute_s: simulated seconds per step of the series.
         on_latency: called with ``(sim_s, latency_ms)`` (one tuple) after each answered call.
+        on_failure: called with ``sim_s`` of each call that failed or was dropped.
         queue_size: calls waiting at most; more are dropped (counted).
         clock: seconds for latencies (injected in tests).
         name: the module's name, in log messages.
@@ -132,6 +133,7 @@ class ForecastFeed:
         approaches: Sequence[str] = APPROACHES,
         minute_s: float = 60.0,
         on_latency: Callable[[tuple[float, float]], object] | None = None,
+        on_failure: Callable[[float], object] | None = None,
         queue_size: int = 64,
         clock: Callable[[], float] = time.perf_counter,
         name: str = "forecaster",
@@ -149,6 +151,7 @@ class ForecastFeed:
         self.minute_s = minute_s
         self.name = name
         self._on_latency = on_latency
+        self._on_failure = on_failure
         self._clock = clock
         self._on_close = on_close
         self._junctions: dict[str, _Junction] = {}
@@ -215,6 +218,7 @@ class ForecastFeed:
                 with self._lock:
                     self._stats.dropped += 1
                     self._done()
+                self._failed(sim_s)
                 logger.warning(
                     "%s: forecast queue full; dropped junction %s minute %d",
                     self.name,
@@ -300,6 +304,13 @@ class ForecastFeed:
         if not self._pending:
             self._idle.notify_all()
 
+    def _failed(self, sim_s: float) -> None:
+        if self._on_failure is not None:
+            try:
+                self._on_failure(sim_s)
+            except Exception:
+                logger.exception("%s: recording a failed forecast failed", self.name)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
@@ -327,6 +338,7 @@ class ForecastFeed:
                 with self._lock:
                     self._stats.failed += 1
                     self._done()
+                self._failed(sim_s)
                 continue
             forecast = Forecast(
                 junction,
@@ -489,6 +501,7 @@ def gateway_feed(
     module: str,
     *,
     on_latency: Callable[[tuple[float, float]], object] | None = None,
+    on_failure: Callable[[float], object] | None = None,
     token_ttl_s: float = 12 * 3600.0,
 ) -> ForecastFeed:
     """A started feed whose calls go to ``module`` through the gateway at ``gateway_url``.
@@ -513,5 +526,10 @@ def gateway_feed(
         predictor.close()
         raise
     return ForecastFeed(
-        predictor, lags=lags, on_latency=on_latency, name=module, on_close=predictor.close
+        predictor,
+        lags=lags,
+        on_latency=on_latency,
+        on_failure=on_failure,
+        name=module,
+        on_close=predictor.close,
     ).start()

@@ -37,16 +37,15 @@ def _scenario_copy(name: str, out: Path, tmp_path: Path) -> Path:
     return path
 
 
-def _check_report(out: Path, stdout: str, *, agents: int) -> dict[str, object]:
+def _check_report(out: Path, stdout: str) -> dict[str, object]:
     report = json.loads((out / "report.json").read_text())
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page
     summary = report["summary"]
-    assert summary["lost_events"] == 0
+    # Every camera frame is answered by an event, wherever it ran (the notes say which not).
+    assert summary["lost_events"] == 0, report["notes"]
     assert report["events_sent"] > 0
-    # Every event an agent emitted arrived (no sequence gaps); a busy device may skip
-    # stale camera frames, so most but not all frames become events.
-    assert report["events_received"] >= 0.5 * report["events_sent"] - 2 * agents
+    assert report["events_received"] >= report["events_sent"]
     adaptive = report["traffic"]["adaptive"]
     assert adaptive["arrivals"] > 0
     assert adaptive["teleports"] == 0
@@ -64,7 +63,7 @@ def test_small_scenario(env: dict[str, str], tmp_path: Path) -> None:
     scenario = _scenario_copy("small", out, tmp_path)
     result = mesh_cli(env, "run", str(scenario), timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    report = _check_report(out, result.stdout, agents=2)
+    report = _check_report(out, result.stdout)
     assert set(report["traffic"]) == {"adaptive", "fixed"}
     kinds = {f["kind"] for f in report["faults"]}
     assert kinds == {"cpu_hog", "link_delay"}
@@ -91,5 +90,5 @@ def test_demo_traffic(env: dict[str, str], tmp_path: Path) -> None:
     scenario = _scenario_copy("traffic", out, tmp_path)
     result = mesh_cli(env, "run", str(scenario), timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    report = _check_report(out, result.stdout, agents=9)
+    report = _check_report(out, result.stdout)
     assert set(report["traffic"]) == {"adaptive", "fixed", "actuated", "delay_based"}

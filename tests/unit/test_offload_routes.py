@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -418,6 +419,7 @@ class FakeHost:
         self.fail: set[str] = set()
         self.during: Route | None = None  # the route switches while the first call runs
         self.events: list[bytes] = []
+        self.watching: dict[str, Any] = {}  # topic -> handler, while watched
 
     def _result(self, where: str) -> JobResult:
         self.calls.append(where)
@@ -443,6 +445,16 @@ class FakeHost:
     def emit(self, topic: str, make_payload: Any, qos: int) -> int:
         self.events.append(make_payload(len(self.events)))
         return len(self.events)
+
+    def watch(self, topic: str, handler: Any) -> Any:
+        self.watching[topic] = handler
+        return lambda: self.watching.pop(topic)
+
+    def answer(self, replica: str, *captured: float) -> None:
+        """The replica's events for these frames, as the agent sees them on its topic."""
+        for at in captured:
+            event = {"stream": "p", "route": f"remote:{replica}", "source_ts": at}
+            self.watching["ev"](json.dumps(event).encode())
 
 
 def run_sample(host: FakeHost) -> Pipeline:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
+from mesh._edge_install import PipelineSource
 from mesh._edge_registry import AgentRegistry
 from mesh._migrations import MigrationExecutor
 from mesh._monitors import Monitors, NodeSample, NodeState
@@ -90,7 +91,13 @@ class Installer:
         pass
 
     def set_route(
-        self, agent_id: str, module: str, mode: str, target: str | None, timeout_s: float
+        self,
+        agent_id: str,
+        module: str,
+        mode: str,
+        target: str | None,
+        timeout_s: float,
+        source: Any = None,
     ) -> int:
         if self.fail is not None:
             raise RuntimeError(self.fail)
@@ -284,6 +291,76 @@ def test_the_site_returns_after_the_dwell_once_canaries_meet_the_slo() -> None:
     assert w.installer.routes[-1] == (A1, "counter", "local", None)
     assert w.pipeline(A1)["route"] == "local" and not w.pipeline(A1)["saturated"]
     assert [m.id for m in w.store.migrations()] == [back.id, to_fog.id]
+
+
+def _until_moved(w: World, route: str, ms: float, *, rounds: int = 200) -> MigrationRecord:
+    """Rounds of 0.3 s with ``A1``'s events at ``ms`` on ``route`` until it moves."""
+    for _ in range(rounds):
+        w.events(A1, ms, route=route)
+        w.events(A2, 3.0)
+        if moved := w.round(0.3):
+            [record] = moved
+            return record
+    raise AssertionError(f"s1 did not move from {route}")
+
+
+def test_a_site_that_misses_again_soon_after_returning_stays_away_twice_as_long() -> None:
+    w = world()
+    slow_site_moves(w)
+    away = f"offload:{w.installer.routes[-1][3]}"
+    w.canary.ms[A1] = [2.0]
+    back = _until_moved(w, away, 5.0)
+    assert back.to_node == A1 and w.pipeline(A1)["relapses"] == 0
+
+    # Slow again soon after returning: a relapse; the next stay away is 2 dwells.
+    w.canary.ms[A1] = [80.0]
+    again = _until_moved(w, "local", 60.0)
+    left_at = w.clock.now
+    assert again.to_node == FOG and w.pipeline(A1)["relapses"] == 1
+    w.canary.ms[A1] = [2.0]
+    back = _until_moved(w, f"offload:{w.installer.routes[-1][3]}", 5.0)
+    assert back.to_node == A1 and 2 * DWELL_S <= w.clock.now - left_at < 2 * DWELL_S + 2.0
+
+    # A long stint at home forgives: the next departure holds one dwell again.
+    for _ in range(int(4 * DWELL_S / 0.5) + 1):
+        w.events(A1, 3.0)
+        w.events(A2, 3.0)
+        assert not w.round()
+    w.canary.ms[A1] = [80.0]
+    _until_moved(w, "local", 60.0)
+    assert w.pipeline(A1)["relapses"] == 0
+    left_at = w.clock.now
+    w.canary.ms[A1] = [2.0]
+    _until_moved(w, f"offload:{w.installer.routes[-1][3]}", 5.0)
+    assert DWELL_S <= w.clock.now - left_at < DWELL_S + 2.0
+
+
+def test_a_remote_site_whose_replica_falls_silent_goes_back_to_its_agent() -> None:
+    w = world()
+    camera = PipelineSource("s1", "mesh/v1/sensors/s1/camera", "counts")
+    w.controller.track_pipelines(
+        "counter", {A1: "s1", A2: "s2"}, rate_per_s=10.0, sources={A1: camera}
+    )
+    record = slow_site_moves(w)
+    [(_, _, mode, replica)] = w.installer.routes
+    assert record.to_node == FOG and mode == "remote"
+
+    # The replica answers: it keeps the site, the agent still slow.
+    for _ in range(20):
+        w.events(A1, 5.0, route=f"remote:{replica}")
+        w.events(A2, 3.0)
+        assert not w.round()
+    # It falls silent (its node going, its link cut): the agent takes its frames back.
+    silent_from = w.clock.now
+    moves: list[MigrationRecord] = []
+    for _ in range(20):
+        w.events(A2, 3.0)
+        if moves := w.round():
+            break
+    [back] = moves
+    assert back.to_node == A1 and w.installer.routes[-1][2] == "local"
+    assert 2.0 <= w.clock.now - silent_from <= 3.0
+    assert f"replica {replica} on {FOG} answered 0 frame(s) in 2 s" in back.reason
 
 
 def test_noisy_latency_does_not_flap() -> None:

@@ -44,7 +44,9 @@ def _report() -> ScenarioReport:
         modules={
             "counter": ModuleLatency(
                 slo_ms=20.0, samples=[(float(t), 5.0 if t != 50 else 40.0) for t in range(100)]
-            )
+            ),
+            # One call answered in time, one failed: a failure misses the SLO.
+            "forecaster": ModuleLatency(slo_ms=50.0, samples=[(60.0, 9.0)], failed=[120.0]),
         },
         migrations=[
             MigrationRecord(t=55.0, module="counter", site="A0", source="edge", target="fog-0")
@@ -53,6 +55,8 @@ def _report() -> ScenarioReport:
         agent_cpu={"j-A0": [(float(t), 20.0) for t in range(0, 120, 10)]},
         events_sent=100,
         events_received=100,
+        events_by_route={"local": 60, "remote": 40},
+        over_slo_by_route={"local": 1},
     )
 
 
@@ -60,7 +64,7 @@ def test_summary_compares_adaptive_with_the_best_non_fixed_baseline() -> None:
     s = _report().summary()
     assert s["best_baseline"] == "delay_based"
     assert s["adaptive_vs_best_baseline"] == pytest.approx(0.9)
-    assert s["slo_attainment"] == pytest.approx(0.99)
+    assert s["slo_attainment"] == pytest.approx(100 / 102)
     assert s["migrations"] == 1
 
 
@@ -79,5 +83,7 @@ def test_headline_and_percentile() -> None:
     lines = headline(_report())
     assert any("0.90x" in line for line in lines)
     assert any(line.startswith("counter: p95") for line in lines)
+    assert any(line.endswith("50.00% within SLO (1 failed)") for line in lines)
+    assert "(ran: local 60, 1 over SLO; remote 40)" in lines[-1]
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
     assert percentile([], 95) != percentile([], 95)  # NaN

@@ -55,14 +55,37 @@ def test_a_remote_route_splits_frames_by_capture_time_and_gives_held_ones_back()
     pipe._process(frame(4.0))
     pipe._process(frame(5.0))
     assert host.calls == ["local", "local"] and pipe.handed_over == 3
+    assert "ev" in host.watching  # the replica's answers come on the pipeline's topic
+    host.answer("r1", 3.0, 4.0)
 
-    # Back: the replica ran frames captured before 5.0; the agent runs 5.0 (held) on.
+    # Back from 5.0: the agent runs 5.0 (held) on; 4.5, captured before the split
+    # and still in flight, is the replica's, but it never answers it: after the
+    # grace period it runs here, late. Nothing runs twice, nothing is lost.
     host.route = Route(mode="local", epoch=3, since_ts=5.0)
-    pipe._process(frame(4.5))  # arrived late, before the split: the replica's
-    pipe._process(frame(6.0))
-    assert host.calls == ["local"] * 4 and pipe.processed == 4
+    pipe._process(frame(4.5))
+    pipe._process(frame(6.0))  # (the grace period passed: test clocks are in 1970)
     events = [json.loads(e) for e in host.events]
-    assert [e["outputs"]["y"]["data"] for e in events] == [[1.0]] * 4
+    assert [e["source_ts"] for e in events] == [1.0, 2.0, 5.0, 4.5, 6.0]
+    assert [e["outputs"]["y"]["data"] for e in events] == [[1.0]] * 5
+    assert host.watching == {}
+
+
+def test_frames_a_dead_replica_did_not_answer_run_on_the_agent_late() -> None:
+    host = FakeHost(Route(mode="remote", target="r1", epoch=2, since_ts=3.0))
+    pipe = pipeline(host)
+    for at in (3.0, 4.0, 5.0):
+        pipe._process(frame(at))
+    host.answer("r1", 3.0)  # then its node died
+    # Moved to r2 from 6.0: the agent runs what r1 left, at once.
+    host.route = Route(mode="remote", target="r2", epoch=3, since_ts=6.0)
+    pipe._process(frame(6.0))
+    assert [json.loads(e)["source_ts"] for e in host.events] == [4.0, 5.0]
+    host.answer("r2", 6.0)
+    # Back to local from 7.0: r2 answered 6.0; nothing runs twice.
+    host.route = Route(mode="local", epoch=4, since_ts=7.0)
+    pipe._process(frame(7.0))
+    assert [json.loads(e)["source_ts"] for e in host.events] == [4.0, 5.0, 7.0]
+    assert host.calls == ["local"] * 3
 
 
 def test_a_remote_only_module_runs_pre_split_frames_on_the_replica() -> None:

@@ -167,7 +167,14 @@ def test_a_failing_predictor_is_logged_and_the_feed_goes_on(
 ) -> None:
     predictor = FakePredictor(fail=1)
     samples: list[tuple[float, float]] = []
-    feed = ForecastFeed(predictor, lags=1, on_latency=samples.append, name="forecaster").start()
+    failures: list[float] = []
+    feed = ForecastFeed(
+        predictor,
+        lags=1,
+        on_latency=samples.append,
+        on_failure=failures.append,
+        name="forecaster",
+    ).start()
     try:
         with caplog.at_level(logging.WARNING, logger="mesh._traffic_forecast"):
             live_minute(feed, "J", 0)
@@ -182,6 +189,7 @@ def test_a_failing_predictor_is_logged_and_the_feed_goes_on(
     assert feed.forecast("J", 125.0) == dict(zip(APPROACHES, level(2), strict=True))
     stats = feed.stats
     assert (stats.requested, stats.answered, stats.failed) == (2, 1, 1) and len(samples) == 1
+    assert len(failures) == 1 and 60.0 <= failures[0] < 120.0  # the failed call's sim time
 
 
 def test_a_predictor_answering_the_wrong_shape_is_a_failure() -> None:

@@ -1,0 +1,104 @@
+"""The scenario's camera relay: events tallied by route and SLO, counts relayed to the controller."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.protocol import Event, Tensor, json_tensor
+from functions.occupancy import APPROACHES
+from mesh._scenario_camera import CAMERA_STREAM, CameraRelay, EventTally
+
+SEGMENTS = (10.0, 30.0)
+
+
+def _event(site: str, seq: int, route: str, ms: float, rows: int = len(SEGMENTS) + 2) -> Event:
+    counts = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    return Event(
+        agent=f"j-{site}",
+        site=site,
+        stream=CAMERA_STREAM,
+        module="counter",
+        route=route,
+        seq=seq,
+        source_ts=1000.0 + seq,
+        latency_ms=ms,
+        outputs={"counts": json_tensor(Tensor.from_numpy("counts", counts))},
+    )
+
+
+def _relay(**kwargs: Any) -> tuple[CameraRelay, EventTally, list[tuple[str, bytes]], list[Any]]:
+    tally = EventTally(slo_ms=25.0)
+    sent: list[tuple[str, bytes]] = []
+    samples: list[Any] = []
+    relay = CameraRelay(
+        junctions={"A0": {"E": "A1"}},
+        segments_m=SEGMENTS,
+        publish=lambda topic, payload: sent.append((topic, payload)),
+        output="traffic/{site}/counts",
+        tally=tally,
+        on_latency=samples.append,
+        sim_time_at=lambda ts: ts - 1000.0,
+        **kwargs,
+    )
+    return relay, tally, sent, samples
+
+
+def test_events_are_tallied_by_sender_route_and_slo() -> None:
+    relay, tally, _, samples = _relay()
+    relay.on_event(_event("A0", 1, "local", 3.0))
+    relay.on_event(_event("A0", 3, "local", 30.0))  # seq 2 never arrived
+    # A replica holding the source numbers its own events from 1: no gap with the agent's.
+    relay.on_event(_event("A0", 1, "remote:counter-v1-abc", 4.0))
+    relay.on_event(_event("A0", 2, "remote:counter-v1-abc", 26.0))
+    relay.on_event(Event(stream="other", agent="j-A0", route="local", latency_ms=99.0))
+    assert tally.received == 4 and tally.lost() == 1
+    assert tally.by_route == {"local": 2, "remote": 2}
+    assert tally.over_slo == {"local": 1, "remote": 1}
+    assert samples == [(1.0, 3.0), (3.0, 30.0), (1.0, 4.0), (2.0, 26.0)]
+
+
+def test_counts_are_relayed_with_the_forecast_and_the_neighbours() -> None:
+    seen: list[tuple[str, float, list[float]]] = []
+
+    def forecast(site: str, t: float, counts: list[float]) -> dict[str, float]:
+        seen.append((site, t, counts))
+        return {"N": 4.0}
+
+    relay, _, sent, _ = _relay(forecast=forecast)
+    relay.on_event(_event("A0", 5, "local", 3.0))
+    [(topic, payload)] = sent
+    message = json.loads(payload)
+    assert topic == "traffic/A0/counts"
+    assert message["counts"] == dict(zip(APPROACHES, [0.0, 1.0, 2.0, 3.0], strict=True))
+    assert message["segments"][APPROACHES[0]] == [4.0, 8.0]
+    assert message["queued"] == dict(zip(APPROACHES, [12.0, 13.0, 14.0, 15.0], strict=True))
+    assert message["neighbours"] == {"E": "A1"} and message["forecast"] == {"N": 4.0}
+    assert message["t"] == pytest.approx(5.0) and message["route"] == "local"
+    assert seen == [("A0", 5.0, [0.0, 1.0, 2.0, 3.0])]
+
+
+def test_a_counts_tensor_of_the_wrong_shape_is_counted_but_not_relayed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay, tally, sent, _ = _relay()
+    relay.on_event(_event("A0", 1, "local", 3.0, rows=3))
+    assert tally.received == 1 and sent == []
+    assert "has 3 rows" in caplog.text
+
+
+def test_every_frame_sent_must_be_answered_once() -> None:
+    relay, tally, _, _ = _relay()
+    for seq in (1, 2, 3):
+        tally.sent("A0", 1000.0 + seq)
+    relay.on_event(_event("A0", 1, "local", 3.0))
+    # Frame 2 ran on both sides around a hand-over: a duplicate, not a loss.
+    relay.on_event(_event("A0", 2, "local", 3.0))
+    relay.on_event(_event("A0", 2, "remote:counter-v1-abc", 3.0))
+    assert tally.gaps() == 0 and tally.unanswered() == 1 and tally.lost() == 1
+    assert tally.unanswered_by_site() == {"A0": [1003.0]}
+    relay.on_event(_event("A0", 3, "local", 3.0))
+    assert tally.lost() == 0
