@@ -17,7 +17,9 @@ replica, which ran them: a switch either way loses none and runs none twice.
 A replica can die, though (its node gone): while remote the pipeline follows
 its own event topic, where the replica's answers appear, and frames it left
 unanswered (once it had :data:`_ANSWER_GRACE_S` to answer) run here, late but
-not lost. Moving from one replica to another does the same at once.
+not lost. Moving from one replica to another does the same at once, and a
+frame the replica got past without answering (it answers in order) runs here
+while the route stays remote.
 
 A sample that fails is retried once on the other side, so none is lost to a
 switch: a failed offload runs locally when the module is installed here and
@@ -199,6 +201,7 @@ class Pipeline:
             if route.since_ts is None or at >= route.since_ts:
                 self._held.append(sample)
                 self.handed_over += 1
+                self._run_skipped(route)
                 return None
             # Captured before the switch: it belongs to the route before.
             if self._host.has_local(self.spec.module):
@@ -254,6 +257,43 @@ class Pipeline:
         if isinstance(route, str) and route.startswith("remote:") and captured is not None:
             with self._answered_lock:
                 self._answered.add(float(captured))
+
+    def _run_skipped(self, route: Route) -> None:
+        """While remote: run the held frames the replica got past without answering.
+
+        Its worker answers in order, so a frame older than one it answered either
+        has its answer or failed there (a full queue, a replica stopping). With
+        no answers seen (the replica gone, or this device cut off) nothing runs:
+        the control plane moves the route, and :meth:`_run_unanswered` follows.
+        """
+        with self._answered_lock:
+            if not self._answered:
+                return
+            latest = max(self._answered)
+            skipped = [
+                s for s in self._held if s.split_ts < latest and s.split_ts not in self._answered
+            ]
+            if len(self._answered) > 4 * (self._held.maxlen or 1) and self._held:
+                oldest = min(s.split_ts for s in self._held)
+                self._answered = {t for t in self._answered if t >= oldest}
+        if not skipped:
+            return
+        gone = {id(s) for s in skipped}
+        self._held = collections.deque(
+            (s for s in self._held if id(s) not in gone), maxlen=self._held.maxlen
+        )
+        logger.warning(
+            "pipeline %s: the replica skipped %d frame(s); they run here, late",
+            self.spec.name,
+            len(skipped),
+        )
+        here = (
+            Route(mode="local", epoch=route.epoch)
+            if self._host.has_local(self.spec.module)
+            else Route(mode="offload", epoch=route.epoch, target=route.target)
+        )
+        for s in skipped:
+            self._process_on(s, here)
 
     def _run_unanswered(self, route: Route, before: float | None) -> None:
         """Run the held frames no replica answered: all, or those captured before ``before``."""

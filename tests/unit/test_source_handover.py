@@ -88,6 +88,22 @@ def test_frames_a_dead_replica_did_not_answer_run_on_the_agent_late() -> None:
     assert host.calls == ["local"] * 3
 
 
+def test_a_frame_the_replica_skipped_runs_on_the_agent_while_it_stays_remote() -> None:
+    host = FakeHost(Route(mode="remote", target="r1", epoch=2, since_ts=3.0))
+    pipe = pipeline(host)
+    for at in (3.0, 4.0, 5.0):
+        pipe._process(frame(at))
+    pipe._process(frame(6.0))
+    assert host.events == []  # no answers seen yet: nothing to judge by
+    # r1 answered 3.0 and 5.0 but not 4.0 (its queue was full): 4.0 runs here.
+    host.answer("r1", 3.0, 5.0)
+    pipe._process(frame(7.0))
+    assert [json.loads(e)["source_ts"] for e in host.events] == [4.0]
+    host.answer("r1", 6.0, 7.0)
+    pipe._process(frame(8.0))
+    assert len(host.events) == 1 and host.calls == ["local"]
+
+
 def test_a_remote_only_module_runs_pre_split_frames_on_the_replica() -> None:
     host = FakeHost(Route(mode="remote", target="r1", epoch=1, since_ts=10.0), local=False)
     pipe = pipeline(host)
