@@ -119,6 +119,10 @@ def test_a_removed_fog_node_s_module_is_re_placed_on_a_live_node(
             )
             load.start()
             stack.callback(load.stop)
+            # The first requests pay the connections' set-up: let them leave the
+            # controller's window before it watches, so that only a loss moves it.
+            wait_until(lambda: len(load.samples) >= 20, 30, "the first answers")
+            time.sleep(2.5)
             controller.start()
             time.sleep(3.0)
             assert controller.history() == [], [
