@@ -204,9 +204,7 @@ class Pipeline:
                 self._run_skipped(route)
                 return None
             # Captured before the switch: it belongs to the route before.
-            if self._host.has_local(self.spec.module):
-                return Route(mode="local", epoch=route.epoch)
-            return Route(mode="offload", epoch=route.epoch, target=route.target)
+            return self._here(route)
         if last is not None and last.mode == "remote":
             # Back from remote: held frames from since_ts on are ours; earlier ones
             # the replica's, unless it does not answer them (its node gone): those
@@ -228,6 +226,12 @@ class Pipeline:
                 self._run_unanswered(route, before=None)
                 self._unwatch_events()
         return route
+
+    def _here(self, route: Route) -> Route:
+        """Where this device runs a frame of a remote route itself: locally, else offloaded."""
+        if self._host.has_local(self.spec.module):
+            return Route(mode="local", epoch=route.epoch)
+        return Route(mode="offload", epoch=route.epoch, target=route.target)
 
     def _watch(self) -> None:
         """Follow the replica's answers on the pipeline's own event topic."""
@@ -287,11 +291,7 @@ class Pipeline:
             self.spec.name,
             len(skipped),
         )
-        here = (
-            Route(mode="local", epoch=route.epoch)
-            if self._host.has_local(self.spec.module)
-            else Route(mode="offload", epoch=route.epoch, target=route.target)
-        )
+        here = self._here(route)
         for s in skipped:
             self._process_on(s, here)
 
@@ -313,13 +313,7 @@ class Pipeline:
                 self.spec.name,
                 late,
             )
-        here = route if route.mode != "remote" else None
-        if here is None:
-            here = (
-                Route(mode="local", epoch=route.epoch)
-                if self._host.has_local(self.spec.module)
-                else Route(mode="offload", epoch=route.epoch, target=route.target)
-            )
+        here = route if route.mode != "remote" else self._here(route)
         for s in mine:
             self._process_on(s, here)
 
