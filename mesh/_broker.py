@@ -5,8 +5,9 @@ Both hide behind :class:`BrokerHandle` (``url``, ``host``, ``port``, ``stop()``)
 - :func:`start_embedded_broker` runs amqtt (MQTT 3.1.1 only, anonymous, loopback)
   on its own asyncio loop in a daemon thread: the demo's and the unit-ish
   integration tests' default. A client's persistent session (``clean_session``
-  false) keeps QoS 1 messages while it is away, as Mosquitto's does
-  (:mod:`mesh._amqtt_auth`). asyncio sets ``TCP_NODELAY`` on its TCP sockets.
+  false) keeps QoS 1 messages while it is away, and those sent on a connection
+  that died before their PUBACK, as Mosquitto's does (:mod:`mesh._amqtt_sessions`).
+  asyncio sets ``TCP_NODELAY`` on its TCP sockets.
 - :func:`start_mosquitto` runs a real ``mosquitto`` from a generated config
   (``set_tcp_nodelay true``, ``log_dest stdout``, a persistence dir, optional
   password and ACL files) as a child process: production-like, for tests and dev.
@@ -164,10 +165,13 @@ class EmbeddedBroker:
                 return self
             try:
                 from amqtt.broker import Broker
+
+                from ._amqtt_sessions import keep_unacknowledged
             except ImportError as exc:  # pragma: no cover - depends on extras
                 raise BrokerStartError(
                     "the embedded broker needs amqtt: pip install 'fogmesh[cloud]'"
                 ) from exc
+            keep_unacknowledged()
             ready = threading.Event()
             failure: list[BaseException] = []
             loop = asyncio.new_event_loop()
@@ -180,7 +184,7 @@ class EmbeddedBroker:
                 },
                 # Only what we need: no $SYS publisher, no packet logger. Anyone may
                 # connect, and persistent sessions keep QoS 1 messages while away.
-                "plugins": {"mesh._amqtt_auth.OpenSessionsAuth": {"allow_anonymous": True}},
+                "plugins": {"mesh._amqtt_sessions.OpenSessionsAuth": {"allow_anonymous": True}},
             }
 
             class _Broker(Broker):  # type: ignore[misc]

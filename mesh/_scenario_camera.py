@@ -28,12 +28,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CAMERA_STREAM", "CameraRelay", "EventTally"]
+__all__ = ["CAMERA_STREAM", "STALE_AFTER_S", "CameraRelay", "EventTally"]
 
 logger = logging.getLogger(__name__)
 
 #: The stream name of the cameras' pipelines (their events' ``stream``).
 CAMERA_STREAM = "counts"
+
+#: An event made this long after its frame's capture counts over the SLO, as
+#: late by its age, whatever latency the module reports (that is timed from
+#: the frame's arrival: a frame queued in the broker while its agent was down
+#: would otherwise look timely). Cameras and agents share this host's clock.
+STALE_AFTER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -45,12 +51,14 @@ class EventTally:
         received: events seen.
         by_route: events by where they ran (``local``, ``offload``, ``remote``).
         over_slo: of those, the ones whose latency was over ``slo_ms``.
+        stale: events made over :data:`STALE_AFTER_S` after their frame's capture.
     """
 
     slo_ms: float | None = None
     received: int = 0
     by_route: dict[str, int] = field(default_factory=dict)
     over_slo: dict[str, int] = field(default_factory=dict)
+    stale: int = 0
     seqs: dict[str, set[int]] = field(default_factory=dict)
     frames: dict[str, set[float]] = field(default_factory=dict)
     answered: dict[str, set[float]] = field(default_factory=dict)
@@ -70,6 +78,7 @@ class EventTally:
         *,
         site: str | None = None,
         source_ts: float | None = None,
+        stale: bool = False,
     ) -> None:
         """Count one event of ``sender`` (an agent, or a replica holding its source)."""
         where = route.partition(":")[0]
@@ -77,6 +86,7 @@ class EventTally:
         with self.lock:
             self.seqs.setdefault(sender, set()).add(seq)
             self.received += 1
+            self.stale += stale
             self.by_route[where] = self.by_route.get(where, 0) + 1
             if late:
                 self.over_slo[where] = self.over_slo.get(where, 0) + 1
@@ -181,17 +191,23 @@ class CameraRelay:
         # A replica holding a site's source numbers its events itself.
         remote = event.route.startswith("remote:")
         sender = f"{event.agent}@{event.route}" if remote else event.agent
+        latency = event.latency_ms
+        age_s = event.ts - event.source_ts if event.source_ts is not None else 0.0
+        stale = latency is not None and age_s > STALE_AFTER_S
+        if stale:
+            latency = max(latency or 0.0, age_s * 1e3)
         self._tally.add(
             sender,
             event.seq,
             event.route,
-            event.latency_ms,
+            latency,
             site=event.site,
             source_ts=event.source_ts,
+            stale=stale,
         )
         sim_t = self._sim_time_at(event.source_ts or time.time())
-        if self._on_latency is not None and event.latency_ms is not None:
-            self._on_latency((sim_t, event.latency_ms))
+        if self._on_latency is not None and latency is not None:
+            self._on_latency((sim_t, latency))
         counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
         if self._output is None or counts is None or event.site is None:
             return

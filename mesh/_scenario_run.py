@@ -41,7 +41,7 @@ from ._errors import MeshError
 from ._linkem import LinkShape
 from ._scenario import CPU_PROVIDER, ModuleDecl, RayNode, Scenario
 from ._scenario_actions import ScenarioActions
-from ._scenario_camera import CAMERA_STREAM, CameraRelay, EventTally
+from ._scenario_camera import CAMERA_STREAM, STALE_AFTER_S, CameraRelay, EventTally
 from ._scenario_faults import FaultTimeline
 from ._scenario_procs import AgentFleet, CpuHog
 from ._scenario_report import (
@@ -641,6 +641,11 @@ class ScenarioRun:
         self.report.lost_events = self._events.lost()
         if gaps := self._events.gaps():
             self.report.notes.append(f"camera events: {gaps} sequence gap(s)")
+        if stale := self._events.stale:
+            self.report.notes.append(
+                f"camera events: {stale} made over {STALE_AFTER_S:.0f} s after their frame's "
+                "capture (counted over the SLO by their age)"
+            )
         for site, missing in self._events.unanswered_by_site().items():
             first, last = (loop.sim_time_at(missing[i]) for i in (0, -1))
             self.report.notes.append(

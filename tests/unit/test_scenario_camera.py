@@ -15,7 +15,15 @@ from mesh._scenario_camera import CAMERA_STREAM, CameraRelay, EventTally
 SEGMENTS = (10.0, 30.0)
 
 
-def _event(site: str, seq: int, route: str, ms: float, rows: int = len(SEGMENTS) + 2) -> Event:
+def _event(
+    site: str,
+    seq: int,
+    route: str,
+    ms: float,
+    rows: int = len(SEGMENTS) + 2,
+    age_s: float = 0.0,
+) -> Event:
+    """Answers frame ``seq`` (captured at 1000 + seq), ``ms`` after its arrival, ``age_s`` late."""
     counts = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
     return Event(
         agent=f"j-{site}",
@@ -25,6 +33,7 @@ def _event(site: str, seq: int, route: str, ms: float, rows: int = len(SEGMENTS)
         route=route,
         seq=seq,
         source_ts=1000.0 + seq,
+        ts=1000.0 + seq + ms / 1e3 + age_s,
         latency_ms=ms,
         outputs={"counts": json_tensor(Tensor.from_numpy("counts", counts))},
     )
@@ -59,6 +68,16 @@ def test_events_are_tallied_by_sender_route_and_slo() -> None:
     assert tally.by_route == {"local": 2, "remote": 2}
     assert tally.over_slo == {"local": 1, "remote": 1}
     assert samples == [(1.0, 3.0), (3.0, 30.0), (1.0, 4.0), (2.0, 26.0)]
+    assert tally.stale == 0
+
+
+def test_a_frame_answered_long_after_its_capture_is_over_the_slo_by_its_age() -> None:
+    relay, tally, _, samples = _relay()
+    # Queued in the broker for 10 s while its agent restarted, then run in 3 ms.
+    relay.on_event(_event("A0", 1, "local", 3.0, age_s=10.0))
+    relay.on_event(_event("A0", 2, "local", 3.0, age_s=0.5))  # late, but not stale
+    assert tally.stale == 1 and tally.over_slo == {"local": 1}
+    assert samples[0][1] == pytest.approx(10_003.0) and samples[1] == (2.0, 3.0)
 
 
 def test_counts_are_relayed_with_the_forecast_and_the_neighbours() -> None:
