@@ -72,7 +72,9 @@ def test_a_removed_fog_node_s_module_is_re_placed_on_a_live_node(
         spec = ModuleSpec(
             name=MODULE,
             model=MODULE,
-            qos=QoS(p95_latency_ms=100.0),
+            # Generous: only the node's loss should move it. On this 2-core host a 2 s
+            # window's p95 reached 154 ms with nothing wrong (a 100 ms SLO moved it).
+            qos=QoS(p95_latency_ms=1000.0),
             tiers=("fog", "cloud"),
             resources=Resources(cpus=0.25),
         )
