@@ -192,8 +192,18 @@ class MemoryTransport:
                     )
                 )
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Route ``topic_filter`` to ``handler``; retained matches are delivered."""
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        qos: int = 1,
+        *,
+        deferred_ack: bool = False,
+    ) -> None:
+        """Route ``topic_filter`` to ``handler``; retained matches are delivered.
+
+        In memory nothing is acknowledged (``deferred_ack`` is accepted and moot).
+        """
         with self._lock:
             self._subs[topic_filter] = (handler, qos)
         if self._connected:

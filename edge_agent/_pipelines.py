@@ -157,6 +157,9 @@ class Pipeline:
             except Exception:
                 self.failed += 1
                 logger.exception("pipeline %s: sample failed", self.spec.name)
+            finally:
+                # Its event is out (or in the outbox), or a replica holds the frame.
+                sample.done()
 
     def _run_on(self, route: Route, sample: Sample, timeout_s: float) -> tuple[JobResult, str]:
         module = self.spec.module

@@ -54,11 +54,19 @@ class Sample:
     ``ts`` is when it reached this device (latency counts from there);
     ``captured_ts`` when the camera took it (the frame header's ``ts``; None
     when the frame does not say), which splits frames between routes.
+    ``ack`` releases it at its source (the broker forgets a frame only then);
+    the pipeline calls :meth:`done` once it has no more to do with it.
     """
 
     tensors: tuple[Tensor, ...]
     ts: float
     captured_ts: float | None = None
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def done(self) -> None:
+        """The pipeline is done with it (its event is out, or it went elsewhere)."""
+        if self.ack is not None:
+            self.ack()
 
     @property
     def split_ts(self) -> float:
@@ -209,7 +217,16 @@ class FileReplaySource:
 
 
 class MqttSource:
-    """Frames published on an MQTT topic; keeps the newest ``options.buffer`` (default 64)."""
+    """Frames published on an MQTT topic; keeps the newest ``options.buffer`` (default 64).
+
+    At least once across a crash: up to ``options.unacked`` (default 8) frames
+    in hand are acknowledged to the broker only when the pipeline is done with
+    them, so the frames a killed agent had taken but not yet answered come
+    again when it reconnects (its session is persistent). Frames beyond that
+    backlog are acknowledged on arrival: a broker sends a client only so many
+    unacknowledged messages (Mosquitto: 20), and the agent's commands must not
+    wait behind its camera.
+    """
 
     def __init__(self, spec: SourceSpec, ctx: SourceContext) -> None:
         """Check the spec; subscribes in :meth:`start`."""
@@ -225,11 +242,13 @@ class MqttSource:
             maxlen=int(spec.options.get("buffer", 64))
         )
         self._cv = threading.Condition()
+        self._max_unacked = int(spec.options.get("unacked", 8))
+        self._unacked = 0
         self.dropped = 0
 
     def start(self) -> None:
         """Subscribe to the topic."""
-        self._transport.subscribe(self._topic, self._on_message, qos=1)
+        self._transport.subscribe(self._topic, self._on_message, qos=1, deferred_ack=True)
 
     @property
     def exhausted(self) -> bool:
@@ -242,15 +261,43 @@ class MqttSource:
             header, tensors = decode_frame(msg.payload, max_bytes=self._max)
         except ProtocolError as exc:
             logger.warning("pipeline %s: bad frame on %s: %s", self._name, msg.topic, exc)
+            if msg.ack is not None:
+                msg.ack()
             return
         captured = header.get("ts")
         if type(captured) not in (int, float):
             captured = None
+        dropped: Sample | None = None
         with self._cv:
+            ack = msg.ack
+            if ack is not None:
+                if self._unacked < self._max_unacked:
+                    self._unacked += 1
+                    ack = self._releaser(ack)
+                else:
+                    ack()
+                    ack = None
             if len(self._buf) == self._buf.maxlen:
                 self.dropped += 1
-            self._buf.append(Sample(tuple(tensors), arrived, captured))
+                dropped = self._buf.popleft()
+            self._buf.append(Sample(tuple(tensors), arrived, captured, ack))
             self._cv.notify()
+        if dropped is not None:
+            dropped.done()
+
+    def _releaser(self, ack: Callable[[], None]) -> Callable[[], None]:
+        """``ack``, and one frame fewer in hand (once, from any thread)."""
+        sent = threading.Event()
+
+        def release() -> None:
+            if sent.is_set():
+                return
+            sent.set()
+            with self._cv:
+                self._unacked -= 1
+            ack()
+
+        return release
 
     def get(self, timeout_s: float) -> Sample | None:
         """The oldest buffered frame."""
@@ -260,8 +307,13 @@ class MqttSource:
             return self._buf.popleft() if self._buf else None
 
     def stop(self) -> None:
-        """Unsubscribe."""
+        """Unsubscribe; the frames still buffered are released (they go unrun)."""
         self._transport.unsubscribe(self._topic)
+        with self._cv:
+            left = list(self._buf)
+            self._buf.clear()
+        for sample in left:
+            sample.done()
 
 
 register_source("file", FileReplaySource)

@@ -48,13 +48,19 @@ _UNSUPPORTED_PROTOCOL = {0x84, 1}
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An incoming MQTT message, independent of paho."""
+    """An incoming MQTT message, independent of paho.
+
+    ``ack``: set only for a subscription made with ``deferred_ack`` and a QoS 1
+    message; the handler calls it once it is done with the message (the broker
+    sends the message again, to the session's next connection, until then).
+    """
 
     topic: str
     payload: bytes
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 MessageHandler = Callable[[Message], None]
@@ -99,8 +105,19 @@ class Transport(Protocol):
         """Publish ``final`` (topic, payload; retained) if connected, then disconnect."""
         ...
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler`` (kept across reconnects)."""
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        qos: int = 1,
+        *,
+        deferred_ack: bool = False,
+    ) -> None:
+        """Route messages matching ``topic_filter`` to ``handler`` (kept across reconnects).
+
+        ``deferred_ack``: the handler acknowledges each QoS 1 message itself
+        (``Message.ack``), once it is safe; other messages are acknowledged on arrival.
+        """
         ...
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -154,6 +171,7 @@ class ConnectionConfig:
 class _Subscription:
     handler: MessageHandler
     qos: int
+    deferred_ack: bool = False
 
 
 @dataclass(slots=True)
@@ -227,6 +245,10 @@ class _Client(mqtt.Client):
         # What paho builds for every PUBACK it receives, built once (see below).
         self._puback_reason = ReasonCode(PacketTypes.PUBACK)
         self._puback_props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+        # Acks made on the network thread while it hands out a message: sent
+        # once the callback is over, written at once (as paho's own PUBACK is).
+        self._dispatching: int | None = None
+        self._acks_after: list[tuple[int, int]] = []
 
     # paho decodes every packet it receives into a new MQTT 5 Properties (even
     # over 3.1.1, for PUBACKs), and Properties() rebuilds its name tables each
@@ -235,7 +257,8 @@ class _Client(mqtt.Client):
     # PUBACK of the reply) mostly carry no properties; those are read here
     # without one (a message's ``properties`` is then None, which
     # MqttTransport._on_message reads as "none"). Anything else (properties,
-    # QoS 2, manual acks, paho's logging on) goes to paho's own code.
+    # QoS 2, paho's logging on) goes to paho's own code. With manual acks (the
+    # agent's client) neither path sends the PUBACK: MqttTransport does.
 
     def message_callback_add(self, sub: str, callback: Any) -> None:
         """Add a per-topic callback (messages are then matched against them, as paho does)."""
@@ -243,9 +266,27 @@ class _Client(mqtt.Client):
         super().message_callback_add(sub, callback)
 
     def _plain_packets(self) -> bool:
-        return self._logger is None and self._on_log is None and not self._manual_ack
+        return self._logger is None and self._on_log is None
+
+    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
+        """Acknowledge message ``mid`` (after the callback, if made from inside it)."""
+        if self._dispatching == threading.get_ident():
+            self._acks_after.append((mid, qos))
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super().ack(mid, qos)
 
     def _handle_publish(self) -> MQTTErrorCode:
+        self._dispatching = threading.get_ident()
+        try:
+            rc = self._dispatch_publish()
+        finally:
+            self._dispatching = None
+        acks, self._acks_after = self._acks_after, []
+        for mid, qos in acks:
+            super().ack(mid, qos)
+        return rc
+
+    def _dispatch_publish(self) -> MQTTErrorCode:
         command = self._in_packet["command"]
         packet = self._in_packet["packet"]
         qos = (command & 0x06) >> 1
@@ -281,7 +322,7 @@ class _Client(mqtt.Client):
                     self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                     if not self.suppress_exceptions:
                         raise
-        if qos == 0:
+        if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(mid)
 
@@ -360,6 +401,23 @@ class _Client(mqtt.Client):
             thread.join(timeout_s)
 
 
+class _Ack:
+    """Sends one message's PUBACK, once, from whichever thread is done with it."""
+
+    __slots__ = ("_client", "_mid", "_qos", "_sent")
+
+    def __init__(self, client: mqtt.Client, mid: int, qos: int) -> None:
+        self._client, self._mid, self._qos = client, mid, qos
+        self._sent = False
+
+    def __call__(self) -> None:
+        if self._sent:
+            return
+        self._sent = True
+        # Lost with the connection it came on: the broker sends the message again.
+        self._client.ack(self._mid, self._qos)
+
+
 def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
     # Without it, small request/reply messages wait for Nagle: 88 ms instead of 1 ms.
     try:
@@ -419,6 +477,8 @@ class MqttTransport:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else cfg.clean_start,
             reconnect_on_failure=True,
+            # Acks are sent by _on_message: at once, or by a deferred_ack handler.
+            manual_ack=True,
         )
         client.on_socket_open = _set_nodelay
         client.on_connect = self._on_connect
@@ -618,7 +678,7 @@ class MqttTransport:
 
     # -------------------------------------------------------------- pub/sub
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
         filters = self._matches.get(topic)
         if filters is None:
@@ -627,31 +687,55 @@ class MqttTransport:
                 if len(self._matches) >= 1024:  # many distinct topics: do not grow
                     self._matches.clear()
                 self._matches[topic] = filters
-        if not filters:
-            logger.debug("agent %s: no handler for %s", self._config.client_id, topic)
-            return
-        props = msg.properties
-        payload = msg.payload
-        message = Message(
-            topic,
-            payload if type(payload) is bytes else bytes(payload),
-            bool(msg.retain),
-            getattr(props, "ResponseTopic", None),
-            getattr(props, "CorrelationData", None),
-        )
-        for topic_filter in filters:
-            sub = self._state.subs.get(topic_filter)
-            if sub is None:
-                continue
-            try:
-                sub.handler(message)
-            except Exception:
-                logger.exception("agent %s: handler for %s failed", self._config.client_id, topic)
+        subs = [sub for f in filters if (sub := self._state.subs.get(f)) is not None]
+        qos = msg.qos
+        # One handler may take the ack; with none (or several) it goes now.
+        deferred = [sub for sub in subs if sub.deferred_ack]
+        ack = _Ack(client, msg.mid, qos) if qos and len(deferred) == 1 else None
+        try:
+            if not subs:
+                logger.debug("agent %s: no handler for %s", self._config.client_id, topic)
+                return
+            props = msg.properties
+            payload = msg.payload
+            fields = (
+                topic,
+                payload if type(payload) is bytes else bytes(payload),
+                bool(msg.retain),
+                getattr(props, "ResponseTopic", None),
+                getattr(props, "CorrelationData", None),
+            )
+            message = Message(*fields)
+            for sub in subs:
+                try:
+                    sub.handler(Message(*fields, ack) if ack and sub.deferred_ack else message)
+                except Exception:
+                    if ack is not None and sub.deferred_ack:
+                        ack()  # its handler failed: nothing will come of holding it
+                    logger.exception(
+                        "agent %s: handler for %s failed", self._config.client_id, topic
+                    )
+        finally:
+            if qos and ack is None:
+                client.ack(msg.mid, qos)
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Route ``topic_filter`` to ``handler``; subscribes now if connected, else on connect."""
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        qos: int = 1,
+        *,
+        deferred_ack: bool = False,
+    ) -> None:
+        """Route ``topic_filter`` to ``handler``; subscribes now if connected, else on connect.
+
+        ``deferred_ack``: ``handler`` acknowledges each QoS 1 message with
+        ``Message.ack`` (exactly once, and soon: until then the broker holds
+        the message in flight, and Mosquitto sends a client at most
+        ``max_inflight_messages``, 20 by default, unacknowledged at a time).
+        """
         with self._lock:
-            self._state.subs[topic_filter] = _Subscription(handler, qos)
+            self._state.subs[topic_filter] = _Subscription(handler, qos, deferred_ack)
             with self._match_lock:
                 self._matcher[topic_filter] = topic_filter
                 self._matches = {}

@@ -8,6 +8,7 @@ and the bad-input list.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -28,6 +29,7 @@ from tests.support.agent_fixtures import (
     ArtifactServer,
     Requester,
     SigningKey,
+    build_slow_model,
     build_tiny_model,
     desired,
     module_spec,
@@ -296,6 +298,69 @@ def test_agent_lifecycle(
             ),
             what="clean offline",
         )
+
+
+def test_frames_in_hand_when_the_agent_dies_come_again(
+    broker: Any,
+    tmp_path: Path,
+    signing_key: SigningKey,
+    artifact_server: ArtifactServer,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
+    """A frame the agent took but had not answered when it was killed is not lost.
+
+    The broker sends it again to the restarted agent's session: the agent
+    acknowledges a frame only once its event is in the outbox.
+    """
+    agent, topic = f"hand-{broker.kind}", f"{T.prefix}/sensors/hand-{broker.kind}/camera"
+    slow = build_slow_model(tmp_path / "slow.onnx", rows=128, depth=48).read_bytes()
+    pipeline = {
+        "name": "count",
+        "module": "slow",
+        "stream": "counts",
+        "source": {"kind": "mqtt", "topic": topic, "options": {"buffer": 64}},
+    }
+    args = agent_args(broker, agent, tmp_path / "cache", signing_key)
+    frames = 6
+    x = np.random.default_rng(0).random((128, 512), dtype=np.float32)
+    with requester(broker.host, broker.port) as r:
+        r.subscribe(T.events(SITE, "#"))
+        r.subscribe(T.observed(agent))
+        proc = agent_processes(args, tmp_path / "agent.log").start()
+        r.client.publish(
+            T.desired(agent),
+            json.dumps(
+                desired(
+                    1,
+                    [module_spec(artifact_server, signing_key, "slow", "1", slow, warmup_runs=1)],
+                    [pipeline],
+                )
+            ),
+            qos=1,
+            retain=True,
+        )
+        wait(
+            lambda: (o := observed(r, agent)) is not None and o.version == 1 and bool(o.installed),
+            what="the slow module installed",
+        )
+        assert proc.wait_log("pipeline count: started", 15), proc.log()
+        for i in range(frames):
+            frame = encode_frame({"ts": 1000.0 + i}, [Tensor.from_numpy("x", x)])
+            r.client.publish(topic, frame, qos=1)
+
+        def answered() -> set[float]:
+            return {e.source_ts for e in events(r) if e.agent == agent and e.source_ts}
+
+        # The first answer is out: the agent holds the other frames, unanswered.
+        wait(lambda: answered(), what="the first frame answered")
+        proc.kill()
+        assert len(answered()) < frames, "the agent answered everything before it died"
+        restart = agent_processes(args, tmp_path / "agent2.log").start()
+        everything = {1000.0 + i for i in range(frames)}
+        with contextlib.suppress(AssertionError):
+            wait(lambda: answered() >= everything, timeout_s=30)
+        assert answered() >= everything, f"answered after the restart: {sorted(answered())}"
+        assert restart.terminate() == 0
 
 
 def test_bad_input(

@@ -68,6 +68,32 @@ def build_tiny_model(
     return path
 
 
+def build_slow_model(path: Path, *, rows: int = 64, width: int = 512, depth: int = 24) -> Path:
+    """y = mean(x @ I @ I ... @ I), x: float32[rows, width]: ``depth`` real matrix products.
+
+    Slow on purpose (tens of ms a run), so that frames wait in an agent's hands.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, last = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i}"]))
+        last = f"h{i}"
+    nodes.append(helper.make_node("ReduceMean", [last], ["y"], keepdims=1))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def build_cnn(path: Path, *, seed: int = 0) -> Path:
     """A 355,600-parameter CNN, input float32[N,1,32,32] -> logits float32[N,10].
 

@@ -15,8 +15,16 @@ import pytest
 
 from edge_agent._frames import FrameTemplate, Tensor, _dumps, _loads, pack_frame, unpack_frame
 from edge_agent._serving import _PLAIN_TYPES, plain_request
+from edge_agent._sources import MqttSource, SourceContext
 from edge_agent._transport import ConnectionConfig, Message, MqttTransport, PublishHandle
-from edge_agent.protocol import InferReply, InferRequest, ProtocolError, parse_header
+from edge_agent.protocol import (
+    InferReply,
+    InferRequest,
+    ProtocolError,
+    SourceSpec,
+    encode_frame,
+    parse_header,
+)
 
 # ------------------------------------------------------------------ request headers
 
@@ -231,6 +239,79 @@ def test_message_carries_mqtt5_properties() -> None:
     msg.properties.CorrelationData = b"c"
     t._on_message(t._client, None, msg)
     assert got == [Message("r", b"x", False, "back", b"c")]
+
+
+class _AckLog:
+    """Stands in for paho's client where the transport acknowledges messages."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append((mid, qos))
+
+
+def _deliver_qos(
+    t: MqttTransport, client: _AckLog, topic: str, mid: int, qos: int = 1, payload: bytes = b"p"
+) -> None:
+    msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
+    msg.payload = payload
+    msg.qos = qos
+    t._on_message(client, None, msg)  # type: ignore[arg-type]
+
+
+def test_qos1_messages_are_acknowledged_after_their_handlers_unless_deferred() -> None:
+    t, client = _transport(), _AckLog()
+    held: list[Message] = []
+    t.subscribe("cmd", lambda m: None)
+    t.subscribe("cam", held.append, deferred_ack=True)
+
+    def boom(_m: Message) -> None:
+        raise RuntimeError("boom")
+
+    t.subscribe("bad", boom, deferred_ack=True)
+    _deliver_qos(t, client, "cmd", 1)
+    _deliver_qos(t, client, "cmd", 2, qos=0)  # nothing to acknowledge
+    _deliver_qos(t, client, "nobody", 3)  # no handler: acknowledged, not left in flight
+    _deliver_qos(t, client, "cam", 4)
+    _deliver_qos(t, client, "bad", 5)  # the handler that took it failed: acknowledged
+    assert client.acks == [(1, 1), (3, 1), (5, 1)]
+    (frame,) = held
+    assert frame.ack is not None
+    frame.ack()
+    frame.ack()  # once only
+    assert client.acks[-1] == (4, 1) and len(client.acks) == 4
+
+
+def _mqtt_source(t: MqttTransport, **options: int) -> MqttSource:
+    spec = SourceSpec(kind="mqtt", topic="cam", options=dict(options))
+    source = MqttSource(spec, SourceContext(transport=t))
+    source.start()
+    return source
+
+
+def _frame(ts: float) -> bytes:
+    return encode_frame({"ts": ts}, [Tensor("x", "uint8", (1,), b"\x01")])
+
+
+def test_a_camera_frame_is_acknowledged_once_the_pipeline_is_done_with_it() -> None:
+    t, client = _transport(), _AckLog()
+    source = _mqtt_source(t, buffer=3, unacked=2)
+    for mid in (1, 2, 3):
+        _deliver_qos(t, client, "cam", mid, payload=_frame(float(mid)))
+    # Two frames in hand wait for the pipeline; the third is past the backlog.
+    assert client.acks == [(3, 1)]
+    first = source.get(0.1)
+    assert first is not None and first.captured_ts == 1.0
+    first.done()
+    assert client.acks == [(3, 1), (1, 1)]
+    _deliver_qos(t, client, "cam", 4, payload=_frame(4.0))  # room again: held
+    _deliver_qos(t, client, "cam", 5, payload=b"not a frame")  # refused: acknowledged
+    assert client.acks == [(3, 1), (1, 1), (5, 1)]
+    _deliver_qos(t, client, "cam", 6, payload=_frame(6.0))  # buffer full: frame 2 dropped
+    assert (2, 1) in client.acks and (6, 1) in client.acks
+    source.stop()  # what is left goes unrun, and is released
+    assert sorted(mid for mid, _ in client.acks) == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_failing_handler_does_not_stop_the_others() -> None:
