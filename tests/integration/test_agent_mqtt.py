@@ -100,6 +100,11 @@ def agent_args(b: BrokerHandle, agent: str, cache: Path, key: SigningKey) -> lis
     ]
 
 
+def publish_desired(r: Requester, agent: str, doc: dict[str, Any]) -> None:
+    """The agent's desired state, retained at QoS 1 as the control plane publishes it."""
+    r.client.publish(T.desired(agent), json.dumps(doc), qos=1, retain=True)
+
+
 def observed(r: Requester, agent: str) -> ObservedState | None:
     got = [p for t, p in r.events if t == T.observed(agent)]
     return ObservedState.model_validate_json(got[-1]) if got else None
@@ -149,17 +154,14 @@ def test_agent_lifecycle(
         assert json.loads(out.split(" ", 1)[1])["state"] == "online", out
 
         # 2. Install v1, infer.
-        r.client.publish(
-            T.desired(agent),
-            json.dumps(
-                desired(
-                    1,
-                    [module_spec(artifact_server, signing_key, "cnn", "1", v1, warmup_runs=1)],
-                    [pipeline],
-                )
+        publish_desired(
+            r,
+            agent,
+            desired(
+                1,
+                [module_spec(artifact_server, signing_key, "cnn", "1", v1, warmup_runs=1)],
+                [pipeline],
             ),
-            qos=1,
-            retain=True,
         )
         wait(
             lambda: (
@@ -191,17 +193,14 @@ def test_agent_lifecycle(
             t.start()
         try:
             wait(lambda: len(results) > 20, what="load running")
-            r.client.publish(
-                T.desired(agent),
-                json.dumps(
-                    desired(
-                        2,
-                        [module_spec(artifact_server, signing_key, "cnn", "2", v2, warmup_runs=1)],
-                        [pipeline],
-                    )
+            publish_desired(
+                r,
+                agent,
+                desired(
+                    2,
+                    [module_spec(artifact_server, signing_key, "cnn", "2", v2, warmup_runs=1)],
+                    [pipeline],
                 ),
-                qos=1,
-                retain=True,
             )
             wait(lambda: any(x.version == "2" for x in results[-5:]), what="v2 serving")
             n = len(results)
@@ -335,17 +334,14 @@ def test_frames_in_hand_when_the_agent_dies_come_again(
         r.subscribe(T.events(SITE, "#"))
         r.subscribe(T.observed(agent))
         proc = agent_processes(args, tmp_path / "agent.log").start()
-        r.client.publish(
-            T.desired(agent),
-            json.dumps(
-                desired(
-                    1,
-                    [module_spec(artifact_server, signing_key, "slow", "1", slow, warmup_runs=1)],
-                    [pipeline],
-                )
+        publish_desired(
+            r,
+            agent,
+            desired(
+                1,
+                [module_spec(artifact_server, signing_key, "slow", "1", slow, warmup_runs=1)],
+                [pipeline],
             ),
-            qos=1,
-            retain=True,
         )
         wait(
             lambda: (o := observed(r, agent)) is not None and o.version == 1 and bool(o.installed),
@@ -392,7 +388,7 @@ def test_bad_input(
         r.subscribe(T.observed(agent))
         proc = agent_processes(args, tmp_path / "agent.log").start()
 
-        def publish_desired(doc: dict[str, Any] | bytes) -> None:
+        def send_desired(doc: dict[str, Any] | bytes) -> None:
             raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
             r.client.publish(T.desired(agent), raw, qos=1, retain=True)
 
@@ -405,12 +401,12 @@ def test_bad_input(
             assert o is not None
             return o
 
-        publish_desired(desired(3, [module_spec(artifact_server, signing_key, "m", "1", good)]))
+        send_desired(desired(3, [module_spec(artifact_server, signing_key, "m", "1", good)]))
         obs(3)
         # Malformed JSON, wrong schema_version, an older version: ignored, logged.
-        publish_desired(b"{oops")
-        publish_desired({**desired(9, []), "schema_version": 2})
-        publish_desired(desired(2, []))
+        send_desired(b"{oops")
+        send_desired({**desired(9, []), "schema_version": 2})
+        send_desired(desired(2, []))
         assert proc.wait_log("desired state refused: malformed", 10)
         assert proc.wait_log("schema_version 2 is not supported", 10)
         assert proc.wait_log("ignoring desired version 2 (holding 3)", 10)
@@ -424,12 +420,12 @@ def test_bad_input(
             sha256="0" * 64,
             signature=signing_key.sign("m", "4", "0" * 64),
         )
-        publish_desired(desired(4, [bad_sha]))
+        send_desired(desired(4, [bad_sha]))
         assert obs(4).errors[0].code == ErrorCode.INTEGRITY
         bad_sig = module_spec(artifact_server, SigningKey.generate(), "m", "5", newer)
-        publish_desired(desired(5, [bad_sig]))
+        send_desired(desired(5, [bad_sig]))
         assert "signature" in obs(5).errors[0].message
-        publish_desired(desired(6, [module_spec(artifact_server, signing_key, "m", "6", custom)]))
+        send_desired(desired(6, [module_spec(artifact_server, signing_key, "m", "6", custom)]))
         o = obs(6)
         assert o.errors[0].code == ErrorCode.UNSUPPORTED
         assert [(m.name, m.version) for m in o.installed] == [("m", "1")]  # old one serves
