@@ -290,7 +290,7 @@ def main() -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge_agent.protocol import artifact_signing_message
-    from mesh._broker import start_mosquitto
+    from mesh.edge.broker._broker import start_mosquitto
 
     work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     model = args.model

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 def export_counter(width: int, directory: Path) -> tuple[Path, int, float]:
     import torch
 
-    from functions.models import count_parameters, vehicle_counter
-    from mesh._export import export_onnx
+    from functions.traffic.models import count_parameters, vehicle_counter
+    from mesh.models._export import export_onnx
 
     model = vehicle_counter(width=width).eval()
     held_out = torch.rand(40, 4, 2, 64)
@@ -49,7 +49,7 @@ def export_counter(width: int, directory: Path) -> tuple[Path, int, float]:
 def measure(path: Path, batch: int, seconds: float) -> dict[str, Any]:
     import numpy as np
 
-    from mesh._export import ort_session
+    from mesh.models._export import ort_session
 
     session = ort_session(path, threads=1)
     name = session.get_inputs()[0].name

@@ -67,8 +67,8 @@ def run_one(backend: Any, tmp: Path, hidden: int) -> dict[str, Any]:
     import numpy as np
 
     from mesh import ModuleSpec, QoS, Resources
-    from mesh._placement_controller import ControllerSettings
-    from mesh._serving import ModelArtifact
+    from mesh.control._controller import ControllerSettings
+    from mesh.serving._manager import ModelArtifact
     from tests.support.agent_fixtures import AgentProcess
     from tests.support.placement import PacedLoad, placement_plane
     from tests.support.serving import wait_until
@@ -190,7 +190,7 @@ def run(hidden_sizes: tuple[int, ...] = (280, 4900)) -> list[dict[str, Any]]:
     """One migration per model size; returns the rows."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from mesh import MeshSettings
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
     with tempfile.TemporaryDirectory(prefix="mesh-migration-") as raw:
         tmp = Path(raw)

@@ -105,7 +105,7 @@ def deploy_serve(model: bytes) -> int:
     """A Serve deployment on the fog node doing what the FastAPI process does; its HTTP port."""
     from ray import serve
 
-    from mesh._broker import free_port
+    from mesh.edge.broker._broker import free_port
 
     @serve.deployment(
         ray_actor_options={"num_cpus": 0.5, "label_selector": {"mesh.tier": "fog"}},
@@ -160,8 +160,8 @@ def run_load(spec_path: str) -> None:
     """Alternate rounds over the targets: c=1 latency, then c=16 throughput; print JSON."""
     import numpy as np
 
-    from mesh._oip import encode_request
-    from mesh._upstream import UpstreamPool
+    from mesh.serving._oip import encode_request
+    from mesh.serving._upstream import UpstreamPool
 
     spec = json.loads(Path(spec_path).read_text())
     x = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32)
@@ -256,8 +256,8 @@ def raw_ort_ms(model: Path, runs: int = 2000) -> float:
 
 def auth_check_us(runs: int = 20_000) -> dict[str, float]:
     """What a token check costs in the gateway: cached, and verified from scratch."""
-    from mesh._auth import TokenSigner
-    from mesh._gateway import TokenAuth
+    from mesh.security._auth import TokenSigner
+    from mesh.serving._gateway import TokenAuth
 
     signer = TokenSigner(b"b" * 32)
     header = f"Bearer {signer.issue('bench', ['invoke'], ttl_s=3600, now=time.time())}"
@@ -306,14 +306,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import logging
 
     from mesh import MeshSettings, ModuleSpec, QoS, Resources
-    from mesh._auth import TokenSigner
-    from mesh._broker import free_port
-    from mesh._gateway import Gateway, TokenAuth, create_gateway_app
-    from mesh._ray_backend import RayBackend
-    from mesh._ray_replicas import RayReplicaLauncher
-    from mesh._replica_server import serve_asgi
-    from mesh._routes import RouteTable
-    from mesh._serving import ModelArtifact, ServingManager
+    from mesh.edge.broker._broker import free_port
+    from mesh.ray._backend import RayBackend
+    from mesh.ray._replicas import RayReplicaLauncher
+    from mesh.security._auth import TokenSigner
+    from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+    from mesh.serving._manager import ModelArtifact, ServingManager
+    from mesh.serving._routes import RouteTable
+    from mesh.serving.replica._server import serve_asgi
     from tests.support.agent_fixtures import build_cnn
 
     logging.basicConfig(level=logging.WARNING)

@@ -1,19 +1,19 @@
 """Traffic benchmark: the adaptive controller against SUMO's own signal programs.
 
 For each demand level and seed, every controller runs on the same SUMO grid
-and the same routes (``mesh._sumo_network``):
+and the same routes (``functions.traffic.sim.network``):
 
 * ``fixed`` — SUMO's fixed-time program (``static``);
 * ``actuated`` — SUMO's gap-based actuated control;
 * ``delay_based`` — SUMO's time-loss based actuated control;
-* ``adaptive`` — ``functions.signals``: every second each junction's camera
-  frame (``functions.occupancy``, with sensor noise) goes through the vehicle
+* ``adaptive`` — ``functions.traffic.signals``: every second each junction's camera
+  frame (``functions.traffic.occupancy``, with sensor noise) goes through the vehicle
   counter CNN (ONNX Runtime), whole approach and stop-line segments; the
   counts (held on a dropped frame) drive the controller, whose plan reaches
   the signals ``--delay-s`` later (the mesh's latency) through the actuator,
   which enforces yellow and the minimum green.
 
-Without ``--counter`` a counter (8192 frames, 12 epochs) is trained once (``functions.traffic``)
+Without ``--counter`` a counter (8192 frames, 12 epochs) is trained once (``functions.traffic.app``)
 and cached under the work directory; ``--exact`` uses exact counts plus
 Gaussian noise (sd ``--count-noise``) instead. The table shows mean waiting
 time, time loss (creeping counts there, not in waiting time), trip duration,
@@ -96,7 +96,7 @@ class Counter:
         self.count_noise = count_noise
         self.session: Any = None
         if onnx_path is not None:
-            from mesh._export import ort_session
+            from mesh.models._export import ort_session
 
             self.session = ort_session(Path(onnx_path), threads=1)
             self.input = self.session.get_inputs()[0].name
@@ -123,13 +123,13 @@ class Counter:
 
 
 def _grid(job: Job) -> Any:
-    from mesh._sumo_network import build_grid
+    from functions.traffic.sim.network import build_grid
 
     return build_grid(Path(job.workdir) / "nets", rows=job.rows, cols=job.cols)
 
 
 def _routes(job: Job, grid: Any) -> Path:
-    from mesh._sumo_network import make_demand
+    from functions.traffic.sim.network import make_demand
 
     return make_demand(
         Path(job.workdir) / "routes", grid, level=job.level, seed=job.seed, horizon_s=job.horizon_s
@@ -146,8 +146,8 @@ def _trips_dir(job: Job) -> Path | None:
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
-    from functions.occupancy import count_visible
-    from functions.signals import (
+    from functions.traffic.occupancy import count_visible
+    from functions.traffic.signals import (
         ControllerConfig,
         JunctionLayout,
         Observation,
@@ -156,7 +156,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
         camera_frames,
         still_frame,
     )
-    from mesh._sumo_session import SumoSession
+    from functions.traffic.sim.session import SumoSession
 
     opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
     counter = Counter(job.counter, job.count_noise, job.seed)
@@ -303,7 +303,7 @@ def run_job(job: Job) -> dict[str, Any]:
     if job.controller == "adaptive":
         kpis, extras = run_adaptive(job, grid, routes)
     else:
-        from mesh._sumo_session import SumoSession
+        from functions.traffic.sim.session import SumoSession
 
         with SumoSession(
             grid,
@@ -334,7 +334,7 @@ def ensure_counter(workdir: Path) -> str:
     target = workdir / "counter.onnx"
     if target.is_file():
         return str(target)
-    from functions.traffic import train_counter
+    from functions.traffic.app import train_counter
 
     print(f"training a vehicle counter (cached as {target}) ...", flush=True)
     ref = train_counter(
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if "adaptive" in controllers and not args.exact:
         counter = args.counter or ensure_counter(workdir)
         source = f"counter CNN {Path(counter).name} on camera frames (pixel noise {args.noise_std})"
-    from mesh._sumo_network import build_grid, make_demand
+    from functions.traffic.sim.network import build_grid, make_demand
 
     net = build_grid(workdir / "nets", rows=rows, cols=cols)
     for level in levels:
@@ -567,7 +567,7 @@ def run_mesh(scenario: Path) -> dict[str, Any]:
     import os
     import subprocess
 
-    from mesh._scenario_load import load_scenario
+    from mesh.scenario._load import load_scenario
 
     out_dir = load_scenario(scenario).output_dir().resolve()
     report_path = out_dir / "report.json"

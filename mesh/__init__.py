@@ -13,20 +13,7 @@ tier-labelled Ray cluster through a :class:`Runner`::
 ``import mesh`` never imports Ray: the Ray backend loads when first used.
 """
 
-from ._app import Mesh, RegisteredFunction, RegisteredModule
-from ._artifacts import (
-    ArtifactError,
-    ArtifactInfo,
-    ArtifactNotFoundError,
-    ArtifactSigner,
-    ArtifactStore,
-    InvalidSignatureError,
-    sha256_file,
-    verify_signature,
-)
-from ._auth import SCOPES, AuthError, ForbiddenError, TokenClaims, TokenSigner
-from ._autoscale import AutoscalePolicy, Autoscaler
-from ._backend import (
+from mesh.compute._backend import (
     SITE_LABEL,
     TIER_LABEL,
     BatchResult,
@@ -38,36 +25,10 @@ from ._backend import (
     check_satisfiable,
     connect_backend,
 )
-from ._broker import (
-    BrokerHandle,
-    BrokerStartError,
-    EmbeddedBroker,
-    MosquittoBroker,
-    start_embedded_broker,
-    start_mosquitto,
-)
-from ._edge_gateway import (
-    AgentView,
-    EdgeConnectionError,
-    EdgeGateway,
-    EdgeGatewayError,
-    EdgeInferenceError,
-    EdgeRequestTimeoutError,
-    GatewayStats,
-    HeartbeatSample,
-    InferResult,
-)
-from ._enrolment import (
-    AgentRecord,
-    EdgeSettings,
-    EnrolmentError,
-    EnrolmentResult,
-    EnrolmentStore,
-    control_plane_credentials,
-    enroll,
-    revoke,
-)
-from ._errors import (
+from mesh.compute._runner import Run, Runner
+from mesh.compute._runs import Deployment, RunRecord, RunStatus, SQLiteStore, Store
+from mesh.compute._streams import LocalBus, MessageBus, StreamWorker, WindowOutcome, topic_matches
+from mesh.core._errors import (
     BackendError,
     CancelledError,
     ClusterNotRunningError,
@@ -82,7 +43,48 @@ from ._errors import (
     UnknownFunctionError,
     UnsatisfiableError,
 )
-from ._export import (
+from mesh.core._metrics import MetricsRegistry
+from mesh.core._settings import MeshSettings
+from mesh.edge._bus import (
+    AgentView,
+    EdgeConnectionError,
+    EdgeGateway,
+    EdgeGatewayError,
+    EdgeInferenceError,
+    EdgeRequestTimeoutError,
+    GatewayStats,
+    HeartbeatSample,
+    InferResult,
+)
+from mesh.edge._enrolment import (
+    AgentRecord,
+    EdgeSettings,
+    EnrolmentError,
+    EnrolmentResult,
+    EnrolmentStore,
+    control_plane_credentials,
+    enroll,
+    revoke,
+)
+from mesh.edge.broker._broker import (
+    BrokerHandle,
+    BrokerStartError,
+    EmbeddedBroker,
+    MosquittoBroker,
+    start_embedded_broker,
+    start_mosquitto,
+)
+from mesh.models._artifacts import (
+    ArtifactError,
+    ArtifactInfo,
+    ArtifactNotFoundError,
+    ArtifactSigner,
+    ArtifactStore,
+    InvalidSignatureError,
+    sha256_file,
+    verify_signature,
+)
+from mesh.models._export import (
     DEFAULT_OPSET,
     ExportError,
     ExportParityError,
@@ -93,18 +95,14 @@ from ._export import (
     check_parity,
     export_onnx,
 )
-from ._loader import load_apps
-from ._metrics import MetricsRegistry
-from ._oip import (
-    InferenceInputError,
-    ModelNotReadyError,
-    ModelNotServedError,
-    ServingError,
-    UpstreamError,
-    UpstreamTimeoutError,
+from mesh.models._profile import (
+    LatencyStat,
+    ModelProfile,
+    ProfileError,
+    ProviderProfile,
+    measure_profile,
 )
-from ._profile import LatencyStat, ModelProfile, ProfileError, ProviderProfile, measure_profile
-from ._registry import (
+from mesh.models._registry import (
     InvalidRegistrationError,
     Lineage,
     ModelNotFoundError,
@@ -116,23 +114,10 @@ from ._registry import (
     Stage,
     StageError,
 )
-from ._report import report
-from ._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
-from ._runner import Run, Runner
-from ._serving import (
-    AgentInstaller,
-    DeployError,
-    HttpProbe,
-    ModelArtifact,
-    ReplicaFailedError,
-    ReplicaHandle,
-    ReplicaLauncher,
-    ReplicaProbe,
-    ReplicaStatus,
-    ServingManager,
-)
-from ._settings import MeshSettings
-from ._specs import (
+from mesh.sdk._app import Mesh, RegisteredFunction, RegisteredModule
+from mesh.sdk._loader import load_apps
+from mesh.sdk._report import report
+from mesh.sdk._specs import (
     COMPUTE_TIERS,
     TIERS,
     BatchSpec,
@@ -145,8 +130,29 @@ from ._specs import (
     StreamSpec,
     TuneSpec,
 )
-from ._store import Deployment, RunRecord, RunStatus, SQLiteStore, Store
-from ._streams import LocalBus, MessageBus, StreamWorker, WindowOutcome, topic_matches
+from mesh.security._auth import SCOPES, AuthError, ForbiddenError, TokenClaims, TokenSigner
+from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
+from mesh.serving._manager import (
+    AgentInstaller,
+    DeployError,
+    HttpProbe,
+    ModelArtifact,
+    ReplicaFailedError,
+    ReplicaHandle,
+    ReplicaLauncher,
+    ReplicaProbe,
+    ReplicaStatus,
+    ServingManager,
+)
+from mesh.serving._oip import (
+    InferenceInputError,
+    ModelNotReadyError,
+    ModelNotServedError,
+    ServingError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from mesh.serving._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
 
 __version__ = "0.1.0"
 

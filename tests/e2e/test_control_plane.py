@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mesh._daemon import pid_alive
+from mesh.runtime._daemon import pid_alive
 from tests.support.cli import mesh_cli
 
 pytest.importorskip("onnx")

@@ -1,7 +1,7 @@
 """Integration fixtures: a real multi-node local Ray cluster, shared by the session.
 
 The cluster is the mesh's own embedded one (a cloud head and one fog node,
-``mesh.site=fog-0``), started through :class:`mesh._ray_backend.RayBackend`, so
+``mesh.site=fog-0``), started through :class:`mesh.ray._backend.RayBackend`, so
 these tests exercise exactly what ``mesh`` runs. It is shut down at the end of
 the session, whatever happens.
 """
@@ -17,7 +17,7 @@ import pytest
 from mesh import MeshSettings
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def ray_settings(tmp_path_factory: pytest.TempPathFactory) -> MeshSettings:
 def ray_backend(ray_settings: MeshSettings) -> Iterator[RayBackend]:
     """A connected backend owning an embedded cloud + fog cluster."""
     pytest.importorskip("ray")
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
     saved = dict(os.environ)
     # Ray 2.60 turns token auth on for new local clusters unless told otherwise.

@@ -21,7 +21,7 @@ import pytest
 
 from edge_agent._sources import write_replay
 from edge_agent.protocol import ErrorCode, Event, ObservedState, Tensor, Topics, encode_frame
-from mesh._broker import BrokerHandle, start_mosquitto
+from mesh.edge.broker._broker import BrokerHandle, start_mosquitto
 from tests.support import agent_fixtures as af
 from tests.support.agent_fixtures import (
     AgentProcess,

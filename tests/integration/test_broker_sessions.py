@@ -3,7 +3,7 @@
 MQTT 3.1.1 ([MQTT-4.4.0-1], 3.1.2.4): a client that reconnects with
 ``clean_session`` false gets again every QoS 1 message it never acknowledged,
 flagged DUP, and then what was published while it was away. Mosquitto does;
-the embedded amqtt broker does since :mod:`mesh._amqtt_sessions` (stock amqtt
+the embedded amqtt broker does since :mod:`mesh.edge.broker._amqtt_sessions` (stock amqtt
 forgets a message whose connection died before its PUBACK: the camera frame
 that goes out just as an agent is killed).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mesh._broker import BrokerHandle
+from mesh.edge.broker._broker import BrokerHandle
 from tests.support.brokers import MqttProbe, broker, unique  # noqa: F401
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]

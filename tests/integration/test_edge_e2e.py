@@ -34,23 +34,23 @@ from edge_agent.protocol import (
     Topics,
     encode_frame,
 )
-from mesh._artifact_api import (
+from mesh.edge._artifact_api import (
     ArtifactServer,
     UrlSigner,
     create_artifact_app,
     serve_in_thread,
     signed_module_spec,
 )
-from mesh._artifacts import ArtifactSigner, ArtifactStore
-from mesh._broker import MosquittoBroker, free_port, start_mosquitto
-from mesh._edge_gateway import EdgeGateway, InferResult
-from mesh._enrolment import (
+from mesh.edge._bus import EdgeGateway, InferResult
+from mesh.edge._enrolment import (
     EdgeSettings,
     EnrolmentResult,
     EnrolmentStore,
     control_plane_credentials,
     enroll,
 )
+from mesh.edge.broker._broker import MosquittoBroker, free_port, start_mosquitto
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from tests.support.agent_fixtures import (  # noqa: F401  (fixture)
     AgentProcess,
     agent_processes,

@@ -34,15 +34,15 @@ from edge_agent.protocol import (
     encode_frame,
     parse_header,
 )
-from mesh._broker import BrokerHandle, EmbeddedBroker, MosquittoBroker, start_mosquitto
-from mesh._cli_agents import collect_health
-from mesh._edge_gateway import (
+from mesh.cli._agents import collect_health
+from mesh.edge._bus import (
     EdgeConnectionError,
     EdgeGateway,
     EdgeInferenceError,
     EdgeRequestTimeoutError,
 )
-from mesh._enrolment import EdgeSettings, EnrolmentStore, control_plane_credentials, enroll
+from mesh.edge._enrolment import EdgeSettings, EnrolmentStore, control_plane_credentials, enroll
+from mesh.edge.broker._broker import BrokerHandle, EmbeddedBroker, MosquittoBroker, start_mosquitto
 from tests.support.brokers import (  # noqa: F401  (fixtures)
     MqttProbe,
     broker,
@@ -149,7 +149,7 @@ def test_negotiates_mqtt5_on_mosquitto_and_311_on_amqtt(
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:
-    from mesh._broker import free_port
+    from mesh.edge.broker._broker import free_port
 
     gw = EdgeGateway(f"mqtt://127.0.0.1:{free_port()}")
     with pytest.raises(EdgeConnectionError, match="cannot reach broker"):
@@ -484,7 +484,7 @@ def test_enrolled_acls_are_enforced_by_mosquitto(
     a = enroll("cam-a", site="site-a", settings=settings)
     # the second agent's hash comes from the Python fallback, which mosquitto must accept
     with monkeypatch.context() as patch:
-        patch.setattr("mesh._enrolment.shutil.which", lambda name: None)
+        patch.setattr("mesh.edge._enrolment.shutil.which", lambda name: None)
         b = enroll("cam-b", site="site-b", settings=settings)
     handle.reload()
     creds = control_plane_credentials(settings)

@@ -28,20 +28,20 @@ import tests.support.agent_fixtures as af
 import tests.support.brokers as brokers
 from edge_agent.protocol import Event, Tensor, Topics, encode_frame
 from mesh import ModuleSpec, QoS, Resources
-from mesh._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh._artifacts import ArtifactSigner, ArtifactStore
-from mesh._broker import MosquittoBroker
-from mesh._edge_gateway import EdgeGateway
-from mesh._edge_install import EdgeInstaller, offload_target
-from mesh._enrolment import EdgeSettings
-from mesh._oip import HEADER_LENGTH, decode_response, encode_request
-from mesh._replica_contract import ModelArtifact, ReplicaMqtt
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._serving import HttpProbe, ServingManager
+from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
+from mesh.edge._bus import EdgeGateway
+from mesh.edge._enrolment import EdgeSettings
+from mesh.edge._install import EdgeInstaller, offload_target
+from mesh.edge.broker._broker import MosquittoBroker
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.serving._contract import ModelArtifact, ReplicaMqtt
+from mesh.serving._manager import HttpProbe, ServingManager
+from mesh.serving._oip import HEADER_LENGTH, decode_response, encode_request
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.support.agent_fixtures import AgentProcess, build_tiny_model, requester
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 # Shared fixtures, bound here so pytest finds them.
 mosquitto = brokers.mosquitto
@@ -145,7 +145,7 @@ class OneAgent:
 def control_plane(
     tmp_path: Path, mosquitto: MosquittoBroker, ray_backend: RayBackend
 ) -> Iterator[tuple[EdgeGateway, EdgeInstaller, ServingManager, str]]:
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._replicas import RayReplicaLauncher
 
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=mosquitto.url)
     edge = EdgeGateway(mosquitto.url, keepalive_s=5).start()

@@ -31,24 +31,24 @@ import tests.support.agent_fixtures as af
 import tests.support.brokers as brokers
 from edge_agent.protocol import Event, Tensor, Topics, encode_frame
 from mesh import ModuleSpec, QoS, Resources
-from mesh._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh._artifacts import ArtifactSigner, ArtifactStore
-from mesh._broker import MosquittoBroker
-from mesh._edge_gateway import EdgeGateway
-from mesh._edge_install import EdgeInstaller, offload_target
-from mesh._enrolment import EdgeSettings
-from mesh._migrations import MigrationExecutor
-from mesh._monitors import EdgeCanary, Monitors, PathProbe
-from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import PlacementStore
-from mesh._replica_contract import ModelArtifact, ReplicaMqtt
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._scenario_procs import CpuHog, DeviceCgroup
-from mesh._serving import HttpProbe, ServingManager
+from mesh.control._controller import ControllerSettings, PlacementController
+from mesh.control._migrations import MigrationExecutor
+from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
+from mesh.control._store import PlacementStore
+from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
+from mesh.edge._bus import EdgeGateway
+from mesh.edge._enrolment import EdgeSettings
+from mesh.edge._install import EdgeInstaller, offload_target
+from mesh.edge.broker._broker import MosquittoBroker
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.scenario._procs import CpuHog, DeviceCgroup
+from mesh.serving._contract import ModelArtifact, ReplicaMqtt
+from mesh.serving._manager import HttpProbe, ServingManager
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.support.agent_fixtures import AgentProcess, build_cnn, requester
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 mosquitto = brokers.mosquitto
 agent_processes = af.agent_processes
@@ -164,8 +164,8 @@ def test_a_hogged_agent_s_pipeline_offloads_to_fog_and_returns_after_the_dwell(
     agent_processes: Callable[..., AgentProcess],
     cgroups: dict[str, DeviceCgroup],
 ) -> None:
-    from mesh._ray_monitors import RayNodeProbe
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._probe import RayNodeProbe
+    from mesh.ray._replicas import RayReplicaLauncher
 
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=mosquitto.url)
     edge = EdgeGateway(mosquitto.url, keepalive_s=5).start()

@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 
 from mesh import ModuleSpec, QoS, Resources
-from mesh._placement_controller import ControllerSettings
-from mesh._routes import AgentEndpoint, ReplicaEndpoint
-from mesh._serving import ModelArtifact
+from mesh.control._controller import ControllerSettings
+from mesh.serving._manager import ModelArtifact
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint
 from tests.support.agent_fixtures import AgentProcess, agent_processes, build_cnn  # noqa: F401
 from tests.support.brokers import require_mosquitto
 from tests.support.placement import PacedLoad, placement_plane
 from tests.support.serving import wait_until
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 pytestmark = [pytest.mark.ray, pytest.mark.mqtt, pytest.mark.slow, pytest.mark.timeout(300)]
 

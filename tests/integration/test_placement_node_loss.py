@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 
 from mesh import ModuleSpec, QoS, Resources
-from mesh._migrations import MigrationExecutor
-from mesh._monitors import Monitors, PathProbe
-from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import PlacementStore
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._serving import ModelArtifact, ServingManager
+from mesh.control._controller import ControllerSettings, PlacementController
+from mesh.control._migrations import MigrationExecutor
+from mesh.control._monitors import Monitors, PathProbe
+from mesh.control._store import PlacementStore
+from mesh.serving._manager import ModelArtifact, ServingManager
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.support.agent_fixtures import build_tiny_model
 from tests.support.placement import PacedLoad
 from tests.support.serving import running_gateway, wait_until
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,8 +51,8 @@ MAX_FAILED = int(RATE_HZ * 30)
 def test_a_removed_fog_node_s_module_is_re_placed_on_a_live_node(
     tmp_path: Path, ray_backend: RayBackend
 ) -> None:
-    from mesh._ray_monitors import RayNodeProbe
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._probe import RayNodeProbe
+    from mesh.ray._replicas import RayReplicaLauncher
 
     cluster = ray_backend.cluster
     if cluster is None:

@@ -31,7 +31,7 @@ from mesh import (
     UnsatisfiableError,
     check_satisfiable,
 )
-from mesh._ray_backend import RayBackend, report_trial
+from mesh.ray._backend import RayBackend, report_trial
 
 pytestmark = pytest.mark.ray
 
@@ -419,7 +419,7 @@ def test_batch_without_input_is_refused(ray_backend: RayBackend, tmp_path: Path)
 _DRIVER = """
 import json
 from mesh import Mesh, MeshSettings
-from mesh._ray_backend import RayBackend
+from mesh.ray._backend import RayBackend
 
 app = Mesh("driver")
 
@@ -451,7 +451,7 @@ def test_cluster_daemon_serves_drivers_until_sigterm(tmp_path: Path) -> None:
     cluster_file = tmp_path / "cluster.json"
     with (tmp_path / "daemon.log").open("wb") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "mesh._ray_cluster"],
+            [sys.executable, "-m", "mesh.ray._cluster"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -19,22 +19,22 @@ import numpy as np
 import pytest
 
 from mesh import Lineage, ModelRegistry, SelectionMetric
-from mesh._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh._artifacts import ArtifactSigner, ArtifactStore
-from mesh._broker import free_port, start_mosquitto
-from mesh._edge_gateway import EdgeGateway
-from mesh._edge_install import EdgeInstaller
-from mesh._enrolment import EdgeSettings, control_plane_credentials, enroll
-from mesh._metrics import MetricsRegistry
-from mesh._replica_server import ModelRunner, ServerThread
-from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
-from mesh._serving import ServingManager
+from mesh.core._metrics import MetricsRegistry
+from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
+from mesh.edge._bus import EdgeGateway
+from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
+from mesh.edge._install import EdgeInstaller
+from mesh.edge.broker._broker import free_port, start_mosquitto
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.serving._manager import ServingManager
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
+from mesh.serving.replica._server import ModelRunner, ServerThread
 from tests.support.agent_fixtures import AgentProcess, agent_processes  # noqa: F401
 from tests.support.brokers import require_mosquitto
 from tests.support.serving import LoadRunner, running_gateway
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.ray, pytest.mark.mqtt, pytest.mark.slow, pytest.mark.timeout(360)]
@@ -58,7 +58,7 @@ class ControlPlane:
 @pytest.fixture
 def control_plane(tmp_path: Path, ray_backend: RayBackend) -> Iterator[ControlPlane]:
     """What `mesh up` runs: registry, broker, edge gateway, artifact endpoint, manager, gateway."""
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._replicas import RayReplicaLauncher
 
     require_mosquitto()
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=f"mqtt://127.0.0.1:{free_port()}")
@@ -92,7 +92,7 @@ def control_plane(tmp_path: Path, ray_backend: RayBackend) -> Iterator[ControlPl
         period_s=0.25,
         start_timeout_s=120,
     ).start()
-    from mesh._auth import TokenSigner
+    from mesh.security._auth import TokenSigner
 
     try:
         with running_gateway(
@@ -135,8 +135,8 @@ def mesh_token(data_dir: Path, *scopes: str) -> str:
 
 
 def frames(n: int) -> list[np.ndarray[Any, Any]]:
-    from functions.occupancy import synthetic_dataset
-    from functions.traffic import VehicleCounter
+    from functions.traffic.app import VehicleCounter
+    from functions.traffic.occupancy import synthetic_dataset
 
     counter = VehicleCounter()
     images = synthetic_dataset(n, seed=7).images
@@ -144,7 +144,7 @@ def frames(n: int) -> list[np.ndarray[Any, Any]]:
 
 
 def train(backend: RayBackend, out: Path, run_id: str, **config: Any) -> dict[str, Any]:
-    from functions.traffic import app
+    from functions.traffic.app import app
 
     call = backend.submit(
         app.get("train_counter"), {**TINY, "out_dir": str(out), **config}, run_id=run_id
@@ -175,7 +175,7 @@ def test_train_tune_register_serve_on_fog_and_edge_promote_and_roll_back(
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
 
-    from functions.traffic import COUNTER_MODEL, app
+    from functions.traffic.app import COUNTER_MODEL, app
 
     cp = control_plane
     spec = app.modules["VehicleCounter"].spec

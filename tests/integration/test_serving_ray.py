@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from mesh import ModuleSpec, QoS, Resources, UnsatisfiableError
-from mesh._replica_server import ModelRunner
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._serving import HttpProbe, ModelArtifact, ServingManager
+from mesh.serving._manager import HttpProbe, ModelArtifact, ServingManager
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
+from mesh.serving.replica._server import ModelRunner
 from tests.support.agent_fixtures import build_cnn
 from tests.support.serving import LoadRunner, running_gateway, wait_until
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -43,7 +43,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelArtifact, 
 
 @pytest.fixture
 def manager(ray_backend: RayBackend) -> Iterator[ServingManager]:
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._replicas import RayReplicaLauncher
 
     m = ServingManager(
         RouteTable(),
@@ -138,7 +138,7 @@ def test_replicas_scale_with_in_flight_requests(
     artifacts: tuple[ModelArtifact, ModelArtifact],
     tmp_path: Path,
 ) -> None:
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._replicas import RayReplicaLauncher
 
     spec = SPEC.model_copy(
         update={
@@ -184,7 +184,7 @@ def test_a_model_that_cannot_load_fails_the_deploy_and_the_old_version_serves(
 ) -> None:
     import time
 
-    from mesh._serving import ReplicaFailedError
+    from mesh.serving._manager import ReplicaFailedError
 
     v1 = artifacts[0]
     manager.deploy(SPEC, v1, tier="fog")

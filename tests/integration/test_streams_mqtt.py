@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from mesh import Mesh, SQLiteStore
-from mesh._edge_gateway import EdgeGateway
-from mesh._runner import Runner
-from mesh._streams import StreamWorker
+from mesh.compute._runner import Runner
+from mesh.compute._streams import StreamWorker
+from mesh.edge._bus import EdgeGateway
 from tests.support.brokers import broker, embedded_broker, mosquitto, unique  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.mqtt]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from functions.occupancy import count_visible
-from functions.signals import (
+from functions.traffic.occupancy import count_visible
+from functions.traffic.signals import (
     ControllerConfig,
     JunctionLayout,
     Observation,
@@ -26,7 +26,7 @@ from functions.signals import (
     SignalReport,
     camera_frames,
 )
-from mesh._sumo_network import (
+from functions.traffic.sim.network import (
     CONTROL_TYPES,
     GridNetwork,
     SimulationError,
@@ -34,7 +34,7 @@ from mesh._sumo_network import (
     find_sumo_binary,
     make_demand,
 )
-from mesh._sumo_session import SumoSession
+from functions.traffic.sim.session import SumoSession
 
 
 def require_sumo() -> None:

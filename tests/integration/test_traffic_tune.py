@@ -9,7 +9,7 @@ import pytest
 from mesh import TuneResult
 
 if TYPE_CHECKING:
-    from mesh._ray_backend import RayBackend
+    from mesh.ray._backend import RayBackend
 
 pytest.importorskip("torch")
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ray
 
 
 def test_tune_counter_selects_by_val_mae_with_asha(ray_backend: RayBackend) -> None:
-    from functions.traffic import app
+    from functions.traffic.app import app
 
     # Tiny trials; the extra keyword arguments override the declared constants.
     tiny = {"train_size": 96, "val_size": 32, "epochs": 3}

@@ -375,7 +375,7 @@ def agent_processes() -> Iterator[Callable[..., AgentProcess]]:
 _AMQTT_MAIN = """
 import sys, threading, warnings
 warnings.simplefilter("ignore")
-from mesh._broker import start_embedded_broker
+from mesh.edge.broker._broker import start_embedded_broker
 start_embedded_broker(port=int(sys.argv[1]))
 print("ready", flush=True)
 threading.Event().wait()
@@ -389,7 +389,7 @@ class AmqttProcess:
     kind = "amqtt"
 
     def __init__(self, port: int = 0) -> None:
-        from mesh._broker import free_port
+        from mesh.edge.broker._broker import free_port
 
         self.host = "127.0.0.1"
         self.port = port or free_port()

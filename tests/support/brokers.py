@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mesh._broker import (
+from mesh.edge.broker._broker import (
     BrokerHandle,
     EmbeddedBroker,
     MosquittoBroker,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh._broker import free_port
-from mesh._daemon import pid_alive
+from mesh.edge.broker._broker import free_port
+from mesh.runtime._daemon import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 

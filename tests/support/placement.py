@@ -3,7 +3,7 @@
 Real parts: Mosquitto with enrolment (passwords, ACLs), the edge gateway, the
 artifact endpoint, the edge installer, the serving manager on Ray, the gateway
 on a socket (feeding the monitors), a real ``python -m edge_agent`` whose
-broker connection goes through a :class:`~mesh._linkem.LinkEmulator` (so its
+broker connection goes through a :class:`~mesh.scenario._linkem.LinkEmulator` (so its
 link can be slowed), and a paced load of OIP requests through the gateway.
 
 Import explicitly::
@@ -25,23 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from mesh._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh._artifacts import ArtifactSigner, ArtifactStore
-from mesh._broker import free_port, start_mosquitto
-from mesh._edge_gateway import EdgeGateway
-from mesh._edge_install import EdgeInstaller
-from mesh._enrolment import EdgeSettings, control_plane_credentials, enroll
-from mesh._gateway import Gateway
-from mesh._linkem import LinkEmulator
-from mesh._migrations import MigrationExecutor
-from mesh._monitors import EdgeCanary, Monitors, PathProbe
-from mesh._oip import encode_request
-from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import PlacementStore
-from mesh._replica_server import ServerThread
-from mesh._routes import RouteTable
-from mesh._serving import ServingManager
-from mesh._upstream import UpstreamPool
+from mesh.control._controller import ControllerSettings, PlacementController
+from mesh.control._migrations import MigrationExecutor
+from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
+from mesh.control._store import PlacementStore
+from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
+from mesh.edge._bus import EdgeGateway
+from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
+from mesh.edge._install import EdgeInstaller
+from mesh.edge.broker._broker import free_port, start_mosquitto
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.scenario._linkem import LinkEmulator
+from mesh.serving._gateway import Gateway
+from mesh.serving._manager import ServingManager
+from mesh.serving._oip import encode_request
+from mesh.serving._routes import RouteTable
+from mesh.serving._upstream import UpstreamPool
+from mesh.serving.replica._server import ServerThread
 from tests.support.agent_fixtures import AgentProcess
 from tests.support.serving import running_gateway
 
@@ -161,8 +161,8 @@ def placement_plane(
     agent_process: Callable[..., AgentProcess],
 ) -> Iterator[PlacementPlane]:
     """Start the parts (the agent too, through the link emulator); stop them all after."""
-    from mesh._ray_monitors import RayNodeProbe
-    from mesh._ray_replicas import RayReplicaLauncher
+    from mesh.ray._probe import RayNodeProbe
+    from mesh.ray._replicas import RayReplicaLauncher
 
     settings = EdgeSettings(data_dir=tmp / "cp", broker_url=f"mqtt://127.0.0.1:{free_port()}")
     enrolment = enroll(agent_id, site=agent_site, settings=settings)

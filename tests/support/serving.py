@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from mesh._auth import TokenSigner
-from mesh._gateway import EdgeInference, Gateway, TokenAuth, create_gateway_app
-from mesh._metrics import MetricsRegistry
-from mesh._oip import encode_request
-from mesh._replica_server import ServerThread, serve_asgi
-from mesh._routes import RouteTable
-from mesh._upstream import UpstreamPool
+from mesh.core._metrics import MetricsRegistry
+from mesh.security._auth import TokenSigner
+from mesh.serving._gateway import EdgeInference, Gateway, TokenAuth, create_gateway_app
+from mesh.serving._oip import encode_request
+from mesh.serving._routes import RouteTable
+from mesh.serving._upstream import UpstreamPool
+from mesh.serving.replica._server import ServerThread, serve_asgi
 
 
 @contextlib.contextmanager

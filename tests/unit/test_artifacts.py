@@ -15,14 +15,15 @@ import pytest
 from fastapi import FastAPI
 
 from edge_agent.protocol import ModuleSpec, artifact_signing_message
-from mesh._artifact_api import (
+from mesh.edge._artifact_api import (
     UrlSigner,
     artifact_router,
     create_artifact_app,
     serve_in_thread,
     signed_module_spec,
 )
-from mesh._artifacts import (
+from mesh.edge._enrolment import EdgeSettings, EnrolmentStore, enroll
+from mesh.models._artifacts import (
     ArtifactError,
     ArtifactNotFoundError,
     ArtifactSigner,
@@ -31,7 +32,6 @@ from mesh._artifacts import (
     sha256_file,
     verify_signature,
 )
-from mesh._enrolment import EdgeSettings, EnrolmentStore, enroll
 
 # ---------------------------------------------------------------- the store
 

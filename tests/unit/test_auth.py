@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh._auth import AuthError, ForbiddenError, TokenSigner
+from mesh.security._auth import AuthError, ForbiddenError, TokenSigner
 
 NOW = 1_700_000_000.0
 

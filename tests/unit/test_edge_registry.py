@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from edge_agent import protocol as p
-from mesh._edge_dispatch import Dispatcher
-from mesh._edge_records import EdgeRequestTimeoutError
-from mesh._edge_registry import AgentRegistry
-from mesh._edge_subscriptions import Subscriptions
+from mesh.edge._dispatch import Dispatcher
+from mesh.edge._records import EdgeRequestTimeoutError
+from mesh.edge._registry import AgentRegistry
+from mesh.edge._subscriptions import Subscriptions
 
 T = p.Topics()
 

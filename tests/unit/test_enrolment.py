@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mesh._artifacts import ArtifactSigner
-from mesh._broker import free_port
-from mesh._cli_agents import agents_app, collect_health
-from mesh._enrolment import (
+from mesh.cli._agents import agents_app, collect_health
+from mesh.edge._enrolment import (
     CONTROL_PLANE_USER,
     EdgeSettings,
     EnrolmentError,
@@ -26,6 +24,8 @@ from mesh._enrolment import (
     revoke,
     verify_mosquitto_hash,
 )
+from mesh.edge.broker._broker import free_port
+from mesh.models._artifacts import ArtifactSigner
 
 # A line `mosquitto_passwd -c -b pw alice s3cret` (mosquitto 2.0.11) wrote.
 MOSQUITTO_LINE = (
@@ -66,7 +66,7 @@ def test_binary_hash_verifies_with_python() -> None:
 
 
 def test_binary_mode_without_the_tool_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mesh._enrolment.shutil.which", lambda name: None)
+    monkeypatch.setattr("mesh.edge._enrolment.shutil.which", lambda name: None)
     with pytest.raises(EnrolmentError, match="not installed"):
         hash_password("x", mode="binary")
     assert hash_password("x").startswith("$7$")  # auto falls back to Python

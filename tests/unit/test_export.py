@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 import torch  # noqa: E402
 
 from mesh import MeshError  # noqa: E402
-from mesh._export import (  # noqa: E402
+from mesh.models._export import (  # noqa: E402
     DEFAULT_OPSET,
     ExportError,
     ExportParityError,
@@ -133,7 +133,7 @@ def test_empty_parity_inputs_are_refused(tmp_path: Path, held_out: torch.Tensor)
 
 def test_import_mesh_export_stays_light() -> None:
     code = (
-        "import sys, mesh, mesh._export, mesh._profile, mesh._registry, mesh._cli_models; "
+        "import sys, mesh, mesh.models._export, mesh.models._profile, mesh.models._registry, mesh.cli._models; "
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'fastapi', 'numpy') "
         "if m in sys.modules))"
     )

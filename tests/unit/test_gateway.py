@@ -13,14 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
-from mesh._auth import TokenSigner
-from mesh._edge_gateway import EdgeInferenceError, EdgeRequestTimeoutError
-from mesh._export import ModelSignature, TensorSpec
-from mesh._gateway import Gateway, TokenAuth, create_gateway_app
-from mesh._oip import decode_response, encode_request
-from mesh._replica_server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
-from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
-from mesh._upstream import UpstreamPool
+from mesh.edge._bus import EdgeInferenceError, EdgeRequestTimeoutError
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.security._auth import TokenSigner
+from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh.serving._oip import decode_response, encode_request
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
+from mesh.serving._upstream import UpstreamPool
+from mesh.serving.replica._server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
 from tests.support.agent_fixtures import build_tiny_model
 
 SIG = ModelSignature(
@@ -118,7 +118,7 @@ def test_token_auth_checks_scheme_signature_expiry_and_scope() -> None:
     good = token("invoke", ttl_s=10, now=1000.0)
     assert auth.check(f"Bearer {good}", "invoke") is not None
     assert auth.check(f"bearer {good}".encode(), "read") is not None  # cached, scope implied
-    from mesh._auth import AuthError, ForbiddenError
+    from mesh.security._auth import AuthError, ForbiddenError
 
     for header, needle in [
         (None, "missing"),

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mesh._auth import AuthError, ForbiddenError
-from mesh._export import ModelSignature, TensorSpec
-from mesh._oip import (
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.security._auth import AuthError, ForbiddenError
+from mesh.serving._oip import (
     InferenceInputError,
     ModelNotReadyError,
     ModelNotServedError,
@@ -141,7 +141,7 @@ def test_response_round_trip(binary: bool) -> None:
 
 
 def test_response_honours_requested_outputs() -> None:
-    from mesh._oip import RequestedOutput
+    from mesh.serving._oip import RequestedOutput
 
     y = np.ones((1, 2), np.float32)
     body, header_length = encode_response(

@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 
 from mesh import ModuleSpec, QoS, Resources, UnsatisfiableError
-from mesh._autoscale import AutoscalePolicy, Autoscaler
-from mesh._export import ModelSignature, TensorSpec
-from mesh._metrics import MetricsRegistry
-from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
-from mesh._serving import (
+from mesh.core._metrics import MetricsRegistry
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
+from mesh.serving._manager import (
     DeployError,
     ModelArtifact,
     ReplicaFailedError,
     ReplicaRequest,
     ServingManager,
 )
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from tests.support.agent_fixtures import build_tiny_model
 
 SIG = ModelSignature(
@@ -537,9 +537,9 @@ class FakeEdgeGateway:
 
 
 def test_edge_installer_publishes_signed_modules_with_newer_versions(tmp_path: Path) -> None:
-    from mesh._artifact_api import UrlSigner
-    from mesh._artifacts import ArtifactSigner, ArtifactStore
-    from mesh._edge_install import EdgeInstaller
+    from mesh.edge._artifact_api import UrlSigner
+    from mesh.edge._install import EdgeInstaller
+    from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 
     store = ArtifactStore(tmp_path / "artifacts")
     edge = FakeEdgeGateway()

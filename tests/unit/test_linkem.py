@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh._linkem import LinkEmulator, LinkShape, _Pacer
+from mesh.scenario._linkem import LinkEmulator, LinkShape, _Pacer
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_cli_refuses_a_non_loopback_listen_address() -> None:
         [
             sys.executable,
             "-m",
-            "mesh._linkem",
+            "mesh.scenario._linkem",
             "--listen",
             "0.0.0.0:9",
             "--upstream",

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mesh import ConfigError, Mesh
-from mesh._loader import load_apps
 from mesh.cli import app as cli
 from mesh.cli import parse_cli_args
+from mesh.sdk._loader import load_apps
 
 USER_FILE = textwrap.dedent(
     """

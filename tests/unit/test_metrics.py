@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from mesh._metrics import CONTENT_TYPE, MetricsRegistry
+from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
 
 
 def test_histogram_renders_cumulative_buckets_sum_and_count() -> None:

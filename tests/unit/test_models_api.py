@@ -20,9 +20,9 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from edge_agent.protocol import artifact_signing_message
-from mesh._artifacts import verify_signature
-from mesh._models_api import create_models_router
-from mesh._registry import ModelRegistry
+from mesh.models._api import create_models_router
+from mesh.models._artifacts import verify_signature
+from mesh.models._registry import ModelRegistry
 
 from .test_registry import broken_onnx, make_registry, tiny_onnx
 

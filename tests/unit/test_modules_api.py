@@ -17,12 +17,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from mesh._auth import TokenSigner
-from mesh._gateway import Gateway, TokenAuth, create_gateway_app
-from mesh._modules_api import create_modules_router
-from mesh._registry import ModelNotFoundError
-from mesh._routes import ModuleRoute, ReplicaEndpoint, RouteTable
-from mesh._serving import DeployError, ReplicaStatus
+from mesh.models._registry import ModelNotFoundError
+from mesh.security._auth import TokenSigner
+from mesh.serving._api import create_modules_router
+from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh.serving._manager import DeployError, ReplicaStatus
+from mesh.serving._routes import ModuleRoute, ReplicaEndpoint, RouteTable
 
 SIGNER = TokenSigner(b"m" * 32)
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from functions.occupancy import (
+from functions.traffic.occupancy import (
     ApproachState,
     count_visible,
     render_approach,
@@ -114,6 +114,6 @@ def test_junction_frame_stacks_approaches_with_their_counts() -> None:
 
 
 def test_importing_the_renderer_does_not_import_torch() -> None:
-    code = "import sys, functions.occupancy; print('torch' in sys.modules)"
+    code = "import sys, functions.traffic.occupancy; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -35,13 +35,13 @@ from edge_agent.protocol import (
     encode_frame,
     parse_header,
 )
-from mesh._edge_install import EdgeInstaller, offload_target
-from mesh._edge_records import EdgeRequestTimeoutError
-from mesh._export import ModelSignature, TensorSpec
-from mesh._replica_contract import DeployError, ModelArtifact, ReplicaMqtt
-from mesh._replica_mqtt import MqttResponder
-from mesh._replica_server import ModelRunner, ReplicaApp
-from mesh._routes import AgentEndpoint, ReplicaEndpoint
+from mesh.edge._install import EdgeInstaller, offload_target
+from mesh.edge._records import EdgeRequestTimeoutError
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.serving._contract import DeployError, ModelArtifact, ReplicaMqtt
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint
+from mesh.serving.replica._mqtt import MqttResponder
+from mesh.serving.replica._server import ModelRunner, ReplicaApp
 from tests.support.agent_fixtures import build_tiny_model
 
 SIG = ModelSignature(
@@ -119,8 +119,8 @@ def edge() -> FakeAgentGateway:
 
 @pytest.fixture
 def installer(tmp_path: Path, edge: FakeAgentGateway) -> EdgeInstaller:
-    from mesh._artifact_api import UrlSigner
-    from mesh._artifacts import ArtifactSigner, ArtifactStore
+    from mesh.edge._artifact_api import UrlSigner
+    from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 
     return EdgeInstaller(
         edge,  # type: ignore[arg-type]

@@ -22,8 +22,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from mesh._migrations import MigrationExecutor, Target
-from mesh._monitors import (
+from mesh.control._api import create_placements_router
+from mesh.control._controller import ControllerSettings, PlacementController
+from mesh.control._migrations import MigrationExecutor, Target
+from mesh.control._monitors import (
     LatencyStats,
     ModuleIntent,
     Monitors,
@@ -32,16 +34,14 @@ from mesh._monitors import (
     engine_inputs,
     percentile,
 )
-from mesh._placement_controller import ControllerSettings, PlacementController
-from mesh._placement_store import (
+from mesh.control._store import (
     DeploymentRecord,
     MigrationRecord,
     PipelineRecord,
     PlacementStore,
 )
-from mesh._placements_api import create_placements_router
-from mesh._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
-from mesh._serving import ModelArtifact, ServingManager
+from mesh.serving._manager import ModelArtifact, ServingManager
+from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from placement import Module, Profile
 from tests.unit.test_gateway_serving import (
     Clock,
@@ -305,7 +305,7 @@ def test_store_keeps_pipelines_across_reopening(
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO placement_pipelines VALUES ('torn', '{\"cam-1\": ', 1.0, 0.0)")
         db.execute("INSERT INTO placement_pipelines VALUES ('listed', '[\"cam-1\"]', 1.0, 0.0)")
-    with caplog.at_level(logging.WARNING, logger="mesh._placement_store"):
+    with caplog.at_level(logging.WARNING, logger="mesh.control._store"):
         assert [r.module for r in again.pipelines()] == ["counter"]
     skipped = {r.getMessage().split(":")[0] for r in caplog.records}
     assert skipped == {"listed", "torn"}

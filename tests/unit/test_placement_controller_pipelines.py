@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
-from mesh._edge_install import PipelineSource
-from mesh._edge_registry import AgentRegistry
-from mesh._migrations import MigrationExecutor
-from mesh._monitors import Monitors, NodeSample, NodeState
-from mesh._placement_controller import PlacementController
-from mesh._placement_settings import ControllerSettings
-from mesh._placement_store import MigrationRecord, PipelineRecord, PlacementStore
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._serving import ServingManager
+from mesh.control._controller import PlacementController
+from mesh.control._migrations import MigrationExecutor
+from mesh.control._monitors import Monitors, NodeSample, NodeState
+from mesh.control._settings import ControllerSettings
+from mesh.control._store import MigrationRecord, PipelineRecord, PlacementStore
+from mesh.edge._install import PipelineSource
+from mesh.edge._registry import AgentRegistry
+from mesh.serving._manager import ServingManager
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.unit.test_gateway_serving import (
     Clock,
     FakeLauncher,
@@ -496,7 +496,7 @@ def test_a_bad_recorded_entry_is_skipped_with_a_log_line(caplog: pytest.LogCaptu
     w.store.put_pipelines(PipelineRecord("broken", {A1: ""}, 1.0))
     w.store.put_pipelines(PipelineRecord("negative", {A2: "s2"}, -3.0))
     after = world(store=w.store, fresh=False)
-    with caplog.at_level(logging.ERROR, logger="mesh._pipeline_placement"):
+    with caplog.at_level(logging.ERROR, logger="mesh.control._pipelines"):
         assert after.controller.restore(Registryless(after.manager)) == ["counter"]
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(m.startswith("could not restore broken pipelines") for m in failed), failed

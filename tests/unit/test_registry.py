@@ -14,10 +14,10 @@ pytest.importorskip("onnxruntime")
 
 from edge_agent.protocol import artifact_signing_message  # noqa: E402
 from mesh import MeshError, MeshSettings  # noqa: E402
-from mesh._artifacts import ArtifactSigner, ArtifactStore, verify_signature  # noqa: E402
-from mesh._export import InvalidModelError  # noqa: E402
-from mesh._profile import CPU  # noqa: E402
-from mesh._registry import (  # noqa: E402
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore, verify_signature  # noqa: E402
+from mesh.models._export import InvalidModelError  # noqa: E402
+from mesh.models._profile import CPU  # noqa: E402
+from mesh.models._registry import (  # noqa: E402
     InvalidRegistrationError,
     Lineage,
     ModelNotFoundError,
@@ -247,7 +247,7 @@ def test_cli_register_show_promote_rollback(
     import typer
     from typer.testing import CliRunner
 
-    from mesh._cli_models import models_app
+    from mesh.cli._models import models_app
 
     cli = typer.Typer()
     cli.add_typer(models_app, name="models")

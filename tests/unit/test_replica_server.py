@@ -12,8 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from mesh._oip import decode_response, encode_request
-from mesh._replica_server import (
+from mesh.serving._oip import decode_response, encode_request
+from mesh.serving._upstream import UpstreamPool
+from mesh.serving.replica._server import (
     ModelRunner,
     ReplicaApp,
     ReplicaStats,
@@ -21,7 +22,6 @@ from mesh._replica_server import (
     intra_op_threads,
     serve_asgi,
 )
-from mesh._upstream import UpstreamPool
 from tests.support.agent_fixtures import build_cnn, build_tiny_model
 
 

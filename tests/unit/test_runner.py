@@ -15,8 +15,8 @@ from mesh import (
     UnknownFunctionError,
     UnsatisfiableError,
 )
-from mesh._runner import Runner
-from mesh._store import RunStatus, SQLiteStore
+from mesh.compute._runner import Runner
+from mesh.compute._runs import RunStatus, SQLiteStore
 
 from .fakes import FakeBackend
 

@@ -12,11 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mesh._cli_scenario import scenario_app
-from mesh._errors import ConfigError
-from mesh._scenario import Scenario, scenario_json_schema, scenario_json_schema_text
-from mesh._scenario_checks import read_junctions, resolve_ref
-from mesh._scenario_load import ScenarioError, load_scenario, parse_scenario
+from mesh.cli._scenario import scenario_app
+from mesh.core._errors import ConfigError
+from mesh.scenario._checks import read_junctions, resolve_ref
+from mesh.scenario._load import ScenarioError, load_scenario, parse_scenario
+from mesh.scenario._schema import Scenario, scenario_json_schema, scenario_json_schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge_agent.protocol import Event, Tensor, json_tensor
-from functions.occupancy import APPROACHES
-from mesh._scenario_camera import CAMERA_STREAM, CameraRelay, EventTally
+from functions.traffic.occupancy import APPROACHES
+from functions.traffic.sim.camera import CAMERA_STREAM, CameraRelay, EventTally
 
 SEGMENTS = (10.0, 30.0)
 

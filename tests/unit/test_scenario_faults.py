@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import TypeAdapter
 
-from mesh._scenario import Fault
-from mesh._scenario_faults import FaultTimeline, parse_target
+from mesh.scenario._faults import FaultTimeline, parse_target
+from mesh.scenario._schema import Fault
 
 
 class Recorder:

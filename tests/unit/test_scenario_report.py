@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh._scenario_report import (
+from mesh.scenario._report import (
     ControllerKpis,
     FaultWindow,
     MigrationRecord,

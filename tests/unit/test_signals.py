@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from functions.occupancy import APPROACHES, ApproachState, count_visible
-from functions.signals import (
+from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
+from functions.traffic.signals import (
     ControllerConfig,
     ControllerState,
     JunctionLayout,
@@ -25,7 +25,7 @@ from functions.signals import (
     plans_for_window,
     still_frame,
 )
-from mesh._sumo_session import SignalActuator, transition_state
+from functions.traffic.sim.session import SignalActuator, transition_state
 
 NS, EW = 0, 1
 # Counts are (north, east, south, west); segments per approach are cumulative
@@ -271,7 +271,7 @@ def test_the_stream_function_holds_counts_across_messages_and_windows() -> None:
 
 
 def test_signal_plan_is_a_registered_fog_stream() -> None:
-    from functions.signals import app
+    from functions.traffic.signals import app
 
     spec = app.functions["signal_plan"].spec
     assert spec.kind.value == "stream" and spec.tier == "fog"
@@ -306,7 +306,7 @@ def test_a_still_frame_keeps_standing_vehicles_only() -> None:
     assert still_frame(first, None) is first
 
 
-# -- the actuator (mesh._sumo_session, pure) ----------------------------------------------
+# -- the actuator (functions.traffic.sim.session, pure) ----------------------------------------------
 
 
 def test_transition_state_turns_lost_greens_yellow() -> None:
@@ -356,7 +356,7 @@ def test_the_actuator_holds_the_last_plan_then_falls_back() -> None:
 
 def test_importing_the_mesh_never_imports_libsumo() -> None:
     code = (
-        "import sys, mesh, mesh._sumo_session, mesh._sumo_network, functions.signals;"
+        "import sys, mesh, functions.traffic.sim.session, functions.traffic.sim.network, functions.traffic.signals;"
         "print('libsumo' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

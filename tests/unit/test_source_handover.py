@@ -17,13 +17,13 @@ import pytest
 from edge_agent._pipelines import Pipeline
 from edge_agent._sources import Sample
 from edge_agent.protocol import Event, PipelineSpec, Route, SourceSpec, Tensor, encode_frame
-from mesh._edge_install import EdgeInstaller, PipelineSource
-from mesh._errors import MeshError
-from mesh._replica_contract import DeployError, ReplicaMqtt
-from mesh._replica_mqtt import MqttResponder
-from mesh._replica_pipelines import ReplicaPipelines
-from mesh._replica_server import ModelRunner, ReplicaApp
-from mesh._source_handover import Lease, LeaseList, SourceHandover, lease_topic
+from mesh.core._errors import MeshError
+from mesh.edge._handover import Lease, LeaseList, SourceHandover, lease_topic
+from mesh.edge._install import EdgeInstaller, PipelineSource
+from mesh.serving._contract import DeployError, ReplicaMqtt
+from mesh.serving.replica._mqtt import MqttResponder
+from mesh.serving.replica._pipelines import ReplicaPipelines
+from mesh.serving.replica._server import ModelRunner, ReplicaApp
 from tests.support.agent_fixtures import build_tiny_model
 from tests.unit.test_offload_routes import FakeAgentGateway, FakeHost, artifact
 
@@ -282,8 +282,8 @@ def _lease_args() -> dict[str, Any]:
 
 
 def test_installer_hands_the_source_over_and_back(tmp_path: Path) -> None:
-    from mesh._artifact_api import UrlSigner
-    from mesh._artifacts import ArtifactSigner, ArtifactStore
+    from mesh.edge._artifact_api import UrlSigner
+    from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 
     edge, bus = FakeAgentGateway(), FakeBus()
     installer = EdgeInstaller(

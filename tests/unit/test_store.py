@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mesh import StoreError
-from mesh._store import Deployment, RunRecord, RunStatus, SQLiteStore
+from mesh.compute._runs import Deployment, RunRecord, RunStatus, SQLiteStore
 
 
 def _record(run_id: str, started: float) -> RunRecord:

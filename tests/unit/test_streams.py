@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 
 from mesh import Mesh, SpecError
-from mesh._runner import Runner
-from mesh._store import SQLiteStore
-from mesh._streams import LocalBus, StreamWorker
+from mesh.compute._runner import Runner
+from mesh.compute._runs import SQLiteStore
+from mesh.compute._streams import LocalBus, StreamWorker
 
 from .fakes import FakeBackend
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from mesh._topics import cover_filters, topic_covers, topic_matches
+from mesh.core._topics import cover_filters, topic_covers, topic_matches
 
 # Topics to probe filters with: every combination of these levels, 1 to 4 deep.
 LEVELS = ["a", "b", "c", ""]
@@ -15,7 +15,7 @@ TOPICS = ["/".join(p) for n in range(1, 5) for p in itertools.product(LEVELS, re
 
 def test_streams_and_gateway_share_one_topic_matches() -> None:
     import mesh
-    from mesh import _streams
+    from mesh.compute import _streams
 
     assert _streams.topic_matches is topic_matches
     assert mesh.topic_matches is topic_matches

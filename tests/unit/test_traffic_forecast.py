@@ -13,14 +13,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mesh._auth import TokenSigner
-from mesh._export import ModelSignature, TensorSpec
-from mesh._gateway import Gateway, TokenAuth, create_gateway_app
-from mesh._http_server import ServerThread, serve_asgi
-from mesh._oip import ServingError
-from mesh._replica_server import ModelRunner, ReplicaApp
-from mesh._routes import ReplicaEndpoint, RouteTable
-from mesh._traffic_forecast import ForecastFeed, GatewayPredictor, gateway_feed
+from functions.traffic.sim.forecast_feed import ForecastFeed, GatewayPredictor, gateway_feed
+from mesh.core._http_server import ServerThread, serve_asgi
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.security._auth import TokenSigner
+from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh.serving._oip import ServingError
+from mesh.serving._routes import ReplicaEndpoint, RouteTable
+from mesh.serving.replica._server import ModelRunner, ReplicaApp
 
 APPROACHES = ("north", "east", "south", "west")
 
@@ -176,7 +176,7 @@ def test_a_failing_predictor_is_logged_and_the_feed_goes_on(
         name="forecaster",
     ).start()
     try:
-        with caplog.at_level(logging.WARNING, logger="mesh._traffic_forecast"):
+        with caplog.at_level(logging.WARNING, logger="functions.traffic.sim.forecast_feed"):
             live_minute(feed, "J", 0)
             live_minute(feed, "J", 1)  # completes minute 0: the call fails
             assert feed.drain(5.0)

@@ -11,9 +11,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import torch  # noqa: E402
 
-from functions import models  # noqa: E402
-from functions.occupancy import synthetic_dataset  # noqa: E402
-from functions.traffic import (  # noqa: E402
+from functions.traffic import models  # noqa: E402
+from functions.traffic.app import (  # noqa: E402
     ModelRef,
     VehicleCounter,
     app,
@@ -23,10 +22,11 @@ from functions.traffic import (  # noqa: E402
     train_counter,
     train_forecaster,
 )
+from functions.traffic.occupancy import synthetic_dataset  # noqa: E402
 from mesh import FunctionKind, TuneSpec  # noqa: E402
-from mesh._artifacts import sha256_file  # noqa: E402
-from mesh._export import export_onnx  # noqa: E402
-from mesh._registry import ModelRegistry  # noqa: E402
+from mesh.models._artifacts import sha256_file  # noqa: E402
+from mesh.models._export import export_onnx  # noqa: E402
+from mesh.models._registry import ModelRegistry  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:.*isinstance\(treespec, LeafSpec\).*:FutureWarning"

@@ -12,9 +12,9 @@ import numpy.typing as npt
 import pytest
 import yaml
 
-from functions.occupancy import APPROACHES
-from functions.traffic import CountSeries, history_windows, read_history, train_forecaster
-from mesh._traffic_history import history_days
+from functions.traffic.app import CountSeries, history_windows, read_history, train_forecaster
+from functions.traffic.occupancy import APPROACHES
+from functions.traffic.sim.history import history_days
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,7 +158,7 @@ def test_train_forecaster_learns_the_history_and_reports_persistence(tmp_path: P
 def test_the_traffic_scenario_trains_the_forecaster_on_its_history() -> None:
     doc = yaml.safe_load((ROOT / "scenarios" / "traffic.yaml").read_text())
     module = next(m for m in doc["modules"] if m["name"] == "forecaster")
-    assert module["model"]["train"] == "functions.traffic:train_forecaster"
+    assert module["model"]["train"] == "functions.traffic.app:train_forecaster"
     args = module["model"]["args"]
     assert args["history"] == "{history}/counts-*.csv"
     inspect.signature(train_forecaster).bind(**args)  # every argument is one it takes

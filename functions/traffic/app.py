@@ -1,0 +1,703 @@
+"""The traffic app: train, tune, export and serve the junction models.
+
+* ``train_counter`` / ``train_forecaster`` (cloud): fit (the counter on
+  synthetic frames; the forecaster on a scenario's recorded history, see
+  :func:`read_history`, or on synthetic flows), export ONNX with a parity
+  check, optionally register the result as a candidate version; they return a
+  :class:`ModelRef` (a JSON-able dict).
+* ``tune_counter`` (cloud): Ray Tune with ASHA over the counter's learning rate
+  and width, selecting by ``val_mae``.
+* ``VehicleCounter``: the inference module serving ``vehicle-counter`` with a
+  20 ms p95 target; the placement engine decides where.
+
+Sizes are parameters and the defaults are small, so a run takes seconds on a
+CPU; training uses CUDA when the node has a GPU.
+
+Example:
+    >>> ref = train_counter(out_dir="/tmp/m", train_size=512, epochs=3)  # doctest: +SKIP
+    >>> ref["metrics"]["val_mae"] < 3, ref["onnx_path"]                   # doctest: +SKIP
+    (True, '/tmp/m/vehicle-counter-....onnx')
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+import mesh
+from mesh import Mesh, QoS, Resources
+
+from . import models
+from .occupancy import APPROACHES, DEFAULT_CELLS, DEFAULT_LANES, synthetic_dataset
+
+__all__ = [
+    "COUNTER_MODEL",
+    "FORECASTER_MODEL",
+    "CountSeries",
+    "ModelRef",
+    "VehicleCounter",
+    "app",
+    "code_version",
+    "counter_trial",
+    "demand_profiles",
+    "history_windows",
+    "lagged_windows",
+    "read_history",
+    "synthetic_flows",
+    "train_counter",
+    "train_forecaster",
+    "tune_counter",
+]
+
+logger = logging.getLogger(__name__)
+
+app = Mesh("traffic")
+
+COUNTER_MODEL = "vehicle-counter"
+FORECASTER_MODEL = "flow-forecaster"
+TRAIN_CPUS = 1.0
+#: Parity tolerance: counts are O(10..70), so float32 noise is ~1e-5.
+COUNTER_TOLERANCE = 1e-3
+FORECASTER_TOLERANCE = 1e-3
+
+
+class ModelRef(TypedDict):
+    """What a training function returns: where the exported model is and how good it is."""
+
+    model: str
+    onnx_path: str
+    sha256: str
+    opset: int
+    max_abs_error: float
+    code_version: str
+    data_id: str
+    metrics: dict[str, float]
+    hyperparameters: dict[str, Any]
+    num_parameters: int
+    device: str
+    registered_version: str | None
+
+
+@cache
+def code_version() -> str:
+    """The code version of the models: a digest of this module, the models and the renderer."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("app.py", "models.py", "occupancy.py"):
+        digest.update((here / name).read_bytes())
+    return f"traffic-{digest.hexdigest()[:12]}"
+
+
+def _default_out_dir() -> Path:
+    return mesh.MeshSettings().data_dir / "exports"
+
+
+def _register(ref: ModelRef, metric: str, mode: str, run_id: str | None) -> str:
+    from mesh import Lineage, ModelRegistry, SelectionMetric
+
+    registry = ModelRegistry.open()
+    try:
+        version = registry.register(
+            ref["model"],
+            Path(ref["onnx_path"]),
+            code_version=ref["code_version"],
+            metric=SelectionMetric(
+                metric, ref["metrics"][metric], "min" if mode == "min" else "max"
+            ),
+            lineage=Lineage(
+                run_id=run_id,
+                data_id=ref["data_id"],
+                hyperparameters=ref["hyperparameters"],
+                extra={
+                    "max_abs_error": ref["max_abs_error"],
+                    "device": ref["device"],
+                    "num_parameters": ref["num_parameters"],
+                },
+            ),
+        )
+    finally:
+        registry.close()
+    return version.version
+
+
+# -- the vehicle counter ----------------------------------------------------------
+
+
+def _reserved_cpus(function: str) -> float:
+    """CPUs the function's spec reserves: torch gets as many threads, no more."""
+    return app.functions[function].spec.resources.cpus
+
+
+def counter_trial(
+    config: Mapping[str, Any],
+    *,
+    on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+    cpus: float | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the counter as ``config`` says; returns the fit and the data's lineage.
+
+    ``config`` keys (all optional): ``lr``, ``width``, ``hidden``, ``epochs``,
+    ``batch_size``, ``train_size``, ``val_size``, ``seed``, ``lanes``, ``cells``.
+    """
+    train_size = int(config.get("train_size", 2048))
+    val_size = int(config.get("val_size", 512))
+    seed = int(config.get("seed", 0))
+    lanes = int(config.get("lanes", DEFAULT_LANES))
+    cells = int(config.get("cells", DEFAULT_CELLS))
+    train = synthetic_dataset(train_size, seed=seed, num_lanes=lanes, cells=cells)
+    # Held-out data comes from another seed: no frame is in both.
+    val = synthetic_dataset(val_size, seed=seed + 1_000_003, num_lanes=lanes, cells=cells)
+    with models.torch_threads(cpus or _reserved_cpus("train_counter")):
+        import torch
+
+        torch.manual_seed(seed)
+        model = models.vehicle_counter(
+            approaches=len(APPROACHES),
+            lanes=lanes,
+            cells=cells,
+            width=int(config.get("width", 32)),
+            hidden=int(config.get("hidden", 256)),
+        )
+        fit = models.fit_regressor(
+            model,
+            (train.images, train.counts),
+            (val.images, val.counts),
+            epochs=int(config.get("epochs", 8)),
+            lr=float(config.get("lr", 2e-3)),
+            batch_size=int(config.get("batch_size", 64)),
+            seed=seed,
+            on_epoch=on_epoch,
+        )
+    return fit, {"train": train, "val": val}
+
+
+@app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=1800)
+def train_counter(
+    out_dir: str | None = None,
+    epochs: int = 8,
+    lr: float = 2e-3,
+    width: int = 32,
+    train_size: int = 2048,
+    val_size: int = 512,
+    seed: int = 0,
+    register: bool = False,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Train the vehicle-counter CNN, export it to ONNX (parity-checked); optionally register it.
+
+    Args:
+        out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
+        epochs: passes over the training frames.
+        lr: Adam's learning rate.
+        width: channels of the CNN trunk (32: ~267k parameters).
+        train_size: synthetic training frames.
+        val_size: held-out frames (also the parity inputs of the export).
+        seed: seeds the data and the weights.
+        register: register the export as a candidate version of ``vehicle-counter``.
+        run_id: the mesh run id, recorded in the version's lineage.
+    """
+    from mesh import export_onnx
+
+    config: dict[str, Any] = {
+        "lr": lr,
+        "width": width,
+        "hidden": 256,
+        "epochs": epochs,
+        "batch_size": 64,
+        "train_size": train_size,
+        "val_size": val_size,
+        "seed": seed,
+    }
+    fit, data = counter_trial(config)
+    val = data["val"]
+    import torch
+
+    x_val = torch.from_numpy(val.images)
+    target = Path(out_dir) if out_dir else _default_out_dir()
+    path = target / f"{COUNTER_MODEL}-{uuid.uuid4().hex[:12]}.onnx"
+    # Held-out batches of 1, 7 and the rest: parity and the dynamic batch axis at once.
+    parity = [x_val[:1], x_val[1:8], x_val[8:]] if len(x_val) > 8 else [x_val[:1], x_val]
+    report = export_onnx(
+        fit.model,
+        x_val[:2],
+        path,
+        input_names=["occupancy"],
+        output_names=["counts"],
+        parity_inputs=parity,
+        tolerance=COUNTER_TOLERANCE,
+    )
+    ref = ModelRef(
+        model=COUNTER_MODEL,
+        onnx_path=str(report.path),
+        sha256=report.sha256,
+        opset=report.opset,
+        max_abs_error=report.max_abs_error,
+        code_version=code_version(),
+        data_id=data["train"].data_id,
+        metrics={
+            "val_mae": fit.val_mae,
+            "best_epoch": float(fit.best_epoch),
+            "train_seconds": round(fit.seconds, 3),
+        },
+        hyperparameters=config,
+        num_parameters=models.count_parameters(fit.model),
+        device=fit.device,
+        registered_version=None,
+    )
+    if register:
+        ref["registered_version"] = _register(ref, "val_mae", "min", run_id)
+    logger.info(
+        "trained %s: val_mae=%.3f, %d parameters, onnx %s (max abs error %.2g)",
+        COUNTER_MODEL,
+        fit.val_mae,
+        ref["num_parameters"],
+        report.sha256[:12],
+        report.max_abs_error,
+    )
+    return ref
+
+
+@app.tune(
+    metric="val_mae",
+    mode="min",
+    scheduler="asha",
+    num_samples=4,
+    max_concurrent_trials=2,
+    max_iterations=6,
+    search_space={
+        "lr": app.loguniform(5e-4, 5e-3),
+        "width": app.choice([16, 32]),
+        "epochs": 6,
+        "train_size": 1024,
+        "val_size": 256,
+    },
+    tier="cloud",
+    resources=Resources(cpus=TRAIN_CPUS),
+)
+def tune_counter(config: dict[str, Any]) -> None:
+    """Search the counter's learning rate and width; ASHA stops poor trials early by val_mae."""
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        mesh.report(
+            val_mae=metrics["val_mae"], train_loss=metrics["train_loss"], epoch=float(epoch)
+        )
+
+    counter_trial(config, on_epoch=report, cpus=_reserved_cpus("tune_counter"))
+
+
+# -- demand analytics ------------------------------------------------------------------
+
+
+@app.batch(tier="cloud", resources=Resources(cpus=0.5), input_format="csv")
+def demand_profiles(events: Any) -> Any:
+    """Demand profile per junction and approach from recorded counts (Ray Data).
+
+    Input rows: ``site, minute, approach, count`` (and ``day`` in a scenario's
+    history; ``count`` is the mean number of vehicles on the approach that
+    minute); out: the mean and peak per site and approach.
+    """
+    return events.groupby(["site", "approach"]).aggregate(
+        _ray_data_agg("Mean", "count"), _ray_data_agg("Max", "count")
+    )
+
+
+def _ray_data_agg(kind: str, column: str) -> Any:
+    import ray.data.aggregate as agg  # in the batch job only
+
+    return getattr(agg, kind)(column)
+
+
+# -- the flow forecaster ------------------------------------------------------------
+
+
+def synthetic_flows(
+    minutes: int, *, seed: int = 0, approaches: int = len(APPROACHES)
+) -> npt.NDArray[np.float32]:
+    """Vehicles per minute per approach, ``[minutes, approaches]``, with a morning peak.
+
+    Deterministic by seed; the SUMO scenario's detector counts take its place later.
+    """
+    rng = np.random.default_rng([seed, 7])
+    t = np.arange(minutes, dtype=np.float64)
+    base = rng.uniform(3.0, 8.0, approaches)
+    peak_at = rng.uniform(90.0, 150.0)
+    peak = np.exp(-(((t - peak_at) / 45.0) ** 2))[:, None]
+    weight = rng.uniform(0.6, 1.6, approaches)
+    # Slow wander (platoons released by upstream signals) on top of the peak.
+    wander = np.cumsum(rng.normal(0.0, 0.25, (minutes, approaches)), axis=0)
+    wander -= np.linspace(0.0, 1.0, minutes)[:, None] * wander[-1:]
+    rate = np.clip(base + 14.0 * peak * weight + wander, 0.2, None)
+    return rng.poisson(rate).astype(np.float32)
+
+
+def lagged_windows(
+    series: npt.NDArray[np.float32], lags: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Inputs ``[n, approaches, lags]`` (oldest first) and next-minute targets ``[n, approaches]``.
+
+    Returns:
+        The windows and the counts of the minute after each.
+    """
+    if len(series) <= lags:
+        raise ValueError(f"need more than {lags} minutes of counts, got {len(series)}")
+    windows = np.stack([series[i : i + lags] for i in range(len(series) - lags)])
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)), series[lags:]
+
+
+@dataclass(frozen=True, slots=True)
+class CountSeries:
+    """One junction's per-minute counts over one recorded day.
+
+    Attributes:
+        source: the CSV file it was read from.
+        site: the junction.
+        day: the day (a SUMO run) within the file.
+        first_minute: the minute of ``counts[0]``.
+        counts: ``[minutes, approaches]``, approaches in :data:`APPROACHES` order.
+    """
+
+    source: str
+    site: str
+    day: int
+    first_minute: int
+    counts: npt.NDArray[np.float32]
+
+
+_HISTORY_COLUMNS = ("site", "minute", "approach", "count")
+
+
+def read_history(pattern: str) -> list[CountSeries]:
+    """The series in the history CSVs matching ``pattern`` (a glob), one per site and day.
+
+    Rows are ``site, day, minute, approach, count`` (``day`` optional, 0 when
+    missing); ``count`` is the mean number of vehicles on the approach during
+    that minute (``functions.traffic.sim.history``). Every minute of a series, from its
+    first to its last, needs a count for every approach.
+
+    Raises:
+        FileNotFoundError: no file matches ``pattern``.
+        ValueError: a file is malformed (the message names it, and the line).
+    """
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no history files match {pattern!r}")
+    index = {a: i for i, a in enumerate(APPROACHES)}
+    out: list[CountSeries] = []
+    for path in paths:
+        cells: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                missing = [c for c in _HISTORY_COLUMNS if c not in (reader.fieldnames or ())]
+                if missing:
+                    raise ValueError(
+                        f"{path}: missing column(s) {', '.join(missing)} (expected "
+                        f"{', '.join(_HISTORY_COLUMNS)}, optionally day)"
+                    )
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    approach = row["approach"]
+                    if approach not in index:
+                        raise ValueError(
+                            f"{where}: unknown approach {approach!r} "
+                            f"(expected one of {', '.join(APPROACHES)})"
+                        )
+                    try:
+                        day = int(row.get("day") or 0)
+                        minute = int(row["minute"])
+                        count = float(row["count"])
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(f"{where}: not a number ({exc})") from None
+                    if not math.isfinite(count) or count < 0:
+                        raise ValueError(f"{where}: count must be finite and >= 0, got {count}")
+                    cells.setdefault((row["site"], day), {})[(minute, index[approach])] = count
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read history ({exc})") from exc
+        for (site, day), values in sorted(cells.items()):
+            minutes = sorted({m for m, _ in values})
+            first, last = minutes[0], minutes[-1]
+            series = np.zeros((last - first + 1, len(APPROACHES)), dtype=np.float32)
+            for m in range(first, last + 1):
+                for a, k in index.items():
+                    value = values.get((m, k))
+                    if value is None:
+                        raise ValueError(
+                            f"{path}: site {site} day {day} has no {a} count for minute {m}"
+                        )
+                    series[m - first, k] = value
+            out.append(CountSeries(path, site, day, first, series))
+    return out
+
+
+def history_windows(
+    series: Sequence[CountSeries], lags: int, *, holdout: float = 0.25
+) -> tuple[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+]:
+    """Training and held-out windows from every series: the later part of each is held out.
+
+    Each series with more than ``lags`` minutes gives :func:`lagged_windows`;
+    the last ``ceil(holdout * n)`` of its ``n`` windows (at least one, when it
+    has two or more) are held out, so validation is always later in time than
+    training within a day. Shorter series are skipped.
+
+    Returns:
+        ``x_train [n, approaches, lags]``, ``y_train [n, approaches]``, ``x_val``, ``y_val``.
+
+    Raises:
+        ValueError: too little history for a training and a held-out window.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    train: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    val: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    for s in series:
+        if len(s.counts) <= lags:
+            logger.debug(
+                "history %s %s day %d: too short for %d lags", s.source, s.site, s.day, lags
+            )
+            continue
+        x, y = lagged_windows(s.counts, lags)
+        held = math.ceil(holdout * len(x)) if len(x) > 1 else 0
+        cut = len(x) - held
+        train.append((x[:cut], y[:cut]))
+        if held:
+            val.append((x[cut:], y[cut:]))
+    if not train or not val:
+        longest = max((len(s.counts) for s in series), default=0)
+        raise ValueError(
+            f"need series of more than {lags + 1} minutes for training and held-out "
+            f"windows with {lags} lags; the longest of {len(series)} has {longest}"
+        )
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        np.concatenate([x for x, _ in val]),
+        np.concatenate([y for _, y in val]),
+    )
+
+
+def _synthetic_windows(
+    minutes: int, lags: int, seed: int
+) -> tuple[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+]:
+    days = [synthetic_flows(240, seed=seed * 1000 + d) for d in range(max(1, minutes // 240))]
+    pairs = [lagged_windows(day, lags) for day in days]
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    # The last quarter is held out (later in time: no leakage).
+    cut = int(len(x) * 0.75)
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+@app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=900)
+def train_forecaster(
+    out_dir: str | None = None,
+    minutes: int = 2400,
+    lags: int = 8,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    hidden: int = 64,
+    seed: int = 0,
+    history: str | None = None,
+    register: bool = False,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Train the short-term flow forecaster (MLP), export it to ONNX; optionally register it.
+
+    It predicts each approach's next-minute value from its last ``lags``
+    minutes (input ``counts [N, approaches, lags]``, oldest first; output
+    ``next_counts [N, approaches]``). With ``history`` it learns a scenario's
+    recorded counts (:func:`read_history`: mean vehicles on each approach per
+    minute, what the edge counter reports live), holding out the later part of
+    every series (:func:`history_windows`); without, synthetic flows with the
+    last quarter held out. ``persistence_mae`` in the metrics is the held-out
+    error of predicting the last minute again: the baseline to beat.
+
+    Args:
+        out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
+        minutes: length of the synthetic count series (several days of 4-hour peaks);
+            unused with ``history``.
+        lags: minutes of history per prediction.
+        epochs: passes over the training windows.
+        lr: Adam's learning rate.
+        hidden: units per hidden layer.
+        seed: seeds the data and the weights.
+        history: a glob of history CSVs (``counts-*.csv``); None = synthetic flows.
+        register: register the export as a candidate version of ``flow-forecaster``.
+        run_id: the mesh run id, recorded in the version's lineage.
+
+    Raises:
+        FileNotFoundError: ``history`` matches no file.
+        ValueError: the history is malformed or too short for ``lags``.
+    """
+    import torch
+
+    from mesh import export_onnx
+
+    hyperparameters: dict[str, Any] = {
+        "lags": lags,
+        "epochs": epochs,
+        "lr": lr,
+        "hidden": hidden,
+        "seed": seed,
+    }
+    if history is not None:
+        series = read_history(history)
+        x_train, y_train, x_val, y_val = history_windows(series, lags)
+        kind = "traffic-history-"
+        hyperparameters.update(history=history, series=len(series))
+    else:
+        x_train, y_train, x_val, y_val = _synthetic_windows(minutes, lags, seed)
+        kind = "synthetic-flows-"
+        hyperparameters["minutes"] = minutes
+    digest = hashlib.sha256()
+    for array in (x_train, y_train, x_val, y_val):
+        digest.update(array.tobytes())
+    data_id = kind + digest.hexdigest()[:16]
+    with models.torch_threads(_reserved_cpus("train_forecaster")):
+        torch.manual_seed(seed)
+        model = models.flow_forecaster(
+            approaches=x_train.shape[1],
+            lags=lags,
+            hidden=hidden,
+            scale=float(max(1.0, y_train.mean())),
+        )
+        fit = models.fit_regressor(
+            model,
+            (x_train, y_train),
+            (x_val, y_val),
+            epochs=epochs,
+            lr=lr,
+            batch_size=128,
+            seed=seed,
+        )
+    persistence_mae = float(np.abs(x_val[:, :, -1] - y_val).mean())
+    x_held = torch.from_numpy(x_val)
+    target = Path(out_dir) if out_dir else _default_out_dir()
+    path = target / f"{FORECASTER_MODEL}-{uuid.uuid4().hex[:12]}.onnx"
+    parity = [x_held[:1], x_held[1:8], x_held[8:]] if len(x_held) > 8 else [x_held]
+    report = export_onnx(
+        fit.model,
+        x_held[:2],
+        path,
+        input_names=["counts"],
+        output_names=["next_counts"],
+        parity_inputs=parity,
+        tolerance=FORECASTER_TOLERANCE,
+    )
+    ref = ModelRef(
+        model=FORECASTER_MODEL,
+        onnx_path=str(report.path),
+        sha256=report.sha256,
+        opset=report.opset,
+        max_abs_error=report.max_abs_error,
+        code_version=code_version(),
+        data_id=data_id,
+        metrics={
+            "val_mae": fit.val_mae,
+            "persistence_mae": persistence_mae,
+            "best_epoch": float(fit.best_epoch),
+            "train_windows": float(len(x_train)),
+            "val_windows": float(len(x_val)),
+        },
+        hyperparameters=hyperparameters,
+        num_parameters=models.count_parameters(fit.model),
+        device=fit.device,
+        registered_version=None,
+    )
+    if register:
+        ref["registered_version"] = _register(ref, "val_mae", "min", run_id)
+    logger.info(
+        "trained %s on %s: val_mae=%.3f (persistence %.3f), %d/%d windows, onnx %s",
+        FORECASTER_MODEL,
+        kind.rstrip("-"),
+        fit.val_mae,
+        persistence_mae,
+        len(x_train),
+        len(x_val),
+        report.sha256[:12],
+    )
+    return ref
+
+
+# -- serving ----------------------------------------------------------------------
+
+
+@app.module(
+    model=COUNTER_MODEL,
+    qos=QoS(p95_latency_ms=20),
+    tiers=["edge", "fog", "cloud"],
+    resources=Resources(cpus=0.5),
+)
+class VehicleCounter:
+    """Vehicles per approach from a junction's occupancy frame."""
+
+    input_name = "occupancy"
+    approaches = APPROACHES
+
+    def __init__(self, lanes: int = DEFAULT_LANES, cells: int = DEFAULT_CELLS) -> None:
+        """Expect frames of ``[4, lanes, cells]``."""
+        self.shape = (len(APPROACHES), lanes, cells)
+
+    def preprocess(self, frame: Any) -> dict[str, npt.NDArray[np.float32]]:
+        """A frame ``[4, lanes, cells]`` or a batch ``[N, 4, lanes, cells]`` -> model feeds.
+
+        Also accepts ``{"occupancy": ...}`` and nested lists.
+
+        Raises:
+            ValueError: the shape is wrong or values are not finite (the message
+                names the expected shape).
+        """
+        if isinstance(frame, Mapping):
+            frame = frame.get(self.input_name, frame.get("frame"))
+        array = np.asarray(frame, dtype=np.float32)
+        if array.shape == self.shape:
+            array = array[None]
+        if array.ndim != 4 or array.shape[1:] != self.shape or array.shape[0] < 1:
+            raise ValueError(
+                f"expected an occupancy frame of shape {list(self.shape)} or "
+                f"[N, {', '.join(map(str, self.shape))}], got {list(array.shape)}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError("occupancy values must be finite")
+        return {self.input_name: np.clip(array, 0.0, 1.0)}
+
+    def postprocess(self, outputs: Any) -> list[dict[str, int]]:
+        """Model outputs ``[N, 4]`` (or a list/dict holding them) -> counts per approach."""
+        if isinstance(outputs, Mapping):
+            outputs = outputs.get("counts", next(iter(outputs.values())))
+        elif (
+            isinstance(outputs, Sequence)
+            and not isinstance(outputs, np.ndarray)
+            and outputs
+            and np.asarray(outputs[0]).ndim == 2
+        ):
+            outputs = outputs[0]
+        counts = np.asarray(outputs, dtype=np.float64).reshape(-1, len(APPROACHES))
+        return [
+            {
+                name: max(0, math.floor(value + 0.5))
+                for name, value in zip(APPROACHES, row, strict=True)
+            }
+            for row in counts
+        ]

@@ -1,0 +1,5 @@
+"""``python -m mesh.cli``: the same as the ``mesh`` console script."""
+
+from mesh.cli._main import main
+
+main()

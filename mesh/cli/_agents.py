@@ -1,0 +1,297 @@
+"""`mesh agents`: enrol edge devices and list them with their health.
+
+Mounted by the main CLI as ``app.add_typer(agents_app, name="agents")``::
+
+    mesh agents enroll cam-07 --site int-2-1 [--broker mqtt://10.0.0.2:1883]
+    mesh agents                      # same as `mesh agents list`
+    mesh agents list [--json] [--wait-s 1]
+    mesh agents revoke cam-07
+
+Health comes live from the broker when it is reachable (a short-lived gateway
+reads the retained statuses and any heartbeats within ``--wait-s``), else from
+the last health a running gateway stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mesh.core._errors import MeshError
+from mesh.edge._enrolment import (
+    AgentRecord,
+    EdgeSettings,
+    EnrolmentStore,
+    control_plane_credentials,
+    enroll,
+    revoke,
+)
+
+__all__ = ["AgentHealth", "agents_app", "collect_health"]
+
+logger = logging.getLogger(__name__)
+
+agents_app = typer.Typer(
+    help="Edge agents: enrol devices (MQTT credentials, ACLs) and see their health.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except MeshError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealth:
+    """One row of `mesh agents list`.
+
+    Attributes:
+        agent_id: the agent.
+        site: its site (None when only the broker knows it).
+        enrolled: whether it is in the enrolment table.
+        health: ``online``, ``stale``, ``offline`` or ``unknown``.
+        heartbeat_age_s: seconds since its last heartbeat, if known.
+        cpu_percent: host CPU use from its last heartbeat.
+        mem_percent: host memory use from its last heartbeat.
+        observed_version: the desired version it last reported acting on.
+        source: ``live`` (from the broker now) or ``store`` (last stored).
+    """
+
+    agent_id: str
+    site: str | None
+    enrolled: bool
+    health: str
+    heartbeat_age_s: float | None
+    cpu_percent: float | None
+    mem_percent: float | None
+    observed_version: int | None
+    source: str
+
+
+def _from_record(record: AgentRecord, now: float) -> AgentHealth:
+    metrics = record.metrics
+    cpu, mem = metrics.get("cpu_percent"), metrics.get("mem_percent")
+    return AgentHealth(
+        agent_id=record.agent_id,
+        site=record.site,
+        enrolled=True,
+        health=record.state,
+        heartbeat_age_s=(now - record.last_heartbeat_at) if record.last_heartbeat_at else None,
+        cpu_percent=float(cpu) if isinstance(cpu, int | float) else None,
+        mem_percent=float(mem) if isinstance(mem, int | float) else None,
+        observed_version=None,
+        source="store",
+    )
+
+
+def collect_health(
+    settings: EdgeSettings, *, wait_s: float = 1.0, connect_timeout_s: float = 3.0
+) -> tuple[list[AgentHealth], str | None]:
+    """Enrolled agents (and any others the broker knows) with their health.
+
+    Returns:
+        The rows by agent id, and why live health is missing (None when live).
+    """
+    now = time.time()
+    with EnrolmentStore(settings.store_path) as store:
+        records = {r.agent_id: r for r in store.list_agents()}
+    rows = {a: _from_record(r, now) for a, r in records.items()}
+    try:
+        from mesh.edge._bus import EdgeGateway
+
+        username, password = settings.mqtt_username, settings.mqtt_password
+        if username is None and settings.control_credentials_file.is_file():
+            creds = control_plane_credentials(settings)
+            username, password = creds.username, creds.password
+        gateway = EdgeGateway(
+            settings.broker_url,
+            username=username,
+            password=password,
+            prefix=settings.topic_prefix,
+            session_expiry_s=0,
+        )
+        gateway.start(timeout_s=connect_timeout_s)
+    except MeshError as exc:
+        return sorted(rows.values(), key=lambda h: h.agent_id), str(exc)
+    try:
+        # Retained statuses come right after the SUBACK; heartbeats need their period,
+        # so wait (up to wait_s) for one from each agent that says it is online.
+        gateway.barrier(connect_timeout_s)
+
+        def settled() -> bool:
+            return all(
+                v.last_heartbeat is not None for v in gateway.agents() if v.state == "online"
+            )
+
+        gateway.wait_until(settled, wait_s)
+        now = time.time()
+        for view in gateway.agents():
+            hb = view.last_heartbeat
+            stored = rows.get(view.agent_id)
+            rows[view.agent_id] = AgentHealth(
+                agent_id=view.agent_id,
+                site=(stored.site if stored else None) or view.site,
+                enrolled=view.agent_id in records,
+                health=view.health(now),
+                heartbeat_age_s=view.heartbeat_age_s(now)
+                if hb
+                else (stored.heartbeat_age_s if stored else None),
+                cpu_percent=hb.host.cpu_percent if hb else (stored.cpu_percent if stored else None),
+                mem_percent=hb.host.mem_percent if hb else (stored.mem_percent if stored else None),
+                observed_version=view.observed.version if view.observed else None,
+                source="live",
+            )
+    finally:
+        gateway.stop()
+    return sorted(rows.values(), key=lambda h: h.agent_id), None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "unknown": "dim"}
+
+
+def _list(json_out: bool, wait_s: float) -> None:
+    settings = EdgeSettings()
+    with _errors():
+        rows, offline_reason = collect_health(settings, wait_s=wait_s)
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "live": offline_reason is None,
+                    "reason": offline_reason,
+                    "agents": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
+        return
+    if offline_reason is not None:
+        err.print(
+            f"[yellow]broker {settings.broker_url} not reachable[/] ({offline_reason}); "
+            "showing the last stored health",
+            highlight=False,
+        )
+    if not rows:
+        console.print(
+            "no agents enrolled; enrol one with [bold]mesh agents enroll ID --site SITE[/]"
+        )
+        return
+    table = Table(title="edge agents")
+    for column in (
+        "agent",
+        "site",
+        "health",
+        "last heartbeat",
+        "cpu %",
+        "mem %",
+        "observed",
+        "source",
+    ):
+        table.add_column(column, justify="right" if column.endswith("%") else "left")
+    for r in rows:
+        style = _STYLE.get(r.health, "")
+        table.add_row(
+            r.agent_id + ("" if r.enrolled else " [dim](not enrolled)[/]"),
+            r.site or "-",
+            f"[{style}]{r.health}[/]" if style else r.health,
+            _age(r.heartbeat_age_s),
+            "-" if r.cpu_percent is None else f"{r.cpu_percent:.0f}",
+            "-" if r.mem_percent is None else f"{r.mem_percent:.0f}",
+            "-" if r.observed_version is None else f"v{r.observed_version}",
+            r.source,
+        )
+    console.print(table)
+
+
+@agents_app.callback(invoke_without_command=True)
+def agents_main(ctx: typer.Context) -> None:
+    """Edge agents; without a subcommand, list them with their health."""
+    if ctx.invoked_subcommand is None:
+        _list(json_out=False, wait_s=1.0)
+
+
+@agents_app.command("list")
+def list_cmd(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wait_s: Annotated[float, typer.Option(help="How long to listen for heartbeats.")] = 1.0,
+) -> None:
+    """List enrolled agents with health: online/offline, heartbeat age, CPU and memory."""
+    _list(json_out, wait_s)
+
+
+@agents_app.command("enroll")
+def enroll_cmd(
+    agent_id: Annotated[str, typer.Argument(help="Agent id, e.g. cam-07 (one topic level).")],
+    site: Annotated[str, typer.Option("--site", help="The agent's site, e.g. int-2-1.")],
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="Broker URL the device should use.")
+    ] = None,
+) -> None:
+    """Create credentials and broker ACLs for an agent; print the command for the device."""
+    settings = EdgeSettings()
+    with _errors():
+        result = enroll(agent_id, site=site, settings=settings, broker_url=broker)
+    console.print(
+        f"[green]enrolled[/] [bold]{result.agent_id}[/] (site {result.site}). "
+        "Run on the device (the password is shown only now):"
+    )
+    # Printed bare, never wrapped or cropped, so it can be copied as is.
+    console.print(result.command_line, soft_wrap=True, markup=False, highlight=False)
+    console.print(
+        f"artifact token (Authorization: Bearer): {_escape(result.token)}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"[dim]password file {result.password_file}, ACL file {result.acl_file}; "
+        "reload Mosquitto to apply (systemctl reload mosquitto, or kill -HUP its "
+        "pid)[/]",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@agents_app.command("revoke")
+def revoke_cmd(
+    agent_id: Annotated[str, typer.Argument(help="Agent id.")],
+) -> None:
+    """Remove an agent's credentials and ACL entries (reload Mosquitto afterwards)."""
+    with _errors():
+        existed = revoke(agent_id, settings=EdgeSettings())
+    if not existed:
+        err.print(f"[yellow]no agent {agent_id!r} was enrolled[/]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"revoked {agent_id}; reload Mosquitto to apply")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,151 @@
+"""The edge gateway's dispatcher: one thread that hands received messages on.
+
+Paho's network thread must never block, so every message but inference replies
+is queued here and handled on one thread, in arrival order: agent messages go to
+the registry, events are deduplicated by it and go to the event handlers, and
+what is not dropped on the way (malformed, duplicate) goes to the bus handlers
+whose pattern matches. An exception in a handler is logged and counted, and the
+dispatcher goes on.
+
+No MQTT here, so this is tested by dispatching messages directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from edge_agent.protocol import Event
+from mesh.edge._records import _Counters
+from mesh.edge._registry import AgentRegistry
+from mesh.edge._subscriptions import Subscriptions
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Routes received messages to the registry, event handlers and bus handlers.
+
+    Args:
+        prefix: the topic prefix (``mesh/v1``); agent and event topics are under it.
+        registry: fed agent messages and events.
+        subscriptions: the bus handlers, by pattern.
+        name: who owns the dispatcher, for its thread and log messages (the
+            gateway's client id).
+
+    Example:
+        >>> from mesh.edge._subscriptions import Subscriptions
+        >>> subs = Subscriptions([], client=lambda: None)
+        >>> seen = []
+        >>> _ = subs.add("traffic/#", lambda topic, payload: seen.append(topic))
+        >>> dispatcher = Dispatcher(prefix="mesh/v1", registry=AgentRegistry(), subscriptions=subs)
+        >>> dispatcher.dispatch("traffic/j1/counts", b"{}")
+        >>> seen
+        ['traffic/j1/counts']
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        registry: AgentRegistry,
+        subscriptions: Subscriptions,
+        name: str = "gateway",
+    ) -> None:
+        """Create a dispatcher; :meth:`start` starts its thread."""
+        self._prefix = prefix
+        self._registry = registry
+        self._subscriptions = subscriptions
+        self._name = name
+        self._lock = threading.Lock()
+        self._counters = _Counters()  # messages and handler_errors only
+        self._event_handlers: list[Callable[[Event], None]] = []
+        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the dispatcher thread."""
+        self._thread = threading.Thread(
+            target=self._loop, name=f"mesh-gw-dispatch-{self._name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Handle what is queued, then end the thread (waits up to ``timeout_s``); idempotent."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """Queue a message for the dispatcher thread (never blocks)."""
+        self._inbox.put((topic, payload))
+
+    def on_event(self, handler: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``handler(event)`` once per distinct event id; returns the unsubscribe."""
+        with self._lock:
+            self._event_handlers.append(handler)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if handler in self._event_handlers:
+                    self._event_handlers.remove(handler)
+
+        return unsubscribe
+
+    def counters(self) -> _Counters:
+        """A copy of the counters kept here (messages, handler_errors)."""
+        with self._lock:
+            return replace(self._counters)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            topic, payload = item
+            try:
+                self.dispatch(topic, payload)
+            except Exception:  # the dispatcher must outlive any bad message
+                logger.exception("gateway %s: failed to handle a message on %s", self._name, topic)
+
+    def dispatch(self, topic: str, payload: bytes) -> None:
+        """Handle one message now, on the calling thread."""
+        with self._lock:
+            self._counters.messages += 1
+        levels = topic.split("/")
+        plen = len(self._prefix.split("/"))
+        rest = levels[plen:] if topic.startswith(self._prefix + "/") else []
+        deliver = True
+        if len(rest) == 3 and rest[0] == "agents":
+            deliver = self._registry.handle_agent(rest[1], rest[2], topic, payload)
+        elif len(rest) == 3 and rest[0] == "events":
+            deliver = self._handle_event(topic, payload)
+        if deliver:
+            for handler in self._subscriptions.handlers_for(topic):
+                self._call(handler, topic, payload)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            with self._lock:
+                self._counters.handler_errors += 1
+            logger.exception("gateway %s: handler %r failed", self._name, fn)
+
+    def _handle_event(self, topic: str, payload: bytes) -> bool:
+        event = self._registry.accept_event(topic, payload)
+        if event is None:  # a duplicate or malformed: the registry logged and counted it
+            return False
+        with self._lock:
+            handlers = list(self._event_handlers)
+        for handler in handlers:
+            self._call(handler, event)
+        self._registry.notify()
+        return True

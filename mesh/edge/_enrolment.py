@@ -1,0 +1,720 @@
+"""Agent enrolment: per-agent MQTT credentials, artifact tokens and Mosquitto ACLs.
+
+:func:`enroll` gives an agent a random MQTT password and a bearer token for the
+artifact endpoint, records the agent in the SQLite store (table ``agents``, WAL),
+regenerates the Mosquitto password and ACL files from the table (atomically;
+an agent may publish only under its own id, its site's events and replies), and
+returns the command to run on the device. Secrets are shown once: the store
+keeps the password's Mosquitto hash and the token's sha256, never the secrets.
+
+The control plane's own broker user (``mesh-control``, read/write on the whole
+prefix) is created on first use; its password lives in
+``<data>/mqtt/control-plane.json`` (0600).
+
+Files (under ``MESH_DATA_DIR``)::
+
+    mesh.db                  table agents
+    mqtt/passwd              Mosquitto password_file
+    mqtt/acl                 Mosquitto acl_file
+    mqtt/control-plane.json  the control plane's broker credentials
+
+Example:
+    >>> result = enroll("cam-07", site="int-2-1")            # doctest: +SKIP
+    >>> print(result.command)                                 # doctest: +SKIP
+    mesh-edge-agent --broker mqtt://127.0.0.1:1883 --id cam-07 ...
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from edge_agent.protocol import DEFAULT_PREFIX, Topics
+from mesh.core._errors import ConfigError, MeshError, StoreError
+from mesh.core._settings import MeshSettings
+from mesh.models._artifacts import atomic_write_bytes
+
+__all__ = [
+    "CONTROL_PLANE_USER",
+    "AgentRecord",
+    "BrokerCredentials",
+    "EdgeSettings",
+    "EnrolmentError",
+    "EnrolmentResult",
+    "EnrolmentStore",
+    "build_acl",
+    "control_plane_credentials",
+    "device_command",
+    "enroll",
+    "hash_password",
+    "revoke",
+    "verify_mosquitto_hash",
+    "write_broker_files",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTROL_PLANE_USER = "mesh-control"
+_RESERVED_IDS = frozenset({CONTROL_PLANE_USER, "root", "admin"})
+_PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+_SALT_BYTES = 12
+
+
+class EnrolmentError(MeshError, ValueError):
+    """An agent could not be enrolled (bad id, files not writable, ...)."""
+
+
+class EdgeSettings(MeshSettings):
+    """Settings of the edge side of the control plane (``MESH_*`` variables).
+
+    Extends :class:`~mesh.MeshSettings` (so ``data_dir`` and ``store_path`` are the same).
+
+    Example:
+        >>> EdgeSettings(broker_url="mqtt://10.0.0.2:1883").broker_url
+        'mqtt://10.0.0.2:1883'
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    broker_url: str = Field(
+        "mqtt://127.0.0.1:1883", description="MQTT broker the control plane connects to."
+    )
+    agent_broker_url: str | None = Field(
+        None, description="Broker URL printed for devices; default broker_url."
+    )
+    topic_prefix: str = Field(DEFAULT_PREFIX, description="MQTT topic prefix.")
+    mqtt_username: str | None = Field(
+        None,
+        description="Control plane's broker user; default mesh-control from the data dir "
+        "when a password file exists, else anonymous.",
+    )
+    mqtt_password: str | None = Field(None, description="Password of mqtt_username.")
+    artifact_host: str = Field("127.0.0.1", description="Bind address of the artifact endpoint.")
+    artifact_port: int = Field(8471, ge=0, le=65535, description="Port of the artifact endpoint.")
+    artifact_base_url: str | None = Field(
+        None, description="Artifact endpoint URL devices use; default http://host:port."
+    )
+    mosquitto_password_file: Path | None = Field(
+        None, description="Password file to maintain; default <data_dir>/mqtt/passwd."
+    )
+    mosquitto_acl_file: Path | None = Field(
+        None, description="ACL file to maintain; default <data_dir>/mqtt/acl."
+    )
+
+    @property
+    def password_file(self) -> Path:
+        """The Mosquitto password file enrolment maintains."""
+        return self.mosquitto_password_file or self.data_dir / "mqtt" / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        """The Mosquitto ACL file enrolment maintains."""
+        return self.mosquitto_acl_file or self.data_dir / "mqtt" / "acl"
+
+    @property
+    def control_credentials_file(self) -> Path:
+        """Where the control plane's broker credentials are kept (0600)."""
+        return self.data_dir / "mqtt" / "control-plane.json"
+
+    @property
+    def device_broker_url(self) -> str:
+        """The broker URL devices are told to use."""
+        return self.agent_broker_url or self.broker_url
+
+    @property
+    def artifact_url(self) -> str:
+        """The artifact endpoint's base URL as devices see it."""
+        return self.artifact_base_url or f"http://{self.artifact_host}:{self.artifact_port}"
+
+
+# ----------------------------------------------------------------- password hashes
+
+
+def _python_hash(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(_SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
+    salt_b64 = base64.b64encode(salt).decode()
+    return f"$7${_PBKDF2_ITERATIONS}${salt_b64}${base64.b64encode(digest).decode()}"
+
+
+def _binary_hash(tool: str, username: str, password: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="mesh-passwd-") as tmp:
+        file = Path(tmp) / "passwd"
+        # -c creates the file; -b takes the password from the command line, so it
+        # only ever lives in this private temp dir and this short-lived process.
+        proc = subprocess.run(
+            [tool, "-c", "-b", str(file), username, password],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise EnrolmentError(
+                f"mosquitto_passwd failed for {username!r} (exit {proc.returncode}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        line = file.read_text().strip()
+    user, _, hashed = line.partition(":")
+    if user != username or not hashed.startswith("$"):
+        raise EnrolmentError(f"unexpected mosquitto_passwd output for {username!r}")
+    return hashed
+
+
+def hash_password(
+    password: str, *, username: str = "user", mode: Literal["auto", "binary", "python"] = "auto"
+) -> str:
+    """Return a Mosquitto password-file hash (``$7$`` PBKDF2-SHA512) of ``password``.
+
+    Args:
+        password: the secret.
+        username: the user it is for (``mosquitto_passwd`` needs one).
+        mode: ``"binary"`` uses ``mosquitto_passwd -b``, ``"python"`` computes the same
+            format itself, ``"auto"`` prefers the binary when installed.
+
+    Example:
+        >>> verify_mosquitto_hash("s3cret", hash_password("s3cret", mode="python"))
+        True
+    """
+    tool = shutil.which("mosquitto_passwd") if mode != "python" else None
+    if mode == "binary" and tool is None:
+        raise EnrolmentError("mosquitto_passwd is not installed")
+    if tool is not None:
+        return _binary_hash(tool, username, password)
+    return _python_hash(password)
+
+
+def verify_mosquitto_hash(password: str, hashed: str) -> bool:
+    """Check ``password`` against a ``$6$`` or ``$7$`` Mosquitto hash."""
+    parts = hashed.split("$")
+    try:
+        if len(parts) == 5 and parts[1] == "7":
+            iterations, salt, digest = int(parts[2]), parts[3], parts[4]
+            got = hashlib.pbkdf2_hmac(
+                "sha512", password.encode(), base64.b64decode(salt), iterations, 64
+            )
+        elif len(parts) == 4 and parts[1] == "6":
+            salt, digest = parts[2], parts[3]
+            got = hashlib.sha512(password.encode() + base64.b64decode(salt)).digest()
+        else:
+            return False
+        return hmac.compare_digest(got, base64.b64decode(digest))
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An enrolled agent as stored, with its last known health.
+
+    Attributes:
+        agent_id: the agent's id (also its MQTT username).
+        site: its site (its events go under ``{p}/events/{site}/``).
+        enrolled_at: Unix seconds.
+        state: last status seen by a gateway: ``online``, ``offline`` or ``unknown``.
+        last_seen_at: when a gateway last heard from it (status or heartbeat).
+        last_heartbeat_at: when its last heartbeat arrived.
+        metrics: its last host metrics (cpu_percent, mem_percent, ...).
+    """
+
+    agent_id: str
+    site: str
+    enrolled_at: float
+    state: str = "unknown"
+    last_seen_at: float | None = None
+    last_heartbeat_at: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCredentials:
+    """A broker username and password."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentResult:
+    """What :func:`enroll` hands back (secrets are shown only here).
+
+    Attributes:
+        agent_id: the agent.
+        site: its site.
+        username: its MQTT username.
+        password: its MQTT password.
+        token: its bearer token for the artifact endpoint.
+        public_key: the control plane's artifact-signing public key (base64).
+        broker_url: the broker URL devices use.
+        artifact_url: the artifact endpoint's base URL.
+        command: the shell command to run on the device.
+        password_file: the Mosquitto password file written.
+        acl_file: the Mosquitto ACL file written.
+    """
+
+    agent_id: str
+    site: str
+    username: str
+    password: str = field(repr=False)
+    token: str = field(repr=False)
+    public_key: str
+    broker_url: str
+    artifact_url: str
+    command: list[str] = field(repr=False)
+    password_file: Path
+    acl_file: Path
+
+    @property
+    def command_line(self) -> str:
+        """The device command as one shell-quoted line."""
+        return shlex.join(self.command)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    username TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    enrolled_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    last_seen_at REAL,
+    last_heartbeat_at REAL,
+    metrics_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS agents_token ON agents(token_sha256);
+"""
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class EnrolmentStore:
+    """The ``agents`` table of the mesh's SQLite file (WAL); thread-safe.
+
+    Example:
+        >>> store = EnrolmentStore(tmp_path / "mesh.db")      # doctest: +SKIP
+        >>> store.agent_for_token("nope") is None              # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the SQLite file at ``path``."""
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the agent store {self.path}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"EnrolmentStore(path={str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> EnrolmentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"agent store {self.path}: {exc}") from exc
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, params))
+            except sqlite3.Error as exc:
+                raise StoreError(f"agent store {self.path}: {exc}") from exc
+
+    def upsert(
+        self, agent_id: str, *, site: str, username: str, password_hash: str, token: str
+    ) -> None:
+        """Create or re-key an agent (a re-enrolment rotates its secrets)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO agents (agent_id, site, username, password_hash, token_sha256,
+                                       enrolled_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(agent_id) DO UPDATE SET site=excluded.site,
+                       username=excluded.username, password_hash=excluded.password_hash,
+                       token_sha256=excluded.token_sha256, enrolled_at=excluded.enrolled_at""",
+                (agent_id, site, username, password_hash, _token_digest(token), now),
+            )
+
+    def delete(self, agent_id: str) -> bool:
+        """Remove an agent; returns whether it was enrolled."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+            return cur.rowcount > 0
+
+    def get(self, agent_id: str) -> AgentRecord | None:
+        """One enrolled agent, or None."""
+        rows = self._rows("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
+        return _record(rows[0]) if rows else None
+
+    def is_enrolled(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is enrolled."""
+        return bool(self._rows("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)))
+
+    def list_agents(self) -> list[AgentRecord]:
+        """Every enrolled agent, by id."""
+        return [_record(r) for r in self._rows("SELECT * FROM agents ORDER BY agent_id")]
+
+    def credentials(self) -> list[tuple[str, str, str]]:
+        """``(agent_id, site, password_hash)`` of every agent, for the broker files."""
+        rows = self._rows("SELECT agent_id, site, password_hash FROM agents ORDER BY agent_id")
+        return [(r["agent_id"], r["site"], r["password_hash"]) for r in rows]
+
+    def agent_for_token(self, token: str) -> str | None:
+        """The agent a bearer token belongs to, or None (constant-time compare)."""
+        digest = _token_digest(token)
+        rows = self._rows(
+            "SELECT agent_id, token_sha256 FROM agents WHERE token_sha256 = ?", (digest,)
+        )
+        for row in rows:
+            if hmac.compare_digest(row["token_sha256"], digest):
+                return str(row["agent_id"])
+        return None
+
+    def record_health(
+        self,
+        agent_id: str,
+        *,
+        state: str | None = None,
+        seen_at: float | None = None,
+        heartbeat_at: float | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Remember what a gateway last saw of an agent (no-op for unknown agents)."""
+        sets: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", state),
+            ("last_seen_at", seen_at),
+            ("last_heartbeat_at", heartbeat_at),
+        ):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        if metrics is not None:
+            sets.append("metrics_json = ?")
+            params.append(json.dumps(metrics, sort_keys=True))
+        if not sets:
+            return
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE agents SET {', '.join(sets)} WHERE agent_id = ?", (*params, agent_id)
+            )
+
+
+def _record(row: sqlite3.Row) -> AgentRecord:
+    try:
+        metrics = json.loads(row["metrics_json"] or "{}")
+    except ValueError:
+        metrics = {}
+    return AgentRecord(
+        agent_id=row["agent_id"],
+        site=row["site"],
+        enrolled_at=row["enrolled_at"],
+        state=row["state"],
+        last_seen_at=row["last_seen_at"],
+        last_heartbeat_at=row["last_heartbeat_at"],
+        metrics=metrics if isinstance(metrics, dict) else {},
+    )
+
+
+# --------------------------------------------------------------------- broker files
+
+
+def build_acl(
+    agents: list[tuple[str, str]],
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    control_user: str = CONTROL_PLANE_USER,
+) -> str:
+    """Render a Mosquitto ACL file for ``(agent_id, site)`` pairs.
+
+    The control plane may read and write the whole prefix; each agent may write
+    only under its own id, its site's events, inference topics (offload) and
+    replies, and read its desired state, its infer topic and its own replies.
+
+    Example:
+        >>> print(build_acl([("cam-07", "int-2-1")]).splitlines()[-7])
+        user cam-07
+    """
+    topics = Topics(prefix)
+    lines = [
+        "# Generated by fogmesh enrolment (mesh.edge._enrolment); do not edit: re-run",
+        "# `mesh agents enroll` instead. An agent publishes only under its own id.",
+        "",
+        f"user {control_user}",
+        f"topic readwrite {prefix}/#",
+        "topic read $SYS/#",
+    ]
+    for agent_id, site in agents:
+        lines += ["", f"# agent {agent_id} (site {site})", f"user {agent_id}"]
+        lines += [f"topic write {t}" for t in topics.agent_publications(agent_id, site)]
+        lines += [f"topic read {t}" for t in topics.agent_subscriptions(agent_id)]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def control_plane_credentials(settings: EdgeSettings | None = None) -> BrokerCredentials:
+    """The control plane's broker credentials, created (0600) on first use.
+
+    ``MESH_MQTT_USERNAME`` / ``MESH_MQTT_PASSWORD`` take precedence when set.
+    """
+    settings = settings or EdgeSettings()
+    if settings.mqtt_username and settings.mqtt_password is not None:
+        return BrokerCredentials(settings.mqtt_username, settings.mqtt_password)
+    file = settings.control_credentials_file
+    with _file_lock(file.parent / ".lock"):
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text())
+                return BrokerCredentials(str(data["username"]), str(data["password"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"cannot read broker credentials {file}: {exc}") from exc
+        creds = BrokerCredentials(CONTROL_PLANE_USER, secrets.token_urlsafe(24))
+        payload = {
+            "username": creds.username,
+            "password": creds.password,
+            "password_hash": hash_password(creds.password, username=creds.username),
+        }
+        atomic_write_bytes(file, json.dumps(payload, indent=2).encode(), mode=0o600)
+        logger.info("created control-plane broker user %s in %s", creds.username, file)
+        return creds
+
+
+def _control_hash(settings: EdgeSettings) -> tuple[str, str]:
+    creds = control_plane_credentials(settings)
+    data = (
+        json.loads(settings.control_credentials_file.read_text())
+        if settings.control_credentials_file.is_file()
+        else {}
+    )
+    hashed = data.get("password_hash")
+    if not isinstance(hashed, str) or not verify_mosquitto_hash(creds.password, hashed):
+        hashed = hash_password(creds.password, username=creds.username)
+    return creds.username, hashed
+
+
+def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[Path, Path]:
+    """Regenerate the Mosquitto password and ACL files from the store (atomically).
+
+    Returns:
+        ``(password_file, acl_file)``. A running Mosquitto needs SIGHUP to re-read them.
+    """
+    control_user, control_hash = _control_hash(settings)
+    entries = store.credentials()
+    passwd = "".join(
+        f"{user}:{hashed}\n" for user, _, hashed in [(control_user, "", control_hash), *entries]
+    )
+    acl = build_acl(
+        [(a, s) for a, s, _ in entries], prefix=settings.topic_prefix, control_user=control_user
+    )
+    pw_file, acl_file = settings.password_file, settings.acl_file
+    with _file_lock(pw_file.parent / ".lock"):
+        # Group-readable so a mosquitto running as its own user (in the file's group) can read.
+        atomic_write_bytes(pw_file, passwd.encode(), mode=0o640)
+        atomic_write_bytes(acl_file, acl.encode(), mode=0o640)
+    logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
+    return pw_file, acl_file
+
+
+# ------------------------------------------------------------------------ enrolment
+
+
+def device_command(
+    *,
+    agent_id: str,
+    site: str,
+    broker_url: str,
+    username: str,
+    password: str,
+    public_key: str,
+    prefix: str = DEFAULT_PREFIX,
+) -> list[str]:
+    """The ``mesh-edge-agent`` command line for a device, as argv.
+
+    The flags are the agent's own (``edge_agent._settings``). Artifact URLs are
+    not among them: they travel, pre-signed for the agent, in its desired state.
+    """
+    argv = [
+        "mesh-edge-agent",
+        "--broker",
+        broker_url,
+        "--id",
+        agent_id,
+        "--site",
+        site,
+        "--username",
+        username,
+        "--password",
+        password,
+        "--public-key",
+        public_key,
+    ]
+    if prefix != DEFAULT_PREFIX:
+        argv += ["--prefix", prefix]
+    return argv
+
+
+def _check_id(kind: str, value: str) -> str:
+    try:
+        Topics.check_segment(value)
+    except ValueError as exc:
+        raise EnrolmentError(f"bad {kind}: {exc}") from exc
+    return value
+
+
+def enroll(
+    agent_id: str,
+    *,
+    site: str,
+    settings: EdgeSettings | None = None,
+    broker_url: str | None = None,
+    store: EnrolmentStore | None = None,
+    public_key: str | None = None,
+) -> EnrolmentResult:
+    """Enrol (or re-enrol, rotating its secrets) an agent.
+
+    Args:
+        agent_id: the agent's id; one topic level (``[A-Za-z0-9_.:@-]``).
+        site: the agent's site; one topic level.
+        settings: edge settings (data dir, broker URL, prefix); read from ``MESH_*``.
+        broker_url: broker URL for the device; default ``settings.device_broker_url``.
+        store: an open store; default the SQLite file at ``settings.store_path``.
+        public_key: artifact-signing public key; default the data dir's key (created).
+
+    Raises:
+        EnrolmentError: bad id or site, or the broker files could not be written.
+
+    Example:
+        >>> settings = EdgeSettings(data_dir=tmp)                 # doctest: +SKIP
+        >>> enroll("cam-07", site="int-2-1", settings=settings)   # doctest: +SKIP
+    """
+    settings = settings or EdgeSettings()
+    _check_id("agent id", agent_id)
+    _check_id("site", site)
+    if agent_id in _RESERVED_IDS:
+        raise EnrolmentError(f"agent id {agent_id!r} is reserved; choose another")
+    if public_key is None:
+        from mesh.models._artifacts import ArtifactSigner
+
+        public_key = ArtifactSigner.load_or_create(settings.data_dir).public_key_b64()
+    password = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(32)
+    own_store = store is None
+    db = store or EnrolmentStore(settings.store_path)
+    try:
+        hashed = hash_password(password, username=agent_id)
+        db.upsert(agent_id, site=site, username=agent_id, password_hash=hashed, token=token)
+        try:
+            pw_file, acl_file = write_broker_files(settings, db)
+        except OSError as exc:
+            raise EnrolmentError(f"cannot write the broker files for {agent_id}: {exc}") from exc
+    finally:
+        if own_store:
+            db.close()
+    url = broker_url or settings.device_broker_url
+    command = device_command(
+        agent_id=agent_id,
+        site=site,
+        broker_url=url,
+        username=agent_id,
+        password=password,
+        public_key=public_key,
+        prefix=settings.topic_prefix,
+    )
+    logger.info("enrolled agent %s (site %s)", agent_id, site)
+    return EnrolmentResult(
+        agent_id=agent_id,
+        site=site,
+        username=agent_id,
+        password=password,
+        token=token,
+        public_key=public_key,
+        broker_url=url,
+        artifact_url=settings.artifact_url,
+        command=command,
+        password_file=pw_file,
+        acl_file=acl_file,
+    )
+
+
+def revoke(
+    agent_id: str, *, settings: EdgeSettings | None = None, store: EnrolmentStore | None = None
+) -> bool:
+    """Remove an agent and its broker credentials; returns whether it was enrolled."""
+    settings = settings or EdgeSettings()
+    own_store = store is None
+    db = store or EnrolmentStore(settings.store_path)
+    try:
+        existed = db.delete(agent_id)
+        write_broker_files(settings, db)
+    finally:
+        if own_store:
+            db.close()
+    if existed:
+        logger.info("revoked agent %s", agent_id)
+    return existed

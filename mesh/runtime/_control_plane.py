@@ -1,0 +1,421 @@
+"""The long-running control plane: what `mesh up` starts (``python -m mesh.runtime``).
+
+In order, each step undone in reverse on SIGTERM/SIGINT (or when a later one fails):
+
+1. Ray: the embedded cluster (:func:`mesh.ray._cluster.start_local_cluster`),
+   or the cluster at ``MESH_RAY_ADDRESS``; this process connects as a driver.
+2. MQTT: an embedded amqtt broker on ``MESH_EMBEDDED_BROKER_PORT`` (1883, or
+   a free port when that one is taken), unless ``MESH_BROKER_URL`` is set in
+   the environment: then that broker is used as it is ("set explicitly" means
+   the variable is present, even when it names the default URL).
+3. The edge gateway (MQTT side), the model registry, the serving manager with
+   the Ray replica launcher, and the placement controller (monitors, migration
+   executor, placement store; ``MESH_PLACEMENT_*`` settings); the modules
+   recorded before a restart are re-deployed where they were, in the background.
+4. The HTTP gateway on ``MESH_GATEWAY_HOST``:``MESH_GATEWAY_PORT``
+   (127.0.0.1:8080): ``/v2`` inference, ``/v1/models``, ``/v1/modules``,
+   ``/v1/placements``, ``/v1/routes``, ``/v1/artifacts`` (for agents) and ``/metrics``.
+
+Only then is ``cluster.json`` written (``address``, ``pid``, ``started_at``,
+``auth_mode``, ``nodes`` as before, plus ``gateway_url`` and ``broker_url``);
+it is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mesh.core._errors import MeshError
+from mesh.edge._enrolment import EdgeSettings
+
+__all__ = [
+    "ControlPlaneServices",
+    "ControlPlaneSettings",
+    "build_services",
+    "main",
+    "run_control_plane",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ControlPlaneSettings(EdgeSettings):
+    """Settings of the control-plane process (``MESH_*`` variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    gateway_host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway.")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP gateway.")
+    embedded_broker_port: int = Field(
+        1883,
+        ge=0,
+        le=65535,
+        description="Port of the embedded MQTT broker (a free one when taken; 0 = any).",
+    )
+    replica_start_timeout_s: float = Field(
+        120.0, gt=0, description="How long new replicas may take to serve."
+    )
+    placement_enabled: bool = Field(
+        True, description="Run the placement controller's reconcile loop (pins work either way)."
+    )
+    placement_period_s: float = Field(
+        30.0, gt=0, description="A placement round runs at least this often."
+    )
+    placement_window_s: float = Field(
+        5.0, gt=0, description="How long an observed p95 must stay over the SLO to trigger a move."
+    )
+    placement_min_samples: int = Field(
+        20, ge=1, description="Requests in the window before an observed p95 counts."
+    )
+    placement_dwell_s: float = Field(
+        60.0, ge=0, description="A module that meets its SLO stays at least this long on a node."
+    )
+    placement_gateway_site: str = Field(
+        "gateway", min_length=1, description="Site of the gateway's clients (modules' source)."
+    )
+    placement_restore: bool = Field(
+        True, description="Re-deploy the modules recorded before a restart, where they were."
+    )
+
+    @property
+    def broker_explicit(self) -> bool:
+        """Whether ``MESH_BROKER_URL`` (or the constructor) named the broker."""
+        return "broker_url" in self.model_fields_set
+
+
+def _start_broker(settings: ControlPlaneSettings) -> Any:
+    from mesh.edge.broker._broker import start_embedded_broker
+
+    try:
+        return start_embedded_broker(port=settings.embedded_broker_port)
+    except (MeshError, OSError) as exc:
+        if settings.embedded_broker_port == 0:
+            raise
+        logger.warning(
+            "embedded broker: port %d unavailable (%s); using a free port",
+            settings.embedded_broker_port,
+            exc,
+        )
+        return start_embedded_broker(port=0)
+
+
+def run_control_plane(
+    settings: ControlPlaneSettings, *, stop: threading.Event | None = None
+) -> None:
+    """Run the control plane until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Raises:
+        MeshError: a part did not start (what had started is stopped).
+    """
+    from mesh.ray._cluster import (
+        _write_json_atomically,
+        prepare_ray_environment,
+        start_local_cluster,
+    )
+
+    stop = stop or threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("control plane got signal %d; shutting down", signum)
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = (
+        {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if in_main
+        else {}
+    )
+    undo: list[tuple[str, Callable[[], object]]] = []
+    cluster_file = settings.cluster_file
+    started = time.monotonic()
+    try:
+        prepare_ray_environment(settings)
+        cluster = None
+        ray_settings = settings
+        if settings.ray_address is None:
+            cluster = start_local_cluster(settings)
+            undo.append(("Ray cluster", cluster.shutdown))
+            ray_settings = settings.model_copy(update={"ray_address": cluster.address})
+        from mesh.ray._backend import RayBackend
+
+        backend = RayBackend.connect(ray_settings)
+        undo.append(("Ray connection", backend.close))
+        if stop.is_set():
+            return
+        if settings.gateway_port == 0:
+            # Fix the port now: agents' artifact URLs name it before the gateway starts.
+            from mesh.edge.broker._broker import free_port
+
+            settings = settings.model_copy(update={"gateway_port": free_port()})
+
+        if settings.broker_explicit:
+            broker_url = settings.broker_url
+            protocol = "auto"
+        else:
+            broker = _start_broker(settings)
+            undo.append(("MQTT broker", broker.stop))
+            broker_url, protocol = broker.url, "3.1.1"
+        app = build_services(settings, backend, broker_url, protocol, undo).app
+
+        from mesh.serving.replica._server import serve_asgi
+
+        server = serve_asgi(
+            app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            name="gateway",
+            lifespan="on",
+        )
+        undo.append(("gateway", server.stop))
+        gateway_url = f"http://{server.host}:{server.port}"
+        _write_json_atomically(
+            cluster_file,
+            {
+                "address": backend.address,
+                "pid": os.getpid(),
+                "started_at": time.time(),
+                "auth_mode": settings.ray_auth_mode,
+                "nodes": (
+                    [n.as_dict() for n in cluster.nodes]
+                    if cluster is not None
+                    else [
+                        {
+                            "node_id": n.node_id,
+                            "tier": n.tier,
+                            "site": n.site,
+                            "cpus": n.resources_total.get("CPU", 0.0),
+                        }
+                        for n in backend.nodes()
+                    ]
+                ),
+                "gateway_url": gateway_url,
+                "broker_url": broker_url,
+            },
+        )
+        undo.append(("cluster file", lambda: cluster_file.unlink(missing_ok=True)))
+        logger.info(
+            "control plane %d up in %.1f s: Ray %s, gateway %s, broker %s",
+            os.getpid(),
+            time.monotonic() - started,
+            backend.address,
+            gateway_url,
+            broker_url,
+        )
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for what, action in reversed(undo):
+            try:
+                action()
+            except Exception:  # stop the rest anyway
+                logger.exception("control plane: stopping the %s failed", what)
+        cluster_file.unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logger.info("control plane %d stopped", os.getpid())
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneServices:
+    """What :func:`build_services` started: the HTTP app and the services behind it."""
+
+    app: Any
+    edge: Any
+    registry: Any
+    installer: Any
+    manager: Any
+    controller: Any
+
+
+def build_services(
+    settings: ControlPlaneSettings,
+    backend: Any,
+    broker_url: str,
+    protocol: Any,
+    undo: list[tuple[str, Callable[[], object]]],
+    *,
+    host_cpu: bool = True,
+) -> ControlPlaneServices:
+    """Edge gateway, registry, serving manager, placement controller and the HTTP app.
+
+    Their stops go on ``undo`` as they start (undo them in reverse). ``host_cpu``
+    lets the placement monitors read host CPU as node utilisation; turn it off
+    where every node shares one host (a scenario on one machine).
+    """
+    from mesh.control._api import create_placements_router
+    from mesh.core._metrics import MetricsRegistry
+    from mesh.edge._artifact_api import UrlSigner, artifact_router
+    from mesh.edge._bus import EdgeGateway
+    from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
+    from mesh.edge._install import EdgeInstaller
+    from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+    from mesh.models._registry import ModelRegistry
+    from mesh.ray._replicas import RayReplicaLauncher
+    from mesh.security._auth import TokenSigner
+    from mesh.serving._api import create_modules_router
+    from mesh.serving._contract import ReplicaMqtt
+    from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+    from mesh.serving._manager import ServingManager
+    from mesh.serving._routes import RouteTable
+
+    username = password = None
+    if settings.broker_explicit and (
+        settings.mqtt_username or settings.control_credentials_file.is_file()
+    ):
+        creds = control_plane_credentials(settings)
+        username, password = creds.username, creds.password
+    edge = EdgeGateway(
+        broker_url,
+        username=username,
+        password=password,
+        prefix=settings.topic_prefix,
+        protocol=protocol,
+    ).start()
+    undo.append(("edge gateway", edge.stop))
+    registry = ModelRegistry.open(settings)
+    undo.append(("model registry", registry.close))
+    enrolments = EnrolmentStore(settings.store_path)
+    undo.append(("enrolment store", enrolments.close))
+    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    signer = ArtifactSigner.load_or_create(settings.data_dir)
+    url_signer = UrlSigner.load_or_create(settings.data_dir)
+    host = settings.gateway_host if settings.gateway_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base_url = settings.artifact_base_url or f"http://{host}:{settings.gateway_port}"
+    installer = EdgeInstaller(
+        edge, store=artifacts, signer=signer, url_signer=url_signer, base_url=base_url
+    )
+    undo.append(("edge installer", installer.close))
+    metrics = MetricsRegistry()
+    manager = ServingManager(
+        RouteTable(),
+        RayReplicaLauncher(
+            nodes=backend.nodes,
+            # Replicas answer agents' offloaded requests over MQTT too.
+            mqtt=ReplicaMqtt(
+                broker_url,
+                username=username,
+                password=password,
+                prefix=settings.topic_prefix,
+                protocol="3.1.1" if edge.protocol == "3.1.1" else "auto",
+            ),
+        ),
+        registry=registry,
+        installer=installer,
+        metrics=metrics,
+        start_timeout_s=settings.replica_start_timeout_s,
+    ).start()
+    undo.append(("serving manager", manager.close))
+    controller = _placement_controller(
+        settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
+    )
+    auth = TokenAuth(TokenSigner.load_or_create(settings.data_dir))
+    gateway = Gateway(
+        manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
+    )
+    routers = [
+        create_modules_router(manager, auth=auth.dependency),
+        create_placements_router(controller, auth=auth.dependency),
+        artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
+    ]
+    app = create_gateway_app(gateway, registry=registry, routers=routers)
+    return ControlPlaneServices(app, edge, registry, installer, manager, controller)
+
+
+def _placement_controller(
+    settings: ControlPlaneSettings,
+    backend: Any,
+    edge: Any,
+    installer: Any,
+    registry: Any,
+    manager: Any,
+    undo: list[tuple[str, Callable[[], object]]],
+    *,
+    host_cpu: bool = True,
+) -> Any:
+    """Monitors, migration executor, placement store and the controller, started.
+
+    The modules recorded before a restart are re-deployed (and the pipelines tracked
+    again) on a thread first (agents may take a while to come back); the reconcile
+    loop starts once that is done.
+    Agents' pipeline events feed the monitors (per-site pipeline placement).
+    """
+    from mesh.control._controller import PlacementController
+    from mesh.control._migrations import MigrationExecutor
+    from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
+    from mesh.control._settings import ControllerSettings
+    from mesh.control._store import PlacementStore
+    from mesh.ray._probe import RayNodeProbe
+
+    routes = manager.routes
+    node_probe = RayNodeProbe(backend.nodes)
+
+    def signature(module: str) -> Any:
+        route = routes.get(module)
+        return route.signature if route is not None else None
+
+    monitors = Monitors(
+        node_probe=node_probe,
+        agents=edge,
+        rtt=PathProbe(routes, node_probe=node_probe, edge=edge),
+        canary=EdgeCanary(edge, signature),
+        host_cpu=host_cpu,
+    )
+    undo.append(("node probes", node_probe.close))
+    undo.append(("pipeline events", edge.on_event(monitors.observe_event)))
+    store = PlacementStore(settings.store_path)
+    undo.append(("placement store", store.close))
+    executor = MigrationExecutor(manager, store, requests=monitors, installer=installer)
+    controller = PlacementController(
+        manager,
+        monitors,
+        executor,
+        store,
+        settings=ControllerSettings(
+            enabled=settings.placement_enabled,
+            period_s=settings.placement_period_s,
+            window_s=settings.placement_window_s,
+            min_samples=settings.placement_min_samples,
+            dwell_s=settings.placement_dwell_s,
+            gateway_site=settings.placement_gateway_site,
+        ),
+        registry=registry,
+        agents=edge,  # a restored pipeline's route starts as its agent reports it
+    )
+    closing = threading.Event()
+
+    def restore_then_start() -> None:
+        if settings.placement_restore:
+            restored = controller.restore(manager)
+            if restored:
+                logger.info("placement: restored %s", ", ".join(restored))
+        if not closing.is_set():
+            controller.start()
+
+    def close() -> None:
+        closing.set()
+        controller.close()
+
+    undo.append(("placement controller", close))
+    threading.Thread(target=restore_then_start, name="mesh-placement-start", daemon=True).start()
+    return controller
+
+
+def main() -> None:
+    """Run the control plane in the foreground until SIGINT (``python -m mesh.runtime``)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        run_control_plane(ControlPlaneSettings())

@@ -1,0 +1,174 @@
+"""REST API of the serving manager: ``/v1/modules``.
+
+=======  ========================  ==================================================
+GET      /v1/modules               served modules: version, tier, epoch, replicas (read)
+POST     /v1/modules               deploy a model version as a module (admin)
+DELETE   /v1/modules/{name}        stop serving a module (admin)
+=======  ========================  ==================================================
+
+A deploy names a registered model and a version (``production``, ``v3``...);
+the module's spec is built from the request (name defaults to the model's).
+Errors are ``{"detail": "..."}``: unknown model or version 404, a spec that
+does not validate 422, a deploy that fails (no node can hold it, replicas did
+not start) 409, with the serving manager's message. Auth is injected as in
+:mod:`mesh.models._api`: ``auth`` maps a scope to a FastAPI dependency.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures.
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mesh.core._errors import MeshError, UnsatisfiableError
+from mesh.models._registry import ModelNotFoundError
+from mesh.sdk._specs import QoS, Resources
+from mesh.serving._manager import DeployError, ReplicaStatus
+from mesh.serving._routes import ModuleRoute, RouteTable
+
+__all__ = ["DeployRequest", "ModuleManager", "create_modules_router", "module_spec"]
+
+logger = logging.getLogger(__name__)
+
+AuthFactory = Callable[[str], Callable[..., Any]]
+
+
+class ModuleManager(Protocol):
+    """What the router needs of :class:`mesh.serving._manager.ServingManager`."""
+
+    routes: RouteTable
+
+    def deploy(
+        self,
+        spec: Any,
+        version: Any = ...,
+        *,
+        tier: str | None = ...,
+        site: str | None = ...,
+        replicas: int | None = ...,
+        batching: str = ...,
+    ) -> ModuleRoute: ...
+
+    def deploy_to_agent(
+        self, spec: Any, agent_id: str, version: Any = ..., *, timeout_s: float = ...
+    ) -> ModuleRoute: ...
+
+    def undeploy(self, module: str, *, drain: bool = ...) -> None: ...
+
+    def status(self, module: str | None = ...) -> list[ReplicaStatus]: ...
+
+
+class DeployRequest(BaseModel):
+    """``POST /v1/modules``: which model version to serve, where and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Registered model name.")
+    version: str = Field("production", description="v3, production, candidate or latest.")
+    tier: str = Field("fog", description="cloud or fog (edge needs `agent`).")
+    site: str | None = Field(None, description="Pin replicas to nodes of this mesh.site.")
+    agent: str | None = Field(None, description="Serve on this edge agent instead of Ray nodes.")
+    name: str | None = Field(None, description="Module name; default the model's.")
+    p95_ms: float = Field(50.0, gt=0, description="The module's p95 latency target (ms).")
+    cpus: float = Field(0.25, gt=0, description="CPUs per replica.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling floor (0 = scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling.")
+    replicas: int | None = Field(None, ge=1, description="Replicas to start now.")
+
+
+def module_spec(request: DeployRequest) -> Any:
+    """The :class:`~mesh.sdk._specs.ModuleSpec` a deploy request describes.
+
+    Raises:
+        pydantic.ValidationError: the request's values make no valid spec.
+    """
+    from mesh.sdk._specs import ModuleSpec
+
+    tier = "edge" if request.agent else request.tier
+    return ModuleSpec(
+        name=request.name or request.model,
+        model=request.model,
+        qos=QoS(p95_latency_ms=request.p95_ms),
+        tiers=(tier,),
+        resources=Resources(cpus=request.cpus),
+        min_replicas=request.min_replicas,
+        max_replicas=request.max_replicas,
+    )
+
+
+def _describe(route: ModuleRoute, replicas: list[ReplicaStatus]) -> dict[str, Any]:
+    out = route.describe()
+    out["replicas"] = [
+        {
+            "replica_id": r.replica_id,
+            "version": r.version,
+            "state": r.state,
+            "node": r.node,
+            "url": r.url,
+            "requests": r.requests,
+            "p50_ms": r.p50_ms,
+            "p95_ms": r.p95_ms,
+        }
+        for r in replicas
+    ]
+    return out
+
+
+def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = None) -> APIRouter:
+    """The ``/v1/modules`` routes over a serving manager."""
+    router = APIRouter(prefix="/v1/modules", tags=["modules"])
+
+    def scope(name: str) -> list[Any]:
+        return [Depends(auth(name))] if auth is not None else []
+
+    @router.get("", dependencies=scope("read"))
+    def list_modules() -> list[dict[str, Any]]:
+        """Served modules with their route (version, tier, epoch, endpoints) and replicas."""
+        statuses = manager.status()
+        return [
+            _describe(route, [s for s in statuses if s.module == route.module])
+            for route in sorted(manager.routes.routes(), key=lambda r: r.module)
+        ]
+
+    @router.post("", dependencies=scope("admin"))
+    def deploy(request: DeployRequest) -> dict[str, Any]:
+        """Deploy a model version as a module; answers once the route has switched."""
+        if request.tier == "edge" and not request.agent:
+            raise HTTPException(422, "tier edge: name the edge agent to serve on (agent, --agent)")
+        try:
+            spec = module_spec(request)
+        except ValidationError as exc:
+            raise HTTPException(422, f"invalid module: {exc}") from None
+        try:
+            if request.agent:
+                route = manager.deploy_to_agent(spec, request.agent, request.version)
+            else:
+                route = manager.deploy(
+                    spec,
+                    request.version,
+                    tier=request.tier,
+                    site=request.site,
+                    replicas=request.replicas,
+                )
+        except ModelNotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except (DeployError, UnsatisfiableError) as exc:
+            logger.warning("deploy of %s %s failed: %s", spec.name, request.version, exc)
+            raise HTTPException(409, str(exc)) from None
+        except MeshError as exc:
+            logger.exception("deploy of %s %s failed", spec.name, request.version)
+            raise HTTPException(500, str(exc)) from None
+        return _describe(route, manager.status(spec.name))
+
+    @router.delete("/{name}", status_code=204, dependencies=scope("admin"))
+    def undeploy(name: str) -> Response:
+        """Stop routing the module and stop its replicas after they drain."""
+        if manager.routes.get(name) is None:
+            raise HTTPException(404, f"module {name!r} is not deployed")
+        manager.undeploy(name)
+        return Response(status_code=204)
+
+    return router

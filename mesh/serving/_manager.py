@@ -1,0 +1,754 @@
+"""The serving manager: puts a module's replicas on nodes and keeps its route right.
+
+Ray-agnostic. Replicas are started through a :class:`ReplicaLauncher` (the
+Ray one, :class:`mesh.ray._replicas.RayReplicaLauncher`, pins each replica to
+its tier with ``label_selector`` and lets Ray restart it), probed over their
+own HTTP ``/stats`` (a :class:`ReplicaProbe`), and published in the
+:class:`~mesh.serving._routes.RouteTable` the gateway reads. Unit tests use fakes
+behind the same Protocols.
+
+* :meth:`ServingManager.deploy` is make-before-break: the new version's
+  replicas start and warm up, the route switches in one step (epoch + 1), the
+  old endpoints drain (the gateway counts their requests out), then stop. If
+  the new replicas cannot start, the old version keeps serving.
+* :meth:`ServingManager.deploy_to_agent` puts a module on an edge agent (the
+  agent downloads the signed artifact) and switches the route to it.
+* A background loop (:meth:`tick`) health-checks replicas apart from requests
+  (a failed one leaves the route; a restarted one comes back with its new
+  port; a dead one is replaced) and follows the module's autoscaling
+  settings: ``ceil(in-flight / target_in_flight)`` replicas between
+  ``min_replicas`` and ``max_replicas``, up quickly, down slowly, to zero only
+  when ``min_replicas == 0`` (a request then wakes it).
+
+Errors::
+
+    MeshError
+    └── DeployError                a version could not be put in service (nothing changed)
+        └── ReplicaFailedError     a replica died or failed to start
+
+Example:
+    >>> manager = ServingManager(routes, RayReplicaLauncher(), registry=registry)  # doctest: +SKIP
+    >>> manager.start()                                                            # doctest: +SKIP
+    >>> spec = app.modules["VehicleCounter"].spec                                  # doctest: +SKIP
+    >>> manager.deploy(spec, "production", tier="fog")                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mesh.core._errors import MeshError
+from mesh.core._metrics import MetricsRegistry
+from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
+from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
+from mesh.serving._contract import (
+    AgentInstaller,
+    DeployError,
+    HttpProbe,
+    ModelArtifact,
+    ReplicaFailedError,
+    ReplicaHandle,
+    ReplicaLauncher,
+    ReplicaProbe,
+    ReplicaRequest,
+    ReplicaStatus,
+)
+from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, ReplicaEndpoint, RouteTable
+
+if TYPE_CHECKING:
+    from mesh.models._registry import ModelRegistry, ModelVersion
+
+__all__ = [
+    "AgentInstaller",
+    "DeployError",
+    "DeploymentView",
+    "HttpProbe",
+    "ModelArtifact",
+    "PhaseHook",
+    "ReplicaFailedError",
+    "ReplicaHandle",
+    "ReplicaLauncher",
+    "ReplicaProbe",
+    "ReplicaRequest",
+    "ReplicaStatus",
+    "ServingManager",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Replica:
+    handle: ReplicaHandle
+    version: str
+    state: str = "starting"  # starting | serving | unhealthy | draining
+    endpoint: ReplicaEndpoint | None = None
+    failures: int = 0
+    in_flight: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+    drain_deadline: float = 0.0
+
+
+@dataclass(slots=True)
+class _Deployment:
+    spec: ModuleSpec
+    artifact: ModelArtifact
+    tier: str
+    site: str | None
+    replicas: dict[str, _Replica] = field(default_factory=dict)
+    agent: str | None = None
+    batching: str = "auto"
+    autoscaler: Autoscaler | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    node: str | None = None
+
+    def serving(self) -> list[_Replica]:
+        return [r for r in self.replicas.values() if r.state == "serving"]
+
+    def endpoints(self) -> list[Endpoint]:
+        if self.agent is not None:
+            return [AgentEndpoint(self.agent, self.artifact.version)]
+        return [r.endpoint for r in self.serving() if r.endpoint is not None]
+
+
+PhaseHook = Callable[[str], None]
+"""Called with ``"ready"``, ``"switched"``, ``"drained"`` and ``"removed"`` as a switch goes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentView:
+    """What serves a module now (for the placement controller and restarts).
+
+    Attributes:
+        spec: the module.
+        artifact: the version served.
+        tier: ``cloud``, ``fog`` or ``edge``.
+        site: the ``mesh.site`` its replicas are pinned to, if any.
+        agent: the edge agent serving it, if any.
+        nodes: node ids of its serving replicas (or the agent id).
+    """
+
+    spec: ModuleSpec
+    artifact: ModelArtifact
+    tier: str
+    site: str | None
+    agent: str | None
+    nodes: tuple[str, ...]
+
+
+def _phase(hook: PhaseHook | None, phase: str) -> None:
+    if hook is not None:
+        try:
+            hook(phase)
+        except Exception:  # a hook must not break a switch
+            logger.exception("phase hook failed at %s", phase)
+
+
+def _replica_id(module: str, version: str) -> str:
+    return f"{module}-{version}-{uuid.uuid4().hex[:6]}"
+
+
+class ServingManager:
+    """Deploys module versions as replicas (or on agents) and keeps their routes right.
+
+    Args:
+        routes: the table the gateway reads.
+        launcher: starts replicas (the Ray one in production).
+        probe: reads replicas' ``/stats`` (default :class:`HttpProbe`).
+        registry: resolves ``"production"``/``"v3"`` to artifacts in :meth:`deploy`.
+        installer: puts modules on edge agents (for :meth:`deploy_to_agent`).
+        metrics: where replica gauges and switch counters go.
+        clock: monotonic seconds (injected in tests).
+        period_s: the background loop's period.
+        start_timeout_s: how long new replicas may take to serve.
+        drain_timeout_s: how long old endpoints may take to finish their requests.
+        unhealthy_after: failed health checks in a row before a replica leaves the route.
+        autoscale_delays: overrides of :class:`AutoscalePolicy` delays (e.g. for tests).
+    """
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        launcher: ReplicaLauncher,
+        *,
+        probe: ReplicaProbe | None = None,
+        registry: ModelRegistry | None = None,
+        installer: AgentInstaller | None = None,
+        metrics: MetricsRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        period_s: float = 0.5,
+        start_timeout_s: float = 120.0,
+        drain_timeout_s: float = 30.0,
+        unhealthy_after: int = 3,
+        autoscale_delays: dict[str, float] | None = None,
+    ) -> None:
+        """Nothing starts until :meth:`start` or :meth:`deploy`."""
+        self.routes = routes
+        self._launcher = launcher
+        self._probe: ReplicaProbe = probe or HttpProbe()
+        self._registry = registry
+        self._installer = installer
+        self._clock = clock
+        self._period_s = period_s
+        self._start_timeout_s = start_timeout_s
+        self._drain_timeout_s = drain_timeout_s
+        self._unhealthy_after = unhealthy_after
+        self._delays = dict(autoscale_delays or {})
+        self._deployments: dict[str, _Deployment] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        metrics = metrics or MetricsRegistry()
+        self._replica_gauge = metrics.gauge(
+            "mesh_replicas",
+            "Replicas per module, version and state.",
+            ("module", "version", "state"),
+        )
+        self._replica_gauge.set_collector(self._replica_counts)
+        self._switches = metrics.counter(
+            "mesh_route_switches_total",
+            "Route switches (deploys, migrations, scaling).",
+            ("module",),
+        )
+        self._epoch = metrics.gauge("mesh_route_epoch", "Current route epoch.", ("module",))
+        routes.on_change(self._route_changed)
+        routes.on_demand(lambda _module: self._wake.set())
+
+    # -- lifecycle
+
+    def start(self) -> ServingManager:
+        """Start the background health and autoscaling loop."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="mesh-serving", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the loop and every replica this manager started; routes are removed."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        for module in list(self._deployments):
+            self.undeploy(module, drain=False)
+
+    def __enter__(self) -> ServingManager:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop never dies: log and go on
+                logger.exception("serving loop step failed")
+            self._wake.wait(self._period_s)
+            self._wake.clear()
+
+    # -- deploying
+
+    def _artifact(
+        self, spec: ModuleSpec, version: str | ModelVersion | ModelArtifact
+    ) -> ModelArtifact:
+        if isinstance(version, ModelArtifact):
+            return version
+        if self._registry is None:
+            raise DeployError(
+                f"{spec.name}: pass a ModelArtifact, or give the manager a "
+                "registry to resolve versions"
+            )
+        if isinstance(version, str):
+            return ModelArtifact.from_registry(self._registry, spec.model, version)
+        return ModelArtifact.from_version(
+            version, self._registry.artifacts.read_bytes(version.sha256)
+        )
+
+    @staticmethod
+    def _tier(spec: ModuleSpec, tier: str | None) -> str:
+        if tier is None:
+            tier = next((t for t in spec.tiers if t in COMPUTE_TIERS), None)
+            if tier is None:
+                raise DeployError(
+                    f"{spec.name} runs only on {', '.join(spec.tiers)}; use "
+                    "deploy_to_agent() for edge agents"
+                )
+        if tier not in COMPUTE_TIERS:
+            raise DeployError(f"tier {tier!r} has no Ray nodes; use deploy_to_agent() for edge")
+        if tier not in spec.tiers:
+            raise DeployError(f"{spec.name} may run on {', '.join(spec.tiers)}, not {tier!r}")
+        return tier
+
+    def deploy(
+        self,
+        spec: ModuleSpec,
+        version: str | ModelVersion | ModelArtifact = "production",
+        *,
+        tier: str | None = None,
+        site: str | None = None,
+        replicas: int | None = None,
+        batching: str = "auto",
+        on_phase: PhaseHook | None = None,
+        node: str | None = None,
+    ) -> ModuleRoute:
+        """Serve ``version`` of the module on ``tier`` nodes, make-before-break.
+
+        Args:
+            spec: the module (name, model, tiers, resources, autoscaling).
+            version: a registry reference (``"production"``, ``"v3"``), a
+                registry version, or an artifact.
+            tier: ``cloud`` or ``fog`` (default: the first compute tier the module allows).
+            site: pin to nodes labelled with this ``mesh.site``.
+            replicas: how many to start (default: as many as serve now, at least
+                ``max(1, min_replicas)``).
+            batching: the replicas' dynamic batching: ``auto``, ``on`` or ``off``.
+            on_phase: told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
+            node: pin the replicas to this Ray node (its id), e.g. the placement
+                engine's choice; without it Ray may pick a node it still thinks alive.
+
+        Returns:
+            The new route (its epoch is one more than before).
+
+        Raises:
+            UnsatisfiableError: no live node can hold a replica.
+            DeployError: the replicas did not start; the previous version keeps serving.
+        """
+        tier = self._tier(spec, tier)
+        artifact = self._artifact(spec, version)
+        lock = self._module_lock(spec.name)
+        with lock:
+            old = self._deployments.get(spec.name)
+            serving = len(old.serving()) if old is not None and old.agent is None else 0
+            count = (
+                replicas
+                if replicas is not None
+                else min(spec.max_replicas, max(1, spec.min_replicas, serving))
+            )
+            if count < 1:
+                raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
+            started = time.monotonic()
+            fresh = self._start_replicas(spec, artifact, tier, site, count, batching, node)
+            _phase(on_phase, "ready")
+            new = _Deployment(
+                spec,
+                artifact,
+                tier,
+                site,
+                fresh,
+                lock=lock,
+                batching=batching,
+                autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)),
+                node=node,
+            )
+            route = self._switch(
+                new,
+                old,
+                f"{count} {tier} replica(s) ready after {time.monotonic() - started:.1f} s",
+                on_phase,
+            )
+        return route
+
+    def deploy_to_agent(
+        self,
+        spec: ModuleSpec,
+        agent_id: str,
+        version: str | ModelVersion | ModelArtifact = "production",
+        *,
+        timeout_s: float = 60.0,
+        on_phase: PhaseHook | None = None,
+    ) -> ModuleRoute:
+        """Serve the module on an edge agent and switch its route there, make-before-break.
+
+        ``on_phase`` is told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
+
+        Raises:
+            DeployError: no installer, or the agent did not install it (nothing changed).
+        """
+        if self._installer is None:
+            raise DeployError("the serving manager has no agent installer (edge gateway)")
+        if "edge" not in spec.tiers:
+            raise DeployError(f"{spec.name} may run on {', '.join(spec.tiers)}, not on edge")
+        artifact = self._artifact(spec, version)
+        lock = self._module_lock(spec.name)
+        with lock:
+            old = self._deployments.get(spec.name)
+            self._installer.install(agent_id, spec.name, artifact, timeout_s)
+            _phase(on_phase, "ready")
+            new = _Deployment(spec, artifact, "edge", None, agent=agent_id, lock=lock)
+            route = self._switch(new, old, f"agent {agent_id}", on_phase)
+        return route
+
+    def _module_lock(self, module: str) -> threading.Lock:
+        """The lock that serialises deploys and reconcile steps of one module."""
+        with self._lock:
+            lock = self._locks.get(module)
+            if lock is None:
+                lock = self._locks[module] = threading.Lock()
+            return lock
+
+    def _start_replicas(
+        self,
+        spec: ModuleSpec,
+        artifact: ModelArtifact,
+        tier: str,
+        site: str | None,
+        count: int,
+        batching: str,
+        node: str | None = None,
+    ) -> dict[str, _Replica]:
+        started: dict[str, _Replica] = {}
+        try:
+            for _ in range(count):
+                request = ReplicaRequest(
+                    spec.name,
+                    artifact,
+                    tier,
+                    site,
+                    spec.resources,
+                    _replica_id(spec.name, artifact.version),
+                    batching,
+                    node=node,
+                )
+                handle = self._launcher.launch(request)
+                started[handle.replica_id] = _Replica(handle, artifact.version)
+            deadline = time.monotonic() + self._start_timeout_s
+            while any(r.endpoint is None for r in started.values()):
+                for replica in started.values():
+                    if replica.endpoint is None:
+                        replica.endpoint = replica.handle.poll()
+                if time.monotonic() > deadline:
+                    waiting = [k for k, r in started.items() if r.endpoint is None]
+                    raise DeployError(
+                        f"{spec.name} {artifact.version}: {len(waiting)} of {count} replicas "
+                        f"on {tier} did not serve within {self._start_timeout_s:g} s "
+                        f"({', '.join(waiting)}); the previous version keeps serving"
+                    )
+                time.sleep(0.02)
+        except BaseException:
+            for replica in started.values():
+                replica.handle.stop()
+            raise
+        for replica in started.values():
+            replica.state = "serving"
+        return started
+
+    def _switch(
+        self,
+        new: _Deployment,
+        old: _Deployment | None,
+        where: str,
+        on_phase: PhaseHook | None = None,
+    ) -> ModuleRoute:
+        """Publish ``new``'s endpoints in one step, then drain and stop ``old``'s replicas."""
+        spec = new.spec
+        with self._lock:
+            self._deployments[spec.name] = new
+        route = self.routes.set(
+            spec.name,
+            new.artifact.version,
+            new.endpoints(),
+            signature=new.artifact.signature,
+            tier=new.tier,
+            scale_from_zero=spec.min_replicas == 0 and new.agent is None,
+            slo_ms=spec.qos.p95_latency_ms,
+        )
+        logger.info(
+            "%s %s serves on %s (route epoch %d)",
+            spec.name,
+            new.artifact.version,
+            where,
+            route.epoch,
+        )
+        _phase(on_phase, "switched")
+        if old is not None:
+            # An old agent stays installed (a local fallback for its pipelines); its
+            # requests through the gateway finish there.
+            agents: list[Endpoint] = (
+                [AgentEndpoint(old.agent, old.artifact.version)]
+                if old.agent is not None and old.agent != new.agent
+                else []
+            )
+            self._drain_and_stop(spec.name, list(old.replicas.values()), agents, on_phase)
+        else:
+            _phase(on_phase, "drained")
+            _phase(on_phase, "removed")
+        return route
+
+    def _drain_and_stop(
+        self,
+        module: str,
+        replicas: list[_Replica],
+        agents: list[Endpoint] | None = None,
+        on_phase: PhaseHook | None = None,
+    ) -> None:
+        endpoints: list[Endpoint] = [r.endpoint for r in replicas if r.endpoint is not None]
+        endpoints += agents or []
+        if endpoints and not self.routes.wait_drained(endpoints, self._drain_timeout_s):
+            logger.warning(
+                "%s: %d old endpoint(s) still had requests after %.0f s; stopping",
+                module,
+                len(endpoints),
+                self._drain_timeout_s,
+            )
+        deadline = time.monotonic() + self._drain_timeout_s
+        for replica in replicas:
+            # Other clients (agents offloading) may still be served: wait for the replica.
+            while replica.endpoint is not None and time.monotonic() < deadline:
+                stats = self._probe.stats(replica.endpoint, 1.0)
+                if stats is None or not stats.get("in_flight"):
+                    break
+                time.sleep(0.02)
+        _phase(on_phase, "drained")
+        for replica in replicas:
+            replica.handle.stop()
+            logger.info(
+                "%s: replica %s (%s) stopped", module, replica.handle.replica_id, replica.version
+            )
+        _phase(on_phase, "removed")
+
+    def undeploy(self, module: str, *, drain: bool = True) -> None:
+        """Stop routing ``module`` and stop its replicas (after they drain, unless ``drain``)."""
+        with self._lock:
+            deployment = self._deployments.pop(module, None)
+        self.routes.remove(module)
+        if deployment is None:
+            return
+        with deployment.lock:
+            replicas = list(deployment.replicas.values())
+            if drain:
+                self._drain_and_stop(module, replicas)
+            else:
+                for replica in replicas:
+                    replica.handle.stop()
+        logger.info("%s undeployed", module)
+
+    # -- observing
+
+    def deployments(self) -> list[DeploymentView]:
+        """What serves each module now, by module."""
+        with self._lock:
+            deployments = [self._deployments[m] for m in sorted(self._deployments)]
+        out = []
+        for d in deployments:
+            nodes = (
+                (d.agent,)
+                if d.agent is not None
+                else tuple(
+                    sorted({r.endpoint.node_id for r in d.serving() if r.endpoint is not None})
+                )
+            )
+            out.append(DeploymentView(d.spec, d.artifact, d.tier, d.site, d.agent, nodes))
+        return out
+
+    def status(self, module: str | None = None) -> list[ReplicaStatus]:
+        """Replicas (and agents) per module, with their last stats."""
+        with self._lock:
+            deployments = [
+                d for m, d in sorted(self._deployments.items()) if module is None or m == module
+            ]
+        out: list[ReplicaStatus] = []
+        for d in deployments:
+            if d.agent is not None:
+                out.append(
+                    ReplicaStatus(
+                        d.spec.name, d.artifact.version, d.agent, "serving", d.agent, None
+                    )
+                )
+            for rid, r in sorted(d.replicas.items()):
+                out.append(
+                    ReplicaStatus(
+                        d.spec.name,
+                        r.version,
+                        rid,
+                        r.state,
+                        r.endpoint.node_id if r.endpoint else None,
+                        r.endpoint.url if r.endpoint else None,
+                        r.in_flight,
+                        r.stats.get("requests"),
+                        r.stats.get("p50_ms"),
+                        r.stats.get("p95_ms"),
+                    )
+                )
+        return out
+
+    def _replica_counts(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        counts: dict[tuple[str, ...], float] = {}
+        with self._lock:
+            deployments = list(self._deployments.values())
+        for d in deployments:
+            for r in list(d.replicas.values()):
+                key = (d.spec.name, r.version, r.state)
+                counts[key] = counts.get(key, 0) + 1
+        return counts.items()
+
+    def _route_changed(self, old: ModuleRoute | None, new: ModuleRoute | None) -> None:
+        route = new or old
+        assert route is not None
+        self._switches.inc(1, route.module)
+        self._epoch.set(new.epoch if new else 0, route.module)
+
+    # -- the background loop
+
+    def tick(self) -> None:
+        """One reconcile step: health, restarts, replacements and autoscaling of every module."""
+        demand = self.routes.take_demand()
+        with self._lock:
+            deployments = list(self._deployments.values())
+        for deployment in deployments:
+            if deployment.agent is not None or not deployment.lock.acquire(blocking=False):
+                continue  # an edge module, or a deploy is under way
+            try:
+                self._reconcile(deployment, deployment.spec.name in demand)
+            except Exception:
+                logger.exception("%s: reconcile failed", deployment.spec.name)
+            finally:
+                deployment.lock.release()
+
+    def _reconcile(self, d: _Deployment, demanded: bool) -> None:
+        module = d.spec.name
+        changed = False
+        now = self._clock()
+        for rid, replica in list(d.replicas.items()):
+            if replica.state == "starting":
+                changed |= self._check_starting(d, rid, replica)
+            elif replica.state in ("serving", "unhealthy"):
+                changed |= self._check_health(d, rid, replica)
+            elif replica.state == "draining":
+                self._check_draining(d, rid, replica, now)
+        live = [r for r in d.replicas.values() if r.state in ("starting", "serving", "unhealthy")]
+        # Replicas report a time average (every client); the gateway knows its own now.
+        load = max(sum(r.in_flight for r in d.serving()), self.routes.module_in_flight(module))
+        if demanded and not live:
+            load = max(load, 1.0)
+        assert d.autoscaler is not None
+        target = d.autoscaler.decide(len(live), load, now)
+        if target > len(live):
+            for _ in range(target - len(live)):
+                self._launch_one(d)
+            logger.info(
+                "%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live), target, load
+            )
+        elif target < len(live):
+            changed |= self._scale_down(d, len(live) - target, now)
+            logger.info(
+                "%s: scaling down %d -> %d replicas (in flight %.1f)",
+                module,
+                len(live),
+                target,
+                load,
+            )
+        if changed:
+            self.routes.set(module, d.artifact.version, d.endpoints())
+
+    def _launch_one(self, d: _Deployment) -> None:
+        request = ReplicaRequest(
+            d.spec.name,
+            d.artifact,
+            d.tier,
+            d.site,
+            d.spec.resources,
+            _replica_id(d.spec.name, d.artifact.version),
+            d.batching,
+            node=d.node,
+        )
+        try:
+            handle = self._launcher.launch(request)
+        except MeshError as exc:
+            logger.warning("%s: cannot start a replica: %s", d.spec.name, exc)
+            return
+        d.replicas[handle.replica_id] = _Replica(handle, d.artifact.version)
+
+    def _check_starting(self, d: _Deployment, rid: str, replica: _Replica) -> bool:
+        try:
+            endpoint = replica.handle.poll()
+        except ReplicaFailedError as exc:
+            logger.warning("%s: replica %s failed to start: %s", d.spec.name, rid, exc)
+            replica.handle.stop()
+            del d.replicas[rid]
+            return False
+        if endpoint is None:
+            return False
+        replica.endpoint, replica.state, replica.failures = endpoint, "serving", 0
+        logger.info(
+            "%s: replica %s serves at %s on node %s",
+            d.spec.name,
+            rid,
+            endpoint.url,
+            endpoint.node_id[:8],
+        )
+        return True
+
+    def _check_health(self, d: _Deployment, rid: str, replica: _Replica) -> bool:
+        module = d.spec.name
+        stats = self._probe.stats(replica.endpoint, 1.0) if replica.endpoint else None
+        if stats is not None and stats.get("ready", True):
+            replica.failures = 0
+            replica.stats = stats
+            replica.in_flight = float(stats.get("avg_in_flight", stats.get("in_flight", 0)))
+            if replica.state == "unhealthy":
+                replica.state = "serving"
+                logger.info("%s: replica %s is healthy again", module, rid)
+                return True
+            return False
+        replica.failures += 1
+        if replica.failures < self._unhealthy_after:
+            return False
+        changed = replica.state == "serving"
+        if changed:
+            replica.state = "unhealthy"
+            logger.warning(
+                "%s: replica %s failed %d health checks; out of the route",
+                module,
+                rid,
+                replica.failures,
+            )
+        try:
+            endpoint = replica.handle.refresh(1.0)
+        except ReplicaFailedError as exc:
+            logger.warning("%s: replica %s is gone (%s); replacing it", module, rid, exc)
+            replica.handle.stop()
+            del d.replicas[rid]
+            self._launch_one(d)
+            return changed
+        if endpoint is not None and endpoint != replica.endpoint:
+            logger.info("%s: replica %s restarted at %s", module, rid, endpoint.url)
+            replica.endpoint = endpoint
+            replica.failures = self._unhealthy_after - 1  # probe the new port next tick
+        return changed
+
+    def _check_draining(self, d: _Deployment, rid: str, replica: _Replica, now: float) -> None:
+        endpoint = replica.endpoint
+        busy = endpoint is not None and self.routes.in_flight(endpoint) > 0
+        if not busy and endpoint is not None:
+            stats = self._probe.stats(endpoint, 1.0)
+            busy = bool(stats and stats.get("in_flight"))
+        if busy and now < replica.drain_deadline:
+            return
+        replica.handle.stop()
+        del d.replicas[rid]
+        logger.info("%s: replica %s drained and stopped", d.spec.name, rid)
+
+    def _scale_down(self, d: _Deployment, count: int, now: float) -> bool:
+        # Starting or unhealthy replicas go first, then the least busy.
+        order = sorted(
+            (r for r in d.replicas.values() if r.state != "draining"),
+            key=lambda r: (r.state == "serving", r.in_flight),
+        )
+        changed = False
+        for replica in order[:count]:
+            changed |= replica.state == "serving"
+            replica.state = "draining"
+            replica.drain_deadline = now + self._drain_timeout_s
+        return changed

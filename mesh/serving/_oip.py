@@ -1,0 +1,572 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP): tensors, bodies, errors.
+
+Shared by the replica server (:mod:`mesh.serving.replica._server`) and the gateway
+(:mod:`mesh.serving._gateway`): decoding an inference request (JSON tensors, and the
+binary tensor extension: a JSON header of ``Inference-Header-Content-Length``
+bytes followed by raw little-endian tensors), checking it against a model's
+signature, encoding the response, and the metadata documents. Errors::
+
+    MeshError
+    └── ServingError                   serving could not answer
+        ├── InferenceInputError        bad body or tensors (400; names the expected signature)
+        ├── ModelNotServedError        no such model or version is served (404)
+        ├── ModelNotReadyError         known, but no replica is ready (503)
+        └── UpstreamError              the replica or agent failed (502)
+            └── UpstreamTimeoutError   it did not answer in time (504)
+
+:func:`http_status` is the one place these (and the auth errors) become HTTP
+status codes; error bodies are ``{"error": "<message>"}`` as tritonclient expects.
+
+Example:
+    >>> import numpy as np
+    >>> body, header_len = encode_response("m", "v1", None, {"y": np.ones(2, np.float32)},
+    ...                                    requested=None, binary=False)
+    >>> json.loads(body)["outputs"][0]["datatype"], header_len
+    ('FP32', None)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mesh.core._errors import MeshError
+from mesh.models._export import ModelSignature, TensorSpec
+from mesh.security._auth import AuthError, ForbiddenError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferenceInputError",
+    "ModelNotReadyError",
+    "ModelNotServedError",
+    "OipRequest",
+    "RequestedOutput",
+    "ServingError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "check_inputs",
+    "decode_request",
+    "decode_response",
+    "describe_signature",
+    "encode_request",
+    "encode_response",
+    "error_body",
+    "http_status",
+    "model_metadata",
+    "oip_datatype",
+    "ort_signature",
+    "parse_model_path",
+]
+
+#: Header of the binary tensor extension: length of the JSON part of the body.
+HEADER_LENGTH = "inference-header-content-length"
+
+_TO_OIP: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+_FROM_OIP: dict[str, str] = {v: k for k, v in _TO_OIP.items()}
+_ORT_TYPES: dict[str, str] = {
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+}
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ServingError(MeshError):
+    """Serving could not answer an inference or metadata request."""
+
+
+class InferenceInputError(ServingError, ValueError):
+    """The request body or its tensors do not fit the model (HTTP 400).
+
+    Attributes:
+        model: the model asked for.
+        expected: the model's inputs as text, e.g. ``["x: FP32[-1,4]"]`` (may be empty).
+    """
+
+    def __init__(self, model: str, problem: str, expected: Sequence[str] = ()) -> None:
+        self.model = model
+        self.problem = problem
+        self.expected = list(expected)
+        detail = f"; expected inputs {', '.join(self.expected)}" if self.expected else ""
+        super().__init__(f"bad inference request for {model!r}: {problem}{detail}")
+
+
+class ModelNotServedError(ServingError, LookupError):
+    """No such model (or version of it) is served (HTTP 404)."""
+
+    def __init__(self, model: str, version: str | None = None, served: Sequence[str] = ()) -> None:
+        self.model = model
+        self.version = version
+        self.served = sorted(served)
+        listing = ", ".join(self.served) or "none"
+        if version is None:
+            message = f"model {model!r} is not served (served: {listing})"
+        else:
+            message = f"model {model!r} version {version!r} is not served (served: {listing})"
+        super().__init__(message)
+
+
+class ModelNotReadyError(ServingError):
+    """The model is deployed but no replica or agent is ready for it (HTTP 503)."""
+
+
+class UpstreamError(ServingError):
+    """The replica or agent serving the model failed (HTTP 502).
+
+    Attributes:
+        model: the model.
+        node: the node (replica node id or agent id) that failed, if known.
+    """
+
+    def __init__(self, message: str, *, model: str, node: str | None = None) -> None:
+        self.model = model
+        self.node = node
+        super().__init__(message)
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    """The replica or agent did not answer in time (HTTP 504)."""
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of an exception: the one mapping of serving and auth errors."""
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, ForbiddenError):
+        return 403
+    if isinstance(exc, InferenceInputError):
+        return 400
+    if isinstance(exc, ModelNotServedError):
+        return 404
+    if isinstance(exc, ModelNotReadyError):
+        return 503
+    if isinstance(exc, UpstreamTimeoutError):
+        return 504
+    if isinstance(exc, UpstreamError):
+        return 502
+    return 500
+
+
+def error_body(exc: BaseException) -> bytes:
+    """``{"error": "<message>"}`` (the shape tritonclient reads)."""
+    return json.dumps({"error": str(exc) or type(exc).__name__}).encode()
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def oip_datatype(numpy_name: str) -> str:
+    """The OIP datatype of a numpy dtype name (``float32`` -> ``FP32``)."""
+    return _TO_OIP.get(numpy_name, numpy_name.upper())
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in spec.shape]
+
+
+def describe_signature(specs: Sequence[TensorSpec]) -> list[str]:
+    """Tensors as text, e.g. ``["occupancy: FP32[-1,4,8,32]"]``."""
+    return [f"{s.name}: {oip_datatype(s.dtype)}[{','.join(map(str, _dims(s)))}]" for s in specs]
+
+
+def ort_signature(session: Any, opset: int = 0) -> ModelSignature:
+    """The signature of an ONNX Runtime session (symbolic or unknown sizes become names)."""
+
+    def spec(arg: Any) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+    return ModelSignature(
+        inputs=tuple(spec(a) for a in session.get_inputs()),
+        outputs=tuple(spec(a) for a in session.get_outputs()),
+        opset=opset,
+    )
+
+
+def check_inputs(
+    model: str, inputs: Mapping[str, npt.NDArray[Any]], signature: Sequence[TensorSpec]
+) -> None:
+    """Refuse inputs whose names, dtypes or shapes do not fit ``signature``.
+
+    Raises:
+        InferenceInputError: naming the first problem and the expected inputs.
+    """
+    expected = {s.name: s for s in signature}
+    problems: list[str] = []
+    missing = [name for name in expected if name not in inputs]
+    unknown = [name for name in inputs if name not in expected]
+    if missing:
+        problems.append(f"missing input {', '.join(map(repr, missing))}")
+    if unknown:
+        problems.append(f"unknown input {', '.join(map(repr, unknown))}")
+    for name, array in inputs.items():
+        spec = expected.get(name)
+        if spec is None:
+            continue
+        if array.dtype.name != spec.dtype:
+            problems.append(
+                f"input {name!r} has datatype {oip_datatype(array.dtype.name)}, "
+                f"not {oip_datatype(spec.dtype)}"
+            )
+            continue
+        dims = _dims(spec)
+        fits = len(dims) == array.ndim and all(
+            d < 0 or d == n for d, n in zip(dims, array.shape, strict=True)
+        )
+        if not fits:
+            problems.append(
+                f"input {name!r} has shape {list(array.shape)}, not [{','.join(map(str, dims))}]"
+            )
+    if problems:
+        raise InferenceInputError(model, "; ".join(problems), describe_signature(signature))
+
+
+def model_metadata(
+    name: str,
+    versions: Sequence[str],
+    signature: ModelSignature,
+    *,
+    platform: str = "onnxruntime_onnx",
+) -> dict[str, Any]:
+    """The OIP model metadata document."""
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": platform,
+        "inputs": [
+            {"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
+            for s in signature.inputs
+        ],
+        "outputs": [
+            {"name": s.name, "datatype": oip_datatype(s.dtype), "shape": _dims(s)}
+            for s in signature.outputs
+        ],
+    }
+
+
+# ---------------------------------------------------------------- requests
+
+_MODEL_ACTIONS = frozenset({"infer", "ready", "config", "stats"})
+
+
+def parse_model_path(path: str) -> tuple[str, str | None, str] | None:
+    """Split ``/v2/models/{name}[/versions/{v}][/{action}]`` (an ASGI, decoded path).
+
+    Returns:
+        ``(name, version or None, action)`` with action ``""`` for the metadata
+        route; None when the path is not a model route.
+
+    Example:
+        >>> parse_model_path("/v2/models/counter/versions/v2/infer")
+        ('counter', 'v2', 'infer')
+    """
+    prefix = "/v2/models/"
+    if not path.startswith(prefix):
+        return None
+    parts = path[len(prefix) :].split("/")
+    name = parts[0]
+    if not name:
+        return None
+    version: str | None = None
+    rest = parts[1:]
+    if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+        version, rest = rest[1], rest[2:]
+    if not rest or rest == [""]:
+        return name, version, ""
+    if len(rest) == 1 and rest[0] in _MODEL_ACTIONS:
+        return name, version, rest[0]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for, and whether it wants it as binary."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(slots=True)
+class OipRequest:
+    """A decoded inference request.
+
+    Attributes:
+        id: the request id, echoed in the response.
+        inputs: input arrays by name, in request order.
+        outputs: the outputs asked for; None means all.
+        binary: the default for outputs (``binary_data_output``).
+        parameters: the request's other parameters.
+    """
+
+    id: str | None
+    inputs: dict[str, npt.NDArray[Any]]
+    outputs: list[RequestedOutput] | None = None
+    binary: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _shape(model: str, name: str, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
+        raise InferenceInputError(
+            model, f"input {name!r}: shape must be a list of sizes >= 0, got {raw!r}"
+        )
+    return tuple(raw)
+
+
+def _decode_input(
+    model: str, item: Any, binary: memoryview, offset: int
+) -> tuple[str, npt.NDArray[Any], int]:
+    np = _numpy()
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise InferenceInputError(model, "each input needs a 'name', 'shape' and 'datatype'")
+    name: str = item["name"]
+    datatype = item.get("datatype")
+    dtype_name = _FROM_OIP.get(datatype) if isinstance(datatype, str) else None
+    if dtype_name is None:
+        raise InferenceInputError(
+            model,
+            f"input {name!r}: unsupported datatype {datatype!r} "
+            f"(supported: {', '.join(sorted(_FROM_OIP))})",
+        )
+    shape = _shape(model, name, item.get("shape"))
+    count = math.prod(shape)
+    dtype = np.dtype(dtype_name).newbyteorder("<")
+    params = item.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise InferenceInputError(
+                model,
+                f"input {name!r}: binary_data_size {size!r} runs "
+                f"past the {len(binary)} binary bytes",
+            )
+        if size != count * dtype.itemsize:
+            raise InferenceInputError(
+                model,
+                f"input {name!r}: {size} bytes do not hold "
+                f"{count} {datatype} values of shape {list(shape)}",
+            )
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        return name, array, offset + size
+    if "data" not in item:
+        raise InferenceInputError(
+            model, f"input {name!r} has neither 'data' nor 'binary_data_size'"
+        )
+    try:
+        array = np.asarray(item["data"], dtype=dtype_name)
+    except (TypeError, ValueError) as exc:
+        raise InferenceInputError(model, f"input {name!r}: data is not {datatype}: {exc}") from None
+    if array.size != count:
+        raise InferenceInputError(
+            model, f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
+        )
+    return name, array.reshape(shape), offset
+
+
+def decode_request(model: str, body: bytes, header_length: int | None = None) -> OipRequest:
+    """Decode an inference request body (JSON, or JSON + binary tensors).
+
+    Args:
+        model: the model's name, for messages.
+        body: the HTTP body.
+        header_length: the ``Inference-Header-Content-Length`` value, if sent.
+
+    Raises:
+        InferenceInputError: malformed JSON, tensors or binary sizes.
+    """
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise InferenceInputError(
+            model,
+            f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body",
+        )
+    head = body if header_length is None else body[:header_length]
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InferenceInputError(model, f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise InferenceInputError(
+            model, "the body must be an object with a non-empty 'inputs' list"
+        )
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    inputs: dict[str, npt.NDArray[Any]] = {}
+    offset = 0
+    for item in doc["inputs"]:
+        name, array, offset = _decode_input(model, item, binary, offset)
+        if name in inputs:
+            raise InferenceInputError(model, f"input {name!r} is given twice")
+        inputs[name] = array
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InferenceInputError(model, "'parameters' must be an object")
+    outputs: list[RequestedOutput] | None = None
+    if doc.get("outputs"):
+        outputs = []
+        for item in doc["outputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InferenceInputError(model, "each requested output needs a 'name'")
+            params = item.get("parameters") or {}
+            flag = params.get("binary_data") if isinstance(params, dict) else None
+            outputs.append(RequestedOutput(item["name"], None if flag is None else bool(flag)))
+    request_id = doc.get("id")
+    return OipRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=inputs,
+        outputs=outputs,
+        binary=bool(parameters.get("binary_data_output", False)),
+        parameters=parameters,
+    )
+
+
+def encode_request(
+    inputs: Mapping[str, npt.NDArray[Any]], *, binary: bool = True, binary_output: bool = False
+) -> tuple[bytes, int | None]:
+    """An inference request body for ``inputs`` (what tritonclient sends); for clients and tests.
+
+    Returns:
+        The body and the ``Inference-Header-Content-Length`` (None for pure JSON).
+    """
+    np = _numpy()
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in inputs.items():
+        arr = np.ascontiguousarray(array)
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(arr.shape),
+            "datatype": oip_datatype(arr.dtype.name),
+        }
+        if binary:
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"inputs": entries}
+    if binary_output:
+        doc["parameters"] = {"binary_data_output": True}
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def encode_response(
+    model: str,
+    version: str | None,
+    request_id: str | None,
+    outputs: Mapping[str, npt.NDArray[Any]],
+    *,
+    requested: Sequence[RequestedOutput] | None,
+    binary: bool,
+) -> tuple[bytes, int | None]:
+    """The response body for ``outputs``.
+
+    Args:
+        model: the model's name.
+        version: its version.
+        request_id: the request's id, echoed back.
+        outputs: output arrays by name.
+        requested: the outputs asked for (None: all, in model order).
+        binary: the default format of outputs that do not say.
+
+    Returns:
+        The body and the ``Inference-Header-Content-Length`` when binary tensors follow
+        the JSON (None for pure JSON).
+
+    Raises:
+        InferenceInputError: an output was asked for that the model does not have.
+    """
+    if requested is None:
+        chosen = [(name, binary) for name in outputs]
+    else:
+        unknown = [r.name for r in requested if r.name not in outputs]
+        if unknown:
+            raise InferenceInputError(
+                model,
+                f"unknown output {', '.join(map(repr, unknown))} (outputs: {', '.join(outputs)})",
+            )
+        chosen = [(r.name, binary if r.binary is None else r.binary) for r in requested]
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, as_binary in chosen:
+        array = outputs[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": oip_datatype(array.dtype.name),
+            "shape": list(array.shape),
+        }
+        if as_binary:
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "outputs": entries}
+    if version is not None:
+        doc["model_version"] = version
+    if request_id is not None:
+        doc["id"] = request_id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def decode_response(body: bytes, header_length: int | None = None) -> dict[str, npt.NDArray[Any]]:
+    """Output arrays of a response body (for clients and tests)."""
+    np = _numpy()
+    head = body if header_length is None else body[:header_length]
+    doc = json.loads(head)
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    out: dict[str, npt.NDArray[Any]] = {}
+    offset = 0
+    for item in doc["outputs"]:
+        dtype = np.dtype(_FROM_OIP[item["datatype"]]).newbyteorder("<")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            out[item["name"]] = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(
+                item["shape"]
+            )
+            offset += size
+        else:
+            out[item["name"]] = np.asarray(item["data"], dtype=dtype).reshape(item["shape"])
+    return out

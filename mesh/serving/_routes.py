@@ -1,0 +1,301 @@
+"""Where each module's requests go now: the route table shared by gateway and manager.
+
+A :class:`ModuleRoute` names a module's serving version, its endpoints (replica
+sockets on cloud/fog nodes, or edge agents reached over MQTT) and an epoch that
+grows by one at every switch. The serving manager replaces a route in one
+assignment (make-before-break: the new endpoints are ready before the switch);
+the gateway reads it once per request, picks the endpoint with the fewest
+requests in flight, and counts its request in and out, so the manager can wait
+until an old endpoint has drained before stopping it.
+
+Thread-safe: the gateway's event loop and the manager's thread share it.
+
+Example:
+    >>> table = RouteTable()
+    >>> route = table.set("counter", "v1", [ReplicaEndpoint("r1", "node1", "10.0.0.5", 8000, "v1")])
+    >>> table.pick(route).url, route.epoch
+    ('http://10.0.0.5:8000', 1)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.models._export import ModelSignature
+
+__all__ = [
+    "AgentEndpoint",
+    "Endpoint",
+    "ModuleRoute",
+    "ReplicaEndpoint",
+    "RouteTable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEndpoint:
+    """A replica's own socket on a cloud or fog node."""
+
+    replica_id: str
+    node_id: str
+    host: str
+    port: int
+    version: str
+
+    @property
+    def node(self) -> str:
+        """The node id (the ``node`` label of metrics)."""
+        return self.node_id
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "kind": "replica",
+            "replica_id": self.replica_id,
+            "node": self.node_id,
+            "url": self.url,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """An edge agent serving the module, reached over MQTT through the edge gateway."""
+
+    agent_id: str
+    version: str
+
+    @property
+    def node(self) -> str:
+        """The agent id (the ``node`` label of metrics)."""
+        return self.agent_id
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "kind": "agent",
+            "agent_id": self.agent_id,
+            "node": self.agent_id,
+            "version": self.version,
+        }
+
+
+Endpoint = ReplicaEndpoint | AgentEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRoute:
+    """A module's current serving version and endpoints.
+
+    Attributes:
+        module: the name clients use (``/v2/models/{module}/infer``).
+        version: the version served.
+        epoch: grows by one at each switch.
+        endpoints: where requests go; empty while scaled to zero.
+        signature: the model's inputs and outputs (for metadata and edge checks).
+        tier: ``cloud``, ``fog`` or ``edge``.
+        scale_from_zero: whether a request may wake a module scaled to zero.
+        slo_ms: the module's p95 latency target (requests over it are counted).
+        switched_at: Unix time of the switch.
+    """
+
+    module: str
+    version: str
+    epoch: int
+    endpoints: tuple[Endpoint, ...]
+    signature: ModelSignature | None = None
+    tier: str = "fog"
+    scale_from_zero: bool = False
+    slo_ms: float | None = None
+    switched_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready form (``GET /v1/routes``)."""
+        return {
+            "module": self.module,
+            "version": self.version,
+            "epoch": self.epoch,
+            "tier": self.tier,
+            "endpoints": [e.describe() for e in self.endpoints],
+            "scale_from_zero": self.scale_from_zero,
+            "slo_ms": self.slo_ms,
+            "switched_at": self.switched_at,
+        }
+
+
+class RouteTable:
+    """Routes by module, requests in flight by endpoint, and demand for idle modules."""
+
+    def __init__(self) -> None:
+        """An empty table."""
+        self._routes: dict[str, ModuleRoute] = {}
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._in_flight: dict[Endpoint, int] = {}
+        self._turn = itertools.count()
+        self._demand: set[str] = set()
+        self._listeners: list[Callable[[ModuleRoute | None, ModuleRoute | None], None]] = []
+        self._demand_listeners: list[Callable[[str], None]] = []
+
+    # -- routes
+
+    def get(self, module: str) -> ModuleRoute | None:
+        """The module's route, or None (one dict lookup: the gateway's hot path)."""
+        return self._routes.get(module)
+
+    def routes(self) -> list[ModuleRoute]:
+        """Every route, by module."""
+        return [self._routes[m] for m in sorted(self._routes)]
+
+    def set(
+        self,
+        module: str,
+        version: str,
+        endpoints: Iterable[Endpoint],
+        *,
+        signature: ModelSignature | None = None,
+        tier: str | None = None,
+        scale_from_zero: bool | None = None,
+        slo_ms: float | None = None,
+    ) -> ModuleRoute:
+        """Switch ``module`` to ``endpoints`` at once (epoch + 1); returns the new route.
+
+        ``signature``, ``tier``, ``scale_from_zero`` and ``slo_ms`` default to the
+        previous route's.
+        """
+        with self._lock:
+            old = self._routes.get(module)
+            route = ModuleRoute(
+                module=module,
+                version=version,
+                epoch=(old.epoch if old else 0) + 1,
+                endpoints=tuple(endpoints),
+                signature=signature if signature is not None else (old.signature if old else None),
+                tier=tier if tier is not None else (old.tier if old else "fog"),
+                scale_from_zero=scale_from_zero
+                if scale_from_zero is not None
+                else (old.scale_from_zero if old else False),
+                slo_ms=slo_ms if slo_ms is not None else (old.slo_ms if old else None),
+            )
+            self._routes[module] = route
+            if route.endpoints:
+                self._demand.discard(module)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(old, route)
+        return route
+
+    def remove(self, module: str) -> ModuleRoute | None:
+        """Stop routing ``module``; returns the route it had."""
+        with self._lock:
+            old = self._routes.pop(module, None)
+            self._demand.discard(module)
+            listeners = list(self._listeners)
+        if old is not None:
+            for listener in listeners:
+                listener(old, None)
+        return old
+
+    def on_change(self, listener: Callable[[ModuleRoute | None, ModuleRoute | None], None]) -> None:
+        """Call ``listener(old, new)`` after each switch (new is None on removal)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    # -- requests in flight
+
+    def pick(self, route: ModuleRoute, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
+        """The endpoint with the fewest requests in flight (round robin among equals)."""
+        candidates = (
+            [e for e in route.endpoints if e not in exclude] if exclude else route.endpoints
+        )
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        counts = self._in_flight
+        start = next(self._turn) % len(candidates)
+        best = candidates[start]
+        best_load = counts.get(best, 0)
+        for i in range(1, len(candidates)):
+            endpoint = candidates[(start + i) % len(candidates)]
+            load = counts.get(endpoint, 0)
+            if load < best_load:
+                best, best_load = endpoint, load
+        return best
+
+    def acquire(self, endpoint: Endpoint) -> None:
+        """Count a request in."""
+        with self._lock:
+            self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
+
+    def release(self, endpoint: Endpoint) -> None:
+        """Count a request out."""
+        with self._lock:
+            left = self._in_flight.get(endpoint, 0) - 1
+            if left <= 0:
+                self._in_flight.pop(endpoint, None)
+                self._drained.notify_all()
+            else:
+                self._in_flight[endpoint] = left
+
+    def in_flight(self, endpoint: Endpoint) -> int:
+        """Requests the gateway has in flight at ``endpoint``."""
+        return self._in_flight.get(endpoint, 0)
+
+    def module_in_flight(self, module: str) -> int:
+        """Requests in flight at the module's current endpoints."""
+        route = self._routes.get(module)
+        if route is None:
+            return 0
+        with self._lock:
+            return sum(self._in_flight.get(e, 0) for e in route.endpoints)
+
+    def wait_drained(self, endpoints: Iterable[Endpoint], timeout_s: float) -> bool:
+        """Block until none of ``endpoints`` has a request in flight; False on timeout."""
+        targets = list(endpoints)
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while any(self._in_flight.get(e, 0) for e in targets):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._drained.wait(left)
+        return True
+
+    # -- demand for modules scaled to zero
+
+    def note_demand(self, module: str) -> None:
+        """A request came for ``module`` while it had no endpoint: ask the manager for one."""
+        with self._lock:
+            if module in self._demand:
+                return
+            self._demand.add(module)
+            listeners = list(self._demand_listeners)
+        for listener in listeners:
+            listener(module)
+
+    def take_demand(self) -> frozenset[str]:
+        """The modules asked for since the last call."""
+        with self._lock:
+            demand = frozenset(self._demand)
+            self._demand.clear()
+        return demand
+
+    def has_demand(self, module: str) -> bool:
+        """Whether a request waits for ``module`` to get an endpoint."""
+        return module in self._demand
+
+    def on_demand(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(module)`` when a request waits for a module scaled to zero."""
+        with self._lock:
+            self._demand_listeners.append(listener)

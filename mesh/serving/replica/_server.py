@@ -1,0 +1,747 @@
+"""A module replica's own inference server: ONNX Runtime behind a small OIP v2 HTTP server.
+
+Ray-agnostic: the Ray actor in :mod:`mesh.ray._replicas` runs one of these,
+and so can ``python -m mesh.serving.replica._server`` on any host. Requests reach it
+directly (the gateway keeps pooled keep-alive connections to it); nothing goes
+through Ray per request.
+
+* :class:`ModelRunner`: an ONNX Runtime session with intra-op threads equal
+  to the replica's whole reserved CPUs (at least one; spinning off, so a
+  fractional replica does not burn a shared core), on the execution provider
+  the node has (CUDA when the replica holds a GPU and ONNX Runtime has it).
+  It warms up before the replica reports ready, and measures whether batching
+  pays (batch-8 cost per item against batch 1).
+* Dynamic batching, opportunistic: one worker thread runs the model; requests
+  that arrive while it is busy are concatenated along the batch axis into the
+  next run (up to ``max_batch``), so a lone request never waits for a
+  window, and a loaded replica runs fewer, larger batches.
+* :class:`ReplicaApp`: a raw ASGI app (no framework on the hot path) for the
+  replica's one model: ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON
+  and binary tensors; 400 naming the expected signature), health, metadata,
+  ``GET /stats`` (in-flight requests, their time average, counts, latency) and
+  ``GET /metrics``. Health is answered on the event loop while the model runs
+  on its thread, so a slow model does not fail health checks.
+* :func:`serve_asgi` runs an ASGI app under uvicorn (httptools and uvloop
+  when installed) in a daemon thread.
+
+Example:
+    >>> runner = ModelRunner(Path("counter.onnx"), cpus=1)            # doctest: +SKIP
+    >>> app = ReplicaApp(runner, model="counter", version="v1")       # doctest: +SKIP
+    >>> server = serve_asgi(app, port=0)                              # doctest: +SKIP
+    >>> server.url                                                     # doctest: +SKIP
+    'http://127.0.0.1:40123'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mesh.core._errors import MeshError
+from mesh.core._http_server import ServerThread, serve_asgi
+from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
+from mesh.models._export import ModelSignature
+from mesh.serving._oip import (
+    HEADER_LENGTH,
+    InferenceInputError,
+    ModelNotServedError,
+    ServingError,
+    check_inputs,
+    decode_request,
+    encode_response,
+    error_body,
+    http_status,
+    model_metadata,
+    ort_signature,
+    parse_model_path,
+)
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+__all__ = [
+    "CPU_PROVIDER",
+    "CUDA_PROVIDER",
+    "ModelRunner",
+    "ReplicaApp",
+    "ReplicaOverloadedError",
+    "ReplicaStats",
+    "ServerThread",
+    "choose_providers",
+    "serve_asgi",
+]
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+#: Models faster than this run inline on the event loop (a thread hop costs 50-100 us).
+INLINE_BELOW_MS = 3.0
+#: Bodies past this are refused (413) before they are parsed.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Feeds = dict[str, "npt.NDArray[Any]"]
+
+
+class ReplicaOverloadedError(ServingError):
+    """The replica's queue is full (HTTP 503); the caller should try another replica."""
+
+
+def choose_providers(available: Sequence[str], gpus: float) -> list[str]:
+    """Execution providers for a replica: CUDA first when it holds a GPU and ORT has CUDA.
+
+    Example:
+        >>> choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], gpus=0.5)
+        ['CUDAExecutionProvider', 'CPUExecutionProvider']
+        >>> choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], gpus=0)
+        ['CPUExecutionProvider']
+    """
+    if gpus > 0 and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def intra_op_threads(cpus: float) -> int:
+    """ONNX Runtime intra-op threads for ``cpus`` reserved CPUs: the whole ones, at least 1."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
+# ---------------------------------------------------------------- the model
+
+
+class ModelRunner:
+    """One ONNX Runtime session, warmed up, with a batching decision.
+
+    Args:
+        model: the ONNX file's bytes or path.
+        cpus: CPUs the replica reserves (intra-op threads = whole CPUs, at least 1).
+        gpus: GPUs it reserves; > 0 uses CUDA when ONNX Runtime has it.
+        batching: ``"auto"`` (batch when it pays), ``"on"`` or ``"off"``.
+        max_batch: the largest batch a run takes.
+        warmup_runs: runs before the replica reports ready.
+    """
+
+    def __init__(
+        self,
+        model: bytes | Path,
+        *,
+        cpus: float = 1.0,
+        gpus: float = 0.0,
+        batching: Literal["auto", "on", "off"] = "auto",
+        max_batch: int = 32,
+        warmup_runs: int = 3,
+    ) -> None:
+        """Load the session (warm-up is :meth:`warmup`)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        self.threads = intra_op_threads(cpus)
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        # A spinning pool burns the cores it waits on; replicas share nodes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.providers = choose_providers(ort.get_available_providers(), gpus)
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self._session = ort.InferenceSession(
+                source, sess_options=options, providers=self.providers
+            )
+        except Exception as exc:
+            raise MeshError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self.provider = self._session.get_providers()[0]
+        self.signature: ModelSignature = ort_signature(self._session)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self.batchable = all(
+            s.batch_dynamic for s in (*self.signature.inputs, *self.signature.outputs)
+        )
+        self.max_batch = max(1, max_batch) if self.batchable else 1
+        self._batching = batching
+        self.batching = batching == "on" and self.batchable
+        self._warmup_runs = warmup_runs
+        self.warm = False
+        self.single_ms: float | None = None
+        self.batch8_ms: float | None = None
+
+    def feeds(self, batch: int = 1) -> Feeds:
+        """Zero inputs of batch size ``batch`` (other symbolic sizes are 1)."""
+        import numpy as np
+
+        out: Feeds = {}
+        for spec in self.signature.inputs:
+            dims = [d if isinstance(d, int) else 1 for d in spec.shape]
+            if dims and not isinstance(spec.shape[0], int):
+                dims[0] = batch
+            out[spec.name] = np.zeros(dims, dtype=spec.dtype)
+        return out
+
+    def run(self, feeds: Feeds) -> Feeds:
+        """Run the model once (blocking; releases the GIL while ONNX Runtime works)."""
+        return dict(zip(self._output_names, self._session.run(None, feeds), strict=True))
+
+    def _best_ms(self, feeds: Feeds, runs: int) -> float:
+        best = math.inf
+        for _ in range(runs):
+            started = time.perf_counter()
+            self.run(feeds)
+            best = min(best, (time.perf_counter() - started) * 1000.0)
+        return best
+
+    def warmup(self) -> None:
+        """Run the model ``warmup_runs`` times and decide whether batching pays."""
+        single = self.feeds(1)
+        for _ in range(self._warmup_runs):
+            self.run(single)
+        self.single_ms = self._best_ms(single, 5)
+        if self.batchable and self._batching == "auto":
+            self.batch8_ms = self._best_ms(self.feeds(8), 3)
+            # Batching pays when a batch of 8 costs clearly less than 8 single runs.
+            self.batching = self.batch8_ms / 8 < 0.75 * self.single_ms
+        self.warm = True
+        logger.info(
+            "model warm on %s with %d thread(s): %.3f ms at batch 1%s; batching %s",
+            self.provider,
+            self.threads,
+            self.single_ms,
+            f", {self.batch8_ms:.3f} ms at batch 8" if self.batch8_ms else "",
+            "on" if self.batching else "off",
+        )
+
+
+# ---------------------------------------------------------------- batching
+
+
+@dataclass(slots=True)
+class _Job:
+    feeds: Feeds
+    future: asyncio.Future[Feeds]
+    size: int
+
+
+def compatible(a: Feeds, b: Feeds) -> bool:
+    """Whether two requests' inputs stack along the batch axis."""
+    return all(b[name].shape[1:] == arr.shape[1:] for name, arr in a.items())
+
+
+def run_together(
+    runner: ModelRunner, jobs: Sequence[tuple[Feeds, int]]
+) -> tuple[list[Feeds], bool]:
+    """Run requests ``(feeds, batch size)`` as one batch; outputs per request, and whether batched.
+
+    The caller picks :func:`compatible` requests; a model whose outputs turn out
+    not to follow the batch axis runs them one by one.
+    """
+    if len(jobs) == 1:
+        return [runner.run(jobs[0][0])], False
+    import numpy as np
+
+    names = list(jobs[0][0])
+    merged = {n: np.concatenate([feeds[n] for feeds, _ in jobs], axis=0) for n in names}
+    outputs = runner.run(merged)
+    total = sum(size for _, size in jobs)
+    if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
+        return [runner.run(feeds) for feeds, _ in jobs], False  # not batch-wise after all
+    cuts = np.cumsum([size for _, size in jobs])[:-1]
+    split = {n: np.split(o, cuts, axis=0) for n, o in outputs.items()}
+    return [{n: parts[i] for n, parts in split.items()} for i in range(len(jobs))], True
+
+
+class _Batcher:
+    """Runs the model for queued jobs; jobs queued together share one run when batching.
+
+    Fast models run inline on the event loop, after the requests that arrived in
+    the same loop iteration were parsed (so those can share the run): a thread
+    hop costs more than the model. Slow ones run on one worker thread, so the
+    loop keeps answering health checks and parsing the next requests meanwhile.
+    """
+
+    def __init__(self, runner: ModelRunner, max_queue: int, inline: bool) -> None:
+        self._runner = runner
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._scheduled = False
+        self._task: asyncio.Task[None] | None = None
+        self._max_queue = max_queue
+        self.inline = inline
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-model")
+        self.batches = 0
+        self.batched_requests = 0
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, feeds: Feeds, model: str) -> Feeds:
+        if len(self._queue) >= self._max_queue:
+            raise ReplicaOverloadedError(
+                f"replica of {model!r} has {len(self._queue)} requests queued; try another replica"
+            )
+        loop = asyncio.get_running_loop()
+        first = next(iter(feeds.values()))
+        job = _Job(feeds, loop.create_future(), int(first.shape[0]) if first.ndim else 1)
+        self._queue.append(job)
+        if not self._scheduled:
+            self._scheduled = True
+            if self.inline:
+                loop.call_soon(self._run_inline)
+            else:
+                self._task = loop.create_task(self._drain())
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        first = self._queue.popleft()
+        jobs = [first]
+        if not self._runner.batching:
+            return jobs
+        size = first.size
+        while (
+            self._queue
+            and size + self._queue[0].size <= self._runner.max_batch
+            and compatible(first.feeds, self._queue[0].feeds)
+        ):
+            job = self._queue.popleft()
+            jobs.append(job)
+            size += job.size
+        return jobs
+
+    @staticmethod
+    def _deliver(jobs: list[_Job], results: list[Feeds] | BaseException) -> None:
+        for i, job in enumerate(jobs):
+            if job.future.done():
+                continue
+            if isinstance(results, BaseException):
+                job.future.set_exception(results)
+            else:
+                job.future.set_result(results[i])
+
+    def _run_inline(self) -> None:
+        jobs = self._take()
+        try:
+            results: list[Feeds] | BaseException = self._run(jobs)
+        except Exception as exc:
+            results = exc
+        self._deliver(jobs, results)
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._run_inline)
+        else:
+            self._scheduled = False
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                jobs = self._take()
+                try:
+                    results: list[Feeds] | BaseException = await loop.run_in_executor(
+                        self._pool, self._run, jobs
+                    )
+                except Exception as exc:
+                    results = exc
+                self._deliver(jobs, results)
+        finally:
+            self._scheduled = False
+
+    def _run(self, jobs: list[_Job]) -> list[Feeds]:
+        results, batched = run_together(self._runner, [(j.feeds, j.size) for j in jobs])
+        if batched:
+            self.batches += 1
+            self.batched_requests += len(jobs)
+        return results
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- stats
+
+
+class ReplicaStats:
+    """In-flight requests (now and time-averaged), counts and latency of one replica."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """Start counting at ``clock()``."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.requests = 0
+        self.errors = 0
+        self._area = 0.0  # in-flight x seconds since the last window
+        self._since = self._changed = clock()
+        self.metrics = MetricsRegistry()
+        self.latency = self.metrics.histogram(
+            "mesh_replica_latency_seconds", "Time from request to response in this replica."
+        )
+
+    def _advance(self, now: float) -> None:
+        self._area += self.in_flight * (now - self._changed)
+        self._changed = now
+
+    def started(self) -> None:
+        """A request came in."""
+        with self._lock:
+            self._advance(self._clock())
+            self.in_flight += 1
+
+    def finished(self, seconds: float, ok: bool) -> None:
+        """A request was answered after ``seconds``."""
+        with self._lock:
+            self._advance(self._clock())
+            self.in_flight -= 1
+            self.requests += 1
+            if not ok:
+                self.errors += 1
+        self.latency.observe(seconds)
+
+    def window(self) -> dict[str, Any]:
+        """Counters, and the average in-flight count since the last call (which starts anew)."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            span = now - self._since
+            average = self._area / span if span > 0 else float(self.in_flight)
+            self._area, self._since = 0.0, now
+            out: dict[str, Any] = {
+                "in_flight": self.in_flight,
+                "avg_in_flight": average,
+                "window_s": span,
+                "requests": self.requests,
+                "errors": self.errors,
+            }
+        snap = self.latency.snapshot()
+        out["p50_ms"] = None if (q := snap.quantile(0.5)) is None else q * 1000.0
+        out["p95_ms"] = None if (q := snap.quantile(0.95)) is None else q * 1000.0
+        return out
+
+
+# ---------------------------------------------------------------- ASGI helpers
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in an ASGI scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The whole request body; None when it is over ``limit`` or the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a complete response."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Send, status: int, doc: Any) -> None:
+    """Send a JSON document."""
+    await respond(send, status, json.dumps(doc, separators=(",", ":")).encode())
+
+
+async def respond_error(send: Send, exc: BaseException) -> None:
+    """Send ``{"error": ...}`` with the status :func:`mesh.serving._oip.http_status` maps it to."""
+    await respond(send, http_status(exc), error_body(exc))
+
+
+# ---------------------------------------------------------------- the app
+
+
+class ReplicaApp:
+    """The replica's ASGI app: OIP v2 for one model, plus ``/stats`` and ``/metrics``.
+
+    Args:
+        runner: the loaded model.
+        model: the name it is served under.
+        version: the version it is.
+        node_id: the node it runs on (reported in ``/stats``).
+        replica_id: its id (reported in ``/stats``).
+        max_queue: queued requests past which it answers 503.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        *,
+        model: str,
+        version: str,
+        node_id: str = "",
+        replica_id: str = "",
+        max_queue: int = 1024,
+        execution: Literal["auto", "inline", "thread"] = "auto",
+    ) -> None:
+        """Wrap ``runner``; call :meth:`warmup` (or let :meth:`start` do it) before serving."""
+        self.runner = runner
+        self.model = model
+        self.version = version
+        self.node_id = node_id
+        self.replica_id = replica_id
+        self.stats = ReplicaStats()
+        self.draining = False
+        self.max_queue = max_queue
+        #: Other ways in (the MQTT responder): name -> its part of ``/stats``.
+        self.reporters: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._execution = execution
+        self._batcher = _Batcher(runner, max_queue, inline=execution == "inline")
+
+    @property
+    def ready(self) -> bool:
+        """Warm and not draining."""
+        return self.runner.warm and not self.draining
+
+    def warmup(self) -> None:
+        """Warm the model up (blocking) and choose inline or threaded execution."""
+        self.runner.warmup()
+        if self._execution == "auto":
+            single = self.runner.single_ms or 0.0
+            self._batcher.inline = single < INLINE_BELOW_MS
+        logger.info(
+            "replica %s of %s %s runs the model %s",
+            self.replica_id,
+            self.model,
+            self.version,
+            "inline" if self._batcher.inline else "on a worker thread",
+        )
+
+    def close(self) -> None:
+        """Stop the model thread."""
+        self._batcher.close()
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and state, as ``/stats`` reports it."""
+        return {
+            **{name: report() for name, report in self.reporters.items()},
+            "model": self.model,
+            "version": self.version,
+            "node_id": self.node_id,
+            "replica_id": self.replica_id,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "provider": self.runner.provider,
+            "threads": self.runner.threads,
+            "batching": self.runner.batching,
+            "max_batch": self.runner.max_batch,
+            "inline": self._batcher.inline,
+            "queue": self._batcher.depth(),
+            "batches": self._batcher.batches,
+            "batched_requests": self._batcher.batched_requests,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path.startswith("/v2/models/"):
+                await self._model_route(scope, receive, send, path, method)
+            elif path in ("/v2/health/live", "/v2/health/ready"):
+                ok = path.endswith("live") or self.ready
+                await respond(send, 200 if ok else 503, b"")
+            elif path == "/v2":
+                await respond_json(
+                    send,
+                    200,
+                    {
+                        "name": "fogmesh-replica",
+                        "version": "1",
+                        "extensions": ["binary_tensor_data"],
+                    },
+                )
+            elif path == "/stats":
+                await respond_json(send, 200, {**self.describe(), **self.stats.window()})
+            elif path == "/metrics":
+                await respond(
+                    send,
+                    200,
+                    self.stats.metrics.render().encode(),
+                    content_type=CONTENT_TYPE.encode(),
+                )
+            else:
+                await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
+        except Exception as exc:  # the one place a request's failure becomes a response
+            if not isinstance(exc, ServingError):
+                logger.exception(
+                    "replica %s of %s %s failed on %s",
+                    self.replica_id,
+                    self.model,
+                    self.version,
+                    path,
+                )
+            await respond_error(send, exc)
+
+    async def _model_route(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> None:
+        parsed = parse_model_path(path)
+        if parsed is None:
+            await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
+            return
+        name, version, action = parsed
+        if name != self.model or (version is not None and version != self.version):
+            raise ModelNotServedError(name, version, [f"{self.model} {self.version}"])
+        if action == "infer" and method == "POST":
+            await self._infer(scope, receive, send)
+        elif action == "ready":
+            await respond(send, 200 if self.ready else 503, b"")
+        elif action == "" and method == "GET":
+            await respond_json(
+                send, 200, model_metadata(self.model, [self.version], self.runner.signature)
+            )
+        else:
+            await respond(send, 405, error_body(LookupError(f"{method} {path} is not allowed")))
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self.stats.started()
+        ok = False
+        try:
+            body = await read_body(receive)
+            if body is None:
+                await respond(
+                    send,
+                    413,
+                    error_body(
+                        ValueError(f"request body over {MAX_BODY_BYTES} bytes, or the client left")
+                    ),
+                )
+                return
+            raw_length = header(scope, HEADER_LENGTH.encode())
+            try:
+                header_length = int(raw_length) if raw_length is not None else None
+            except ValueError:
+                raise InferenceInputError(
+                    self.model, f"{HEADER_LENGTH} is not a number: {raw_length!r}"
+                ) from None
+            request = decode_request(self.model, body, header_length)
+            check_inputs(self.model, request.inputs, self.runner.signature.inputs)
+            outputs = await self._batcher.submit(request.inputs, self.model)
+            payload, json_length = encode_response(
+                self.model,
+                self.version,
+                request.id,
+                outputs,
+                requested=request.outputs,
+                binary=request.binary,
+            )
+            extra = (
+                [] if json_length is None else [(HEADER_LENGTH.encode(), str(json_length).encode())]
+            )
+            await respond(
+                send,
+                200,
+                payload,
+                headers=extra,
+                content_type=b"application/json"
+                if json_length is None
+                else b"application/octet-stream",
+            )
+            ok = True
+        finally:
+            self.stats.finished(time.perf_counter() - started, ok)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mesh.serving.replica._server",
+        description="Serve one ONNX model over the Open Inference Protocol (no Ray).",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="the ONNX file")
+    parser.add_argument("--name", required=True, help="the name it is served under")
+    parser.add_argument("--version", default="v1", help="its version")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--cpus", type=float, default=1.0, help="CPUs (intra-op threads)")
+    parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--execution", choices=("auto", "inline", "thread"), default="auto")
+    parser.add_argument("--mqtt", metavar="URL", help="also answer MQTT requests via this broker")
+    parser.add_argument("--mqtt-prefix", default="mesh/v1", help="MQTT topic prefix")
+    parser.add_argument("--replica-id", default=None, help="MQTT target id (default: the name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runner = ModelRunner(args.model, cpus=args.cpus, batching=args.batching)
+    replica_id = args.replica_id or args.name
+    app = ReplicaApp(
+        runner,
+        model=args.name,
+        version=args.version,
+        node_id=socket.gethostname(),
+        replica_id=replica_id,
+        execution=args.execution,
+    )
+    app.warmup()
+    server = serve_asgi(app, host=args.host, port=args.port, name=f"replica-{args.name}")
+    responder = None
+    if args.mqtt:
+        from mesh.serving._contract import ReplicaMqtt
+        from mesh.serving.replica._mqtt import MqttResponder
+
+        responder = MqttResponder(app, ReplicaMqtt(args.mqtt, prefix=args.mqtt_prefix)).start()
+    print(f"ready {server.url}" + (f" {responder.topic}" if responder else ""), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if responder is not None:
+            responder.stop()
+        server.stop()
+        app.close()
+
+
+if __name__ == "__main__":
+    _main()
