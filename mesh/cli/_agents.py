@@ -114,13 +114,13 @@ def collect_health(
         records = {r.agent_id: r for r in store.list_agents()}
     rows = {a: _from_record(r, now) for a, r in records.items()}
     try:
-        from mesh.edge._bus import EdgeGateway
+        from mesh.edge._bus import EdgeBus
 
         username, password = settings.mqtt_username, settings.mqtt_password
         if username is None and settings.control_credentials_file.is_file():
             creds = control_plane_credentials(settings)
             username, password = creds.username, creds.password
-        gateway = EdgeGateway(
+        gateway = EdgeBus(
             settings.broker_url,
             username=username,
             password=password,

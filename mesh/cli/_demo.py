@@ -21,7 +21,7 @@ from mesh.compute._runs import SQLiteStore
 from mesh.compute._streams import StreamWorker
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from mesh.edge.broker._broker import start_embedded_broker
 from mesh.sdk._loader import load_apps
 
@@ -139,7 +139,7 @@ def run_demo(settings: MeshSettings, *, console: Console, quick: bool = False) -
         plans: list[dict[str, Any]] = []
         with console.status("starting the embedded MQTT broker…"):
             broker = start_embedded_broker()
-            gateway = EdgeGateway(broker.url, protocol="3.1.1").start()  # amqtt: 3.1.1 only
+            gateway = EdgeBus(broker.url, protocol="3.1.1").start()  # amqtt: 3.1.1 only
         try:
             console.print(f"  embedded broker at {broker.url}")
             gateway.subscribe("demo/plans", lambda _t, payload: plans.append(json.loads(payload)))

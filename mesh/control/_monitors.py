@@ -227,7 +227,7 @@ class NodeProbe(Protocol):
 
 
 class AgentSource(Protocol):
-    """The edge gateway's agent registry (:class:`mesh.edge._bus.EdgeGateway`)."""
+    """The edge gateway's agent registry (:class:`mesh.edge._bus.EdgeBus`)."""
 
     def agents(self) -> list[Any]:
         """Every agent heard of (:class:`mesh.edge._records.AgentView`)."""

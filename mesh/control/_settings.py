@@ -92,7 +92,7 @@ class ServedModules(Protocol):
 
 
 class EdgeAgents(Protocol):
-    """What the controller reads of :class:`mesh.edge._bus.EdgeGateway`."""
+    """What the controller reads of :class:`mesh.edge._bus.EdgeBus`."""
 
     def agent(self, agent_id: str) -> AgentView | None:
         """One agent's snapshot (its last observed state), or None if never heard of."""

@@ -27,7 +27,7 @@ catch one root. The tree::
     │   └── ReplicaFailedError
     ├── RegistryError, ExportError, ProfileError   (models: registry, export, profile)
     ├── ArtifactError              (mesh.models._artifacts) store, signature
-    ├── EdgeGatewayError           (mesh.edge._records) MQTT connection, timeout, remote error
+    ├── EdgeBusError           (mesh.edge._records) MQTT connection, timeout, remote error
     ├── EnrolmentError, BrokerStartError
     └── AuthError, ForbiddenError  (mesh.security._auth) HTTP 401 / 403
 

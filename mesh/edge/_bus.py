@@ -28,14 +28,14 @@ socket; automatic reconnects. Broker subscriptions are kept free of overlaps
 broker sends one copy per matching subscription (:mod:`mesh.core._topics`).
 
 Example:
-    >>> gw = EdgeGateway("mqtt://127.0.0.1:1883").start()          # doctest: +SKIP
+    >>> gw = EdgeBus("mqtt://127.0.0.1:1883").start()          # doctest: +SKIP
     >>> gw.wait_for_agent("cam-07", state="online", timeout_s=5)    # doctest: +SKIP
     >>> result = await gw.infer("counter", "cam-07", {"x": frame})  # doctest: +SKIP
     >>> gw.stop()                                                    # doctest: +SKIP
 
 Errors (all :class:`~mesh.core._errors.MeshError`, defined in :mod:`mesh.edge._records`)::
 
-    EdgeGatewayError              the gateway could not do what was asked
+    EdgeBusError              the gateway could not do what was asked
     ├── EdgeConnectionError       the broker refused or could not be reached
     ├── EdgeRequestTimeoutError   no reply within timeout_s (also a TimeoutError)
     └── EdgeInferenceError        the node answered with an error (code, message)
@@ -69,11 +69,11 @@ from mesh.core._topics import cover_filters, topic_covers
 from mesh.edge._dispatch import Dispatcher
 from mesh.edge._records import (
     AgentView,
+    EdgeBusError,
+    EdgeBusStats,
     EdgeConnectionError,
-    EdgeGatewayError,
     EdgeInferenceError,
     EdgeRequestTimeoutError,
-    GatewayStats,
     HealthSink,
     HeartbeatSample,
     InferResult,
@@ -87,12 +87,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentView",
+    "EdgeBus",
+    "EdgeBusError",
+    "EdgeBusStats",
     "EdgeConnectionError",
-    "EdgeGateway",
-    "EdgeGatewayError",
     "EdgeInferenceError",
     "EdgeRequestTimeoutError",
-    "GatewayStats",
     "HealthSink",
     "HeartbeatSample",
     "InferResult",
@@ -109,7 +109,7 @@ def _paho() -> Any:
     try:
         import paho.mqtt.client as mqtt
     except ImportError as exc:  # pragma: no cover - depends on extras
-        raise EdgeGatewayError(
+        raise EdgeBusError(
             "the edge gateway needs paho-mqtt: pip install 'fogmesh[cloud]'"
         ) from exc
     return mqtt
@@ -118,7 +118,7 @@ def _paho() -> Any:
 # ------------------------------------------------------------------------ gateway
 
 
-class EdgeGateway:
+class EdgeBus:
     """The control plane's MQTT client: registry, desired states, inference, events, bus.
 
     Args:
@@ -136,7 +136,7 @@ class EdgeGateway:
         health_sink: where agent health is persisted (e.g. the enrolment store).
 
     Example:
-        >>> with EdgeGateway(broker.url) as gw:               # doctest: +SKIP
+        >>> with EdgeBus(broker.url) as gw:               # doctest: +SKIP
         ...     gw.publish_desired("cam-07", DesiredState(version=1))
     """
 
@@ -158,7 +158,7 @@ class EdgeGateway:
         """Configure the gateway; :meth:`start` connects."""
         parts = urlsplit(broker_url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise EdgeGatewayError(f"broker {broker_url!r}: expected mqtt://host[:port]")
+            raise EdgeBusError(f"broker {broker_url!r}: expected mqtt://host[:port]")
         self.broker_url = broker_url
         self.host = parts.hostname
         self.port = parts.port or 1883
@@ -206,13 +206,13 @@ class EdgeGateway:
 
     def __repr__(self) -> str:
         return (
-            f"EdgeGateway(broker={self.host}:{self.port}, client_id={self.client_id!r}, "
+            f"EdgeBus(broker={self.host}:{self.port}, client_id={self.client_id!r}, "
             f"protocol={self.protocol!r}, ready={self._ready.is_set()})"
         )
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self, timeout_s: float = 10.0) -> EdgeGateway:
+    def start(self, timeout_s: float = 10.0) -> EdgeBus:
         """Connect, subscribe and wait for the subscriptions to be acknowledged.
 
         Raises:
@@ -356,7 +356,7 @@ class EdgeGateway:
         self._dispatcher.stop()
         logger.info("edge gateway %s stopped", self.client_id)
 
-    def __enter__(self) -> EdgeGateway:
+    def __enter__(self) -> EdgeBus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -508,7 +508,7 @@ class EdgeGateway:
         """
         return self._registry.wait_for_observed(agent_id, version, timeout_s=timeout_s)
 
-    def stats(self) -> GatewayStats:
+    def stats(self) -> EdgeBusStats:
         """Counters since start."""
         return self._dispatcher.counters().stats(
             self._registry.counters(), self._pending.counters()
@@ -527,14 +527,14 @@ class EdgeGateway:
             timeout_s: wait this long for the broker's PUBACK; None = do not wait.
 
         Raises:
-            EdgeGatewayError: not acknowledged in time (paho keeps it queued and
+            EdgeBusError: not acknowledged in time (paho keeps it queued and
                 sends it after reconnecting).
         """
         Topics.check_segment(agent_id)
         if desired.agent is None:
             desired = desired.model_copy(update={"agent": agent_id})
         elif desired.agent != agent_id:
-            raise EdgeGatewayError(f"desired state for {desired.agent!r} published to {agent_id!r}")
+            raise EdgeBusError(f"desired state for {desired.agent!r} published to {agent_id!r}")
         payload = desired.model_dump_json(exclude_none=True).encode()
         self.publish(
             self.topics.desired(agent_id), payload, qos=1, retain=True, timeout_s=timeout_s
@@ -693,11 +693,11 @@ class EdgeGateway:
             timeout_s: wait for the broker's acknowledgement; None = fire and forget.
 
         Raises:
-            EdgeGatewayError: not started, or not acknowledged within ``timeout_s``.
+            EdgeBusError: not started, or not acknowledged within ``timeout_s``.
         """
         client = self._client
         if client is None:
-            raise EdgeGatewayError(
+            raise EdgeBusError(
                 f"gateway {self.client_id} is not started; cannot publish to {topic}"
             )
         info = client.publish(topic, payload, qos=qos, retain=retain)
@@ -708,7 +708,7 @@ class EdgeGateway:
         # paho keeps the QoS 1 message queued and sends it after reconnecting.
         while not getattr(info, "_published", False):
             if time.monotonic() >= deadline:
-                raise EdgeGatewayError(
+                raise EdgeBusError(
                     f"broker {self.host}:{self.port} did not acknowledge the publish to "
                     f"{topic} within {timeout_s:g} s (still queued for after reconnect)"
                 )

@@ -44,7 +44,7 @@ from typing import Any, Literal
 from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
 from mesh.core._errors import MeshError
 from mesh.edge._artifact_api import UrlSigner, signed_module_spec
-from mesh.edge._bus import EdgeGateway, EdgeGatewayError
+from mesh.edge._bus import EdgeBus, EdgeBusError
 from mesh.edge._handover import Lease, SourceHandover
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.serving._manager import DeployError, ModelArtifact
@@ -106,7 +106,7 @@ class EdgeInstaller:
 
     def __init__(
         self,
-        edge: EdgeGateway,
+        edge: EdgeBus,
         *,
         store: ArtifactStore,
         signer: ArtifactSigner,
@@ -171,7 +171,7 @@ class EdgeInstaller:
         try:
             self._edge.publish_desired(agent_id, desired)
             observed = self._edge.wait_for_observed(agent_id, version, timeout_s=timeout_s)
-        except EdgeGatewayError as exc:
+        except EdgeBusError as exc:
             raise DeployError(f"{what} on agent {agent_id}: {exc}") from exc
         return version, observed
 
@@ -381,7 +381,7 @@ def _errors(observed: ObservedState, module: str, default: str = "not installed"
     )
 
 
-def _observed_epoch(edge: EdgeGateway, agent_id: str, module: str) -> int:
+def _observed_epoch(edge: EdgeBus, agent_id: str, module: str) -> int:
     """The route epoch the agent last reported for ``module`` (0 if none)."""
     view = edge.agent(agent_id)
     observed = view.observed if view is not None else None

@@ -1,11 +1,11 @@
 """What the edge gateway hands out: its errors, snapshots of agents, stats and results.
 
 Plain records with no MQTT client behind them, so the registry and the callers
-of :class:`~mesh.edge._bus.EdgeGateway` can use them without paho installed.
+of :class:`~mesh.edge._bus.EdgeBus` can use them without paho installed.
 
 Errors (all :class:`~mesh.core._errors.MeshError`)::
 
-    EdgeGatewayError              the gateway could not do what was asked
+    EdgeBusError              the gateway could not do what was asked
     ├── EdgeConnectionError       the broker refused or could not be reached
     ├── EdgeRequestTimeoutError   no reply within timeout_s (also a TimeoutError)
     └── EdgeInferenceError        the node answered with an error (code, message)
@@ -25,26 +25,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentView",
+    "EdgeBusError",
+    "EdgeBusStats",
     "EdgeConnectionError",
-    "EdgeGatewayError",
     "EdgeInferenceError",
     "EdgeRequestTimeoutError",
-    "GatewayStats",
     "HealthSink",
     "HeartbeatSample",
     "InferResult",
 ]
 
 
-class EdgeGatewayError(MeshError, RuntimeError):
+class EdgeBusError(MeshError, RuntimeError):
     """The edge gateway could not do what was asked."""
 
 
-class EdgeConnectionError(EdgeGatewayError, ConnectionError):
+class EdgeConnectionError(EdgeBusError, ConnectionError):
     """The broker refused the gateway or could not be reached."""
 
 
-class EdgeRequestTimeoutError(EdgeGatewayError, TimeoutError):
+class EdgeRequestTimeoutError(EdgeBusError, TimeoutError):
     """No reply to an inference request within its timeout."""
 
     def __init__(self, *, module: str, node: str, correlation_id: str, timeout_s: float) -> None:
@@ -58,7 +58,7 @@ class EdgeRequestTimeoutError(EdgeGatewayError, TimeoutError):
         )
 
 
-class EdgeInferenceError(EdgeGatewayError):
+class EdgeInferenceError(EdgeBusError):
     """The node answered an inference request with an error.
 
     Attributes:
@@ -160,7 +160,7 @@ class AgentView:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayStats:
+class EdgeBusStats:
     """Counters since the gateway started."""
 
     messages: int = 0
@@ -191,7 +191,7 @@ class InferResult:
 
 @dataclass(slots=True)
 class _Counters:
-    # The mutable twin of GatewayStats; each owner (gateway, registry) keeps its
+    # The mutable twin of EdgeBusStats; each owner (gateway, registry) keeps its
     # own under its own lock and the gateway adds them up in stats().
     messages: int = 0
     malformed: int = 0
@@ -203,11 +203,11 @@ class _Counters:
     timeouts: int = 0
     handler_errors: int = 0
 
-    def stats(self, *others: _Counters) -> GatewayStats:
+    def stats(self, *others: _Counters) -> EdgeBusStats:
         """These counters plus ``others``, as a frozen snapshot."""
-        return GatewayStats(
+        return EdgeBusStats(
             **{
                 f.name: getattr(self, f.name) + sum(getattr(o, f.name) for o in others)
-                for f in fields(GatewayStats)
+                for f in fields(EdgeBusStats)
             }
         )

@@ -31,7 +31,7 @@ from edge_agent.protocol import (
     parse_header,
 )
 from mesh.edge._records import (
-    EdgeGatewayError,
+    EdgeBusError,
     EdgeInferenceError,
     EdgeRequestTimeoutError,
     InferResult,
@@ -171,7 +171,7 @@ class PendingRequests:
         for corr, p in pending.items():
             if not p.future.done():
                 p.future.set_exception(
-                    EdgeGatewayError(
+                    EdgeBusError(
                         f"gateway {self._name} stopped before {p.module} on {p.node} "
                         f"answered (correlation id {corr})"
                     )

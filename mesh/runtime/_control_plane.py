@@ -257,7 +257,7 @@ def build_services(
     from mesh.control._api import create_placements_router
     from mesh.core._metrics import MetricsRegistry
     from mesh.edge._artifact_api import UrlSigner, artifact_router
-    from mesh.edge._bus import EdgeGateway
+    from mesh.edge._bus import EdgeBus
     from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
     from mesh.edge._install import EdgeInstaller
     from mesh.models._artifacts import ArtifactSigner, ArtifactStore
@@ -276,7 +276,7 @@ def build_services(
     ):
         creds = control_plane_credentials(settings)
         username, password = creds.username, creds.password
-    edge = EdgeGateway(
+    edge = EdgeBus(
         broker_url,
         username=username,
         password=password,

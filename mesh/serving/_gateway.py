@@ -94,7 +94,7 @@ _UNKNOWN = "<unknown>"
 
 
 class EdgeInference(Protocol):
-    """What the gateway needs of the edge gateway (:class:`mesh.edge._bus.EdgeGateway`)."""
+    """What the gateway needs of the edge gateway (:class:`mesh.edge._bus.EdgeBus`)."""
 
     async def infer(
         self,

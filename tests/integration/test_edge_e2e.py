@@ -41,7 +41,7 @@ from mesh.edge._artifact_api import (
     serve_in_thread,
     signed_module_spec,
 )
-from mesh.edge._bus import EdgeGateway, InferResult
+from mesh.edge._bus import EdgeBus, InferResult
 from mesh.edge._enrolment import (
     EdgeSettings,
     EnrolmentResult,
@@ -80,7 +80,7 @@ class Mesh:
     signer: ArtifactSigner
     url_signer: UrlSigner
     health: EnrolmentStore
-    gateway: EdgeGateway
+    gateway: EdgeBus
     server: ArtifactServer | None = None
     events: list[Event] = field(default_factory=list)
     raw_events: list[bytes] = field(default_factory=list)
@@ -134,10 +134,10 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     )
     creds = control_plane_credentials(settings)
     health = EnrolmentStore(settings.store_path)
-    gateway: EdgeGateway | None = None
+    gateway: EdgeBus | None = None
     m: Mesh | None = None
     try:
-        gateway = EdgeGateway(
+        gateway = EdgeBus(
             broker.url,
             username=creds.username,
             password=creds.password,
@@ -199,7 +199,7 @@ def _replay_file(path: Path) -> Path:
 
 
 async def _load(
-    gw: EdgeGateway,
+    gw: EdgeBus,
     stop: threading.Event,
     results: list[InferResult],
     failures: list[BaseException],
@@ -226,7 +226,7 @@ def _wait(
     predicate: Callable[[], bool],
     timeout_s: float,
     what: str,
-    gw: EdgeGateway,
+    gw: EdgeBus,
     agent: AgentProcess | None = None,
 ) -> None:
     if not gw.wait_until(predicate, timeout_s):

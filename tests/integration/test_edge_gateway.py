@@ -36,8 +36,8 @@ from edge_agent.protocol import (
 )
 from mesh.cli._agents import collect_health
 from mesh.edge._bus import (
+    EdgeBus,
     EdgeConnectionError,
-    EdgeGateway,
     EdgeInferenceError,
     EdgeRequestTimeoutError,
 )
@@ -58,8 +58,8 @@ T = Topics()
 
 
 @pytest.fixture
-def gateway(broker: BrokerHandle) -> Iterator[EdgeGateway]:  # noqa: F811
-    gw = EdgeGateway(broker.url, keepalive_s=5, metrics_ring=3).start()
+def gateway(broker: BrokerHandle) -> Iterator[EdgeBus]:  # noqa: F811
+    gw = EdgeBus(broker.url, keepalive_s=5, metrics_ring=3).start()
     try:
         yield gw
     finally:
@@ -138,7 +138,7 @@ class Responder:
 
 
 def test_negotiates_mqtt5_on_mosquitto_and_311_on_amqtt(
-    gateway: EdgeGateway,
+    gateway: EdgeBus,
     broker: BrokerHandle,  # noqa: F811
 ) -> None:
     expected = "5" if isinstance(broker, MosquittoBroker) else "3.1.1"
@@ -151,7 +151,7 @@ def test_negotiates_mqtt5_on_mosquitto_and_311_on_amqtt(
 def test_unreachable_broker_is_a_clear_error() -> None:
     from mesh.edge.broker._broker import free_port
 
-    gw = EdgeGateway(f"mqtt://127.0.0.1:{free_port()}")
+    gw = EdgeBus(f"mqtt://127.0.0.1:{free_port()}")
     with pytest.raises(EdgeConnectionError, match="cannot reach broker"):
         gw.start(timeout_s=2)
 
@@ -160,7 +160,7 @@ def test_unreachable_broker_is_a_clear_error() -> None:
 
 
 def test_registry_sees_agents_come_online_and_go_offline_by_will(
-    gateway: EdgeGateway,
+    gateway: EdgeBus,
     broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
@@ -206,9 +206,9 @@ def test_a_new_gateway_rebuilds_the_registry_from_retained_messages(
         ObservedState(agent=agent, version=5).model_dump_json().encode(),
         retain=True,
     )
-    with EdgeGateway(broker.url) as gw:
+    with EdgeBus(broker.url) as gw:
         gw.publish_desired(agent, DesiredState(version=5))
-    with EdgeGateway(broker.url) as gw:
+    with EdgeBus(broker.url) as gw:
         assert gw.wait_until(
             lambda: (
                 (v := gw.agent(agent)) is not None
@@ -227,7 +227,7 @@ def test_health_is_persisted_to_the_store(broker: BrokerHandle, tmp_path: Path) 
     enroll(agent, site="s1", settings=settings)
     with (
         EnrolmentStore(settings.store_path) as store,
-        EdgeGateway(broker.url, health_sink=store) as gw,
+        EdgeBus(broker.url, health_sink=store) as gw,
     ):
         probe = fake_agent(broker, agent)
         probe.publish(T.status(agent), status(agent, "online"), retain=True)
@@ -277,7 +277,7 @@ def test_cli_health_is_live_when_the_broker_is_reachable(
 # ---------------------------------------------------------------- desired state
 
 
-def test_desired_state_is_retained_qos1(gateway: EdgeGateway, broker: BrokerHandle) -> None:  # noqa: F811
+def test_desired_state_is_retained_qos1(gateway: EdgeBus, broker: BrokerHandle) -> None:  # noqa: F811
     agent = unique("cam")
     gateway.publish_desired(agent, DesiredState(version=4))
     assert gateway.agent(agent) is not None
@@ -298,7 +298,7 @@ def test_desired_state_is_retained_qos1(gateway: EdgeGateway, broker: BrokerHand
 
 
 def test_infer_round_trip_with_concurrency_and_duplicates(
-    gateway: EdgeGateway,
+    gateway: EdgeBus,
     broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
@@ -323,7 +323,7 @@ def test_infer_round_trip_with_concurrency_and_duplicates(
     assert sync.outputs["y"].tolist() == [2]
 
 
-def test_infer_timeout_and_remote_errors(gateway: EdgeGateway, broker: BrokerHandle) -> None:  # noqa: F811
+def test_infer_timeout_and_remote_errors(gateway: EdgeBus, broker: BrokerHandle) -> None:  # noqa: F811
     agent = unique("cam")
     Responder(fake_agent(broker, agent), agent, silent_modules=("slow",))
     x = {"x": np.zeros(1, np.float32)}
@@ -346,7 +346,7 @@ def test_infer_timeout_and_remote_errors(gateway: EdgeGateway, broker: BrokerHan
 # ---------------------------------------------------------------- events and the bus
 
 
-def test_events_are_deduplicated_by_id(gateway: EdgeGateway, broker: BrokerHandle) -> None:  # noqa: F811
+def test_events_are_deduplicated_by_id(gateway: EdgeBus, broker: BrokerHandle) -> None:  # noqa: F811
     site = unique("site")
     got: list[Event] = []
     raw: list[bytes] = []
@@ -369,7 +369,7 @@ def test_events_are_deduplicated_by_id(gateway: EdgeGateway, broker: BrokerHandl
 
 
 def test_malformed_payloads_are_dropped_and_the_gateway_keeps_running(
-    gateway: EdgeGateway,
+    gateway: EdgeBus,
     broker: BrokerHandle,  # noqa: F811
 ) -> None:
     agent = unique("cam")
@@ -400,7 +400,7 @@ def test_malformed_payloads_are_dropped_and_the_gateway_keeps_running(
     assert gateway.infer_sync("m", agent, {"x": np.ones(1, np.float32)}).outputs["y"][0] == 2
 
 
-def test_message_bus_subscribe_and_publish(gateway: EdgeGateway) -> None:
+def test_message_bus_subscribe_and_publish(gateway: EdgeBus) -> None:
     stream = unique("traffic")
     got: list[tuple[str, bytes]] = []
     done = threading.Event()
@@ -432,7 +432,7 @@ def test_message_bus_subscribe_and_publish(gateway: EdgeGateway) -> None:
 
 def test_gateway_reconnects_after_a_broker_restart(broker: BrokerHandle) -> None:  # noqa: F811
     assert isinstance(broker, MosquittoBroker | EmbeddedBroker)
-    with EdgeGateway(broker.url, keepalive_s=5) as gw:
+    with EdgeBus(broker.url, keepalive_s=5) as gw:
         broker.stop()
         assert gw.wait_until(lambda: not gw.connected, 10)
         with pytest.raises(EdgeConnectionError, match="not connected"):
@@ -490,12 +490,12 @@ def test_enrolled_acls_are_enforced_by_mosquitto(
     creds = control_plane_credentials(settings)
 
     with pytest.raises(EdgeConnectionError, match="refused"):
-        EdgeGateway(handle.url, username="cam-a", password="wrong").start(timeout_s=5)
+        EdgeBus(handle.url, username="cam-a", password="wrong").start(timeout_s=5)
     anonymous = MqttProbe(handle)
     assert anonymous.connack() != 0
     anonymous.close()
 
-    with EdgeGateway(handle.url, username=creds.username, password=creds.password) as gw:
+    with EdgeBus(handle.url, username=creds.username, password=creds.password) as gw:
         pa = _connect_when_reloaded(
             handle, client_id="cam-a", username="cam-a", password=a.password
         )

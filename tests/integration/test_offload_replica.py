@@ -29,7 +29,7 @@ import tests.support.brokers as brokers
 from edge_agent.protocol import Event, Tensor, Topics, encode_frame
 from mesh import ModuleSpec, QoS, Resources
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings
 from mesh.edge._install import EdgeInstaller, offload_target
 from mesh.edge.broker._broker import MosquittoBroker
@@ -144,11 +144,11 @@ class OneAgent:
 @pytest.fixture
 def control_plane(
     tmp_path: Path, mosquitto: MosquittoBroker, ray_backend: RayBackend
-) -> Iterator[tuple[EdgeGateway, EdgeInstaller, ServingManager, str]]:
+) -> Iterator[tuple[EdgeBus, EdgeInstaller, ServingManager, str]]:
     from mesh.ray._replicas import RayReplicaLauncher
 
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=mosquitto.url)
-    edge = EdgeGateway(mosquitto.url, keepalive_s=5).start()
+    edge = EdgeBus(mosquitto.url, keepalive_s=5).start()
     artifacts = serve_in_thread(create_artifact_app(settings, auth=OneAgent()), port=0)
     signer = ArtifactSigner.load_or_create(settings.data_dir)
     installer = EdgeInstaller(
@@ -176,7 +176,7 @@ def control_plane(
 def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
     tmp_path: Path,
     mosquitto: MosquittoBroker,
-    control_plane: tuple[EdgeGateway, EdgeInstaller, ServingManager, str],
+    control_plane: tuple[EdgeBus, EdgeInstaller, ServingManager, str],
     ray_backend: RayBackend,
     agent_processes: Callable[..., AgentProcess],
 ) -> None:

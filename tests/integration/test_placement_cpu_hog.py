@@ -36,7 +36,7 @@ from mesh.control._migrations import MigrationExecutor
 from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
 from mesh.control._store import PlacementStore
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings
 from mesh.edge._install import EdgeInstaller, offload_target
 from mesh.edge.broker._broker import MosquittoBroker
@@ -168,7 +168,7 @@ def test_a_hogged_agent_s_pipeline_offloads_to_fog_and_returns_after_the_dwell(
     from mesh.ray._replicas import RayReplicaLauncher
 
     settings = EdgeSettings(data_dir=tmp_path / "cp", broker_url=mosquitto.url)
-    edge = EdgeGateway(mosquitto.url, keepalive_s=5).start()
+    edge = EdgeBus(mosquitto.url, keepalive_s=5).start()
     undo: list[Callable[[], object]] = [edge.stop]
     hog = CpuHog(workers=1, cgroup=cgroups[HOG])
     undo.append(hog.stop)

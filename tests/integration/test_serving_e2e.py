@@ -21,7 +21,7 @@ import pytest
 from mesh import Lineage, ModelRegistry, SelectionMetric
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
 from mesh.edge._install import EdgeInstaller
 from mesh.edge.broker._broker import free_port, start_mosquitto
@@ -48,7 +48,7 @@ class ControlPlane:
     settings: EdgeSettings
     registry: ModelRegistry
     manager: ServingManager
-    edge: EdgeGateway
+    edge: EdgeBus
     gateway_url: str
     server: ServerThread
     metrics: MetricsRegistry
@@ -71,7 +71,7 @@ def control_plane(tmp_path: Path, ray_backend: RayBackend) -> Iterator[ControlPl
     )
     creds = control_plane_credentials(settings)
     registry = ModelRegistry.open(settings)
-    edge = EdgeGateway(
+    edge = EdgeBus(
         broker.url, username=creds.username, password=creds.password, keepalive_s=5
     ).start()
     artifacts = serve_in_thread(create_artifact_app(settings), port=0)

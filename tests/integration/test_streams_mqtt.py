@@ -12,7 +12,7 @@ import pytest
 from mesh import Mesh, SQLiteStore
 from mesh.compute._runner import Runner
 from mesh.compute._streams import StreamWorker
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from tests.support.brokers import broker, embedded_broker, mosquitto, unique  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.mqtt]
@@ -29,15 +29,15 @@ def totals(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def gateway(broker: Any) -> Iterator[EdgeGateway]:  # noqa: F811
-    gw = EdgeGateway(broker.url, client_id=unique("gw")).start()
+def gateway(broker: Any) -> Iterator[EdgeBus]:  # noqa: F811
+    gw = EdgeBus(broker.url, client_id=unique("gw")).start()
     try:
         yield gw
     finally:
         gw.stop()
 
 
-def test_windows_from_mqtt_run_on_fog_and_publish(ray_backend: Any, gateway: EdgeGateway) -> None:
+def test_windows_from_mqtt_run_on_fog_and_publish(ray_backend: Any, gateway: EdgeBus) -> None:
     runner = Runner([app], backend=ray_backend, store=SQLiteStore(":memory:"))
     plans: list[dict[str, Any]] = []
     got = threading.Event()

@@ -30,7 +30,7 @@ from mesh.control._migrations import MigrationExecutor
 from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
 from mesh.control._store import PlacementStore
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
-from mesh.edge._bus import EdgeGateway
+from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
 from mesh.edge._install import EdgeInstaller
 from mesh.edge.broker._broker import free_port, start_mosquitto
@@ -137,7 +137,7 @@ class PlacementPlane:
     """Everything one test needs."""
 
     settings: EdgeSettings
-    edge: EdgeGateway
+    edge: EdgeBus
     manager: ServingManager
     monitors: Monitors
     store: PlacementStore
@@ -178,7 +178,7 @@ def placement_plane(
         link = LinkEmulator(("127.0.0.1", broker_port)).start()
         undo.append(link.stop)
         creds = control_plane_credentials(settings)
-        edge = EdgeGateway(
+        edge = EdgeBus(
             broker.url, username=creds.username, password=creds.password, keepalive_s=5
         ).start()
         undo.append(edge.stop)

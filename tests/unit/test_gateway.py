@@ -269,7 +269,7 @@ def test_no_endpoint_is_503_and_scale_from_zero_waits(replica: Replica) -> None:
 
 
 class FakeEdge:
-    """Answers like EdgeGateway.infer: y = 2x, or an error."""
+    """Answers like EdgeBus.infer: y = 2x, or an error."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []

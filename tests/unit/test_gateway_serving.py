@@ -502,7 +502,7 @@ def test_background_loop_runs_and_stops() -> None:
 
 
 class FakeEdgeGateway:
-    """The part of EdgeGateway the installer uses; the agent installs or refuses."""
+    """The part of EdgeBus the installer uses; the agent installs or refuses."""
 
     def __init__(self, refuse: bool = False) -> None:
         from types import SimpleNamespace

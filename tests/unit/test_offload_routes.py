@@ -60,7 +60,7 @@ def artifact(version: str) -> ModelArtifact:
 
 
 class FakeAgentGateway:
-    """The part of EdgeGateway the installer uses, with an agent that applies desired states
+    """The part of EdgeBus the installer uses, with an agent that applies desired states
     as the real one does: modules with an artifact install, routes move to a newer epoch only.
 
     ``mode``: ``apply``, ``stale`` (acknowledges the version but keeps its routes) or
