@@ -3,7 +3,8 @@
 :func:`check_scenario` returns every problem it finds as an :class:`Issue`
 (a field location such as ``("modules", 0, "providers")`` and a message);
 :mod:`mesh.scenario._load` turns locations into ``file:line``. Nothing here
-imports user code: ``module:function`` references are found on the import path
+imports user code (the loader imports a simulation plugin, which checks its
+own block): ``module:function`` references are found on the import path
 and their module's source is parsed for a top-level definition.
 """
 
@@ -15,7 +16,6 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +25,7 @@ from pathlib import Path
 from mesh.core._topics import topic_matches
 from mesh.scenario._schema import GPU_PROVIDERS, AgentNode, ModuleDecl, RayNode, Scenario
 
-__all__ = ["Issue", "check_scenario", "read_junctions", "relative_to", "resolve_ref"]
+__all__ = ["Issue", "check_scenario", "relative_to", "resolve_ref"]
 
 Loc = tuple[str | int, ...]
 TIERS = ("cloud", "fog", "edge")
@@ -148,28 +148,6 @@ def resolve_ref(ref: str, search_path: Sequence[str] | None = None) -> str | Non
     return f"module {module!r} has no top-level {name!r}{_hint(name, public)}"
 
 
-# -- network ------------------------------------------------------------------------
-
-
-def read_junctions(path: Path) -> list[str]:
-    """Ids of the signalised (traffic_light) junctions of a SUMO ``.net.xml``.
-
-    Raises:
-        ValueError: the file is not a SUMO network.
-    """
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise ValueError(f"not a SUMO network (XML error: {exc})") from exc
-    if root.tag != "net":
-        raise ValueError(f"not a SUMO network: the root element is <{root.tag}>, expected <net>")
-    return [
-        j.get("id", "")
-        for j in root.iter("junction")
-        if j.get("type") == "traffic_light" and not j.get("id", ":").startswith(":")
-    ]
-
-
 # -- the checks ---------------------------------------------------------------------
 
 
@@ -197,7 +175,7 @@ class _Checker:
         self.node_names = [n.name for n in self.ray]
         self.agents: list[AgentNode] = []
         self.hosts: list[_Host] = []
-        self.junctions: list[str] = []
+        self.sites: list[str] = []
 
     def add(self, loc: Loc, message: str) -> None:
         self.issues.append(Issue(loc, message))
@@ -223,22 +201,16 @@ class _Checker:
                 first[value] = i
 
     def simulation(self) -> None:
-        sim = self.s.simulation
-        if sim is None:
-            return
-        try:
-            self.junctions = self.s.junction_ids()
-        except ValueError:
-            self.junctions = []  # the loader reports the unreadable network file
-        seen: set[str] = set()
-        for name in sim.baselines:
-            if name in seen:
-                self.add(("simulation", "baselines"), f"{name!r} is listed twice")
-            seen.add(name)
-        if sim.camera_every_s < sim.step_s:
+        self.sites = self.s.site_ids()
+        if self.s.simulation is not None and self.s.duration_s is not None:
             self.add(
-                ("simulation", "camera_every_s"),
-                f"expected at least step_s ({sim.step_s:g} s), got {sim.camera_every_s:g}",
+                ("duration_s",),
+                "expected no duration_s with a simulation (the simulation ends the run)",
+            )
+        if self.s.faults and self.s.end_s() is None:
+            self.add(
+                ("faults",),
+                "faults need a live phase: a simulation, or duration_s for a scenario without one",
             )
 
     def nodes(self) -> None:
@@ -251,24 +223,19 @@ class _Checker:
                 f"expected at least one cloud node (the first is the Ray head), got tiers: {tiers}",
             )
         pool = s.nodes.agents
-        if pool.per_junction and s.simulation is None:
+        if pool.per_site and s.simulation is None:
             self.add(
-                ("nodes", "agents", "per_junction"),
-                "per_junction needs a simulation with a network (it has the junctions)",
+                ("nodes", "agents", "per_site"),
+                "per_site needs a simulation (it has the sites)",
             )
-        try:
-            self.agents = (
-                s.agent_nodes() if s.simulation is not None or not pool.per_junction else []
-            )
-        except ValueError:  # a network file not read by the loader: no junctions known
-            self.agents = []
+        self.agents = s.agent_nodes()
         self.hosts = _hosts(self.ray, self.agents)
         generated = {a.id for a in self.agents[: len(self.agents) - len(pool.devices)]}
         seen: dict[str, int] = {}
         for i, device in enumerate(pool.devices):
             loc: Loc = ("nodes", "agents", "devices", i)
             if device.id in generated:
-                self.add((*loc, "id"), f"duplicate agent id {device.id!r} (per_junction makes it)")
+                self.add((*loc, "id"), f"duplicate agent id {device.id!r} (per_site makes it)")
             elif device.id in seen:
                 self.add(
                     (*loc, "id"), f"duplicate agent id {device.id!r} (also item {seen[device.id]})"
@@ -276,11 +243,11 @@ class _Checker:
             elif device.id in self.node_names:
                 self.add((*loc, "id"), f"agent id {device.id!r} is also a Ray node's name")
             seen.setdefault(device.id, i)
-            if s.simulation is not None and self.junctions and device.site not in self.junctions:
+            if s.simulation is not None and self.sites and device.site not in self.sites:
                 self.add(
                     (*loc, "site"),
-                    f"no junction {device.site!r} in the network"
-                    f"{_hint(device.site, self.junctions)} (junctions: {_listing(self.junctions)})",
+                    f"no site {device.site!r} in the simulation"
+                    f"{_hint(device.site, self.sites)} (sites: {_listing(self.sites)})",
                 )
 
     def links(self) -> None:
@@ -341,6 +308,36 @@ class _Checker:
                 if problem is not None:
                     self.add((*loc, "handler"), f"cannot resolve {module.handler!r}: {problem}")
             self._placement(i, module)
+            self._source(loc, module)
+
+    def _source(self, loc: Loc, module: ModuleDecl) -> None:
+        src = module.source
+        if src is None:
+            return
+        if "edge" not in module.tiers:
+            self.add(
+                (*loc, "source"),
+                "a source feeds the module on the agents: expected 'edge' in its tiers, "
+                f"got {module.tiers}",
+            )
+        if not self.agents:
+            self.add((*loc, "source"), "a source feeds the module on the agents: no agent declared")
+        if src.path is not None and "{" not in src.path:
+            if not self.s.resolve_path(src.path).is_file():
+                self.add(
+                    (*loc, "source", "path"),
+                    f"no such file {src.path!r} (relative to {relative_to(self.s)})",
+                )
+        elif src.path is not None:
+            unknown = {p for p in ("{site}", "{out}") if p in src.path}
+            rest = src.path
+            for p in unknown:
+                rest = rest.replace(p, "")
+            if "{" in rest or "}" in rest:
+                self.add(
+                    (*loc, "source", "path"),
+                    f"expected only '{{site}}' and '{{out}}' as placeholders, got {src.path!r}",
+                )
 
     def _fit(self, module: ModuleDecl, hosts: list[_Host]) -> tuple[list[_Host], str, str]:
         """Hosts that can run ``module``; else why not and which field is at fault."""
@@ -476,7 +473,7 @@ class _Checker:
             )
 
     def _end_s(self) -> float | None:
-        return None if self.s.simulation is None else self.s.simulation.demand.duration_s
+        return self.s.end_s()
 
     def faults(self) -> None:
         agent_ids = list(dict.fromkeys(a.id for a in self.agents))
@@ -546,7 +543,7 @@ def _provider_note(module: ModuleDecl, reasons: dict[str, str]) -> str:
 
 
 def _after_end(at_s: float, end_s: float) -> str:
-    return f"at {at_s:g} s, not before the simulation ends at {end_s:g} s"
+    return f"at {at_s:g} s, not before the live phase ends at {end_s:g} s"
 
 
 def _cycles(edges: dict[int, list[int]]) -> list[list[int]]:

@@ -32,8 +32,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from mesh.core._errors import ConfigError
-from mesh.scenario._checks import check_scenario, read_junctions, relative_to
-from mesh.scenario._schema import PATTERN_TEXT, Scenario
+from mesh.scenario._checks import check_scenario
+from mesh.scenario._plugin import PluginLoadError, load_plugin
+from mesh.scenario._schema import PATTERN_TEXT, Scenario, SimulationDecl
 
 __all__ = ["ScenarioError", "ScenarioProblem", "load_scenario", "parse_scenario"]
 
@@ -211,9 +212,9 @@ def _field(model: type[BaseModel], name: str) -> FieldInfo | None:
     )
 
 
-def _target(loc: Loc) -> _Target:
+def _target(loc: Loc, root: type[BaseModel] = Scenario) -> _Target:
     """Walk the schema along a pydantic location: drop union tags, find the field."""
-    tp: Any = Scenario
+    tp: Any = root
     clean: list[str | int] = []
     field: FieldInfo | None = None
     owner: type[BaseModel] | None = None
@@ -305,10 +306,21 @@ _SHAPES = {
 }
 
 
-def _sentence(error: ErrorDetails) -> tuple[Loc, str]:
-    """A pydantic error as (clean location, 'expected ..., got ...')."""
+def _sentence(
+    error: ErrorDetails, root: type[BaseModel] = Scenario, prefix: Loc = ()
+) -> tuple[Loc, str]:
+    """A pydantic error as (clean location, 'expected ..., got ...').
+
+    ``root`` is the model validated; ``prefix`` where it sits in the scenario
+    (a simulation plugin's settings sit under ``simulation``).
+    """
+    loc, message = _sentence_in(error, root)
+    return (*prefix, *loc), message
+
+
+def _sentence_in(error: ErrorDetails, root: type[BaseModel]) -> tuple[Loc, str]:
     kind = error["type"]
-    target = _target(tuple(error["loc"]))
+    target = _target(tuple(error["loc"]), root)
     loc = target.loc
     ctx: dict[str, Any] = dict(error.get("ctx") or {})
     got = _show(error.get("input"))
@@ -404,19 +416,10 @@ def parse_scenario(
             problems.append(ScenarioProblem(file, _line(root, loc), _path(loc), message))
         raise ScenarioError(file, _ordered(problems)) from None
     scenario._source = source
-    network = scenario.simulation.network if scenario.simulation is not None else None
-    if network is not None and network.file is not None:
-        loc = ("simulation", "network", "file")
-        path = scenario.resolve_path(network.file)
-        try:
-            scenario._junctions = tuple(read_junctions(path))
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                why = f"no such file {network.file!r} (relative to {relative_to(scenario)})"
-            else:
-                why = f"cannot read {network.file!r}: {exc}"
-            problems.append(ScenarioProblem(file, _line(root, loc), _path(loc), why))
-            scenario._junctions = ()
+    if scenario.simulation is not None:
+        problems.extend(_simulation(scenario, scenario.simulation, root, file))
+        if problems:
+            raise ScenarioError(file, _ordered(problems))
     for issue in check_scenario(scenario, search_path=search_path):
         problems.append(
             ScenarioProblem(file, _line(root, issue.loc), _path(issue.loc), issue.message)
@@ -424,6 +427,34 @@ def parse_scenario(
     if problems:
         raise ScenarioError(file, _ordered(problems))
     return scenario
+
+
+def _simulation(
+    scenario: Scenario, decl: SimulationDecl, root: yaml.Node | None, file: str
+) -> list[ScenarioProblem]:
+    """Load the simulation plugin, validate its settings, let it check them; sets the sites."""
+    problems: list[ScenarioProblem] = []
+    loc: Loc = ("simulation", "plugin")
+    try:
+        plugin = load_plugin(decl.plugin)
+    except PluginLoadError as exc:
+        return [ScenarioProblem(file, _line(root, loc), _path(loc), str(exc))]
+    try:
+        config = plugin.config_model.model_validate(decl.settings())
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            where, message = _sentence(error, plugin.config_model, ("simulation",))
+            problems.append(ScenarioProblem(file, _line(root, where), _path(where), message))
+        return problems
+    for issue in plugin.check(config, scenario):
+        problems.append(
+            ScenarioProblem(file, _line(root, issue.loc), _path(issue.loc), issue.message)
+        )
+    if not problems:
+        scenario._plugin = plugin
+        scenario._sim_config = config
+        scenario._sites = tuple(plugin.sites(config, scenario))
+    return problems
 
 
 def _ordered(problems: list[ScenarioProblem]) -> list[ScenarioProblem]:

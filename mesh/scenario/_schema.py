@@ -9,19 +9,21 @@ resolve, every module has a feasible placement, no stream cycle).
 Shape::
 
     name, description, seed
-    nodes:      ray (cloud/fog Ray nodes) · agents (edge devices, one per junction or listed)
+    nodes:      ray (cloud/fog Ray nodes) · agents (edge devices, one per site or listed)
     links:      emulated delay/jitter/bandwidth between tiers, sites or nodes
     broker:     embedded | mosquitto | external
     functions:  'package.module:function' references
-    modules:    inference modules: model source, QoS, tiers, providers, memory, initial placement
+    modules:    inference modules: model source, QoS, tiers, providers, memory, initial
+                placement, and the source that feeds them on each agent
     streams:    stream functions from an input topic pattern to an output topic
     triggers:   scheduled or chained function runs (training, batch analytics)
-    simulation: SUMO network (grid or file), demand, controller, baselines
+    simulation: a plugin ('module:attribute') and its settings (e.g. SUMO traffic)
+    duration_s: how long the live phase lasts when there is no simulation
     faults:     a timeline of cpu_hog / link_delay / agent_restart / agent_crash / node_remove
     outputs:    where the report goes
 
-Times are in simulated seconds; relative input paths (network file, model
-path) are relative to the scenario file, ``outputs.dir`` to the working directory.
+Times are in simulated seconds; relative input paths (model path, replay
+file) are relative to the scenario file, ``outputs.dir`` to the working directory.
 
 Example:
     >>> s = Scenario.model_validate({"name": "tiny"})
@@ -59,21 +61,19 @@ __all__ = [
     "Agents",
     "Broker",
     "CpuHog",
-    "Demand",
     "Fault",
-    "GridNetwork",
     "Link",
     "LinkDelay",
     "ModelSource",
     "ModuleDecl",
     "ModuleQoS",
-    "Network",
+    "ModuleSource",
     "NodeRemove",
     "Nodes",
     "Outputs",
     "RayNode",
     "Scenario",
-    "Simulation",
+    "SimulationDecl",
     "StreamDecl",
     "TriggerDecl",
     "scenario_json_schema",
@@ -212,7 +212,7 @@ class AgentDevice(_Model):
     """One edge agent listed by hand; unset fields take the values of ``nodes.agents``."""
 
     id: Ident = Field(description="Agent id (MQTT client id); fault targets use 'agent:<id>'.")
-    site: Ident = Field(description="Site of the agent: the junction whose camera feeds it.")
+    site: Ident = Field(description="Site of the agent (where its sources are).")
     cpus: float | None = Field(None, gt=0, le=64, description="CPU cores; None = the pool's.")
     memory_mb: int | None = Field(None, gt=0, description="Memory in MiB; None = the pool's.")
     providers: list[Provider] | None = Field(
@@ -222,14 +222,15 @@ class AgentDevice(_Model):
 
 
 class Agents(_Model):
-    """Edge agents: one per junction of the network, listed devices, or both."""
+    """Edge agents: one per site of the simulation, listed devices, or both."""
 
-    per_junction: bool = Field(
+    per_site: bool = Field(
         False,
-        description="One agent per signalised junction, id '<prefix><junction>', site = junction.",
+        description="One agent per site of the simulation (the traffic one: per signalised "
+        "junction), id '<prefix><site>'.",
     )
     prefix: str = Field(
-        "j-", pattern=r"^[A-Za-z0-9_.\-]{0,32}$", description="Id prefix of per-junction agents."
+        "j-", pattern=r"^[A-Za-z0-9_.\-]{0,32}$", description="Id prefix of per-site agents."
     )
     cpus: float = Field(1.0, gt=0, le=64, description="CPU cores of each agent.")
     memory_mb: int = Field(512, gt=0, description="Memory of each agent for modules, in MiB.")
@@ -240,7 +241,7 @@ class Agents(_Model):
     )
     cost_per_h: float = Field(0.02, ge=0, description="Cost per hour of each agent.")
     devices: list[AgentDevice] = Field(
-        default_factory=list, description="Agents listed one by one (in addition to per_junction)."
+        default_factory=list, description="Agents listed one by one (in addition to per_site)."
     )
 
 
@@ -357,6 +358,51 @@ class ModuleQoS(_Model):
     )
 
 
+class ModuleSource(_Model):
+    """What feeds a module on each agent: one pipeline per agent, from this source.
+
+    Each agent runs the module on the source's inputs and publishes an event per
+    input; the run counts every input the simulation sends that no event answers
+    as lost, and each event's latency against the module's SLO.
+    """
+
+    kind: Literal["mqtt", "file"] = Field(
+        description="mqtt: frames published on topic; file: a replay file of frames."
+    )
+    topic: TopicTemplate | None = Field(
+        None,
+        description="mqtt: the topic under the broker prefix; '{site}' is the agent's site.",
+    )
+    path: str | None = Field(
+        None,
+        min_length=1,
+        description="file: the replay file; '{site}' is the agent's site, '{out}' the "
+        "output directory; relative paths are relative to the scenario file.",
+    )
+    rate_hz: float | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="file: frames per second (None = as fast as the module runs); "
+        "mqtt: the rate the simulation sends at (replicas are sized by it).",
+    )
+    loop: bool = Field(False, description="file: start again at the end of the file.")
+    buffer: int = Field(
+        64, ge=1, le=100_000, description="mqtt: frames held while the module is busy."
+    )
+    stream: Name | None = Field(None, description="Event stream name; None = the module's name.")
+
+    @model_validator(mode="after")
+    def _kind(self) -> ModuleSource:
+        if self.kind == "mqtt" and (self.topic is None or self.path is not None):
+            raise ValueError("expected a topic (and no path) for an mqtt source")
+        if self.kind == "file" and (self.path is None or self.topic is not None):
+            raise ValueError("expected a path (and no topic) for a file source")
+        if self.kind == "mqtt" and self.loop:
+            raise ValueError("loop is for file sources only")
+        return self
+
+
 class ModuleDecl(_Model):
     """An inference module: an ONNX model served where the placement engine puts it."""
 
@@ -391,6 +437,15 @@ class ModuleDecl(_Model):
         description="Topic each result is published to; '{site}' is the source's site. "
         "None = results are only returned.",
     )
+    source: ModuleSource | None = Field(
+        None,
+        description="What feeds it on each agent (a pipeline per agent); "
+        "None = it answers requests only.",
+    )
+
+    def stream_name(self) -> str:
+        """The event stream its pipelines publish on."""
+        return self.source.stream if self.source and self.source.stream else self.name
 
 
 class StreamDecl(_Model):
@@ -432,68 +487,25 @@ class TriggerDecl(_Model):
 # -- simulation -------------------------------------------------------------------
 
 
-class GridNetwork(_Model):
-    """A generated grid of signalised junctions (SUMO netgenerate --grid)."""
+class SimulationDecl(BaseModel):
+    """The simulation the scenario drives: a plugin, and its own settings beside it.
 
-    rows: int = Field(ge=1, le=26, description="Junctions per column (y).")
-    cols: int = Field(ge=1, le=26, description="Junctions per row (x).")
-    length_m: float = Field(200.0, ge=20, le=5000, description="Edge length in metres.")
-    lanes: int = Field(1, ge=1, le=4, description="Lanes per direction.")
+    ``plugin`` names a :class:`~mesh.scenario.SimulationPlugin` as
+    ``module:attribute``; every other key of the block is the plugin's and is
+    validated by its ``config_model`` when the scenario loads.
+    """
 
-    def junction_ids(self) -> list[str]:
-        """Junction ids as netgenerate names them: column letter, row number (A0, A1, B0, ...)."""
-        return [f"{chr(ord('A') + x)}{y}" for x in range(self.cols) for y in range(self.rows)]
+    model_config = ConfigDict(extra="allow", frozen=True)
 
-
-class Network(_Model):
-    """The road network: exactly one of grid, file."""
-
-    grid: GridNetwork | None = Field(None, description="Generate a grid network.")
-    file: str | None = Field(
-        None, min_length=1, description="A SUMO .net.xml, relative to the scenario file."
+    plugin: Ref = Field(
+        description="The simulation plugin, 'package.module:attribute' "
+        "(e.g. functions.traffic.sim:plugin for SUMO traffic); the block's other keys "
+        "are its settings."
     )
 
-    @model_validator(mode="after")
-    def _one(self) -> Network:
-        _exactly_one(self, ("grid", "file"), "a network")
-        return self
-
-
-class Demand(_Model):
-    """Traffic demand: random trips whose rate follows a profile."""
-
-    level: Literal["light", "medium", "peak", "directional"] = Field(
-        "medium",
-        description="light/medium: steady; peak: rises to a morning peak and falls; "
-        "directional: peak, mostly in one direction.",
-    )
-    duration_s: float = Field(
-        600.0, gt=0, le=86_400, description="Simulated seconds; the run ends then."
-    )
-    seed: int | None = Field(None, description="Random seed of the trips; None = scenario seed.")
-    scale: float = Field(1.0, gt=0, le=10, description="Multiplies the level's vehicle rate.")
-
-
-class Simulation(_Model):
-    """The SUMO simulation the scenario drives."""
-
-    network: Network = Field(description="The road network.")
-    demand: Demand = Field(default_factory=Demand, description="The traffic demand.")
-    step_s: float = Field(1.0, gt=0, le=10, description="Simulated seconds per SUMO step.")
-    speedup: float = Field(
-        1.0, ge=0, description="Simulated seconds per wall second; 0 = as fast as possible."
-    )
-    camera_every_s: float = Field(
-        1.0, gt=0, description="Each junction's camera frame period, in simulated seconds."
-    )
-    controller: Literal["adaptive", "fixed", "actuated", "delay_based"] = Field(
-        "adaptive",
-        description="Who sets the signals: adaptive = the mesh's stream functions; "
-        "others are SUMO's own programs.",
-    )
-    baselines: list[Literal["fixed", "actuated", "delay_based"]] = Field(
-        default_factory=list, description="SUMO programs run on the same demand to compare."
-    )
+    def settings(self) -> dict[str, Any]:
+        """The plugin's keys: the block less ``plugin``."""
+        return dict(self.model_extra or {})
 
 
 # -- faults -----------------------------------------------------------------------
@@ -583,8 +595,16 @@ class Scenario(_Model):
     triggers: list[TriggerDecl] = Field(
         default_factory=list, description="Scheduled and chained function runs."
     )
-    simulation: Simulation | None = Field(
-        None, description="The SUMO simulation; None = no traffic simulation."
+    simulation: SimulationDecl | None = Field(
+        None,
+        description="The simulation it drives (a plugin and its settings); None = none.",
+    )
+    duration_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="Seconds the live phase lasts without a simulation (a simulation ends "
+        "it itself); None = no live phase.",
     )
     faults: list[Fault] = Field(default_factory=list, description="Fault timeline.")
     outputs: Outputs = Field(
@@ -592,7 +612,9 @@ class Scenario(_Model):
     )
 
     _source: Path | None = PrivateAttr(None)
-    _junctions: tuple[str, ...] | None = PrivateAttr(None)
+    _sites: tuple[str, ...] = PrivateAttr(())
+    _plugin: Any = PrivateAttr(None)
+    _sim_config: Any = PrivateAttr(None)
 
     @property
     def source(self) -> Path | None:
@@ -612,27 +634,35 @@ class Scenario(_Model):
         """Where outputs go (``outputs.dir``, default ``.mesh/scenarios/<name>``)."""
         return Path(self.outputs.dir) if self.outputs.dir else Path(".mesh/scenarios", self.name)
 
-    def junction_ids(self) -> list[str]:
-        """Signalised junctions of the network (none without a simulation).
+    def site_ids(self) -> list[str]:
+        """The simulation's sites (none without one, or before the loader checked it)."""
+        return list(self._sites)
 
-        Raises:
-            ValueError: the network is a file and the scenario was not loaded with
-                :func:`~mesh.scenario._load.load_scenario` (which reads it).
-        """
-        if self._junctions is not None:
-            return list(self._junctions)
-        if self.simulation is None:
-            return []
-        grid = self.simulation.network.grid
-        if grid is None:
-            raise ValueError("junctions of a network file are known once load_scenario read it")
-        return grid.junction_ids()
+    @property
+    def plugin(self) -> Any:
+        """The simulation plugin (None without a simulation, or before the loader loaded it)."""
+        return self._plugin
+
+    @property
+    def sim_config(self) -> Any:
+        """The plugin's validated settings (None without a simulation)."""
+        return self._sim_config
+
+    def end_s(self) -> float | None:
+        """When the live phase ends: the simulation's duration, else ``duration_s``."""
+        if self._plugin is not None:
+            return float(self._plugin.duration_s(self._sim_config))
+        return self.duration_s
+
+    def source_modules(self) -> list[ModuleDecl]:
+        """Modules an agent runs on a source (a pipeline per agent)."""
+        return [m for m in self.modules if m.source is not None]
 
     def agent_nodes(self) -> list[AgentNode]:
-        """Every edge agent with its values resolved: per-junction ones first, then devices."""
+        """Every edge agent with its values resolved: per-site ones first, then devices."""
         pool = self.nodes.agents
         out: list[AgentNode] = []
-        if pool.per_junction:
+        if pool.per_site:
             out.extend(
                 AgentNode(
                     f"{pool.prefix}{j}",
@@ -642,7 +672,7 @@ class Scenario(_Model):
                     tuple(pool.providers),
                     pool.cost_per_h,
                 )
-                for j in self.junction_ids()
+                for j in self.site_ids()
             )
         for d in pool.devices:
             out.append(

@@ -15,11 +15,9 @@ from typing import Any
 from mesh.core._errors import MeshError
 from mesh.scenario._faults import parse_target
 from mesh.scenario._linkem import LinkShape
-from mesh.scenario._report import ControllerKpis
 from mesh.scenario._schema import Link
 
 __all__ = [
-    "controller_kpis",
     "environment",
     "link_shape",
     "on_path",
@@ -45,17 +43,6 @@ def link_shape(links: list[Link], a: str, b: str) -> LinkShape:
     link = best[1]
     rate = link.bandwidth_mbps * 1000 if link.bandwidth_mbps else None
     return LinkShape(delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, rate_kbps=rate)
-
-
-def controller_kpis(k: Any) -> ControllerKpis:
-    return ControllerKpis(
-        mean_wait_s=k.mean_wait_s,
-        mean_time_loss_s=k.mean_time_loss_s,
-        mean_trip_s=k.mean_trip_s,
-        arrivals=k.arrivals,
-        teleports=k.teleports,
-        queue=[(float(t), float(q)) for t, q in k.queue_series],
-    )
 
 
 def _endpoint_matches(decl: str, endpoint: str) -> bool:

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from mesh.cli._scenario import scenario_app
 from mesh.core._errors import ConfigError
-from mesh.scenario._checks import read_junctions, resolve_ref
+from functions.traffic.sim.plugin import read_junctions
+from mesh.scenario._checks import resolve_ref
 from mesh.scenario._load import ScenarioError, load_scenario, parse_scenario
 from mesh.scenario._schema import Scenario, scenario_json_schema, scenario_json_schema_text
 
@@ -72,16 +73,16 @@ def test_every_scenario_validates(path: Path) -> None:
     assert scenario.source == path
     assert scenario.head_node() is not None
     for agent in scenario.agent_nodes():
-        assert agent.site in scenario.junction_ids()
+        assert agent.site in scenario.site_ids()
 
 
 def test_traffic_scenario_shape() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "traffic.yaml", search_path=[str(ROOT)])
-    assert scenario.junction_ids() == ["A0", "A1", "A2", "B0", "B1", "B2", "C0", "C1", "C2"]
+    assert scenario.site_ids() == ["A0", "A1", "A2", "B0", "B1", "B2", "C0", "C1", "C2"]
     assert [a.id for a in scenario.agent_nodes()][:2] == ["j-A0", "j-A1"]
     assert {f.kind for f in scenario.faults} >= {"cpu_hog", "link_delay", "node_remove"}
-    assert scenario.simulation is not None
-    assert scenario.simulation.demand.duration_s <= 900  # the demo fits a 2-core machine
+    assert scenario.sim_config is not None
+    assert scenario.end_s() is not None and scenario.end_s() <= 900  # fits a 2-core machine
 
 
 def test_loading_imports_no_user_code(workdir: Path) -> None:
@@ -233,6 +234,7 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
           - {at_s: 30, kind: link_delay, target: "edge->cloud", delay_ms: 80}
           - {at_s: 40, kind: agent_restart, target: "cam-1"}
           - {at_s: 50, kind: node_remove, target: "node:cloud"}
+        duration_s: 60
         """,
         [
             "bad.yaml:12: faults[0].target: no agent 'cam-2'; did you mean 'cam-1'? "
@@ -411,6 +413,8 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
         simulation:
           network: {grid: {rows: 2, cols: 2}}
           demand: {duration_s: 100}
+          plugin: functions.traffic.sim:plugin
+          cameras: null
         faults:
           - {at_s: 300, kind: node_remove, target: "node:cloud"}
         """,
@@ -420,8 +424,8 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
             "edge), a Ray node, an agent or a site; did you mean 'fog'?",
             "bad.yaml:6: triggers[0].after: trigger cycle t1 -> t2 -> t1 (each runs after "
             "the previous)",
-            "bad.yaml:12: faults[0].at_s: at 300 s, not before the simulation ends at 100 s",
-            "bad.yaml:12: faults[0].target: cannot remove the Ray head 'cloud' "
+            "bad.yaml:14: faults[0].at_s: at 300 s, not before the live phase ends at 100 s",
+            "bad.yaml:14: faults[0].target: cannot remove the Ray head 'cloud' "
             "(the first cloud node)",
         ],
     ),
@@ -484,7 +488,7 @@ NET_XML = """\
 """
 
 
-def test_network_file_junctions_give_per_junction_agents(workdir: Path) -> None:
+def test_network_file_junctions_give_per_site_agents(workdir: Path) -> None:
     (workdir / "nets").mkdir()
     (workdir / "nets" / "city.net.xml").write_text(NET_XML)
     (workdir / "scen").mkdir()
@@ -494,18 +498,20 @@ def test_network_file_junctions_give_per_junction_agents(workdir: Path) -> None:
             name: city
             nodes:
               agents:
-                per_junction: true
+                per_site: true
                 prefix: cam-
                 devices: [{id: extra, site: J3, memory_mb: 1024}]
             simulation:
               network: {file: ../nets/city.net.xml}
+              plugin: functions.traffic.sim:plugin
+              cameras: null
             faults:
               - {at_s: 5, kind: agent_crash, target: "agent:cam-J3"}
             """
         )
     )
     scenario = load_scenario("scen/city.yaml")
-    assert scenario.junction_ids() == ["J1", "J3"]
+    assert scenario.site_ids() == ["J1", "J3"]
     agents = scenario.agent_nodes()
     assert [(a.id, a.site, a.memory_mb) for a in agents] == [
         ("cam-J1", "J1", 512),
@@ -522,6 +528,8 @@ def test_missing_network_file(workdir: Path) -> None:
         name: bad
         simulation:
           network: {file: nowhere.net.xml}
+          plugin: functions.traffic.sim:plugin
+          cameras: null
         """,
     ) == [
         "bad.yaml:3: simulation.network.file: no such file 'nowhere.net.xml' "
@@ -539,10 +547,11 @@ def test_device_site_must_be_a_junction(workdir: Path) -> None:
             devices: [{id: cam-1, site: Z9}]
         simulation:
           network: {grid: {rows: 1, cols: 2}}
+          plugin: functions.traffic.sim:plugin
+          cameras: null
         """,
     ) == [
-        "bad.yaml:4: nodes.agents.devices[0].site: no junction 'Z9' in the network "
-        "(junctions: A0, B0)"
+        "bad.yaml:4: nodes.agents.devices[0].site: no site 'Z9' in the simulation (sites: A0, B0)"
     ]
 
 

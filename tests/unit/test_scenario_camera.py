@@ -1,4 +1,4 @@
-"""The scenario's camera relay: events tallied by route and SLO, counts relayed to the controller."""
+"""Camera events: tallied by route and SLO by the mesh's harness, counts relayed by the traffic plugin."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import pytest
 
 from edge_agent.protocol import Event, Tensor, json_tensor
 from functions.traffic.occupancy import APPROACHES
-from functions.traffic.sim.camera import CAMERA_STREAM, CameraRelay, EventTally
+from functions.traffic.sim.camera import CameraRelay
+from mesh.scenario._events import EventTally, ModuleEvents
+from mesh.scenario._report import ModuleLatency
+
+CAMERA_STREAM = "counts"
 
 SEGMENTS = (10.0, 30.0)
 
@@ -39,21 +43,32 @@ def _event(
     )
 
 
-def _relay(**kwargs: Any) -> tuple[CameraRelay, EventTally, list[tuple[str, bytes]], list[Any]]:
-    tally = EventTally(slo_ms=25.0)
+class _Both:
+    """The harness's tally of the counter's events, then the plugin's relay (as a run wires them)."""
+
+    def __init__(self, events: ModuleEvents, relay: CameraRelay) -> None:
+        self.events = events
+        self.relay = relay
+
+    def on_event(self, event: Event) -> None:
+        self.events.on_event(event)
+        self.relay.on_event(event)
+
+
+def _relay(**kwargs: Any) -> tuple[_Both, EventTally, list[tuple[str, bytes]], list[Any]]:
+    latency = ModuleLatency(slo_ms=25.0)
+    events = ModuleEvents("counter", CAMERA_STREAM, latency, lambda ts: ts - 1000.0)
     sent: list[tuple[str, bytes]] = []
-    samples: list[Any] = []
     relay = CameraRelay(
         junctions={"A0": {"E": "A1"}},
         segments_m=SEGMENTS,
         publish=lambda topic, payload: sent.append((topic, payload)),
         output="traffic/{site}/counts",
-        tally=tally,
-        on_latency=samples.append,
+        stream=CAMERA_STREAM,
         sim_time_at=lambda ts: ts - 1000.0,
         **kwargs,
     )
-    return relay, tally, sent, samples
+    return _Both(events, relay), events.tally, sent, latency.samples
 
 
 def test_events_are_tallied_by_sender_route_and_slo() -> None:

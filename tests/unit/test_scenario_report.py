@@ -1,4 +1,8 @@
-"""The scenario report: JSON keys, headline figures and a self-contained HTML page."""
+"""The scenario report: JSON keys, headline figures and a self-contained HTML page.
+
+The traffic figures come from the SUMO plugin's section (its KPIs, summary and
+plot), the rest from the mesh's harness.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from functions.traffic.sim.kpis import ControllerKpis, traffic_section
+from mesh.scenario import SimulationReport, write_report
 from mesh.scenario._report import (
-    ControllerKpis,
     FaultWindow,
     MigrationRecord,
     ModuleLatency,
     ScenarioReport,
     headline,
     percentile,
-    write_report,
 )
 
 
 def _report() -> ScenarioReport:
     queue = [(float(t), float(t % 7)) for t in range(0, 120, 5)]
-    return ScenarioReport(
+    report = ScenarioReport(
         name="small",
         sim_seconds=120.0,
         wall_seconds=30.0,
-        grid="2x2",
-        demand="peak",
-        traffic={
-            "adaptive": ControllerKpis(
-                mean_wait_s=9.0, mean_time_loss_s=14.0, mean_trip_s=80.0, arrivals=90, queue=queue
-            ),
-            "fixed": ControllerKpis(
-                mean_wait_s=30.0, mean_time_loss_s=40.0, mean_trip_s=110.0, arrivals=80
-            ),
-            "actuated": ControllerKpis(
-                mean_wait_s=12.0, mean_time_loss_s=18.0, mean_trip_s=85.0, arrivals=88
-            ),
-            "delay_based": ControllerKpis(
-                mean_wait_s=10.0, mean_time_loss_s=16.0, mean_trip_s=84.0, arrivals=89
-            ),
-        },
         modules={
             "counter": ModuleLatency(
                 slo_ms=20.0, samples=[(float(t), 5.0 if t != 50 else 40.0) for t in range(100)]
@@ -58,6 +46,31 @@ def _report() -> ScenarioReport:
         events_by_route={"local": 60, "remote": 40},
         over_slo_by_route={"local": 1},
     )
+    traffic = {
+        "adaptive": ControllerKpis(
+            mean_wait_s=9.0, mean_time_loss_s=14.0, mean_trip_s=80.0, arrivals=90, queue=queue
+        ),
+        "fixed": ControllerKpis(
+            mean_wait_s=30.0, mean_time_loss_s=40.0, mean_trip_s=110.0, arrivals=80
+        ),
+        "actuated": ControllerKpis(
+            mean_wait_s=12.0, mean_time_loss_s=18.0, mean_trip_s=85.0, arrivals=88
+        ),
+        "delay_based": ControllerKpis(
+            mean_wait_s=10.0, mean_time_loss_s=16.0, mean_trip_s=84.0, arrivals=89
+        ),
+    }
+    section = traffic_section(traffic, report, subtitle="grid 2x2; demand peak", plots=True)
+    report.simulation = SimulationReport(
+        name="sumo-traffic",
+        subtitle=section.subtitle,
+        kpis={k: v.model_dump(mode="json") for k, v in traffic.items()},
+        summary=dict(section.summary),
+        headline=list(section.headline),
+        title=section.title,
+        html=section.html,
+    )
+    return report
 
 
 def test_summary_compares_adaptive_with_the_best_non_fixed_baseline() -> None:
@@ -72,11 +85,12 @@ def test_report_files(tmp_path: Path) -> None:
     paths = write_report(_report(), tmp_path / "out")
     body = json.loads(paths.json.read_text())
     assert body["summary"]["lost_events"] == 0
-    assert body["traffic"]["adaptive"]["mean_wait_s"] == 9.0
+    assert body["simulation"]["kpis"]["adaptive"]["mean_wait_s"] == 9.0
+    assert "html" not in body["simulation"]  # the page has it, the JSON does not
     page = paths.html.read_text()
     assert page.count("data:image/png;base64,") == 3  # queues, latency, CPU
     assert "src='http" not in page  # self-contained
-    assert "delay_based" in page and "cpu_hog" in page
+    assert "delay_based" in page and "cpu_hog" in page and "grid 2x2" in page
 
 
 def test_headline_and_percentile() -> None:

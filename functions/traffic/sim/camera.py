@@ -1,120 +1,27 @@
-"""The scenario's live camera path, between SUMO and the signal controller.
+"""The traffic scenario's live camera path, between SUMO and the signal controller.
 
 Each sim step :class:`CameraRelay` renders a junction's approaches as the
 camera's occupancy frames (:meth:`CameraRelay.render`); the junction's agent,
 or the replica its source was handed to, counts them with the CNN and
-publishes an event. :meth:`CameraRelay.on_event` tallies the event
-(:class:`EventTally`: each frame sent must be answered by an event; latency
-against the SLO by route), asks the forecaster for the junction's next
+publishes an event (the mesh counts it against the frame: latency, loss).
+:meth:`CameraRelay.on_event` asks the forecaster for the junction's next
 minute, and relays the counts to the fog stream function that plans the
 signals.
-
-Example:
-    >>> tally = EventTally(slo_ms=25.0)
-    >>> tally.add("j-A0", 1, "local", 3.0); tally.add("j-A0", 3, "local", 40.0)
-    >>> tally.gaps(), tally.by_route, tally.over_slo
-    (1, {'local': 2}, {'local': 1})
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CAMERA_STREAM", "STALE_AFTER_S", "CameraRelay", "EventTally"]
+__all__ = ["CameraRelay"]
 
 logger = logging.getLogger(__name__)
-
-#: The stream name of the cameras' pipelines (their events' ``stream``).
-CAMERA_STREAM = "counts"
-
-#: An event made this long after its frame's capture counts over the SLO, as
-#: late by its age, whatever latency the module reports (that is timed from
-#: the frame's arrival: a frame queued in the broker while its agent was down
-#: would otherwise look timely). Cameras and agents share this host's clock.
-STALE_AFTER_S = 1.0
-
-
-@dataclass(slots=True)
-class EventTally:
-    """Camera events by sender and sequence number (to find gaps) and by route.
-
-    Attributes:
-        slo_ms: the counter's SLO (None: no latency is judged).
-        received: events seen.
-        by_route: events by where they ran (``local``, ``offload``, ``remote``).
-        over_slo: of those, the ones whose latency was over ``slo_ms``.
-        stale: events made over :data:`STALE_AFTER_S` after their frame's capture.
-    """
-
-    slo_ms: float | None = None
-    received: int = 0
-    by_route: dict[str, int] = field(default_factory=dict)
-    over_slo: dict[str, int] = field(default_factory=dict)
-    stale: int = 0
-    seqs: dict[str, set[int]] = field(default_factory=dict)
-    frames: dict[str, set[float]] = field(default_factory=dict)
-    answered: dict[str, set[float]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def sent(self, site: str, ts: float) -> None:
-        """A camera frame of ``site`` stamped ``ts`` went out: some event should answer it."""
-        with self.lock:
-            self.frames.setdefault(site, set()).add(ts)
-
-    def add(
-        self,
-        sender: str,
-        seq: int,
-        route: str,
-        latency_ms: float | None,
-        *,
-        site: str | None = None,
-        source_ts: float | None = None,
-        stale: bool = False,
-    ) -> None:
-        """Count one event of ``sender`` (an agent, or a replica holding its source)."""
-        where = route.partition(":")[0]
-        late = self.slo_ms is not None and latency_ms is not None and latency_ms > self.slo_ms
-        with self.lock:
-            self.seqs.setdefault(sender, set()).add(seq)
-            self.received += 1
-            self.stale += stale
-            self.by_route[where] = self.by_route.get(where, 0) + 1
-            if late:
-                self.over_slo[where] = self.over_slo.get(where, 0) + 1
-            if site is not None and source_ts is not None:
-                self.answered.setdefault(site, set()).add(source_ts)
-
-    def gaps(self) -> int:
-        """Sequence numbers missing between each sender's first and last event."""
-        with self.lock:
-            return sum(max(s) - min(s) + 1 - len(s) for s in self.seqs.values() if s)
-
-    def unanswered(self) -> int:
-        """Frames :meth:`sent` that no event answered (dropped, or their event lost)."""
-        with self.lock:
-            return sum(len(ts - self.answered.get(site, set())) for site, ts in self.frames.items())
-
-    def unanswered_by_site(self) -> dict[str, list[float]]:
-        """Each site's frames that no event answered (capture times), for the report."""
-        with self.lock:
-            return {
-                site: sorted(missing)
-                for site, ts in sorted(self.frames.items())
-                if (missing := ts - self.answered.get(site, set()))
-            }
-
-    def lost(self) -> int:
-        """Events lost: frames never answered, or sequence gaps where frames were not recorded."""
-        return max(self.gaps(), self.unanswered())
 
 
 class CameraRelay:
@@ -125,8 +32,7 @@ class CameraRelay:
         segments_m: the queue profile's segments from the stop line.
         publish: sends a counts message (topic, payload).
         output: the counts topic, ``{site}`` replaced by the junction (None: no relay).
-        tally: where each event is counted.
-        on_latency: receives (sim second, latency ms) of each event.
+        stream: the event stream of the cameras' pipelines.
         sim_time_at: wall time -> sim second (0 before the simulation runs).
         forecast: (junction, sim second, approach counts) -> the next minute's
             forecast, or None (no forecaster, or none yet).
@@ -139,8 +45,7 @@ class CameraRelay:
         segments_m: Sequence[float],
         publish: Callable[[str, bytes], None],
         output: str | None,
-        tally: EventTally,
-        on_latency: Callable[[tuple[float, float]], None] | None,
+        stream: str,
         sim_time_at: Callable[[float], float],
         forecast: Callable[[str, float, list[float]], Any] | None = None,
     ) -> None:
@@ -149,8 +54,7 @@ class CameraRelay:
         self._segments_m = tuple(segments_m)
         self._publish = publish
         self._output = output
-        self._tally = tally
-        self._on_latency = on_latency
+        self._stream = stream
         self._sim_time_at = sim_time_at
         self._forecast = forecast
         self._frame_info: dict[str, dict[str, Any]] = {}
@@ -183,31 +87,12 @@ class CameraRelay:
         return np.concatenate([frames, still[None]]), obs.counts
 
     def on_event(self, event: Any) -> None:
-        """Tally a camera event and relay its counts (other events are ignored)."""
+        """Relay a camera event's counts to the signal controller (other events are ignored)."""
         from functions.traffic.occupancy import APPROACHES
 
-        if event.stream != CAMERA_STREAM or event.agent is None:
+        if event.stream != self._stream or event.agent is None:
             return
-        # A replica holding a site's source numbers its events itself.
-        remote = event.route.startswith("remote:")
-        sender = f"{event.agent}@{event.route}" if remote else event.agent
-        latency = event.latency_ms
-        age_s = event.ts - event.source_ts if event.source_ts is not None else 0.0
-        stale = latency is not None and age_s > STALE_AFTER_S
-        if stale:
-            latency = max(latency or 0.0, age_s * 1e3)
-        self._tally.add(
-            sender,
-            event.seq,
-            event.route,
-            latency,
-            site=event.site,
-            source_ts=event.source_ts,
-            stale=stale,
-        )
         sim_t = self._sim_time_at(event.source_ts or time.time())
-        if self._on_latency is not None and latency is not None:
-            self._on_latency((sim_t, latency))
         counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
         if self._output is None or counts is None or event.site is None:
             return

@@ -1,0 +1,134 @@
+"""The traffic simulation's settings: the ``simulation:`` block of a traffic scenario.
+
+Validated by the mesh's scenario loader through the plugin's ``config_model``
+(pydantic, ``extra="forbid"``), so a mistake is reported with the file, the
+line and the field, like any other part of the scenario::
+
+    simulation:
+      plugin: functions.traffic.sim:plugin
+      network: {grid: {rows: 3, cols: 3}}
+      demand: {level: peak, duration_s: 600}
+      cameras: {module: counter, counts: "traffic/{site}/counts"}
+      baselines: [fixed, actuated]
+
+Example:
+    >>> TrafficConfig.model_validate({"network": {"grid": {"rows": 2, "cols": 2}}}).sites()
+    ['A0', 'A1', 'B0', 'B1']
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Cameras", "Demand", "GridNetwork", "Network", "TrafficConfig"]
+
+
+def _topic_template(value: str) -> str:
+    levels = value.replace("{site}", "site").split("/")
+    if not value or any(not level or "+" in level or "#" in level for level in levels):
+        raise ValueError(
+            "expected an MQTT topic of non-empty levels without '+' or '#' "
+            f"('{{site}}' allowed), got {value!r}"
+        )
+    return value
+
+
+def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        names = ", ".join(fields)
+        got = ", ".join(given) if given else "none"
+        raise ValueError(f"expected exactly one of {names} for {what}, got {got}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridNetwork(_Model):
+    """A generated grid of signalised junctions (SUMO netgenerate --grid)."""
+
+    rows: int = Field(ge=1, le=26, description="Junctions per column (y).")
+    cols: int = Field(ge=1, le=26, description="Junctions per row (x).")
+    length_m: float = Field(200.0, ge=20, le=5000, description="Edge length in metres.")
+    lanes: int = Field(1, ge=1, le=4, description="Lanes per direction.")
+
+    def junction_ids(self) -> list[str]:
+        """Junction ids as netgenerate names them: column letter, row number (A0, A1, B0, ...)."""
+        return [f"{chr(ord('A') + x)}{y}" for x in range(self.cols) for y in range(self.rows)]
+
+
+class Network(_Model):
+    """The road network: exactly one of grid, file."""
+
+    grid: GridNetwork | None = Field(None, description="Generate a grid network.")
+    file: str | None = Field(
+        None, min_length=1, description="A SUMO .net.xml, relative to the scenario file."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Network:
+        _exactly_one(self, ("grid", "file"), "a network")
+        return self
+
+
+class Demand(_Model):
+    """Traffic demand: random trips whose rate follows a profile."""
+
+    level: Literal["light", "medium", "peak", "directional"] = Field(
+        "medium",
+        description="light/medium: steady; peak: rises to a morning peak and falls; "
+        "directional: peak, mostly in one direction.",
+    )
+    duration_s: float = Field(
+        600.0, gt=0, le=86_400, description="Simulated seconds; the run ends then."
+    )
+    seed: int | None = Field(None, description="Random seed of the trips; None = scenario seed.")
+    scale: float = Field(1.0, gt=0, le=10, description="Multiplies the level's vehicle rate.")
+
+
+class Cameras(_Model):
+    """The junction cameras: which module counts their frames, where the counts go."""
+
+    module: str = Field(
+        "counter",
+        description="The module the cameras feed: it needs an mqtt source whose topic "
+        "the cameras publish on.",
+    )
+    counts: Annotated[str, AfterValidator(_topic_template)] = Field(
+        "traffic/{site}/counts",
+        description="Topic (under no prefix) each junction's counts go to, for the signal "
+        "controller; '{site}' is the junction.",
+    )
+
+
+class TrafficConfig(_Model):
+    """The SUMO simulation a traffic scenario drives (its ``simulation:`` block)."""
+
+    network: Network = Field(description="The road network.")
+    demand: Demand = Field(default_factory=Demand, description="The traffic demand.")
+    step_s: float = Field(1.0, gt=0, le=10, description="Simulated seconds per SUMO step.")
+    speedup: float = Field(
+        1.0, ge=0, description="Simulated seconds per wall second; 0 = as fast as possible."
+    )
+    camera_every_s: float = Field(
+        1.0, gt=0, description="Each junction's camera frame period, in simulated seconds."
+    )
+    controller: Literal["adaptive", "fixed", "actuated", "delay_based"] = Field(
+        "adaptive",
+        description="Who sets the signals: adaptive = the mesh's stream functions; "
+        "others are SUMO's own programs.",
+    )
+    baselines: list[Literal["fixed", "actuated", "delay_based"]] = Field(
+        default_factory=list, description="SUMO programs run on the same demand to compare."
+    )
+    cameras: Cameras | None = Field(
+        default_factory=Cameras,
+        description="The junction cameras; null = none (SUMO's fallback rotation everywhere).",
+    )
+
+    def sites(self) -> list[str]:
+        """Junction ids of a grid network (a network file's are read by the plugin)."""
+        return self.network.grid.junction_ids() if self.network.grid is not None else []
