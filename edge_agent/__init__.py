@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ._agent import Agent
     from ._ed25519 import verify as verify_ed25519
     from ._memory import MemoryBroker, MemoryTransport
-    from ._sources import register_source, write_replay
+    from ._sources import read_replay, register_source, write_replay
     from ._transport import MqttTransport, Transport
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
     "load_settings",
     "parse_header",
     "parse_json",
+    "read_replay",
     "register_source",
     "verify_ed25519",
     "write_replay",
@@ -103,6 +104,7 @@ _LAZY = {
     "MemoryTransport": ("._memory", "MemoryTransport"),
     "MqttTransport": ("._transport", "MqttTransport"),
     "Transport": ("._transport", "Transport"),
+    "read_replay": ("._sources", "read_replay"),
     "register_source": ("._sources", "register_source"),
     "write_replay": ("._sources", "write_replay"),
     "verify_ed25519": ("._ed25519", "verify"),

@@ -54,6 +54,7 @@ class EventTally:
     seqs: dict[str, set[int]] = field(default_factory=dict)
     frames: dict[str, set[float]] = field(default_factory=dict)
     answered: dict[str, set[float]] = field(default_factory=dict)
+    expected: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sent(self, site: str, ts: float) -> None:
@@ -85,6 +86,16 @@ class EventTally:
             if site is not None and source_ts is not None:
                 self.answered.setdefault(site, set()).add(source_ts)
 
+    def expect(self, site: str, inputs: int) -> None:
+        """``site``'s source holds ``inputs`` inputs (a replay file): each must be answered."""
+        with self.lock:
+            self.expected[site] = inputs
+
+    def inputs(self) -> int:
+        """Inputs announced: sent one by one, or expected of a finite source."""
+        with self.lock:
+            return sum(len(ts) for ts in self.frames.values()) + sum(self.expected.values())
+
     def gaps(self) -> int:
         """Sequence numbers missing between each sender's first and last event."""
         with self.lock:
@@ -93,7 +104,11 @@ class EventTally:
     def unanswered(self) -> int:
         """Frames :meth:`sent` that no event answered (dropped, or their event lost)."""
         with self.lock:
-            return sum(len(ts - self.answered.get(site, set())) for site, ts in self.frames.items())
+            sent = sum(len(ts - self.answered.get(site, set())) for site, ts in self.frames.items())
+            short = sum(
+                max(0, n - len(self.answered.get(site, ()))) for site, n in self.expected.items()
+            )
+            return sent + short
 
     def unanswered_by_site(self) -> dict[str, list[float]]:
         """Each site's frames that no event answered (capture times), for the report."""

@@ -26,7 +26,7 @@ from mesh.compute._runner import Runner
 from mesh.scenario._actions import ScenarioActions, Testbed
 from mesh.scenario._events import STALE_AFTER_S, ModuleEvents
 from mesh.scenario._faults import FaultTimeline
-from mesh.scenario._infra import Infrastructure
+from mesh.scenario._infra import Infrastructure, pipeline_for
 from mesh.scenario._live import LiveLoop, LiveStats
 from mesh.scenario._plugin import LiveContext, SimulationRun
 from mesh.scenario._report import MigrationRecord, ScenarioReport, percentile
@@ -50,6 +50,7 @@ class LivePhase:
         *,
         runner: Runner,
         versions: dict[str, str],
+        substitutions: dict[str, str],
         out_dir: Path,
         stack: ExitStack,
         console: Console,
@@ -62,6 +63,7 @@ class LivePhase:
         self.report = report
         self.runner = runner
         self.versions = versions
+        self._substitutions = substitutions
         self.out_dir = out_dir
         self.console = console
         self._stack = stack
@@ -80,12 +82,15 @@ class LivePhase:
 
     # -- the phase ---------------------------------------------------------------------
 
+    def listen(self) -> None:
+        """Count the sourced modules' events from now on (pipelines start at the roll-out)."""
+        self._stack.callback(self.infra.services.edge.on_event(self._on_event))
+
     def run(self) -> None:
-        """Start everything, step to the end, collect the figures."""
+        """Start the streams and the simulation, step to the end, collect the figures."""
         from mesh.compute._streams import StreamWorker
 
         edge = self.infra.services.edge
-        self._stack.callback(edge.on_event(self._on_event))
         for decl in self.scenario.streams:
             if decl.output:
                 self._stack.callback(edge.subscribe(decl.output, self._counter(decl.name)))
@@ -187,15 +192,40 @@ class LivePhase:
 
     # -- figures ------------------------------------------------------------------------
 
+    def _expect_replays(self) -> None:
+        """A finite replay file's every frame must be answered: count them per site."""
+        from edge_agent import read_replay
+
+        for decl in self.scenario.source_modules():
+            src = decl.source
+            if src is None or src.kind != "file" or src.loop:
+                continue
+            for agent in self.scenario.agent_nodes():
+                spec = pipeline_for(
+                    decl,
+                    agent.site,
+                    prefix=self.scenario.broker.prefix,
+                    substitutions=self._substitutions,
+                    base_dir=self.scenario.base_dir.resolve(),
+                )
+                path = Path(spec["source"]["path"])
+                try:
+                    frames = sum(1 for _ in read_replay(path))
+                except (OSError, ValueError) as exc:
+                    self.report.notes.append(f"{decl.name} at {agent.site}: {path}: {exc}")
+                    continue
+                self._by_module[decl.name].tally.expect(agent.site, frames)
+
     def _collect(self, stats: LiveStats, timeline: FaultTimeline) -> None:
         report = self.report
+        self._expect_replays()
         report.sim_seconds = stats.sim_s
         report.faults = timeline.windows
         report.notes.extend(timeline.errors)
         report.streams = dict(self._streams)
         for events in self._events:
             tally = events.tally
-            report.events_sent += sum(len(ts) for ts in tally.frames.values())
+            report.events_sent += tally.inputs()
             report.events_received += tally.received
             report.lost_events += tally.lost()
             for route, n in tally.by_route.items():

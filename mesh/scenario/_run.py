@@ -116,6 +116,21 @@ class ScenarioRun:
             self._stage("models", lambda: models.run(self._substitutions))
             latency = {decl.name: ModuleLatency(slo_ms=decl.qos.p95_ms) for decl in sc.modules}
             self.report.modules = latency
+            phase = LivePhase(
+                sc,
+                infra[0],
+                self._sim,
+                self.testbed,
+                self.report,
+                runner=models.runner(),
+                versions=models.versions,
+                substitutions=self._substitutions,
+                out_dir=self.out_dir,
+                stack=stack,
+                console=self.console,
+            )
+            # Pipelines start with the roll-out: count their events from the first.
+            phase.listen()
             if sc.agent_nodes():
                 self._stage(
                     "agents",
@@ -131,18 +146,6 @@ class ScenarioRun:
                 )
             self._stage("roll-out", lambda: models.roll_out(self.testbed))
             if live:
-                phase = LivePhase(
-                    sc,
-                    infra[0],
-                    self._sim,
-                    self.testbed,
-                    self.report,
-                    runner=models.runner(),
-                    versions=models.versions,
-                    out_dir=self.out_dir,
-                    stack=stack,
-                    console=self.console,
-                )
                 self._stage("live", phase.run)
         if sc.plugin is not None:
             self._stage("simulation KPIs", self._kpis)

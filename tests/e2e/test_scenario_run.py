@@ -1,9 +1,11 @@
-"""`mesh run` on the small traffic scenario, and `mesh demo` (the full one, slow), end to end.
+"""`mesh run` on the small traffic scenario, the vibration scenario (no simulation), and
+`mesh demo` (the full traffic one, slow), end to end.
 
 Real everything: the embedded broker, a local Ray cluster (cloud head + fog
-node), two edge agent processes running the trained counter CNN on camera
-frames rendered from SUMO, the fog stream function's signal plans applied
-through libsumo, the fault timeline and the placement controller.
+node), edge agent processes running the trained counter CNN on camera frames
+rendered from SUMO by the traffic plugin (or an ONNX model on replay files),
+the fog stream function's outputs (signal plans applied through libsumo), the
+fault timeline and the placement controller.
 """
 
 from __future__ import annotations
@@ -46,11 +48,19 @@ def _check_report(out: Path, stdout: str) -> dict[str, object]:
     assert summary["lost_events"] == 0, report["notes"]
     assert report["events_sent"] > 0
     assert report["events_received"] >= report["events_sent"]
-    adaptive = report["traffic"]["adaptive"]
+    adaptive = report["simulation"]["kpis"]["adaptive"]
     assert adaptive["arrivals"] > 0
     assert adaptive["teleports"] == 0
     assert report["modules"]["counter"]["samples"]
-    for stage in ("infrastructure", "models", "agents", "roll-out", "live control", "baselines"):
+    for stage in (
+        "infrastructure",
+        "simulation (sumo-traffic)",
+        "models",
+        "agents",
+        "roll-out",
+        "live",
+        "simulation KPIs",
+    ):
         assert stage in stdout
     assert "report:" in stdout
     return report
@@ -64,13 +74,34 @@ def test_small_scenario(env: dict[str, str], tmp_path: Path) -> None:
     result = mesh_cli(env, "run", str(scenario), timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = _check_report(out, result.stdout)
-    assert set(report["traffic"]) == {"adaptive", "fixed"}
+    assert set(report["simulation"]["kpis"]) == {"adaptive", "fixed"}
     kinds = {f["kind"] for f in report["faults"]}
     assert kinds == {"cpu_hog", "link_delay"}
     # The hogged agent's site moved with its camera: a fog replica took the frames.
     assert report["events_by_route"].get("remote", 0) > 0, report["migrations"]
     # Both agents' processes and the hog are gone (ended by pid).
     assert "train_counter on cloud node" in result.stdout
+
+
+@pytest.mark.timeout(600)
+def test_scenario_without_a_simulation(env: dict[str, str], tmp_path: Path) -> None:
+    """The vibration scenario: replay files on the agents, a fog stream, a CPU hog; no plugin."""
+    out = tmp_path / "out"
+    scenario = _scenario_copy("vibration", out, tmp_path)
+    result = mesh_cli(env, "run", str(scenario), timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["simulation"] is None
+    assert "simulation" not in result.stdout.split("live", 1)[0]  # no plugin stage
+    # Every frame of both machines' replay files is answered (250 each).
+    assert report["events_sent"] == 500, report["notes"]
+    assert report["summary"]["lost_events"] == 0, report["notes"]
+    assert len(report["modules"]["rms"]["samples"]) >= 500
+    # The fog stream function saw the faulty machine's band: it raised alarms.
+    assert report["streams"]["alarms"] > 0
+    assert [f["kind"] for f in report["faults"]] == ["cpu_hog"]
+    assert 25.0 <= report["sim_seconds"] <= 31.0
+    assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
 def test_bad_scenario_changes_nothing(env: dict[str, str], tmp_path: Path) -> None:
@@ -91,4 +122,4 @@ def test_demo_traffic(env: dict[str, str], tmp_path: Path) -> None:
     result = mesh_cli(env, "run", str(scenario), timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = _check_report(out, result.stdout)
-    assert set(report["traffic"]) == {"adaptive", "fixed", "actuated", "delay_based"}
+    assert set(report["simulation"]["kpis"]) == {"adaptive", "fixed", "actuated", "delay_based"}

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from functions.traffic.sim.plugin import read_junctions
 from mesh.cli._scenario import scenario_app
 from mesh.core._errors import ConfigError
-from functions.traffic.sim.plugin import read_junctions
 from mesh.scenario._checks import resolve_ref
 from mesh.scenario._load import ScenarioError, load_scenario, parse_scenario
 from mesh.scenario._schema import Scenario, scenario_json_schema, scenario_json_schema_text
