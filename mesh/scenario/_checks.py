@@ -23,7 +23,10 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 from mesh.core._topics import topic_matches
-from mesh.scenario._schema import GPU_PROVIDERS, AgentNode, ModuleDecl, RayNode, Scenario
+from mesh.scenario._decls import ModuleDecl
+from mesh.scenario._fields import GPU_PROVIDERS
+from mesh.scenario._nodes import AgentNode, RayNode
+from mesh.scenario._schema import Scenario
 
 __all__ = ["Issue", "check_scenario", "relative_to", "resolve_ref"]
 

@@ -23,8 +23,10 @@ from rich.console import Console
 from mesh.core._errors import MeshError
 from mesh.runtime._control_plane import ControlPlaneServices, ControlPlaneSettings
 from mesh.scenario._actions import Testbed
+from mesh.scenario._decls import ModuleDecl
+from mesh.scenario._nodes import RayNode
 from mesh.scenario._procs import AgentFleet
-from mesh.scenario._schema import ModuleDecl, RayNode, Scenario
+from mesh.scenario._schema import Scenario
 from mesh.scenario._util import link_shape, quietly
 
 __all__ = ["Infrastructure", "pipeline_for", "start_agents", "start_infrastructure"]

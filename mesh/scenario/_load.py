@@ -33,8 +33,9 @@ from pydantic_core import ErrorDetails
 
 from mesh.core._errors import ConfigError
 from mesh.scenario._checks import check_scenario
+from mesh.scenario._fields import PATTERN_TEXT
 from mesh.scenario._plugin import PluginLoadError, load_plugin
-from mesh.scenario._schema import PATTERN_TEXT, Scenario, SimulationDecl
+from mesh.scenario._schema import Scenario, SimulationDecl
 
 __all__ = ["ScenarioError", "ScenarioProblem", "load_scenario", "parse_scenario"]
 

@@ -26,9 +26,10 @@ from rich.console import Console
 from mesh.compute._runner import Runner
 from mesh.core._errors import MeshError
 from mesh.scenario._actions import Testbed
+from mesh.scenario._decls import ModuleDecl
 from mesh.scenario._infra import Infrastructure
 from mesh.scenario._report import ScenarioReport
-from mesh.scenario._schema import ModuleDecl, Scenario
+from mesh.scenario._schema import Scenario
 from mesh.scenario._util import resolve, summarise
 from mesh.sdk._specs import ModuleSpec
 

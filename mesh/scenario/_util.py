@@ -15,7 +15,7 @@ from typing import Any
 from mesh.core._errors import MeshError
 from mesh.scenario._faults import parse_target
 from mesh.scenario._linkem import LinkShape
-from mesh.scenario._schema import Link
+from mesh.scenario._nodes import Link
 
 __all__ = [
     "environment",

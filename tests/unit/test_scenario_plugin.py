@@ -26,10 +26,11 @@ from mesh.scenario import (
     load_plugin,
     load_scenario,
 )
+from mesh.scenario._decls import ModuleDecl
 from mesh.scenario._faults import FaultTimeline
 from mesh.scenario._infra import pipeline_for
 from mesh.scenario._live import LiveLoop
-from mesh.scenario._schema import CpuHog, ModuleDecl
+from mesh.scenario._schema import CpuHog
 
 # -- a plugin written against the Protocol (a fake: it simulates a counter) -----------
 
