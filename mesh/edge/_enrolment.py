@@ -49,10 +49,10 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from edge_agent._files import atomic_write
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
 from mesh.core._errors import ConfigError, MeshError, StoreError
 from mesh.core._settings import MeshSettings
-from mesh.models._artifacts import atomic_write_bytes
 
 __all__ = [
     "CONTROL_PLANE_USER",
@@ -540,7 +540,7 @@ def control_plane_credentials(settings: EdgeSettings | None = None) -> BrokerCre
             "password": creds.password,
             "password_hash": hash_password(creds.password, username=creds.username),
         }
-        atomic_write_bytes(file, json.dumps(payload, indent=2).encode(), mode=0o600)
+        atomic_write(file, json.dumps(payload, indent=2).encode(), mode=0o600)
         logger.info("created control-plane broker user %s in %s", creds.username, file)
         return creds
 
@@ -575,8 +575,8 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
     pw_file, acl_file = settings.password_file, settings.acl_file
     with _file_lock(pw_file.parent / ".lock"):
         # Group-readable so a mosquitto running as its own user (in the file's group) can read.
-        atomic_write_bytes(pw_file, passwd.encode(), mode=0o640)
-        atomic_write_bytes(acl_file, acl.encode(), mode=0o640)
+        atomic_write(pw_file, passwd.encode(), mode=0o640)
+        atomic_write(acl_file, acl.encode(), mode=0o640)
     logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
     return pw_file, acl_file
 
