@@ -53,6 +53,7 @@ from edge_agent._files import atomic_write
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
 from mesh.core._errors import ConfigError, MeshError, StoreError
 from mesh.core._settings import MeshSettings
+from mesh.core._sqlite import Schema, open_sqlite
 
 __all__ = [
     "CONTROL_PLANE_USER",
@@ -293,7 +294,10 @@ class EnrolmentResult:
         return shlex.join(self.command)
 
 
-_SCHEMA = """
+# Version 1 is the tables as they were before versions; a change is a new migration step.
+_SCHEMA = Schema(
+    "agents",
+    """
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY,
     site TEXT NOT NULL,
@@ -307,7 +311,8 @@ CREATE TABLE IF NOT EXISTS agents (
     metrics_json TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS agents_token ON agents(token_sha256);
-"""
+""",
+)
 
 
 def _token_digest(token: str) -> str:
@@ -328,14 +333,7 @@ class EnrolmentStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            self._db = open_sqlite(str(self.path), _SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the agent store {self.path}: {exc}") from exc
 

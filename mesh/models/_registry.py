@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
-from mesh.core._sqlite import open_sqlite
+from mesh.core._sqlite import Schema, open_sqlite
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.models._export import InvalidModelError, ModelSignature, load_checked, signature_of
 from mesh.models._profile import CPU, ModelProfile, measure_profile
@@ -229,7 +229,10 @@ class ModelSummary:
 
 # -- the registry ---------------------------------------------------------------------
 
-_SCHEMA = """
+# Version 1 is the tables as they were before versions; a change is a new migration step.
+_SCHEMA = Schema(
+    "models",
+    """
 CREATE TABLE IF NOT EXISTS model_versions (
     model TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -257,7 +260,8 @@ CREATE TABLE IF NOT EXISTS model_stage_events (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS model_stage_events_by_model ON model_stage_events(model, id);
-"""
+""",
+)
 
 
 def _jsonable(value: Any) -> Any:
