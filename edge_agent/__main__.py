@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from ._agent import Agent
     from ._settings import SettingsError, load_settings
+    from ._sqlite import SchemaVersionError
 
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         agent = Agent(settings)
-    except (SettingsError, OSError) as exc:
+    except (SettingsError, SchemaVersionError, OSError) as exc:
         logger.error("agent %s cannot start: %s", settings.id, exc)
         return 2
     agent.start()

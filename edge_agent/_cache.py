@@ -7,7 +7,8 @@ Layout under ``cache_dir``::
     state.json                                      last applied desired state + installs
 
 Every write is temp file + fsync + rename (+ fsync of the directory), so a
-crash leaves the old file or the new one, never half of one.
+crash leaves the old file or the new one, never half of one
+(:mod:`edge_agent._files`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _ed25519
+from ._files import atomic_write, fsync_dir
 from .protocol import (
     DesiredState,
     ErrorCode,
@@ -34,7 +36,7 @@ from .protocol import (
     artifact_signing_message,
 )
 
-__all__ = ["ArtifactError", "CachedState", "Installed", "ModuleCache", "atomic_write"]
+__all__ = ["ArtifactError", "CachedState", "Installed", "ModuleCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,32 +83,6 @@ class CachedState:
 
     desired: DesiredState | None
     installed: dict[str, Installed]
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem allows opening a dir
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp + fsync + rename + dir fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def sha256_file(path: Path) -> str:
@@ -214,7 +190,7 @@ class ModuleCache:
                 )
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -274,7 +250,7 @@ class ModuleCache:
                 for n, i in installed.items()
             },
         }
-        atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
+        atomic_write(self.state_path, json.dumps(doc, indent=1).encode(), mode=0o600)
 
     def load_state(self) -> CachedState:
         """Read ``state.json``; files that are missing or do not match their sha256 are skipped."""

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ._sqlite import Schema, apply_schema
 from .protocol import OutboxStats
 
 __all__ = ["Outbox", "OutboxItem"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
+_REMEDY = (
+    "upgrade the agent (pip install -U 'fogmesh[edge]'), or move the file away to start "
+    "with an empty outbox (its unsent events are then lost)"
+)
+
+# Version 1 is the tables as they were before versions; a change is a new migration step.
+_SCHEMA = Schema(
+    "outbox",
+    """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -34,7 +43,8 @@ CREATE TABLE IF NOT EXISTS events (
     qos INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+""",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +85,21 @@ class Outbox:
     def __init__(
         self, path: Path, *, max_events: int = 10000, max_bytes: int = 64 * 1024 * 1024
     ) -> None:
-        """Open (or create) the buffer at ``path``."""
+        """Open (or create) the buffer at ``path``.
+
+        Raises:
+            SchemaVersionError: a newer agent wrote the file (the message says what to do).
+            sqlite3.Error: the file cannot be opened.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            apply_schema(self._db, _SCHEMA, path=str(path), remedy=_REMEDY)
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
         self._max_events = max_events
         self._max_bytes = max_bytes

@@ -1,11 +1,13 @@
-"""MQTT transport: the only module of the agent that touches paho.
+"""MQTT transport: the agent's MQTT connection, kept across broker restarts.
 
-:class:`MqttTransport` wraps a paho client (callback API VERSION2) with what the
-agent needs: TLS and credentials, TCP_NODELAY on the socket, keepalive, a
-retained last will, persistent sessions, reconnect with doubling backoff, MQTT 5
-with a fallback to 3.1.1 when the broker refuses 5 (amqtt does), and
-resubscription on every connect. Handlers run on paho's network thread and must
-not block: they decode and hand work to queues.
+:class:`MqttTransport` wraps a paho client (the hot-path tuned
+:class:`~edge_agent._client.FastClient`, set up by
+:mod:`edge_agent._mqtt` as the edge bus and replicas are: callback API
+VERSION2, TCP_NODELAY, TLS and credentials, the retained last will, MQTT 5
+when the broker speaks it, else 3.1.1) with what the agent needs: keepalive,
+persistent sessions, reconnect with doubling backoff, and resubscription on
+every connect. Handlers run on paho's network thread and must not block: they
+decode and hand work to queues.
 
 The :class:`Transport` protocol is the seam the agent depends on; unit tests use
 :class:`edge_agent.MemoryTransport` instead.
@@ -13,22 +15,27 @@ The :class:`Transport` protocol is the seam the agent depends on; unit tests use
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+
+from ._client import Ack, FastClient
+from ._mqtt import (
+    ClientOptions,
+    TlsOptions,
+    choose_protocol,
+    new_client,
+    reason_value,
+    refusal_text,
+    session_properties,
+)
 
 __all__ = [
     "ConnectionConfig",
@@ -37,13 +44,9 @@ __all__ = [
     "MqttTransport",
     "PublishHandle",
     "Transport",
-    "probe_mqtt5",
 ]
 
 logger = logging.getLogger(__name__)
-
-# CONNACK codes meaning "I do not speak this protocol version" (v5 0x84, v3 1).
-_UNSUPPORTED_PROTOCOL = {0x84, 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,252 +181,7 @@ class _Subscription:
 class _State:
     connected: bool = False
     protocol: str = "5"
-    ever_connected: bool = False
     subs: dict[str, _Subscription] = field(default_factory=dict)
-
-
-_V5_PROBE = bytes.fromhex("100d00044d5154540502000a000000")  # CONNECT v5, clean, no id
-
-
-def probe_mqtt5(config: ConnectionConfig, timeout_s: float = 3.0) -> bool:
-    """Whether the broker accepts MQTT 5, from a bare CONNECT (no will, no credentials).
-
-    Any v5 CONNACK (even "not authorized") means yes; a 3.1.1 refusal
-    ("unacceptable protocol version"), a close or a silence means no.
-
-    Raises:
-        OSError: the broker is not reachable.
-    """
-    sock: socket.socket = socket.create_connection((config.host, config.port), timeout=timeout_s)
-    try:
-        if config.tls:
-            ctx = ssl.create_default_context(cafile=config.ca_file)
-            if config.cert_file:
-                ctx.load_cert_chain(config.cert_file, config.key_file)
-            if config.tls_insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            sock = ctx.wrap_socket(sock, server_hostname=config.host)
-        sock.sendall(_V5_PROBE)
-        try:
-            head = sock.recv(5)
-        except TimeoutError:
-            return False
-        if len(head) < 4 or head[0] != 0x20:
-            return False
-        if head[1] == 2 and head[3] == 1:  # a 3.1.1 CONNACK: unacceptable protocol version
-            return False
-        if head[3] == 0:
-            with contextlib.suppress(OSError):
-                sock.sendall(b"\xe0\x00")  # DISCONNECT, so no session lingers
-        return head[3] != 0x84
-    finally:
-        sock.close()
-
-
-class _Client(mqtt.Client):
-    """paho's client, run by :meth:`start_loop` instead of ``loop_start()``.
-
-    Under ``loop_start()`` a publish from another thread (the module worker
-    sending a reply) only queues the packet and wakes the network thread through
-    a socketpair, which then writes it: two thread hand-offs per reply. Without
-    paho's own thread, ``publish()`` writes the packet from the calling thread
-    (unless the network thread is inside a callback, which then writes it on
-    its way out), so a reply leaves as soon as it is made. Writes can now come
-    from two threads, so they are serialised here; none blocks (the socket is
-    non-blocking: what a full send buffer leaves queued goes out with the
-    network thread's next pass, at the latest after its 1 s select timeout).
-    TLS keeps ``loop_start()``: an SSL object must not be read and written from
-    two threads at once.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._write_lock = threading.Lock()
-        self._loop_thread: threading.Thread | None = None
-        self._filtered = False  # whether message_callback_add was ever called
-        # What paho builds for every PUBACK it receives, built once (see below).
-        self._puback_reason = ReasonCode(PacketTypes.PUBACK)
-        self._puback_props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
-        # Acks made on the network thread while it hands out a message: sent
-        # once the callback is over, written at once (as paho's own PUBACK is).
-        self._dispatching: int | None = None
-        self._acks_after: list[tuple[int, int]] = []
-
-    # paho decodes every packet it receives into a new MQTT 5 Properties (even
-    # over 3.1.1, for PUBACKs), and Properties() rebuilds its name tables each
-    # time: ~0.1 ms of a request's trip on this machine, on the network thread,
-    # holding the GIL. The two packets of every request (its PUBLISH and the
-    # PUBACK of the reply) mostly carry no properties; those are read here
-    # without one (a message's ``properties`` is then None, which
-    # MqttTransport._on_message reads as "none"). Anything else (properties,
-    # QoS 2, paho's logging on) goes to paho's own code. With manual acks (the
-    # agent's client) neither path sends the PUBACK: MqttTransport does.
-
-    def message_callback_add(self, sub: str, callback: Any) -> None:
-        """Add a per-topic callback (messages are then matched against them, as paho does)."""
-        self._filtered = True
-        super().message_callback_add(sub, callback)
-
-    def _plain_packets(self) -> bool:
-        return self._logger is None and self._on_log is None
-
-    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
-        """Acknowledge message ``mid`` (after the callback, if made from inside it)."""
-        if self._dispatching == threading.get_ident():
-            self._acks_after.append((mid, qos))
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super().ack(mid, qos)
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        self._dispatching = threading.get_ident()
-        try:
-            rc = self._dispatch_publish()
-        finally:
-            self._dispatching = None
-        acks, self._acks_after = self._acks_after, []
-        for mid, qos in acks:
-            super().ack(mid, qos)
-        return rc
-
-    def _dispatch_publish(self) -> MQTTErrorCode:
-        command = self._in_packet["command"]
-        packet = self._in_packet["packet"]
-        qos = (command & 0x06) >> 1
-        size = len(packet)
-        if qos > 1 or size < 2 or not self._plain_packets():
-            return super()._handle_publish()
-        end = 2 + ((packet[0] << 8) | packet[1])  # the topic is packet[2:end]
-        at = end + 2 if qos else end  # after the message id
-        v5 = self._protocol == mqtt.MQTTv5
-        if end == 2 or at + v5 > size or (v5 and packet[at] != 0):
-            # No topic (an MQTT 5 alias, or malformed), too short, or properties.
-            return super()._handle_publish()
-        topic = bytes(packet[2:end])
-        try:
-            topic.decode()
-        except UnicodeDecodeError:
-            return super()._handle_publish()
-        mid = (packet[end] << 8) | packet[end + 1] if qos else 0
-        message = mqtt.MQTTMessage(mid, topic)
-        message.dup = bool(command & 0x08)
-        message.qos = qos
-        message.retain = bool(command & 0x01)
-        message.payload = bytes(packet[at + v5 :])  # properties stay None: there are none
-        message.timestamp = time.monotonic()  # paho's clock
-        on_message = self.on_message
-        if self._filtered or on_message is None:
-            self._handle_on_message(message)
-        else:  # paho's _handle_on_message, less the per-topic callbacks we never add
-            with self._in_callback_mutex:
-                try:
-                    on_message(self, self._userdata, message)
-                except Exception as err:
-                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                    if not self.suppress_exceptions:
-                        raise
-        if qos == 0 or self._manual_ack:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return self._send_puback(mid)
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        if len(packet) != 2 or self.on_publish is not None or not self._plain_packets():
-            return super()._handle_pubackcomp(cmd)
-        mid = (packet[0] << 8) | packet[1]
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, self._puback_reason, self._puback_props)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _packet_write(self) -> MQTTErrorCode:
-        with self._write_lock:
-            return super()._packet_write()
-
-    def _packet_queue(
-        self,
-        command: int,
-        packet: bytes | bytearray,
-        mid: int,
-        qos: int,
-        info: mqtt.MQTTMessageInfo | None = None,
-    ) -> MQTTErrorCode:
-        # paho's own (2.1, 2.2) pokes the network thread through its socketpair
-        # on every packet, before writing it. With our loop the caller writes
-        # the packet itself, so the poke only woke the network thread to fight
-        # the worker for the GIL in the middle of a reply (~0.1 ms a round
-        # trip here). Poke only when something is left for that thread to do.
-        if self._loop_thread is None:  # loop_start() (TLS) or no loop: paho's way
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
-        # Inside a callback the network thread writes it on its way out.
-        written = self._in_callback_mutex.acquire(False)
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        if written:
-            self._in_callback_mutex.release()
-            rc = self.loop_write()  # as paho: a failed write (connection lost) is returned
-        if not written or self.want_write():
-            pair = self._sockpairW
-            if pair is not None:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    pair.send(b"0")
-        return rc
-
-    def start_loop(self) -> None:
-        """Run the network loop (connect, read, reconnect) on a daemon thread."""
-        self._thread_terminate = False
-        self._loop_thread = threading.Thread(
-            target=self._run_loop, name=f"mqtt-{self._client_id.decode()}", daemon=True
-        )
-        self._loop_thread.start()
-
-    def _run_loop(self) -> None:
-        try:
-            self.loop_forever(retry_first_connection=True)
-        except Exception:  # never seen; without it the thread would die silently
-            logger.exception("mqtt network loop of %s failed", self._client_id.decode())
-
-    def stop_loop(self, timeout_s: float = 5.0) -> None:
-        """Stop the loop started by :meth:`start_loop` (after :meth:`disconnect`)."""
-        self._thread_terminate = True
-        thread = self._loop_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-
-
-class _Ack:
-    """Sends one message's PUBACK, once, from whichever thread is done with it."""
-
-    __slots__ = ("_client", "_mid", "_qos", "_sent")
-
-    def __init__(self, client: mqtt.Client, mid: int, qos: int) -> None:
-        self._client, self._mid, self._qos = client, mid, qos
-        self._sent = False
-
-    def __call__(self) -> None:
-        if self._sent:
-            return
-        self._sent = True
-        # Lost with the connection it came on: the broker sends the message again.
-        self._client.ack(self._mid, self._qos)
-
-
-def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-    # Without it, small request/reply messages wait for Nagle: 88 ms instead of 1 ms.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (unix, websockets)
-        logger.debug("TCP_NODELAY not set on %r", sock)
 
 
 class MqttTransport:
@@ -468,19 +226,29 @@ class MqttTransport:
 
     # -------------------------------------------------------------- paho client
 
-    def _make_client(self) -> _Client:
+    def _tls(self) -> TlsOptions | None:
         cfg = self._config
-        v5 = self._state.protocol == "5"
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
+        if not cfg.tls:
+            return None
+        return TlsOptions(cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure)
+
+    def _make_client(self) -> FastClient:
+        cfg = self._config
+        options = ClientOptions(
             client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else cfg.clean_start,
-            reconnect_on_failure=True,
+            protocol="5" if self._state.protocol == "5" else "3.1.1",
+            clean_session=cfg.clean_start,
+            username=cfg.username,
+            password=cfg.password,
+            tls=self._tls(),
+            will=cfg.will,
+            reconnect_min_s=cfg.reconnect_min_s,
+            reconnect_max_s=cfg.reconnect_max_s,
+            max_inflight=cfg.max_inflight,
             # Acks are sent by _on_message: at once, or by a deferred_ack handler.
             manual_ack=True,
         )
-        client.on_socket_open = _set_nodelay
+        client = new_client(options, FastClient)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         # No on_publish: paho would call it under its callback mutex from inside a
@@ -488,35 +256,14 @@ class MqttTransport:
         # paho's message mutex, waiting on a network thread that wants it (a
         # deadlock). Handles ask paho's MQTTMessageInfo instead.
         client.on_message = self._on_message
-        client.max_inflight_messages_set(cfg.max_inflight)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=cfg.ca_file,
-                certfile=cfg.cert_file,
-                keyfile=cfg.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(cfg.tls_insecure)
-        if cfg.will is not None:
-            client.will_set(cfg.will[0], cfg.will[1], qos=1, retain=True)
         return client
-
-    def _connect_properties(self) -> Properties | None:
-        if self._state.protocol != "5":
-            return None
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._config.session_expiry_s
-        return props
 
     def start(self) -> None:
         """Start connecting in the background (returns at once).
 
         With ``protocol="auto"`` a probe first asks the broker whether it speaks
-        MQTT 5 (some 3.1.1-only brokers, amqtt among them, hang on a v5 CONNECT
-        that carries a will instead of refusing it).
+        MQTT 5 (:func:`edge_agent._mqtt.choose_protocol`), retried with backoff
+        while the broker is unreachable.
         """
         with self._lock:
             self._stopping = False
@@ -533,7 +280,7 @@ class MqttTransport:
         delay = float(cfg.reconnect_min_s)
         while not self._stop_event.is_set():
             try:
-                v5 = probe_mqtt5(cfg)
+                proto = choose_protocol(cfg.protocol, cfg.host, cfg.port, tls=self._tls())
             except OSError as exc:
                 logger.info(
                     "agent %s: broker %s:%d not reachable (%s); retrying in %.0fs",
@@ -547,7 +294,6 @@ class MqttTransport:
                 delay = min(delay * 2, float(cfg.reconnect_max_s))
                 continue
             with self._lock:
-                proto = "5" if v5 else "3.1.1"
                 if proto != self._state.protocol:
                     self._state.protocol = proto
                     self._client = self._make_client()
@@ -565,7 +311,7 @@ class MqttTransport:
                 cfg.port,
                 keepalive=cfg.keepalive_s,
                 clean_start=cfg.clean_start,
-                properties=self._connect_properties(),
+                properties=session_properties(self._state.protocol, cfg.session_expiry_s),
             )
             if cfg.tls:
                 self._client.loop_start()
@@ -599,31 +345,11 @@ class MqttTransport:
         self._stop_loop(client)
         self._state.connected = False
 
-    def _stop_loop(self, client: _Client) -> None:
+    def _stop_loop(self, client: FastClient) -> None:
         if self._config.tls:
             client.loop_stop()
         else:
             client.stop_loop()
-
-    def _fallback_to_311(self) -> None:
-        # Runs on the network thread; swap the client from a helper thread since
-        # loop_stop() cannot be called from the loop's own thread.
-        def swap() -> None:
-            with self._lock:
-                old = self._client
-                self._stop_loop(old)
-                self._client = self._make_client()
-                self._loop_started = False
-            self._connect()
-
-        if self._state.protocol != "5":
-            return
-        self._state.protocol = "3.1.1"
-        logger.info(
-            "agent %s: broker refused MQTT 5, falling back to 3.1.1", self._config.client_id
-        )
-        self._client.disconnect()
-        threading.Thread(target=swap, name="mqtt-fallback", daemon=True).start()
 
     # -------------------------------------------------------------- callbacks
 
@@ -631,18 +357,17 @@ class MqttTransport:
         self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
-            if (
-                self._config.protocol == "auto"
-                and self._state.protocol == "5"
-                and not self._state.ever_connected
-                and reason.value in _UNSUPPORTED_PROTOCOL
-            ):
-                self._fallback_to_311()
-                return
-            logger.warning("agent %s: connection refused: %s", self._config.client_id, reason)
+            # paho retries with backoff; the log says what to fix meanwhile.
+            logger.warning(
+                "agent %s: broker %s:%d refused the connection (MQTT %s): %s",
+                self._config.client_id,
+                self._config.host,
+                self._config.port,
+                self._state.protocol,
+                refusal_text(reason_value(reason)),
+            )
             return
         self._state.connected = True
-        self._state.ever_connected = True
         logger.info(
             "agent %s connected (MQTT %s, session present: %s)",
             self._config.client_id,
@@ -691,7 +416,7 @@ class MqttTransport:
         qos = msg.qos
         # One handler may take the ack; with none (or several) it goes now.
         deferred = [sub for sub in subs if sub.deferred_ack]
-        ack = _Ack(client, msg.mid, qos) if qos and len(deferred) == 1 else None
+        ack = Ack(client, msg.mid, qos) if qos and len(deferred) == 1 else None
         try:
             if not subs:
                 logger.debug("agent %s: no handler for %s", self._config.client_id, topic)

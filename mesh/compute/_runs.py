@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mesh.core._errors import StoreError
-from mesh.core._sqlite import open_sqlite, write_transaction
+from mesh.core._sqlite import Schema, open_sqlite, write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,10 @@ class Store(Protocol):
         ...
 
 
-_SCHEMA = """
+# Version 1 is the tables as they were before versions; a change is a new migration step.
+_SCHEMA = Schema(
+    "runs",
+    """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     function TEXT NOT NULL,
@@ -162,7 +165,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     spec_json TEXT NOT NULL,
     deployed_at REAL NOT NULL
 );
-"""
+""",
+)
 
 
 class SQLiteStore:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core._errors import StoreError
-from mesh.core._sqlite import open_sqlite, write_transaction
+from mesh.core._sqlite import Schema, open_sqlite, write_transaction
 
 __all__ = [
     "DeploymentRecord",
@@ -50,7 +50,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
+# Version 1 is the tables as they were before versions; a change is a new migration step.
+_SCHEMA = Schema(
+    "placements",
+    """
 CREATE TABLE IF NOT EXISTS placement_plans (
     version INTEGER PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -106,7 +109,8 @@ CREATE TABLE IF NOT EXISTS placement_pipelines (
     rate_per_s REAL NOT NULL,
     updated_at REAL NOT NULL
 );
-"""
+""",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,17 @@
-"""SQLite helpers shared by every store (runs, placements, registry, edge records).
+"""SQLite helpers shared by every store (runs, placements, registry, agent enrolments).
 
-One opener (WAL, ``synchronous=NORMAL``, schema applied) and one write
-transaction (``BEGIN IMMEDIATE`` under a lock, rolled back on any error).
+One opener (WAL, ``synchronous=NORMAL``, the store's versioned schema applied)
+and one write transaction (``BEGIN IMMEDIATE`` under a lock, rolled back on any
+error). Schema versions and migrations are :mod:`edge_agent._sqlite`'s (the
+agent's outbox uses the same helper): every store passes a :class:`Schema`
+whose ``create`` script makes version 1 and whose ``migrations`` each take
+version ``n`` to ``n + 1``; a file a newer fogmesh wrote is refused with a
+:class:`~mesh.core._errors.StoreError` saying what to do.
+
+Example:
+    >>> db = open_sqlite(":memory:", Schema("notes", "CREATE TABLE IF NOT EXISTS n (t TEXT);"))
+    >>> db.execute("SELECT version FROM schema_versions").fetchone()[0]
+    1
 """
 
 from __future__ import annotations
@@ -12,30 +22,41 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edge_agent._sqlite import Migration, Schema, SchemaVersionError, apply_schema
 from mesh.core._errors import StoreError
 
-__all__ = ["open_sqlite", "write_transaction"]
+__all__ = ["Migration", "Schema", "open_sqlite", "write_transaction"]
 
 
-def open_sqlite(path: str, schema: str, *, named_rows: bool = True) -> sqlite3.Connection:
-    """A WAL-mode connection to ``path`` (its folder created) with ``schema`` applied.
+def open_sqlite(path: str, schema: Schema, *, named_rows: bool = True) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path`` (its folder created), ``schema`` at its version.
 
-    Shared by the run, placement and registry stores. WAL + ``synchronous=NORMAL``
-    survives a process crash (not a power cut) and skips an fsync per commit,
-    which matters on the invocation path. Rows come back as ``sqlite3.Row``
-    unless ``named_rows`` is False (plain tuples).
+    Shared by the run, placement, registry and enrolment stores (one file
+    may hold several). WAL + ``synchronous=NORMAL`` survives a process crash
+    (not a power cut) and skips an fsync per commit, which matters on the
+    invocation path. Rows come back as ``sqlite3.Row`` unless ``named_rows``
+    is False (plain tuples).
 
     Raises:
+        StoreError: a newer fogmesh wrote the file (the message names the
+            file, both versions and what to do).
         sqlite3.Error: the file cannot be opened or the schema applied.
     """
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
-    if named_rows:
-        db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(schema)
+    try:
+        if named_rows:
+            db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        apply_schema(db, schema, path=path)
+    except SchemaVersionError as exc:
+        db.close()
+        raise StoreError(str(exc)) from exc
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -31,6 +31,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from edge_agent._files import atomic_write
 from edge_agent.protocol import ModuleSpec, Route
 from mesh.core._errors import MeshError
 from mesh.core._http_server import ServerThread, serve_asgi
@@ -39,7 +40,6 @@ from mesh.models._artifacts import (
     ArtifactNotFoundError,
     ArtifactSigner,
     ArtifactStore,
-    atomic_write_bytes,
 )
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class UrlSigner:
         """Load ``<data_dir>/keys/artifact-url.key``, creating it (0600) if missing."""
         file = Path(data_dir) / "keys" / URL_KEY_FILE
         if not file.is_file():
-            atomic_write_bytes(file, secrets.token_bytes(32), mode=0o600)
+            atomic_write(file, secrets.token_bytes(32), mode=0o600)
             logger.info("created artifact URL signing key %s", file)
         return cls(file.read_bytes())
 

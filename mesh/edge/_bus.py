@@ -13,17 +13,20 @@ other message to one dispatcher thread, so neither a slow handler nor the
 registry ever blocks the network thread. Handlers run on the dispatcher thread,
 in arrival order; an exception in one is logged and the gateway goes on.
 
-Parts: this module is the paho client and the public API; what needs no MQTT
-lives apart and is tested without a broker: the registry and event dedupe
+Parts: this module is the public API; the paho client and its connection are
+:class:`~mesh.edge._link.BrokerLink`; what needs no MQTT lives apart and is
+tested without a broker: the registry and event dedupe
 (:mod:`mesh.edge._registry`), the dispatcher (:mod:`mesh.edge._dispatch`),
 subscriptions (:mod:`mesh.edge._subscriptions`), requests in flight
 (:mod:`mesh.edge._requests`), topic filters (:mod:`mesh.core._topics`), and the
 errors and records (:mod:`mesh.edge._records`).
 
-Connection: MQTT 5 when the broker speaks it (ResponseTopic/CorrelationData, and a
-session with an expiry, so subscriptions and QoS 1 messages survive a broker
-restart), else 3.1.1 (e.g. the embedded amqtt broker); ``TCP_NODELAY`` on the
-socket; automatic reconnects. Broker subscriptions are kept free of overlaps
+Connection (:mod:`mesh.edge._link`, set up by :mod:`edge_agent._mqtt` as the
+agent's and replicas' are): MQTT 5 when the broker speaks it
+(ResponseTopic/CorrelationData, and a session with an expiry, so subscriptions
+and QoS 1 messages survive a broker restart), else 3.1.1 (e.g. the embedded
+amqtt broker); ``TCP_NODELAY`` on the socket; automatic reconnects; a refusal
+says what its reason code means. Broker subscriptions are kept free of overlaps
 (overlapping patterns are merged into a wider filter and matched locally), since a
 broker sends one copy per matching subscription (:mod:`mesh.core._topics`).
 
@@ -47,8 +50,6 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-import queue
-import socket
 import threading
 import time
 import uuid
@@ -67,6 +68,7 @@ from edge_agent.protocol import (
 )
 from mesh.core._topics import cover_filters, topic_covers
 from mesh.edge._dispatch import Dispatcher
+from mesh.edge._link import BrokerLink
 from mesh.edge._records import (
     AgentView,
     EdgeBusError,
@@ -101,18 +103,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: unsupported protocol version (v3 rc 1 maps here)
-
-
-def _paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:  # pragma: no cover - depends on extras
-        raise EdgeBusError(
-            "the edge gateway needs paho-mqtt: pip install 'fogmesh[cloud]'"
-        ) from exc
-    return mqtt
 
 
 # ------------------------------------------------------------------------ gateway
@@ -162,29 +152,10 @@ class EdgeBus:
         self.broker_url = broker_url
         self.host = parts.hostname
         self.port = parts.port or 1883
-        self._username = username or (unquote(parts.username) if parts.username else None)
-        self._password = (
-            password
-            if password is not None
-            else (unquote(parts.password) if parts.password else None)
-        )
         self.topics = Topics(prefix)
         self.prefix = prefix
         self.client_id = client_id or f"mesh-gw-{uuid.uuid4().hex[:12]}"
         self.reply_topic = self.topics.reply(Topics.check_segment(self.client_id))
-        self._protocol_choice = protocol
-        self.protocol: str | None = None
-        self._keepalive_s = keepalive_s
-        self._session_expiry_s = session_expiry_s
-
-        self._client: Any = None
-        self._ready_mid: int | None = None
-        self._connected = threading.Event()
-        self._ready = threading.Event()  # connected and internal subscriptions acknowledged
-        self._connack: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._stopping = False
-        self._starting = False
-        self._probing = False
 
         # The paho-free parts, each with its own lock (never held over a paho call).
         self._registry = AgentRegistry(
@@ -196,18 +167,36 @@ class EdgeBus:
         self._pending = PendingRequests(name=self.client_id, reply_topic=self.reply_topic)
         internal = [self.topics.all_agents(leaf) for leaf in AGENT_LEAVES]
         internal += [f"{prefix}/events/#", self.reply_topic]
-        self._subscriptions = Subscriptions(internal, client=self._live_client, name=self.client_id)
+        self._subscriptions = Subscriptions(
+            internal, client=lambda: self._link.live_client(), name=self.client_id
+        )
         self._dispatcher = Dispatcher(
             prefix=prefix,
             registry=self._registry,
             subscriptions=self._subscriptions,
             name=self.client_id,
         )
+        self._link = BrokerLink(
+            self.host,
+            self.port,
+            client_id=self.client_id,
+            username=username or (unquote(parts.username) if parts.username else None),
+            password=password
+            if password is not None
+            else (unquote(parts.password) if parts.password else None),
+            protocol=protocol,
+            keepalive_s=keepalive_s,
+            session_expiry_s=session_expiry_s,
+            filters=self._subscriptions.filters,
+            on_message=self._on_message,
+            on_suback=self._subscriptions.acknowledged,
+            on_ready=self._registry.notify,
+        )
 
     def __repr__(self) -> str:
         return (
             f"EdgeBus(broker={self.host}:{self.port}, client_id={self.client_id!r}, "
-            f"protocol={self.protocol!r}, ready={self._ready.is_set()})"
+            f"protocol={self.protocol!r}, ready={self._link.ready})"
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -219,51 +208,14 @@ class EdgeBus:
             EdgeConnectionError: the broker was unreachable, refused the
                 credentials, or did not acknowledge within ``timeout_s``.
         """
-        if self._client is not None:
+        if self._link.client is not None:
             return self
-        self._stopping = False
-        self._starting = True
         self._dispatcher.start()
-        deadline = time.monotonic() + timeout_s
-        proto = "3.1.1" if self._protocol_choice == "3.1.1" else "5"
         try:
-            # A 3.1.1-only broker (amqtt) misreads a v5 CONNECT with properties or
-            # credentials and never answers, so "auto" first probes with a bare v5
-            # CONNECT: "unsupported protocol version" means 3.1.1, any other answer
-            # (accepted, not authorised, ...) means v5.
-            if self._protocol_choice == "auto":
-                code = self._connect(proto, deadline, mode="probe")
-                if code == _UNSUPPORTED_PROTOCOL:
-                    logger.info(
-                        "broker %s:%d refused MQTT 5; falling back to 3.1.1", self.host, self.port
-                    )
-                    proto = "3.1.1"
-            if proto == "5" and self._session_expiry_s > 0:
-                # Mosquitto (2.0.11) does not keep a session across its own restart when
-                # the session began with clean start, so: wipe any old session with a
-                # clean connect, then open the real one with clean start off.
-                code = self._connect(proto, deadline, mode="wipe")
-                if code != 0:
-                    raise EdgeConnectionError(
-                        f"broker {self.host}:{self.port} refused gateway {self.client_id} "
-                        f"(MQTT {proto}): {_reason_text(code)}"
-                    )
-            code = self._connect(proto, deadline)
-            if code != 0:
-                raise EdgeConnectionError(
-                    f"broker {self.host}:{self.port} refused gateway {self.client_id} "
-                    f"(MQTT {proto}): {_reason_text(code)}"
-                )
-            if not self._ready.wait(max(0.0, deadline - time.monotonic())):
-                raise EdgeConnectionError(
-                    f"broker {self.host}:{self.port} did not acknowledge the gateway's "
-                    f"subscriptions within {timeout_s:g} s"
-                )
+            self._link.start(timeout_s)
         except BaseException:
             self.stop()
             raise
-        finally:
-            self._starting = False
         logger.info(
             "edge gateway %s connected to %s:%d over MQTT %s",
             self.client_id,
@@ -273,85 +225,9 @@ class EdgeBus:
         )
         return self
 
-    def _connect(
-        self, proto: str, deadline: float, *, mode: Literal["probe", "wipe", "session"] = "session"
-    ) -> int:
-        mqtt = _paho()
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        v5 = proto == "5"
-        bare = mode == "probe"
-        persistent = v5 and mode == "session" and self._session_expiry_s > 0
-        if self._client is not None:
-            self._teardown_client()
-        # The probe has its own id so it never wipes the gateway's persistent session.
-        kwargs: dict[str, Any] = {
-            "client_id": f"{self.client_id}-probe" if bare else self.client_id,
-            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        }
-        if not v5:
-            kwargs["clean_session"] = True
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        client.on_socket_open = _set_nodelay
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=2)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        if self._username is not None and not bare:
-            client.username_pw_set(self._username, self._password)
-        self._client = client
-        self._probing = mode != "session"
-        self.protocol = proto
-        props = None
-        if persistent:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._session_expiry_s
-        try:
-            client.connect(
-                self.host,
-                self.port,
-                keepalive=self._keepalive_s,
-                properties=props,
-                clean_start=False if persistent else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            )
-        except OSError as exc:
-            raise EdgeConnectionError(
-                f"cannot reach broker {self.host}:{self.port}: {exc}"
-            ) from exc
-        client.loop_start()
-        try:
-            return self._connack.get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            raise EdgeConnectionError(
-                f"no CONNACK from broker {self.host}:{self.port} (MQTT {proto})"
-            ) from None
-
-    def _teardown_client(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            client.disconnect()
-        except Exception:  # already gone; nothing more to do
-            logger.debug("gateway %s: disconnect failed", self.client_id, exc_info=True)
-        client.loop_stop()
-        while True:  # drop stale CONNACK codes of this client
-            try:
-                self._connack.get_nowait()
-            except queue.Empty:
-                break
-
     def stop(self) -> None:
         """Disconnect, fail pending requests and stop the dispatcher; idempotent."""
-        self._stopping = True
-        self._ready.clear()
-        self._connected.clear()
-        self._teardown_client()
+        self._link.stop()
         self._pending.fail_all()
         self._dispatcher.stop()
         logger.info("edge gateway %s stopped", self.client_id)
@@ -365,83 +241,14 @@ class EdgeBus:
     @property
     def connected(self) -> bool:
         """Whether the gateway is connected with its subscriptions in place."""
-        return self._ready.is_set()
+        return self._link.ready
 
-    def _live_client(self) -> Any:
-        client = self._client
-        return client if client is not None and self._connected.is_set() else None
+    @property
+    def protocol(self) -> str | None:
+        """The MQTT version in use (``"5"`` or ``"3.1.1"``), None before :meth:`start`."""
+        return self._link.protocol
 
-    # ------------------------------------------------------------ paho callbacks
-    # These run on paho's network thread: no blocking, no waiting, no user code.
-
-    def _on_connect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        code = int(getattr(reason_code, "value", reason_code))
-        if client is not self._client:
-            return
-        self._connack.put(code)
-        if self._probing:
-            return  # the protocol probe or the session wipe: start() disconnects it
-        if code != 0:
-            logger.warning(
-                "gateway %s: broker %s:%d refused the connection: %s",
-                self.client_id,
-                self.host,
-                self.port,
-                reason_code,
-            )
-            if self._starting:
-                client.disconnect()  # start() reports it; later, paho keeps retrying
-            return
-        self._connected.set()
-        topics = self._subscriptions.filters()
-        # The SUBACK is read on this same thread after we return, so no race here.
-        _, self._ready_mid = client.subscribe([(t, 1) for t in topics])
-        logger.info(
-            "gateway %s connected to %s:%d (session present: %s); subscribing %d topics",
-            self.client_id,
-            self.host,
-            self.port,
-            getattr(flags, "session_present", None),
-            len(topics),
-        )
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        if client is not self._client:
-            return  # a replaced client (the MQTT 5 probe) going away
-        self._connected.clear()
-        self._ready.clear()
-        if not self._stopping:
-            logger.warning(
-                "gateway %s lost broker %s:%d (%s); reconnecting",
-                self.client_id,
-                self.host,
-                self.port,
-                reason_code,
-            )
-
-    def _on_subscribe(
-        self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
-    ) -> None:
-        failed = [str(rc) for rc in reason_codes if int(getattr(rc, "value", rc)) >= 0x80]
-        if failed:
-            logger.error(
-                "gateway %s: broker refused subscriptions (mid %d): %s",
-                self.client_id,
-                mid,
-                ", ".join(failed),
-            )
-        if mid == self._ready_mid:
-            self._ready_mid = None
-            if self._connected.is_set():
-                self._ready.set()
-                self._registry.notify()
-            return
-        self._subscriptions.acknowledged(mid)
-
+    # On paho's network thread: replies are parsed there, the rest is handed over.
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic: str = message.topic
         if topic == self.reply_topic:
@@ -570,8 +377,8 @@ class EdgeBus:
         Raises:
             EdgeConnectionError: not connected (the request is not sent).
         """
-        client = self._client
-        if not self._ready.is_set() or client is None:
+        client = self._link.client
+        if not self._link.ready or client is None:
             raise EdgeConnectionError(
                 f"gateway {self.client_id} is not connected to {self.host}:{self.port}; "
                 f"{module} on {node} not requested"
@@ -695,7 +502,7 @@ class EdgeBus:
         Raises:
             EdgeBusError: not started, or not acknowledged within ``timeout_s``.
         """
-        client = self._client
+        client = self._link.client
         if client is None:
             raise EdgeBusError(
                 f"gateway {self.client_id} is not started; cannot publish to {topic}"
@@ -713,22 +520,3 @@ class EdgeBus:
                     f"{topic} within {timeout_s:g} s (still queued for after reconnect)"
                 )
             time.sleep(0.005)
-
-
-def _set_nodelay(client: Any, userdata: Any, sock: Any) -> None:
-    # Nagle + delayed ACKs add ~40-88 ms to every small request/response.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        logger.debug("TCP_NODELAY not set on %r", sock)
-
-
-def _reason_text(code: int) -> str:
-    return {
-        4: "bad user name or password",
-        5: "not authorised",
-        132: "unsupported protocol version",
-        134: "bad user name or password",
-        135: "not authorised",
-        136: "server unavailable",
-    }.get(code, f"reason code {code}")

@@ -1,11 +1,12 @@
 """Agent enrolment: per-agent MQTT credentials, artifact tokens and Mosquitto ACLs.
 
 :func:`enroll` gives an agent a random MQTT password and a bearer token for the
-artifact endpoint, records the agent in the SQLite store (table ``agents``, WAL),
-regenerates the Mosquitto password and ACL files from the table (atomically;
-an agent may publish only under its own id, its site's events and replies), and
-returns the command to run on the device. Secrets are shown once: the store
-keeps the password's Mosquitto hash and the token's sha256, never the secrets.
+artifact endpoint, records the agent in the agent store
+(:mod:`mesh.edge._agent_store`, re-exported here), regenerates the Mosquitto
+password and ACL files from the table (atomically; an agent may publish only
+under its own id, its site's events and replies), and returns the command to
+run on the device. Secrets are shown once: the store keeps the password's
+Mosquitto hash and the token's sha256, never the secrets.
 
 The control plane's own broker user (``mesh-control``, read/write on the whole
 prefix) is created on first use; its password lives in
@@ -36,23 +37,21 @@ import logging
 import secrets
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from edge_agent._files import atomic_write
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
-from mesh.core._errors import ConfigError, MeshError, StoreError
+from mesh.core._errors import ConfigError, MeshError
 from mesh.core._settings import MeshSettings
-from mesh.models._artifacts import atomic_write_bytes
+from mesh.edge._agent_store import AgentRecord, EnrolmentStore
 
 __all__ = [
     "CONTROL_PLANE_USER",
@@ -227,29 +226,6 @@ def verify_mosquitto_hash(password: str, hashed: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentRecord:
-    """An enrolled agent as stored, with its last known health.
-
-    Attributes:
-        agent_id: the agent's id (also its MQTT username).
-        site: its site (its events go under ``{p}/events/{site}/``).
-        enrolled_at: Unix seconds.
-        state: last status seen by a gateway: ``online``, ``offline`` or ``unknown``.
-        last_seen_at: when a gateway last heard from it (status or heartbeat).
-        last_heartbeat_at: when its last heartbeat arrived.
-        metrics: its last host metrics (cpu_percent, mem_percent, ...).
-    """
-
-    agent_id: str
-    site: str
-    enrolled_at: float
-    state: str = "unknown"
-    last_seen_at: float | None = None
-    last_heartbeat_at: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class BrokerCredentials:
     """A broker username and password."""
 
@@ -291,185 +267,6 @@ class EnrolmentResult:
     def command_line(self) -> str:
         """The device command as one shell-quoted line."""
         return shlex.join(self.command)
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    agent_id TEXT PRIMARY KEY,
-    site TEXT NOT NULL,
-    username TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    token_sha256 TEXT NOT NULL,
-    enrolled_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'unknown',
-    last_seen_at REAL,
-    last_heartbeat_at REAL,
-    metrics_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE UNIQUE INDEX IF NOT EXISTS agents_token ON agents(token_sha256);
-"""
-
-
-def _token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class EnrolmentStore:
-    """The ``agents`` table of the mesh's SQLite file (WAL); thread-safe.
-
-    Example:
-        >>> store = EnrolmentStore(tmp_path / "mesh.db")      # doctest: +SKIP
-        >>> store.agent_for_token("nope") is None              # doctest: +SKIP
-        True
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        """Open (creating if needed) the SQLite file at ``path``."""
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the agent store {self.path}: {exc}") from exc
-
-    def __repr__(self) -> str:
-        return f"EnrolmentStore(path={str(self.path)!r})"
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> EnrolmentStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"agent store {self.path}: {exc}") from exc
-
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise StoreError(f"agent store {self.path}: {exc}") from exc
-
-    def upsert(
-        self, agent_id: str, *, site: str, username: str, password_hash: str, token: str
-    ) -> None:
-        """Create or re-key an agent (a re-enrolment rotates its secrets)."""
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                """INSERT INTO agents (agent_id, site, username, password_hash, token_sha256,
-                                       enrolled_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(agent_id) DO UPDATE SET site=excluded.site,
-                       username=excluded.username, password_hash=excluded.password_hash,
-                       token_sha256=excluded.token_sha256, enrolled_at=excluded.enrolled_at""",
-                (agent_id, site, username, password_hash, _token_digest(token), now),
-            )
-
-    def delete(self, agent_id: str) -> bool:
-        """Remove an agent; returns whether it was enrolled."""
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
-            return cur.rowcount > 0
-
-    def get(self, agent_id: str) -> AgentRecord | None:
-        """One enrolled agent, or None."""
-        rows = self._rows("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
-        return _record(rows[0]) if rows else None
-
-    def is_enrolled(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` is enrolled."""
-        return bool(self._rows("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)))
-
-    def list_agents(self) -> list[AgentRecord]:
-        """Every enrolled agent, by id."""
-        return [_record(r) for r in self._rows("SELECT * FROM agents ORDER BY agent_id")]
-
-    def credentials(self) -> list[tuple[str, str, str]]:
-        """``(agent_id, site, password_hash)`` of every agent, for the broker files."""
-        rows = self._rows("SELECT agent_id, site, password_hash FROM agents ORDER BY agent_id")
-        return [(r["agent_id"], r["site"], r["password_hash"]) for r in rows]
-
-    def agent_for_token(self, token: str) -> str | None:
-        """The agent a bearer token belongs to, or None (constant-time compare)."""
-        digest = _token_digest(token)
-        rows = self._rows(
-            "SELECT agent_id, token_sha256 FROM agents WHERE token_sha256 = ?", (digest,)
-        )
-        for row in rows:
-            if hmac.compare_digest(row["token_sha256"], digest):
-                return str(row["agent_id"])
-        return None
-
-    def record_health(
-        self,
-        agent_id: str,
-        *,
-        state: str | None = None,
-        seen_at: float | None = None,
-        heartbeat_at: float | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> None:
-        """Remember what a gateway last saw of an agent (no-op for unknown agents)."""
-        sets: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("state", state),
-            ("last_seen_at", seen_at),
-            ("last_heartbeat_at", heartbeat_at),
-        ):
-            if value is not None:
-                sets.append(f"{column} = ?")
-                params.append(value)
-        if metrics is not None:
-            sets.append("metrics_json = ?")
-            params.append(json.dumps(metrics, sort_keys=True))
-        if not sets:
-            return
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE agents SET {', '.join(sets)} WHERE agent_id = ?", (*params, agent_id)
-            )
-
-
-def _record(row: sqlite3.Row) -> AgentRecord:
-    try:
-        metrics = json.loads(row["metrics_json"] or "{}")
-    except ValueError:
-        metrics = {}
-    return AgentRecord(
-        agent_id=row["agent_id"],
-        site=row["site"],
-        enrolled_at=row["enrolled_at"],
-        state=row["state"],
-        last_seen_at=row["last_seen_at"],
-        last_heartbeat_at=row["last_heartbeat_at"],
-        metrics=metrics if isinstance(metrics, dict) else {},
-    )
 
 
 # --------------------------------------------------------------------- broker files
@@ -540,7 +337,7 @@ def control_plane_credentials(settings: EdgeSettings | None = None) -> BrokerCre
             "password": creds.password,
             "password_hash": hash_password(creds.password, username=creds.username),
         }
-        atomic_write_bytes(file, json.dumps(payload, indent=2).encode(), mode=0o600)
+        atomic_write(file, json.dumps(payload, indent=2).encode(), mode=0o600)
         logger.info("created control-plane broker user %s in %s", creds.username, file)
         return creds
 
@@ -575,8 +372,8 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
     pw_file, acl_file = settings.password_file, settings.acl_file
     with _file_lock(pw_file.parent / ".lock"):
         # Group-readable so a mosquitto running as its own user (in the file's group) can read.
-        atomic_write_bytes(pw_file, passwd.encode(), mode=0o640)
-        atomic_write_bytes(acl_file, acl.encode(), mode=0o640)
+        atomic_write(pw_file, passwd.encode(), mode=0o640)
+        atomic_write(acl_file, acl.encode(), mode=0o640)
     logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
     return pw_file, acl_file
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent._files import atomic_write, fsync_dir
 from edge_agent.protocol import artifact_signing_message
 from mesh.core._errors import MeshError
 
@@ -41,7 +42,6 @@ __all__ = [
     "ArtifactSigner",
     "ArtifactStore",
     "InvalidSignatureError",
-    "atomic_write_bytes",
     "is_sha256",
     "sha256_file",
     "verify_signature",
@@ -100,33 +100,6 @@ class ArtifactInfo:
     path: Path
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 class ArtifactStore:
     """Content-addressed artifact files under one directory.
 
@@ -182,7 +155,7 @@ class ArtifactStore:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self.root / sha256
         if not target.is_file():
-            atomic_write_bytes(target, data)
+            atomic_write(target, data)
             logger.info("stored artifact %s (%d bytes)", sha256, len(data))
         return ArtifactInfo(sha256=sha256, size=len(data), path=target)
 
@@ -207,7 +180,7 @@ class ArtifactStore:
             else:
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 logger.info("stored artifact %s (%d bytes) from %s", sha256, size, source)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -297,14 +270,14 @@ class ArtifactSigner:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            atomic_write_bytes(key_file, pem, mode=0o600)
+            atomic_write(key_file, pem, mode=0o600)
             logger.info(
                 "created artifact signing key %s (public %s)", key_file, signer.public_key_b64()
             )
         pub_file = keys / PUBLIC_KEY_FILE
         pub_pem = signer.public_key_pem().encode()
         if not pub_file.is_file() or pub_file.read_bytes() != pub_pem:
-            atomic_write_bytes(pub_file, pub_pem, mode=0o644)
+            atomic_write(pub_file, pub_pem, mode=0o644)
         return signer
 
     def sign_bytes(self, data: bytes) -> str:

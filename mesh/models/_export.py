@@ -23,17 +23,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent._files import atomic_path
 from mesh.core._errors import MeshError
 
 if TYPE_CHECKING:
@@ -415,11 +413,8 @@ def export_onnx(
     if dynamic_batch:
         batch = torch.export.Dim(BATCH_AXIS, min=1, max=1 << 16)
         dynamic_shapes = tuple({0: batch} for _ in example)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # Written to a temporary file beside the target, renamed over it only once checked.
+    with atomic_path(target) as tmp:
         try:
             # The dynamo (torch.export) exporter, deliberately: it is torch's
             # supported default since 2.9, its native opset is our pinned 18, and it
@@ -467,12 +462,6 @@ def export_onnx(
             ) from exc
         if not error <= tolerance:  # also refuses NaN
             raise ExportParityError(error, tolerance, samples=samples, path=str(target))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     sha256 = hashlib.sha256(data).hexdigest()
     logger.info(
         "exported %s (sha256 %s, opset %d, %d bytes): max abs error %.3g on %d samples",

@@ -14,7 +14,8 @@ the edge agents (:meth:`ArtifactSigner.sign_module` over name, version and
 sha256). A version starts as ``candidate``; :meth:`ModelRegistry.promote` makes
 it ``production`` and :meth:`ModelRegistry.rollback` returns to the previous
 production version; superseded ones are ``archived``. State lives in the
-mesh's SQLite file (WAL) in tables of its own. Errors::
+mesh's SQLite file (WAL) in tables of its own; the version records are
+:mod:`mesh.models._versions` (re-exported here). Errors::
 
     MeshError
     ├── InvalidModelError             not a valid, runnable, self-contained ONNX model
@@ -39,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import sqlite3
@@ -47,17 +47,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.core._sqlite import open_sqlite
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
-from mesh.models._export import InvalidModelError, ModelSignature, load_checked, signature_of
-from mesh.models._profile import CPU, ModelProfile, measure_profile
+from mesh.models._export import InvalidModelError, load_checked, signature_of
+from mesh.models._profile import CPU, measure_profile
+from mesh.models._versions import (
+    SCHEMA,
+    Lineage,
+    ModelSummary,
+    ModelVersion,
+    SelectionMetric,
+    Stage,
+    dumps_json,
+    lineage_dict,
+    metric_dict,
+    version_from_row,
+)
 
 __all__ = [
     "InvalidRegistrationError",
@@ -117,160 +127,7 @@ class StageError(RegistryError):
     """A stage change that cannot be made, e.g. a rollback with nothing to roll back to."""
 
 
-class Stage(StrEnum):
-    """Where a version is in its life."""
-
-    CANDIDATE = "candidate"
-    PRODUCTION = "production"
-    ARCHIVED = "archived"
-
-
-@dataclass(frozen=True, slots=True)
-class SelectionMetric:
-    """The metric a version was selected by, e.g. ``SelectionMetric("val_mae", 0.71, "min")``."""
-
-    name: str
-    value: float
-    mode: Literal["min", "max"] = "min"
-
-
-@dataclass(frozen=True, slots=True)
-class Lineage:
-    """Where a version came from.
-
-    Attributes:
-        run_id: the mesh run that trained it.
-        data_id: the data set it was trained on.
-        hyperparameters: the configuration it was trained with.
-        extra: anything else (parity error, exporter, tune trial, ...).
-    """
-
-    run_id: str | None = None
-    data_id: str | None = None
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    """One registered version of a model.
-
-    Attributes:
-        name: the model.
-        number: its sequence number within the model (``version`` is ``f"v{number}"``).
-        code_version: the code that produced the weights.
-        sha256: digest of the ONNX file (the weights version and the artifact's address).
-        size_bytes: size of the ONNX file.
-        stage: candidate, production or archived.
-        signature: inputs, outputs and opset.
-        metric: the metric it was selected by, if any.
-        lineage: run id, data id, hyperparameters.
-        profile: measured at registration.
-        artifact_signature: base64 Ed25519 signature over (name, version, sha256).
-        key_id: id of the signing key (agents hold its public half).
-        created_at: Unix seconds.
-    """
-
-    name: str
-    number: int
-    code_version: str
-    sha256: str
-    size_bytes: int
-    stage: Stage
-    signature: ModelSignature
-    metric: SelectionMetric | None
-    lineage: Lineage
-    profile: ModelProfile
-    artifact_signature: str
-    key_id: str
-    created_at: float
-
-    @property
-    def version(self) -> str:
-        """The readable version id, ``v<number>``."""
-        return f"v{self.number}"
-
-    @property
-    def identity(self) -> str:
-        """The full identity: ``<code_version>+<sha256>``."""
-        return f"{self.code_version}+{self.sha256}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (what the REST API and ``mesh models show --json`` print)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "number": self.number,
-            "identity": self.identity,
-            "code_version": self.code_version,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "stage": self.stage.value,
-            "signature": self.signature.to_dict(),
-            "metric": _metric_dict(self.metric) if self.metric else None,
-            "lineage": _lineage_dict(self.lineage),
-            "profile": self.profile.to_dict(),
-            "artifact_signature": self.artifact_signature,
-            "key_id": self.key_id,
-            "created_at": self.created_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSummary:
-    """A model and where its versions stand."""
-
-    name: str
-    versions: int
-    latest: str
-    production: str | None
-    updated_at: float
-
-
 # -- the registry ---------------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS model_versions (
-    model TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    code_version TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    stage TEXT NOT NULL,
-    signature_json TEXT NOT NULL,
-    metric_json TEXT,
-    lineage_json TEXT NOT NULL,
-    profile_json TEXT NOT NULL,
-    artifact_signature TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (model, number),
-    UNIQUE (model, code_version, sha256)
-);
-CREATE INDEX IF NOT EXISTS model_versions_by_sha ON model_versions(sha256);
-CREATE TABLE IF NOT EXISTS model_stage_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    action TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    previous INTEGER,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS model_stage_events_by_model ON model_stage_events(model, id);
-"""
-
-
-def _jsonable(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return item()
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_jsonable)
 
 
 def _check_name(name: str) -> str:
@@ -313,7 +170,7 @@ class ModelRegistry:
         self.max_model_bytes = max_model_bytes
         self._clock = clock
         try:
-            self._db = open_sqlite(self.path, _SCHEMA)
+            self._db = open_sqlite(self.path, SCHEMA)
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot open the model registry at {self.path}: {exc}") from exc
         self._lock = threading.RLock()
@@ -402,7 +259,7 @@ class ModelRegistry:
         rows = self._rows("SELECT * FROM model_versions WHERE model = ? ORDER BY number", (name,))
         if not rows:
             raise ModelNotFoundError(name, known=[m.name for m in self.list_models()])
-        return [_version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     def get(self, name: str, ref: str = Stage.PRODUCTION) -> ModelVersion:
         """One version of ``name`` by ``ref``.
@@ -444,7 +301,7 @@ class ModelRegistry:
             "SELECT * FROM model_versions WHERE model = ? AND code_version = ? AND sha256 = ?",
             (name, code_version, sha256.lower()),
         )
-        return _version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def artifact_path(self, name: str, ref: str = Stage.PRODUCTION) -> tuple[ModelVersion, Path]:
         """A version and the path of its ONNX file in the artifact store."""
@@ -560,10 +417,10 @@ class ModelRegistry:
                             sha256,
                             len(data),
                             Stage.CANDIDATE.value,
-                            _dumps(signature.to_dict()),
-                            _dumps(_metric_dict(selection)) if selection else None,
-                            _dumps(_lineage_dict(origin)),
-                            _dumps(profile.to_dict()),
+                            dumps_json(signature.to_dict()),
+                            dumps_json(metric_dict(selection)) if selection else None,
+                            dumps_json(lineage_dict(origin)),
+                            dumps_json(profile.to_dict()),
                             self.signer.sign_module(name, f"v{number}", sha256),
                             self.signer.key_id,
                             self._clock(),
@@ -706,10 +563,6 @@ def _metric(value: SelectionMetric | Mapping[str, Any] | None) -> SelectionMetri
     return metric
 
 
-def _metric_dict(metric: SelectionMetric) -> dict[str, Any]:
-    return {"name": metric.name, "value": metric.value, "mode": metric.mode}
-
-
 def _lineage(value: Lineage | Mapping[str, Any] | None) -> Lineage:
     if value is None:
         return Lineage()
@@ -726,33 +579,4 @@ def _lineage(value: Lineage | Mapping[str, Any] | None) -> Lineage:
         data_id=value.get("data_id"),
         hyperparameters=dict(value.get("hyperparameters") or {}),
         extra=dict(value.get("extra") or {}),
-    )
-
-
-def _lineage_dict(lineage: Lineage) -> dict[str, Any]:
-    return {
-        "run_id": lineage.run_id,
-        "data_id": lineage.data_id,
-        "hyperparameters": dict(lineage.hyperparameters),
-        "extra": dict(lineage.extra),
-    }
-
-
-def _version(row: sqlite3.Row) -> ModelVersion:
-    metric = json.loads(row["metric_json"]) if row["metric_json"] else None
-    lineage = json.loads(row["lineage_json"])
-    return ModelVersion(
-        name=row["model"],
-        number=int(row["number"]),
-        code_version=row["code_version"],
-        sha256=row["sha256"],
-        size_bytes=int(row["size_bytes"]),
-        stage=Stage(row["stage"]),
-        signature=ModelSignature.from_dict(json.loads(row["signature_json"])),
-        metric=SelectionMetric(**metric) if metric else None,
-        lineage=Lineage(**lineage),
-        profile=ModelProfile.from_dict(json.loads(row["profile_json"])),
-        artifact_signature=row["artifact_signature"],
-        key_id=row["key_id"],
-        created_at=float(row["created_at"]),
     )

@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from edge_agent._files import atomic_write
 from mesh.compute._backend import SITE_LABEL, TIER_LABEL
 from mesh.core._errors import BackendError
 from mesh.core._settings import MeshSettings
@@ -290,10 +291,7 @@ def start_local_cluster(settings: MeshSettings) -> LocalCluster:
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def run_cluster_daemon(settings: MeshSettings) -> None:

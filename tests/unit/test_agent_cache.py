@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_agent._cache import ArtifactError, ModuleCache, atomic_write
+from edge_agent._cache import ArtifactError, ModuleCache
 from edge_agent.protocol import DesiredState, ErrorCode, ModuleSpec
 from tests.support.agent_fixtures import ArtifactServer, SigningKey
 
@@ -39,30 +38,6 @@ def _spec(
     }
     fields.update(kw)
     return ModuleSpec.model_validate(fields)
-
-
-def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
-    f = tmp_path / "d" / "state.json"
-    atomic_write(f, b"one")
-    atomic_write(f, b"two")
-    assert f.read_bytes() == b"two"
-    assert [p.name for p in f.parent.iterdir()] == ["state.json"]
-
-
-def test_atomic_write_failure_keeps_old_content(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    f = tmp_path / "state.json"
-    atomic_write(f, b"old")
-
-    def boom(*_a: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(f, b"new")
-    assert f.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_install_verifies_and_is_idempotent(

@@ -423,17 +423,17 @@ class _FakeBroker:
 def test_a_publish_is_written_by_the_publishing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from edge_agent import _transport
+    from edge_agent import _client
 
     writers: list[str] = []
-    original = _transport._Client._packet_write
+    original = _client.FastClient._packet_write
 
     def record(self: Any) -> Any:
         if self._out_packet:
             writers.append(threading.current_thread().name)
         return original(self)
 
-    monkeypatch.setattr(_transport._Client, "_packet_write", record)
+    monkeypatch.setattr(_client.FastClient, "_packet_write", record)
     broker = _FakeBroker()
     t = MqttTransport(ConnectionConfig("127.0.0.1", broker.port, "unit", protocol="5"))
     try:
@@ -720,7 +720,7 @@ def _read_with(
     ],
 )
 def test_publish_read_like_paho(v5: bool, qos: int, flags: int, props: bytes) -> None:
-    from edge_agent._transport import _Client
+    from edge_agent._client import FastClient
 
     if props and not v5:
         pytest.skip("properties are MQTT 5")
@@ -728,7 +728,7 @@ def test_publish_read_like_paho(v5: bool, qos: int, flags: int, props: bytes) ->
         packet = _packet(
             "a/b/é".encode(), payload, qos=qos, mid=513, v5=v5, props=props, flags=flags
         )
-        got, acked = _read_with(_Client, v5, packet)
+        got, acked = _read_with(FastClient, v5, packet)
         assert (got, acked) == _read_with(mqtt.Client, v5, packet)
         assert len(got) == (qos < 2) and len(acked) == (4 if qos else 0)
 
@@ -738,10 +738,10 @@ def test_puback_without_properties_completes_the_publish() -> None:
 
     from paho.mqtt.enums import CallbackAPIVersion, _ConnectionState
 
-    from edge_agent._transport import _Client
+    from edge_agent._client import FastClient
 
     for v5 in (True, False):
-        client = _Client(
+        client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id="u",
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

@@ -8,9 +8,11 @@ those itself, with its replica id as the target, so there is no hop through
 the control plane and make-before-break moves the target from the old replica
 to the new one.
 
-This is the one cloud-side module besides the edge gateway that uses paho: it
+This is the one cloud-side module besides the edge bus that uses paho: it
 runs inside a replica's process (a data-plane endpoint, like an agent), never
-in the control plane.
+in the control plane. Its client is set up by :mod:`edge_agent._mqtt`, as the
+agent's and the edge bus's are (MQTT 5 when the broker speaks it, else 3.1.1;
+TCP_NODELAY; reason codes as text).
 
 Threads: paho's network thread only decodes and checks a request (the agent's
 rules: schema version, module and version, QoS 1 duplicates dropped by id,
@@ -38,98 +40,55 @@ Example:
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import queue
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from edge_agent._mqtt import (
+    ClientOptions,
+    choose_protocol,
+    close_client,
+    connect_and_wait,
+    new_client,
+    reason_value,
+    refusal_text,
+)
 from edge_agent.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    MAGIC,
-    SCHEMA_VERSION,
     ErrorCode,
-    ErrorInfo,
-    InferRequest,
     ProtocolError,
     Tensor,
     TensorSpec,
     Topics,
     decode_frame,
-    encode_frame,
-    new_id,
-    parse_header,
 )
 from mesh.core._errors import MeshError
 from mesh.serving._contract import ReplicaMqtt
-from mesh.serving._oip import InferenceInputError, check_inputs
 from mesh.serving.replica._pipelines import Done, ReplicaPipelines
+from mesh.serving.replica._requests import (
+    RecentIds,
+    ReplyTo,
+    Work,
+    check_request,
+    error_frame,
+    model_feeds,
+    peek_header,
+    reply_frame,
+    reply_to,
+)
 from mesh.serving.replica._server import Feeds, ReplicaApp, compatible, run_together
 
 __all__ = ["MqttResponder", "Publish"]
 
 logger = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132  # CONNACK: unsupported protocol version (a v3 rc 1 maps here)
-_V5_SILENCE_S = 3.0  # a 3.1.1-only broker may never answer a v5 CONNECT with credentials
-_RECENT_IDS = 4096
+_PROBE_S = 3.0  # longest wait for the broker's answer to the MQTT 5 question
 
 #: ``publish(topic, payload, correlation_data)``: how replies leave (paho, or a test's fake).
 Publish = Callable[[str, bytes, "bytes | None"], None]
-
-
-def _paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:  # pragma: no cover - depends on extras
-        raise MeshError(
-            "a replica answering MQTT needs paho-mqtt: pip install 'fogmesh[cloud]'"
-        ) from exc
-    return mqtt
-
-
-def _set_nodelay(client: Any, userdata: Any, sock: Any) -> None:
-    # Nagle + delayed ACKs add ~40-88 ms to every small request/reply.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        logger.debug("TCP_NODELAY not set on %r", sock)
-
-
-def _peek_header(payload: bytes) -> dict[str, Any] | None:
-    """Best-effort header of a request that failed to decode (to address the error)."""
-    try:
-        if payload[:4] == MAGIC and len(payload) >= 8:
-            obj = json.loads(payload[8 : 8 + int.from_bytes(payload[4:8], "little")])
-        elif payload[:1] == b"{":
-            obj = json.loads(payload)
-        else:
-            return None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-@dataclass(frozen=True, slots=True)
-class _ReplyTo:
-    topic: str
-    correlation_id: str | None
-    correlation_data: bytes | None
-
-
-@dataclass(slots=True)
-class _Work:
-    reply: _ReplyTo | None
-    feeds: Feeds
-    size: int
-    deadline_ts: float | None
-    received: float  # perf_counter
-    done: Done | None = None  # a handed-over pipeline's frame: its answer goes here
 
 
 class MqttResponder:
@@ -175,9 +134,9 @@ class MqttResponder:
             TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape))
             for s in app.runner.signature.inputs
         ]
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recent = RecentIds()
         self._cond = threading.Condition()
-        self._queue: collections.deque[_Work] = collections.deque()
+        self._queue: collections.deque[Work] = collections.deque()
         self._busy = 0
         self._closed = False
         self._worker = threading.Thread(
@@ -185,7 +144,6 @@ class MqttResponder:
         )
         self._worker.start()
         self._client: Any = None
-        self._connack: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._sub_mid: int | None = None
         self._unsub_mid: int | None = None
         self._subscribed = threading.Event()
@@ -216,30 +174,8 @@ class MqttResponder:
         cfg = self._config
         host, port, _, _ = cfg.endpoint()
         deadline = time.monotonic() + (cfg.connect_timeout_s if timeout_s is None else timeout_s)
-        proto = "3.1.1" if cfg.protocol == "3.1.1" else "5"
         try:
-            wait_s = deadline - time.monotonic()
-            if cfg.protocol == "auto":
-                wait_s = min(wait_s, _V5_SILENCE_S)
-            code = self._connect(proto, wait_s)
-            if cfg.protocol == "auto" and code in (None, _UNSUPPORTED_PROTOCOL):
-                logger.info(
-                    "replica %s: broker %s:%d does not take MQTT 5; using 3.1.1",
-                    self.replica_id,
-                    host,
-                    port,
-                )
-                proto = "3.1.1"
-                code = self._connect(proto, deadline - time.monotonic())
-            if code is None:
-                raise MeshError(
-                    f"replica {self.replica_id}: no answer from broker {host}:{port} (MQTT {proto})"
-                )
-            if code != 0:
-                raise MeshError(
-                    f"replica {self.replica_id}: broker {host}:{port} refused it "
-                    f"(MQTT {proto}, reason code {code})"
-                )
+            self._connect(deadline)
             if not self._subscribed.wait(max(0.0, deadline - time.monotonic())):
                 raise MeshError(
                     f"replica {self.replica_id}: broker {host}:{port} did not acknowledge "
@@ -256,68 +192,57 @@ class MqttResponder:
             self.topic,
             host,
             port,
-            proto,
+            self.protocol,
         )
         return self
 
-    def _connect(self, proto: str, wait_s: float) -> int | None:
-        """A fresh client; the CONNACK reason code, or None when none came in ``wait_s``."""
-        mqtt = _paho()
-        from paho.mqtt.enums import CallbackAPIVersion
-
+    def _connect(self, deadline: float) -> None:
+        """A fresh client, connected (MQTT 5 when the broker speaks it, else 3.1.1)."""
         self._teardown()
         cfg = self._config
         host, port, user, password = cfg.endpoint()
-        v5 = proto == "5"
-        kwargs: dict[str, Any] = {
-            "client_id": self.client_id,
-            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        }
-        if not v5:
-            kwargs["clean_session"] = True
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        client.on_socket_open = _set_nodelay
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.on_message = self._on_message
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
-        client.max_inflight_messages_set(1000)
-        if user is not None:
-            client.username_pw_set(user, password)
-        self._client = client
-        self.protocol = proto
+        where = f"replica {self.replica_id}: broker {host}:{port}"
         try:
-            if v5:  # clean start, no session kept: a restarted replica subscribes anew
-                client.connect(host, port, keepalive=cfg.keepalive_s, clean_start=True)
-            else:
-                client.connect(host, port, keepalive=cfg.keepalive_s)
+            wait_s = max(0.01, deadline - time.monotonic())
+            proto = choose_protocol(cfg.protocol, host, port, timeout_s=min(_PROBE_S, wait_s))
+            options = ClientOptions(
+                client_id=self.client_id,
+                protocol=proto,
+                username=user,
+                password=password,
+                reconnect_min_s=1,
+                reconnect_max_s=5,
+                max_inflight=1000,
+            )
+            client = new_client(options)
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_subscribe = self._on_subscribe
+            client.on_unsubscribe = self._on_unsubscribe
+            client.on_message = self._on_message
+            self._client = client
+            self.protocol = proto
+            # MQTT 5: clean start, no session kept (a restarted replica subscribes anew).
+            code = connect_and_wait(
+                client,
+                host,
+                port,
+                keepalive_s=cfg.keepalive_s,
+                timeout_s=deadline - time.monotonic(),
+                clean_start=True if proto == "5" else None,
+            )
         except OSError as exc:
-            raise MeshError(
-                f"replica {self.replica_id}: cannot reach broker {host}:{port}: {exc}"
-            ) from exc
-        client.loop_start()
-        try:
-            return self._connack.get(timeout=max(0.01, wait_s))
-        except queue.Empty:
-            return None
+            raise MeshError(f"{where} is not reachable: {exc}") from exc
+        if code is None:
+            raise MeshError(f"{where} did not answer (MQTT {proto})")
+        if code != 0:
+            raise MeshError(f"{where} refused it (MQTT {proto}): {refusal_text(code)}")
 
     def _teardown(self) -> None:
         client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            client.disconnect()
-        except Exception:  # already gone
-            logger.debug("replica %s: disconnect failed", self.replica_id, exc_info=True)
-        client.loop_stop()
+        if client is not None:
+            close_client(client)
         self._subscribed.clear()
-        while True:  # drop stale CONNACK codes of that client
-            try:
-                self._connack.get_nowait()
-            except queue.Empty:
-                break
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Unsubscribe, finish the requests already taken (up to ``timeout_s``), disconnect."""
@@ -360,15 +285,12 @@ class MqttResponder:
     ) -> None:
         if client is not self._client:
             return
-        code = int(getattr(reason_code, "value", reason_code))
-        self._connack.put(code)
+        code = reason_value(reason_code)
         if code != 0:
-            probing = code == _UNSUPPORTED_PROTOCOL and self._config.protocol == "auto"
-            logger.log(
-                logging.DEBUG if probing else logging.WARNING,
+            logger.warning(
                 "replica %s: broker refused the connection: %s",
                 self.replica_id,
-                reason_code,
+                refusal_text(code),
             )
             return
         if self._stopping:
@@ -393,7 +315,7 @@ class MqttResponder:
         if mid != self._sub_mid:
             self.pipelines.on_subscribed(mid)
             return
-        failed = [str(rc) for rc in reason_codes if int(getattr(rc, "value", rc)) >= 0x80]
+        failed = [str(rc) for rc in reason_codes if reason_value(rc) >= 0x80]
         if failed:
             logger.error(
                 "replica %s: broker refused the subscription to %s: %s",
@@ -437,25 +359,14 @@ class MqttResponder:
         try:
             header, tensors = decode_frame(payload, max_bytes=self._max)
         except ProtocolError as exc:
-            to = self._reply_to(_peek_header(payload), response_topic, correlation_data)
-            self._refuse(to, exc)
+            self._refuse(reply_to(peek_header(payload), response_topic, correlation_data), exc)
             return
-        to = self._reply_to(header, response_topic, correlation_data)
+        to = reply_to(header, response_topic, correlation_data)
         try:
-            req = parse_header(header, InferRequest)
-            if req.module != app.model:
-                raise ProtocolError(
-                    ErrorCode.BAD_REQUEST,
-                    f"replica {self.replica_id} serves module {app.model}, "
-                    f"the request names {req.module}",
-                )
-            if req.version is not None and req.version != app.version:
-                raise ProtocolError(
-                    ErrorCode.UNKNOWN_MODULE,
-                    f"module {app.model}@{req.version} is not served by replica "
-                    f"{self.replica_id} (serving {app.version})",
-                )
-            if self._seen(req.id):
+            req = check_request(
+                header, model=app.model, version=app.version, replica_id=self.replica_id
+            )
+            if self._recent.seen(req.id):
                 self._count("duplicates")
                 return  # a QoS 1 duplicate
             if req.deadline_ts is not None and time.time() > req.deadline_ts:
@@ -467,7 +378,7 @@ class MqttResponder:
             return
         first = next(iter(feeds.values()), None)
         size = int(first.shape[0]) if first is not None and first.ndim else 1
-        work = _Work(to, feeds, size, req.deadline_ts, time.perf_counter())
+        work = Work(to, feeds, size, req.deadline_ts, time.perf_counter())
         refusal: ProtocolError | None = None
         with self._cond:
             if self._closed:
@@ -527,51 +438,17 @@ class MqttResponder:
                 refused = "stopping" if self._closed else "queue full"
             else:
                 self._app.stats.started()
-                self._queue.append(_Work(None, feeds, size, None, time.perf_counter(), done))
+                self._queue.append(Work(None, feeds, size, None, time.perf_counter(), done))
                 self._cond.notify()
                 return
         done(None, f"replica {self.replica_id}: {refused}")
 
     def _feeds(self, tensors: Sequence[Tensor]) -> Feeds:
-        inputs = self._app.runner.signature.inputs
-        if len(inputs) == 1 and len(tensors) == 1:  # one input takes one tensor by any name
-            feeds = {inputs[0].name: tensors[0].to_numpy()}
-        else:
-            feeds = {t.name: t.to_numpy() for t in tensors}
-        try:
-            check_inputs(self._app.model, feeds, inputs)
-        except InferenceInputError as exc:
-            expected = "; ".join(exc.expected)
-            raise ProtocolError(
-                ErrorCode.BAD_INPUT, f"{exc.problem}; expected inputs {expected}"
-            ) from exc
-        return feeds
-
-    def _seen(self, request_id: str) -> bool:
-        ids = self._recent
-        if request_id in ids:
-            return True
-        ids[request_id] = None
-        if len(ids) > _RECENT_IDS:
-            ids.popitem(last=False)
-        return False
-
-    @staticmethod
-    def _reply_to(
-        header: dict[str, Any] | None, response_topic: str | None, correlation_data: bytes | None
-    ) -> _ReplyTo | None:
-        header = header or {}
-        topic = header.get("reply_to") or response_topic
-        if not isinstance(topic, str) or not topic:
-            return None
-        corr = header.get("correlation_id")
-        if corr is None and correlation_data:
-            corr = correlation_data.decode(errors="replace")
-        return _ReplyTo(topic, str(corr) if corr is not None else None, correlation_data)
+        return model_feeds(self._app.model, self._app.runner.signature.inputs, tensors)
 
     # ---------------------------------------------------------------- the worker
 
-    def _take(self) -> list[_Work]:
+    def _take(self) -> list[Work]:
         first = self._queue.popleft()
         jobs = [first]
         runner = self._app.runner
@@ -606,11 +483,11 @@ class MqttResponder:
                     self._busy -= len(jobs)
                     self._cond.notify_all()
 
-    def _run(self, jobs: list[_Work]) -> None:
+    def _run(self, jobs: list[Work]) -> None:
         app = self._app
         start = time.perf_counter()
         now = time.time()
-        live: list[_Work] = []
+        live: list[Work] = []
         for work in jobs:
             if work.deadline_ts is not None and now > work.deadline_ts:
                 self._count("expired")
@@ -641,7 +518,7 @@ class MqttResponder:
             ok = self._answer(work, outputs, (start - work.received) * 1e3, compute_ms)
             app.stats.finished(time.perf_counter() - work.received, ok)
 
-    def _answer(self, work: _Work, outputs: Feeds, queue_ms: float, compute_ms: float) -> bool:
+    def _answer(self, work: Work, outputs: Feeds, queue_ms: float, compute_ms: float) -> bool:
         if work.done is not None:
             work.done(dict(outputs), None)
             return True
@@ -650,21 +527,15 @@ class MqttResponder:
             self._count("requests")
             return True
         app = self._app
-        header = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "infer_reply",
-            "id": new_id(),
-            "ts": time.time(),
-            "correlation_id": to.correlation_id,
-            "module": app.model,
-            "version": app.version,
-            "node": self.replica_id,
-            "queue_ms": round(queue_ms, 3),
-            "compute_ms": compute_ms,
-        }
         try:
-            frame = encode_frame(
-                header, [Tensor.from_numpy(name, array) for name, array in outputs.items()]
+            frame = reply_frame(
+                to,
+                outputs,
+                model=app.model,
+                version=app.version,
+                node=self.replica_id,
+                queue_ms=queue_ms,
+                compute_ms=compute_ms,
             )
         except ProtocolError as exc:
             self._refuse(to, ProtocolError(ErrorCode.INTERNAL, f"outputs: {exc.reason}"))
@@ -683,27 +554,15 @@ class MqttResponder:
         with self._counts_lock:
             return dict(self._counts)
 
-    def _refuse(self, to: _ReplyTo | None, error: ProtocolError) -> None:
+    def _refuse(self, to: ReplyTo | None, error: ProtocolError) -> None:
         self._count("errors")
         logger.warning("replica %s: request refused: %s", self.replica_id, error)
         if to is None:
             return
-        info = ErrorInfo(
-            code=error.code,
-            message=error.reason,
-            expected=self._expected if error.code == ErrorCode.BAD_INPUT else None,
+        frame = error_frame(
+            to, error, model=self._app.model, node=self.replica_id, expected=self._expected
         )
-        header = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "infer_reply",
-            "id": new_id(),
-            "ts": time.time(),
-            "correlation_id": to.correlation_id,
-            "module": self._app.model,
-            "node": self.replica_id,
-            "error": info.model_dump(mode="json", exclude_none=True),
-        }
-        self._send(to.topic, encode_frame(header), to.correlation_data)
+        self._send(to.topic, frame, to.correlation_data)
 
     def _publish(self, topic: str, payload: bytes, correlation_data: bytes | None) -> None:
         client = self._client
