@@ -23,7 +23,6 @@ from mesh.compute._backend import (
     NodeInfo,
     TuneResult,
     check_satisfiable,
-    connect_backend,
 )
 from mesh.compute._runner import Run, Runner
 from mesh.compute._runs import Deployment, RunRecord, RunStatus, SQLiteStore, Store
@@ -114,6 +113,7 @@ from mesh.models._registry import (
     Stage,
     StageError,
 )
+from mesh.runtime._connect import connect_backend
 from mesh.sdk._app import Mesh, RegisteredFunction, RegisteredModule
 from mesh.sdk._loader import load_apps
 from mesh.sdk._report import report
