@@ -10,23 +10,17 @@ tier-labelled Ray cluster through a :class:`Runner`::
     @app.function(tier="fog", resources=Resources(cpus=0.5), timeout_s=30)
     def count(site: str) -> int: ...
 
+This namespace is the SDK a user writes against: the app, its options, the
+runner and its results, :func:`report`, the settings and the errors. The
+operational parts are exported by their layer: :mod:`mesh.serving`,
+:mod:`mesh.edge`, :mod:`mesh.models`, :mod:`mesh.control`, … (see ARCHITECTURE.md).
+
 ``import mesh`` never imports Ray: the Ray backend loads when first used.
 """
 
-from mesh.compute._backend import (
-    SITE_LABEL,
-    TIER_LABEL,
-    BatchResult,
-    Call,
-    CallResult,
-    ComputeBackend,
-    NodeInfo,
-    TuneResult,
-    check_satisfiable,
-)
+from mesh.compute._backend import BatchResult, TuneResult
 from mesh.compute._runner import Run, Runner
-from mesh.compute._runs import Deployment, RunRecord, RunStatus, SQLiteStore, Store
-from mesh.compute._streams import LocalBus, MessageBus, StreamWorker, WindowOutcome, topic_matches
+from mesh.compute._runs import RunRecord, RunStatus, SQLiteStore
 from mesh.core._errors import (
     BackendError,
     CancelledError,
@@ -42,255 +36,40 @@ from mesh.core._errors import (
     UnknownFunctionError,
     UnsatisfiableError,
 )
-from mesh.core._metrics import MetricsRegistry
 from mesh.core._settings import MeshSettings
-from mesh.edge._bus import (
-    AgentView,
-    EdgeBus,
-    EdgeBusError,
-    EdgeBusStats,
-    EdgeConnectionError,
-    EdgeInferenceError,
-    EdgeRequestTimeoutError,
-    HeartbeatSample,
-    InferResult,
-)
-from mesh.edge._enrolment import (
-    AgentRecord,
-    EdgeSettings,
-    EnrolmentError,
-    EnrolmentResult,
-    EnrolmentStore,
-    control_plane_credentials,
-    enroll,
-    revoke,
-)
-from mesh.edge.broker._broker import (
-    BrokerHandle,
-    BrokerStartError,
-    EmbeddedBroker,
-    MosquittoBroker,
-    start_embedded_broker,
-    start_mosquitto,
-)
-from mesh.models._artifacts import (
-    ArtifactError,
-    ArtifactInfo,
-    ArtifactNotFoundError,
-    ArtifactSigner,
-    ArtifactStore,
-    InvalidSignatureError,
-    sha256_file,
-    verify_signature,
-)
-from mesh.models._export import (
-    DEFAULT_OPSET,
-    ExportError,
-    ExportParityError,
-    ExportReport,
-    InvalidModelError,
-    ModelSignature,
-    TensorSpec,
-    check_parity,
-    export_onnx,
-)
-from mesh.models._profile import (
-    LatencyStat,
-    ModelProfile,
-    ProfileError,
-    ProviderProfile,
-    measure_profile,
-)
-from mesh.models._registry import (
-    InvalidRegistrationError,
-    Lineage,
-    ModelNotFoundError,
-    ModelRegistry,
-    ModelSummary,
-    ModelVersion,
-    RegistryError,
-    SelectionMetric,
-    Stage,
-    StageError,
-)
 from mesh.runtime._connect import connect_backend
-from mesh.sdk._app import Mesh, RegisteredFunction, RegisteredModule
-from mesh.sdk._loader import load_apps
+from mesh.sdk._app import Mesh
 from mesh.sdk._report import report
-from mesh.sdk._specs import (
-    COMPUTE_TIERS,
-    TIERS,
-    BatchSpec,
-    Domain,
-    FunctionKind,
-    FunctionSpec,
-    ModuleSpec,
-    QoS,
-    Resources,
-    StreamSpec,
-    TuneSpec,
-)
-from mesh.security._auth import SCOPES, AuthError, ForbiddenError, TokenClaims, TokenSigner
-from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
-from mesh.serving._manager import (
-    AgentInstaller,
-    DeployError,
-    HttpProbe,
-    ModelArtifact,
-    ReplicaFailedError,
-    ReplicaHandle,
-    ReplicaLauncher,
-    ReplicaProbe,
-    ReplicaStatus,
-    ServingManager,
-)
-from mesh.serving._oip import (
-    InferenceInputError,
-    ModelNotReadyError,
-    ModelNotServedError,
-    ServingError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
-from mesh.serving._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
+from mesh.sdk._specs import QoS, Resources
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "COMPUTE_TIERS",
-    "DEFAULT_OPSET",
-    "SCOPES",
-    "SITE_LABEL",
-    "TIERS",
-    "TIER_LABEL",
-    "AgentEndpoint",
-    "AgentInstaller",
-    "AgentRecord",
-    "AgentView",
-    "ArtifactError",
-    "ArtifactInfo",
-    "ArtifactNotFoundError",
-    "ArtifactSigner",
-    "ArtifactStore",
-    "AuthError",
-    "AutoscalePolicy",
-    "Autoscaler",
     "BackendError",
     "BatchResult",
-    "BatchSpec",
-    "BrokerHandle",
-    "BrokerStartError",
-    "Call",
-    "CallResult",
     "CancelledError",
     "ClusterNotRunningError",
-    "ComputeBackend",
     "ConfigError",
-    "DeployError",
-    "Deployment",
-    "Domain",
-    "EdgeBus",
-    "EdgeBusError",
-    "EdgeBusStats",
-    "EdgeConnectionError",
-    "EdgeInferenceError",
-    "EdgeRequestTimeoutError",
-    "EdgeSettings",
-    "EmbeddedBroker",
-    "EnrolmentError",
-    "EnrolmentResult",
-    "EnrolmentStore",
-    "ExportError",
-    "ExportParityError",
-    "ExportReport",
-    "ForbiddenError",
-    "FunctionKind",
-    "FunctionSpec",
     "FunctionTimeoutError",
-    "HeartbeatSample",
-    "HttpProbe",
-    "InferResult",
-    "InferenceInputError",
     "InvalidArgumentsError",
-    "InvalidModelError",
-    "InvalidRegistrationError",
-    "InvalidSignatureError",
     "InvocationError",
-    "LatencyStat",
-    "Lineage",
-    "LocalBus",
     "Mesh",
     "MeshError",
     "MeshSettings",
-    "MessageBus",
-    "MetricsRegistry",
-    "ModelArtifact",
-    "ModelNotFoundError",
-    "ModelNotReadyError",
-    "ModelNotServedError",
-    "ModelProfile",
-    "ModelRegistry",
-    "ModelSignature",
-    "ModelSummary",
-    "ModelVersion",
-    "ModuleRoute",
-    "ModuleSpec",
-    "MosquittoBroker",
-    "NodeInfo",
-    "ProfileError",
-    "ProviderProfile",
     "QoS",
-    "RegisteredFunction",
-    "RegisteredModule",
-    "RegistryError",
     "RemoteFunctionError",
-    "ReplicaEndpoint",
-    "ReplicaFailedError",
-    "ReplicaHandle",
-    "ReplicaLauncher",
-    "ReplicaProbe",
-    "ReplicaStatus",
     "Resources",
-    "RouteTable",
     "Run",
     "RunRecord",
     "RunStatus",
     "Runner",
     "SQLiteStore",
-    "SelectionMetric",
-    "ServingError",
-    "ServingManager",
     "SpecError",
-    "Stage",
-    "StageError",
-    "Store",
     "StoreError",
-    "StreamSpec",
-    "StreamWorker",
-    "TensorSpec",
-    "TokenClaims",
-    "TokenSigner",
     "TuneResult",
-    "TuneSpec",
     "UnknownFunctionError",
     "UnsatisfiableError",
-    "UpstreamError",
-    "UpstreamTimeoutError",
-    "WindowOutcome",
     "__version__",
-    "check_parity",
-    "check_satisfiable",
     "connect_backend",
-    "control_plane_credentials",
-    "enroll",
-    "export_onnx",
-    "load_apps",
-    "measure_profile",
     "report",
-    "revoke",
-    "sha256_file",
-    "start_embedded_broker",
-    "start_mosquitto",
-    "topic_matches",
-    "verify_signature",
 ]
