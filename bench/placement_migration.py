@@ -66,8 +66,9 @@ def build_mlp(path: Path, hidden: int, inputs: int = 256, outputs: int = 10) -> 
 def run_one(backend: Any, tmp: Path, hidden: int) -> dict[str, Any]:
     import numpy as np
 
-    from mesh import ModuleSpec, QoS, Resources
+    from mesh import QoS, Resources
     from mesh.control._controller import ControllerSettings
+    from mesh.sdk import ModuleSpec
     from mesh.serving._manager import ModelArtifact
     from tests.support.agent_fixtures import AgentProcess
     from tests.support.placement import PacedLoad, placement_plane

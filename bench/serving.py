@@ -305,10 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import logging
 
-    from mesh import MeshSettings, ModuleSpec, QoS, Resources
+    from mesh import MeshSettings, QoS, Resources
     from mesh.edge.broker._broker import free_port
     from mesh.ray._backend import RayBackend
     from mesh.ray._replicas import RayReplicaLauncher
+    from mesh.sdk import ModuleSpec
     from mesh.security._auth import TokenSigner
     from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
     from mesh.serving._manager import ModelArtifact, ServingManager

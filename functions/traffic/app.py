@@ -105,7 +105,7 @@ def _default_out_dir() -> Path:
 
 
 def _register(ref: ModelRef, metric: str, mode: str, run_id: str | None) -> str:
-    from mesh import Lineage, ModelRegistry, SelectionMetric
+    from mesh.models import Lineage, ModelRegistry, SelectionMetric
 
     registry = ModelRegistry.open()
     try:
@@ -208,7 +208,7 @@ def train_counter(
         register: register the export as a candidate version of ``vehicle-counter``.
         run_id: the mesh run id, recorded in the version's lineage.
     """
-    from mesh import export_onnx
+    from mesh.models import export_onnx
 
     config: dict[str, Any] = {
         "lr": lr,
@@ -552,7 +552,7 @@ def train_forecaster(
     """
     import torch
 
-    from mesh import export_onnx
+    from mesh.models import export_onnx
 
     hyperparameters: dict[str, Any] = {
         "lags": lags,

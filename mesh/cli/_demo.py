@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mesh.compute._backend import BatchResult, TuneResult, connect_backend
+from mesh.compute._backend import BatchResult, TuneResult
 from mesh.compute._runner import Run, Runner
 from mesh.compute._runs import SQLiteStore
 from mesh.compute._streams import StreamWorker
@@ -23,6 +23,7 @@ from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.edge._bus import EdgeBus
 from mesh.edge.broker._broker import start_embedded_broker
+from mesh.runtime._connect import connect_backend
 from mesh.sdk._loader import load_apps
 
 __all__ = ["run_demo"]

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh.cli._scenario import scenario_app
-from mesh.compute._backend import connect_backend
 from mesh.compute._runs import Deployment, SQLiteStore
 from mesh.core._errors import MeshError, UnknownFunctionError
 from mesh.core._settings import MeshSettings
+from mesh.runtime._connect import connect_backend
 from mesh.runtime._daemon import cluster_down, cluster_up, read_cluster_file
 from mesh.sdk._app import Mesh, RegisteredFunction
 from mesh.sdk._loader import load_apps

@@ -1,7 +1,8 @@
 """The compute backend seam: what the runner needs from Ray, as a Protocol.
 
-The Ray implementation lives in :mod:`mesh.ray._backend` (the only module that
-imports ``ray``); unit tests use an in-memory fake behind the same Protocol.
+The Ray implementation lives in :mod:`mesh.ray._backend` (the Ray adapter, the
+only package that imports ``ray``) and :func:`mesh.runtime._connect.connect_backend`
+picks it; unit tests use an in-memory fake behind the same Protocol.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mesh.core._errors import BackendError, UnsatisfiableError
-from mesh.core._settings import MeshSettings
+from mesh.core._errors import UnsatisfiableError
 from mesh.sdk._app import RegisteredFunction
 from mesh.sdk._specs import FunctionSpec
 
@@ -25,7 +25,6 @@ __all__ = [
     "NodeInfo",
     "TuneResult",
     "check_satisfiable",
-    "connect_backend",
 ]
 
 #: Node label that carries a Ray node's tier.
@@ -194,22 +193,3 @@ def check_satisfiable(spec: FunctionSpec, nodes: list[NodeInfo]) -> NodeInfo:
         _offer(live),
         f"no {spec.tier} node has the resources asked for ({'; '.join(sorted(set(short)))})",
     )
-
-
-def connect_backend(settings: MeshSettings) -> ComputeBackend:
-    """The Ray backend for ``settings``.
-
-    Connects to ``settings.ray_address``, else to the cluster of `mesh up`,
-    else starts an embedded local cluster that ``close()`` stops.
-
-    Raises:
-        BackendError: Ray is not installed (with the install hint) or unreachable.
-    """
-    try:
-        from mesh.ray._backend import RayBackend
-    except ImportError as exc:
-        raise BackendError(
-            f"the Ray backend needs the cloud extra: pip install 'fogmesh[cloud]' ({exc})"
-        ) from exc
-    backend: ComputeBackend = RayBackend.connect(settings)
-    return backend

@@ -47,13 +47,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mesh.control._migrations import MigrationExecutor, Target
+from mesh.control._migrations import MigrationExecutor, ModuleDeployer, Target
 from mesh.control._monitors import ModuleIntent, Monitors, NodeState, Snapshot, engine_inputs
 from mesh.control._pipelines import PipelinePlacer
 from mesh.control._saturation import SaturationMarks
-from mesh.control._settings import ControllerSettings, EdgeAgents, RoundResult, ServedModules
+from mesh.control._settings import (
+    ControllerSettings,
+    EdgeAgents,
+    ModelVersions,
+    RoundResult,
+    ServedModules,
+)
 from mesh.control._store import DeploymentRecord, MigrationRecord, Pin, PlacementStore, PlanRecord
+from mesh.serving._leases import PipelineSource
 from mesh.serving._manager import DeploymentView
+from mesh.serving._routes import Endpoint, RouteTable
 from placement import (
     KEEP,
     OURS,
@@ -109,9 +117,9 @@ class PlacementController:
         store: PlacementStore,
         *,
         settings: ControllerSettings | None = None,
-        registry: Any = None,
+        registry: ModelVersions | None = None,
         sources: Mapping[str, Mapping[str, float]] | None = None,
-        routes: Any = None,
+        routes: RouteTable | None = None,
         agents: EdgeAgents | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -144,9 +152,9 @@ class PlacementController:
         latest = store.latest_plan()
         if latest is not None:
             self._last_routes = latest.routes
-        table = routes if routes is not None else getattr(served, "routes", None)
+        table: RouteTable | None = routes if routes is not None else getattr(served, "routes", None)
 
-        def endpoints(module: str) -> tuple[Any, ...]:
+        def endpoints(module: str) -> tuple[Endpoint, ...]:
             route = table.get(module) if table is not None else None
             return tuple(route.endpoints) if route is not None else ()
 
@@ -249,7 +257,7 @@ class PlacementController:
         sites: Mapping[str, str],
         *,
         rate_per_s: float | None = None,
-        sources: Mapping[str, Any] | None = None,
+        sources: Mapping[str, PipelineSource] | None = None,
     ) -> None:
         """Declare that agents' pipelines run ``module``, one per site, and place each site.
 
@@ -265,7 +273,7 @@ class PlacementController:
             rate_per_s: frames per second per site until events are observed
                 (default ``settings.default_rate_per_s``).
             sources: agent id -> its pipeline's MQTT source
-                (:class:`~mesh.edge._install.PipelineSource`): a site with one is
+                (:class:`~mesh.serving._leases.PipelineSource`): a site with one is
                 moved with its source (route ``remote``: the replica takes the
                 frames itself, the agent is out of the path); without, its agent
                 offloads each frame.
@@ -569,7 +577,8 @@ class PlacementController:
             ms = self.settings.default_service_ms
             if self._registry is not None:
                 try:
-                    cpu = self._registry.get(*key).profile.provider().at(1)
+                    provider = self._registry.get(*key).profile.provider()
+                    cpu = provider.at(1) if provider is not None else None
                     ms = cpu.p95_ms if cpu is not None else ms
                 except Exception:
                     logger.debug("%s: no profile in the registry", key, exc_info=True)
@@ -727,7 +736,7 @@ class PlacementController:
 
     # -- after a restart
 
-    def restore(self, manager: Any, *, timeout_s: float = 60.0) -> list[str]:
+    def restore(self, manager: ModuleDeployer, *, timeout_s: float = 60.0) -> list[str]:
         """Re-deploy every recorded module where it served before the restart.
 
         Then track the recorded pipelines again (each site's route starts as its

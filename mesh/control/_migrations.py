@@ -43,15 +43,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from mesh.control._store import MigrationRecord, PlacementStore
+from mesh.serving._contract import ModelArtifact
+from mesh.serving._leases import PipelineSource
 from mesh.serving._manager import DeploymentView, PhaseHook
 from mesh.serving._routes import ModuleRoute, ReplicaEndpoint
+
+if TYPE_CHECKING:
+    from mesh.models._registry import ModelVersion
+    from mesh.sdk._specs import ModuleSpec
 
 __all__ = [
     "MigrationExecutor",
     "ModuleDeployer",
+    "PipelineRouter",
     "RequestCounter",
     "Target",
 ]
@@ -81,8 +88,8 @@ class ModuleDeployer(Protocol):
 
     def deploy(
         self,
-        spec: Any,
-        version: Any = ...,
+        spec: ModuleSpec,
+        version: str | ModelVersion | ModelArtifact = ...,
         *,
         tier: str | None = ...,
         site: str | None = ...,
@@ -94,9 +101,9 @@ class ModuleDeployer(Protocol):
 
     def deploy_to_agent(
         self,
-        spec: Any,
+        spec: ModuleSpec,
         agent_id: str,
-        version: Any = ...,
+        version: str | ModelVersion | ModelArtifact = ...,
         *,
         timeout_s: float = ...,
         on_phase: PhaseHook | None = ...,
@@ -117,6 +124,23 @@ class RequestCounter(Protocol):
         ...
 
 
+class PipelineRouter(Protocol):
+    """Points agents' pipelines at a node (:class:`mesh.edge._install.EdgeInstaller`)."""
+
+    def set_route(
+        self,
+        agent_id: str,
+        module: str,
+        route_mode: Literal["local", "offload", "remote"],
+        target: str | None,
+        timeout_s: float,
+        *,
+        source: PipelineSource | None = ...,
+    ) -> int:
+        """Switch where ``agent_id``'s pipelines run ``module``; returns the new route epoch."""
+        ...
+
+
 class MigrationExecutor:
     """Moves modules make-before-break through the serving manager; records every move.
 
@@ -124,8 +148,8 @@ class MigrationExecutor:
         deployer: the serving manager.
         store: where migrations are recorded.
         requests: counts requests and failures during a move (the monitors).
-        installer: the edge installer; its ``set_route`` (when it has one) points
-            agents' pipelines at the module's new node.
+        installer: the edge installer; its ``set_route`` points agents'
+            pipelines at the module's new node (None: pipelines are not moved).
         agent_timeout_s: how long an agent may take to install the module.
         settle_s: how long after the removal requests still count for the move
             (answers of requests sent just before the switch).
@@ -139,7 +163,7 @@ class MigrationExecutor:
         store: PlacementStore,
         *,
         requests: RequestCounter | None = None,
-        installer: Any = None,
+        installer: PipelineRouter | None = None,
         agent_timeout_s: float = 60.0,
         settle_s: float = 0.0,
         clock: Callable[[], float] = time.time,
@@ -292,13 +316,13 @@ class MigrationExecutor:
         reason: str,
         explanation: str = "",
         plan_version: int | None = None,
-        source_topic: Any = None,
+        source_topic: PipelineSource | None = None,
     ) -> MigrationRecord:
         """Point ``agent``'s pipelines of ``module`` at ``target``; returns the finished record.
 
         ``target`` is the agent itself (run locally) or a Ray node, reached through
         ``replica`` (the replica id answering offloaded requests there). With
-        ``source_topic`` (a :class:`~mesh.edge._install.PipelineSource`), the
+        ``source_topic`` (a :class:`~mesh.serving._leases.PipelineSource`), the
         replica takes the pipeline's source too (route ``remote``). Never
         raises for a failed switch: the record says ``failed`` and why, and the
         agent keeps the route it had.
@@ -341,7 +365,7 @@ class MigrationExecutor:
             reason,
         )
         error: str | None = None
-        set_route = getattr(self._installer, "set_route", None)
+        set_route = self._installer.set_route if self._installer is not None else None
         if set_route is None:
             error = "the edge installer cannot set pipeline routes"
         elif not local and not replica:
@@ -401,12 +425,12 @@ class MigrationExecutor:
         self, module: str, view: DeploymentView, target: Target, route: ModuleRoute
     ) -> None:
         """Point agents' pipelines at the module's new node (when the installer can)."""
-        set_route = getattr(self._installer, "set_route", None)
+        set_route = self._installer.set_route if self._installer is not None else None
         if set_route is None:
             return
         # Replicas answer offloaded requests on their own replica id's infer topic.
         replica = next((e for e in route.endpoints if isinstance(e, ReplicaEndpoint)), None)
-        changes: list[tuple[str, str, str | None]] = []
+        changes: list[tuple[str, Literal["local", "offload"], str | None]] = []
         if view.agent is not None and target.kind != "agent" and replica is not None:
             changes.append((view.agent, "offload", replica.replica_id))
         if target.kind == "agent":

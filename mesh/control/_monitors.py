@@ -37,9 +37,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.protocol import PING_MODULE
+from mesh.control._settings import AgentSnapshot
+from mesh.serving._contract import AgentErrorReply
 from placement import (
     CurrentPlacement,
     CurrentRoute,
@@ -51,7 +53,14 @@ from placement import (
     Topology,
 )
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from mesh.models._export import ModelSignature
+    from mesh.serving._routes import ReplicaEndpoint, RouteTable
+
 __all__ = [
+    "AgentRequests",
     "AgentSource",
     "CanaryProbe",
     "EdgeCanary",
@@ -229,8 +238,29 @@ class NodeProbe(Protocol):
 class AgentSource(Protocol):
     """The edge gateway's agent registry (:class:`mesh.edge._bus.EdgeBus`)."""
 
-    def agents(self) -> list[Any]:
-        """Every agent heard of (:class:`mesh.edge._records.AgentView`)."""
+    def agents(self) -> Sequence[AgentSnapshot]:
+        """Every agent heard of."""
+        ...
+
+
+class AgentRequests(Protocol):
+    """One inference on an agent, blocking (:meth:`mesh.edge._bus.EdgeBus.infer_sync`).
+
+    ``infer_sync`` raises ``TimeoutError`` when no reply came in time,
+    ``ConnectionError`` when the edge connection is down, and an
+    :class:`~mesh.serving._contract.AgentErrorReply` when the agent answered
+    with an error.
+    """
+
+    def infer_sync(
+        self,
+        module: str,
+        node: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        timeout_s: float = ...,
+    ) -> object:
+        """Run ``module`` on agent ``node`` and wait for its reply."""
         ...
 
 
@@ -269,7 +299,11 @@ class PathProbe:
     """
 
     def __init__(
-        self, routes: Any = None, *, node_probe: NodeProbe | None = None, edge: Any = None
+        self,
+        routes: RouteTable | None = None,
+        *,
+        node_probe: NodeProbe | None = None,
+        edge: AgentRequests | None = None,
     ) -> None:
         """Probe nothing that is not given."""
         self._routes = routes
@@ -287,7 +321,7 @@ class PathProbe:
             return self._node_probe.ping(node.name, timeout_s)
         return None
 
-    def _replica_on(self, node: str) -> Any:
+    def _replica_on(self, node: str) -> ReplicaEndpoint | None:
         from mesh.serving._routes import ReplicaEndpoint
 
         if self._routes is None:
@@ -299,7 +333,7 @@ class PathProbe:
         return None
 
     @staticmethod
-    def _http(endpoint: Any, timeout_s: float) -> float | None:
+    def _http(endpoint: ReplicaEndpoint, timeout_s: float) -> float | None:
         from mesh.serving._contract import HttpProbe
 
         started = time.perf_counter()
@@ -309,15 +343,13 @@ class PathProbe:
     def _mqtt(self, agent: str, timeout_s: float) -> float | None:
         if self._edge is None:
             return None
-        from mesh.edge._records import EdgeInferenceError
-
         started = time.perf_counter()
         try:
             self._edge.infer_sync(PING_MODULE, agent, {}, timeout_s=timeout_s)
-        except EdgeInferenceError:
-            pass  # the expected answer: no such module
-        except Exception:
-            return None
+        except Exception as exc:
+            if not isinstance(exc, AgentErrorReply):
+                return None  # no answer
+            # else the expected answer: no such module
         return (time.perf_counter() - started) * 1000.0
 
 
@@ -329,7 +361,9 @@ class EdgeCanary:
         signature: module -> its :class:`~mesh.models._export.ModelSignature` (the route's).
     """
 
-    def __init__(self, edge: Any, signature: Callable[[str], Any]) -> None:
+    def __init__(
+        self, edge: AgentRequests, signature: Callable[[str], ModelSignature | None]
+    ) -> None:
         """Nothing is sent until :meth:`infer_ms`."""
         self._edge = edge
         self._signature = signature

@@ -55,8 +55,9 @@ from mesh.control._migrations import MigrationExecutor, Target
 from mesh.control._monitors import LatencyStats, NodeState, Snapshot
 from mesh.control._settings import ControllerSettings, EdgeAgents
 from mesh.control._store import MigrationRecord, PipelineRecord, PlacementStore
+from mesh.serving._leases import PipelineSource
 from mesh.serving._manager import DeploymentView
-from mesh.serving._routes import ReplicaEndpoint
+from mesh.serving._routes import Endpoint, ReplicaEndpoint
 from placement import (
     OURS,
     TIERS,
@@ -91,7 +92,7 @@ class PipelineSite:
         site: the site it serves (its source).
         rate_per_s: the declared frame rate (the observed one replaces it).
         source: where its frames come from (a
-            :class:`~mesh.edge._install.PipelineSource`): moved with the pipeline
+            :class:`~mesh.serving._leases.PipelineSource`): moved with the pipeline
             (route ``remote``); None: the agent offloads each frame.
     """
 
@@ -99,7 +100,7 @@ class PipelineSite:
     agent: str
     site: str
     rate_per_s: float
-    source: Any = None
+    source: PipelineSource | None = None
 
 
 @dataclass(slots=True)
@@ -141,7 +142,7 @@ class PipelinePlacer:
         executor: MigrationExecutor,
         settings: ControllerSettings,
         *,
-        endpoints: Callable[[str], Sequence[Any]],
+        endpoints: Callable[[str], Sequence[Endpoint]],
         clock: Callable[[], float],
         store: PlacementStore | None = None,
         agents: EdgeAgents | None = None,
@@ -163,11 +164,11 @@ class PipelinePlacer:
         sites: Mapping[str, str],
         rate_per_s: float,
         *,
-        sources: Mapping[str, Any] | None = None,
+        sources: Mapping[str, PipelineSource] | None = None,
     ) -> None:
         """Declare ``module``'s pipelines: agent -> site (replaces an earlier declaration).
 
-        ``sources`` (agent -> :class:`~mesh.edge._install.PipelineSource`) names
+        ``sources`` (agent -> :class:`~mesh.serving._leases.PipelineSource`) names
         the sources that move with an offloaded pipeline; they are not recorded
         (after a restart those sites offload frame by frame until declared again).
 
@@ -190,7 +191,7 @@ class PipelinePlacer:
         module: str,
         sites: Mapping[str, str],
         rate_per_s: float,
-        sources: Mapping[str, Any] | None = None,
+        sources: Mapping[str, PipelineSource] | None = None,
     ) -> None:
         if not sites:
             raise ValueError(f"{module}: declare at least one agent -> site")

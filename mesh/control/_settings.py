@@ -17,14 +17,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from edge_agent.protocol import Heartbeat, ObservedState
 from mesh.control._store import MigrationRecord
 from mesh.serving._manager import DeploymentView
 from placement import Plan as EnginePlan
 
 if TYPE_CHECKING:
-    from mesh.edge._records import AgentView
+    from mesh.models._registry import ModelVersion
 
-__all__ = ["ControllerSettings", "EdgeAgents", "RoundResult", "ServedModules"]
+__all__ = [
+    "AgentSnapshot",
+    "ControllerSettings",
+    "EdgeAgents",
+    "ModelVersions",
+    "RoundResult",
+    "ServedModules",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +99,56 @@ class ServedModules(Protocol):
         ...
 
 
+class ModelVersions(Protocol):
+    """Where the controller reads profiles (:class:`mesh.models._registry.ModelRegistry`)."""
+
+    def get(self, name: str, ref: str = ...) -> ModelVersion:
+        """One version of model ``name`` (``ref``: ``"v3"``, ``"production"``…)."""
+        ...
+
+
+class AgentSnapshot(Protocol):
+    """What control reads of one agent's snapshot (:class:`mesh.edge._records.AgentView`)."""
+
+    @property
+    def agent_id(self) -> str:
+        """The agent."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """``online``, ``offline`` or ``unknown``."""
+        ...
+
+    @property
+    def site(self) -> str | None:
+        """Its site, once it said."""
+        ...
+
+    @property
+    def last_heartbeat(self) -> Heartbeat | None:
+        """Its last heartbeat, if any."""
+        ...
+
+    @property
+    def last_heartbeat_at(self) -> float | None:
+        """Local Unix time that heartbeat arrived."""
+        ...
+
+    @property
+    def observed(self) -> ObservedState | None:
+        """Its last observed state."""
+        ...
+
+    def health(self, now: float | None = None) -> str:
+        """``online``, ``stale``, ``offline`` or ``unknown``."""
+        ...
+
+
 class EdgeAgents(Protocol):
     """What the controller reads of :class:`mesh.edge._bus.EdgeBus`."""
 
-    def agent(self, agent_id: str) -> AgentView | None:
+    def agent(self, agent_id: str) -> AgentSnapshot | None:
         """One agent's snapshot (its last observed state), or None if never heard of."""
         ...
 

@@ -8,10 +8,11 @@ A *remote* route moves the source too: the replica subscribes to the
 pipeline's MQTT source itself and publishes the events, and the agent only
 holds its frames in case the route comes back.
 
-The replica learns what to run from a *lease* list, retained on
-``{p}/modules/{module}/pipelines/{replica}`` (:func:`lease_topic`), and says it
-is subscribed to every lease's source by publishing the list's version on
-``…/observed`` (retained too). A lease's ``since_ts`` and ``until_ts`` split
+The replica learns what to run from a *lease* list (its records and topics are
+in :mod:`mesh.serving._leases`, which both sides import), retained on
+``{p}/modules/{module}/pipelines/{replica}``, and says it is subscribed to
+every lease's source by publishing the list's version on ``…/observed``
+(retained too). A lease's ``since_ts`` and ``until_ts`` split
 frames by capture time (the frame header's ``ts``) exactly as the agent's route
 does, so a switch runs every frame once:
 
@@ -41,19 +42,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from mesh.core._errors import MeshError
+from mesh.serving._leases import Lease, LeaseList, lease_topic
 
-__all__ = [
-    "RELEASED_KEEP_S",
-    "Lease",
-    "LeaseList",
-    "SourceHandover",
-    "lease_topic",
-    "observed_topic",
-]
+__all__ = ["RELEASED_KEEP_S", "SourceHandover"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,97 +58,6 @@ RELEASED_KEEP_S = 30.0
 #: How far ahead of now a switch's split time is set: the frames in flight are
 #: still on the old route, and the new side is listening before its first frame.
 SPLIT_AHEAD_S = 0.3
-
-
-def lease_topic(prefix: str, module: str, replica: str) -> str:
-    """Where a replica's lease list is retained."""
-    return f"{prefix}/modules/{module}/pipelines/{replica}"
-
-
-def observed_topic(prefix: str, module: str, replica: str) -> str:
-    """Where the replica says which lease-list version it follows."""
-    return f"{lease_topic(prefix, module, replica)}/observed"
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """One site's pipeline run by a replica.
-
-    Attributes:
-        site: the site (events go to ``{p}/events/{site}/{stream}``).
-        agent: the agent whose pipeline it is (named in the events).
-        topic: the MQTT source the frames come on.
-        stream: the event stream.
-        since_ts: frames captured at or after this are the replica's (Unix s).
-        until_ts: frames captured at or after this are not (None: open).
-    """
-
-    site: str
-    agent: str
-    topic: str
-    stream: str
-    since_ts: float
-    until_ts: float | None = None
-
-    def covers(self, captured_ts: float) -> bool:
-        """Whether a frame captured then is this lease's."""
-        return self.since_ts <= captured_ts and (
-            self.until_ts is None or captured_ts < self.until_ts
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseList:
-    """A replica's leases at one version (the retained message)."""
-
-    replica: str
-    version: int
-    leases: tuple[Lease, ...] = ()
-
-    def to_json(self) -> bytes:
-        """The retained payload."""
-        return json.dumps(
-            {
-                "schema_version": 1,
-                "kind": "replica_pipelines",
-                "replica": self.replica,
-                "version": self.version,
-                "pipelines": [asdict(lease) for lease in self.leases],
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, payload: bytes) -> LeaseList:
-        """Parse a retained payload.
-
-        Raises:
-            ValueError: naming the field that is missing or wrong.
-        """
-        doc = json.loads(payload)
-        if not isinstance(doc, dict) or doc.get("kind") != "replica_pipelines":
-            raise ValueError("expected an object with kind 'replica_pipelines'")
-        if doc.get("schema_version") != 1:
-            raise ValueError(f"schema_version {doc.get('schema_version')!r}, expected 1")
-        leases = []
-        for i, item in enumerate(doc.get("pipelines") or []):
-            try:
-                until = item.get("until_ts")
-                leases.append(
-                    Lease(
-                        site=str(item["site"]),
-                        agent=str(item["agent"]),
-                        topic=str(item["topic"]),
-                        stream=str(item["stream"]),
-                        since_ts=float(item["since_ts"]),
-                        until_ts=None if until is None else float(until),
-                    )
-                )
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise ValueError(
-                    f"pipelines[{i}]: needs site, agent, topic, stream, since_ts"
-                ) from exc
-        return cls(str(doc.get("replica", "")), int(doc["version"]), tuple(leases))
 
 
 class _Bus(Protocol):

@@ -38,34 +38,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
 from mesh.core._errors import MeshError
 from mesh.edge._artifact_api import UrlSigner, signed_module_spec
 from mesh.edge._bus import EdgeBus, EdgeBusError
-from mesh.edge._handover import Lease, SourceHandover
+from mesh.edge._handover import SourceHandover
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.serving._leases import Lease, PipelineSource
 from mesh.serving._manager import DeployError, ModelArtifact
 from mesh.serving._routes import AgentEndpoint, Endpoint
 
+# PipelineSource is defined in mesh.serving._leases; still exported here for its old importers.
 __all__ = ["EdgeInstaller", "PipelineSource", "offload_target"]
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineSource:
-    """Where a site's pipeline takes its frames (what a ``remote`` route hands over).
-
-    Attributes:
-        site: the site (its events' topic level).
-        topic: the MQTT topic the frames are published on.
-        stream: the event stream the pipeline publishes.
-    """
-
-    site: str
-    topic: str
-    stream: str
 
 
 #: The version a remote-only module entry carries when none is given.

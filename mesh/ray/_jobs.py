@@ -57,6 +57,7 @@ from mesh.ray._backend import (
     wait_budget,
 )
 from mesh.sdk._app import RegisteredFunction
+from mesh.sdk._report import trial_reporter
 from mesh.sdk._specs import BatchSpec, Domain, FunctionSpec, TuneSpec
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ class JobRunner:
         user_fn = fn.fn
 
         def trainable(config: dict[str, Any]) -> None:
-            out = user_fn(config)
+            with trial_reporter(report_trial):  # mesh.report() inside the trial
+                out = user_fn(config)
             if isinstance(out, Mapping):
                 report_trial(out)
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -40,13 +40,28 @@ from pydantic_settings import SettingsConfigDict
 from mesh.core._errors import MeshError
 from mesh.edge._enrolment import EdgeSettings
 
+if TYPE_CHECKING:
+    from mesh.compute._backend import ComputeBackend
+    from mesh.control._controller import PlacementController
+    from mesh.edge._bus import EdgeBus
+    from mesh.edge._install import EdgeInstaller
+    from mesh.edge.broker._broker import EmbeddedBroker
+    from mesh.models._export import ModelSignature
+    from mesh.models._registry import ModelRegistry
+    from mesh.serving._gateway import GatewayApp
+    from mesh.serving._manager import ServingManager
+
 __all__ = [
     "ControlPlaneServices",
     "ControlPlaneSettings",
+    "MqttProtocol",
     "build_services",
     "main",
     "run_control_plane",
 ]
+
+#: The MQTT protocol the control plane's clients speak: ``auto`` tries 5, then 3.1.1.
+MqttProtocol = Literal["auto", "5", "3.1.1"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +110,7 @@ class ControlPlaneSettings(EdgeSettings):
         return "broker_url" in self.model_fields_set
 
 
-def _start_broker(settings: ControlPlaneSettings) -> Any:
+def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
     from mesh.edge.broker._broker import start_embedded_broker
 
     try:
@@ -160,6 +175,7 @@ def run_control_plane(
 
             settings = settings.model_copy(update={"gateway_port": free_port()})
 
+        protocol: MqttProtocol
         if settings.broker_explicit:
             broker_url = settings.broker_url
             protocol = "auto"
@@ -231,19 +247,19 @@ def run_control_plane(
 class ControlPlaneServices:
     """What :func:`build_services` started: the HTTP app and the services behind it."""
 
-    app: Any
-    edge: Any
-    registry: Any
-    installer: Any
-    manager: Any
-    controller: Any
+    app: GatewayApp
+    edge: EdgeBus
+    registry: ModelRegistry
+    installer: EdgeInstaller
+    manager: ServingManager
+    controller: PlacementController
 
 
 def build_services(
     settings: ControlPlaneSettings,
-    backend: Any,
+    backend: ComputeBackend,
     broker_url: str,
-    protocol: Any,
+    protocol: MqttProtocol,
     undo: list[tuple[str, Callable[[], object]]],
     *,
     host_cpu: bool = True,
@@ -335,15 +351,15 @@ def build_services(
 
 def _placement_controller(
     settings: ControlPlaneSettings,
-    backend: Any,
-    edge: Any,
-    installer: Any,
-    registry: Any,
-    manager: Any,
+    backend: ComputeBackend,
+    edge: EdgeBus,
+    installer: EdgeInstaller,
+    registry: ModelRegistry,
+    manager: ServingManager,
     undo: list[tuple[str, Callable[[], object]]],
     *,
     host_cpu: bool = True,
-) -> Any:
+) -> PlacementController:
     """Monitors, migration executor, placement store and the controller, started.
 
     The modules recorded before a restart are re-deployed (and the pipelines tracked
@@ -361,7 +377,7 @@ def _placement_controller(
     routes = manager.routes
     node_probe = RayNodeProbe(backend.nodes)
 
-    def signature(module: str) -> Any:
+    def signature(module: str) -> ModelSignature | None:
         route = routes.get(module)
         return route.signature if route is not None else None
 

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from mesh.core._errors import MeshError
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry, ModelVersion
 
 __all__ = [
+    "AgentErrorReply",
     "AgentInstaller",
     "DeployError",
     "HttpProbe",
@@ -246,6 +247,23 @@ class AgentInstaller(Protocol):
             DeployError: the agent reported an error or did not answer in time.
         """
         ...
+
+
+@runtime_checkable
+class AgentErrorReply(Protocol):
+    """An agent's error answer to a request (:class:`mesh.edge._records.EdgeInferenceError`).
+
+    What serving and control know of the edge's errors: an exception with
+    these attributes is an answer; a ``TimeoutError`` or ``ConnectionError``
+    is no answer at all. So neither layer imports the edge.
+
+    Attributes:
+        code: the protocol's error code (``bad_input``, ``unknown_module``, ``not_ready``…).
+        expected: for ``bad_input``, the module's input signature as text.
+    """
+
+    code: str
+    expected: list[str]
 
 
 class HttpProbe:

@@ -52,6 +52,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from mesh.core._errors import MeshError
 from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
 from mesh.security._auth import AuthError, TokenClaims, TokenSigner
+from mesh.serving._contract import AgentErrorReply
 from mesh.serving._oip import (
     HEADER_LENGTH,
     InferenceInputError,
@@ -94,7 +95,12 @@ _UNKNOWN = "<unknown>"
 
 
 class EdgeInference(Protocol):
-    """What the gateway needs of the edge gateway (:class:`mesh.edge._bus.EdgeBus`)."""
+    """What the gateway needs of the edge gateway (:class:`mesh.edge._bus.EdgeBus`).
+
+    ``infer`` raises ``TimeoutError`` when no reply came in time, ``ConnectionError``
+    when the edge connection is down, and an :class:`AgentErrorReply` when the
+    agent answered with an error.
+    """
 
     async def infer(
         self,
@@ -449,12 +455,6 @@ class Gateway:
         body: bytes,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> Answer:
-        from mesh.edge._bus import (
-            EdgeConnectionError,
-            EdgeInferenceError,
-            EdgeRequestTimeoutError,
-        )
-
         module = route.module
         if self.edge is None:
             raise ModelNotReadyError(
@@ -470,15 +470,17 @@ class Gateway:
             result = await self.edge.infer(
                 module, endpoint.agent_id, request.inputs, timeout_s=self._edge_timeout_s
             )
-        except EdgeRequestTimeoutError as exc:
+        except TimeoutError as exc:  # no reply in time
             raise UpstreamTimeoutError(str(exc), model=module, node=endpoint.agent_id) from exc
-        except EdgeInferenceError as exc:
+        except ConnectionError as exc:  # the edge connection is down
+            raise UpstreamError(str(exc), model=module, node=endpoint.agent_id) from exc
+        except MeshError as exc:
+            if not isinstance(exc, AgentErrorReply):
+                raise
             if exc.code == "bad_input":
                 raise InferenceInputError(module, str(exc), exc.expected) from exc
             if exc.code in ("unknown_module", "not_ready"):
                 raise ModelNotReadyError(str(exc)) from exc
-            raise UpstreamError(str(exc), model=module, node=endpoint.agent_id) from exc
-        except EdgeConnectionError as exc:
             raise UpstreamError(str(exc), model=module, node=endpoint.agent_id) from exc
         finally:
             self.routes.release(endpoint)

@@ -27,13 +27,14 @@ import pytest
 import tests.support.agent_fixtures as af
 import tests.support.brokers as brokers
 from edge_agent.protocol import Event, Tensor, Topics, encode_frame
-from mesh import ModuleSpec, QoS, Resources
+from mesh import QoS, Resources
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
 from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings
 from mesh.edge._install import EdgeInstaller, offload_target
 from mesh.edge.broker._broker import MosquittoBroker
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+from mesh.sdk import ModuleSpec
 from mesh.serving._contract import ModelArtifact, ReplicaMqtt
 from mesh.serving._manager import HttpProbe, ServingManager
 from mesh.serving._oip import HEADER_LENGTH, decode_response, encode_request

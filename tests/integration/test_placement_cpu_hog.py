@@ -30,7 +30,7 @@ import pytest
 import tests.support.agent_fixtures as af
 import tests.support.brokers as brokers
 from edge_agent.protocol import Event, Tensor, Topics, encode_frame
-from mesh import ModuleSpec, QoS, Resources
+from mesh import QoS, Resources
 from mesh.control._controller import ControllerSettings, PlacementController
 from mesh.control._migrations import MigrationExecutor
 from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
@@ -42,6 +42,7 @@ from mesh.edge._install import EdgeInstaller, offload_target
 from mesh.edge.broker._broker import MosquittoBroker
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.scenario._procs import CpuHog, DeviceCgroup
+from mesh.sdk import ModuleSpec
 from mesh.serving._contract import ModelArtifact, ReplicaMqtt
 from mesh.serving._manager import HttpProbe, ServingManager
 from mesh.serving._routes import ReplicaEndpoint, RouteTable

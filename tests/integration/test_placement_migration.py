@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from mesh import ModuleSpec, QoS, Resources
+from mesh import QoS, Resources
 from mesh.control._controller import ControllerSettings
+from mesh.sdk import ModuleSpec
 from mesh.serving._manager import ModelArtifact
 from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint
 from tests.support.agent_fixtures import AgentProcess, agent_processes, build_cnn  # noqa: F401

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from mesh import ModuleSpec, QoS, Resources
+from mesh import QoS, Resources
 from mesh.control._controller import ControllerSettings, PlacementController
 from mesh.control._migrations import MigrationExecutor
 from mesh.control._monitors import Monitors, PathProbe
 from mesh.control._store import PlacementStore
+from mesh.sdk import ModuleSpec
 from mesh.serving._manager import ModelArtifact, ServingManager
 from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.support.agent_fixtures import build_tiny_model

@@ -29,8 +29,8 @@ from mesh import (
     Resources,
     TuneResult,
     UnsatisfiableError,
-    check_satisfiable,
 )
+from mesh.compute import check_satisfiable
 from mesh.ray._backend import RayBackend, report_trial
 
 pytestmark = pytest.mark.ray

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from mesh import Lineage, ModelRegistry, SelectionMetric
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
 from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
 from mesh.edge._install import EdgeInstaller
 from mesh.edge.broker._broker import free_port, start_mosquitto
+from mesh.models import Lineage, ModelRegistry, SelectionMetric
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.serving._manager import ServingManager
 from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable

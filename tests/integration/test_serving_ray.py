@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from mesh import ModuleSpec, QoS, Resources, UnsatisfiableError
+from mesh import QoS, Resources, UnsatisfiableError
+from mesh.sdk import ModuleSpec
 from mesh.serving._manager import HttpProbe, ModelArtifact, ServingManager
 from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from mesh.serving.replica._server import ModelRunner

@@ -7,16 +7,9 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from mesh import (
-    CallResult,
-    CancelledError,
-    FunctionKind,
-    FunctionTimeoutError,
-    NodeInfo,
-    RegisteredFunction,
-    RemoteFunctionError,
-    TuneResult,
-)
+from mesh import CancelledError, FunctionTimeoutError, RemoteFunctionError, TuneResult
+from mesh.compute import CallResult, NodeInfo
+from mesh.sdk import FunctionKind, RegisteredFunction
 
 CLOUD = NodeInfo(
     "c" * 56, True, {"mesh.tier": "cloud"}, {"CPU": 1.0, "memory": 2.0**30}, is_head=True

@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from mesh import BatchSpec, Domain, Mesh, QoS, Resources, SpecError, StreamSpec, TuneSpec
+from mesh import Mesh, QoS, Resources, SpecError
+from mesh.sdk import BatchSpec, Domain, StreamSpec, TuneSpec
 
 
 def test_decorated_function_stays_callable_and_is_registered() -> None:

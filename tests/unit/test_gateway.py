@@ -440,7 +440,8 @@ def test_pool_reads_chunked_bodies_and_times_out() -> None:
 
 
 def test_v1_models_is_mounted_behind_the_same_tokens(tmp_path: Path) -> None:
-    from mesh import MeshSettings, ModelRegistry
+    from mesh import MeshSettings
+    from mesh.models import ModelRegistry
 
     registry = ModelRegistry.open(MeshSettings(data_dir=tmp_path))
     try:

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mesh import ModuleSpec, QoS, Resources, UnsatisfiableError
+from mesh import QoS, Resources, UnsatisfiableError
 from mesh.core._metrics import MetricsRegistry
 from mesh.models._export import ModelSignature, TensorSpec
+from mesh.sdk import ModuleSpec
 from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
 from mesh.serving._manager import (
     DeployError,
@@ -334,7 +335,8 @@ def test_deploy_to_an_agent_and_back() -> None:
 
 
 def test_registry_versions_are_resolved(tmp_path: Path) -> None:
-    from mesh import MeshSettings, ModelRegistry
+    from mesh import MeshSettings
+    from mesh.models import ModelRegistry
 
     registry = ModelRegistry.open(MeshSettings(data_dir=tmp_path))
     try:

@@ -3,7 +3,6 @@ other side; with fakes (no broker, no Ray)."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import threading
@@ -382,25 +381,6 @@ def test_replica_mqtt_settings() -> None:
     assert "p@ss" not in repr(ReplicaMqtt("mqtt://b", password="p@ss"))
     with pytest.raises(ValueError, match="expected mqtt://"):
         ReplicaMqtt("http://broker")
-
-
-def test_paho_only_in_the_edge_gateway_and_the_replica_responder() -> None:
-    import mesh
-
-    # The control plane's one MQTT client is the edge gateway; a replica's responder runs in
-    # the replica's own process (a data-plane endpoint, like an agent), not the control plane.
-    allowed = {"_edge_gateway.py", "_replica_mqtt.py"}
-    users = set()
-    for path in Path(mesh.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            if any(n.split(".")[0] == "paho" for n in names):
-                users.add(path.name)
-    assert users <= allowed, users - allowed
 
 
 # ---------------------------------------------------------------- the agent's pipelines

@@ -21,8 +21,8 @@ from mesh.control._migrations import MigrationExecutor
 from mesh.control._monitors import Monitors, NodeSample, NodeState
 from mesh.control._settings import ControllerSettings
 from mesh.control._store import MigrationRecord, PipelineRecord, PlacementStore
-from mesh.edge._install import PipelineSource
 from mesh.edge._registry import AgentRegistry
+from mesh.serving._leases import PipelineSource
 from mesh.serving._manager import ServingManager
 from mesh.serving._routes import ReplicaEndpoint, RouteTable
 from tests.unit.test_gateway_serving import (

@@ -9,12 +9,12 @@ from mesh import (
     FunctionTimeoutError,
     InvalidArgumentsError,
     Mesh,
-    NodeInfo,
     RemoteFunctionError,
     Resources,
     UnknownFunctionError,
     UnsatisfiableError,
 )
+from mesh.compute import NodeInfo
 from mesh.compute._runner import Runner
 from mesh.compute._runs import RunStatus, SQLiteStore
 

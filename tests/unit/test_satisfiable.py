@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import FunctionSpec, NodeInfo, Resources, UnsatisfiableError, check_satisfiable
+from mesh import Resources, UnsatisfiableError
+from mesh.compute import NodeInfo, check_satisfiable
+from mesh.sdk import FunctionSpec
 
 CLOUD = NodeInfo("c" * 8, True, {"mesh.tier": "cloud"}, {"CPU": 2.0, "GPU": 1.0})
 FOG = NodeInfo("f" * 8, True, {"mesh.tier": "fog", "mesh.site": "s1"}, {"CPU": 1.0})

@@ -18,9 +18,10 @@ from edge_agent._pipelines import Pipeline
 from edge_agent._sources import Sample
 from edge_agent.protocol import Event, PipelineSpec, Route, SourceSpec, Tensor, encode_frame
 from mesh.core._errors import MeshError
-from mesh.edge._handover import Lease, LeaseList, SourceHandover, lease_topic
-from mesh.edge._install import EdgeInstaller, PipelineSource
+from mesh.edge._handover import SourceHandover
+from mesh.edge._install import EdgeInstaller
 from mesh.serving._contract import DeployError, ReplicaMqtt
+from mesh.serving._leases import Lease, LeaseList, PipelineSource, lease_topic
 from mesh.serving.replica._mqtt import MqttResponder
 from mesh.serving.replica._pipelines import ReplicaPipelines
 from mesh.serving.replica._server import ModelRunner, ReplicaApp

@@ -18,7 +18,7 @@ def test_streams_and_gateway_share_one_topic_matches() -> None:
     from mesh.compute import _streams
 
     assert _streams.topic_matches is topic_matches
-    assert mesh.topic_matches is topic_matches
+    assert mesh.core.topic_matches is topic_matches
 
 
 @pytest.mark.parametrize(

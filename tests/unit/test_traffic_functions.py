@@ -23,10 +23,10 @@ from functions.traffic.app import (  # noqa: E402
     train_forecaster,
 )
 from functions.traffic.occupancy import synthetic_dataset  # noqa: E402
-from mesh import FunctionKind, TuneSpec  # noqa: E402
 from mesh.models._artifacts import sha256_file  # noqa: E402
 from mesh.models._export import export_onnx  # noqa: E402
 from mesh.models._registry import ModelRegistry  # noqa: E402
+from mesh.sdk import FunctionKind, TuneSpec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:.*isinstance\(treespec, LeafSpec\).*:FutureWarning"

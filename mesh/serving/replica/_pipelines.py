@@ -1,6 +1,6 @@
 """Agents' pipelines run by a replica while their source is handed over (route ``remote``).
 
-The replica side of :mod:`mesh.edge._handover`. A replica's
+The replica side of :mod:`mesh.edge._handover` (records: :mod:`mesh.serving._leases`). A replica's
 :class:`~mesh.serving.replica._mqtt.MqttResponder` holds one :class:`ReplicaPipelines`:
 it follows the replica's retained lease list, subscribes to each lease's MQTT
 source, runs the frames the lease covers (by capture time: the frame header's
@@ -34,7 +34,7 @@ from edge_agent.protocol import (
     decode_frame,
     json_tensor,
 )
-from mesh.edge._handover import Lease, LeaseList, lease_topic, observed_topic
+from mesh.serving._leases import Lease, LeaseList, lease_topic, observed_topic
 
 __all__ = ["PipelineHost", "ReplicaPipelines"]
 

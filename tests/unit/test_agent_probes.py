@@ -1,0 +1,64 @@
+"""Control reaches agents through its Protocols: an error answer is an answer, silence is not.
+
+``PathProbe`` times an agent by asking it for a module it does not have: the
+agent's error reply (the edge's ``EdgeInferenceError``, an ``AgentErrorReply``)
+is the round trip; a timeout, a lost connection or any other failure is no
+answer. The fakes raise the edge's real errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from mesh.control import NodeState, PathProbe
+from mesh.edge import EdgeConnectionError, EdgeInferenceError, EdgeRequestTimeoutError
+from mesh.serving import AgentErrorReply
+
+AGENT = NodeState(name="cam-1", kind="agent", tier="edge", site="s1", alive=True)
+
+
+class FakeEdge:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.asked: list[tuple[str, str]] = []
+
+    def infer_sync(
+        self, module: str, node: str, inputs: Mapping[str, Any], *, timeout_s: float = 5.0
+    ) -> object:
+        self.asked.append((module, node))
+        raise self.error
+
+
+def test_the_edge_error_answer_is_an_agent_error_reply() -> None:
+    error = EdgeInferenceError(module="m", node="cam-1", code="unknown_module", message="no m")
+    assert isinstance(error, AgentErrorReply)
+    assert not isinstance(
+        EdgeRequestTimeoutError(module="m", node="cam-1", correlation_id="c", timeout_s=1.0),
+        AgentErrorReply,
+    )
+
+
+def test_an_error_answer_times_the_round_trip() -> None:
+    edge = FakeEdge(EdgeInferenceError(module="p", node="cam-1", code="unknown_module", message=""))
+    rtt = PathProbe(edge=edge).rtt_ms(AGENT, timeout_s=0.5)
+    assert rtt is not None and rtt >= 0.0
+    assert edge.asked and edge.asked[0][1] == "cam-1"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EdgeRequestTimeoutError(module="p", node="cam-1", correlation_id="c", timeout_s=0.5),
+        EdgeConnectionError("not connected"),
+        RuntimeError("anything else"),
+    ],
+)
+def test_no_answer_is_no_round_trip(error: Exception) -> None:
+    assert PathProbe(edge=FakeEdge(error)).rtt_ms(AGENT, timeout_s=0.5) is None
+
+
+def test_no_edge_no_probe() -> None:
+    assert PathProbe().rtt_ms(AGENT, timeout_s=0.5) is None
