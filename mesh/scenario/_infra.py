@@ -21,7 +21,11 @@ from typing import Any
 from rich.console import Console
 
 from mesh.core._errors import MeshError
-from mesh.runtime._control_plane import ControlPlaneServices, ControlPlaneSettings
+from mesh.runtime._control_plane import (
+    ControlPlaneServices,
+    ControlPlaneSettings,
+    MqttProtocol,
+)
 from mesh.scenario._actions import Testbed
 from mesh.scenario._decls import ModuleDecl
 from mesh.scenario._nodes import RayNode
@@ -75,9 +79,9 @@ def start_infrastructure(
     Raises:
         MeshError: the scenario needs the embedded cluster and ``MESH_RAY_ADDRESS`` is set.
     """
-    from mesh.compute._backend import connect_backend
     from mesh.core._http_server import serve_asgi
     from mesh.edge.broker._broker import free_port
+    from mesh.runtime._connect import connect_backend
     from mesh.runtime._control_plane import build_services
 
     head = sc.head_node() or RayNode(name="cloud", tier="cloud")
@@ -115,7 +119,7 @@ def start_infrastructure(
             f"{' site ' + info.site if info.site else ''}, {info.cpus:g} CPU"
         )
     undo: list[tuple[str, Any]] = []
-    protocol = "3.1.1" if sc.broker.kind == "embedded" else "auto"
+    protocol: MqttProtocol = "3.1.1" if sc.broker.kind == "embedded" else "auto"
     try:
         services = build_services(settings, backend, broker_url, protocol, undo, host_cpu=False)
     finally:
