@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mesh.ray._replicas import RayReplicaLauncher
     from mesh.sdk import ModuleSpec
     from mesh.security._auth import TokenSigner
-    from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+    from mesh.serving._gateway import Gateway, TokenAuth
+    from mesh.serving._gateway_app import create_gateway_app
     from mesh.serving._manager import ModelArtifact, ServingManager
     from mesh.serving._routes import RouteTable
     from mesh.serving.replica._server import serve_asgi

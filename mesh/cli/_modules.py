@@ -8,7 +8,9 @@ Mounted by :mod:`mesh.cli` as ``app.add_typer(modules_app, name="modules")``::
 
 Talks to the control plane `mesh up` started (its ``gateway_url`` in the data
 dir's ``cluster.json``) over HTTP, with a short-lived admin token minted from
-the data dir's signing key. Errors print one line and exit with code 1.
+the data dir's signing key. The control plane's errors are the one JSON body of
+:mod:`mesh.core._http_errors`; :class:`ControlPlaneError` carries its status and
+type. Errors print one line and exit with code 1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.runtime._daemon import read_cluster_file
 
@@ -38,8 +41,20 @@ err = Console(stderr=True)
 _TOKEN_TTL_S = 300.0
 
 
-class ControlPlaneError(Exception):
-    """The control plane is not up, or answered with an error (the message says which)."""
+class ControlPlaneError(MeshError):
+    """The control plane is not up, or answered with an error (the message says which).
+
+    Attributes:
+        status: the HTTP status it answered with; None when it did not answer.
+        error_type: the ``type`` of its error body (a class of the mesh's error tree).
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, error_type: str | None = None
+    ) -> None:
+        self.status = status
+        self.error_type = error_type
+        super().__init__(message)
 
 
 class ControlPlaneClient:
@@ -88,7 +103,10 @@ class ControlPlaneClient:
             with urllib.request.urlopen(req, timeout=self._timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise ControlPlaneError(f"{exc.code}: {_message(exc.read())}") from None
+            message, error_type = _error(exc.read())
+            raise ControlPlaneError(
+                f"{exc.code}: {message}", status=exc.code, error_type=error_type
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ControlPlaneError(
@@ -98,15 +116,16 @@ class ControlPlaneClient:
         return json.loads(raw) if raw else None
 
 
-def _message(raw: bytes) -> str:
+def _error(raw: bytes) -> tuple[str, str | None]:
+    """The message and type of an error body (``{"error": ..., "type": ...}``)."""
     try:
         doc = json.loads(raw)
     except ValueError:
-        return raw.decode(errors="replace")[:500]
-    if isinstance(doc, dict):
-        detail = doc.get("detail", doc.get("error", doc))
-        return detail if isinstance(detail, str) else json.dumps(detail)
-    return str(doc)
+        return raw.decode(errors="replace")[:500], None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        kind = doc.get("type")
+        return doc["error"], kind if isinstance(kind, str) else None
+    return json.dumps(doc)[:500], None  # not the mesh's error body (a proxy in between?)
 
 
 def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -7,8 +7,11 @@ POST     /v1/placements/{module}/pin         fix a module to ``{"node": ..}`` or
 DELETE   /v1/placements/{module}/pin         let the engine place it again (admin)
 =======  ==================================  ==============================================
 
-Errors are ``{"detail": "..."}``: an unknown module 404, a bad pin 422 (neither
-or both of node and tier, a tier the module may not use, an unknown node).
+Routes raise errors of the tree (:mod:`mesh.core._errors`), answered by the
+app's handlers (:func:`mesh.core._http_errors.install_error_handlers`) with the
+one JSON error body: an unknown module 404, a module that is not pinned 404, a
+bad pin 422 (neither or both of node and tier, a tier the module may not use,
+an unknown node).
 Auth is injected as in :mod:`mesh.serving._api`: ``auth`` maps a scope to a
 FastAPI dependency.
 """
@@ -19,10 +22,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh.control._store import MigrationRecord, Pin
+from mesh.core._errors import InvalidRequestError, NotFoundError
+from mesh.serving._oip import ModelNotServedError
 
 __all__ = ["PinRequest", "PlacementService", "create_placements_router"]
 
@@ -70,8 +75,9 @@ def create_placements_router(
         return [Depends(auth(name))] if auth is not None else []
 
     def known(module: str) -> None:
-        if not any(m["module"] == module for m in service.describe()["modules"]):
-            raise HTTPException(404, f"module {module!r} is not deployed")
+        modules = [m["module"] for m in service.describe()["modules"]]
+        if module not in modules:
+            raise ModelNotServedError(module, None, modules)
 
     @router.get("", dependencies=scope("read"))
     def current() -> dict[str, Any]:
@@ -90,17 +96,17 @@ def create_placements_router(
         """Fix the module to a node or a tier; the controller moves it if needed."""
         known(module)
         if (request.node is None) == (request.tier is None):
-            raise HTTPException(422, "pin to a node or to a tier: give exactly one of them")
+            raise InvalidRequestError("pin to a node or to a tier: give exactly one of them")
         try:
             return service.pin(module, node=request.node, tier=request.tier).to_dict()
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        except ValueError as exc:  # the controller's word for a bad tier or node
+            raise InvalidRequestError(str(exc)) from exc
 
     @router.delete("/{module}/pin", status_code=204, dependencies=scope("admin"))
     def unpin(module: str) -> Response:
         """Let the engine place the module again."""
         if not service.unpin(module):
-            raise HTTPException(404, f"module {module!r} is not pinned")
+            raise NotFoundError(f"module {module!r} is not pinned")
         return Response(status_code=204)
 
     return router

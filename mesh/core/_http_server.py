@@ -1,18 +1,110 @@
-"""Running an ASGI app under uvicorn in a daemon thread (replicas, gateway, artifacts)."""
+"""Serving ASGI apps: uvicorn in a daemon thread, and the helpers of raw ASGI apps.
+
+:func:`serve_asgi` runs any ASGI app (replica, gateway, artifacts) under uvicorn
+in a daemon thread. The helpers (:func:`header`, :func:`read_body`,
+:func:`respond`, :func:`respond_json`, :func:`respond_error`) are for the apps
+that answer without a framework on the hot path (the replica's server, the
+gateway's inference fast path); their errors are the one JSON shape of
+:mod:`mesh.core._http_errors`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Literal
 
 from mesh.core._errors import MeshError
+from mesh.core._http_errors import error_body, error_headers, error_status
 
-__all__ = ["ServerThread", "serve_asgi"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "ServerThread",
+    "header",
+    "read_body",
+    "respond",
+    "respond_error",
+    "respond_json",
+    "serve_asgi",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Bodies past this are refused (413) before they are parsed.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in an ASGI scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The whole request body; None when it is over ``limit`` or the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a complete response."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Send, status: int, doc: Any) -> None:
+    """Send a JSON document."""
+    await respond(send, status, json.dumps(doc, separators=(",", ":")).encode())
+
+
+async def respond_error(send: Send, exc: BaseException) -> None:
+    """Send the one JSON error body with the status (and headers) ``exc`` maps to."""
+    await respond(send, error_status(exc), error_body(exc), headers=error_headers(exc))
 
 
 class ServerThread:

@@ -10,6 +10,11 @@ Routes (mount :func:`artifact_router` in the REST control plane, or serve
   downloaders that cannot set headers. 401 without or with a wrong credential
   (checked before the digest, so nothing leaks), 404 for an unknown digest.
 
+Errors are raised (:class:`ArtifactAuthError`,
+:class:`~mesh.models._artifacts.ArtifactNotFoundError`) and answered by the
+app's handlers (:func:`mesh.core._http_errors.install_error_handlers`) with the
+one JSON error body, as on every endpoint of the mesh.
+
 Example:
     >>> app = create_artifact_app(EdgeSettings(data_dir=Path("/tmp/m")))  # doctest: +SKIP
     >>> server = serve_in_thread(app, port=0)                             # doctest: +SKIP
@@ -28,12 +33,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from urllib.parse import urlencode
 
 # FastAPI resolves the route signatures' (string) annotations in this module's globals.
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.responses import FileResponse
 
 from edge_agent._files import atomic_write
 from edge_agent.protocol import ModuleSpec, Route
 from mesh.core._errors import MeshError
+from mesh.core._http_errors import install_error_handlers
 from mesh.core._http_server import ServerThread, serve_asgi
 from mesh.models._artifacts import (
     ArtifactInfo,
@@ -41,12 +47,14 @@ from mesh.models._artifacts import (
     ArtifactSigner,
     ArtifactStore,
 )
+from mesh.security._auth import AuthError
 
 if TYPE_CHECKING:
     from mesh.edge._enrolment import EdgeSettings
 
 __all__ = [
     "AgentAuth",
+    "ArtifactAuthError",
     "ArtifactServer",
     "UrlSigner",
     "artifact_router",
@@ -58,6 +66,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 URL_KEY_FILE = "artifact-url.key"
+
+
+class ArtifactAuthError(AuthError):
+    """An artifact download without a valid agent token or signed URL (HTTP 401)."""
+
+    challenge = 'Bearer realm="fogmesh-artifacts"'
 
 
 class AgentAuth(Protocol):
@@ -178,9 +192,12 @@ def artifact_router(
     auth: AgentAuth,
     url_signer: UrlSigner | None = None,
 ) -> APIRouter:
-    """The ``/v1/artifacts`` routes as an ``APIRouter`` (to mount in a FastAPI app)."""
+    """The ``/v1/artifacts`` routes as an ``APIRouter``.
+
+    Mount it in a FastAPI app that answers the mesh's errors
+    (:func:`mesh.core._http_errors.install_error_handlers`; the gateway's app does).
+    """
     router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
-    challenge = {"WWW-Authenticate": 'Bearer realm="fogmesh-artifacts"'}
 
     def _agent(
         authorization: str | None,
@@ -195,7 +212,7 @@ def artifact_router(
                 agent_id = auth.agent_for_token(token.strip())
                 if agent_id is not None:
                     return agent_id
-            raise HTTPException(401, "invalid bearer token", headers=challenge)
+            raise ArtifactAuthError("invalid bearer token")
         if (
             agent is not None
             and expires is not None
@@ -206,8 +223,8 @@ def artifact_router(
         ):
             return agent
         if agent is not None or sig is not None:
-            raise HTTPException(401, "invalid or expired signed URL", headers=challenge)
-        raise HTTPException(401, "missing Authorization: Bearer <agent token>", headers=challenge)
+            raise ArtifactAuthError("invalid or expired signed URL")
+        raise ArtifactAuthError("missing Authorization: Bearer <agent token>")
 
     @router.get("/public-key", summary="The control plane's artifact-signing public key")
     def public_key() -> dict[str, str]:
@@ -239,7 +256,7 @@ def artifact_router(
             info = store.info(sha256)
         except ArtifactNotFoundError:
             logger.info("agent %s asked for unknown artifact %s", agent_id, sha256[:80])
-            raise HTTPException(404, f"no artifact with sha256 {sha256[:80]}") from None
+            raise ArtifactNotFoundError(sha256[:80]) from None
         logger.info("agent %s downloads artifact %s (%d bytes)", agent_id, sha256, info.size)
         return FileResponse(
             info.path,
@@ -272,6 +289,7 @@ def create_artifact_app(
 
         auth = EnrolmentStore(settings.store_path)
     app = FastAPI(title="fogmesh artifacts", version="1")
+    install_error_handlers(app)
     app.include_router(
         artifact_router(
             store=store or ArtifactStore(settings.data_dir / "artifacts"),

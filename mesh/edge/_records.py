@@ -3,12 +3,13 @@
 Plain records with no MQTT client behind them, so the registry and the callers
 of :class:`~mesh.edge._bus.EdgeBus` can use them without paho installed.
 
-Errors (all :class:`~mesh.core._errors.MeshError`)::
+Errors (all :class:`~mesh.core._errors.MeshError`; HTTP statuses as declared)::
 
-    EdgeBusError              the gateway could not do what was asked
-    ├── EdgeConnectionError       the broker refused or could not be reached
-    ├── EdgeRequestTimeoutError   no reply within timeout_s (also a TimeoutError)
-    └── EdgeInferenceError        the node answered with an error (code, message)
+    EdgeBusError              the bus could not do what was asked (502)
+    ├── EdgeConnectionError       the broker refused or could not be reached (502)
+    ├── EdgeRequestTimeoutError   no reply within timeout_s (504; also a TimeoutError)
+    └── EdgeInferenceError        the node answered with an error code (502); the gateway
+                                  answers clients with the serving error its code maps to
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ __all__ = [
 
 
 class EdgeBusError(MeshError, RuntimeError):
-    """The edge gateway could not do what was asked."""
+    """The edge bus could not do what was asked (HTTP 502)."""
+
+    http_status = 502
 
 
 class EdgeConnectionError(EdgeBusError, ConnectionError):
-    """The broker refused the gateway or could not be reached."""
+    """The broker refused the bus or could not be reached (HTTP 502)."""
 
 
 class EdgeRequestTimeoutError(EdgeBusError, TimeoutError):
-    """No reply to an inference request within its timeout."""
+    """No reply to an inference request within its timeout (HTTP 504)."""
+
+    http_status = 504
 
     def __init__(self, *, module: str, node: str, correlation_id: str, timeout_s: float) -> None:
         self.module = module

@@ -1,10 +1,12 @@
 """REST API of the model registry: ``/v1/models``.
 
-Mount the router on the control plane's FastAPI app::
+Mount the router on the control plane's FastAPI app, which answers the errors::
 
+    from mesh.core._http_errors import install_error_handlers
     from mesh.models._api import create_models_router
     from mesh.models._registry import ModelRegistry
 
+    install_error_handlers(app)
     app.include_router(create_models_router(ModelRegistry.open()))
 
 Routes (``{ref}`` is ``v3``, ``production``, ``candidate``, ``latest`` or a sha256 prefix):
@@ -26,8 +28,13 @@ parameters or form fields (``code_version`` required; ``metric``,
 ``metric_value``, ``mode``, ``run_id``, ``data_id``, ``hyperparameters`` as a
 JSON object). A corrupt or non-ONNX upload gets 422 and registers nothing.
 
-Errors map to status codes here and only here: not found 404, bad input 422,
-too large 413, stage conflicts 409, store failures 503. Auth is injected: pass
+Routes raise errors of the tree (:mod:`mesh.core._errors`); each class declares
+its status, and the app's handlers (:func:`mesh.core._http_errors.install_error_handlers`)
+answer with it and the one JSON error body: not found 404
+(:class:`~mesh.models._registry.ModelNotFoundError`), bad input 422
+(:class:`~mesh.models._registry.InvalidRegistrationError`,
+:class:`~mesh.models._export.InvalidModelError`), too large 413, stage conflicts
+409 (:class:`~mesh.models._registry.StageError`), store failures 503. Auth is injected: pass
 ``auth``, a function from a scope (``"read"`` or ``"admin"``) to a FastAPI
 dependency that raises 401/403; the default is open.
 """
@@ -38,31 +45,24 @@ dependency that raises 401/403; the default is open.
 
 import hashlib
 import json
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from mesh.models._artifacts import ArtifactNotFoundError
-from mesh.models._export import InvalidModelError
-from mesh.models._profile import ProfileError
+from mesh.core._errors import RequestTooLargeError
 from mesh.models._registry import (
     InvalidRegistrationError,
     Lineage,
-    ModelNotFoundError,
     ModelRegistry,
     ModelSummary,
     ModelVersion,
-    RegistryError,
     SelectionMetric,
-    StageError,
 )
 
 __all__ = [
@@ -71,8 +71,6 @@ __all__ = [
     "ModelVersionOut",
     "create_models_router",
 ]
-
-logger = logging.getLogger(__name__)
 
 AuthFactory = Callable[[str], Callable[..., Any]]
 NamePath = Annotated[
@@ -212,40 +210,13 @@ def _summary_out(summary: ModelSummary) -> ModelSummaryOut:
     )
 
 
-def _problem(code: int, exc: Exception) -> HTTPException:
-    return HTTPException(code, detail={"error": type(exc).__name__, "message": str(exc)})
-
-
-@contextmanager
-def _http_errors() -> Iterator[None]:
-    """The one place registry errors become HTTP status codes."""
-    try:
-        yield
-    except (ModelNotFoundError, ArtifactNotFoundError) as exc:
-        raise _problem(status.HTTP_404_NOT_FOUND, exc) from exc
-    except (InvalidModelError, InvalidRegistrationError) as exc:
-        raise _problem(status.HTTP_422_UNPROCESSABLE_CONTENT, exc) from exc
-    except StageError as exc:
-        raise _problem(status.HTTP_409_CONFLICT, exc) from exc
-    except (RegistryError, ProfileError) as exc:
-        logger.error("model registry failed: %s", exc)
-        raise _problem(status.HTTP_503_SERVICE_UNAVAILABLE, exc) from exc
-
-
-def _bad_request(message: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail={"error": "InvalidRegistrationError", "message": message},
-    )
-
-
 def _split_multipart(content_type: str, body: bytes) -> tuple[bytes | None, dict[str, str]]:
     """The ``file`` part and the text fields of a multipart/form-data body (stdlib parser)."""
     message = BytesParser(policy=HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
     if not message.is_multipart():
-        raise _bad_request("malformed multipart/form-data body")
+        raise InvalidRegistrationError("malformed multipart/form-data body")
     file: bytes | None = None
     fields: dict[str, str] = {}
     for part in message.iter_parts():
@@ -263,25 +234,27 @@ def _split_multipart(content_type: str, body: bytes) -> tuple[bytes | None, dict
 def _registration(params: dict[str, str]) -> dict[str, Any]:
     code_version = params.get("code_version", "").strip()
     if not code_version:
-        raise _bad_request("code_version is required (a git commit or a source digest)")
+        raise InvalidRegistrationError("code_version is required (a git commit or a source digest)")
     metric: SelectionMetric | None = None
     if params.get("metric"):
         try:
             value = float(params["metric_value"])
         except (KeyError, ValueError):
-            raise _bad_request("metric needs metric_value, a number") from None
+            raise InvalidRegistrationError("metric needs metric_value, a number") from None
         mode = params.get("mode", "min")
         if mode not in ("min", "max"):
-            raise _bad_request(f"mode must be 'min' or 'max', got {mode!r}")
+            raise InvalidRegistrationError(f"mode must be 'min' or 'max', got {mode!r}")
         metric = SelectionMetric(params["metric"], value, "min" if mode == "min" else "max")
     hyperparameters: Any = {}
     if params.get("hyperparameters"):
         try:
             hyperparameters = json.loads(params["hyperparameters"])
         except json.JSONDecodeError as exc:
-            raise _bad_request(f"hyperparameters must be a JSON object: {exc}") from None
+            raise InvalidRegistrationError(
+                f"hyperparameters must be a JSON object: {exc}"
+            ) from None
         if not isinstance(hyperparameters, dict):
-            raise _bad_request("hyperparameters must be a JSON object")
+            raise InvalidRegistrationError("hyperparameters must be a JSON object")
     lineage = Lineage(
         run_id=params.get("run_id") or None,
         data_id=params.get("data_id") or None,
@@ -321,30 +294,27 @@ def create_models_router(
     @router.get("", response_model=list[ModelSummaryOut], dependencies=scope("read"))
     def list_models(reg: Registry) -> list[ModelSummaryOut]:
         """Every model with its latest and production version."""
-        with _http_errors():
-            return [_summary_out(s) for s in reg.list_models()]
+        return [_summary_out(s) for s in reg.list_models()]
 
     @router.get("/{name}", response_model=ModelDetailOut, dependencies=scope("read"))
     def get_model(name: NamePath, reg: Registry) -> ModelDetailOut:
         """One model: every version and the history of its stages."""
-        with _http_errors():
-            versions = reg.versions(name)
-            production = next((v.version for v in versions if v.stage == "production"), None)
-            return ModelDetailOut(
-                name=name,
-                production=production,
-                latest=versions[-1].version,
-                versions=[version_out(v) for v in versions],
-                history=[StageEventOut.model_validate(e) for e in reg.history(name)],
-            )
+        versions = reg.versions(name)
+        production = next((v.version for v in versions if v.stage == "production"), None)
+        return ModelDetailOut(
+            name=name,
+            production=production,
+            latest=versions[-1].version,
+            versions=[version_out(v) for v in versions],
+            history=[StageEventOut.model_validate(e) for e in reg.history(name)],
+        )
 
     @router.get(
         "/{name}/versions", response_model=list[ModelVersionOut], dependencies=scope("read")
     )
     def list_versions(name: NamePath, reg: Registry) -> list[ModelVersionOut]:
         """Every version of a model, oldest first."""
-        with _http_errors():
-            return [version_out(v) for v in reg.versions(name)]
+        return [version_out(v) for v in reg.versions(name)]
 
     @router.post(
         "/{name}/versions",
@@ -366,13 +336,7 @@ def create_models_router(
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_upload_bytes:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    detail={
-                        "error": "PayloadTooLarge",
-                        "message": f"upload over {max_upload_bytes} bytes",
-                    },
-                )
+                raise RequestTooLargeError(f"upload over {max_upload_bytes} bytes")
             chunks.append(chunk)
         body = b"".join(chunks)
         params = {k: v for k, v in request.query_params.items()}
@@ -381,15 +345,14 @@ def create_models_router(
         if content_type.lower().startswith("multipart/"):
             file, fields = _split_multipart(content_type, body)
             if file is None:
-                raise _bad_request("multipart upload without a 'file' part")
+                raise InvalidRegistrationError("multipart upload without a 'file' part")
             data, params = file, {**fields, **params}
         options = _registration(params)
-        with _http_errors():
-            known = reg.find(name, options["code_version"], hashlib.sha256(data).hexdigest())
-            if known is not None:
-                response.status_code = status.HTTP_200_OK
-                return version_out(known)
-            version = await run_in_threadpool(lambda: reg.register(name, data, **options))
+        known = reg.find(name, options["code_version"], hashlib.sha256(data).hexdigest())
+        if known is not None:
+            response.status_code = status.HTTP_200_OK
+            return version_out(known)
+        version = await run_in_threadpool(lambda: reg.register(name, data, **options))
         response.headers["Location"] = f"/v1/models/{name}/versions/{version.version}"
         return version_out(version)
 
@@ -398,8 +361,7 @@ def create_models_router(
     )
     def get_version(name: NamePath, ref: RefPath, reg: Registry) -> ModelVersionOut:
         """One version by id, stage or sha256 prefix."""
-        with _http_errors():
-            return version_out(reg.get(name, ref))
+        return version_out(reg.get(name, ref))
 
     @router.get(
         "/{name}/versions/{ref}/artifact",
@@ -415,8 +377,7 @@ def create_models_router(
     )
     def download_artifact(name: NamePath, ref: RefPath, reg: Registry) -> FileResponse:
         """The version's ONNX file, with its sha256 and signature in headers."""
-        with _http_errors():
-            version, path = reg.artifact_path(name, ref)
+        version, path = reg.artifact_path(name, ref)
         return FileResponse(
             path,
             media_type="application/octet-stream",
@@ -436,13 +397,11 @@ def create_models_router(
     )
     def promote(name: NamePath, ref: RefPath, reg: Registry) -> ModelVersionOut:
         """Make a version production; the one it replaces is where rollback returns."""
-        with _http_errors():
-            return version_out(reg.promote(name, ref))
+        return version_out(reg.promote(name, ref))
 
     @router.post("/{name}/rollback", response_model=ModelVersionOut, dependencies=scope("admin"))
     def rollback(name: NamePath, reg: Registry) -> ModelVersionOut:
         """Return to the previous production version (409 when there is none)."""
-        with _http_errors():
-            return version_out(reg.rollback(name))
+        return version_out(reg.rollback(name))
 
     return router

@@ -60,7 +60,9 @@ class ArtifactError(MeshError):
 
 
 class ArtifactNotFoundError(ArtifactError, LookupError):
-    """No artifact with that sha256 is stored."""
+    """No artifact with that sha256 is stored (HTTP 404)."""
+
+    http_status = 404
 
     def __init__(self, sha256: str) -> None:
         self.sha256 = sha256

@@ -89,7 +89,9 @@ class ExportParityError(ExportError):
 
 
 class InvalidModelError(MeshError, ValueError):
-    """Bytes that are not a valid, self-contained ONNX model (nothing was registered)."""
+    """Bytes that are not a valid, self-contained ONNX model; nothing was registered (422)."""
+
+    http_status = 422
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,9 @@ CUDA = "CUDAExecutionProvider"
 
 
 class ProfileError(MeshError, RuntimeError):
-    """A model could not be profiled for a reason other than the model (no onnxruntime)."""
+    """A model could not be profiled for a reason other than the model (no onnxruntime; 503)."""
+
+    http_status = 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,9 @@ DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 
 class RegistryError(MeshError):
-    """The model registry could not do what was asked."""
+    """The model registry could not do what was asked (its store failed: HTTP 503)."""
+
+    http_status = 503
 
 
 class ModelNotFoundError(RegistryError, LookupError):
@@ -102,6 +104,8 @@ class ModelNotFoundError(RegistryError, LookupError):
         name: the model asked for.
         ref: the version or stage asked for, if any.
     """
+
+    http_status = 404
 
     def __init__(self, name: str, ref: str | None = None, *, known: Sequence[str] = ()) -> None:
         self.name = name
@@ -120,11 +124,15 @@ class ModelNotFoundError(RegistryError, LookupError):
 
 
 class InvalidRegistrationError(RegistryError, ValueError):
-    """A registration's name, code version, metric or lineage is malformed."""
+    """A registration's name, code version, metric or lineage is malformed (HTTP 422)."""
+
+    http_status = 422
 
 
 class StageError(RegistryError):
-    """A stage change that cannot be made, e.g. a rollback with nothing to roll back to."""
+    """A stage change that cannot be made, e.g. a rollback with nothing to roll back to (409)."""
+
+    http_status = 409
 
 
 # -- the registry ---------------------------------------------------------------------

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._export import ModelSignature
     from mesh.models._registry import ModelRegistry
-    from mesh.serving._gateway import GatewayApp
+    from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
 __all__ = [
@@ -282,7 +282,8 @@ def build_services(
     from mesh.security._auth import TokenSigner
     from mesh.serving._api import create_modules_router
     from mesh.serving._contract import ReplicaMqtt
-    from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+    from mesh.serving._gateway import Gateway, TokenAuth
+    from mesh.serving._gateway_app import create_gateway_app
     from mesh.serving._manager import ServingManager
     from mesh.serving._routes import RouteTable
 

@@ -38,9 +38,14 @@ SECRET_FILE = "token-secret"
 class AuthError(MeshError):
     """A token is missing, malformed, forged or expired (HTTP 401)."""
 
+    http_status = 401
+    challenge = 'Bearer realm="fogmesh"'
+
 
 class ForbiddenError(MeshError):
     """A valid token lacks the scope a call needs (HTTP 403)."""
+
+    http_status = 403
 
     def __init__(self, subject: str, needed: str, granted: tuple[str, ...]) -> None:
         self.subject = subject

@@ -32,14 +32,8 @@ if TYPE_CHECKING:
         ReplicaRequest,
         ReplicaStatus,
     )
-    from mesh.serving._gateway import (
-        EdgeInference,
-        Gateway,
-        GatewayApp,
-        LatencyObserver,
-        TokenAuth,
-        create_gateway_app,
-    )
+    from mesh.serving._gateway import EdgeInference, Gateway, LatencyObserver, TokenAuth
+    from mesh.serving._gateway_app import GatewayApp, create_gateway_app
     from mesh.serving._leases import Lease, LeaseList, PipelineSource
     from mesh.serving._manager import DeploymentView, ServingManager
     from mesh.serving._oip import (
@@ -125,14 +119,8 @@ __getattr__, __dir__ = lazy_exports(
             "ReplicaRequest",
             "ReplicaStatus",
         ),
-        "mesh.serving._gateway": (
-            "EdgeInference",
-            "Gateway",
-            "GatewayApp",
-            "LatencyObserver",
-            "TokenAuth",
-            "create_gateway_app",
-        ),
+        "mesh.serving._gateway": ("EdgeInference", "Gateway", "LatencyObserver", "TokenAuth"),
+        "mesh.serving._gateway_app": ("GatewayApp", "create_gateway_app"),
         "mesh.serving._leases": ("Lease", "LeaseList", "PipelineSource"),
         "mesh.serving._manager": ("DeploymentView", "ServingManager"),
         "mesh.serving._oip": (

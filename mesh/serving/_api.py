@@ -8,9 +8,12 @@ DELETE   /v1/modules/{name}        stop serving a module (admin)
 
 A deploy names a registered model and a version (``production``, ``v3``...);
 the module's spec is built from the request (name defaults to the model's).
-Errors are ``{"detail": "..."}``: unknown model or version 404, a spec that
-does not validate 422, a deploy that fails (no node can hold it, replicas did
-not start) 409, with the serving manager's message. Auth is injected as in
+Routes raise errors of the tree (:mod:`mesh.core._errors`), answered by the
+app's handlers (:func:`mesh.core._http_errors.install_error_handlers`) with the
+status each class declares and the one JSON error body: unknown model or
+version 404, a module that is not deployed 404, a spec that does not validate
+422, a deploy that fails (no node can hold it, replicas did not start) 409,
+with the serving manager's message. Auth is injected as in
 :mod:`mesh.models._api`: ``auth`` maps a scope to a FastAPI dependency.
 """
 
@@ -20,13 +23,13 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mesh.core._errors import MeshError, UnsatisfiableError
-from mesh.models._registry import ModelNotFoundError
+from mesh.core._errors import InvalidRequestError, MeshError
 from mesh.sdk._specs import QoS, Resources
-from mesh.serving._manager import DeployError, ReplicaStatus
+from mesh.serving._manager import ReplicaStatus
+from mesh.serving._oip import ModelNotServedError
 from mesh.serving._routes import ModuleRoute, RouteTable
 
 __all__ = ["DeployRequest", "ModuleManager", "create_modules_router", "module_spec"]
@@ -137,11 +140,11 @@ def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = 
     def deploy(request: DeployRequest) -> dict[str, Any]:
         """Deploy a model version as a module; answers once the route has switched."""
         if request.tier == "edge" and not request.agent:
-            raise HTTPException(422, "tier edge: name the edge agent to serve on (agent, --agent)")
+            raise InvalidRequestError("tier edge: name the edge agent to serve on (agent, --agent)")
         try:
             spec = module_spec(request)
         except ValidationError as exc:
-            raise HTTPException(422, f"invalid module: {exc}") from None
+            raise InvalidRequestError(f"invalid module: {exc}") from None
         try:
             if request.agent:
                 route = manager.deploy_to_agent(spec, request.agent, request.version)
@@ -153,21 +156,16 @@ def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = 
                     site=request.site,
                     replicas=request.replicas,
                 )
-        except ModelNotFoundError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except (DeployError, UnsatisfiableError) as exc:
+        except MeshError as exc:  # answered with the status its class declares
             logger.warning("deploy of %s %s failed: %s", spec.name, request.version, exc)
-            raise HTTPException(409, str(exc)) from None
-        except MeshError as exc:
-            logger.exception("deploy of %s %s failed", spec.name, request.version)
-            raise HTTPException(500, str(exc)) from None
+            raise
         return _describe(route, manager.status(spec.name))
 
     @router.delete("/{name}", status_code=204, dependencies=scope("admin"))
     def undeploy(name: str) -> Response:
         """Stop routing the module and stop its replicas after they drain."""
         if manager.routes.get(name) is None:
-            raise HTTPException(404, f"module {name!r} is not deployed")
+            raise ModelNotServedError(name, None, [r.module for r in manager.routes.routes()])
         manager.undeploy(name)
         return Response(status_code=204)
 

@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 
 class DeployError(MeshError, RuntimeError):
-    """A version could not be put in service; what served before still serves."""
+    """A version could not be put in service; what served before still serves (HTTP 409)."""
+
+    http_status = 409
 
 
 class ReplicaFailedError(DeployError):

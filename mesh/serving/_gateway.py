@@ -1,56 +1,48 @@
-"""The gateway: the Open Inference Protocol v2, routed to wherever a module lives now.
+"""The gateway: Open Inference Protocol v2 requests, routed to wherever a module lives now.
 
-A FastAPI app (:func:`create_gateway_app`) serving:
+:class:`Gateway` answers inference and metadata requests for its HTTP app
+(:mod:`mesh.serving._gateway_app`). Inference follows the module's
+:class:`~mesh.serving._routes.ModuleRoute`: for a replica on a cloud or fog
+node the request body is forwarded as it came (JSON or binary tensors) over a
+pooled keep-alive connection to the replica's own socket, which checks the
+tensors and answers; for an edge agent the gateway decodes the tensors, checks
+them against the model's signature and asks the agent over MQTT through the
+edge bus. The real ``tritonclient[http]`` works against it unchanged.
 
-=======  ==============================================  =================================
-POST     /v2/models/{name}[/versions/{v}]/infer          inference (scope ``invoke``)
-GET      /v2/models/{name}[/versions/{v}]                model metadata (``read``)
-GET      /v2/models/{name}[/versions/{v}]/ready          200 ready, 503 not, 404 unknown
-GET      /v2                                             server metadata (``read``)
-GET      /v2/health/live, /v2/health/ready               open (for probes)
-GET      /v1/routes                                      where each module is served (``read``)
-GET      /metrics                                        Prometheus text (``read``)
-*        /v1/models...                                   the model registry (read/admin)
-=======  ==============================================  =================================
+Retries: a replica that cannot be reached, or that answers 503 (its queue is
+full, :class:`~mesh.serving.replica._batching.ReplicaOverloadedError`, or it is
+draining), gets the request retried once on another endpoint of the current
+route; with no other endpoint the client gets that 503.
 
-Inference follows the module's :class:`~mesh.serving._routes.ModuleRoute`: for a
-replica on a cloud or fog node the request body is forwarded as it came (JSON
-or binary tensors) over a pooled keep-alive connection to the replica's own
-socket, which checks the tensors and answers; for an edge agent the gateway
-decodes the tensors, checks them against the model's signature and asks the
-agent over MQTT through the edge gateway. A replica that cannot be reached (or
-answers 503) gets the request retried once on another endpoint of the current
-route. The real ``tritonclient[http]`` works against it unchanged.
+Errors: everything raises a class of the tree in :mod:`mesh.core._errors`,
+whose status :mod:`mesh.core._http_errors` reads. An agent's error comes back
+over MQTT as an ``edge_agent.protocol.ErrorCode``; :data:`AGENT_ERRORS` turns
+each code into one class of that tree (``overloaded`` is 503, like a replica's).
 
-The inference route is answered by :class:`GatewayApp` before FastAPI's
-request machinery (measured: it costs more than the hop to the replica); the
-same route is declared in FastAPI for the OpenAPI document.
-
-Auth: ``Authorization: Bearer <token>`` (:mod:`mesh.security._auth`; ``mesh tokens
-create``) on ``/v1`` and ``/v2`` (health excepted); verified tokens are cached
-until they expire. Errors are ``{"error": "..."}`` with the status
-:func:`mesh.serving._oip.http_status` gives.
+Auth: :class:`TokenAuth` checks ``Authorization: Bearer <token>``
+(:mod:`mesh.security._auth`; ``mesh tokens create``); verified tokens are
+cached until they expire.
 
 Example:
     >>> auth = TokenAuth(TokenSigner.load_or_create(data_dir))          # doctest: +SKIP
     >>> gateway = Gateway(RouteTable(), auth=auth)                       # doctest: +SKIP
-    >>> server = serve_asgi(create_gateway_app(gateway), port=8080)      # doctest: +SKIP
+    >>> status, headers, body = await gateway.infer("counter", None, body, [])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Request
 
-from mesh.core._errors import MeshError
-from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
+from edge_agent.protocol import ErrorCode
+from mesh.core._errors import MeshError, RequestTooLargeError
+from mesh.core._http_errors import error_status
+from mesh.core._metrics import MetricsRegistry
 from mesh.security._auth import AuthError, TokenClaims, TokenSigner
 from mesh.serving._contract import AgentErrorReply
 from mesh.serving._oip import (
@@ -58,39 +50,34 @@ from mesh.serving._oip import (
     InferenceInputError,
     ModelNotReadyError,
     ModelNotServedError,
+    OverloadedError,
     UpstreamError,
     UpstreamTimeoutError,
     check_inputs,
     decode_request,
     encode_response,
-    error_body,
-    http_status,
     model_metadata,
-    parse_model_path,
 )
 from mesh.serving._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
 from mesh.serving._upstream import UpstreamConnectionError, UpstreamPool
-from mesh.serving.replica._server import Receive, Scope, Send, header, read_body, respond
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-    from mesh.models._registry import ModelRegistry
-
 __all__ = [
+    "AGENT_ERRORS",
+    "FORWARDED_HEADERS",
     "EdgeInference",
     "Gateway",
-    "GatewayApp",
     "LatencyObserver",
     "TokenAuth",
-    "create_gateway_app",
+    "agent_error",
 ]
 
 logger = logging.getLogger(__name__)
 
-_FORWARD = (b"content-type", HEADER_LENGTH.encode())
-_CHALLENGE = (b"www-authenticate", b'Bearer realm="fogmesh"')
-_INFER_SUFFIX = "/infer"
+#: Request headers passed on to a replica (and response headers passed back).
+FORWARDED_HEADERS = (b"content-type", HEADER_LENGTH.encode())
 _UNKNOWN = "<unknown>"
 
 
@@ -318,7 +305,9 @@ class Gateway:
         if route.endpoints:
             return route
         if not route.scale_from_zero:
-            raise ModelNotReadyError(f"model {route.module!r} has no ready replica or agent")
+            raise ModelNotReadyError(
+                f"model {route.module!r} has no ready replica or agent", model=route.module
+            )
         self.routes.note_demand(route.module)
         deadline = time.monotonic() + self._cold_start_timeout_s
         while time.monotonic() < deadline:
@@ -331,7 +320,8 @@ class Gateway:
             self.routes.note_demand(route.module)
         raise ModelNotReadyError(
             f"model {route.module!r} scaled to zero did not start a "
-            f"replica within {self._cold_start_timeout_s:g} s"
+            f"replica within {self._cold_start_timeout_s:g} s",
+            model=route.module,
         )
 
     async def infer(
@@ -341,7 +331,7 @@ class Gateway:
 
         Raises:
             ServingError: not served, not ready, bad input, or the upstream failed
-                (map with :func:`mesh.serving._oip.http_status`).
+                (their class declares the HTTP status).
         """
         started = time.perf_counter()
         node, served_version = "", version or ""
@@ -355,7 +345,7 @@ class Gateway:
             # Only served modules: the names of others come from clients.
             if (
                 self.observer is not None
-                and http_status(exc) >= 500
+                and error_status(exc) >= 500
                 and self.routes.get(module) is not None
             ):
                 self.observer.observe(module, node, time.perf_counter() - started, False)
@@ -384,7 +374,7 @@ class Gateway:
             module, version = _UNKNOWN, ""
         elif version and version != route.version:
             version = _UNKNOWN
-        status = http_status(exc)
+        status = error_status(exc)
         self._requests.inc(1, module, version, node, str(status))
         self._errors.inc(1, module, version, node, _reason_for(status))
 
@@ -393,6 +383,7 @@ class Gateway:
     ) -> tuple[Answer, str, str]:
         tried: list[ReplicaEndpoint] = []
         failure: Exception | None = None
+        refused: tuple[Answer, ReplicaEndpoint] | None = None  # the last 503 answer
         for attempt in range(self._retries + 1):
             endpoint = self.routes.pick(route, tried)
             if endpoint is None:
@@ -437,12 +428,18 @@ class Gateway:
                 ) from exc
             finally:
                 self.routes.release(endpoint)
+            out = [(k, v) for k, v in response.headers.items() if k in FORWARDED_HEADERS]
+            answer = (response.status, out, response.body)
             if response.status == 503 and attempt < self._retries:
-                tried.append(endpoint)  # overloaded or draining: another replica may answer
+                # Overloaded or draining: another replica may answer.
+                refused = (answer, endpoint)
+                tried.append(endpoint)
                 route = self.routes.get(route.module) or route
                 continue
-            out = [(k, v) for k, v in response.headers.items() if k in _FORWARD]
-            return (response.status, out, response.body), endpoint.node, endpoint.version
+            return answer, endpoint.node, endpoint.version
+        if refused is not None:  # no other endpoint to try: the client gets the 503
+            answer, endpoint = refused
+            return answer, endpoint.node, endpoint.version
         detail = f" ({failure})" if failure is not None else ""
         raise UpstreamError(
             f"no replica of {route.module!r} could be reached{detail}", model=route.module
@@ -459,9 +456,11 @@ class Gateway:
         if self.edge is None:
             raise ModelNotReadyError(
                 f"model {module!r} is on agent {endpoint.agent_id} but "
-                "the gateway has no edge connection"
+                "the gateway has no edge connection",
+                model=module,
+                node=endpoint.agent_id,
             )
-        raw = next((v for k, v in headers if k == _FORWARD[1]), None)
+        raw = next((v for k, v in headers if k == FORWARDED_HEADERS[1]), None)
         request = decode_request(module, body, _header_length(module, raw))
         if route.signature is not None:
             check_inputs(module, request.inputs, route.signature.inputs)
@@ -477,11 +476,7 @@ class Gateway:
         except MeshError as exc:
             if not isinstance(exc, AgentErrorReply):
                 raise
-            if exc.code == "bad_input":
-                raise InferenceInputError(module, str(exc), exc.expected) from exc
-            if exc.code in ("unknown_module", "not_ready"):
-                raise ModelNotReadyError(str(exc)) from exc
-            raise UpstreamError(str(exc), model=module, node=endpoint.agent_id) from exc
+            raise agent_error(exc, module, endpoint.agent_id) from exc
         finally:
             self.routes.release(endpoint)
         version = getattr(result.reply, "version", None) or endpoint.version
@@ -499,7 +494,7 @@ class Gateway:
             200,
             [
                 (b"content-type", b"application/octet-stream"),
-                (_FORWARD[1], str(json_length).encode()),
+                (FORWARDED_HEADERS[1], str(json_length).encode()),
             ],
             payload,
         )
@@ -515,7 +510,7 @@ class Gateway:
         """
         route = self.route(module, version)
         if route.signature is None:
-            raise ModelNotReadyError(f"model {module!r} has no known signature yet")
+            raise ModelNotReadyError(f"model {module!r} has no known signature yet", model=module)
         doc = model_metadata(module, [route.version], route.signature)
         doc["parameters"] = {"tier": route.tier, "epoch": route.epoch}
         return doc
@@ -524,6 +519,55 @@ class Gateway:
         """Whether the module has an endpoint (or can wake one)."""
         route = self.route(module, version)
         return bool(route.endpoints) or route.scale_from_zero
+
+
+# ---------------------------------------------------------------- agent errors
+
+#: Turns an agent's error into the error its client gets: (message, module, agent, expected).
+AgentErrorFactory = Callable[[str, str, str, Sequence[str]], MeshError]
+
+
+def _as(kind: type[ModelNotReadyError | OverloadedError | UpstreamError]) -> AgentErrorFactory:
+    return lambda message, module, agent, _expected: kind(message, model=module, node=agent)
+
+
+#: What each ``edge_agent.protocol.ErrorCode`` of an agent's reply is to the gateway's
+#: client: one class of the error tree, so one HTTP status.
+AGENT_ERRORS: Mapping[ErrorCode, AgentErrorFactory] = {
+    # The client's tensors do not fit (400) or are too big for the agent (413).
+    ErrorCode.BAD_INPUT: lambda message, module, _agent, expected: InferenceInputError(
+        module, message, expected
+    ),
+    ErrorCode.PAYLOAD_TOO_LARGE: lambda message, *_: RequestTooLargeError(message),
+    # Routed there, but not loaded (yet) or stopping: 503, like a replica not ready.
+    ErrorCode.UNKNOWN_MODULE: _as(ModelNotReadyError),
+    ErrorCode.NOT_READY: _as(ModelNotReadyError),
+    # The module's queue on the agent is full: 503, like an overloaded replica.
+    ErrorCode.OVERLOADED: _as(OverloadedError),
+    # The request's deadline passed on the agent.
+    ErrorCode.EXPIRED: _as(UpstreamTimeoutError),
+    # The agent refused what the gateway sent, or failed: 502.
+    ErrorCode.MALFORMED: _as(UpstreamError),
+    ErrorCode.SCHEMA_VERSION: _as(UpstreamError),
+    ErrorCode.BAD_REQUEST: _as(UpstreamError),
+    ErrorCode.INTEGRITY: _as(UpstreamError),
+    ErrorCode.DOWNLOAD: _as(UpstreamError),
+    ErrorCode.UNSUPPORTED: _as(UpstreamError),
+    ErrorCode.OFFLOAD_FAILED: _as(UpstreamError),
+    ErrorCode.INTERNAL: _as(UpstreamError),
+}
+
+
+def agent_error(exc: AgentErrorReply, module: str, agent: str) -> MeshError:
+    """The error the gateway's client gets for an agent's error reply (:data:`AGENT_ERRORS`).
+
+    A code this gateway does not know (a newer agent) is an upstream failure (502).
+    """
+    try:
+        factory = AGENT_ERRORS[ErrorCode(exc.code)]
+    except (ValueError, KeyError):
+        factory = _as(UpstreamError)
+    return factory(str(exc), module, agent, exc.expected)
 
 
 def _reason_for(status: int) -> str:
@@ -545,181 +589,3 @@ def _header_length(module: str, raw: bytes | None) -> int | None:
         return int(raw)
     except ValueError:
         raise InferenceInputError(module, f"{HEADER_LENGTH} is not a number: {raw!r}") from None
-
-
-# ---------------------------------------------------------------- ASGI fast path
-
-
-class _InferFastPath:
-    """Answers ``POST /v2/models/.../infer`` with no framework machinery in the way."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Serve the request; False when it is not an inference route after all."""
-        path: str = scope["path"]
-        gateway = self.gateway
-        parsed = parse_model_path(path)
-        if parsed is None:
-            return False
-        module, version, _ = parsed
-        try:
-            try:
-                gateway.auth.check(header(scope, b"authorization"), "invoke")
-            except MeshError as exc:
-                gateway.count_error(module, version or "", "", exc)
-                raise
-            body = await read_body(receive)
-            if body is None:
-                await respond(send, 413, error_body(ValueError("request body too large")))
-                return True
-            forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
-            status, headers, payload = await gateway.infer(module, version, body, forwarded)
-        except MeshError as exc:
-            status = http_status(exc)
-            if status >= 500 and not isinstance(exc, UpstreamError | ModelNotReadyError):
-                logger.exception("inference on %s failed", path)
-            extra = [_CHALLENGE] if status == 401 else []
-            await respond(send, status, error_body(exc), headers=extra)
-            return True
-        content_type = next((v for k, v in headers if k == b"content-type"), b"application/json")
-        await respond(
-            send,
-            status,
-            payload,
-            content_type=content_type,
-            headers=[h for h in headers if h[0] != b"content-type"],
-        )
-        return True
-
-
-class GatewayApp(FastAPI):
-    """The gateway's FastAPI app; inference requests skip FastAPI's per-request machinery.
-
-    Measured here, FastAPI's request handling costs more than the whole hop to
-    the replica, so ``POST /v2/models/.../infer`` is answered before it; the
-    same route is declared in FastAPI for the OpenAPI document.
-    """
-
-    fast_path: _InferFastPath | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
-        fast = self.fast_path
-        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if (
-                path.startswith("/v2/models/")
-                and path.endswith(_INFER_SUFFIX)
-                and await fast(scope, receive, send)
-            ):
-                return
-        await super().__call__(scope, receive, send)
-
-
-# ---------------------------------------------------------------- the app
-
-
-def _error_response(exc: Exception) -> JSONResponse:
-    status = http_status(exc)
-    headers = {"WWW-Authenticate": _CHALLENGE[1].decode()} if status == 401 else None
-    return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
-
-
-def create_gateway_app(
-    gateway: Gateway,
-    *,
-    registry: ModelRegistry | Callable[[], ModelRegistry] | None = None,
-    routers: Sequence[APIRouter] = (),
-    title: str = "fogmesh",
-) -> GatewayApp:
-    """The gateway's FastAPI app: ``/v2`` inference, ``/v1/routes``, ``/metrics``, ``/v1/models``.
-
-    Args:
-        gateway: routes, auth and metrics.
-        registry: mount ``/v1/models`` over this registry (read / admin scopes).
-        routers: more routers to mount (e.g. the artifact router for agents).
-        title: the OpenAPI title.
-    """
-    auth = gateway.auth
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await gateway.close()  # the pooled connections of the serving loop
-
-    app = GatewayApp(
-        title=title,
-        version="1",
-        lifespan=lifespan,
-        description="Open Inference Protocol v2 and the mesh's REST API.",
-    )
-    app.fast_path = _InferFastPath(gateway)
-
-    async def on_mesh_error(_request: Request, exc: Exception) -> Response:
-        return _error_response(exc)
-
-    app.add_exception_handler(MeshError, on_mesh_error)
-    read = [Depends(auth.dependency("read"))]
-    invoke = [Depends(auth.dependency("invoke"))]
-
-    @app.get("/v2/health/live", tags=["v2"])
-    def live() -> Response:
-        """Liveness: the gateway answers (no token needed)."""
-        return Response(status_code=200)
-
-    @app.get("/v2/health/ready", tags=["v2"])
-    def server_ready() -> Response:
-        """Readiness: the gateway routes requests (no token needed)."""
-        return Response(status_code=200)
-
-    @app.get("/v2", tags=["v2"], dependencies=read)
-    def server_metadata() -> dict[str, Any]:
-        """Server name, version and protocol extensions."""
-        return {"name": "fogmesh", "version": "1", "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/models/{name}", tags=["v2"], dependencies=read)
-    @app.get("/v2/models/{name}/versions/{version}", tags=["v2"], dependencies=read)
-    def model_meta(name: str, version: str | None = None) -> dict[str, Any]:
-        """Model metadata: versions, platform, inputs and outputs."""
-        return gateway.metadata(name, version)
-
-    @app.get("/v2/models/{name}/ready", tags=["v2"], dependencies=read)
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], dependencies=read)
-    def model_ready(name: str, version: str | None = None) -> Response:
-        """200 when the model can answer, 503 when not (404 when not served)."""
-        return Response(status_code=200 if gateway.ready(name, version) else 503)
-
-    @app.post("/v2/models/{name}/infer", tags=["v2"], dependencies=invoke)
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], dependencies=invoke)
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        """Inference: JSON tensors, or the binary tensor extension."""
-        body = await request.body()
-        forwarded = [(k, v) for k, v in request.headers.raw if k in _FORWARD]
-        status, headers, payload = await gateway.infer(name, version, body, forwarded)
-        return Response(
-            payload, status_code=status, headers={k.decode(): v.decode() for k, v in headers}
-        )
-
-    @app.get("/v1/routes", tags=["routes"], dependencies=read)
-    def list_routes() -> list[dict[str, Any]]:
-        """Where each module is served now: version, epoch, endpoints."""
-        return [r.describe() for r in gateway.routes.routes()]
-
-    @app.get("/metrics", tags=["metrics"], dependencies=read, response_class=PlainTextResponse)
-    def metrics() -> Response:
-        """Prometheus metrics: latency per module, version and node; errors; replicas."""
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
-
-    if registry is not None:
-        from mesh.models._api import create_models_router
-
-        app.include_router(
-            create_models_router(
-                registry, auth=(lambda scope: auth.dependency(scope)) if auth.enabled else None
-            )
-        )
-    for router in routers:
-        app.include_router(router)
-    return app

@@ -4,18 +4,18 @@ Shared by the replica server (:mod:`mesh.serving.replica._server`) and the gatew
 (:mod:`mesh.serving._gateway`): decoding an inference request (JSON tensors, and the
 binary tensor extension: a JSON header of ``Inference-Header-Content-Length``
 bytes followed by raw little-endian tensors), checking it against a model's
-signature, encoding the response, and the metadata documents. Errors::
+signature, encoding the response, and the metadata documents. Errors (statuses
+declared on each class; :mod:`mesh.core._http_errors` maps them and writes the
+body, ``{"error": "<message>", ...}`` as tritonclient expects)::
 
     MeshError
-    └── ServingError                   serving could not answer
+    └── ServingError                   serving could not answer (500)
         ├── InferenceInputError        bad body or tensors (400; names the expected signature)
         ├── ModelNotServedError        no such model or version is served (404)
         ├── ModelNotReadyError         known, but no replica is ready (503)
+        ├── OverloadedError            the replica's or agent's queue is full (503)
         └── UpstreamError              the replica or agent failed (502)
             └── UpstreamTimeoutError   it did not answer in time (504)
-
-:func:`http_status` is the one place these (and the auth errors) become HTTP
-status codes; error bodies are ``{"error": "<message>"}`` as tritonclient expects.
 
 Example:
     >>> import numpy as np
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.core._errors import MeshError
 from mesh.models._export import ModelSignature, TensorSpec
-from mesh.security._auth import AuthError, ForbiddenError
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -46,6 +45,7 @@ __all__ = [
     "ModelNotReadyError",
     "ModelNotServedError",
     "OipRequest",
+    "OverloadedError",
     "RequestedOutput",
     "ServingError",
     "UpstreamError",
@@ -56,8 +56,6 @@ __all__ = [
     "describe_signature",
     "encode_request",
     "encode_response",
-    "error_body",
-    "http_status",
     "model_metadata",
     "oip_datatype",
     "ort_signature",
@@ -104,6 +102,8 @@ _ORT_TYPES: dict[str, str] = {
 class ServingError(MeshError):
     """Serving could not answer an inference or metadata request."""
 
+    http_status = 500
+
 
 class InferenceInputError(ServingError, ValueError):
     """The request body or its tensors do not fit the model (HTTP 400).
@@ -112,6 +112,8 @@ class InferenceInputError(ServingError, ValueError):
         model: the model asked for.
         expected: the model's inputs as text, e.g. ``["x: FP32[-1,4]"]`` (may be empty).
     """
+
+    http_status = 400
 
     def __init__(self, model: str, problem: str, expected: Sequence[str] = ()) -> None:
         self.model = model
@@ -123,6 +125,8 @@ class InferenceInputError(ServingError, ValueError):
 
 class ModelNotServedError(ServingError, LookupError):
     """No such model (or version of it) is served (HTTP 404)."""
+
+    http_status = 404
 
     def __init__(self, model: str, version: str | None = None, served: Sequence[str] = ()) -> None:
         self.model = model
@@ -137,7 +141,35 @@ class ModelNotServedError(ServingError, LookupError):
 
 
 class ModelNotReadyError(ServingError):
-    """The model is deployed but no replica or agent is ready for it (HTTP 503)."""
+    """The model is deployed but no replica or agent is ready for it (HTTP 503).
+
+    Attributes:
+        model: the model, if known.
+        node: the agent that is not ready, if known.
+    """
+
+    http_status = 503
+
+    def __init__(self, message: str, *, model: str | None = None, node: str | None = None) -> None:
+        self.model = model
+        self.node = node
+        super().__init__(message)
+
+
+class OverloadedError(ServingError):
+    """The replica's or agent's queue is full (HTTP 503); another endpoint may answer.
+
+    Attributes:
+        model: the model, if known.
+        node: the agent (or replica node) that is full, if known.
+    """
+
+    http_status = 503
+
+    def __init__(self, message: str, *, model: str | None = None, node: str | None = None) -> None:
+        self.model = model
+        self.node = node
+        super().__init__(message)
 
 
 class UpstreamError(ServingError):
@@ -148,6 +180,8 @@ class UpstreamError(ServingError):
         node: the node (replica node id or agent id) that failed, if known.
     """
 
+    http_status = 502
+
     def __init__(self, message: str, *, model: str, node: str | None = None) -> None:
         self.model = model
         self.node = node
@@ -157,29 +191,7 @@ class UpstreamError(ServingError):
 class UpstreamTimeoutError(UpstreamError, TimeoutError):
     """The replica or agent did not answer in time (HTTP 504)."""
 
-
-def http_status(exc: BaseException) -> int:
-    """The HTTP status of an exception: the one mapping of serving and auth errors."""
-    if isinstance(exc, AuthError):
-        return 401
-    if isinstance(exc, ForbiddenError):
-        return 403
-    if isinstance(exc, InferenceInputError):
-        return 400
-    if isinstance(exc, ModelNotServedError):
-        return 404
-    if isinstance(exc, ModelNotReadyError):
-        return 503
-    if isinstance(exc, UpstreamTimeoutError):
-        return 504
-    if isinstance(exc, UpstreamError):
-        return 502
-    return 500
-
-
-def error_body(exc: BaseException) -> bytes:
-    """``{"error": "<message>"}`` (the shape tritonclient reads)."""
-    return json.dumps({"error": str(exc) or type(exc).__name__}).encode()
+    http_status = 504
 
 
 # ---------------------------------------------------------------- signatures

@@ -43,6 +43,8 @@ class UpstreamConnectionError(MeshError, ConnectionError):
             the gateway retries either way; the pool retries only when nothing came back).
     """
 
+    http_status = 502
+
     def __init__(self, message: str, *, partial: bool = False) -> None:
         self.partial = partial
         super().__init__(message)

@@ -32,6 +32,7 @@ from mesh.models._artifacts import (
     sha256_file,
     verify_signature,
 )
+from tests.support.http_errors import assert_error
 
 # ---------------------------------------------------------------- the store
 
@@ -186,9 +187,10 @@ def test_download_needs_a_valid_agent_token(
     info = store.put_bytes(b"onnx-bytes")
     url = f"/v1/artifacts/{info.sha256}"
     missing = client.get(url)
-    assert missing.status_code == 401
-    assert missing.headers["www-authenticate"].startswith("Bearer")
-    assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert_error(missing, 401, "ArtifactAuthError", "missing Authorization: Bearer <agent token>")
+    assert missing.headers["www-authenticate"] == 'Bearer realm="fogmesh-artifacts"'
+    nope = client.get(url, headers={"Authorization": "Bearer nope"})
+    assert_error(nope, 401, "ArtifactAuthError", "invalid bearer token")
     assert client.get(url, headers={"Authorization": f"Basic {token}"}).status_code == 401
     ok = client.get(url, headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200
@@ -202,10 +204,11 @@ def test_unknown_artifact_is_404_only_after_auth(
 ) -> None:
     client, _, token, _ = api
     url = f"/v1/artifacts/{'0' * 64}"
-    assert client.get(url).status_code == 401
-    assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    assert_error(client.get(url), 401, "ArtifactAuthError")
+    unknown = client.get(url, headers={"Authorization": f"Bearer {token}"})
+    assert_error(unknown, 404, "ArtifactNotFoundError", "0" * 64)
     bad = client.get("/v1/artifacts/..%2Fkeys", headers={"Authorization": f"Bearer {token}"})
-    assert bad.status_code == 404
+    assert_error(bad, 404)
 
 
 def test_presigned_urls_are_scoped_expiring_and_revocable(
@@ -220,7 +223,7 @@ def test_presigned_urls_are_scoped_expiring_and_revocable(
     assert client.get(url.replace(info.sha256, other.sha256)).status_code == 401
     assert client.get(url.replace("agent=cam-01", "agent=cam-02")).status_code == 401
     expired = signer.sign_url(str(client.base_url), info.sha256, agent_id="cam-01", ttl_s=-1)
-    assert client.get(expired).status_code == 401
+    assert_error(client.get(expired), 401, "ArtifactAuthError", "invalid or expired signed URL")
     foreign = UrlSigner(b"x" * 32).sign_url(str(client.base_url), info.sha256, agent_id="cam-01")
     assert client.get(foreign).status_code == 401
     with EnrolmentStore(settings.store_path) as db:

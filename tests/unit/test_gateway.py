@@ -13,15 +13,17 @@ import httpx
 import numpy as np
 import pytest
 
-from mesh.edge._bus import EdgeInferenceError, EdgeRequestTimeoutError
+from mesh.edge._bus import EdgeConnectionError, EdgeInferenceError, EdgeRequestTimeoutError
 from mesh.models._export import ModelSignature, TensorSpec
 from mesh.security._auth import TokenSigner
-from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh.serving._gateway import Gateway, TokenAuth
+from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._oip import decode_response, encode_request
 from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from mesh.serving._upstream import UpstreamPool
 from mesh.serving.replica._server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
 from tests.support.agent_fixtures import build_tiny_model
+from tests.support.http_errors import assert_error
 
 SIG = ModelSignature(
     inputs=(TensorSpec("x", "float32", ("N", 4)),),
@@ -162,15 +164,18 @@ def test_auth_errors(replica: Replica) -> None:
     gateway = make_gateway(routes)
     x = np.ones((1, 4), np.float32)
     missing = post_infer(gateway, x, headers={})
-    assert missing.status_code == 401 and "missing Authorization" in missing.json()["error"]
-    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert_error(missing, 401, "AuthError", "missing Authorization")
+    assert missing.headers["www-authenticate"] == 'Bearer realm="fogmesh"'
     expired = f"Bearer {token('invoke', ttl_s=1, now=time.time() - 10)}"
     assert post_infer(gateway, x, headers={"Authorization": expired}).status_code == 401
     forbidden = post_infer(gateway, x, headers=bearer("read"))
-    assert forbidden.status_code == 403 and "needs 'invoke'" in forbidden.json()["error"]
-    meta = asyncio.run(request(gateway, "GET", "/v2/models/m"))
-    assert meta.status_code == 401
-    assert asyncio.run(request(gateway, "GET", "/metrics")).status_code == 401
+    assert_error(forbidden, 403, "ForbiddenError", "needs 'invoke'")
+    meta = asyncio.run(
+        request(gateway, "GET", "/v2/models/m")
+    )  # through FastAPI, not the fast path
+    assert_error(meta, 401, "AuthError", "missing Authorization")
+    assert meta.headers["www-authenticate"] == 'Bearer realm="fogmesh"'
+    assert_error(asyncio.run(request(gateway, "GET", "/metrics")), 401, "AuthError")
     assert asyncio.run(request(gateway, "GET", "/v2/health/ready")).status_code == 200
     assert 'reason="auth"' in gateway.metrics.render()
 
@@ -180,11 +185,13 @@ def test_unknown_model_and_version_get_404(replica: Replica) -> None:
     routes.set("m", "v1", [replica.endpoint()], signature=SIG)
     gateway = make_gateway(routes, auth=False)
     x = np.ones((1, 4), np.float32)
-    unknown = post_infer(gateway, x, module="nope")
-    assert unknown.status_code == 404 and "served: m" in unknown.json()["error"]
-    assert post_infer(gateway, x, version="v7").status_code == 404
+    assert_error(post_infer(gateway, x, module="nope"), 404, "ModelNotServedError", "served: m")
+    assert_error(post_infer(gateway, x, version="v7"), 404, "ModelNotServedError", "'v7'")
     meta = asyncio.run(request(gateway, "GET", "/v2/models/nope"))
-    assert meta.status_code == 404 and "is not served" in meta.json()["error"]
+    assert_error(meta, 404, "ModelNotServedError", "is not served")
+    assert_error(asyncio.run(request(gateway, "GET", "/v2/nothing")), 404, "NotFoundError")
+    wrong = asyncio.run(request(gateway, "DELETE", "/v2/models/m"))
+    assert_error(wrong, 405, "MethodNotAllowedError")
     text = gateway.metrics.render()
     assert 'module="<unknown>",version="",node="",reason="not_found"} 1' in text
     assert 'module="nope"' not in text  # client-chosen names do not become labels
@@ -196,8 +203,8 @@ def test_bad_tensors_get_400_with_the_signature(replica: Replica) -> None:
     routes.set("m", "v1", [replica.endpoint()], signature=SIG)
     gateway = make_gateway(routes, auth=False)
     response = post_infer(gateway, np.ones((1, 3), np.float32))
-    assert response.status_code == 400
-    assert "expected inputs x: FP32[-1,4]" in response.json()["error"]
+    # The replica refused them; its body comes back as it was: the same one shape.
+    assert_error(response, 400, "InferenceInputError", "expected inputs x: FP32[-1,4]")
     assert 'reason="bad_input"' in gateway.metrics.render()
 
 
@@ -245,7 +252,43 @@ def test_a_dead_endpoint_is_retried_on_another(replica: Replica) -> None:
     assert gateway.metrics.counter("mesh_inference_retries_total", "", ("module",)).value("m") >= 1
     routes.set("m", "v1", [dead], signature=SIG)
     failed = post_infer(gateway, np.ones((1, 4), np.float32))
-    assert failed.status_code == 502 and "could be reached" in failed.json()["error"]
+    assert_error(failed, 502, "UpstreamError", "could be reached")
+
+
+@pytest.fixture
+def overloaded(tmp_path: Path) -> Iterator[Replica]:
+    """A real replica whose queue holds nothing: it answers every inference with 503."""
+    runner = ModelRunner(build_tiny_model(tmp_path / "tiny.onnx"), cpus=0.5, warmup_runs=1)
+    app = ReplicaApp(
+        runner, model="m", version="v1", node_id="node-full", replica_id="full", max_queue=0
+    )
+    app.warmup()
+    r = Replica(app, serve_asgi(app, port=0))
+    try:
+        yield r
+    finally:
+        r.server.stop()
+        r.app.close()
+
+
+def test_an_overloaded_replica_answers_503_and_the_gateway_retries_another(
+    replica: Replica, overloaded: Replica
+) -> None:
+    full = overloaded.endpoint(rid="full")
+    routes = RouteTable()
+    routes.set("m", "v1", [full, replica.endpoint()], signature=SIG)
+    gateway = make_gateway(routes, auth=False)
+    x = np.ones((1, 4), np.float32)
+    for _ in range(4):  # the gateway picks either first; the full one is always retried
+        response = post_infer(gateway, x)
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(result(response), 2 * x)
+    retried = gateway.metrics.counter("mesh_inference_retries_total", "", ("module",))
+    assert retried.value("m") >= 1
+    assert overloaded.app.stats.window()["errors"] == retried.value("m")
+    routes.set("m", "v1", [full], signature=SIG)  # nowhere else to go: the client gets the 503
+    assert_error(post_infer(gateway, x), 503, "ReplicaOverloadedError", "requests queued")
+    assert 'node="node-full",reason="not_ready"} 1' in gateway.metrics.render()
 
 
 def test_no_endpoint_is_503_and_scale_from_zero_waits(replica: Replica) -> None:
@@ -324,18 +367,23 @@ def test_agent_errors_map_to_status_codes() -> None:
     edge.fail = EdgeInferenceError(
         module="m", node="cam-1", code="bad_input", message="shape", expected=["x: float32[?,4]"]
     )
-    bad = post_infer(gateway, x)
-    assert bad.status_code == 400 and "x: float32[?,4]" in bad.json()["error"]
+    assert_error(post_infer(gateway, x), 400, "InferenceInputError", "x: float32[?,4]")
     edge.fail = EdgeRequestTimeoutError(module="m", node="cam-1", correlation_id="c", timeout_s=1.0)
-    assert post_infer(gateway, x).status_code == 504
+    assert_error(post_infer(gateway, x), 504, "UpstreamTimeoutError", "no reply")
     edge.fail = EdgeInferenceError(
         module="m", node="cam-1", code="unknown_module", message="not here"
     )
-    assert post_infer(gateway, x).status_code == 503
+    assert_error(post_infer(gateway, x), 503, "ModelNotReadyError", "not here")
     edge.fail = EdgeInferenceError(module="m", node="cam-1", code="overloaded", message="busy")
-    assert post_infer(gateway, x).status_code == 502
+    assert_error(post_infer(gateway, x), 503, "OverloadedError", "busy")  # as a replica's queue
+    edge.fail = EdgeInferenceError(module="m", node="cam-1", code="internal", message="boom")
+    assert_error(post_infer(gateway, x), 502, "UpstreamError", "boom")
+    edge.fail = EdgeConnectionError("broker gone")
+    assert_error(post_infer(gateway, x), 502, "UpstreamError", "broker gone")
     no_edge = make_gateway(routes, auth=False)
-    assert post_infer(no_edge, x).status_code == 503
+    assert_error(post_infer(no_edge, x), 503, "ModelNotReadyError", "no edge connection")
+    text = gateway.metrics.render()
+    assert 'node="cam-1",reason="not_ready"} 2' in text  # unknown_module and overloaded
 
 
 # ---------------------------------------------------------------- the real tritonclient

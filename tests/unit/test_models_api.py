@@ -20,9 +20,11 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from edge_agent.protocol import artifact_signing_message
+from mesh.core._http_errors import install_error_handlers
 from mesh.models._api import create_models_router
 from mesh.models._artifacts import verify_signature
 from mesh.models._registry import ModelRegistry
+from tests.support.http_errors import assert_error
 
 from .test_registry import broken_onnx, make_registry, tiny_onnx
 
@@ -39,6 +41,7 @@ def registry(tmp_path: Path) -> Iterator[ModelRegistry]:
 @pytest.fixture
 def client(registry: ModelRegistry) -> Iterator[TestClient]:
     app = FastAPI()
+    install_error_handlers(app)  # as the gateway's app does
     app.include_router(create_models_router(registry, max_upload_bytes=64 * 1024))
     with TestClient(app) as c:
         yield c
@@ -94,27 +97,28 @@ def test_upload_multipart_form(client: TestClient) -> None:
 def test_corrupt_upload_is_422_and_registers_nothing(
     client: TestClient, registry: ModelRegistry, upload: bytes
 ) -> None:
-    r = _upload(client, upload)
-    assert r.status_code == 422, r.text
-    assert r.json()["detail"]["error"] == "InvalidModelError"
+    assert_error(_upload(client, upload), 422, "InvalidModelError")
     assert client.get("/v1/models").json() == []
     assert client.get("/v1/models/vehicle-counter").status_code == 404
     assert list(registry.artifacts) == []
 
 
 def test_bad_metadata_is_422_and_registers_nothing(client: TestClient) -> None:
-    assert _upload(client, tiny_onnx(), code_version="").status_code == 422
+    assert_error(
+        _upload(client, tiny_onnx(), code_version=""),
+        422,
+        "InvalidRegistrationError",
+        "code_version is required",
+    )
     assert _upload(client, tiny_onnx(), metric="val_mae").status_code == 422
     assert _upload(client, tiny_onnx(), hyperparameters="[1]").status_code == 422
-    assert (
-        client.post(
-            "/v1/models/bad name!/versions",
-            content=tiny_onnx(),
-            params={"code_version": "c"},
-            headers=RAW,
-        ).status_code
-        == 422
+    bad_name = client.post(
+        "/v1/models/bad name!/versions",
+        content=tiny_onnx(),
+        params={"code_version": "c"},
+        headers=RAW,
     )
+    assert_error(bad_name, 422, "InvalidRequestError", "path.name")  # FastAPI's validation
     multipart_without_file = client.post(
         "/v1/models/m/versions", data={"code_version": "c"}, files={"other": ("x", b"")}
     )
@@ -123,20 +127,24 @@ def test_bad_metadata_is_422_and_registers_nothing(client: TestClient) -> None:
 
 
 def test_oversize_upload_is_413(client: TestClient) -> None:
-    r = _upload(client, b"\x00" * (64 * 1024 + 1))
-    assert r.status_code == 413
+    assert_error(_upload(client, b"\x00" * (64 * 1024 + 1)), 413, "RequestTooLargeError")
     assert client.get("/v1/models").json() == []
 
 
 def test_list_get_promote_rollback(client: TestClient) -> None:
     for scale in (1.0, 2.0):
         assert _upload(client, tiny_onnx(scale)).status_code == 201
-    assert client.get("/v1/models/vehicle-counter/versions/production").status_code == 404
+    assert_error(
+        client.get("/v1/models/vehicle-counter/versions/production"),
+        404,
+        "ModelNotFoundError",
+        "no production version",
+    )
     assert (
         client.post("/v1/models/vehicle-counter/versions/v1/promote").json()["stage"]
         == "production"
     )
-    assert client.post("/v1/models/vehicle-counter/rollback").status_code == 409
+    assert_error(client.post("/v1/models/vehicle-counter/rollback"), 409, "StageError")
     assert client.post("/v1/models/vehicle-counter/versions/v2/promote").status_code == 200
     [summary] = client.get("/v1/models").json()
     assert (summary["name"], summary["versions"], summary["production"]) == (
@@ -167,7 +175,9 @@ def test_download_artifact_with_its_signature(client: TestClient, registry: Mode
         artifact_signing_message("vehicle-counter", "v1", sha),
     )
     assert r.headers["x-artifact-key-id"] == registry.key_id
-    assert client.get("/v1/models/vehicle-counter/versions/v2/artifact").status_code == 404
+    assert_error(client.get("/v1/models/vehicle-counter/versions/v2/artifact"), 404)
+    assert_error(client.get("/v1/nothing/here"), 404, "NotFoundError")  # FastAPI's own 404
+    assert_error(client.delete("/v1/models"), 405, "MethodNotAllowedError")
 
 
 def _token_auth(scope: str) -> Callable[..., None]:
@@ -182,6 +192,7 @@ def _token_auth(scope: str) -> Callable[..., None]:
 
 def test_auth_dependency_is_injected(registry: ModelRegistry) -> None:
     app = FastAPI()
+    install_error_handlers(app)
     app.include_router(create_models_router(lambda: registry, auth=_token_auth))
     with TestClient(app) as c:
         assert c.get("/v1/models").status_code == 401

@@ -17,12 +17,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
+from mesh.core._errors import BackendError, MeshError, UnsatisfiableError
 from mesh.models._registry import ModelNotFoundError
 from mesh.security._auth import TokenSigner
 from mesh.serving._api import create_modules_router
-from mesh.serving._gateway import Gateway, TokenAuth, create_gateway_app
+from mesh.serving._gateway import Gateway, TokenAuth
+from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._manager import DeployError, ReplicaStatus
 from mesh.serving._routes import ModuleRoute, ReplicaEndpoint, RouteTable
+from tests.support.http_errors import assert_error
 
 SIGNER = TokenSigner(b"m" * 32)
 
@@ -141,46 +144,74 @@ def test_name_overrides_the_module_name(client: TestClient, manager: FakeManager
 
 def test_scopes(client: TestClient) -> None:
     body = {"model": "m"}
-    assert client.get("/v1/modules").status_code == 401
+    missing = assert_error(client.get("/v1/modules"), 401, "AuthError")
+    assert "missing Authorization" in missing["error"]
     assert client.post("/v1/modules", json=body).status_code == 401
-    assert client.post("/v1/modules", json=body, headers=_auth("read")).status_code == 403
+    assert_error(
+        client.post("/v1/modules", json=body, headers=_auth("read")), 403, "ForbiddenError"
+    )
     assert client.delete("/v1/modules/m", headers=_auth("invoke")).status_code == 403
 
 
 @pytest.mark.parametrize(
     ("error", "status"),
-    [(ModelNotFoundError("m", "v9"), 404), (DeployError("replicas did not start"), 409)],
+    [
+        (ModelNotFoundError("m", "v9"), 404),
+        (DeployError("replicas did not start"), 409),
+        (UnsatisfiableError("m", {"tier": "fog"}, [], "no fog node"), 409),
+        (BackendError("Ray is not reachable"), 503),
+    ],
 )
 def test_deploy_errors_map_to_statuses(
     client: TestClient, manager: FakeManager, error: Exception, status: int
 ) -> None:
     manager.fail = error
     r = client.post("/v1/modules", headers=_auth("admin"), json={"model": "m"})
-    assert r.status_code == status and str(error) in r.json()["detail"]
+    assert_error(r, status, type(error).__name__, str(error))
 
 
 def test_bad_requests(client: TestClient) -> None:
     admin = _auth("admin")
-    assert (
-        client.post("/v1/modules", headers=admin, json={"model": "m", "tier": "edge"}).status_code
-        == 422
+    edge = client.post("/v1/modules", headers=admin, json={"model": "m", "tier": "edge"})
+    assert_error(edge, 422, "InvalidRequestError", "name the edge agent")
+    spec = client.post(
+        "/v1/modules", headers=admin, json={"model": "m", "min_replicas": 3, "max_replicas": 1}
     )
-    assert (
-        client.post(
-            "/v1/modules", headers=admin, json={"model": "m", "min_replicas": 3, "max_replicas": 1}
-        ).status_code
-        == 422
-    )
-    assert (
-        client.post("/v1/modules", headers=admin, json={"model": "m", "bogus": 1}).status_code
-        == 422
-    )
+    assert_error(spec, 422, "InvalidRequestError", "invalid module")
+    bogus = client.post("/v1/modules", headers=admin, json={"model": "m", "bogus": 1})
+    assert_error(bogus, 422, "InvalidRequestError", "body.bogus")  # FastAPI's validation
     r = client.post("/v1/modules", headers=admin, json={"model": "m", "agent": "cam-1"})
-    assert r.status_code == 409 and "offline" in r.json()["detail"]
+    assert_error(r, 409, "DeployError", "offline")
 
 
 def test_undeploy(client: TestClient, manager: FakeManager) -> None:
     client.post("/v1/modules", headers=_auth("admin"), json={"model": "m"})
     assert client.delete("/v1/modules/m", headers=_auth("admin")).status_code == 204
     assert manager.routes.get("m") is None
-    assert client.delete("/v1/modules/m", headers=_auth("admin")).status_code == 404
+    gone = client.delete("/v1/modules/m", headers=_auth("admin"))
+    assert_error(gone, 404, "ModelNotServedError", "'m' is not served")
+
+
+def test_the_cli_client_reads_the_error_body(manager: FakeManager) -> None:
+    from mesh.cli._modules import ControlPlaneClient, ControlPlaneError
+    from mesh.core._http_server import serve_asgi
+
+    auth = TokenAuth(SIGNER)
+    app = create_gateway_app(
+        Gateway(manager.routes, auth=auth),
+        routers=[create_modules_router(manager, auth=auth.dependency)],
+    )
+    server = serve_asgi(app, port=0, lifespan="on")
+    try:
+        token = SIGNER.issue("cli", ["admin"], ttl_s=60, now=time.time())
+        client = ControlPlaneClient(server.url, token, timeout_s=10)
+        with pytest.raises(ControlPlaneError, match="409: agent cam-1 is offline") as failed:
+            client.request("POST", "/v1/modules", {"model": "m", "agent": "cam-1"})
+        assert (failed.value.status, failed.value.error_type) == (409, "DeployError")
+        assert isinstance(failed.value, MeshError)
+        assert client.request("GET", "/v1/modules") == []
+    finally:
+        server.stop()
+    with pytest.raises(ControlPlaneError, match="does not answer") as down:
+        client.request("GET", "/v1/modules")
+    assert down.value.status is None

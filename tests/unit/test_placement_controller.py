@@ -40,9 +40,11 @@ from mesh.control._store import (
     PipelineRecord,
     PlacementStore,
 )
+from mesh.core._http_errors import install_error_handlers
 from mesh.serving._manager import ModelArtifact, ServingManager
 from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
 from placement import Module, Profile
+from tests.support.http_errors import assert_error
 from tests.unit.test_gateway_serving import (
     Clock,
     FakeLauncher,
@@ -481,15 +483,18 @@ def test_rest_api_lists_explains_pins_and_shows_history() -> None:
     w = world()
     w.controller.step()
     app = FastAPI()
+    install_error_handlers(app)  # as the gateway's app does
     app.include_router(create_placements_router(w.controller))
     client = TestClient(app)
     doc = client.get("/v1/placements").json()
     [module] = doc["modules"]
     assert module["module"] == "counter" and module["node"] == AGENT and module["tier"] == "edge"
     assert "counter@s1 -> cam-1" in module["decision"] and doc["plan_version"] == 1
-    assert client.post("/v1/placements/nope/pin", json={"tier": "fog"}).status_code == 404
-    assert client.post("/v1/placements/counter/pin", json={}).status_code == 422
-    assert client.post("/v1/placements/counter/pin", json={"tier": "moon"}).status_code == 422
+    nope = client.post("/v1/placements/nope/pin", json={"tier": "fog"})
+    assert_error(nope, 404, "ModelNotServedError", "served: counter")
+    assert_error(client.post("/v1/placements/counter/pin", json={}), 422, "InvalidRequestError")
+    moon = client.post("/v1/placements/counter/pin", json={"tier": "moon"})
+    assert_error(moon, 422, "InvalidRequestError", "unknown tier 'moon'")
     assert client.post("/v1/placements/counter/pin", json={"node": "x", "y": 1}).status_code == 422
     pinned = client.post("/v1/placements/counter/pin", json={"tier": "fog"})
     assert pinned.status_code == 200 and pinned.json()["tier"] == "fog"
@@ -500,5 +505,5 @@ def test_rest_api_lists_explains_pins_and_shows_history() -> None:
     assert isinstance(record["switch_s"], float) and not math.isnan(record["switch_s"])
     assert client.get("/v1/placements/history?module=other").json() == []
     assert client.delete("/v1/placements/counter/pin").status_code == 204
-    assert client.delete("/v1/placements/counter/pin").status_code == 404
+    assert_error(client.delete("/v1/placements/counter/pin"), 404, "NotFoundError", "not pinned")
     assert isinstance(w.manager.routes.get("counter").endpoints[0], ReplicaEndpoint)  # type: ignore[union-attr]

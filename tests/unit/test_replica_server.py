@@ -23,6 +23,7 @@ from mesh.serving.replica._server import (
     serve_asgi,
 )
 from tests.support.agent_fixtures import build_cnn, build_tiny_model
+from tests.support.http_errors import assert_error
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +110,9 @@ def test_versioned_path_and_unknown_model(tiny: Path) -> None:
     x = np.ones((1, 4), np.float32)
     assert infer(app, {"x": x}, path="/v2/models/m/versions/v1/infer").status_code == 200
     wrong = infer(app, {"x": x}, path="/v2/models/m/versions/v9/infer")
-    assert wrong.status_code == 404 and "version 'v9' is not served" in wrong.json()["error"]
+    assert_error(wrong, 404, "ModelNotServedError", "version 'v9' is not served")
     other = infer(app, {"x": x}, path="/v2/models/other/infer")
-    assert other.status_code == 404 and "'other' is not served" in other.json()["error"]
+    assert_error(other, 404, "ModelNotServedError", "'other' is not served")
 
 
 @pytest.mark.parametrize(
@@ -126,17 +127,15 @@ def test_bad_tensors_get_400_naming_the_signature(
     tiny: Path, inputs: dict[str, Any], needle: str
 ) -> None:
     app = make_app(tiny)
-    response = infer(app, inputs)
-    assert response.status_code == 400
-    message = response.json()["error"]
-    assert needle in message and "expected inputs x: FP32[-1,4]" in message
+    message = assert_error(infer(app, inputs), 400, "InferenceInputError", needle)["error"]
+    assert "expected inputs x: FP32[-1,4]" in message
     assert app.stats.window()["errors"] == 1
 
 
 def test_malformed_body_gets_400(tiny: Path) -> None:
     app = make_app(tiny)
     response = asyncio.run(call(app, "POST", "/v2/models/m/infer", content=b"{nope"))
-    assert response.status_code == 400 and "not JSON" in response.json()["error"]
+    assert_error(response, 400, "InferenceInputError", "not JSON")
     bad_len = asyncio.run(
         call(
             app,
@@ -146,7 +145,25 @@ def test_malformed_body_gets_400(tiny: Path) -> None:
             headers={"Inference-Header-Content-Length": "x"},
         )
     )
-    assert bad_len.status_code == 400
+    assert_error(bad_len, 400, "InferenceInputError", "inference-header-content-length")
+
+
+def test_routing_errors_are_the_one_json_shape(tiny: Path) -> None:
+    app = make_app(tiny)
+    assert_error(asyncio.run(call(app, "GET", "/nope")), 404, "NotFoundError", "GET /nope")
+    bad_action = asyncio.run(call(app, "GET", "/v2/models/m/explain"))
+    assert_error(bad_action, 404, "NotFoundError")
+    get_infer = asyncio.run(call(app, "GET", "/v2/models/m/infer"))
+    assert_error(get_infer, 405, "MethodNotAllowedError", "GET /v2/models/m/infer")
+    app.close()
+
+
+def test_a_full_queue_answers_503_so_the_gateway_tries_another_replica(tiny: Path) -> None:
+    app = make_app(tiny, max_queue=0)
+    response = infer(app, {"x": np.ones((1, 4), np.float32)})
+    assert_error(response, 503, "ReplicaOverloadedError", "requests queued; try another replica")
+    assert app.stats.window()["errors"] == 1
+    app.close()
 
 
 def test_health_metadata_stats_and_metrics(tiny: Path) -> None:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from mesh.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from mesh.serving.replica._batching import ReplicaOverloadedError
     from mesh.serving.replica._mqtt import MqttResponder
     from mesh.serving.replica._pipelines import PipelineHost, ReplicaPipelines
     from mesh.serving.replica._server import (
         ModelRunner,
         ReplicaApp,
-        ReplicaOverloadedError,
         ReplicaStats,
         choose_providers,
     )
@@ -37,12 +37,12 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "mesh.serving.replica._batching": ("ReplicaOverloadedError",),
         "mesh.serving.replica._mqtt": ("MqttResponder",),
         "mesh.serving.replica._pipelines": ("PipelineHost", "ReplicaPipelines"),
         "mesh.serving.replica._server": (
             "ModelRunner",
             "ReplicaApp",
-            "ReplicaOverloadedError",
             "ReplicaStats",
             "choose_providers",
         ),

@@ -67,6 +67,7 @@ from edge_agent.protocol import (
 )
 from mesh.core._errors import MeshError
 from mesh.serving._contract import ReplicaMqtt
+from mesh.serving.replica._batching import Feeds, compatible, run_together
 from mesh.serving.replica._pipelines import Done, ReplicaPipelines
 from mesh.serving.replica._requests import (
     RecentIds,
@@ -79,7 +80,7 @@ from mesh.serving.replica._requests import (
     reply_frame,
     reply_to,
 )
-from mesh.serving.replica._server import Feeds, ReplicaApp, compatible, run_together
+from mesh.serving.replica._server import ReplicaApp
 
 __all__ = ["MqttResponder", "Publish"]
 

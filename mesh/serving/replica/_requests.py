@@ -31,8 +31,8 @@ from edge_agent.protocol import (
     parse_header,
 )
 from mesh.serving._oip import InferenceInputError, check_inputs
+from mesh.serving.replica._batching import Feeds
 from mesh.serving.replica._pipelines import Done
-from mesh.serving.replica._server import Feeds
 
 __all__ = [
     "RecentIds",

@@ -11,18 +11,20 @@ through Ray per request.
   the node has (CUDA when the replica holds a GPU and ONNX Runtime has it).
   It warms up before the replica reports ready, and measures whether batching
   pays (batch-8 cost per item against batch 1).
-* Dynamic batching, opportunistic: one worker thread runs the model; requests
-  that arrive while it is busy are concatenated along the batch axis into the
-  next run (up to ``max_batch``), so a lone request never waits for a
-  window, and a loaded replica runs fewer, larger batches.
+* Dynamic batching (:mod:`mesh.serving.replica._batching`): requests that
+  arrive while the model is busy share its next run; a full queue answers 503
+  (:class:`~mesh.serving.replica._batching.ReplicaOverloadedError`), so the
+  gateway tries another replica.
 * :class:`ReplicaApp`: a raw ASGI app (no framework on the hot path) for the
   replica's one model: ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON
   and binary tensors; 400 naming the expected signature), health, metadata,
   ``GET /stats`` (in-flight requests, their time average, counts, latency) and
   ``GET /metrics``. Health is answered on the event loop while the model runs
-  on its thread, so a slow model does not fail health checks.
-* :func:`serve_asgi` runs an ASGI app under uvicorn (httptools and uvloop
-  when installed) in a daemon thread.
+  on its thread, so a slow model does not fail health checks. Every error is
+  raised and answered in one place, with the status and the one JSON body of
+  :mod:`mesh.core._http_errors`.
+* :func:`~mesh.core._http_server.serve_asgi` runs it under uvicorn (httptools
+  and uvloop when installed) in a daemon thread.
 
 Example:
     >>> runner = ModelRunner(Path("counter.onnx"), cpus=1)            # doctest: +SKIP
@@ -35,23 +37,36 @@ Example:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
-import concurrent.futures
-import json
 import logging
 import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from mesh.core._errors import MeshError
-from mesh.core._http_server import ServerThread, serve_asgi
+from mesh.core._errors import (
+    MeshError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestTooLargeError,
+)
+from mesh.core._http_errors import error_status
+from mesh.core._http_server import (
+    MAX_BODY_BYTES,
+    Receive,
+    Scope,
+    Send,
+    ServerThread,
+    header,
+    read_body,
+    respond,
+    respond_error,
+    respond_json,
+    serve_asgi,
+)
 from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
 from mesh.models._export import ModelSignature
 from mesh.serving._oip import (
@@ -62,22 +77,17 @@ from mesh.serving._oip import (
     check_inputs,
     decode_request,
     encode_response,
-    error_body,
-    http_status,
     model_metadata,
     ort_signature,
     parse_model_path,
 )
-
-if TYPE_CHECKING:
-    import numpy.typing as npt
+from mesh.serving.replica._batching import Batcher, Feeds
 
 __all__ = [
     "CPU_PROVIDER",
     "CUDA_PROVIDER",
     "ModelRunner",
     "ReplicaApp",
-    "ReplicaOverloadedError",
     "ReplicaStats",
     "ServerThread",
     "choose_providers",
@@ -90,18 +100,6 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 #: Models faster than this run inline on the event loop (a thread hop costs 50-100 us).
 INLINE_BELOW_MS = 3.0
-#: Bodies past this are refused (413) before they are parsed.
-MAX_BODY_BYTES = 64 * 1024 * 1024
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Feeds = dict[str, "npt.NDArray[Any]"]
-
-
-class ReplicaOverloadedError(ServingError):
-    """The replica's queue is full (HTTP 503); the caller should try another replica."""
 
 
 def choose_providers(available: Sequence[str], gpus: float) -> list[str]:
@@ -226,148 +224,6 @@ class ModelRunner:
         )
 
 
-# ---------------------------------------------------------------- batching
-
-
-@dataclass(slots=True)
-class _Job:
-    feeds: Feeds
-    future: asyncio.Future[Feeds]
-    size: int
-
-
-def compatible(a: Feeds, b: Feeds) -> bool:
-    """Whether two requests' inputs stack along the batch axis."""
-    return all(b[name].shape[1:] == arr.shape[1:] for name, arr in a.items())
-
-
-def run_together(
-    runner: ModelRunner, jobs: Sequence[tuple[Feeds, int]]
-) -> tuple[list[Feeds], bool]:
-    """Run requests ``(feeds, batch size)`` as one batch; outputs per request, and whether batched.
-
-    The caller picks :func:`compatible` requests; a model whose outputs turn out
-    not to follow the batch axis runs them one by one.
-    """
-    if len(jobs) == 1:
-        return [runner.run(jobs[0][0])], False
-    import numpy as np
-
-    names = list(jobs[0][0])
-    merged = {n: np.concatenate([feeds[n] for feeds, _ in jobs], axis=0) for n in names}
-    outputs = runner.run(merged)
-    total = sum(size for _, size in jobs)
-    if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
-        return [runner.run(feeds) for feeds, _ in jobs], False  # not batch-wise after all
-    cuts = np.cumsum([size for _, size in jobs])[:-1]
-    split = {n: np.split(o, cuts, axis=0) for n, o in outputs.items()}
-    return [{n: parts[i] for n, parts in split.items()} for i in range(len(jobs))], True
-
-
-class _Batcher:
-    """Runs the model for queued jobs; jobs queued together share one run when batching.
-
-    Fast models run inline on the event loop, after the requests that arrived in
-    the same loop iteration were parsed (so those can share the run): a thread
-    hop costs more than the model. Slow ones run on one worker thread, so the
-    loop keeps answering health checks and parsing the next requests meanwhile.
-    """
-
-    def __init__(self, runner: ModelRunner, max_queue: int, inline: bool) -> None:
-        self._runner = runner
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._scheduled = False
-        self._task: asyncio.Task[None] | None = None
-        self._max_queue = max_queue
-        self.inline = inline
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-model")
-        self.batches = 0
-        self.batched_requests = 0
-
-    def depth(self) -> int:
-        return len(self._queue)
-
-    async def submit(self, feeds: Feeds, model: str) -> Feeds:
-        if len(self._queue) >= self._max_queue:
-            raise ReplicaOverloadedError(
-                f"replica of {model!r} has {len(self._queue)} requests queued; try another replica"
-            )
-        loop = asyncio.get_running_loop()
-        first = next(iter(feeds.values()))
-        job = _Job(feeds, loop.create_future(), int(first.shape[0]) if first.ndim else 1)
-        self._queue.append(job)
-        if not self._scheduled:
-            self._scheduled = True
-            if self.inline:
-                loop.call_soon(self._run_inline)
-            else:
-                self._task = loop.create_task(self._drain())
-        return await job.future
-
-    def _take(self) -> list[_Job]:
-        first = self._queue.popleft()
-        jobs = [first]
-        if not self._runner.batching:
-            return jobs
-        size = first.size
-        while (
-            self._queue
-            and size + self._queue[0].size <= self._runner.max_batch
-            and compatible(first.feeds, self._queue[0].feeds)
-        ):
-            job = self._queue.popleft()
-            jobs.append(job)
-            size += job.size
-        return jobs
-
-    @staticmethod
-    def _deliver(jobs: list[_Job], results: list[Feeds] | BaseException) -> None:
-        for i, job in enumerate(jobs):
-            if job.future.done():
-                continue
-            if isinstance(results, BaseException):
-                job.future.set_exception(results)
-            else:
-                job.future.set_result(results[i])
-
-    def _run_inline(self) -> None:
-        jobs = self._take()
-        try:
-            results: list[Feeds] | BaseException = self._run(jobs)
-        except Exception as exc:
-            results = exc
-        self._deliver(jobs, results)
-        if self._queue:
-            asyncio.get_running_loop().call_soon(self._run_inline)
-        else:
-            self._scheduled = False
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queue:
-                jobs = self._take()
-                try:
-                    results: list[Feeds] | BaseException = await loop.run_in_executor(
-                        self._pool, self._run, jobs
-                    )
-                except Exception as exc:
-                    results = exc
-                self._deliver(jobs, results)
-        finally:
-            self._scheduled = False
-
-    def _run(self, jobs: list[_Job]) -> list[Feeds]:
-        results, batched = run_together(self._runner, [(j.feeds, j.size) for j in jobs])
-        if batched:
-            self.batches += 1
-            self.batched_requests += len(jobs)
-        return results
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 # ---------------------------------------------------------------- stats
 
 
@@ -429,69 +285,6 @@ class ReplicaStats:
         return out
 
 
-# ---------------------------------------------------------------- ASGI helpers
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case) in an ASGI scope."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
-    """The whole request body; None when it is over ``limit`` or the client left."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    *,
-    content_type: bytes = b"application/json",
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    """Send a complete response."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def respond_json(send: Send, status: int, doc: Any) -> None:
-    """Send a JSON document."""
-    await respond(send, status, json.dumps(doc, separators=(",", ":")).encode())
-
-
-async def respond_error(send: Send, exc: BaseException) -> None:
-    """Send ``{"error": ...}`` with the status :func:`mesh.serving._oip.http_status` maps it to."""
-    await respond(send, http_status(exc), error_body(exc))
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -530,7 +323,7 @@ class ReplicaApp:
         #: Other ways in (the MQTT responder): name -> its part of ``/stats``.
         self.reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         self._execution = execution
-        self._batcher = _Batcher(runner, max_queue, inline=execution == "inline")
+        self._batcher = Batcher(runner, max_queue, inline=execution == "inline")
 
     @property
     def ready(self) -> bool:
@@ -607,9 +400,9 @@ class ReplicaApp:
                     content_type=CONTENT_TYPE.encode(),
                 )
             else:
-                await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
+                raise NotFoundError(f"no route {method} {path}")
         except Exception as exc:  # the one place a request's failure becomes a response
-            if not isinstance(exc, ServingError):
+            if error_status(exc) >= 500 and not isinstance(exc, ServingError):
                 logger.exception(
                     "replica %s of %s %s failed on %s",
                     self.replica_id,
@@ -624,8 +417,7 @@ class ReplicaApp:
     ) -> None:
         parsed = parse_model_path(path)
         if parsed is None:
-            await respond(send, 404, error_body(LookupError(f"no route {method} {path}")))
-            return
+            raise NotFoundError(f"no route {method} {path}")
         name, version, action = parsed
         if name != self.model or (version is not None and version != self.version):
             raise ModelNotServedError(name, version, [f"{self.model} {self.version}"])
@@ -638,7 +430,7 @@ class ReplicaApp:
                 send, 200, model_metadata(self.model, [self.version], self.runner.signature)
             )
         else:
-            await respond(send, 405, error_body(LookupError(f"{method} {path} is not allowed")))
+            raise MethodNotAllowedError(f"{method} {path} is not allowed")
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -647,14 +439,9 @@ class ReplicaApp:
         try:
             body = await read_body(receive)
             if body is None:
-                await respond(
-                    send,
-                    413,
-                    error_body(
-                        ValueError(f"request body over {MAX_BODY_BYTES} bytes, or the client left")
-                    ),
+                raise RequestTooLargeError(
+                    f"request body over {MAX_BODY_BYTES} bytes, or the client left"
                 )
-                return
             raw_length = header(scope, HEADER_LENGTH.encode())
             try:
                 header_length = int(raw_length) if raw_length is not None else None
