@@ -58,7 +58,7 @@ from mesh.core._errors import (
 )
 from mesh.core._settings import MeshSettings
 from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
-from mesh.sdk._app import RegisteredFunction
+from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionKind, FunctionSpec
 
 if TYPE_CHECKING:

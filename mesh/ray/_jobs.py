@@ -56,7 +56,7 @@ from mesh.ray._backend import (
     system_error,
     wait_budget,
 )
-from mesh.sdk._app import RegisteredFunction
+from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import BatchSpec, Domain, FunctionSpec, TuneSpec
 
 if TYPE_CHECKING:
