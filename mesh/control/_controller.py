@@ -47,11 +47,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mesh.control._migrations import MigrationExecutor
-from mesh.control._monitors import Monitors, Snapshot
+from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
 from mesh.control._round import Placed, ReconcileRound, finite
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, EdgeAgents, RoundResult, ServedModules
+from mesh.control._snapshot import Snapshot
 from mesh.control._store import MigrationRecord, Pin, PlacementStore
 from placement import TIERS
 from placement import (

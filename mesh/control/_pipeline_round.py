@@ -19,9 +19,9 @@ from dataclasses import replace
 from typing import Any
 
 from mesh.control._migrations import MigrationExecutor, Target
-from mesh.control._monitors import NodeState, Snapshot
 from mesh.control._pipeline_sites import PipelineSite, SiteRoute, route_key, site_stats
 from mesh.control._settings import ControllerSettings, EdgeAgents
+from mesh.control._snapshot import NodeState, Snapshot
 from mesh.control._store import MigrationRecord
 from mesh.serving._manager import DeploymentView
 from mesh.serving._routes import ReplicaEndpoint

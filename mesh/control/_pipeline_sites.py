@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.control._monitors import LatencyStats, Snapshot
+from mesh.control._snapshot import LatencyStats, Snapshot
 
 __all__ = ["PipelineSite", "SiteRoute", "route_key", "site_stats"]
 

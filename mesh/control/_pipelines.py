@@ -51,10 +51,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mesh.control._migrations import MigrationExecutor
-from mesh.control._monitors import Snapshot
 from mesh.control._pipeline_round import PipelineRound
 from mesh.control._pipeline_sites import PipelineSite, SiteRoute, route_key, site_stats
 from mesh.control._settings import ControllerSettings, EdgeAgents
+from mesh.control._snapshot import Snapshot
 from mesh.control._store import PipelineRecord, PlacementStore
 
 __all__ = ["PipelinePlacer"]

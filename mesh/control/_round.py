@@ -19,11 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mesh.control._engine_inputs import ModuleIntent, engine_inputs
 from mesh.control._migrations import MigrationExecutor, Target
-from mesh.control._monitors import ModuleIntent, Monitors, NodeState, Snapshot, engine_inputs
+from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, RoundResult, ServedModules
+from mesh.control._snapshot import NodeState, Snapshot
 from mesh.control._store import DeploymentRecord, Pin, PlacementStore, PlanRecord
 from mesh.serving._manager import DeploymentView
 from placement import (
