@@ -45,17 +45,9 @@ from mesh.core._errors import (
     MeshError,
     RemoteFunctionError,
 )
-from mesh.ray._backend import (
-    NODE_ID_METRIC,
-    deadline_for,
-    ensure_picklable,
-    label_selector,
-    qualified_name,
-    remote_error,
-    report_trial,
-    system_error,
-    wait_budget,
-)
+from mesh.ray._calls import deadline_for, qualified_name, remote_error, system_error, wait_budget
+from mesh.ray._remote import ensure_picklable, label_selector
+from mesh.ray._tune import NODE_ID_METRIC, report_trial
 from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import BatchSpec, Domain, FunctionSpec, TuneSpec
 

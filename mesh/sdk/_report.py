@@ -16,6 +16,6 @@ def report(**metrics: float) -> None:
         ...     for epoch in range(5):
         ...         mesh.report(val_mae=train_one_epoch(config))
     """
-    from mesh.ray._backend import report_trial  # only trials, which run under Ray, get here
+    from mesh.ray._tune import report_trial  # only trials, which run under Ray, get here
 
     report_trial(dict(metrics))
