@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
@@ -44,12 +44,10 @@ from mesh.core._errors import (
 from mesh.core._settings import MeshSettings
 from mesh.ray._calls import TaskCall
 from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
+from mesh.ray._jobs import JobRunner
 from mesh.ray._remote import ensure_picklable, label_selector, task_body, task_resources
 from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionKind, FunctionSpec
-
-if TYPE_CHECKING:
-    from mesh.ray._jobs import JobRunner
 
 __all__ = ["RayBackend"]
 
@@ -279,8 +277,6 @@ class RayBackend:
     def _job_runner(self) -> JobRunner:
         with self._lock:
             if self._jobs is None:
-                from mesh.ray._jobs import JobRunner
-
                 self._jobs = JobRunner(self)
             return self._jobs
 

@@ -4,14 +4,18 @@
 (a function or stream invocation). The helpers turn what Ray raises into the
 mesh's errors (:func:`remote_error` for the function's own exception,
 :func:`system_error` for Ray's failures) and count a spec's ``timeout_s`` from
-submission (:func:`deadline_for`, :func:`wait_budget`).
+submission (:func:`deadline_for`, :func:`wait_budget`). :class:`JobCall` is the call of a
+Tune search or batch job running in a job thread; it stops at :class:`JobStopped`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
+import threading
 import time
+import traceback
 from typing import Any
 
 import ray
@@ -28,8 +32,11 @@ from mesh.core._errors import (
 from mesh.sdk._specs import FunctionSpec
 
 __all__ = [
+    "JobCall",
+    "JobStopped",
     "TaskCall",
     "deadline_for",
+    "local_error",
     "qualified_name",
     "remote_error",
     "system_error",
@@ -203,6 +210,87 @@ class TaskCall:
             return True
         ready, _ = ray.wait([self._ref], timeout=0, fetch_local=False)
         return bool(ready)
+
+    def _cancelled_error(self) -> CancelledError:
+        return CancelledError(
+            f"{self._function} was cancelled (run {self._run_id})",
+            function=self._function,
+            run_id=self._run_id,
+        )
+
+
+def local_error(exc: BaseException, function: str, run_id: str) -> RemoteFunctionError:
+    """A :class:`RemoteFunctionError` for an exception raised in this process (a job thread)."""
+    return RemoteFunctionError(
+        function=function,
+        run_id=run_id,
+        remote_type=qualified_name(exc),
+        remote_message=str(exc),
+        remote_traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+class JobStopped(Exception):
+    """The job saw its stop event (cancel or timeout)."""
+
+
+class JobCall:
+    """A submitted TUNE or BATCH invocation running in a job thread."""
+
+    def __init__(self, spec: FunctionSpec, run_id: str, submitted: float) -> None:
+        self._function = spec.name
+        self._run_id = run_id
+        self._spec_timeout_s = spec.timeout_s
+        self._deadline = deadline_for(spec, submitted)
+        self.stop_event = threading.Event()
+        self.future: concurrent.futures.Future[CallResult] = concurrent.futures.Future()
+        self._error: MeshError | None = None
+
+    def __repr__(self) -> str:
+        return f"<RayJobCall {self._function} run={self._run_id} done={self.done()}>"
+
+    def result(self, timeout_s: float | None = None) -> CallResult:
+        """Wait for the job; see :class:`mesh.Call` (the spec's timeout counts from submission)."""
+        if self._error is not None:
+            raise self._error
+        wait, named = wait_budget(timeout_s, self._deadline, self._spec_timeout_s)
+        try:
+            return self.future.result(timeout=wait)
+        except concurrent.futures.TimeoutError as exc:
+            self.stop_event.set()
+            self._error = FunctionTimeoutError(
+                function=self._function,
+                run_id=self._run_id,
+                timeout_s=named if named is not None else 0.0,
+            )
+            raise self._error from exc
+        except concurrent.futures.CancelledError as exc:
+            self._error = self._cancelled_error()
+            raise self._error from exc
+        except JobStopped as exc:
+            self._error = self._cancelled_error()
+            raise self._error from exc
+        except MeshError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:
+            self._error = BackendError(
+                f"{self._function} (run {self._run_id}) failed in the Ray backend: {exc}"
+            )
+            raise self._error from exc
+
+    def cancel(self) -> None:
+        """Ask the job to stop; :meth:`result` raises CancelledError from now on."""
+        if self._error is not None or (self.future.done() and not self.stop_event.is_set()):
+            return
+        self.stop_event.set()
+        self.future.cancel()
+        self._error = self._cancelled_error()
+        logger.info("cancelled %s (run %s)", self._function, self._run_id)
+
+    def done(self) -> bool:
+        """Whether the outcome is known without waiting."""
+        return self._error is not None or self.future.done()
 
     def _cancelled_error(self) -> CancelledError:
         return CancelledError(

@@ -3,7 +3,8 @@
 Workers must unpickle the function: :func:`ensure_picklable` ships its module
 by value when a worker could not import it by name. :func:`label_selector`
 pins the work to the spec's tier (and site); :func:`task_resources` reserves
-its CPUs, GPUs, memory and custom resources.
+its CPUs, GPUs, memory and custom resources (:func:`read_resources` for a Ray
+Data read, :func:`trial_bundle` for a Tune trial's placement group).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,17 @@ import ray
 from mesh.compute._backend import SITE_LABEL, TIER_LABEL
 from mesh.sdk._specs import FunctionSpec
 
-__all__ = ["MIB", "ensure_picklable", "label_selector", "task_body", "task_resources"]
+__all__ = [
+    "MIB",
+    "ensure_picklable",
+    "label_selector",
+    "matches_selector",
+    "read_resources",
+    "safe_name",
+    "task_body",
+    "task_resources",
+    "trial_bundle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +152,33 @@ def task_resources(spec: FunctionSpec) -> dict[str, Any]:
     if res.custom:
         options["resources"] = dict(res.custom)
     return options
+
+
+def matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Whether node ``labels`` satisfy a label ``selector``."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a Ray run or directory name (letters, digits, ``_.-``; 120 at most)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:120]
+
+
+def read_resources(spec: FunctionSpec) -> dict[str, Any]:
+    """Ray Data read options (``num_cpus`` etc.) for ``spec``'s read tasks."""
+    res = spec.resources
+    options: dict[str, Any] = {"num_cpus": res.cpus}
+    if res.memory_mb:
+        options["memory"] = float(res.memory_mb * MIB)
+    if res.custom:
+        options["resources"] = dict(res.custom)
+    return options
+
+
+def trial_bundle(spec: FunctionSpec) -> dict[str, float]:
+    """One Tune trial's placement-group bundle for ``spec``."""
+    res = spec.resources
+    bundle = {"CPU": res.cpus, "GPU": res.gpus, **res.custom}
+    if res.memory_mb:
+        bundle["memory"] = float(res.memory_mb * MIB)
+    return bundle
