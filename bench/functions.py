@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
 
-    from mesh.ray._backend import RayBackend, label_selector, task_resources
+    from mesh.ray._backend import RayBackend
+    from mesh.ray._remote import label_selector, task_resources
 
     app = Mesh("bench")
     registered = app.add_function(ping, tier=args.tier, resources=Resources(cpus=args.cpus))

@@ -6,7 +6,8 @@ module, one per pipeline, the outbox pump and the heartbeat.
 
 Start-up order makes the agent useful before the broker answers: the cached
 modules are loaded and the pipelines started from ``state.json`` first, then the
-connection is attempted in the background.
+connection is attempted in the background. Applying desired states is the
+reconciler's (:mod:`edge_agent._reconciler`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from ._cache import ArtifactError, Installed, ModuleCache
+from ._cache import Installed, ModuleCache
 from ._heartbeat import HeartbeatLoop, process_start_time, sample_host
 from ._offload import OffloadClient
 from ._outbox import Outbox, OutboxItem
 from ._pipelines import Pipeline
-from ._runtime import Job, JobResult, LoadedModel, ModuleLoadError, ModuleServer, load_model
+from ._reconciler import DesiredStateReconciler
+from ._runtime import Job, JobResult, ModuleServer
 from ._serving import InferenceEndpoint
 from ._settings import AgentSettings
 from ._sources import SourceContext, make_source
-from ._transport import ConnectionConfig, Message, MqttTransport, PublishHandle, Transport
+from ._transport import ConnectionConfig, MqttTransport, PublishHandle, Transport
 from .protocol import (
     AgentStatus,
     DesiredState,
@@ -45,7 +47,6 @@ from .protocol import (
     ProtocolError,
     Route,
     Tensor,
-    parse_json,
 )
 
 __all__ = ["Agent"]
@@ -60,7 +61,7 @@ def _agent_version() -> str:
         return "0"
 
 
-class Agent:
+class Agent(DesiredStateReconciler):
     """One edge agent process.
 
     Example:
@@ -233,212 +234,6 @@ class Agent:
         else:
             self._connected.clear()
         self._outbox.set_online(up)
-
-    # ------------------------------------------------------------------ restore
-
-    def _restore(self) -> None:
-        state = self._cache.load_state()
-        for name, inst in state.installed.items():
-            try:
-                self._cache.check_signature(inst.spec)
-                model = self._load(inst.spec, inst)
-            except (ArtifactError, ModuleLoadError) as exc:
-                logger.warning("module %s@%s: cached copy unusable: %s", name, inst.version, exc)
-                continue
-            self._activate(inst.spec, inst, model)
-        desired = state.desired
-        if desired is not None:
-            self._desired, self._version = desired, desired.version
-            for spec in desired.modules:
-                self._specs[spec.name] = spec
-                self._routes[spec.name] = spec.route
-        self._sync_pipelines()
-        if desired is not None:
-            logger.info(
-                "agent %s: restored desired version %d from cache", self.agent_id, desired.version
-            )
-
-    # ------------------------------------------------------------------ desired state
-
-    def _on_desired(self, msg: Message) -> None:
-        if not msg.payload:
-            logger.info("agent %s: desired state cleared on the broker; keeping", self.agent_id)
-            return
-        try:
-            desired = parse_json(
-                msg.payload, DesiredState, max_bytes=self.settings.max_payload_bytes
-            )
-        except ProtocolError as exc:
-            logger.warning("agent %s: desired state refused: %s", self.agent_id, exc)
-            return
-        if desired.agent is not None and desired.agent != self.agent_id:
-            logger.warning(
-                "agent %s: desired state is for agent %s; refused", self.agent_id, desired.agent
-            )
-            return
-        with self._lock:
-            held = max(self._version, self._pending.version if self._pending else -1)
-            if desired.version <= held:
-                logger.info(
-                    "agent %s: ignoring desired version %d (holding %d)",
-                    self.agent_id,
-                    desired.version,
-                    held,
-                )
-                if desired.version == self._version:
-                    self._publish_observed()  # e.g. the control plane restarted: re-acknowledge
-                return
-            self._pending = desired
-            self._wake.notify_all()
-
-    def _reconcile_loop(self) -> None:
-        while True:
-            with self._lock:
-                while self._pending is None and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                desired, self._pending = self._pending, None
-            assert desired is not None
-            try:
-                self._apply(desired)
-            except Exception:
-                logger.exception(
-                    "agent %s: applying desired version %d failed", self.agent_id, desired.version
-                )
-
-    def _apply(self, desired: DesiredState) -> None:
-        logger.info(
-            "agent %s: applying desired version %d (%d modules, %d pipelines)",
-            self.agent_id,
-            desired.version,
-            len(desired.modules),
-            len(desired.pipelines),
-        )
-        wanted = {m.name for m in desired.modules}
-        for spec in desired.modules:
-            if self._stopping:
-                return
-            self._apply_module(spec)
-        for name in sorted((set(self._specs) | set(self._servers)) - wanted):
-            self._remove_module(name)
-        with self._lock:
-            self._desired, self._version = desired, desired.version
-        self._cache.save_state(desired, dict(self._installed))
-        self._sync_pipelines()
-        self._publish_observed()
-
-    def _apply_module(self, spec: ModuleSpec) -> None:
-        name = spec.name
-        with self._lock:
-            current_route = self._routes.get(name)
-            if current_route is None or spec.route.epoch >= current_route.epoch:
-                self._routes[name] = spec.route
-            else:
-                logger.warning(
-                    "module %s: route epoch %d is older than %d; route kept",
-                    name,
-                    spec.route.epoch,
-                    current_route.epoch,
-                )
-            self._specs[name] = spec
-        if not spec.has_artifact:
-            if name in self._servers:  # now remote-only: nothing local to keep
-                self._drop_local(name)
-            self._errors.pop(name, None)
-            return
-        inst = self._installed.get(name)
-        server = self._servers.get(name)
-        if (
-            inst is not None
-            and inst.sha256 == spec.sha256
-            and inst.version == spec.version
-            and server is not None
-            and server.current is not None
-        ):
-            self._errors.pop(name, None)
-            return
-        try:
-            installed = self._install_with_retries(spec)
-            model = self._load(spec, installed)
-        except (ArtifactError, ModuleLoadError) as exc:
-            self._errors[name] = ModuleError(
-                module=name, version=spec.version, code=exc.code, message=exc.reason
-            )
-            serving = server.current.version if server and server.current else None
-            logger.error(
-                "module %s@%s refused: %s (still serving %s)",
-                name,
-                spec.version,
-                exc.reason,
-                serving,
-            )
-            return
-        self._activate(spec, installed, model)
-        self._cache.remove(name, keep=installed.path)
-        self._errors.pop(name, None)
-
-    def _install_with_retries(self, spec: ModuleSpec) -> Installed:
-        delay = 0.5
-        for attempt in range(1, self.settings.download_retries + 1):
-            try:
-                return self._cache.install(spec)
-            except ArtifactError as exc:
-                if exc.code != ErrorCode.DOWNLOAD or attempt == self.settings.download_retries:
-                    raise
-                logger.warning(
-                    "module %s@%s: download attempt %d failed (%s); retrying",
-                    spec.name,
-                    spec.version,
-                    attempt,
-                    exc.reason,
-                )
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    def _load(self, spec: ModuleSpec, inst: Installed) -> LoadedModel:
-        return load_model(
-            inst.path,
-            name=spec.name,
-            version=spec.version,
-            sha256=inst.sha256,
-            threads=spec.threads,
-            providers=spec.providers,
-            warmup_runs=spec.warmup_runs,
-        )
-
-    def _activate(self, spec: ModuleSpec, inst: Installed, model: LoadedModel) -> None:
-        with self._lock:
-            server = self._servers.get(spec.name)
-            if server is None:
-                server = ModuleServer(
-                    spec.name,
-                    max_queue=spec.max_queue,
-                    workers=self.settings.workers,
-                    max_batch=spec.max_batch,
-                )
-                self._servers[spec.name] = server
-            server.swap(model)
-            self._installed[spec.name] = inst
-            self._specs.setdefault(spec.name, spec)
-            self._routes.setdefault(spec.name, spec.route)
-
-    def _drop_local(self, name: str) -> None:
-        with self._lock:
-            server = self._servers.pop(name, None)
-            self._installed.pop(name, None)
-        if server is not None:
-            server.stop()
-        self._cache.remove(name)
-
-    def _remove_module(self, name: str) -> None:
-        logger.info("module %s: no longer desired; removing", name)
-        with self._lock:
-            self._specs.pop(name, None)
-            self._routes.pop(name, None)
-            self._errors.pop(name, None)
-        self._drop_local(name)
 
     # ------------------------------------------------------------------ pipelines
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from ._frames import frame_with_head, pack_frame, peek_header, unpack_frame
 from ._runtime import Job, JobResult, LoadedModel, ModuleServer
 from ._transport import Message, Transport
 from .protocol import (
@@ -32,6 +31,7 @@ from .protocol import (
     ProtocolError,
     parse_header,
 )
+from .protocol._frames import frame_with_head, pack_frame, peek_header, unpack_frame
 
 __all__ = ["InferenceEndpoint"]
 

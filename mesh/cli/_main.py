@@ -27,8 +27,9 @@ from mesh.core._errors import MeshError, UnknownFunctionError
 from mesh.core._settings import MeshSettings
 from mesh.runtime._connect import connect_backend
 from mesh.runtime._daemon import cluster_down, cluster_up, read_cluster_file
-from mesh.sdk._app import Mesh, RegisteredFunction
+from mesh.sdk._app import Mesh
 from mesh.sdk._loader import load_apps
+from mesh.sdk._registered import RegisteredFunction
 
 __all__ = ["app", "main", "parse_cli_args"]
 

@@ -55,18 +55,32 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "mesh.compute._backend": (
-            "SITE_LABEL",
-            "TIER_LABEL",
             "BatchResult",
             "Call",
             "CallResult",
             "ComputeBackend",
             "NodeInfo",
+            "SITE_LABEL",
+            "TIER_LABEL",
             "TuneResult",
             "check_satisfiable",
         ),
-        "mesh.compute._runner": ("Run", "Runner"),
-        "mesh.compute._runs": ("Deployment", "RunRecord", "RunStatus", "SQLiteStore", "Store"),
-        "mesh.compute._streams": ("LocalBus", "MessageBus", "StreamWorker", "WindowOutcome"),
+        "mesh.compute._runner": (
+            "Run",
+            "Runner",
+        ),
+        "mesh.compute._runs": (
+            "Deployment",
+            "RunRecord",
+            "RunStatus",
+            "SQLiteStore",
+            "Store",
+        ),
+        "mesh.compute._streams": (
+            "LocalBus",
+            "MessageBus",
+            "StreamWorker",
+            "WindowOutcome",
+        ),
     },
 )

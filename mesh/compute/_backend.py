@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mesh.core._errors import UnsatisfiableError
-from mesh.sdk._app import RegisteredFunction
+from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionSpec
 
 __all__ = [

@@ -38,8 +38,9 @@ from mesh.core._errors import (
     UnknownFunctionError,
     UnsatisfiableError,
 )
-from mesh.sdk._app import Mesh, RegisteredFunction
+from mesh.sdk._app import Mesh
 from mesh.sdk._arguments import bind_arguments
+from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionKind
 
 __all__ = ["Run", "Runner"]

@@ -27,20 +27,18 @@ if TYPE_CHECKING:
         RequestCounter,
         Target,
     )
-    from mesh.control._monitors import (
+    from mesh.control._monitors import Monitors
+    from mesh.control._pipeline_sites import PipelineSite
+    from mesh.control._pipelines import PipelinePlacer
+    from mesh.control._probes import (
         AgentRequests,
         AgentSource,
         CanaryProbe,
         EdgeCanary,
-        Monitors,
         NodeProbe,
-        NodeSample,
-        NodeState,
         PathProbe,
         RttProbe,
-        Snapshot,
     )
-    from mesh.control._pipelines import PipelinePlacer, PipelineSite
     from mesh.control._settings import (
         AgentSnapshot,
         ControllerSettings,
@@ -49,6 +47,7 @@ if TYPE_CHECKING:
         RoundResult,
         ServedModules,
     )
+    from mesh.control._snapshot import NodeSample, NodeState, Snapshot
     from mesh.control._store import (
         DeploymentRecord,
         MigrationRecord,
@@ -105,20 +104,18 @@ __getattr__, __dir__ = lazy_exports(
             "RequestCounter",
             "Target",
         ),
-        "mesh.control._monitors": (
+        "mesh.control._monitors": ("Monitors",),
+        "mesh.control._pipeline_sites": ("PipelineSite",),
+        "mesh.control._pipelines": ("PipelinePlacer",),
+        "mesh.control._probes": (
             "AgentRequests",
             "AgentSource",
             "CanaryProbe",
             "EdgeCanary",
-            "Monitors",
             "NodeProbe",
-            "NodeSample",
-            "NodeState",
             "PathProbe",
             "RttProbe",
-            "Snapshot",
         ),
-        "mesh.control._pipelines": ("PipelinePlacer", "PipelineSite"),
         "mesh.control._settings": (
             "AgentSnapshot",
             "ControllerSettings",
@@ -126,6 +123,11 @@ __getattr__, __dir__ = lazy_exports(
             "ModelVersions",
             "RoundResult",
             "ServedModules",
+        ),
+        "mesh.control._snapshot": (
+            "NodeSample",
+            "NodeState",
+            "Snapshot",
         ),
         "mesh.control._store": (
             "DeploymentRecord",

@@ -44,12 +44,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
-from mesh.control._migrations import MigrationExecutor, ModuleDeployer, Target
-from mesh.control._monitors import ModuleIntent, Monitors, NodeState, Snapshot, engine_inputs
+from mesh.control._migrations import MigrationExecutor, ModuleDeployer
+from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
+from mesh.control._round import Placed, ReconcileRound, finite
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import (
     ControllerSettings,
@@ -58,20 +58,11 @@ from mesh.control._settings import (
     RoundResult,
     ServedModules,
 )
-from mesh.control._store import DeploymentRecord, MigrationRecord, Pin, PlacementStore, PlanRecord
+from mesh.control._snapshot import Snapshot
+from mesh.control._store import MigrationRecord, Pin, PlacementStore
 from mesh.serving._leases import PipelineSource
-from mesh.serving._manager import DeploymentView
 from mesh.serving._routes import Endpoint, RouteTable
-from placement import (
-    KEEP,
-    OURS,
-    TIERS,
-    Module,
-    PlannerSettings,
-    Profile,
-    Tier,
-    plan,
-)
+from placement import TIERS
 from placement import (
     Plan as EnginePlan,
 )
@@ -82,15 +73,7 @@ __all__ = ["ControllerSettings", "PlacementController", "RoundResult", "ServedMo
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class _Placed:
-    node: str
-    since: float
-    version: str
-    epoch: int = 1
-
-
-class PlacementController:
+class PlacementController(ReconcileRound):
     """Runs the placement engine on triggers and on a period, and applies its moves.
 
     Args:
@@ -134,7 +117,7 @@ class PlacementController:
             m: dict(s) for m, s in (sources or {}).items()
         }
         self._clock = clock
-        self._placed: dict[str, _Placed] = {}
+        self._placed: dict[str, Placed] = {}
         self._saturated = SaturationMarks(self.settings, monitors.run_canary, clock)
         self._nodes: frozenset[str] | None = None
         self._pins: dict[str, Pin] = store.pins()
@@ -326,8 +309,8 @@ class PlacementController:
                 entry["observed"] = {
                     "count": stats.count,
                     "errors": stats.errors,
-                    "p50_ms": _finite(stats.p50_ms),
-                    "p95_ms": _finite(stats.p95_ms),
+                    "p50_ms": finite(stats.p50_ms),
+                    "p95_ms": finite(stats.p95_ms),
                     "rate_per_s": stats.rate_per_s,
                 }
             if engine_plan is not None:
@@ -342,397 +325,6 @@ class PlacementController:
             "pipelines": self._pipelines.describe(self._snapshot, lambda m, n: (m, n) in saturated),
             "running": [r.to_dict() for r in self.executor.running()],
         }
-
-    # -- one round
-
-    def step(self) -> RoundResult:
-        """One reconcile round: read, look for triggers, plan, move. Never raises for a move."""
-        now = self._clock()
-        s = self.settings
-        if now - self._last_poll >= s.poll_s:
-            self._last_poll = now
-            self.monitors.poll()
-        snapshot = self.monitors.snapshot(s.window_s)
-        self._snapshot = snapshot
-        views = {v.spec.name: v for v in self._served.deployments()}
-        triggers = self._adopt(views, now)
-        triggers += self._slo_triggers(views, snapshot, now)
-        self._saturated.relieve(views, snapshot, now, {m: p.node for m, p in self._placed.items()})
-        alive = frozenset(n.name for n in snapshot.nodes.values() if n.alive)
-        if self._nodes is not None and alive != self._nodes:
-            joined, left = sorted(alive - self._nodes), sorted(self._nodes - alive)
-            triggers += [f"node joined: {n}" for n in joined] + [f"node left: {n}" for n in left]
-        self._nodes = alive
-        overloaded = sorted(
-            n.name
-            for n in snapshot.nodes.values()
-            if n.alive and (n.utilisation or 0.0) > s.max_utilisation
-        )
-        triggers += [f"node overloaded: {n}" for n in overloaded]
-        with self._lock:
-            if self._pins_changed:
-                triggers.append("pins changed")
-                self._pins_changed = False
-        if views:
-            result = self._plan_gateway(views, snapshot, now, triggers)
-        else:
-            result = RoundResult(tuple(triggers))
-        fired, moved = self._pipelines.step(
-            views,
-            snapshot,
-            now,
-            triggers=result.triggers,
-            service_ms=self._service_ms,
-            saturated=lambda m, n: (m, n) in self._saturated,
-            mark=self._saturated.mark,
-            stop=self._stop,
-        )
-        if fired or moved:
-            logger.info("pipeline placement: %s; %d move(s)", "; ".join(fired), len(moved))
-            result = replace(
-                result,
-                triggers=result.triggers + tuple(fired),
-                migrations=result.migrations + tuple(moved),
-            )
-        return result
-
-    def _plan_gateway(
-        self,
-        views: Mapping[str, DeploymentView],
-        snapshot: Snapshot,
-        now: float,
-        triggers: list[str],
-    ) -> RoundResult:
-        """Plan the gateway routes on ``triggers`` (or the period) and carry out the moves."""
-        s = self.settings
-        if now - self._last_plan_at >= s.period_s:
-            triggers.append("period")
-        intents = self._intents(views, snapshot)
-        if not intents and not self._node_pinned(views):
-            return RoundResult(tuple(triggers))
-        inputs = engine_inputs(
-            snapshot,
-            intents,
-            cost_per_h=s.cost_per_h,
-            default_rtt_ms=s.default_rtt_ms,
-            max_utilisation=s.max_utilisation,
-        )
-        planner = PlannerSettings(slo_margin=s.slo_margin, min_dwell_s=s.dwell_s)
-        if not triggers and intents:
-            kept = plan(
-                inputs.topology,
-                inputs.modules,
-                inputs.sources,
-                metrics=inputs.metrics,
-                current=inputs.current,
-                now_s=now,
-                policy=KEEP,
-                settings=planner,
-            )
-            triggers += [f"predicted violation: {v}" for v in kept.violations]
-        if not triggers:
-            return RoundResult()
-        self._last_plan_at = now
-        engine_plan: EnginePlan | None = None
-        if intents:
-            engine_plan = plan(
-                inputs.topology,
-                inputs.modules,
-                inputs.sources,
-                metrics=inputs.metrics,
-                current=inputs.current,
-                now_s=now,
-                policy=OURS,
-                settings=planner,
-            )
-            with self._lock:
-                self._plan = engine_plan
-        version = self._store_plan(engine_plan, views, snapshot, triggers)
-        moves = self._moves(engine_plan, views, snapshot)
-        reason = "; ".join(triggers)
-        done = []
-        for module, target, site, why in moves:
-            if self._stop.is_set():
-                break
-            explanation = ""
-            if engine_plan is not None:
-                try:
-                    explanation = str(engine_plan.explain(module, site))
-                except (KeyError, ValueError):
-                    explanation = ""
-            record = self.executor.migrate(
-                module,
-                target,
-                site=site,
-                reason=why or reason,
-                explanation=explanation,
-                plan_version=version,
-            )
-            done.append(record)
-            if record.status == "done":
-                self._placed[module] = _Placed(
-                    target.node, self._clock(), views[module].artifact.version
-                )
-        if triggers != ["period"] or done:
-            logger.info(
-                "placement round: %s; %d move(s)%s",
-                reason,
-                len(done),
-                f", plan version {version}" if version else "",
-            )
-        return RoundResult(tuple(triggers), engine_plan, version, tuple(done))
-
-    # -- the pieces of a round
-
-    def _adopt(self, views: Mapping[str, DeploymentView], now: float) -> list[str]:
-        """Follow what serves each module now; record it for a restart."""
-        triggers = []
-        for name, view in views.items():
-            node = view.agent or (view.nodes[0] if view.nodes else None)
-            if node is None:
-                # Every replica failed its health checks (its node died, say): mark
-                # where it was unusable for it and re-place now, without waiting
-                # for Ray to declare the node dead (~15 s).
-                lost = self._placed.get(name)
-                if lost is not None and self._saturated.mark(name, lost.node, math.inf):
-                    triggers.append(f"no serving replica: {name} on {lost.node[:8]}")
-                continue
-            here = self._placed.get(name)
-            version = view.artifact.version
-            if here is not None and here.version != version:
-                triggers.append(f"new version: {name} {version}")
-            if here is None or here.node != node or here.version != version:
-                since = here.since if here is not None and here.node == node else now
-                self._placed[name] = _Placed(node, since, version)
-                self._record(view)
-        for name in set(self._placed) - set(views):
-            del self._placed[name]
-            try:
-                self.store.remove_deployment(name)
-            except Exception:
-                logger.exception("%s: could not forget the deployment", name)
-        return triggers
-
-    def _record(self, view: DeploymentView) -> None:
-        try:
-            self.store.put_deployment(
-                DeploymentRecord(
-                    module=view.spec.name,
-                    spec_json=view.spec.model_dump_json(),
-                    version=view.artifact.version,
-                    tier=view.tier,
-                    site=view.site,
-                    agent=view.agent,
-                    sources=self._sources_of(view),
-                )
-            )
-        except Exception:
-            logger.exception("%s: could not record the deployment", view.spec.name)
-
-    def _slo_triggers(
-        self, views: Mapping[str, DeploymentView], snapshot: Snapshot, now: float
-    ) -> list[str]:
-        """Mark nodes whose observed p95 missed a module's SLO over the window."""
-        s = self.settings
-        out = []
-        for (module, node), stats in snapshot.latency.items():
-            view = views.get(module)
-            here = self._placed.get(module)
-            if view is None or here is None or here.node != node:
-                continue
-            if now - here.since < s.window_s:
-                continue  # the window still holds requests from before the last move
-            slo = view.spec.qos.p95_latency_ms
-            if stats.count - stats.errors < s.min_samples or not stats.p95_ms > slo:
-                continue
-            if self._saturated.mark(module, node, stats.p95_ms, since=now):
-                out.append(
-                    f"{module} on {node}: observed p95 {stats.p95_ms:.1f} ms > SLO {slo:g} ms "
-                    f"over {s.window_s:g} s ({stats.count} requests)"
-                )
-        return out
-
-    def _sources_of(self, view: DeploymentView) -> dict[str, float]:
-        declared = self._sources.get(view.spec.name)
-        if declared:
-            return dict(declared)
-        site = self.settings.gateway_site
-        if view.agent is not None and self._snapshot is not None:
-            agent = self._snapshot.nodes.get(view.agent)
-            site = agent.site if agent is not None else site
-        sources = {site: self.settings.default_rate_per_s}
-        self._sources[view.spec.name] = sources
-        return dict(sources)
-
-    def _primary_site(self, view: DeploymentView) -> str:
-        sources = self._sources_of(view)
-        return max(sorted(sources), key=lambda s: sources[s])
-
-    def _node_pinned(self, views: Mapping[str, DeploymentView]) -> bool:
-        return any(p.node is not None and m in views for m, p in self.pins().items())
-
-    def _service_ms(self, view: DeploymentView) -> float:
-        key = (view.spec.model, view.artifact.version)
-        if key not in self._profiles:
-            ms = self.settings.default_service_ms
-            if self._registry is not None:
-                try:
-                    provider = self._registry.get(*key).profile.provider()
-                    cpu = provider.at(1) if provider is not None else None
-                    ms = cpu.p95_ms if cpu is not None else ms
-                except Exception:
-                    logger.debug("%s: no profile in the registry", key, exc_info=True)
-            self._profiles[key] = max(ms, 1e-3)
-        return self._profiles[key]
-
-    def _intents(
-        self, views: Mapping[str, DeploymentView], snapshot: Snapshot
-    ) -> list[ModuleIntent]:
-        s = self.settings
-        pins = self.pins()
-        tracked = self._pipelines.tracked()
-        out = []
-        for name, view in sorted(views.items()):
-            pin = pins.get(name)
-            if pin is not None and pin.node is not None:
-                continue
-            here = self._placed.get(name)
-            if (
-                pin is None
-                and here is not None
-                and here.node in self._pipelines.offloaded_to(name)
-                and (state := snapshot.nodes.get(here.node)) is not None
-                and state.alive
-            ):
-                # Its replica there serves agents' offloaded pipelines (or holds
-                # their sources): moving it would cut them off mid-stream. Their
-                # own placement moves them off an overloaded node first.
-                continue
-            tiers: list[Tier] = [t for t in TIERS if t in view.spec.tiers]
-            if name in tracked and any(t != "edge" for t in tiers):
-                # Its pipelines offload to this deployment: it stays on Ray nodes.
-                tiers = [t for t in tiers if t != "edge"]
-            if pin is not None and pin.tier is not None:
-                tiers = [t for t in TIERS if t == pin.tier]
-            service = self._service_ms(view)
-            profile = Profile(
-                {t: service + float(s.overhead_ms.get(t, 0.0)) for t in TIERS},
-                memory_mb=max(1.0, len(view.artifact.data) * 3 / 2**20),
-            )
-            out.append(
-                ModuleIntent(
-                    module=Module(
-                        name,
-                        slo_p95_ms=view.spec.qos.p95_latency_ms,
-                        profile=profile,
-                        tiers=frozenset(tiers),
-                    ),
-                    sources=self._sources_of(view),
-                    node=here.node if here else None,
-                    since_s=here.since if here else 0.0,
-                    epoch=here.epoch if here else 1,
-                    saturated=self._saturated.nodes(name),
-                )
-            )
-        return out
-
-    def _moves(
-        self,
-        engine_plan: EnginePlan | None,
-        views: Mapping[str, DeploymentView],
-        snapshot: Snapshot,
-    ) -> list[tuple[str, Target, str, str]]:
-        """(module, target, site, why) for each module whose node changes."""
-        out = []
-        for name, pin in sorted(self.pins().items()):
-            if pin.node is None or name not in views:
-                continue
-            here = self._placed.get(name)
-            state = snapshot.nodes.get(pin.node)
-            if state is None or not state.alive:
-                logger.warning("%s is pinned to %s, which is not up", name, pin.node)
-                continue
-            if here is None or here.node != pin.node:
-                target = _target(state)
-                out.append((name, target, self._primary_site(views[name]), f"pinned to {pin.node}"))
-        if engine_plan is None:
-            return out
-        pins = self.pins()
-        for name, view in sorted(views.items()):
-            pinned = pins.get(name)
-            if pinned is not None and pinned.node is not None:
-                continue
-            site = self._primary_site(view)
-            try:
-                route = engine_plan.routes[name, site]
-            except KeyError:
-                continue
-            here = self._placed.get(name)
-            if here is not None and here.node == route.node:
-                continue
-            state = snapshot.nodes.get(route.node)
-            if state is None:
-                continue
-            out.append((name, _target(state), site, ""))
-        return out
-
-    def _store_plan(
-        self,
-        engine_plan: EnginePlan | None,
-        views: Mapping[str, DeploymentView],
-        snapshot: Snapshot,
-        triggers: list[str],
-    ) -> int | None:
-        """Store the plan as a new desired-placement version if it changed anything."""
-        routes: dict[str, dict[str, Any]] = {}
-        pins = self.pins()
-        for name, view in sorted(views.items()):
-            pin = pins.get(name)
-            if pin is not None and pin.node is not None:
-                state = snapshot.nodes.get(pin.node)
-                routes[name] = {
-                    "site": self._primary_site(view),
-                    "node": pin.node,
-                    "tier": state.tier if state else None,
-                    "why": f"pinned to node {pin.node}",
-                }
-                continue
-            if engine_plan is None:
-                continue
-            site = self._primary_site(view)
-            try:
-                route = engine_plan.routes[name, site]
-            except KeyError:
-                continue
-            state = snapshot.nodes.get(route.node)
-            routes[name] = {
-                "site": site,
-                "node": route.node,
-                "tier": state.tier if state else None,
-                "predicted_p95_ms": _finite(route.predicted_p95_ms),
-                "slo_p95_ms": route.slo_p95_ms,
-            }
-        comparable = {m: (r["node"], r["site"]) for m, r in routes.items()}
-        before = (
-            {m: (r.get("node"), r.get("site")) for m, r in self._last_routes.items()}
-            if self._last_routes is not None
-            else None
-        )
-        if comparable == before:
-            return None
-        try:
-            record: PlanRecord = self.store.add_plan(
-                trigger="; ".join(triggers),
-                policy=engine_plan.policy if engine_plan else "pins",
-                feasible=engine_plan.feasible if engine_plan else True,
-                cost_per_h=engine_plan.cost_per_h if engine_plan else 0.0,
-                routes=routes,
-            )
-        except Exception:
-            logger.exception("could not store the desired placement")
-            return None
-        self._last_routes = routes
-        return record.version
 
     # -- after a restart
 
@@ -766,11 +358,3 @@ class PlacementController:
                 logger.exception("could not restore %s %s", record.module, record.version)
         self._pipelines.restore()
         return restored
-
-
-def _target(state: NodeState) -> Target:
-    return Target(state.name, state.tier, state.site, state.kind)
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

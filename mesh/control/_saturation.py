@@ -21,8 +21,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mesh.control._monitors import Snapshot
 from mesh.control._settings import ControllerSettings
+from mesh.control._snapshot import Snapshot
 from mesh.serving._manager import DeploymentView
 
 __all__ = ["SaturationMarks"]

@@ -77,10 +77,20 @@ __getattr__, __dir__ = lazy_exports(
             "UnknownFunctionError",
             "UnsatisfiableError",
         ),
-        "mesh.core._http_server": ("ServerThread", "serve_asgi"),
+        "mesh.core._http_server": (
+            "ServerThread",
+            "serve_asgi",
+        ),
         "mesh.core._metrics": ("MetricsRegistry",),
         "mesh.core._settings": ("MeshSettings",),
-        "mesh.core._sqlite": ("open_sqlite", "write_transaction"),
-        "mesh.core._topics": ("cover_filters", "topic_covers", "topic_matches"),
+        "mesh.core._sqlite": (
+            "open_sqlite",
+            "write_transaction",
+        ),
+        "mesh.core._topics": (
+            "cover_filters",
+            "topic_covers",
+            "topic_matches",
+        ),
     },
 )

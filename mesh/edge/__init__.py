@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from mesh.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from mesh.edge._agent_store import AgentRecord, EnrolmentStore
     from mesh.edge._artifact_api import (
         ArtifactServer,
         UrlSigner,
@@ -24,12 +25,10 @@ if TYPE_CHECKING:
     )
     from mesh.edge._bus import EdgeBus
     from mesh.edge._enrolment import (
-        AgentRecord,
         BrokerCredentials,
         EdgeSettings,
         EnrolmentError,
         EnrolmentResult,
-        EnrolmentStore,
         control_plane_credentials,
         enroll,
         revoke,
@@ -83,6 +82,10 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "mesh.edge._agent_store": (
+            "AgentRecord",
+            "EnrolmentStore",
+        ),
         "mesh.edge._artifact_api": (
             "ArtifactServer",
             "UrlSigner",
@@ -92,18 +95,19 @@ __getattr__, __dir__ = lazy_exports(
         ),
         "mesh.edge._bus": ("EdgeBus",),
         "mesh.edge._enrolment": (
-            "AgentRecord",
             "BrokerCredentials",
             "EdgeSettings",
             "EnrolmentError",
             "EnrolmentResult",
-            "EnrolmentStore",
             "control_plane_credentials",
             "enroll",
             "revoke",
         ),
         "mesh.edge._handover": ("SourceHandover",),
-        "mesh.edge._install": ("EdgeInstaller", "offload_target"),
+        "mesh.edge._install": (
+            "EdgeInstaller",
+            "offload_target",
+        ),
         "mesh.edge._records": (
             "AgentView",
             "EdgeBusError",

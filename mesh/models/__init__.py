@@ -46,16 +46,12 @@ if TYPE_CHECKING:
     )
     from mesh.models._registry import (
         InvalidRegistrationError,
-        Lineage,
         ModelNotFoundError,
         ModelRegistry,
-        ModelSummary,
-        ModelVersion,
         RegistryError,
-        SelectionMetric,
-        Stage,
         StageError,
     )
+    from mesh.models._versions import Lineage, ModelSummary, ModelVersion, SelectionMetric, Stage
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -127,15 +123,17 @@ __getattr__, __dir__ = lazy_exports(
         ),
         "mesh.models._registry": (
             "InvalidRegistrationError",
-            "Lineage",
             "ModelNotFoundError",
             "ModelRegistry",
+            "RegistryError",
+            "StageError",
+        ),
+        "mesh.models._versions": (
+            "Lineage",
             "ModelSummary",
             "ModelVersion",
-            "RegistryError",
             "SelectionMetric",
             "Stage",
-            "StageError",
         ),
     },
 )

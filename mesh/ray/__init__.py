@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from mesh.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from mesh.ray._backend import RayBackend, report_trial
+    from mesh.ray._backend import RayBackend
     from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
     from mesh.ray._probe import RayNodeProbe
     from mesh.ray._replicas import RayReplicaLauncher
+    from mesh.ray._tune import report_trial
 
 __all__ = [
     "LocalCluster",
@@ -32,9 +33,14 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "mesh.ray._backend": ("RayBackend", "report_trial"),
-        "mesh.ray._cluster": ("LocalCluster", "prepare_ray_environment", "start_local_cluster"),
+        "mesh.ray._backend": ("RayBackend",),
+        "mesh.ray._cluster": (
+            "LocalCluster",
+            "prepare_ray_environment",
+            "start_local_cluster",
+        ),
         "mesh.ray._probe": ("RayNodeProbe",),
         "mesh.ray._replicas": ("RayReplicaLauncher",),
+        "mesh.ray._tune": ("report_trial",),
     },
 )

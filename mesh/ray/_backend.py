@@ -1,14 +1,15 @@
 """The Ray backend: runs registered functions as Ray tasks on their tier's nodes.
 
-This module and its siblings (``_ray_jobs`` for Tune and Ray Data,
-``_ray_cluster`` for the embedded cluster) are the only parts of the mesh that
-import ``ray``; nothing imports them when ``mesh`` is imported.
+This module and its siblings in :mod:`mesh.ray` (``_remote`` for a function's
+Ray options, ``_calls`` for waiting on the work, ``_jobs`` for Tune and Ray
+Data, ``_cluster`` for the embedded cluster) are the only parts of the mesh
+that import ``ray``; nothing imports them when ``mesh`` is imported.
 
 A function invocation is one Ray task pinned with ``label_selector``
 (``mesh.tier``, and ``mesh.site`` when the spec names one). The remote function
 and its options are built once per registered function, so a call costs one task
 round trip. Tune searches and batch jobs are driven from a thread of this
-process; their trials and data tasks are pinned to the tier (see ``_ray_jobs``).
+process; their trials and data tasks are pinned to the tier (see ``_jobs``).
 
 Example:
     >>> backend = RayBackend.connect(MeshSettings())          # doctest: +SKIP
@@ -23,376 +24,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
-import types
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
-from ray import exceptions as ray_exceptions
 
-from mesh.compute._backend import (
-    SITE_LABEL,
-    TIER_LABEL,
-    Call,
-    CallResult,
-    NodeInfo,
-    check_satisfiable,
-)
+from mesh.compute._backend import Call, NodeInfo, check_satisfiable
 from mesh.core._errors import (
     BackendError,
-    CancelledError,
     ClusterNotRunningError,
-    FunctionTimeoutError,
-    MeshError,
-    RemoteFunctionError,
     UnsatisfiableError,
 )
 from mesh.core._settings import MeshSettings
+from mesh.ray._calls import TaskCall
 from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
-from mesh.sdk._app import RegisteredFunction
+from mesh.ray._jobs import JobRunner
+from mesh.ray._remote import ensure_picklable, label_selector, task_body, task_resources
+from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionKind, FunctionSpec
 
-if TYPE_CHECKING:
-    from mesh.ray._jobs import JobRunner
-
-__all__ = ["NODE_ID_METRIC", "RayBackend", "report_trial"]
+__all__ = ["RayBackend"]
 
 logger = logging.getLogger(__name__)
 
-#: Metric key under which :func:`report_trial` records the trial's node (stripped from results).
-NODE_ID_METRIC = "mesh_node_id"
-
 _NODES_TTL_S = 2.0
-_MIB = 1024 * 1024
-
-
-def report_trial(metrics: Mapping[str, Any]) -> None:
-    """Report one round of a Tune trial's metrics (``mesh.report(**metrics)``).
-
-    Inside a trial of an ``@app.tune`` function this calls ``ray.tune.report``
-    (``ray.train.report`` raises under Tune in Ray 2.60). Outside a trial, e.g.
-    when the trainable is called locally, it does nothing, so trainables stay
-    callable as plain functions.
-
-    Example:
-        >>> report_trial({"val_mae": 0.42})   # outside a trial: a no-op
-    """
-    if not _in_tune_session():
-        logger.debug("report outside a Tune trial ignored: %s", sorted(metrics))
-        return
-    from ray import tune
-
-    payload = dict(metrics)
-    payload[NODE_ID_METRIC] = ray.get_runtime_context().get_node_id()
-    tune.report(payload)
-
-
-def _in_tune_session() -> bool:
-    try:
-        from ray.train._internal.session import get_session
-    except ImportError:  # Ray moved its session helper: let tune.report decide
-        return True
-    return get_session() is not None
-
-
-# -- pickling functions whose module workers cannot import --------------------
-
-_worker_path_cache: frozenset[str] | None = None
-_by_value_decided: dict[str, bool] = {}
-_pickle_lock = threading.Lock()
-
-
-def _worker_sys_path() -> frozenset[str]:
-    """``sys.path`` of a fresh interpreter like a worker's, plus what Ray adds."""
-    global _worker_path_cache
-    if _worker_path_cache is None:
-        entries: list[str] = []
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            entries = [e for e in json.loads(out.stdout) if e]
-        except (OSError, subprocess.SubprocessError, ValueError):
-            logger.warning(
-                "could not read a worker's sys.path; by-value pickling for all "
-                "modules outside site-packages",
-                exc_info=True,
-            )
-        # Ray puts the driver's working directory and script directory on workers' paths.
-        entries.append(os.getcwd())
-        if sys.argv and sys.argv[0]:
-            entries.append(os.path.dirname(os.path.abspath(sys.argv[0])))
-        _worker_path_cache = frozenset(os.path.realpath(e) for e in entries)
-    return _worker_path_cache
-
-
-def _import_root(module: types.ModuleType) -> Path | None:
-    """The sys.path entry that ``import <module.__name__>`` resolves from, if consistent."""
-    file = getattr(module, "__file__", None)
-    if not file:
-        return None
-    path = Path(os.path.realpath(file))
-    parts = module.__name__.split(".")
-    if path.name.split(".")[0] == "__init__":
-        directory = path.parent
-        names = parts
-    else:
-        if path.name.split(".")[0] != parts[-1]:
-            return None
-        directory = path.parent
-        names = parts[:-1]
-    for name in reversed(names):
-        if directory.name != name:
-            return None
-        directory = directory.parent
-    return directory
-
-
-def _needs_by_value(module: types.ModuleType) -> bool:
-    if module.__name__ == "__main__" or not getattr(module, "__file__", None):
-        return False  # cloudpickle ships __main__ by value already; builtins import anywhere
-    root = _import_root(module)
-    return root is None or str(root) not in _worker_sys_path()
-
-
-def ensure_picklable(fn: Callable[..., Any]) -> None:
-    """Ship ``fn``'s module by value when workers could not import it by name.
-
-    A function loaded from a file by path (``spec_from_file_location``), or from
-    a directory only this process has on ``sys.path`` (pytest's rootdir
-    insertion), would fail to unpickle on a worker; cloudpickle then sends the
-    module's code along instead.
-    """
-    name = getattr(fn, "__module__", None)
-    if not name:
-        return
-    with _pickle_lock:
-        if name in _by_value_decided:
-            return
-        module = sys.modules.get(name)
-        decided = module is not None and _needs_by_value(module)
-        if decided and module is not None:
-            ray.cloudpickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]
-            logger.info("functions of module %s are shipped to workers by value", name)
-        _by_value_decided[name] = decided
-
-
-# -- errors -------------------------------------------------------------------
-
-
-def qualified_name(exc: BaseException) -> str:
-    """``ValueError`` for builtins, ``package.module.Error`` otherwise."""
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$")
-
-
-def remote_error(
-    exc: ray_exceptions.RayTaskError, *, function: str, run_id: str
-) -> RemoteFunctionError:
-    """A :class:`RemoteFunctionError` carrying what a Ray task raised and its traceback."""
-    # ray.get raises a dual "RayTaskError(UserError)" instance that forwards attribute
-    # lookups to the cause and has no traceback_str; its str() is the remote traceback.
-    traceback_text = _ANSI.sub("", str(vars(exc).get("traceback_str") or exc))
-    cause = vars(exc).get("cause")
-    cause = cause if isinstance(cause, BaseException) else None
-    if cause is not None and not isinstance(cause, ray_exceptions.RayError):
-        remote_type, remote_message = qualified_name(cause), str(cause)
-    else:
-        remote_type, remote_message = qualified_name(cause or exc), str(cause or exc)
-        if isinstance(cause, ray_exceptions.UserCodeException):
-            # Ray Data wraps a UDF's exception; only the traceback text names the original.
-            for line in traceback_text.splitlines():
-                match = _EXCEPTION_LINE.match(line)
-                if match and not match.group(1).startswith("ray."):
-                    remote_type, remote_message = match.group(1), match.group(2)
-                    break
-    return RemoteFunctionError(
-        function=function,
-        run_id=run_id,
-        remote_type=remote_type,
-        remote_message=remote_message,
-        remote_traceback=traceback_text,
-    )
-
-
-def system_error(exc: BaseException, *, function: str, run_id: str, retries: int) -> BackendError:
-    """A :class:`BackendError` for a Ray failure that is not the function's own exception."""
-    if isinstance(
-        exc,
-        ray_exceptions.WorkerCrashedError
-        | ray_exceptions.NodeDiedError
-        | ray_exceptions.LocalRayletDiedError,
-    ):
-        what = "the worker or node running it died"
-    elif isinstance(exc, ray_exceptions.OutOfMemoryError):
-        what = "its worker was killed for using too much memory"
-    elif isinstance(exc, ray_exceptions.ObjectLostError):
-        what = "its result was lost with the node that held it"
-    elif isinstance(exc, ray_exceptions.RuntimeEnvSetupError):
-        what = "its runtime environment could not be set up"
-    else:
-        what = f"Ray failed ({type(exc).__name__})"
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return BackendError(
-        f"{function} (run {run_id}) did not finish: {what} after {retries} "
-        f"retr{'y' if retries == 1 else 'ies'}: {detail}"
-    )
-
-
-def deadline_for(spec: FunctionSpec, submitted: float) -> float | None:
-    """When the spec's ``timeout_s`` runs out, on the monotonic clock."""
-    return None if spec.timeout_s is None else submitted + spec.timeout_s
-
-
-def wait_budget(
-    timeout_s: float | None, deadline: float | None, spec_timeout_s: float | None
-) -> tuple[float | None, float | None]:
-    """How long ``result()`` may wait, and the timeout to name if that runs out."""
-    if deadline is None:
-        return timeout_s, timeout_s
-    left = max(0.0, deadline - time.monotonic())
-    if timeout_s is None or left <= timeout_s:
-        return left, spec_timeout_s
-    return timeout_s, timeout_s
-
-
-# -- function calls -----------------------------------------------------------
-
-
-class _TaskCall:
-    """A submitted FUNCTION/STREAM invocation: one Ray task."""
-
-    __slots__ = (
-        "_cancelled",
-        "_deadline",
-        "_error",
-        "_function",
-        "_outcome",
-        "_ref",
-        "_retries",
-        "_run_id",
-        "_spec_timeout_s",
-    )
-
-    def __init__(
-        self, ref: ray.ObjectRef[tuple[Any, str]], spec: FunctionSpec, run_id: str, submitted: float
-    ) -> None:
-        self._ref = ref
-        self._function = spec.name
-        self._run_id = run_id
-        self._retries = spec.retries
-        self._spec_timeout_s = spec.timeout_s
-        self._deadline = deadline_for(spec, submitted)
-        self._outcome: CallResult | None = None
-        self._error: MeshError | None = None
-        self._cancelled = False
-
-    def __repr__(self) -> str:
-        return f"<RayCall {self._function} run={self._run_id} done={self.done()}>"
-
-    def result(self, timeout_s: float | None = None) -> CallResult:
-        """Wait for the task; see :class:`mesh.Call`.
-
-        The spec's ``timeout_s`` counts from submission; ``timeout_s`` here
-        limits this wait. Either running out cancels the task.
-        """
-        if self._outcome is not None:
-            return self._outcome
-        if self._error is not None:
-            raise self._error
-        if self._cancelled:
-            raise self._cancelled_error()
-        wait, named = wait_budget(timeout_s, self._deadline, self._spec_timeout_s)
-        try:
-            value, node_id = ray.get(self._ref, timeout=wait)
-        except ray_exceptions.GetTimeoutError as exc:
-            ray.cancel(self._ref, force=True)
-            self._error = FunctionTimeoutError(
-                function=self._function,
-                run_id=self._run_id,
-                timeout_s=named if named is not None else 0.0,
-            )
-            raise self._error from exc
-        except ray_exceptions.TaskCancelledError as exc:
-            self._error = self._cancelled_error()
-            raise self._error from exc
-        except ray_exceptions.RayTaskError as exc:
-            self._error = remote_error(exc, function=self._function, run_id=self._run_id)
-            raise self._error from exc
-        except ray_exceptions.RayError as exc:
-            self._error = system_error(
-                exc, function=self._function, run_id=self._run_id, retries=self._retries
-            )
-            raise self._error from exc
-        self._outcome = CallResult(value, node_id)
-        return self._outcome
-
-    def cancel(self) -> None:
-        """Stop the task (its worker is killed if it is running); result() then raises."""
-        if self._outcome is not None or self._error is not None or self._cancelled:
-            return
-        self._cancelled = True
-        ray.cancel(self._ref, force=True)
-        logger.info("cancelled %s (run %s)", self._function, self._run_id)
-
-    def done(self) -> bool:
-        """Whether the outcome is known without waiting."""
-        if self._outcome is not None or self._error is not None or self._cancelled:
-            return True
-        ready, _ = ray.wait([self._ref], timeout=0, fetch_local=False)
-        return bool(ready)
-
-    def _cancelled_error(self) -> CancelledError:
-        return CancelledError(
-            f"{self._function} was cancelled (run {self._run_id})",
-            function=self._function,
-            run_id=self._run_id,
-        )
-
-
-def _task_body(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], tuple[Any, str]]:
-    def mesh_function(kwargs: dict[str, Any]) -> tuple[Any, str]:
-        return fn(**kwargs), ray.get_runtime_context().get_node_id()
-
-    return mesh_function
-
-
-def label_selector(spec: FunctionSpec) -> dict[str, str]:
-    """The Ray label selector that pins ``spec`` to its tier (and site)."""
-    selector = {TIER_LABEL: spec.tier}
-    if spec.site:
-        selector[SITE_LABEL] = spec.site
-    return selector
-
-
-def task_resources(spec: FunctionSpec) -> dict[str, Any]:
-    """Ray resource options (``num_cpus`` etc.) for one invocation of ``spec``."""
-    res = spec.resources
-    options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
-    if res.memory_mb:
-        options["memory"] = res.memory_mb * _MIB
-    if res.custom:
-        options["resources"] = dict(res.custom)
-    return options
 
 
 @dataclass(slots=True)
@@ -405,9 +66,6 @@ class _TaskEntry:
 # Registered functions remembered by identity for the one-lookup fast path; a caller
 # that builds a fresh RegisteredFunction per call falls back to the spec-keyed cache.
 _FAST_PATH_ENTRIES = 1024
-
-
-# -- the backend --------------------------------------------------------------
 
 
 class RayBackend:
@@ -585,7 +243,7 @@ class RayBackend:
             ref = entry.remote.remote(dict(kwargs))
         except Exception as exc:
             raise BackendError(f"Ray refused {fn.name} (run {run_id}): {exc}") from exc
-        return _TaskCall(ref, fn.spec, run_id, submitted)
+        return TaskCall(ref, fn.spec, run_id, submitted)
 
     def _task_entry(self, fn: RegisteredFunction) -> _TaskEntry:
         spec = fn.spec
@@ -603,7 +261,7 @@ class RayBackend:
             retry_exceptions=spec.retries > 0,
             name=spec.name,
         )
-        remote = ray.remote(_task_body(fn.fn)).options(**options)
+        remote = ray.remote(task_body(fn.fn)).options(**options)
         entry = _TaskEntry(fn.fn, remote)
         with self._lock:
             self._tasks[key] = entry
@@ -619,8 +277,6 @@ class RayBackend:
     def _job_runner(self) -> JobRunner:
         with self._lock:
             if self._jobs is None:
-                from mesh.ray._jobs import JobRunner
-
                 self._jobs = JobRunner(self)
             return self._jobs
 

@@ -22,7 +22,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mesh.compute._backend import NodeInfo
-from mesh.control._monitors import NodeSample, NodeState
+from mesh.control._snapshot import NodeSample, NodeState
 
 __all__ = ["NodeProbeActor", "RayNodeProbe"]
 
@@ -55,7 +55,7 @@ class NodeProbeActor:
 
 
 class RayNodeProbe:
-    """The monitors' :class:`~mesh.control._monitors.NodeProbe` on a Ray cluster.
+    """The monitors' :class:`~mesh.control._probes.NodeProbe` on a Ray cluster.
 
     Args:
         nodes: lists the cluster's nodes (``RayBackend.nodes``).

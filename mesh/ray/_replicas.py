@@ -39,7 +39,7 @@ from ray import exceptions as ray_exceptions
 
 from mesh.compute._backend import NodeInfo, check_satisfiable
 from mesh.core._errors import BackendError, UnsatisfiableError
-from mesh.ray._backend import label_selector, task_resources
+from mesh.ray._remote import label_selector, task_resources
 from mesh.sdk._specs import FunctionSpec
 from mesh.serving._contract import ReplicaMqtt
 from mesh.serving._manager import ModelArtifact, ReplicaFailedError, ReplicaRequest

@@ -47,6 +47,10 @@ __getattr__, __dir__ = lazy_exports(
             "build_services",
             "run_control_plane",
         ),
-        "mesh.runtime._daemon": ("cluster_down", "cluster_up", "read_cluster_file"),
+        "mesh.runtime._daemon": (
+            "cluster_down",
+            "cluster_up",
+            "read_cluster_file",
+        ),
     },
 )

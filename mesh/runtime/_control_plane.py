@@ -370,7 +370,8 @@ def _placement_controller(
     """
     from mesh.control._controller import PlacementController
     from mesh.control._migrations import MigrationExecutor
-    from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
+    from mesh.control._monitors import Monitors
+    from mesh.control._probes import EdgeCanary, PathProbe
     from mesh.control._settings import ControllerSettings
     from mesh.control._store import PlacementStore
     from mesh.ray._probe import RayNodeProbe

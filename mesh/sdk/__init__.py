@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from mesh.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from mesh.sdk._app import Mesh, RegisteredFunction, RegisteredModule
+    from mesh.sdk._app import Mesh
     from mesh.sdk._loader import load_apps
+    from mesh.sdk._registered import RegisteredFunction, RegisteredModule
     from mesh.sdk._report import report, trial_reporter
     from mesh.sdk._specs import (
         COMPUTE_TIERS,
@@ -54,13 +55,19 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "mesh.sdk._app": ("Mesh", "RegisteredFunction", "RegisteredModule"),
+        "mesh.sdk._app": ("Mesh",),
         "mesh.sdk._loader": ("load_apps",),
-        "mesh.sdk._report": ("report", "trial_reporter"),
+        "mesh.sdk._registered": (
+            "RegisteredFunction",
+            "RegisteredModule",
+        ),
+        "mesh.sdk._report": (
+            "report",
+            "trial_reporter",
+        ),
         "mesh.sdk._specs": (
-            "COMPUTE_TIERS",
-            "TIERS",
             "BatchSpec",
+            "COMPUTE_TIERS",
             "Domain",
             "FunctionKind",
             "FunctionSpec",
@@ -68,6 +75,7 @@ __getattr__, __dir__ = lazy_exports(
             "QoS",
             "Resources",
             "StreamSpec",
+            "TIERS",
             "TuneSpec",
         ),
     },

@@ -23,9 +23,9 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "mesh.security._auth": (
-            "SCOPES",
             "AuthError",
             "ForbiddenError",
+            "SCOPES",
             "TokenClaims",
             "TokenSigner",
         ),

@@ -104,7 +104,10 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "mesh.serving._api": ("create_modules_router",),
-        "mesh.serving._autoscale": ("AutoscalePolicy", "Autoscaler"),
+        "mesh.serving._autoscale": (
+            "AutoscalePolicy",
+            "Autoscaler",
+        ),
         "mesh.serving._contract": (
             "AgentErrorReply",
             "AgentInstaller",
@@ -119,10 +122,25 @@ __getattr__, __dir__ = lazy_exports(
             "ReplicaRequest",
             "ReplicaStatus",
         ),
-        "mesh.serving._gateway": ("EdgeInference", "Gateway", "LatencyObserver", "TokenAuth"),
-        "mesh.serving._gateway_app": ("GatewayApp", "create_gateway_app"),
-        "mesh.serving._leases": ("Lease", "LeaseList", "PipelineSource"),
-        "mesh.serving._manager": ("DeploymentView", "ServingManager"),
+        "mesh.serving._gateway": (
+            "EdgeInference",
+            "Gateway",
+            "LatencyObserver",
+            "TokenAuth",
+        ),
+        "mesh.serving._gateway_app": (
+            "GatewayApp",
+            "create_gateway_app",
+        ),
+        "mesh.serving._leases": (
+            "Lease",
+            "LeaseList",
+            "PipelineSource",
+        ),
+        "mesh.serving._manager": (
+            "DeploymentView",
+            "ServingManager",
+        ),
         "mesh.serving._oip": (
             "InferenceInputError",
             "ModelNotReadyError",

@@ -13,12 +13,13 @@ behind the same Protocols.
   the new replicas cannot start, the old version keeps serving.
 * :meth:`ServingManager.deploy_to_agent` puts a module on an edge agent (the
   agent downloads the signed artifact) and switches the route to it.
-* A background loop (:meth:`tick`) health-checks replicas apart from requests
-  (a failed one leaves the route; a restarted one comes back with its new
-  port; a dead one is replaced) and follows the module's autoscaling
-  settings: ``ceil(in-flight / target_in_flight)`` replicas between
-  ``min_replicas`` and ``max_replicas``, up quickly, down slowly, to zero only
-  when ``min_replicas == 0`` (a request then wakes it).
+* A background loop (:meth:`tick`, in :mod:`mesh.serving._supervisor`)
+  health-checks replicas apart from requests (a failed one leaves the route; a
+  restarted one comes back with its new port; a dead one is replaced) and
+  follows the module's autoscaling settings: ``ceil(in-flight /
+  target_in_flight)`` replicas between ``min_replicas`` and ``max_replicas``,
+  up quickly, down slowly, to zero only when ``min_replicas == 0`` (a request
+  then wakes it).
 
 Errors::
 
@@ -38,12 +39,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mesh.core._errors import MeshError
 from mesh.core._metrics import MetricsRegistry
 from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
 from mesh.serving._autoscale import AutoscalePolicy, Autoscaler
@@ -59,7 +58,8 @@ from mesh.serving._contract import (
     ReplicaRequest,
     ReplicaStatus,
 )
-from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, ReplicaEndpoint, RouteTable
+from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, RouteTable
+from mesh.serving._supervisor import Deployment, Replica, ReplicaSupervisor, replica_id
 
 if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry, ModelVersion
@@ -81,42 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Replica:
-    handle: ReplicaHandle
-    version: str
-    state: str = "starting"  # starting | serving | unhealthy | draining
-    endpoint: ReplicaEndpoint | None = None
-    failures: int = 0
-    in_flight: float = 0.0
-    stats: dict[str, Any] = field(default_factory=dict)
-    since: float = field(default_factory=time.monotonic)
-    drain_deadline: float = 0.0
-
-
-@dataclass(slots=True)
-class _Deployment:
-    spec: ModuleSpec
-    artifact: ModelArtifact
-    tier: str
-    site: str | None
-    replicas: dict[str, _Replica] = field(default_factory=dict)
-    agent: str | None = None
-    batching: str = "auto"
-    autoscaler: Autoscaler | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    node: str | None = None
-
-    def serving(self) -> list[_Replica]:
-        return [r for r in self.replicas.values() if r.state == "serving"]
-
-    def endpoints(self) -> list[Endpoint]:
-        if self.agent is not None:
-            return [AgentEndpoint(self.agent, self.artifact.version)]
-        return [r.endpoint for r in self.serving() if r.endpoint is not None]
-
 
 PhaseHook = Callable[[str], None]
 """Called with ``"ready"``, ``"switched"``, ``"drained"`` and ``"removed"`` as a switch goes."""
@@ -151,11 +115,7 @@ def _phase(hook: PhaseHook | None, phase: str) -> None:
             logger.exception("phase hook failed at %s", phase)
 
 
-def _replica_id(module: str, version: str) -> str:
-    return f"{module}-{version}-{uuid.uuid4().hex[:6]}"
-
-
-class ServingManager:
+class ServingManager(ReplicaSupervisor):
     """Deploys module versions as replicas (or on agents) and keeps their routes right.
 
     Args:
@@ -201,7 +161,7 @@ class ServingManager:
         self._drain_timeout_s = drain_timeout_s
         self._unhealthy_after = unhealthy_after
         self._delays = dict(autoscale_delays or {})
-        self._deployments: dict[str, _Deployment] = {}
+        self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -341,7 +301,7 @@ class ServingManager:
             started = time.monotonic()
             fresh = self._start_replicas(spec, artifact, tier, site, count, batching, node)
             _phase(on_phase, "ready")
-            new = _Deployment(
+            new = Deployment(
                 spec,
                 artifact,
                 tier,
@@ -386,7 +346,7 @@ class ServingManager:
             old = self._deployments.get(spec.name)
             self._installer.install(agent_id, spec.name, artifact, timeout_s)
             _phase(on_phase, "ready")
-            new = _Deployment(spec, artifact, "edge", None, agent=agent_id, lock=lock)
+            new = Deployment(spec, artifact, "edge", None, agent=agent_id, lock=lock)
             route = self._switch(new, old, f"agent {agent_id}", on_phase)
         return route
 
@@ -407,8 +367,8 @@ class ServingManager:
         count: int,
         batching: str,
         node: str | None = None,
-    ) -> dict[str, _Replica]:
-        started: dict[str, _Replica] = {}
+    ) -> dict[str, Replica]:
+        started: dict[str, Replica] = {}
         try:
             for _ in range(count):
                 request = ReplicaRequest(
@@ -417,12 +377,12 @@ class ServingManager:
                     tier,
                     site,
                     spec.resources,
-                    _replica_id(spec.name, artifact.version),
+                    replica_id(spec.name, artifact.version),
                     batching,
                     node=node,
                 )
                 handle = self._launcher.launch(request)
-                started[handle.replica_id] = _Replica(handle, artifact.version)
+                started[handle.replica_id] = Replica(handle, artifact.version)
             deadline = time.monotonic() + self._start_timeout_s
             while any(r.endpoint is None for r in started.values()):
                 for replica in started.values():
@@ -446,8 +406,8 @@ class ServingManager:
 
     def _switch(
         self,
-        new: _Deployment,
-        old: _Deployment | None,
+        new: Deployment,
+        old: Deployment | None,
         where: str,
         on_phase: PhaseHook | None = None,
     ) -> ModuleRoute:
@@ -489,7 +449,7 @@ class ServingManager:
     def _drain_and_stop(
         self,
         module: str,
-        replicas: list[_Replica],
+        replicas: list[Replica],
         agents: list[Endpoint] | None = None,
         on_phase: PhaseHook | None = None,
     ) -> None:
@@ -598,157 +558,3 @@ class ServingManager:
         assert route is not None
         self._switches.inc(1, route.module)
         self._epoch.set(new.epoch if new else 0, route.module)
-
-    # -- the background loop
-
-    def tick(self) -> None:
-        """One reconcile step: health, restarts, replacements and autoscaling of every module."""
-        demand = self.routes.take_demand()
-        with self._lock:
-            deployments = list(self._deployments.values())
-        for deployment in deployments:
-            if deployment.agent is not None or not deployment.lock.acquire(blocking=False):
-                continue  # an edge module, or a deploy is under way
-            try:
-                self._reconcile(deployment, deployment.spec.name in demand)
-            except Exception:
-                logger.exception("%s: reconcile failed", deployment.spec.name)
-            finally:
-                deployment.lock.release()
-
-    def _reconcile(self, d: _Deployment, demanded: bool) -> None:
-        module = d.spec.name
-        changed = False
-        now = self._clock()
-        for rid, replica in list(d.replicas.items()):
-            if replica.state == "starting":
-                changed |= self._check_starting(d, rid, replica)
-            elif replica.state in ("serving", "unhealthy"):
-                changed |= self._check_health(d, rid, replica)
-            elif replica.state == "draining":
-                self._check_draining(d, rid, replica, now)
-        live = [r for r in d.replicas.values() if r.state in ("starting", "serving", "unhealthy")]
-        # Replicas report a time average (every client); the gateway knows its own now.
-        load = max(sum(r.in_flight for r in d.serving()), self.routes.module_in_flight(module))
-        if demanded and not live:
-            load = max(load, 1.0)
-        assert d.autoscaler is not None
-        target = d.autoscaler.decide(len(live), load, now)
-        if target > len(live):
-            for _ in range(target - len(live)):
-                self._launch_one(d)
-            logger.info(
-                "%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live), target, load
-            )
-        elif target < len(live):
-            changed |= self._scale_down(d, len(live) - target, now)
-            logger.info(
-                "%s: scaling down %d -> %d replicas (in flight %.1f)",
-                module,
-                len(live),
-                target,
-                load,
-            )
-        if changed:
-            self.routes.set(module, d.artifact.version, d.endpoints())
-
-    def _launch_one(self, d: _Deployment) -> None:
-        request = ReplicaRequest(
-            d.spec.name,
-            d.artifact,
-            d.tier,
-            d.site,
-            d.spec.resources,
-            _replica_id(d.spec.name, d.artifact.version),
-            d.batching,
-            node=d.node,
-        )
-        try:
-            handle = self._launcher.launch(request)
-        except MeshError as exc:
-            logger.warning("%s: cannot start a replica: %s", d.spec.name, exc)
-            return
-        d.replicas[handle.replica_id] = _Replica(handle, d.artifact.version)
-
-    def _check_starting(self, d: _Deployment, rid: str, replica: _Replica) -> bool:
-        try:
-            endpoint = replica.handle.poll()
-        except ReplicaFailedError as exc:
-            logger.warning("%s: replica %s failed to start: %s", d.spec.name, rid, exc)
-            replica.handle.stop()
-            del d.replicas[rid]
-            return False
-        if endpoint is None:
-            return False
-        replica.endpoint, replica.state, replica.failures = endpoint, "serving", 0
-        logger.info(
-            "%s: replica %s serves at %s on node %s",
-            d.spec.name,
-            rid,
-            endpoint.url,
-            endpoint.node_id[:8],
-        )
-        return True
-
-    def _check_health(self, d: _Deployment, rid: str, replica: _Replica) -> bool:
-        module = d.spec.name
-        stats = self._probe.stats(replica.endpoint, 1.0) if replica.endpoint else None
-        if stats is not None and stats.get("ready", True):
-            replica.failures = 0
-            replica.stats = stats
-            replica.in_flight = float(stats.get("avg_in_flight", stats.get("in_flight", 0)))
-            if replica.state == "unhealthy":
-                replica.state = "serving"
-                logger.info("%s: replica %s is healthy again", module, rid)
-                return True
-            return False
-        replica.failures += 1
-        if replica.failures < self._unhealthy_after:
-            return False
-        changed = replica.state == "serving"
-        if changed:
-            replica.state = "unhealthy"
-            logger.warning(
-                "%s: replica %s failed %d health checks; out of the route",
-                module,
-                rid,
-                replica.failures,
-            )
-        try:
-            endpoint = replica.handle.refresh(1.0)
-        except ReplicaFailedError as exc:
-            logger.warning("%s: replica %s is gone (%s); replacing it", module, rid, exc)
-            replica.handle.stop()
-            del d.replicas[rid]
-            self._launch_one(d)
-            return changed
-        if endpoint is not None and endpoint != replica.endpoint:
-            logger.info("%s: replica %s restarted at %s", module, rid, endpoint.url)
-            replica.endpoint = endpoint
-            replica.failures = self._unhealthy_after - 1  # probe the new port next tick
-        return changed
-
-    def _check_draining(self, d: _Deployment, rid: str, replica: _Replica, now: float) -> None:
-        endpoint = replica.endpoint
-        busy = endpoint is not None and self.routes.in_flight(endpoint) > 0
-        if not busy and endpoint is not None:
-            stats = self._probe.stats(endpoint, 1.0)
-            busy = bool(stats and stats.get("in_flight"))
-        if busy and now < replica.drain_deadline:
-            return
-        replica.handle.stop()
-        del d.replicas[rid]
-        logger.info("%s: replica %s drained and stopped", d.spec.name, rid)
-
-    def _scale_down(self, d: _Deployment, count: int, now: float) -> bool:
-        # Starting or unhealthy replicas go first, then the least busy.
-        order = sorted(
-            (r for r in d.replicas.values() if r.state != "draining"),
-            key=lambda r: (r.state == "serving", r.in_flight),
-        )
-        changed = False
-        for replica in order[:count]:
-            changed |= replica.state == "serving"
-            replica.state = "draining"
-            replica.drain_deadline = now + self._drain_timeout_s
-        return changed

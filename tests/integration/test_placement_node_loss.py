@@ -24,7 +24,8 @@ import pytest
 from mesh import QoS, Resources
 from mesh.control._controller import ControllerSettings, PlacementController
 from mesh.control._migrations import MigrationExecutor
-from mesh.control._monitors import Monitors, PathProbe
+from mesh.control._monitors import Monitors
+from mesh.control._probes import PathProbe
 from mesh.control._store import PlacementStore
 from mesh.sdk import ModuleSpec
 from mesh.serving._manager import ModelArtifact, ServingManager

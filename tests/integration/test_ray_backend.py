@@ -31,7 +31,8 @@ from mesh import (
     UnsatisfiableError,
 )
 from mesh.compute import check_satisfiable
-from mesh.ray._backend import RayBackend, report_trial
+from mesh.ray._backend import RayBackend
+from mesh.ray._tune import report_trial
 
 pytestmark = pytest.mark.ray
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from mesh.control._controller import ControllerSettings, PlacementController
 from mesh.control._migrations import MigrationExecutor
-from mesh.control._monitors import EdgeCanary, Monitors, PathProbe
+from mesh.control._monitors import Monitors
+from mesh.control._probes import EdgeCanary, PathProbe
 from mesh.control._store import PlacementStore
 from mesh.edge._artifact_api import UrlSigner, create_artifact_app, serve_in_thread
 from mesh.edge._bus import EdgeBus

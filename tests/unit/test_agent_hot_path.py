@@ -13,7 +13,6 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent._frames import FrameTemplate, Tensor, _dumps, _loads, pack_frame, unpack_frame
 from edge_agent._serving import _PLAIN_TYPES, plain_request
 from edge_agent._sources import MqttSource, SourceContext
 from edge_agent._transport import ConnectionConfig, Message, MqttTransport, PublishHandle
@@ -24,6 +23,14 @@ from edge_agent.protocol import (
     SourceSpec,
     encode_frame,
     parse_header,
+)
+from edge_agent.protocol._frames import (
+    FrameTemplate,
+    Tensor,
+    _dumps,
+    _loads,
+    pack_frame,
+    unpack_frame,
 )
 
 # ------------------------------------------------------------------ request headers
@@ -528,7 +535,7 @@ def test_pack_frame_keeps_a_tensors_field_in_place() -> None:
 
 
 def test_pack_frame_checks_sizes_with_the_tensor_cache() -> None:
-    from edge_agent import _frames
+    from edge_agent.protocol import _frames
 
     good = Tensor("b", "uint8", (3,), b"xyz")
     pack_frame({}, [good])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent import protocol as p
-from edge_agent._frames import peek_header
+from edge_agent.protocol._frames import peek_header
 
 
 def test_topics_match_the_design_table() -> None:

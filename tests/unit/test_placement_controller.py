@@ -24,16 +24,10 @@ with warnings.catch_warnings():
 
 from mesh.control._api import create_placements_router
 from mesh.control._controller import ControllerSettings, PlacementController
+from mesh.control._engine_inputs import ModuleIntent, engine_inputs
 from mesh.control._migrations import MigrationExecutor, Target
-from mesh.control._monitors import (
-    LatencyStats,
-    ModuleIntent,
-    Monitors,
-    NodeSample,
-    NodeState,
-    engine_inputs,
-    percentile,
-)
+from mesh.control._monitors import Monitors
+from mesh.control._snapshot import LatencyStats, NodeSample, NodeState, percentile
 from mesh.control._store import (
     DeploymentRecord,
     MigrationRecord,

@@ -18,8 +18,9 @@ import pytest
 from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
 from mesh.control._controller import PlacementController
 from mesh.control._migrations import MigrationExecutor
-from mesh.control._monitors import Monitors, NodeSample, NodeState
+from mesh.control._monitors import Monitors
 from mesh.control._settings import ControllerSettings
+from mesh.control._snapshot import NodeSample, NodeState
 from mesh.control._store import MigrationRecord, PipelineRecord, PlacementStore
 from mesh.edge._registry import AgentRegistry
 from mesh.serving._leases import PipelineSource

@@ -16,12 +16,7 @@ if TYPE_CHECKING:
     from mesh.serving.replica._batching import ReplicaOverloadedError
     from mesh.serving.replica._mqtt import MqttResponder
     from mesh.serving.replica._pipelines import PipelineHost, ReplicaPipelines
-    from mesh.serving.replica._server import (
-        ModelRunner,
-        ReplicaApp,
-        ReplicaStats,
-        choose_providers,
-    )
+    from mesh.serving.replica._server import ModelRunner, ReplicaApp, ReplicaStats, choose_providers
 
 __all__ = [
     "ModelRunner",
@@ -39,7 +34,10 @@ __getattr__, __dir__ = lazy_exports(
     {
         "mesh.serving.replica._batching": ("ReplicaOverloadedError",),
         "mesh.serving.replica._mqtt": ("MqttResponder",),
-        "mesh.serving.replica._pipelines": ("PipelineHost", "ReplicaPipelines"),
+        "mesh.serving.replica._pipelines": (
+            "PipelineHost",
+            "ReplicaPipelines",
+        ),
         "mesh.serving.replica._server": (
             "ModelRunner",
             "ReplicaApp",

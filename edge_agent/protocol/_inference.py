@@ -1,0 +1,141 @@
+"""The data plane: inference request and reply frames, and pipeline events.
+
+A request or reply is a frame (a JSON header, then the tensors' raw bytes; see
+:mod:`edge_agent.protocol._frames`): :func:`encode_frame` fills the header's
+``tensors`` and :func:`decode_frame` splits one. An :class:`Event` is a JSON
+message carrying a pipeline's result (:func:`json_tensor` for its outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._envelope import Envelope, TensorSpec
+from ._frames import DEFAULT_MAX_PAYLOAD_BYTES, ErrorCode, Tensor, pack_frame, unpack_frame
+
+__all__ = [
+    "ErrorInfo",
+    "Event",
+    "InferReply",
+    "InferRequest",
+    "JsonTensor",
+    "TensorMeta",
+    "decode_frame",
+    "encode_frame",
+    "json_tensor",
+]
+
+
+class TensorMeta(BaseModel):
+    """Header entry of one tensor in a frame."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+class ErrorInfo(BaseModel):
+    """An error in a reply; for BAD_INPUT ``expected`` holds the module's inputs."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    code: ErrorCode
+    message: str
+    expected: list[TensorSpec] | None = None
+
+
+class InferRequest(Envelope):
+    """Header of an inference request frame (tensors follow in the frame)."""
+
+    kind: Literal["infer_request"] = "infer_request"
+    module: str
+    version: str | None = Field(None, description="Pin a version; None = whatever is served.")
+    reply_to: str | None = Field(None, description="Topic for the reply; None = no reply.")
+    correlation_id: str | None = None
+    deadline_ts: float | None = Field(None, description="Drop (do not run) after this time.")
+    tensors: list[TensorMeta] = Field(default_factory=list)
+
+
+class InferReply(Envelope):
+    """Header of an inference reply frame: outputs follow, or ``error`` is set."""
+
+    kind: Literal["infer_reply"] = "infer_reply"
+    correlation_id: str | None = None
+    module: str | None = None
+    version: str | None = None
+    node: str | None = None
+    error: ErrorInfo | None = None
+    queue_ms: float | None = None
+    compute_ms: float | None = None
+    tensors: list[TensorMeta] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the reply carries outputs, not an error."""
+        return self.error is None
+
+
+class JsonTensor(BaseModel):
+    """A tensor in a JSON message: flat C-order ``data``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    dtype: str
+    shape: list[int]
+    data: list[float | int | bool]
+
+
+class Event(Envelope):
+    """An application event (a pipeline's result); ``id`` deduplicates replays."""
+
+    kind: Literal["event"] = "event"
+    agent: str | None = None
+    site: str | None = None
+    stream: str
+    pipeline: str | None = None
+    module: str | None = None
+    version: str | None = None
+    route: str = Field("local", description="'local', 'offload:<node>' or 'remote:<node>'.")
+    seq: int = Field(0, description="Per-agent sequence number (order of replay).")
+    source_ts: float | None = Field(
+        None,
+        description="When the sample was taken (its frame's 'ts'), else when it arrived.",
+    )
+    latency_ms: float | None = None
+    outputs: dict[str, JsonTensor] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def encode_frame(header: Envelope | Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> bytes:
+    """Encode a header (its ``tensors`` field is filled in) and tensors as one frame.
+
+    Raises:
+        ProtocolError: BAD_INPUT when a tensor's data does not match its dtype/shape.
+    """
+    if isinstance(header, Envelope):
+        header = header.model_dump(mode="json", exclude_none=True)
+    return pack_frame(header, tensors)
+
+
+def decode_frame(
+    payload: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], list[Tensor]]:
+    """Split a frame into its JSON header (validate it with :func:`parse_header`) and tensors.
+
+    The tensors' data are zero-copy views of ``payload``.
+
+    Raises:
+        ProtocolError: PAYLOAD_TOO_LARGE, MALFORMED or BAD_INPUT (unknown dtype).
+    """
+    return unpack_frame(payload, max_bytes=max_bytes)
+
+
+def json_tensor(tensor: Tensor) -> JsonTensor:
+    """A tensor as JSON (for events); needs numpy."""
+    data = tensor.to_numpy().ravel().tolist()
+    return JsonTensor(dtype=tensor.dtype, shape=list(tensor.shape), data=data)

@@ -1,0 +1,202 @@
+"""The monitors' seams and the probes behind them: node metrics, round trips, canaries.
+
+:class:`NodeProbe` reads psutil on Ray nodes (:class:`mesh.ray._probe.RayNodeProbe`),
+:class:`AgentSource` lists the edge agents, :class:`RttProbe` times a round trip
+over the path requests take (:class:`PathProbe`: HTTP to a replica, MQTT to an
+agent) and :class:`CanaryProbe` times one inference on a node
+(:class:`EdgeCanary` for agents).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_agent.protocol import PING_MODULE
+from mesh.control._settings import AgentSnapshot
+from mesh.control._snapshot import NodeSample, NodeState
+from mesh.serving._contract import AgentErrorReply
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from mesh.models._export import ModelSignature
+    from mesh.serving._routes import ReplicaEndpoint, RouteTable
+
+__all__ = [
+    "AgentRequests",
+    "AgentSource",
+    "CanaryProbe",
+    "EdgeCanary",
+    "NodeProbe",
+    "PathProbe",
+    "RttProbe",
+]
+
+
+class NodeProbe(Protocol):
+    """Reads psutil on every Ray node (:class:`mesh.ray._probe.RayNodeProbe`)."""
+
+    def nodes(self) -> list[NodeState]:
+        """Every Ray node (name, tier, site, liveness, CPUs, memory), without metrics."""
+        ...
+
+    def sample(self) -> list[NodeSample]:
+        """One reading per live node (nodes that do not answer are left out)."""
+        ...
+
+    def ping(self, node: str, timeout_s: float) -> float | None:
+        """A round trip to the node's probe in ms (None: no answer)."""
+        ...
+
+
+class AgentSource(Protocol):
+    """The edge gateway's agent registry (:class:`mesh.edge._bus.EdgeBus`)."""
+
+    def agents(self) -> Sequence[AgentSnapshot]:
+        """Every agent heard of."""
+        ...
+
+
+class AgentRequests(Protocol):
+    """One inference on an agent, blocking (:meth:`mesh.edge._bus.EdgeBus.infer_sync`).
+
+    ``infer_sync`` raises ``TimeoutError`` when no reply came in time,
+    ``ConnectionError`` when the edge connection is down, and an
+    :class:`~mesh.serving._contract.AgentErrorReply` when the agent answered
+    with an error.
+    """
+
+    def infer_sync(
+        self,
+        module: str,
+        node: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        timeout_s: float = ...,
+    ) -> object:
+        """Run ``module`` on agent ``node`` and wait for its reply."""
+        ...
+
+
+class RttProbe(Protocol):
+    """Times a round trip to a node over the path requests take."""
+
+    def rtt_ms(self, node: NodeState, timeout_s: float) -> float | None:
+        """Round trip in ms, or None when the node does not answer."""
+        ...
+
+
+class CanaryProbe(Protocol):
+    """Runs one inference of a module on a node, to time it."""
+
+    def infer_ms(self, module: str, node: NodeState, timeout_s: float) -> float:
+        """Latency of one inference in ms.
+
+        Raises:
+            Exception: the node did not answer, or answered with an error.
+        """
+        ...
+
+
+class PathProbe:
+    """:class:`RttProbe` over the paths requests take.
+
+    A Ray node: ``GET /stats`` of a replica the route table lists on it (the
+    gateway's path), else a round trip to its node probe actor. An agent: an
+    MQTT request for a module it does not have (it answers at once with an
+    error), through the edge gateway.
+
+    Args:
+        routes: the route table (replica endpoints by node).
+        node_probe: pings Ray nodes without a replica.
+        edge: the edge gateway (``infer_sync``).
+    """
+
+    def __init__(
+        self,
+        routes: RouteTable | None = None,
+        *,
+        node_probe: NodeProbe | None = None,
+        edge: AgentRequests | None = None,
+    ) -> None:
+        """Probe nothing that is not given."""
+        self._routes = routes
+        self._node_probe = node_probe
+        self._edge = edge
+
+    def rtt_ms(self, node: NodeState, timeout_s: float) -> float | None:
+        """Round trip in ms, or None."""
+        if node.kind == "agent":
+            return self._mqtt(node.name, timeout_s)
+        endpoint = self._replica_on(node.name)
+        if endpoint is not None:
+            return self._http(endpoint, timeout_s)
+        if self._node_probe is not None:
+            return self._node_probe.ping(node.name, timeout_s)
+        return None
+
+    def _replica_on(self, node: str) -> ReplicaEndpoint | None:
+        from mesh.serving._routes import ReplicaEndpoint
+
+        if self._routes is None:
+            return None
+        for route in self._routes.routes():
+            for e in route.endpoints:
+                if isinstance(e, ReplicaEndpoint) and e.node_id == node:
+                    return e
+        return None
+
+    @staticmethod
+    def _http(endpoint: ReplicaEndpoint, timeout_s: float) -> float | None:
+        from mesh.serving._contract import HttpProbe
+
+        started = time.perf_counter()
+        ok = HttpProbe().stats(endpoint, timeout_s) is not None
+        return (time.perf_counter() - started) * 1000.0 if ok else None
+
+    def _mqtt(self, agent: str, timeout_s: float) -> float | None:
+        if self._edge is None:
+            return None
+        started = time.perf_counter()
+        try:
+            self._edge.infer_sync(PING_MODULE, agent, {}, timeout_s=timeout_s)
+        except Exception as exc:
+            if not isinstance(exc, AgentErrorReply):
+                return None  # no answer
+            # else the expected answer: no such module
+        return (time.perf_counter() - started) * 1000.0
+
+
+class EdgeCanary:
+    """:class:`CanaryProbe` for agents: one inference of zeros shaped as the module's inputs.
+
+    Args:
+        edge: the edge gateway (``infer_sync``).
+        signature: module -> its :class:`~mesh.models._export.ModelSignature` (the route's).
+    """
+
+    def __init__(
+        self, edge: AgentRequests, signature: Callable[[str], ModelSignature | None]
+    ) -> None:
+        """Nothing is sent until :meth:`infer_ms`."""
+        self._edge = edge
+        self._signature = signature
+
+    def infer_ms(self, module: str, node: NodeState, timeout_s: float) -> float:
+        """Latency of one inference in ms (raises if it fails)."""
+        import numpy as np
+
+        signature = self._signature(module)
+        if signature is None:
+            raise LookupError(f"{module}: no signature to build a canary from")
+        inputs = {
+            t.name: np.zeros(
+                [d if isinstance(d, int) and d > 0 else 1 for d in t.shape], dtype=t.dtype
+            )
+            for t in signature.inputs
+        }
+        started = time.perf_counter()
+        self._edge.infer_sync(module, node.name, inputs, timeout_s=timeout_s)
+        return (time.perf_counter() - started) * 1000.0
