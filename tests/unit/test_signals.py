@@ -11,20 +11,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
-from functions.traffic.signals import (
+from functions.traffic.control import (
     ControllerConfig,
     ControllerState,
     JunctionLayout,
     Observation,
     SignalController,
     SignalReport,
-    camera_frames,
     decide,
     initial_state,
-    plans_for_window,
-    still_frame,
 )
+from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
+from functions.traffic.signals import camera_frames, plans_for_window, still_frame
 from functions.traffic.sim.session import SignalActuator, transition_state
 
 NS, EW = 0, 1
