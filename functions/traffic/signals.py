@@ -89,7 +89,7 @@ def camera_frames(
     """A junction's camera frame and its segments, with the exact counts of each.
 
     ``approaches`` are objects with ``positions_m``, ``lanes`` and ``lengths_m``
-    (a :class:`~functions.traffic.sim.session.ApproachObservation` or an
+    (a :class:`~functions.traffic.sim.records.ApproachObservation` or an
     :class:`~functions.traffic.occupancy.ApproachState`). Segment ``k`` is the same
     image with the cells past ``segments_m[k]`` blanked, so the same counter
     counts the vehicles within that distance of the stop line (a queue
