@@ -6,7 +6,7 @@ and the same routes (``functions.traffic.sim.network``):
 * ``fixed`` — SUMO's fixed-time program (``static``);
 * ``actuated`` — SUMO's gap-based actuated control;
 * ``delay_based`` — SUMO's time-loss based actuated control;
-* ``adaptive`` — ``functions.traffic.signals``: every second each junction's camera
+* ``adaptive`` — ``functions.traffic.control``: every second each junction's camera
   frame (``functions.traffic.occupancy``, with sensor noise) goes through the vehicle
   counter CNN (ONNX Runtime), whole approach and stop-line segments; the
   counts (held on a dropped frame) drive the controller, whose plan reaches
@@ -146,16 +146,15 @@ def _trips_dir(job: Job) -> Path | None:
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
-    from functions.traffic.occupancy import count_visible
-    from functions.traffic.signals import (
+    from functions.traffic.control import (
         ControllerConfig,
         JunctionLayout,
         Observation,
         SignalController,
         SignalReport,
-        camera_frames,
-        still_frame,
     )
+    from functions.traffic.occupancy import count_visible
+    from functions.traffic.signals import camera_frames, still_frame
     from functions.traffic.sim.session import SumoSession
 
     opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}

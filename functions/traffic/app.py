@@ -1,8 +1,8 @@
 """The traffic app: train, tune, export and serve the junction models.
 
 * ``train_counter`` / ``train_forecaster`` (cloud): fit (the counter on
-  synthetic frames; the forecaster on a scenario's recorded history, see
-  :func:`read_history`, or on synthetic flows), export ONNX with a parity
+  synthetic frames; the forecaster on a scenario's recorded history or on
+  synthetic flows, see :mod:`functions.traffic.forecast_data`), export ONNX with a parity
   check, optionally register the result as a candidate version; they return a
   :class:`ModelRef` (a JSON-able dict).
 * ``tune_counter`` (cloud): Ray Tune with ASHA over the counter's learning rate
@@ -21,14 +21,11 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
 import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypedDict
@@ -40,22 +37,18 @@ import mesh
 from mesh import Mesh, QoS, Resources
 
 from . import models
+from .forecast_data import history_windows, read_history, synthetic_windows
 from .occupancy import APPROACHES, DEFAULT_CELLS, DEFAULT_LANES, synthetic_dataset
 
 __all__ = [
     "COUNTER_MODEL",
     "FORECASTER_MODEL",
-    "CountSeries",
     "ModelRef",
     "VehicleCounter",
     "app",
     "code_version",
     "counter_trial",
     "demand_profiles",
-    "history_windows",
-    "lagged_windows",
-    "read_history",
-    "synthetic_flows",
     "train_counter",
     "train_forecaster",
     "tune_counter",
@@ -92,10 +85,10 @@ class ModelRef(TypedDict):
 
 @cache
 def code_version() -> str:
-    """The code version of the models: a digest of this module, the models and the renderer."""
+    """The models' code version: a digest of this module, the models, their data and renderer."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("app.py", "models.py", "occupancy.py"):
+    for name in ("app.py", "forecast_data.py", "models.py", "occupancy.py"):
         digest.update((here / name).read_bytes())
     return f"traffic-{digest.hexdigest()[:12]}"
 
@@ -322,193 +315,6 @@ def _ray_data_agg(kind: str, column: str) -> Any:
 # -- the flow forecaster ------------------------------------------------------------
 
 
-def synthetic_flows(
-    minutes: int, *, seed: int = 0, approaches: int = len(APPROACHES)
-) -> npt.NDArray[np.float32]:
-    """Vehicles per minute per approach, ``[minutes, approaches]``, with a morning peak.
-
-    Deterministic by seed; the SUMO scenario's detector counts take its place later.
-    """
-    rng = np.random.default_rng([seed, 7])
-    t = np.arange(minutes, dtype=np.float64)
-    base = rng.uniform(3.0, 8.0, approaches)
-    peak_at = rng.uniform(90.0, 150.0)
-    peak = np.exp(-(((t - peak_at) / 45.0) ** 2))[:, None]
-    weight = rng.uniform(0.6, 1.6, approaches)
-    # Slow wander (platoons released by upstream signals) on top of the peak.
-    wander = np.cumsum(rng.normal(0.0, 0.25, (minutes, approaches)), axis=0)
-    wander -= np.linspace(0.0, 1.0, minutes)[:, None] * wander[-1:]
-    rate = np.clip(base + 14.0 * peak * weight + wander, 0.2, None)
-    return rng.poisson(rate).astype(np.float32)
-
-
-def lagged_windows(
-    series: npt.NDArray[np.float32], lags: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Inputs ``[n, approaches, lags]`` (oldest first) and next-minute targets ``[n, approaches]``.
-
-    Returns:
-        The windows and the counts of the minute after each.
-    """
-    if len(series) <= lags:
-        raise ValueError(f"need more than {lags} minutes of counts, got {len(series)}")
-    windows = np.stack([series[i : i + lags] for i in range(len(series) - lags)])
-    return np.ascontiguousarray(windows.transpose(0, 2, 1)), series[lags:]
-
-
-@dataclass(frozen=True, slots=True)
-class CountSeries:
-    """One junction's per-minute counts over one recorded day.
-
-    Attributes:
-        source: the CSV file it was read from.
-        site: the junction.
-        day: the day (a SUMO run) within the file.
-        first_minute: the minute of ``counts[0]``.
-        counts: ``[minutes, approaches]``, approaches in :data:`APPROACHES` order.
-    """
-
-    source: str
-    site: str
-    day: int
-    first_minute: int
-    counts: npt.NDArray[np.float32]
-
-
-_HISTORY_COLUMNS = ("site", "minute", "approach", "count")
-
-
-def read_history(pattern: str) -> list[CountSeries]:
-    """The series in the history CSVs matching ``pattern`` (a glob), one per site and day.
-
-    Rows are ``site, day, minute, approach, count`` (``day`` optional, 0 when
-    missing); ``count`` is the mean number of vehicles on the approach during
-    that minute (``functions.traffic.sim.history``). Every minute of a series, from its
-    first to its last, needs a count for every approach.
-
-    Raises:
-        FileNotFoundError: no file matches ``pattern``.
-        ValueError: a file is malformed (the message names it, and the line).
-    """
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise FileNotFoundError(f"no history files match {pattern!r}")
-    index = {a: i for i, a in enumerate(APPROACHES)}
-    out: list[CountSeries] = []
-    for path in paths:
-        cells: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
-        try:
-            with open(path, newline="") as handle:
-                reader = csv.DictReader(handle)
-                missing = [c for c in _HISTORY_COLUMNS if c not in (reader.fieldnames or ())]
-                if missing:
-                    raise ValueError(
-                        f"{path}: missing column(s) {', '.join(missing)} (expected "
-                        f"{', '.join(_HISTORY_COLUMNS)}, optionally day)"
-                    )
-                for row in reader:
-                    where = f"{path}:{reader.line_num}"
-                    approach = row["approach"]
-                    if approach not in index:
-                        raise ValueError(
-                            f"{where}: unknown approach {approach!r} "
-                            f"(expected one of {', '.join(APPROACHES)})"
-                        )
-                    try:
-                        day = int(row.get("day") or 0)
-                        minute = int(row["minute"])
-                        count = float(row["count"])
-                    except (TypeError, ValueError) as exc:
-                        raise ValueError(f"{where}: not a number ({exc})") from None
-                    if not math.isfinite(count) or count < 0:
-                        raise ValueError(f"{where}: count must be finite and >= 0, got {count}")
-                    cells.setdefault((row["site"], day), {})[(minute, index[approach])] = count
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read history ({exc})") from exc
-        for (site, day), values in sorted(cells.items()):
-            minutes = sorted({m for m, _ in values})
-            first, last = minutes[0], minutes[-1]
-            series = np.zeros((last - first + 1, len(APPROACHES)), dtype=np.float32)
-            for m in range(first, last + 1):
-                for a, k in index.items():
-                    value = values.get((m, k))
-                    if value is None:
-                        raise ValueError(
-                            f"{path}: site {site} day {day} has no {a} count for minute {m}"
-                        )
-                    series[m - first, k] = value
-            out.append(CountSeries(path, site, day, first, series))
-    return out
-
-
-def history_windows(
-    series: Sequence[CountSeries], lags: int, *, holdout: float = 0.25
-) -> tuple[
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-]:
-    """Training and held-out windows from every series: the later part of each is held out.
-
-    Each series with more than ``lags`` minutes gives :func:`lagged_windows`;
-    the last ``ceil(holdout * n)`` of its ``n`` windows (at least one, when it
-    has two or more) are held out, so validation is always later in time than
-    training within a day. Shorter series are skipped.
-
-    Returns:
-        ``x_train [n, approaches, lags]``, ``y_train [n, approaches]``, ``x_val``, ``y_val``.
-
-    Raises:
-        ValueError: too little history for a training and a held-out window.
-    """
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    train: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
-    val: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
-    for s in series:
-        if len(s.counts) <= lags:
-            logger.debug(
-                "history %s %s day %d: too short for %d lags", s.source, s.site, s.day, lags
-            )
-            continue
-        x, y = lagged_windows(s.counts, lags)
-        held = math.ceil(holdout * len(x)) if len(x) > 1 else 0
-        cut = len(x) - held
-        train.append((x[:cut], y[:cut]))
-        if held:
-            val.append((x[cut:], y[cut:]))
-    if not train or not val:
-        longest = max((len(s.counts) for s in series), default=0)
-        raise ValueError(
-            f"need series of more than {lags + 1} minutes for training and held-out "
-            f"windows with {lags} lags; the longest of {len(series)} has {longest}"
-        )
-    return (
-        np.concatenate([x for x, _ in train]),
-        np.concatenate([y for _, y in train]),
-        np.concatenate([x for x, _ in val]),
-        np.concatenate([y for _, y in val]),
-    )
-
-
-def _synthetic_windows(
-    minutes: int, lags: int, seed: int
-) -> tuple[
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.float32],
-]:
-    days = [synthetic_flows(240, seed=seed * 1000 + d) for d in range(max(1, minutes // 240))]
-    pairs = [lagged_windows(day, lags) for day in days]
-    x = np.concatenate([p[0] for p in pairs])
-    y = np.concatenate([p[1] for p in pairs])
-    # The last quarter is held out (later in time: no leakage).
-    cut = int(len(x) * 0.75)
-    return x[:cut], y[:cut], x[cut:], y[cut:]
-
-
 @app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=1, timeout_s=900)
 def train_forecaster(
     out_dir: str | None = None,
@@ -567,7 +373,7 @@ def train_forecaster(
         kind = "traffic-history-"
         hyperparameters.update(history=history, series=len(series))
     else:
-        x_train, y_train, x_val, y_val = _synthetic_windows(minutes, lags, seed)
+        x_train, y_train, x_val, y_val = synthetic_windows(minutes, lags, seed)
         kind = "synthetic-flows-"
         hyperparameters["minutes"] = minutes
     digest = hashlib.sha256()

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from functions.traffic.occupancy import count_visible
-from functions.traffic.signals import (
+from functions.traffic.control import (
     ControllerConfig,
     JunctionLayout,
     Observation,
     SignalController,
     SignalReport,
-    camera_frames,
 )
+from functions.traffic.occupancy import count_visible
+from functions.traffic.signals import camera_frames
 from functions.traffic.sim.network import (
     CONTROL_TYPES,
     GridNetwork,

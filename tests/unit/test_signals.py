@@ -11,21 +11,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
-from functions.traffic.signals import (
+from functions.traffic.control import (
     ControllerConfig,
     ControllerState,
     JunctionLayout,
     Observation,
     SignalController,
     SignalReport,
-    camera_frames,
     decide,
     initial_state,
-    plans_for_window,
-    still_frame,
 )
-from functions.traffic.sim.session import SignalActuator, transition_state
+from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
+from functions.traffic.signals import camera_frames, plans_for_window, still_frame
+from functions.traffic.sim.actuator import SignalActuator, transition_state
 
 NS, EW = 0, 1
 # Counts are (north, east, south, west); segments per approach are cumulative
@@ -306,7 +304,7 @@ def test_a_still_frame_keeps_standing_vehicles_only() -> None:
     assert still_frame(first, None) is first
 
 
-# -- the actuator (functions.traffic.sim.session, pure) ----------------------------------------------
+# -- the actuator (functions.traffic.sim.actuator, pure) ---------------------------------------------
 
 
 def test_transition_state_turns_lost_greens_yellow() -> None:

@@ -17,11 +17,10 @@ from functions.traffic.app import (  # noqa: E402
     VehicleCounter,
     app,
     counter_trial,
-    lagged_windows,
-    synthetic_flows,
     train_counter,
     train_forecaster,
 )
+from functions.traffic.forecast_data import lagged_windows, synthetic_flows  # noqa: E402
 from functions.traffic.occupancy import synthetic_dataset  # noqa: E402
 from mesh.models._artifacts import sha256_file  # noqa: E402
 from mesh.models._export import export_onnx  # noqa: E402

@@ -12,7 +12,8 @@ import numpy.typing as npt
 import pytest
 import yaml
 
-from functions.traffic.app import CountSeries, history_windows, read_history, train_forecaster
+from functions.traffic.app import train_forecaster
+from functions.traffic.forecast_data import CountSeries, history_windows, read_history
 from functions.traffic.occupancy import APPROACHES
 from functions.traffic.sim.history import history_days
 

@@ -52,7 +52,7 @@ class ControllerKpis(BaseModel):
 
 
 def controller_kpis(k: Any) -> ControllerKpis:
-    """A SUMO session's :class:`~functions.traffic.sim.session.Kpis` as report figures."""
+    """A SUMO session's :class:`~functions.traffic.sim.records.Kpis` as report figures."""
     return ControllerKpis(
         mean_wait_s=k.mean_wait_s,
         mean_time_loss_s=k.mean_time_loss_s,

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from functions.traffic.sim.session import JunctionObservation, SumoSession
+from functions.traffic.sim.records import JunctionObservation
+from functions.traffic.sim.session import SumoSession
 
 __all__ = ["CameraFrame", "LiveStats", "TrafficStepper"]
 

@@ -268,7 +268,7 @@ class TrafficRun:
     def _cameras(self, ctx: LiveContext, cams: Cameras) -> tuple[Any, Any]:
         """The relay (frames rendered, counts relayed) and the frame publisher."""
         from edge_agent.protocol import Tensor, encode_frame
-        from functions.traffic.signals import ControllerConfig
+        from functions.traffic.control import ControllerConfig
         from functions.traffic.sim.camera import CameraRelay
         from functions.traffic.sim.live import CameraFrame
 

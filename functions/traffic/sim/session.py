@@ -3,13 +3,15 @@
 * **Sensor bridge** — :meth:`SumoSession.observe` gives a junction's four
   approaches as the camera sees them: each vehicle's front-bumper distance to
   the stop line, lane and length (what :mod:`functions.traffic.occupancy` renders),
-  with the exact count and the halting vehicles as ground truth.
+  with the exact count and the halting vehicles as ground truth
+  (:class:`~functions.traffic.sim.records.JunctionObservation`).
 * **Actuator bridge** — :meth:`SumoSession.request_phase` hands a plan (the
-  green phase to serve) to the junction's :class:`SignalActuator`, which owns
+  green phase to serve) to the junction's
+  :class:`~functions.traffic.sim.actuator.SignalActuator`, which owns
   safety: a switch waits for the minimum green and always passes through
   yellow, so no plan, late or wrong, can make an unsafe switch.
 * **KPIs** — :meth:`SumoSession.close` reads SUMO's tripinfo (unfinished trips
-  included) and returns :class:`Kpis`.
+  included) and returns :class:`~functions.traffic.sim.records.Kpis`.
 
 The baselines run SUMO's own programs (``control="static" | "actuated" |
 "delay_based"``); ``control="external"`` drives the ``static`` net's signals
@@ -37,7 +39,6 @@ import logging
 import os
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,28 +46,21 @@ from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from functions.traffic.sim.actuator import GREEN_LINKS, SignalActuator
 from functions.traffic.sim.network import GridNetwork, SimulationError, find_sumo_binary
+from functions.traffic.sim.records import (
+    ApproachObservation,
+    JunctionObservation,
+    Kpis,
+    read_tripinfo,
+)
 
-__all__ = [
-    "HALTING_SPEED_MPS",
-    "ApproachObservation",
-    "Control",
-    "JunctionObservation",
-    "Kpis",
-    "SignalActuator",
-    "SumoSession",
-    "read_tripinfo",
-    "transition_state",
-]
+__all__ = ["Control", "SumoSession"]
 
 logger = logging.getLogger(__name__)
 
 Control = Literal["external", "static", "actuated", "delay_based"]
-_GREEN = frozenset("Gg")
-#: Below this speed (m/s) a vehicle counts as halting, as SUMO's own counters do.
-HALTING_SPEED_MPS = 0.1
 _active: list[str] = []
 
 
@@ -82,267 +76,6 @@ def _libsumo() -> Any:
     if printed.getvalue().strip():
         logger.debug("libsumo import said: %s", printed.getvalue().strip())
     return libsumo
-
-
-# -- the actuator bridge ----------------------------------------------------------
-
-
-def transition_state(current: str, target: str) -> str:
-    """The yellow state between two signal states: links losing green turn ``y``.
-
-    Links green in both keep the target's state; every other link is red.
-
-    Example:
-        >>> transition_state("GGgrrr", "rrrGGg")
-        'yyyrrr'
-    """
-    if len(current) != len(target):
-        raise ValueError(f"states differ in length: {current!r} vs {target!r}")
-    out = []
-    for now, nxt in zip(current, target, strict=True):
-        if now in _GREEN and nxt not in _GREEN:
-            out.append("y")
-        elif now in _GREEN and nxt in _GREEN:
-            out.append(nxt)
-        else:
-            out.append("r")
-    return "".join(out)
-
-
-class SignalActuator:
-    """Safe signal switching for one junction: minimum green, then yellow, then the new green.
-
-    Plans only name the green phase wanted (:meth:`request`); :meth:`tick`
-    decides the signal state for each step. A switch starts once the current
-    green has lasted ``min_green_s``; links that lose green show yellow for
-    ``yellow_s`` (then ``all_red_s`` of red, if any) before the new green. A
-    request that arrives during yellow re-targets the switch only to a phase
-    reachable safely (otherwise it waits for the next green). Without a request
-    for ``fallback_after_s`` (the fog is gone) it rotates the phases itself with
-    ``fallback_green_s`` greens. ``history`` records every state change.
-
-    Example:
-        >>> act = SignalActuator(["GGrr", "rrGG"], yellow_s=3, min_green_s=5)
-        >>> act.request(1, now=0.0)
-        >>> [act.tick(float(t)) for t in range(0, 12, 2)]
-        ['GGrr', 'GGrr', 'GGrr', 'yyrr', 'yyrr', 'rrGG']
-    """
-
-    def __init__(
-        self,
-        greens: Sequence[str],
-        *,
-        yellow_s: float = 3.0,
-        min_green_s: float = 5.0,
-        all_red_s: float = 0.0,
-        start_phase: int = 0,
-        fallback_after_s: float | None = None,
-        fallback_green_s: float = 30.0,
-        now: float = 0.0,
-    ) -> None:
-        """Start in ``start_phase``'s green at ``now``."""
-        if not greens or len({len(g) for g in greens}) != 1:
-            raise ValueError(f"greens must be non-empty states of one length, got {greens!r}")
-        if yellow_s <= 0 or min_green_s < 0 or all_red_s < 0:
-            raise ValueError(
-                f"need yellow_s > 0, min_green_s >= 0, all_red_s >= 0; got {yellow_s}, "
-                f"{min_green_s}, {all_red_s}"
-            )
-        self.greens = tuple(greens)
-        self.yellow_s = float(yellow_s)
-        self.min_green_s = float(min_green_s)
-        self.all_red_s = float(all_red_s)
-        self.fallback_after_s = fallback_after_s
-        self.fallback_green_s = float(fallback_green_s)
-        self._check(start_phase)
-        self.phase = start_phase
-        self.stage: Literal["green", "yellow", "red"] = "green"
-        self.stage_since = now
-        self.green_since = now
-        self.target = start_phase
-        self.wanted = start_phase
-        self.last_request_s = now
-        self.requests = 0
-        self.switches = 0
-        self.state = self.greens[start_phase]
-        self.history: list[tuple[float, str]] = [(now, self.state)]
-
-    def _check(self, phase: int) -> None:
-        if not 0 <= phase < len(self.greens):
-            raise ValueError(f"phase {phase} out of range 0..{len(self.greens) - 1}")
-
-    def request(self, phase: int, now: float) -> None:
-        """Ask for ``phase``'s green; it comes as soon as it is safe."""
-        self._check(phase)
-        self.wanted = phase
-        self.last_request_s = now
-        self.requests += 1
-
-    def green_elapsed(self, now: float) -> float:
-        """Seconds the current green has shown (0 outside green)."""
-        return now - self.green_since if self.stage == "green" else 0.0
-
-    def tick(self, now: float) -> str:
-        """The signal state from ``now`` until the next tick."""
-        if (
-            self.fallback_after_s is not None
-            and now - self.last_request_s > self.fallback_after_s
-            and self.stage == "green"
-            and now - self.green_since >= self.fallback_green_s
-        ):
-            self.wanted = (self.phase + 1) % len(self.greens)
-        if self.stage == "green":
-            if self.wanted != self.phase and now - self.green_since >= self.min_green_s:
-                self.target = self.wanted
-                yellow = transition_state(self.greens[self.phase], self.greens[self.target])
-                if "y" in yellow:
-                    self._enter("yellow", yellow, now)
-                else:
-                    self._enter_green(now)
-        elif self.stage == "yellow" and now - self.stage_since >= self.yellow_s:
-            if self.all_red_s > 0:
-                red = "".join(
-                    c if c in _GREEN and self.state[i] in _GREEN else "r"
-                    for i, c in enumerate(self.greens[self.target])
-                )
-                self._enter("red", red, now)
-            else:
-                self._enter_green(now)
-        elif self.stage == "red" and now - self.stage_since >= self.all_red_s:
-            self._enter_green(now)
-        return self.state
-
-    def _enter(self, stage: Literal["green", "yellow", "red"], state: str, now: float) -> None:
-        self.stage = stage
-        self.stage_since = now
-        self._set(state, now)
-
-    def _enter_green(self, now: float) -> None:
-        self.phase = self.target
-        self.green_since = now
-        self.switches += 1
-        self._enter("green", self.greens[self.phase], now)
-
-    def _set(self, state: str, now: float) -> None:
-        if state != self.state:
-            self.state = state
-            self.history.append((now, state))
-
-
-# -- observations -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApproachObservation:
-    """The vehicles on one approach, as the camera sees them, and the ground truth.
-
-    ``positions_m`` is each front bumper's distance to the stop line; ``lanes``
-    counts from the right (0); the fields match :class:`functions.occupancy.ApproachState`.
-    """
-
-    name: str
-    edge: str
-    lane_length_m: float
-    num_lanes: int
-    positions_m: npt.NDArray[np.float64]
-    lanes: npt.NDArray[np.int64]
-    lengths_m: npt.NDArray[np.float64]
-    speeds_mps: npt.NDArray[np.float64]
-
-    @property
-    def count(self) -> int:
-        """Exact number of vehicles on the approach."""
-        return int(self.positions_m.size)
-
-    @property
-    def halting(self) -> int:
-        """Vehicles standing (speed below 0.1 m/s): the queue."""
-        return int(np.count_nonzero(self.speeds_mps < HALTING_SPEED_MPS))
-
-
-@dataclass(frozen=True, slots=True)
-class JunctionObservation:
-    """A junction at one instant: its approaches (north, east, south, west) and its signal.
-
-    ``phase`` is the green being served, or during a switch the green being
-    left; ``target`` the one switched to; ``stage`` is green, yellow or red;
-    ``stage_elapsed_s`` how long the stage has lasted.
-    """
-
-    junction: str
-    time_s: float
-    approaches: tuple[ApproachObservation, ...]
-    phase: int
-    target: int
-    stage: str
-    stage_elapsed_s: float
-
-    @property
-    def counts(self) -> tuple[int, ...]:
-        """Exact vehicles per approach (the counter's ground truth)."""
-        return tuple(a.count for a in self.approaches)
-
-
-@dataclass(frozen=True, slots=True)
-class Kpis:
-    """Traffic KPIs of one run; means are over every vehicle that departed.
-
-    ``mean_trip_s`` is the trip duration (departure to arrival, or to the end
-    for unfinished trips); ``mean_depart_delay_s`` the wait to enter the grid;
-    ``mean_time_loss_s`` the time lost against free flow (it also counts the
-    slow creeping that ``waitingTime`` misses).
-    """
-
-    vehicles: int
-    arrivals: int
-    unfinished: int
-    teleports: int
-    mean_wait_s: float
-    mean_time_loss_s: float
-    mean_trip_s: float
-    mean_depart_delay_s: float
-    mean_queue: float
-    max_queue: int
-    queue_series: tuple[tuple[float, int], ...] = ()
-    end_s: float = 0.0
-    wall_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able fields (the queue series as ``[[t, vehicles], ...]``)."""
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["queue_series"] = [list(p) for p in self.queue_series]
-        return out
-
-
-def read_tripinfo(path: str | os.PathLike[str]) -> dict[str, float]:
-    """Means over a tripinfo file (unfinished trips have ``arrival="-1"``)."""
-    wait: list[float] = []
-    loss: list[float] = []
-    trip: list[float] = []
-    delay: list[float] = []
-    unfinished = 0
-    for _, el in ET.iterparse(path):
-        if el.tag != "tripinfo":
-            continue
-        if float(el.get("arrival", "-1")) < 0:
-            unfinished += 1
-        wait.append(float(el.get("waitingTime", 0)))
-        loss.append(float(el.get("timeLoss", 0)))
-        trip.append(float(el.get("duration", 0)))
-        delay.append(float(el.get("departDelay", 0)))
-        el.clear()
-
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values)) if values else 0.0
-
-    return {
-        "vehicles": float(len(wait)),
-        "unfinished": float(unfinished),
-        "mean_wait_s": mean(wait),
-        "mean_time_loss_s": mean(loss),
-        "mean_trip_s": mean(trip),
-        "mean_depart_delay_s": mean(delay),
-    }
 
 
 # -- the session ------------------------------------------------------------------
@@ -513,7 +246,7 @@ class SumoSession:
         logic = sumo.trafficlight.getAllProgramLogics(jid)[0]
         states = [p.state for p in logic.phases]
         green_idx = [
-            i for i, s in enumerate(states) if "y" not in s and any(c in _GREEN for c in s)
+            i for i, s in enumerate(states) if "y" not in s and any(c in GREEN_LINKS for c in s)
         ]
         greens = tuple(states[i] for i in green_idx)
         yellows = [p.duration for p in logic.phases if "y" in p.state]
@@ -523,7 +256,7 @@ class SumoSession:
         for state in greens:
             names = set()
             for k, link in enumerate(links):
-                if link and state[k] in _GREEN:
+                if link and state[k] in GREEN_LINKS:
                     edge = sumo.lane.getEdgeID(link[0][0])
                     if edge in edge_of:
                         names.add(edge_of[edge])
