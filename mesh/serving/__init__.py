@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mesh.serving._leases import Lease, LeaseList, PipelineSource
     from mesh.serving._manager import DeploymentView, ServingManager
     from mesh.serving._oip import (
+        HEADER_LENGTH,
         InferenceInputError,
         ModelNotReadyError,
         ModelNotServedError,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "HEADER_LENGTH",
     "AgentEndpoint",
     "AgentErrorReply",
     "AgentInstaller",
@@ -142,6 +144,7 @@ __getattr__, __dir__ = lazy_exports(
             "ServingManager",
         ),
         "mesh.serving._oip": (
+            "HEADER_LENGTH",
             "InferenceInputError",
             "ModelNotReadyError",
             "ModelNotServedError",

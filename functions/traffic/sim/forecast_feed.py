@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from mesh.serving._oip import HEADER_LENGTH, ServingError, decode_response, encode_request
+from mesh.serving import HEADER_LENGTH, ServingError, decode_response, encode_request
 
 __all__ = [
     "FeedStats",
@@ -514,7 +514,7 @@ def gateway_feed(
         ServingError: the module is not served, or its input is not ``[N, approaches, lags]``.
         OSError: the gateway does not answer.
     """
-    from mesh.security._auth import TokenSigner
+    from mesh.security import TokenSigner
 
     token = TokenSigner.load_or_create(data_dir).issue(
         "scenario-forecast", ["invoke", "read"], ttl_s=token_ttl_s, now=time.time()

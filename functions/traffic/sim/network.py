@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from mesh.core._errors import MeshError
+from mesh import MeshError
 
 __all__ = [
     "APPROACHES",
