@@ -47,9 +47,9 @@ from ._plan import (
     InfeasiblePlacementError,
     Move,
     Plan,
+    PlanRoutes,
     Route,
     RouteColumns,
-    RouteTable,
     Violation,
 )
 from ._planner import advance, plan
@@ -91,6 +91,7 @@ __all__ = [
     "Node",
     "PlacementError",
     "Plan",
+    "PlanRoutes",
     "PlannerSettings",
     "Policy",
     "Problem",
@@ -98,7 +99,6 @@ __all__ = [
     "Ranking",
     "Route",
     "RouteColumns",
-    "RouteTable",
     "Source",
     "Tier",
     "Topology",

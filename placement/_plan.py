@@ -18,9 +18,9 @@ __all__ = [
     "InfeasiblePlacementError",
     "Move",
     "Plan",
+    "PlanRoutes",
     "Route",
     "RouteColumns",
-    "RouteTable",
     "Violation",
 ]
 
@@ -186,7 +186,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class RouteColumns:
-    """All routes of a plan as parallel lists (see :meth:`RouteTable.columns`)."""
+    """All routes of a plan as parallel lists (see :meth:`PlanRoutes.columns`)."""
 
     module: list[str]
     site: list[str]
@@ -196,7 +196,7 @@ class RouteColumns:
     slo_p95_ms: list[float]
 
 
-class RouteTable(Mapping[tuple[str, str], Route]):
+class PlanRoutes(Mapping[tuple[str, str], Route]):
     """Routes of a plan by (module, site), built on access (10^5 routes stay cheap).
 
     Example:
@@ -265,7 +265,7 @@ class RouteTable(Mapping[tuple[str, str], Route]):
         )
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RouteTable):
+        if not isinstance(other, PlanRoutes):
             return super().__eq__(other)
         a, b = self._problem, other._problem
         if (a.module_names, a.sites, a.node_names) == (b.module_names, b.sites, b.node_names):
@@ -281,7 +281,7 @@ class RouteTable(Mapping[tuple[str, str], Route]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"RouteTable({len(self)} routes)"
+        return f"PlanRoutes({len(self)} routes)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +309,7 @@ class Plan:
     """
 
     policy: str
-    routes: RouteTable
+    routes: PlanRoutes
     replicas: Mapping[str, tuple[str, ...]]
     moves: tuple[Move, ...]
     violations: tuple[Violation, ...]

@@ -27,7 +27,7 @@ from ._model import (
     Source,
     Topology,
 )
-from ._plan import Move, Plan, RouteTable, Violation
+from ._plan import Move, Plan, PlanRoutes, Violation
 from ._policies import OURS, POLICIES, Policy
 from ._problem import Problem, build_problem
 
@@ -151,7 +151,7 @@ def make_plan(problem: Problem, assignment: Assignment, policy: Policy) -> Plan:
     overloaded = tuple(names[n] for n in np.flatnonzero(ev.overloaded).tolist())
     return Plan(
         policy=policy.name,
-        routes=RouteTable(problem, node_of, epoch.astype(np.int64), ev.p95),
+        routes=PlanRoutes(problem, node_of, epoch.astype(np.int64), ev.p95),
         replicas=replicas,
         moves=moves,
         violations=violations,
