@@ -110,11 +110,16 @@ class EmbeddedBroker:
             try:
                 from amqtt.broker import Broker
 
-                from mesh.edge.broker._amqtt_sessions import keep_unacknowledged
+                from mesh.edge.broker._amqtt_sessions import (
+                    bound_port,
+                    check_amqtt,
+                    keep_unacknowledged,
+                )
             except ImportError as exc:  # pragma: no cover - depends on extras
                 raise BrokerStartError(
                     "the embedded broker needs amqtt: pip install 'fogmesh[cloud]'"
                 ) from exc
+            check_amqtt()
             keep_unacknowledged()
             ready = threading.Event()
             failure: list[BaseException] = []
@@ -154,8 +159,7 @@ class EmbeddedBroker:
             async def boot() -> None:
                 broker = _Broker(config, loop=loop)
                 await broker.start()
-                server = broker._servers["default"].instance
-                self._port = int(server.sockets[0].getsockname()[1])
+                self._port = bound_port(broker, "default")
                 self._broker = broker
 
             def run() -> None:
