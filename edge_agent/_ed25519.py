@@ -1,9 +1,18 @@
-"""Ed25519 signature verification (RFC 8032, section 5.1.7) in pure Python.
+"""Ed25519 signature verification (RFC 8032, section 5.1.7) of artifact signatures.
 
-The edge extra may not depend on ``cryptography``, and an agent verifies a few
-signatures per model install, so a straightforward implementation of the RFC's
-reference algorithm (extended twisted Edwards coordinates) is fast enough
-(a few milliseconds per signature). Verification only: agents never sign.
+:func:`verify` uses OpenSSL through ``cryptography`` when that is importable, and
+otherwise a pure-Python version of the RFC's reference algorithm (extended twisted
+Edwards coordinates, a few milliseconds per signature). The edge extra does not
+depend on ``cryptography`` (about 18 MB installed with cffi, a fifth more than the
+rest of the agent), and an agent verifies a few signatures per model install, so
+the fallback is fast enough; a device or fog node that has ``cryptography`` gets the
+native one. Verification only: agents never sign.
+
+Both verifiers refuse the same inputs. Checked here before either runs: a key or
+signature of the wrong length, a non-canonical ``S`` (S >= L, per RFC 8032), and, as
+libsodium does and OpenSSL does not, a key or ``R`` of small order, which would let
+a forged signature verify. Each verifier's decoding refuses a key or ``R`` that is
+not a curve point or not canonically encoded (y >= p).
 
 Example:
     >>> verify(bytes(32), b"msg", bytes(64))
@@ -12,9 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import TYPE_CHECKING
 
-__all__ = ["verify"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = ["native_available", "verify", "verify_native", "verify_pure"]
 
 _P = 2**255 - 19
 _L = 2**252 + 27742317777372353535851937790883648493
@@ -46,12 +60,6 @@ def _mul(s: int, p: _Point) -> _Point:
 
 def _equal(p: _Point, q: _Point) -> bool:
     return (p[0] * q[2] - q[0] * p[2]) % _P == 0 and (p[1] * q[2] - q[1] * p[2]) % _P == 0
-
-
-def _small_order(p: _Point) -> bool:
-    for _ in range(3):
-        p = _add(p, p)
-    return _equal(p, _IDENTITY)
 
 
 def _recover_x(y: int, sign: int) -> int | None:
@@ -86,24 +94,89 @@ assert _GX is not None
 _G: _Point = (_GX, _GY, 1, _GX * _GY % _P)
 
 
+# The y-coordinates of the eight points of small order (an encoding is y and the
+# sign of x); libsodium refuses the same points.
+_Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _Y8, _P - _Y8})
+
+
+def _refused(public_key: bytes, signature: bytes) -> bool:
+    """Whether the key or signature is refused before any curve arithmetic."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return True
+    if int.from_bytes(signature[32:], "little") >= _L:
+        return True
+    for raw in (public_key, signature[:32]):
+        y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+        if y in _SMALL_ORDER_Y:
+            return True
+    return False
+
+
+def verify_pure(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Check an Ed25519 ``signature`` of ``message`` under a 32-byte ``public_key``, in Python.
+
+    Returns False (never raises) for any signature that does not verify or any
+    input refused as the module docstring says.
+    """
+    if _refused(public_key, signature):
+        return False
+    a = _decompress(public_key)
+    r = _decompress(signature[:32])
+    if a is None or r is None:
+        return False
+    s = int.from_bytes(signature[32:], "little")
+    digest = hashlib.sha512(signature[:32] + public_key + message).digest()
+    h = int.from_bytes(digest, "little") % _L
+    return _equal(_mul(s, _G), _add(r, _mul(h, a)))
+
+
+@functools.cache
+def _openssl() -> type[Ed25519PublicKey] | None:
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:
+        return None
+    return Ed25519PublicKey
+
+
+def native_available() -> bool:
+    """Whether ``cryptography`` is importable, so :func:`verify` uses OpenSSL."""
+    return _openssl() is not None
+
+
+def verify_native(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Check an Ed25519 ``signature`` as :func:`verify_pure` does, with OpenSSL's arithmetic.
+
+    Raises:
+        ModuleNotFoundError: ``cryptography`` is not installed.
+    """
+    key_type = _openssl()
+    if key_type is None:
+        raise ModuleNotFoundError(
+            "verify_native needs the cryptography package: pip install cryptography"
+        )
+    from cryptography.exceptions import InvalidSignature
+
+    if _refused(public_key, signature):
+        return False
+    try:
+        key_type.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Check an Ed25519 ``signature`` of ``message`` under a 32-byte ``public_key``.
 
-    Returns False (never raises) for any malformed key or signature, including a
-    non-canonical ``S`` (S >= L), per RFC 8032, and (as libsodium does) a public
-    key or ``R`` of small order, which would let a forged signature verify.
+    OpenSSL's arithmetic when ``cryptography`` is importable, else pure Python;
+    both return False (never raise) for the same inputs.
+
+    Example:
+        >>> verify(bytes(32), b"", bytes(64))
+        False
     """
-    if len(public_key) != 32 or len(signature) != 64:
-        return False
-    a = _decompress(public_key)
-    if a is None:
-        return False
-    r_raw = signature[:32]
-    r = _decompress(r_raw)
-    if r is None or _small_order(a) or _small_order(r):
-        return False
-    s = int.from_bytes(signature[32:], "little")
-    if s >= _L:
-        return False
-    h = int.from_bytes(hashlib.sha512(r_raw + public_key + message).digest(), "little") % _L
-    return _equal(_mul(s, _G), _add(r, _mul(h, a)))
+    if native_available():
+        return verify_native(public_key, message, signature)
+    return verify_pure(public_key, message, signature)

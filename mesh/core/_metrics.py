@@ -1,39 +1,50 @@
-"""Prometheus metrics in the text exposition format, with the standard library only.
+"""Prometheus metrics of one process, kept and exposed by ``prometheus-client``.
 
-Counters, gauges and histograms with labels, collected in a
-:class:`MetricsRegistry` and rendered by :meth:`MetricsRegistry.render` as
-Prometheus text format 0.0.4 (what ``GET /metrics`` serves). Observing is cheap
-(a dict lookup, a bisect and two additions under a lock), so the gateway
-records every request.
+A :class:`MetricsRegistry` owns its own ``prometheus_client.CollectorRegistry`` (never
+the library's global default, so tests and several servers in one process stay
+apart). Its :meth:`~MetricsRegistry.counter`, :meth:`~MetricsRegistry.gauge` and
+:meth:`~MetricsRegistry.histogram` return the library's ``Counter``, ``Gauge`` and
+``Histogram`` (``metric.labels(...).inc()``); :meth:`~MetricsRegistry.gauge_callback`
+adds a labelled gauge read at each scrape; :meth:`~MetricsRegistry.render` is the
+text exposition format 0.0.4 that ``GET /metrics`` serves. The library's ``_created``
+series are left out, so the exposition holds the names that were registered and
+nothing else.
+
+Prometheus computes quantiles from buckets on its side; a replica's ``/stats`` wants
+them at once, so :meth:`MetricsRegistry.snapshot` copies one label set's buckets into
+a :class:`HistogramSnapshot`, whose :meth:`~HistogramSnapshot.quantile` estimates as
+``histogram_quantile()`` does.
 
 Example:
     >>> registry = MetricsRegistry()
     >>> latency = registry.histogram("demo_latency_seconds", "Latency.", ("module",),
     ...                              buckets=(0.001, 0.01))
-    >>> latency.observe(0.002, "counter")
+    >>> latency.labels("counter").observe(0.002)
     >>> print(registry.render().splitlines()[3])
-    demo_latency_seconds_bucket{module="counter",le="0.01"} 1
+    demo_latency_seconds_bucket{le="0.01",module="counter"} 1.0
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_LATENCY_BUCKETS_S",
-    "Counter",
-    "Gauge",
-    "Histogram",
     "HistogramSnapshot",
     "MetricsRegistry",
 ]
 
-#: The Content-Type of the text exposition format.
+#: The Content-Type of what :meth:`MetricsRegistry.render` writes (text format 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Latency buckets in seconds: 0.1 ms to 10 s, dense where inference lives (0.2-50 ms).
@@ -63,140 +74,233 @@ DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
     10.0,
 )
 
+# Classic Prometheus names: the library also takes UTF-8 names and escapes them on
+# the way out, which would expose a name other than the one registered.
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 Labels = tuple[str, ...]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:  # pragma: no cover - depends on extras
+        raise ModuleNotFoundError(
+            "metrics need prometheus-client: pip install 'fogmesh[cloud]'"
+        ) from exc
+    return prometheus_client
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+class _CallbackGauge:
+    """A collector: one labelled gauge whose values ``collect()`` returns at each scrape."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: Labels,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+    ) -> None:
+        self._name, self._help, self._labels, self._read = name, help_text, labels, read
+
+    def _family(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(self._name, self._help, labels=self._labels)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples, so registering does not call ``read``."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        """The family with the values ``read()`` returns now."""
+        family = self._family()
+        for values, value in self._read():
+            if len(values) != len(self._labels):
+                raise ValueError(
+                    f"{self._name} takes labels {list(self._labels)}, got {list(values)}"
+                )
+            family.add_metric([str(v) for v in values], float(value))
+        yield family
 
 
-def _label_text(names: Labels, values: Labels, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+class _WithoutCreated:
+    """The registry's families less the ``_created`` samples prometheus-client adds."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Each family of the registry, copied without its ``_created`` samples."""
+        from prometheus_client.metrics_core import Metric
+
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            if not any(s.name == created for s in family.samples):
+                yield family
+                continue
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [s for s in family.samples if s.name != created]
+            yield copy
 
 
-class _Metric:
-    kind = ""
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    kind: str
+    labels: Labels
+    metric: Any
+    bounds: tuple[float, ...] = ()
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        bad = [label for label in labels if not _LABEL.match(label) or label == "le"]
-        if bad:
-            raise ValueError(f"invalid label names for {name}: {bad}")
-        self.name = name
-        self.help = help_text
-        self.label_names: Labels = tuple(labels)
+
+class MetricsRegistry:
+    """The metrics of one process (or one server), rendered together.
+
+    Registering a name twice returns the first metric when kind and labels agree,
+    so parts sharing a registry can each ask for the metric they record.
+    """
+
+    def __init__(self) -> None:
+        """An empty registry of its own.
+
+        Raises:
+            ModuleNotFoundError: prometheus-client is not installed (the cloud extra).
+        """
+        self._client = _prometheus()
+        self.registry: CollectorRegistry = self._client.CollectorRegistry()
+        self._exposed = _WithoutCreated(self.registry)
+        self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
-    def _key(self, values: Sequence[str]) -> Labels:
-        if len(values) != len(self.label_names):
+    def _add(
+        self,
+        kind: str,
+        name: str,
+        labels: Sequence[str],
+        make: Callable[[], Any],
+        bounds: tuple[float, ...] = (),
+    ) -> Any:
+        if not _NAME.match(name):
             raise ValueError(
-                f"{self.name} takes labels {list(self.label_names)}, got {list(values)}"
+                f"invalid metric name {name!r}: expected letters, digits, '_' and ':', "
+                "not starting with a digit"
             )
-        return tuple(str(v) for v in values)
-
-    def _header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        """A counter; prefer :meth:`MetricsRegistry.counter`."""
-        super().__init__(name, help_text, labels)
-        self._values: dict[Labels, float] = {}
-
-    def inc(self, amount: float = 1.0, *labels: str) -> None:
-        """Add ``amount`` (>= 0) to the count of ``labels``."""
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot decrease (amount {amount})")
-        key = labels if len(labels) == len(self.label_names) else self._key(labels)
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"invalid counter name {name!r}: expected a name ending in '_total'")
+        bad = [label for label in labels if not _LABEL.match(label) or label.startswith("__")]
+        if kind == "histogram" and "le" in labels:
+            bad.append("le")
+        if bad:
+            raise ValueError(
+                f"invalid label names for {name}: {bad} (expected letters, digits and '_', "
+                "not starting with '__'; 'le' is a histogram's own)"
+            )
+        key = tuple(labels)
         with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+            known = self._entries.get(name)
+            if known is None:
+                entry = _Entry(kind, key, make(), bounds)
+                self._entries[name] = entry
+                return entry.metric
+        if (known.kind, known.labels) != (kind, key):
+            raise ValueError(
+                f"metric {name} is already registered as a {known.kind} with labels "
+                f"{list(known.labels)}, not a {kind} with labels {list(key)}"
+            )
+        return known.metric
 
-    def value(self, *labels: str) -> float:
-        """The current count of ``labels`` (0 when never incremented)."""
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
+        """The counter ``name`` (created on first use); its name ends in ``_total``."""
+        metric: Counter = self._add(
+            "counter",
+            name,
+            labels,
+            lambda: self._client.Counter(name, help_text, labels, registry=self.registry),
+        )
+        return metric
+
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
+        """The gauge ``name`` (created on first use)."""
+        metric: Gauge = self._add(
+            "gauge",
+            name,
+            labels,
+            lambda: self._client.Gauge(name, help_text, labels, registry=self.registry),
+        )
+        return metric
+
+    def gauge_callback(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str],
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+    ) -> None:
+        """A gauge whose ``(label values, value)`` pairs ``read()`` returns at each render."""
+        collector = _CallbackGauge(name, help_text, tuple(labels), read)
+
+        def make() -> _CallbackGauge:
+            self.registry.register(collector)
+            return collector
+
+        self._add("gauge_callback", name, labels, make)
+
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_S,
+    ) -> Histogram:
+        """The histogram ``name`` (created on first use), with ``buckets`` as upper bounds."""
+        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
+        metric: Histogram = self._add(
+            "histogram",
+            name,
+            labels,
+            lambda: self._client.Histogram(
+                name, help_text, labels, registry=self.registry, buckets=bounds
+            ),
+            bounds,
+        )
+        return metric
+
+    def snapshot(self, histogram: Histogram, *labels: str) -> HistogramSnapshot:
+        """Copy the buckets of ``histogram`` (of this registry) for the label values ``labels``.
+
+        Read through the library's public ``collect()``; empty when never observed.
+
+        Raises:
+            ValueError: ``histogram`` is not this registry's, or ``labels`` does not
+                match its label names.
+        """
         with self._lock:
-            return self._values.get(self._key(labels), 0.0)
+            entry = next((e for e in self._entries.values() if e.metric is histogram), None)
+        if entry is None:
+            raise ValueError(f"{histogram!r} is not a histogram of this registry")
+        if len(labels) != len(entry.labels):
+            raise ValueError(f"{histogram!r} takes labels {list(entry.labels)}, got {list(labels)}")
+        want = dict(zip(entry.labels, labels, strict=True))
+        cumulative = [0] * (len(entry.bounds) + 1)
+        total = 0.0
+        for family in histogram.collect():
+            for sample in family.samples:
+                if {k: v for k, v in sample.labels.items() if k != "le"} != want:
+                    continue
+                if sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    index = len(entry.bounds) if math.isinf(le) else entry.bounds.index(le)
+                    cumulative[index] = int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+        counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
+        return HistogramSnapshot(entry.bounds, counts, total)
 
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        with self._lock:
-            items = sorted(self._values.items())
-        lines = self._header()
-        lines += [f"{self.name}{_label_text(self.label_names, k)} {_number(v)}" for k, v in items]
-        return lines
-
-
-class Gauge(_Metric):
-    """A value that goes up and down per label set, or read from a callback at render time."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        """A gauge; prefer :meth:`MetricsRegistry.gauge`."""
-        super().__init__(name, help_text, labels)
-        self._values: dict[Labels, float] = {}
-        self._collect: Callable[[], Iterable[tuple[Labels, float]]] | None = None
-
-    def set(self, value: float, *labels: str) -> None:
-        """Set the value of ``labels``."""
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def add(self, amount: float, *labels: str) -> None:
-        """Add ``amount`` (may be negative) to the value of ``labels``."""
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def remove(self, *labels: str) -> None:
-        """Forget ``labels`` (e.g. a replica that is gone)."""
-        with self._lock:
-            self._values.pop(self._key(labels), None)
-
-    def value(self, *labels: str) -> float:
-        """The current value of ``labels`` (0 when never set)."""
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def set_collector(self, collect: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
-        """Read ``(labels, value)`` pairs from ``collect()`` at each render instead."""
-        self._collect = collect
-
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        if self._collect is not None:
-            items = sorted((self._key(k), float(v)) for k, v in self._collect())
-        else:
-            with self._lock:
-                items = sorted(self._values.items())
-        lines = self._header()
-        lines += [f"{self.name}{_label_text(self.label_names, k)} {_number(v)}" for k, v in items]
-        return lines
+    def render(self) -> str:
+        """Every metric in the text exposition format 0.0.4."""
+        text: bytes = self._client.generate_latest(self._exposed)
+        return text.decode()
 
 
 class HistogramSnapshot:
@@ -240,134 +344,3 @@ class HistogramSnapshot:
                 return lower + (upper - lower) * ((rank - seen) / c)
             seen += c
         return self.bounds[-1]
-
-
-class _HistogramSeries:
-    __slots__ = ("counts", "total")
-
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
-        self.total = 0.0
-
-
-class Histogram(_Metric):
-    """Observations counted in cumulative buckets per label set."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labels: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_S,
-    ) -> None:
-        """A histogram; prefer :meth:`MetricsRegistry.histogram`."""
-        super().__init__(name, help_text, labels)
-        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or list(bounds) != sorted(set(bounds)):
-            raise ValueError(f"{name}: buckets must be increasing, got {list(buckets)}")
-        self.bounds = bounds
-        self._series: dict[Labels, _HistogramSeries] = {}
-
-    def observe(self, value: float, *labels: str) -> None:
-        """Count one observation of ``value`` under ``labels``."""
-        key = labels if len(labels) == len(self.label_names) else self._key(labels)
-        index = bisect.bisect_left(self.bounds, value)
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _HistogramSeries(len(self.bounds) + 1)
-            series.counts[index] += 1
-            series.total += value
-
-    def snapshot(self, *labels: str) -> HistogramSnapshot:
-        """A copy of the buckets of ``labels`` (empty when never observed)."""
-        key = self._key(labels)
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                return HistogramSnapshot(self.bounds, [0] * (len(self.bounds) + 1), 0.0)
-            return HistogramSnapshot(self.bounds, list(series.counts), series.total)
-
-    def label_sets(self) -> list[Labels]:
-        """Every label set observed so far."""
-        with self._lock:
-            return sorted(self._series)
-
-    def render(self) -> list[str]:
-        """Exposition lines: cumulative ``_bucket`` lines, then ``_sum`` and ``_count``."""
-        with self._lock:
-            items = sorted((k, list(s.counts), s.total) for k, s in self._series.items())
-        lines = self._header()
-        for key, counts, total in items:
-            cumulative = 0
-            for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
-                cumulative += count
-                le = f'le="{_number(bound)}"'
-                lines.append(
-                    f"{self.name}_bucket{_label_text(self.label_names, key, le)} {cumulative}"
-                )
-            labels = _label_text(self.label_names, key)
-            lines.append(f"{self.name}_sum{labels} {_number(total)}")
-            lines.append(f"{self.name}_count{labels} {cumulative}")
-        return lines
-
-
-class MetricsRegistry:
-    """The metrics of one process, rendered together.
-
-    Registering a name twice returns the first metric when kind and labels agree.
-    """
-
-    def __init__(self) -> None:
-        """An empty registry."""
-        self._metrics: dict[str, _Metric] = {}
-        self._lock = threading.Lock()
-
-    def _add(self, metric: _Metric) -> _Metric:
-        with self._lock:
-            known = self._metrics.get(metric.name)
-            if known is None:
-                self._metrics[metric.name] = metric
-                return metric
-        if type(known) is not type(metric) or known.label_names != metric.label_names:
-            raise ValueError(
-                f"metric {metric.name} is already registered as a {known.kind} with labels "
-                f"{list(known.label_names)}"
-            )
-        return known
-
-    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        """The counter ``name`` (created on first use)."""
-        metric = self._add(Counter(name, help_text, labels))
-        assert isinstance(metric, Counter)
-        return metric
-
-    def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
-        """The gauge ``name`` (created on first use)."""
-        metric = self._add(Gauge(name, help_text, labels))
-        assert isinstance(metric, Gauge)
-        return metric
-
-    def histogram(
-        self,
-        name: str,
-        help_text: str,
-        labels: Sequence[str] = (),
-        *,
-        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_S,
-    ) -> Histogram:
-        """The histogram ``name`` (created on first use)."""
-        metric = self._add(Histogram(name, help_text, labels, buckets))
-        assert isinstance(metric, Histogram)
-        return metric
-
-    def render(self) -> str:
-        """Every metric in the text exposition format, sorted by name."""
-        with self._lock:
-            metrics = [self._metrics[name] for name in sorted(self._metrics)]
-        lines: list[str] = []
-        for metric in metrics:
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"

@@ -2,7 +2,9 @@
 
 Pure functions on strings (``+`` matches one level, ``#`` the rest), shared by the
 edge gateway and the in-process :class:`~mesh.compute._streams.LocalBus` so both follow
-the same rules.
+the same rules, which are the broker's and paho's: a topic starting with ``$`` (such as
+``$SYS/...``) is not matched by a filter whose first level is ``+`` or ``#`` (MQTT 3.1.1
+section 4.7.2).
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ def topic_matches(pattern: str, topic: str) -> bool:
         True
         >>> topic_matches("traffic/#", "traffic")
         True
+        >>> topic_matches("#", "$SYS/uptime")
+        False
     """
     want = pattern.split("/")
     have = topic.split("/")
+    if _hides_dollar(want[0], have[0]):
+        return False
     for i, level in enumerate(want):
         if level == "#":
             return True
@@ -41,6 +47,8 @@ def topic_covers(subscription: str, pattern: str) -> bool:
         False
     """
     sub, pat = subscription.split("/"), pattern.split("/")
+    if _hides_dollar(sub[0], pat[0]):
+        return False
     for i, level in enumerate(sub):
         if level == "#":
             return True
@@ -55,8 +63,15 @@ def topic_covers(subscription: str, pattern: str) -> bool:
     return len(sub) == len(pat)
 
 
+def _hides_dollar(filter_level: str, topic_level: str) -> bool:
+    """Whether a filter's first level, a wildcard, skips a ``$`` topic's first level."""
+    return filter_level in ("+", "#") and topic_level.startswith("$")
+
+
 def _overlaps(a: str, b: str) -> bool:
     la, lb = a.split("/"), b.split("/")
+    if _hides_dollar(la[0], lb[0]) or _hides_dollar(lb[0], la[0]):
+        return False
     for i in range(max(len(la), len(lb))):
         x = la[i] if i < len(la) else None
         y = lb[i] if i < len(lb) else None

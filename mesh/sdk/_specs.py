@@ -8,9 +8,11 @@ has a unit in its name where it has a unit.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
@@ -184,21 +186,61 @@ class BatchSpec(FunctionSpec):
     """A Ray Data transformation ``fn(dataset) -> dataset`` run over files."""
 
     kind: FunctionKind = FunctionKind.BATCH
-    schedule: str | None = Field(None, description="Cron schedule (5 fields); None = on demand.")
+    schedule: str | None = Field(
+        None, description="Cron schedule: 5 fields or a nickname such as @hourly; None = on demand."
+    )
     input_format: Literal["csv", "parquet"] = Field("csv", description="Format of the input files.")
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        fields = value.split()
-        if len(fields) != 5 or not all(re.fullmatch(r"[\d*/,\-]+", f) for f in fields):
-            raise ValueError(
-                f"invalid cron schedule {value!r}: expected 5 fields "
-                "'minute hour day month weekday', e.g. '*/15 * * * *'"
-            )
-        return value
+        return None if value is None else _check_cron(value)
+
+
+# Vixie cron's nicknames; cronsim parses the five fields only. @reboot is no schedule.
+_CRON_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31 (a day the months have)"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+)
+
+
+def _check_cron(value: str) -> str:
+    """Validate a five-field cron schedule (or a nickname such as ``@hourly``) with cronsim.
+
+    Raises:
+        ValueError: naming the bad field and the values it takes.
+    """
+    fields = _CRON_NICKNAMES.get(value.strip().lower(), value).split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"invalid cron schedule {value!r}: expected 5 fields "
+            "'minute hour day-of-month month day-of-week' (e.g. '*/15 * * * *') "
+            f"or one of {', '.join(_CRON_NICKNAMES)}; got {len(fields)} fields"
+        )
+    try:
+        CronSim(" ".join(fields), datetime(2000, 1, 1))
+    except CronSimError as exc:
+        # cronsim says "Bad <field>"; name the field's text and what it takes.
+        for (name, expected), text in zip(_CRON_FIELDS, fields, strict=True):
+            if name in str(exc).lower():
+                raise ValueError(
+                    f"invalid cron schedule {value!r}: {name} field {text!r} is not valid; "
+                    f"expected {expected}, '*', a list 'a,b', a range 'a-b' or a step '*/n'"
+                ) from exc
+        raise ValueError(f"invalid cron schedule {value!r}: {exc}") from exc
+    return value
 
 
 def _check_topic(value: str, *, pattern: bool) -> str:

@@ -253,16 +253,20 @@ class Gateway:
         self._retried = m.counter(
             "mesh_inference_retries_total", "Requests retried on another endpoint.", ("module",)
         )
-        m.gauge(
-            "mesh_inference_in_flight", "Requests in flight at the gateway.", ("module",)
-        ).set_collector(
+        m.gauge_callback(
+            "mesh_inference_in_flight",
+            "Requests in flight at the gateway.",
+            ("module",),
             lambda: [
                 ((r.module,), float(routes.module_in_flight(r.module))) for r in routes.routes()
-            ]
+            ],
         )
         if edge is not None and hasattr(edge, "agents"):
-            m.gauge("mesh_edge_agents", "Edge agents by liveness.", ("state",)).set_collector(
-                lambda: self._agent_states(edge)
+            m.gauge_callback(
+                "mesh_edge_agents",
+                "Edge agents by liveness.",
+                ("state",),
+                lambda: self._agent_states(edge),
             )
 
     @staticmethod
@@ -354,12 +358,12 @@ class Gateway:
         status = answer[0]
         if self.observer is not None:
             self.observer.observe(module, node, elapsed, status < 500)
-        self._latency.observe(elapsed, module, served_version, node)
-        self._requests.inc(1, module, served_version, node, str(status))
+        self._latency.labels(module, served_version, node).observe(elapsed)
+        self._requests.labels(module, served_version, node, str(status)).inc()
         if status >= 400:
-            self._errors.inc(1, module, served_version, node, _reason_for(status))
+            self._errors.labels(module, served_version, node, _reason_for(status)).inc()
         elif route.slo_ms is not None and elapsed * 1000.0 > route.slo_ms:
-            self._slow.inc(1, module, served_version, node)
+            self._slow.labels(module, served_version, node).inc()
         return answer
 
     def count_error(self, module: str, version: str, node: str, exc: BaseException) -> None:
@@ -375,8 +379,8 @@ class Gateway:
         elif version and version != route.version:
             version = _UNKNOWN
         status = error_status(exc)
-        self._requests.inc(1, module, version, node, str(status))
-        self._errors.inc(1, module, version, node, _reason_for(status))
+        self._requests.labels(module, version, node, str(status)).inc()
+        self._errors.labels(module, version, node, _reason_for(status)).inc()
 
     async def _dispatch(
         self, route: ModuleRoute, body: bytes, headers: Sequence[tuple[bytes, bytes]]
@@ -392,7 +396,7 @@ class Gateway:
                 answer = await self._infer_agent(route, endpoint, body, headers)
                 return answer, endpoint.node, endpoint.version
             if attempt:
-                self._retried.inc(1, route.module)
+                self._retried.labels(route.module).inc()
             self.routes.acquire(endpoint)
             try:
                 response = await self._pool().request(

@@ -168,12 +168,12 @@ class ServingManager(ReplicaSupervisor):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metrics = metrics or MetricsRegistry()
-        self._replica_gauge = metrics.gauge(
+        metrics.gauge_callback(
             "mesh_replicas",
             "Replicas per module, version and state.",
             ("module", "version", "state"),
+            self._replica_counts,
         )
-        self._replica_gauge.set_collector(self._replica_counts)
         self._switches = metrics.counter(
             "mesh_route_switches_total",
             "Route switches (deploys, migrations, scaling).",
@@ -556,5 +556,5 @@ class ServingManager(ReplicaSupervisor):
     def _route_changed(self, old: ModuleRoute | None, new: ModuleRoute | None) -> None:
         route = new or old
         assert route is not None
-        self._switches.inc(1, route.module)
-        self._epoch.set(new.epoch if new else 0, route.module)
+        self._switches.labels(route.module).inc()
+        self._epoch.labels(route.module).set(new.epoch if new else 0)

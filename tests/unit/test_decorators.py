@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -170,6 +171,36 @@ def test_batch_schedule_and_signature() -> None:
 
 
 def lambda_two(a: Any, b: Any) -> Any: ...
+
+
+@pytest.mark.parametrize(
+    "schedule", ["*/15 * * * *", "@hourly", "@Daily", "0 9 * * MON-FRI", "30 6 1,15 JAN-JUN 0-6"]
+)
+def test_batch_schedule_accepts_cron(schedule: str) -> None:
+    spec = Mesh("t").add_batch(lambda_free, name="b", schedule=schedule).spec
+    assert isinstance(spec, BatchSpec) and spec.schedule == schedule
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("99 99 99 99 99", r"minute field '99' is not valid; expected 0-59"),
+        ("0 24 * * *", r"hour field '24' is not valid; expected 0-23"),
+        (
+            "0 0 31 2 *",
+            r"day-of-month field '31' is not valid; expected 1-31 \(a day the months have\)",
+        ),
+        ("0 0 * 13 *", r"month field '13' is not valid; expected 1-12 or JAN-DEC"),
+        ("0 9 * * MON-XYZ", r"day-of-week field 'MON-XYZ' is not valid; expected 0-7 or SUN-SAT"),
+        ("0 0 * * * *", r"expected 5 fields .* got 6 fields"),
+        ("@reboot", r"expected 5 fields .* or one of @yearly"),
+    ],
+)
+def test_batch_schedule_refuses_bad_cron(schedule: str, message: str) -> None:
+    with pytest.raises(
+        SpecError, match=re.escape(f"invalid cron schedule {schedule!r}: ") + message
+    ):
+        Mesh("t").add_batch(lambda_free, name="b", schedule=schedule)
 
 
 @pytest.mark.parametrize(

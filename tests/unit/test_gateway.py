@@ -24,6 +24,7 @@ from mesh.serving._upstream import UpstreamPool
 from mesh.serving.replica._server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
 from tests.support.agent_fixtures import build_tiny_model
 from tests.support.http_errors import assert_error
+from tests.support.metrics import sample
 
 SIG = ModelSignature(
     inputs=(TensorSpec("x", "float32", ("N", 4)),),
@@ -152,10 +153,9 @@ def test_infer_through_the_gateway(replica: Replica, binary: bool) -> None:
     versioned = post_infer(gateway, x, version="v1")
     assert versioned.status_code == 200
     text = gateway.metrics.render()
-    assert 'mesh_inference_latency_seconds_count{module="m",version="v1",node="node-r1"} 2' in text
-    assert (
-        'mesh_inference_requests_total{module="m",version="v1",node="node-r1",code="200"} 2' in text
-    )
+    series = {"module": "m", "version": "v1", "node": "node-r1"}
+    assert sample(text, "mesh_inference_latency_seconds_count", **series) == 2
+    assert sample(text, "mesh_inference_requests_total", **series, code="200") == 2
 
 
 def test_auth_errors(replica: Replica) -> None:
@@ -193,7 +193,8 @@ def test_unknown_model_and_version_get_404(replica: Replica) -> None:
     wrong = asyncio.run(request(gateway, "DELETE", "/v2/models/m"))
     assert_error(wrong, 405, "MethodNotAllowedError")
     text = gateway.metrics.render()
-    assert 'module="<unknown>",version="",node="",reason="not_found"} 1' in text
+    unknown = {"module": "<unknown>", "version": "", "node": "", "reason": "not_found"}
+    assert sample(text, "mesh_inference_errors_total", **unknown) == 1
     assert 'module="nope"' not in text  # client-chosen names do not become labels
     assert asyncio.run(request(gateway, "GET", "/v2/models/nope/ready")).status_code == 404
 
@@ -249,7 +250,8 @@ def test_a_dead_endpoint_is_retried_on_another(replica: Replica) -> None:
     gateway = make_gateway(routes, auth=False)
     for _ in range(4):
         assert post_infer(gateway, np.ones((1, 4), np.float32)).status_code == 200
-    assert gateway.metrics.counter("mesh_inference_retries_total", "", ("module",)).value("m") >= 1
+    retries = sample(gateway.metrics.render(), "mesh_inference_retries_total", module="m")
+    assert (retries or 0) >= 1
     routes.set("m", "v1", [dead], signature=SIG)
     failed = post_infer(gateway, np.ones((1, 4), np.float32))
     assert_error(failed, 502, "UpstreamError", "could be reached")
@@ -283,12 +285,14 @@ def test_an_overloaded_replica_answers_503_and_the_gateway_retries_another(
         response = post_infer(gateway, x)
         assert response.status_code == 200, response.text
         np.testing.assert_allclose(result(response), 2 * x)
-    retried = gateway.metrics.counter("mesh_inference_retries_total", "", ("module",))
-    assert retried.value("m") >= 1
-    assert overloaded.app.stats.window()["errors"] == retried.value("m")
+    retried = sample(gateway.metrics.render(), "mesh_inference_retries_total", module="m")
+    assert retried is not None and retried >= 1
+    assert overloaded.app.stats.window()["errors"] == retried
     routes.set("m", "v1", [full], signature=SIG)  # nowhere else to go: the client gets the 503
     assert_error(post_infer(gateway, x), 503, "ReplicaOverloadedError", "requests queued")
-    assert 'node="node-full",reason="not_ready"} 1' in gateway.metrics.render()
+    errors = "mesh_inference_errors_total"
+    text = gateway.metrics.render()
+    assert sample(text, errors, module="m", version="v1", node="node-full", reason="not_ready") == 1
 
 
 def test_no_endpoint_is_503_and_scale_from_zero_waits(replica: Replica) -> None:
@@ -352,7 +356,8 @@ def test_infer_on_an_agent(binary: bool) -> None:
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(result(response), 2 * x)
     assert edge.calls == [("m", "cam-1")]
-    assert 'version="v2",node="cam-1",code="200"' in gateway.metrics.render()
+    served = {"module": "m", "version": "v2", "node": "cam-1", "code": "200"}
+    assert sample(gateway.metrics.render(), "mesh_inference_requests_total", **served) == 1
     bad = post_infer(gateway, np.ones((1, 5), np.float32))
     assert bad.status_code == 400 and "expected inputs x: FP32[-1,4]" in bad.json()["error"]
     assert len(edge.calls) == 1  # refused before going to the agent
@@ -383,7 +388,9 @@ def test_agent_errors_map_to_status_codes() -> None:
     no_edge = make_gateway(routes, auth=False)
     assert_error(post_infer(no_edge, x), 503, "ModelNotReadyError", "no edge connection")
     text = gateway.metrics.render()
-    assert 'node="cam-1",reason="not_ready"} 2' in text  # unknown_module and overloaded
+    # unknown_module and overloaded
+    not_ready = {"module": "m", "version": "v2", "node": "cam-1", "reason": "not_ready"}
+    assert sample(text, "mesh_inference_errors_total", **not_ready) == 2
 
 
 # ---------------------------------------------------------------- the real tritonclient

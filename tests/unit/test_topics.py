@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
+from amqtt.broker import Broker
+from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.matcher import MQTTMatcher
 
 from mesh.core._topics import cover_filters, topic_covers, topic_matches
 
 # Topics to probe filters with: every combination of these levels, 1 to 4 deep.
-LEVELS = ["a", "b", "c", ""]
+LEVELS = ["a", "b", "c", "", "$s"]
 TOPICS = ["/".join(p) for n in range(1, 5) for p in itertools.product(LEVELS, repeat=n)]
 
 
@@ -21,6 +27,28 @@ def test_streams_and_gateway_share_one_topic_matches() -> None:
     assert mesh.core.topic_matches is topic_matches
 
 
+def _agent_transport_matches(pattern: str, topic: str) -> bool:
+    # The agent's transport routes messages with paho's filter trie.
+    matcher = MQTTMatcher()
+    matcher[pattern] = pattern
+    return pattern in matcher.iter_match(topic)
+
+
+def _embedded_broker_matches(pattern: str, topic: str) -> bool:
+    # The embedded broker (amqtt) decides what each subscription is sent.
+    broker = SimpleNamespace(logger=logging.getLogger("amqtt.broker"))
+    return bool(Broker._matches(broker, topic, pattern))
+
+
+MATCHERS: dict[str, Callable[[str, str], bool]] = {
+    "mesh": topic_matches,
+    "paho": topic_matches_sub,
+    "agent-transport": _agent_transport_matches,
+    "embedded-broker": _embedded_broker_matches,
+}
+
+
+@pytest.mark.parametrize("matcher", MATCHERS)
 @pytest.mark.parametrize(
     ("pattern", "topic", "match"),
     [
@@ -33,10 +61,24 @@ def test_streams_and_gateway_share_one_topic_matches() -> None:
         ("+/+", "/b", True),
         ("#", "a/b", True),
         ("a/b", "a/b/", False),
+        ("a/b", "a/c", False),
+        # Topics starting with "$" are hidden from a first-level wildcard (MQTT 4.7.2).
+        ("#", "$SYS/x", False),
+        ("#", "$SYS", False),
+        ("+/x", "$SYS/x", False),
+        ("+", "$SYS", False),
+        ("+/#", "$SYS/x", False),
+        ("$SYS/#", "$SYS/x", True),
+        ("$SYS/#", "$SYS", True),
+        ("$SYS/+", "$SYS/x", True),
+        ("$SYS/x", "$SYS/x", True),
+        ("a/#", "a/$b", True),
+        ("a/+", "a/$b", True),
+        ("#", "a$/b", True),
     ],
 )
-def test_topic_matches(pattern: str, topic: str, match: bool) -> None:
-    assert topic_matches(pattern, topic) is match
+def test_every_matcher_agrees(matcher: str, pattern: str, topic: str, match: bool) -> None:
+    assert MATCHERS[matcher](pattern, topic) is match
 
 
 @pytest.mark.parametrize(
@@ -53,6 +95,11 @@ def test_topic_matches(pattern: str, topic: str, match: bool) -> None:
         ("a/b", "a/+", False),
         ("a/b/c", "a/b", False),
         ("a/+/c", "a/b/#", False),
+        ("#", "$SYS/x", False),
+        ("+/#", "$SYS/#", False),
+        ("+/x", "$SYS/x", False),
+        ("$SYS/#", "$SYS/+", True),
+        ("$SYS/#", "+/x", False),
     ],
 )
 def test_topic_covers(subscription: str, pattern: str, covers: bool) -> None:
@@ -61,7 +108,11 @@ def test_topic_covers(subscription: str, pattern: str, covers: bool) -> None:
 
 @pytest.mark.parametrize(
     ("subscription", "pattern"),
-    [(s, p) for s in ["a/#", "a/+", "+/b", "a/+/c", "#", "a"] for p in ["a", "a/b", "a/+", "+/b"]],
+    [
+        (s, p)
+        for s in ["a/#", "a/+", "+/b", "a/+/c", "#", "a", "$s/#"]
+        for p in ["a", "a/b", "a/+", "+/b", "$s/b", "$s/+"]
+    ],
 )
 def test_topic_covers_agrees_with_matching(subscription: str, pattern: str) -> None:
     # Wildcard-free patterns stand for themselves; "+" ones for every topic they match.
@@ -81,6 +132,9 @@ def test_topic_covers_agrees_with_matching(subscription: str, pattern: str) -> N
         (["a/+", "a/b/c"], {"a/+", "a/b/c"}),
         (["a/#", "a/b", "a/+/c"], {"a/#"}),
         (["+/b", "a/+"], {"+/+"}),
+        (["#", "$SYS/x"], {"#", "$SYS/x"}),
+        (["+/x", "$SYS/x", "$SYS/y"], {"+/x", "$SYS/x", "$SYS/y"}),
+        (["$SYS/x", "$SYS/+"], {"$SYS/+"}),
         ([], set()),
     ],
 )
@@ -95,6 +149,7 @@ def test_cover_filters(patterns: list[str], filters: set[str]) -> None:
         ["+/b", "a/+", "c"],
         ["a/b/c", "a/+/d", "+/b/+", "c/#", "c/d"],
         ["mesh/v1/agents/+/status", "mesh/v1/agents/+/heartbeat", "mesh/v1/events/#"],
+        ["#", "$s/a", "+/b", "$s/+"],
     ],
 )
 def test_cover_filters_cover_every_pattern_without_overlap(patterns: list[str]) -> None:

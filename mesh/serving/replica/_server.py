@@ -279,7 +279,7 @@ class ReplicaStats:
                 "requests": self.requests,
                 "errors": self.errors,
             }
-        snap = self.latency.snapshot()
+        snap = self.metrics.snapshot(self.latency)
         out["p50_ms"] = None if (q := snap.quantile(0.5)) is None else q * 1000.0
         out["p95_ms"] = None if (q := snap.quantile(0.95)) is None else q * 1000.0
         return out
