@@ -28,7 +28,7 @@ Example:
     >>> while clock.step():
     ...     steps += 1
     >>> steps, clock.time_s
-    (2, 0.30000000000000004)
+    (2, 0.3)
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ events, agent CPU, the fault windows, and the simulation plugin's own part);
 self-contained ``report.html``.
 
 Example:
-    >>> report = ScenarioReport(name="small", sim_seconds=120.0)  # doctest: +SKIP
-    >>> paths = write_report(report, Path(".mesh/scenarios/small"))  # doctest: +SKIP
-    >>> paths.html  # doctest: +SKIP
-    PosixPath('.mesh/scenarios/small/report.html')
+    >>> report = ScenarioReport(name="small", sim_seconds=120.0,
+    ...     modules={"counter": ModuleLatency(slo_ms=20.0, samples=[(1.0, 5.0)], failed=[2.0])})
+    >>> report.slo_attainment(), report.summary()["lost_events"]
+    (0.5, 0)
 """
 
 from __future__ import annotations
