@@ -1,7 +1,7 @@
 """Stream functions: windows of messages from a topic pattern, one run per window.
 
 A :class:`MessageBus` is where messages come from and outputs go to. The MQTT
-implementation is the edge gateway's; :class:`LocalBus` is an in-process bus
+implementation is the edge bus's; :class:`LocalBus` is an in-process bus
 with the same matching rules, for the demo and for tests without a broker.
 """
 

@@ -87,7 +87,7 @@ class PlacementController(ReconcileRound):
             or at the agent's site for a module first seen on an agent.
         routes: the route table (replicas that pipelines offload to); default
             ``served.routes``.
-        agents: the edge gateway: a tracked pipeline's route starts as its agent
+        agents: the edge bus: a tracked pipeline's route starts as its agent
             reports it (None: taken to be local).
         clock: monotonic seconds (injected in tests).
     """

@@ -5,10 +5,10 @@ Five feeds, each a bounded ring of timestamped samples:
 * **request latency** per module x node, from the gateway (it calls
   :meth:`Monitors.observe` for every answered request: a deque append);
 * **pipeline latency** per module x agent and route, from the agents'
-  pipeline events (the edge gateway's ``on_event`` feeds
+  pipeline events (the edge bus's ``on_event`` feeds
   :meth:`Monitors.observe_event`);
 * **node metrics**: edge agents' heartbeats (psutil on the device, through
-  the edge gateway's registry) and, for Ray nodes, a :class:`NodeProbe`
+  the edge bus's registry) and, for Ray nodes, a :class:`NodeProbe`
   (:class:`mesh.ray._probe.RayNodeProbe`: one small psutil actor per node);
 * **link round trips** (a :class:`RttProbe`): HTTP to a replica's ``/stats``
   on a Ray node, an MQTT request to an agent;

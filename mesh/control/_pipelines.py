@@ -10,7 +10,7 @@ Each round of the placement controller, for every (module, site) declared with
 :meth:`PlacementController.track_pipelines`:
 
 1. **observe**: the site's pipeline events on its current route over the
-   window (:meth:`Monitors.observe_event`, fed by the edge gateway's
+   window (:meth:`Monitors.observe_event`, fed by the edge bus's
    ``on_event``);
 2. **trigger**: the observed p95 over the SLO (a site running locally marks its
    agent *saturated* for the module, the controller's marks, lifted by its

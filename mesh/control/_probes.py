@@ -52,7 +52,7 @@ class NodeProbe(Protocol):
 
 
 class AgentSource(Protocol):
-    """The edge gateway's agent registry (:class:`mesh.edge._bus.EdgeBus`)."""
+    """The edge bus's agent registry (:class:`mesh.edge._bus.EdgeBus`)."""
 
     def agents(self) -> Sequence[AgentSnapshot]:
         """Every agent heard of."""
@@ -106,12 +106,12 @@ class PathProbe:
     A Ray node: ``GET /stats`` of a replica the route table lists on it (the
     gateway's path), else a round trip to its node probe actor. An agent: an
     MQTT request for a module it does not have (it answers at once with an
-    error), through the edge gateway.
+    error), through the edge bus.
 
     Args:
         routes: the route table (replica endpoints by node).
         node_probe: pings Ray nodes without a replica.
-        edge: the edge gateway (``infer_sync``).
+        edge: the edge bus (``infer_sync``).
     """
 
     def __init__(
@@ -173,7 +173,7 @@ class EdgeCanary:
     """:class:`CanaryProbe` for agents: one inference of zeros shaped as the module's inputs.
 
     Args:
-        edge: the edge gateway (``infer_sync``).
+        edge: the edge bus (``infer_sync``).
         signature: module -> its :class:`~mesh.models._export.ModelSignature` (the route's).
     """
 

@@ -1,7 +1,7 @@
 """MQTT topic filters: matching a topic, and keeping broker subscriptions free of overlaps.
 
 Pure functions on strings (``+`` matches one level, ``#`` the rest), shared by the
-edge gateway and the in-process :class:`~mesh.compute._streams.LocalBus` so both follow
+edge bus and the in-process :class:`~mesh.compute._streams.LocalBus` so both follow
 the same rules, which are the broker's and paho's: a topic starting with ``$`` (such as
 ``$SYS/...``) is not matched by a filter whose first level is ``+`` or ``#`` (MQTT 3.1.1
 section 4.7.2).

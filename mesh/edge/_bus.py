@@ -1,4 +1,4 @@
-"""The edge gateway: the control plane's one MQTT client (the only cloud module using paho).
+"""The edge bus: the control plane's one MQTT client (the only cloud module using paho).
 
 It feeds an agent registry (:class:`~mesh.edge._registry.AgentRegistry`: online/offline
 from the retained ``status`` topic and the agents' last wills, last heartbeat, a
@@ -217,7 +217,7 @@ class EdgeBus:
             self.stop()
             raise
         logger.info(
-            "edge gateway %s connected to %s:%d over MQTT %s",
+            "edge bus %s connected to %s:%d over MQTT %s",
             self.client_id,
             self.host,
             self.port,
@@ -230,7 +230,7 @@ class EdgeBus:
         self._link.stop()
         self._pending.fail_all()
         self._dispatcher.stop()
-        logger.info("edge gateway %s stopped", self.client_id)
+        logger.info("edge bus %s stopped", self.client_id)
 
     def __enter__(self) -> EdgeBus:
         return self.start()

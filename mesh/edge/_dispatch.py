@@ -1,4 +1,4 @@
-"""The edge gateway's dispatcher: one thread that hands received messages on.
+"""The edge bus's dispatcher: one thread that hands received messages on.
 
 Paho's network thread must never block, so every message but inference replies
 is queued here and handled on one thread, in arrival order: agent messages go to

@@ -61,7 +61,7 @@ SPLIT_AHEAD_S = 0.3
 
 
 class _Bus(Protocol):
-    """What the handover needs of the edge gateway."""
+    """What the handover needs of the edge bus."""
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish a message."""
@@ -78,7 +78,7 @@ class SourceHandover:
     """Keeps each replica's lease list and waits for the replicas to follow it.
 
     Args:
-        bus: the edge gateway (publish, subscribe).
+        bus: the edge bus (publish, subscribe).
         prefix: the topic prefix.
         clock: Unix seconds.
     """

@@ -77,10 +77,10 @@ logger = logging.getLogger(__name__)
 
 
 class EdgeInstaller:
-    """Puts modules on agents through the edge gateway.
+    """Puts modules on agents through the edge bus.
 
     Args:
-        edge: the connected edge gateway.
+        edge: the connected edge bus.
         store: the artifact store the artifact endpoint serves.
         signer: the control plane's artifact-signing key.
         url_signer: signs the agents' download URLs.

@@ -1,4 +1,4 @@
-"""What the edge gateway hands out: its errors, snapshots of agents, stats and results.
+"""What the edge bus hands out: its errors, snapshots of agents, stats and results.
 
 Plain records with no MQTT client behind them, so the registry and the callers
 of :class:`~mesh.edge._bus.EdgeBus` can use them without paho installed.

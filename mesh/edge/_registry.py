@@ -1,4 +1,4 @@
-"""The edge gateway's agent registry: what the control plane knows of each agent.
+"""The edge bus's agent registry: what the control plane knows of each agent.
 
 It is fed the messages the gateway receives and keeps, per agent, its state
 (online/offline from the retained ``status`` topic and the agents' last wills),

@@ -1,4 +1,4 @@
-"""The edge gateway's subscriptions: bus handlers by pattern, and the broker filters covering them.
+"""The edge bus's subscriptions: bus handlers by pattern, and the broker filters covering them.
 
 A broker sends one copy of a message per matching subscription, so the filters
 subscribed at the broker are kept free of overlaps (:func:`~mesh.core._topics.cover_filters`

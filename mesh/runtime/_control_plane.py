@@ -8,7 +8,7 @@ In order, each step undone in reverse on SIGTERM/SIGINT (or when a later one fai
    a free port when that one is taken), unless ``MESH_BROKER_URL`` is set in
    the environment: then that broker is used as it is ("set explicitly" means
    the variable is present, even when it names the default URL).
-3. The edge gateway (MQTT side), the model registry, the serving manager with
+3. The edge bus (MQTT side), the model registry, the serving manager with
    the Ray replica launcher, and the placement controller (monitors, migration
    executor, placement store; ``MESH_PLACEMENT_*`` settings); the modules
    recorded before a restart are re-deployed where they were, in the background.
@@ -300,7 +300,7 @@ def build_services(
         prefix=settings.topic_prefix,
         protocol=protocol,
     ).start()
-    undo.append(("edge gateway", edge.stop))
+    undo.append(("edge bus", edge.stop))
     registry = ModelRegistry.open(settings)
     undo.append(("model registry", registry.close))
     enrolments = EnrolmentStore(settings.store_path)

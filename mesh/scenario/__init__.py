@@ -9,11 +9,13 @@ sources, streams, triggers, faults and outputs; what is simulated comes from a
 
 Public here: the schema (:class:`Scenario`), loading (:func:`load_scenario`,
 :class:`ScenarioError`), running (:func:`run_scenario`, :class:`ScenarioRun`),
-the report (:class:`ScenarioReport`), and the plugin slot with the helpers a
-plugin draws its report section with.
+the report (:class:`ScenarioReport`), and the plugin slot with what a plugin
+builds its settings model from (:class:`SchemaModel`, :data:`TopicTemplate`,
+:func:`exactly_one`) and draws its report section with.
 """
 
 from mesh.scenario._checks import Issue
+from mesh.scenario._fields import SchemaModel, TopicTemplate, exactly_one
 from mesh.scenario._load import ScenarioError, ScenarioProblem, load_scenario, parse_scenario
 from mesh.scenario._plugin import (
     LiveContext,
@@ -49,10 +51,13 @@ __all__ = [
     "ScenarioProblem",
     "ScenarioReport",
     "ScenarioRun",
+    "SchemaModel",
     "SimulationPlugin",
     "SimulationReport",
     "SimulationRun",
+    "TopicTemplate",
     "WallClock",
+    "exactly_one",
     "html_img",
     "html_table",
     "load_plugin",

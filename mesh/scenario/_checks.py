@@ -332,10 +332,7 @@ class _Checker:
                     f"no such file {src.path!r} (relative to {relative_to(self.s)})",
                 )
         elif src.path is not None:
-            unknown = {p for p in ("{site}", "{out}") if p in src.path}
-            rest = src.path
-            for p in unknown:
-                rest = rest.replace(p, "")
+            rest = src.path.replace("{site}", "").replace("{out}", "")
             if "{" in rest or "}" in rest:
                 self.add(
                     (*loc, "source", "path"),

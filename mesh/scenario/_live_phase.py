@@ -73,6 +73,8 @@ class LivePhase:
             for decl in scenario.source_modules()
         ]
         self._by_module = {e.module: e for e in self._events}
+        self._outputs = {d.name: d.output for d in scenario.source_modules() if d.output}
+        self._last_progress = -5.0
         self._streams: dict[str, int] = {d.name: 0 for d in scenario.streams if d.output}
         self._lock = threading.Lock()
 
@@ -157,9 +159,9 @@ class LivePhase:
         for events in self._events:
             if events.on_event(event) is None:
                 continue
-            decl = next(m for m in self.scenario.modules if m.name == events.module)
-            if decl.output and event.site is not None:
-                self._relay(decl.output, event)
+            output = self._outputs.get(events.module)
+            if output is not None and event.site is not None:
+                self._relay(output, event)
             return
 
     def _relay(self, output: str, event: Any) -> None:
@@ -175,7 +177,7 @@ class LivePhase:
         self.infra.services.edge.publish(topic, json.dumps(message).encode())
 
     def _progress(self, stats: LiveStats) -> None:
-        if stats.wall_s - getattr(self, "_last_progress", -5.0) < 5.0:
+        if stats.wall_s - self._last_progress < 5.0:
             return
         self._last_progress = stats.wall_s
         received = sum(e.tally.received for e in self._events)

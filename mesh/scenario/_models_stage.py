@@ -238,7 +238,7 @@ class ModelsStage:
         An MQTT source moves with its site (the replica then takes the frames
         itself); a file source stays on its agent, which offloads input by input.
         """
-        from mesh.edge._install import PipelineSource
+        from mesh.serving._leases import PipelineSource
 
         src = decl.source
         assert src is not None

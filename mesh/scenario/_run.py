@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from rich.console import Console
 
@@ -50,6 +50,8 @@ from mesh.scenario._util import environment, on_path
 __all__ = ["ScenarioRun", "run_scenario"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ScenarioRun:
@@ -101,24 +103,21 @@ class ScenarioRun:
         with contextlib.ExitStack() as stack:
             stack.enter_context(environment(MESH_DATA_DIR=str(self.state_dir)))
             stack.enter_context(on_path(Path.cwd()))
-            infra: list[Infrastructure] = []
-            self._stage(
+            infra: Infrastructure = self._stage(
                 "infrastructure",
-                lambda: infra.append(
-                    start_infrastructure(
-                        sc, self.state_dir, self.testbed, stack, console=self.console
-                    )
+                lambda: start_infrastructure(
+                    sc, self.state_dir, self.testbed, stack, console=self.console
                 ),
             )
             if sc.plugin is not None:
                 self._stage(f"simulation ({sc.plugin.name})", self._prepare)
-            models = ModelsStage(sc, infra[0], self.report, stack, console=self.console)
+            models = ModelsStage(sc, infra, self.report, stack, console=self.console)
             self._stage("models", lambda: models.run(self._substitutions))
             latency = {decl.name: ModuleLatency(slo_ms=decl.qos.p95_ms) for decl in sc.modules}
             self.report.modules = latency
             phase = LivePhase(
                 sc,
-                infra[0],
+                infra,
                 self._sim,
                 self.testbed,
                 self.report,
@@ -136,7 +135,7 @@ class ScenarioRun:
                     "agents",
                     lambda: start_agents(
                         sc,
-                        infra[0],
+                        infra,
                         self.testbed,
                         stack,
                         self._substitutions,
@@ -156,11 +155,11 @@ class ScenarioRun:
             self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
         return self.report
 
-    def _stage(self, name: str, fn: Callable[[], Any]) -> None:
+    def _stage(self, name: str, fn: Callable[[], T]) -> T:
         self.console.rule(name)
         t0 = time.monotonic()
         try:
-            fn()
+            result = fn()
         except MeshError:
             raise
         except KeyboardInterrupt:
@@ -168,6 +167,7 @@ class ScenarioRun:
         except Exception as exc:
             raise MeshError(f"scenario {self.scenario.name}: {name} failed: {exc}") from exc
         self.console.print(f"  [green]✓[/] {name} ({time.monotonic() - t0:.1f} s)")
+        return result
 
     def _prepare(self) -> None:
         ctx = PrepareContext(

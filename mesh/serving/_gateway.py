@@ -82,7 +82,7 @@ _UNKNOWN = "<unknown>"
 
 
 class EdgeInference(Protocol):
-    """What the gateway needs of the edge gateway (:class:`mesh.edge._bus.EdgeBus`).
+    """What the gateway needs of the edge bus (:class:`mesh.edge._bus.EdgeBus`).
 
     ``infer`` raises ``TimeoutError`` when no reply came in time, ``ConnectionError``
     when the edge connection is down, and an :class:`AgentErrorReply` when the
@@ -196,7 +196,7 @@ class Gateway:
 
     Args:
         routes: the route table (the serving manager keeps it).
-        edge: the edge gateway, for modules served by agents.
+        edge: the edge bus, for modules served by agents.
         auth: token checks (default: off).
         metrics: where latency histograms and error counters go.
         observer: told each request's module, node, latency and outcome (placement monitors).

@@ -337,7 +337,7 @@ class ServingManager(ReplicaSupervisor):
             DeployError: no installer, or the agent did not install it (nothing changed).
         """
         if self._installer is None:
-            raise DeployError("the serving manager has no agent installer (edge gateway)")
+            raise DeployError("the serving manager has no agent installer (edge bus)")
         if "edge" not in spec.tiers:
             raise DeployError(f"{spec.name} may run on {', '.join(spec.tiers)}, not on edge")
         artifact = self._artifact(spec, version)

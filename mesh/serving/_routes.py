@@ -70,7 +70,7 @@ class ReplicaEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class AgentEndpoint:
-    """An edge agent serving the module, reached over MQTT through the edge gateway."""
+    """An edge agent serving the module, reached over MQTT through the edge bus."""
 
     agent_id: str
     version: str

@@ -18,36 +18,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mesh.scenario import SchemaModel, TopicTemplate, exactly_one
 
 __all__ = ["Cameras", "Demand", "GridNetwork", "Network", "TrafficConfig"]
 
 
-def _topic_template(value: str) -> str:
-    levels = value.replace("{site}", "site").split("/")
-    if not value or any(not level or "+" in level or "#" in level for level in levels):
-        raise ValueError(
-            "expected an MQTT topic of non-empty levels without '+' or '#' "
-            f"('{{site}}' allowed), got {value!r}"
-        )
-    return value
-
-
-def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
-    given = [f for f in fields if getattr(model, f) is not None]
-    if len(given) != 1:
-        names = ", ".join(fields)
-        got = ", ".join(given) if given else "none"
-        raise ValueError(f"expected exactly one of {names} for {what}, got {got}")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GridNetwork(_Model):
+class GridNetwork(SchemaModel):
     """A generated grid of signalised junctions (SUMO netgenerate --grid)."""
 
     rows: int = Field(ge=1, le=26, description="Junctions per column (y).")
@@ -60,7 +40,7 @@ class GridNetwork(_Model):
         return [f"{chr(ord('A') + x)}{y}" for x in range(self.cols) for y in range(self.rows)]
 
 
-class Network(_Model):
+class Network(SchemaModel):
     """The road network: exactly one of grid, file."""
 
     grid: GridNetwork | None = Field(None, description="Generate a grid network.")
@@ -70,11 +50,11 @@ class Network(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> Network:
-        _exactly_one(self, ("grid", "file"), "a network")
+        exactly_one(self, ("grid", "file"), "a network")
         return self
 
 
-class Demand(_Model):
+class Demand(SchemaModel):
     """Traffic demand: random trips whose rate follows a profile."""
 
     level: Literal["light", "medium", "peak", "directional"] = Field(
@@ -89,7 +69,7 @@ class Demand(_Model):
     scale: float = Field(1.0, gt=0, le=10, description="Multiplies the level's vehicle rate.")
 
 
-class Cameras(_Model):
+class Cameras(SchemaModel):
     """The junction cameras: which module counts their frames, where the counts go."""
 
     module: str = Field(
@@ -97,14 +77,14 @@ class Cameras(_Model):
         description="The module the cameras feed: it needs an mqtt source whose topic "
         "the cameras publish on.",
     )
-    counts: Annotated[str, AfterValidator(_topic_template)] = Field(
+    counts: TopicTemplate = Field(
         "traffic/{site}/counts",
         description="Topic (under no prefix) each junction's counts go to, for the signal "
         "controller; '{site}' is the junction.",
     )
 
 
-class TrafficConfig(_Model):
+class TrafficConfig(SchemaModel):
     """The SUMO simulation a traffic scenario drives (its ``simulation:`` block)."""
 
     network: Network = Field(description="The road network.")
