@@ -257,7 +257,7 @@ def raw_ort_ms(model: Path, runs: int = 2000) -> float:
 def auth_check_us(runs: int = 20_000) -> dict[str, float]:
     """What a token check costs in the gateway: cached, and verified from scratch."""
     from mesh.security._auth import TokenSigner
-    from mesh.serving._gateway import TokenAuth
+    from mesh.security._token_auth import TokenAuth
 
     signer = TokenSigner(b"b" * 32)
     header = f"Bearer {signer.issue('bench', ['invoke'], ttl_s=3600, now=time.time())}"
@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mesh.ray._replicas import RayReplicaLauncher
     from mesh.sdk import ModuleSpec
     from mesh.security._auth import TokenSigner
-    from mesh.serving._gateway import Gateway, TokenAuth
+    from mesh.security._token_auth import TokenAuth
+    from mesh.serving._gateway import Gateway
     from mesh.serving._gateway_app import create_gateway_app
     from mesh.serving._manager import ModelArtifact, ServingManager
     from mesh.serving._routes import RouteTable

@@ -280,9 +280,10 @@ def build_services(
     from mesh.models._registry import ModelRegistry
     from mesh.ray._replicas import RayReplicaLauncher
     from mesh.security._auth import TokenSigner
+    from mesh.security._token_auth import TokenAuth
     from mesh.serving._api import create_modules_router
     from mesh.serving._contract import ReplicaMqtt
-    from mesh.serving._gateway import Gateway, TokenAuth
+    from mesh.serving._gateway import Gateway
     from mesh.serving._gateway_app import create_gateway_app
     from mesh.serving._manager import ServingManager
     from mesh.serving._routes import RouteTable

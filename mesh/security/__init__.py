@@ -10,11 +10,13 @@ from mesh.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mesh.security._auth import SCOPES, AuthError, ForbiddenError, TokenClaims, TokenSigner
+    from mesh.security._token_auth import TokenAuth
 
 __all__ = [
     "SCOPES",
     "AuthError",
     "ForbiddenError",
+    "TokenAuth",
     "TokenClaims",
     "TokenSigner",
 ]
@@ -29,5 +31,6 @@ __getattr__, __dir__ = lazy_exports(
             "TokenClaims",
             "TokenSigner",
         ),
+        "mesh.security._token_auth": ("TokenAuth",),
     },
 )

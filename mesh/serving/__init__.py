@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         ReplicaRequest,
         ReplicaStatus,
     )
-    from mesh.serving._gateway import EdgeInference, Gateway, LatencyObserver, TokenAuth
+    from mesh.serving._gateway import EdgeInference, Gateway, LatencyObserver
     from mesh.serving._gateway_app import GatewayApp, create_gateway_app
     from mesh.serving._leases import Lease, LeaseList, PipelineSource
     from mesh.serving._manager import DeploymentView, ServingManager
@@ -91,7 +91,6 @@ __all__ = [
     "RouteTable",
     "ServingError",
     "ServingManager",
-    "TokenAuth",
     "UpstreamError",
     "UpstreamTimeoutError",
     "create_gateway_app",
@@ -128,7 +127,6 @@ __getattr__, __dir__ = lazy_exports(
             "EdgeInference",
             "Gateway",
             "LatencyObserver",
-            "TokenAuth",
         ),
         "mesh.serving._gateway_app": (
             "GatewayApp",

@@ -19,7 +19,7 @@ whose status :mod:`mesh.core._http_errors` reads. An agent's error comes back
 over MQTT as an ``edge_agent.protocol.ErrorCode``; :data:`AGENT_ERRORS` turns
 each code into one class of that tree (``overloaded`` is 503, like a replica's).
 
-Auth: :class:`TokenAuth` checks ``Authorization: Bearer <token>``
+Auth: :class:`~mesh.security._token_auth.TokenAuth` checks ``Authorization: Bearer <token>``
 (:mod:`mesh.security._auth`; ``mesh tokens create``); verified tokens are
 cached until they expire.
 
@@ -37,13 +37,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fastapi import Request
-
 from edge_agent.protocol import ErrorCode
 from mesh.core._errors import MeshError, RequestTooLargeError
 from mesh.core._http_errors import error_status
 from mesh.core._metrics import MetricsRegistry
-from mesh.security._auth import AuthError, TokenClaims, TokenSigner
+from mesh.security._token_auth import TokenAuth
 from mesh.serving._contract import AgentErrorReply
 from mesh.serving._oip import (
     HEADER_LENGTH,
@@ -70,7 +68,6 @@ __all__ = [
     "EdgeInference",
     "Gateway",
     "LatencyObserver",
-    "TokenAuth",
     "agent_error",
 ]
 
@@ -108,81 +105,6 @@ class LatencyObserver(Protocol):
     def observe(self, module: str, node: str, latency_s: float, ok: bool) -> None:
         """A request of ``module`` on ``node`` took ``latency_s``; ``ok`` unless it failed."""
         ...
-
-
-# ---------------------------------------------------------------- auth
-
-
-class TokenAuth:
-    """Bearer-token checks for ``/v1`` and ``/v2``, with verified tokens cached.
-
-    Args:
-        signer: verifies tokens; None turns auth off (every call is let through).
-        clock: Unix seconds (injected in tests).
-        cache_size: verified tokens remembered (each still checked for expiry).
-    """
-
-    def __init__(
-        self,
-        signer: TokenSigner | None,
-        *,
-        clock: Callable[[], float] = time.time,
-        cache_size: int = 4096,
-    ) -> None:
-        """Check tokens with ``signer``."""
-        self.signer = signer
-        self._clock = clock
-        self._cache: dict[str, TokenClaims] = {}
-        self._cache_size = cache_size
-
-    @property
-    def enabled(self) -> bool:
-        """Whether tokens are checked."""
-        return self.signer is not None
-
-    def check(self, authorization: str | bytes | None, scope: str) -> TokenClaims | None:
-        """The claims of the request's token, which must grant ``scope``.
-
-        Returns None when auth is off.
-
-        Raises:
-            AuthError: no token, not a bearer token, forged or expired (401).
-            ForbiddenError: the token lacks ``scope`` (403).
-        """
-        if self.signer is None:
-            return None
-        if not authorization:
-            raise AuthError(
-                "missing Authorization: Bearer <token> (make one with "
-                "`mesh tokens create NAME --scope invoke`)"
-            )
-        if isinstance(authorization, bytes):
-            authorization = authorization.decode("latin-1")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("the Authorization header must be 'Bearer <token>'")
-        now = self._clock()
-        claims = self._cache.get(token)
-        if claims is None:
-            claims = self.signer.verify(token, now=now)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[token] = claims
-        elif now >= claims.expires_at:
-            self._cache.pop(token, None)
-            raise AuthError(f"token {claims.token_id} of {claims.subject!r} has expired")
-        claims.require(scope)
-        return claims
-
-    def dependency(self, scope: str) -> Callable[[Request], TokenClaims | None]:
-        """A FastAPI dependency requiring ``scope``."""
-
-        def require(request: Request) -> TokenClaims | None:
-            return self.check(request.headers.get("authorization"), scope)
-
-        require.__name__ = f"require_{scope}"
-        return require
 
 
 # ---------------------------------------------------------------- the gateway

@@ -20,7 +20,8 @@ import numpy as np
 
 from mesh.core._metrics import MetricsRegistry
 from mesh.security._auth import TokenSigner
-from mesh.serving._gateway import EdgeInference, Gateway, TokenAuth
+from mesh.security._token_auth import TokenAuth
+from mesh.serving._gateway import EdgeInference, Gateway
 from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._oip import encode_request
 from mesh.serving._routes import RouteTable

@@ -146,7 +146,14 @@ LAYERS: dict[str, list[str]] = {
         "shade_faults",
         "write_report",
     ],
-    "mesh.security": ["SCOPES", "AuthError", "ForbiddenError", "TokenClaims", "TokenSigner"],
+    "mesh.security": [
+        "SCOPES",
+        "AuthError",
+        "ForbiddenError",
+        "TokenAuth",
+        "TokenClaims",
+        "TokenSigner",
+    ],
     "mesh.models": [
         "DEFAULT_OPSET",
         "ArtifactError",
@@ -216,7 +223,6 @@ LAYERS: dict[str, list[str]] = {
         "RouteTable",
         "ServingError",
         "ServingManager",
-        "TokenAuth",
         "UpstreamError",
         "UpstreamTimeoutError",
         "create_gateway_app",

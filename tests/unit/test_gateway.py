@@ -16,7 +16,8 @@ import pytest
 from mesh.edge._bus import EdgeConnectionError, EdgeInferenceError, EdgeRequestTimeoutError
 from mesh.models._export import ModelSignature, TensorSpec
 from mesh.security._auth import TokenSigner
-from mesh.serving._gateway import Gateway, TokenAuth
+from mesh.security._token_auth import TokenAuth
+from mesh.serving._gateway import Gateway
 from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._oip import decode_response, encode_request
 from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable

@@ -20,8 +20,9 @@ with warnings.catch_warnings():
 from mesh.core._errors import BackendError, MeshError, UnsatisfiableError
 from mesh.models._registry import ModelNotFoundError
 from mesh.security._auth import TokenSigner
+from mesh.security._token_auth import TokenAuth
 from mesh.serving._api import create_modules_router
-from mesh.serving._gateway import Gateway, TokenAuth
+from mesh.serving._gateway import Gateway
 from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._manager import DeployError, ReplicaStatus
 from mesh.serving._routes import ModuleRoute, ReplicaEndpoint, RouteTable

@@ -17,7 +17,8 @@ from functions.traffic.sim.forecast_feed import ForecastFeed, GatewayPredictor, 
 from mesh.core._http_server import ServerThread, serve_asgi
 from mesh.models._export import ModelSignature, TensorSpec
 from mesh.security._auth import TokenSigner
-from mesh.serving._gateway import Gateway, TokenAuth
+from mesh.security._token_auth import TokenAuth
+from mesh.serving._gateway import Gateway
 from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._oip import ServingError
 from mesh.serving._routes import ReplicaEndpoint, RouteTable
