@@ -42,6 +42,12 @@ from mesh.core._errors import (
     UnsatisfiableError,
 )
 from mesh.core._settings import MeshSettings
+from mesh.ray._auth import (
+    check_cluster_auth,
+    is_loopback,
+    use_embedded_token,
+    use_loopback_driver,
+)
 from mesh.ray._calls import TaskCall
 from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
 from mesh.ray._jobs import JobRunner
@@ -121,20 +127,24 @@ class RayBackend:
             if recorded is not None:
                 address, auth_mode = recorded
                 origin = str(settings.cluster_file)
-                if auth_mode and auth_mode != os.environ.get("RAY_AUTH_MODE"):
+                if auth_mode in ("token", "disabled") and auth_mode != settings.ray_auth_mode:
                     # The running cluster decides; a driver with another mode cannot join.
                     logger.warning(
                         "cluster %s runs with RAY_AUTH_MODE=%s; using that", address, auth_mode
                     )
-                    os.environ["RAY_AUTH_MODE"] = auth_mode
+                    use_embedded_token(settings.model_copy(update={"ray_auth_mode": auth_mode}))
         cluster: LocalCluster | None = None
         if address is None:
             cluster = start_local_cluster(settings)
             address, origin = cluster.address, "embedded cluster"
         else:
             _check_reachable(address, origin)
+        if is_loopback(address.rpartition(":")[0]):
+            use_loopback_driver()
         started = time.monotonic()
         try:
+            if cluster is None:
+                check_cluster_auth(settings, address, origin)
             ray.init(
                 address=address,
                 namespace="mesh",
@@ -144,8 +154,11 @@ class RayBackend:
         except Exception as exc:
             if cluster is not None:
                 cluster.shutdown()
+            if isinstance(exc, BackendError):
+                raise
             raise ClusterNotRunningError(
                 f"cannot connect to the Ray cluster at {address} (from {origin}): {exc}"
+                f"{_auth_hint(exc)}"
             ) from exc
         logger.info(
             "connected to Ray at %s (%s) in %.1f s", address, origin, time.monotonic() - started
@@ -330,6 +343,21 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _auth_hint(exc: Exception) -> str:
+    """What to set when ``ray.init`` failed on authentication (empty otherwise)."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, AuthenticationError):
+        seen = seen.__cause__
+    if seen is None:
+        return ""
+    return (
+        "; the cluster refused this process's Ray token: set MESH_RAY_AUTH_MODE to the "
+        "cluster's RAY_AUTH_MODE and MESH_RAY_TOKEN_FILE (or RAY_AUTH_TOKEN_PATH) to its token"
+    )
 
 
 def _check_reachable(address: str, origin: str, timeout_s: float = 5.0) -> None:

@@ -1,6 +1,8 @@
 """The embedded local Ray cluster: a cloud head node and fog nodes on one host.
 
 Each node is a real raylet started through :class:`ray.cluster_utils.Cluster`
+on ``settings.ray_node_ip`` (loopback by default, so no Ray port is reachable
+from another host) with token authentication on (``settings.ray_auth_mode``),
 and labelled with its tier (``mesh.tier=cloud|fog``) and, for fog nodes, its
 site (``mesh.site=fog-<i>``), so functions are pinned by ``label_selector``
 exactly as on a real multi-host cluster.
@@ -12,7 +14,7 @@ SIGTERM or SIGINT.
 Example:
     >>> cluster = start_local_cluster(MeshSettings(fog_nodes=1))  # doctest: +SKIP
     >>> cluster.address                                            # doctest: +SKIP
-    '192.0.2.2:41235'
+    '127.0.0.1:41235'
     >>> cluster.shutdown()                                         # doctest: +SKIP
 """
 
@@ -37,6 +39,7 @@ from edge_agent._files import atomic_write
 from mesh.compute._backend import SITE_LABEL, TIER_LABEL
 from mesh.core._errors import BackendError
 from mesh.core._settings import MeshSettings
+from mesh.ray._auth import use_embedded_token, use_external_token
 
 __all__ = [
     "ClusterNode",
@@ -54,12 +57,18 @@ _MIB = 1024 * 1024
 def prepare_ray_environment(settings: MeshSettings) -> None:
     """Set the environment Ray reads, before Ray starts a node or connects.
 
-    ``RAY_AUTH_MODE`` comes from the settings (Ray 2.60 turns token auth on for
-    new local clusters unless told otherwise); raylets and workers inherit it.
+    Authentication (:mod:`mesh.ray._auth`): ``RAY_AUTH_MODE`` comes from the
+    settings (``token`` by default). Without ``settings.ray_address`` (the
+    embedded cluster) the token is ours, ``<data_dir>/keys/ray-token``, named
+    by ``RAY_AUTH_TOKEN_PATH``; with one, the operator's token is used. Raylets,
+    workers and drivers started from this process inherit both.
     The Tune and Ray Data defaults keep a control plane's output quiet and keep
     trials in the caller's working directory; set them beforehand to override.
     """
-    os.environ["RAY_AUTH_MODE"] = settings.ray_auth_mode
+    if settings.ray_address is None:
+        use_embedded_token(settings)
+    else:
+        use_external_token(settings)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Stopped trials whose code never returns are killed after this, not 600 s.
@@ -128,6 +137,7 @@ class LocalCluster:
             "num_cpus": _count(settings.cloud_cpus),
             "num_gpus": _count(settings.cloud_gpus),
             "labels": {TIER_LABEL: "cloud"},
+            "node_ip_address": settings.ray_node_ip,
             "object_store_memory": settings.object_store_mb * _MIB,
             "include_dashboard": settings.include_dashboard,
         }
@@ -183,6 +193,7 @@ class LocalCluster:
                 node = self._cluster.add_node(
                     num_cpus=_count(cpus),
                     labels={TIER_LABEL: "fog", SITE_LABEL: site},
+                    node_ip_address=self._settings.ray_node_ip,
                     object_store_memory=self._settings.object_store_mb * _MIB,
                 )
         except Exception as exc:

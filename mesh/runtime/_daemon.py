@@ -75,8 +75,12 @@ def cluster_up(
     env = {
         **os.environ,
         "MESH_DATA_DIR": str(settings.data_dir),
+        "MESH_RAY_AUTH_MODE": settings.ray_auth_mode,
+        "MESH_RAY_NODE_IP": settings.ray_node_ip,
         "RAY_AUTH_MODE": settings.ray_auth_mode,
     }
+    if settings.ray_token_file is not None:
+        env["MESH_RAY_TOKEN_FILE"] = str(settings.ray_token_file)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mesh.runtime"],
