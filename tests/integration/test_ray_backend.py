@@ -441,14 +441,9 @@ finally:
 
 
 def test_cluster_daemon_serves_drivers_until_sigterm(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env.update(
-        MESH_DATA_DIR=str(tmp_path),
-        MESH_FOG_NODES="1",
-        MESH_OBJECT_STORE_MB="100",
-        MESH_RAY_AUTH_MODE="disabled",
-        RAY_AUTH_MODE="disabled",
-    )
+    # The defaults: token auth, the token under the data dir, which the driver finds.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "RAY_AUTH"))}
+    env.update(MESH_DATA_DIR=str(tmp_path), MESH_FOG_NODES="1", MESH_OBJECT_STORE_MB="100")
     cluster_file = tmp_path / "cluster.json"
     with (tmp_path / "daemon.log").open("wb") as log:
         daemon = subprocess.Popen(
