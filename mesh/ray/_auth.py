@@ -195,6 +195,9 @@ def probe_cluster_auth(address: str, *, timeout_s: float = 5.0) -> ClusterAuth:
 def check_cluster_auth(settings: MeshSettings, address: str, origin: str) -> None:
     """Refuse to join a cluster that wants a token we lack; warn about an open one.
 
+    An open cluster is joined without a token (``RAY_AUTH_MODE=disabled`` in
+    this process), after the warning.
+
     Raises:
         BackendError: the cluster at ``address`` requires a token and this
             process has none, or its settings say ``ray_auth_mode='disabled'``.
@@ -218,7 +221,11 @@ def check_cluster_auth(settings: MeshSettings, address: str, origin: str) -> Non
     elif auth == "open" and settings.ray_auth_mode == "token":
         logger.warning(
             "the Ray cluster at %s (from %s) accepts connections without a token: anyone "
-            "who reaches it can run code as its user; start it with RAY_AUTH_MODE=token",
+            "who reaches it can run code as its user; start it with RAY_AUTH_MODE=token. "
+            "Joining it without a token",
             address,
             origin,
         )
+        # A token protects nothing there, and Ray would refuse to join without one.
+        os.environ[_MODE] = "disabled"
+        _refresh_ray_config()

@@ -221,3 +221,4 @@ def test_an_open_cluster_is_a_warning_when_we_expect_a_token(
         check_cluster_auth(MeshSettings(data_dir=tmp_path, ray_address=address), address, "x")
 
     assert "accepts connections without a token" in caplog.text
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # Ray would want a token otherwise
