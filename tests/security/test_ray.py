@@ -13,16 +13,11 @@ a refusal must be an answer, not a hang.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +25,6 @@ import pytest
 
 pytest.importorskip("ray")
 
-from mesh.edge.broker._broker import free_port
-from mesh.runtime._daemon import pid_alive
 from tests.support.listeners import non_loopback, tcp_listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -53,56 +46,6 @@ def steal(path):
 
 print("RAN", ray.get(steal.remote(sys.argv[2]), timeout=60), flush=True)
 """
-
-
-def _mesh(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`mesh up` with its defaults and small CPU budgets; yields its cluster record."""
-    data = tmp_path_factory.mktemp("mesh-ray-sec")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("RAY_AUTH", "MESH_RAY_", "MESH_BROKER_URL"))
-    }
-    env.update(
-        MESH_DATA_DIR=str(data),
-        MESH_CLOUD_CPUS="1",
-        MESH_FOG_NODES="1",
-        MESH_FOG_CPUS="1",
-        MESH_OBJECT_STORE_MB="100",
-        MESH_GATEWAY_PORT=str(free_port()),
-        MESH_EMBEDDED_BROKER_PORT="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        COLUMNS="200",
-    )
-    up = _mesh(env, "up", "--wait-s", "240", timeout=300)
-    record = data / "cluster.json"
-    try:
-        assert up.returncode == 0, f"mesh up failed:\n{up.stdout}\n{up.stderr}"
-        info: dict[str, Any] = json.loads(record.read_text())
-        info["data_dir"] = data
-        info["env"] = env
-        yield info
-    finally:
-        _mesh(env, "down", timeout=120)
-        if record.exists():
-            pid = json.loads(record.read_text())["pid"]
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
 
 
 def _attacker_env(home: Path, **extra: str) -> dict[str, str]:
