@@ -107,7 +107,7 @@ def parse_json(
         )
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"malformed JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(
