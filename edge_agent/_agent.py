@@ -125,6 +125,7 @@ class Agent(DesiredStateReconciler):
             self.agent_id,
             self._servers.get,
             topics=self.topics,
+            budget=self.memory_budget,
             qos=settings.qos,
             max_payload_bytes=settings.max_payload_bytes,
             served=lambda: [n for n, s in self._servers.items() if s.current is not None],
@@ -393,6 +394,7 @@ class Agent(DesiredStateReconciler):
         )
 
     def _send_heartbeat(self) -> None:
+        self._endpoint.release_acknowledged()  # after a burst, with no request to do it
         if not self._transport.connected:
             return
         beat = self.heartbeat()

@@ -110,6 +110,12 @@ class MemoryBudget:
             self._since_trim += nbytes
             return True
 
+    def hold(self, nbytes: int) -> None:
+        """Hold ``nbytes`` that cannot be refused (a reply computed), even past the limit."""
+        with self._lock:
+            self._in_use += nbytes
+            self._since_trim += nbytes
+
     def give(self, nbytes: int) -> None:
         """Give back ``nbytes`` taken earlier; after a burst, give free memory back too."""
         with self._lock:

@@ -16,15 +16,17 @@ import itertools
 import json
 import logging
 import math
+import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
+from ._budget import MemoryBudget
 from ._runtime import Job, JobResult, LoadedModel, ModuleServer
-from ._transport import Message, Transport
+from ._transport import Message, PublishHandle, Transport
 from .protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_ID_CHARS,
@@ -73,6 +75,9 @@ _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "deadline_ts": _OPT_NUMBER,
 }
 
+
+_COUNTED_REPLY = 64 * 1024
+"""Replies this large or larger hold memory budget until acknowledged (small ones: noise)."""
 
 _json_str = json.encoder.encode_basestring_ascii
 """A str as JSON text (C), as json.dumps writes it."""
@@ -133,6 +138,7 @@ class InferenceEndpoint:
         qos: int = 1,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         served: Callable[[], list[str]] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """``lookup(module)`` finds the server of a module (None if not served).
 
@@ -146,6 +152,11 @@ class InferenceEndpoint:
         self._served_fn = served
         self._qos = qos
         self._max = max_payload_bytes
+        # A reply is held by paho until the broker acknowledges it: its bytes
+        # count in the budget until then (results that are large fill it too).
+        self._budget = budget
+        self._unacked: deque[tuple[PublishHandle, int]] = deque()
+        self._unacked_lock = threading.Lock()
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         # Reply ids: unique per process start, cheaper than a uuid4 per reply.
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -172,9 +183,7 @@ class InferenceEndpoint:
                 error,
             )
             return
-        self._drops.drop(
-            "agent %s: refused a request for module %.64r: %s", self._agent, module, error
-        )
+        logger.warning("agent %s: request for module %s refused: %s", self._agent, module, error)
         self._send_error(to, module, error)
 
     def _send_error(
@@ -211,6 +220,7 @@ class InferenceEndpoint:
         """Handle one request (on the network thread: decode, check, queue)."""
         module = msg.topic.rsplit("/", 3)[-3]
         topics = self._topics
+        self.release_acknowledged()
         try:
             header, tensors = unpack_frame(msg.payload, max_bytes=self._max)
         except ProtocolError as exc:
@@ -298,9 +308,23 @@ class InferenceEndpoint:
             f',"queue_ms":{round(result.queue_ms, 3)!r}'
             f',"compute_ms":{round(result.compute_ms, 3)!r},'
         )
-        self._transport.publish(
-            to.topic,
-            frame_with_head(head, result.outputs or ()),
-            qos=self._qos,
-            correlation_data=to.correlation_data,
+        frame = frame_with_head(head, result.outputs or ())
+        handle = self._transport.publish(
+            to.topic, frame, qos=self._qos, correlation_data=to.correlation_data
         )
+        if self._budget is not None and handle is not None and len(frame) >= _COUNTED_REPLY:
+            self._budget.hold(len(frame))
+            with self._unacked_lock:
+                self._unacked.append((handle, len(frame)))
+        self.release_acknowledged()
+
+    def release_acknowledged(self) -> None:
+        """Give back the budget of replies the broker has acknowledged (oldest first)."""
+        if not self._unacked:
+            return
+        freed = 0
+        with self._unacked_lock:
+            while self._unacked and self._unacked[0][0].is_published():
+                freed += self._unacked.popleft()[1]
+        if freed and self._budget is not None:
+            self._budget.give(freed)

@@ -137,7 +137,7 @@ class MqttResponder:
             for s in app.runner.signature.inputs
         ]
         self._recent = RecentIds()
-        self._drops = DropLog(logger)  # refusals and drops: a line per interval, not per message
+        self._drops = DropLog(logger)  # unanswerable requests: a log line per interval
         self._cond = threading.Condition()
         self._queue: collections.deque[Work] = collections.deque()
         self._busy = 0
@@ -562,10 +562,10 @@ class MqttResponder:
 
     def _refuse(self, to: ReplyTo | None, error: ProtocolError) -> None:
         self._count("errors")
-        what = "refused" if to is not None else "dropped (no valid reply topic)"
-        self._drops.drop("replica %s: request %s: %s", self.replica_id, what, error)
         if to is None:
+            self._drops.drop("replica %s: dropped (no reply topic): %s", self.replica_id, error)
             return
+        logger.warning("replica %s: request refused: %s", self.replica_id, error)
         frame = error_frame(
             to, error, model=self._app.model, node=self.replica_id, expected=self._expected
         )
