@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._envelope import Envelope, TensorSpec, new_id
+from ._envelope import MAX_ID_CHARS, Envelope, TensorSpec
 from ._frames import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_NAME_CHARS,
@@ -23,7 +23,6 @@ from ._frames import (
     pack_frame,
     unpack_frame,
 )
-from ._inputs import MAX_ID_CHARS
 
 __all__ = [
     "ErrorInfo",
@@ -69,12 +68,6 @@ class InferRequest(Envelope):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     kind: Literal["infer_request"] = "infer_request"
-    id: str = Field(
-        default_factory=new_id,
-        min_length=1,
-        max_length=MAX_ID_CHARS,
-        description="Unique message id (dedupe key).",
-    )
     module: str = Field(max_length=MAX_NAME_CHARS)
     version: str | None = Field(
         None, max_length=MAX_NAME_CHARS, description="Pin a version; None = whatever is served."

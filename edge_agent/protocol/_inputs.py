@@ -26,13 +26,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ._envelope import MAX_ID_CHARS
 from ._frames import ErrorCode, ProtocolError
 from ._topics import Topics
 
 __all__ = ["MAX_ID_CHARS", "DropLog", "ReplyTo", "reply_target"]
-
-MAX_ID_CHARS = 256
-"""Longest correlation id a responder copies into its reply."""
 
 
 class ReplyTo(NamedTuple):  # a tuple: built for every request, on the network thread

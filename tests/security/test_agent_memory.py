@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 import tests.support.agent_fixtures as af
-from edge_agent.protocol import Tensor, Topics, encode_frame, peek_header
+from edge_agent.protocol import Tensor, Topics, encode_frame
+from edge_agent.protocol._frames import peek_header  # (public since issue 14)
 from mesh.edge.broker._broker import MosquittoBroker
 from tests.security._edge import MODULE, WIDTH, running_agent, wait
 from tests.support.agent_fixtures import AgentProcess, ArtifactServer, SigningKey
