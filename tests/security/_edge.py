@@ -77,8 +77,12 @@ def running_agent(
     *,
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    more_modules: dict[str, bytes] | None = None,
 ) -> Iterator[RunningAgent]:
-    """Start ``python -m edge_agent`` (as deploy runs it) serving module ``m`` (y = 2x)."""
+    """Start ``python -m edge_agent`` (as deploy runs it) serving module ``m`` (y = 2x).
+
+    ``more_modules``: other modules to serve (name -> ONNX bytes), version "1".
+    """
     agent = f"sec-{time.monotonic_ns() % 10**8}"
     model = build_tiny_model(tmp_path / "tiny.onnx", scale=2.0, width=WIDTH).read_bytes()
     args = [
@@ -90,12 +94,15 @@ def running_agent(
         r.subscribe(T.status(agent))
         r.subscribe(T.observed(agent))
         proc = make(args, tmp_path / "agent.log", env).start()
-        spec = module_spec(artifacts, key, MODULE, "1", model)
-        r.client.publish(T.desired(agent), json.dumps(desired(1, [spec])), qos=1, retain=True)
+        modules = {MODULE: model, **(more_modules or {})}
+        specs = [module_spec(artifacts, key, name, "1", data) for name, data in modules.items()]
+        r.client.publish(T.desired(agent), json.dumps(desired(1, specs)), qos=1, retain=True)
 
         def installed() -> bool:
             got = [p for t, p in list(r.events) if t == T.observed(agent)]
-            return bool(got) and bool(ObservedState.model_validate_json(got[-1]).installed)
+            if not got:
+                return False
+            return len(ObservedState.model_validate_json(got[-1]).installed) == len(modules)
 
         wait(installed, 30, f"agent {agent} to install {MODULE}: {proc.log()[-2000:]}")
         try:

@@ -27,8 +27,13 @@ import tests.support.agent_fixtures as af
 from edge_agent.protocol import Tensor, Topics, encode_frame
 from edge_agent.protocol._frames import peek_header  # (public since issue 14)
 from mesh.edge.broker._broker import MosquittoBroker
-from tests.security._edge import MODULE, WIDTH, running_agent, wait
-from tests.support.agent_fixtures import AgentProcess, ArtifactServer, SigningKey
+from tests.security._edge import running_agent, wait
+from tests.support.agent_fixtures import (
+    AgentProcess,
+    ArtifactServer,
+    SigningKey,
+    build_slow_model,
+)
 from tests.support.brokers import mosquitto  # noqa: F401  (fixture)
 
 signing_key = af.signing_key
@@ -40,7 +45,9 @@ T = Topics()
 MIB = 1024 * 1024
 REQUESTS = 300
 MAX_PAYLOAD = 4 * MIB  # the agent's default max_payload_bytes: the largest it accepts
-ROWS = (MAX_PAYLOAD - 4096) // (4 * WIDTH)  # float32 rows that fit with the header
+SLOW = "slow"  # a module slower than the burst arrives (a matrix product per request)
+ROWS, COLUMNS = 2040, 512  # its float32 input: 4,177,920 bytes, with the header under 4 MiB
+DEPTH = 4  # matrix products per request: ~0.3 s here, slower than 4 MiB requests arrive
 UNIT_MEMORY_MAX = 256 * MIB  # deploy/edge-agent.service: MemoryMax=256M
 
 
@@ -77,8 +84,14 @@ def test_a_burst_of_the_largest_requests_stays_inside_the_memory_budget(
     artifact_server: ArtifactServer,
     agent_processes: Callable[..., AgentProcess],
 ) -> None:
+    slow = build_slow_model(tmp_path / "slow.onnx", rows=ROWS, width=COLUMNS, depth=DEPTH)
     with running_agent(
-        mosquitto, tmp_path, signing_key, artifact_server, agent_processes
+        mosquitto,
+        tmp_path,
+        signing_key,
+        artifact_server,
+        agent_processes,
+        more_modules={SLOW: slow.read_bytes()},
     ) as running:
         r = running.requester
         assert running.answers()
@@ -95,7 +108,7 @@ def test_a_burst_of_the_largest_requests_stays_inside_the_memory_budget(
 
         r.client.message_callback_add(burst_topic, on_burst_reply)
         r.subscribe(burst_topic)
-        data = np.ones((ROWS, WIDTH), np.float32)
+        data = np.ones((ROWS, COLUMNS), np.float32)
         with sampler:
             for wave in range(0, REQUESTS, 20):  # 20 at a time: the test's own memory
                 infos = []
@@ -103,16 +116,16 @@ def test_a_burst_of_the_largest_requests_stays_inside_the_memory_budget(
                     header = {
                         "schema_version": 1,
                         "kind": "infer_request",
-                        "module": MODULE,
+                        "module": SLOW,
                         "reply_to": burst_topic,
                         "correlation_id": uuid.uuid4().hex,
                     }
                     frame = encode_frame(header, [Tensor.from_numpy("x", data)])
                     assert len(frame) <= MAX_PAYLOAD
-                    infos.append(r.client.publish(T.infer(MODULE, running.agent), frame, qos=1))
+                    infos.append(r.client.publish(T.infer(SLOW, running.agent), frame, qos=1))
                 for info in infos:
                     info.wait_for_publish(60)
-            wait(lambda: sum(codes.values()) >= REQUESTS, 180, f"{REQUESTS} answers: {codes}")
+            wait(lambda: sum(codes.values()) >= REQUESTS, 240, f"{REQUESTS} answers: {codes}")
             assert running.answers()  # a valid request, answered after the burst
             after = sampler.rss()
         print(
