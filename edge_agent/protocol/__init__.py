@@ -93,7 +93,14 @@ from ._reports import (
     ObservedState,
     OutboxStats,
 )
-from ._topics import DEFAULT_PREFIX, MAX_TOPIC_BYTES, PING_MODULE, Topics, check_topic_name
+from ._topics import (
+    DEFAULT_PREFIX,
+    MAX_TOPIC_BYTES,
+    PING_MODULE,
+    Topics,
+    check_topic_filter,
+    check_topic_name,
+)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -137,6 +144,7 @@ __all__ = [
     "TensorSpec",
     "Topics",
     "artifact_signing_message",
+    "check_topic_filter",
     "check_topic_name",
     "decode_frame",
     "encode_frame",

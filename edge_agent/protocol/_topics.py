@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from ._frames import ErrorCode, ProtocolError
 
-__all__ = ["DEFAULT_PREFIX", "MAX_TOPIC_BYTES", "PING_MODULE", "Topics", "check_topic_name"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_TOPIC_BYTES",
+    "PING_MODULE",
+    "Topics",
+    "check_topic_filter",
+    "check_topic_name",
+]
 
 DEFAULT_PREFIX = "mesh/v1"
 #: The module the control plane asks for to time an agent's round trip (never served).
@@ -65,6 +72,38 @@ def check_topic_name(topic: object, *, what: str = "topic") -> str:
     if topic.startswith("$"):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what}: a topic starting with '$' is reserved")
     return topic
+
+
+def check_topic_filter(topic_filter: object, *, what: str = "topic filter") -> str:
+    """Return ``topic_filter`` if a broker accepts it in a SUBSCRIBE.
+
+    As :func:`check_topic_name`, except that ``+`` may fill a whole level and
+    ``#`` the whole last level.
+
+    Raises:
+        ProtocolError: BAD_REQUEST naming ``what`` and the rule it breaks.
+
+    Example:
+        >>> check_topic_filter("traffic/+/frames/#")
+        'traffic/+/frames/#'
+    """
+    if type(topic_filter) is not str:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"{what}: expected a topic string, got {type(topic_filter).__name__}",
+        )
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level and level != "+") or (
+            "#" in level and (level != "#" or i != len(levels) - 1)
+        ):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"{what}: a wildcard must fill a level ('+'), or the last one ('#')",
+            )
+    # The rest of the rules are a topic name's, with wildcards as plain levels.
+    check_topic_name("/".join("w" if level in ("+", "#") else level for level in levels), what=what)
+    return topic_filter
 
 
 def _non_character(topic: str) -> re.Match[str] | None:
