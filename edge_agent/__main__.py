@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit code: 0 after a clean stop, 2 on bad settings.
     """
     from ._agent import Agent
+    from ._budget import tune_malloc
     from ._settings import SettingsError, load_settings
     from ._sqlite import SchemaVersionError
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Before the threads start: large payloads are unmapped when freed, and a
+    # burst leaves free pages in 2 arenas, not one per thread (edge_agent._budget).
+    tune_malloc()
     done = threading.Event()
     received: list[str] = []
 

@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
+from ._budget import MemoryBudget
 from ._cache import Installed, ModuleCache
 from ._heartbeat import HeartbeatLoop, process_start_time, sample_host
 from ._offload import OffloadClient
@@ -105,6 +106,7 @@ class Agent(DesiredStateReconciler):
         )
         self._lock = threading.RLock()
         self._servers: dict[str, ModuleServer] = {}
+        self.memory_budget = MemoryBudget(settings.memory_budget_bytes)
         self._installed: dict[str, Installed] = {}
         self._specs: dict[str, ModuleSpec] = {}
         self._routes: dict[str, Route] = {}
@@ -122,6 +124,8 @@ class Agent(DesiredStateReconciler):
             self._transport,
             self.agent_id,
             self._servers.get,
+            topics=self.topics,
+            budget=self.memory_budget,
             qos=settings.qos,
             max_payload_bytes=settings.max_payload_bytes,
             served=lambda: [n for n, s in self._servers.items() if s.current is not None],
@@ -390,6 +394,7 @@ class Agent(DesiredStateReconciler):
         )
 
     def _send_heartbeat(self) -> None:
+        self._endpoint.release_acknowledged()  # after a burst, with no request to do it
         if not self._transport.connected:
             return
         beat = self.heartbeat()

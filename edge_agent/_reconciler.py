@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 
+from ._budget import MemoryBudget
 from ._cache import ArtifactError, Installed, ModuleCache
 from ._runtime import LoadedModel, ModuleLoadError, ModuleServer, load_model
 from ._settings import AgentSettings
@@ -45,6 +46,7 @@ class DesiredStateReconciler:
     _lock: threading.RLock
     _wake: threading.Condition
     _servers: dict[str, ModuleServer]
+    memory_budget: MemoryBudget
     _installed: dict[str, Installed]
     _specs: dict[str, ModuleSpec]
     _routes: dict[str, Route]
@@ -245,6 +247,9 @@ class DesiredStateReconciler:
                     max_queue=spec.max_queue,
                     workers=self.settings.workers,
                     max_batch=spec.max_batch,
+                    budget=self.memory_budget,
+                    # Batching copies a batch's inputs: a quarter of the budget at most.
+                    max_batch_bytes=self.memory_budget.limit_bytes // 4,
                 )
                 self._servers[spec.name] = server
             server.swap(model)

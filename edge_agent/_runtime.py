@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from ._budget import MemoryBudget
 from .protocol import (
     ErrorCode,
     ModuleStats,
@@ -343,6 +344,8 @@ class Job:
     version: str | None = None
     enqueued: float = 0.0
     on_expired: Callable[[], None] | None = None
+    nbytes: int = 0
+    """Bytes the job holds until it is done (its request's payload), for the memory budget."""
 
 
 class _Stats:
@@ -387,14 +390,25 @@ class ModuleServer:
     """
 
     def __init__(
-        self, name: str, *, max_queue: int = 256, workers: int = 1, max_batch: int = 16
+        self,
+        name: str,
+        *,
+        max_queue: int = 256,
+        workers: int = 1,
+        max_batch: int = 16,
+        budget: MemoryBudget | None = None,
+        max_batch_bytes: int | None = None,
     ) -> None:
         """Start ``workers`` threads (the model comes later via :meth:`swap`).
 
         Jobs already queued when a worker becomes free run as one batch of up to
-        ``max_batch`` when the model's batch dimension is dynamic.
+        ``max_batch`` when the model's batch dimension is dynamic, and of at most
+        ``max_batch_bytes`` (batching copies the batch's inputs once more). Each
+        job holds its ``nbytes`` of ``budget`` from :meth:`submit` until done.
         """
         self._max_batch = max_batch
+        self._budget = budget
+        self._max_batch_bytes = max_batch_bytes
         self.name = name
         # SimpleQueue (C) hands jobs over faster than queue.Queue; the bound is ours.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -427,14 +441,27 @@ class ModuleServer:
         return old
 
     def submit(self, job: Job) -> bool:
-        """Queue ``job``; False when the queue is full (the caller answers OVERLOADED)."""
+        """Queue ``job``; False when the queue or the memory budget is full (answer OVERLOADED)."""
+        return self.submit_or_reason(job) is None
+
+    def submit_or_reason(self, job: Job) -> str | None:
+        """Queue ``job``; else why not (the queue or the memory budget is full)."""
         with self._depth_lock:
             if self._depth >= self._max_queue:
                 self._stats.errors += 1
-                return False
+                return f"module {self.name}: queue full ({self._max_queue} requests)"
             self._depth += 1
+        budget = self._budget
+        if budget is not None and job.nbytes and not budget.take(job.nbytes):
+            with self._depth_lock:
+                self._depth -= 1
+                self._stats.errors += 1
+            return (
+                f"module {self.name}: memory budget full "
+                f"({budget.in_use} of {budget.limit_bytes} bytes held)"
+            )
         self._queue.put(job)
-        return True
+        return None
 
     @property
     def depth(self) -> int:
@@ -454,11 +481,15 @@ class ModuleServer:
             t.join(timeout_s)
 
     def _work(self) -> None:
+        carried: Any = None  # a job taken that would have made the last batch too big
         while True:
-            first = self._queue.get()
+            first = carried if carried is not None else self._queue.get()
+            carried = None
             if first is _STOP:
                 return
-            batch = [first]
+            batch: list[Job] = [first]
+            nbytes = first.nbytes
+            cap = self._max_batch_bytes
             # Dynamic batching: take whatever else is already waiting (never wait for more).
             # empty() first: usually nothing is, and an Empty raised costs more.
             stop_after = False
@@ -470,14 +501,25 @@ class ModuleServer:
                 if more is _STOP:
                     stop_after = True
                     break
+                if cap is not None and nbytes + more.nbytes > cap:
+                    carried = more  # it starts the next batch
+                    break
                 batch.append(more)
+                nbytes += more.nbytes
             with self._depth_lock:
                 self._depth -= len(batch)
             try:
                 self._run(batch)
             except Exception:
                 logger.exception("module %s: job callback failed", self.name)
+            finally:
+                del batch  # the payloads go before the budget says they have
+                if self._budget is not None and nbytes:
+                    self._budget.give(nbytes)
             if stop_after:
+                if carried is not None:
+                    self._queue.put(_STOP)  # run the carried job first, then stop
+                    continue
                 return
 
     def _run(self, batch: list[Job]) -> None:

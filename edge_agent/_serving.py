@@ -3,8 +3,11 @@
 Runs on paho's network thread, so it only decodes, checks and queues: the
 model runs on the module's worker, which also publishes the reply. Replies go to
 ``reply_to`` (or the MQTT 5 ResponseTopic) with the request's correlation id
-(and CorrelationData). Every refusal is an error reply with a code; a request
-that cannot even be addressed is logged and dropped.
+(and CorrelationData), and only to a valid topic under ``{p}/replies/``
+(:func:`~edge_agent.protocol.reply_target`): a broker disconnects a client that
+publishes to a bad one. Every refusal is an error reply with a code; a request
+that cannot be addressed is dropped, with one log line per interval however
+many arrive.
 """
 
 from __future__ import annotations
@@ -12,36 +15,38 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
+from ._budget import MemoryBudget
 from ._runtime import Job, JobResult, LoadedModel, ModuleServer
-from ._transport import Message, Transport
+from ._transport import Message, PublishHandle, Transport
 from .protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_ID_CHARS,
     PING_MODULE,
     SCHEMA_VERSION,
+    DropLog,
     ErrorCode,
     ErrorInfo,
     InferRequest,
     ProtocolError,
+    ReplyTo,
+    Topics,
     parse_header,
+    reply_target,
 )
 from .protocol._frames import frame_with_head, pack_frame, peek_header, unpack_frame
 
 __all__ = ["InferenceEndpoint"]
 
 logger = logging.getLogger(__name__)
-
-
-class _ReplyTo(NamedTuple):  # a tuple: built for every request, on the network thread
-    topic: str
-    correlation_id: str | None
-    correlation_data: bytes | None
 
 
 class _Request(NamedTuple):
@@ -70,6 +75,9 @@ _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "deadline_ts": _OPT_NUMBER,
 }
 
+
+_COUNTED_REPLY = 64 * 1024
+"""Replies this large or larger hold memory budget until acknowledged (small ones: noise)."""
 
 _json_str = json.encoder.encode_basestring_ascii
 """A str as JSON text (C), as json.dumps writes it."""
@@ -107,7 +115,14 @@ def plain_request(header: dict[str, Any]) -> _Request | None:
     rid, module = header.get("id"), header.get("module")
     if rid is None or module is None:  # id has a default, module is required
         return None
-    return _Request(rid, module, header.get("version"), header.get("deadline_ts"))
+    deadline, ts = header.get("deadline_ts"), header.get("ts", 0.0)
+    if (
+        len(rid) > MAX_ID_CHARS
+        or not math.isfinite(ts)
+        or (deadline is not None and not math.isfinite(deadline))
+    ):
+        return None  # pydantic says which bound it breaks
+    return _Request(rid, module, header.get("version"), deadline)
 
 
 class InferenceEndpoint:
@@ -119,17 +134,29 @@ class InferenceEndpoint:
         agent_id: str,
         lookup: Callable[[str], ModuleServer | None],
         *,
+        topics: Topics | None = None,
         qos: int = 1,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         served: Callable[[], list[str]] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
-        """``lookup(module)`` finds the server of a module (None if not served)."""
+        """``lookup(module)`` finds the server of a module (None if not served).
+
+        Replies go only to topics under ``topics``' ``{p}/replies/``.
+        """
         self._transport = transport
+        self._topics = topics or Topics()
+        self._drops = DropLog(logger)
         self._agent = agent_id
         self._lookup = lookup
         self._served_fn = served
         self._qos = qos
         self._max = max_payload_bytes
+        # A reply is held by paho until the broker acknowledges it: its bytes
+        # count in the budget until then (results that are large fill it too).
+        self._budget = budget
+        self._unacked: deque[tuple[PublishHandle, int]] = deque()
+        self._unacked_lock = threading.Lock()
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         # Reply ids: unique per process start, cheaper than a uuid4 per reply.
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -146,19 +173,22 @@ class InferenceEndpoint:
     def _served(self) -> list[str]:
         return sorted(self._served_fn()) if self._served_fn else []
 
-    def _reply_target(self, header: dict[str, Any] | None, msg: Message) -> _ReplyTo | None:
-        header = header or {}
-        topic = header.get("reply_to") or msg.response_topic
-        if not isinstance(topic, str) or not topic:
-            return None
-        corr = header.get("correlation_id")
-        if corr is None and msg.correlation_data:
-            corr = msg.correlation_data.decode(errors="replace")
-        return _ReplyTo(topic, str(corr) if corr is not None else None, msg.correlation_data)
+    def _refuse(self, to: ReplyTo | None, module: str, error: ProtocolError) -> None:
+        """Answer ``error`` to ``to``; without a reply topic, drop (logged rate-limited)."""
+        if to is None:
+            self._drops.drop(
+                "agent %s: dropped a request for module %.64r (no valid reply topic): %s",
+                self._agent,
+                module,
+                error,
+            )
+            return
+        logger.warning("agent %s: request for module %s refused: %s", self._agent, module, error)
+        self._send_error(to, module, error)
 
     def _send_error(
         self,
-        to: _ReplyTo | None,
+        to: ReplyTo | None,
         module: str | None,
         error: ProtocolError,
         model: LoadedModel | None = None,
@@ -189,29 +219,33 @@ class InferenceEndpoint:
     def on_request(self, msg: Message) -> None:
         """Handle one request (on the network thread: decode, check, queue)."""
         module = msg.topic.rsplit("/", 3)[-3]
+        topics = self._topics
+        self.release_acknowledged()
         try:
             header, tensors = unpack_frame(msg.payload, max_bytes=self._max)
         except ProtocolError as exc:
-            logger.warning("agent %s: request for module %s refused: %s", self._agent, module, exc)
-            self._send_error(self._reply_target(peek_header(msg.payload), msg), module, exc)
+            peeked = peek_header(msg.payload)
+            to, _ = reply_target(peeked, msg.response_topic, msg.correlation_data, topics)
+            self._refuse(to, module, exc)
             return
-        to = self._reply_target(header, msg)
+        to, bad = reply_target(header, msg.response_topic, msg.correlation_data, topics)
+        if bad is not None:
+            self._refuse(to, module, bad)
+            return
         req = plain_request(header)
         if req is None:
             try:
                 full = parse_header(header, InferRequest)
             except ProtocolError as exc:
-                logger.warning(
-                    "agent %s: request for module %s refused: %s", self._agent, module, exc
-                )
-                self._send_error(to, module, exc)
+                self._refuse(to, module, exc)
                 return
             req = _Request(full.id, full.module, full.version, full.deadline_ts)
         if req.module != module:
             err = ProtocolError(
-                ErrorCode.BAD_REQUEST, f"topic names module {module}, header names {req.module}"
+                ErrorCode.BAD_REQUEST,
+                f"topic names module {module}, header names {req.module[:64]!r}",
             )
-            self._send_error(to, module, err)
+            self._refuse(to, module, err)
             return
         if self._seen(req.id):
             return  # a QoS 1 duplicate
@@ -233,11 +267,11 @@ class InferenceEndpoint:
             deadline_ts=req.deadline_ts,
             version=req.version,
             enqueued=time.perf_counter(),
+            nbytes=len(msg.payload),
         )
-        if not server.submit(job):
-            self._send_error(
-                to, module, ProtocolError(ErrorCode.OVERLOADED, f"module {module}: queue full")
-            )
+        refusal = server.submit_or_reason(job)
+        if refusal is not None:
+            self._refuse(to, module, ProtocolError(ErrorCode.OVERLOADED, refusal))
 
     def _seen(self, request_id: str) -> bool:
         ids = self._recent_ids
@@ -250,7 +284,7 @@ class InferenceEndpoint:
 
     def _send_result(
         self,
-        to: _ReplyTo | None,
+        to: ReplyTo | None,
         module: str,
         server: ModuleServer,
         result: JobResult,
@@ -274,9 +308,23 @@ class InferenceEndpoint:
             f',"queue_ms":{round(result.queue_ms, 3)!r}'
             f',"compute_ms":{round(result.compute_ms, 3)!r},'
         )
-        self._transport.publish(
-            to.topic,
-            frame_with_head(head, result.outputs or ()),
-            qos=self._qos,
-            correlation_data=to.correlation_data,
+        frame = frame_with_head(head, result.outputs or ())
+        handle = self._transport.publish(
+            to.topic, frame, qos=self._qos, correlation_data=to.correlation_data
         )
+        if self._budget is not None and handle is not None and len(frame) >= _COUNTED_REPLY:
+            self._budget.hold(len(frame))
+            with self._unacked_lock:
+                self._unacked.append((handle, len(frame)))
+        self.release_acknowledged()
+
+    def release_acknowledged(self) -> None:
+        """Give back the budget of replies the broker has acknowledged (oldest first)."""
+        if not self._unacked:
+            return
+        freed = 0
+        with self._unacked_lock:
+            while self._unacked and self._unacked[0][0].is_published():
+                freed += self._unacked.popleft()[1]
+        if freed and self._budget is not None:
+            self._budget.give(freed)

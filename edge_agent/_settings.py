@@ -79,6 +79,13 @@ class AgentSettings(BaseModel):
     max_payload_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger MQTT payloads are refused."
     )
+    memory_budget_mb: int = Field(
+        64,
+        ge=1,
+        description="MB of inference requests held at once (queued or running, all modules): "
+        "beyond it requests are answered 'overloaded'. The default fits a 256 MB unit "
+        "(MemoryMax=256M) with the runtime's own ~100 MB and batching's copies.",
+    )
     max_artifact_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Download size cap.")
     download_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout per artifact.")
     download_retries: int = Field(3, ge=1, description="Tries per artifact on network errors.")
@@ -149,6 +156,11 @@ class AgentSettings(BaseModel):
         if len(raw) != 32:
             raise SettingsError(f"public_key: {len(raw)} bytes, an Ed25519 key has 32")
         return raw
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """``memory_budget_mb`` in bytes."""
+        return self.memory_budget_mb * 1024 * 1024
 
     @property
     def topics(self) -> Topics:

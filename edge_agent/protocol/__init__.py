@@ -11,7 +11,7 @@ Topics (prefix ``p``, default ``mesh/v1``; build them with :class:`Topics`)::
     {p}/agents/{id}/desired     cp -> agent   retained  DesiredState
     {p}/agents/{id}/observed    agent -> cp   retained  ObservedState
     {p}/modules/{m}/infer/{node} any -> node            InferRequest frame, answer to reply_to
-    {p}/replies/{client}        node -> client          InferReply frame (convention)
+    {p}/replies/{client}        node -> client          InferReply frame (reply_to must be here)
     {p}/events/{site}/{stream}  agents, functions       Event
 
 Messages:
@@ -62,10 +62,14 @@ from ._frames import (
     DTYPES,
     MAGIC,
     MAX_HEADER_BYTES,
+    MAX_NAME_CHARS,
+    MAX_RANK,
+    MAX_TENSORS,
     ErrorCode,
     FrameTemplate,
     ProtocolError,
     Tensor,
+    peek_header,
 )
 from ._inference import (
     ErrorInfo,
@@ -78,6 +82,7 @@ from ._inference import (
     encode_frame,
     json_tensor,
 )
+from ._inputs import MAX_ID_CHARS, DropLog, ReplyTo, reply_target
 from ._reports import (
     AgentStatus,
     Heartbeat,
@@ -88,7 +93,14 @@ from ._reports import (
     ObservedState,
     OutboxStats,
 )
-from ._topics import DEFAULT_PREFIX, PING_MODULE, Topics
+from ._topics import (
+    DEFAULT_PREFIX,
+    MAX_TOPIC_BYTES,
+    PING_MODULE,
+    Topics,
+    check_topic_filter,
+    check_topic_name,
+)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -96,10 +108,16 @@ __all__ = [
     "DTYPES",
     "MAGIC",
     "MAX_HEADER_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_RANK",
+    "MAX_TENSORS",
+    "MAX_TOPIC_BYTES",
     "PING_MODULE",
     "SCHEMA_VERSION",
     "AgentStatus",
     "DesiredState",
+    "DropLog",
     "Envelope",
     "ErrorCode",
     "ErrorInfo",
@@ -118,6 +136,7 @@ __all__ = [
     "OutboxStats",
     "PipelineSpec",
     "ProtocolError",
+    "ReplyTo",
     "Route",
     "SourceSpec",
     "Tensor",
@@ -125,10 +144,14 @@ __all__ = [
     "TensorSpec",
     "Topics",
     "artifact_signing_message",
+    "check_topic_filter",
+    "check_topic_name",
     "decode_frame",
     "encode_frame",
     "json_tensor",
     "new_id",
     "parse_header",
     "parse_json",
+    "peek_header",
+    "reply_target",
 ]

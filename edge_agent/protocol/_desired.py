@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ._envelope import Envelope
 from ._frames import ErrorCode, ProtocolError
-from ._topics import Topics
+from ._topics import Topics, check_topic_filter
 
 __all__ = [
     "DesiredState",
@@ -175,6 +175,12 @@ class SourceSpec(BaseModel):
     rate_hz: float | None = Field(None, gt=0)
     loop: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filter(cls, v: str | None) -> str | None:
+        # The agent subscribes to it: a broker disconnects a client for a bad filter.
+        return check_topic_filter(v, what="source topic") if v is not None else v
 
 
 class PipelineSpec(BaseModel):

@@ -21,6 +21,9 @@ __all__ = ["SCHEMA_VERSION", "Envelope", "TensorSpec", "new_id", "parse_header",
 SCHEMA_VERSION = 1
 """Version of every message in this module; a receiver refuses any other."""
 
+MAX_ID_CHARS = 256
+"""Longest message or correlation id: receivers keep recent ids and copy correlation ids."""
+
 
 def new_id() -> str:
     """A fresh message id (32 hex chars)."""
@@ -34,7 +37,12 @@ class Envelope(BaseModel):
 
     schema_version: int = Field(SCHEMA_VERSION, description="Always SCHEMA_VERSION (1).")
     kind: str = Field(description="Message kind; fixed per message class.")
-    id: str = Field(default_factory=new_id, description="Unique message id (dedupe key).")
+    id: str = Field(
+        default_factory=new_id,
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description="Unique message id (dedupe key; receivers keep recent ones).",
+    )
     ts: float = Field(default_factory=time.time, description="Sent at, Unix seconds.")
 
 
@@ -107,7 +115,7 @@ def parse_json(
         )
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"malformed JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(

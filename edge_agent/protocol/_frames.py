@@ -33,6 +33,9 @@ __all__ = [
     "DTYPES",
     "MAGIC",
     "MAX_HEADER_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_RANK",
+    "MAX_TENSORS",
     "ErrorCode",
     "FrameTemplate",
     "ProtocolError",
@@ -47,6 +50,12 @@ MAGIC = b"FMF\x01"
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 256 * 1024
+MAX_TENSORS = 64
+"""Most tensors one frame may carry."""
+MAX_RANK = 32
+"""Most dimensions a tensor may have (ONNX Runtime's own limit is near)."""
+MAX_NAME_CHARS = 256
+"""Longest tensor name."""
 _HEADER_LEN = struct.Struct("<I")
 
 DTYPES: dict[str, int] = {
@@ -422,33 +431,26 @@ def unpack_frame(
         )
     try:
         header = _loads(head_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"malformed JSON header: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "frame header is not a JSON object")
     metas = header.get("tensors") or []
     if not isinstance(metas, list):
         raise ProtocolError(ErrorCode.MALFORMED, "header 'tensors' is not a list")
+    if len(metas) > MAX_TENSORS:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"{len(metas)} tensors, at most {MAX_TENSORS} in a frame"
+        )
     tensors: list[Tensor] = []
     at = body_at
     for i, m in enumerate(metas):
-        try:
-            name, dtype, shape = m["name"], m["dtype"], tuple(map(int, m["shape"]))
-            if type(name) is not str or type(dtype) is not str:
-                name, dtype = str(name), str(dtype)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(
-                ErrorCode.MALFORMED, f"tensor #{i}: needs name, dtype, shape"
-            ) from exc
+        name, dtype, shape = _tensor_meta(i, m)
         itemsize = DTYPES.get(dtype)
         if itemsize is None:
             raise ProtocolError(
                 ErrorCode.BAD_INPUT,
                 f"tensor {name!r}: unknown dtype {dtype!r}, use one of {sorted(DTYPES)}",
-            )
-        if shape and min(shape) < 0:
-            raise ProtocolError(
-                ErrorCode.BAD_INPUT, f"tensor {name!r}: negative dim in {list(shape)}"
             )
         n = math.prod(shape) * itemsize
         if at + n > size:
@@ -461,6 +463,34 @@ def unpack_frame(
     if at != size:
         raise ProtocolError(ErrorCode.MALFORMED, f"{size - at} trailing bytes after the tensors")
     return header, tensors
+
+
+def _tensor_meta(i: int, m: Any) -> tuple[str, str, tuple[int, ...]]:
+    """Name, dtype and shape of the ``i``-th tensor entry of a header, checked.
+
+    Checked before anything is sized from them: a name and dtype are short
+    strings, a shape is at most :data:`MAX_RANK` integers (not booleans), none
+    negative.
+    """
+    name = m.get("name") if type(m) is dict else None
+    dtype = m.get("dtype") if type(m) is dict else None
+    shape = m.get("shape") if type(m) is dict else None
+    if type(name) is not str or type(dtype) is not str or type(shape) is not list:
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            f"tensor #{i}: needs name, dtype, shape (a string, a string, a list of integers)",
+        )
+    if len(name) > MAX_NAME_CHARS:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"tensor #{i}: name over {MAX_NAME_CHARS} characters"
+        )
+    if len(shape) > MAX_RANK or any(type(d) is not int or d < 0 for d in shape):
+        raise ProtocolError(
+            ErrorCode.BAD_INPUT,
+            f"tensor {name[:64]!r}: shape {str(shape)[:80]} is not a list of at most "
+            f"{MAX_RANK} non-negative integers",
+        )
+    return name, dtype, tuple(shape)
 
 
 def peek_header(payload: bytes | memoryview) -> dict[str, Any] | None:
@@ -479,6 +509,6 @@ def peek_header(payload: bytes | memoryview) -> dict[str, Any] | None:
             obj = json.loads(bytes(view))
         else:
             return None
-    except (ValueError, UnicodeDecodeError, struct.error):
+    except (ValueError, UnicodeDecodeError, struct.error, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

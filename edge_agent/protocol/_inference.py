@@ -13,8 +13,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._envelope import Envelope, TensorSpec
-from ._frames import DEFAULT_MAX_PAYLOAD_BYTES, ErrorCode, Tensor, pack_frame, unpack_frame
+from ._envelope import MAX_ID_CHARS, Envelope, TensorSpec
+from ._frames import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_NAME_CHARS,
+    MAX_TENSORS,
+    ErrorCode,
+    Tensor,
+    pack_frame,
+    unpack_frame,
+)
 
 __all__ = [
     "ErrorInfo",
@@ -50,15 +58,24 @@ class ErrorInfo(BaseModel):
 
 
 class InferRequest(Envelope):
-    """Header of an inference request frame (tensors follow in the frame)."""
+    """Header of an inference request frame (tensors follow in the frame).
+
+    Its strings are bounded and its numbers finite: a responder keeps the ids
+    of recent requests and copies the correlation id into its reply.
+    ``reply_to`` is checked where it is used (:func:`reply_target`).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     kind: Literal["infer_request"] = "infer_request"
-    module: str
-    version: str | None = Field(None, description="Pin a version; None = whatever is served.")
+    module: str = Field(max_length=MAX_NAME_CHARS)
+    version: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="Pin a version; None = whatever is served."
+    )
     reply_to: str | None = Field(None, description="Topic for the reply; None = no reply.")
-    correlation_id: str | None = None
+    correlation_id: str | None = Field(None, max_length=MAX_ID_CHARS)
     deadline_ts: float | None = Field(None, description="Drop (do not run) after this time.")
-    tensors: list[TensorMeta] = Field(default_factory=list)
+    tensors: list[TensorMeta] = Field(default_factory=list, max_length=MAX_TENSORS)
 
 
 class InferReply(Envelope):

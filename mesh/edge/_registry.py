@@ -34,6 +34,7 @@ from typing import Any
 from edge_agent.protocol import (
     AgentStatus,
     DesiredState,
+    DropLog,
     Event,
     Heartbeat,
     ObservedState,
@@ -126,6 +127,7 @@ class AgentRegistry:
         self._dedupe_window = dedupe_window
         self._health = health_sink
         self._name = name
+        self._drops = DropLog(logger)
         self._clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -258,7 +260,10 @@ class AgentRegistry:
     def _malformed(self, topic: str, exc: Exception) -> bool:
         with self._lock:
             self._counters.malformed += 1
-        logger.warning("gateway %s: dropped a malformed message on %s: %s", self._name, topic, exc)
+        # A flood of these (a broken or hostile client) is a log line per interval.
+        self._drops.drop(
+            "gateway %s: dropped a malformed message on %s: %s", self._name, topic, exc
+        )
         return False
 
     def _agent(self, agent_id: str) -> _Agent:

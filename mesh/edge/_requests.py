@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edge_agent.protocol import (
+    DropLog,
     InferReply,
     InferRequest,
     ProtocolError,
@@ -74,6 +75,7 @@ class PendingRequests:
     def __init__(self, *, name: str, reply_topic: str) -> None:
         """Start with nothing in flight."""
         self._name = name
+        self._drops = DropLog(logger)  # malformed replies: a log line per interval
         self._reply_topic = reply_topic
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
@@ -127,7 +129,7 @@ class PendingRequests:
         except ProtocolError as exc:
             with self._lock:
                 self._counters.malformed += 1
-            logger.warning(
+            self._drops.drop(
                 "gateway %s: dropped a malformed reply on %s: %s",
                 self._name,
                 self._reply_topic,

@@ -18,7 +18,10 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
+
+from edge_agent.protocol import Topics, check_topic_filter
 
 __all__ = ["Lease", "LeaseList", "PipelineSource", "lease_topic", "observed_topic"]
 
@@ -112,16 +115,19 @@ class LeaseList:
         for i, item in enumerate(doc.get("pipelines") or []):
             try:
                 until = item.get("until_ts")
-                leases.append(
-                    Lease(
-                        site=str(item["site"]),
-                        agent=str(item["agent"]),
-                        topic=str(item["topic"]),
-                        stream=str(item["stream"]),
-                        since_ts=float(item["since_ts"]),
-                        until_ts=None if until is None else float(until),
-                    )
+                # The replica subscribes to the topic and publishes events to
+                # {p}/events/{site}/{stream}: a broker disconnects it for bad ones.
+                lease = Lease(
+                    site=Topics.check_segment(item["site"]),
+                    agent=str(item["agent"]),
+                    topic=check_topic_filter(item["topic"], what="lease topic"),
+                    stream=Topics.check_segment(item["stream"]),
+                    since_ts=float(item["since_ts"]),
+                    until_ts=None if until is None else float(until),
                 )
+                if not math.isfinite(lease.since_ts):
+                    raise ValueError("since_ts is not finite")
+                leases.append(lease)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ValueError(
                     f"pipelines[{i}]: needs site, agent, topic, stream, since_ts"

@@ -553,7 +553,8 @@ def test_pack_frame_checks_sizes_with_the_tensor_cache() -> None:
 
 def test_reply_header_is_what_pack_frame_writes() -> None:
     from edge_agent._runtime import JobResult
-    from edge_agent._serving import InferenceEndpoint, _ReplyTo
+    from edge_agent._serving import InferenceEndpoint
+    from edge_agent.protocol import ReplyTo as _ReplyTo
 
     sent: list[bytes] = []
 

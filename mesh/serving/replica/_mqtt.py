@@ -58,6 +58,7 @@ from edge_agent._mqtt import (
 )
 from edge_agent.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DropLog,
     ErrorCode,
     ProtocolError,
     Tensor,
@@ -136,6 +137,7 @@ class MqttResponder:
             for s in app.runner.signature.inputs
         ]
         self._recent = RecentIds()
+        self._drops = DropLog(logger)  # unanswerable requests: a log line per interval
         self._cond = threading.Condition()
         self._queue: collections.deque[Work] = collections.deque()
         self._busy = 0
@@ -334,18 +336,18 @@ class MqttResponder:
             self._unsubscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
         if msg.topic != self.topic:
             # A lease list or a handed-over frame (one of a source just given back,
             # still in flight before the UNSUBACK, is dropped there: not a request).
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
             self.pipelines.on_message(msg.topic, payload)
             return
-        props = getattr(msg, "properties", None)
-        self.handle(
-            msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload),
-            getattr(props, "ResponseTopic", None) if props is not None else None,
-            getattr(props, "CorrelationData", None) if props is not None else None,
-        )
+        props = getattr(msg, "properties", None)  # getattr(None, ...) gives the default
+        try:
+            corr = getattr(props, "CorrelationData", None)
+            self.handle(payload, getattr(props, "ResponseTopic", None), corr)
+        except Exception as exc:  # paho's thread must outlive any message
+            self._drops.drop("replica %s: request dropped: %r", self.replica_id, exc)
 
     # ---------------------------------------------------------------- requests
 
@@ -360,10 +362,13 @@ class MqttResponder:
         try:
             header, tensors = decode_frame(payload, max_bytes=self._max)
         except ProtocolError as exc:
-            self._refuse(reply_to(peek_header(payload), response_topic, correlation_data), exc)
+            header = peek_header(payload) or {}
+            self._refuse(reply_to(header, response_topic, correlation_data, self.topics)[0], exc)
             return
-        to = reply_to(header, response_topic, correlation_data)
+        to, bad = reply_to(header, response_topic, correlation_data, self.topics)
         try:
+            if bad is not None:
+                raise bad
             req = check_request(
                 header, model=app.model, version=app.version, replica_id=self.replica_id
             )
@@ -557,9 +562,10 @@ class MqttResponder:
 
     def _refuse(self, to: ReplyTo | None, error: ProtocolError) -> None:
         self._count("errors")
-        logger.warning("replica %s: request refused: %s", self.replica_id, error)
         if to is None:
+            self._drops.drop("replica %s: dropped (no reply topic): %s", self.replica_id, error)
             return
+        logger.warning("replica %s: request refused: %s", self.replica_id, error)
         frame = error_frame(
             to, error, model=self._app.model, node=self.replica_id, expected=self._expected
         )
@@ -577,10 +583,8 @@ class MqttResponder:
 
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation_data
-        try:
-            self._last_reply = client.publish(topic, payload, qos=self._qos, properties=props)
-        except ValueError as exc:  # e.g. a reply_to with wildcards
-            logger.warning("replica %s: cannot reply to %r: %s", self.replica_id, topic, exc)
+        # The topic was checked (reply_to): paho would let NUL through, the broker not.
+        self._last_reply = client.publish(topic, payload, qos=self._qos, properties=props)
 
     def describe(self) -> dict[str, Any]:
         """The responder's part of ``/stats``."""

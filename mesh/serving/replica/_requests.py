@@ -26,9 +26,11 @@ from edge_agent.protocol import (
     ProtocolError,
     Tensor,
     TensorSpec,
+    Topics,
     encode_frame,
     new_id,
     parse_header,
+    reply_target,
 )
 from mesh.serving._oip import InferenceInputError, check_inputs
 from mesh.serving.replica._batching import Feeds
@@ -77,23 +79,25 @@ def peek_header(payload: bytes) -> dict[str, Any] | None:
             obj = json.loads(payload)
         else:
             return None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
 
 def reply_to(
-    header: Mapping[str, Any] | None, response_topic: str | None, correlation_data: bytes | None
-) -> ReplyTo | None:
-    """Where to answer a request: the header's fields, else MQTT 5's; None: nowhere."""
-    header = header or {}
-    topic = header.get("reply_to") or response_topic
-    if not isinstance(topic, str) or not topic:
-        return None
-    corr = header.get("correlation_id")
-    if corr is None and correlation_data:
-        corr = correlation_data.decode(errors="replace")
-    return ReplyTo(topic, str(corr) if corr is not None else None, correlation_data)
+    header: Mapping[str, Any] | None,
+    response_topic: str | None,
+    correlation_data: bytes | None,
+    topics: Topics,
+) -> tuple[ReplyTo | None, ProtocolError | None]:
+    """Where to answer a request (the header's fields, else MQTT 5's), and what is wrong there.
+
+    Only a valid topic under ``{p}/replies/`` is answered
+    (:func:`~edge_agent.protocol.reply_target`): the broker would disconnect the
+    responder for publishing to a bad one. ``(None, error)``: drop the request.
+    """
+    to, bad = reply_target(header, response_topic, correlation_data, topics)
+    return (None if to is None else ReplyTo(*to)), bad
 
 
 def check_request(
