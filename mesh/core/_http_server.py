@@ -272,13 +272,15 @@ def serve_asgi(
 
 
 def _guarded_protocol(read_timeout_s: float, max_head_bytes: int) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools or h11) with a deadline and a size cap on heads.
+    """The HTTP protocol of uvicorn (httptools or h11) with a deadline and a size cap on heads.
 
     uvicorn times idle keep-alive connections but not a request being sent: a
     client that sends half a request line holds its connection forever. Here a
     timer starts when a connection opens or a new request's first bytes arrive,
     and closes the connection unless the request's head is complete by then;
-    head bytes past ``max_head_bytes`` close it at once.
+    head bytes past ``max_head_bytes`` close it at once. The rest of a body the
+    app refused unread (401, 413) is discarded as it comes, for at most the
+    same time.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -287,8 +289,14 @@ def _guarded_protocol(read_timeout_s: float, max_head_bytes: int) -> type[asynci
         _head_bytes = 0
 
         def _waiting_for_head(self) -> bool:
+            """No request is being answered (a refused one's body may still be arriving)."""
             cycle = self.cycle
             return cycle is None or bool(cycle.response_complete)
+
+        def _reading_head(self) -> bool:
+            """The bytes arriving now are a new request's head (not a refused body's rest)."""
+            cycle = self.cycle
+            return cycle is None or (bool(cycle.response_complete) and not cycle.more_body)
 
         def _arm(self) -> None:
             self._head_bytes = 0
@@ -313,7 +321,7 @@ def _guarded_protocol(read_timeout_s: float, max_head_bytes: int) -> type[asynci
             if self._head_timer is None and self._waiting_for_head():
                 self._arm()
             super().data_received(data)
-            if self._waiting_for_head():
+            if self._reading_head():
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes and not self.transport.is_closing():
                     logger.info("closing a connection whose request head is over the limit")

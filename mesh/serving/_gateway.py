@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AGENT_ERRORS",
     "FORWARDED_HEADERS",
+    "OFFLOAD_BYTES",
     "EdgeInference",
     "Gateway",
     "LatencyObserver",
@@ -76,6 +78,9 @@ logger = logging.getLogger(__name__)
 #: Request headers passed on to a replica (and response headers passed back).
 FORWARDED_HEADERS = (b"content-type", HEADER_LENGTH.encode())
 _UNKNOWN = "<unknown>"
+#: Bodies (and agents' outputs) past this are decoded (encoded) on a worker thread,
+#: so a large one does not stall every other request on the event loop.
+OFFLOAD_BYTES = 256 * 1024
 
 
 class EdgeInference(Protocol):
@@ -387,7 +392,11 @@ class Gateway:
                 node=endpoint.agent_id,
             )
         raw = next((v for k, v in headers if k == FORWARDED_HEADERS[1]), None)
-        request = decode_request(module, body, _header_length(module, raw))
+        header_length = _header_length(module, raw)
+        if len(body) > OFFLOAD_BYTES:  # decoding takes a while: not on the event loop
+            request = await asyncio.to_thread(decode_request, module, body, header_length)
+        else:
+            request = decode_request(module, body, header_length)
         if route.signature is not None:
             check_inputs(module, request.inputs, route.signature.inputs)
         self.routes.acquire(endpoint)
@@ -406,7 +415,8 @@ class Gateway:
         finally:
             self.routes.release(endpoint)
         version = getattr(result.reply, "version", None) or endpoint.version
-        payload, json_length = encode_response(
+        encode = functools.partial(
+            encode_response,
             module,
             version,
             request.id,
@@ -414,6 +424,10 @@ class Gateway:
             requested=request.outputs,
             binary=request.binary,
         )
+        if sum(a.nbytes for a in result.outputs.values()) > OFFLOAD_BYTES:
+            payload, json_length = await asyncio.to_thread(encode)
+        else:
+            payload, json_length = encode()
         if json_length is None:
             return 200, [(b"content-type", b"application/json")], payload
         return (
@@ -514,4 +528,6 @@ def _header_length(module: str, raw: bytes | None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise InferenceInputError(module, f"{HEADER_LENGTH} is not a number: {raw!r}") from None
+        raise InferenceInputError(
+            module, f"{HEADER_LENGTH} is not a number: {raw[:32]!r}"
+        ) from None
