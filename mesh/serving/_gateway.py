@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from mesh.core._http_errors import error_status
 from mesh.core._metrics import MetricsRegistry
 from mesh.security._token_auth import TokenAuth
 from mesh.serving._contract import AgentErrorReply
+from mesh.serving._decode_pool import DecodePool
 from mesh.serving._oip import (
     HEADER_LENGTH,
     InferenceInputError,
@@ -53,7 +53,6 @@ from mesh.serving._oip import (
     UpstreamError,
     UpstreamTimeoutError,
     check_inputs,
-    decode_request,
     encode_response,
     model_metadata,
 )
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AGENT_ERRORS",
     "FORWARDED_HEADERS",
-    "OFFLOAD_BYTES",
     "EdgeInference",
     "Gateway",
     "LatencyObserver",
@@ -78,9 +76,6 @@ logger = logging.getLogger(__name__)
 #: Request headers passed on to a replica (and response headers passed back).
 FORWARDED_HEADERS = (b"content-type", HEADER_LENGTH.encode())
 _UNKNOWN = "<unknown>"
-#: Bodies (and agents' outputs) past this are decoded (encoded) on a worker thread,
-#: so a large one does not stall every other request on the event loop.
-OFFLOAD_BYTES = 256 * 1024
 
 
 class EdgeInference(Protocol):
@@ -157,6 +152,7 @@ class Gateway:
         self._cold_start_timeout_s = cold_start_timeout_s
         self._retries = retries
         self._pools: dict[int, UpstreamPool] = {}
+        self._decoder = DecodePool()
         m = self.metrics
         labels = ("module", "version", "node")
         self._latency = m.histogram(
@@ -212,7 +208,8 @@ class Gateway:
         return pool
 
     async def close(self) -> None:
-        """Close the connections of the running loop's pool."""
+        """Close the connections of the running loop's pool, and stop the decoding worker."""
+        self._decoder.close()
         pool = self._pools.pop(id(asyncio.get_running_loop()), None)
         if pool is not None:
             await pool.close()
@@ -392,11 +389,7 @@ class Gateway:
                 node=endpoint.agent_id,
             )
         raw = next((v for k, v in headers if k == FORWARDED_HEADERS[1]), None)
-        header_length = _header_length(module, raw)
-        if len(body) > OFFLOAD_BYTES:  # decoding takes a while: not on the event loop
-            request = await asyncio.to_thread(decode_request, module, body, header_length)
-        else:
-            request = decode_request(module, body, header_length)
+        request = await self._decoder.decode(module, body, _header_length(module, raw))
         if route.signature is not None:
             check_inputs(module, request.inputs, route.signature.inputs)
         self.routes.acquire(endpoint)
@@ -415,8 +408,7 @@ class Gateway:
         finally:
             self.routes.release(endpoint)
         version = getattr(result.reply, "version", None) or endpoint.version
-        encode = functools.partial(
-            encode_response,
+        payload, json_length = encode_response(
             module,
             version,
             request.id,
@@ -424,10 +416,6 @@ class Gateway:
             requested=request.outputs,
             binary=request.binary,
         )
-        if sum(a.nbytes for a in result.outputs.values()) > OFFLOAD_BYTES:
-            payload, json_length = await asyncio.to_thread(encode)
-        else:
-            payload, json_length = encode()
         if json_length is None:
             return 200, [(b"content-type", b"application/json")], payload
         return (

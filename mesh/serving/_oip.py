@@ -433,6 +433,10 @@ def _decode_request(body: bytes, header_length: int | None) -> OipRequest:
         if name in inputs:
             raise limits.RequestRefused(f"input {name!r} is given twice")
         inputs[name] = array
+    if offset != len(binary):
+        raise limits.RequestRefused(
+            f"{len(binary) - offset} binary bytes follow the inputs' binary_data_size"
+        )
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise limits.RequestRefused("'parameters' must be an object")
