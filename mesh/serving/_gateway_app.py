@@ -60,6 +60,7 @@ from mesh.core._metrics import CONTENT_TYPE
 from mesh.serving._gateway import FORWARDED_HEADERS, Gateway
 from mesh.serving._gateway_guard import JSON_BODY_BYTES, RequestGuard
 from mesh.serving._oip import ServingError, parse_model_path
+from mesh.serving._oip_limits import REQUEST_SCHEMA
 
 if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry
@@ -227,8 +228,20 @@ def create_gateway_app(
         """200 when the model can answer, 503 when not (404 when not served)."""
         return Response(status_code=200 if gateway.ready(name, version) else 503)
 
-    @app.post("/v2/models/{name}/infer", tags=["v2"], dependencies=invoke)
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], dependencies=invoke)
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": REQUEST_SCHEMA}},
+        }
+    }
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], dependencies=invoke, openapi_extra=body_doc)
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["v2"],
+        dependencies=invoke,
+        openapi_extra=body_doc,
+    )
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         """Inference: JSON tensors, or the binary tensor extension."""
         body = await request.body()

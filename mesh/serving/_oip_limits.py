@@ -34,11 +34,13 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 __all__ = [
+    "DATATYPES",
     "MAX_DIM",
     "MAX_ELEMENTS",
     "MAX_INPUTS",
     "MAX_NAME_CHARS",
     "MAX_RANK",
+    "REQUEST_SCHEMA",
     "RequestRefused",
     "binary_size",
     "flag",
@@ -53,6 +55,64 @@ MAX_RANK = 32
 MAX_DIM = 2**31 - 1
 MAX_ELEMENTS = 2**31 - 1
 MAX_NAME_CHARS = 256
+#: The OIP datatypes served (``BYTES`` is not).
+DATATYPES: tuple[str, ...] = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16")
+DATATYPES += ("INT32", "INT64", "FP16", "FP32", "FP64")
+
+
+#: The JSON form of an inference request with these bounds, for the OpenAPI document.
+REQUEST_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string", "maxLength": MAX_NAME_CHARS},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_INPUTS,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                    "shape": {
+                        "type": "array",
+                        "maxItems": MAX_RANK,
+                        "items": {"type": "integer", "minimum": 0, "maximum": MAX_DIM},
+                    },
+                    "datatype": {
+                        "type": "string",
+                        "enum": list(DATATYPES),
+                    },
+                    "data": {"type": "array"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "maxItems": MAX_INPUTS,
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data": {"type": "boolean"}},
+                    },
+                },
+            },
+        },
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
+    },
+}
 
 
 class RequestRefused(ValueError):

@@ -56,6 +56,7 @@ def serve_gateway(
     *,
     app_limits: dict[str, Any] | None = None,
     server_limits: dict[str, Any] | None = None,
+    edge_timeout_s: float = 1.0,
 ) -> Iterator[Served]:
     """The gateway on a free loopback port; stopped after."""
     from mesh.edge._bus import EdgeBus
@@ -70,7 +71,7 @@ def serve_gateway(
     if edge is not None:
         manager.routes.set(EDGE, "v1", [AgentEndpoint("agent-nowhere", "v1")], tier="edge")
     auth = TokenAuth(signer)
-    gateway = Gateway(manager.routes, auth=auth, edge=edge, edge_timeout_s=1.0)
+    gateway = Gateway(manager.routes, auth=auth, edge=edge, edge_timeout_s=edge_timeout_s)
     app = create_gateway_app(
         gateway,
         registry=registry,

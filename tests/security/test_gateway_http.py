@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 
 from mesh.edge.broker._broker import MosquittoBroker
-from mesh.serving._oip import encode_request
 from tests.security._gateway import EDGE, Served, serve_gateway
 from tests.support.brokers import mosquitto  # noqa: F401  (fixture)
 
@@ -40,6 +38,8 @@ APP_LIMITS: dict[str, Any] = {"read_timeout_s": READ_TIMEOUT_S, "max_body_bytes"
 SERVER_LIMITS: dict[str, Any] = {"read_timeout_s": READ_TIMEOUT_S}
 #: How long a test waits for an answer that must come (generous: a loaded machine).
 ANSWER_WAIT_S = 20.0
+#: Bodies are streamed from this one buffer.
+BLOCK = b"0" * MiB
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def stream_until_answer(
     """
     import select
 
-    block = b"0" * MiB
+    block = BLOCK
     sent = 0
     while sent < total:
         readable, _, _ = select.select([sock], [], [], 0)
@@ -160,7 +160,9 @@ def test_an_unauthenticated_200_mb_body_is_refused_before_it_is_read(
         assert answer is not None and answer.status == 401, answer
         assert answer.headers.get("www-authenticate", "").startswith("Bearer")
         answer.error()
-        stream_until_answer(sock, 199 * MiB)  # the rest is discarded as it comes
+        with contextlib.suppress(OSError):  # the rest is discarded as it comes
+            for _ in range(199):
+                sock.sendall(BLOCK)
     growth = rss() - before
     assert growth < 64 * MiB, f"RSS grew {growth / MiB:.0f} MiB on a refused 200 MB body"
 
@@ -382,32 +384,56 @@ def test_health_answers_while_a_large_edge_body_is_decoded(served: Served) -> No
 # ---------------------------------------------------------------- memory
 
 
-def test_rss_after_a_burst_of_the_largest_allowed_bodies_is_bounded(served: Served) -> None:
-    # Binary tensors of MAX_BODY_BYTES whose size does not match their shape: each is
-    # read whole and decoded by the gateway, then refused.
-    payload = np.zeros(MAX_BODY_BYTES // 4 - 64, np.float32)
-    json_head, length = encode_request({"x": payload[:1]}, binary=True)
-    assert length is not None
-    header = json_head[:length]
-    size = MAX_BODY_BYTES - len(header)
+class PeakRss:
+    """Samples this process's RSS on a thread (every 5 ms) until stopped; ``peak`` is the largest."""
+
+    def __init__(self) -> None:
+        self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def test_rss_during_a_burst_of_the_largest_allowed_bodies_is_bounded(served: Served) -> None:
+    # JSON tensors just under MAX_BODY_BYTES whose data does not fill their shape: the
+    # gateway reads each whole and decodes it (the edge route), then refuses it.
+    value = b"1.2345678,"
+    count = (MAX_BODY_BYTES - 200) // len(value)
+    body = (
+        b'{"inputs":[{"name":"x","datatype":"FP32","shape":[%d],"data":[' % (count + 1)
+        + value * (count - 1)
+        + b"1.2345678]}]}"
+    )
+    assert len(body) <= MAX_BODY_BYTES
+    request = head(
+        "POST",
+        f"/v2/models/{EDGE}/infer",
+        {"Content-Length": str(len(body)), **bearer(served.invoke)},
+    )
     ask(served, "GET", "/v2/health/live")
     before = rss()
-    for _ in range(8):
-        with contextlib.closing(served.connect()) as sock:
-            sock.sendall(
-                head(
-                    "POST",
-                    f"/v2/models/{EDGE}/infer",
-                    {
-                        "Content-Length": str(MAX_BODY_BYTES),
-                        "Inference-Header-Content-Length": str(len(header)),
-                        **bearer(served.invoke),
-                    },
-                )
-                + header
-            )
-            answer, _ = stream_until_answer(sock, size)
-        assert answer is not None and answer.status == 400, answer
-    growth = rss() - before
-    # Stated bound: a burst of 8 maximal bodies leaves < 3 bodies' worth behind.
-    assert growth < 3 * MAX_BODY_BYTES, f"RSS grew {growth / MiB:.0f} MiB after the burst"
+    sampler = PeakRss()
+    try:
+        for _ in range(3):
+            with contextlib.closing(served.connect()) as sock:
+                sock.sendall(request)
+                sock.sendall(body)
+                answer = read_answer(sock, 120)
+            assert answer is not None and answer.status == 400, answer
+    finally:
+        peak = sampler.stop()
+    after = rss()
+    # Stated bounds: while it reads a body and hands it to the decoding worker, the
+    # gateway holds it about three times over (peak < 4 bodies; parsed in-process it
+    # peaked ~430 MiB up); after the burst, under 3 bodies' worth stays (allocator).
+    assert peak - before < 4 * MAX_BODY_BYTES, f"RSS peaked {(peak - before) / MiB:.0f} MiB up"
+    assert after - before < 3 * MAX_BODY_BYTES, f"RSS grew {(after - before) / MiB:.0f} MiB"

@@ -4,7 +4,10 @@ Every operation of the gateway's ``/openapi.json`` (OIP ``/v2``, ``/v1/routes``,
 ``/v1/models``, ``/v1/modules``, ``/metrics``) gets schema-conforming and
 schema-violating requests from schemathesis, sent over HTTP to a real gateway
 (:func:`tests.security._gateway.serve_gateway`), with an admin token and with
-none. Bounded: :data:`EXAMPLES` examples per operation and mode, no shrinking.
+none. Inference goes to a module routed to an edge agent that does not exist,
+so the gateway decodes every body itself; a valid one then gets the 504 of an
+agent that does not answer, the one 5xx allowed. Bounded: :data:`EXAMPLES`
+examples per operation and mode, no shrinking.
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.security._gateway import Served, serve_gateway
+from mesh.edge.broker._broker import MosquittoBroker
+from tests.security._gateway import EDGE, Served, serve_gateway
+from tests.support.brokers import mosquitto  # noqa: F401  (fixture)
 
 schemathesis = pytest.importorskip("schemathesis")
 
 pytestmark = [pytest.mark.timeout(600)]
 
 #: Examples per operation and generation mode (positive, negative).
-EXAMPLES = 12
+EXAMPLES = 25
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    with serve_gateway(tmp_path) as gateway:
+def served(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Served]:  # noqa: F811
+    with serve_gateway(tmp_path, mosquitto.url, edge_timeout_s=0.2) as gateway:
         yield gateway
+
+
+def _is_bug(path: str, status: int, body: str) -> bool:
+    """A 5xx, except the 502-504 of inference on module EDGE, whose agent does not exist."""
+    if status < 500:
+        return False
+    return status == 500 or "InternalError" in body or not path.startswith(f"/v2/models/{EDGE}/")
 
 
 def server_errors(served: Served, headers: dict[str, str]) -> list[str]:
@@ -42,9 +54,15 @@ def server_errors(served: Served, headers: dict[str, str]) -> list[str]:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 10, "the OpenAPI document lost its operations"
     for operation in operations:
+        # Inference is fuzzed on the module the gateway decodes itself (a random name is a 404).
+        fixed: dict[str, str] | None = None
+        if operation.path.endswith("/infer"):
+            fixed = (
+                {"name": EDGE, "version": "v1"} if "{version}" in operation.path else {"name": EDGE}
+            )
         strategy = st.one_of(
-            operation.as_strategy(GenerationMode.POSITIVE),
-            operation.as_strategy(GenerationMode.NEGATIVE),
+            operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed),
+            operation.as_strategy(GenerationMode.NEGATIVE, path_parameters=fixed),
         )
 
         @settings(
@@ -58,9 +76,10 @@ def server_errors(served: Served, headers: dict[str, str]) -> list[str]:
         @given(case=strategy)
         def run(case: object) -> None:
             response = case.call(base_url=url, headers=headers, timeout=60)  # type: ignore[attr-defined]
-            if response.status_code >= 500:
+            path = case.formatted_path  # type: ignore[attr-defined]
+            if _is_bug(path, response.status_code, response.text):
                 found.append(
-                    f"{case.method} {case.formatted_path} -> "  # type: ignore[attr-defined]
+                    f"{case.method} {path} -> "  # type: ignore[attr-defined]
                     f"{response.status_code} {response.text[:200]}"
                 )
 
