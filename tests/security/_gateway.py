@@ -1,9 +1,10 @@
-"""A real gateway for the HTTP security tests: tokens, the model registry, the modules router.
+"""A real gateway for the HTTP security tests: tokens, the model registry, the ``/v1`` routers.
 
-:func:`serve_gateway` builds what the control plane serves (minus Ray): a
-:class:`Gateway` with a real :class:`TokenSigner`, the ``/v1/models`` registry
-and the ``/v1/modules`` router over a :class:`ServingManager` that launches
-nothing (no Ray here), served by :func:`serve_asgi`. With ``broker_url``, an
+:func:`serve_gateway` builds what the control plane serves (minus Ray and
+placement): a :class:`Gateway` with a real :class:`TokenSigner`, the
+``/v1/models`` registry, the ``/v1/modules`` router over a
+:class:`ServingManager` that launches nothing (no Ray here) and the agents'
+``/v1/artifacts``, served by :func:`serve_asgi`. With ``broker_url``, an
 :class:`EdgeBus` connects to it and module :data:`EDGE` is routed to an agent
 that does not exist, so the gateway decodes that module's bodies itself.
 """
@@ -20,6 +21,9 @@ from typing import Any
 
 from mesh.core._http_server import ServerThread, serve_asgi
 from mesh.core._settings import MeshSettings
+from mesh.edge._artifact_api import UrlSigner, artifact_router
+from mesh.edge._enrolment import EnrolmentStore
+from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.models._registry import ModelRegistry
 from mesh.ray._replicas import RayReplicaLauncher
 from mesh.security._auth import TokenSigner
@@ -65,7 +69,9 @@ def serve_gateway(
     now = time.time()
     admin = signer.issue("admin", ["admin"], ttl_s=3600, now=now)
     invoke = signer.issue("client", ["invoke"], ttl_s=3600, now=now)
-    registry = ModelRegistry.open(MeshSettings(data_dir=data_dir))
+    settings = MeshSettings(data_dir=data_dir)
+    registry = ModelRegistry.open(settings)
+    enrolments = EnrolmentStore(settings.store_path)
     manager = ServingManager(RouteTable(), RayReplicaLauncher(nodes=lambda: []), registry=registry)
     edge = EdgeBus(broker_url).start() if broker_url else None
     if edge is not None:
@@ -75,7 +81,15 @@ def serve_gateway(
     app = create_gateway_app(
         gateway,
         registry=registry,
-        routers=[create_modules_router(manager, auth=auth.dependency)],
+        routers=[
+            create_modules_router(manager, auth=auth.dependency),
+            artifact_router(
+                store=ArtifactStore(data_dir / "artifacts"),
+                signer=ArtifactSigner.load_or_create(data_dir),
+                auth=enrolments,
+                url_signer=UrlSigner.load_or_create(data_dir),
+            ),
+        ],
         **(app_limits or {}),
     )
     server = serve_asgi(app, port=0, name="gateway", lifespan="on", **(server_limits or {}))
@@ -85,4 +99,5 @@ def serve_gateway(
         server.stop()
         if edge is not None:
             edge.stop()
+        enrolments.close()
         registry.close()

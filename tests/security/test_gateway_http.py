@@ -437,3 +437,10 @@ def test_rss_during_a_burst_of_the_largest_allowed_bodies_is_bounded(served: Ser
     # peaked ~430 MiB up); after the burst, under 3 bodies' worth stays (allocator).
     assert peak - before < 4 * MAX_BODY_BYTES, f"RSS peaked {(peak - before) / MiB:.0f} MiB up"
     assert after - before < 3 * MAX_BODY_BYTES, f"RSS grew {(after - before) / MiB:.0f} MiB"
+
+
+def test_a_non_ascii_artifact_url_signature_is_a_401(served: Served) -> None:
+    path = f"/v1/artifacts/{'a' * 64}?agent=cam&expires=99999999999&sig=%C3%A9t%C3%A9"
+    answer = ask(served, "GET", path)
+    assert answer.status == 401, answer
+    answer.error()
