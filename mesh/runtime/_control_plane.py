@@ -82,6 +82,9 @@ class ControlPlaneSettings(EdgeSettings):
     gateway_max_connections: int = Field(
         1024, ge=1, description="Connections the gateway serves at once; more get 503."
     )
+    gateway_keep_alive_s: float = Field(
+        60.0, gt=0, description="An idle client connection to the gateway closes after this."
+    )
     embedded_broker_port: int = Field(
         1883,
         ge=0,
@@ -204,6 +207,7 @@ def run_control_plane(
             lifespan="on",
             read_timeout_s=settings.gateway_read_timeout_s,
             max_connections=settings.gateway_max_connections,
+            keep_alive_s=settings.gateway_keep_alive_s,
         )
         undo.append(("gateway", server.stop))
         gateway_url = f"http://{server.host}:{server.port}"
