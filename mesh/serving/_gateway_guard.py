@@ -13,8 +13,8 @@ path does not answer (the fast path keeps the same order itself):
    (413) before reading; a body (chunked or not) is read under the read
    timeout (408) and dropped as soon as it passes the cap (413). Caps:
    inference ``max_body_bytes``; a model upload ``max_upload_bytes`` (streamed
-   to the route, which counts it too); every other body, JSON for the ``/v1``
-   routers, ``json_body_bytes``.
+   to the route, which counts it too, each chunk within the read timeout);
+   every other body, JSON for the ``/v1`` routers, ``json_body_bytes``.
 3. **Bounded JSON.** A buffered body nested deeper than
    :data:`~mesh.core._json_limits.MAX_JSON_DEPTH` is refused (422) before
    FastAPI parses it.
@@ -114,7 +114,7 @@ class RequestGuard:
                 return receive
             if method == "POST" and _UPLOAD.match(path):
                 check_content_length(scope, self.max_upload_bytes)
-                return _deadline(receive, self.read_timeout_s)
+                return _idle_timeout(receive, self.read_timeout_s)
             return await self._buffered(scope, receive, path)
         except Exception as exc:  # a refusal: answered here, the route never runs
             await respond_error(send, exc)
@@ -147,26 +147,26 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _deadline(receive: Receive, timeout_s: float) -> Receive:
-    """A ``receive`` whose body must have arrived ``timeout_s`` after the first read."""
+def _idle_timeout(receive: Receive, timeout_s: float) -> Receive:
+    """A ``receive`` whose body chunks must each come within ``timeout_s`` of asking.
+
+    For uploads, which may take long in all (their size is capped); a client that
+    stops sending gets 408.
+    """
     import asyncio
 
-    loop = asyncio.get_running_loop()
-    deadline: float | None = None
     done = False
 
     async def timed() -> Message:
-        nonlocal deadline, done
+        nonlocal done
         if done:
             return await receive()
-        if deadline is None:
-            deadline = loop.time() + timeout_s
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(timeout_s):
                 message = await receive()
         except TimeoutError:
             raise RequestTimeoutError(
-                f"the request body did not arrive within {timeout_s:g} s"
+                f"the upload stalled: nothing arrived for {timeout_s:g} s"
             ) from None
         done = message["type"] != "http.request" or not message.get("more_body", False)
         return message
