@@ -140,8 +140,8 @@ class UrlSigner:
         self, sha256: str, agent_id: str, expires: int, sig: str, now: float | None = None
     ) -> bool:
         """Whether a pre-signed URL's fields are authentic and unexpired."""
-        if expires < (time.time() if now is None else now):
-            return False
+        if expires < (time.time() if now is None else now) or not sig.isascii():
+            return False  # compare_digest refuses non-ASCII text (a client's, here)
         return hmac.compare_digest(self._mac(sha256, agent_id, expires), sig)
 
 

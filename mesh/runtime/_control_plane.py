@@ -73,6 +73,18 @@ class ControlPlaneSettings(EdgeSettings):
 
     gateway_host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway.")
     gateway_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP gateway.")
+    gateway_max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Inference bodies past this get 413."
+    )
+    gateway_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request not sent within this is closed or gets 408."
+    )
+    gateway_max_connections: int = Field(
+        1024, ge=1, description="Connections the gateway serves at once; more get 503."
+    )
+    gateway_keep_alive_s: float = Field(
+        60.0, gt=0, description="An idle client connection to the gateway closes after this."
+    )
     embedded_broker_port: int = Field(
         1883,
         ge=0,
@@ -193,6 +205,9 @@ def run_control_plane(
             port=settings.gateway_port,
             name="gateway",
             lifespan="on",
+            read_timeout_s=settings.gateway_read_timeout_s,
+            max_connections=settings.gateway_max_connections,
+            keep_alive_s=settings.gateway_keep_alive_s,
         )
         undo.append(("gateway", server.stop))
         gateway_url = f"http://{server.host}:{server.port}"
@@ -347,7 +362,13 @@ def build_services(
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
     ]
-    app = create_gateway_app(gateway, registry=registry, routers=routers)
+    app = create_gateway_app(
+        gateway,
+        registry=registry,
+        routers=routers,
+        max_body_bytes=settings.gateway_max_body_bytes,
+        read_timeout_s=settings.gateway_read_timeout_s,
+    )
     return ControlPlaneServices(app, edge, registry, installer, manager, controller)
 
 

@@ -25,6 +25,9 @@ from mesh.security._auth import AuthError, TokenClaims, TokenSigner
 
 __all__ = ["TokenAuth"]
 
+#: Tokens are a few hundred characters; longer headers are refused unread.
+_MAX_HEADER_CHARS = 8192
+
 
 class TokenAuth:
     """Bearer-token checks for ``/v1`` and ``/v2``, with verified tokens cached.
@@ -59,7 +62,7 @@ class TokenAuth:
         Returns None when auth is off.
 
         Raises:
-            AuthError: no token, not a bearer token, forged or expired (401).
+            AuthError: no token, not an ASCII bearer token, forged or expired (401).
             ForbiddenError: the token lacks ``scope`` (403).
         """
         if self.signer is None:
@@ -71,6 +74,8 @@ class TokenAuth:
             )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
+        if not authorization.isascii() or len(authorization) > _MAX_HEADER_CHARS:
+            raise AuthError("the Authorization header must be 'Bearer <token>' in ASCII")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -43,6 +43,7 @@ from mesh.core._http_errors import error_status
 from mesh.core._metrics import MetricsRegistry
 from mesh.security._token_auth import TokenAuth
 from mesh.serving._contract import AgentErrorReply
+from mesh.serving._decode_pool import DecodePool
 from mesh.serving._oip import (
     HEADER_LENGTH,
     InferenceInputError,
@@ -52,7 +53,6 @@ from mesh.serving._oip import (
     UpstreamError,
     UpstreamTimeoutError,
     check_inputs,
-    decode_request,
     encode_response,
     model_metadata,
 )
@@ -152,6 +152,7 @@ class Gateway:
         self._cold_start_timeout_s = cold_start_timeout_s
         self._retries = retries
         self._pools: dict[int, UpstreamPool] = {}
+        self._decoder = DecodePool()
         m = self.metrics
         labels = ("module", "version", "node")
         self._latency = m.histogram(
@@ -207,7 +208,8 @@ class Gateway:
         return pool
 
     async def close(self) -> None:
-        """Close the connections of the running loop's pool."""
+        """Close the connections of the running loop's pool, and stop the decoding worker."""
+        self._decoder.close()
         pool = self._pools.pop(id(asyncio.get_running_loop()), None)
         if pool is not None:
             await pool.close()
@@ -387,7 +389,7 @@ class Gateway:
                 node=endpoint.agent_id,
             )
         raw = next((v for k, v in headers if k == FORWARDED_HEADERS[1]), None)
-        request = decode_request(module, body, _header_length(module, raw))
+        request = await self._decoder.decode(module, body, _header_length(module, raw))
         if route.signature is not None:
             check_inputs(module, request.inputs, route.signature.inputs)
         self.routes.acquire(endpoint)
@@ -514,4 +516,6 @@ def _header_length(module: str, raw: bytes | None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise InferenceInputError(module, f"{HEADER_LENGTH} is not a number: {raw!r}") from None
+        raise InferenceInputError(
+            module, f"{HEADER_LENGTH} is not a number: {raw[:32]!r}"
+        ) from None

@@ -20,7 +20,9 @@ request machinery (measured: it costs more than the hop to the replica); the
 same route is declared in FastAPI for the OpenAPI document.
 
 Auth: ``Authorization: Bearer <token>`` (:mod:`mesh.security._auth`; ``mesh tokens
-create``) on ``/v1`` and ``/v2`` (health excepted). Every error, on every route,
+create``) on ``/v1`` and ``/v2`` (health excepted), checked before a body is read:
+by the fast path for inference, by :class:`~mesh.serving._gateway_guard.RequestGuard`
+(which also caps and times bodies) for every other route. Every error, on every route,
 is the one JSON body of :mod:`mesh.core._http_errors`
 (``{"error": "<message>", "type": ..., "status": ...}``) with the status its
 class declares; 401s carry a ``WWW-Authenticate`` challenge.
@@ -43,10 +45,22 @@ from fastapi.responses import PlainTextResponse
 
 from mesh.core._errors import MeshError, RequestTooLargeError
 from mesh.core._http_errors import error_status, install_error_handlers
-from mesh.core._http_server import Receive, Scope, Send, header, read_body, respond, respond_error
+from mesh.core._http_server import (
+    MAX_BODY_BYTES,
+    READ_TIMEOUT_S,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+    respond_error,
+)
 from mesh.core._metrics import CONTENT_TYPE
 from mesh.serving._gateway import FORWARDED_HEADERS, Gateway
+from mesh.serving._gateway_guard import JSON_BODY_BYTES, RequestGuard
 from mesh.serving._oip import ServingError, parse_model_path
+from mesh.serving._oip_limits import REQUEST_SCHEMA
 
 if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry
@@ -61,8 +75,15 @@ _INFER_SUFFIX = "/infer"
 class _InferFastPath:
     """Answers ``POST /v2/models/.../infer`` with no framework machinery in the way."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         self.gateway = gateway
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve the request; False when it is not an inference route after all."""
@@ -78,9 +99,13 @@ class _InferFastPath:
             except MeshError as exc:
                 gateway.count_error(module, version or "", "", exc)
                 raise
-            body = await read_body(receive)
+            body = await read_body(
+                receive, self.max_body_bytes, timeout_s=self.read_timeout_s, scope=scope
+            )
             if body is None:
-                raise RequestTooLargeError("request body too large, or the client left")
+                raise RequestTooLargeError(
+                    f"request body over {self.max_body_bytes} bytes, or the client left"
+                )
             forwarded = [(k, v) for k, v in scope["headers"] if k in FORWARDED_HEADERS]
             status, headers, payload = await gateway.infer(module, version, body, forwarded)
         except Exception as exc:  # the one place a fast-path failure becomes a response
@@ -108,18 +133,26 @@ class GatewayApp(FastAPI):
     """
 
     fast_path: _InferFastPath | None = None
+    guard: RequestGuard | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
-        fast = self.fast_path
-        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if (
-                path.startswith("/v2/models/")
-                and path.endswith(_INFER_SUFFIX)
-                and await fast(scope, receive, send)
-            ):
-                return
+        """ASGI entry point: the fast path, else the guard (token, body caps), then FastAPI."""
+        if scope["type"] == "http":
+            fast = self.fast_path
+            if fast is not None and scope["method"] == "POST":
+                path: str = scope["path"]
+                if (
+                    path.startswith("/v2/models/")
+                    and path.endswith(_INFER_SUFFIX)
+                    and await fast(scope, receive, send)
+                ):
+                    return
+            guard = self.guard
+            if guard is not None:
+                guarded = await guard(scope, receive, send)
+                if guarded is None:
+                    return
+                receive = guarded
         await super().__call__(scope, receive, send)
 
 
@@ -129,6 +162,9 @@ def create_gateway_app(
     registry: ModelRegistry | Callable[[], ModelRegistry] | None = None,
     routers: Sequence[APIRouter] = (),
     title: str = "fogmesh",
+    max_body_bytes: int = MAX_BODY_BYTES,
+    json_body_bytes: int = JSON_BODY_BYTES,
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> GatewayApp:
     """The gateway's FastAPI app: ``/v2`` inference, ``/v1/routes``, ``/metrics``, ``/v1/models``.
 
@@ -137,6 +173,9 @@ def create_gateway_app(
         registry: mount ``/v1/models`` over this registry (read / admin scopes).
         routers: more routers to mount (e.g. the artifact router for agents).
         title: the OpenAPI title.
+        max_body_bytes: inference bodies past this get 413.
+        json_body_bytes: other bodies (the ``/v1`` JSON routes) past this get 413.
+        read_timeout_s: a body not sent within this gets 408.
     """
     auth = gateway.auth
 
@@ -151,7 +190,13 @@ def create_gateway_app(
         lifespan=lifespan,
         description="Open Inference Protocol v2 and the mesh's REST API.",
     )
-    app.fast_path = _InferFastPath(gateway)
+    app.fast_path = _InferFastPath(gateway, max_body_bytes, read_timeout_s)
+    app.guard = RequestGuard(
+        auth,
+        max_body_bytes=max_body_bytes,
+        json_body_bytes=json_body_bytes,
+        read_timeout_s=read_timeout_s,
+    )
     install_error_handlers(app)
     read = [Depends(auth.dependency("read"))]
     invoke = [Depends(auth.dependency("invoke"))]
@@ -183,8 +228,20 @@ def create_gateway_app(
         """200 when the model can answer, 503 when not (404 when not served)."""
         return Response(status_code=200 if gateway.ready(name, version) else 503)
 
-    @app.post("/v2/models/{name}/infer", tags=["v2"], dependencies=invoke)
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], dependencies=invoke)
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": REQUEST_SCHEMA}},
+        }
+    }
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], dependencies=invoke, openapi_extra=body_doc)
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["v2"],
+        dependencies=invoke,
+        openapi_extra=body_doc,
+    )
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         """Inference: JSON tensors, or the binary tensor extension."""
         body = await request.body()

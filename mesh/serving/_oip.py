@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mesh.core._errors import MeshError
+from mesh.core._json_limits import JsonLimitError, loads_bounded
 from mesh.models._export import ModelSignature, TensorSpec
+from mesh.serving import _oip_limits as limits
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -353,66 +355,44 @@ def _numpy() -> Any:
     return numpy
 
 
-def _shape(model: str, name: str, raw: Any) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
-        raise InferenceInputError(
-            model, f"input {name!r}: shape must be a list of sizes >= 0, got {raw!r}"
-        )
-    return tuple(raw)
-
-
-def _decode_input(
-    model: str, item: Any, binary: memoryview, offset: int
-) -> tuple[str, npt.NDArray[Any], int]:
+def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[str, npt.NDArray[Any], int]:
     np = _numpy()
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise InferenceInputError(model, "each input needs a 'name', 'shape' and 'datatype'")
-    name: str = item["name"]
+    if not isinstance(item, dict):
+        raise limits.RequestRefused("each input needs a 'name', 'shape' and 'datatype'")
+    name = limits.name("each input", item.get("name"))
     datatype = item.get("datatype")
     dtype_name = _FROM_OIP.get(datatype) if isinstance(datatype, str) else None
-    if dtype_name is None:
-        raise InferenceInputError(
-            model,
-            f"input {name!r}: unsupported datatype {datatype!r} "
-            f"(supported: {', '.join(sorted(_FROM_OIP))})",
+    if dtype_name is None or not isinstance(datatype, str):
+        raise limits.RequestRefused(
+            f"input {name!r}: unsupported datatype {str(datatype)[:32]!r} "
+            f"(supported: {', '.join(sorted(_FROM_OIP))})"
         )
-    shape = _shape(model, name, item.get("shape"))
+    shape = limits.tensor_shape(name, item.get("shape"))
     count = math.prod(shape)
     dtype = np.dtype(dtype_name).newbyteorder("<")
     params = item.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        raise limits.RequestRefused(f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise InferenceInputError(
-                model,
-                f"input {name!r}: binary_data_size {size!r} runs "
-                f"past the {len(binary)} binary bytes",
-            )
+        size = limits.binary_size(name, size, len(binary) - offset)
         if size != count * dtype.itemsize:
-            raise InferenceInputError(
-                model,
+            raise limits.RequestRefused(
                 f"input {name!r}: {size} bytes do not hold "
-                f"{count} {datatype} values of shape {list(shape)}",
+                f"{count} {datatype} values of shape {list(shape)}"
             )
         array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
         return name, array, offset + size
     if "data" not in item:
-        raise InferenceInputError(
-            model, f"input {name!r} has neither 'data' nor 'binary_data_size'"
-        )
-    try:
-        array = np.asarray(item["data"], dtype=dtype_name)
-    except (TypeError, ValueError) as exc:
-        raise InferenceInputError(model, f"input {name!r}: data is not {datatype}: {exc}") from None
-    if array.size != count:
-        raise InferenceInputError(
-            model, f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
-        )
-    return name, array.reshape(shape), offset
+        raise limits.RequestRefused(f"input {name!r} has neither 'data' nor 'binary_data_size'")
+    return name, limits.json_tensor(name, item["data"], dtype_name, datatype, shape), offset
 
 
 def decode_request(model: str, body: bytes, header_length: int | None = None) -> OipRequest:
     """Decode an inference request body (JSON, or JSON + binary tensors).
+
+    Every value is read through the bounds of :mod:`mesh.serving._oip_limits`
+    (the JSON head's nesting depth is checked before it is parsed).
 
     Args:
         model: the model's name, for messages.
@@ -420,48 +400,70 @@ def decode_request(model: str, body: bytes, header_length: int | None = None) ->
         header_length: the ``Inference-Header-Content-Length`` value, if sent.
 
     Raises:
-        InferenceInputError: malformed JSON, tensors or binary sizes.
+        InferenceInputError: malformed JSON, tensors or binary sizes, or a value
+            outside its bounds (one line naming it).
     """
+    try:
+        return _decode_request(body, header_length)
+    except (limits.RequestRefused, JsonLimitError) as exc:
+        raise InferenceInputError(model, str(exc)) from None
+
+
+def _decode_request(body: bytes, header_length: int | None) -> OipRequest:
     if header_length is not None and not 0 < header_length <= len(body):
-        raise InferenceInputError(
-            model,
-            f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body",
+        raise limits.RequestRefused(
+            f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body"
         )
     head = body if header_length is None else body[:header_length]
     try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InferenceInputError(model, f"the body is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise InferenceInputError(
-            model, "the body must be an object with a non-empty 'inputs' list"
+        doc = loads_bounded(head)
+    except JsonLimitError as exc:
+        raise limits.RequestRefused(f"the body is not acceptable JSON: {exc}") from None
+    inputs_doc = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs_doc, list) or not 0 < len(inputs_doc) <= limits.MAX_INPUTS:
+        raise limits.RequestRefused(
+            "the body must be an object with a non-empty 'inputs' list "
+            f"(at most {limits.MAX_INPUTS} tensors)"
         )
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     inputs: dict[str, npt.NDArray[Any]] = {}
     offset = 0
-    for item in doc["inputs"]:
-        name, array, offset = _decode_input(model, item, binary, offset)
+    for item in inputs_doc:
+        name, array, offset = _decode_input(item, binary, offset)
         if name in inputs:
-            raise InferenceInputError(model, f"input {name!r} is given twice")
+            raise limits.RequestRefused(f"input {name!r} is given twice")
         inputs[name] = array
+    if offset != len(binary):
+        raise limits.RequestRefused(
+            f"{len(binary) - offset} binary bytes follow the inputs' binary_data_size"
+        )
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise InferenceInputError(model, "'parameters' must be an object")
+        raise limits.RequestRefused("'parameters' must be an object")
     outputs: list[RequestedOutput] | None = None
-    if doc.get("outputs"):
+    outputs_doc = doc.get("outputs")
+    if outputs_doc:
+        if not isinstance(outputs_doc, list) or len(outputs_doc) > limits.MAX_INPUTS:
+            raise limits.RequestRefused(
+                f"'outputs' must be a list of at most {limits.MAX_INPUTS} outputs"
+            )
         outputs = []
-        for item in doc["outputs"]:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise InferenceInputError(model, "each requested output needs a 'name'")
+        for item in outputs_doc:
+            if not isinstance(item, dict):
+                raise limits.RequestRefused("each requested output needs a 'name'")
             params = item.get("parameters") or {}
-            flag = params.get("binary_data") if isinstance(params, dict) else None
-            outputs.append(RequestedOutput(item["name"], None if flag is None else bool(flag)))
-    request_id = doc.get("id")
+            binary_flag = params.get("binary_data") if isinstance(params, dict) else None
+            outputs.append(
+                RequestedOutput(
+                    limits.name("each requested output", item.get("name")),
+                    limits.flag("binary_data", binary_flag),
+                )
+            )
     return OipRequest(
-        id=str(request_id) if request_id is not None else None,
+        id=limits.request_id(doc.get("id")),
         inputs=inputs,
         outputs=outputs,
-        binary=bool(parameters.get("binary_data_output", False)),
+        binary=bool(limits.flag("binary_data_output", parameters.get("binary_data_output"))),
         parameters=parameters,
     )
 
