@@ -1,12 +1,10 @@
 """A replica's MQTT responder: edge agents offload straight to a fog or cloud replica.
 
-An agent whose module route says ``offload`` to ``target`` publishes
-:class:`~edge_agent.protocol.InferRequest` frames on
-``{p}/modules/{module}/infer/{target}`` and waits on its reply topic. A replica
-given broker settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers
-those itself, with its replica id as the target, so there is no hop through
-the control plane and make-before-break moves the target from the old replica
-to the new one.
+Agents offload on their own ``{p}/agents/{agent}/offload/{module}/{target}``, the
+control plane asks on ``{p}/modules/{module}/infer/{target}``. A replica given broker
+settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers both as ``target``
+(an agent's always on its own offload reply topic): no hop through the control
+plane, and make-before-break moves the target to the new replica.
 
 This is the one cloud-side module besides the edge bus that uses paho: it
 runs inside a replica's process (a data-plane endpoint, like an agent), never
@@ -123,6 +121,7 @@ class MqttResponder:
         self.replica_id = Topics.check_segment(replica_id or app.replica_id)
         self.topics = Topics(config.prefix)
         self.topic = self.topics.infer(app.model, self.replica_id)
+        self.offload_topic = self.topics.offloads_to(app.model, self.replica_id)
         # Unique per process: a replica Ray restarts elsewhere while the old process
         # still lingers (its node is going) must not take turns kicking it off the broker.
         self.client_id = client_id or f"mesh-replica-{self.replica_id}-{secrets.token_hex(3)}"
@@ -255,7 +254,7 @@ class MqttResponder:
         client = self._client
         if client is not None and self._subscribed.is_set():
             self._unsubscribed.clear()
-            _, self._unsub_mid = client.unsubscribe(self.topic)
+            _, self._unsub_mid = client.unsubscribe([self.topic, self.offload_topic])
             # Requests the broker sent before the UNSUBACK arrive before it, in order.
             self._unsubscribed.wait(max(0.0, min(2.0, deadline - time.monotonic())))
         with self._cond:
@@ -296,7 +295,8 @@ class MqttResponder:
             return
         if self._stopping:
             return
-        _, self._sub_mid = client.subscribe(self.topic, qos=self._qos)
+        topics = [(self.topic, self._qos), (self.offload_topic, self._qos)]
+        _, self._sub_mid = client.subscribe(topics)
         self.pipelines.on_connected()
 
     def _on_disconnect(
@@ -334,7 +334,8 @@ class MqttResponder:
             self._unsubscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic != self.topic:
+        agent = self.topics.offload_requester(msg.topic, self._app.model, self.replica_id)
+        if msg.topic != self.topic and agent is None:
             # A lease list or a handed-over frame (one of a source just given back,
             # still in flight before the UNSUBACK, is dropped there: not a request).
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
@@ -345,6 +346,7 @@ class MqttResponder:
             msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload),
             getattr(props, "ResponseTopic", None) if props is not None else None,
             getattr(props, "CorrelationData", None) if props is not None else None,
+            requester=agent,
         )
 
     # ---------------------------------------------------------------- requests
@@ -354,15 +356,17 @@ class MqttResponder:
         payload: bytes,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        requester: str | None = None,
     ) -> None:
         """Decode, check and queue one request (or answer its refusal); never blocks."""
-        app = self._app
+        app, bound = self._app, requester and self.topics.offload_reply(requester)
         try:
             header, tensors = decode_frame(payload, max_bytes=self._max)
         except ProtocolError as exc:
-            self._refuse(reply_to(peek_header(payload), response_topic, correlation_data), exc)
+            to = reply_to(peek_header(payload), response_topic, correlation_data, bound)
+            self._refuse(to, exc)
             return
-        to = reply_to(header, response_topic, correlation_data)
+        to = reply_to(header, response_topic, correlation_data, bound)
         try:
             req = check_request(
                 header, model=app.model, version=app.version, replica_id=self.replica_id

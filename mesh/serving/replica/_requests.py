@@ -83,13 +83,20 @@ def peek_header(payload: bytes) -> dict[str, Any] | None:
 
 
 def reply_to(
-    header: Mapping[str, Any] | None, response_topic: str | None, correlation_data: bytes | None
+    header: Mapping[str, Any] | None,
+    response_topic: str | None,
+    correlation_data: bytes | None,
+    bound: str | None = None,
 ) -> ReplyTo | None:
-    """Where to answer a request: the header's fields, else MQTT 5's; None: nowhere."""
+    """Where to answer a request: the header's fields, else MQTT 5's; None: nowhere.
+
+    ``bound`` (an agent's offload reply topic) replaces the topic the request names.
+    """
     header = header or {}
     topic = header.get("reply_to") or response_topic
     if not isinstance(topic, str) or not topic:
         return None
+    topic = bound or topic
     corr = header.get("correlation_id")
     if corr is None and correlation_data:
         corr = correlation_data.decode(errors="replace")
