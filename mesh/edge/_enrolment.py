@@ -64,6 +64,7 @@ __all__ = [
     "build_acl",
     "control_plane_credentials",
     "device_command",
+    "embedded_broker_login",
     "enroll",
     "hash_password",
     "revoke",
@@ -376,6 +377,28 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
         atomic_write(acl_file, acl.encode(), mode=0o640)
     logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
     return pw_file, acl_file
+
+
+def embedded_broker_login(settings: EdgeSettings) -> tuple[Path, BrokerCredentials]:
+    """The password file an embedded broker checks logins against, and the control plane's login.
+
+    Writes the broker files from the store (creating the control plane's
+    credentials on first use), so the mesh's own clients (edge bus, replicas'
+    responders) and every enrolled agent can log in, and nobody else: the demo
+    stays zero-config and the broker is not anonymous. Agents enrolled later are
+    let in as the broker re-reads the file.
+
+    Raises:
+        EnrolmentError: the files could not be written.
+    """
+    with EnrolmentStore(settings.store_path) as store:
+        try:
+            password_file, _ = write_broker_files(settings, store)
+        except OSError as exc:
+            raise EnrolmentError(
+                f"cannot write the broker files under {settings.data_dir}: {exc}"
+            ) from exc
+    return password_file, control_plane_credentials(settings)
 
 
 # ------------------------------------------------------------------------ enrolment

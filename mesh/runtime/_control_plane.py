@@ -111,10 +111,13 @@ class ControlPlaneSettings(EdgeSettings):
 
 
 def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
+    from mesh.edge._enrolment import embedded_broker_login
     from mesh.edge.broker._broker import start_embedded_broker
 
+    # Logins from the key store: the control plane's own and enrolled agents'.
+    passwd, _ = embedded_broker_login(settings)
     try:
-        return start_embedded_broker(port=settings.embedded_broker_port)
+        return start_embedded_broker(port=settings.embedded_broker_port, password_file=passwd)
     except (MeshError, OSError) as exc:
         if settings.embedded_broker_port == 0:
             raise
@@ -123,7 +126,7 @@ def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
             settings.embedded_broker_port,
             exc,
         )
-        return start_embedded_broker(port=0)
+        return start_embedded_broker(port=0, password_file=passwd)
 
 
 def run_control_plane(
@@ -289,7 +292,8 @@ def build_services(
     from mesh.serving._routes import RouteTable
 
     username = password = None
-    if settings.broker_explicit and (
+    # The embedded broker (not explicit) checks the key store's logins.
+    if not settings.broker_explicit or (
         settings.mqtt_username or settings.control_credentials_file.is_file()
     ):
         creds = control_plane_credentials(settings)
