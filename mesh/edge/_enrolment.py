@@ -4,9 +4,11 @@
 artifact endpoint, records the agent in the agent store
 (:mod:`mesh.edge._agent_store`, re-exported here), regenerates the Mosquitto
 password and ACL files from the table (atomically; an agent may publish only
-under its own id, its site's events and replies), and returns the command to
-run on the device. Secrets are shown once: the store keeps the password's
-Mosquitto hash and the token's sha256, never the secrets.
+under its own id, its site's events and replies), writes the password to a
+file (0600) and returns the command to run on the device, which names that file
+(``--password-file``), never the password (a command line is visible in ``ps``).
+The store keeps the password's Mosquitto hash and the token's sha256, never the
+secrets.
 
 The control plane's own broker user (``mesh-control``, read/write on the whole
 prefix) is created on first use; its password lives in
@@ -18,6 +20,7 @@ Files (under ``MESH_DATA_DIR``)::
     mqtt/passwd              Mosquitto password_file
     mqtt/acl                 Mosquitto acl_file
     mqtt/control-plane.json  the control plane's broker credentials
+    agents/<id>/mqtt-password  an agent's password, for its device (default place)
 
 Example:
     >>> result = enroll("cam-07", site="int-2-1")            # doctest: +SKIP
@@ -248,6 +251,8 @@ class EnrolmentResult:
         broker_url: the broker URL devices use.
         artifact_url: the artifact endpoint's base URL.
         command: the shell command to run on the device.
+        device_password_file: where the agent's password was written (0600), and the
+            path the command reads it from on the device.
         password_file: the Mosquitto password file written.
         acl_file: the Mosquitto ACL file written.
     """
@@ -261,6 +266,7 @@ class EnrolmentResult:
     broker_url: str
     artifact_url: str
     command: list[str] = field(repr=False)
+    device_password_file: Path
     password_file: Path
     acl_file: Path
 
@@ -410,13 +416,14 @@ def device_command(
     site: str,
     broker_url: str,
     username: str,
-    password: str,
+    password_file: Path,
     public_key: str,
     prefix: str = DEFAULT_PREFIX,
 ) -> list[str]:
     """The ``mesh-edge-agent`` command line for a device, as argv.
 
-    The flags are the agent's own (``edge_agent._settings``). Artifact URLs are
+    The flags are the agent's own (``edge_agent._settings``); the password is read
+    from ``password_file``, never given on the command line. Artifact URLs are
     not among them: they travel, pre-signed for the agent, in its desired state.
     """
     argv = [
@@ -429,8 +436,8 @@ def device_command(
         site,
         "--username",
         username,
-        "--password",
-        password,
+        "--password-file",
+        str(password_file),
         "--public-key",
         public_key,
     ]
@@ -455,6 +462,7 @@ def enroll(
     broker_url: str | None = None,
     store: EnrolmentStore | None = None,
     public_key: str | None = None,
+    password_file: Path | None = None,
 ) -> EnrolmentResult:
     """Enrol (or re-enrol, rotating its secrets) an agent.
 
@@ -465,9 +473,12 @@ def enroll(
         broker_url: broker URL for the device; default ``settings.device_broker_url``.
         store: an open store; default the SQLite file at ``settings.store_path``.
         public_key: artifact-signing public key; default the data dir's key (created).
+        password_file: where to write the agent's MQTT password (0600) for its device;
+            default ``<data_dir>/agents/<id>/mqtt-password``.
 
     Raises:
-        EnrolmentError: bad id or site, or the broker files could not be written.
+        EnrolmentError: bad id or site, or the broker or password files could not
+            be written.
 
     Example:
         >>> settings = EdgeSettings(data_dir=tmp)                 # doctest: +SKIP
@@ -497,12 +508,17 @@ def enroll(
         if own_store:
             db.close()
     url = broker_url or settings.device_broker_url
+    device_file = password_file or settings.data_dir / "agents" / agent_id / "mqtt-password"
+    try:
+        atomic_write(device_file, password.encode(), mode=0o600)
+    except OSError as exc:
+        raise EnrolmentError(f"cannot write the password file {device_file}: {exc}") from exc
     command = device_command(
         agent_id=agent_id,
         site=site,
         broker_url=url,
         username=agent_id,
-        password=password,
+        password_file=device_file,
         public_key=public_key,
         prefix=settings.topic_prefix,
     )
@@ -517,6 +533,7 @@ def enroll(
         broker_url=url,
         artifact_url=settings.artifact_url,
         command=command,
+        device_password_file=device_file,
         password_file=pw_file,
         acl_file=acl_file,
     )

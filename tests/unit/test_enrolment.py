@@ -233,7 +233,7 @@ def test_cli_enroll_prints_the_device_command(settings: EdgeSettings) -> None:
     assert (
         "mesh-edge-agent --broker mqtt://10.1.1.1:1883 --id cam-09 --site int-1-1" in result.output
     )
-    assert "--public-key" in result.output and "--password" in result.output
+    assert "--public-key" in result.output and "--password-file" in result.output
     with EnrolmentStore(settings.store_path) as db:
         assert db.is_enrolled("cam-09")
 
