@@ -123,6 +123,11 @@ class EdgeSettings(MeshSettings):
     mosquitto_acl_file: Path | None = Field(
         None, description="ACL file to maintain; default <data_dir>/mqtt/acl."
     )
+    mosquitto_group: str | None = Field(
+        None,
+        description="Group Mosquitto runs in (deploy/mosquitto.conf: user mosquitto): the "
+        "password and ACL files are then written 0640 in that group; default 0600.",
+    )
 
     @property
     def password_file(self) -> Path:
@@ -377,10 +382,13 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
         [(a, s) for a, s, _ in entries], prefix=settings.topic_prefix, control_user=control_user
     )
     pw_file, acl_file = settings.password_file, settings.acl_file
+    group = settings.mosquitto_group
     with _file_lock(pw_file.parent / ".lock"):
-        # Group-readable so a mosquitto running as its own user (in the file's group) can read.
-        atomic_write(pw_file, passwd.encode(), mode=0o640)
-        atomic_write(acl_file, acl.encode(), mode=0o640)
+        # 0600; group-readable only for a Mosquitto running as its own user in `group`.
+        for file, text in ((pw_file, passwd), (acl_file, acl)):
+            atomic_write(file, text.encode(), mode=0o640 if group else 0o600)
+            if group:
+                shutil.chown(file, group=group)
     logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
     return pw_file, acl_file
 

@@ -110,6 +110,17 @@ class ControlPlaneSettings(EdgeSettings):
         return "broker_url" in self.model_fields_set
 
 
+def _check_secret_files(settings: ControlPlaneSettings) -> None:
+    from mesh.security._files import check_secret_files
+
+    shared = (settings.password_file, settings.acl_file) if settings.mosquitto_group else ()
+    check_secret_files(
+        settings.data_dir,
+        also=(settings.password_file, settings.control_credentials_file),
+        group_readable=shared,
+    )
+
+
 def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
     from mesh.edge._enrolment import embedded_broker_login
     from mesh.edge.broker._broker import start_embedded_broker
@@ -187,6 +198,7 @@ def run_control_plane(
             undo.append(("MQTT broker", broker.stop))
             broker_url, protocol = broker.url, "3.1.1"
         app = build_services(settings, backend, broker_url, protocol, undo).app
+        _check_secret_files(settings)
 
         from mesh.serving.replica._server import serve_asgi
 

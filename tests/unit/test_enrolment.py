@@ -100,7 +100,7 @@ def test_enroll_persists_the_agent_and_writes_broker_files(settings: EdgeSetting
     assert verify_mosquitto_hash(result.password, users["cam-07"])
     creds = control_plane_credentials(settings)
     assert verify_mosquitto_hash(creds.password, users[CONTROL_PLANE_USER])
-    assert stat.S_IMODE(result.password_file.stat().st_mode) == 0o640
+    assert stat.S_IMODE(result.password_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.control_credentials_file.stat().st_mode) == 0o600
 
     acl = result.acl_file.read_text()
