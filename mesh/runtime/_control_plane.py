@@ -354,7 +354,14 @@ def build_services(
     controller = _placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
     )
-    auth = TokenAuth(TokenSigner.load_or_create(settings.data_dir))
+    from mesh.security._revocations import TokenRevocations
+
+    revocations = TokenRevocations(settings.store_path)
+    undo.append(("token deny list", revocations.close))
+    auth = TokenAuth(
+        TokenSigner.load_or_create(settings.data_dir, max_ttl_s=settings.token_max_ttl_s),
+        revocations=revocations,
+    )
     gateway = Gateway(
         manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
     )
