@@ -50,7 +50,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from edge_agent._files import atomic_write
+from edge_agent._files import atomic_write, check_name, confined
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
 from mesh.core._errors import ConfigError, MeshError
 from mesh.core._settings import MeshSettings
@@ -495,6 +495,10 @@ def enroll(
     settings = settings or EdgeSettings()
     _check_id("agent id", agent_id)
     _check_id("site", site)
+    try:
+        check_name(agent_id, "agent id")  # it names the device's password file too
+    except ValueError as exc:
+        raise EnrolmentError(str(exc)) from exc
     if agent_id in _RESERVED_IDS:
         raise EnrolmentError(f"agent id {agent_id!r} is reserved; choose another")
     if public_key is None:
@@ -516,7 +520,7 @@ def enroll(
         if own_store:
             db.close()
     url = broker_url or settings.device_broker_url
-    device_file = password_file or settings.data_dir / "agents" / agent_id / "mqtt-password"
+    device_file = password_file or confined(settings.data_dir / "agents", agent_id, "mqtt-password")
     try:
         atomic_write(device_file, password.encode(), mode=0o600)
     except OSError as exc:

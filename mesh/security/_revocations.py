@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mesh.core._errors import MeshError, StoreError
+from mesh.core._errors import StoreError
 from mesh.core._sqlite import Schema, open_sqlite, write_transaction
 
-__all__ = ["TokenIdError", "TokenRevocations"]
+__all__ = ["TokenRevocations"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,6 @@ CREATE TABLE IF NOT EXISTS revoked_tokens (
 )
 _TOKEN_ID = re.compile(r"^[0-9a-f]{16}$")
 _CHECK_S = 1.0
-
-
-class TokenIdError(MeshError, ValueError):
-    """Not a token id (16 hex digits, the ``jti`` of a token)."""
-
-    http_status = 400
 
 
 class TokenRevocations:
@@ -92,9 +86,9 @@ class TokenRevocations:
 
     @staticmethod
     def check_id(token_id: str) -> str:
-        """Return ``token_id`` if it is one, else raise :class:`TokenIdError`."""
+        """Return ``token_id`` if it is one (16 hex digits), else raise ValueError."""
         if not isinstance(token_id, str) or not _TOKEN_ID.match(token_id):
-            raise TokenIdError(
+            raise ValueError(
                 f"{token_id!r} is not a token id: expected 16 hex digits (the token's 'jti')"
             )
         return token_id
