@@ -70,9 +70,6 @@ class MosquittoConfig:
         run_as_root: keep root privileges (``user root``) so files created by the
             calling root process stay readable; ignored when not root.
         max_keepalive: upper bound the broker accepts for client keepalives.
-        device_port: a second listener for devices, as ``deploy/mosquitto.conf``'s
-            1883: it replaces each client's id with its username
-            (``use_username_as_clientid``), so no device can take another's.
     """
 
     port: int
@@ -82,7 +79,6 @@ class MosquittoConfig:
     acl_file: Path | None = None
     run_as_root: bool = True
     max_keepalive: int = 65535
-    device_port: int | None = None
 
 
 def render_mosquitto_config(cfg: MosquittoConfig) -> str:
@@ -114,8 +110,6 @@ def render_mosquitto_config(cfg: MosquittoConfig) -> str:
     else:
         lines.append("persistence false")
     lines.append(f"listener {cfg.port} {cfg.host}")
-    if cfg.device_port is not None:
-        lines += [f"listener {cfg.device_port} {cfg.host}", "use_username_as_clientid true"]
     if cfg.password_file is not None:
         lines += ["allow_anonymous false", f"password_file {cfg.password_file}"]
         if cfg.acl_file is not None:
@@ -164,12 +158,6 @@ class MosquittoBroker:
     def url(self) -> str:
         """``mqtt://host:port``."""
         return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def device_url(self) -> str | None:
-        """``mqtt://host:port`` of the devices' listener, if there is one."""
-        port = self.config.device_port
-        return f"mqtt://{self.host}:{port}" if port is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -295,7 +283,6 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     executable: str | None = None,
-    device_listener: bool = False,
 ) -> MosquittoBroker:
     """Start a local Mosquitto from a generated config and return its handle.
 
@@ -307,8 +294,6 @@ def start_mosquitto(
         password_file: require these credentials (no anonymous clients).
         acl_file: apply this ACL file (with ``password_file``).
         executable: the mosquitto binary; found on PATH / in sbin by default.
-        device_listener: add a devices' listener on a free port that binds client
-            ids to usernames (``MosquittoConfig.device_port``).
 
     Raises:
         BrokerStartError: mosquitto is not installed or did not start.
@@ -324,14 +309,12 @@ def start_mosquitto(
         )
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="mesh-mosquitto-"))
-    probe_host = host if host not in ("", "0.0.0.0") else "127.0.0.1"
     cfg = MosquittoConfig(
-        port=port or free_port(probe_host),
+        port=port or free_port(host if host not in ("", "0.0.0.0") else "127.0.0.1"),
         host=host,
         persistence_dir=(workdir / "data") if persistence else None,
         password_file=password_file,
         acl_file=acl_file,
-        device_port=free_port(probe_host) if device_listener else None,
     )
     last: BrokerStartError | None = None
     # A free port can be taken between the probe and mosquitto's bind; retry a fresh one.
@@ -348,7 +331,6 @@ def start_mosquitto(
                 persistence_dir=cfg.persistence_dir,
                 password_file=cfg.password_file,
                 acl_file=cfg.acl_file,
-                device_port=free_port() if device_listener else None,
             )
     assert last is not None
     raise last
