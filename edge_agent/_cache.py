@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _ed25519
-from ._files import atomic_write, fsync_dir
+from ._files import atomic_write, check_name, confined, fsync_dir
 from .protocol import (
     DesiredState,
     ErrorCode,
@@ -131,9 +131,18 @@ class ModuleCache:
         return self.root / "state.json"
 
     def path_for(self, spec: ModuleSpec) -> Path:
-        """Install path of a module version."""
+        """Install path of a module version, confined to the cache's ``modules/``.
+
+        Raises:
+            ArtifactError: BAD_REQUEST when the name or version is not a plain file name.
+        """
         assert spec.sha256 is not None
-        return self.root / "modules" / spec.name / f"{spec.version}-{spec.sha256[:16]}.onnx"
+        try:
+            check_name(spec.version, "module version")
+            file = f"{spec.version}-{spec.sha256[:16]}.onnx"
+            return confined(self.root / "modules", spec.name, file, what="module file")
+        except ValueError as exc:
+            raise ArtifactError(spec.name, spec.version, ErrorCode.BAD_REQUEST, str(exc)) from exc
 
     # -------------------------------------------------------------- verification
 
@@ -230,7 +239,11 @@ class ModuleCache:
 
     def remove(self, name: str, keep: Path | None = None) -> None:
         """Delete a module's cached files (all, or all but ``keep``)."""
-        folder = self.root / "modules" / name
+        try:
+            folder = confined(self.root / "modules", name, what="module name")
+        except ValueError as exc:
+            logger.warning("module %r: nothing removed: %s", name, exc)
+            return
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
             return

@@ -9,6 +9,13 @@ itself is durable. A failed write leaves no temporary file behind.
 It lives in ``edge_agent`` because the agent must not import ``mesh`` and
 both need it (agent state and cache; mesh artifacts, exports, cluster files).
 
+So does the one check on strings that become file names (module names,
+versions, artifact ids, agent ids): :func:`check_name` takes a single plain
+name (no separators, no ``.``/``..``, no NUL, 1-128 characters) and
+:func:`confined` joins names under a root and makes sure the result, resolved,
+is still inside it (a symlink cannot lead out either). Both raise ValueError
+naming what was expected; callers turn it into their 4xx.
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "state.json"
@@ -21,11 +28,63 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "fsync_dir"]
+__all__ = ["MAX_NAME_LENGTH", "atomic_path", "atomic_write", "check_name", "confined", "fsync_dir"]
+
+#: The longest name :func:`check_name` accepts.
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"^[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+-]*$")
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is safe as one file or folder name, else raise ValueError.
+
+    Letters, digits and ``_.@:+-``, 1-128 of them, not starting with ``.`` (so
+    neither ``.`` nor ``..``, nor a hidden file); no path separator, no NUL.
+
+    Example:
+        >>> check_name("vehicle-counter")
+        'vehicle-counter'
+        >>> check_name("../etc", "module name")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid module name '../etc': use 1-128 of letters, digits and _.@:+- ...
+    """
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_NAME_LENGTH
+        or not _NAME.match(value)
+    ):
+        shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "..."
+        raise ValueError(
+            f"invalid {what} {shown!r}: use 1-{MAX_NAME_LENGTH} of letters, digits and "
+            "_.@:+- (not starting with '.')"
+        )
+    return value
+
+
+def confined(root: Path, *names: str, what: str = "name") -> Path:
+    """``root / names...``, each a :func:`check_name`, resolved inside ``root``.
+
+    Raises:
+        ValueError: a name is not one, or the path (symlinks resolved) leaves ``root``.
+
+    Example:
+        >>> confined(Path("/srv/cache"), "modules", "counter").as_posix()
+        '/srv/cache/modules/counter'
+    """
+    for name in names:
+        check_name(name, what)
+    base = Path(os.path.abspath(root))
+    path = base.joinpath(*names)
+    real_base, real = base.resolve(), path.resolve()
+    if real != real_base and real_base not in real.parents:
+        raise ValueError(f"{what} {'/'.join(names)!r} leads outside {base}")
+    return path
 
 
 def fsync_dir(path: Path) -> None:

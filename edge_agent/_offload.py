@@ -1,7 +1,9 @@
 """Offload: send a pipeline's input to a module's remote placement and wait for the answer.
 
-Requests go to ``{p}/modules/{module}/infer/{target}`` with ``reply_to`` set to
-this agent's reply topic and a fresh correlation id; replies are matched back by
+Requests go to ``{p}/agents/{agent}/offload/{module}/{target}`` (under the agent's
+own topics: the broker's ACL lets an agent publish nothing on another node's infer
+topic) with ``reply_to`` set to this agent's offload reply topic and a fresh
+correlation id; the replica answers there, and replies are matched back by
 correlation id. Over MQTT 5 ResponseTopic/CorrelationData are set too.
 """
 
@@ -47,13 +49,13 @@ class OffloadClient:
         qos: int = 1,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
-        """Replies come to ``topics.reply(agent_id, "offload")``."""
+        """Replies come to ``topics.offload_reply(agent_id)``."""
         self._transport = transport
         self._topics = topics
         self._agent = agent_id
         self._qos = qos
         self._max = max_payload_bytes
-        self.reply_topic = topics.reply(agent_id, "offload")
+        self.reply_topic = topics.offload_reply(agent_id)
         self._pending: dict[str, Future[JobResult]] = {}
         self._lock = threading.Lock()
 
@@ -78,7 +80,7 @@ class OffloadClient:
             self._pending[corr] = fut
         try:
             handle = self._transport.publish(
-                self._topics.infer(module, target),
+                self._topics.offload(self._agent, module, target),
                 encode_frame(req, tensors),
                 qos=self._qos,
                 response_topic=self.reply_topic,

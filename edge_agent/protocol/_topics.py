@@ -185,6 +185,36 @@ class Topics:
         """Inference requests for ``module`` on ``node`` (an agent id or a fog/cloud node)."""
         return f"{self.prefix}/modules/{module}/infer/{node}"
 
+    def offload(self, agent: str, module: str, node: str) -> str:
+        """An agent's request to run ``module`` on fog/cloud ``node`` (a replica id).
+
+        Under the agent's own topics, so the broker's ACL lets each agent publish
+        only its own offload requests, and the replica knows who asked (it answers
+        on that agent's reply topic, :meth:`offload_reply`, whatever the request says).
+        """
+        return f"{self.prefix}/agents/{agent}/offload/{module}/{node}"
+
+    def offloads_to(self, module: str, node: str) -> str:
+        """Filter of every agent's offload requests for ``module`` on ``node``."""
+        return self.offload("+", module, node)
+
+    def offload_requester(self, topic: str, module: str, node: str) -> str | None:
+        """The agent that sent an offload request on ``topic``; None: not one for this node.
+
+        Example:
+            >>> Topics().offload_requester("mesh/v1/agents/cam-07/offload/m/r1", "m", "r1")
+            'cam-07'
+        """
+        head, tail = f"{self.prefix}/agents/", f"/offload/{module}/{node}"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        agent = topic[len(head) : len(topic) - len(tail)]
+        return agent if _SEGMENT.match(agent) else None
+
+    def offload_reply(self, agent: str) -> str:
+        """Where a replica answers an agent's offload requests."""
+        return self.reply(agent, "offload")
+
     def reply(self, client: str, suffix: str | None = None) -> str:
         """Conventional reply topic of a requester (any topic works as ``reply_to``)."""
         base = f"{self.prefix}/replies/{client}"
@@ -210,12 +240,13 @@ class Topics:
     def agent_publications(self, agent: str, site: str) -> list[str]:
         """Topic filters an agent publishes to (for ACLs).
 
-        Replies go to whatever ``reply_to`` a requester names; by convention that
-        is under ``{p}/replies/``. Offloaded requests go to other nodes' infer topics.
+        Its own topics (status, heartbeat, observed state, offload requests), its
+        site's events, and replies: those go to whatever ``reply_to`` a requester
+        names under ``{p}/replies/``. Never another node's infer topic: only the
+        control plane and replicas send inference requests there.
         """
         return [
             f"{self.prefix}/agents/{agent}/#",
             f"{self.prefix}/events/{site}/#",
-            f"{self.prefix}/modules/+/infer/+",
             f"{self.prefix}/replies/#",
         ]

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -253,14 +254,29 @@ def enroll_cmd(
     broker: Annotated[
         str | None, typer.Option("--broker", help="Broker URL the device should use.")
     ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--password-file",
+            help="Write the agent's MQTT password here (mode 0600); "
+            "default <data dir>/agents/ID/mqtt-password.",
+        ),
+    ] = None,
 ) -> None:
-    """Create credentials and broker ACLs for an agent; print the command for the device."""
+    """Create credentials and broker ACLs for an agent; print the command for the device.
+
+    The password goes to a file (mode 0600), never to the terminal or a command line.
+    """
     settings = EdgeSettings()
     with _errors():
-        result = enroll(agent_id, site=site, settings=settings, broker_url=broker)
+        result = enroll(
+            agent_id, site=site, settings=settings, broker_url=broker, password_file=password_file
+        )
     console.print(
         f"[green]enrolled[/] [bold]{result.agent_id}[/] (site {result.site}). "
-        "Run on the device (the password is shown only now):"
+        f"Its MQTT password is in {_escape(str(result.device_password_file))} (mode 0600): "
+        "copy it to the same path on the device, then run there:",
+        soft_wrap=True,
     )
     # Printed bare, never wrapped or cropped, so it can be copied as is.
     console.print(result.command_line, soft_wrap=True, markup=False, highlight=False)

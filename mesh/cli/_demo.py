@@ -22,6 +22,7 @@ from mesh.compute._streams import StreamWorker
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.edge._bus import EdgeBus
+from mesh.edge._enrolment import EdgeSettings, embedded_broker_login
 from mesh.edge.broker._broker import start_embedded_broker
 from mesh.runtime._connect import connect_backend
 from mesh.sdk._loader import load_apps
@@ -139,8 +140,12 @@ def run_demo(settings: MeshSettings, *, console: Console, quick: bool = False) -
         t0 = time.monotonic()
         plans: list[dict[str, Any]] = []
         with console.status("starting the embedded MQTT broker…"):
-            broker = start_embedded_broker()
-            gateway = EdgeBus(broker.url, protocol="3.1.1").start()  # amqtt: 3.1.1 only
+            # Zero-config, not anonymous: logins from the data dir's key store.
+            passwd, login = embedded_broker_login(EdgeSettings(data_dir=settings.data_dir))
+            broker = start_embedded_broker(password_file=passwd)
+            gateway = EdgeBus(
+                broker.url, username=login.username, password=login.password, protocol="3.1.1"
+            ).start()  # amqtt: 3.1.1 only
         try:
             console.print(f"  embedded broker at {broker.url}")
             gateway.subscribe("demo/plans", lambda _t, payload: plans.append(json.loads(payload)))

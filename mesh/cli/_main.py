@@ -425,19 +425,72 @@ def tokens_create(
         list[str] | None,
         typer.Option("--scope", "-s", help="read, invoke or admin (repeat); default read."),
     ] = None,
-    ttl_s: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 86_400.0,
+    ttl_s: Annotated[
+        float,
+        typer.Option(help="Lifetime in seconds, at most MESH_TOKEN_MAX_TTL_S (default 30 days)."),
+    ] = 86_400.0,
 ) -> None:
     """Issue a signed bearer token with scopes and an expiry; prints only the token."""
     from mesh.security._auth import TokenSigner
 
     settings = _settings()
     try:
-        token = TokenSigner.load_or_create(settings.data_dir).issue(
-            subject, scope or ["read"], ttl_s=ttl_s, now=time.time()
-        )
+        token = TokenSigner.load_or_create(
+            settings.data_dir, max_ttl_s=settings.token_max_ttl_s
+        ).issue(subject, scope or ["read"], ttl_s=ttl_s, now=time.time())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     print(token)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token: Annotated[
+        str, typer.Argument(help="The token's id (16 hex digits, its 'jti'), or the token.")
+    ],
+) -> None:
+    """Revoke one token: the running gateway refuses it within a second, cached or not."""
+    from mesh.security._auth import AuthError, TokenSigner
+    from mesh.security._revocations import TokenRevocations
+
+    settings = _settings()
+    token_id, expires_at = token, None
+    if token.startswith("mesh_"):
+        signer = TokenSigner.load_or_create(settings.data_dir, max_ttl_s=settings.token_max_ttl_s)
+        try:
+            claims = signer.verify(token, now=time.time())
+        except AuthError as exc:
+            err.print(f"[yellow]nothing to revoke[/]: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        token_id, expires_at = claims.token_id, claims.expires_at
+    with _errors(), TokenRevocations(settings.store_path) as revocations:
+        try:
+            added = revocations.revoke(token_id, expires_at=expires_at)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    console.print(f"token {token_id} {'revoked' if added else 'was already revoked'}")
+
+
+@tokens_app.command("rotate-key")
+def tokens_rotate_key(
+    grace_s: Annotated[
+        float,
+        typer.Option(help="Seconds the old key's tokens keep working (default: none)."),
+    ] = 0.0,
+) -> None:
+    """Replace the token signing key; running control planes switch within a second.
+
+    Tokens signed with the old key stop working at once, or after ``--grace-s``.
+    """
+    from mesh.security._auth import rotate_key
+
+    settings = _settings()
+    try:
+        path = rotate_key(settings.data_dir, grace_s=grace_s)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    after = f"for {grace_s:g} s more" if grace_s > 0 else "no more"
+    console.print(f"new token key in {path}; tokens of the old key work {after}")
 
 
 def _when(timestamp: float) -> str:

@@ -28,6 +28,13 @@ class MeshSettings(BaseSettings):
         default_factory=lambda: Path.cwd() / ".mesh",
         description="Where the store, artifacts and logs live.",
     )
+    token_max_ttl_s: float = Field(
+        30 * 86400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The longest a bearer token may live (seconds; default 30 days): "
+        "longer ones are neither issued nor accepted.",
+    )
     ray_address: str | None = Field(
         None,
         description="Address of an existing Ray cluster ('HOST:PORT'); None = the embedded "

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,9 @@ def open_sqlite(path: str, schema: Schema, *, named_rows: bool = True) -> sqlite
     """
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 (SQLite gives its WAL files the same mode): stores hold
+        # password hashes and token digests.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
     try:
         if named_rows:

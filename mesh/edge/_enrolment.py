@@ -4,9 +4,11 @@
 artifact endpoint, records the agent in the agent store
 (:mod:`mesh.edge._agent_store`, re-exported here), regenerates the Mosquitto
 password and ACL files from the table (atomically; an agent may publish only
-under its own id, its site's events and replies), and returns the command to
-run on the device. Secrets are shown once: the store keeps the password's
-Mosquitto hash and the token's sha256, never the secrets.
+under its own id, its site's events and replies), writes the password to a
+file (0600) and returns the command to run on the device, which names that file
+(``--password-file``), never the password (a command line is visible in ``ps``).
+The store keeps the password's Mosquitto hash and the token's sha256, never the
+secrets.
 
 The control plane's own broker user (``mesh-control``, read/write on the whole
 prefix) is created on first use; its password lives in
@@ -18,6 +20,7 @@ Files (under ``MESH_DATA_DIR``)::
     mqtt/passwd              Mosquitto password_file
     mqtt/acl                 Mosquitto acl_file
     mqtt/control-plane.json  the control plane's broker credentials
+    agents/<id>/mqtt-password  an agent's password, for its device (default place)
 
 Example:
     >>> result = enroll("cam-07", site="int-2-1")            # doctest: +SKIP
@@ -47,7 +50,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from edge_agent._files import atomic_write
+from edge_agent._files import atomic_write, check_name, confined
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
 from mesh.core._errors import ConfigError, MeshError
 from mesh.core._settings import MeshSettings
@@ -64,6 +67,7 @@ __all__ = [
     "build_acl",
     "control_plane_credentials",
     "device_command",
+    "embedded_broker_login",
     "enroll",
     "hash_password",
     "revoke",
@@ -118,6 +122,11 @@ class EdgeSettings(MeshSettings):
     )
     mosquitto_acl_file: Path | None = Field(
         None, description="ACL file to maintain; default <data_dir>/mqtt/acl."
+    )
+    mosquitto_group: str | None = Field(
+        None,
+        description="Group Mosquitto runs in (deploy/mosquitto.conf: user mosquitto): the "
+        "password and ACL files are then written 0640 in that group; default 0600.",
     )
 
     @property
@@ -247,6 +256,8 @@ class EnrolmentResult:
         broker_url: the broker URL devices use.
         artifact_url: the artifact endpoint's base URL.
         command: the shell command to run on the device.
+        device_password_file: where the agent's password was written (0600), and the
+            path the command reads it from on the device.
         password_file: the Mosquitto password file written.
         acl_file: the Mosquitto ACL file written.
     """
@@ -260,6 +271,7 @@ class EnrolmentResult:
     broker_url: str
     artifact_url: str
     command: list[str] = field(repr=False)
+    device_password_file: Path
     password_file: Path
     acl_file: Path
 
@@ -370,12 +382,37 @@ def write_broker_files(settings: EdgeSettings, store: EnrolmentStore) -> tuple[P
         [(a, s) for a, s, _ in entries], prefix=settings.topic_prefix, control_user=control_user
     )
     pw_file, acl_file = settings.password_file, settings.acl_file
+    group = settings.mosquitto_group
     with _file_lock(pw_file.parent / ".lock"):
-        # Group-readable so a mosquitto running as its own user (in the file's group) can read.
-        atomic_write(pw_file, passwd.encode(), mode=0o640)
-        atomic_write(acl_file, acl.encode(), mode=0o640)
+        # 0600; group-readable only for a Mosquitto running as its own user in `group`.
+        for file, text in ((pw_file, passwd), (acl_file, acl)):
+            atomic_write(file, text.encode(), mode=0o640 if group else 0o600)
+            if group:
+                shutil.chown(file, group=group)
     logger.info("wrote %s and %s for %d agents", pw_file, acl_file, len(entries))
     return pw_file, acl_file
+
+
+def embedded_broker_login(settings: EdgeSettings) -> tuple[Path, BrokerCredentials]:
+    """The password file an embedded broker checks logins against, and the control plane's login.
+
+    Writes the broker files from the store (creating the control plane's
+    credentials on first use), so the mesh's own clients (edge bus, replicas'
+    responders) and every enrolled agent can log in, and nobody else: the demo
+    stays zero-config and the broker is not anonymous. Agents enrolled later are
+    let in as the broker re-reads the file.
+
+    Raises:
+        EnrolmentError: the files could not be written.
+    """
+    with EnrolmentStore(settings.store_path) as store:
+        try:
+            password_file, _ = write_broker_files(settings, store)
+        except OSError as exc:
+            raise EnrolmentError(
+                f"cannot write the broker files under {settings.data_dir}: {exc}"
+            ) from exc
+    return password_file, control_plane_credentials(settings)
 
 
 # ------------------------------------------------------------------------ enrolment
@@ -387,13 +424,14 @@ def device_command(
     site: str,
     broker_url: str,
     username: str,
-    password: str,
+    password_file: Path,
     public_key: str,
     prefix: str = DEFAULT_PREFIX,
 ) -> list[str]:
     """The ``mesh-edge-agent`` command line for a device, as argv.
 
-    The flags are the agent's own (``edge_agent._settings``). Artifact URLs are
+    The flags are the agent's own (``edge_agent._settings``); the password is read
+    from ``password_file``, never given on the command line. Artifact URLs are
     not among them: they travel, pre-signed for the agent, in its desired state.
     """
     argv = [
@@ -406,8 +444,8 @@ def device_command(
         site,
         "--username",
         username,
-        "--password",
-        password,
+        "--password-file",
+        str(password_file),
         "--public-key",
         public_key,
     ]
@@ -432,6 +470,7 @@ def enroll(
     broker_url: str | None = None,
     store: EnrolmentStore | None = None,
     public_key: str | None = None,
+    password_file: Path | None = None,
 ) -> EnrolmentResult:
     """Enrol (or re-enrol, rotating its secrets) an agent.
 
@@ -442,9 +481,12 @@ def enroll(
         broker_url: broker URL for the device; default ``settings.device_broker_url``.
         store: an open store; default the SQLite file at ``settings.store_path``.
         public_key: artifact-signing public key; default the data dir's key (created).
+        password_file: where to write the agent's MQTT password (0600) for its device;
+            default ``<data_dir>/agents/<id>/mqtt-password``.
 
     Raises:
-        EnrolmentError: bad id or site, or the broker files could not be written.
+        EnrolmentError: bad id or site, or the broker or password files could not
+            be written.
 
     Example:
         >>> settings = EdgeSettings(data_dir=tmp)                 # doctest: +SKIP
@@ -453,6 +495,10 @@ def enroll(
     settings = settings or EdgeSettings()
     _check_id("agent id", agent_id)
     _check_id("site", site)
+    try:
+        check_name(agent_id, "agent id")  # it names the device's password file too
+    except ValueError as exc:
+        raise EnrolmentError(str(exc)) from exc
     if agent_id in _RESERVED_IDS:
         raise EnrolmentError(f"agent id {agent_id!r} is reserved; choose another")
     if public_key is None:
@@ -474,12 +520,17 @@ def enroll(
         if own_store:
             db.close()
     url = broker_url or settings.device_broker_url
+    device_file = password_file or confined(settings.data_dir / "agents", agent_id, "mqtt-password")
+    try:
+        atomic_write(device_file, password.encode(), mode=0o600)
+    except OSError as exc:
+        raise EnrolmentError(f"cannot write the password file {device_file}: {exc}") from exc
     command = device_command(
         agent_id=agent_id,
         site=site,
         broker_url=url,
         username=agent_id,
-        password=password,
+        password_file=device_file,
         public_key=public_key,
         prefix=settings.topic_prefix,
     )
@@ -494,6 +545,7 @@ def enroll(
         broker_url=url,
         artifact_url=settings.artifact_url,
         command=command,
+        device_password_file=device_file,
         password_file=pw_file,
         acl_file=acl_file,
     )

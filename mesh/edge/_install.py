@@ -238,9 +238,10 @@ class EdgeInstaller:
             module: the module its pipelines feed.
             route_mode: ``"local"`` (its own ONNX Runtime), ``"offload"``, or
                 ``"remote"`` (the replica ``target`` takes the source too).
-            target: for ``offload``, the node answering the module's infer topic
-                (a replica id, see :func:`offload_target`, or another agent's id);
-                for ``remote``, a replica id.
+            target: for ``offload``, the replica answering the agent's offload
+                requests (its id, see :func:`offload_target`; another agent cannot
+                be one: agents take inference requests only from the control
+                plane); for ``remote``, a replica id.
             timeout_s: how long to wait for the agent.
             version: the version of a new remote-only entry.
             route_timeout_ms: how long the agent waits for an offloaded answer

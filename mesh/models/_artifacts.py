@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent._files import atomic_write, fsync_dir
+from edge_agent._files import atomic_write, confined, fsync_dir
 from edge_agent.protocol import artifact_signing_message
 from mesh.core._errors import MeshError
 
@@ -123,7 +123,10 @@ class ArtifactStore:
         if not is_sha256(sha256):
             # Also what keeps a crafted name from escaping the store directory.
             raise ArtifactNotFoundError(sha256)
-        return self.root / sha256
+        try:
+            return confined(self.root, sha256, what="artifact id")
+        except ValueError:  # a link in the store pointing out of it: not ours to serve
+            raise ArtifactNotFoundError(sha256) from None
 
     def has(self, sha256: str) -> bool:
         """Whether an artifact with this digest is stored."""
@@ -155,7 +158,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> ArtifactInfo:
         """Store ``data`` under its sha256 (a no-op when already stored)."""
         sha256 = hashlib.sha256(data).hexdigest()
-        target = self.root / sha256
+        target = self._file(sha256)
         if not target.is_file():
             atomic_write(target, data)
             logger.info("stored artifact %s (%d bytes)", sha256, len(data))
@@ -176,7 +179,7 @@ class ArtifactStore:
                 out.flush()
                 os.fsync(out.fileno())
             sha256 = digest.hexdigest()
-            target = self.root / sha256
+            target = self._file(sha256)
             if target.is_file():
                 os.unlink(tmp)
             else:

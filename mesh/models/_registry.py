@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edge_agent._files import check_name
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.core._sqlite import open_sqlite
@@ -139,7 +140,11 @@ class StageError(RegistryError):
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    try:
+        check_name(name, "model name")  # the one file-name check (edge_agent._files)
+    except ValueError as exc:
+        raise InvalidRegistrationError(str(exc)) from exc
+    if not _NAME.match(name):
         raise InvalidRegistrationError(
             f"invalid model name {name!r}: use letters, digits, '_' or '-', starting with a "
             "letter (at most 63 characters)"

@@ -122,11 +122,25 @@ class ControlPlaneSettings(EdgeSettings):
         return "broker_url" in self.model_fields_set
 
 
+def _check_secret_files(settings: ControlPlaneSettings) -> None:
+    from mesh.security._files import check_secret_files
+
+    shared = (settings.password_file, settings.acl_file) if settings.mosquitto_group else ()
+    check_secret_files(
+        settings.data_dir,
+        also=(settings.password_file, settings.control_credentials_file),
+        group_readable=shared,
+    )
+
+
 def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
+    from mesh.edge._enrolment import embedded_broker_login
     from mesh.edge.broker._broker import start_embedded_broker
 
+    # Logins from the key store: the control plane's own and enrolled agents'.
+    passwd, _ = embedded_broker_login(settings)
     try:
-        return start_embedded_broker(port=settings.embedded_broker_port)
+        return start_embedded_broker(port=settings.embedded_broker_port, password_file=passwd)
     except (MeshError, OSError) as exc:
         if settings.embedded_broker_port == 0:
             raise
@@ -135,7 +149,7 @@ def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
             settings.embedded_broker_port,
             exc,
         )
-        return start_embedded_broker(port=0)
+        return start_embedded_broker(port=0, password_file=passwd)
 
 
 def run_control_plane(
@@ -196,6 +210,7 @@ def run_control_plane(
             undo.append(("MQTT broker", broker.stop))
             broker_url, protocol = broker.url, "3.1.1"
         app = build_services(settings, backend, broker_url, protocol, undo).app
+        _check_secret_files(settings)
 
         from mesh.serving.replica._server import serve_asgi
 
@@ -304,7 +319,8 @@ def build_services(
     from mesh.serving._routes import RouteTable
 
     username = password = None
-    if settings.broker_explicit and (
+    # The embedded broker (not explicit) checks the key store's logins.
+    if not settings.broker_explicit or (
         settings.mqtt_username or settings.control_credentials_file.is_file()
     ):
         creds = control_plane_credentials(settings)
@@ -353,7 +369,14 @@ def build_services(
     controller = _placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
     )
-    auth = TokenAuth(TokenSigner.load_or_create(settings.data_dir))
+    from mesh.security._revocations import TokenRevocations
+
+    revocations = TokenRevocations(settings.store_path)
+    undo.append(("token deny list", revocations.close))
+    auth = TokenAuth(
+        TokenSigner.load_or_create(settings.data_dir, max_ttl_s=settings.token_max_ttl_s),
+        revocations=revocations,
+    )
     gateway = Gateway(
         manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
     )

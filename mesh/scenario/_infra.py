@@ -66,7 +66,12 @@ def _broker(sc: Scenario, state_dir: Path, stack: ExitStack) -> str:
         broker = start_mosquitto(sc.broker.port or 0, workdir=state_dir / "mosquitto")
         stack.callback(broker.stop)
         return broker.url
-    embedded = start_embedded_broker(port=sc.broker.port or 0)
+    from mesh.edge._enrolment import EdgeSettings, embedded_broker_login
+
+    # Logins from the state dir's key store: the control plane's, and the agents'
+    # as start_agents enrols them.
+    passwd, _ = embedded_broker_login(EdgeSettings(data_dir=state_dir))
+    embedded = start_embedded_broker(port=sc.broker.port or 0, password_file=passwd)
     stack.callback(embedded.stop)
     return embedded.url
 
@@ -187,8 +192,9 @@ def start_agents(
     cores = os.cpu_count() or 1
     sourced = sc.source_modules()
     for i, agent in enumerate(sc.agent_nodes()):
-        # Enrolled: the artifact endpoint serves signed URLs to enrolled agents only.
-        enroll(agent.id, site=agent.site, settings=infra.settings, public_key=public_key)
+        # Enrolled: the broker lets in, and the artifact endpoint serves signed URLs
+        # to, enrolled agents only.
+        login = enroll(agent.id, site=agent.site, settings=infra.settings, public_key=public_key)
         # The broker sits with the fog: an agent's link to it is its edge-fog link.
         shape = link_shape(sc.links, f"agent:{agent.id}", "fog")
         testbed.agent_link[agent.id] = shape
@@ -207,7 +213,12 @@ def start_agents(
             agent.site,
             link=shape,
             cores=[i % cores],
-            env={"EDGE_AGENT_PIPELINES": json.dumps(pipelines)},
+            # In the environment, not on the command line (where `ps` shows it).
+            env={
+                "EDGE_AGENT_PIPELINES": json.dumps(pipelines),
+                "EDGE_AGENT_USERNAME": login.username,
+                "EDGE_AGENT_PASSWORD": login.password,
+            },
             cpus=agent.cpus,
         )
     edge = infra.services.edge

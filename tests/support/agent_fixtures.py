@@ -376,7 +376,7 @@ _AMQTT_MAIN = """
 import sys, threading, warnings
 warnings.simplefilter("ignore")
 from mesh.edge.broker._broker import start_embedded_broker
-start_embedded_broker(port=int(sys.argv[1]))
+start_embedded_broker(port=int(sys.argv[1]), anonymous=True)
 print("ready", flush=True)
 threading.Event().wait()
 """

@@ -83,8 +83,8 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 @pytest.fixture
 def embedded_broker() -> Iterator[EmbeddedBroker]:
-    """A fresh embedded amqtt broker on a free port."""
-    handle = start_embedded_broker()
+    """A fresh embedded amqtt broker on a free port (anonymous: tests of its MQTT, not its logins)."""
+    handle = start_embedded_broker(anonymous=True)
     try:
         yield handle
     finally:
@@ -99,7 +99,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerHan
         require_mosquitto()
         handle = start_mosquitto(workdir=tmp_path / "mosquitto")
     else:
-        handle = start_embedded_broker()
+        handle = start_embedded_broker(anonymous=True)
     try:
         yield handle
     finally:

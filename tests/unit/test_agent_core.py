@@ -484,7 +484,7 @@ def test_offload_route_and_local_fallback(
         assert req.reply_to
         fog.publish(req.reply_to, encode_frame(body, [y]))
 
-    fog.subscribe(T.infer("tiny", "fog-1"), fog_answer)
+    fog.subscribe(T.offloads_to("tiny", "fog-1"), fog_answer)
     env["make"]()
     route = {"mode": "offload", "target": "fog-1", "epoch": 1, "timeout_ms": 300}
     c.publish_desired(

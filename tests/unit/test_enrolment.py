@@ -100,7 +100,7 @@ def test_enroll_persists_the_agent_and_writes_broker_files(settings: EdgeSetting
     assert verify_mosquitto_hash(result.password, users["cam-07"])
     creds = control_plane_credentials(settings)
     assert verify_mosquitto_hash(creds.password, users[CONTROL_PLANE_USER])
-    assert stat.S_IMODE(result.password_file.stat().st_mode) == 0o640
+    assert stat.S_IMODE(result.password_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.control_credentials_file.stat().st_mode) == 0o600
 
     acl = result.acl_file.read_text()
@@ -233,7 +233,7 @@ def test_cli_enroll_prints_the_device_command(settings: EdgeSettings) -> None:
     assert (
         "mesh-edge-agent --broker mqtt://10.1.1.1:1883 --id cam-09 --site int-1-1" in result.output
     )
-    assert "--public-key" in result.output and "--password" in result.output
+    assert "--public-key" in result.output and "--password-file" in result.output
     with EnrolmentStore(settings.store_path) as db:
         assert db.is_enrolled("cam-09")
 

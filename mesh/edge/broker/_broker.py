@@ -2,11 +2,14 @@
 
 Both hide behind :class:`BrokerHandle` (``url``, ``host``, ``port``, ``stop()``):
 
-- :func:`start_embedded_broker` runs amqtt (MQTT 3.1.1 only, anonymous, loopback)
-  on its own asyncio loop in a daemon thread: the demo's and the unit-ish
-  integration tests' default. A client's persistent session (``clean_session``
-  false) keeps QoS 1 messages while it is away, and those sent on a connection
-  that died before their PUBACK, as Mosquitto's does (:mod:`mesh.edge.broker._amqtt_sessions`).
+- :func:`start_embedded_broker` runs amqtt (MQTT 3.1.1 only, loopback only) on its
+  own asyncio loop in a daemon thread: the demo's and the unit-ish integration
+  tests' default. It lets in only the users of a Mosquitto password file (the one
+  enrolment writes from the control plane's key store:
+  :mod:`mesh.edge.broker._amqtt_auth`); anonymous clients only where a test asks.
+  A client's persistent session (``clean_session`` false) keeps QoS 1 messages
+  while it is away, and those sent on a connection that died before their
+  PUBACK, as Mosquitto's does (:mod:`mesh.edge.broker._amqtt_sessions`).
   asyncio sets ``TCP_NODELAY`` on its TCP sockets.
 - :func:`start_mosquitto` (:mod:`mesh.edge.broker._mosquitto`) runs a real
   ``mosquitto`` from a generated config as a child process: production-like, for
@@ -28,8 +31,10 @@ Errors: :class:`BrokerStartError` (a :class:`~mesh.core._errors.MeshError`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from mesh.edge.broker._handle import (
@@ -65,11 +70,35 @@ logger = logging.getLogger(__name__)
 class EmbeddedBroker:
     """An amqtt broker running on its own event loop in a daemon thread.
 
-    MQTT 3.1.1 only, anonymous; meant for loopback use (demo, tests). Create it
-    with :func:`start_embedded_broker`.
+    MQTT 3.1.1 only, loopback only (demo, tests), with the logins of a password
+    file. Create it with :func:`start_embedded_broker`.
+
+    Raises:
+        BrokerStartError: a non-loopback ``host``, or neither ``password_file`` nor
+            ``anonymous``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        password_file: Path | None = None,
+        anonymous: bool = False,
+    ) -> None:
+        if not _is_loopback(host):
+            raise BrokerStartError(
+                f"the embedded broker binds to loopback only, not {host!r}: it is for "
+                "the demo and tests; for devices on a network run Mosquitto "
+                "(deploy/mosquitto.conf) and set MESH_BROKER_URL"
+            )
+        if password_file is None and not anonymous:
+            raise BrokerStartError(
+                "the embedded broker needs a password file (mesh.edge._enrolment."
+                "write_broker_files writes one from the control plane's key store); "
+                "anonymous=True is for tests only"
+            )
+        self._password_file = password_file
         self._bind_host = host
         self._requested_port = port
         self._port = 0
@@ -81,7 +110,7 @@ class EmbeddedBroker:
     @property
     def host(self) -> str:
         """The address clients connect to."""
-        return "127.0.0.1" if self._bind_host in ("", "0.0.0.0") else self._bind_host
+        return self._bind_host
 
     @property
     def port(self) -> int:
@@ -124,6 +153,18 @@ class EmbeddedBroker:
             ready = threading.Event()
             failure: list[BaseException] = []
             loop = asyncio.new_event_loop()
+            # Only what we need: no $SYS publisher, no packet logger. The users of the
+            # password file (or, in tests, anyone) may connect, and persistent
+            # sessions keep QoS 1 messages while away.
+            auth: dict[str, Any] = (
+                {"mesh.edge.broker._amqtt_sessions.OpenSessionsAuth": {"allow_anonymous": True}}
+                if self._password_file is None
+                else {
+                    "mesh.edge.broker._amqtt_auth.PasswordFileAuth": {
+                        "password_file": str(self._password_file)
+                    }
+                }
+            )
             config = {
                 "listeners": {
                     "default": {
@@ -131,11 +172,7 @@ class EmbeddedBroker:
                         "bind": f"{self._bind_host}:{self._requested_port}",
                     }
                 },
-                # Only what we need: no $SYS publisher, no packet logger. Anyone may
-                # connect, and persistent sessions keep QoS 1 messages while away.
-                "plugins": {
-                    "mesh.edge.broker._amqtt_sessions.OpenSessionsAuth": {"allow_anonymous": True}
-                },
+                "plugins": auth,
             }
 
             class _Broker(Broker):  # type: ignore[misc]
@@ -239,15 +276,36 @@ async def _shutdown_amqtt(broker: Any) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def start_embedded_broker(host: str = "127.0.0.1", port: int = 0) -> EmbeddedBroker:
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start_embedded_broker(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    password_file: Path | None = None,
+    anonymous: bool = False,
+) -> EmbeddedBroker:
     """Start an embedded amqtt broker (MQTT 3.1.1) and return its handle.
 
     Args:
-        host: address to bind; loopback by default (the broker is anonymous).
+        host: a loopback address to bind.
         port: TCP port; 0 picks a free one.
+        password_file: the Mosquitto password file whose users may log in (re-read
+            when it changes); see :func:`mesh.edge._enrolment.embedded_broker_login`.
+        anonymous: let anyone in without a password file (tests only).
+
+    Raises:
+        BrokerStartError: a non-loopback ``host``, no password file, or no start.
 
     Example:
-        >>> with start_embedded_broker() as broker:   # doctest: +SKIP
+        >>> with start_embedded_broker(password_file=passwd) as broker:   # doctest: +SKIP
         ...     print(broker.url)
     """
-    return EmbeddedBroker(host, port).start()
+    return EmbeddedBroker(host, port, password_file=password_file, anonymous=anonymous).start()

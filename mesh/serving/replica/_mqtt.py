@@ -1,18 +1,14 @@
 """A replica's MQTT responder: edge agents offload straight to a fog or cloud replica.
 
-An agent whose module route says ``offload`` to ``target`` publishes
-:class:`~edge_agent.protocol.InferRequest` frames on
-``{p}/modules/{module}/infer/{target}`` and waits on its reply topic. A replica
-given broker settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers
-those itself, with its replica id as the target, so there is no hop through
-the control plane and make-before-break moves the target from the old replica
-to the new one.
+Agents offload on their own ``{p}/agents/{agent}/offload/{module}/{target}``, the
+control plane asks on ``{p}/modules/{module}/infer/{target}``. A replica given broker
+settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers both as ``target``
+(an agent's always on its own offload reply topic): no hop through the control
+plane, and make-before-break moves the target to the new replica.
 
-This is the one cloud-side module besides the edge bus that uses paho: it
-runs inside a replica's process (a data-plane endpoint, like an agent), never
-in the control plane. Its client is set up by :mod:`edge_agent._mqtt`, as the
-agent's and the edge bus's are (MQTT 5 when the broker speaks it, else 3.1.1;
-TCP_NODELAY; reason codes as text).
+Besides the edge bus, the one cloud-side paho user: it runs in a replica's process
+(a data-plane endpoint, like an agent), never in the control plane; its client is
+set up by :mod:`edge_agent._mqtt` (MQTT 5 or 3.1.1, TCP_NODELAY, reasons as text).
 
 Threads: paho's network thread only decodes and checks a request (the agent's
 rules: schema version, module and version, QoS 1 duplicates dropped by id,
@@ -124,6 +120,7 @@ class MqttResponder:
         self.replica_id = Topics.check_segment(replica_id or app.replica_id)
         self.topics = Topics(config.prefix)
         self.topic = self.topics.infer(app.model, self.replica_id)
+        self.offload_topic = self.topics.offloads_to(app.model, self.replica_id)
         # Unique per process: a replica Ray restarts elsewhere while the old process
         # still lingers (its node is going) must not take turns kicking it off the broker.
         self.client_id = client_id or f"mesh-replica-{self.replica_id}-{secrets.token_hex(3)}"
@@ -257,7 +254,7 @@ class MqttResponder:
         client = self._client
         if client is not None and self._subscribed.is_set():
             self._unsubscribed.clear()
-            _, self._unsub_mid = client.unsubscribe(self.topic)
+            _, self._unsub_mid = client.unsubscribe([self.topic, self.offload_topic])
             # Requests the broker sent before the UNSUBACK arrive before it, in order.
             self._unsubscribed.wait(max(0.0, min(2.0, deadline - time.monotonic())))
         with self._cond:
@@ -298,7 +295,8 @@ class MqttResponder:
             return
         if self._stopping:
             return
-        _, self._sub_mid = client.subscribe(self.topic, qos=self._qos)
+        topics = [(self.topic, self._qos), (self.offload_topic, self._qos)]
+        _, self._sub_mid = client.subscribe(topics)
         self.pipelines.on_connected()
 
     def _on_disconnect(
@@ -337,7 +335,8 @@ class MqttResponder:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        if msg.topic != self.topic:
+        agent = self.topics.offload_requester(msg.topic, self._app.model, self.replica_id)
+        if msg.topic != self.topic and agent is None:
             # A lease list or a handed-over frame (one of a source just given back,
             # still in flight before the UNSUBACK, is dropped there: not a request).
             self.pipelines.on_message(msg.topic, payload)
@@ -345,7 +344,7 @@ class MqttResponder:
         props = getattr(msg, "properties", None)  # getattr(None, ...) gives the default
         try:
             corr = getattr(props, "CorrelationData", None)
-            self.handle(payload, getattr(props, "ResponseTopic", None), corr)
+            self.handle(payload, getattr(props, "ResponseTopic", None), corr, requester=agent)
         except Exception as exc:  # paho's thread must outlive any message
             self._drops.drop("replica %s: request dropped: %r", self.replica_id, exc)
 
@@ -356,16 +355,18 @@ class MqttResponder:
         payload: bytes,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        requester: str | None = None,
     ) -> None:
         """Decode, check and queue one request (or answer its refusal); never blocks."""
-        app = self._app
+        app, bound = self._app, requester and self.topics.offload_reply(requester)
         try:
             header, tensors = decode_frame(payload, max_bytes=self._max)
         except ProtocolError as exc:
             header = peek_header(payload) or {}
-            self._refuse(reply_to(header, response_topic, correlation_data, self.topics)[0], exc)
+            to = reply_to(header, response_topic, correlation_data, self.topics, bound or None)[0]
+            self._refuse(to, exc)
             return
-        to, bad = reply_to(header, response_topic, correlation_data, self.topics)
+        to, bad = reply_to(header, response_topic, correlation_data, self.topics, bound or None)
         try:
             if bad is not None:
                 raise bad

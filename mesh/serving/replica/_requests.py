@@ -89,14 +89,20 @@ def reply_to(
     response_topic: str | None,
     correlation_data: bytes | None,
     topics: Topics,
+    bound: str | None = None,
 ) -> tuple[ReplyTo | None, ProtocolError | None]:
     """Where to answer a request (the header's fields, else MQTT 5's), and what is wrong there.
 
     Only a valid topic under ``{p}/replies/`` is answered
     (:func:`~edge_agent.protocol.reply_target`): the broker would disconnect the
     responder for publishing to a bad one. ``(None, error)``: drop the request.
+    ``bound`` (an agent's offload reply topic, known from the topic the request
+    came on) replaces the topic the request names, good or bad.
     """
     to, bad = reply_target(header, response_topic, correlation_data, topics)
+    if bound is not None:
+        corr = to[1] if to is not None else None
+        return ReplyTo(bound, corr, correlation_data), bad
     return (None if to is None else ReplyTo(*to)), bad
 
 
