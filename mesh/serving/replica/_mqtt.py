@@ -19,8 +19,7 @@ reply to ``reply_to`` with the correlation id (and, over MQTT 5, the
 CorrelationData). The requests count in the replica's ``/stats``, so a
 draining replica is stopped only once its MQTT work is done too.
 
-The same worker runs agents' pipelines whose source was handed to this
-replica (route ``remote``): see :mod:`mesh.serving.replica._pipelines`.
+The worker also runs pipelines handed over here: :mod:`mesh.serving.replica._pipelines`.
 
 :meth:`MqttResponder.start` returns once the subscription is acknowledged (the
 replica reports ready only then); :meth:`MqttResponder.stop` unsubscribes,
