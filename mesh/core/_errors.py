@@ -22,6 +22,7 @@ each class answers with when it reaches a client (blank: inherited from the pare
     ├── RequestError                     400  the HTTP request itself is wrong
     │   ├── NotFoundError                404  no such route, or no such thing at it
     │   ├── MethodNotAllowedError        405  the route does not take that method
+    │   ├── RequestTimeoutError          408  the request was not sent within the read timeout
     │   ├── RequestTooLargeError         413  the body is over the limit
     │   └── InvalidRequestError          422  path, query or body do not validate
     ├── AuthError                        401  (security._auth) no, bad, forged or expired token
@@ -281,6 +282,12 @@ class MethodNotAllowedError(RequestError):
     """The route does not take that method (HTTP 405)."""
 
     http_status = 405
+
+
+class RequestTimeoutError(RequestError):
+    """The client did not send the whole request within the read timeout (HTTP 408)."""
+
+    http_status = 408
 
 
 class RequestTooLargeError(RequestError):

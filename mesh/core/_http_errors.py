@@ -44,6 +44,7 @@ from mesh.core._errors import (
     MethodNotAllowedError,
     NotFoundError,
     RequestError,
+    RequestTimeoutError,
     RequestTooLargeError,
 )
 
@@ -71,6 +72,7 @@ _REQUEST_ERRORS: dict[int, str] = {
         RequestError,
         NotFoundError,
         MethodNotAllowedError,
+        RequestTimeoutError,
         RequestTooLargeError,
         InvalidRequestError,
     )

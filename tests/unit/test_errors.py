@@ -48,6 +48,7 @@ STATUSES: dict[str, int] = {
     "mesh.core._errors.RequestError": 400,
     "mesh.core._errors.NotFoundError": 404,
     "mesh.core._errors.MethodNotAllowedError": 405,
+    "mesh.core._errors.RequestTimeoutError": 408,
     "mesh.core._errors.RequestTooLargeError": 413,
     "mesh.core._errors.InvalidRequestError": 422,
     "mesh.security._auth.AuthError": 401,
