@@ -450,6 +450,20 @@ class ReplicaApp:
             raise RequestTooLargeError(self._too_large("") + " (or the client left)")
         return body
 
+    def _check_batch(self, inputs: Feeds) -> None:
+        """Refuse a batch over the runner's ``max_request_batch`` (its answer would be too).
+
+        Raises:
+            RequestTooLargeError: an input's batch axis is over it (HTTP 413).
+        """
+        most = self.runner.max_request_batch
+        for spec in self.runner.signature.inputs:
+            if spec.batch_dynamic and inputs[spec.name].shape[0] > most:
+                raise RequestTooLargeError(
+                    f"input {spec.name!r} has a batch of {inputs[spec.name].shape[0]}; "
+                    f"this replica takes at most {most} a request"
+                )
+
     def _too_large(self, size: str) -> str:
         return (
             f"request body {size}is over this replica's {self.max_body_bytes}-byte limit "
@@ -472,6 +486,7 @@ class ReplicaApp:
                 ) from None
             request = decode_request(self.model, body, header_length)
             check_inputs(self.model, request.inputs, self.runner.signature.inputs)
+            self._check_batch(request.inputs)
             outputs = await self._batcher.submit(request.inputs, self.model)
             payload, json_length = encode_response(
                 self.model,
