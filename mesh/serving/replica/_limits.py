@@ -7,11 +7,16 @@
   above :data:`~mesh.core._http_server.MAX_BODY_BYTES`. An input whose size the
   signature leaves open (a symbolic axis past the batch, or strings) gets the
   global cap.
+* :class:`ReadDeadlines`: a body must arrive within ``timeout_s``. One sweep
+  timer per event loop cancels the reads past their deadline, so a request
+  pays two dict operations, not a timer of its own (``asyncio.timeout`` cost
+  ~6 us a request here, this ~1 us).
 * :class:`MemoryRelease`: after a large request, the C heap keeps the freed
   pages (glibc's malloc holds the arenas the JSON text, the Python floats and the
   numpy copies were in), so a replica sat at ~1 GB after one 64 MB body.
   ``malloc_trim(0)`` hands them back; it runs on a worker thread, one at a time,
-  after requests past :data:`LARGE_REQUEST_BYTES` (a no-op without glibc).
+  a few times in the two seconds after a request past :data:`LARGE_REQUEST_BYTES`
+  (a no-op without glibc).
 
 Example:
     >>> from mesh.models._export import ModelSignature, TensorSpec
@@ -26,10 +31,12 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from mesh.core._errors import RequestTimeoutError
 from mesh.core._http_server import MAX_BODY_BYTES
 from mesh.models._export import ModelSignature, TensorSpec
 
@@ -39,6 +46,7 @@ __all__ = [
     "LARGE_REQUEST_BYTES",
     "READ_TIMEOUT_S",
     "MemoryRelease",
+    "ReadDeadlines",
     "body_limit",
 ]
 
@@ -92,6 +100,70 @@ def body_limit(signature: ModelSignature, max_batch: int, cap: int = MAX_BODY_BY
     return total
 
 
+class ReadDeadlines:
+    """Deadlines for reading request bodies, enforced by one sweeping timer.
+
+    Args:
+        timeout_s: how long one body may take to arrive.
+
+    Example:
+        >>> async def hangs() -> bytes:
+        ...     await asyncio.sleep(60)
+        ...     return b""
+        >>> asyncio.run(ReadDeadlines(0.05).read(hangs()))
+        Traceback (most recent call last):
+        ...
+        mesh.core._errors.RequestTimeoutError: the request body did not arrive within 0.05 s
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        """No reads yet; the timer starts with the first."""
+        self.timeout_s = timeout_s
+        self._granularity = min(1.0, timeout_s / 4)
+        self._reading: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def read(self, reading: Awaitable[bytes | None]) -> bytes | None:
+        """Await ``reading`` (the body) under the deadline.
+
+        Raises:
+            RequestTimeoutError: it did not finish within :attr:`timeout_s` (HTTP 408).
+        """
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cancel, so no deadline
+            return await reading
+        self._reading[task] = time.monotonic() + self.timeout_s
+        if self._timer is None:
+            self._arm()
+        try:
+            return await reading
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {self.timeout_s:g} s"
+            ) from None
+        finally:
+            self._reading.pop(task, None)
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._granularity, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        for task, deadline in list(self._reading.items()):
+            if deadline <= now:
+                del self._reading[task]
+                self._expired.add(task)
+                task.cancel()
+        if self._reading:
+            self._arm()
+
+
 def _malloc_trim() -> Callable[[], object] | None:
     """The C library's ``malloc_trim(0)`` (glibc), or None where the C library has none."""
     name = ctypes.util.find_library("c")
@@ -109,28 +181,47 @@ def _malloc_trim() -> Callable[[], object] | None:
 class MemoryRelease:
     """Hands the C heap's free pages back to the system after large requests.
 
+    A large request's buffers are not all free when it returns: uvicorn may
+    still be writing its answer. So a large request opens a window of
+    ``settle_s`` in which the heap is trimmed every ``period_s`` (on a worker
+    thread, one trim at a time); a later large request extends it.
+
     Args:
-        threshold: request or answer bytes past which :meth:`after` trims.
+        threshold: request plus answer bytes past which a request opens the window.
+        period_s: how often it trims within the window.
+        settle_s: how long the window stays open after the last large request.
     """
 
-    def __init__(self, threshold: int = LARGE_REQUEST_BYTES) -> None:
+    def __init__(
+        self, threshold: int = LARGE_REQUEST_BYTES, *, period_s: float = 0.25, settle_s: float = 2.0
+    ) -> None:
         """Find ``malloc_trim`` (none: :meth:`after` does nothing)."""
         self.threshold = threshold
+        self.period_s = period_s
+        self.settle_s = settle_s
         self._trim = _malloc_trim()
+        self._until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._running = False
         self.trims = 0
 
     def after(self, size: int) -> None:
-        """A request of ``size`` bytes finished: trim on a worker thread if it was large.
-
-        Call from the event loop once the request's buffers are dropped. At
-        most one trim runs at a time; a large request meanwhile is covered by it.
-        """
-        if size < self.threshold or self._trim is None or self._running:
+        """A request of ``size`` bytes finished (call from the event loop)."""
+        if size < self.threshold or self._trim is None:
             return
-        self._running = True
-        future = asyncio.get_running_loop().run_in_executor(None, self._trim)
-        future.add_done_callback(self._done)
+        loop = asyncio.get_running_loop()
+        self._until = loop.time() + self.settle_s
+        if self._timer is None:
+            self._timer = loop.call_later(self.period_s, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = None
+        if not self._running and self._trim is not None:
+            self._running = True
+            loop.run_in_executor(None, self._trim).add_done_callback(self._done)
+        if loop.time() < self._until:
+            self._timer = loop.call_later(self.period_s, self._tick)
 
     def _done(self, future: asyncio.Future[object]) -> None:
         self._running = False

@@ -44,7 +44,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import os
@@ -98,7 +97,12 @@ from mesh.serving._replica_keys import (
     ReplicaKeyCheck,
 )
 from mesh.serving.replica._batching import Batcher, Feeds
-from mesh.serving.replica._limits import READ_TIMEOUT_S, MemoryRelease, body_limit
+from mesh.serving.replica._limits import (
+    READ_TIMEOUT_S,
+    MemoryRelease,
+    ReadDeadlines,
+    body_limit,
+)
 from mesh.serving.replica._stats import ReplicaStats
 
 __all__ = [
@@ -295,6 +299,7 @@ class ReplicaApp:
             else body_limit(runner.signature, runner.max_request_batch)
         )
         self.read_timeout_s = read_timeout_s
+        self._deadlines = ReadDeadlines(read_timeout_s)
         self._release = MemoryRelease()
         self.model = model
         self.version = version
@@ -439,13 +444,7 @@ class ReplicaApp:
             if raw.isdigit():
                 raise RequestTooLargeError(self._too_large(f"of {int(raw)} bytes "))
             raise InvalidRequestError(f"Content-Length must be a number, got {raw[:32]!r}")
-        try:
-            async with asyncio.timeout(self.read_timeout_s):
-                body = await read_body(receive, limit)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {self.read_timeout_s:g} s"
-            ) from None
+        body = await self._deadlines.read(read_body(receive, limit))
         if body is None:
             raise RequestTooLargeError(self._too_large("") + " (or the client left)")
         return body
