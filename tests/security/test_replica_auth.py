@@ -127,7 +127,7 @@ def test_a_key_given_on_stdin_is_required(model: Path) -> None:
 
 def test_a_replica_on_a_reachable_address_will_not_start_without_a_key(model: Path) -> None:
     with pytest.raises(RuntimeError, match="give the replica a key"):
-        ReplicaProcess(model, host="0.0.0.0", start_timeout_s=30)
+        ReplicaProcess(model, host="0.0.0.0", start_timeout_s=30).stop()  # stopped if it started
 
 
 def test_the_probes_and_the_gateway_pool_send_the_key(replica: ReplicaProcess) -> None:
