@@ -5,9 +5,20 @@ reserving the module's fractional CPUs (and GPUs, memory, custom resources),
 restarted by Ray up to ``max_restarts`` times if its process dies. Its
 constructor loads the model into ONNX Runtime, warms it up and starts the
 replica's own HTTP server (:mod:`mesh.serving.replica._server`) on a free port of the
-node; the endpoint ``(node id, host, port)`` is what :meth:`RayReplicaHandle.poll`
+node; the endpoint ``(node id, host, port, key)`` is what :meth:`RayReplicaHandle.poll`
 returns once the constructor is done. Ray is used to start, find and stop
 replicas, never per request.
+
+Where it listens: the address Ray knows its node by (the raylet's node IP, what
+``ray.util.get_node_ip_address()`` answers inside a worker), so on a cluster
+bound to loopback (the embedded one) replicas listen on 127.0.0.1 too, and on a
+multi-host cluster on the node's address, where the gateway reaches them.
+What it answers: only callers with its replica key
+(:mod:`mesh.serving._replica_keys`). The launcher issues a fresh key for every
+replica it launches, as a constructor argument (out of ``ps``, never logged);
+when Ray restarts a dead replica's process, the new process makes a fresh key
+itself (the old one dies with the old process), and the serving manager learns
+it with the new port (:meth:`RayReplicaHandle.refresh`).
 
 Given broker settings (``mqtt=``), each replica also answers edge agents'
 offloaded requests on ``{p}/modules/{module}/infer/{replica_id}``
@@ -43,6 +54,7 @@ from mesh.ray._remote import label_selector, task_resources
 from mesh.sdk._specs import FunctionSpec
 from mesh.serving._contract import ReplicaMqtt
 from mesh.serving._manager import ModelArtifact, ReplicaFailedError, ReplicaRequest
+from mesh.serving._replica_keys import new_replica_key
 from mesh.serving._routes import ReplicaEndpoint
 
 if TYPE_CHECKING:
@@ -69,21 +81,32 @@ class ReplicaActor:
         replica_id: str,
         bind_host: str | None,
         mqtt: ReplicaMqtt | None = None,
+        key: str | None = None,
     ) -> None:
         """Load, warm up and serve (HTTP, and MQTT when given); ready when this returns.
 
         ``model`` is ``[ObjectRef of the ONNX bytes]``: nested, so the actor fetches it
         (the driver keeps the reference, and a restarted actor fetches it again).
+        ``key`` is the replica key the launcher issued; a restarted process (and
+        a caller that gives none) makes a fresh one.
         """
+        from mesh.serving._replica_keys import new_replica_key
         from mesh.serving.replica._server import ModelRunner, ReplicaApp, serve_asgi
 
         context = ray.get_runtime_context()
         self._node_id = context.get_node_id()
         host = bind_host or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        if key is None or context.was_current_actor_reconstructed:
+            key = new_replica_key()
         data: bytes = ray.get(model[0])
         runner = ModelRunner(data, cpus=cpus, gpus=gpus, batching=batching)  # type: ignore[arg-type]
         self._app = ReplicaApp(
-            runner, model=module, version=version, node_id=self._node_id, replica_id=replica_id
+            runner,
+            model=module,
+            version=version,
+            node_id=self._node_id,
+            replica_id=replica_id,
+            key=key,
         )
         self._app.warmup()
         self._server = serve_asgi(self._app, host=host, port=0, name=f"replica-{replica_id}")
@@ -102,6 +125,7 @@ class ReplicaActor:
             "node_id": self._node_id,
             "host": host,
             "port": self._server.port,
+            "key": key,
             "version": version,
             "provider": runner.provider,
             "threads": runner.threads,
@@ -117,7 +141,7 @@ class ReplicaActor:
         )
 
     def endpoint(self) -> dict[str, Any]:
-        """Where it serves, and how (provider, threads)."""
+        """Where it serves, its key, and how (provider, threads)."""
         return dict(self._info)
 
     def stop(self) -> None:
@@ -136,6 +160,7 @@ def _endpoint(info: dict[str, Any]) -> ReplicaEndpoint:
         str(info["host"]),
         int(info["port"]),
         str(info["version"]),
+        key=str(info["key"]),
     )
 
 
@@ -215,7 +240,8 @@ class RayReplicaLauncher:
         nodes: the cluster's nodes (e.g. ``RayBackend.nodes``), to refuse at once
             what no node can hold (Ray would leave the actor pending forever);
             default ``ray.nodes()``.
-        bind_host: address replicas listen on; default the node's IP (what Ray uses).
+        bind_host: address replicas listen on; default the node's IP as Ray knows it
+            (loopback on a loopback cluster).
         max_restarts: Ray restarts of a replica whose process died.
         mqtt: the broker replicas connect to, to answer agents' offloaded requests
             on ``{p}/modules/{module}/infer/{replica_id}``; None = HTTP only.
@@ -304,6 +330,7 @@ class RayReplicaLauncher:
                     request.replica_id,
                     self._bind_host,
                     self._mqtt,
+                    new_replica_key(),
                 )
             )
         except Exception as exc:

@@ -272,10 +272,11 @@ class HttpProbe:
     """:class:`ReplicaProbe` over ``http.client`` (the manager's thread; no event loop)."""
 
     def stats(self, endpoint: ReplicaEndpoint, timeout_s: float) -> dict[str, Any] | None:
-        """``GET /stats`` of the replica; None on any failure."""
+        """``GET /stats`` of the replica (with its key); None on any failure."""
         conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout_s)
+        headers = {"Authorization": endpoint.authorization.decode()} if endpoint.key else {}
         try:
-            conn.request("GET", "/stats")
+            conn.request("GET", "/stats", headers=headers)
             response = conn.getresponse()
             body = response.read()
             if response.status != 200:

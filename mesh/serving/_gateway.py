@@ -352,6 +352,7 @@ class Gateway:
                     f"/v2/models/{route.module}/infer",
                     body=body,
                     headers=headers,
+                    authorization=endpoint.authorization,
                     timeout_s=self._upstream_timeout_s,
                 )
             except UpstreamConnectionError as exc:

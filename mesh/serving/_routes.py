@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.models._export import ModelSignature
+from mesh.serving._replica_keys import authorization as bearer
 
 __all__ = [
     "AgentEndpoint",
@@ -39,13 +40,27 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ReplicaEndpoint:
-    """A replica's own socket on a cloud or fog node."""
+    """A replica's own socket on a cloud or fog node, and the key it answers to.
+
+    Attributes:
+        key: the replica key the control plane issued to this start of the replica
+            (:mod:`mesh.serving._replica_keys`); never shown (not in ``repr`` nor
+            :meth:`describe`). Empty: a replica that takes no key (tests).
+        authorization: the ``Authorization`` value that carries it (made once, so
+            the gateway's hot path adds no work); empty without a key.
+    """
 
     replica_id: str
     node_id: str
     host: str
     port: int
     version: str
+    key: str = field(default="", repr=False)
+    authorization: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Make the ``Authorization`` value once."""
+        object.__setattr__(self, "authorization", bearer(self.key) if self.key else b"")
 
     @property
     def node(self) -> str:

@@ -229,9 +229,13 @@ class UpstreamPool:
         *,
         body: bytes = b"",
         headers: Sequence[tuple[bytes, bytes]] = (),
+        authorization: bytes = b"",
         timeout_s: float | None = None,
     ) -> UpstreamResponse:
         """Send one request and await the whole response.
+
+        ``authorization``: the ``Authorization`` value to send, if any (a replica's
+        key, :attr:`~mesh.serving._routes.ReplicaEndpoint.authorization`).
 
         Raises:
             UpstreamConnectionError: could not connect, or the connection broke.
@@ -243,6 +247,8 @@ class UpstreamPool:
         head = [f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()]
         for name, value in headers:
             head.append(name + b": " + value + b"\r\n")
+        if authorization:
+            head.append(b"Authorization: " + authorization + b"\r\n")
         head.append(b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         data = [b"".join(head), body] if body else [b"".join(head)]
         for attempt in (0, 1):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -77,6 +78,12 @@ def test_replicas_run_on_fog_and_serve_direct(
     route = manager.deploy(SPEC, v1, tier="fog")
     (endpoint,) = route.endpoints
     assert isinstance(endpoint, ReplicaEndpoint) and endpoint.node_id in fog
+    # it listens where Ray knows its node (loopback on a loopback cluster), with a key
+    node = next(n for n in ray_backend.nodes() if n.node_id == endpoint.node_id)
+    assert node.address.rpartition(":")[0] == endpoint.host
+    assert len(endpoint.key) >= 43
+    keyless = httpx.get(f"{endpoint.url}/stats", timeout=5)
+    assert keyless.status_code == 401, keyless.text
     stats = HttpProbe().stats(endpoint, 5.0)
     assert stats is not None and stats["threads"] == 1 and stats["ready"]
     assert stats["provider"] == "CPUExecutionProvider" and stats["node_id"] in fog
@@ -114,6 +121,8 @@ def test_replicas_run_on_fog_and_serve_direct(
             )
 
         wait_until(restarted, 90, "the killed replica back in the route on a new port")
+        (back,) = manager.routes.get("cnn").endpoints  # type: ignore[union-attr]
+        assert isinstance(back, ReplicaEndpoint) and back.key and back.key != current.key
         load = LoadRunner(server.host, server.port, "cnn", frame, workers=1, check=check).start()
         try:
             load.wait_for(lambda: load.count("v2") >= 10, 30, "answers after the restart")

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from mesh.serving.replica._batching import ReplicaOverloadedError
     from mesh.serving.replica._mqtt import MqttResponder
     from mesh.serving.replica._pipelines import PipelineHost, ReplicaPipelines
-    from mesh.serving.replica._server import ModelRunner, ReplicaApp, ReplicaStats, choose_providers
+    from mesh.serving.replica._server import ModelRunner, ReplicaApp, choose_providers
+    from mesh.serving.replica._stats import ReplicaStats
 
 __all__ = [
     "ModelRunner",
@@ -41,8 +42,8 @@ __getattr__, __dir__ = lazy_exports(
         "mesh.serving.replica._server": (
             "ModelRunner",
             "ReplicaApp",
-            "ReplicaStats",
             "choose_providers",
         ),
+        "mesh.serving.replica._stats": ("ReplicaStats",),
     },
 )

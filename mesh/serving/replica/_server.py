@@ -16,19 +16,26 @@ through Ray per request.
   (:class:`~mesh.serving.replica._batching.ReplicaOverloadedError`), so the
   gateway tries another replica.
 * :class:`ReplicaApp`: a raw ASGI app (no framework on the hot path) for the
-  replica's one model: ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON
-  and binary tensors; 400 naming the expected signature), health, metadata,
+  replica's one model, answering only callers with its replica key
+  (:mod:`mesh.serving._replica_keys`; liveness and readiness are open):
+  ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON and binary
+  tensors; 400 naming the expected signature), health, metadata,
   ``GET /stats`` (in-flight requests, their time average, counts, latency) and
   ``GET /metrics``. Health is answered on the event loop while the model runs
   on its thread, so a slow model does not fail health checks. Every error is
   raised and answered in one place, with the status and the one JSON body of
-  :mod:`mesh.core._http_errors`.
+  :mod:`mesh.core._http_errors`. A body is capped by the model's signature
+  (413 from ``Content-Length`` before reading, or while reading), must arrive
+  within ``read_timeout_s`` (408), and a large one's memory is handed back
+  afterwards (:mod:`mesh.serving.replica._limits`); these answers close the
+  connection, so the rest of a refused body is never read.
 * :func:`~mesh.core._http_server.serve_asgi` runs it under uvicorn (httptools
   and uvloop when installed) in a daemon thread.
 
 Example:
     >>> runner = ModelRunner(Path("counter.onnx"), cpus=1)            # doctest: +SKIP
-    >>> app = ReplicaApp(runner, model="counter", version="v1")       # doctest: +SKIP
+    >>> app = ReplicaApp(runner, model="counter", version="v1",
+    ...                  key=new_replica_key())                          # doctest: +SKIP
     >>> server = serve_asgi(app, port=0)                              # doctest: +SKIP
     >>> server.url                                                     # doctest: +SKIP
     'http://127.0.0.1:40123'
@@ -41,6 +48,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,12 +56,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mesh.core._errors import (
+    InvalidRequestError,
     MeshError,
     MethodNotAllowedError,
     NotFoundError,
+    RequestTimeoutError,
     RequestTooLargeError,
 )
-from mesh.core._http_errors import error_status
+from mesh.core._http_errors import error_body, error_headers, error_status
 from mesh.core._http_server import (
     MAX_BODY_BYTES,
     Receive,
@@ -63,12 +73,12 @@ from mesh.core._http_server import (
     header,
     read_body,
     respond,
-    respond_error,
     respond_json,
     serve_asgi,
 )
-from mesh.core._metrics import CONTENT_TYPE, MetricsRegistry
+from mesh.core._metrics import CONTENT_TYPE
 from mesh.models._export import ModelSignature
+from mesh.security._auth import AuthError
 from mesh.serving._oip import (
     HEADER_LENGTH,
     InferenceInputError,
@@ -81,7 +91,19 @@ from mesh.serving._oip import (
     ort_signature,
     parse_model_path,
 )
+from mesh.serving._replica_keys import (
+    OPEN_PATHS,
+    REPLICA_KEY_ENV,
+    ReplicaKeyCheck,
+)
 from mesh.serving.replica._batching import Batcher, Feeds
+from mesh.serving.replica._limits import (
+    READ_TIMEOUT_S,
+    MemoryRelease,
+    ReadDeadlines,
+    body_limit,
+)
+from mesh.serving.replica._stats import ReplicaStats
 
 __all__ = [
     "CPU_PROVIDER",
@@ -100,6 +122,10 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 #: Models faster than this run inline on the event loop (a thread hop costs 50-100 us).
 INLINE_BELOW_MS = 3.0
+_AUTHORIZATION = b"authorization"
+_CONTENT_LENGTH = b"content-length"
+#: Refusals sent before the body was read close the connection (its rest is never read).
+_CLOSING = (AuthError, RequestTooLargeError, RequestTimeoutError)
 
 
 def choose_providers(available: Sequence[str], gpus: float) -> list[str]:
@@ -172,6 +198,8 @@ class ModelRunner:
             s.batch_dynamic for s in (*self.signature.inputs, *self.signature.outputs)
         )
         self.max_batch = max(1, max_batch) if self.batchable else 1
+        #: The largest batch one request may carry (its body cap is sized for it).
+        self.max_request_batch = max(1, max_batch)
         self._batching = batching
         self.batching = batching == "on" and self.batchable
         self._warmup_runs = warmup_runs
@@ -224,67 +252,6 @@ class ModelRunner:
         )
 
 
-# ---------------------------------------------------------------- stats
-
-
-class ReplicaStats:
-    """In-flight requests (now and time-averaged), counts and latency of one replica."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        """Start counting at ``clock()``."""
-        self._clock = clock
-        self._lock = threading.Lock()
-        self.in_flight = 0
-        self.requests = 0
-        self.errors = 0
-        self._area = 0.0  # in-flight x seconds since the last window
-        self._since = self._changed = clock()
-        self.metrics = MetricsRegistry()
-        self.latency = self.metrics.histogram(
-            "mesh_replica_latency_seconds", "Time from request to response in this replica."
-        )
-
-    def _advance(self, now: float) -> None:
-        self._area += self.in_flight * (now - self._changed)
-        self._changed = now
-
-    def started(self) -> None:
-        """A request came in."""
-        with self._lock:
-            self._advance(self._clock())
-            self.in_flight += 1
-
-    def finished(self, seconds: float, ok: bool) -> None:
-        """A request was answered after ``seconds``."""
-        with self._lock:
-            self._advance(self._clock())
-            self.in_flight -= 1
-            self.requests += 1
-            if not ok:
-                self.errors += 1
-        self.latency.observe(seconds)
-
-    def window(self) -> dict[str, Any]:
-        """Counters, and the average in-flight count since the last call (which starts anew)."""
-        with self._lock:
-            now = self._clock()
-            self._advance(now)
-            span = now - self._since
-            average = self._area / span if span > 0 else float(self.in_flight)
-            self._area, self._since = 0.0, now
-            out: dict[str, Any] = {
-                "in_flight": self.in_flight,
-                "avg_in_flight": average,
-                "window_s": span,
-                "requests": self.requests,
-                "errors": self.errors,
-            }
-        snap = self.metrics.snapshot(self.latency)
-        out["p50_ms"] = None if (q := snap.quantile(0.5)) is None else q * 1000.0
-        out["p95_ms"] = None if (q := snap.quantile(0.95)) is None else q * 1000.0
-        return out
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -298,6 +265,15 @@ class ReplicaApp:
         node_id: the node it runs on (reported in ``/stats``).
         replica_id: its id (reported in ``/stats``).
         max_queue: queued requests past which it answers 503.
+        execution: where the model runs: ``"inline"`` on the event loop, on a
+            ``"thread"``, or ``"auto"`` (inline when it is faster than
+            :data:`INLINE_BELOW_MS`).
+        key: the replica key callers must send (every route but liveness and
+            readiness answers 401 without it); None answers anyone, for a replica
+            only its own process reaches (tests).
+        max_body_bytes: the body cap; default the largest valid request for the
+            model's signature at the runner's ``max_request_batch``.
+        read_timeout_s: how long a request body may take to arrive (408 after).
     """
 
     def __init__(
@@ -310,9 +286,21 @@ class ReplicaApp:
         replica_id: str = "",
         max_queue: int = 1024,
         execution: Literal["auto", "inline", "thread"] = "auto",
+        key: str | None = None,
+        max_body_bytes: int | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         """Wrap ``runner``; call :meth:`warmup` (or let :meth:`start` do it) before serving."""
         self.runner = runner
+        self._keys = ReplicaKeyCheck(key) if key is not None else None
+        self.max_body_bytes = (
+            max_body_bytes
+            if max_body_bytes is not None
+            else body_limit(runner.signature, runner.max_request_batch)
+        )
+        self.read_timeout_s = read_timeout_s
+        self._deadlines = ReadDeadlines(read_timeout_s)
+        self._release = MemoryRelease()
         self.model = model
         self.version = version
         self.node_id = node_id
@@ -374,10 +362,13 @@ class ReplicaApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        size = 0
         try:
+            if self._keys is not None and path not in OPEN_PATHS:
+                self._keys.check(header(scope, _AUTHORIZATION))
             if path.startswith("/v2/models/"):
-                await self._model_route(scope, receive, send, path, method)
-            elif path in ("/v2/health/live", "/v2/health/ready"):
+                size = await self._model_route(scope, receive, send, path, method)
+            elif path in OPEN_PATHS:
                 ok = path.endswith("live") or self.ready
                 await respond(send, 200 if ok else 503, b"")
             elif path == "/v2":
@@ -410,11 +401,17 @@ class ReplicaApp:
                     self.version,
                     path,
                 )
-            await respond_error(send, exc)
+            closing = [(b"connection", b"close")] if isinstance(exc, _CLOSING) else []
+            await respond(
+                send, error_status(exc), error_body(exc), headers=[*error_headers(exc), *closing]
+            )
+        if size:
+            self._release.after(size)
 
     async def _model_route(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str
-    ) -> None:
+    ) -> int:
+        """Answer a ``/v2/models/...`` route; returns the bytes an inference handled."""
         parsed = parse_model_path(path)
         if parsed is None:
             raise NotFoundError(f"no route {method} {path}")
@@ -422,8 +419,8 @@ class ReplicaApp:
         if name != self.model or (version is not None and version != self.version):
             raise ModelNotServedError(name, version, [f"{self.model} {self.version}"])
         if action == "infer" and method == "POST":
-            await self._infer(scope, receive, send)
-        elif action == "ready":
+            return await self._infer(scope, receive, send)
+        if action == "ready":
             await respond(send, 200 if self.ready else 503, b"")
         elif action == "" and method == "GET":
             await respond_json(
@@ -431,17 +428,54 @@ class ReplicaApp:
             )
         else:
             raise MethodNotAllowedError(f"{method} {path} is not allowed")
+        return 0
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _read(self, scope: Scope, receive: Receive) -> bytes:
+        """The body, refused (413) by ``Content-Length`` before a byte is read, or past the cap.
+
+        Raises:
+            RequestTooLargeError: over :attr:`max_body_bytes` (or the client left).
+            RequestTimeoutError: the body did not arrive within :attr:`read_timeout_s`.
+            InvalidRequestError: ``Content-Length`` is not a number.
+        """
+        limit = self.max_body_bytes
+        raw = header(scope, _CONTENT_LENGTH)
+        if raw is not None and (len(raw) > 19 or not raw.isdigit() or int(raw) > limit):
+            if raw.isdigit():
+                raise RequestTooLargeError(self._too_large(f"of {int(raw)} bytes "))
+            raise InvalidRequestError(f"Content-Length must be a number, got {raw[:32]!r}")
+        body = await self._deadlines.read(read_body(receive, limit))
+        if body is None:
+            raise RequestTooLargeError(self._too_large("") + " (or the client left)")
+        return body
+
+    def _check_batch(self, inputs: Feeds) -> None:
+        """Refuse a batch over the runner's ``max_request_batch`` (its answer would be too).
+
+        Raises:
+            RequestTooLargeError: an input's batch axis is over it (HTTP 413).
+        """
+        most = self.runner.max_request_batch
+        for spec in self.runner.signature.inputs:
+            if spec.batch_dynamic and inputs[spec.name].shape[0] > most:
+                raise RequestTooLargeError(
+                    f"input {spec.name!r} has a batch of {inputs[spec.name].shape[0]}; "
+                    f"this replica takes at most {most} a request"
+                )
+
+    def _too_large(self, size: str) -> str:
+        return (
+            f"request body {size}is over this replica's {self.max_body_bytes}-byte limit "
+            f"(the largest request for {self.model}'s inputs at batch "
+            f"{self.runner.max_request_batch}, at most {MAX_BODY_BYTES})"
+        )
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> int:
         started = time.perf_counter()
         self.stats.started()
         ok = False
         try:
-            body = await read_body(receive)
-            if body is None:
-                raise RequestTooLargeError(
-                    f"request body over {MAX_BODY_BYTES} bytes, or the client left"
-                )
+            body = await self._read(scope, receive)
             raw_length = header(scope, HEADER_LENGTH.encode())
             try:
                 header_length = int(raw_length) if raw_length is not None else None
@@ -451,6 +485,7 @@ class ReplicaApp:
                 ) from None
             request = decode_request(self.model, body, header_length)
             check_inputs(self.model, request.inputs, self.runner.signature.inputs)
+            self._check_batch(request.inputs)
             outputs = await self._batcher.submit(request.inputs, self.model)
             payload, json_length = encode_response(
                 self.model,
@@ -473,6 +508,7 @@ class ReplicaApp:
                 else b"application/octet-stream",
             )
             ok = True
+            return len(body) + len(payload)
         finally:
             self.stats.finished(time.perf_counter() - started, ok)
 
@@ -496,10 +532,28 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mqtt", metavar="URL", help="also answer MQTT requests via this broker")
     parser.add_argument("--mqtt-prefix", default="mesh/v1", help="MQTT topic prefix")
     parser.add_argument("--replica-id", default=None, help="MQTT target id (default: the name)")
+    parser.add_argument(
+        "--key-stdin",
+        action="store_true",
+        help=f"read the replica key from stdin's first line (else ${REPLICA_KEY_ENV}); "
+        "required unless --host is loopback",
+    )
+    parser.add_argument(
+        "--read-timeout", type=float, default=READ_TIMEOUT_S, help="seconds a body may take"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    key = sys.stdin.readline().strip() if args.key_stdin else os.environ.pop(REPLICA_KEY_ENV, "")
+    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error(
+            f"--host {args.host} is reachable from other hosts: give the replica a key "
+            f"(${REPLICA_KEY_ENV}, or --key-stdin); make one with "
+            f"python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if not key:
+        logger.warning("no replica key: anyone on this host can call the replica")
     runner = ModelRunner(args.model, cpus=args.cpus, batching=args.batching)
     replica_id = args.replica_id or args.name
     app = ReplicaApp(
@@ -509,6 +563,8 @@ def _main(argv: Sequence[str] | None = None) -> None:
         node_id=socket.gethostname(),
         replica_id=replica_id,
         execution=args.execution,
+        key=key or None,
+        read_timeout_s=args.read_timeout,
     )
     app.warmup()
     server = serve_asgi(app, host=args.host, port=args.port, name=f"replica-{args.name}")
