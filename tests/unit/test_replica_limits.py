@@ -10,6 +10,7 @@ import pytest
 
 from mesh.core._errors import RequestTimeoutError
 from mesh.core._http_server import MAX_BODY_BYTES
+from mesh.core._read_deadlines import ReadDeadlines
 from mesh.models._export import ModelSignature, TensorSpec
 from mesh.security._auth import AuthError
 from mesh.serving._replica_keys import ReplicaKeyCheck, authorization, new_replica_key
@@ -17,7 +18,6 @@ from mesh.serving._routes import ReplicaEndpoint
 from mesh.serving.replica._limits import (
     HEAD_ALLOWANCE,
     JSON_BYTES_PER_ELEMENT,
-    ReadDeadlines,
     body_limit,
 )
 

@@ -7,10 +7,8 @@
   above :data:`~mesh.core._http_server.MAX_BODY_BYTES`. An input whose size the
   signature leaves open (a symbolic axis past the batch, or strings) gets the
   global cap.
-* :class:`ReadDeadlines`: a body must arrive within ``timeout_s``. One sweep
-  timer per event loop cancels the reads past their deadline, so a request
-  pays two dict operations, not a timer of its own (``asyncio.timeout`` cost
-  ~6 us a request here, this ~1 us).
+* A body must arrive within ``read_timeout_s``:
+  :class:`~mesh.core._read_deadlines.ReadDeadlines` (shared with the gateway).
 * :class:`MemoryRelease`: after a large request, the C heap keeps the freed
   pages (glibc's malloc holds the arenas the JSON text, the Python floats and the
   numpy copies were in), so a replica sat at ~1 GB after one 64 MB body.
@@ -31,12 +29,10 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from mesh.core._errors import RequestTimeoutError
 from mesh.core._http_server import MAX_BODY_BYTES
 from mesh.models._export import ModelSignature, TensorSpec
 
@@ -46,7 +42,6 @@ __all__ = [
     "LARGE_REQUEST_BYTES",
     "READ_TIMEOUT_S",
     "MemoryRelease",
-    "ReadDeadlines",
     "body_limit",
 ]
 
@@ -98,70 +93,6 @@ def body_limit(signature: ModelSignature, max_batch: int, cap: int = MAX_BODY_BY
         if total >= cap:
             return cap
     return total
-
-
-class ReadDeadlines:
-    """Deadlines for reading request bodies, enforced by one sweeping timer.
-
-    Args:
-        timeout_s: how long one body may take to arrive.
-
-    Example:
-        >>> async def hangs() -> bytes:
-        ...     await asyncio.sleep(60)
-        ...     return b""
-        >>> asyncio.run(ReadDeadlines(0.05).read(hangs()))
-        Traceback (most recent call last):
-        ...
-        mesh.core._errors.RequestTimeoutError: the request body did not arrive within 0.05 s
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        """No reads yet; the timer starts with the first."""
-        self.timeout_s = timeout_s
-        self._granularity = min(1.0, timeout_s / 4)
-        self._reading: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def read(self, reading: Awaitable[bytes | None]) -> bytes | None:
-        """Await ``reading`` (the body) under the deadline.
-
-        Raises:
-            RequestTimeoutError: it did not finish within :attr:`timeout_s` (HTTP 408).
-        """
-        task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to cancel, so no deadline
-            return await reading
-        self._reading[task] = time.monotonic() + self.timeout_s
-        if self._timer is None:
-            self._arm()
-        try:
-            return await reading
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise
-            self._expired.discard(task)
-            task.uncancel()
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {self.timeout_s:g} s"
-            ) from None
-        finally:
-            self._reading.pop(task, None)
-
-    def _arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self._granularity, self._sweep)
-
-    def _sweep(self) -> None:
-        self._timer = None
-        now = time.monotonic()
-        for task, deadline in list(self._reading.items()):
-            if deadline <= now:
-                del self._reading[task]
-                self._expired.add(task)
-                task.cancel()
-        if self._reading:
-            self._arm()
 
 
 def _malloc_trim() -> Callable[[], object] | None:

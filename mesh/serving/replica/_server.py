@@ -77,6 +77,7 @@ from mesh.core._http_server import (
     serve_asgi,
 )
 from mesh.core._metrics import CONTENT_TYPE
+from mesh.core._read_deadlines import ReadDeadlines
 from mesh.models._export import ModelSignature
 from mesh.security._auth import AuthError
 from mesh.serving._oip import (
@@ -100,7 +101,6 @@ from mesh.serving.replica._batching import Batcher, Feeds
 from mesh.serving.replica._limits import (
     READ_TIMEOUT_S,
     MemoryRelease,
-    ReadDeadlines,
     body_limit,
 )
 from mesh.serving.replica._stats import ReplicaStats
@@ -444,7 +444,7 @@ class ReplicaApp:
             if raw.isdigit():
                 raise RequestTooLargeError(self._too_large(f"of {int(raw)} bytes "))
             raise InvalidRequestError(f"Content-Length must be a number, got {raw[:32]!r}")
-        body = await self._deadlines.read(read_body(receive, limit))
+        body = await self._deadlines.read(read_body(receive, limit, timeout_s=None))
         if body is None:
             raise RequestTooLargeError(self._too_large("") + " (or the client left)")
         return body
