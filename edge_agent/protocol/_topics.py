@@ -229,13 +229,19 @@ class Topics:
         """E.g. ``all_agents("status")`` -> ``{p}/agents/+/status``."""
         return f"{self.prefix}/agents/+/{leaf}"
 
-    def agent_subscriptions(self, agent: str) -> list[str]:
-        """Topic filters an agent subscribes to (for ACLs)."""
-        return [
+    def agent_subscriptions(self, agent: str, site: str | None = None) -> list[str]:
+        """Topic filters an agent subscribes to (for ACLs).
+
+        Its desired state, requests addressed to it, its own replies and, with
+        ``site``, its site's sensor streams (``{p}/sensors/{site}/#``: where
+        pipelines with an MQTT source read, e.g. ``sensors/{site}/camera``).
+        """
+        topics = [
             self.desired(agent),
             f"{self.prefix}/modules/+/infer/{agent}",
             f"{self.reply(agent)}/#",
         ]
+        return topics if site is None else [*topics, f"{self.prefix}/sensors/{site}/#"]
 
     def agent_publications(self, agent: str, site: str) -> list[str]:
         """Topic filters an agent publishes to (for ACLs).

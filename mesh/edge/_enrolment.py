@@ -293,8 +293,9 @@ def build_acl(
     """Render a Mosquitto ACL file for ``(agent_id, site)`` pairs.
 
     The control plane may read and write the whole prefix; each agent may write
-    only under its own id, its site's events, inference topics (offload) and
-    replies, and read its desired state, its infer topic and its own replies.
+    only under its own id (offload requests included), its site's events and
+    replies, and read its desired state, its infer topic, its own replies and its
+    site's sensor streams (``{p}/sensors/{site}/#``, pipelines' MQTT sources).
 
     Example:
         >>> print(build_acl([("cam-07", "int-2-1")]).splitlines()[-7])
@@ -312,7 +313,7 @@ def build_acl(
     for agent_id, site in agents:
         lines += ["", f"# agent {agent_id} (site {site})", f"user {agent_id}"]
         lines += [f"topic write {t}" for t in topics.agent_publications(agent_id, site)]
-        lines += [f"topic read {t}" for t in topics.agent_subscriptions(agent_id)]
+        lines += [f"topic read {t}" for t in topics.agent_subscriptions(agent_id, site)]
     return "\n".join(lines) + "\n"
 
 

@@ -160,8 +160,16 @@ def matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> 
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a Ray run or directory name (letters, digits, ``_.-``; 120 at most)."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:120]
+    """``text`` as a Ray run or directory name (letters, digits, ``_.-``; 120 at most).
+
+    Never ``.``, ``..`` or empty: a name of dots alone would name a directory above.
+
+    Example:
+        >>> safe_name("../etc/passwd"), safe_name(".."), safe_name("")
+        ('.._etc_passwd', '__', '_')
+    """
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:120]
+    return (name.replace(".", "_") or "_") if name.strip(".") == "" else name
 
 
 def read_resources(spec: FunctionSpec) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,14 +111,3 @@ def test_ss_agrees(deployed: dict[str, Any]) -> None:
     assert lines, f"ss shows no listener of the mesh's processes {sorted(pids)}"
 
     assert _ss_exposed(lines) == [], "\n".join(_ss_exposed(lines))
-
-
-def test_the_key_files_are_owner_only(deployed: dict[str, Any]) -> None:
-    """Every secret under ``<data_dir>/keys`` is mode 0600 after `mesh up` (public keys aside)."""
-    keys: Path = deployed["data_dir"] / "keys"
-    files = [p for p in keys.rglob("*") if p.is_file() and not p.name.endswith(".pub.pem")]
-    assert files, f"no key files under {keys}"
-
-    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o077}
-
-    assert loose == {}
