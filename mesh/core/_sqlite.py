@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -45,11 +46,17 @@ def open_sqlite(path: str, schema: Schema, *, named_rows: bool = True) -> sqlite
     """
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Created 0600 (SQLite gives its WAL files the same mode): stores hold
-        # password hashes and token digests.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
     try:
+        # Owner-only (SQLite gives its WAL files the same mode): stores hold
+        # password hashes and token digests. chmod, never an open()/close() of
+        # our own: closing any descriptor of the file drops every POSIX lock
+        # this process holds on it, and another store's connection to the same
+        # file would then write unlocked (measured: "database disk image is
+        # malformed" under the traffic scenario).
+        if path != ":memory:" and os.stat(path).st_mode & 0o077:
+            with contextlib.suppress(PermissionError):  # not ours: warned at start-up
+                os.chmod(path, 0o600)
         if named_rows:
             db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

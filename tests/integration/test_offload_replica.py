@@ -116,6 +116,8 @@ def http_round_trips(endpoint: ReplicaEndpoint, n: int) -> list[float]:
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=10)
     body, length = encode_request({"x": np.full((1, 4), 1.0, np.float32)})
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(length)}
+    if endpoint.authorization:  # the replica's key, as the gateway sends it
+        headers["Authorization"] = endpoint.authorization.decode()
     out = []
     try:
         for _ in range(n):
