@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent._budget import tune_malloc
 from mesh.core._errors import (
     InvalidRequestError,
     MeshError,
@@ -554,6 +555,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         )
     if not key:
         logger.warning("no replica key: anyone on this host can call the replica")
+    tune_malloc()  # large request buffers go back to the system when freed
     runner = ModelRunner(args.model, cpus=args.cpus, batching=args.batching)
     replica_id = args.replica_id or args.name
     app = ReplicaApp(
