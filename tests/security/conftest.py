@@ -15,19 +15,15 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.edge.broker._broker import free_port
 from mesh.runtime._daemon import pid_alive
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import mesh_cli
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,18 +31,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/security/" in str(item.fspath):
             item.add_marker(pytest.mark.security)
-
-
-def mesh(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``mesh ARGS`` from the repository root with ``env``."""
-    return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +57,7 @@ def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         RAY_USAGE_STATS_ENABLED="0",
         COLUMNS="200",
     )
-    up = mesh(env, "up", "--wait-s", "240", timeout=300)
+    up = mesh_cli(env, "up", "--wait-s", "240", timeout=300)
     record = data / "cluster.json"
     try:
         assert up.returncode == 0, f"mesh up failed:\n{up.stdout}\n{up.stderr}"
@@ -82,7 +66,7 @@ def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         info["env"] = env
         yield info
     finally:
-        mesh(env, "down", timeout=120)
+        mesh_cli(env, "down", timeout=120)
         if record.exists():
             pid = json.loads(record.read_text())["pid"]
             with contextlib.suppress(ProcessLookupError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.security.conftest import mesh
+from tests.support.cli import mesh_cli
 from tests.support.listeners import family_pids, non_loopback, tcp_listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -59,7 +59,7 @@ def deployed(mesh_up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     env = mesh_up["env"]
     model = build_cnn(tmp_path_factory.mktemp("exposure") / "counter.onnx")
     _ok(
-        mesh(
+        mesh_cli(
             env,
             "models",
             "register",
@@ -71,7 +71,7 @@ def deployed(mesh_up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
         )
     )
     _ok(
-        mesh(
+        mesh_cli(
             env,
             "modules",
             "deploy",
