@@ -11,19 +11,15 @@ node, stopped by `mesh down` (or SIGTERM to its recorded pid) at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from mesh.edge.broker._broker import free_port
-from mesh.runtime._daemon import pid_alive
-from tests.support.cli import mesh_cli
+from tests.support.cli import mesh_cli, stop_recorded_daemon
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -67,10 +63,4 @@ def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield info
     finally:
         mesh_cli(env, "down", timeout=120)
-        if record.exists():
-            pid = json.loads(record.read_text())["pid"]
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        stop_recorded_daemon(data)

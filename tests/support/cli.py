@@ -50,6 +50,11 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     }
     values.pop("MESH_BROKER_URL", None)
     yield values
+    stop_recorded_daemon(data)
+
+
+def stop_recorded_daemon(data: Path) -> None:
+    """SIGTERM the `mesh up` daemon recorded in ``data/cluster.json`` and wait (60 s at most)."""
     record = data / "cluster.json"
     if record.exists():
         pid = json.loads(record.read_text())["pid"]
