@@ -3,7 +3,9 @@
 Five feeds, each a bounded ring of timestamped samples:
 
 * **request latency** per module x node, from the gateway (it calls
-  :meth:`Monitors.observe` for every answered request: a deque append);
+  :meth:`Monitors.observe` for every request answered or failed: a deque
+  append; a failure is no latency sample, and a request refused with a 4xx is
+  not told at all: a client's bad input says nothing of the node);
 * **pipeline latency** per module x agent and route, from the agents'
   pipeline events (the edge bus's ``on_event`` feeds
   :meth:`Monitors.observe_event`);
@@ -114,7 +116,10 @@ class Monitors:
     # -- feeds
 
     def observe(self, module: str, node: str, latency_s: float, ok: bool) -> None:
-        """One request of ``module`` served by ``node`` (the gateway's hot path)."""
+        """One request of ``module`` served (``ok``) or failed by ``node`` (the gateway's hot path).
+
+        A failed one counts in :attr:`LatencyStats.errors`, never in the percentiles.
+        """
         ring = self._latency.get((module, node))
         if ring is None:
             with self._lock:
