@@ -44,6 +44,7 @@ from typing import Any
 
 from mesh.control._probes import AgentSource, CanaryProbe, NodeProbe, RttProbe
 from mesh.control._snapshot import LatencyStats, NodeState, Snapshot, percentile
+from mesh.core._log_repeats import RepeatLog
 
 __all__ = ["Monitors"]
 
@@ -112,6 +113,8 @@ class Monitors:
         self._events: dict[tuple[str, str], deque[tuple[float, float, str]]] = {}
         self._nodes: dict[str, NodeState] = {}
         self._last_hb: dict[str, float] = {}
+        # A source that fails every poll (a busy Ray head) logs once, with a count.
+        self._quiet = RepeatLog(logger, clock=clock)
 
     # -- feeds
 
@@ -180,13 +183,23 @@ class Monitors:
                 nodes += self._node_probe.nodes()
                 for s in self._node_probe.sample():
                     self.record_cpu(s.node, s.cpu_percent)
-            except Exception:
-                logger.warning("monitors: reading Ray nodes failed", exc_info=True)
+            except Exception as exc:
+                self._quiet.log(
+                    logging.WARNING,
+                    "monitors: reading Ray nodes failed",
+                    key=repr(exc)[:200],
+                    exc_info=exc,
+                )
         if self._agents is not None:
             try:
                 nodes += self._agent_nodes()
-            except Exception:
-                logger.warning("monitors: reading agents failed", exc_info=True)
+            except Exception as exc:
+                self._quiet.log(
+                    logging.WARNING,
+                    "monitors: reading agents failed",
+                    key=repr(exc)[:200],
+                    exc_info=exc,
+                )
         self.set_nodes(nodes)
         if self._rtt is not None:
             for node in nodes:
