@@ -98,6 +98,8 @@ class Client:
         self._decode_frame = decode_frame
         self.waiters: dict[bytes, Callable[[bytes], None]] = {}
         self.lock = threading.Lock()
+        #: Throughput requests never answered (lost): each pass adds its own.
+        self.lost = 0
         self.cid = f"bench-{uuid.uuid4().hex[:6]}"
         self.reply_topic = f"mesh/v1/replies/{self.cid}"
         self._subacked = threading.Event()
@@ -198,13 +200,19 @@ class Client:
         with lock:
             count[0] = 0
         start = time.perf_counter()
+        sent = 0
         while time.perf_counter() - start < seconds:
             sem.acquire()
             self.send(target, x, done)
+            sent += 1
         for _ in range(window):
             sem.acquire(timeout=10)
         elapsed = time.perf_counter() - start
-        return count[0] / elapsed
+        with lock:
+            answered = count[0]
+        # A request with no reply within 10 s is lost, not merely slow: count it.
+        self.lost += max(0, sent - answered)
+        return answered / elapsed
 
     def close(self) -> None:
         self.c.disconnect()
@@ -372,6 +380,7 @@ def main() -> int:
                 passed = client.throughput(target, x, args.window, args.seconds / 2)
                 rps[target] = max(rps[target], passed)
         floor_rps, agent_rps = rps["floor"], rps["bench-agent"]
+        lost = client.lost
         agent_rss = psutil.Process(agent.pid).memory_info().rss / 2**20
         floor_rss = psutil.Process(floor.pid).memory_info().rss / 2**20
         client.close()
@@ -391,6 +400,8 @@ def main() -> int:
                 "rss_mib": floor_rss,
             },
             "raw_onnx": {"p50_ms": statistics.median(raw)},
+            # Throughput requests (agent and floor) that never got a reply.
+            "lost_requests": lost,
             "config": {
                 "requests": args.requests,
                 "window": args.window,
@@ -412,6 +423,7 @@ def main() -> int:
         ("agent rps >= 80% of floor", a["rps"] >= 0.8 * f["rps"]),
         ("agent RSS <= 100 MB", a["rss_mib"] <= 100),
         ("ready <= 1.5 s", a["ready_s"] <= 1.5),
+        ("no request lost", result["lost_requests"] == 0),
     ]
     result["targets_met"] = {name: ok for name, ok in checks}
     print(f"{'path':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'RSS MiB':>9}")

@@ -59,7 +59,9 @@ from mesh.control._settings import (
     ServedModules,
 )
 from mesh.control._snapshot import Snapshot
+from mesh.control._standing import StandingConditions
 from mesh.control._store import MigrationRecord, Pin, PlacementStore
+from mesh.core._log_repeats import RepeatLog
 from mesh.serving._leases import PipelineSource
 from mesh.serving._routes import Endpoint, RouteTable
 from placement import TIERS
@@ -128,6 +130,10 @@ class PlacementController(ReconcileRound):
         self._plan: EnginePlan | None = None
         self._snapshot: Snapshot | None = None
         self._profiles: dict[tuple[str, str], float] = {}
+        self._standing = StandingConditions()
+        # A condition that lasts logs once, with a count (not a line per round).
+        self._quiet = RepeatLog(logging.getLogger("mesh.control._round"), clock=clock)
+        self._quiet_loop = RepeatLog(logger, clock=clock)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,8 +177,8 @@ class PlacementController(ReconcileRound):
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception:  # the loop never dies: log and go on
-                logger.exception("placement round failed")
+            except Exception as exc:  # the loop never dies: log (once while it repeats) and go on
+                self._quiet_loop.exception("placement round failed", exc=exc)
             self._wake.wait(self.settings.tick_s)
             self._wake.clear()
 

@@ -3,7 +3,9 @@
 Five feeds, each a bounded ring of timestamped samples:
 
 * **request latency** per module x node, from the gateway (it calls
-  :meth:`Monitors.observe` for every answered request: a deque append);
+  :meth:`Monitors.observe` for every request answered or failed: a deque
+  append; a failure is no latency sample, and a request refused with a 4xx is
+  not told at all: a client's bad input says nothing of the node);
 * **pipeline latency** per module x agent and route, from the agents'
   pipeline events (the edge bus's ``on_event`` feeds
   :meth:`Monitors.observe_event`);
@@ -42,6 +44,7 @@ from typing import Any
 
 from mesh.control._probes import AgentSource, CanaryProbe, NodeProbe, RttProbe
 from mesh.control._snapshot import LatencyStats, NodeState, Snapshot, percentile
+from mesh.core._log_repeats import RepeatLog
 
 __all__ = ["Monitors"]
 
@@ -110,11 +113,16 @@ class Monitors:
         self._events: dict[tuple[str, str], deque[tuple[float, float, str]]] = {}
         self._nodes: dict[str, NodeState] = {}
         self._last_hb: dict[str, float] = {}
+        # A source that fails every poll (a busy Ray head) logs once, with a count.
+        self._quiet = RepeatLog(logger, clock=clock)
 
     # -- feeds
 
     def observe(self, module: str, node: str, latency_s: float, ok: bool) -> None:
-        """One request of ``module`` served by ``node`` (the gateway's hot path)."""
+        """One request of ``module`` served (``ok``) or failed by ``node`` (the gateway's hot path).
+
+        A failed one counts in :attr:`LatencyStats.errors`, never in the percentiles.
+        """
         ring = self._latency.get((module, node))
         if ring is None:
             with self._lock:
@@ -175,13 +183,23 @@ class Monitors:
                 nodes += self._node_probe.nodes()
                 for s in self._node_probe.sample():
                     self.record_cpu(s.node, s.cpu_percent)
-            except Exception:
-                logger.warning("monitors: reading Ray nodes failed", exc_info=True)
+            except Exception as exc:
+                self._quiet.log(
+                    logging.WARNING,
+                    "monitors: reading Ray nodes failed",
+                    key=repr(exc)[:200],
+                    exc_info=exc,
+                )
         if self._agents is not None:
             try:
                 nodes += self._agent_nodes()
-            except Exception:
-                logger.warning("monitors: reading agents failed", exc_info=True)
+            except Exception as exc:
+                self._quiet.log(
+                    logging.WARNING,
+                    "monitors: reading agents failed",
+                    key=repr(exc)[:200],
+                    exc_info=exc,
+                )
         self.set_nodes(nodes)
         if self._rtt is not None:
             for node in nodes:

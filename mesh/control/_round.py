@@ -26,7 +26,9 @@ from mesh.control._pipelines import PipelinePlacer
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, ModelVersions, RoundResult, ServedModules
 from mesh.control._snapshot import NodeState, Snapshot
+from mesh.control._standing import StandingConditions
 from mesh.control._store import DeploymentRecord, Pin, PlacementStore, PlanRecord
+from mesh.core._log_repeats import RepeatLog
 from mesh.serving._manager import DeploymentView
 from placement import (
     KEEP,
@@ -82,6 +84,8 @@ class ReconcileRound:
     _stop: threading.Event
     _lock: threading.Lock
     _pipelines: PipelinePlacer
+    _standing: StandingConditions
+    _quiet: RepeatLog
 
     def pins(self) -> dict[str, Pin]:
         """Every pin, by module (:meth:`PlacementController.pins`)."""
@@ -112,7 +116,10 @@ class ReconcileRound:
             for n in snapshot.nodes.values()
             if n.alive and (n.utilisation or 0.0) > s.max_utilisation
         )
-        triggers += [f"node overloaded: {n}" for n in overloaded]
+        # A node that stays overloaded triggers once, not every round (the period re-plans).
+        triggers += [
+            f"node overloaded: {n}" for n in self._standing.fresh("overloaded", overloaded)
+        ]
         with self._lock:
             if self._pins_changed:
                 triggers.append("pins changed")
@@ -132,7 +139,7 @@ class ReconcileRound:
             stop=self._stop,
         )
         if fired or moved:
-            logger.info("pipeline placement: %s; %d move(s)", "; ".join(fired), len(moved))
+            self._quiet.info("pipeline placement: %s; %d move(s)", "; ".join(fired), len(moved))
             result = replace(
                 result,
                 triggers=result.triggers + tuple(fired),
@@ -173,7 +180,10 @@ class ReconcileRound:
                 policy=KEEP,
                 settings=planner,
             )
-            triggers += [f"predicted violation: {v}" for v in kept.violations]
+            # One that lasts triggers once (its figures change round to round: not its key).
+            held = {f"{v.module}@{v.site} on {v.node}": v for v in kept.violations}
+            fresh = set(self._standing.fresh("predicted", held))
+            triggers += [f"predicted violation: {v}" for k, v in held.items() if k in fresh]
         if not triggers:
             return RoundResult()
         self._last_plan_at = now
@@ -218,7 +228,7 @@ class ReconcileRound:
                     target.node, self._clock(), views[module].artifact.version
                 )
         if triggers != ["period"] or done:
-            logger.info(
+            self._quiet.info(
                 "placement round: %s; %d move(s)%s",
                 reason,
                 len(done),
@@ -394,7 +404,7 @@ class ReconcileRound:
             here = self._placed.get(name)
             state = snapshot.nodes.get(pin.node)
             if state is None or not state.alive:
-                logger.warning("%s is pinned to %s, which is not up", name, pin.node)
+                self._quiet.warning("%s is pinned to %s, which is not up", name, pin.node)
                 continue
             if here is None or here.node != pin.node:
                 target = target_of(state)

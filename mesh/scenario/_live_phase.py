@@ -229,7 +229,9 @@ class LivePhase:
             tally = events.tally
             report.events_sent += tally.inputs()
             report.events_received += tally.received
-            report.lost_events += tally.lost()
+            lost = tally.lost()
+            report.lost_events += lost
+            events.latency.lost_events += lost  # each misses the module's SLO
             for route, n in tally.by_route.items():
                 report.events_by_route[route] = report.events_by_route.get(route, 0) + n
             for route, n in tally.over_slo.items():

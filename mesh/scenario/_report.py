@@ -2,15 +2,19 @@
 
 A scenario run fills a :class:`ScenarioReport` (per-module latency samples
 against the SLO, the placement timeline with its migrations, lost requests and
-events, agent CPU, the fault windows, and the simulation plugin's own part);
+events, agent CPU, the fault windows, and the simulation plugin's own part).
+A request that failed or timed out is lost (:meth:`ScenarioReport.lost_requests`
+counts every module's failed calls), and misses its module's SLO, as does a
+pipeline input that no event answered; SLO attainment is reported per module
+(the pooled share is labelled as such).
 :func:`~mesh.scenario._report_html.write_report` writes ``report.json`` and a
 self-contained ``report.html``.
 
 Example:
     >>> report = ScenarioReport(name="small", sim_seconds=120.0,
     ...     modules={"counter": ModuleLatency(slo_ms=20.0, samples=[(1.0, 5.0)], failed=[2.0])})
-    >>> report.slo_attainment(), report.summary()["lost_events"]
-    (0.5, 0)
+    >>> report.slo_attainment(), report.summary()["lost_requests"]
+    (0.5, 1)
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ class ModuleLatency(BaseModel):
     )
     failed: list[float] = Field(
         default_factory=list,
-        description="Sim seconds of calls that failed or were dropped: each misses the SLO.",
+        description="Sim seconds of calls that failed, timed out or were dropped: each is "
+        "a lost request and misses the SLO.",
+    )
+    lost_events: int = Field(
+        0, description="Pipeline inputs no event answered (lost events): each misses the SLO."
     )
 
     def within(self) -> int:
@@ -55,11 +63,11 @@ class ModuleLatency(BaseModel):
         return sum(1 for _, v in self.samples if v <= self.slo_ms)
 
     def calls(self) -> int:
-        """Samples and failed calls."""
-        return len(self.samples) + len(self.failed)
+        """Samples, failed calls and lost events: everything that should have been answered."""
+        return len(self.samples) + len(self.failed) + self.lost_events
 
     def attainment(self) -> float | None:
-        """Share of calls answered within the SLO (None without any)."""
+        """Share of calls answered within the SLO (None without any): a lost one misses it."""
         return self.within() / self.calls() if self.calls() else None
 
     def windows(self, width_s: float) -> list[tuple[float, float, float]]:
@@ -137,7 +145,6 @@ class ScenarioReport(BaseModel):
     agent_cpu: dict[str, list[tuple[float, float]]] = Field(
         default_factory=dict, description="Agent id -> (sim second, CPU %)."
     )
-    lost_requests: int = 0
     lost_events: int = 0
     events_sent: int = 0
     events_received: int = 0
@@ -155,20 +162,39 @@ class ScenarioReport(BaseModel):
         default_factory=list, description="Pipeline steps: name, tier, node, seconds, summary."
     )
 
+    def lost_requests(self) -> int:
+        """Requests lost: every module's calls that failed, timed out or were dropped."""
+        return sum(len(m.failed) for m in self.modules.values())
+
     def slo_attainment(self) -> float | None:
-        """Share of all modules' calls answered within their SLO (a failed call misses it)."""
+        """Pooled share of all modules' calls answered within their SLO (a lost call misses it).
+
+        A busy module outweighs a quiet one here: :meth:`attainment_by_module` tells each.
+        """
         total = sum(m.calls() for m in self.modules.values())
         if not total:
             return None
         return sum(m.within() for m in self.modules.values()) / total
 
+    def attainment_by_module(self) -> dict[str, float | None]:
+        """Each module's share of calls answered within its SLO (None: it had no calls)."""
+        return {name: m.attainment() for name, m in self.modules.items()}
+
     def summary(self) -> dict[str, Any]:
-        """The headline figures (also at the top of ``report.json``): the simulation's too."""
+        """The headline figures (also at the top of ``report.json``): the simulation's too.
+
+        ``slo_attainment_by_module`` is each module's share; ``slo_attainment_worst``
+        the lowest of them; ``slo_attainment_pooled`` all calls together.
+        """
+        by_module = self.attainment_by_module()
+        shares = [a for a in by_module.values() if a is not None]
         return {
             **(self.simulation.summary if self.simulation is not None else {}),
-            "slo_attainment": self.slo_attainment(),
+            "slo_attainment_by_module": by_module,
+            "slo_attainment_worst": min(shares) if shares else None,
+            "slo_attainment_pooled": self.slo_attainment(),
             "migrations": len(self.migrations),
-            "lost_requests": self.lost_requests,
+            "lost_requests": self.lost_requests(),
             "lost_events": self.lost_events,
         }
 
@@ -197,14 +223,18 @@ def headline(report: ScenarioReport) -> list[str]:
         a = m.attainment()
         if a is not None:
             p95 = percentile([v for _, v in m.samples], 95)
+            lost = [f"{len(m.failed)} failed"] if m.failed else []
+            lost += [f"{m.lost_events} events lost"] if m.lost_events else []
             lines.append(
                 f"{name}: p95 {p95:.1f} ms (SLO {m.slo_ms:g} ms), {a * 100:.2f}% within SLO"
-                + (f" ({len(m.failed)} failed)" if m.failed else "")
+                + (f" ({', '.join(lost)})" if lost else "")
             )
+    pooled = report.slo_attainment()
     lines.append(
-        f"migrations: {len(report.migrations)}; lost requests: {report.lost_requests}; "
+        f"migrations: {len(report.migrations)}; lost requests: {report.lost_requests()}; "
         f"lost events: {report.lost_events} of {report.events_sent}"
         f"{routes(report.events_by_route, report.over_slo_by_route)}"
+        + (f"; SLO attainment pooled over modules {pooled:.2%}" if pooled is not None else "")
     )
     return lines
 

@@ -102,6 +102,7 @@ def _html(report: ScenarioReport) -> str:
                     name,
                     str(len(values)),
                     str(len(m.failed)),
+                    str(m.lost_events),
                     f"{percentile(values, 50):.2f}",
                     f"{percentile(values, 95):.2f}",
                     f"{m.slo_ms:g}",
@@ -110,7 +111,17 @@ def _html(report: ScenarioReport) -> str:
             )
         parts.append(
             html_table(
-                ["module", "samples", "failed", "p50 ms", "p95 ms", "SLO ms", "within"], rows
+                [
+                    "module",
+                    "samples",
+                    "failed",
+                    "events lost",
+                    "p50 ms",
+                    "p95 ms",
+                    "SLO ms",
+                    "within SLO",
+                ],
+                rows,
             )
         )
         parts.append(html_img(_plot_latency(report), "latency against the SLO"))
@@ -149,8 +160,8 @@ def _html(report: ScenarioReport) -> str:
         f"<h2>Delivery</h2><p>events sent {report.events_sent}, received "
         f"{report.events_received}, lost {report.lost_events}"
         f"{routes(report.events_by_route, report.over_slo_by_route)}; requests lost "
-        f"{report.lost_requests}. SLO attainment: "
-        f"{_pct(s['slo_attainment'])}.</p>"
+        f"{report.lost_requests()}. SLO attainment pooled over modules: "
+        f"{_pct(s['slo_attainment_pooled'])} (each module's is in its table).</p>"
     )
     if report.notes:
         parts.append("<h2>Notes</h2><ul>")

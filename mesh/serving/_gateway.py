@@ -102,10 +102,13 @@ class EdgeInference(Protocol):
 
 
 class LatencyObserver(Protocol):
-    """Told every answered request (the placement monitors: :class:`~mesh.control.Monitors`)."""
+    """Told each request served or failed: the placement :class:`~mesh.control.Monitors`.
+
+    Not one refused (4xx): a client's bad input says nothing of the node.
+    """
 
     def observe(self, module: str, node: str, latency_s: float, ok: bool) -> None:
-        """A request of ``module`` on ``node`` took ``latency_s``; ``ok`` unless it failed."""
+        """A request of ``module`` on ``node`` took ``latency_s``; ``ok`` unless it failed (5xx)."""
         ...
 
 
@@ -172,8 +175,14 @@ class Gateway:
         )
         self._slow = m.counter(
             "mesh_inference_slo_violations_total",
-            "Requests slower than the module's p95 latency target.",
+            "Requests that missed the module's p95 latency target: slower, failed or timed out.",
             labels,
+        )
+        self._lost = m.counter(
+            "mesh_inference_lost_total",
+            "Requests lost: the mesh failed them (5xx) or they timed out (504). "
+            "Refused ones (4xx) are the client's and not counted.",
+            ("module", "reason"),
         )
         self._retried = m.counter(
             "mesh_inference_retries_total", "Requests retried on another endpoint.", ("module",)
@@ -274,26 +283,36 @@ class Gateway:
             node = getattr(exc, "node", None) or node
             self.count_error(module, served_version, node, exc)
             # Only served modules: the names of others come from clients.
-            if (
-                self.observer is not None
-                and error_status(exc) >= 500
-                and self.routes.get(module) is not None
-            ):
-                self.observer.observe(module, node, time.perf_counter() - started, False)
+            if error_status(exc) >= 500 and self.routes.get(module) is not None:
+                self._count_lost(module, served_version, node, error_status(exc))
+                if self.observer is not None:
+                    self.observer.observe(module, node, time.perf_counter() - started, False)
             raise
         elapsed = time.perf_counter() - started
         status = answer[0]
-        if self.observer is not None:
-            self.observer.observe(module, node, elapsed, status < 500)
+        # A refused request (4xx: bad input, say) says nothing of the node's speed:
+        # no latency sample for the placement trigger. A failure is one, not ok.
+        if self.observer is not None and not 400 <= status < 500:
+            self.observer.observe(module, node, elapsed, status < 400)
         key = (module, served_version, node, status)
         children = self._children.get(key) or self._children_for(key)
         children[0].observe(elapsed)
         children[1].inc()
         if status >= 400:
             self._errors.labels(module, served_version, node, _reason_for(status)).inc()
+            if status >= 500:
+                self._count_lost(module, served_version, node, status)
         elif route.slo_ms is not None and elapsed * 1000.0 > route.slo_ms:
             self._slow.labels(module, served_version, node).inc()
         return answer
+
+    def _count_lost(self, module: str, version: str, node: str, status: int) -> None:
+        """A served module's request the mesh failed (5xx) or let time out (504): lost.
+
+        A lost request misses the module's SLO too.
+        """
+        self._lost.labels(module, "timeout" if status == 504 else "failed").inc()
+        self._slow.labels(module, version, node).inc()
 
     def _children_for(self, key: tuple[str, str, str, int]) -> tuple[Any, Any]:
         """The latency and request-count series of one (module, version, node, status).

@@ -46,6 +46,9 @@ def _check_report(out: Path, stdout: str) -> dict[str, object]:
     summary = report["summary"]
     # Every camera frame is answered by an event, wherever it ran (the notes say which not).
     assert summary["lost_events"] == 0, report["notes"]
+    # Failed forecasts are lost requests, and each module has its own attainment.
+    assert summary["lost_requests"] == sum(len(m["failed"]) for m in report["modules"].values())
+    assert set(summary["slo_attainment_by_module"]) == set(report["modules"])
     assert report["events_sent"] > 0
     assert report["events_received"] >= report["events_sent"]
     adaptive = report["simulation"]["kpis"]["adaptive"]
@@ -96,6 +99,8 @@ def test_scenario_without_a_simulation(env: dict[str, str], tmp_path: Path) -> N
     # Every frame of both machines' replay files is answered (250 each).
     assert report["events_sent"] == 500, report["notes"]
     assert report["summary"]["lost_events"] == 0, report["notes"]
+    assert report["summary"]["lost_requests"] == 0
+    assert report["summary"]["slo_attainment_by_module"]["rms"] is not None
     assert len(report["modules"]["rms"]["samples"]) >= 500
     # The fog stream function saw the faulty machine's band: it raised alarms.
     assert report["streams"]["alarms"] > 0

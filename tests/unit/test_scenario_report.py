@@ -77,20 +77,43 @@ def test_summary_compares_adaptive_with_the_best_non_fixed_baseline() -> None:
     s = _report().summary()
     assert s["best_baseline"] == "delay_based"
     assert s["adaptive_vs_best_baseline"] == pytest.approx(0.9)
-    assert s["slo_attainment"] == pytest.approx(100 / 102)
+    assert s["slo_attainment_pooled"] == pytest.approx(100 / 102)
     assert s["migrations"] == 1
+
+
+def test_a_failed_request_is_lost_in_the_summary_and_the_headline() -> None:
+    report = _report()
+    assert report.summary()["lost_requests"] == 1  # the forecaster's failed call
+    assert "lost requests: 1;" in headline(report)[-1]
+
+
+def test_attainment_is_reported_per_module_not_only_pooled() -> None:
+    report = _report()
+    report.modules["camera"] = ModuleLatency(slo_ms=25.0, samples=[(1.0, 3.0)], lost_events=3)
+    s = report.summary()
+    assert s["slo_attainment_by_module"] == {
+        "counter": pytest.approx(0.99),
+        "forecaster": pytest.approx(0.5),
+        "camera": pytest.approx(0.25),  # three inputs never answered miss the SLO
+    }
+    assert s["slo_attainment_worst"] == pytest.approx(0.25)
+    assert s["lost_requests"] == 1  # lost events are not requests
+    assert any(line.endswith("25.00% within SLO (3 events lost)") for line in headline(report))
 
 
 def test_report_files(tmp_path: Path) -> None:
     paths = write_report(_report(), tmp_path / "out")
     body = json.loads(paths.json.read_text())
     assert body["summary"]["lost_events"] == 0
+    assert body["summary"]["lost_requests"] == 1
+    assert body["summary"]["slo_attainment_by_module"]["forecaster"] == 0.5
     assert body["simulation"]["kpis"]["adaptive"]["mean_wait_s"] == 9.0
     assert "html" not in body["simulation"]  # the page has it, the JSON does not
     page = paths.html.read_text()
     assert page.count("data:image/png;base64,") == 3  # queues, latency, CPU
     assert "src='http" not in page  # self-contained
     assert "delay_based" in page and "cpu_hog" in page and "grid 2x2" in page
+    assert "requests lost 1." in page
 
 
 def test_headline_and_percentile() -> None:
@@ -101,3 +124,24 @@ def test_headline_and_percentile() -> None:
     assert "(ran: local 60, 1 over SLO; remote 40)" in lines[-1]
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
     assert percentile([], 95) != percentile([], 95)  # NaN
+
+
+def test_the_traffic_bench_reads_the_worst_module_and_lost_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_traffic", Path(__file__).parents[2] / "bench" / "traffic.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_traffic", bench)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    body = json.loads(write_report(_report(), tmp_path / "out").json.read_text())
+    figures = bench.mesh_figures(body)
+    # The forecaster's one failure in two calls is not hidden by the counter's hundred.
+    assert figures["slo_attainment"] == pytest.approx(0.5)
+    assert figures["lost_requests"] == 1
+    assert figures["modules"]["forecaster"]["failed"] == 1
