@@ -128,6 +128,7 @@ class PlacementController(ReconcileRound):
         self._plan: EnginePlan | None = None
         self._snapshot: Snapshot | None = None
         self._profiles: dict[tuple[str, str], float] = {}
+        self._recovered = False  # the first round resolves migrations a crash left
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,13 +156,22 @@ class PlacementController(ReconcileRound):
             self._thread.start()
         return self
 
-    def close(self) -> None:
-        """Stop the loop (a migration under way finishes first)."""
+    def close(self, *, migrations_timeout_s: float = 120.0) -> None:
+        """Stop the loop; migrations under way may finish (within ``migrations_timeout_s``).
+
+        One still under way after that is left to its worker; a restart
+        resumes or rolls it back (:meth:`MigrationExecutor.recover`).
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(120)
             self._thread = None
+        if not self.executor.wait_idle(migrations_timeout_s):
+            logger.warning(
+                "placement: closing with migrations under way: %s",
+                ", ".join(f"{r.module} ({r.status})" for r in self.executor.running()),
+            )
 
     def wake(self) -> None:
         """Run a round now."""

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
 from mesh.control._controller import PlacementController
-from mesh.control._migrations import MigrationExecutor
+from mesh.control._migrations import MigrationExecutor, run_inline
 from mesh.control._monitors import Monitors
 from mesh.control._settings import ControllerSettings
 from mesh.control._snapshot import NodeSample, NodeState
@@ -176,7 +176,7 @@ def world(
     )
     store = store if store is not None else PlacementStore(":memory:")
     executor = MigrationExecutor(
-        manager, store, requests=monitors, installer=installer, monotonic=clock
+        manager, store, requests=monitors, installer=installer, monotonic=clock, spawn=run_inline
     )
     options: dict[str, Any] = {
         "window_s": 2.0,
