@@ -72,9 +72,15 @@ class PipelineRouting:
     _monotonic: Callable[[], float]
     _lock: threading.Lock
     _routing: dict[str, MigrationRecord]
+    _spawn: Callable[[Callable[[], None], str], None]
 
     def _save(self, record: MigrationRecord) -> None:
         raise NotImplementedError
+
+    def routing(self, module: str, site: str) -> bool:
+        """Whether a route switch of ``module``'s pipeline at ``site`` is under way."""
+        with self._lock:
+            return f"{module}@{site}" in self._routing
 
     def route_pipeline(
         self,
@@ -89,8 +95,14 @@ class PipelineRouting:
         explanation: str = "",
         plan_version: int | None = None,
         source_topic: PipelineSource | None = None,
+        on_end: Callable[[MigrationRecord], None] | None = None,
     ) -> MigrationRecord:
-        """Point ``agent``'s pipelines of ``module`` at ``target``; returns the finished record.
+        """Point ``agent``'s pipelines of ``module`` at ``target``, on the migration's worker.
+
+        Returns the record as it is on return: ``planned`` while the worker
+        waits for the agent's acknowledgement (up to ``agent_timeout_s``), or
+        ended when the worker ran at once (:func:`run_inline`); ``on_end`` is
+        called with the ended record, on the worker.
 
         ``target`` is the agent itself (run locally) or a Ray node, reached through
         ``replica`` (the replica id answering offloaded requests there). With
@@ -126,8 +138,36 @@ class PipelineRouting:
         )
         key = f"{module}@{site}"
         with self._lock:
+            if key in self._routing:
+                raise ValueError(f"{key}: a pipeline route switch is under way")
             self._routing[key] = record
         self._save(record)
+        ended: list[MigrationRecord] = []
+
+        def work() -> None:
+            try:
+                done = self._switch_route(record, source, target, replica, source_topic)
+            finally:
+                with self._lock:
+                    self._routing.pop(key, None)
+            ended.append(done)
+            if on_end is not None:
+                on_end(done)
+
+        self._spawn(work, f"mesh-route-{key}")
+        return ended[0] if ended else record
+
+    def _switch_route(
+        self,
+        record: MigrationRecord,
+        source: Target,
+        target: Target,
+        replica: str | None,
+        source_topic: PipelineSource | None,
+    ) -> MigrationRecord:
+        """Switch the agent's route (waits for its acknowledgement); record the end."""
+        module, site, agent = record.module, record.site, record.agent or ""
+        reason = record.reason
         t0 = self._monotonic()
         local = target.kind == "agent"
         logger.info(
@@ -195,7 +235,5 @@ class PipelineRouting:
                 else f"{'hand the source' if source_topic else 'offload'} to {replica} "
                 f"on {target.node}",
             )
-        with self._lock:
-            self._routing.pop(key, None)
         self._save(record)
         return record

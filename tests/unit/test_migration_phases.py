@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mesh.control._migrations import MigrationBusyError, MigrationExecutor, Target
+from mesh.control._migrations import MigrationBusyError, MigrationExecutor, Target, spawn_thread
 from mesh.control._store import _SCHEMA, DeploymentRecord, MigrationRecord, PlacementStore
 from mesh.core._sqlite import Schema, open_sqlite
 from mesh.sdk._specs import ModuleSpec
@@ -24,6 +24,7 @@ from mesh.serving._contract import DeployError
 from mesh.serving._manager import DeploymentView, ModelArtifact, PhaseHook
 from mesh.serving._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
 from tests.support.serving import wait_until
+from tests.unit import test_placement_controller_pipelines as pipelines
 from tests.unit.test_gateway_serving import FakeLauncher, artifact, spec
 from tests.unit.test_placement_controller import AGENT, FOG, World, world
 
@@ -390,3 +391,25 @@ def test_the_first_round_resolves_migrations_a_crash_left() -> None:
     w.advance(1.0)
     w.controller.step()  # once only: later records are this process's own
     assert [r.id for r in w.store.unfinished_migrations()] == ["crashed2"]
+
+
+def test_a_pipeline_route_waits_for_its_agent_on_a_worker_not_in_the_round() -> None:
+    w = pipelines.world(spawn=spawn_thread)
+    gate = Gate()
+    acknowledge = w.installer.set_route
+
+    def set_route(*args: Any, **kwargs: Any) -> int:
+        gate.pass_through()  # the agent has not acknowledged yet
+        return acknowledge(*args, **kwargs)
+
+    w.installer.set_route = set_route  # type: ignore[method-assign]
+    planned = pipelines.slow_site_moves(w)  # the round returned while the agent waits
+    assert planned.kind == "pipeline" and planned.status == "planned"
+    assert gate.reached.wait(WAIT_S) and w.controller.executor.routing("counter", "s1")
+    assert w.round() == [] and w.pipeline(pipelines.A1)["route"] == "local"  # one at a time
+    gate.opened.set()
+    wait_until(lambda: not w.controller.executor.routing("counter", "s1"), WAIT_S, "the switch")
+    [(agent, _, mode, target)] = w.installer.routes
+    assert (agent, mode) == (pipelines.A1, "offload")
+    assert w.pipeline(pipelines.A1)["route"] == f"offload:{target}"
+    assert [r.status for r in w.store.migrations()] == ["done"]
