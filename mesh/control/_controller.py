@@ -334,6 +334,7 @@ class PlacementController(ReconcileRound):
             "modules": modules,
             "pipelines": self._pipelines.describe(self._snapshot, lambda m, n: (m, n) in saturated),
             "running": [r.to_dict() for r in self.executor.running()],
+            "migrations": self.executor.counts(),
         }
 
     # -- after a restart

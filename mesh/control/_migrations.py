@@ -47,13 +47,14 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mesh.control._migration_recovery import recover_migrations
 from mesh.control._pipeline_routing import PipelineRouter, PipelineRouting, Target
-from mesh.control._store import DeploymentRecord, MigrationRecord, PlacementStore
+from mesh.control._store import PHASES, DeploymentRecord, MigrationRecord, PlacementStore
 from mesh.serving._contract import ModelArtifact
 from mesh.serving._manager import DeploymentView, PhaseHook
 from mesh.serving._routes import ModuleRoute, ReplicaEndpoint
@@ -209,13 +210,31 @@ class MigrationExecutor(PipelineRouting):
         self._runs: dict[str, _Run] = {}  # by module: one migration per module
         self._routing: dict[str, MigrationRecord] = {}  # pipeline routes, by module@site
         self._ended: list[MigrationRecord] = []  # ended since the last advance()
+        self._tally: Counter[str] = Counter()  # ended migrations by status, since start
 
     # -- observing
 
     def running(self) -> list[MigrationRecord]:
         """Migrations under way (module migrations and pipeline routes), as recorded now."""
         with self._lock:
-            return [r.record for r in self._runs.values()] + list(self._routing.values())
+            return self._under_way()
+
+    def counts(self) -> dict[str, int]:
+        """Migrations by phase: those under way now, and those ended since this process started.
+
+        Every phase is a key (``planned`` ... ``rolled_back``), so a count of 0 shows.
+        """
+        out = dict.fromkeys(PHASES, 0)
+        with self._lock:
+            for record in self._under_way():
+                out[record.status] = out.get(record.status, 0) + 1
+            for status, n in self._tally.items():
+                out[status] = out.get(status, 0) + n
+        return out
+
+    def _under_way(self) -> list[MigrationRecord]:
+        """Module migrations and pipeline routes under way; the caller holds ``_lock``."""
+        return [r.record for r in self._runs.values()] + list(self._routing.values())
 
     def busy(self, module: str) -> bool:
         """Whether ``module`` has a migration under way."""
@@ -311,7 +330,10 @@ class MigrationExecutor(PipelineRouting):
         with self._lock:
             ours = {r.record.id for r in self._runs.values()}
             ours |= {r.id for r in self._routing.values()}
-        return recover_migrations(self._store, alive=alive, skip=ours, clock=self._clock)
+        resolved = recover_migrations(self._store, alive=alive, skip=ours, clock=self._clock)
+        with self._lock:
+            self._tally.update(r.status for r in resolved)
+        return resolved
 
     def wait(self, module: str, timeout_s: float) -> bool:
         """Wait until ``module``'s migration ended (or none is under way); False on timeout."""
@@ -496,6 +518,7 @@ class MigrationExecutor(PipelineRouting):
             if self._runs.get(record.module) is run:
                 del self._runs[record.module]
             self._ended.append(record)
+            self._tally[record.status] += 1
         run.ended.set()
 
     def _follow_on_agents(

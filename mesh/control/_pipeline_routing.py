@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
@@ -73,6 +74,7 @@ class PipelineRouting:
     _lock: threading.Lock
     _routing: dict[str, MigrationRecord]
     _spawn: Callable[[Callable[[], None], str], None]
+    _tally: Counter[str]
 
     def _save(self, record: MigrationRecord) -> None:
         raise NotImplementedError
@@ -150,6 +152,8 @@ class PipelineRouting:
             finally:
                 with self._lock:
                     self._routing.pop(key, None)
+            with self._lock:
+                self._tally[done.status] += 1
             ended.append(done)
             if on_end is not None:
                 on_end(done)

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from mesh.control._migrations import MigrationBusyError, MigrationExecutor, Target, spawn_thread
-from mesh.control._store import _SCHEMA, DeploymentRecord, MigrationRecord, PlacementStore
+from mesh.control._store import (
+    _SCHEMA,
+    PHASES,
+    DeploymentRecord,
+    MigrationRecord,
+    PlacementStore,
+)
 from mesh.core._sqlite import Schema, open_sqlite
 from mesh.sdk._specs import ModuleSpec
 from mesh.serving._contract import DeployError
@@ -413,3 +419,18 @@ def test_a_pipeline_route_waits_for_its_agent_on_a_worker_not_in_the_round() -> 
     assert (agent, mode) == (pipelines.A1, "offload")
     assert w.pipeline(pipelines.A1)["route"] == f"offload:{target}"
     assert [r.status for r in w.store.migrations()] == ["done"]
+
+
+def test_counts_show_every_phase_under_way_and_ended() -> None:
+    deployer, router, store = plane()
+    executor = MigrationExecutor(deployer, store, installer=router)
+    assert set(executor.counts()) == set(PHASES) and not any(executor.counts().values())
+    executor.start("counter", TO_FOG, site="s1", reason="slo")
+    assert executor.counts()["planned"] == 1
+    executor.advance()
+    reached(deployer, "counter", "start")
+    assert executor.counts()["starting"] == 1
+    for name in ("start", "switch", "drain"):
+        deployer.open("counter", name)
+    assert executor.wait("counter", WAIT_S)
+    assert executor.counts() == dict.fromkeys(PHASES, 0) | {"done": 1}
