@@ -50,11 +50,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mesh.control._migration_recovery import recover_migrations
 from mesh.control._pipeline_routing import PipelineRouter, PipelineRouting, Target
 from mesh.control._store import PHASES, DeploymentRecord, MigrationRecord, PlacementStore
+from mesh.core._errors import MeshError
 from mesh.serving._contract import ModelArtifact
 from mesh.serving._manager import DeploymentView, PhaseHook
 from mesh.serving._routes import ModuleRoute, ReplicaEndpoint
@@ -134,8 +136,10 @@ def run_inline(work: Callable[[], None], name: str) -> None:
     work()
 
 
-class MigrationBusyError(ValueError):
+class MigrationBusyError(MeshError, ValueError):
     """A module already has a migration under way (one per module at a time)."""
+
+    http_status = 409
 
 
 @dataclass(slots=True)
@@ -314,10 +318,7 @@ class MigrationExecutor(PipelineRouting):
             for run in planned:
                 run.spawned = True
         for run in planned:
-            self._spawn(
-                lambda run=run: self._carry_out(run),  # type: ignore[misc]
-                f"mesh-migration-{run.record.module}",
-            )
+            self._spawn(partial(self._carry_out, run), f"mesh-migration-{run.record.module}")
         with self._lock:
             ended, self._ended = self._ended, []
         return ended
