@@ -318,7 +318,11 @@ class MigrationExecutor(PipelineRouting):
             for run in planned:
                 run.spawned = True
         for run in planned:
-            self._spawn(partial(self._carry_out, run), f"mesh-migration-{run.record.module}")
+            try:
+                self._spawn(partial(self._carry_out, run), f"mesh-migration-{run.record.module}")
+            except Exception as exc:  # no worker (threads exhausted): it ends, not hangs
+                error = f"could not start its worker: {type(exc).__name__}: {exc}"
+                self._end(run, replace(run.record, status="failed", error=error))
         with self._lock:
             ended, self._ended = self._ended, []
         return ended
@@ -396,7 +400,19 @@ class MigrationExecutor(PipelineRouting):
             return run.record
 
     def _carry_out(self, run: _Run) -> None:
-        """The worker: install and warm, switch, re-point agents, drain, remove; record each."""
+        """The worker's body; whatever happens, the migration ends (never busy for good)."""
+        try:
+            self._steps(run)
+        except BaseException as exc:
+            if not run.ended.is_set():
+                logger.exception("migration %s of %s broke", run.record.id, run.record.module)
+                error = f"worker broke: {type(exc).__name__}: {exc}"
+                self._end(run, replace(run.record, status="failed", error=error))
+            if not isinstance(exc, Exception):
+                raise
+
+    def _steps(self, run: _Run) -> None:
+        """Install and warm, switch, re-point agents, drain, remove; record each."""
         module, target, view = run.record.module, run.target, run.view
         self._phase(run, status="starting", started_at=self._clock())
         t0 = self._monotonic()
@@ -443,9 +459,6 @@ class MigrationExecutor(PipelineRouting):
             logger.warning(
                 "migration %s of %s to %s failed: %s", run.record.id, module, target.node, error
             )
-        except BaseException:
-            self._end(run, replace(run.record, status="failed", error="worker interrupted"))
-            raise
         if self._settle_s > 0 and error is None:
             time.sleep(self._settle_s)  # on the worker: the loop goes on
         requests = lost = 0

@@ -434,3 +434,21 @@ def test_counts_show_every_phase_under_way_and_ended() -> None:
         deployer.open("counter", name)
     assert executor.wait("counter", WAIT_S)
     assert executor.counts() == dict.fromkeys(PHASES, 0) | {"done": 1}
+
+
+def test_a_broken_worker_still_ends_its_migration() -> None:
+    deployer, router, store = plane()
+
+    class Broken:
+        def requests_since(self, module: str, t0: float) -> tuple[int, int, float]:
+            raise RuntimeError("monitors broke")
+
+    executor = MigrationExecutor(deployer, store, installer=router, requests=Broken())
+    executor.start("counter", TO_FOG, site="s1", reason="slo")
+    executor.advance()
+    for name in ("start", "switch", "drain"):
+        deployer.open("counter", name)
+    assert executor.wait("counter", WAIT_S)
+    [ended] = executor.advance()
+    assert ended.status == "failed" and "monitors broke" in (ended.error or "")
+    assert not executor.busy("counter") and store.unfinished_migrations() == []
