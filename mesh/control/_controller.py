@@ -13,8 +13,11 @@ Each round (every ``tick_s``) it:
    new metrics by the engine's ``keep`` policy) is one too;
 3. on a trigger, plans with the engine (:func:`placement.plan`, policy
    ``ours``, with hysteresis and a minimum dwell time), stores the plan as a
-   new desired-placement version when it differs from the last, and carries
-   out its moves make-before-break through the :class:`MigrationExecutor`.
+   new desired-placement version when it differs from the last, and starts
+   its moves make-before-break through the :class:`MigrationExecutor`: each
+   runs on its own worker, a persisted state machine that later rounds
+   collect; the round never waits for one. The first round resumes or rolls
+   back the migrations a crash left (:meth:`MigrationExecutor.recover`).
 
 A saturated mark is lifted when canary inferences on that node meet the SLO
 again (an agent keeps the module installed), or after ``saturation_ttl_s``
