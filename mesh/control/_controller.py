@@ -13,8 +13,11 @@ Each round (every ``tick_s``) it:
    new metrics by the engine's ``keep`` policy) is one too;
 3. on a trigger, plans with the engine (:func:`placement.plan`, policy
    ``ours``, with hysteresis and a minimum dwell time), stores the plan as a
-   new desired-placement version when it differs from the last, and carries
-   out its moves make-before-break through the :class:`MigrationExecutor`.
+   new desired-placement version when it differs from the last, and starts
+   its moves make-before-break through the :class:`MigrationExecutor`: each
+   runs on its own worker, a persisted state machine that later rounds
+   collect; the round never waits for one. The first round resumes or rolls
+   back the migrations a crash left (:meth:`MigrationExecutor.recover`).
 
 A saturated mark is lifted when canary inferences on that node meet the SLO
 again (an agent keeps the module installed), or after ``saturation_ttl_s``
@@ -134,6 +137,7 @@ class PlacementController(ReconcileRound):
         # A condition that lasts logs once, with a count (not a line per round).
         self._quiet = RepeatLog(logging.getLogger("mesh.control._round"), clock=clock)
         self._quiet_loop = RepeatLog(logger, clock=clock)
+        self._recovered = False  # the first round resolves migrations a crash left
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,13 +165,22 @@ class PlacementController(ReconcileRound):
             self._thread.start()
         return self
 
-    def close(self) -> None:
-        """Stop the loop (a migration under way finishes first)."""
+    def close(self, *, migrations_timeout_s: float = 120.0) -> None:
+        """Stop the loop; migrations under way may finish (within ``migrations_timeout_s``).
+
+        One still under way after that is left to its worker; a restart
+        resumes or rolls it back (:meth:`MigrationExecutor.recover`).
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(120)
             self._thread = None
+        if not self.executor.wait_idle(migrations_timeout_s):
+            logger.warning(
+                "placement: closing with migrations under way: %s",
+                ", ".join(f"{r.module} ({r.status})" for r in self.executor.running()),
+            )
 
     def wake(self) -> None:
         """Run a round now."""
@@ -330,6 +343,7 @@ class PlacementController(ReconcileRound):
             "modules": modules,
             "pipelines": self._pipelines.describe(self._snapshot, lambda m, n: (m, n) in saturated),
             "running": [r.to_dict() for r in self.executor.running()],
+            "migrations": self.executor.counts(),
         }
 
     # -- after a restart

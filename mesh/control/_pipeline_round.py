@@ -342,18 +342,12 @@ class PipelineRound:
         reason = "; ".join(w for w in why if w) or (
             f"{agent} meets the SLO again" if local else "re-planned"
         )
-        record = self._executor.route_pipeline(
-            module,
-            agent,
-            site=site.site,
-            source=_source(route, site, snapshot),
-            target=Target(to.name, to.tier, site.site if local else to.site, to.kind),
-            replica=None if local else replicas[node],
-            reason=reason,
-            explanation=explanation,
-            source_topic=None if local else site.source,
-        )
-        if record.status == "done":
+        if self._executor.routing(module, site.site):
+            return None  # its last switch still waits for the agent
+
+        def on_end(record: MigrationRecord) -> None:
+            if record.status != "done":
+                return
             hold_s, relapses = self._damping(site, route, local, now)
             with self._lock:
                 if (module, agent) in self._routes:
@@ -369,7 +363,19 @@ class PipelineRound:
                         hold_s=hold_s,
                         relapses=relapses,
                     )
-        return record
+
+        return self._executor.route_pipeline(
+            module,
+            agent,
+            site=site.site,
+            source=_source(route, site, snapshot),
+            target=Target(to.name, to.tier, site.site if local else to.site, to.kind),
+            replica=None if local else replicas[node],
+            reason=reason,
+            explanation=explanation,
+            source_topic=None if local else site.source,
+            on_end=on_end,
+        )
 
     def _damping(
         self, site: PipelineSite, route: SiteRoute, local: bool, now: float

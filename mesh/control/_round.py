@@ -27,7 +27,13 @@ from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, ModelVersions, RoundResult, ServedModules
 from mesh.control._snapshot import NodeState, Snapshot
 from mesh.control._standing import StandingConditions
-from mesh.control._store import DeploymentRecord, Pin, PlacementStore, PlanRecord
+from mesh.control._store import (
+    DeploymentRecord,
+    MigrationRecord,
+    Pin,
+    PlacementStore,
+    PlanRecord,
+)
 from mesh.core._log_repeats import RepeatLog
 from mesh.serving._manager import DeploymentView
 from placement import (
@@ -86,6 +92,7 @@ class ReconcileRound:
     _pipelines: PipelinePlacer
     _standing: StandingConditions
     _quiet: RepeatLog
+    _recovered: bool
 
     def pins(self) -> dict[str, Pin]:
         """Every pin, by module (:meth:`PlacementController.pins`)."""
@@ -124,10 +131,13 @@ class ReconcileRound:
             if self._pins_changed:
                 triggers.append("pins changed")
                 self._pins_changed = False
+        if not self._recovered:
+            triggers += self._recover_migrations(snapshot)
         if views:
             result = self._plan_gateway(views, snapshot, now, triggers)
         else:
             result = RoundResult(tuple(triggers))
+        result = replace(result, migrations=tuple(self._advance_migrations(views)))
         fired, moved = self._pipelines.step(
             views,
             snapshot,
@@ -204,29 +214,31 @@ class ReconcileRound:
         version = self._store_plan(engine_plan, views, snapshot, triggers)
         moves = self._moves(engine_plan, views, snapshot)
         reason = "; ".join(triggers)
-        done = []
+        done = []  # the migrations this round started (advance() carries them out)
         for module, target, site, why in moves:
             if self._stop.is_set():
                 break
+            if self.executor.busy(module):
+                continue  # one migration per module: this one's ends first
             explanation = ""
             if engine_plan is not None:
                 try:
                     explanation = str(engine_plan.explain(module, site))
                 except (KeyError, ValueError):
                     explanation = ""
-            record = self.executor.migrate(
-                module,
-                target,
-                site=site,
-                reason=why or reason,
-                explanation=explanation,
-                plan_version=version,
-            )
-            done.append(record)
-            if record.status == "done":
-                self._placed[module] = Placed(
-                    target.node, self._clock(), views[module].artifact.version
+            try:
+                record = self.executor.start(
+                    module,
+                    target,
+                    site=site,
+                    reason=why or reason,
+                    explanation=explanation,
+                    plan_version=version,
                 )
+            except (KeyError, ValueError):  # undeployed meanwhile, or busy
+                logger.warning("%s: could not start its migration", module, exc_info=True)
+                continue
+            done.append(record)
         if triggers != ["period"] or done:
             self._quiet.info(
                 "placement round: %s; %d move(s)%s",
@@ -235,6 +247,38 @@ class ReconcileRound:
                 f", plan version {version}" if version else "",
             )
         return RoundResult(tuple(triggers), engine_plan, version, tuple(done))
+
+    # -- migrations
+
+    def _advance_migrations(self, views: Mapping[str, DeploymentView]) -> list[MigrationRecord]:
+        """Start planned migrations, collect ended ones (never waits); follow those done."""
+        ended = self.executor.advance()
+        for record in ended:
+            view = views.get(record.module)
+            if record.status == "done" and record.kind == "module" and view is not None:
+                self._placed[record.module] = Placed(
+                    record.to_node, self._clock(), view.artifact.version
+                )
+        return ended
+
+    def _recover_migrations(self, snapshot: Snapshot) -> list[str]:
+        """Once, in the first round: resolve the migrations a crash left unfinished."""
+        self._recovered = True
+
+        def alive(node: str) -> bool:
+            state = snapshot.nodes.get(node)
+            return state is not None and state.alive
+
+        try:
+            resolved = self.executor.recover(alive)
+        except Exception:
+            logger.exception("could not resolve the unfinished migrations")
+            return []
+        return [
+            f"migration {r.id} of {r.module} rolled back after a restart"
+            for r in resolved
+            if r.status == "rolled_back"
+        ]
 
     # -- the pieces of a round
 

@@ -161,7 +161,10 @@ class RoundResult:
         triggers: why it planned (empty: it did not).
         plan: the engine's plan, if it planned.
         plan_version: the stored desired-placement version, if a new one.
-        migrations: the moves carried out.
+        migrations: the migrations that ended this round (done, failed or
+            rolled back; module moves run on their own workers, so one that
+            started in a round may end in a later one) and the pipeline
+            route switches the round started.
     """
 
     triggers: tuple[str, ...] = ()

@@ -5,9 +5,11 @@ own tables, so one file holds the control plane's hard state:
 
 * ``placement_plans``: every desired placement the controller adopted, with a
   version that only grows, what triggered it and each module's node and why;
-* ``placement_migrations``: every migration with its reason and timings
-  (decided, target ready, switched, drained, removed), requests lost and the
-  slowest request during the move;
+* ``placement_migrations``: every migration as a persisted state machine: its
+  phase (:data:`PHASES`), the time of each (decided, started, target ready,
+  switched, drained, removed, finished), where it goes (the target's tier,
+  site and kind, to resume it after a restart), the reason of a failure,
+  requests lost and the slowest request during the move;
 * ``placement_pins``: modules an operator fixed to a node or a tier;
 * ``placement_deployments``: what serves each module (spec, version, tier,
   site, agent), read back at start to re-apply after a restart;
@@ -40,6 +42,8 @@ from mesh.core._errors import StoreError
 from mesh.core._sqlite import Schema, open_sqlite, write_transaction
 
 __all__ = [
+    "PHASES",
+    "TERMINAL",
     "DeploymentRecord",
     "MigrationRecord",
     "Pin",
@@ -110,7 +114,36 @@ CREATE TABLE IF NOT EXISTS placement_pipelines (
     updated_at REAL NOT NULL
 );
 """,
+    migrations=(
+        # 1 -> 2: migrations are state machines; old rows keep their status
+        # ('running', 'done', 'failed'), read as they were.
+        """
+ALTER TABLE placement_migrations ADD COLUMN kind TEXT NOT NULL DEFAULT 'module';
+ALTER TABLE placement_migrations ADD COLUMN agent TEXT;
+ALTER TABLE placement_migrations ADD COLUMN to_site TEXT;
+ALTER TABLE placement_migrations ADD COLUMN to_kind TEXT;
+ALTER TABLE placement_migrations ADD COLUMN started_at REAL;
+ALTER TABLE placement_migrations ADD COLUMN finished_at REAL;
+CREATE INDEX IF NOT EXISTS placement_migrations_by_status
+    ON placement_migrations(status);
+""",
+    ),
 )
+
+#: A migration's phases in order; the last three end it.
+PHASES = (
+    "planned",
+    "starting",
+    "ready",
+    "switched",
+    "draining",
+    "done",
+    "failed",
+    "rolled_back",
+)
+
+#: Phases that end a migration (``running`` is the pre-phase status of an old row).
+TERMINAL = frozenset({"done", "failed", "rolled_back"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +187,10 @@ class MigrationRecord:
         to_tier: tier of ``to_node``.
         reason: the trigger, in words.
         explanation: the engine's decision (candidates and why).
-        status: ``running``, ``done`` or ``failed``.
-        error: why it failed.
+        status: its phase (:data:`PHASES`): ``planned``, ``starting``,
+            ``ready``, ``switched``, ``draining``, then ``done``, ``failed`` or
+            ``rolled_back``; ``running`` in a row from before phases.
+        error: why it failed or was rolled back.
         plan_version: the desired placement it carried out.
         decided_at: Unix time of the decision.
         ready_at: the target was installed and warm.
@@ -165,6 +200,13 @@ class MigrationRecord:
         requests: requests answered during the move.
         lost: requests that failed during the move.
         max_ms: the slowest request during the move.
+        kind: ``module`` (its gateway route moves) or ``pipeline`` (one agent's
+            pipeline route moves).
+        agent: the agent whose pipeline route moves (``pipeline`` only).
+        to_site: the target's site.
+        to_kind: the target's kind, ``ray`` or ``agent``.
+        started_at: the target began to start.
+        finished_at: it ended (done, failed or rolled back).
     """
 
     id: str
@@ -187,6 +229,17 @@ class MigrationRecord:
     requests: int = 0
     lost: int = 0
     max_ms: float | None = None
+    kind: str = "module"
+    agent: str | None = None
+    to_site: str | None = None
+    to_kind: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether it ended (done, failed or rolled back)."""
+        return self.status in TERMINAL
 
     @property
     def switch_s(self) -> float | None:
@@ -331,6 +384,34 @@ class PlacementStore:
                 values,
             )
 
+    def switch_migration(
+        self, record: MigrationRecord, deployment: DeploymentRecord | None
+    ) -> None:
+        """Record a migration's switch and where its module now serves, in one transaction.
+
+        So a restart never reads a route switched to the target with the
+        deployment still naming the source.
+        """
+        names = [f.name for f in fields(MigrationRecord)]
+        values = tuple(getattr(record, n) for n in names)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO placement_migrations ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))})",
+                values,
+            )
+            if deployment is not None:
+                _put_deployment(db, deployment)
+
+    def unfinished_migrations(self) -> list[MigrationRecord]:
+        """Migrations not done, failed or rolled back (left by a crash), oldest first."""
+        marks = ", ".join("?" * len(TERMINAL))
+        rows = self._rows(
+            f"SELECT * FROM placement_migrations WHERE status NOT IN ({marks}) ORDER BY decided_at",
+            tuple(sorted(TERMINAL)),
+        )
+        return [MigrationRecord(**dict(r)) for r in rows]
+
     def migrations(self, *, module: str | None = None, limit: int = 50) -> list[MigrationRecord]:
         """The newest migrations first."""
         where, params = ("WHERE module = ?", (module,)) if module else ("", ())
@@ -374,19 +455,11 @@ class PlacementStore:
     def put_deployment(self, record: DeploymentRecord) -> None:
         """Record what serves a module now."""
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO placement_deployments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.module,
-                    record.spec_json,
-                    record.version,
-                    record.tier,
-                    record.site,
-                    record.agent,
-                    json.dumps(dict(record.sources), sort_keys=True),
-                    record.updated_at,
-                ),
-            )
+            _put_deployment(db, record)
+
+    def deployment(self, module: str) -> DeploymentRecord | None:
+        """``module``'s recorded deployment, or None."""
+        return next((d for d in self.deployments() if d.module == module), None)
 
     def remove_deployment(self, module: str) -> None:
         """Forget a module (it was undeployed)."""
@@ -441,6 +514,22 @@ class PlacementStore:
                 continue
             out.append(PipelineRecord(r["module"], sites, r["rate_per_s"], r["updated_at"]))
         return out
+
+
+def _put_deployment(db: sqlite3.Connection, record: DeploymentRecord) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO placement_deployments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.module,
+            record.spec_json,
+            record.version,
+            record.tier,
+            record.site,
+            record.agent,
+            json.dumps(dict(record.sources), sort_keys=True),
+            record.updated_at,
+        ),
+    )
 
 
 def _plan(row: sqlite3.Row) -> PlanRecord:

@@ -39,6 +39,7 @@ each class answers with when it reaches a client (blank: inherited from the pare
     ├── UpstreamConnectionError          502  (serving._upstream) a connection to a replica broke
     ├── DeployError                      409  (serving._contract) a version was not put in service
     │   └── ReplicaFailedError                a replica died for good or failed to start
+    ├── MigrationBusyError               409  (control._migrations) the module is already moving
     ├── RegistryError                    503  (models._registry) the model registry failed
     │   ├── ModelNotFoundError           404  no model, version or stage matches
     │   ├── InvalidRegistrationError     422  a malformed name, code version, metric or lineage

@@ -26,7 +26,10 @@ does, so a switch runs every frame once:
 
 Released leases stay listed until their frames are surely in
 (:data:`RELEASED_KEEP_S`), then leave the list; an empty list is cleared from
-the broker.
+the broker. A list on the broker that this handover never published is a
+crashed control plane's (its replicas ended with it): it is cleared, with its
+``observed``, as the broker hands it over at the subscription, and counted
+(:attr:`SourceHandover.swept`), so no retained lease outlives its replica.
 
 Example:
     >>> handover = SourceHandover(edge)                                    # doctest: +SKIP
@@ -95,13 +98,34 @@ class SourceHandover:
         self._sent: dict[tuple[str, str], int] = {}
         self._observed: dict[tuple[str, str], int] = {}
         self._version = 0
+        self.swept = 0  # stale lease lists cleared (a crashed control plane's)
         self._unsubscribe = bus.subscribe(
             f"{prefix}/modules/+/pipelines/+/observed", self._on_observed
         )
+        self._unsubscribe_lists = bus.subscribe(f"{prefix}/modules/+/pipelines/+", self._on_list)
 
     def close(self) -> None:
         """Stop listening (the leases stay with the replicas)."""
+        self._unsubscribe_lists()
         self._unsubscribe()
+
+    def _on_list(self, topic: str, payload: bytes) -> None:
+        """Clear a lease list this handover did not publish (left by a crash)."""
+        parts = topic.split("/")
+        if not payload or len(parts) < 3:
+            return
+        module, replica = parts[-3], parts[-1]
+        with self._cond:
+            if (module, replica) in self._sent:
+                return  # ours
+            self.swept += 1
+        self._bus.publish(topic, b"", qos=1, retain=True)
+        self._bus.publish(f"{topic}/observed", b"", qos=1, retain=True)
+        logger.warning(
+            "%s: cleared the lease list of replica %s, left by an earlier control plane",
+            module,
+            replica,
+        )
 
     def split_time(self) -> float:
         """A split time for a switch starting now."""

@@ -346,6 +346,7 @@ def build_services(
         edge, store=artifacts, signer=signer, url_signer=url_signer, base_url=base_url
     )
     undo.append(("edge installer", installer.close))
+    _ = installer.handover  # now, not at the first remote route: clears a crash's leases
     metrics = MetricsRegistry()
     manager = ServingManager(
         RouteTable(),

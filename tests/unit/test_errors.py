@@ -35,6 +35,7 @@ STATUSES: dict[str, int] = {
     "mesh.core._errors.SpecError": 500,
     "mesh.core._errors.ConfigError": 500,
     "mesh.scenario._load.ScenarioError": 500,
+    "mesh.control._migrations.MigrationBusyError": 409,
     "mesh.core._errors.UnknownFunctionError": 404,
     "mesh.core._errors.InvalidArgumentsError": 422,
     "mesh.core._errors.UnsatisfiableError": 409,

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
 from mesh.control._api import create_placements_router
 from mesh.control._controller import ControllerSettings, PlacementController
 from mesh.control._engine_inputs import ModuleIntent, engine_inputs
-from mesh.control._migrations import MigrationExecutor, Target
+from mesh.control._migrations import MigrationExecutor, Target, run_inline
 from mesh.control._monitors import Monitors
 from mesh.control._snapshot import LatencyStats, NodeSample, NodeState, percentile
 from mesh.control._store import (
@@ -144,7 +144,7 @@ def world(**settings: Any) -> World:
     )
     store = PlacementStore(":memory:")
     executor = MigrationExecutor(
-        manager, store, requests=monitors, installer=installer, monotonic=clock
+        manager, store, requests=monitors, installer=installer, monotonic=clock, spawn=run_inline
     )
     options: dict[str, Any] = {
         "window_s": 2.0,

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.protocol import Event, InstalledModule, ObservedState, Topics
 from mesh.control._controller import PlacementController
-from mesh.control._migrations import MigrationExecutor
+from mesh.control._migrations import MigrationExecutor, Spawn, run_inline
 from mesh.control._monitors import Monitors
 from mesh.control._settings import ControllerSettings
 from mesh.control._snapshot import NodeSample, NodeState
@@ -154,6 +154,7 @@ def world(
     agents: Any = None,
     fresh: bool = True,
     node_probe: FakeNodes | None = None,
+    spawn: Spawn = run_inline,
     **settings: Any,
 ) -> World:
     """Two tracked sites on a fog deployment; ``fresh=False``: a restarted control plane.
@@ -176,7 +177,7 @@ def world(
     )
     store = store if store is not None else PlacementStore(":memory:")
     executor = MigrationExecutor(
-        manager, store, requests=monitors, installer=installer, monotonic=clock
+        manager, store, requests=monitors, installer=installer, monotonic=clock, spawn=spawn
     )
     options: dict[str, Any] = {
         "window_s": 2.0,

@@ -234,11 +234,15 @@ class FakeBus:
         self.answer = answer
         self.published: list[tuple[str, bytes, bool]] = []
         self.handler: Callable[[str, bytes], None] | None = None
+        self.lists: Callable[[str, bytes], None] | None = None
         self.prefix = "mesh/v1"
 
     def subscribe(self, pattern: str, handler: Any, *, timeout_s: float = 5.0) -> Any:
-        assert pattern == "mesh/v1/modules/+/pipelines/+/observed"
-        self.handler = handler
+        if pattern == "mesh/v1/modules/+/pipelines/+":
+            self.lists = handler  # the broker's retained lists arrive here
+        else:
+            assert pattern == "mesh/v1/modules/+/pipelines/+/observed"
+            self.handler = handler
         return lambda: None
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
@@ -276,6 +280,22 @@ def test_handover_times_out_and_withdraws_the_lease() -> None:
         handover.assign("m", "r1", lease, 0.1)
     (withdrawn,) = bus.leases()
     assert withdrawn.until_ts == withdrawn.since_ts  # covers no frame
+
+
+def test_lease_lists_left_by_a_crashed_control_plane_are_cleared() -> None:
+    bus = FakeBus()
+    handover = SourceHandover(bus)
+    assert bus.lists is not None
+    stale = lease_topic("mesh/v1", "m", "r-old")
+    bus.lists(stale, LeaseList("r-old", 7, (LEASE,)).to_json())  # retained, from before
+    assert bus.published == [(stale, b"", True), (f"{stale}/observed", b"", True)]
+    assert handover.swept == 1
+    bus.published.clear()
+    handover.assign("m", "r1", Lease(**{**_lease_args(), "since_ts": time.time() + 0.3}), 1.0)
+    ours = bus.published[-1]
+    bus.lists(ours[0], ours[1])  # the broker echoes our own list: it stays
+    bus.lists(stale, b"")  # and the cleared one comes back empty: nothing to do
+    assert bus.published[-1] == ours and handover.swept == 1
 
 
 def _lease_args() -> dict[str, Any]:
