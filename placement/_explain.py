@@ -151,6 +151,8 @@ class Explainer:
         )
         if a.fallback[d]:
             why = "; ".join(lost) if lost else "none fits"
+            if chosen_col == inc_col and inc >= 0:
+                return f"no candidate fits ({why}); kept where it runs, none clearly better: {head}"
             return f"no candidate fits ({why}); placed where predicted p95 is lowest: {head}"
         if a.kind[d, chosen_col] == KIND_PINNED:
             held = p.now_s - float(p.since_s[d])

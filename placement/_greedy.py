@@ -26,7 +26,11 @@ overload threshold). The engine then assigns, all demands at once:
    may take a better node by sending one resident elsewhere when the pair's
    total cost drops; fill runs again after it.
 5. **Fallback.** A demand left with no candidate that fits goes where its
-   predicted p95 is lowest; the plan reports it as a violation.
+   predicted p95 is lowest, unless that is not clearly better than where it
+   runs now (:data:`FALLBACK_MIN_GAIN` lower p95 and :data:`FALLBACK_MIN_RHO_GAP`
+   lower utilisation): then it stays, since moving between nodes that are all
+   overloaded (fog nodes sharing one busy host, whose readings differ only by
+   noise) only adds migrations; the plan reports it as a violation.
 
 Guarantee (tested against the brute-force solver): the result respects every
 cap and memory limit it admitted under; no single demand can move to a
@@ -58,6 +62,11 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 KIND_PINNED, KIND_FITS, KIND_FALLBACK, KIND_NO_FIT, KIND_EXCLUDED = range(5)
+
+#: A demand that fits nowhere leaves its node only for a predicted p95 this much lower...
+FALLBACK_MIN_GAIN = 0.25
+#: ...on a node at least this much less utilised.
+FALLBACK_MIN_RHO_GAP = 0.1
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -182,5 +191,17 @@ def _fallback(problem: Problem, cols: IntArray, fallback: BoolArray, kind: IntAr
     # Unstable everywhere: at least pick the least loaded usable candidate.
     tie = np.where(usable, rho, np.inf)
     best = np.where(np.isfinite(p95).any(axis=1), p95.argmin(axis=1), tie.argmin(axis=1))
-    out: IntArray = best.astype(np.int64)
+    # Hysteresis: where it runs now, it stays unless the best is clearly better.
+    rows = np.arange(len(d))
+    inc = problem.incumbent_col[d]
+    here = np.where(inc >= 0, inc, 0)
+    stays_usable = (inc >= 0) & usable[rows, here]
+    best_p95, here_p95 = p95[rows, best], p95[rows, here]
+    with np.errstate(invalid="ignore"):
+        not_better = (
+            ~np.isfinite(best_p95)
+            | (best_p95 >= here_p95 * (1.0 - FALLBACK_MIN_GAIN))
+            | (rho[rows, best] > rho[rows, here] - FALLBACK_MIN_RHO_GAP)
+        )
+    out: IntArray = np.where(stays_usable & not_better, here, best).astype(np.int64)
     return out

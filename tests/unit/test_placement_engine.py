@@ -391,6 +391,30 @@ def test_a_small_saving_does_not_move_a_route() -> None:
     assert where(free) == "fog-b"
 
 
+def test_nodes_all_overloaded_alike_do_not_pass_a_module_around() -> None:
+    """Fog nodes sharing one busy host: every candidate is over its SLO by the same."""
+    nodes = (
+        Node("fog-a", tier="fog", site="a", cost_per_h=0.40, servers=1),
+        Node("fog-b", tier="fog", site="b", cost_per_h=0.40, servers=1),
+    )
+    links = (Link("int-1", "a", rtt_ms=2.0), Link("int-1", "b", rtt_ms=2.0))
+    topo = Topology(nodes, links)
+    module = Module("counter", slo_p95_ms=30.0, profile=Profile({"fog": 2.0}))
+    sources = [Source("counter", "int-1", 10.0)]
+    busy = Metrics(node_utilisation={"fog-a": 0.95, "fog-b": 0.9})  # b a little less busy
+    for here in ("fog-a", "fog-b"):
+        current = CurrentPlacement((CurrentRoute("counter", "int-1", here, since_s=0.0),))
+        kept = plan(topo, [module], sources, metrics=busy, current=current, now_s=1000.0)
+        assert where(kept) == here and not kept.moves, kept.explain("counter", "int-1").reason
+        assert "kept where it runs" in kept.explain("counter", "int-1").reason
+    # A node clearly better still wins.
+    current = CurrentPlacement((CurrentRoute("counter", "int-1", "fog-a", since_s=0.0),))
+    eased = Metrics(node_utilisation={"fog-a": 0.99, "fog-b": 0.5})
+    assert (
+        where(plan(topo, [module], sources, metrics=eased, current=current, now_s=1e3)) == "fog-b"
+    )
+
+
 def test_no_flapping_under_noisy_metrics() -> None:
     """The edge hovers around the utilisation where the SLO is just met."""
     sources = [Source("counter", "int-1", 10.0)]
