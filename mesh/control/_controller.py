@@ -137,6 +137,7 @@ class PlacementController(ReconcileRound):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._recorded: dict[str, tuple[str, str, str | None, str | None]] = {}
+        self._record_lock = threading.Lock()  # apart: a switch may come from any thread
         #: The recorded deployments' restoration after a restart (:meth:`restore`).
         self.restorer = Restorer(restore_policy)
         latest = store.latest_plan()
@@ -348,7 +349,7 @@ class PlacementController(ReconcileRound):
             return
         module = route.module
         if new is None:
-            with self._lock:
+            with self._record_lock:
                 self._recorded.pop(module, None)
             if not self._stop.is_set():
                 try:
@@ -360,7 +361,7 @@ class PlacementController(ReconcileRound):
         if view is None:
             return
         key = (view.artifact.version, view.tier, view.site, view.agent)
-        with self._lock:
+        with self._record_lock:
             if self._recorded.get(module) == key:
                 return
             self._recorded[module] = key

@@ -115,6 +115,12 @@ class ControlPlaneSettings(EdgeSettings):
     placement_restore: bool = Field(
         True, description="Re-deploy the modules recorded before a restart, where they were."
     )
+    placement_restore_attempts: int = Field(
+        5, ge=1, description="Tries per recorded module at a restart before it is failed."
+    )
+    placement_restore_max_delay_s: float = Field(
+        20.0, gt=0, description="Longest wait between two tries (it doubles from 1 s)."
+    )
 
     @property
     def broker_explicit(self) -> bool:
@@ -451,6 +457,7 @@ def _placement_controller(
     from mesh.control._migrations import MigrationExecutor
     from mesh.control._monitors import Monitors
     from mesh.control._probes import EdgeCanary, PathProbe
+    from mesh.control._restore import RetryPolicy
     from mesh.control._settings import ControllerSettings
     from mesh.control._store import PlacementStore
     from mesh.ray._probe import RayNodeProbe
@@ -489,6 +496,11 @@ def _placement_controller(
         ),
         registry=registry,
         agents=edge,  # a restored pipeline's route starts as its agent reports it
+        restore_policy=RetryPolicy(
+            attempts=settings.placement_restore_attempts,
+            first_delay_s=min(1.0, settings.placement_restore_max_delay_s),
+            max_delay_s=settings.placement_restore_max_delay_s,
+        ),
     )
     closing = threading.Event()
     if settings.placement_restore:
