@@ -213,6 +213,13 @@ class Restorer:
         with self._lock:
             return [self._states[m] for m in sorted(self._states)]
 
+    def counts(self) -> dict[RestoreState, int]:
+        """Expected modules per state (the ``mesh_restore_modules`` gauge), every state named."""
+        out: dict[RestoreState, int] = {"restoring": 0, "serving": 0, "failed": 0}
+        for s in self.statuses():
+            out[s.state] += 1
+        return out
+
     def unserved(self, served: Callable[[str], bool]) -> list[RestoreStatus]:
         """The modules still ``restoring`` or ``failed`` that nothing serves now."""
         return [s for s in self.statuses() if s.state != "serving" and not served(s.module)]

@@ -395,6 +395,12 @@ def build_services(
     controller, start_placement = _placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
     )
+    metrics.gauge_callback(
+        "mesh_restore_modules",
+        "Modules recorded before this start, by restore state (restoring, serving, failed).",
+        ("state",),
+        lambda: [((state,), float(n)) for state, n in controller.restorer.counts().items()],
+    )
     from mesh.security._revocations import TokenRevocations
 
     revocations = TokenRevocations(settings.store_path)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,13 @@ def test_kill_9_then_mesh_up_serves_the_module_with_a_pre_crash_token(
         np.testing.assert_allclose(_infer(gateway_url, token, x), expected, rtol=1e-4, atol=1e-5)
         listed = json.loads(_ok(mesh_cli(env, "modules", "list", "--json")))
         assert [(m["module"], m["status"]) for m in listed] == [("vehicle-counter", "serving")]
+        metrics = urllib.request.Request(
+            f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(metrics, timeout=30) as response:
+            text = response.read().decode()
+        assert 'mesh_restore_modules{state="serving"} 1.0' in text
+        assert 'mesh_restore_modules{state="failed"} 0.0' in text
 
         # A clean restart restores it too.
         _ok(mesh_cli(env, "down"))

@@ -86,6 +86,7 @@ def test_a_module_whose_tries_all_fail_is_failed_with_the_reason() -> None:
         "a": "failed: KeyError: 'pydantic.v1'",
         "b": "failed: KeyError: 'pydantic.v1'",
     }
+    assert restorer.counts() == {"restoring": 0, "serving": 0, "failed": 2}
     [a, _] = restorer.unserved(lambda m: False)
     assert a.to_dict()["status"] == "failed: KeyError: 'pydantic.v1'"
     assert a.to_dict()["restore_attempts"] == 3
@@ -102,6 +103,7 @@ def test_one_failing_module_does_not_hold_up_another() -> None:
 
     assert restorer.run([record("bad"), record("good")], deploy, stop=threading.Event()) == ["good"]
     assert {s.module: s.state for s in restorer.statuses()} == {"bad": "failed", "good": "serving"}
+    assert restorer.counts() == {"restoring": 0, "serving": 1, "failed": 1}
 
 
 def test_stop_ends_the_wait_between_tries() -> None:
