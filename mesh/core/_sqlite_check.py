@@ -67,17 +67,22 @@ def check_store(path: Path, backups: Path) -> None:
 
 
 def _problem(path: Path) -> str | None:
-    """What ``quick_check`` found wrong with ``path`` (None: sound)."""
+    """What ``quick_check`` found wrong with ``path`` (None: sound, or it could not look).
+
+    A file that is locked or cannot be opened is not called damaged (the stores
+    will say why they cannot open it); only what SQLite reports as corruption is.
+    """
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-    except sqlite3.Error as exc:
+        db = sqlite3.connect(path, timeout=10.0)
+        try:
+            rows = [r[0] for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:  # locked, busy, cannot open: not corruption
+        logger.warning("could not check the store %s: %s", path, exc)
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
         return str(exc)
-    try:
-        rows = [r[0] for r in db.execute("PRAGMA quick_check(5)").fetchall()]
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    finally:
-        db.close()
     return None if rows == ["ok"] else "; ".join(str(r) for r in rows)
 
 
@@ -102,7 +107,7 @@ def back_up_store(path: Path, backups: Path, *, keep: int = 3) -> Path | None:
         target = backups / f"{_PREFIX}{stamp}-{n}.db"
         n += 1
     try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        source = sqlite3.connect(path, timeout=10.0)
         try:
             copy = sqlite3.connect(target)
             try:

@@ -102,3 +102,25 @@ def test_mesh_up_refuses_a_damaged_store_before_it_starts_anything(tmp_path: Pat
         cluster_up(MeshSettings(data_dir=data), wait_s=5)
 
     assert not (data / "cluster.log").exists()  # no control-plane process was started
+
+
+def test_the_control_plane_process_refuses_it_in_one_line_without_starting(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mesh.db").write_bytes(b"not a database at all, " * 200)
+    env = {**os.environ, "MESH_DATA_DIR": str(data), "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"the store {data / 'mesh.db'} is damaged" in done.stderr
+    assert "Traceback" not in done.stderr and not (data / "cluster.json").exists()
