@@ -64,8 +64,16 @@ def _open_store(settings: MeshSettings) -> SQLiteStore:
 @app.command()
 def up(
     wait_s: Annotated[float, typer.Option(help="How long to wait for the cluster.")] = 180.0,
+    restore_wait_s: Annotated[
+        float, typer.Option(help="How long to wait for recorded modules to serve again.")
+    ] = 120.0,
 ) -> None:
-    """Start the local cluster (a cloud head node and fog nodes) and keep it running."""
+    """Start the local cluster (a cloud head node and fog nodes) and keep it running.
+
+    The modules served before a restart are restored; this waits for them (up to
+    ``--restore-wait-s``) and says how each came back. Exits with code 1 when one
+    could not be restored (the cluster stays up).
+    """
     settings = _settings()
     with _errors():
         running = read_cluster_file(settings)
@@ -88,6 +96,36 @@ def up(
                 f"  {node.get('tier', '?'):<5} node {str(node.get('node_id', ''))[:8]}{site}, "
                 f"{node.get('cpus', '?')} CPU"
             )
+        if info.get("gateway_url"):
+            _report_restore(settings, restore_wait_s)
+
+
+def _report_restore(settings: MeshSettings, wait_s: float) -> None:
+    """Wait for the recorded modules to serve again; say how each came back."""
+    from mesh.cli._modules import ControlPlaneClient, wait_for_restore
+
+    client = ControlPlaneClient.from_settings(settings)
+    with console.status("restoring the recorded modules…") as status:
+        modules = wait_for_restore(client, wait_s=wait_s, progress=status.update)
+    failed = False
+    for m in modules:
+        state = str(m.get("status") or "serving")
+        where = m.get("agent") or m.get("tier")
+        line = f"  module {m['module']} {m.get('version')} on {where}: {state}"
+        if state.startswith("failed"):
+            failed = True
+            err.print(f"[bold red]{line}[/]", highlight=False, markup=True)
+        else:
+            console.print(line, highlight=False)
+    if failed:
+        err.print(
+            "[bold red]error:[/] the cluster is up, but recorded modules could not be "
+            "restored (see above and the log); `mesh modules deploy` one again, or "
+            "`mesh modules undeploy` it to forget it",
+            highlight=False,
+            markup=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +31,7 @@ from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.runtime._daemon import read_cluster_file
 
-__all__ = ["ControlPlaneClient", "modules_app"]
+__all__ = ["ControlPlaneClient", "modules_app", "wait_for_restore"]
 
 modules_app = typer.Typer(
     help="Serve models as modules on cloud/fog replicas or edge agents.", no_args_is_help=True
@@ -143,11 +144,42 @@ def _replicas(module: dict[str, Any]) -> str:
     return ", ".join(f"{r['state']}@{(r.get('node') or '-')[:8]}" for r in replicas)
 
 
+def wait_for_restore(
+    client: ControlPlaneClient,
+    *,
+    wait_s: float,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The modules after a start, once none is ``restoring`` (or ``wait_s`` passed).
+
+    Raises:
+        ControlPlaneError: the control plane did not answer.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        modules: list[dict[str, Any]] = client.request("GET", "/v1/modules") or []
+        restoring = [m["module"] for m in modules if m.get("status") == "restoring"]
+        if not restoring or time.monotonic() >= deadline:
+            return modules
+        if progress is not None:
+            progress(f"restoring {', '.join(restoring)}…")
+        time.sleep(0.5)
+
+
+def _status(module: dict[str, Any]) -> str:
+    status = str(module.get("status") or "serving")
+    return f"[red]{status}[/]" if status.startswith("failed") else status
+
+
 @modules_app.command("list")
 def list_modules(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List served modules: version, tier, replicas and route epoch."""
+    """List modules: version, tier, replicas, route epoch and status.
+
+    After a restart, a recorded module is ``restoring`` until it serves again, or
+    ``failed: <reason>`` once its retries are spent.
+    """
     modules = _call("GET", "/v1/modules")
     if as_json:
         console.print_json(json.dumps(modules))
@@ -156,17 +188,18 @@ def list_modules(
         console.print("no modules served: run `mesh modules deploy MODEL`")
         return
     table = Table(title="modules")
-    for column in ("module", "version", "tier", "replicas", "endpoints", "epoch", "slo"):
+    for column in ("module", "version", "tier", "replicas", "endpoints", "epoch", "slo", "status"):
         table.add_column(column, overflow="fold")
     for m in modules:
         table.add_row(
             m["module"],
             m["version"],
-            m["tier"],
+            m.get("agent") or m["tier"],
             _replicas(m),
             str(len(m.get("endpoints", []))),
-            str(m["epoch"]),
+            str(m["epoch"]) if m.get("epoch") is not None else "-",
             f"p95 {m['slo_ms']:g} ms" if m.get("slo_ms") else "-",
+            _status(m),
         )
     console.print(table)
 

@@ -27,7 +27,8 @@ Modules whose agents run pipelines (:meth:`PlacementController.track_pipelines`)
 are also placed per site, after the gateway routes: each site's pipeline runs
 on its agent or offloads to the module's replicas
 (:mod:`mesh.control._pipelines`); their gateway route keeps to fog and cloud.
-They are recorded in the store and tracked again by :meth:`PlacementController.restore`.
+They are recorded in the store and tracked again by :meth:`PlacementController.restore`,
+which re-deploys the recorded modules with bounded retries (:mod:`mesh.control._restore`).
 Pins: a module pinned to a tier may only be placed there; one pinned to a
 node is not planned at all and is moved there.
 
@@ -52,6 +53,7 @@ from typing import Any
 from mesh.control._migrations import MigrationExecutor, ModuleDeployer
 from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
+from mesh.control._restore import Restorer, RetryPolicy
 from mesh.control._round import Placed, ReconcileRound, finite
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import (
@@ -63,10 +65,10 @@ from mesh.control._settings import (
 )
 from mesh.control._snapshot import Snapshot
 from mesh.control._standing import StandingConditions
-from mesh.control._store import MigrationRecord, Pin, PlacementStore
+from mesh.control._store import DeploymentRecord, MigrationRecord, Pin, PlacementStore
 from mesh.core._log_repeats import RepeatLog
 from mesh.serving._leases import PipelineSource
-from mesh.serving._routes import Endpoint, RouteTable
+from mesh.serving._routes import Endpoint, ModuleRoute, RouteTable
 from placement import TIERS
 from placement import (
     Plan as EnginePlan,
@@ -95,6 +97,7 @@ class PlacementController(ReconcileRound):
         agents: the edge bus: a tracked pipeline's route starts as its agent
             reports it (None: taken to be local).
         clock: monotonic seconds (injected in tests).
+        restore_policy: tries and backoff per module in :meth:`restore`.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class PlacementController(ReconcileRound):
         routes: RouteTable | None = None,
         agents: EdgeAgents | None = None,
         clock: Callable[[], float] = time.monotonic,
+        restore_policy: RetryPolicy | None = None,
     ) -> None:
         """Nothing runs until :meth:`start` (or :meth:`step`)."""
         self.settings = settings or ControllerSettings()
@@ -142,6 +146,10 @@ class PlacementController(ReconcileRound):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._recorded: dict[str, tuple[str, str, str | None, str | None]] = {}
+        self._record_lock = threading.Lock()  # apart: a switch may come from any thread
+        #: The recorded deployments' restoration after a restart (:meth:`restore`).
+        self.restorer = Restorer(restore_policy)
         latest = store.latest_plan()
         if latest is not None:
             self._last_routes = latest.routes
@@ -348,33 +356,73 @@ class PlacementController(ReconcileRound):
 
     # -- after a restart
 
-    def restore(self, manager: ModuleDeployer, *, timeout_s: float = 60.0) -> list[str]:
+    def record_route(self, old: ModuleRoute | None, new: ModuleRoute | None) -> None:
+        """Record what serves a module when its route switches (a route table listener).
+
+        A deploy is then in the store when it answers, not only after the next
+        round adopts it: a crash right after it loses nothing. A route removed
+        while the controller runs (an undeploy) forgets the record; one removed
+        after :meth:`close` (the serving manager stopping) keeps it for the restart.
+        """
+        route = new or old
+        if route is None:
+            return
+        module = route.module
+        if new is None:
+            with self._record_lock:
+                self._recorded.pop(module, None)
+            if not self._stop.is_set():
+                try:
+                    self.store.remove_deployment(module)
+                except Exception:
+                    logger.exception("%s: could not forget the deployment", module)
+            return
+        view = next((v for v in self._served.deployments() if v.spec.name == module), None)
+        if view is None:
+            return
+        key = (view.artifact.version, view.tier, view.site, view.agent)
+        with self._record_lock:
+            if self._recorded.get(module) == key:
+                return
+            self._recorded[module] = key
+        self._record(view)
+
+    def forget(self, module: str) -> bool:
+        """Forget a recorded module that is not served (its restore failed, say).
+
+        Returns whether it was recorded or had a restore state.
+        """
+        recorded = any(r.module == module for r in self.store.deployments())
+        if recorded:
+            self.store.remove_deployment(module)
+        return self.restorer.forget(module) or recorded
+
+    def restore(
+        self,
+        manager: ModuleDeployer,
+        *,
+        timeout_s: float = 60.0,
+        stop: threading.Event | None = None,
+    ) -> list[str]:
         """Re-deploy every recorded module where it served before the restart.
 
-        Then track the recorded pipelines again (each site's route starts as its
-        agent reports it, see ``agents``). Returns the modules re-deployed; a
-        deployment or pipeline entry that fails is logged and skipped.
+        Each module is retried with backoff (``restorer.policy``) and has a state
+        meanwhile (:attr:`restorer`); ``stop`` (default: :meth:`close`) ends the
+        waits. Then the recorded pipelines are tracked again (each site's route
+        starts as its agent reports it, see ``agents``). Returns the modules
+        re-deployed.
         """
         from mesh.sdk._specs import ModuleSpec
 
-        restored = []
-        for record in self.store.deployments():
-            try:
-                spec = ModuleSpec.model_validate_json(record.spec_json)
-                if record.sources:
-                    self.set_sources(record.module, record.sources)
-                if record.agent is not None:
-                    manager.deploy_to_agent(spec, record.agent, record.version, timeout_s=timeout_s)
-                else:
-                    manager.deploy(spec, record.version, tier=record.tier, site=record.site)
-                restored.append(record.module)
-                logger.info(
-                    "restored %s %s on %s",
-                    record.module,
-                    record.version,
-                    record.agent or record.tier,
-                )
-            except Exception:
-                logger.exception("could not restore %s %s", record.module, record.version)
+        def apply(record: DeploymentRecord) -> None:
+            spec = ModuleSpec.model_validate_json(record.spec_json)
+            if record.sources:
+                self.set_sources(record.module, record.sources)
+            if record.agent is not None:
+                manager.deploy_to_agent(spec, record.agent, record.version, timeout_s=timeout_s)
+            else:
+                manager.deploy(spec, record.version, tier=record.tier, site=record.site)
+
+        restored = self.restorer.run(self.store.deployments(), apply, stop=stop or self._stop)
         self._pipelines.restore()
         return restored

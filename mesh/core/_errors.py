@@ -19,6 +19,7 @@ each class answers with when it reaches a client (blank: inherited from the pare
     │   ├── FunctionTimeoutError         504  it ran past ``timeout_s`` and was cancelled
     │   └── CancelledError                    it was cancelled by the caller
     ├── StoreError                       503  the run store could not be read or written
+    │   └── StoreDamagedError                 (core._sqlite_check) mesh.db failed its check
     ├── RequestError                     400  the HTTP request itself is wrong
     │   ├── NotFoundError                404  no such route, or no such thing at it
     │   ├── MethodNotAllowedError        405  the route does not take that method

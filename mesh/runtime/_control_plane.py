@@ -115,6 +115,12 @@ class ControlPlaneSettings(EdgeSettings):
     placement_restore: bool = Field(
         True, description="Re-deploy the modules recorded before a restart, where they were."
     )
+    placement_restore_attempts: int = Field(
+        5, ge=1, description="Tries per recorded module at a restart before it is failed."
+    )
+    placement_restore_max_delay_s: float = Field(
+        20.0, gt=0, description="Longest wait between two tries (it doubles from 1 s)."
+    )
 
     @property
     def broker_explicit(self) -> bool:
@@ -152,14 +158,34 @@ def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
         return start_embedded_broker(port=0, password_file=passwd)
 
 
+def _check_and_back_up_store(settings: ControlPlaneSettings) -> None:
+    """Refuse a damaged ``mesh.db``; back up a sound one (``<data>/backups``, newest 3).
+
+    Runs before any store of this process opens the file (the check's connection
+    closes, which would drop their POSIX locks).
+    """
+    from mesh.core._sqlite_check import back_up_store, check_store
+
+    backups = settings.data_dir / "backups"
+    check_store(settings.store_path, backups)
+    copy = back_up_store(settings.store_path, backups)
+    if copy is not None:
+        logger.info(
+            "store %s passed its integrity check; backed up to %s", settings.store_path, copy
+        )
+
+
 def run_control_plane(
     settings: ControlPlaneSettings, *, stop: threading.Event | None = None
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT (or ``stop`` is set).
 
     Raises:
+        StoreDamagedError: ``mesh.db`` failed its integrity check (nothing started;
+            the message names the file and the newest backup).
         MeshError: a part did not start (what had started is stopped).
     """
+    _check_and_back_up_store(settings)
     from mesh.ray._cluster import (
         _write_json_atomically,
         prepare_ray_environment,
@@ -367,8 +393,14 @@ def build_services(
         start_timeout_s=settings.replica_start_timeout_s,
     ).start()
     undo.append(("serving manager", manager.close))
-    controller = _placement_controller(
+    controller, start_placement = _placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
+    )
+    metrics.gauge_callback(
+        "mesh_restore_modules",
+        "Modules recorded before this start, by restore state (restoring, serving, failed).",
+        ("state",),
+        lambda: [((state,), float(n)) for state, n in controller.restorer.counts().items()],
     )
     from mesh.security._revocations import TokenRevocations
 
@@ -382,7 +414,12 @@ def build_services(
         manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
     )
     routers = [
-        create_modules_router(manager, auth=auth.dependency),
+        create_modules_router(
+            manager,
+            auth=auth.dependency,
+            restoring=lambda served: [s.to_dict() for s in controller.restorer.unserved(served)],
+            forget=controller.forget,
+        ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
     ]
@@ -393,6 +430,12 @@ def build_services(
         max_body_bytes=settings.gateway_max_body_bytes,
         read_timeout_s=settings.gateway_read_timeout_s,
     )
+    # Only now, with every import of the start-up done on this thread: the restore
+    # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
+    # FastAPI's route building above imports it too; two threads importing that
+    # package at once make CPython's import deadlock detection fail one of them
+    # (`KeyError: 'pydantic.v1'`), and every restore failed.
+    start_placement()
     return ControlPlaneServices(app, edge, registry, installer, manager, controller)
 
 
@@ -406,18 +449,22 @@ def _placement_controller(
     undo: list[tuple[str, Callable[[], object]]],
     *,
     host_cpu: bool = True,
-) -> PlacementController:
-    """Monitors, migration executor, placement store and the controller, started.
+) -> tuple[PlacementController, Callable[[], None]]:
+    """Monitors, migration executor, placement store and the controller, and its start.
 
-    The modules recorded before a restart are re-deployed (and the pipelines tracked
-    again) on a thread first (agents may take a while to come back); the reconcile
-    loop starts once that is done.
+    Call the start once the rest of the process is built: it re-deploys the
+    modules recorded before a restart (and tracks the pipelines again) on a
+    thread first, with retries (agents may take a while to come back); the
+    reconcile loop starts once that is done. The recorded modules are marked
+    ``restoring`` here already, so the API shows them from its first request.
+    Each route switch is recorded at once (a deploy survives a crash right after it).
     Agents' pipeline events feed the monitors (per-site pipeline placement).
     """
     from mesh.control._controller import PlacementController
     from mesh.control._migrations import MigrationExecutor
     from mesh.control._monitors import Monitors
     from mesh.control._probes import EdgeCanary, PathProbe
+    from mesh.control._restore import RetryPolicy
     from mesh.control._settings import ControllerSettings
     from mesh.control._store import PlacementStore
     from mesh.ray._probe import RayNodeProbe
@@ -456,8 +503,16 @@ def _placement_controller(
         ),
         registry=registry,
         agents=edge,  # a restored pipeline's route starts as its agent reports it
+        restore_policy=RetryPolicy(
+            attempts=settings.placement_restore_attempts,
+            first_delay_s=min(1.0, settings.placement_restore_max_delay_s),
+            max_delay_s=settings.placement_restore_max_delay_s,
+        ),
     )
     closing = threading.Event()
+    if settings.placement_restore:
+        controller.restorer.expect(store.deployments())
+    routes.on_change(controller.record_route)
 
     def restore_then_start() -> None:
         if settings.placement_restore:
@@ -471,9 +526,15 @@ def _placement_controller(
         closing.set()
         controller.close()
 
+    # Before any route can be removed: a route removed after close keeps its record.
     undo.append(("placement controller", close))
-    threading.Thread(target=restore_then_start, name="mesh-placement-start", daemon=True).start()
-    return controller
+
+    def start() -> None:
+        threading.Thread(
+            target=restore_then_start, name="mesh-placement-start", daemon=True
+        ).start()
+
+    return controller, start
 
 
 def main() -> None:
@@ -481,5 +542,11 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        run_control_plane(ControlPlaneSettings())
+    from mesh.core._sqlite_check import StoreDamagedError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_control_plane(ControlPlaneSettings())
+    except StoreDamagedError as exc:  # one clear line, no traceback: `mesh up` shows it
+        logger.error("%s", exc)
+        raise SystemExit(2) from None

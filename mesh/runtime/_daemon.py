@@ -22,6 +22,7 @@ from typing import Any
 
 from mesh.core._errors import BackendError, ClusterNotRunningError
 from mesh.core._settings import MeshSettings
+from mesh.core._sqlite_check import check_store
 
 __all__ = ["cluster_down", "cluster_up", "pid_alive", "read_cluster_file"]
 
@@ -63,12 +64,16 @@ def cluster_up(
     """Start the local cluster process unless one is up; returns its record.
 
     Raises:
+        StoreDamagedError: the data dir's ``mesh.db`` failed its integrity check
+            (nothing started; the message names the file and the newest backup).
         BackendError: the process died or did not come up within ``wait_s``;
             the message ends with the tail of its log.
     """
     running = read_cluster_file(settings)
     if running is not None:
         return running
+    # Checked here too (the process checks again and backs up) for a plain message.
+    check_store(settings.store_path, settings.data_dir / "backups")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.cluster_file.unlink(missing_ok=True)
     log_path = settings.data_dir / "cluster.log"

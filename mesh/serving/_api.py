@@ -1,10 +1,14 @@
 """REST API of the serving manager: ``/v1/modules``.
 
 =======  ========================  ==================================================
-GET      /v1/modules               served modules: version, tier, epoch, replicas (read)
+GET      /v1/modules               modules: version, tier, epoch, replicas, status (read)
 POST     /v1/modules               deploy a model version as a module (admin)
 DELETE   /v1/modules/{name}        stop serving a module (admin)
 =======  ========================  ==================================================
+
+After a restart, a recorded module not served yet is listed too, with its
+``status``: ``restoring`` or ``failed: <reason>`` (served ones say ``serving``);
+``DELETE`` forgets one whose restore failed.
 
 A deploy names a registered model and a version (``production``, ``v3``...);
 the module's spec is built from the request (name defaults to the model's).
@@ -120,8 +124,31 @@ def _describe(route: ModuleRoute, replicas: list[ReplicaStatus]) -> dict[str, An
     return out
 
 
-def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = None) -> APIRouter:
-    """The ``/v1/modules`` routes over a serving manager."""
+def _status(route: ModuleRoute) -> str:
+    if route.endpoints:
+        return "serving"
+    return "scaled to zero" if route.scale_from_zero else "no ready replica"
+
+
+def create_modules_router(
+    manager: ModuleManager,
+    *,
+    auth: AuthFactory | None = None,
+    restoring: Callable[[Callable[[str], bool]], list[dict[str, Any]]] | None = None,
+    forget: Callable[[str], bool] | None = None,
+) -> APIRouter:
+    """The ``/v1/modules`` routes over a serving manager.
+
+    Args:
+        manager: the serving manager.
+        auth: scope -> FastAPI dependency (None: no auth, for tests).
+        restoring: given "is this module served?", the recorded modules not served
+            yet, each a dict with its ``status`` (``restoring`` or ``failed: ...``),
+            listed after the served ones (whose ``status`` is ``serving``, or
+            ``scaled to zero`` / ``no ready replica`` with no endpoint).
+        forget: forgets a recorded module that is not served (``DELETE`` of a
+            module whose restore failed); returns whether there was one.
+    """
     router = APIRouter(prefix="/v1/modules", tags=["modules"])
 
     def scope(name: str) -> list[Any]:
@@ -131,10 +158,16 @@ def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = 
     def list_modules() -> list[dict[str, Any]]:
         """Served modules with their route (version, tier, epoch, endpoints) and replicas."""
         statuses = manager.status()
-        return [
-            _describe(route, [s for s in statuses if s.module == route.module])
+        served = [
+            {
+                **_describe(route, [s for s in statuses if s.module == route.module]),
+                "status": _status(route),
+            }
             for route in sorted(manager.routes.routes(), key=lambda r: r.module)
         ]
+        if restoring is not None:
+            served += restoring(lambda module: manager.routes.get(module) is not None)
+        return served
 
     @router.post("", dependencies=scope("admin"))
     def deploy(request: DeployRequest) -> dict[str, Any]:
@@ -165,6 +198,8 @@ def create_modules_router(manager: ModuleManager, *, auth: AuthFactory | None = 
     def undeploy(name: str) -> Response:
         """Stop routing the module and stop its replicas after they drain."""
         if manager.routes.get(name) is None:
+            if forget is not None and forget(name):
+                return Response(status_code=204)
             raise ModelNotServedError(name, None, [r.module for r in manager.routes.routes()])
         manager.undeploy(name)
         return Response(status_code=204)

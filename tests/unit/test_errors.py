@@ -46,6 +46,7 @@ STATUSES: dict[str, int] = {
     "mesh.core._errors.FunctionTimeoutError": 504,
     "mesh.core._errors.CancelledError": 500,
     "mesh.core._errors.StoreError": 503,
+    "mesh.core._sqlite_check.StoreDamagedError": 503,
     "mesh.core._errors.RequestError": 400,
     "mesh.core._errors.NotFoundError": 404,
     "mesh.core._errors.MethodNotAllowedError": 405,

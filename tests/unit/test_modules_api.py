@@ -216,3 +216,53 @@ def test_the_cli_client_reads_the_error_body(manager: FakeManager) -> None:
     with pytest.raises(ControlPlaneError, match="does not answer") as down:
         client.request("GET", "/v1/modules")
     assert down.value.status is None
+
+
+def test_recorded_modules_not_served_yet_are_listed_with_their_restore_state(
+    manager: FakeManager,
+) -> None:
+    import threading
+
+    from mesh.control._restore import Restorer, RetryPolicy
+    from mesh.control._store import DeploymentRecord
+
+    restorer = Restorer(RetryPolicy(attempts=1))
+    cam = DeploymentRecord("cam-counter", "{}", "v2", "edge", None, "cam-1")
+    restorer.expect([DeploymentRecord("vehicle-counter", "{}", "v1", "fog", None, None), cam])
+    forgotten: list[str] = []
+
+    def forget(module: str) -> bool:
+        forgotten.append(module)
+        return restorer.forget(module)
+
+    auth = TokenAuth(SIGNER)
+    router = create_modules_router(
+        manager,
+        auth=auth.dependency,
+        restoring=lambda served: [s.to_dict() for s in restorer.unserved(served)],
+        forget=forget,
+    )
+    app = create_gateway_app(Gateway(manager.routes, auth=auth), routers=[router])
+    with TestClient(app) as client:
+        listed = client.get("/v1/modules", headers=_auth("read")).json()
+        assert [(m["module"], m["status"]) for m in listed] == [
+            ("cam-counter", "restoring"),
+            ("vehicle-counter", "restoring"),
+        ]
+        # One serves again: listed from its route, as serving; the other failed.
+        client.post("/v1/modules", headers=_auth("admin"), json={"model": "vehicle-counter"})
+        restorer.run([cam], lambda r: manager.deploy_to_agent(r, "cam-1"), stop=threading.Event())
+        listed = client.get("/v1/modules", headers=_auth("read")).json()
+        assert [(m["module"], m["status"]) for m in listed] == [
+            ("vehicle-counter", "serving"),
+            ("cam-counter", "failed: DeployError: agent cam-1 is offline"),
+        ]
+        assert listed[1]["agent"] == "cam-1" and listed[1]["restore_attempts"] == 1
+
+        # A failed one can be forgotten (its record goes); an unknown one is still 404.
+        gone = client.delete("/v1/modules/cam-counter", headers=_auth("admin"))
+        assert gone.status_code == 204 and forgotten == ["cam-counter"]
+        assert [m["module"] for m in client.get("/v1/modules", headers=_auth("read")).json()] == [
+            "vehicle-counter"
+        ]
+        assert client.delete("/v1/modules/nope", headers=_auth("admin")).status_code == 404
