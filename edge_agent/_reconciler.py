@@ -18,6 +18,7 @@ import time
 
 from ._budget import MemoryBudget
 from ._cache import ArtifactError, Installed, ModuleCache
+from ._clock import ClockOffset
 from ._runtime import LoadedModel, ModuleLoadError, ModuleServer, load_model
 from ._settings import AgentSettings
 from ._transport import Message
@@ -55,6 +56,7 @@ class DesiredStateReconciler:
     _version: int
     _pending: DesiredState | None
     _stopping: bool
+    clock: ClockOffset
 
     def _sync_pipelines(self) -> None:
         """Start and stop pipelines to match the desired state (``Agent._sync_pipelines``)."""
@@ -101,6 +103,7 @@ class DesiredStateReconciler:
         except ProtocolError as exc:
             logger.warning("agent %s: desired state refused: %s", self.agent_id, exc)
             return
+        self.clock.observe(desired.ts, time.time())  # stamped by the control plane
         if desired.agent is not None and desired.agent != self.agent_id:
             logger.warning(
                 "agent %s: desired state is for agent %s; refused", self.agent_id, desired.agent
