@@ -103,7 +103,8 @@ class DesiredStateReconciler:
         except ProtocolError as exc:
             logger.warning("agent %s: desired state refused: %s", self.agent_id, exc)
             return
-        self.clock.observe(desired.ts, time.time())  # stamped by the control plane
+        if "ts" in desired.model_fields_set:  # stamped by the control plane (not defaulted)
+            self.clock.observe(desired.ts, time.time())
         if desired.agent is not None and desired.agent != self.agent_id:
             logger.warning(
                 "agent %s: desired state is for agent %s; refused", self.agent_id, desired.agent

@@ -1,0 +1,252 @@
+"""The agent copes with its device: damaged storage at start, a failing background loop,
+and a clock some seconds off the control plane's (deadlines corrected within a bound;
+an expired request is answered ``expired``, never dropped)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent import Agent, AgentSettings, MemoryBroker, MemoryTransport
+from edge_agent._clock import ClockOffset
+from edge_agent._transport import Message, PublishHandle
+from edge_agent.protocol import (
+    ErrorCode,
+    InferReply,
+    InferRequest,
+    ObservedState,
+    Tensor,
+    Topics,
+    decode_frame,
+    encode_frame,
+    parse_header,
+)
+from tests.support.agent_fixtures import (
+    ArtifactServer,
+    SigningKey,
+    build_tiny_model,
+    desired,
+    module_spec,
+)
+
+T = Topics()
+AGENT = "cam-1"
+
+
+def wait(cond: Callable[[], object], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny.onnx", scale=2.0).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def server() -> Iterator[ArtifactServer]:
+    s = ArtifactServer()
+    yield s
+    s.close()
+
+
+class FlakyTransport(MemoryTransport):
+    """A memory transport whose publish on a topic raises a number of times."""
+
+    def __init__(self, broker: MemoryBroker, client_id: str) -> None:
+        super().__init__(broker, client_id)
+        self.fail_topic: str | None = None
+        self.failures = 0
+
+    def publish(self, topic: str, payload: bytes, **kw: Any) -> PublishHandle | None:
+        if topic == self.fail_topic and self.failures:
+            self.failures -= 1
+            raise RuntimeError("the network stack failed")
+        return super().publish(topic, payload, **kw)
+
+
+class Client:
+    """Sends requests and collects replies and events on the memory broker."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.t = MemoryTransport(broker, f"client-{uuid.uuid4().hex[:6]}")
+        self.t.start()
+        self.reply_topic = T.reply(self.t.client_id)
+        self.replies: dict[str, InferReply] = {}
+        self.msgs: list[Message] = []
+        self.lock = threading.Lock()
+        self.t.subscribe("mesh/v1/#", self._on)
+
+    def _on(self, m: Message) -> None:
+        with self.lock:
+            self.msgs.append(m)
+            if m.topic == self.reply_topic:
+                reply = parse_header(decode_frame(m.payload)[0], InferReply)
+                self.replies[reply.correlation_id or ""] = reply
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [m.payload for m in self.msgs if m.topic == topic]
+
+    def install(self, server: ArtifactServer, key: SigningKey, data: bytes, **extra: Any) -> None:
+        doc = desired(1, [module_spec(server, key, "tiny", "1", data)], **extra)
+        self.t.publish(T.desired(AGENT), json.dumps(doc).encode(), retain=True)
+
+        def serving() -> bool:
+            got = self.on(T.observed(AGENT))
+            return bool(got) and [
+                m.name for m in ObservedState.model_validate_json(got[-1]).installed
+            ] == ["tiny"]
+
+        assert wait(serving), "the module was not installed"
+
+    def infer(self, **header: Any) -> InferReply:
+        corr = uuid.uuid4().hex
+        req = InferRequest(module="tiny", reply_to=self.reply_topic, correlation_id=corr)
+        body = {**req.model_dump(mode="json", exclude_none=True), **header}
+        x = Tensor.from_numpy("x", np.ones((1, 4), dtype=np.float32))
+        self.t.publish(T.infer("tiny", AGENT), encode_frame(body, [x]))
+        assert wait(lambda: corr in self.replies), "no reply: the request was dropped"
+        return self.replies.pop(corr)
+
+
+@pytest.fixture
+def env(tmp_path: Path, key: SigningKey) -> Iterator[dict[str, Any]]:
+    broker = MemoryBroker()
+    agents: list[Agent] = []
+
+    def make(transport: MemoryTransport | None = None, **kw: Any) -> Agent:
+        settings = AgentSettings(
+            id=AGENT,
+            site="s1",
+            cache_dir=tmp_path / "cache",
+            public_key=key.public_b64,
+            heartbeat_period_s=60,
+            **kw,
+        )
+        agent = Agent(settings, transport=transport or MemoryTransport(broker, AGENT))
+        agents.append(agent)
+        agent.start()
+        assert agent.wait_connected(5)
+        return agent
+
+    client = Client(broker)
+    try:
+        yield {"broker": broker, "make": make, "client": client, "cache": tmp_path / "cache"}
+    finally:
+        for a in agents:
+            a.stop()
+        client.t.stop()
+
+
+# ------------------------------------------------------------------ damaged storage
+
+
+def test_an_agent_with_a_damaged_outbox_and_state_starts_and_serves(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, model: bytes
+) -> None:
+    cache: Path = env["cache"]
+    cache.mkdir(parents=True)
+    (cache / "outbox.db").write_bytes(b"\x00garbage, not SQLite" * 100)
+    (cache / "state.json").write_bytes(b'{"desired": {"version": 3, "modu')
+    agent: Agent = env["make"]()  # the code before: sqlite3.DatabaseError, the process exits
+    c: Client = env["client"]
+    c.install(server, key, model)
+    reply = c.infer()
+    assert reply.ok and reply.version == "1"
+
+    faults = agent.heartbeat().faults
+    moved = sorted(Path(p).name.split(".corrupt-")[0] for p in faults.quarantined)
+    assert moved == ["outbox.db", "state.json"]
+    assert all(Path(p).exists() for p in faults.quarantined)  # kept for inspection
+    # The fresh outbox works: an event reaches the broker.
+    agent.emit(T.events("s1", "counts"), lambda seq: b'{"seq": %d}' % seq, 1)
+    assert wait(lambda: c.on(T.events("s1", "counts")))
+
+
+def test_a_failing_outbox_pump_is_restarted_and_reported(env: dict[str, Any]) -> None:
+    transport = FlakyTransport(env["broker"], AGENT)
+    topic = T.events("s1", "counts")
+    transport.fail_topic, transport.failures = topic, 1
+    agent: Agent = env["make"](transport)
+    c: Client = env["client"]
+    for _ in range(3):
+        agent.emit(topic, lambda seq: b'{"seq": %d}' % seq, 1)
+    # The code before: the pump thread died on the first failure; nothing more was sent.
+    assert wait(lambda: len(c.on(topic)) == 3, timeout=20)
+    assert [json.loads(p)["seq"] for p in c.on(topic)] == [1, 2, 3]
+    assert agent.heartbeat().faults.thread_failures == {"outbox-pump": 1}
+
+
+# ------------------------------------------------------------------ clock skew
+
+
+def test_a_device_clock_seconds_fast_still_serves_in_time_requests(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, model: bytes
+) -> None:
+    agent: Agent = env["make"]()
+    c: Client = env["client"]
+    # The control plane's clock is 5 s behind this device's: what it stamps is 5 s "old".
+    c.install(server, key, model, ts=time.time() - 5.0)
+    assert -6.5 < agent.clock.offset_s <= -5.0  # its desired state told the agent so
+    for _ in range(3):
+        cp_now = time.time() - 5.0
+        reply = c.infer(ts=cp_now, deadline_ts=cp_now + 2.0)
+        assert reply.ok, reply.error  # the code before: dropped as expired, no reply at all
+    offset = agent.heartbeat().faults.clock_offset_s
+    assert -6.5 < offset <= -5.0  # the estimate: the control plane's clock minus ours
+
+    # A request that did expire by the control plane's clock is answered so, and counted.
+    cp_now = time.time() - 5.0
+    reply = c.infer(ts=cp_now, deadline_ts=cp_now - 1.0)
+    assert reply.error is not None and reply.error.code == ErrorCode.EXPIRED
+    assert "deadline passed" in reply.error.message
+    assert agent.heartbeat().modules["tiny"].expired == 1
+
+
+def test_a_skew_beyond_the_bound_is_corrected_only_up_to_it(
+    env: dict[str, Any], server: ArtifactServer, key: SigningKey, model: bytes
+) -> None:
+    agent: Agent = env["make"](max_clock_skew_s=2.0)
+    c: Client = env["client"]
+    c.install(server, key, model)
+    cp_now = time.time() - 5.0
+    reply = c.infer(ts=cp_now, deadline_ts=cp_now + 2.0)  # 5 s off, 2 s corrected: expired
+    assert reply.error is not None and reply.error.code == ErrorCode.EXPIRED
+    assert "-2.000s clock offset" in reply.error.message
+    assert agent.heartbeat().faults.clock_offset_s == -2.0
+
+
+def test_clock_offset_takes_the_fastest_sample_and_clamps() -> None:
+    clock = ClockOffset(max_skew_s=10.0, window=3)
+    assert clock.offset_s == 0.0 and clock.local_deadline(100.0) == 100.0
+    clock.observe(100.0, 95.5)  # slow transit
+    clock.observe(100.0, 95.1)  # the fastest: offset 4.9
+    clock.observe(100.0, 99.0)  # a message that waited in the broker
+    assert clock.offset_s == pytest.approx(4.9)
+    for _ in range(3):  # the window moves on
+        clock.observe(200.0, 197.0)
+    assert clock.offset_s == pytest.approx(3.0)
+    clock.observe(1000.0, 0.0)  # a broken clock: the correction stops at the bound
+    assert clock.offset_s == 10.0
+    clock.observe(float("nan"), 0.0)  # ignored
+    assert clock.offset_s == 10.0
+    with pytest.raises(ValueError, match="max_skew_s"):
+        ClockOffset(max_skew_s=-1)
