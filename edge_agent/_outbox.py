@@ -151,6 +151,10 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # A small write-ahead log: devices have small disks (1 MiB, not 4, between
+            # checkpoints; truncated back to that after one).
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute("PRAGMA journal_size_limit=1048576")
             quick_check(db, path)
             apply_schema(db, _SCHEMA, path=str(path), remedy=_REMEDY)
             # What the counters read first: damage there is found here, not later.
@@ -206,25 +210,45 @@ class Outbox:
 
     def _insert(self, item: OutboxItem) -> bool:
         """Write one event; False when the disk would not take it (logged once per episode)."""
-        try:
-            self._db.execute(
-                "INSERT INTO events(seq, topic, payload, qos) VALUES(?, ?, ?, ?)",
-                (item.seq, item.topic, item.payload, item.qos),
-            )
-        except sqlite3.Error as exc:
-            if not self._full:
-                self._full = True
-                what = "the disk is full" if is_disk_full(exc) else "the write failed"
-                logger.error(
-                    "outbox %s: cannot store events (%s: %s): holding up to %d in memory, "
-                    "dropping the oldest beyond",
-                    self.path,
-                    what,
-                    exc,
-                    self._max_spill,
+        for attempt in (1, 2):
+            try:
+                self._db.execute(
+                    "INSERT INTO events(seq, topic, payload, qos) VALUES(?, ?, ?, ?)",
+                    (item.seq, item.topic, item.payload, item.qos),
                 )
+            except sqlite3.Error as exc:
+                if attempt == 1 and is_disk_full(exc) and self._reclaim():
+                    continue
+                if not self._full:
+                    self._full = True
+                    what = "the disk is full" if is_disk_full(exc) else "the write failed"
+                    logger.error(
+                        "outbox %s: cannot store events (%s: %s): holding up to %d in memory, "
+                        "dropping the oldest beyond",
+                        self.path,
+                        what,
+                        exc,
+                        self._max_spill,
+                    )
+                return False
+            return True
+        return False
+
+    def _reclaim(self) -> bool:
+        """Give the write-ahead log's space back (checkpoint, truncate); True if it shrank.
+
+        On a small disk the log can fill it by itself before it is checkpointed.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            before = wal.stat().st_size
+            if before == 0:
+                return False
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return wal.stat().st_size < before
+        except (OSError, sqlite3.Error) as exc:
+            logger.debug("outbox %s: write-ahead log not reclaimed: %s", self.path, exc)
             return False
-        return True
 
     def _hold(self, item: OutboxItem) -> None:
         """Keep an event the disk would not take in memory; over the bound, drop the oldest."""
@@ -247,6 +271,7 @@ class Outbox:
         In transactions of up to 64 events: one write-ahead-log frame per page
         touched, not per event, which matters on a disk that has just filled.
         """
+        reclaimed = False
         while self._spill:
             batch = list(itertools.islice(self._spill, 64))
             try:
@@ -261,6 +286,9 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
+                if not reclaimed and is_disk_full(exc) and self._reclaim():
+                    reclaimed = True
+                    continue
                 logger.debug("outbox %s: still cannot store events: %s", self.path, exc)
                 return
             for item in batch:
