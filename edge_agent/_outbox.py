@@ -199,6 +199,8 @@ class Outbox:
             if self._spill or not self._insert(item):
                 self._hold(item)
             else:
+                if self._full:  # those held in memory were all delivered meanwhile
+                    self._stored_again()
                 self._count += 1
                 self._bytes += len(payload)
                 try:
@@ -283,7 +285,8 @@ class Outbox:
                     )
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 if not reclaimed and is_disk_full(exc) and self._reclaim():
@@ -297,11 +300,14 @@ class Outbox:
                 self._count += 1
                 self._bytes += len(item.payload)
         if not self._spill and self._full:
-            self._full = False
-            self._set_meta("dropped", self._dropped)
-            logger.warning(
-                "outbox %s: storing events again (%d dropped in all)", self.path, self._dropped
-            )
+            self._stored_again()
+
+    def _stored_again(self) -> None:
+        self._full = False
+        self._set_meta("dropped", self._dropped)
+        logger.warning(
+            "outbox %s: storing events again (%d dropped in all)", self.path, self._dropped
+        )
 
     def _trim(self) -> None:
         dropped = 0

@@ -159,7 +159,7 @@ def test_events_flow_while_the_disk_is_full(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     for i in range(5):
         box.put("t", b"disk-%d" % i)
-    _page_limit(box)
+    limit = _page_limit(box)
     link = FakeLink()
     box.start_pump(link.publish, window=4)
     box.set_online(True)
@@ -171,7 +171,10 @@ def test_events_flow_while_the_disk_is_full(tmp_path: Path) -> None:
         *(b"disk-%d" % i for i in range(5)),
         b"mem-0-xx",
     ]
-    assert wait(lambda: box.stats().in_memory == 0)
+    assert wait(lambda: box.stats().in_memory == 0)  # delivered from memory
+    _page_limit(box, limit * 1000)  # space is back: the next event is stored, "full" is over
+    box.put("t", b"later")
+    assert not box.stats().full
     box.close()
 
 
