@@ -91,8 +91,8 @@ class Agent(DesiredStateReconciler):
         self.site = settings.site
         self.topics = settings.topics
         self._started_at = time.time()
-        self._transport = transport or self._make_transport()
         self.supervisor = Supervisor()
+        self._transport = transport or self._make_transport()
         self.clock = ClockOffset(max_skew_s=settings.max_clock_skew_s)
         self._cache = ModuleCache(
             settings.cache_dir,
@@ -179,7 +179,8 @@ class Agent(DesiredStateReconciler):
                 reconnect_min_s=s.reconnect_min_s,
                 reconnect_max_s=s.reconnect_max_s,
                 max_inflight=s.max_inflight,
-            )
+            ),
+            supervisor=self.supervisor,
         )
 
     def start(self) -> None:

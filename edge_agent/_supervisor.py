@@ -58,9 +58,13 @@ class Supervisor:
         Returns:
             The started thread (alive while ``loop`` runs or waits to restart).
         """
-        thread = threading.Thread(target=self._guard, args=(name, loop), name=name, daemon=True)
+        thread = self.thread(name, loop)
         thread.start()
         return thread
+
+    def thread(self, name: str, loop: Callable[[], None]) -> threading.Thread:
+        """The thread :meth:`spawn` would start, unstarted (to be stored before it runs)."""
+        return threading.Thread(target=self._guard, args=(name, loop), name=name, daemon=True)
 
     def failures(self) -> dict[str, int]:
         """How many times each loop raised, by name (only loops that did)."""

@@ -250,3 +250,30 @@ def test_clock_offset_takes_the_fastest_sample_and_clamps() -> None:
     assert clock.offset_s == 10.0
     with pytest.raises(ValueError, match="max_skew_s"):
         ClockOffset(max_skew_s=-1)
+
+
+def test_the_mqtt_network_loop_is_restarted_if_it_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent._client import FastClient
+    from edge_agent._supervisor import Supervisor
+    from edge_agent._transport import ConnectionConfig, MqttTransport
+
+    runs: list[int] = []
+    loop_forever = FastClient.loop_forever
+
+    def flaky(self: FastClient, *args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("a bug on the network thread")
+        return loop_forever(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastClient, "loop_forever", flaky)
+    sup = Supervisor(min_backoff_s=0.01)
+    config = ConnectionConfig("127.0.0.1", 1, "unit", protocol="3.1.1", reconnect_min_s=1)
+    t = MqttTransport(config, supervisor=sup)
+    t.start()
+    try:
+        # The code before: the thread logged the error and ended; the agent stayed cut off.
+        assert wait(lambda: len(runs) == 2)
+        assert sup.failures() == {"mqtt-unit": 1}
+    finally:
+        t.stop()
