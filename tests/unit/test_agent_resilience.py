@@ -17,6 +17,7 @@ import pytest
 
 from edge_agent import Agent, AgentSettings, MemoryBroker, MemoryTransport
 from edge_agent._clock import ClockOffset
+from edge_agent._sources import Sample
 from edge_agent._transport import Message, PublishHandle
 from edge_agent.protocol import (
     ErrorCode,
@@ -277,3 +278,45 @@ def test_the_mqtt_network_loop_is_restarted_if_it_raises(monkeypatch: pytest.Mon
         assert sup.failures() == {"mqtt-unit": 1}
     finally:
         t.stop()
+
+
+class FlakySource:
+    """A source whose ``get`` raises a number of times, then gives samples."""
+
+    exhausted = False
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def get(self, timeout_s: float) -> Sample | None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the camera went away for a moment")
+        time.sleep(0.01)
+        x = Tensor.from_numpy("x", np.ones((1, 1), np.float32))
+        return Sample((x,), time.time())
+
+
+def test_a_pipeline_whose_source_fails_is_restarted_and_counted() -> None:
+    from edge_agent._pipelines import Pipeline
+    from edge_agent._supervisor import Supervisor
+    from edge_agent.protocol import PipelineSpec, Route, SourceSpec
+    from tests.unit.test_offload_routes import FakeHost
+
+    host = FakeHost(Route())
+    spec = PipelineSpec(name="p", module="m", source=SourceSpec(kind="mqtt", topic="in"))
+    sup = Supervisor(min_backoff_s=0.01)
+    pipe = Pipeline(spec, FlakySource(2), host, "ev", supervisor=sup)
+    pipe.start()
+    try:
+        # The code before: "source failed; stopping", and the pipeline stayed stopped.
+        assert wait(lambda: len(host.events) >= 3)
+        assert pipe.running and sup.failures() == {"pipeline-p": 2}
+    finally:
+        pipe.stop()
