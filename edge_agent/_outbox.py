@@ -383,7 +383,7 @@ class Outbox:
         self._delivered += 1
 
     def stats(self) -> OutboxStats:
-        """Depth, dropped, delivered and unstored counts, and whether the disk is full."""
+        """Depth (held in memory included), dropped, delivered, held in memory, and "full"."""
         return OutboxStats(
             depth=self._count + len(self._spill),
             dropped=self._dropped,
