@@ -33,6 +33,7 @@ from edge_agent.protocol import (
 from tests.support.agent_fixtures import (
     ArtifactServer,
     SigningKey,
+    build_slow_model,
     build_tiny_model,
     desired,
     module_spec,
@@ -106,26 +107,39 @@ class Client:
         with self.lock:
             return [m.payload for m in self.msgs if m.topic == topic]
 
-    def install(self, server: ArtifactServer, key: SigningKey, data: bytes, **extra: Any) -> None:
-        doc = desired(1, [module_spec(server, key, "tiny", "1", data)], **extra)
+    def install(
+        self,
+        server: ArtifactServer,
+        key: SigningKey,
+        data: bytes,
+        module: str = "tiny",
+        **extra: Any,
+    ) -> None:
+        doc = desired(1, [module_spec(server, key, module, "1", data)], **extra)
         self.t.publish(T.desired(AGENT), json.dumps(doc).encode(), retain=True)
 
         def serving() -> bool:
             got = self.on(T.observed(AGENT))
             return bool(got) and [
                 m.name for m in ObservedState.model_validate_json(got[-1]).installed
-            ] == ["tiny"]
+            ] == [module]
 
         assert wait(serving), "the module was not installed"
 
-    def infer(self, **header: Any) -> InferReply:
+    def send(self, module: str = "tiny", x: Tensor | None = None, **header: Any) -> str:
         corr = uuid.uuid4().hex
-        req = InferRequest(module="tiny", reply_to=self.reply_topic, correlation_id=corr)
+        req = InferRequest(module=module, reply_to=self.reply_topic, correlation_id=corr)
         body = {**req.model_dump(mode="json", exclude_none=True), **header}
-        x = Tensor.from_numpy("x", np.ones((1, 4), dtype=np.float32))
-        self.t.publish(T.infer("tiny", AGENT), encode_frame(body, [x]))
-        assert wait(lambda: corr in self.replies), "no reply: the request was dropped"
+        x = x or Tensor.from_numpy("x", np.ones((1, 4), dtype=np.float32))
+        self.t.publish(T.infer(module, AGENT), encode_frame(body, [x]))
+        return corr
+
+    def reply(self, corr: str) -> InferReply:
+        assert wait(lambda: corr in self.replies, 30), "no reply: the request was dropped"
         return self.replies.pop(corr)
+
+    def infer(self, **header: Any) -> InferReply:
+        return self.reply(self.send(**header))
 
 
 @pytest.fixture
@@ -220,6 +234,29 @@ def test_a_device_clock_seconds_fast_still_serves_in_time_requests(
     assert reply.error is not None and reply.error.code == ErrorCode.EXPIRED
     assert "deadline passed" in reply.error.message
     assert agent.heartbeat().modules["tiny"].expired == 1
+
+
+def test_a_request_that_expires_while_queued_is_answered_expired(
+    env: dict[str, Any],
+    server: ArtifactServer,
+    key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    slow = build_slow_model(tmp_path / "slow.onnx", rows=1024, width=512, depth=64)
+    agent: Agent = env["make"]()
+    c: Client = env["client"]
+    c.install(server, key, slow.read_bytes(), module="slow")
+    x = Tensor.from_numpy("x", np.ones((1024, 512), dtype=np.float32))
+    ahead = c.send("slow", x)  # a few tenths of a second of work
+    assert wait(lambda: agent.heartbeat().modules["slow"].requests == 1)  # it runs now
+    late = c.send("slow", x, ts=time.time(), deadline_ts=time.time() + 0.05)
+    reply = c.reply(late)
+    # Queued behind the other past its deadline (or, on a very slow machine, late on
+    # arrival): answered either way. The code before: dropped without a word.
+    assert reply.error is not None and reply.error.code == ErrorCode.EXPIRED, reply
+    assert "while it was queued" in reply.error.message or "arrived" in reply.error.message
+    assert c.reply(ahead).ok
+    assert agent.heartbeat().modules["slow"].expired == 1
 
 
 def test_a_skew_beyond_the_bound_is_corrected_only_up_to_it(
