@@ -158,7 +158,16 @@ class DesiredStateReconciler:
             self._remove_module(name)
         with self._lock:
             self._desired, self._version = desired, desired.version
-        self._cache.save_state(desired, dict(self._installed))
+        try:
+            self._cache.save_state(desired, dict(self._installed))
+        except OSError as exc:  # a full disk: serve and report all the same
+            logger.error(
+                "agent %s: desired version %d applied but not saved (%s); a restart "
+                "before the next save starts from the one saved before",
+                self.agent_id,
+                desired.version,
+                exc,
+            )
         self._sync_pipelines()
         self._publish_observed()
 

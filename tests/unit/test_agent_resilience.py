@@ -357,3 +357,22 @@ def test_a_pipeline_whose_source_fails_is_restarted_and_counted() -> None:
         assert pipe.running and sup.failures() == {"pipeline-p": 2}
     finally:
         pipe.stop()
+
+
+def test_a_desired_state_that_cannot_be_saved_is_applied_and_reported(
+    env: dict[str, Any],
+    server: ArtifactServer,
+    key: SigningKey,
+    model: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent: Agent = env["make"]()
+    c: Client = env["client"]
+
+    def disk_full(*_args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(agent._cache, "save_state", disk_full)
+    # The code before: the failed save skipped the pipelines and the observed state.
+    c.install(server, key, model)
+    assert c.infer().ok
