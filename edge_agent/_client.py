@@ -201,6 +201,14 @@ class FastClient(mqtt.Client):
     def _run_loop(self) -> None:
         self.loop_forever(retry_first_connection=True)
 
+    def _thread_main(self) -> None:
+        """The thread of paho's ``loop_start()`` (TLS), restarted as :meth:`start_loop`'s."""
+        supervisor = self.supervisor or Supervisor()
+        try:
+            supervisor.run(f"mqtt-{self._client_id.decode()}", self._run_loop)
+        finally:
+            self._thread = None
+
     def stop_loop(self, timeout_s: float = 5.0) -> None:
         """Stop the loop started by :meth:`start_loop` (after :meth:`disconnect`)."""
         self._thread_terminate = True

@@ -64,7 +64,7 @@ class Supervisor:
 
     def thread(self, name: str, loop: Callable[[], None]) -> threading.Thread:
         """The thread :meth:`spawn` would start, unstarted (to be stored before it runs)."""
-        return threading.Thread(target=self._guard, args=(name, loop), name=name, daemon=True)
+        return threading.Thread(target=self.run, args=(name, loop), name=name, daemon=True)
 
     def failures(self) -> dict[str, int]:
         """How many times each loop raised, by name (only loops that did)."""
@@ -75,7 +75,8 @@ class Supervisor:
         """Restart nothing any more (loops stop by their own means; waits end now)."""
         self._stopping.set()
 
-    def _guard(self, name: str, loop: Callable[[], None]) -> None:
+    def run(self, name: str, loop: Callable[[], None]) -> None:
+        """Run ``loop`` on this thread, restarting it while it raises (what threads run)."""
         delay = self._min
         while not self._stopping.is_set():
             started = time.monotonic()

@@ -197,8 +197,8 @@ class MqttTransport:
     def __init__(self, config: ConnectionConfig, *, supervisor: Supervisor | None = None) -> None:
         """Build the client; nothing connects until :meth:`start`.
 
-        The network loop runs under ``supervisor`` (restarted if it raises),
-        except under TLS, where paho runs its own thread.
+        The network loop runs under ``supervisor``: restarted if it raises
+        (under TLS on paho's own thread, the same way).
         """
         self._config = config
         self._supervisor = supervisor

@@ -376,3 +376,25 @@ def test_a_desired_state_that_cannot_be_saved_is_applied_and_reported(
     # The code before: the failed save skipped the pipelines and the observed state.
     c.install(server, key, model)
     assert c.infer().ok
+
+
+def test_the_tls_network_loop_is_restarted_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent._client import FastClient
+    from edge_agent._supervisor import Supervisor
+
+    runs: list[int] = []
+
+    def flaky(self: FastClient, *args: Any, **kwargs: Any) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("a bug on the network thread")
+
+    monkeypatch.setattr(FastClient, "loop_forever", flaky)
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id="tls-unit")
+    client.supervisor = sup = Supervisor(min_backoff_s=0.01)
+    client.loop_start()  # what the transport runs under TLS: paho's own thread
+    assert wait(lambda: len(runs) == 2)  # the code before: one run, and the thread was gone
+    assert sup.failures() == {"mqtt-tls-unit": 1}
+    client.loop_stop()
