@@ -276,9 +276,7 @@ class MqttTransport:
             self._stopping = False
             self._stop_event.clear()
         if self._config.protocol == "auto" and not self._probed:
-            threading.Thread(
-                target=self._probe_then_connect, name="mqtt-probe", daemon=True
-            ).start()
+            (self._supervisor or Supervisor()).spawn("mqtt-probe", self._probe_then_connect)
         else:
             self._connect()
 

@@ -398,3 +398,28 @@ def test_the_tls_network_loop_is_restarted_too(monkeypatch: pytest.MonkeyPatch) 
     assert wait(lambda: len(runs) == 2)  # the code before: one run, and the thread was gone
     assert sup.failures() == {"mqtt-tls-unit": 1}
     client.loop_stop()
+
+
+def test_the_broker_probe_is_restarted_if_it_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import _transport
+    from edge_agent._supervisor import Supervisor
+
+    runs: list[int] = []
+
+    def flaky(*_args: Any, **_kwargs: Any) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ValueError("a surprise from the TLS stack")
+        return "3.1.1"
+
+    monkeypatch.setattr(_transport, "choose_protocol", flaky)
+    sup = Supervisor(min_backoff_s=0.01)
+    config = _transport.ConnectionConfig("127.0.0.1", 1, "probe-unit", protocol="auto")
+    t = _transport.MqttTransport(config, supervisor=sup)
+    t.start()
+    try:
+        # The code before: the probe thread died and the agent never tried to connect.
+        assert wait(lambda: len(runs) == 2)
+        assert sup.failures() == {"mqtt-probe": 1}
+    finally:
+        t.stop()
