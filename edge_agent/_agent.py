@@ -2,7 +2,11 @@
 
 Threads: paho's network thread (decodes messages, queues work, never runs a
 model), one reconciler (downloads, verifies, loads, swaps), worker(s) per
-module, one per pipeline, the outbox pump and the heartbeat.
+module, one per pipeline, the outbox pump and the heartbeat. The reconciler,
+the pipelines, the pump and the heartbeat run under one
+:class:`~edge_agent._supervisor.Supervisor`: one that fails is restarted, and
+its failures are counted in the heartbeat's ``faults``, with the damaged files
+moved aside at start and the estimated clock offset.
 
 Start-up order makes the agent useful before the broker answers: the cached
 modules are loaded and the pipelines started from ``state.json`` first, then the
@@ -25,6 +29,7 @@ from typing import Any
 
 from ._budget import MemoryBudget
 from ._cache import Installed, ModuleCache
+from ._clock import ClockOffset
 from ._heartbeat import HeartbeatLoop, process_start_time, sample_host
 from ._offload import OffloadClient
 from ._outbox import Outbox, OutboxItem
@@ -34,8 +39,10 @@ from ._runtime import Job, JobResult, ModuleServer
 from ._serving import InferenceEndpoint
 from ._settings import AgentSettings
 from ._sources import SourceContext, make_source
+from ._supervisor import Supervisor
 from ._transport import ConnectionConfig, MqttTransport, PublishHandle, Transport
 from .protocol import (
+    AgentFaults,
     AgentStatus,
     DesiredState,
     ErrorCode,
@@ -84,7 +91,9 @@ class Agent(DesiredStateReconciler):
         self.site = settings.site
         self.topics = settings.topics
         self._started_at = time.time()
+        self.supervisor = Supervisor()
         self._transport = transport or self._make_transport()
+        self.clock = ClockOffset(max_skew_s=settings.max_clock_skew_s)
         self._cache = ModuleCache(
             settings.cache_dir,
             public_key=settings.public_key_bytes(),
@@ -129,11 +138,12 @@ class Agent(DesiredStateReconciler):
             qos=settings.qos,
             max_payload_bytes=settings.max_payload_bytes,
             served=lambda: [n for n, s in self._servers.items() if s.current is not None],
+            clock=self.clock,
         )
-        self._reconciler = threading.Thread(
-            target=self._reconcile_loop, name="reconciler", daemon=True
+        self._reconciler: threading.Thread | None = None
+        self._heartbeat = HeartbeatLoop(
+            settings.heartbeat_period_s, self._send_heartbeat, supervisor=self.supervisor
         )
-        self._heartbeat = HeartbeatLoop(settings.heartbeat_period_s, self._send_heartbeat)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,7 +179,8 @@ class Agent(DesiredStateReconciler):
                 reconnect_min_s=s.reconnect_min_s,
                 reconnect_max_s=s.reconnect_max_s,
                 max_inflight=s.max_inflight,
-            )
+            ),
+            supervisor=self.supervisor,
         )
 
     def start(self) -> None:
@@ -189,8 +200,10 @@ class Agent(DesiredStateReconciler):
             f"{self.topics.prefix}/modules/+/infer/{self.agent_id}", self._endpoint.on_request, 1
         )
         self._offload.start()
-        self._outbox.start_pump(self._publish_event, window=self.settings.outbox_window)
-        self._reconciler.start()
+        self._outbox.start_pump(
+            self._publish_event, window=self.settings.outbox_window, supervisor=self.supervisor
+        )
+        self._reconciler = self.supervisor.spawn("reconciler", self._reconcile_loop)
         self._heartbeat.start()
         t.start()
 
@@ -202,10 +215,11 @@ class Agent(DesiredStateReconciler):
             self._stopping = True
             self._wake.notify_all()
             pipelines = list(self._pipelines.values())
+        self.supervisor.stop()
         for p in pipelines:
             p.stop()
         self._heartbeat.stop()
-        if self._reconciler.is_alive():
+        if self._reconciler is not None and self._reconciler.is_alive():
             self._reconciler.join(10.0)
         self._outbox.close()
         self._transport.stop(
@@ -272,7 +286,8 @@ class Agent(DesiredStateReconciler):
             )
             try:
                 source = make_source(spec.source, ctx)
-                pipe = Pipeline(spec, source, self, self.topics.events(self.site, spec.stream_name))
+                topic = self.topics.events(self.site, spec.stream_name)
+                pipe = Pipeline(spec, source, self, topic, supervisor=self.supervisor)
                 pipe.start()
             except (ValueError, OSError) as exc:
                 logger.error("pipeline %s: cannot start: %s", name, exc)
@@ -391,6 +406,16 @@ class Agent(DesiredStateReconciler):
             host=sample_host(),
             modules={n: s.stats() for n, s in servers.items()},
             outbox=self._outbox.stats(),
+            faults=self.faults(),
+        )
+
+    def faults(self) -> AgentFaults:
+        """Damaged files moved aside, background thread failures, the clock offset."""
+        moved = [*self._outbox.quarantined, *self._cache.quarantined]
+        return AgentFaults(
+            quarantined=[str(p) for p in moved],
+            thread_failures=self.supervisor.failures(),
+            clock_offset_s=round(self.clock.offset_s, 3),
         )
 
     def _send_heartbeat(self) -> None:

@@ -8,7 +8,9 @@ Layout under ``cache_dir``::
 
 Every write is temp file + fsync + rename (+ fsync of the directory), so a
 crash leaves the old file or the new one, never half of one
-(:mod:`edge_agent._files`).
+(:mod:`edge_agent._files`). A ``state.json`` damaged all the same (a failing
+flash, a hand edit) is moved aside (:func:`~edge_agent._quarantine.quarantine`),
+kept for inspection and reported; the agent starts without it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from . import _ed25519
 from ._files import atomic_write, check_name, confined, fsync_dir
+from ._quarantine import quarantine
 from .protocol import (
     DesiredState,
     ErrorCode,
@@ -119,6 +122,8 @@ class ModuleCache:
         self._require_signature = require_signature
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
+        #: Where damaged files of this cache were moved (by this process).
+        self.quarantined: list[Path] = []
         (root / "modules").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         for stale in (root / "tmp").iterdir():  # left by a crash mid-download
@@ -271,8 +276,17 @@ class ModuleCache:
             doc = json.loads(self.state_path.read_bytes())
         except FileNotFoundError:
             return CachedState(None, {})
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             logger.warning("cache %s: unreadable state, starting empty: %s", self.root, exc)
+            return CachedState(None, {})
+        except ValueError as exc:
+            doc = exc
+        if not isinstance(doc, dict):
+            reason = str(doc) if isinstance(doc, ValueError) else "not a JSON object"
+            try:
+                self.quarantined.append(quarantine(self.state_path, reason))
+            except OSError as exc:
+                logger.warning("cache %s: damaged state not moved aside: %s", self.root, exc)
             return CachedState(None, {})
         desired = None
         if doc.get("desired"):

@@ -23,6 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ._supervisor import Supervisor
+
 __all__ = ["Ack", "FastClient"]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class FastClient(mqtt.Client):
         super().__init__(*args, **kwargs)
         self._write_lock = threading.Lock()
         self._loop_thread: threading.Thread | None = None
+        #: Runs the network loop (restarted if it ever raises); its own when None.
+        self.supervisor: Supervisor | None = None
         self._filtered = False  # whether message_callback_add was ever called
         # What paho builds for every PUBACK it receives, built once (see below).
         self._puback_reason = ReasonCode(PacketTypes.PUBACK)
@@ -189,16 +193,21 @@ class FastClient(mqtt.Client):
     def start_loop(self) -> None:
         """Run the network loop (connect, read, reconnect) on a daemon thread."""
         self._thread_terminate = False
-        self._loop_thread = threading.Thread(
-            target=self._run_loop, name=f"mqtt-{self._client_id.decode()}", daemon=True
-        )
+        supervisor = self.supervisor or Supervisor()
+        # Never seen to raise; if it did, the agent would be cut off for good: restarted.
+        self._loop_thread = supervisor.thread(f"mqtt-{self._client_id.decode()}", self._run_loop)
         self._loop_thread.start()
 
     def _run_loop(self) -> None:
+        self.loop_forever(retry_first_connection=True)
+
+    def _thread_main(self) -> None:
+        """The thread of paho's ``loop_start()`` (TLS), restarted as :meth:`start_loop`'s."""
+        supervisor = self.supervisor or Supervisor()
         try:
-            self.loop_forever(retry_first_connection=True)
-        except Exception:  # never seen; without it the thread would die silently
-            logger.exception("mqtt network loop of %s failed", self._client_id.decode())
+            supervisor.run(f"mqtt-{self._client_id.decode()}", self._run_loop)
+        finally:
+            self._thread = None
 
     def stop_loop(self, timeout_s: float = 5.0) -> None:
         """Stop the loop started by :meth:`start_loop` (after :meth:`disconnect`)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from ._supervisor import Supervisor
 from .protocol import HostMetrics
 
 __all__ = ["HeartbeatLoop", "process_start_time", "sample_host"]
@@ -62,22 +63,34 @@ def sample_host() -> HostMetrics:
 class HeartbeatLoop:
     """Calls ``beat()`` every ``period_s`` on a daemon thread until stopped."""
 
-    def __init__(self, period_s: float, beat: Callable[[], None], name: str = "heartbeat") -> None:
-        """``beat`` builds and publishes one heartbeat; its exceptions are logged."""
+    def __init__(
+        self,
+        period_s: float,
+        beat: Callable[[], None],
+        name: str = "heartbeat",
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """``beat`` builds and publishes one heartbeat; its exceptions are logged.
+
+        The thread runs under ``supervisor`` (its own if None).
+        """
         self._period = period_s
         self._beat = beat
+        self._name = name
+        self._supervisor = supervisor or Supervisor()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start beating (the first beat is immediate)."""
         psutil.cpu_percent(interval=None)  # prime the CPU counter
-        self._thread.start()
+        self._thread = self._supervisor.spawn(self._name, self._run)
 
     def stop(self) -> None:
         """Stop and join."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(2.0)
 
     def _run(self) -> None:

@@ -40,6 +40,7 @@ from typing import Protocol
 
 from ._runtime import JobResult
 from ._sources import Sample, Source
+from ._supervisor import Supervisor
 from .protocol import Event, PipelineSpec, Route, Tensor, json_tensor
 
 __all__ = ["Pipeline", "PipelineHost"]
@@ -91,8 +92,21 @@ class PipelineHost(Protocol):
 class Pipeline:
     """Runs one :class:`PipelineSpec` on its own thread."""
 
-    def __init__(self, spec: PipelineSpec, source: Source, host: PipelineHost, topic: str) -> None:
-        """Events go to ``topic`` (``{p}/events/{site}/{stream}``)."""
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        source: Source,
+        host: PipelineHost,
+        topic: str,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """Events go to ``topic`` (``{p}/events/{site}/{stream}``).
+
+        The thread runs under ``supervisor`` (its own if None): a source that
+        fails is asked for samples again after a backoff, not abandoned.
+        """
+        self._supervisor = supervisor or Supervisor()
         self.spec = spec
         self._source = source
         self._host = host
@@ -116,10 +130,7 @@ class Pipeline:
     def start(self) -> None:
         """Start the source and the thread."""
         self._source.start()
-        self._thread = threading.Thread(
-            target=self._run, name=f"pipeline-{self.spec.name}", daemon=True
-        )
-        self._thread.start()
+        self._thread = self._supervisor.spawn(f"pipeline-{self.spec.name}", self._run)
         logger.info(
             "pipeline %s: started (%s source -> module %s -> stream %s)",
             self.spec.name,
@@ -142,11 +153,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                sample = self._source.get(0.25)
-            except Exception:
-                logger.exception("pipeline %s: source failed; stopping", self.spec.name)
-                return
+            sample = self._source.get(0.25)  # if it raises, the supervisor tries again
             if sample is None:
                 if self._source.exhausted:
                     logger.info("pipeline %s: source exhausted", self.spec.name)

@@ -18,6 +18,7 @@ import time
 
 from ._budget import MemoryBudget
 from ._cache import ArtifactError, Installed, ModuleCache
+from ._clock import ClockOffset
 from ._runtime import LoadedModel, ModuleLoadError, ModuleServer, load_model
 from ._settings import AgentSettings
 from ._transport import Message
@@ -55,6 +56,7 @@ class DesiredStateReconciler:
     _version: int
     _pending: DesiredState | None
     _stopping: bool
+    clock: ClockOffset
 
     def _sync_pipelines(self) -> None:
         """Start and stop pipelines to match the desired state (``Agent._sync_pipelines``)."""
@@ -101,6 +103,8 @@ class DesiredStateReconciler:
         except ProtocolError as exc:
             logger.warning("agent %s: desired state refused: %s", self.agent_id, exc)
             return
+        if "ts" in desired.model_fields_set:  # stamped by the control plane (not defaulted)
+            self.clock.observe(desired.ts, time.time())
         if desired.agent is not None and desired.agent != self.agent_id:
             logger.warning(
                 "agent %s: desired state is for agent %s; refused", self.agent_id, desired.agent
@@ -154,7 +158,16 @@ class DesiredStateReconciler:
             self._remove_module(name)
         with self._lock:
             self._desired, self._version = desired, desired.version
-        self._cache.save_state(desired, dict(self._installed))
+        try:
+            self._cache.save_state(desired, dict(self._installed))
+        except OSError as exc:  # a full disk: serve and report all the same
+            logger.error(
+                "agent %s: desired version %d applied but not saved (%s); a restart "
+                "before the next save starts from the one saved before",
+                self.agent_id,
+                desired.version,
+                exc,
+            )
         self._sync_pipelines()
         self._publish_observed()
 

@@ -463,6 +463,10 @@ class ModuleServer:
         self._queue.put(job)
         return None
 
+    def count_expired(self) -> None:
+        """Count a request that expired before it was queued (it was answered ``expired``)."""
+        self._stats.expired += 1
+
     @property
     def depth(self) -> int:
         """Jobs waiting."""
@@ -531,7 +535,7 @@ class ModuleServer:
             queue_ms = (start - job.enqueued) * 1e3 if job.enqueued else 0.0
             if job.deadline_ts is not None and now > job.deadline_ts:
                 self._stats.expired += 1
-                logger.debug("module %s: dropped a request past its deadline", self.name)
+                logger.debug("module %s: a request expired while queued", self.name)
                 if job.on_expired is not None:
                     job.on_expired()
                 continue

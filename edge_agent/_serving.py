@@ -8,6 +8,11 @@ model runs on the module's worker, which also publishes the reply. Replies go to
 publishes to a bad one. Every refusal is an error reply with a code; a request
 that cannot be addressed is dropped, with one log line per interval however
 many arrive.
+
+Deadlines are read through the agent's estimate of the control plane's clock
+(:class:`~edge_agent._clock.ClockOffset`, fed by each request's ``ts``), and a
+request past its deadline, on arrival or still queued, is answered ``expired``
+and counted in its module's ``expired``: never dropped without a word.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from ._budget import MemoryBudget
+from ._clock import ClockOffset
 from ._runtime import Job, JobResult, LoadedModel, ModuleServer
 from ._transport import Message, PublishHandle, Transport
 from .protocol import (
@@ -56,6 +62,8 @@ class _Request(NamedTuple):
     module: str
     version: str | None
     deadline_ts: float | None
+    ts: float | None = None
+    """When the sender stamped it (its clock), if it did."""
 
 
 # The fields of InferRequest, with the exact JSON types that pass its validation
@@ -115,14 +123,14 @@ def plain_request(header: dict[str, Any]) -> _Request | None:
     rid, module = header.get("id"), header.get("module")
     if rid is None or module is None:  # id has a default, module is required
         return None
-    deadline, ts = header.get("deadline_ts"), header.get("ts", 0.0)
+    deadline, ts = header.get("deadline_ts"), header.get("ts")
     if (
         len(rid) > MAX_ID_CHARS
-        or not math.isfinite(ts)
+        or (ts is not None and not math.isfinite(ts))
         or (deadline is not None and not math.isfinite(deadline))
     ):
         return None  # pydantic says which bound it breaks
-    return _Request(rid, module, header.get("version"), deadline)
+    return _Request(rid, module, header.get("version"), deadline, ts)
 
 
 class InferenceEndpoint:
@@ -139,11 +147,17 @@ class InferenceEndpoint:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         served: Callable[[], list[str]] | None = None,
         budget: MemoryBudget | None = None,
+        clock: ClockOffset | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """``lookup(module)`` finds the server of a module (None if not served).
 
-        Replies go only to topics under ``topics``' ``{p}/replies/``.
+        Replies go only to topics under ``topics``' ``{p}/replies/``. Deadlines
+        are read through ``clock`` (fed here with each request's ``ts``); ``now``
+        is this device's wall clock.
         """
+        self.clock = clock or ClockOffset()
+        self._now = now
         self._transport = transport
         self._topics = topics or Topics()
         self._drops = DropLog(logger)
@@ -239,7 +253,8 @@ class InferenceEndpoint:
             except ProtocolError as exc:
                 self._refuse(to, module, exc)
                 return
-            req = _Request(full.id, full.module, full.version, full.deadline_ts)
+            ts = full.ts if "ts" in header else None
+            req = _Request(full.id, full.module, full.version, full.deadline_ts, ts)
         if req.module != module:
             err = ProtocolError(
                 ErrorCode.BAD_REQUEST,
@@ -261,17 +276,36 @@ class InferenceEndpoint:
             logger.log(level, "agent %s: %s", self._agent, err.reason)
             self._send_error(to, module, err)
             return
+        now = self._now()
+        if req.ts is not None:
+            self.clock.observe(req.ts, now)
+        deadline = None if req.deadline_ts is None else self.clock.local_deadline(req.deadline_ts)
+        if deadline is not None and now > deadline:
+            server.count_expired()
+            self._send_expired(to, module, f"{now - deadline:.3f}s before it arrived")
+            return
         job = Job(
             tensors,
             partial(self._send_result, to, module, server),
-            deadline_ts=req.deadline_ts,
+            deadline_ts=deadline,
             version=req.version,
             enqueued=time.perf_counter(),
             nbytes=len(msg.payload),
+            on_expired=partial(self._send_expired, to, module, "while it was queued"),
         )
         refusal = server.submit_or_reason(job)
         if refusal is not None:
             self._refuse(to, module, ProtocolError(ErrorCode.OVERLOADED, refusal))
+
+    def _send_expired(self, to: ReplyTo | None, module: str, when: str) -> None:
+        offset = self.clock.offset_s
+        err = ProtocolError(
+            ErrorCode.EXPIRED,
+            f"module {module} on agent {self._agent}: the request's deadline passed {when} "
+            f"(deadlines read with a {offset:+.3f}s clock offset)",
+        )
+        logger.debug("agent %s: %s", self._agent, err.reason)
+        self._send_error(to, module, err)
 
     def _seen(self, request_id: str) -> bool:
         ids = self._recent_ids

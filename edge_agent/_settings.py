@@ -93,6 +93,13 @@ class AgentSettings(BaseModel):
     outbox_max_events: int = Field(10000, ge=1, description="Buffered events before dropping.")
     outbox_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Buffer size cap.")
     outbox_window: int = Field(64, ge=1, description="Events in flight while replaying.")
+    max_clock_skew_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="The largest difference between this device's clock and the control "
+        "plane's that request deadlines are corrected for (estimated from its messages).",
+    )
     pipelines: list[PipelineSpec] = Field(
         default_factory=list, description="Local pipelines, besides the desired state's."
     )

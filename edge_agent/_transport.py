@@ -36,6 +36,7 @@ from ._mqtt import (
     refusal_text,
     session_properties,
 )
+from ._supervisor import Supervisor
 
 __all__ = [
     "ConnectionConfig",
@@ -193,9 +194,14 @@ class MqttTransport:
         False
     """
 
-    def __init__(self, config: ConnectionConfig) -> None:
-        """Build the client; nothing connects until :meth:`start`."""
+    def __init__(self, config: ConnectionConfig, *, supervisor: Supervisor | None = None) -> None:
+        """Build the client; nothing connects until :meth:`start`.
+
+        The network loop runs under ``supervisor``: restarted if it raises
+        (under TLS on paho's own thread, the same way).
+        """
         self._config = config
+        self._supervisor = supervisor
         self._lock = threading.RLock()
         self._state = _State(protocol="3.1.1" if config.protocol == "3.1.1" else "5")
         self._conn_listeners: list[Callable[[bool], None]] = []
@@ -249,6 +255,7 @@ class MqttTransport:
             manual_ack=True,
         )
         client = new_client(options, FastClient)
+        client.supervisor = self._supervisor
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         # No on_publish: paho would call it under its callback mutex from inside a
@@ -269,9 +276,7 @@ class MqttTransport:
             self._stopping = False
             self._stop_event.clear()
         if self._config.protocol == "auto" and not self._probed:
-            threading.Thread(
-                target=self._probe_then_connect, name="mqtt-probe", daemon=True
-            ).start()
+            (self._supervisor or Supervisor()).spawn("mqtt-probe", self._probe_then_connect)
         else:
             self._connect()
 

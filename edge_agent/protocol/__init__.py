@@ -28,8 +28,11 @@ Messages:
 * A request carries ``reply_to`` and ``correlation_id`` in its header, so a
   3.1.1 broker works; over MQTT 5 requesters also set ResponseTopic and
   CorrelationData (the UTF-8 correlation id) and responders copy them.
-* ``deadline_ts`` (Unix seconds): a request still queued past it is dropped
-  rather than run late (over MQTT 5, also set MessageExpiryInterval).
+* ``deadline_ts`` (Unix seconds, the sender's clock): a request still queued
+  past it is not run but answered with an ``expired`` error (over MQTT 5, also
+  set MessageExpiryInterval). Agents read it through their estimate of the
+  control plane's clock (from the ``ts`` of what it sends), so a device clock
+  a few seconds off expires nothing early.
 
 Artifacts never travel over MQTT: a module in the desired state names an HTTP
 ``url``, the ``sha256`` of the file and an Ed25519 ``signature`` (base64) made by
@@ -84,6 +87,7 @@ from ._inference import (
 )
 from ._inputs import MAX_ID_CHARS, DropLog, ReplyTo, reply_target
 from ._reports import (
+    AgentFaults,
     AgentStatus,
     Heartbeat,
     HostMetrics,
@@ -115,6 +119,7 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "PING_MODULE",
     "SCHEMA_VERSION",
+    "AgentFaults",
     "AgentStatus",
     "DesiredState",
     "DropLog",

@@ -10,6 +10,7 @@ from ._envelope import Envelope, TensorSpec
 from ._frames import ErrorCode
 
 __all__ = [
+    "AgentFaults",
     "AgentStatus",
     "Heartbeat",
     "HostMetrics",
@@ -107,6 +108,27 @@ class OutboxStats(BaseModel):
     depth: int = 0
     dropped: int = 0
     delivered: int = 0
+    in_memory: int = Field(
+        0, description="Events held in memory (in depth) because the disk would not take them."
+    )
+    full: bool = Field(False, description="The disk would not take the last write.")
+
+
+class AgentFaults(BaseModel):
+    """What went wrong on the device since the agent started, and how it coped."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    quarantined: list[str] = Field(
+        default_factory=list,
+        description="Damaged files moved aside (kept for inspection); the agent started afresh.",
+    )
+    thread_failures: dict[str, int] = Field(
+        default_factory=dict, description="Background threads that raised (and were restarted)."
+    )
+    clock_offset_s: float = Field(
+        0.0, description="Control plane's clock minus this device's, as the agent estimates it."
+    )
 
 
 class Heartbeat(Envelope):
@@ -121,3 +143,4 @@ class Heartbeat(Envelope):
     host: HostMetrics
     modules: dict[str, ModuleStats] = Field(default_factory=dict)
     outbox: OutboxStats = Field(default_factory=OutboxStats)
+    faults: AgentFaults = Field(default_factory=AgentFaults)
