@@ -1,6 +1,7 @@
 """Module replicas as Ray actors: Ray places and supervises them, requests go direct.
 
-Each replica is one actor pinned to its tier (and site) with ``label_selector``,
+Each replica is one actor pinned to its tier (and site) with ``label_selector``
+(a standby also kept off its primary's node: ``ray.io/node-id: !in(...)``),
 reserving the module's fractional CPUs (and GPUs, memory, custom resources),
 restarted by Ray up to ``max_restarts`` times if its process dies. Its
 constructor loads the model into ONNX Runtime, warms it up and starts the
@@ -65,6 +66,8 @@ __all__ = ["RayReplicaHandle", "RayReplicaLauncher", "ReplicaActor"]
 logger = logging.getLogger(__name__)
 
 _MODEL_REFS_KEPT = 8
+#: The label every Ray node carries with its id.
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 class ReplicaActor:
@@ -299,9 +302,12 @@ class RayReplicaLauncher:
         spec = FunctionSpec(
             name=request.module, tier=request.tier, site=request.site, resources=request.resources
         )
-        live = self._live_nodes()
+        live = [n for n in self._live_nodes() if n.node_id not in request.avoid_nodes]
         check_satisfiable(spec, live)
         selector = label_selector(spec)
+        if request.avoid_nodes:
+            # A standby on another node than its primary (Ray's "!in(...)" selector).
+            selector[NODE_ID_LABEL] = f"!in({','.join(sorted(request.avoid_nodes))})"
         if request.node is not None:
             if not any(n.node_id == request.node for n in live):
                 raise UnsatisfiableError(
@@ -310,7 +316,7 @@ class RayReplicaLauncher:
                     [{"node": n.node_id, "tier": n.tier} for n in live],
                     f"node {request.node[:8]} is not a live node",
                 )
-            selector = {**selector, "ray.io/node-id": request.node}
+            selector = {**selector, NODE_ID_LABEL: request.node}
         options = task_resources(spec)
         options.update(
             label_selector=selector,

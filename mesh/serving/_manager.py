@@ -19,7 +19,8 @@ behind the same Protocols.
   follows the module's autoscaling settings: ``ceil(in-flight /
   target_in_flight)`` replicas between ``min_replicas`` and ``max_replicas``,
   up quickly, down slowly, to zero only when ``min_replicas == 0`` (a request
-  then wakes it).
+  then wakes it). With ``standby=True`` it keeps a warm standby replica on
+  another node and promotes it the moment the gateway finds a primary gone.
 
 Errors::
 
@@ -78,6 +79,7 @@ __all__ = [
     "ReplicaRequest",
     "ReplicaStatus",
     "ServingManager",
+    "wants_standby",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,21 @@ class DeploymentView:
     nodes: tuple[str, ...]
 
 
+def wants_standby(spec: ModuleSpec) -> bool:
+    """Whether a module keeps a warm standby replica on another node (when the manager does).
+
+    Every module has a p95 latency target, and a replica's cold start (a Ray
+    worker, ONNX Runtime, the model, its warm-up: 10-12 s measured) misses any of
+    them: so every module that is always on (``min_replicas >= 1``) asks for one.
+    A module allowed to scale to zero accepts cold starts already.
+    """
+    return spec.min_replicas >= 1
+
+
+def _state(replica: Replica) -> str:
+    return "standby" if replica.standby and replica.state == "serving" else replica.state
+
+
 def _phase(hook: PhaseHook | None, phase: str) -> None:
     if hook is not None:
         try:
@@ -131,6 +148,9 @@ class ServingManager(ReplicaSupervisor):
         drain_timeout_s: how long old endpoints may take to finish their requests.
         unhealthy_after: failed health checks in a row before a replica leaves the route.
         autoscale_delays: overrides of :class:`AutoscalePolicy` delays (e.g. for tests).
+        standby: keep a warm standby replica on another node for every module that
+            is always on (``min_replicas >= 1``), so that the loss of a node costs no
+            request (see :func:`wants_standby`).
     """
 
     def __init__(
@@ -148,6 +168,7 @@ class ServingManager(ReplicaSupervisor):
         drain_timeout_s: float = 30.0,
         unhealthy_after: int = 3,
         autoscale_delays: dict[str, float] | None = None,
+        standby: bool = False,
     ) -> None:
         """Nothing starts until :meth:`start` or :meth:`deploy`."""
         self.routes = routes
@@ -161,6 +182,7 @@ class ServingManager(ReplicaSupervisor):
         self._drain_timeout_s = drain_timeout_s
         self._unhealthy_after = unhealthy_after
         self._delays = dict(autoscale_delays or {})
+        self._standby = standby
         self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -182,6 +204,7 @@ class ServingManager(ReplicaSupervisor):
         self._epoch = metrics.gauge("mesh_route_epoch", "Current route epoch.", ("module",))
         routes.on_change(self._route_changed)
         routes.on_demand(lambda _module: self._wake.set())
+        routes.on_down(lambda _module, _endpoint: self._wake.set())  # a loss: act now
 
     # -- lifecycle
 
@@ -311,6 +334,7 @@ class ServingManager(ReplicaSupervisor):
                 batching=batching,
                 autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)),
                 node=node,
+                wants_standby=self._standby and wants_standby(spec),
             )
             route = self._switch(
                 new,
@@ -401,7 +425,7 @@ class ServingManager(ReplicaSupervisor):
                 replica.handle.stop()
             raise
         for replica in started.values():
-            replica.state = "serving"
+            replica.state, replica.tier, replica.site = "serving", tier, site
         return started
 
     def _switch(
@@ -423,6 +447,7 @@ class ServingManager(ReplicaSupervisor):
             tier=new.tier,
             scale_from_zero=spec.min_replicas == 0 and new.agent is None,
             slo_ms=spec.qos.p95_latency_ms,
+            standby=new.standby_endpoints(),
         )
         logger.info(
             "%s %s serves on %s (route epoch %d)",
@@ -532,7 +557,7 @@ class ServingManager(ReplicaSupervisor):
                         d.spec.name,
                         r.version,
                         rid,
-                        r.state,
+                        _state(r),
                         r.endpoint.node_id if r.endpoint else None,
                         r.endpoint.url if r.endpoint else None,
                         r.in_flight,
@@ -549,7 +574,7 @@ class ServingManager(ReplicaSupervisor):
             deployments = list(self._deployments.values())
         for d in deployments:
             for r in list(d.replicas.values()):
-                key = (d.spec.name, r.version, r.state)
+                key = (d.spec.name, r.version, _state(r))
                 counts[key] = counts.get(key, 0) + 1
         return counts.items()
 

@@ -7,6 +7,18 @@ loop's step (:meth:`ReplicaSupervisor.tick`): it health-checks replicas apart
 from requests (a failed one leaves the route; a restarted one comes back with
 its new port; a dead one is replaced) and follows the module's autoscaling
 settings, draining replicas it scales down.
+
+Warm standby (a deployment with ``wants_standby``): one more replica, started
+once a primary serves, on another node than the primaries and than nodes lost in
+the last :data:`LOST_NODE_S` (its tier and site first, then any node of its tier,
+then the module's other compute tiers). It is in the route's ``standby``, not its
+endpoints: the gateway sends it requests only when no primary answers. When the
+gateway marks a primary down (:meth:`~mesh.serving._routes.RouteTable.mark_down`,
+which wakes the loop) and one probe confirms it, or it fails its health checks,
+the primary is *lost*: it leaves the route, its actor is stopped in the
+background (never waiting for Ray to notice its node died), the standby is
+promoted in the same route switch, and a new standby starts. A replica count is
+restored by that promotion, not by a cold start.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core._errors import MeshError
-from mesh.sdk._specs import ModuleSpec
+from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
 from mesh.serving._autoscale import Autoscaler
 from mesh.serving._contract import (
     ModelArtifact,
@@ -32,14 +44,24 @@ from mesh.serving._contract import (
 )
 from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint, RouteTable
 
-__all__ = ["Deployment", "Replica", "ReplicaSupervisor", "replica_id"]
+__all__ = ["LOST_NODE_S", "Deployment", "Replica", "ReplicaSupervisor", "replica_id"]
 
 logger = logging.getLogger(__name__)
+
+#: How long a node where a replica was lost is avoided by new replicas: Ray may
+#: count it alive for ~15 s more, and would place work there.
+LOST_NODE_S = 60.0
+#: How long to wait before trying again to start a standby no node could hold.
+STANDBY_RETRY_S = 10.0
 
 
 @dataclass(slots=True)
 class Replica:
-    """One replica of a deployment: its handle, state and last stats."""
+    """One replica of a deployment: its handle, state and last stats.
+
+    ``standby``: a warm spare on another node, in the route's ``standby`` only;
+    ``tier`` and ``site``: where it was asked for (a promoted standby's placement).
+    """
 
     handle: ReplicaHandle
     version: str
@@ -50,11 +72,19 @@ class Replica:
     stats: dict[str, Any] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)
     drain_deadline: float = 0.0
+    standby: bool = False
+    tier: str = ""
+    site: str | None = None
 
 
 @dataclass(slots=True)
 class Deployment:
-    """One module's version in service: its replicas (or its agent) and autoscaler."""
+    """One module's version in service: its replicas (or its agent) and autoscaler.
+
+    ``wants_standby``: keep a warm standby replica on another node;
+    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile);
+    ``lost``: primaries lost so far (replaced by the standby or a new replica).
+    """
 
     spec: ModuleSpec
     artifact: ModelArtifact
@@ -66,10 +96,22 @@ class Deployment:
     autoscaler: Autoscaler | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     node: str | None = None
+    wants_standby: bool = False
+    lost_nodes: dict[str, float] = field(default_factory=dict)
+    lost: int = 0
+    standby_retry_at: float = 0.0
 
     def serving(self) -> list[Replica]:
-        """The replicas in the route."""
-        return [r for r in self.replicas.values() if r.state == "serving"]
+        """The replicas in the route (standbys aside)."""
+        return [r for r in self.replicas.values() if r.state == "serving" and not r.standby]
+
+    def standbys(self) -> list[Replica]:
+        """The warm standbys (in the route's ``standby``)."""
+        return [r for r in self.replicas.values() if r.state == "serving" and r.standby]
+
+    def standby_endpoints(self) -> list[Endpoint]:
+        """What the route lists as standby."""
+        return [r.endpoint for r in self.standbys() if r.endpoint is not None]
 
     def endpoints(self) -> list[Endpoint]:
         """What the route lists: the serving replicas, or the agent."""
@@ -117,14 +159,22 @@ class ReplicaSupervisor:
         module = d.spec.name
         changed = False
         now = self._clock()
+        down = self.routes.down()  # the gateway's marks: checked first, at once
         for rid, replica in list(d.replicas.items()):
             if replica.state == "starting":
                 changed |= self._check_starting(d, rid, replica)
             elif replica.state in ("serving", "unhealthy"):
-                changed |= self._check_health(d, rid, replica)
+                if replica.endpoint is not None and replica.endpoint in down:
+                    changed |= self._check_down(d, rid, replica, now)
+                else:
+                    changed |= self._check_health(d, rid, replica, now)
             elif replica.state == "draining":
                 self._check_draining(d, rid, replica, now)
-        live = [r for r in d.replicas.values() if r.state in ("starting", "serving", "unhealthy")]
+        live = [
+            r
+            for r in d.replicas.values()
+            if r.state in ("starting", "serving", "unhealthy") and not r.standby
+        ]
         # Replicas report a time average (every client); the gateway knows its own now.
         load = max(sum(r.in_flight for r in d.serving()), self.routes.module_in_flight(module))
         if demanded and not live:
@@ -146,10 +196,26 @@ class ReplicaSupervisor:
                 target,
                 load,
             )
+        if d.wants_standby:
+            self._keep_standby(d, now)
         if changed:
-            self.routes.set(module, d.artifact.version, d.endpoints())
+            self.routes.set(
+                module,
+                d.artifact.version,
+                d.endpoints(),
+                tier=d.tier,
+                standby=d.standby_endpoints(),
+            )
+
+    def _avoided(self, d: Deployment, now: float) -> set[str]:
+        """Nodes where a replica was lost lately (Ray may still place work there)."""
+        for node, when in list(d.lost_nodes.items()):
+            if now - when > LOST_NODE_S:
+                del d.lost_nodes[node]
+        return set(d.lost_nodes)
 
     def _launch_one(self, d: Deployment) -> None:
+        avoid = self._avoided(d, self._clock())
         request = ReplicaRequest(
             d.spec.name,
             d.artifact,
@@ -158,14 +224,116 @@ class ReplicaSupervisor:
             d.spec.resources,
             replica_id(d.spec.name, d.artifact.version),
             d.batching,
-            node=d.node,
+            node=d.node if d.node not in avoid else None,
+            avoid_nodes=tuple(sorted(avoid)),
         )
         try:
             handle = self._launcher.launch(request)
         except MeshError as exc:
             logger.warning("%s: cannot start a replica: %s", d.spec.name, exc)
             return
-        d.replicas[handle.replica_id] = Replica(handle, d.artifact.version)
+        d.replicas[handle.replica_id] = Replica(
+            handle, d.artifact.version, tier=d.tier, site=d.site
+        )
+
+    # -- the warm standby
+
+    def _keep_standby(self, d: Deployment, now: float) -> None:
+        """Start a standby when there is none, on another node than the primaries."""
+        if any(r.standby and r.state in ("starting", "serving") for r in d.replicas.values()):
+            return
+        primaries = [r.endpoint.node_id for r in d.serving() if r.endpoint is not None]
+        if not primaries or now < d.standby_retry_at:
+            return  # a standby stands by a serving primary
+        avoid = tuple(sorted(self._avoided(d, now) | set(primaries)))
+        places = [(d.tier, d.site), (d.tier, None)] + [
+            (t, None) for t in d.spec.tiers if t in COMPUTE_TIERS and t != d.tier
+        ]
+        reasons = []
+        for tier, site in dict.fromkeys(places):
+            request = ReplicaRequest(
+                d.spec.name,
+                d.artifact,
+                tier,
+                site,
+                d.spec.resources,
+                replica_id(d.spec.name, d.artifact.version),
+                d.batching,
+                avoid_nodes=avoid,
+            )
+            try:
+                handle = self._launcher.launch(request)
+            except MeshError as exc:
+                reasons.append(f"{tier}{'/' + site if site else ''}: {exc}")
+                continue
+            d.replicas[handle.replica_id] = Replica(
+                handle, d.artifact.version, standby=True, tier=tier, site=site
+            )
+            logger.info(
+                "%s: standby %s requested on %s%s, off node(s) %s",
+                d.spec.name,
+                handle.replica_id,
+                tier,
+                f" site {site}" if site else "",
+                ", ".join(n[:8] for n in avoid),
+            )
+            return
+        if d.standby_retry_at == 0.0:  # said once per deployment; retried quietly
+            logger.warning(
+                "%s: no node for a standby off %s (%s); retrying every %g s",
+                d.spec.name,
+                ", ".join(n[:8] for n in avoid),
+                "; ".join(reasons),
+                STANDBY_RETRY_S,
+            )
+        d.standby_retry_at = now + STANDBY_RETRY_S
+
+    def _check_down(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
+        """The gateway marked the replica down: one probe says lost, or clears the mark."""
+        assert replica.endpoint is not None
+        stats = self._probe.stats(replica.endpoint, 0.5)
+        if stats is not None and stats.get("ready", True):
+            self.routes.clear_down(replica.endpoint)
+            return False
+        return self._lose(d, rid, replica, now, "refused or reset connections")
+
+    def _lose(self, d: Deployment, rid: str, replica: Replica, now: float, why: str) -> bool:
+        """Take a replica that is gone out of service; a standby takes its place."""
+        module = d.spec.name
+        node = replica.endpoint.node_id if replica.endpoint is not None else ""
+        if node:
+            d.lost_nodes[node] = now
+        del d.replicas[rid]
+        _stop_in_background(replica)
+        if replica.standby:
+            logger.warning("%s: standby %s on node %s lost (%s)", module, rid, node[:8], why)
+            return True
+        d.lost += 1
+        promoted = next(iter(d.standbys()), None)
+        if promoted is None:
+            logger.warning(
+                "%s: replica %s on node %s lost (%s); no standby, replacing it",
+                module,
+                rid,
+                node[:8],
+                why,
+            )
+            self._launch_one(d)  # the autoscaler would wait its upscale delay
+            return True
+        promoted.standby = False
+        d.tier, d.site = promoted.tier or d.tier, promoted.site
+        if d.node is not None and promoted.endpoint is not None:
+            d.node = promoted.endpoint.node_id
+        logger.warning(
+            "%s: replica %s on node %s lost (%s); standby %s on node %s promoted",
+            module,
+            rid,
+            node[:8],
+            why,
+            promoted.handle.replica_id,
+            promoted.endpoint.node_id[:8] if promoted.endpoint else "?",
+        )
+        return True
 
     def _check_starting(self, d: Deployment, rid: str, replica: Replica) -> bool:
         try:
@@ -187,7 +355,7 @@ class ReplicaSupervisor:
         )
         return True
 
-    def _check_health(self, d: Deployment, rid: str, replica: Replica) -> bool:
+    def _check_health(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
         module = d.spec.name
         stats = self._probe.stats(replica.endpoint, 1.0) if replica.endpoint else None
         if stats is not None and stats.get("ready", True):
@@ -202,6 +370,9 @@ class ReplicaSupervisor:
         replica.failures += 1
         if replica.failures < self._unhealthy_after:
             return False
+        if d.standbys() or replica.standby:
+            # No waiting for Ray to restart it or declare its node dead.
+            return self._lose(d, rid, replica, now, f"{replica.failures} failed health checks")
         changed = replica.state == "serving"
         if changed:
             replica.state = "unhealthy"
@@ -240,7 +411,7 @@ class ReplicaSupervisor:
     def _scale_down(self, d: Deployment, count: int, now: float) -> bool:
         # Starting or unhealthy replicas go first, then the least busy.
         order = sorted(
-            (r for r in d.replicas.values() if r.state != "draining"),
+            (r for r in d.replicas.values() if r.state != "draining" and not r.standby),
             key=lambda r: (r.state == "serving", r.in_flight),
         )
         changed = False
@@ -249,3 +420,12 @@ class ReplicaSupervisor:
             replica.state = "draining"
             replica.drain_deadline = now + self._drain_timeout_s
         return changed
+
+
+def _stop_in_background(replica: Replica) -> None:
+    """Stop a lost replica's actor without holding up the loop (its node may be gone)."""
+    threading.Thread(
+        target=replica.handle.stop,
+        name=f"mesh-stop-{replica.handle.replica_id}",
+        daemon=True,
+    ).start()
