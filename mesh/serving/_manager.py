@@ -202,6 +202,11 @@ class ServingManager(ReplicaSupervisor):
             ("module",),
         )
         self._epoch = metrics.gauge("mesh_route_epoch", "Current route epoch.", ("module",))
+        self._lost = metrics.counter(
+            "mesh_replicas_lost_total",
+            "Replicas taken out of service as lost (their node or process gone).",
+            ("module", "role"),
+        )
         routes.on_change(self._route_changed)
         routes.on_demand(lambda _module: self._wake.set())
         routes.on_down(lambda _module, _endpoint: self._wake.set())  # a loss: act now

@@ -82,8 +82,7 @@ class Deployment:
     """One module's version in service: its replicas (or its agent) and autoscaler.
 
     ``wants_standby``: keep a warm standby replica on another node;
-    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile);
-    ``lost``: primaries lost so far (replaced by the standby or a new replica).
+    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile).
     """
 
     spec: ModuleSpec
@@ -98,7 +97,6 @@ class Deployment:
     node: str | None = None
     wants_standby: bool = False
     lost_nodes: dict[str, float] = field(default_factory=dict)
-    lost: int = 0
     standby_retry_at: float = 0.0
 
     def serving(self) -> list[Replica]:
@@ -137,6 +135,7 @@ class ReplicaSupervisor:
     _unhealthy_after: int
     _deployments: dict[str, Deployment]
     _lock: threading.Lock
+    _lost: Any  # the mesh_replicas_lost_total counter
 
     # -- the background loop
 
@@ -305,10 +304,10 @@ class ReplicaSupervisor:
             d.lost_nodes[node] = now
         del d.replicas[rid]
         _stop_in_background(replica)
+        self._lost.labels(module, "standby" if replica.standby else "primary").inc()
         if replica.standby:
             logger.warning("%s: standby %s on node %s lost (%s)", module, rid, node[:8], why)
             return True
-        d.lost += 1
         promoted = next(iter(d.standbys()), None)
         if promoted is None:
             logger.warning(

@@ -181,7 +181,8 @@ def test_a_standby_starts_on_another_node_and_is_listed_apart() -> None:
 
 def test_a_primary_marked_down_is_replaced_by_its_standby_at_once() -> None:
     launcher, probe, clock = Launcher(), Probe(), Clock()
-    m = standby_manager(launcher, probe, clock)
+    metrics = MetricsRegistry()
+    m = standby_manager(launcher, probe, clock, metrics=metrics)
     m.deploy(spec(), artifact(), tier="fog")
     m.tick()
     m.tick()
@@ -206,6 +207,9 @@ def test_a_primary_marked_down_is_replaced_by_its_standby_at_once() -> None:
     route = current(m)
     assert nodes(route.endpoints) == ["fog-1"] and nodes(route.standby) == ["cloud"]
     assert [v.nodes for v in m.deployments()] == [("fog-1",)]
+    assert [v.tier for v in m.deployments()] == ["fog"]
+    lost = "mesh_replicas_lost_total"
+    assert sample(metrics.render(), lost, module="counter", role="primary") == 1
     m.close()
 
 
@@ -326,4 +330,20 @@ def test_no_node_for_a_standby_is_said_once(
     assert len(launcher.handles) == 1
     said = [r for r in caplog.records if "no node for a standby" in r.getMessage()]
     assert len(said) == 1
+    m.close()
+
+
+def test_a_standby_on_another_tier_takes_the_tier_with_it() -> None:
+    launcher, probe = Launcher(nodes={"fog-0": "fog", "cloud": "cloud"}), Probe()
+    m = standby_manager(launcher, probe)
+    m.deploy(spec(), artifact(), tier="fog", site=None)
+    m.tick()
+    m.tick()
+    assert nodes(current(m).standby) == ["cloud"]  # no other fog node: the next tier
+    probe.gone.add("fog-0")
+    m.routes.mark_down("counter", launcher.handles[0].endpoint())
+    m.tick()
+    route = current(m)
+    assert nodes(route.endpoints) == ["cloud"] and route.tier == "cloud"
+    assert [(v.tier, v.nodes) for v in m.deployments()] == [("cloud", ("cloud",))]
     m.close()
