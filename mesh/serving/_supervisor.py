@@ -82,7 +82,8 @@ class Deployment:
     """One module's version in service: its replicas (or its agent) and autoscaler.
 
     ``wants_standby``: keep a warm standby replica on another node;
-    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile).
+    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile);
+    ``launch_failing``: the last replica asked for could not be placed (said once).
     """
 
     spec: ModuleSpec
@@ -97,6 +98,7 @@ class Deployment:
     node: str | None = None
     wants_standby: bool = False
     lost_nodes: dict[str, float] = field(default_factory=dict)
+    launch_failing: bool = False
     standby_retry_at: float = 0.0
 
     def serving(self) -> list[Replica]:
@@ -181,11 +183,15 @@ class ReplicaSupervisor:
         assert d.autoscaler is not None
         target = d.autoscaler.decide(len(live), load, now)
         if target > len(live):
-            for _ in range(target - len(live)):
-                self._launch_one(d)
-            logger.info(
-                "%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live), target, load
-            )
+            launched = sum(self._launch_one(d) for _ in range(target - len(live)))
+            if launched:
+                logger.info(
+                    "%s: scaling up %d -> %d replicas (in flight %.1f)",
+                    module,
+                    len(live),
+                    len(live) + launched,
+                    load,
+                )
         elif target < len(live):
             changed |= self._scale_down(d, len(live) - target, now)
             logger.info(
@@ -213,7 +219,8 @@ class ReplicaSupervisor:
                 del d.lost_nodes[node]
         return set(d.lost_nodes)
 
-    def _launch_one(self, d: Deployment) -> None:
+    def _launch_one(self, d: Deployment) -> bool:
+        """Ask for one more primary; False when no node can hold it (said once until one can)."""
         avoid = self._avoided(d, self._clock())
         request = ReplicaRequest(
             d.spec.name,
@@ -229,11 +236,16 @@ class ReplicaSupervisor:
         try:
             handle = self._launcher.launch(request)
         except MeshError as exc:
-            logger.warning("%s: cannot start a replica: %s", d.spec.name, exc)
-            return
+            (logger.debug if d.launch_failing else logger.warning)(
+                "%s: cannot start a replica: %s", d.spec.name, exc
+            )
+            d.launch_failing = True
+            return False
+        d.launch_failing = False
         d.replicas[handle.replica_id] = Replica(
             handle, d.artifact.version, tier=d.tier, site=d.site
         )
+        return True
 
     # -- the warm standby
 

@@ -347,3 +347,22 @@ def test_a_standby_on_another_tier_takes_the_tier_with_it() -> None:
     assert nodes(route.endpoints) == ["cloud"] and route.tier == "cloud"
     assert [(v.tier, v.nodes) for v in m.deployments()] == [("cloud", ("cloud",))]
     m.close()
+
+
+def test_a_replacement_no_node_can_hold_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    launcher, probe = Launcher(nodes={"fog-0": "fog"}), Probe()
+    m = ServingManager(RouteTable(), launcher, probe=probe, start_timeout_s=5.0)
+    m.deploy(spec(tiers=("fog",)), artifact(), tier="fog")
+    probe.gone.add("fog-0")
+    m.routes.mark_down("counter", launcher.handles[0].endpoint())
+    for _ in range(5):
+        m.tick()
+    assert current(m).endpoints == () and len(launcher.handles) == 1
+    said = [
+        r
+        for r in caplog.records
+        if "cannot start a replica" in r.getMessage() and r.levelname == "WARNING"
+    ]
+    assert len(said) == 1
+    assert not [r for r in caplog.records if "scaling up" in r.getMessage()]
+    m.close()
