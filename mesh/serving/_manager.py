@@ -121,7 +121,10 @@ def wants_standby(spec: ModuleSpec) -> bool:
 
 
 def _state(replica: Replica) -> str:
-    return "standby" if replica.standby and replica.state == "serving" else replica.state
+    """``serving``, ``starting``...; a standby's: ``standby`` (warm), ``standby-starting``..."""
+    if not replica.standby:
+        return replica.state
+    return "standby" if replica.state == "serving" else f"standby-{replica.state}"
 
 
 def _phase(hook: PhaseHook | None, phase: str) -> None:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -226,6 +227,21 @@ class RouteTable:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(old, route)
+        return route
+
+    def set_standby(self, module: str, standby: Iterable[Endpoint]) -> ModuleRoute | None:
+        """Replace ``module``'s standby endpoints only: no switch (same epoch, no listeners).
+
+        Returns the route, or None when ``module`` has none.
+        """
+        with self._lock:
+            old = self._routes.get(module)
+            if old is None:
+                return None
+            route = dataclasses.replace(old, standby=tuple(standby))
+            self._routes[module] = route
+            if self._down:
+                self._forget_down(old, route)
         return route
 
     def remove(self, module: str) -> ModuleRoute | None:

@@ -203,14 +203,13 @@ class ReplicaSupervisor:
             )
         if d.wants_standby:
             self._keep_standby(d, now)
+        standby = d.standby_endpoints()
         if changed:
-            self.routes.set(
-                module,
-                d.artifact.version,
-                d.endpoints(),
-                tier=d.tier,
-                standby=d.standby_endpoints(),
-            )
+            self.routes.set(module, d.artifact.version, d.endpoints(), tier=d.tier, standby=standby)
+        else:
+            route = self.routes.get(module)
+            if route is not None and route.standby != tuple(standby):
+                self.routes.set_standby(module, standby)  # not a switch: same epoch
 
     def _avoided(self, d: Deployment, now: float) -> set[str]:
         """Nodes where a replica was lost lately (Ray may still place work there)."""
@@ -319,7 +318,7 @@ class ReplicaSupervisor:
         self._lost.labels(module, "standby" if replica.standby else "primary").inc()
         if replica.standby:
             logger.warning("%s: standby %s on node %s lost (%s)", module, rid, node[:8], why)
-            return True
+            return False  # not a switch: the route's standby follows without one
         promoted = next(iter(d.standbys()), None)
         if promoted is None:
             logger.warning(
@@ -358,13 +357,14 @@ class ReplicaSupervisor:
             return False
         replica.endpoint, replica.state, replica.failures = endpoint, "serving", 0
         logger.info(
-            "%s: replica %s serves at %s on node %s",
+            "%s: %s %s serves at %s on node %s",
             d.spec.name,
+            "standby" if replica.standby else "replica",
             rid,
             endpoint.url,
             endpoint.node_id[:8],
         )
-        return True
+        return not replica.standby  # a standby joins the route without a switch
 
     def _check_health(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
         module = d.spec.name

@@ -165,9 +165,13 @@ def test_a_standby_starts_on_another_node_and_is_listed_apart() -> None:
     (standby,) = launcher.handles[1:]
     assert standby.request.avoid_nodes == ("fog-0",) and standby.node == "fog-1"
     assert standby.request.tier == "fog"
+    assert sorted(s.state for s in m.status()) == ["serving", "standby-starting"]
+    switches: list[int] = []
+    m.routes.on_change(lambda _old, new: switches.append(new.epoch if new else 0))
     m.tick()  # it serves: in the route's standby, not its endpoints
     route = current(m)
     assert nodes(route.endpoints) == ["fog-0"] and nodes(route.standby) == ["fog-1"]
+    assert route.epoch == 1 and switches == []  # a standby joining is not a switch
     assert route.describe()["standby"][0]["node"] == "fog-1"
     assert sorted(s.state for s in m.status()) == ["serving", "standby"]
     assert [v.nodes for v in m.deployments()] == [("fog-0",)]  # the controller sees the primary
@@ -365,4 +369,24 @@ def test_a_replacement_no_node_can_hold_is_said_once(caplog: pytest.LogCaptureFi
     ]
     assert len(said) == 1
     assert not [r for r in caplog.records if "scaling up" in r.getMessage()]
+    m.close()
+
+
+def test_a_lost_standby_is_replaced_without_a_switch() -> None:
+    launcher, probe = Launcher(), Probe()
+    m = standby_manager(launcher, probe, unhealthy_after=1)
+    m.deploy(spec(), artifact(), tier="fog")
+    m.tick()
+    m.tick()
+    standby = launcher.handles[1]
+    probe.gone.add("fog-1")
+    m.tick()  # its health check fails: lost, and a new one asked for off both nodes
+    route = current(m)
+    assert route.epoch == 1 and nodes(route.endpoints) == ["fog-0"] and route.standby == ()
+    assert standby.stopped.wait(5)
+    assert [(h.request.avoid_nodes, h.node) for h in launcher.handles[2:]] == [
+        (("fog-0", "fog-1"), "cloud")
+    ]
+    m.tick()
+    assert nodes(current(m).standby) == ["cloud"] and current(m).epoch == 1
     m.close()
