@@ -225,6 +225,21 @@ class RayReplicaHandle:
         self._endpoint = _endpoint(info)
         return self._endpoint
 
+    def kill(self) -> None:
+        """Kill the actor for good at once, no restart (it is lost: its node may be gone).
+
+        Unlike :meth:`stop`, nothing is asked of the actor: a call to an actor whose
+        node died waits for Ray to restart it elsewhere (a cold start, for nothing).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._model_ref = None
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except (ValueError, ray_exceptions.RayError) as exc:
+            logger.debug("replica %s already gone: %s", self.replica_id, exc)
+
     def stop(self) -> None:
         """Stop the server (finishing open requests), then kill the actor for good."""
         if self._stopped:

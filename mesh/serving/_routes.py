@@ -274,9 +274,15 @@ class RouteTable:
         """The gateway saw ``endpoint`` refuse or reset a connection: route around it.
 
         Returns whether it was newly marked; listeners (:meth:`on_down`) are told then.
+        An endpoint no longer in the module's route is not marked (a switch dropped it).
         """
         with self._lock:
-            if endpoint in self._down:
+            route = self._routes.get(module)
+            if (
+                endpoint in self._down
+                or route is None
+                or (endpoint not in route.endpoints and endpoint not in route.standby)
+            ):
                 return False
             self._down[endpoint] = time.monotonic()
             listeners = list(self._down_listeners)

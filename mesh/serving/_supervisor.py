@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mesh.core._errors import MeshError
 from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
@@ -44,7 +44,14 @@ from mesh.serving._contract import (
 )
 from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint, RouteTable
 
-__all__ = ["LOST_NODE_S", "Deployment", "Replica", "ReplicaSupervisor", "replica_id"]
+__all__ = [
+    "LOST_NODE_S",
+    "Deployment",
+    "KillableHandle",
+    "Replica",
+    "ReplicaSupervisor",
+    "replica_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -433,10 +440,20 @@ class ReplicaSupervisor:
         return changed
 
 
+@runtime_checkable
+class KillableHandle(Protocol):
+    """A replica handle that can also be killed at once (the Ray one can)."""
+
+    def kill(self) -> None:
+        """End it for good now, asking nothing of it."""
+        ...
+
+
 def _stop_in_background(replica: Replica) -> None:
-    """Stop a lost replica's actor without holding up the loop (its node may be gone)."""
+    """End a lost replica without holding up the loop (its node may be gone)."""
+    handle = replica.handle
     threading.Thread(
-        target=replica.handle.stop,
-        name=f"mesh-stop-{replica.handle.replica_id}",
+        target=handle.kill if isinstance(handle, KillableHandle) else handle.stop,
+        name=f"mesh-stop-{handle.replica_id}",
         daemon=True,
     ).start()

@@ -254,5 +254,7 @@ def test_a_route_switch_forgets_the_marks_of_endpoints_it_drops() -> None:
     assert routes.down() == {b, c}  # a left the route: its mark with it
     routes.clear_down(b)
     assert routes.pick(route) == b
+    assert not routes.mark_down("m", a)  # not in the route any more: not marked
+    assert not routes.mark_down("other", b)
     routes.remove("m")
     assert routes.down() == frozenset()

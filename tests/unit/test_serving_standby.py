@@ -59,6 +59,7 @@ class Handle:
     node: str
     port: int
     stopped: threading.Event = field(default_factory=threading.Event)
+    killed: bool = False
 
     @property
     def replica_id(self) -> str:
@@ -74,6 +75,10 @@ class Handle:
         return None  # its node is gone: Ray would say "restarting" for ~15 s
 
     def stop(self) -> None:
+        self.stopped.set()
+
+    def kill(self) -> None:  # what a lost replica gets: no graceful stop on a dead node
+        self.killed = True
         self.stopped.set()
 
 
@@ -201,7 +206,7 @@ def test_a_primary_marked_down_is_replaced_by_its_standby_at_once() -> None:
     assert route.epoch == before.epoch + 1
     assert nodes(route.endpoints) == ["fog-1"] and route.standby == ()
     assert not m.routes.is_down(primary.endpoint())  # the switch forgot the mark
-    assert primary.stopped.wait(5)  # stopped in the background
+    assert primary.stopped.wait(5) and primary.killed  # killed in the background
     assert not standby.stopped.is_set()
     # A new standby, off the new primary's node and the lost one: fog has none left.
     (fresh,) = launcher.handles[2:]
