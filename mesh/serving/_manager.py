@@ -60,7 +60,13 @@ from mesh.serving._contract import (
     ReplicaStatus,
 )
 from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, RouteTable
-from mesh.serving._supervisor import Deployment, Replica, ReplicaSupervisor, replica_id
+from mesh.serving._supervisor import (
+    Deployment,
+    Replica,
+    ReplicaSupervisor,
+    replica_id,
+    wants_standby,
+)
 
 if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry, ModelVersion
@@ -107,24 +113,6 @@ class DeploymentView:
     site: str | None
     agent: str | None
     nodes: tuple[str, ...]
-
-
-def wants_standby(spec: ModuleSpec) -> bool:
-    """Whether a module keeps a warm standby replica on another node (when the manager does).
-
-    Every module has a p95 latency target, and a replica's cold start (a Ray
-    worker, ONNX Runtime, the model, its warm-up: 10-12 s measured) misses any of
-    them: so every module that is always on (``min_replicas >= 1``) asks for one.
-    A module allowed to scale to zero accepts cold starts already.
-    """
-    return spec.min_replicas >= 1
-
-
-def _state(replica: Replica) -> str:
-    """``serving``, ``starting``...; a standby's: ``standby`` (warm), ``standby-starting``..."""
-    if not replica.standby:
-        return replica.state
-    return "standby" if replica.state == "serving" else f"standby-{replica.state}"
 
 
 def _phase(hook: PhaseHook | None, phase: str) -> None:
@@ -186,6 +174,7 @@ class ServingManager(ReplicaSupervisor):
         self._unhealthy_after = unhealthy_after
         self._delays = dict(autoscale_delays or {})
         self._standby = standby
+        self._lost_nodes: dict[str, float] = {}
         self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -313,10 +302,12 @@ class ServingManager(ReplicaSupervisor):
             The new route (its epoch is one more than before).
 
         Raises:
-            UnsatisfiableError: no live node can hold a replica.
+            UnsatisfiableError: no live node can hold a replica, or ``node`` lost a
+                replica lately (:meth:`lost_nodes`).
             DeployError: the replicas did not start; the previous version keeps serving.
         """
         tier = self._tier(spec, tier)
+        lost = self._refuse_lost(spec.name, tier, node)
         artifact = self._artifact(spec, version)
         lock = self._module_lock(spec.name)
         with lock:
@@ -330,7 +321,9 @@ class ServingManager(ReplicaSupervisor):
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
-            fresh = self._start_replicas(spec, artifact, tier, site, count, batching, node)
+            fresh = self._start_replicas(
+                spec, artifact, tier, site, count, batching, node, avoid=lost
+            )
             _phase(on_phase, "ready")
             new = Deployment(
                 spec,
@@ -399,6 +392,7 @@ class ServingManager(ReplicaSupervisor):
         count: int,
         batching: str,
         node: str | None = None,
+        avoid: frozenset[str] = frozenset(),
     ) -> dict[str, Replica]:
         started: dict[str, Replica] = {}
         try:
@@ -412,6 +406,7 @@ class ServingManager(ReplicaSupervisor):
                     replica_id(spec.name, artifact.version),
                     batching,
                     node=node,
+                    avoid_nodes=tuple(sorted(avoid)),
                 )
                 handle = self._launcher.launch(request)
                 started[handle.replica_id] = Replica(handle, artifact.version)
@@ -565,7 +560,7 @@ class ServingManager(ReplicaSupervisor):
                         d.spec.name,
                         r.version,
                         rid,
-                        _state(r),
+                        r.status_state,
                         r.endpoint.node_id if r.endpoint else None,
                         r.endpoint.url if r.endpoint else None,
                         r.in_flight,
@@ -582,7 +577,7 @@ class ServingManager(ReplicaSupervisor):
             deployments = list(self._deployments.values())
         for d in deployments:
             for r in list(d.replicas.values()):
-                key = (d.spec.name, r.version, _state(r))
+                key = (d.spec.name, r.version, r.status_state)
                 counts[key] = counts.get(key, 0) + 1
         return counts.items()
 

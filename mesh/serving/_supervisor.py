@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from mesh.core._errors import MeshError
+from mesh.core._errors import MeshError, UnsatisfiableError
 from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
 from mesh.serving._autoscale import Autoscaler
 from mesh.serving._contract import (
@@ -51,6 +51,7 @@ __all__ = [
     "Replica",
     "ReplicaSupervisor",
     "replica_id",
+    "wants_standby",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,13 +84,19 @@ class Replica:
     tier: str = ""
     site: str | None = None
 
+    @property
+    def status_state(self) -> str:
+        """``serving``, ``starting``...; a standby's: ``standby`` (warm), ``standby-starting``..."""
+        if not self.standby:
+            return self.state
+        return "standby" if self.state == "serving" else f"standby-{self.state}"
+
 
 @dataclass(slots=True)
 class Deployment:
     """One module's version in service: its replicas (or its agent) and autoscaler.
 
     ``wants_standby``: keep a warm standby replica on another node;
-    ``lost_nodes``: node id -> when a replica there was lost (avoided meanwhile);
     ``launch_failing``: the last replica asked for could not be placed (said once).
     """
 
@@ -104,7 +111,6 @@ class Deployment:
     lock: threading.Lock = field(default_factory=threading.Lock)
     node: str | None = None
     wants_standby: bool = False
-    lost_nodes: dict[str, float] = field(default_factory=dict)
     launch_failing: bool = False
     standby_retry_at: float = 0.0
 
@@ -127,6 +133,17 @@ class Deployment:
         return [r.endpoint for r in self.serving() if r.endpoint is not None]
 
 
+def wants_standby(spec: ModuleSpec) -> bool:
+    """Whether a module keeps a warm standby replica on another node (when the manager does).
+
+    Every module has a p95 latency target, and a replica's cold start (a Ray
+    worker, ONNX Runtime, the model, its warm-up: 10-12 s measured) misses any of
+    them: so every module that is always on (``min_replicas >= 1``) asks for one.
+    A module allowed to scale to zero accepts cold starts already.
+    """
+    return spec.min_replicas >= 1
+
+
 def replica_id(module: str, version: str) -> str:
     """A fresh replica id: ``<module>-<version>-<6 hex>``."""
     return f"{module}-{version}-{uuid.uuid4().hex[:6]}"
@@ -145,6 +162,7 @@ class ReplicaSupervisor:
     _deployments: dict[str, Deployment]
     _lock: threading.Lock
     _lost: Any  # the mesh_replicas_lost_total counter
+    _lost_nodes: dict[str, float]  # node id -> when a replica there was lost
 
     # -- the background loop
 
@@ -218,16 +236,37 @@ class ReplicaSupervisor:
             if route is not None and route.standby != tuple(standby):
                 self.routes.set_standby(module, standby)  # not a switch: same epoch
 
-    def _avoided(self, d: Deployment, now: float) -> set[str]:
-        """Nodes where a replica was lost lately (Ray may still place work there)."""
-        for node, when in list(d.lost_nodes.items()):
-            if now - when > LOST_NODE_S:
-                del d.lost_nodes[node]
-        return set(d.lost_nodes)
+    def lost_nodes(self) -> frozenset[str]:
+        """Nodes where a replica of any module was lost in the last :data:`LOST_NODE_S`.
+
+        Ray may count such a node alive for ~15 s more and would place work there
+        (a replica pinned to it waits until Ray declares it dead): new replicas
+        avoid them, and :meth:`~mesh.serving.ServingManager.deploy` refuses them.
+        """
+        now = self._clock()
+        with self._lock:
+            for node, when in list(self._lost_nodes.items()):
+                if now - when > LOST_NODE_S:
+                    del self._lost_nodes[node]
+            return frozenset(self._lost_nodes)
+
+    def _refuse_lost(self, module: str, tier: str, node: str | None) -> frozenset[str]:
+        """The lost nodes; raises if ``node`` (a deploy's pin) is one of them."""
+        lost = self.lost_nodes()
+        if node is not None and node in lost:
+            # Ray may count it alive a while yet: a replica pinned there would wait
+            # for Ray's node-death detection (~15 s) before failing.
+            raise UnsatisfiableError(
+                module,
+                {"tier": tier, "node": node},
+                [],
+                f"node {node[:8]} lost a replica in the last {LOST_NODE_S:g} s",
+            )
+        return lost
 
     def _launch_one(self, d: Deployment) -> bool:
         """Ask for one more primary; False when no node can hold it (said once until one can)."""
-        avoid = self._avoided(d, self._clock())
+        avoid = self.lost_nodes()
         request = ReplicaRequest(
             d.spec.name,
             d.artifact,
@@ -262,7 +301,7 @@ class ReplicaSupervisor:
         primaries = [r.endpoint.node_id for r in d.serving() if r.endpoint is not None]
         if not primaries or now < d.standby_retry_at:
             return  # a standby stands by a serving primary
-        avoid = tuple(sorted(self._avoided(d, now) | set(primaries)))
+        avoid = tuple(sorted(self.lost_nodes() | set(primaries)))
         places = [(d.tier, d.site), (d.tier, None)] + [
             (t, None) for t in d.spec.tiers if t in COMPUTE_TIERS and t != d.tier
         ]
@@ -319,7 +358,8 @@ class ReplicaSupervisor:
         module = d.spec.name
         node = replica.endpoint.node_id if replica.endpoint is not None else ""
         if node:
-            d.lost_nodes[node] = now
+            with self._lock:
+                self._lost_nodes[node] = now
         del d.replicas[rid]
         _stop_in_background(replica)
         self._lost.labels(module, "standby" if replica.standby else "primary").inc()

@@ -395,3 +395,23 @@ def test_a_lost_standby_is_replaced_without_a_switch() -> None:
     m.tick()
     assert nodes(current(m).standby) == ["cloud"] and current(m).epoch == 1
     m.close()
+
+
+def test_a_node_that_lost_a_replica_is_refused_and_avoided_by_deploys() -> None:
+    launcher, probe, clock = Launcher(), Probe(), Clock()
+    m = ServingManager(RouteTable(), launcher, probe=probe, clock=clock, start_timeout_s=5.0)
+    m.deploy(spec(), artifact(), tier="fog")
+    probe.gone.add("fog-0")
+    m.routes.mark_down("counter", launcher.handles[0].endpoint())
+    m.tick()
+    assert m.lost_nodes() == {"fog-0"}
+    launched = len(launcher.handles)
+    # Ray still counts fog-0 alive: a replica pinned there would wait ~15 s to fail.
+    with pytest.raises(UnsatisfiableError, match="node fog-0 lost a replica"):
+        m.deploy(spec(), artifact("v2"), tier="fog", node="fog-0")
+    assert len(launcher.handles) == launched
+    m.deploy(spec(), artifact("v2"), tier="fog")
+    assert [h.node for h in launcher.handles[launched:]] == ["fog-1"]
+    clock.now = LOST_NODE_S + 1
+    assert m.lost_nodes() == frozenset()
+    m.close()
