@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 #: How long a node where a replica was lost is avoided by new replicas: Ray may
 #: count it alive for ~15 s more, and would place work there.
-LOST_NODE_S = 60.0
+LOST_NODE_S = 30.0
 #: How long to wait before trying again to start a standby no node could hold.
 STANDBY_RETRY_S = 10.0
 

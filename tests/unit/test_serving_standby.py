@@ -415,3 +415,29 @@ def test_a_node_that_lost_a_replica_is_refused_and_avoided_by_deploys() -> None:
     clock.now = LOST_NODE_S + 1
     assert m.lost_nodes() == frozenset()
     m.close()
+
+
+def test_the_controller_counts_a_node_that_lost_a_replica_as_gone() -> None:
+    from mesh.control._round import _without_lost_nodes
+    from mesh.control._snapshot import NodeState, Snapshot
+
+    launcher, probe = Launcher(), Probe()
+    m = ServingManager(RouteTable(), launcher, probe=probe, start_timeout_s=5.0)
+    snapshot = Snapshot(
+        at=0.0,
+        window_s=1.0,
+        nodes={n: NodeState(n, "ray", t, n, alive=True) for n, t in launcher.nodes.items()},
+        latency={},
+    )
+    assert _without_lost_nodes(snapshot, m) is snapshot  # nothing lost
+    m.deploy(spec(), artifact(), tier="fog")
+    probe.gone.add("fog-0")
+    m.routes.mark_down("counter", launcher.handles[0].endpoint())
+    m.tick()
+    seen = _without_lost_nodes(snapshot, m)  # Ray still says alive: the engine must not
+    assert {n: s.alive for n, s in seen.nodes.items()} == {
+        "fog-0": False,
+        "fog-1": True,
+        "cloud": True,
+    }
+    m.close()
