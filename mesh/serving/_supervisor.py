@@ -15,7 +15,7 @@ then the module's other compute tiers). It is in the route's ``standby``, not it
 endpoints: the gateway sends it requests only when no primary answers. When the
 gateway marks a primary down (:meth:`~mesh.serving._routes.RouteTable.mark_down`,
 which wakes the loop) and one probe confirms it, or it fails its health checks,
-the primary is *lost*: it leaves the route, its actor is stopped in the
+the primary is *lost*: it leaves the route, its actor is killed in the
 background (never waiting for Ray to notice its node died), the standby is
 promoted in the same route switch, and a new standby starts. A replica count is
 restored by that promotion, not by a cold start.
@@ -137,9 +137,10 @@ def wants_standby(spec: ModuleSpec) -> bool:
     """Whether a module keeps a warm standby replica on another node (when the manager does).
 
     Every module has a p95 latency target, and a replica's cold start (a Ray
-    worker, ONNX Runtime, the model, its warm-up: 10-12 s measured) misses any of
-    them: so every module that is always on (``min_replicas >= 1``) asks for one.
-    A module allowed to scale to zero accepts cold starts already.
+    worker, ONNX Runtime, the model, its warm-up, its MQTT subscription: 1-2 s on
+    a quiet host, more under load) misses any of them, while the requests that
+    meet no replica fail: so every module that is always on (``min_replicas >= 1``)
+    asks for one. A module allowed to scale to zero accepts cold starts already.
     """
     return spec.min_replicas >= 1
 
