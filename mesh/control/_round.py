@@ -17,7 +17,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mesh.control._engine_inputs import ModuleIntent, engine_inputs
 from mesh.control._migrations import MigrationExecutor, Target
@@ -107,7 +107,7 @@ class ReconcileRound:
         if now - self._last_poll >= s.poll_s:
             self._last_poll = now
             self.monitors.poll()
-        snapshot = self.monitors.snapshot(s.window_s)
+        snapshot = _without_lost_nodes(self.monitors.snapshot(s.window_s), self._served)
         self._snapshot = snapshot
         views = {v.spec.name: v for v in self._served.deployments()}
         triggers = self._adopt(views, now)
@@ -540,3 +540,24 @@ def target_of(state: NodeState) -> Target:
 def finite(value: float) -> float | None:
     """``value``, or None when it is not finite (JSON has no infinity)."""
     return value if math.isfinite(value) else None
+
+
+@runtime_checkable
+class _LosesNodes(Protocol):
+    def lost_nodes(self) -> frozenset[str]: ...
+
+
+def _without_lost_nodes(snapshot: Snapshot, served: ServedModules) -> Snapshot:
+    """Nodes where the serving manager just lost a replica count as not alive.
+
+    Ray counts a node whose raylet died alive for ~15 s more; a move there would
+    wait that long to fail (:meth:`mesh.serving.ServingManager.lost_nodes`).
+    """
+    lost = served.lost_nodes() if isinstance(served, _LosesNodes) else frozenset()
+    if not any(snapshot.nodes[n].alive for n in lost if n in snapshot.nodes):
+        return snapshot
+    nodes = {
+        name: replace(node, alive=False) if name in lost else node
+        for name, node in snapshot.nodes.items()
+    }
+    return replace(snapshot, nodes=nodes)

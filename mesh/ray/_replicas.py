@@ -1,6 +1,7 @@
 """Module replicas as Ray actors: Ray places and supervises them, requests go direct.
 
-Each replica is one actor pinned to its tier (and site) with ``label_selector``,
+Each replica is one actor pinned to its tier (and site) with ``label_selector``
+(a standby also kept off its primary's node: ``ray.io/node-id: !in(...)``),
 reserving the module's fractional CPUs (and GPUs, memory, custom resources),
 restarted by Ray up to ``max_restarts`` times if its process dies. Its
 constructor loads the model into ONNX Runtime, warms it up and starts the
@@ -28,8 +29,11 @@ is acknowledged, so a replica in a route always listens on both ways in.
 The model's bytes go to the object store once per version (``ray.put``), and
 every replica of that version (and every restart) reads them from there; each
 handle holds the reference, so a restart finds them as long as the replica is
-wanted. (Ray logs a line per replica saying that constructor arguments in the
-object store must stay in scope for restarts: they do.)
+wanted. A replica that must avoid a node holding a copy (a node that just lost a
+replica, which Ray may count alive ~10 s more) gets a fresh object: Ray's fetch
+would try that copy first and wait for the node to be declared dead. (Ray logs
+a line per replica saying that constructor arguments in the object store must
+stay in scope for restarts: they do.)
 
 Example:
     >>> launcher = RayReplicaLauncher(nodes=backend.nodes,
@@ -65,6 +69,8 @@ __all__ = ["RayReplicaHandle", "RayReplicaLauncher", "ReplicaActor"]
 logger = logging.getLogger(__name__)
 
 _MODEL_REFS_KEPT = 8
+#: The label every Ray node carries with its id.
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 class ReplicaActor:
@@ -172,11 +178,22 @@ def _endpoint(info: dict[str, Any]) -> ReplicaEndpoint:
 class RayReplicaHandle:
     """A replica actor, as the serving manager sees it (:class:`~mesh.serving.ReplicaHandle`)."""
 
-    def __init__(self, actor: Any, request: ReplicaRequest, model_ref: Any) -> None:
-        """Wrap a just-created actor; ``model_ref`` is kept so that restarts find the model."""
+    def __init__(
+        self,
+        actor: Any,
+        request: ReplicaRequest,
+        model_ref: Any,
+        copies: set[str] | None = None,
+    ) -> None:
+        """Wrap a just-created actor; ``model_ref`` is kept so that restarts find the model.
+
+        ``copies``: the nodes holding a copy of ``model_ref``; the replica's node is
+        added once known (its worker fetched the model there).
+        """
         self._actor = actor
         self._request = request
         self._model_ref = model_ref
+        self._copies = copies if copies is not None else set()
         self._ready = actor.endpoint.remote()
         self._endpoint: ReplicaEndpoint | None = None
         self._stopped = False
@@ -206,6 +223,7 @@ class RayReplicaHandle:
         except ray_exceptions.RayError as exc:
             raise self._failed(exc) from exc
         self._endpoint = _endpoint(info)
+        self._copies.add(self._endpoint.node_id)
         return self._endpoint
 
     def refresh(self, timeout_s: float) -> ReplicaEndpoint | None:
@@ -221,6 +239,21 @@ class RayReplicaHandle:
             raise self._failed(exc) from exc
         self._endpoint = _endpoint(info)
         return self._endpoint
+
+    def kill(self) -> None:
+        """Kill the actor for good at once, no restart (it is lost: its node may be gone).
+
+        Unlike :meth:`stop`, nothing is asked of the actor: a call to an actor whose
+        node died waits for Ray to restart it elsewhere (a cold start, for nothing).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._model_ref = None
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except (ValueError, ray_exceptions.RayError) as exc:
+            logger.debug("replica %s already gone: %s", self.replica_id, exc)
 
     def stop(self) -> None:
         """Stop the server (finishing open requests), then kill the actor for good."""
@@ -265,7 +298,8 @@ class RayReplicaLauncher:
         self._bind_host = bind_host
         self._mqtt = mqtt
         self._max_restarts = max_restarts
-        self._models: OrderedDict[str, Any] = OrderedDict()
+        # sha256 -> (the model's object, the nodes that fetched a copy of it)
+        self._models: OrderedDict[str, tuple[Any, set[str]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _live_nodes(self) -> list[NodeInfo]:
@@ -275,17 +309,25 @@ class RayReplicaLauncher:
 
         return [_node_info(entry) for entry in ray.nodes()]  # type: ignore[no-untyped-call]
 
-    def _model_ref(self, artifact: ModelArtifact) -> Any:
+    def _model_ref(
+        self, artifact: ModelArtifact, avoid: tuple[str, ...] = ()
+    ) -> tuple[Any, set[str]]:
+        """The model's object and the nodes holding copies; a fresh one if any is avoided.
+
+        A node to avoid may be gone while Ray still counts it alive: a fetch of an
+        object with a copy there tries that copy first and waits for Ray to declare
+        the node dead (a replacement replica took 11 s to start, measured).
+        """
         with self._lock:
-            ref = self._models.get(artifact.sha256)
-            if ref is None:
-                ref = ray.put(artifact.data)
-                self._models[artifact.sha256] = ref
+            entry = self._models.get(artifact.sha256)
+            if entry is None or not entry[1].isdisjoint(avoid):
+                entry = (ray.put(artifact.data), set())
+                self._models[artifact.sha256] = entry
                 while len(self._models) > _MODEL_REFS_KEPT:
                     self._models.popitem(last=False)
             else:
                 self._models.move_to_end(artifact.sha256)
-            return ref
+            return entry
 
     def launch(self, request: ReplicaRequest) -> RayReplicaHandle:
         """Create the replica's actor on a node of its tier (and site); returns at once.
@@ -299,9 +341,12 @@ class RayReplicaLauncher:
         spec = FunctionSpec(
             name=request.module, tier=request.tier, site=request.site, resources=request.resources
         )
-        live = self._live_nodes()
+        live = [n for n in self._live_nodes() if n.node_id not in request.avoid_nodes]
         check_satisfiable(spec, live)
         selector = label_selector(spec)
+        if request.avoid_nodes:
+            # A standby on another node than its primary (Ray's "!in(...)" selector).
+            selector[NODE_ID_LABEL] = f"!in({','.join(sorted(request.avoid_nodes))})"
         if request.node is not None:
             if not any(n.node_id == request.node for n in live):
                 raise UnsatisfiableError(
@@ -310,7 +355,7 @@ class RayReplicaLauncher:
                     [{"node": n.node_id, "tier": n.tier} for n in live],
                     f"node {request.node[:8]} is not a live node",
                 )
-            selector = {**selector, "ray.io/node-id": request.node}
+            selector = {**selector, NODE_ID_LABEL: request.node}
         options = task_resources(spec)
         options.update(
             label_selector=selector,
@@ -320,7 +365,7 @@ class RayReplicaLauncher:
             name=f"mesh-replica:{request.replica_id}",
         )
         res = request.resources
-        model_ref = self._model_ref(request.artifact)
+        model_ref, copies = self._model_ref(request.artifact, request.avoid_nodes)
         try:
             actor = (
                 ray.remote(ReplicaActor)
@@ -348,4 +393,4 @@ class RayReplicaLauncher:
             request.tier,
             options["label_selector"],
         )
-        return RayReplicaHandle(actor, request, model_ref)
+        return RayReplicaHandle(actor, request, model_ref, copies)

@@ -94,6 +94,11 @@ class ControlPlaneSettings(EdgeSettings):
     replica_start_timeout_s: float = Field(
         120.0, gt=0, description="How long new replicas may take to serve."
     )
+    serving_standby: bool = Field(
+        True,
+        description="Keep a warm standby replica of every always-on module on another "
+        "node: a lost node's requests fail over to it, with no cold start.",
+    )
     placement_enabled: bool = Field(
         True, description="Run the placement controller's reconcile loop (pins work either way)."
     )
@@ -391,6 +396,7 @@ def build_services(
         installer=installer,
         metrics=metrics,
         start_timeout_s=settings.replica_start_timeout_s,
+        standby=settings.serving_standby,
     ).start()
     undo.append(("serving manager", manager.close))
     controller, start_placement = _placement_controller(

@@ -111,6 +111,8 @@ class ReplicaRequest:
     max_restarts: int = 3
     #: Pin to this one Ray node (its id), besides tier and site.
     node: str | None = None
+    #: Never on these Ray nodes (a standby avoids its primary's node and lost nodes).
+    avoid_nodes: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:

@@ -9,10 +9,18 @@ tensors and answers; for an edge agent the gateway decodes the tensors, checks
 them against the model's signature and asks the agent over MQTT through the
 edge bus. The real ``tritonclient[http]`` works against it unchanged.
 
-Retries: a replica that cannot be reached, or that answers 503 (its queue is
-full, :class:`~mesh.serving.replica._batching.ReplicaOverloadedError`, or it is
-draining), gets the request retried once on another endpoint of the current
-route; with no other endpoint the client gets that 503.
+Failover and retries: a replica that refuses or resets the connection (or closes
+it before the answer is complete), or answers 502, is marked down in the route
+table at once (:meth:`~mesh.serving._routes.RouteTable.mark_down`: the serving
+manager is told, and no later request goes there) and the request is retried on
+another endpoint of the current route, or on its warm standby; inference is
+idempotent, so that is safe. A replica that answers 503 (its queue is full,
+:class:`~mesh.serving.replica._batching.ReplicaOverloadedError`, or it is
+draining) gets the request retried elsewhere too, without being marked down. All
+attempts together stay within the request's deadline (``upstream_timeout_s``);
+with no other endpoint the client gets the last 502/503.
+``mesh_inference_retries_total`` counts retried requests and
+``mesh_inference_failovers_total`` replicas marked down.
 
 Errors: everything raises a class of the tree in :mod:`mesh.core._errors`,
 whose status :mod:`mesh.core._http_errors` reads. An agent's error comes back
@@ -130,7 +138,9 @@ class Gateway:
         upstream_timeout_s: how long a replica may take to answer.
         edge_timeout_s: how long an agent may take to answer.
         cold_start_timeout_s: how long a request waits for a module scaled to zero.
-        retries: attempts on another endpoint after a connection failure or a 503.
+        retries: attempts on another endpoint (or a standby) after a connection
+            failure, a 502 or a 503; all attempts together stay within
+            ``upstream_timeout_s``.
     """
 
     def __init__(
@@ -144,7 +154,7 @@ class Gateway:
         upstream_timeout_s: float = 30.0,
         edge_timeout_s: float = 10.0,
         cold_start_timeout_s: float = 120.0,
-        retries: int = 1,
+        retries: int = 2,
     ) -> None:
         """Nothing is connected until the first request."""
         self.routes = routes
@@ -186,6 +196,11 @@ class Gateway:
         )
         self._retried = m.counter(
             "mesh_inference_retries_total", "Requests retried on another endpoint.", ("module",)
+        )
+        self._failovers = m.counter(
+            "mesh_inference_failovers_total",
+            "Replicas the gateway marked down after a refused or reset connection.",
+            ("module",),
         )
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         m.gauge_callback(
@@ -242,7 +257,7 @@ class Gateway:
         return route
 
     async def _wait_for_endpoints(self, route: ModuleRoute) -> ModuleRoute:
-        if route.endpoints:
+        if route.endpoints or route.standby:
             return route
         if not route.scale_from_zero:
             raise ModelNotReadyError(
@@ -352,7 +367,8 @@ class Gateway:
     ) -> tuple[Answer, str, str]:
         tried: list[ReplicaEndpoint] = []
         failure: Exception | None = None
-        refused: tuple[Answer, ReplicaEndpoint] | None = None  # the last 503 answer
+        refused: tuple[Answer, ReplicaEndpoint] | None = None  # the last 502/503 answer
+        deadline = time.monotonic() + self._upstream_timeout_s
         for attempt in range(self._retries + 1):
             endpoint = self.routes.pick(route, tried)
             if endpoint is None:
@@ -360,6 +376,9 @@ class Gateway:
             if isinstance(endpoint, AgentEndpoint):
                 answer = await self._infer_agent(route, endpoint, body, headers)
                 return answer, endpoint.node, endpoint.version
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # the request's deadline passed while failing over
             if attempt:
                 self._retried.labels(route.module).inc()
             self.routes.acquire(endpoint)
@@ -372,18 +391,12 @@ class Gateway:
                     body=body,
                     headers=headers,
                     authorization=endpoint.authorization,
-                    timeout_s=self._upstream_timeout_s,
+                    timeout_s=left,
                 )
             except UpstreamConnectionError as exc:
-                logger.warning(
-                    "%s %s: replica %s on node %s failed (%s); %s",
-                    route.module,
-                    endpoint.version,
-                    endpoint.replica_id,
-                    endpoint.node_id[:8],
-                    exc,
-                    "retrying" if attempt < self._retries else "giving up",
-                )
+                # Refused, reset or closed before the answer: the replica (or its node)
+                # is gone. Inference is idempotent, so the request goes to another one.
+                self._fail_over(route, endpoint, exc, attempt)
                 failure = exc
                 tried.append(endpoint)
                 route = self.routes.get(route.module) or route  # it may have switched
@@ -400,20 +413,51 @@ class Gateway:
                 self.routes.release(endpoint)
             out = [(k, v) for k, v in response.headers.items() if k in FORWARDED_HEADERS]
             answer = (response.status, out, response.body)
-            if response.status == 503 and attempt < self._retries:
-                # Overloaded or draining: another replica may answer.
+            if response.status in (502, 503) and attempt < self._retries:
+                # 503: overloaded or draining, another replica may answer (a full
+                # queue is not a dead replica: not marked down). 502: the replica
+                # failed to answer: marked down.
+                if response.status == 502:
+                    self._fail_over(route, endpoint, None, attempt)
                 refused = (answer, endpoint)
                 tried.append(endpoint)
                 route = self.routes.get(route.module) or route
                 continue
             return answer, endpoint.node, endpoint.version
-        if refused is not None:  # no other endpoint to try: the client gets the 503
+        if refused is not None:  # no other endpoint to try: the client gets the 502/503
             answer, endpoint = refused
             return answer, endpoint.node, endpoint.version
+        if tried and time.monotonic() >= deadline:
+            raise UpstreamTimeoutError(
+                f"no replica of {route.module!r} answered within "
+                f"{self._upstream_timeout_s:g} s ({len(tried)} tried)",
+                model=route.module,
+            )
         detail = f" ({failure})" if failure is not None else ""
         raise UpstreamError(
             f"no replica of {route.module!r} could be reached{detail}", model=route.module
         )
+
+    def _fail_over(
+        self,
+        route: ModuleRoute,
+        endpoint: ReplicaEndpoint,
+        exc: Exception | None,
+        attempt: int,
+    ) -> None:
+        """Route around ``endpoint`` at once: mark it down, drop its idle connections."""
+        if self.routes.mark_down(route.module, endpoint):
+            self._failovers.labels(route.module).inc()
+            logger.warning(
+                "%s %s: replica %s on node %s failed (%s); marked down, %s",
+                route.module,
+                endpoint.version,
+                endpoint.replica_id,
+                endpoint.node_id[:8],
+                exc or "502",
+                "retrying" if attempt < self._retries else "giving up",
+            )
+        self._pool().forget(endpoint.host, endpoint.port)
 
     async def _infer_agent(
         self,

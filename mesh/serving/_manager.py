@@ -19,7 +19,8 @@ behind the same Protocols.
   follows the module's autoscaling settings: ``ceil(in-flight /
   target_in_flight)`` replicas between ``min_replicas`` and ``max_replicas``,
   up quickly, down slowly, to zero only when ``min_replicas == 0`` (a request
-  then wakes it).
+  then wakes it). With ``standby=True`` it keeps a warm standby replica on
+  another node and promotes it the moment the gateway finds a primary gone.
 
 Errors::
 
@@ -59,7 +60,13 @@ from mesh.serving._contract import (
     ReplicaStatus,
 )
 from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, RouteTable
-from mesh.serving._supervisor import Deployment, Replica, ReplicaSupervisor, replica_id
+from mesh.serving._supervisor import (
+    Deployment,
+    Replica,
+    ReplicaSupervisor,
+    replica_id,
+    wants_standby,
+)
 
 if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry, ModelVersion
@@ -78,6 +85,7 @@ __all__ = [
     "ReplicaRequest",
     "ReplicaStatus",
     "ServingManager",
+    "wants_standby",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +139,9 @@ class ServingManager(ReplicaSupervisor):
         drain_timeout_s: how long old endpoints may take to finish their requests.
         unhealthy_after: failed health checks in a row before a replica leaves the route.
         autoscale_delays: overrides of :class:`AutoscalePolicy` delays (e.g. for tests).
+        standby: keep a warm standby replica on another node for every module that
+            is always on (``min_replicas >= 1``), so that the loss of a node costs no
+            request (see :func:`wants_standby`).
     """
 
     def __init__(
@@ -148,6 +159,7 @@ class ServingManager(ReplicaSupervisor):
         drain_timeout_s: float = 30.0,
         unhealthy_after: int = 3,
         autoscale_delays: dict[str, float] | None = None,
+        standby: bool = False,
     ) -> None:
         """Nothing starts until :meth:`start` or :meth:`deploy`."""
         self.routes = routes
@@ -161,6 +173,8 @@ class ServingManager(ReplicaSupervisor):
         self._drain_timeout_s = drain_timeout_s
         self._unhealthy_after = unhealthy_after
         self._delays = dict(autoscale_delays or {})
+        self._standby = standby
+        self._lost_nodes: dict[str, float] = {}
         self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -180,8 +194,14 @@ class ServingManager(ReplicaSupervisor):
             ("module",),
         )
         self._epoch = metrics.gauge("mesh_route_epoch", "Current route epoch.", ("module",))
+        self._lost = metrics.counter(
+            "mesh_replicas_lost_total",
+            "Replicas taken out of service as lost (their node or process gone).",
+            ("module", "role"),
+        )
         routes.on_change(self._route_changed)
         routes.on_demand(lambda _module: self._wake.set())
+        routes.on_down(lambda _module, _endpoint: self._wake.set())  # a loss: act now
 
     # -- lifecycle
 
@@ -282,10 +302,12 @@ class ServingManager(ReplicaSupervisor):
             The new route (its epoch is one more than before).
 
         Raises:
-            UnsatisfiableError: no live node can hold a replica.
+            UnsatisfiableError: no live node can hold a replica, or ``node`` lost a
+                replica lately (:meth:`lost_nodes`).
             DeployError: the replicas did not start; the previous version keeps serving.
         """
         tier = self._tier(spec, tier)
+        lost = self._refuse_lost(spec.name, tier, node)
         artifact = self._artifact(spec, version)
         lock = self._module_lock(spec.name)
         with lock:
@@ -299,7 +321,9 @@ class ServingManager(ReplicaSupervisor):
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
-            fresh = self._start_replicas(spec, artifact, tier, site, count, batching, node)
+            fresh = self._start_replicas(
+                spec, artifact, tier, site, count, batching, node, avoid=lost
+            )
             _phase(on_phase, "ready")
             new = Deployment(
                 spec,
@@ -311,6 +335,7 @@ class ServingManager(ReplicaSupervisor):
                 batching=batching,
                 autoscaler=Autoscaler(AutoscalePolicy.of(spec, **self._delays)),
                 node=node,
+                wants_standby=self._standby and wants_standby(spec),
             )
             route = self._switch(
                 new,
@@ -367,6 +392,7 @@ class ServingManager(ReplicaSupervisor):
         count: int,
         batching: str,
         node: str | None = None,
+        avoid: frozenset[str] = frozenset(),
     ) -> dict[str, Replica]:
         started: dict[str, Replica] = {}
         try:
@@ -380,6 +406,7 @@ class ServingManager(ReplicaSupervisor):
                     replica_id(spec.name, artifact.version),
                     batching,
                     node=node,
+                    avoid_nodes=tuple(sorted(avoid)),
                 )
                 handle = self._launcher.launch(request)
                 started[handle.replica_id] = Replica(handle, artifact.version)
@@ -401,7 +428,7 @@ class ServingManager(ReplicaSupervisor):
                 replica.handle.stop()
             raise
         for replica in started.values():
-            replica.state = "serving"
+            replica.state, replica.tier, replica.site = "serving", tier, site
         return started
 
     def _switch(
@@ -423,6 +450,7 @@ class ServingManager(ReplicaSupervisor):
             tier=new.tier,
             scale_from_zero=spec.min_replicas == 0 and new.agent is None,
             slo_ms=spec.qos.p95_latency_ms,
+            standby=new.standby_endpoints(),
         )
         logger.info(
             "%s %s serves on %s (route epoch %d)",
@@ -532,7 +560,7 @@ class ServingManager(ReplicaSupervisor):
                         d.spec.name,
                         r.version,
                         rid,
-                        r.state,
+                        r.status_state,
                         r.endpoint.node_id if r.endpoint else None,
                         r.endpoint.url if r.endpoint else None,
                         r.in_flight,
@@ -549,7 +577,7 @@ class ServingManager(ReplicaSupervisor):
             deployments = list(self._deployments.values())
         for d in deployments:
             for r in list(d.replicas.values()):
-                key = (d.spec.name, r.version, r.state)
+                key = (d.spec.name, r.version, r.status_state)
                 counts[key] = counts.get(key, 0) + 1
         return counts.items()
 

@@ -1,12 +1,20 @@
 """Where each module's requests go now: the route table shared by gateway and manager.
 
 A :class:`ModuleRoute` names a module's serving version, its endpoints (replica
-sockets on cloud/fog nodes, or edge agents reached over MQTT) and an epoch that
-grows by one at every switch. The serving manager replaces a route in one
-assignment (make-before-break: the new endpoints are ready before the switch);
-the gateway reads it once per request, picks the endpoint with the fewest
-requests in flight, and counts its request in and out, so the manager can wait
-until an old endpoint has drained before stopping it.
+sockets on cloud/fog nodes, or edge agents reached over MQTT), its warm standby
+replicas (on other nodes, for failover) and an epoch that grows by one at every
+switch. The serving manager replaces a route in one assignment
+(make-before-break: the new endpoints are ready before the switch); the gateway
+reads it once per request, picks the endpoint with the fewest requests in
+flight, and counts its request in and out, so the manager can wait until an old
+endpoint has drained before stopping it.
+
+Failover: the gateway :meth:`RouteTable.mark_down` s an endpoint that refused or
+reset its connection; :meth:`RouteTable.pick` then skips it, and takes a standby
+when no endpoint of the route is left. The serving manager, told at once
+(:meth:`RouteTable.on_down`), checks the replica and either clears the mark or
+replaces the replica (promoting the standby); a route switch forgets the marks of
+endpoints it drops.
 
 Thread-safe: the gateway's event loop and the manager's thread share it.
 
@@ -19,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -122,6 +131,7 @@ class ModuleRoute:
         scale_from_zero: whether a request may wake a module scaled to zero.
         slo_ms: the module's p95 latency target (requests over it are counted).
         switched_at: Unix time of the switch.
+        standby: warm replicas on other nodes, tried when no endpoint answers.
     """
 
     module: str
@@ -133,6 +143,7 @@ class ModuleRoute:
     scale_from_zero: bool = False
     slo_ms: float | None = None
     switched_at: float = field(default_factory=time.time)
+    standby: tuple[Endpoint, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form (``GET /v1/routes``)."""
@@ -145,6 +156,7 @@ class ModuleRoute:
             "scale_from_zero": self.scale_from_zero,
             "slo_ms": self.slo_ms,
             "switched_at": self.switched_at,
+            "standby": [e.describe() for e in self.standby],
         }
 
 
@@ -161,6 +173,8 @@ class RouteTable:
         self._demand: set[str] = set()
         self._listeners: list[Callable[[ModuleRoute | None, ModuleRoute | None], None]] = []
         self._demand_listeners: list[Callable[[str], None]] = []
+        self._down: dict[Endpoint, float] = {}  # endpoint -> monotonic time marked
+        self._down_listeners: list[Callable[[str, Endpoint], None]] = []
 
     # -- routes
 
@@ -182,11 +196,13 @@ class RouteTable:
         tier: str | None = None,
         scale_from_zero: bool | None = None,
         slo_ms: float | None = None,
+        standby: Iterable[Endpoint] = (),
     ) -> ModuleRoute:
         """Switch ``module`` to ``endpoints`` at once (epoch + 1); returns the new route.
 
         ``signature``, ``tier``, ``scale_from_zero`` and ``slo_ms`` default to the
-        previous route's.
+        previous route's; ``standby`` does not (a new version has its own). The
+        down marks of endpoints the route drops are forgotten.
         """
         with self._lock:
             old = self._routes.get(module)
@@ -201,8 +217,11 @@ class RouteTable:
                 if scale_from_zero is not None
                 else (old.scale_from_zero if old else False),
                 slo_ms=slo_ms if slo_ms is not None else (old.slo_ms if old else None),
+                standby=tuple(standby),
             )
             self._routes[module] = route
+            if old is not None and self._down:
+                self._forget_down(old, route)
             if route.endpoints:
                 self._demand.discard(module)
             listeners = list(self._listeners)
@@ -210,11 +229,28 @@ class RouteTable:
             listener(old, route)
         return route
 
+    def set_standby(self, module: str, standby: Iterable[Endpoint]) -> ModuleRoute | None:
+        """Replace ``module``'s standby endpoints only: no switch (same epoch, no listeners).
+
+        Returns the route, or None when ``module`` has none.
+        """
+        with self._lock:
+            old = self._routes.get(module)
+            if old is None:
+                return None
+            route = dataclasses.replace(old, standby=tuple(standby))
+            self._routes[module] = route
+            if self._down:
+                self._forget_down(old, route)
+        return route
+
     def remove(self, module: str) -> ModuleRoute | None:
         """Stop routing ``module``; returns the route it had."""
         with self._lock:
             old = self._routes.pop(module, None)
             self._demand.discard(module)
+            if old is not None and self._down:
+                self._forget_down(old, None)
             listeners = list(self._listeners)
         if old is not None:
             for listener in listeners:
@@ -226,13 +262,72 @@ class RouteTable:
         with self._lock:
             self._listeners.append(listener)
 
+    def _forget_down(self, old: ModuleRoute, new: ModuleRoute | None) -> None:
+        kept = set(new.endpoints) | set(new.standby) if new is not None else set()
+        for endpoint in (*old.endpoints, *old.standby):
+            if endpoint not in kept:
+                self._down.pop(endpoint, None)
+
+    # -- failover
+
+    def mark_down(self, module: str, endpoint: Endpoint) -> bool:
+        """The gateway saw ``endpoint`` refuse or reset a connection: route around it.
+
+        Returns whether it was newly marked; listeners (:meth:`on_down`) are told then.
+        An endpoint no longer in the module's route is not marked (a switch dropped it).
+        """
+        with self._lock:
+            route = self._routes.get(module)
+            if (
+                endpoint in self._down
+                or route is None
+                or (endpoint not in route.endpoints and endpoint not in route.standby)
+            ):
+                return False
+            self._down[endpoint] = time.monotonic()
+            listeners = list(self._down_listeners)
+        for listener in listeners:
+            listener(module, endpoint)
+        return True
+
+    def clear_down(self, endpoint: Endpoint) -> None:
+        """``endpoint`` answers again (the serving manager checked it)."""
+        with self._lock:
+            self._down.pop(endpoint, None)
+
+    def is_down(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is marked down."""
+        return endpoint in self._down
+
+    def down(self) -> frozenset[Endpoint]:
+        """The endpoints marked down now."""
+        with self._lock:
+            return frozenset(self._down)
+
+    def on_down(self, listener: Callable[[str, Endpoint], None]) -> None:
+        """Call ``listener(module, endpoint)`` when an endpoint is newly marked down."""
+        with self._lock:
+            self._down_listeners.append(listener)
+
     # -- requests in flight
 
     def pick(self, route: ModuleRoute, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
-        """The endpoint with the fewest requests in flight (round robin among equals)."""
-        candidates = (
-            [e for e in route.endpoints if e not in exclude] if exclude else route.endpoints
-        )
+        """The endpoint with the fewest requests in flight (round robin among equals).
+
+        Endpoints marked down are skipped; with none of the route's endpoints left,
+        a standby is picked, and with no standby either, an endpoint marked down
+        (it may answer again) that ``exclude`` does not name.
+        """
+        if not exclude and not self._down:
+            candidates: Sequence[Endpoint] = route.endpoints or route.standby
+        else:
+            down = self._down
+            usable = [e for e in route.endpoints if e not in exclude]
+            candidates = [e for e in usable if e not in down]
+            if not candidates:
+                candidates = [e for e in route.standby if e not in exclude and e not in down]
+            if not candidates:
+                candidates = usable
         if not candidates:
             return None
         if len(candidates) == 1:

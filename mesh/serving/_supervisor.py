@@ -7,6 +7,18 @@ loop's step (:meth:`ReplicaSupervisor.tick`): it health-checks replicas apart
 from requests (a failed one leaves the route; a restarted one comes back with
 its new port; a dead one is replaced) and follows the module's autoscaling
 settings, draining replicas it scales down.
+
+Warm standby (a deployment with ``wants_standby``): one more replica, started
+once a primary serves, on another node than the primaries and than nodes lost in
+the last :data:`LOST_NODE_S` (its tier and site first, then any node of its tier,
+then the module's other compute tiers). It is in the route's ``standby``, not its
+endpoints: the gateway sends it requests only when no primary answers. When the
+gateway marks a primary down (:meth:`~mesh.serving._routes.RouteTable.mark_down`,
+which wakes the loop) and one probe confirms it, or it fails its health checks,
+the primary is *lost*: it leaves the route, its actor is killed in the
+background (never waiting for Ray to notice its node died), the standby is
+promoted in the same route switch, and a new standby starts. A replica count is
+restored by that promotion, not by a cold start.
 """
 
 from __future__ import annotations
@@ -17,10 +29,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from mesh.core._errors import MeshError
-from mesh.sdk._specs import ModuleSpec
+from mesh.core._errors import MeshError, UnsatisfiableError
+from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
 from mesh.serving._autoscale import Autoscaler
 from mesh.serving._contract import (
     ModelArtifact,
@@ -32,14 +44,32 @@ from mesh.serving._contract import (
 )
 from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint, RouteTable
 
-__all__ = ["Deployment", "Replica", "ReplicaSupervisor", "replica_id"]
+__all__ = [
+    "LOST_NODE_S",
+    "Deployment",
+    "KillableHandle",
+    "Replica",
+    "ReplicaSupervisor",
+    "replica_id",
+    "wants_standby",
+]
 
 logger = logging.getLogger(__name__)
+
+#: How long a node where a replica was lost is avoided by new replicas: Ray may
+#: count it alive for ~15 s more, and would place work there.
+LOST_NODE_S = 30.0
+#: How long to wait before trying again to start a standby no node could hold.
+STANDBY_RETRY_S = 10.0
 
 
 @dataclass(slots=True)
 class Replica:
-    """One replica of a deployment: its handle, state and last stats."""
+    """One replica of a deployment: its handle, state and last stats.
+
+    ``standby``: a warm spare on another node, in the route's ``standby`` only;
+    ``tier`` and ``site``: where it was asked for (a promoted standby's placement).
+    """
 
     handle: ReplicaHandle
     version: str
@@ -50,11 +80,25 @@ class Replica:
     stats: dict[str, Any] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)
     drain_deadline: float = 0.0
+    standby: bool = False
+    tier: str = ""
+    site: str | None = None
+
+    @property
+    def status_state(self) -> str:
+        """``serving``, ``starting``...; a standby's: ``standby`` (warm), ``standby-starting``..."""
+        if not self.standby:
+            return self.state
+        return "standby" if self.state == "serving" else f"standby-{self.state}"
 
 
 @dataclass(slots=True)
 class Deployment:
-    """One module's version in service: its replicas (or its agent) and autoscaler."""
+    """One module's version in service: its replicas (or its agent) and autoscaler.
+
+    ``wants_standby``: keep a warm standby replica on another node;
+    ``launch_failing``: the last replica asked for could not be placed (said once).
+    """
 
     spec: ModuleSpec
     artifact: ModelArtifact
@@ -66,16 +110,39 @@ class Deployment:
     autoscaler: Autoscaler | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     node: str | None = None
+    wants_standby: bool = False
+    launch_failing: bool = False
+    standby_retry_at: float = 0.0
 
     def serving(self) -> list[Replica]:
-        """The replicas in the route."""
-        return [r for r in self.replicas.values() if r.state == "serving"]
+        """The replicas in the route (standbys aside)."""
+        return [r for r in self.replicas.values() if r.state == "serving" and not r.standby]
+
+    def standbys(self) -> list[Replica]:
+        """The warm standbys (in the route's ``standby``)."""
+        return [r for r in self.replicas.values() if r.state == "serving" and r.standby]
+
+    def standby_endpoints(self) -> list[Endpoint]:
+        """What the route lists as standby."""
+        return [r.endpoint for r in self.standbys() if r.endpoint is not None]
 
     def endpoints(self) -> list[Endpoint]:
         """What the route lists: the serving replicas, or the agent."""
         if self.agent is not None:
             return [AgentEndpoint(self.agent, self.artifact.version)]
         return [r.endpoint for r in self.serving() if r.endpoint is not None]
+
+
+def wants_standby(spec: ModuleSpec) -> bool:
+    """Whether a module keeps a warm standby replica on another node (when the manager does).
+
+    Every module has a p95 latency target, and a replica's cold start (a Ray
+    worker, ONNX Runtime, the model, its warm-up, its MQTT subscription: 1-2 s on
+    a quiet host, more under load) misses any of them, while the requests that
+    meet no replica fail: so every module that is always on (``min_replicas >= 1``)
+    asks for one. A module allowed to scale to zero accepts cold starts already.
+    """
+    return spec.min_replicas >= 1
 
 
 def replica_id(module: str, version: str) -> str:
@@ -95,6 +162,8 @@ class ReplicaSupervisor:
     _unhealthy_after: int
     _deployments: dict[str, Deployment]
     _lock: threading.Lock
+    _lost: Any  # the mesh_replicas_lost_total counter
+    _lost_nodes: dict[str, float]  # node id -> when a replica there was lost
 
     # -- the background loop
 
@@ -117,14 +186,22 @@ class ReplicaSupervisor:
         module = d.spec.name
         changed = False
         now = self._clock()
+        down = self.routes.down()  # the gateway's marks: checked first, at once
         for rid, replica in list(d.replicas.items()):
             if replica.state == "starting":
                 changed |= self._check_starting(d, rid, replica)
             elif replica.state in ("serving", "unhealthy"):
-                changed |= self._check_health(d, rid, replica)
+                if replica.endpoint is not None and replica.endpoint in down:
+                    changed |= self._check_down(d, rid, replica, now)
+                else:
+                    changed |= self._check_health(d, rid, replica, now)
             elif replica.state == "draining":
                 self._check_draining(d, rid, replica, now)
-        live = [r for r in d.replicas.values() if r.state in ("starting", "serving", "unhealthy")]
+        live = [
+            r
+            for r in d.replicas.values()
+            if r.state in ("starting", "serving", "unhealthy") and not r.standby
+        ]
         # Replicas report a time average (every client); the gateway knows its own now.
         load = max(sum(r.in_flight for r in d.serving()), self.routes.module_in_flight(module))
         if demanded and not live:
@@ -132,11 +209,15 @@ class ReplicaSupervisor:
         assert d.autoscaler is not None
         target = d.autoscaler.decide(len(live), load, now)
         if target > len(live):
-            for _ in range(target - len(live)):
-                self._launch_one(d)
-            logger.info(
-                "%s: scaling up %d -> %d replicas (in flight %.1f)", module, len(live), target, load
-            )
+            launched = sum(self._launch_one(d) for _ in range(target - len(live)))
+            if launched:
+                logger.info(
+                    "%s: scaling up %d -> %d replicas (in flight %.1f)",
+                    module,
+                    len(live),
+                    len(live) + launched,
+                    load,
+                )
         elif target < len(live):
             changed |= self._scale_down(d, len(live) - target, now)
             logger.info(
@@ -146,10 +227,47 @@ class ReplicaSupervisor:
                 target,
                 load,
             )
+        if d.wants_standby:
+            self._keep_standby(d, now)
+        standby = d.standby_endpoints()
         if changed:
-            self.routes.set(module, d.artifact.version, d.endpoints())
+            self.routes.set(module, d.artifact.version, d.endpoints(), tier=d.tier, standby=standby)
+        else:
+            route = self.routes.get(module)
+            if route is not None and route.standby != tuple(standby):
+                self.routes.set_standby(module, standby)  # not a switch: same epoch
 
-    def _launch_one(self, d: Deployment) -> None:
+    def lost_nodes(self) -> frozenset[str]:
+        """Nodes where a replica of any module was lost in the last :data:`LOST_NODE_S`.
+
+        Ray may count such a node alive for ~15 s more and would place work there
+        (a replica pinned to it waits until Ray declares it dead): new replicas
+        avoid them, and :meth:`~mesh.serving.ServingManager.deploy` refuses them.
+        """
+        now = self._clock()
+        with self._lock:
+            for node, when in list(self._lost_nodes.items()):
+                if now - when > LOST_NODE_S:
+                    del self._lost_nodes[node]
+            return frozenset(self._lost_nodes)
+
+    def _refuse_lost(self, module: str, tier: str, node: str | None) -> frozenset[str]:
+        """The lost nodes; raises if ``node`` (a deploy's pin) is one of them."""
+        lost = self.lost_nodes()
+        if node is not None and node in lost:
+            # Ray may count it alive a while yet: a replica pinned there would wait
+            # for Ray's node-death detection (~15 s) before failing.
+            raise UnsatisfiableError(
+                module,
+                {"tier": tier, "node": node},
+                [],
+                f"node {node[:8]} lost a replica in the last {LOST_NODE_S:g} s",
+            )
+        return lost
+
+    def _launch_one(self, d: Deployment) -> bool:
+        """Ask for one more primary; False when no node can hold it (said once until one can)."""
+        avoid = self.lost_nodes()
         request = ReplicaRequest(
             d.spec.name,
             d.artifact,
@@ -158,14 +276,122 @@ class ReplicaSupervisor:
             d.spec.resources,
             replica_id(d.spec.name, d.artifact.version),
             d.batching,
-            node=d.node,
+            node=d.node if d.node not in avoid else None,
+            avoid_nodes=tuple(sorted(avoid)),
         )
         try:
             handle = self._launcher.launch(request)
         except MeshError as exc:
-            logger.warning("%s: cannot start a replica: %s", d.spec.name, exc)
+            (logger.debug if d.launch_failing else logger.warning)(
+                "%s: cannot start a replica: %s", d.spec.name, exc
+            )
+            d.launch_failing = True
+            return False
+        d.launch_failing = False
+        d.replicas[handle.replica_id] = Replica(
+            handle, d.artifact.version, tier=d.tier, site=d.site
+        )
+        return True
+
+    # -- the warm standby
+
+    def _keep_standby(self, d: Deployment, now: float) -> None:
+        """Start a standby when there is none, on another node than the primaries."""
+        if any(r.standby and r.state in ("starting", "serving") for r in d.replicas.values()):
             return
-        d.replicas[handle.replica_id] = Replica(handle, d.artifact.version)
+        primaries = [r.endpoint.node_id for r in d.serving() if r.endpoint is not None]
+        if not primaries or now < d.standby_retry_at:
+            return  # a standby stands by a serving primary
+        avoid = tuple(sorted(self.lost_nodes() | set(primaries)))
+        places = [(d.tier, d.site), (d.tier, None)] + [
+            (t, None) for t in d.spec.tiers if t in COMPUTE_TIERS and t != d.tier
+        ]
+        reasons = []
+        for tier, site in dict.fromkeys(places):
+            request = ReplicaRequest(
+                d.spec.name,
+                d.artifact,
+                tier,
+                site,
+                d.spec.resources,
+                replica_id(d.spec.name, d.artifact.version),
+                d.batching,
+                avoid_nodes=avoid,
+            )
+            try:
+                handle = self._launcher.launch(request)
+            except MeshError as exc:
+                reasons.append(f"{tier}{'/' + site if site else ''}: {exc}")
+                continue
+            d.replicas[handle.replica_id] = Replica(
+                handle, d.artifact.version, standby=True, tier=tier, site=site
+            )
+            logger.info(
+                "%s: standby %s requested on %s%s, off node(s) %s",
+                d.spec.name,
+                handle.replica_id,
+                tier,
+                f" site {site}" if site else "",
+                ", ".join(n[:8] for n in avoid),
+            )
+            return
+        if d.standby_retry_at == 0.0:  # said once per deployment; retried quietly
+            logger.warning(
+                "%s: no node for a standby off %s (%s); retrying every %g s",
+                d.spec.name,
+                ", ".join(n[:8] for n in avoid),
+                "; ".join(reasons),
+                STANDBY_RETRY_S,
+            )
+        d.standby_retry_at = now + STANDBY_RETRY_S
+
+    def _check_down(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
+        """The gateway marked the replica down: one probe says lost, or clears the mark."""
+        assert replica.endpoint is not None
+        stats = self._probe.stats(replica.endpoint, 0.5)
+        if stats is not None and stats.get("ready", True):
+            self.routes.clear_down(replica.endpoint)
+            return False
+        return self._lose(d, rid, replica, now, "refused or reset connections")
+
+    def _lose(self, d: Deployment, rid: str, replica: Replica, now: float, why: str) -> bool:
+        """Take a replica that is gone out of service; a standby takes its place."""
+        module = d.spec.name
+        node = replica.endpoint.node_id if replica.endpoint is not None else ""
+        if node:
+            with self._lock:
+                self._lost_nodes[node] = now
+        del d.replicas[rid]
+        _stop_in_background(replica)
+        self._lost.labels(module, "standby" if replica.standby else "primary").inc()
+        if replica.standby:
+            logger.warning("%s: standby %s on node %s lost (%s)", module, rid, node[:8], why)
+            return False  # not a switch: the route's standby follows without one
+        promoted = next(iter(d.standbys()), None)
+        if promoted is None:
+            logger.warning(
+                "%s: replica %s on node %s lost (%s); no standby, replacing it",
+                module,
+                rid,
+                node[:8],
+                why,
+            )
+            self._launch_one(d)  # the autoscaler would wait its upscale delay
+            return True
+        promoted.standby = False
+        d.tier, d.site = promoted.tier or d.tier, promoted.site
+        if d.node is not None and promoted.endpoint is not None:
+            d.node = promoted.endpoint.node_id
+        logger.warning(
+            "%s: replica %s on node %s lost (%s); standby %s on node %s promoted",
+            module,
+            rid,
+            node[:8],
+            why,
+            promoted.handle.replica_id,
+            promoted.endpoint.node_id[:8] if promoted.endpoint else "?",
+        )
+        return True
 
     def _check_starting(self, d: Deployment, rid: str, replica: Replica) -> bool:
         try:
@@ -179,15 +405,16 @@ class ReplicaSupervisor:
             return False
         replica.endpoint, replica.state, replica.failures = endpoint, "serving", 0
         logger.info(
-            "%s: replica %s serves at %s on node %s",
+            "%s: %s %s serves at %s on node %s",
             d.spec.name,
+            "standby" if replica.standby else "replica",
             rid,
             endpoint.url,
             endpoint.node_id[:8],
         )
-        return True
+        return not replica.standby  # a standby joins the route without a switch
 
-    def _check_health(self, d: Deployment, rid: str, replica: Replica) -> bool:
+    def _check_health(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
         module = d.spec.name
         stats = self._probe.stats(replica.endpoint, 1.0) if replica.endpoint else None
         if stats is not None and stats.get("ready", True):
@@ -202,6 +429,9 @@ class ReplicaSupervisor:
         replica.failures += 1
         if replica.failures < self._unhealthy_after:
             return False
+        if d.standbys() or replica.standby:
+            # No waiting for Ray to restart it or declare its node dead.
+            return self._lose(d, rid, replica, now, f"{replica.failures} failed health checks")
         changed = replica.state == "serving"
         if changed:
             replica.state = "unhealthy"
@@ -240,7 +470,7 @@ class ReplicaSupervisor:
     def _scale_down(self, d: Deployment, count: int, now: float) -> bool:
         # Starting or unhealthy replicas go first, then the least busy.
         order = sorted(
-            (r for r in d.replicas.values() if r.state != "draining"),
+            (r for r in d.replicas.values() if r.state != "draining" and not r.standby),
             key=lambda r: (r.state == "serving", r.in_flight),
         )
         changed = False
@@ -249,3 +479,22 @@ class ReplicaSupervisor:
             replica.state = "draining"
             replica.drain_deadline = now + self._drain_timeout_s
         return changed
+
+
+@runtime_checkable
+class KillableHandle(Protocol):
+    """A replica handle that can also be killed at once (the Ray one can)."""
+
+    def kill(self) -> None:
+        """End it for good now, asking nothing of it."""
+        ...
+
+
+def _stop_in_background(replica: Replica) -> None:
+    """End a lost replica without holding up the loop (its node may be gone)."""
+    handle = replica.handle
+    threading.Thread(
+        target=handle.kill if isinstance(handle, KillableHandle) else handle.stop,
+        name=f"mesh-stop-{handle.replica_id}",
+        daemon=True,
+    ).start()
