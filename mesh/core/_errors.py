@@ -71,7 +71,7 @@ status of every class in this tree (a new class fails it until it is listed).
 
 An agent's errors arrive over MQTT as an ``edge_agent.protocol.ErrorCode``; the
 gateway turns each code into one class of this tree
-(:data:`mesh.serving._gateway.AGENT_ERRORS`), so they answer clients through the
+(:data:`mesh.serving._agent_errors.AGENT_ERRORS`), so they answer clients through the
 same contract (``overloaded`` is 503, as an overloaded replica is).
 
 The placement engine (package ``placement``) and the edge agent (``edge_agent``)

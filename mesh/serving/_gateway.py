@@ -24,8 +24,9 @@ with no other endpoint the client gets the last 502/503.
 
 Errors: everything raises a class of the tree in :mod:`mesh.core._errors`,
 whose status :mod:`mesh.core._http_errors` reads. An agent's error comes back
-over MQTT as an ``edge_agent.protocol.ErrorCode``; :data:`AGENT_ERRORS` turns
-each code into one class of that tree (``overloaded`` is 503, like a replica's).
+over MQTT as an ``edge_agent.protocol.ErrorCode``;
+:data:`~mesh.serving._agent_errors.AGENT_ERRORS` turns each code into one class of
+that tree (``overloaded`` is 503, like a replica's).
 
 Auth: :class:`~mesh.security._token_auth.TokenAuth` checks ``Authorization: Bearer <token>``
 (:mod:`mesh.security._auth`; ``mesh tokens create``); verified tokens are
@@ -42,14 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_agent.protocol import ErrorCode
-from mesh.core._errors import MeshError, RequestTooLargeError
+from mesh.core._errors import MeshError
 from mesh.core._http_errors import error_status
 from mesh.core._metrics import MetricsRegistry
 from mesh.security._token_auth import TokenAuth
+from mesh.serving._agent_errors import agent_error
 from mesh.serving._contract import AgentErrorReply
 from mesh.serving._decode_pool import DecodePool
 from mesh.serving._oip import (
@@ -57,7 +58,6 @@ from mesh.serving._oip import (
     InferenceInputError,
     ModelNotReadyError,
     ModelNotServedError,
-    OverloadedError,
     UpstreamError,
     UpstreamTimeoutError,
     check_inputs,
@@ -71,12 +71,10 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 __all__ = [
-    "AGENT_ERRORS",
     "FORWARDED_HEADERS",
     "EdgeInference",
     "Gateway",
     "LatencyObserver",
-    "agent_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -536,52 +534,6 @@ class Gateway:
 
 
 # ---------------------------------------------------------------- agent errors
-
-#: Turns an agent's error into the error its client gets: (message, module, agent, expected).
-AgentErrorFactory = Callable[[str, str, str, Sequence[str]], MeshError]
-
-
-def _as(kind: type[ModelNotReadyError | OverloadedError | UpstreamError]) -> AgentErrorFactory:
-    return lambda message, module, agent, _expected: kind(message, model=module, node=agent)
-
-
-#: What each ``edge_agent.protocol.ErrorCode`` of an agent's reply is to the gateway's
-#: client: one class of the error tree, so one HTTP status.
-AGENT_ERRORS: Mapping[ErrorCode, AgentErrorFactory] = {
-    # The client's tensors do not fit (400) or are too big for the agent (413).
-    ErrorCode.BAD_INPUT: lambda message, module, _agent, expected: InferenceInputError(
-        module, message, expected
-    ),
-    ErrorCode.PAYLOAD_TOO_LARGE: lambda message, *_: RequestTooLargeError(message),
-    # Routed there, but not loaded (yet) or stopping: 503, like a replica not ready.
-    ErrorCode.UNKNOWN_MODULE: _as(ModelNotReadyError),
-    ErrorCode.NOT_READY: _as(ModelNotReadyError),
-    # The module's queue on the agent is full: 503, like an overloaded replica.
-    ErrorCode.OVERLOADED: _as(OverloadedError),
-    # The request's deadline passed on the agent.
-    ErrorCode.EXPIRED: _as(UpstreamTimeoutError),
-    # The agent refused what the gateway sent, or failed: 502.
-    ErrorCode.MALFORMED: _as(UpstreamError),
-    ErrorCode.SCHEMA_VERSION: _as(UpstreamError),
-    ErrorCode.BAD_REQUEST: _as(UpstreamError),
-    ErrorCode.INTEGRITY: _as(UpstreamError),
-    ErrorCode.DOWNLOAD: _as(UpstreamError),
-    ErrorCode.UNSUPPORTED: _as(UpstreamError),
-    ErrorCode.OFFLOAD_FAILED: _as(UpstreamError),
-    ErrorCode.INTERNAL: _as(UpstreamError),
-}
-
-
-def agent_error(exc: AgentErrorReply, module: str, agent: str) -> MeshError:
-    """The error the gateway's client gets for an agent's error reply (:data:`AGENT_ERRORS`).
-
-    A code this gateway does not know (a newer agent) is an upstream failure (502).
-    """
-    try:
-        factory = AGENT_ERRORS[ErrorCode(exc.code)]
-    except (ValueError, KeyError):
-        factory = _as(UpstreamError)
-    return factory(str(exc), module, agent, exc.expected)
 
 
 def _reason_for(status: int) -> str:

@@ -151,7 +151,7 @@ def test_named_code_exists() -> None:
 
 def test_a_renamed_file_or_method_is_caught() -> None:
     text = (
-        "`mesh/serving/_gateway.py · Gateway.infer, count_error, Gateway.nope, agent_error`"
+        "`mesh/serving/_gateway.py · Gateway.infer, count_error, Gateway.nope, FORWARDED_HEADERS`"
         " `mesh/no_such_dir/` `mesh/serving/_nope.py · X`"
     )
     assert _stale_names("DOC.md", text) == [

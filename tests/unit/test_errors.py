@@ -27,7 +27,7 @@ from mesh.core._http_errors import (
 )
 from mesh.edge._records import EdgeInferenceError
 from mesh.security._auth import AuthError
-from mesh.serving._gateway import AGENT_ERRORS, agent_error
+from mesh.serving._agent_errors import AGENT_ERRORS, agent_error
 
 #: Every MeshError subclass (by module and name) and the status it answers with.
 STATUSES: dict[str, int] = {
