@@ -224,6 +224,12 @@ class Restorer:
         """The modules still ``restoring`` or ``failed`` that nothing serves now."""
         return [s for s in self.statuses() if s.state != "serving" and not served(s.module)]
 
+    def restoring(self, module: str) -> bool:
+        """Whether ``module`` was recorded before this start and is still being restored."""
+        with self._lock:
+            status = self._states.get(module)
+        return status is not None and status.state == "restoring"
+
     def forget(self, module: str) -> bool:
         """Drop ``module``'s state (its record was removed); returns whether it had one."""
         with self._lock:

@@ -417,7 +417,12 @@ def build_services(
         revocations=revocations,
     )
     gateway = Gateway(
-        manager.routes, auth=auth, edge=edge, metrics=metrics, observer=controller.monitors
+        manager.routes,
+        auth=auth,
+        edge=edge,
+        metrics=metrics,
+        observer=controller.monitors,
+        restoring=controller.restorer.restoring,
     )
     routers = [
         create_modules_router(

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mesh.core._errors import MeshError
@@ -153,8 +153,14 @@ class Gateway:
         edge_timeout_s: float = 10.0,
         cold_start_timeout_s: float = 120.0,
         retries: int = 2,
+        restoring: Callable[[str], bool] | None = None,
     ) -> None:
-        """Nothing is connected until the first request."""
+        """Nothing is connected until the first request.
+
+        ``restoring(module)`` says whether a module recorded before a restart is
+        still being restored: its requests wait for it (within
+        ``upstream_timeout_s``), then get 503, never 404 "not served".
+        """
         self.routes = routes
         self.edge = edge
         self.auth = auth or TokenAuth(None)
@@ -164,6 +170,7 @@ class Gateway:
         self._edge_timeout_s = edge_timeout_s
         self._cold_start_timeout_s = cold_start_timeout_s
         self._retries = retries
+        self._restoring = restoring
         self._pools: dict[int, UpstreamPool] = {}
         self._decoder = DecodePool()
         m = self.metrics
@@ -254,6 +261,23 @@ class Gateway:
             raise ModelNotServedError(module, version, [f"{module} {route.version}"])
         return route
 
+    async def _route_restored(self, module: str, version: str | None) -> ModuleRoute:
+        """The module's route, waiting while a restart restores it (503 if it does not come)."""
+        restoring = self._restoring
+        if restoring is None or self.routes.get(module) is not None or not restoring(module):
+            return self.route(module, version)
+        deadline = time.monotonic() + self._upstream_timeout_s
+        while time.monotonic() < deadline and restoring(module):
+            await asyncio.sleep(0.05)
+            if self.routes.get(module) is not None:
+                return self.route(module, version)
+        if self.routes.get(module) is not None or not restoring(module):
+            return self.route(module, version)
+        raise ModelNotReadyError(
+            f"model {module!r} is being restored after a restart; try again shortly",
+            model=module,
+        )
+
     async def _wait_for_endpoints(self, route: ModuleRoute) -> ModuleRoute:
         if route.endpoints or route.standby:
             return route
@@ -289,7 +313,7 @@ class Gateway:
         started = time.perf_counter()
         node, served_version = "", version or ""
         try:
-            route = await self._wait_for_endpoints(self.route(module, version))
+            route = await self._wait_for_endpoints(await self._route_restored(module, version))
             served_version = route.version
             answer, node, served_version = await self._dispatch(route, body, headers)
         except Exception as exc:
