@@ -1,16 +1,21 @@
 """Chaos soak: kill -9 parts of a running mesh under steady load and count what is lost.
 
-Runs ``mesh up`` (embedded Ray cluster with two fog nodes, embedded broker), a
-fog module and an edge agent serving an edge module, sends inference to both
-through the gateway, and for each round ``kill -9``s a random part (a fog
-replica process, the agent, the control plane) at a random moment, starts it
-again as a supervisor would, and waits until both modules answer. Prints (and
-with ``--json``, writes) ``{"rounds", "faults", "requests": {"sent",
-"answered", "failed", "unavailable"}, "per_module", "events", "recovery_s":
-{"p50", "max"}}``. ``unavailable`` are requests sent while the gateway itself
-was down (the control plane killed): no replica could answer them.
+Runs ``mesh up`` (embedded Ray cluster with two fog nodes; the embedded
+broker, or with ``--broker mosquitto`` a real Mosquitto set up as
+deploy/mosquitto.conf sets it up), a fog module and an edge agent serving an
+edge module, sends inference to both through the gateway, and for each round
+``kill -9``s a random part (a fog replica process, the agent, the control
+plane, the broker: with the embedded broker that is the control plane) at a
+random moment, starts it again as a supervisor would, and waits until both
+modules answer. Prints (and with ``--json``, writes) ``{"rounds", "faults",
+"requests": {"sent", "answered", "failed", "unavailable", "broker_outage"},
+"per_module", "events", "recovery_s": {"p50", "max"}}``. ``unavailable`` are
+requests sent while the gateway itself was down (the control plane killed): no
+replica could answer them; ``broker_outage`` are edge-module requests that
+failed between a broker kill and that module answering again.
 
     python bench/chaos.py --rounds 30 --json chaos.json
+    python bench/chaos.py --broker mosquitto --faults broker,agent --rounds 10
 
 Exit status 1 when any request failed.
 """
@@ -26,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.chaos import FAULTS, ChaosMesh, run_rounds
+from mesh.edge.broker._mosquitto import find_mosquitto
+from tests.support.chaos import BROKERS, FAULTS, ChaosMesh, run_rounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="faults to inject (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the fault schedule")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"kinds, from {FAULTS}")
+    parser.add_argument(
+        "--faults",
+        help=f"kinds, from {FAULTS} (default all; with the embedded broker all but "
+        "broker, which is the control plane there)",
+    )
+    parser.add_argument("--broker", choices=BROKERS, default="embedded",
+                        help="the mesh's broker (default embedded)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=10.0, help="requests/s per module")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    kinds = tuple(k for k in args.faults.split(",") if k)
+    default = FAULTS if args.broker == "mosquitto" else tuple(k for k in FAULTS if k != "broker")
+    kinds = tuple(k for k in args.faults.split(",") if k) if args.faults else default
     unknown = sorted(set(kinds) - set(FAULTS))
     if unknown or args.rounds < 1:
         parser.error(f"--faults: unknown {unknown}; expected some of {FAULTS}" if unknown
                      else "--rounds: expected at least 1")  # fmt: skip
+    if args.broker == "mosquitto" and find_mosquitto() is None:
+        parser.error("--broker mosquitto: mosquitto is not installed")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mesh-chaos-") as tmp:
-        mesh = ChaosMesh(Path(tmp), log=lambda line: print(line, flush=True))
+        mesh = ChaosMesh(Path(tmp), log=lambda line: print(line, flush=True), broker=args.broker)
         try:
             mesh.start()
             figures = run_rounds(mesh, args.rounds, seed=args.seed, kinds=kinds, rate_hz=args.rate)

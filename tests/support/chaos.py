@@ -6,14 +6,25 @@ registered and served as a fog module, an enrolled edge agent process serving
 the same model as an edge module. :class:`Load` sends inference through the
 gateway to both modules at a steady rate from its own threads and counts each
 request as answered or failed, with the reason. A fault (:data:`FAULTS`) is a
-``kill -9`` of one part (a replica process, the agent, the control plane),
-followed by what an operator's supervisor does (``systemd Restart=always``):
-the part is started again. After each fault the round waits until every
-module answers again and records how long that took.
+``kill -9`` of one part (a replica process, the agent, the control plane,
+the broker), followed by what an operator's supervisor does (``systemd
+Restart=always``): the part is started again. After each fault the round waits
+until every module answers again and records how long that took.
+
+The broker is the embedded amqtt one inside the control-plane process
+(``broker="embedded"``: killing the broker is killing the control plane), or a
+real Mosquitto (``broker="mosquitto"``, :mod:`tests.support.chaos_mosquitto`)
+set up as ``deploy/mosquitto.conf`` sets it up: the agent is enrolled first
+(``mesh agents enroll`` writes the control plane's ``mesh-control`` login and
+the agent's into ``<data>/mqtt/passwd`` and ``acl``), then Mosquitto starts on
+those files, then ``mesh up`` with ``MESH_BROKER_URL`` on its control listener.
 
 Requests sent while the gateway itself was down (the control plane killed)
 cannot be answered by any replica and are counted apart as ``unavailable``,
-with the reason, as the issue asks; every other failure is a lost request.
+with the reason, as the issue asks. Requests to a module served over MQTT (the
+edge module) that fail between a broker kill and the moment that module answers
+again (its clients reconnected) are counted apart as ``broker_outage``: no
+message could reach the agent. Every other failure is a lost request.
 
 Used by ``tests/chaos/`` (a few rounds, in CI) and ``bench/chaos.py`` (the soak).
 Every process it starts is ended at :meth:`ChaosMesh.close`, by pid, including
@@ -43,13 +54,17 @@ from urllib.parse import urlsplit
 import psutil
 
 from mesh.edge.broker._broker import free_port
+from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.agent_fixtures import build_tiny_model
+from tests.support.chaos_mosquitto import ChaosMosquitto
 from tests.support.cli import ROOT, mesh_cli, stop_recorded_daemon
 
-__all__ = ["FAULTS", "ChaosMesh", "Load", "Tally", "run_rounds"]
+__all__ = ["BROKERS", "FAULTS", "ChaosMesh", "Load", "Tally", "run_rounds"]
 
-#: The fault kinds a round picks from.
-FAULTS = ("replica", "agent", "control_plane")
+#: The fault kinds a round picks from ("broker" with the embedded broker kills the control plane).
+FAULTS = ("replica", "agent", "control_plane", "broker")
+#: The brokers a chaos mesh runs on.
+BROKERS = ("embedded", "mosquitto")
 #: The width of the model's input: float32[N, 4].
 WIDTH = 4
 #: How long a module may take to answer again after a fault before the round gives up.
@@ -58,12 +73,13 @@ RECOVERY_LIMIT_S = 180.0
 
 @dataclass
 class Tally:
-    """Requests of one module: sent, answered, failed (with reasons), unavailable apart."""
+    """Requests of one module: sent, answered, failed (with reasons); outages' failures apart."""
 
     sent: int = 0
     answered: int = 0
     failed: int = 0
     unavailable: int = 0
+    broker_outage: int = 0
     slowest_ms: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -74,6 +90,7 @@ class Tally:
             "answered": self.answered,
             "failed": self.failed,
             "unavailable": self.unavailable,
+            "broker_outage": self.broker_outage,
             "slowest_ms": round(self.slowest_ms, 1),
             "reasons": dict(self.reasons.most_common(8)),
         }
@@ -95,6 +112,7 @@ class Load:
         modules: module names to send to.
         rate_hz: requests per second per module.
         deadline_s: a request not answered within this is failed.
+        over_mqtt: the modules the gateway reaches over the broker (edge modules).
     """
 
     def __init__(
@@ -105,6 +123,7 @@ class Load:
         *,
         rate_hz: float = 10.0,
         deadline_s: float = 2.0,
+        over_mqtt: tuple[str, ...] = (),
     ) -> None:
         self._gateway = gateway
         self._token = token
@@ -117,6 +136,26 @@ class Load:
         self._threads: list[threading.Thread] = []
         #: Set while the control plane (and so the gateway) is known to be down.
         self.gateway_down = threading.Event()
+        self.over_mqtt = frozenset(over_mqtt)
+        # Broker outages: [kill, every module answering again] (end None while open).
+        self._outages: list[list[float | None]] = []
+
+    def broker_outage_began(self) -> None:
+        """Mark a broker kill now (:meth:`broker_outage_ended` once every module answers)."""
+        with self._lock:
+            self._outages.append([time.monotonic(), None])
+
+    def broker_outage_ended(self) -> None:
+        """Close the open broker outage, if any."""
+        with self._lock:
+            for outage in self._outages:
+                if outage[1] is None:
+                    outage[1] = time.monotonic()
+
+    def _in_broker_outage(self, started: float, ended: float) -> bool:
+        # Under the lock: the request's time overlaps an outage (in flight at the kill too).
+        return any(b is not None and b <= ended and (e is None or started <= e)
+                   for b, e in self._outages)  # fmt: skip
 
     def repoint(self, gateway: str) -> None:
         """Send to this gateway from now on (a restarted control plane)."""
@@ -177,13 +216,15 @@ class Load:
             elapsed_ms = (time.monotonic() - started) * 1e3
             if outcome is None and elapsed_ms > self.deadline_s * 1e3:
                 outcome = "answered after its deadline"
-            self._record(module, outcome, elapsed_ms, down or self.gateway_down.is_set())
+            self._record(module, outcome, started, down or self.gateway_down.is_set())
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at, time.monotonic() - period)  # no burst to catch up
         if conn is not None:
             conn.close()
 
-    def _record(self, module: str, outcome: str | None, elapsed_ms: float, down: bool) -> None:
+    def _record(self, module: str, outcome: str | None, started: float, down: bool) -> None:
+        ended = time.monotonic()
+        elapsed_ms = (ended - started) * 1e3
         with self._lock:
             tally = self.tallies[module]
             tally.sent += 1
@@ -193,6 +234,9 @@ class Load:
             elif down:
                 tally.unavailable += 1
                 tally.reasons[f"gateway down: {outcome}"] += 1
+            elif module in self.over_mqtt and self._in_broker_outage(started, ended):
+                tally.broker_outage += 1
+                tally.reasons[f"broker down: {outcome}"] += 1
             else:
                 tally.failed += 1
                 tally.reasons[outcome] += 1
@@ -223,6 +267,10 @@ class ChaosMesh:
         workdir: a fresh directory for the data dir, the model, logs and the agent's cache.
         fog_nodes: fog nodes of the embedded cluster.
         log: where progress lines go.
+        broker: ``"embedded"`` (inside the control plane) or ``"mosquitto"`` (a real one).
+
+    Raises:
+        ValueError: an unknown ``broker``, or ``"mosquitto"`` without a mosquitto binary.
     """
 
     FOG = "chaos-fog"
@@ -230,8 +278,16 @@ class ChaosMesh:
     AGENT = "chaos-a1"
 
     def __init__(
-        self, workdir: Path, *, fog_nodes: int = 2, log: Callable[[str], None] = print
+        self,
+        workdir: Path,
+        *,
+        fog_nodes: int = 2,
+        log: Callable[[str], None] = print,
+        broker: str = "embedded",
     ) -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"unknown broker {broker!r}; expected one of {BROKERS}")
+        self.broker = broker
         self.workdir = workdir
         self.data = workdir / "data"
         self.log = log
@@ -251,6 +307,21 @@ class ChaosMesh:
             RAY_USAGE_STATS_ENABLED="0",
             COLUMNS="200",
         )
+        self.mosquitto: ChaosMosquitto | None = None
+        if broker == "mosquitto":
+            exe = find_mosquitto()
+            if exe is None:
+                raise ValueError("broker='mosquitto' but mosquitto is not installed")
+            self.mosquitto = ChaosMosquitto(
+                workdir / "mosquitto",
+                password_file=self.data / "mqtt" / "passwd",
+                acl_file=self.data / "mqtt" / "acl",
+                executable=exe,
+            )
+            self.env.update(
+                MESH_BROKER_URL=self.mosquitto.control_url,
+                MESH_AGENT_BROKER_URL=self.mosquitto.device_url,
+            )
         self.cluster: dict[str, Any] = {}
         self.token = ""
         self._agent: subprocess.Popen[bytes] | None = None
@@ -276,27 +347,47 @@ class ChaosMesh:
         """Everything: cluster, model, fog module, agent, edge module, a token."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         model = build_tiny_model(self.workdir / "tiny.onnx", width=WIDTH)
+        if self.mosquitto is not None:
+            # Enrolment writes the control plane's login and the agent's: Mosquitto needs both.
+            public_key = self.enroll_agent()
+            self.log(f"mosquitto on {self.mosquitto.control_url} and {self.mosquitto.device_url}")
+            self.mosquitto.start()
         self.log("mesh up")
         self.up()
+        if self.mosquitto is None:
+            public_key = self.enroll_agent()
         self.cli("models", "register", "tiny", str(model), "--code-version", "1",
                  "--metric", "val_mae=1", "--mode", "min")  # fmt: skip
         self.cli("models", "promote", "tiny", "v1")
         self.cli("modules", "deploy", "tiny", "--tier", "fog", "--name", self.FOG,
                  "--p95-ms", "500", "--min-replicas", "1")  # fmt: skip
-        enrolled = self.cli("agents", "enroll", self.AGENT, "--site", "s1")
-        key = re.search(r"--public-key (\S+)", enrolled)
-        assert key, enrolled
         self._agent_args = [
-            "--broker", self.cluster["broker_url"], "--id", self.AGENT, "--site", "s1",
+            "--broker", self.agent_broker_url, "--id", self.AGENT, "--site", "s1",
             "--username", self.AGENT,
             "--password-file", str(self.data / "agents" / self.AGENT / "mqtt-password"),
-            "--public-key", key.group(1), "--cache-dir", str(self.workdir / "agent-cache"),
+            "--public-key", public_key, "--cache-dir", str(self.workdir / "agent-cache"),
         ]  # fmt: skip
         self.start_agent()
         self.cli("modules", "deploy", "tiny", "--agent", self.AGENT, "--name", self.EDGE,
                  "--p95-ms", "500")  # fmt: skip
         self.token = self.cli("tokens", "create", "chaos", "--scope", "invoke").strip()
         self.log("mesh serving both modules")
+
+    def enroll_agent(self) -> str:
+        """``mesh agents enroll`` the agent, then reload a running Mosquitto; its public key."""
+        enrolled = self.cli("agents", "enroll", self.AGENT, "--site", "s1")
+        key = re.search(r"--public-key (\S+)", enrolled)
+        assert key, enrolled
+        if self.mosquitto is not None:
+            self.mosquitto.reload()  # as the CLI tells operators (a no-op before it runs)
+        return key.group(1)
+
+    @property
+    def agent_broker_url(self) -> str:
+        """The broker URL the agent connects to (Mosquitto's devices' listener)."""
+        if self.mosquitto is not None:
+            return self.mosquitto.device_url
+        return str(self.cluster["broker_url"])
 
     def start_agent(self) -> None:
         """Start (or start again) the agent process."""
@@ -312,6 +403,12 @@ class ChaosMesh:
         self._started.update(_with_descendants(self._agent.pid))
 
     @property
+    def agent_pid(self) -> int | None:
+        """The running agent process's id, or None."""
+        running = self._agent is not None and self._agent.poll() is None
+        return self._agent.pid if running and self._agent is not None else None
+
+    @property
     def gateway(self) -> str:
         """The gateway's URL."""
         return str(self.cluster["gateway_url"])
@@ -319,7 +416,18 @@ class ChaosMesh:
     # -- faults
 
     def inject(self, kind: str, load: Load, rng: random.Random) -> str:
-        """``kill -9`` one part of kind ``kind`` and start it again; what was killed."""
+        """``kill -9`` one part of kind ``kind`` and start it again; what was killed.
+
+        ``"broker"`` with the embedded broker is ``"control_plane"`` (the broker runs
+        inside it). A Mosquitto is killed and started again at once; ``load``'s
+        broker outage lasts until :meth:`wait_serving` sees every module answer.
+        """
+        if kind == "broker" and self.mosquitto is not None:
+            load.broker_outage_began()
+            pid = self.mosquitto.restart_after_kill()
+            return f"mosquitto {pid}"
+        if kind == "broker":
+            return "embedded broker, with " + self.inject("control_plane", load, rng)
         if kind == "replica":
             pid = self.replica_pid(self.FOG, rng)
             os.kill(pid, signal.SIGKILL)
@@ -377,6 +485,7 @@ class ChaosMesh:
                 time.sleep(0.2)
         if waiting:
             raise AssertionError(f"not serving {RECOVERY_LIMIT_S:.0f} s after the fault: {waiting}")
+        load.broker_outage_ended()
         return time.monotonic() - started
 
     def _answers(self, module: str, body: bytes) -> bool:
@@ -417,6 +526,8 @@ class ChaosMesh:
         stop_recorded_daemon(self.data)
         for pid, created in self._started.items():
             _kill_if_same(pid, created)
+        if self.mosquitto is not None:
+            self.mosquitto.stop()
 
 
 def run_rounds(
@@ -436,8 +547,8 @@ def run_rounds(
     again (its recovery time). The load runs throughout, across all rounds.
     """
     rng = random.Random(seed)
-    load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE],
-                rate_hz=rate_hz, deadline_s=deadline_s).start()  # fmt: skip
+    load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], rate_hz=rate_hz,
+                deadline_s=deadline_s, over_mqtt=(mesh.EDGE,)).start()  # fmt: skip
     faults: Counter[str] = Counter()
     recovery: list[float] = []
     try:
@@ -464,6 +575,7 @@ def run_rounds(
             "answered": sum(t["answered"] for t in per_module.values()),
             "failed": sum(t["failed"] for t in per_module.values()),
             "unavailable": sum(t["unavailable"] for t in per_module.values()),
+            "broker_outage": sum(t["broker_outage"] for t in per_module.values()),
         },
         "per_module": per_module,
         # No event source runs in these rounds yet: counted once pipelines are driven here.
