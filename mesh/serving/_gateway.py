@@ -82,6 +82,9 @@ logger = logging.getLogger(__name__)
 #: Request headers passed on to a replica (and response headers passed back).
 FORWARDED_HEADERS = (b"content-type", HEADER_LENGTH.encode())
 _UNKNOWN = "<unknown>"
+#: How long a request waits for a module whose replicas were all lost to get one back
+#: (the supervisor starts a replacement at once; the issue's target is 5 s).
+REPLACEMENT_WAIT_S = 5.0
 #: Metric series kept per (module, version, node, status) before the cache starts over.
 _MAX_CHILDREN = 4096
 
@@ -282,9 +285,8 @@ class Gateway:
         if route.endpoints or route.standby:
             return route
         if not route.scale_from_zero:
-            raise ModelNotReadyError(
-                f"model {route.module!r} has no ready replica or agent", model=route.module
-            )
+            # Its replicas were all lost at once: a replacement is starting.
+            return await self._wait_for_replacement(route)
         self.routes.note_demand(route.module)
         deadline = time.monotonic() + self._cold_start_timeout_s
         while time.monotonic() < deadline:
@@ -299,6 +301,20 @@ class Gateway:
             f"model {route.module!r} scaled to zero did not start a "
             f"replica within {self._cold_start_timeout_s:g} s",
             model=route.module,
+        )
+
+    async def _wait_for_replacement(self, route: ModuleRoute) -> ModuleRoute:
+        """A route with no endpoint, waited on for :data:`REPLACEMENT_WAIT_S` at most (then 503)."""
+        deadline = time.monotonic() + min(REPLACEMENT_WAIT_S, self._upstream_timeout_s)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            current = self.routes.get(route.module)
+            if current is None:
+                raise ModelNotServedError(route.module)
+            if current.endpoints or current.standby:
+                return current
+        raise ModelNotReadyError(
+            f"model {route.module!r} has no ready replica or agent", model=route.module
         )
 
     async def infer(

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from mesh.core._errors import MeshError, UnsatisfiableError
@@ -280,7 +280,7 @@ class ReplicaSupervisor:
             avoid_nodes=tuple(sorted(avoid)),
         )
         try:
-            handle = self._launcher.launch(request)
+            handle = self._launch_off(request, avoid)
         except MeshError as exc:
             (logger.debug if d.launch_failing else logger.warning)(
                 "%s: cannot start a replica: %s", d.spec.name, exc
@@ -293,6 +293,30 @@ class ReplicaSupervisor:
         )
         return True
 
+    def _launch_off(self, request: ReplicaRequest, suspect: frozenset[str]) -> ReplicaHandle:
+        """Launch ``request``; if only a node that lost a replica lately can hold it, there.
+
+        A lost replica marks its node suspect (the node may be gone, and Ray may
+        not know yet), not dead: a replica process that died or was killed
+        leaves its node alive. So a suspect node is avoided while another can
+        hold the replica, and used when none can (two fog nodes, a replica lost
+        on each: waiting :data:`LOST_NODE_S` would leave the module with none).
+        """
+        try:
+            return self._launcher.launch(request)
+        except MeshError:
+            if not suspect or not set(request.avoid_nodes) & suspect:
+                raise
+        fallback = replace(
+            request,
+            avoid_nodes=tuple(n for n in request.avoid_nodes if n not in suspect),
+        )
+        logger.info(
+            "%s: only a node that lost a replica lately can hold it; trying there",
+            request.module,
+        )
+        return self._launcher.launch(fallback)
+
     # -- the warm standby
 
     def _keep_standby(self, d: Deployment, now: float) -> None:
@@ -302,39 +326,43 @@ class ReplicaSupervisor:
         primaries = [r.endpoint.node_id for r in d.serving() if r.endpoint is not None]
         if not primaries or now < d.standby_retry_at:
             return  # a standby stands by a serving primary
-        avoid = tuple(sorted(self.lost_nodes() | set(primaries)))
         places = [(d.tier, d.site), (d.tier, None)] + [
             (t, None) for t in d.spec.tiers if t in COMPUTE_TIERS and t != d.tier
         ]
+        # Off the nodes that lost a replica lately if any place allows, else on one
+        # of them (a killed replica process leaves its node alive: see _launch_off).
+        strict = tuple(sorted(self.lost_nodes() | set(primaries)))
         reasons = []
-        for tier, site in dict.fromkeys(places):
-            request = ReplicaRequest(
-                d.spec.name,
-                d.artifact,
-                tier,
-                site,
-                d.spec.resources,
-                replica_id(d.spec.name, d.artifact.version),
-                d.batching,
-                avoid_nodes=avoid,
-            )
-            try:
-                handle = self._launcher.launch(request)
-            except MeshError as exc:
-                reasons.append(f"{tier}{'/' + site if site else ''}: {exc}")
-                continue
-            d.replicas[handle.replica_id] = Replica(
-                handle, d.artifact.version, standby=True, tier=tier, site=site
-            )
-            logger.info(
-                "%s: standby %s requested on %s%s, off node(s) %s",
-                d.spec.name,
-                handle.replica_id,
-                tier,
-                f" site {site}" if site else "",
-                ", ".join(n[:8] for n in avoid),
-            )
-            return
+        for avoid in dict.fromkeys((strict, tuple(sorted(primaries)))):
+            for tier, site in dict.fromkeys(places):
+                request = ReplicaRequest(
+                    d.spec.name,
+                    d.artifact,
+                    tier,
+                    site,
+                    d.spec.resources,
+                    replica_id(d.spec.name, d.artifact.version),
+                    d.batching,
+                    avoid_nodes=avoid,
+                )
+                try:
+                    handle = self._launcher.launch(request)
+                except MeshError as exc:
+                    reasons.append(f"{tier}{'/' + site if site else ''}: {exc}")
+                    continue
+                d.replicas[handle.replica_id] = Replica(
+                    handle, d.artifact.version, standby=True, tier=tier, site=site
+                )
+                logger.info(
+                    "%s: standby %s requested on %s%s, off node(s) %s",
+                    d.spec.name,
+                    handle.replica_id,
+                    tier,
+                    f" site {site}" if site else "",
+                    ", ".join(n[:8] for n in avoid),
+                )
+                return
+        avoid = strict
         if d.standby_retry_at == 0.0:  # said once per deployment; retried quietly
             logger.warning(
                 "%s: no node for a standby off %s (%s); retrying every %g s",

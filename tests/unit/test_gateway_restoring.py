@@ -57,3 +57,27 @@ def test_a_module_still_restoring_at_the_deadline_is_503_and_an_unknown_one_404(
         await gateway.close()
 
     run(test)
+
+
+def test_a_request_waits_for_a_replacement_when_every_replica_was_lost() -> None:
+    """All replicas of a module lost at once (its standby too): the replacement starting
+    answers the requests that arrive meanwhile, instead of a 503 each (the chaos suite
+    counted 296 in 31 s)."""
+
+    async def test(up: Upstreams) -> None:
+        routes = RouteTable()
+        routes.set("m", "v1", [])  # every endpoint gone; a replacement is starting
+        gateway = Gateway(routes, upstream_timeout_s=10.0)
+        replica = await up.start("r", answer_ok)
+
+        async def replace() -> None:
+            await asyncio.sleep(0.2)
+            routes.set("m", "v1", [replica])
+
+        task = asyncio.create_task(replace())
+        status, _headers, body = await gateway.infer("m", None, BODY, HEADERS)
+        await task
+        assert (status, body) == (200, OK_BODY)
+        await gateway.close()
+
+    run(test)
