@@ -50,6 +50,7 @@ from mesh.core._errors import MeshError
 from mesh.core._http_errors import error_status
 from mesh.core._metrics import MetricsRegistry
 from mesh.security._token_auth import TokenAuth
+from mesh.serving import _route_waits as route_waits
 from mesh.serving._agent_errors import agent_error
 from mesh.serving._contract import AgentErrorReply
 from mesh.serving._decode_pool import DecodePool
@@ -82,9 +83,6 @@ logger = logging.getLogger(__name__)
 #: Request headers passed on to a replica (and response headers passed back).
 FORWARDED_HEADERS = (b"content-type", HEADER_LENGTH.encode())
 _UNKNOWN = "<unknown>"
-#: How long a request waits for a module whose replicas were all lost to get one back
-#: (the supervisor starts a replacement at once; the issue's target is 5 s).
-REPLACEMENT_WAIT_S = 5.0
 #: Metric series kept per (module, version, node, status) before the cache starts over.
 _MAX_CHILDREN = 4096
 
@@ -267,55 +265,18 @@ class Gateway:
     async def _route_restored(self, module: str, version: str | None) -> ModuleRoute:
         """The module's route, waiting while a restart restores it (503 if it does not come)."""
         restoring = self._restoring
-        if restoring is None or self.routes.get(module) is not None or not restoring(module):
-            return self.route(module, version)
-        deadline = time.monotonic() + self._upstream_timeout_s
-        while time.monotonic() < deadline and restoring(module):
-            await asyncio.sleep(0.05)
-            if self.routes.get(module) is not None:
-                return self.route(module, version)
-        if self.routes.get(module) is not None or not restoring(module):
-            return self.route(module, version)
-        raise ModelNotReadyError(
-            f"model {module!r} is being restored after a restart; try again shortly",
-            model=module,
-        )
+        if restoring is not None and self.routes.get(module) is None and restoring(module):
+            await route_waits.restored(self.routes, module, restoring, self._upstream_timeout_s)
+        return self.route(module, version)
 
     async def _wait_for_endpoints(self, route: ModuleRoute) -> ModuleRoute:
         if route.endpoints or route.standby:
             return route
         if not route.scale_from_zero:
             # Its replicas were all lost at once: a replacement is starting.
-            return await self._wait_for_replacement(route)
-        self.routes.note_demand(route.module)
-        deadline = time.monotonic() + self._cold_start_timeout_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            current = self.routes.get(route.module)
-            if current is None:
-                raise ModelNotServedError(route.module)
-            if current.endpoints:
-                return current
-            self.routes.note_demand(route.module)
-        raise ModelNotReadyError(
-            f"model {route.module!r} scaled to zero did not start a "
-            f"replica within {self._cold_start_timeout_s:g} s",
-            model=route.module,
-        )
-
-    async def _wait_for_replacement(self, route: ModuleRoute) -> ModuleRoute:
-        """A route with no endpoint, waited on for :data:`REPLACEMENT_WAIT_S` at most (then 503)."""
-        deadline = time.monotonic() + min(REPLACEMENT_WAIT_S, self._upstream_timeout_s)
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            current = self.routes.get(route.module)
-            if current is None:
-                raise ModelNotServedError(route.module)
-            if current.endpoints or current.standby:
-                return current
-        raise ModelNotReadyError(
-            f"model {route.module!r} has no ready replica or agent", model=route.module
-        )
+            wait_s = min(route_waits.REPLACEMENT_WAIT_S, self._upstream_timeout_s)
+            return await route_waits.replacement(self.routes, route, wait_s)
+        return await route_waits.cold_start(self.routes, route, self._cold_start_timeout_s)
 
     async def infer(
         self, module: str, version: str | None, body: bytes, headers: Sequence[tuple[bytes, bytes]]
@@ -409,6 +370,9 @@ class Gateway:
         deadline = time.monotonic() + self._upstream_timeout_s
         for attempt in range(self._retries + 1):
             endpoint = self.routes.pick(route, tried)
+            if endpoint is None and failure is not None:  # every one refused: one is starting
+                until = min(deadline, time.monotonic() + route_waits.REPLACEMENT_WAIT_S)
+                route, endpoint = await route_waits.new_endpoint(self.routes, route, tried, until)
             if endpoint is None:
                 break
             if isinstance(endpoint, AgentEndpoint):

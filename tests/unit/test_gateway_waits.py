@@ -1,4 +1,4 @@
-"""A module recorded before a restart and still being restored: wait for it, then 503, never 404.
+"""Requests wait, within their time, for somewhere to go: a module being restored, a replacement.
 
 Before, the gateway answered 404 "not served" for the seconds between a
 restarted control plane's first request and the module's restoration (53 of
@@ -67,6 +67,29 @@ def test_a_request_waits_for_a_replacement_when_every_replica_was_lost() -> None
     async def test(up: Upstreams) -> None:
         routes = RouteTable()
         routes.set("m", "v1", [])  # every endpoint gone; a replacement is starting
+        gateway = Gateway(routes, upstream_timeout_s=10.0)
+        replica = await up.start("r", answer_ok)
+
+        async def replace() -> None:
+            await asyncio.sleep(0.2)
+            routes.set("m", "v1", [replica])
+
+        task = asyncio.create_task(replace())
+        status, _headers, body = await gateway.infer("m", None, BODY, HEADERS)
+        await task
+        assert (status, body) == (200, OK_BODY)
+        await gateway.close()
+
+    run(test)
+
+
+def test_a_request_refused_by_its_only_replica_waits_for_the_next_one() -> None:
+    """The only replica refuses (killed, no standby yet): the request waits for the
+    replacement within its deadline, instead of a 502 "could not be reached"."""
+
+    async def test(up: Upstreams) -> None:
+        routes = RouteTable()
+        routes.set("m", "v1", [up.closed_port("dead")])
         gateway = Gateway(routes, upstream_timeout_s=10.0)
         replica = await up.start("r", answer_ok)
 
