@@ -427,10 +427,11 @@ class EdgeBus:
         started = time.perf_counter()
         # The broker restarting (or the link reconnecting): hold the request until the
         # bus is back, within its timeout, rather than refuse it at once.
-        deadline = time.monotonic() + timeout_s
-        while not self._link.ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        timeout_s = max(0.05, deadline - time.monotonic())
+        if not self._link.ready:
+            deadline = time.monotonic() + timeout_s
+            while not self._link.ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            timeout_s = max(0.05, deadline - time.monotonic())
         corr, future = self.request(module, node, inputs, timeout_s=timeout_s, version=version)
         try:
             reply, tensors = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
