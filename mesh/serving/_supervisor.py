@@ -9,9 +9,10 @@ its new port; a dead one is replaced) and follows the module's autoscaling
 settings, draining replicas it scales down.
 
 Warm standby (a deployment with ``wants_standby``): one more replica, started
-once a primary serves, on another node than the primaries and than nodes lost in
-the last :data:`LOST_NODE_S` (its tier and site first, then any node of its tier,
-then the module's other compute tiers). It is in the route's ``standby``, not its
+once a primary serves, on another node than the primaries and, while another
+node can hold it, than nodes that lost a replica in the last :data:`LOST_NODE_S`
+(its tier and site first, then any node of its tier, then the module's other
+compute tiers). It is in the route's ``standby``, not its
 endpoints: the gateway sends it requests only when no primary answers. When the
 gateway marks a primary down (:meth:`~mesh.serving._routes.RouteTable.mark_down`,
 which wakes the loop) and one probe confirms it, or it fails its health checks,
