@@ -263,9 +263,13 @@ class Gateway:
         return route
 
     async def _route_restored(self, module: str, version: str | None) -> ModuleRoute:
-        """The module's route, waiting while a restart restores it (503 if it does not come)."""
+        """The route of a module with none: waited for while a restart restores it.
+
+        Only called when :meth:`route` found none (off the hot path); 404 when
+        the module is not being restored, 503 if its restoration does not come.
+        """
         restoring = self._restoring
-        if restoring is not None and self.routes.get(module) is None and restoring(module):
+        if restoring is not None and restoring(module):
             await route_waits.restored(self.routes, module, restoring, self._upstream_timeout_s)
         return self.route(module, version)
 
@@ -290,7 +294,11 @@ class Gateway:
         started = time.perf_counter()
         node, served_version = "", version or ""
         try:
-            route = await self._wait_for_endpoints(await self._route_restored(module, version))
+            if self.routes.get(module) is None:
+                route = await self._route_restored(module, version)
+            else:
+                route = self.route(module, version)
+            route = await self._wait_for_endpoints(route)
             served_version = route.version
             answer, node, served_version = await self._dispatch(route, body, headers)
         except Exception as exc:
