@@ -106,3 +106,48 @@ def test_loads_bounded_refuses_what_json_loads_would_crash_on() -> None:
     with pytest.raises(JsonLimitError, match="Infinity is not a JSON number"):
         loads_bounded(b"[Infinity]")
     assert loads_bounded(b'{"a": "[[["}') == {"a": "[[["}
+
+
+def test_nesting_counts_brackets_in_long_bodies_too() -> None:
+    # Past 4 KiB numpy counts the brackets: the same answer as a short body's count.
+    deep = b'{"pad": "' + b"x" * 8192 + b'", "a": ' + b"[" * 70 + b"]" * 70 + b"}"
+    assert nesting_exceeds(deep, 64)
+    assert not nesting_exceeds(deep.replace(b"[" * 70 + b"]" * 70, b"[" * 60 + b"]" * 60), 64)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonLimitError(f"{name} is not a JSON number")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": [1, 2.5, -3e-7, true, null, "x\\u00e9"]}',
+        b"1e999",  # the standard parser's inf (a tensor then refuses it)
+        b"[NaN]",
+        b"[-Infinity]",
+        b"[1,]",
+        b'{"a": 1,}',
+        b'"\\ud800"',
+        b"\xff",
+        b"",
+        b"[1] [2]",
+    ],
+)
+def test_the_fast_parser_accepts_and_refuses_what_the_standard_one_does(text: bytes) -> None:
+    """Where orjson is installed it parses; what it refuses the standard parser decides."""
+    try:
+        expected: Any = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        with pytest.raises(JsonLimitError) as refused:
+            loads_bounded(text)
+        assert str(exc).split(":")[0] in str(refused.value)
+    else:
+        assert loads_bounded(text) == expected
+
+
+def test_the_cloud_extra_parses_with_orjson() -> None:
+    pytest.importorskip("orjson")
+    from mesh.core import _json_limits
+
+    assert _json_limits._orjson is not None
