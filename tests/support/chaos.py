@@ -56,6 +56,7 @@ import psutil
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.agent_fixtures import build_tiny_model
+from tests.support.chaos_events import EventProbe, pipeline_env
 from tests.support.chaos_mosquitto import ChaosMosquitto
 from tests.support.cli import ROOT, mesh_cli, stop_recorded_daemon
 
@@ -276,6 +277,7 @@ class ChaosMesh:
     FOG = "chaos-fog"
     EDGE = "chaos-edge"
     AGENT = "chaos-a1"
+    SITE = "s1"
 
     def __init__(
         self,
@@ -389,15 +391,22 @@ class ChaosMesh:
             return self.mosquitto.device_url
         return str(self.cluster["broker_url"])
 
+    @property
+    def control_broker_url(self) -> str:
+        """The broker URL the control plane (and an operator's tools on its host) connect to."""
+        if self.mosquitto is not None:
+            return self.mosquitto.control_url
+        return str(self.cluster["broker_url"])
+
     def start_agent(self) -> None:
-        """Start (or start again) the agent process."""
+        """Start (or start again) the agent process, running the events pipeline too."""
         log = (self.workdir / "agent.log").open("ab")
         self._agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", *self._agent_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**self.env, "PYTHONUNBUFFERED": "1"},
+            env={**self.env, **pipeline_env(self.EDGE, self.SITE), "PYTHONUNBUFFERED": "1"},
         )
         log.close()
         self._started.update(_with_descendants(self._agent.pid))
@@ -547,6 +556,7 @@ def run_rounds(
     again (its recovery time). The load runs throughout, across all rounds.
     """
     rng = random.Random(seed)
+    probe = EventProbe.for_mesh(mesh).start()  # the pipeline's frames and events
     load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], rate_hz=rate_hz,
                 deadline_s=deadline_s, over_mqtt=(mesh.EDGE,)).start()  # fmt: skip
     faults: Counter[str] = Counter()
@@ -556,6 +566,7 @@ def run_rounds(
             time.sleep(rng.uniform(*calm_s))
             kind = rng.choice(kinds)
             injected = time.monotonic()
+            probe.mark(kind)
             what = mesh.inject(kind, load, rng)
             mesh.wait_serving(load)
             recovery.append(time.monotonic() - injected)
@@ -565,6 +576,7 @@ def run_rounds(
         time.sleep(calm_s[1])  # what was in flight at the last fault settles
     finally:
         load.stop()
+        events = probe.stop()
     per_module = load.snapshot()
     ordered = sorted(recovery)
     return {
@@ -578,8 +590,7 @@ def run_rounds(
             "broker_outage": sum(t["broker_outage"] for t in per_module.values()),
         },
         "per_module": per_module,
-        # No event source runs in these rounds yet: counted once pipelines are driven here.
-        "events": {"sent": 0, "delivered": 0, "lost": 0, "duplicates": 0, "measured": False},
+        "events": events,  # the agent's pipeline: tests/support/chaos_events.py
         "recovery_s": {
             "p50": round(ordered[len(ordered) // 2], 2) if ordered else None,
             "max": round(ordered[-1], 2) if ordered else None,
