@@ -462,6 +462,10 @@ class ChaosMesh:
             return f"control plane {pid}"
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULTS}")
 
+    def kills_broker(self, kind: str) -> bool:
+        """Whether fault ``kind`` kills the broker (the embedded one dies with the control plane)."""
+        return kind == "broker" or (kind == "control_plane" and self.mosquitto is None)
+
     def replica_pid(self, module: str, rng: random.Random) -> int:
         """The pid of one of the module's replica processes (the one listening on its URL)."""
         modules = json.loads(self.cli("modules", "list", "--json"))
@@ -567,8 +571,11 @@ def run_rounds(
             kind = rng.choice(kinds)
             injected = time.monotonic()
             probe.mark(kind)
+            if mesh.kills_broker(kind):
+                probe.outage_began()
             what = mesh.inject(kind, load, rng)
             mesh.wait_serving(load)
+            probe.outage_ended()
             recovery.append(time.monotonic() - injected)
             faults[kind] += 1
             mesh.log(f"round {n}/{rounds}: killed {what}; serving again after "

@@ -24,10 +24,18 @@ agent may read its site's sensor topics, not publish on them.
   consumer drops by id, is also counted as *replayed*);
 * **unavailable**: never handed to a broker (the probe was not connected, or no
   broker acknowledged it), with the reason: no broker took it;
+* **broker_outage**: a broker acknowledged it and no event came, and it was
+  sent while the broker was down or just restarted (from a kill of the broker,
+  or of the control plane with the embedded broker in it, until the edge module
+  answers again, :meth:`EventProbe.outage_began` and :meth:`EventProbe.outage_ended`):
+  a restarted embedded broker keeps no sessions, so frames it takes before the
+  agent subscribes again go to no one (the agent's reconnect backoff grows to
+  30 s); counted apart, like requests' ``broker_outage``;
 * **lost**: a broker acknowledged it (PUBACK) and no event came within the
-  final grace.
+  final grace, outside an outage.
 
-``frames == delivered + lost + unavailable`` and ``sent == delivered + lost``.
+``frames == delivered + lost + broker_outage + unavailable`` and
+``sent == delivered + lost + broker_outage``.
 paho's rules hold: callback API VERSION2, ``TCP_NODELAY`` (both from
 :func:`edge_agent._mqtt.new_client`), and its network thread only parses and counts.
 """
@@ -127,6 +135,7 @@ class EventLedger:
         self._event_ids: set[str] = set()
         self._replayed = 0
         self._foreign = 0
+        self._outages: list[list[float | None]] = []  # [began, ended or None], seconds
 
     def handed(self, frame_id: float, at_s: float, acked: Callable[[], bool]) -> None:
         """Frame ``frame_id`` was given to paho at ``at_s``; ``acked()``: a broker took it."""
@@ -137,6 +146,23 @@ class EventLedger:
         """Frame ``frame_id`` could not be given to any broker at ``at_s``, for ``reason``."""
         with self._lock:
             self._frames[frame_id] = _Frame(at_s, None, reason)
+
+    def outage_began(self, at_s: float) -> None:
+        """The broker went down at ``at_s`` (:meth:`outage_ended` once the agent is back)."""
+        with self._lock:
+            self._outages.append([at_s, None])
+
+    def outage_ended(self, at_s: float) -> None:
+        """Close the open outage, if any, at ``at_s``."""
+        with self._lock:
+            for outage in self._outages:
+                if outage[1] is None:
+                    outage[1] = at_s
+
+    def _in_outage(self, at_s: float) -> bool:
+        # Under the lock.
+        return any(b is not None and b <= at_s and (e is None or at_s <= e)
+                   for b, e in self._outages)  # fmt: skip
 
     def delivered(self, frame_id: float, event_id: str | None) -> None:
         """An event for ``frame_id`` came (a frame this ledger does not know is counted apart)."""
@@ -164,13 +190,16 @@ class EventLedger:
         with self._lock:
             reasons: Counter[str] = Counter()
             lost_at: list[float] = []
-            delivered = lost = unavailable = 0
+            delivered = lost = outage = unavailable = 0
             for frame_id, frame in self._frames.items():
                 if frame_id in self._deliveries:
                     delivered += 1
                 elif frame.acked is None:
                     unavailable += 1
                     reasons[frame.reason or "not handed"] += 1
+                elif frame.acked() and self._in_outage(frame.sent_at):
+                    outage += 1
+                    reasons["taken by a broker restarting, before the agent was back"] += 1
                 elif frame.acked():
                     lost += 1
                     lost_at.append(frame.sent_at)
@@ -179,15 +208,19 @@ class EventLedger:
                     reasons["no broker acknowledged it (PUBACK)"] += 1
             return {
                 "frames": len(self._frames),
-                "sent": delivered + lost,
+                "sent": delivered + lost + outage,
                 "delivered": delivered,
                 "duplicates": sum(n - 1 for n in self._deliveries.values()),
                 "replayed": self._replayed,
                 "lost": lost,
+                "broker_outage": outage,
                 "unavailable": unavailable,
                 "reasons": dict(reasons.most_common(8)),
                 # When lost frames were sent (s since the probe started), for evidence.
                 "lost_at_s": [round(t, 1) for t in sorted(lost_at)[:20]],
+                "outages_s": [
+                    [round(b or 0, 1), None if e is None else round(e, 1)] for b, e in self._outages
+                ],
                 "foreign": self._foreign,
                 "measured": True,
             }
@@ -333,7 +366,18 @@ class EventProbe:
     def mark(self, what: str) -> None:
         """Note ``what`` happened now (a fault), on the clock of ``lost_at_s``."""
         with self._marks_lock:
-            self._marks.append((round(time.monotonic() - self._started, 1), what))
+            self._marks.append((round(self._now(), 1), what))
+
+    def outage_began(self) -> None:
+        """The broker is killed now (:meth:`outage_ended` once the edge module answers again)."""
+        self.ledger.outage_began(self._now())
+
+    def outage_ended(self) -> None:
+        """The edge module answers again: the agent is back on the broker."""
+        self.ledger.outage_ended(self._now())
+
+    def _now(self) -> float:
+        return time.monotonic() - self._started
 
     def figures(self) -> dict[str, Any]:
         """The ledger's figures so far, with the marks (``[[s, what], ...]``)."""
@@ -357,7 +401,7 @@ class EventProbe:
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at = max(next_at + period, time.monotonic() - period)  # no burst to catch up
             frame_id = self._next_id()
-            at = time.monotonic() - self._started
+            at = self._now()
             client = self._client
             if client is None or not self._connected.is_set():
                 self.ledger.not_handed(frame_id, at, "broker down: not connected")

@@ -69,3 +69,19 @@ def test_a_probe_with_a_bad_broker_url_or_rate_says_what_it_expected(
     with pytest.raises(ValueError, match=expected):
         EventProbe(url, username="u", password="p", frames_topic="f", events_topic="e",
                    rate_hz=rate_hz)  # fmt: skip
+
+
+def test_frames_a_restarting_broker_took_are_counted_apart_only_within_the_outage() -> None:
+    ledger = EventLedger()
+    for at_s in (1.0, 5.0, 9.0, 12.0):
+        ledger.handed(at_s, at_s, lambda: True)  # each taken by a broker, none answered
+    ledger.outage_began(4.0)
+    ledger.outage_ended(10.0)
+    ledger.outage_began(11.5)  # still open: counts up to now
+
+    f = ledger.figures()
+
+    assert (f["lost"], f["broker_outage"], f["sent"]) == (1, 3, 4)
+    assert f["lost_at_s"] == [1.0]
+    assert f["outages_s"] == [[4.0, 10.0], [11.5, None]]
+    assert f["reasons"] == {"taken by a broker restarting, before the agent was back": 3}
