@@ -22,7 +22,7 @@ import random
 import time
 from typing import Any
 
-from tests.support.chaos import ChaosMesh, Load
+from tests.support.chaos import ChaosMesh, Load, run_rounds
 from tests.support.chaos_events import EventProbe
 
 #: Load before and after the fault, seconds.
@@ -92,3 +92,11 @@ def test_a_killed_control_plane_comes_back_serving_with_its_old_token(
     _check_events(events, what)
     for tally in tallies.values():
         assert tally["answered"] > 0  # served again after the restart, with the old token
+
+
+def test_a_soak_round_reports_the_pipelines_events(chaos_mesh: ChaosMesh) -> None:
+    figures = run_rounds(chaos_mesh, 1, kinds=("agent",), calm_s=(1.0, 2.0))
+    events = figures["events"]
+    assert events["measured"] is True and events["marks"][0][1] == "agent", events
+    _check_events(events, "the agent")
+    assert events["sent"] == events["delivered"] > 0, events
