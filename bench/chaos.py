@@ -15,8 +15,10 @@ replica could answer them; ``broker_outage`` are edge-module requests that
 failed between a broker kill and that module answering again. ``events`` are the
 agent's pipeline's (frames on its site's sensor topic -> the edge module -> events,
 tests/support/chaos_events.py): ``{"frames", "sent", "delivered", "duplicates",
-"replayed", "lost", "unavailable", "reasons", "lost_at_s", "marks"}``; a frame no
-broker took is ``unavailable``, one a broker took whose event never came is ``lost``.
+"replayed", "lost", "broker_outage", "unavailable", "reasons", "lost_at_s",
+"outages_s", "marks"}``; a frame no broker took is ``unavailable``, one a
+restarting broker took before the agent was back on it is ``broker_outage``, any
+other one whose event never came is ``lost``.
 
     python bench/chaos.py --rounds 30 --json chaos.json
     python bench/chaos.py --broker mosquitto --faults broker,agent --rounds 10

@@ -24,7 +24,9 @@ cannot be answered by any replica and are counted apart as ``unavailable``,
 with the reason, as the issue asks. Requests to a module served over MQTT (the
 edge module) that fail between a broker kill and the moment that module answers
 again (its clients reconnected) are counted apart as ``broker_outage``: no
-message could reach the agent. Every other failure is a lost request.
+message could reach the agent. Every other failure is a lost request. The agent
+also runs a pipeline whose frames and events :mod:`tests.support.chaos_events`
+counts the same way (``run_rounds``' ``events``).
 
 Used by ``tests/chaos/`` (a few rounds, in CI) and ``bench/chaos.py`` (the soak).
 Every process it starts is ended at :meth:`ChaosMesh.close`, by pid, including
