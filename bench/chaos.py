@@ -12,12 +12,18 @@ modules answer. Prints (and with ``--json``, writes) ``{"rounds", "faults",
 "per_module", "events", "recovery_s": {"p50", "max"}}``. ``unavailable`` are
 requests sent while the gateway itself was down (the control plane killed): no
 replica could answer them; ``broker_outage`` are edge-module requests that
-failed between a broker kill and that module answering again.
+failed between a broker kill and that module answering again. ``events`` are the
+agent's pipeline's (frames on its site's sensor topic -> the edge module -> events,
+tests/support/chaos_events.py): ``{"frames", "sent", "delivered", "duplicates",
+"replayed", "lost", "broker_outage", "unavailable", "reasons", "lost_at_s",
+"outages_s", "marks"}``; a frame no broker took is ``unavailable``, one a
+restarting broker took before the agent was back on it is ``broker_outage``, any
+other one whose event never came is ``lost``.
 
     python bench/chaos.py --rounds 30 --json chaos.json
     python bench/chaos.py --broker mosquitto --faults broker,agent --rounds 10
 
-Exit status 1 when any request failed.
+Exit status 1 when any request failed or any event was lost.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from tests.support.chaos import BROKERS, FAULTS, ChaosMesh, run_rounds
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the soak; 0 when nothing failed."""
+    """Run the soak; 0 when no request failed and no event was lost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="faults to inject (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the fault schedule")
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    return 1 if figures["requests"]["failed"] else 0
+    return 1 if figures["requests"]["failed"] or figures["events"]["lost"] else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from tests.support.chaos import ChaosMesh, Load
+from tests.support.chaos_events import EventProbe
 
 #: Load before and after each fault, seconds.
 CALM_S = 2.0
@@ -41,19 +42,25 @@ def test_the_mesh_serves_again_after_mosquitto_is_killed_without_restarting_anyt
 ) -> None:
     mesh = chaos_mosquitto_mesh
     control_plane, agent = mesh.cluster["pid"], mesh.agent_pid
+    probe = EventProbe.for_mesh(mesh).start()
     load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], rate_hz=10.0,
                 over_mqtt=(mesh.EDGE,)).start()  # fmt: skip
     after: list[dict[str, Any]] = []
     try:
         for n in range(KILLS):
             time.sleep(CALM_S)
+            probe.mark("broker")
+            probe.outage_began()
             mesh.inject("broker", load, random.Random(n))
             mesh.wait_serving(load)
+            probe.outage_ended()
             after.append(load.snapshot())
         time.sleep(CALM_S)
     finally:
         load.stop()
+        events = probe.stop()
     tallies = load.snapshot()
+    print(f"requests {tallies}; events {events}")  # shown with -s or on failure
     fog, edge = tallies[mesh.FOG], tallies[mesh.EDGE]
     assert fog["sent"] > 0 and fog["answered"] == fog["sent"], tallies
     assert edge["failed"] == 0, f"edge requests lost outside the broker outages: {tallies}"
@@ -61,4 +68,8 @@ def test_the_mesh_serves_again_after_mosquitto_is_killed_without_restarting_anyt
     # Served over the restarted broker after the last kill, by the same processes.
     assert edge["answered"] > after[-1][mesh.EDGE]["answered"], (after, tallies)
     assert mesh.cluster["pid"] == control_plane and mesh.agent_pid == agent
+    # Events: every frame Mosquitto took outside its outages came back as an event.
+    assert events["delivered"] > 0 and events["lost"] == 0, events
+    counted = events["delivered"] + events["broker_outage"] + events["unavailable"]
+    assert counted == events["frames"], events
     assert mesh.mosquitto is not None and mesh.mosquitto.restarts == KILLS

@@ -24,7 +24,9 @@ cannot be answered by any replica and are counted apart as ``unavailable``,
 with the reason, as the issue asks. Requests to a module served over MQTT (the
 edge module) that fail between a broker kill and the moment that module answers
 again (its clients reconnected) are counted apart as ``broker_outage``: no
-message could reach the agent. Every other failure is a lost request.
+message could reach the agent. Every other failure is a lost request. The agent
+also runs a pipeline whose frames and events :mod:`tests.support.chaos_events`
+counts the same way (``run_rounds``' ``events``).
 
 Used by ``tests/chaos/`` (a few rounds, in CI) and ``bench/chaos.py`` (the soak).
 Every process it starts is ended at :meth:`ChaosMesh.close`, by pid, including
@@ -56,6 +58,7 @@ import psutil
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.agent_fixtures import build_tiny_model
+from tests.support.chaos_events import EventProbe, pipeline_env
 from tests.support.chaos_mosquitto import ChaosMosquitto
 from tests.support.cli import ROOT, mesh_cli, stop_recorded_daemon
 
@@ -276,6 +279,7 @@ class ChaosMesh:
     FOG = "chaos-fog"
     EDGE = "chaos-edge"
     AGENT = "chaos-a1"
+    SITE = "s1"
 
     def __init__(
         self,
@@ -389,15 +393,22 @@ class ChaosMesh:
             return self.mosquitto.device_url
         return str(self.cluster["broker_url"])
 
+    @property
+    def control_broker_url(self) -> str:
+        """The broker URL the control plane (and an operator's tools on its host) connect to."""
+        if self.mosquitto is not None:
+            return self.mosquitto.control_url
+        return str(self.cluster["broker_url"])
+
     def start_agent(self) -> None:
-        """Start (or start again) the agent process."""
+        """Start (or start again) the agent process, running the events pipeline too."""
         log = (self.workdir / "agent.log").open("ab")
         self._agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", *self._agent_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**self.env, "PYTHONUNBUFFERED": "1"},
+            env={**self.env, **pipeline_env(self.EDGE, self.SITE), "PYTHONUNBUFFERED": "1"},
         )
         log.close()
         self._started.update(_with_descendants(self._agent.pid))
@@ -452,6 +463,10 @@ class ChaosMesh:
             load.gateway_down.clear()
             return f"control plane {pid}"
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULTS}")
+
+    def kills_broker(self, kind: str) -> bool:
+        """Whether fault ``kind`` kills the broker (the embedded one dies with the control plane)."""
+        return kind == "broker" or (kind == "control_plane" and self.mosquitto is None)
 
     def replica_pid(self, module: str, rng: random.Random) -> int:
         """The pid of one of the module's replica processes (the one listening on its URL)."""
@@ -547,6 +562,7 @@ def run_rounds(
     again (its recovery time). The load runs throughout, across all rounds.
     """
     rng = random.Random(seed)
+    probe = EventProbe.for_mesh(mesh).start()  # the pipeline's frames and events
     load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], rate_hz=rate_hz,
                 deadline_s=deadline_s, over_mqtt=(mesh.EDGE,)).start()  # fmt: skip
     faults: Counter[str] = Counter()
@@ -556,8 +572,12 @@ def run_rounds(
             time.sleep(rng.uniform(*calm_s))
             kind = rng.choice(kinds)
             injected = time.monotonic()
+            probe.mark(kind)
+            if mesh.kills_broker(kind):
+                probe.outage_began()
             what = mesh.inject(kind, load, rng)
             mesh.wait_serving(load)
+            probe.outage_ended()
             recovery.append(time.monotonic() - injected)
             faults[kind] += 1
             mesh.log(f"round {n}/{rounds}: killed {what}; serving again after "
@@ -565,6 +585,7 @@ def run_rounds(
         time.sleep(calm_s[1])  # what was in flight at the last fault settles
     finally:
         load.stop()
+        events = probe.stop()
     per_module = load.snapshot()
     ordered = sorted(recovery)
     return {
@@ -578,8 +599,7 @@ def run_rounds(
             "broker_outage": sum(t["broker_outage"] for t in per_module.values()),
         },
         "per_module": per_module,
-        # No event source runs in these rounds yet: counted once pipelines are driven here.
-        "events": {"sent": 0, "delivered": 0, "lost": 0, "duplicates": 0, "measured": False},
+        "events": events,  # the agent's pipeline: tests/support/chaos_events.py
         "recovery_s": {
             "p50": round(ordered[len(ordered) // 2], 2) if ordered else None,
             "max": round(ordered[-1], 2) if ordered else None,
