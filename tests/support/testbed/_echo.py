@@ -1,0 +1,106 @@
+"""A ping over TCP: an echo server and a probe that times round trips, run inside test bed hosts.
+
+Server (prints its port, echoes every byte until SIGTERM)::
+
+    python -m tests.support.testbed._echo serve --host 10.77.0.10
+
+Probe (prints one JSON line: ``{"connect_ms": .., "rtt_ms": [..]}``, or
+``{"error": ".."}`` with exit status 1 when it cannot connect)::
+
+    python -m tests.support.testbed._echo probe --host 10.77.0.10 --port 40123 --count 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_PAYLOAD = b"x" * 32
+_MAX_COUNT = 10_000
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := sock.recv(65536):  # until the peer closes
+            sock.sendall(data)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(host: str) -> int:
+    with _Server((host, 0), _Echo) as server:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        print(server.server_address[1], flush=True)
+        while not stop.wait(0.5):  # until SIGTERM
+            pass
+        server.shutdown()
+    return 0
+
+
+def _probe(host: str, port: int, count: int, timeout_s: float) -> int:
+    start = time.perf_counter()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "errno": exc.errno}), flush=True)
+        return 1
+    connect_ms = (time.perf_counter() - start) * 1000.0
+    rtts: list[float] = []
+    with sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            sent = time.perf_counter()
+            sock.sendall(_PAYLOAD)
+            got = 0
+            for _ in range(len(_PAYLOAD)):  # at most one recv per byte
+                chunk = sock.recv(len(_PAYLOAD) - got)
+                if not chunk:
+                    print(json.dumps({"error": "the server closed the connection"}), flush=True)
+                    return 1
+                got += len(chunk)
+                if got == len(_PAYLOAD):
+                    break
+            rtts.append((time.perf_counter() - sent) * 1000.0)
+    print(json.dumps({"connect_ms": connect_ms, "rtt_ms": rtts}), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``serve`` or ``probe`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.support.testbed._echo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="echo server; prints its port")
+    serve.add_argument("--host", required=True)
+    probe = sub.add_parser("probe", help="time round trips to an echo server")
+    probe.add_argument("--host", required=True)
+    probe.add_argument("--port", type=int, required=True)
+    probe.add_argument("--count", type=int, default=20)
+    probe.add_argument("--timeout-s", type=float, default=10.0)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "serve":
+        return _serve(args.host)
+    if not 1 <= args.count <= _MAX_COUNT:
+        parser.error(f"--count must be 1..{_MAX_COUNT}, got {args.count}")
+    return _probe(args.host, args.port, args.count, args.timeout_s)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
