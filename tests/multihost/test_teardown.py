@@ -1,7 +1,7 @@
 """Tearing the test bed down leaves nothing: no namespace, no link, no process, no file.
 
-Four ways out: the ``with`` block ends; the block raises; the owner gets SIGTERM;
-the owner is killed with ``kill -9`` (nothing of its own runs), after which
+The ways out: the ``with`` block ends; the block raises; the owner gets SIGTERM
+or Ctrl-C; the owner ends without closing (atexit); the owner is killed with ``kill -9`` (nothing of its own runs), after which
 ``python -m tests.support.testbed down`` (or the next test bed's own sweep)
 removes what it left. Both commands are run as README documents them.
 """
@@ -101,7 +101,7 @@ def test_sigterm_to_the_owner_removes_everything(request: pytest.FixtureRequest)
 def test_after_kill_9_down_removes_what_was_left(request: pytest.FixtureRequest) -> None:
     proc, info = _up(request)
     tag = str(info["tag"])
-    proc.kill()
+    proc.kill()  # SIGKILL: no handler, no atexit
     proc.wait(30)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
@@ -129,3 +129,28 @@ def test_sweep_spares_a_test_bed_in_use() -> None:
         sweep()
         assert len(bed.namespaces()) == 1 + len(bed.plan.hosts)
     assert bed.leftovers() == []
+
+
+def test_ctrl_c_to_up_removes_everything(request: pytest.FixtureRequest) -> None:
+    proc, info = _up(request)
+    tag = str(info["tag"])
+    assert _remains(tag) != []
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    assert _remains(tag) == []
+
+
+def test_an_owner_that_exits_without_closing_removes_everything() -> None:
+    """atexit: a script that starts a test bed and just ends leaves nothing behind."""
+    script = (
+        "from tests.support.testbed import TestBed\n"
+        "bed = TestBed().start()\n"
+        "bed.spawn('cloud', ['sleep', '600'])\n"
+        "print(bed.tag, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert _netns.owner(done.stdout.strip()) is not None, done.stdout
+    assert _remains(done.stdout.strip()) == []
