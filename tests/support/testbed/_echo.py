@@ -4,8 +4,9 @@ Server (prints its port, echoes every byte until SIGTERM)::
 
     python -m tests.support.testbed._echo serve --host 10.77.0.10
 
-Probe (prints one JSON line: ``{"connect_ms": .., "rtt_ms": [..]}``, or
-``{"error": ".."}`` with exit status 1 when it cannot connect)::
+Probe (prints one JSON line: ``{"connect_ms": .., "rtt_ms": [..]}``, with
+``"bulk_s"``, the time to echo ``--bulk-bytes``, when asked; or ``{"error": ".."}``
+with exit status 1 when it cannot connect)::
 
     python -m tests.support.testbed._echo probe --host 10.77.0.10 --port 40123 --count 20
 """
@@ -26,6 +27,7 @@ __all__ = ["main"]
 
 _PAYLOAD = b"x" * 32
 _MAX_COUNT = 10_000
+_MAX_BULK = 100_000_000
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -55,7 +57,24 @@ def _serve(host: str) -> int:
     return 0
 
 
-def _probe(host: str, port: int, count: int, timeout_s: float) -> int:
+def _bulk(sock: socket.socket, size: int) -> float:
+    """Send ``size`` bytes and read them back; the seconds it took."""
+    start = time.perf_counter()
+    sender = threading.Thread(target=sock.sendall, args=(b"b" * size,), daemon=True)
+    sender.start()
+    got = 0
+    for _ in range(size):  # at most one recv per byte
+        chunk = sock.recv(min(65536, size - got))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        got += len(chunk)
+        if got == size:
+            break
+    sender.join()
+    return time.perf_counter() - start
+
+
+def _probe(host: str, port: int, count: int, timeout_s: float, bulk_bytes: int) -> int:
     start = time.perf_counter()
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
@@ -79,7 +98,10 @@ def _probe(host: str, port: int, count: int, timeout_s: float) -> int:
                 if got == len(_PAYLOAD):
                     break
             rtts.append((time.perf_counter() - sent) * 1000.0)
-    print(json.dumps({"connect_ms": connect_ms, "rtt_ms": rtts}), flush=True)
+        result: dict[str, object] = {"connect_ms": connect_ms, "rtt_ms": rtts}
+        if bulk_bytes:
+            result["bulk_s"] = _bulk(sock, bulk_bytes)
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -94,12 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.add_argument("--port", type=int, required=True)
     probe.add_argument("--count", type=int, default=20)
     probe.add_argument("--timeout-s", type=float, default=10.0)
+    probe.add_argument("--bulk-bytes", type=int, default=0, help="then echo this many bytes")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         return _serve(args.host)
     if not 1 <= args.count <= _MAX_COUNT:
         parser.error(f"--count must be 1..{_MAX_COUNT}, got {args.count}")
-    return _probe(args.host, args.port, args.count, args.timeout_s)
+    if not 0 <= args.bulk_bytes <= _MAX_BULK:
+        parser.error(f"--bulk-bytes must be 0..{_MAX_BULK}, got {args.bulk_bytes}")
+    return _probe(args.host, args.port, args.count, args.timeout_s, args.bulk_bytes)
 
 
 if __name__ == "__main__":
