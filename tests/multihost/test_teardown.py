@@ -58,10 +58,11 @@ def test_a_failing_block_removes_everything() -> None:
 
 
 def _documented(request: pytest.FixtureRequest, verb: str) -> list[str]:
-    """README's command ``python -m tests.support.testbed VERB ...`` (tagged for this test)."""
+    """README's command ``sudo .venv/bin/python -m tests.support.testbed VERB ...``, as run here."""
     for block in blocks_for(request.node.nodeid):
-        for words in block.commands():
-            if words[:4] == ["python", "-m", "tests.support.testbed", verb]:
+        for command in block.commands():
+            words = command[1:] if command[0] == "sudo" else command  # the tests run as root
+            if words[0].endswith("python") and words[1:4] == ["-m", "tests.support.testbed", verb]:
                 return [sys.executable, *words[1:]]
     raise AssertionError(f"README documents no `python -m tests.support.testbed {verb}`")
 
