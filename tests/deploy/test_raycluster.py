@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mesh.compute._backend import SITE_LABEL, TIER_LABEL, NodeInfo, check_satisfiable
+from mesh.ray._remote import label_selector, matches_selector
 from mesh.sdk._specs import COMPUTE_TIERS, FunctionSpec, Resources
 from tests.deploy._manifests import (
     RAYCLUSTER,
@@ -21,9 +22,6 @@ from tests.deploy._manifests import (
     mutated,
     raycluster_errors,
 )
-
-pytest.importorskip("ray", reason="label_selector lives in the Ray adapter (cloud extra)")
-from mesh.ray._remote import label_selector, matches_selector  # noqa: E402
 
 
 @pytest.fixture
@@ -162,7 +160,9 @@ def test_wrong_labels_are_found(cluster: dict[str, Any], labels: dict[str, str])
 
 def _ray_pin() -> str:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [d for d in project["project"]["optional-dependencies"]["cloud"] if d.startswith("ray[")]
+    (pin,) = [
+        d for d in project["project"]["optional-dependencies"]["cloud"] if d.startswith("ray[")
+    ]
     match = re.search(r"==\s*(\d+\.\d+)\.\*", pin)
     assert match, f"expected ray pinned as ==X.Y.*, got {pin!r}"
     return match[1]
