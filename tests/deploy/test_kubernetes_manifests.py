@@ -195,6 +195,17 @@ KEPT = (
 )
 
 
+def _listeners(conf: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Each ``listener`` with the options that follow it (``port`` is its argument)."""
+    listeners: list[dict[str, str]] = []
+    for key, value in conf:
+        if key == "listener":
+            listeners.append({"port": value})
+        elif listeners:
+            listeners[-1][key] = value
+    return listeners
+
+
 def mosquitto_problems(conf_map: dict[str, Any], pod: dict[str, Any]) -> list[str]:
     """Where the Mosquitto ConfigMap strays from deploy/mosquitto.conf or from its pod."""
     reference = dict(_conf((DEPLOY / "mosquitto.conf").read_text()))
@@ -211,13 +222,8 @@ def mosquitto_problems(conf_map: dict[str, Any], pod: dict[str, Any]) -> list[st
         volume = mounts.get(str(path.parent), {})
         if "secret" not in volume:
             problems.append(f"{key} {path}: not in a mounted Secret")
-    # Each listener with its own options; the devices' one has TLS and username client ids.
-    listeners: list[dict[str, str]] = []
-    for key, value in conf:
-        if key == "listener":
-            listeners.append({"port": value})
-        elif listeners:
-            listeners[-1][key] = value
+    # The devices' listener has TLS and username client ids.
+    listeners = _listeners(conf)
     container_ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
     tls = [li for li in listeners if "certfile" in li]
     if not tls or any(li.get("use_username_as_clientid") != "true" for li in tls):
@@ -253,8 +259,9 @@ def test_a_stray_mosquitto_configuration_is_found(old: str, new: str) -> None:
 
 def test_only_the_tls_listener_leaves_the_cluster() -> None:
     conf = _conf(find(DOCS, "ConfigMap", "fogmesh-mosquitto")["data"]["mosquitto.conf"])
-    ports = [int(v.split()[0]) for k, v in conf if k == "listener"]
-    tls_port = ports[0]  # the first listener carries certfile (test above)
+    listeners = _listeners(conf)
+    ports = [int(li["port"].split()[0]) for li in listeners]
+    (tls_port,) = [int(li["port"].split()[0]) for li in listeners if "certfile" in li]
     for service in (d for d in DOCS if d["kind"] == "Service"):
         if service["spec"].get("type") == "LoadBalancer":
             exposed = {p["port"] for p in service["spec"]["ports"]}
