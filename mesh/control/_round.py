@@ -25,7 +25,7 @@ from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, ModelVersions, RoundResult, ServedModules
-from mesh.control._snapshot import NodeState, Snapshot
+from mesh.control._snapshot import NodeState, Snapshot, observed_p95
 from mesh.control._standing import StandingConditions
 from mesh.control._store import (
     DeploymentRecord,
@@ -330,24 +330,36 @@ class ReconcileRound:
     def _slo_triggers(
         self, views: Mapping[str, DeploymentView], snapshot: Snapshot, now: float
     ) -> list[str]:
-        """Mark nodes whose observed p95 missed a module's SLO over the window."""
+        """Mark nodes where a module missed its SLO over the window: too slow, or failing.
+
+        A failed request (a 5xx, a timeout) is over any SLO: it counts as a
+        sample slower than every answered one (:func:`observed_p95`), so a module
+        whose requests fail where it serves triggers like one that is slow
+        there. Failures the gateway could pin on no node (every replica
+        unreachable: node ``""``) count against the module's current node.
+        """
         s = self.settings
         out = []
-        for (module, node), stats in snapshot.latency.items():
+        for module, here in list(self._placed.items()):
             view = views.get(module)
-            here = self._placed.get(module)
-            if view is None or here is None or here.node != node:
-                continue
-            if now - here.since < s.window_s:
+            if view is None or now - here.since < s.window_s:
                 continue  # the window still holds requests from before the last move
-            slo = view.spec.qos.p95_latency_ms
-            if stats.count - stats.errors < s.min_samples or not stats.p95_ms > slo:
+            parts = [snapshot.latency.get((module, n)) for n in dict.fromkeys((here.node, ""))]
+            stats = [p for p in parts if p is not None]
+            count, errors = sum(p.count for p in stats), sum(p.errors for p in stats)
+            if count < s.min_samples:
                 continue
-            if self._saturated.mark(module, node, stats.p95_ms, since=now):
-                out.append(
-                    f"{module} on {node}: observed p95 {stats.p95_ms:.1f} ms > SLO {slo:g} ms "
-                    f"over {s.window_s:g} s ({stats.count} requests)"
-                )
+            answered = parts[0].p95_ms if parts[0] is not None else math.nan
+            p95 = observed_p95(count, errors, answered)
+            slo = view.spec.qos.p95_latency_ms
+            if not p95 > slo or not self._saturated.mark(module, here.node, p95, since=now):
+                continue
+            if math.isinf(p95):
+                what = f"{errors} of {count} requests failed over {s.window_s:g} s"
+            else:
+                what = f"observed p95 {p95:.1f} ms > SLO {slo:g} ms over {s.window_s:g} s"
+                what += f" ({count} requests)"
+            out.append(f"{module} on {here.node}: {what}")
         return out
 
     def _sources_of(self, view: DeploymentView) -> dict[str, float]:

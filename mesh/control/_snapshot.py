@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["LatencyStats", "NodeSample", "NodeState", "Snapshot", "percentile"]
+__all__ = ["LatencyStats", "NodeSample", "NodeState", "Snapshot", "observed_p95", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -28,6 +28,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, math.ceil(q * len(ordered)) - 1)
     return float(ordered[rank])
+
+
+def observed_p95(count: int, errors: int, answered_p95_ms: float) -> float:
+    """The p95 of ``count`` requests when its ``errors`` failures count as slower than any.
+
+    Nearest rank, as :func:`percentile`: the failures take the top ranks, so
+    once they reach the 95th rank the p95 is infinite (more than 5 % failed);
+    below it, the answered requests' p95 stands (a lower bound: never a
+    trigger the answered latencies do not show).
+
+    Example:
+        >>> observed_p95(20, 1, 12.0), observed_p95(20, 2, 12.0)
+        (12.0, inf)
+    """
+    if count <= 0:
+        return math.nan
+    rank = max(1, math.ceil(0.95 * count))  # 1-based rank of the p95 sample
+    return math.inf if errors > count - rank else answered_p95_ms
 
 
 @dataclass(frozen=True, slots=True)

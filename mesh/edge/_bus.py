@@ -4,9 +4,11 @@ It feeds an agent registry (:class:`~mesh.edge._registry.AgentRegistry`: online/
 from the retained ``status`` topic and the agents' last wills, last heartbeat, a
 bounded ring of heartbeat metrics, the retained ``observed`` states), publishes
 desired states (retained, QoS 1), sends inference requests and awaits their replies
-(correlation ids, timeouts), receives application events (deduplicated by event id,
-so replayed events count once), and is a :class:`~mesh.compute._streams.MessageBus`
-(``subscribe(pattern, handler)`` / ``publish(topic, payload)``) for stream functions.
+(correlation ids, timeouts; sent again when their agent comes online after they
+were sent: :meth:`~mesh.edge._requests.PendingRequests.again`), receives application
+events (deduplicated by event id, so replayed events count once), and is a
+:class:`~mesh.compute._streams.MessageBus` (``subscribe(pattern, handler)`` /
+``publish(topic, payload)``) for stream functions.
 
 Threads: paho's network thread only parses inference replies and hands every
 other message to one dispatcher thread, so neither a slow handler nor the
@@ -192,6 +194,9 @@ class EdgeBus:
             on_suback=self._subscriptions.acknowledged,
             on_ready=self._registry.notify,
         )
+        # An agent's online status is published after it subscribed: requests sent
+        # before it came (back) online may have found no subscriber, so they go again.
+        self._subscriptions.add(self.topics.all_agents("status"), self._on_agent_status)
 
     def __repr__(self) -> str:
         return (
@@ -386,6 +391,12 @@ class EdgeBus:
         corr, frame, future = self._pending.open(
             module, node, inputs, timeout_s=timeout_s, version=version
         )
+        self._publish_request(client, module, node, corr, frame, timeout_s, qos)
+        return corr, future
+
+    def _publish_request(
+        self, client: Any, module: str, node: str, corr: str, frame: bytes, left_s: float, qos: int
+    ) -> None:
         properties = None
         if self.protocol == "5":
             from paho.mqtt.packettypes import PacketTypes
@@ -394,9 +405,28 @@ class EdgeBus:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = corr.encode()
-            properties.MessageExpiryInterval = max(1, math.ceil(timeout_s))
+            properties.MessageExpiryInterval = max(1, math.ceil(min(left_s, 2**31)))
         client.publish(self.topics.infer(module, node), frame, qos=qos, properties=properties)
-        return corr, future
+
+    # On the dispatcher thread, after the registry took the status in.
+    def _on_agent_status(self, topic: str, payload: bytes) -> None:
+        agent_id = topic.split("/")[-2]
+        view = self._registry.agent(agent_id)
+        client = self._link.live_client()
+        if view is None or view.state != "online" or client is None:
+            return
+        again = self._pending.again(agent_id)
+        for r in again:
+            self._publish_request(
+                client, r.module, agent_id, r.correlation_id, r.frame, r.left_s, 1
+            )
+        if again:
+            logger.info(
+                "edge bus %s: %d request(s) to %s sent again: it came online after they were sent",
+                self.client_id,
+                len(again),
+                agent_id,
+            )
 
     async def infer(
         self,
@@ -426,7 +456,9 @@ class EdgeBus:
         """
         started = time.perf_counter()
         # The broker restarting (or the link reconnecting): hold the request until the
-        # bus is back, within its timeout, rather than refuse it at once.
+        # bus is back, within its timeout, rather than refuse it at once. A request
+        # the broker dropped meanwhile (the agent had not subscribed again yet) is
+        # sent again when the agent's online status arrives (_on_agent_status).
         if not self._link.ready:
             deadline = time.monotonic() + timeout_s
             while not self._link.ready and time.monotonic() < deadline:

@@ -177,6 +177,7 @@ class EdgeBusStats:
     unmatched_replies: int = 0
     timeouts: int = 0
     handler_errors: int = 0
+    resent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,7 @@ class _Counters:
     unmatched_replies: int = 0
     timeouts: int = 0
     handler_errors: int = 0
+    resent: int = 0
 
     def stats(self, *others: _Counters) -> EdgeBusStats:
         """These counters plus ``others``, as a frozen snapshot."""

@@ -3,8 +3,16 @@
 The gateway opens a request here (a frame with a fresh correlation id, registered
 as pending), publishes the frame and waits on the returned future; replies are fed
 in from paho's network thread, so nothing here blocks. A reply that matches nothing
-(a QoS 1 duplicate, or the answer to a request that already timed out) is counted
-and dropped.
+(a QoS 1 duplicate, the answer to a request that already timed out, or the second
+answer to a request sent again) is counted and dropped.
+
+:meth:`PendingRequests.again` gives the frames of a node's requests still
+awaiting a reply, to send again when that node came (back) online after they
+were sent: a broker that restarted drops a request published before the agent
+subscribed again, and a reply published before the gateway did. Each copy has
+a fresh request id (the agent runs it even if it ran the first one, whose reply
+may be what was lost; inference is idempotent) and the same correlation id and
+deadline, so the first reply wins.
 
 No MQTT here: the gateway publishes, and hands over each reply's payload and
 MQTT 5 properties, so this is tested by feeding it frames.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +51,7 @@ from mesh.edge._records import (
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-__all__ = ["PendingRequests", "ReplyFuture", "infer_result"]
+__all__ = ["PendingRequests", "ReplyFuture", "Resend", "infer_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +63,26 @@ class _Pending:
     future: ReplyFuture
     module: str
     node: str
+    header: InferRequest
+    tensors: list[Tensor]
     sent: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """A request to send again: its module, correlation id, new frame and time left.
+
+    Attributes:
+        module: the module asked for.
+        correlation_id: the request's (unchanged) correlation id.
+        frame: the request frame with a fresh request id.
+        left_s: seconds until the request's deadline.
+    """
+
+    module: str
+    correlation_id: str
+    frame: bytes
+    left_s: float
 
 
 class PendingRequests:
@@ -79,7 +107,7 @@ class PendingRequests:
         self._reply_topic = reply_topic
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        # requests, replies, unmatched_replies, timeouts and malformed (replies) only
+        # requests, replies, unmatched_replies, timeouts, resent and malformed (replies) only
         self._counters = _Counters()
 
     def open(
@@ -112,9 +140,37 @@ class PendingRequests:
         frame = encode_frame(header, tensors)
         future: ReplyFuture = concurrent.futures.Future()
         with self._lock:
-            self._pending[corr] = _Pending(future, module, node)
+            self._pending[corr] = _Pending(future, module, node, header, tensors)
             self._counters.requests += 1
         return corr, frame, future
+
+    def again(self, node: str) -> list[Resend]:
+        """The requests to ``node`` still awaiting a reply, as frames to send again.
+
+        Called when ``node`` came online: every request pending now was sent
+        before, so it may have been dropped by a broker that lost the node's
+        subscription (or its reply may have been). Requests past their deadline
+        are left to time out.
+        """
+        now = time.time()
+        with self._lock:
+            waiting = [
+                (corr, p)
+                for corr, p in self._pending.items()
+                if p.node == node and not p.future.done()
+            ]
+        out = []
+        for corr, p in waiting:
+            deadline = p.header.deadline_ts
+            left = math.inf if deadline is None else deadline - now
+            if left <= 0:
+                continue
+            header = p.header.model_copy(update={"id": new_id(), "ts": now})
+            out.append(Resend(p.module, corr, encode_frame(header, p.tensors), left))
+        if out:
+            with self._lock:
+                self._counters.resent += len(out)
+        return out
 
     def handle_reply(self, payload: bytes, properties: Any = None) -> None:
         """Resolve the request a reply frame answers.

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from mesh.core._metrics import MetricsRegistry
@@ -321,9 +322,17 @@ class ServingManager(ReplicaSupervisor):
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
-            fresh = self._start_replicas(
-                spec, artifact, tier, site, count, batching, node, avoid=lost
-            )
+            spare: list[Replica] = []  # its standby, asked for with the replicas
+            ask = partial(self._launch_spare, spare, spec, artifact, tier, site, batching, node)
+            try:
+                fresh = self._start_replicas(
+                    spec, artifact, tier, site, count, batching, node, avoid=lost, then=ask
+                )
+            except BaseException:
+                for replica in spare:
+                    replica.handle.stop()
+                raise
+            fresh.update(self._await_spare(spare, started))  # switched with its standby
             _phase(on_phase, "ready")
             new = Deployment(
                 spec,
@@ -393,6 +402,7 @@ class ServingManager(ReplicaSupervisor):
         batching: str,
         node: str | None = None,
         avoid: frozenset[str] = frozenset(),
+        then: Callable[[], object] = lambda: None,  # once they are asked for, before the wait
     ) -> dict[str, Replica]:
         started: dict[str, Replica] = {}
         try:
@@ -410,6 +420,7 @@ class ServingManager(ReplicaSupervisor):
                 )
                 handle = self._launcher.launch(request)
                 started[handle.replica_id] = Replica(handle, artifact.version)
+            then()
             deadline = time.monotonic() + self._start_timeout_s
             while any(r.endpoint is None for r in started.values()):
                 for replica in started.values():

@@ -1,52 +1,51 @@
 """Deployments and their replicas, kept healthy and scaled by the serving manager's loop.
 
-A :class:`Deployment` is one module's version in service: its :class:`Replica` s
-(or the edge agent serving it) and its autoscaler. :class:`ReplicaSupervisor`,
-mixed into :class:`mesh.serving._manager.ServingManager`, is the background
-loop's step (:meth:`ReplicaSupervisor.tick`): it health-checks replicas apart
-from requests (a failed one leaves the route; a restarted one comes back with
-its new port; a dead one is replaced) and follows the module's autoscaling
+A :class:`~mesh.serving._deployment.Deployment` is one module's version in
+service: its replicas (or the edge agent serving it) and its autoscaler.
+:class:`ReplicaSupervisor`, mixed into
+:class:`mesh.serving._manager.ServingManager`, is the background loop's step
+(:meth:`ReplicaSupervisor.tick`): it health-checks replicas apart from
+requests (a failed one leaves the route; a restarted one comes back with its
+new port; a dead one is replaced) and follows the module's autoscaling
 settings, draining replicas it scales down.
 
-Warm standby (a deployment with ``wants_standby``): one more replica, started
-once a primary serves, on another node than the primaries and, while another
-node can hold it, than nodes that lost a replica in the last :data:`LOST_NODE_S`
-(its tier and site first, then any node of its tier, then the module's other
-compute tiers). It is in the route's ``standby``, not its
-endpoints: the gateway sends it requests only when no primary answers. When the
-gateway marks a primary down (:meth:`~mesh.serving._routes.RouteTable.mark_down`,
-which wakes the loop) and one probe confirms it, or it fails its health checks,
-the primary is *lost*: it leaves the route, its actor is killed in the
-background (never waiting for Ray to notice its node died), the standby is
-promoted in the same route switch, and a new standby starts. A replica count is
-restored by that promotion, not by a cold start.
+Warm standby (a deployment with ``wants_standby``, started and placed by
+:class:`~mesh.serving._standby.StandbyKeeper`): one more replica on another
+node, in the route's ``standby``, not its endpoints: the gateway sends it
+requests only when no primary answers. When the gateway marks a primary down
+(:meth:`~mesh.serving._routes.RouteTable.mark_down`, which wakes the loop) and
+one probe confirms it, or it fails its health checks, the primary is *lost*:
+it leaves the route, its actor is killed in the background (never waiting for
+Ray to notice its node died), the standby is promoted in the same route switch
+(one still starting takes the primary's place when it serves), and a new
+standby starts. A replica count is restored by that promotion, not by a cold
+start. A node that lost a replica is avoided by new ones for
+:data:`LOST_NODE_S` while another node can hold them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from mesh.core._errors import MeshError, UnsatisfiableError
-from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
-from mesh.serving._autoscale import Autoscaler
 from mesh.serving._contract import (
-    ModelArtifact,
     ReplicaFailedError,
     ReplicaHandle,
     ReplicaLauncher,
     ReplicaProbe,
     ReplicaRequest,
 )
-from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint, RouteTable
+from mesh.serving._deployment import Deployment, Replica, replica_id, wants_standby
+from mesh.serving._routes import RouteTable
+from mesh.serving._standby import STANDBY_RETRY_S, StandbyKeeper
 
 __all__ = [
     "LOST_NODE_S",
+    "STANDBY_RETRY_S",
     "Deployment",
     "KillableHandle",
     "Replica",
@@ -60,98 +59,9 @@ logger = logging.getLogger(__name__)
 #: How long a node where a replica was lost is avoided by new replicas: Ray may
 #: count it alive for ~15 s more, and would place work there.
 LOST_NODE_S = 30.0
-#: How long to wait before trying again to start a standby no node could hold.
-STANDBY_RETRY_S = 10.0
 
 
-@dataclass(slots=True)
-class Replica:
-    """One replica of a deployment: its handle, state and last stats.
-
-    ``standby``: a warm spare on another node, in the route's ``standby`` only;
-    ``tier`` and ``site``: where it was asked for (a promoted standby's placement).
-    """
-
-    handle: ReplicaHandle
-    version: str
-    state: str = "starting"  # starting | serving | unhealthy | draining
-    endpoint: ReplicaEndpoint | None = None
-    failures: int = 0
-    in_flight: float = 0.0
-    stats: dict[str, Any] = field(default_factory=dict)
-    since: float = field(default_factory=time.monotonic)
-    drain_deadline: float = 0.0
-    standby: bool = False
-    tier: str = ""
-    site: str | None = None
-
-    @property
-    def status_state(self) -> str:
-        """``serving``, ``starting``...; a standby's: ``standby`` (warm), ``standby-starting``..."""
-        if not self.standby:
-            return self.state
-        return "standby" if self.state == "serving" else f"standby-{self.state}"
-
-
-@dataclass(slots=True)
-class Deployment:
-    """One module's version in service: its replicas (or its agent) and autoscaler.
-
-    ``wants_standby``: keep a warm standby replica on another node;
-    ``launch_failing``: the last replica asked for could not be placed (said once).
-    """
-
-    spec: ModuleSpec
-    artifact: ModelArtifact
-    tier: str
-    site: str | None
-    replicas: dict[str, Replica] = field(default_factory=dict)
-    agent: str | None = None
-    batching: str = "auto"
-    autoscaler: Autoscaler | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    node: str | None = None
-    wants_standby: bool = False
-    launch_failing: bool = False
-    standby_retry_at: float = 0.0
-
-    def serving(self) -> list[Replica]:
-        """The replicas in the route (standbys aside)."""
-        return [r for r in self.replicas.values() if r.state == "serving" and not r.standby]
-
-    def standbys(self) -> list[Replica]:
-        """The warm standbys (in the route's ``standby``)."""
-        return [r for r in self.replicas.values() if r.state == "serving" and r.standby]
-
-    def standby_endpoints(self) -> list[Endpoint]:
-        """What the route lists as standby."""
-        return [r.endpoint for r in self.standbys() if r.endpoint is not None]
-
-    def endpoints(self) -> list[Endpoint]:
-        """What the route lists: the serving replicas, or the agent."""
-        if self.agent is not None:
-            return [AgentEndpoint(self.agent, self.artifact.version)]
-        return [r.endpoint for r in self.serving() if r.endpoint is not None]
-
-
-def wants_standby(spec: ModuleSpec) -> bool:
-    """Whether a module keeps a warm standby replica on another node (when the manager does).
-
-    Every module has a p95 latency target, and a replica's cold start (a Ray
-    worker, ONNX Runtime, the model, its warm-up, its MQTT subscription: 1-2 s on
-    a quiet host, more under load) misses any of them, while the requests that
-    meet no replica fail: so every module that is always on (``min_replicas >= 1``)
-    asks for one. A module allowed to scale to zero accepts cold starts already.
-    """
-    return spec.min_replicas >= 1
-
-
-def replica_id(module: str, version: str) -> str:
-    """A fresh replica id: ``<module>-<version>-<6 hex>``."""
-    return f"{module}-{version}-{uuid.uuid4().hex[:6]}"
-
-
-class ReplicaSupervisor:
+class ReplicaSupervisor(StandbyKeeper):
     """:meth:`tick` and its per-replica checks; a mixin of ``ServingManager``."""
 
     # The manager's state, set in ServingManager.__init__.
@@ -320,60 +230,6 @@ class ReplicaSupervisor:
 
     # -- the warm standby
 
-    def _keep_standby(self, d: Deployment, now: float) -> None:
-        """Start a standby when there is none, on another node than the primaries."""
-        if any(r.standby and r.state in ("starting", "serving") for r in d.replicas.values()):
-            return
-        primaries = [r.endpoint.node_id for r in d.serving() if r.endpoint is not None]
-        if not primaries or now < d.standby_retry_at:
-            return  # a standby stands by a serving primary
-        places = [(d.tier, d.site), (d.tier, None)] + [
-            (t, None) for t in d.spec.tiers if t in COMPUTE_TIERS and t != d.tier
-        ]
-        # Off the nodes that lost a replica lately if any place allows, else on one
-        # of them (a killed replica process leaves its node alive: see _launch_off).
-        strict = tuple(sorted(self.lost_nodes() | set(primaries)))
-        reasons = []
-        for avoid in dict.fromkeys((strict, tuple(sorted(primaries)))):
-            for tier, site in dict.fromkeys(places):
-                request = ReplicaRequest(
-                    d.spec.name,
-                    d.artifact,
-                    tier,
-                    site,
-                    d.spec.resources,
-                    replica_id(d.spec.name, d.artifact.version),
-                    d.batching,
-                    avoid_nodes=avoid,
-                )
-                try:
-                    handle = self._launcher.launch(request)
-                except MeshError as exc:
-                    reasons.append(f"{tier}{'/' + site if site else ''}: {exc}")
-                    continue
-                d.replicas[handle.replica_id] = Replica(
-                    handle, d.artifact.version, standby=True, tier=tier, site=site
-                )
-                logger.info(
-                    "%s: standby %s requested on %s%s, off node(s) %s",
-                    d.spec.name,
-                    handle.replica_id,
-                    tier,
-                    f" site {site}" if site else "",
-                    ", ".join(n[:8] for n in avoid),
-                )
-                return
-        avoid = strict
-        if d.standby_retry_at == 0.0:  # said once per deployment; retried quietly
-            logger.warning(
-                "%s: no node for a standby off %s (%s); retrying every %g s",
-                d.spec.name,
-                ", ".join(n[:8] for n in avoid),
-                "; ".join(reasons),
-                STANDBY_RETRY_S,
-            )
-        d.standby_retry_at = now + STANDBY_RETRY_S
-
     def _check_down(self, d: Deployment, rid: str, replica: Replica, now: float) -> bool:
         """The gateway marked the replica down: one probe says lost, or clears the mark."""
         assert replica.endpoint is not None
@@ -397,6 +253,21 @@ class ReplicaSupervisor:
             logger.warning("%s: standby %s on node %s lost (%s)", module, rid, node[:8], why)
             return False  # not a switch: the route's standby follows without one
         promoted = next(iter(d.standbys()), None)
+        starting = [r for r in d.replicas.values() if r.standby and r.state == "starting"]
+        if promoted is None and starting:
+            # Started before the loss, it serves sooner than a replacement would.
+            starting[0].standby = False
+            d.tier, d.site = starting[0].tier or d.tier, starting[0].site
+            d.node = None  # where it lands is not known yet
+            logger.warning(
+                "%s: replica %s on node %s lost (%s); standby %s, still starting, replaces it",
+                module,
+                rid,
+                node[:8],
+                why,
+                starting[0].handle.replica_id,
+            )
+            return True
         if promoted is None:
             logger.warning(
                 "%s: replica %s on node %s lost (%s); no standby, replacing it",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,12 +85,15 @@ class Handle:
 
 @dataclass
 class Launcher:
-    """Nodes by tier; the first node of the tier not avoided (or the pinned one) gets it."""
+    """Nodes by tier; of the tier's nodes not avoided (or the pinned one), the one with the
+    fewest live replicas gets it, the first on a tie (``pack``: always the first, as Ray's
+    default scheduling packs small actors)."""
 
     nodes: dict[str, str] = field(
         default_factory=lambda: {"fog-0": "fog", "fog-1": "fog", "cloud": "cloud"}
     )
     handles: list[Handle] = field(default_factory=list)
+    pack: bool = False
 
     def launch(self, request: ReplicaRequest) -> Handle:
         fits = [
@@ -101,7 +105,9 @@ class Launcher:
         ]
         if not fits:
             raise UnsatisfiableError(request.module, {"tier": request.tier}, [], "no node")
-        handle = Handle(request, fits[0], 9000 + len(self.handles))
+        load = Counter(h.node for h in self.live())
+        node = fits[0] if self.pack else min(fits, key=lambda n: load[n])
+        handle = Handle(request, node, 9000 + len(self.handles))
         self.handles.append(handle)
         return handle
 
@@ -160,32 +166,78 @@ def test_the_rule_every_always_on_module_asks_for_a_standby() -> None:
     assert not wants_standby(spec(min_replicas=0))
 
 
-def test_a_standby_starts_on_another_node_and_is_listed_apart() -> None:
+def test_a_deploy_switches_with_its_standby_serving_on_another_node() -> None:
+    """The standby is asked for with the primary, not after it: never a module without one."""
     launcher, probe = Launcher(), Probe()
     metrics = MetricsRegistry()
     m = standby_manager(launcher, probe, metrics=metrics)
-    route = m.deploy(spec(), artifact(), tier="fog")
-    assert nodes(route.endpoints) == ["fog-0"] and route.standby == ()
-    m.tick()  # the primary serves: a standby is asked for, off its node
-    (standby,) = launcher.handles[1:]
-    assert standby.request.avoid_nodes == ("fog-0",) and standby.node == "fog-1"
-    assert standby.request.tier == "fog"
-    assert sorted(s.state for s in m.status()) == ["serving", "standby-starting"]
     switches: list[int] = []
     m.routes.on_change(lambda _old, new: switches.append(new.epoch if new else 0))
-    m.tick()  # it serves: in the route's standby, not its endpoints
-    route = current(m)
+    route = m.deploy(spec(), artifact(), tier="fog")
+    _primary, standby = launcher.handles
+    assert standby.request.tier == "fog" and standby.request.avoid_nodes == ()
+    # In the route's standby from its first epoch, not its endpoints.
     assert nodes(route.endpoints) == ["fog-0"] and nodes(route.standby) == ["fog-1"]
-    assert route.epoch == 1 and switches == []  # a standby joining is not a switch
+    assert route.epoch == 1 and switches == [1]
     assert route.describe()["standby"][0]["node"] == "fog-1"
     assert sorted(s.state for s in m.status()) == ["serving", "standby"]
     assert [v.nodes for v in m.deployments()] == [("fog-0",)]  # the controller sees the primary
     text = metrics.render()
     assert sample(text, "mesh_replicas", module="counter", version="v1", state="standby") == 1
     m.tick()
-    assert len(launcher.handles) == 2  # one standby, not one per tick
+    m.tick()
+    assert len(launcher.handles) == 2 and switches == [1]  # one standby, not one per tick
     m.close()
     assert not launcher.live()
+
+
+def test_a_standby_sharing_its_primary_s_node_stands_by_until_one_elsewhere_serves() -> None:
+    """Ray packs replicas: the deploy's standby may land beside its primary (the nodes
+    are not known when both are asked for). It covers a replica process's death at
+    once; one on another node is started for a node's, and then it retires."""
+    launcher, probe = Launcher(pack=True), Probe()
+    m = standby_manager(launcher, probe)
+    route = m.deploy(spec(), artifact(), tier="fog")
+    primary, beside = launcher.handles
+    assert nodes(route.endpoints) == ["fog-0"] and nodes(route.standby) == ["fog-0"]
+    m.tick()  # the primary's node is known: a standby off it is asked for
+    (apart,) = launcher.handles[2:]
+    assert apart.request.avoid_nodes == ("fog-0",) and apart.node == "fog-1"
+    assert nodes(current(m).standby) == ["fog-0"]  # the one beside still stands by meanwhile
+    m.tick()  # it serves: the one beside retires (not a switch)
+    route = current(m)
+    assert nodes(route.standby) == ["fog-1"] and route.epoch == 1
+    m.tick()
+    assert beside.stopped.is_set() and not beside.killed and not primary.stopped.is_set()
+    assert sorted(s.state for s in m.status()) == ["serving", "standby"]
+    m.tick()
+    assert len(launcher.handles) == 3
+    m.close()
+
+
+def test_a_standby_still_starting_replaces_a_lost_primary() -> None:
+    """No cold start of a replacement when a standby is already on its way."""
+    launcher, probe = Launcher(), Probe()
+    m = standby_manager(launcher, probe)
+    m.deploy(spec(), artifact(), tier="fog")
+    primary, standby = launcher.handles
+    ready = [False]
+    # Its standby was lost, and the new one (on cloud) is still starting.
+    probe.gone.add("fog-1")
+    m.routes.mark_down("counter", standby.endpoint())
+    m.tick()
+    (starting,) = launcher.handles[2:]
+    starting.poll = lambda: starting.endpoint() if ready[0] else None  # type: ignore[method-assign]
+    assert starting.node == "cloud" and current(m).standby == ()
+    probe.gone.add("fog-0")
+    m.routes.mark_down("counter", primary.endpoint())
+    m.tick()  # lost: the starting standby takes its place, no replacement is launched
+    assert len(launcher.handles) == 3 and current(m).endpoints == ()
+    ready[0] = True
+    m.tick()
+    route = current(m)
+    assert nodes(route.endpoints) == ["cloud"] and route.tier == "cloud"
+    m.close()
 
 
 def test_a_primary_marked_down_is_replaced_by_its_standby_at_once() -> None:
@@ -339,11 +391,12 @@ def test_no_node_for_a_standby_is_said_once(
 ) -> None:
     launcher, probe, clock = Launcher(nodes={"fog-0": "fog"}), Probe(), Clock()
     m = standby_manager(launcher, probe, clock)
-    m.deploy(spec(tiers=tiers), artifact(), tier="fog")
+    route = m.deploy(spec(tiers=tiers), artifact(), tier="fog")
+    assert nodes(route.standby) == ["fog-0"]  # beside its primary: no other node
     for i in range(5):
         clock.now = i * STANDBY_RETRY_S
         m.tick()
-    assert len(launcher.handles) == 1
+    assert len(launcher.handles) == 2 and nodes(current(m).standby) == ["fog-0"]
     said = [r for r in caplog.records if "no node for a standby" in r.getMessage()]
     assert len(said) == 1
     m.close()
