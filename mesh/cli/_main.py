@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mesh.cli._node import node_app
 from mesh.cli._scenario import scenario_app
 from mesh.compute._runs import Deployment, SQLiteStore
 from mesh.core._errors import MeshError, UnknownFunctionError
@@ -454,6 +455,7 @@ tokens_app = typer.Typer(
 )
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(node_app, name="node")
 
 
 @tokens_app.command("create")
