@@ -56,13 +56,16 @@ import psutil
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.agent_fixtures import build_tiny_model
+from tests.support.chaos_faults import MORE_FAULTS, ChaosFaults
 from tests.support.chaos_mosquitto import ChaosMosquitto
 from tests.support.cli import ROOT, mesh_cli, stop_recorded_daemon
 
-__all__ = ["BROKERS", "FAULTS", "ChaosMesh", "Load", "Tally", "run_rounds"]
+__all__ = ["ALL_FAULTS", "BROKERS", "FAULTS", "ChaosMesh", "Load", "Tally", "run_rounds"]
 
 #: The fault kinds a round picks from ("broker" with the embedded broker kills the control plane).
 FAULTS = ("replica", "agent", "control_plane", "broker")
+#: Those and the ones :mod:`tests.support.chaos_faults` injects (raylet, disk, outbox, migration).
+ALL_FAULTS = FAULTS + MORE_FAULTS
 #: The brokers a chaos mesh runs on.
 BROKERS = ("embedded", "mosquitto")
 #: The width of the model's input: float32[N, 4].
@@ -327,6 +330,7 @@ class ChaosMesh:
         self._agent: subprocess.Popen[bytes] | None = None
         self._agent_args: list[str] = []
         self._started: dict[int, float] = {}  # every process the mesh ran, for close()
+        self.faults = ChaosFaults(self)
 
     # -- set-up
 
@@ -422,6 +426,8 @@ class ChaosMesh:
         inside it). A Mosquitto is killed and started again at once; ``load``'s
         broker outage lasts until :meth:`wait_serving` sees every module answer.
         """
+        if kind in MORE_FAULTS:
+            return self.faults.inject(kind, load, rng)
         if kind == "broker" and self.mosquitto is not None:
             load.broker_outage_began()
             pid = self.mosquitto.restart_after_kill()
@@ -451,7 +457,7 @@ class ChaosMesh:
             load.repoint(self.gateway)
             load.gateway_down.clear()
             return f"control plane {pid}"
-        raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULTS}")
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {ALL_FAULTS}")
 
     def replica_pid(self, module: str, rng: random.Random) -> int:
         """The pid of one of the module's replica processes (the one listening on its URL)."""
@@ -506,6 +512,10 @@ class ChaosMesh:
 
     # -- tear-down
 
+    def track(self, pid: int) -> None:
+        """Remember ``pid`` and its descendants: :meth:`close` ends them, by pid."""
+        self._started.update(_with_descendants(pid))
+
     def _kill_leftovers(self) -> None:
         """End what a killed control plane left (its Ray cluster), as systemd's cgroup would."""
         agent = self._agent.pid if self._agent is not None else None
@@ -519,6 +529,7 @@ class ChaosMesh:
         if self._agent is not None and self._agent.poll() is None:
             self._agent.kill()
             self._agent.wait(10)
+        self.faults.close()  # the agent's tmpfs, now that the agent is gone
         if self.cluster:
             self._started.update(_with_descendants(int(self.cluster["pid"])))
         with contextlib.suppress(Exception):
