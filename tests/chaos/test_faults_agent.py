@@ -15,6 +15,7 @@ stored again) is covered by tests/unit/test_outbox*.py.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ import pytest
 
 from tests.support.chaos import ChaosMesh, Load
 from tests.support.chaos_faults import FaultUnavailableError, fault_under_load
+
+#: Load before and after the fault, seconds.
+CALM_S = 2.0
 
 
 def _check(tallies: dict[str, Any], what: str) -> None:
@@ -47,6 +51,32 @@ def test_a_full_disk_neither_stops_the_agent_nor_loses_a_request(chaos_mesh: Cha
     beat = faults.agent_heartbeat(lambda _beat: True)  # heartbeats are not retained: a new one
     assert beat.faults.thread_failures == {}, beat.faults
     assert not beat.outbox.full and beat.outbox.dropped == 0, beat.outbox
+
+
+def test_an_agent_restarted_on_a_full_disk_starts_and_serves(chaos_mesh: ChaosMesh) -> None:
+    faults = chaos_mesh.faults
+    try:
+        faults.mount_disk()
+    except FaultUnavailableError as exc:
+        pytest.skip(str(exc))
+    load = Load(chaos_mesh.gateway, chaos_mesh.token, [chaos_mesh.EDGE]).start()
+    served_full: list[float] = []
+
+    def reboot() -> None:  # a device that restarts with its disk full
+        faults.restart_agent()
+        served_full.append(chaos_mesh.wait_serving(load))  # the disk still full
+
+    try:
+        time.sleep(CALM_S)
+        what = faults.fill_disk(while_full=reboot)
+        chaos_mesh.wait_serving(load)
+        time.sleep(CALM_S)
+    finally:
+        load.stop()
+    _check(load.snapshot(), f"{what}, the agent restarted meanwhile")
+    assert served_full, what
+    beat = faults.agent_heartbeat(lambda _beat: True)
+    assert not beat.outbox.full, beat.outbox
 
 
 def test_a_corrupt_outbox_is_moved_aside_reported_and_the_agent_serves(

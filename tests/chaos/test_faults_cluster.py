@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from tests.support.chaos import ChaosMesh
 from tests.support.chaos_faults import fault_under_load
 
@@ -33,6 +35,7 @@ def _check(tallies: dict[str, Any], what: str) -> None:
         assert tally["answered"] + tally["unavailable"] == tally["sent"], tally
 
 
+@pytest.mark.timeout(600)  # the mesh's start and a restart of it: two `mesh up`s
 def test_a_control_plane_killed_mid_migration_resolves_it_and_orphans_nothing(
     chaos_mesh: ChaosMesh,
 ) -> None:

@@ -212,6 +212,12 @@ class ChaosFaults:
         assert self.mesh.agent_pid is None, f"agent {pid} outlived SIGKILL"
         return pid
 
+    def restart_agent(self) -> int:
+        """``kill -9`` the agent and start it again; the killed pid."""
+        pid = self._kill_agent()
+        self.mesh.start_agent()
+        return pid
+
     def mount_disk(self) -> None:
         """Move the agent's cache onto a :data:`DISK_MB` MiB tmpfs (stops and starts the agent).
 
@@ -244,8 +250,14 @@ class ChaosFaults:
         finally:
             self.mesh.start_agent()
 
-    def fill_disk(self, full_s: float = FULL_S) -> str:
-        """Fill the agent's cache tmpfs to the last byte for ``full_s`` seconds, then free it."""
+    def fill_disk(
+        self, full_s: float = FULL_S, *, while_full: Callable[[], object] | None = None
+    ) -> str:
+        """Fill the agent's cache tmpfs to the last byte for ``full_s`` seconds, then free it.
+
+        ``while_full`` runs once the disk is full, before the ``full_s`` wait
+        (e.g. :meth:`restart_agent`: a device rebooting with its disk full).
+        """
         self.mount_disk()
         filler = self.agent_cache / "chaos-filler"
         written = 0
@@ -261,6 +273,8 @@ class ChaosFaults:
                     break
             else:
                 raise AssertionError(f"{filler}: {written} bytes written and not full")
+            if while_full is not None:
+                while_full()
             time.sleep(full_s)
         finally:
             os.close(fd)
