@@ -286,7 +286,7 @@ class ChaosFaults:
         return shutil.disk_usage(self.agent_cache).free
 
     def corrupt_outbox(self, rng: random.Random) -> str:
-        """``kill -9`` the agent, garble its ``outbox.db`` header, start it again."""
+        """``kill -9`` the agent, garble ``outbox.db``'s header (and its log's), start it again."""
         outbox = self.agent_cache / "outbox.db"
         self._before_corrupt = set(self.agent_cache.glob("outbox.db.corrupt-*"))
         pid = self._kill_agent()
@@ -294,6 +294,12 @@ class ChaosFaults:
             assert outbox.is_file(), f"{outbox}: no outbox to corrupt"
             with outbox.open("r+b") as f:
                 f.write(rng.randbytes(100))  # the 100-byte SQLite header
+            # Page 1 is in the write-ahead log until a checkpoint, and SQLite reads it
+            # from there: the log's header too, or the damage stays masked.
+            wal = outbox.with_name(outbox.name + "-wal")
+            if wal.is_file() and wal.stat().st_size >= 32:
+                with wal.open("r+b") as f:
+                    f.write(rng.randbytes(32))
         finally:
             self.mesh.start_agent()
         return f"agent {pid} killed, {outbox.name} garbled, agent started again"
@@ -463,11 +469,13 @@ class ChaosFaults:
                 return
 
 
-def fault_under_load(mesh: ChaosMesh, kind: str, calm_s: float = 2.0) -> tuple[dict[str, Any], str]:
+def fault_under_load(
+    mesh: ChaosMesh, kind: str, *, calm_s: float = 2.0, deadline_s: float = 2.0
+) -> tuple[dict[str, Any], str]:
     """Steady load on both modules, one fault of ``kind``, serving again; the tallies, what."""
     from tests.support.chaos import Load
 
-    load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], rate_hz=10.0).start()
+    load = Load(mesh.gateway, mesh.token, [mesh.FOG, mesh.EDGE], deadline_s=deadline_s).start()
     try:
         time.sleep(calm_s)
         what = mesh.inject(kind, load, random.Random(kind))
