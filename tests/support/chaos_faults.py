@@ -185,13 +185,13 @@ class ChaosFaults:
         self.raylet_orphans = {p.pid: p for p in workers}
         return f"raylet {raylet.pid} of fog node {node[:8]}"
 
-    def live_orphans(self) -> list[int]:
-        """Pids of the killed raylet's workers still running (zombies are not)."""
-        alive = []
+    def live_orphans(self) -> dict[int, str]:
+        """The killed raylet's workers still running (zombies are not): pid -> command line."""
+        alive = {}
         for pid, proc in self.raylet_orphans.items():
             with contextlib.suppress(psutil.Error):
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
+                    alive[pid] = " ".join(proc.cmdline())[:160]
         return alive
 
     @staticmethod
