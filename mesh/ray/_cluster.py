@@ -134,6 +134,8 @@ class LocalCluster:
         self._nodes: dict[str, tuple[Any, ClusterNode]] = {}
         self._next_fog = 0
         self._closed = False
+        self._reaper_stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="mesh-ray-reaper", daemon=True)
         started = time.monotonic()
         head_args: dict[str, Any] = {
             "num_cpus": _count(settings.cloud_cpus),
@@ -160,8 +162,6 @@ class LocalCluster:
             self._address,
             time.monotonic() - started,
         )
-        self._reaper_stop = threading.Event()
-        self._reaper = threading.Thread(target=self._reap_loop, name="mesh-ray-reaper", daemon=True)
         self._reaper.start()
 
     @property
