@@ -4,22 +4,24 @@
 the kinds of :data:`MORE_FAULTS` to (issue 15, item 6):
 
 * ``raylet``: ``kill -9`` the raylet of the fog node that holds the fog
-  module's serving replica. Its workers (the replica) die with it, as with a
-  machine that loses power. Nothing starts it again: the embedded cluster
+  module's serving replica, as when a machine loses power. Nothing starts it again: the embedded cluster
   (:mod:`mesh.ray._cluster`) never re-adds a node, so the state to reach is
   "the fog module serves on the remaining fog node" (its standby there is
-  promoted). A real fog host's ``ray start`` under systemd would join as a new
-  node; that is not simulated. With one fog raylet left it refuses.
+  promoted), and the killed node's workers exit (the control plane reaps the
+  raylet: ``mesh/ray/_cluster.py``). A real fog host's ``ray start`` under
+  systemd would join as a new node; that is not simulated. With one fog
+  raylet left it refuses (:class:`FaultUnavailableError`).
 * ``disk_full``: the agent's cache directory (its ``state.json``, modules and
   ``outbox.db``) is a small tmpfs this harness mounts (once, with the agent
   stopped and started again around the mount); the fault fills it to the last
   byte, holds it full for a few seconds, then frees it. The agent must keep
   serving. Unmounted at :meth:`ChaosFaults.close`. Without the right to mount,
   :class:`FaultUnavailableError` (tests skip with its reason).
-* ``outbox_corrupt``: ``kill -9`` the agent, garble ``outbox.db``'s header
-  (SQLite then says "file is not a database"), start it again: it must start,
-  serve, move the file aside (``outbox.db.corrupt-<time>``) and report it in its
-  heartbeat's ``faults.quarantined`` (read over the broker:
+* ``outbox_corrupt``: ``kill -9`` the agent, garble ``outbox.db``'s header and
+  its write-ahead log's (page 1 lives in the log until a checkpoint: the main
+  file's alone is masked), so SQLite says "file is not a database"; start it
+  again: it must start, serve, move the file aside (``outbox.db.corrupt-<time>``)
+  and report it in its heartbeat's ``faults.quarantined`` (read over the broker:
   :meth:`ChaosFaults.agent_heartbeat`; ``mesh agents list`` does not show it).
 * ``mid_migration``: pin the fog module to the other fog node (a migration,
   ``POST /v1/placements/{module}/pin``), poll its phase and ``kill -9`` the
