@@ -52,6 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
+#: How often the cluster reaps its nodes' processes that exited (a raylet killed outright).
+REAP_PERIOD_S = 1.0
 
 
 def prepare_ray_environment(settings: MeshSettings) -> None:
@@ -132,6 +134,8 @@ class LocalCluster:
         self._nodes: dict[str, tuple[Any, ClusterNode]] = {}
         self._next_fog = 0
         self._closed = False
+        self._reaper_stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="mesh-ray-reaper", daemon=True)
         started = time.monotonic()
         head_args: dict[str, Any] = {
             "num_cpus": _count(settings.cloud_cpus),
@@ -158,6 +162,7 @@ class LocalCluster:
             self._address,
             time.monotonic() - started,
         )
+        self._reaper.start()
 
     @property
     def address(self) -> str:
@@ -244,11 +249,44 @@ class LocalCluster:
                 return
             self._closed = True
             self._nodes.clear()
+        self._reaper_stop.set()
+        self._reaper.join(5 * REAP_PERIOD_S)
         try:
             self._cluster.shutdown()  # type: ignore[no-untyped-call]
         finally:
             _forget_address(self._address)
         logger.info("embedded Ray cluster at %s shut down", self._address)
+
+    def _reap_loop(self) -> None:
+        """Reap the nodes' processes that exited (each is this process's child), until shutdown.
+
+        A raylet killed outright (``kill -9``, the OOM killer) stays a zombie until
+        its parent waits for it, and its workers, which check the raylet's pid,
+        take a zombie for alive: a replica on that node would keep running, its
+        port and MQTT responder with it, until the control plane exits. Reaped,
+        the workers see it gone and exit (Ray checks every second).
+        """
+        reported: set[int] = set()
+        while not self._reaper_stop.wait(REAP_PERIOD_S):
+            with self._lock:
+                nodes = list(self._nodes.values())
+            for node, info in nodes:
+                try:
+                    dead = node.dead_processes()  # polls each process: reaps the exited
+                except Exception:  # Ray changed its process table meanwhile: next time
+                    logger.debug("node %s: processes not polled", info.node_id[:8], exc_info=True)
+                    continue
+                for kind, proc in dead:
+                    if proc.pid not in reported:
+                        reported.add(proc.pid)
+                        logger.warning(
+                            "embedded node %s (%s): its %s (pid %d) exited with %s",
+                            info.node_id[:8],
+                            info.site or info.tier,
+                            kind,
+                            proc.pid,
+                            proc.returncode,
+                        )
 
     def __enter__(self) -> LocalCluster:
         return self
