@@ -151,6 +151,19 @@ print(json.dumps({"ms": ms, "out": out.tolist()}))
 """
 
 
+def test_mesh_status_lists_the_head_and_both_fog_hosts(running_mesh: Mesh) -> None:
+    """`mesh status` on the cloud host, a driver of the external cluster, sees every node."""
+    out = mesh(running_mesh.bed, "cloud", running_mesh.cloud_env, "status")
+    assert f"cluster {running_mesh.head}" in out, out
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()]
+    alive = [(row[1], row[2]) for row in rows if len(row) == 8 and row[3] == "yes"]
+    assert sorted(alive) == [
+        ("cloud", "-"),
+        ("fog", "fog-0"),
+        ("fog", "fog-1"),
+    ], out
+
+
 def test_a_client_infers_through_the_gateway_to_a_fog_replica(
     running_mesh: Mesh, tmp_path: Path
 ) -> None:
