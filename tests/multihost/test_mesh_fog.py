@@ -1,4 +1,4 @@
-"""The mesh across the test bed's hosts, as README's "Across machines" runs it (issue 16, 3a).
+"""The mesh across the test bed's hosts, on the production path of issue 16 (item 3a, fog).
 
 In ``cloud``: the Ray head (``ray start --head --labels mesh.tier=cloud``, token
 auth, on 10.77.0.10) and ``mesh up`` against it (``MESH_RAY_ADDRESS``, the
@@ -52,7 +52,6 @@ class Mesh:
 
     bed: TestBed
     head: str
-    token_file: Path
     cloud_env: dict[str, str]
     gateway_url: str
 
@@ -65,7 +64,7 @@ def in_host(
     return bed.run(host, [*prefix, *argv], timeout_s=timeout_s, check=False)
 
 
-def mesh(bed: TestBed, host: str, env: dict[str, str], *args: str) -> str:
+def mesh_in(bed: TestBed, host: str, env: dict[str, str], *args: str) -> str:
     """``mesh ARGS`` in ``host``; its output (the test fails with it on a non-zero exit)."""
     done = in_host(bed, host, env, [sys.executable, "-m", "mesh.cli", *args])
     assert done.returncode == 0, f"mesh {' '.join(args)} in {host}:\n{done.stdout}{done.stderr}"
@@ -115,16 +114,16 @@ def running_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         )
         assert started.returncode == 0, started.stdout + started.stderr
         for host in FOG:
-            joined = mesh(bed, host, fog_envs[host], "node", "join", head, "--tier", "fog",
-                          "--site", host, "--cpus", "1", "--node-ip", bed.address(host),
-                          "--token-file", str(token_file))  # fmt: skip
+            joined = mesh_in(bed, host, fog_envs[host], "node", "join", head, "--tier", "fog",
+                             "--site", host, "--cpus", "1", "--node-ip", bed.address(host),
+                             "--token-file", str(token_file))  # fmt: skip
             assert f"mesh.tier=fog, mesh.site={host}" in joined, joined
-        mesh(bed, "cloud", cloud_env, "up")
+        mesh_in(bed, "cloud", cloud_env, "up")
         record = json.loads((work / "cloud" / "cluster.json").read_text())
-        yield Mesh(bed, head, token_file, cloud_env, str(record["gateway_url"]))
-        mesh(bed, "cloud", cloud_env, "down")
+        yield Mesh(bed, head, cloud_env, str(record["gateway_url"]))
+        mesh_in(bed, "cloud", cloud_env, "down")
         for host in FOG:
-            mesh(bed, host, fog_envs[host], "node", "leave")
+            mesh_in(bed, host, fog_envs[host], "node", "leave")
         # `leave` ended the node's processes and their workers: nothing runs in fog now.
         running = {h: [p for p in _netns.pids(bed.namespace(h)) if _netns.alive(p)] for h in FOG}
         assert running == {h: [] for h in FOG}
@@ -153,7 +152,7 @@ print(json.dumps({"ms": ms, "out": out.tolist()}))
 
 def test_mesh_status_lists_the_head_and_both_fog_hosts(running_mesh: Mesh) -> None:
     """`mesh status` on the cloud host, a driver of the external cluster, sees every node."""
-    out = mesh(running_mesh.bed, "cloud", running_mesh.cloud_env, "status")
+    out = mesh_in(running_mesh.bed, "cloud", running_mesh.cloud_env, "status")
     assert f"cluster {running_mesh.head}" in out, out
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()]
     alive = [(row[1], row[2]) for row in rows if len(row) == 8 and row[3] == "yes"]
@@ -174,13 +173,13 @@ def test_a_client_infers_through_the_gateway_to_a_fog_replica(
 
     bed, env = running_mesh.bed, running_mesh.cloud_env
     model = build_cnn(tmp_path / "counter.onnx")
-    mesh(bed, "cloud", env, "models", "register", MODEL, str(model), "--code-version", "1")
-    mesh(bed, "cloud", env, "models", "promote", MODEL, "v1")
-    mesh(bed, "cloud", env, "modules", "deploy", MODEL, "--tier", "fog", "--replicas", "1")
-    token = mesh(bed, "cloud", env, "tokens", "create", "client", "--scope", "invoke").strip()
+    mesh_in(bed, "cloud", env, "models", "register", MODEL, str(model), "--code-version", "1")
+    mesh_in(bed, "cloud", env, "models", "promote", MODEL, "v1")
+    mesh_in(bed, "cloud", env, "modules", "deploy", MODEL, "--tier", "fog", "--replicas", "1")
+    token = mesh_in(bed, "cloud", env, "tokens", "create", "client", "--scope", "invoke").strip()
 
     # The replica runs in a fog host and listens on that host's address.
-    listed = json.loads(mesh(bed, "cloud", env, "modules", "list", "--json"))
+    listed = json.loads(mesh_in(bed, "cloud", env, "modules", "list", "--json"))
     assert [(m["module"], m["status"]) for m in listed] == [(MODEL, "serving")], listed
     fog_ips = {bed.address(host) for host in FOG}
     urls = [e["url"] for m in listed for e in [*m["endpoints"], *m.get("standby", [])]]
