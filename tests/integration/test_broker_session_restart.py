@@ -37,7 +37,13 @@ import sys, threading, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
 from mesh.edge.broker._broker import start_embedded_broker
-start_embedded_broker(port=int(sys.argv[1]), anonymous=True, sessions_db=Path(sys.argv[2]))
+from mesh.edge.broker._session_store import SessionLimits
+start_embedded_broker(
+    port=int(sys.argv[1]),
+    anonymous=True,
+    sessions_db=Path(sys.argv[2]),
+    session_limits=SessionLimits(max_messages=int(sys.argv[3])),
+)
 print("ready", flush=True)
 threading.Event().wait()
 """
@@ -46,15 +52,23 @@ threading.Event().wait()
 class _BrokerProcess:
     """The embedded broker in a child process on a fixed port and data file."""
 
-    def __init__(self, port: int, sessions_db: Path) -> None:
+    def __init__(self, port: int, sessions_db: Path, *, max_messages: int = 1000) -> None:
         self.host, self.port, self.sessions_db = "127.0.0.1", port, sessions_db
+        self.max_messages = max_messages
         self.url = f"mqtt://{self.host}:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> _BrokerProcess:
         pytest.importorskip("amqtt", reason="amqtt is not installed (pip install 'fogmesh[cloud]')")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BROKER_MAIN, str(self.port), str(self.sessions_db)],
+            [
+                sys.executable,
+                "-c",
+                _BROKER_MAIN,
+                str(self.port),
+                str(self.sessions_db),
+                str(self.max_messages),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=REPO,
@@ -235,3 +249,54 @@ def test_a_clean_session_is_not_kept(broker_dir: tuple[int, Path]) -> None:
             back.close()
     finally:
         broker.kill9()
+
+
+def test_a_full_queue_keeps_the_newest_in_memory_and_on_disk(
+    broker_dir: tuple[int, Path],
+) -> None:
+    port, sessions_db = broker_dir
+    topic, device_id = unique("frames"), unique("device")
+    broker = _BrokerProcess(port, sessions_db, max_messages=3).start()
+    try:
+        device = _Device(broker, device_id)
+        device.subscribe(topic)
+        device.close()
+        _publish(broker, topic, [b"m0", b"m1", b"m2", b"m3"])  # m0 dropped
+        broker.kill9()
+        broker.start()
+        _publish(broker, topic, [b"m4"])  # m1 dropped
+        back = _Device(broker, device_id)
+        try:
+            assert back.wait_for(lambda: b"m4" in back.payloads())
+            back.subscribe(unique("sync"))  # every queued message was sent before this
+            assert back.payloads() == [b"m2", b"m3", b"m4"]
+        finally:
+            back.close()
+    finally:
+        broker.kill9()
+
+
+def test_a_clean_stop_keeps_the_sessions_too(tmp_path: Path) -> None:
+    from mesh.edge.broker._broker import start_embedded_broker
+
+    sessions_db = tmp_path / "sessions.db"
+    topic, device_id = unique("frames"), unique("device")
+    broker = start_embedded_broker(anonymous=True, sessions_db=sessions_db)
+    try:
+        device = _Device(broker, device_id)  # type: ignore[arg-type]
+        device.subscribe(topic)
+        device.close()
+        _publish(broker, topic, [b"before"])  # type: ignore[arg-type]
+    finally:
+        broker.stop()
+    broker = start_embedded_broker(port=broker.port, anonymous=True, sessions_db=sessions_db)
+    try:
+        _publish(broker, topic, [b"after"])  # type: ignore[arg-type]
+        back = _Device(broker, device_id)  # type: ignore[arg-type]
+        try:
+            assert back.wait_for(lambda: len(back.payloads()) >= 2), back.got
+            assert back.payloads() == [b"before", b"after"]
+        finally:
+            back.close()
+    finally:
+        broker.stop()

@@ -29,21 +29,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from importlib import metadata
 from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.events import BrokerEvents
-from amqtt.session import Session
+from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.session import INCOMING, Session
 
 from mesh.core._errors import StoreError
 from mesh.edge.broker._amqtt_sessions import require_attributes
 from mesh.edge.broker._session_store import QueuedMessage, SessionStore
 
-__all__ = ["PersistentSessionsBroker", "check_persistence_hooks"]
+__all__ = ["PersistentSessionsBroker", "ack_after_routing", "check_persistence_hooks"]
 
 logger = logging.getLogger(__name__)
+
+#: How long a PUBACK waits for its message to be routed before it goes anyway.
+ROUTE_TIMEOUT_S = 5.0
+
+#: The routing future of the QoS 1 message a client's message loop is delivering.
+_ROUTING: ContextVar[list[asyncio.Future[None]] | None] = ContextVar("_ROUTING", default=None)
 
 _HOOKS = (
     "_start_listeners",
@@ -57,6 +68,9 @@ _HOOKS = (
     "shutdown",
     "create_offline_session",
     "_get_handler",
+    "_handle_message_delivery",
+    "_broadcast_message",
+    "_run_broadcast",
 )
 
 
@@ -71,8 +85,11 @@ def check_persistence_hooks() -> None:
         metadata.version("amqtt"),
         [
             *((Broker, hook) for hook in _HOOKS),
+            (BrokerProtocolHandler, "_handle_qos1_message_flow"),
+            (BrokerProtocolHandler, "_send_packet"),
             (BrokerEvents, "RETAINED_MESSAGE"),
             (session, "retained_messages"),
+            (session, "delivered_message_queue"),
             (session, "last_disconnect_time"),
             (session, "clean_session"),
             (session, "client_id"),
@@ -106,6 +123,10 @@ class PersistentSessionsBroker(Broker):  # type: ignore[misc]
         # Rows sent on a connection that died before the PUBACK, per client: amqtt
         # re-sends them when the session reconnects; deleted after that.
         self._mesh_resent: dict[str, tuple[int, ...]] = {}
+        # Incoming QoS 1 messages whose PUBACK waits for their routing, by id(message),
+        # and one entry (a future or None) per broadcast queued, in the queue's order.
+        self._mesh_route_waits: dict[int, asyncio.Future[None]] = {}
+        self._mesh_routes: deque[asyncio.Future[None] | None] = deque()
 
     # ------------------------------------------------------------------ start, stop
 
@@ -157,6 +178,52 @@ class PersistentSessionsBroker(Broker):  # type: ignore[misc]
             topics = list(unsubscribe_waiter.result().topics)
             self._write(lambda s: s.unsubscribe(client_id, *topics))
         await super()._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+
+    # ------------------------------------------------------------------ ack after routing
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        message = wait_deliver.result()
+        waiting = self._mesh_route_waits.get(id(message)) if message is not None else None
+        holder = [waiting] if waiting is not None else None
+        token = _ROUTING.set(holder)
+        try:
+            return bool(
+                await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            )
+        finally:
+            _ROUTING.reset(token)
+            if holder:  # never broadcast (refused, bad topic): ack now
+                _resolve(holder[0])
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        holder = _ROUTING.get()
+        self._mesh_routes.append(holder.pop() if holder else None)
+        # An unbounded queue: put() never waits, so the deque stays in its order.
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        try:
+            await super()._run_broadcast(running_tasks)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._routed()
+            raise
+        self._routed()
+
+    def _routed(self) -> None:
+        if self._mesh_routes:
+            waiting = self._mesh_routes.popleft()
+            if waiting is not None:
+                _resolve(waiting)
 
     # ------------------------------------------------------------------ queued messages
 
@@ -240,6 +307,62 @@ class PersistentSessionsBroker(Broker):  # type: ignore[misc]
             change(store)
         except StoreError:
             logger.exception("embedded broker: a persistent session change was not stored")
+
+
+def _resolve(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)
+
+
+def ack_after_routing() -> None:
+    """Make a persisting broker acknowledge a QoS 1 PUBLISH only once it is routed.
+
+    amqtt sends the PUBACK as soon as the message is on the client's queue,
+    before the broadcast loop has queued (and here stored) it for offline
+    sessions: a broker killed in between loses a message its publisher saw
+    acknowledged. Wrapped here, for brokers with a session store only: the
+    PUBACK waits until the broadcast loop has handled the message (at most
+    :data:`ROUTE_TIMEOUT_S`, then it goes anyway with a warning). Each PUBLISH
+    is its own task in amqtt, so one wait never holds up the next. Idempotent.
+    """
+    flow = BrokerProtocolHandler._handle_qos1_message_flow
+    if getattr(flow, "_mesh_acks_after_routing", False):
+        return
+
+    async def qos1_flow(self: BrokerProtocolHandler, app_message: Any) -> None:
+        broker = getattr(self.plugins_manager.context, "_broker_instance", None)
+        if (
+            app_message.direction != INCOMING
+            or app_message.qos != QOS_1
+            or app_message.puback_packet is not None
+            or self.session is None
+            or not isinstance(broker, PersistentSessionsBroker)
+            or broker.sessions_store is None
+        ):
+            await flow(self, app_message)
+            return
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        broker._mesh_route_waits[id(app_message)] = waiting
+        try:
+            await self.session.delivered_message_queue.put(app_message)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiting), ROUTE_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning(
+                    "embedded broker: a QoS 1 message on %s was not routed within %g s; "
+                    "acknowledged anyway",
+                    app_message.topic,
+                    ROUTE_TIMEOUT_S,
+                )
+        finally:
+            broker._mesh_route_waits.pop(id(app_message), None)
+        puback = PubackPacket.build(app_message.packet_id)
+        await self._send_packet(puback)
+        app_message.puback_packet = puback
+
+    qos1_flow._mesh_acks_after_routing = True  # type: ignore[attr-defined]
+    qos1_flow._mesh_keeps_unacked = getattr(flow, "_mesh_keeps_unacked", False)  # type: ignore[attr-defined]
+    BrokerProtocolHandler._handle_qos1_message_flow = qos1_flow
 
 
 def _persistent(session: Session) -> bool:

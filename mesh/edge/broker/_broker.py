@@ -152,6 +152,7 @@ class EmbeddedBroker:
             try:
                 from mesh.edge.broker._amqtt_persistence import (
                     PersistentSessionsBroker,
+                    ack_after_routing,
                     check_persistence_hooks,
                 )
                 from mesh.edge.broker._amqtt_sessions import (
@@ -166,6 +167,7 @@ class EmbeddedBroker:
             check_amqtt()
             check_persistence_hooks()
             keep_unacknowledged()
+            ack_after_routing()
             store = self._open_store()
             ready = threading.Event()
             failure: list[BaseException] = []
