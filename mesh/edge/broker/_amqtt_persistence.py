@@ -242,7 +242,8 @@ class PersistentSessionsBroker(Broker):  # type: ignore[misc]
             logger.exception("embedded broker: could not store a message for %s", client_id)
             stored, dropped = QueuedMessage(-1, broadcast["topic"], data, qos), ()
         if dropped:
-            _drop(target_session, set(dropped))
+            # The store drops its oldest; the in-memory queue holds the same, in order.
+            _drop_oldest(target_session, len(dropped) - (stored.row in dropped))
         if stored.row in dropped:
             return
         message = _Queued(stored, broadcast["session"])
@@ -373,13 +374,10 @@ def _succeeded(task: asyncio.Future[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
 
 
-def _drop(session: Session, rows: set[int]) -> None:
-    """Remove the messages the store dropped from the session's in-memory queue."""
+def _drop_oldest(session: Session, n: int) -> None:
+    """Remove the ``n`` oldest messages of the session's in-memory queue."""
     queue = session.retained_messages
-    kept = []
-    while not queue.empty():
-        message = queue.get_nowait()
-        if getattr(message, "row", -1) not in rows:
-            kept.append(message)
-    for message in kept:
-        queue.put_nowait(message)
+    for _ in range(n):
+        if queue.empty():
+            return
+        queue.get_nowait()

@@ -285,12 +285,14 @@ class SessionStore:
                 (client_id, topic, data, qos),
             ).lastrowid
             assert row is not None
-            if count > limits.max_messages or size > limits.max_bytes:
+            # Bounded: each pass drops at least one row while any are left.
+            while (count > limits.max_messages or size > limits.max_bytes) and count > 0:
                 oldest = db.execute(
-                    "SELECT row, LENGTH(payload) FROM mqtt_queued WHERE client_id = ? ORDER BY row",
-                    (client_id,),
-                )
-                for old, length in oldest.fetchall():
+                    "SELECT row, LENGTH(payload) FROM mqtt_queued WHERE client_id = ? "
+                    "ORDER BY row LIMIT ?",
+                    (client_id, max(1, count - limits.max_messages)),
+                ).fetchall()
+                for old, length in oldest:
                     if count <= limits.max_messages and size <= limits.max_bytes:
                         break
                     db.execute("DELETE FROM mqtt_queued WHERE row = ?", (old,))
