@@ -336,6 +336,7 @@ def ack_after_routing() -> None:
             app_message.direction != INCOMING
             or app_message.qos != QOS_1
             or app_message.puback_packet is not None
+            or app_message.packet_id is None
             or self.session is None
             or not isinstance(broker, PersistentSessionsBroker)
             or broker.sessions_store is None
