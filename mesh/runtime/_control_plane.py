@@ -151,8 +151,12 @@ def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
 
     # Logins from the key store: the control plane's own and enrolled agents'.
     passwd, _ = embedded_broker_login(settings)
+    # Persistent sessions outlive a restart, as with Mosquitto's ``persistence true``.
+    sessions = settings.data_dir / "mqtt" / "sessions.db"
     try:
-        return start_embedded_broker(port=settings.embedded_broker_port, password_file=passwd)
+        return start_embedded_broker(
+            port=settings.embedded_broker_port, password_file=passwd, sessions_db=sessions
+        )
     except (MeshError, OSError) as exc:
         if settings.embedded_broker_port == 0:
             raise
@@ -161,7 +165,7 @@ def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
             settings.embedded_broker_port,
             exc,
         )
-        return start_embedded_broker(port=0, password_file=passwd)
+        return start_embedded_broker(port=0, password_file=passwd, sessions_db=sessions)
 
 
 def _check_and_back_up_store(settings: ControlPlaneSettings) -> None:

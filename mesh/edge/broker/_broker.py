@@ -9,7 +9,11 @@ Both hide behind :class:`BrokerHandle` (``url``, ``host``, ``port``, ``stop()``)
   :mod:`mesh.edge.broker._amqtt_auth`); anonymous clients only where a test asks.
   A client's persistent session (``clean_session`` false) keeps QoS 1 messages
   while it is away, and those sent on a connection that died before their
-  PUBACK, as Mosquitto's does (:mod:`mesh.edge.broker._amqtt_sessions`).
+  PUBACK, as Mosquitto's does (:mod:`mesh.edge.broker._amqtt_sessions`). Given a
+  ``sessions_db`` (the control plane's ``<data>/mqtt/sessions.db``), persistent
+  sessions, their subscriptions and queued messages also outlive the broker's
+  process (:mod:`mesh.edge.broker._session_store`,
+  :mod:`mesh.edge.broker._amqtt_persistence`), as Mosquitto's ``persistence true``.
   asyncio sets ``TCP_NODELAY`` on its TCP sockets.
 - :func:`start_mosquitto` (:mod:`mesh.edge.broker._mosquitto`) runs a real
   ``mosquitto`` from a generated config as a child process: production-like, for
@@ -35,7 +39,7 @@ import ipaddress
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.edge.broker._handle import (
     START_TIMEOUT_S,
@@ -50,6 +54,9 @@ from mesh.edge.broker._mosquitto import (
     render_mosquitto_config,
     start_mosquitto,
 )
+
+if TYPE_CHECKING:
+    from mesh.edge.broker._session_store import SessionLimits, SessionStore
 
 __all__ = [
     "BrokerHandle",
@@ -71,7 +78,8 @@ class EmbeddedBroker:
     """An amqtt broker running on its own event loop in a daemon thread.
 
     MQTT 3.1.1 only, loopback only (demo, tests), with the logins of a password
-    file. Create it with :func:`start_embedded_broker`.
+    file; persistent sessions kept in ``sessions_db`` when given. Create it with
+    :func:`start_embedded_broker`.
 
     Raises:
         BrokerStartError: a non-loopback ``host``, or neither ``password_file`` nor
@@ -85,6 +93,8 @@ class EmbeddedBroker:
         *,
         password_file: Path | None = None,
         anonymous: bool = False,
+        sessions_db: Path | None = None,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise BrokerStartError(
@@ -99,6 +109,9 @@ class EmbeddedBroker:
                 "anonymous=True is for tests only"
             )
         self._password_file = password_file
+        self._sessions_db = sessions_db
+        self._session_limits = session_limits
+        self._store: SessionStore | None = None
         self._bind_host = host
         self._requested_port = port
         self._port = 0
@@ -137,8 +150,11 @@ class EmbeddedBroker:
             if self.running:
                 return self
             try:
-                from amqtt.broker import Broker
-
+                from mesh.edge.broker._amqtt_persistence import (
+                    PersistentSessionsBroker,
+                    ack_after_routing,
+                    check_persistence_hooks,
+                )
                 from mesh.edge.broker._amqtt_sessions import (
                     bound_port,
                     check_amqtt,
@@ -149,7 +165,10 @@ class EmbeddedBroker:
                     "the embedded broker needs amqtt: pip install 'fogmesh[cloud]'"
                 ) from exc
             check_amqtt()
+            check_persistence_hooks()
             keep_unacknowledged()
+            ack_after_routing()
+            store = self._open_store()
             ready = threading.Event()
             failure: list[BaseException] = []
             loop = asyncio.new_event_loop()
@@ -165,7 +184,7 @@ class EmbeddedBroker:
                     }
                 }
             )
-            config = {
+            config: dict[str, Any] = {
                 "listeners": {
                     "default": {
                         "type": "tcp",
@@ -174,8 +193,10 @@ class EmbeddedBroker:
                 },
                 "plugins": auth,
             }
+            if store is not None:  # amqtt's session monitor forgets them in memory too
+                config["session_expiry_interval"] = int(store.limits.expiry_s)
 
-            class _Broker(Broker):  # type: ignore[misc]
+            class _Broker(PersistentSessionsBroker):
                 """Tracks client streams so a stop closes every connection."""
 
                 streams: set[asyncio.StreamWriter] = set()
@@ -195,6 +216,7 @@ class EmbeddedBroker:
 
             async def boot() -> None:
                 broker = _Broker(config, loop=loop)
+                broker.sessions_store = store
                 await broker.start()
                 self._port = bound_port(broker, "default")
                 self._broker = broker
@@ -223,21 +245,41 @@ class EmbeddedBroker:
                 )
             if failure:
                 thread.join(1.0)
+                if store is not None:
+                    store.close()
                 raise BrokerStartError(
                     f"embedded broker on {self._bind_host}:{self._requested_port} failed to "
                     f"start: {failure[0]}"
                 ) from failure[0]
             self._loop = loop
             self._thread = thread
+            self._store = store
             # Later restarts reuse the same port, so clients reconnect to it.
             self._requested_port = self._port
             logger.info("embedded MQTT broker (amqtt) listening on %s", self.url)
             return self
 
+    def _open_store(self) -> SessionStore | None:
+        if self._sessions_db is None:
+            return None
+        from mesh.core._errors import StoreError
+        from mesh.edge.broker._session_store import SessionStore
+
+        try:
+            return SessionStore(self._sessions_db, self._session_limits)
+        except (StoreError, OSError) as exc:
+            raise BrokerStartError(
+                f"embedded broker: cannot open its sessions file {self._sessions_db}: {exc}"
+            ) from exc
+
     def stop(self) -> None:
-        """Shut the broker down and join its thread; idempotent."""
+        """Shut the broker down and join its thread; idempotent.
+
+        Stored persistent sessions stay for the next start.
+        """
         with self._lock:
             loop, thread, broker = self._loop, self._thread, self._broker
+            store, self._store = self._store, None
             self._loop = self._thread = self._broker = None
             if loop is None or thread is None:
                 return
@@ -252,6 +294,8 @@ class EmbeddedBroker:
             if thread.is_alive():
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(START_TIMEOUT_S)
+            if store is not None:
+                store.close()
             logger.info("embedded MQTT broker %s stopped", self.url)
 
     def __enter__(self) -> EmbeddedBroker:
@@ -291,6 +335,8 @@ def start_embedded_broker(
     *,
     password_file: Path | None = None,
     anonymous: bool = False,
+    sessions_db: Path | None = None,
+    session_limits: SessionLimits | None = None,
 ) -> EmbeddedBroker:
     """Start an embedded amqtt broker (MQTT 3.1.1) and return its handle.
 
@@ -300,6 +346,11 @@ def start_embedded_broker(
         password_file: the Mosquitto password file whose users may log in (re-read
             when it changes); see :func:`mesh.edge._enrolment.embedded_broker_login`.
         anonymous: let anyone in without a password file (tests only).
+        sessions_db: keep persistent sessions (subscriptions, queued QoS 1/2
+            messages) in this SQLite file across restarts; None keeps them in
+            memory only.
+        session_limits: per-session queue bounds and expiry (defaults:
+            :class:`~mesh.edge.broker._session_store.SessionLimits`).
 
     Raises:
         BrokerStartError: a non-loopback ``host``, no password file, or no start.
@@ -308,4 +359,11 @@ def start_embedded_broker(
         >>> with start_embedded_broker(password_file=passwd) as broker:   # doctest: +SKIP
         ...     print(broker.url)
     """
-    return EmbeddedBroker(host, port, password_file=password_file, anonymous=anonymous).start()
+    return EmbeddedBroker(
+        host,
+        port,
+        password_file=password_file,
+        anonymous=anonymous,
+        sessions_db=sessions_db,
+        session_limits=session_limits,
+    ).start()
