@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mesh.runtime._control_plane import replicas_reach_broker
+from mesh.runtime._replica_broker import replicas_reach_broker
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,6 @@ def test_a_loopback_broker_is_not_given_to_replicas_on_other_hosts(
 
 
 def test_the_user_is_told_what_to_set(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mesh.runtime._control_plane"):
+    with caplog.at_level(logging.WARNING, logger="mesh.runtime._replica_broker"):
         assert not replicas_reach_broker("mqtt://127.0.0.1:41000", "10.77.0.10:6379")
     assert "serve HTTP only" in caplog.text and "MESH_BROKER_URL" in caplog.text
