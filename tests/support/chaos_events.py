@@ -28,9 +28,10 @@ agent may read its site's sensor topics, not publish on them.
   sent while the broker was down or just restarted (from a kill of the broker,
   or of the control plane with the embedded broker in it, until the edge module
   answers again, :meth:`EventProbe.outage_began` and :meth:`EventProbe.outage_ended`):
-  a restarted embedded broker keeps no sessions, so frames it takes before the
-  agent subscribes again go to no one (the agent's reconnect backoff grows to
-  30 s); counted apart, like requests' ``broker_outage``;
+  a broker that lost the agent's session lets frames it takes before the agent
+  subscribes again go to no one; counted apart, like requests' ``broker_outage``
+  (both brokers now keep persistent sessions across their own restart, the
+  embedded one in ``<data>/mqtt/sessions.db``, so the suite expects none);
 * **lost**: a broker acknowledged it (PUBACK) and no event came within the
   final grace, outside an outage.
 
