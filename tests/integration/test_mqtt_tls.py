@@ -21,11 +21,15 @@ import numpy as np
 import pytest
 
 from edge_agent.protocol import DesiredState
+from mesh.core._errors import MeshError
 from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
 from mesh.edge._records import EdgeBusError, EdgeConnectionError
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import MosquittoBroker, start_mosquitto
+from mesh.serving._contract import ReplicaMqtt
+from mesh.serving.replica._mqtt import MqttResponder
+from mesh.serving.replica._server import ModelRunner, ReplicaApp
 from tests.support import agent_fixtures as af
 from tests.support.agent_fixtures import AgentProcess, ArtifactServer, SigningKey
 from tests.support.brokers import require_mosquitto
@@ -38,7 +42,9 @@ agent_processes = af.agent_processes
 _ATTEMPTS = 3  # connection attempts a refusing agent is watched for
 _WAIT_S = 30.0  # generous: the agent retries every second
 # How OpenSSL words a chain from another CA (Mosquitto sends that CA in the chain).
-_FOREIGN = r"\((self-signed certificate in certificate chain|unable to get local issuer certificate)\)"
+_FOREIGN = (
+    r"\((self-signed certificate in certificate chain|unable to get local issuer certificate)\)"
+)
 
 
 @pytest.fixture
@@ -194,3 +200,26 @@ def test_edge_bus_refuses_a_ca_for_a_plain_url(pki: TestPki) -> None:
         EdgeBus("mqtt://127.0.0.1:1883", ca_file=str(pki.ca))
     with pytest.raises(EdgeBusError, match="does not exist"):
         EdgeBus("mqtts://127.0.0.1:8883", ca_file=str(pki.ca.with_name("missing.pem")))
+
+
+def test_a_replica_responder_connects_over_mqtts_and_refuses_a_wrong_ca(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    broker = _tls_broker(tmp_path, pki)
+    runner = ModelRunner(af.build_tiny_model(tmp_path / "tiny.onnx"), cpus=0.5, warmup_runs=1)
+    app = ReplicaApp(runner, model="m", version="v1", replica_id="m-v1-tls")
+    try:
+        responder = MqttResponder(app, ReplicaMqtt(broker.url, ca_file=str(pki.ca))).start(
+            timeout_s=15
+        )
+        try:
+            assert responder.describe()["subscribed"]
+        finally:
+            responder.stop(timeout_s=2)
+        wrong = MqttResponder(app, ReplicaMqtt(broker.url, ca_file=str(pki.other_ca)))
+        with pytest.raises(MeshError, match=f"{broker.port}: TLS handshake failed") as caught:
+            wrong.start(timeout_s=10)
+        assert str(pki.other_ca) in str(caught.value)
+    finally:
+        app.close()
+        broker.stop()

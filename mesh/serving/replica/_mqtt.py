@@ -203,7 +203,9 @@ class MqttResponder:
         tls = cfg.tls()  # None for mqtt://; never plain MQTT for mqtts://
         try:
             wait_s = max(0.01, deadline - time.monotonic())
-            proto = choose_protocol(cfg.protocol, host, port, tls=tls, timeout_s=min(_PROBE_S, wait_s))
+            proto = choose_protocol(
+                cfg.protocol, host, port, tls=tls, timeout_s=min(_PROBE_S, wait_s)
+            )
             options = ClientOptions(
                 client_id=self.client_id,
                 protocol=proto,
