@@ -161,7 +161,7 @@ class EdgeBus:
         except ValueError as exc:
             raise EdgeBusError(str(exc)) from exc
         if not parts.hostname:
-            raise EdgeBusError(f"broker {broker_url!r}: expected mqtt[s]://host[:port]")
+            raise EdgeBusError(f"broker {broker_url!r}: expected mqtt://host[:port] or mqtts://")
         self.broker_url = broker_url
         self.host = parts.hostname
         self.port = parts.port or (8883 if tls else 1883)

@@ -163,7 +163,9 @@ class ReplicaMqtt:
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-            raise ValueError(f"broker {self.url!r}: expected mqtt[s]://[user:pass@]host[:port]")
+            raise ValueError(
+                f"broker {self.url!r}: expected mqtt://[user:pass@]host[:port] or mqtts://"
+            )
         if (self.ca_file or self.cert_file) and parts.scheme not in ("mqtts", "ssl"):
             raise ValueError(f"broker {self.url!r} is plain MQTT: use mqtts:// with a CA file")
         if self.protocol not in ("auto", "5", "3.1.1"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent._mqtt import TlsOptions, broker_tls, tls_failure_text
+from edge_agent._settings import SettingsError, load_settings
 from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, device_command
 from mesh.edge._records import EdgeBusError
@@ -98,3 +99,13 @@ def test_mosquitto_tls_listener(tmp_path: Path) -> None:
         assert line in listener
     assert "require_certificate false" in listener and "tls_version tlsv1.2" in listener
     assert "certfile" not in render_mosquitto_config(MosquittoConfig(port=1883))
+
+
+def test_the_agent_refuses_tls_files_it_cannot_use(ca: Path) -> None:
+    base = ["--id", "cam-1", "--broker"]
+    ok = load_settings([*base, "mqtts://b", "--ca-file", str(ca)], env={})
+    assert ok.tls and ok.ca_file == ca and ok.broker_port == 8883
+    with pytest.raises(SettingsError, match="ca_file given but broker 'mqtt://b' is plain MQTT"):
+        load_settings([*base, "mqtt://b", "--ca-file", str(ca)], env={})
+    with pytest.raises(SettingsError, match=r"ca_file /nonexistent/ca.pem does not exist"):
+        load_settings([*base, "mqtts://b", "--ca-file", "/nonexistent/ca.pem"], env={})

@@ -9,14 +9,13 @@ plane, and make-before-break moves the target to the new replica.
 Besides the edge bus, the one cloud-side paho user, in a replica's process (never the
 control plane); :mod:`edge_agent._mqtt` sets its client up (MQTT 5 or 3.1.1, TLS).
 
-Threads: paho's network thread only decodes and checks a request (the agent's
-rules: schema version, module and version, QoS 1 duplicates dropped by id,
-expired requests dropped, inputs against the signature with ``bad_input`` and
-the expected inputs on a mismatch) and queues it; one worker thread runs the
-model (queued requests together when the replica batches) and publishes each
-reply to ``reply_to`` with the correlation id (and, over MQTT 5, the
-CorrelationData). The requests count in the replica's ``/stats``, so a
-draining replica is stopped only once its MQTT work is done too.
+Threads: paho's network thread only decodes and checks a request (the agent's rules:
+schema version, module and version, QoS 1 duplicates dropped by id, expired requests
+dropped, inputs against the signature with ``bad_input`` and the expected inputs on a
+mismatch) and queues it; one worker thread runs the model (queued requests together
+when the replica batches) and publishes each reply to ``reply_to`` with the correlation
+id (and, over MQTT 5, the CorrelationData). The requests count in the replica's
+``/stats``, so a draining replica is stopped only once its MQTT work is done too.
 
 The worker also runs pipelines handed over: :mod:`mesh.serving.replica._pipelines`.
 :meth:`MqttResponder.start` returns once the subscription is acknowledged (the
@@ -202,10 +201,8 @@ class MqttResponder:
         where = f"replica {self.replica_id}: broker {host}:{port}"
         tls = cfg.tls()  # None for mqtt://; never plain MQTT for mqtts://
         try:
-            wait_s = max(0.01, deadline - time.monotonic())
-            proto = choose_protocol(
-                cfg.protocol, host, port, tls=tls, timeout_s=min(_PROBE_S, wait_s)
-            )
+            wait_s = min(_PROBE_S, max(0.01, deadline - time.monotonic()))
+            proto = choose_protocol(cfg.protocol, host, port, tls=tls, timeout_s=wait_s)
             options = ClientOptions(
                 client_id=self.client_id,
                 protocol=proto,
