@@ -16,17 +16,20 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from edge_agent.protocol import DesiredState
+from mesh.cli._agents import collect_health
 from mesh.core._errors import MeshError
 from mesh.edge._bus import EdgeBus
 from mesh.edge._enrolment import EdgeSettings, control_plane_credentials, enroll
 from mesh.edge._records import EdgeBusError, EdgeConnectionError
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import MosquittoBroker, start_mosquitto
+from mesh.runtime._control_plane import ControlPlaneSettings, build_services
 from mesh.serving._contract import ReplicaMqtt
 from mesh.serving.replica._mqtt import MqttResponder
 from mesh.serving.replica._server import ModelRunner, ReplicaApp
@@ -222,4 +225,38 @@ def test_a_replica_responder_connects_over_mqtts_and_refuses_a_wrong_ca(
         assert str(pki.other_ca) in str(caught.value)
     finally:
         app.close()
+        broker.stop()
+
+
+def test_mesh_agents_list_reads_live_health_over_mqtts(tmp_path: Path, pki: TestPki) -> None:
+    broker = _tls_broker(tmp_path, pki)
+    try:
+        good = EdgeSettings(
+            data_dir=tmp_path / "data", broker_url=broker.url, broker_ca_file=pki.ca
+        )
+        _rows, reason = collect_health(good, wait_s=1.0)
+        assert reason is None
+        wrong = good.model_copy(update={"broker_ca_file": pki.other_ca})
+        _rows, reason = collect_health(wrong, wait_s=1.0)
+        assert reason is not None and "TLS handshake failed" in reason
+        assert str(pki.other_ca) in reason
+    finally:
+        broker.stop()
+
+
+def test_the_control_plane_with_a_wrong_ca_fails_to_start_naming_it(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """What ``mesh up`` runs first: the edge bus, before anything touches Ray."""
+    broker = _tls_broker(tmp_path, pki)
+    undo: list[tuple[str, Callable[[], object]]] = []
+    settings = ControlPlaneSettings(
+        data_dir=tmp_path / "data", broker_url=broker.url, broker_ca_file=pki.other_ca
+    )
+    try:
+        with pytest.raises(EdgeConnectionError, match="TLS handshake failed") as caught:
+            build_services(settings, cast(Any, None), broker.url, "auto", undo)
+        assert broker.url in str(caught.value) and str(pki.other_ca) in str(caught.value)
+        assert undo == []  # nothing started that would need stopping
+    finally:
         broker.stop()
