@@ -14,7 +14,11 @@ Every paho client of fogmesh connects the same way, through this module:
   delays, and a clean session over 3.1.1 (MQTT 5 says it at connect time:
   :func:`session_properties`).
 * **the refusal** (:func:`refusal_text`): a CONNACK reason code as what it
-  means and what to do about it.
+  means and what to do about it; a failed TLS handshake as what failed and
+  against which CA (:func:`tls_failure_text`).
+* **TLS** (:func:`broker_tls`): ``mqtts://`` (or ``ssl://``) means TLS with the
+  server certificate checked against a CA file (or the system CAs); a client
+  never falls back to plain MQTT when the handshake fails.
 * **a blocking connect** for server processes (:func:`connect_and_wait`).
 
 Only connecting lives here: nothing runs per message. paho is imported on first
@@ -29,22 +33,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
     from paho.mqtt.properties import Properties
 
 __all__ = [
+    "BROKER_SCHEMES",
+    "TLS_SCHEMES",
     "UNSUPPORTED_PROTOCOL",
     "ClientOptions",
     "MqttVersion",
     "TlsOptions",
+    "broker_tls",
     "choose_protocol",
     "close_client",
     "connect_and_wait",
@@ -55,12 +64,17 @@ __all__ = [
     "refusal_text",
     "session_properties",
     "set_nodelay",
+    "tls_failure_text",
 ]
 
 logger = logging.getLogger(__name__)
 
 MqttVersion = Literal["5", "3.1.1"]
 _CHOICES = ("auto", "5", "3.1.1")
+
+#: URL schemes of a broker over TLS, and of any broker.
+TLS_SCHEMES = ("mqtts", "ssl")
+BROKER_SCHEMES = ("mqtt", "tcp", *TLS_SCHEMES)
 
 #: CONNACK reason: unsupported protocol version (paho maps a 3.1.1 return code 1 here).
 UNSUPPORTED_PROTOCOL = 0x84
@@ -114,6 +128,66 @@ class TlsOptions:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
+
+
+def broker_tls(
+    url: str,
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> TlsOptions | None:
+    """The TLS options for a broker URL: None for ``mqtt://``, else checked ones.
+
+    Args:
+        url: the broker URL; ``mqtts://`` or ``ssl://`` asks for TLS.
+        ca_file: CA bundle the server certificate must chain to (None: system CAs).
+        cert_file: client certificate (mutual TLS), with ``key_file``.
+        key_file: the client certificate's key (None: inside ``cert_file``).
+
+    Raises:
+        ValueError: a CA or client certificate was given for a plain ``mqtt://``
+            URL, a key without a certificate, or a file that does not exist.
+
+    Example:
+        >>> broker_tls("mqtt://10.0.0.2:1883") is None
+        True
+        >>> broker_tls("mqtts://10.0.0.2:8883").ca_file is None  # the system CAs
+        True
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in BROKER_SCHEMES:
+        raise ValueError(f"broker {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    if scheme not in TLS_SCHEMES:
+        if ca_file or cert_file or key_file:
+            raise ValueError(
+                f"broker {url!r} is plain MQTT but a CA or client certificate was given: "
+                "use mqtts:// for TLS"
+            )
+        return None
+    if key_file and not cert_file:
+        raise ValueError("a client key was given without its certificate")
+    for what, path in (("CA file", ca_file), ("certificate", cert_file), ("key", key_file)):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"TLS {what} {path} does not exist")
+    return TlsOptions(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+
+
+def tls_failure_text(exc: BaseException, tls: TlsOptions | None) -> str | None:
+    """What a failed TLS handshake means, or None when ``exc`` is not one.
+
+    Example:
+        >>> import ssl
+        >>> err = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        >>> err.verify_message = "certificate has expired"
+        >>> tls_failure_text(err, TlsOptions(ca_file="/etc/ca.pem")).split(";")[0]
+        'TLS handshake failed (certificate has expired) against CA file /etc/ca.pem'
+    """
+    if tls is None or not isinstance(exc, ssl.SSLError):
+        return None
+    why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    against = f"CA file {tls.ca_file}" if tls.ca_file else "the system CAs"
+    return f"TLS handshake failed ({why}) against {against}; not connecting without TLS"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .protocol import DEFAULT_PREFIX, PipelineSpec, Topics
 
@@ -117,6 +124,26 @@ class AgentSettings(BaseModel):
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError(f"broker {v!r}: expected mqtt://host[:port] or mqtts://host[:port]")
         return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AgentSettings:
+        given = {
+            name: path
+            for name, path in (
+                ("ca_file", self.ca_file),
+                ("cert_file", self.cert_file),
+                ("key_file", self.key_file),
+            )
+            if path is not None
+        }
+        if given and not self.tls:
+            raise ValueError(
+                f"{', '.join(given)} given but broker {self.broker!r} is plain MQTT: use mqtts://"
+            )
+        for name, path in given.items():
+            if not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
 
     @property
     def tls(self) -> bool:

@@ -32,9 +32,11 @@ from ._mqtt import (
     TlsOptions,
     choose_protocol,
     new_client,
+    probe_protocol,
     reason_value,
     refusal_text,
     session_properties,
+    tls_failure_text,
 )
 from ._supervisor import Supervisor
 
@@ -275,7 +277,9 @@ class MqttTransport:
         with self._lock:
             self._stopping = False
             self._stop_event.clear()
-        if self._config.protocol == "auto" and not self._probed:
+        # Under TLS the handshake is checked first, so a refused certificate is
+        # logged (paho's own retries fail in silence); plain MQTT is never tried.
+        if (self._config.protocol == "auto" or self._config.tls) and not self._probed:
             (self._supervisor or Supervisor()).spawn("mqtt-probe", self._probe_then_connect)
         else:
             self._connect()
@@ -283,10 +287,27 @@ class MqttTransport:
     def _probe_then_connect(self) -> None:
         cfg = self._config
         delay = float(cfg.reconnect_min_s)
+        tls_failures: set[str] = set()
         while not self._stop_event.is_set():
             try:
                 proto = choose_protocol(cfg.protocol, cfg.host, cfg.port, tls=self._tls())
+                if cfg.protocol != "auto" and cfg.tls:
+                    probe_protocol(cfg.host, cfg.port, tls=self._tls())  # the handshake only
             except OSError as exc:
+                failure = tls_failure_text(exc, self._tls())
+                if failure is not None:  # one line per distinct failure, then quiet retries
+                    if failure not in tls_failures:
+                        tls_failures.add(failure)
+                        logger.error(
+                            "agent %s: broker mqtts://%s:%d: %s",
+                            cfg.client_id,
+                            cfg.host,
+                            cfg.port,
+                            failure,
+                        )
+                    self._stop_event.wait(delay)
+                    delay = min(delay * 2, float(cfg.reconnect_max_s))
+                    continue
                 logger.info(
                     "agent %s: broker %s:%d not reachable (%s); retrying in %.0fs",
                     cfg.client_id,
@@ -324,8 +345,9 @@ class MqttTransport:
                 self._client.start_loop()
             self._loop_started = True
         logger.info(
-            "agent %s connecting to mqtt://%s:%d (MQTT %s)",
+            "agent %s connecting to %s://%s:%d (MQTT %s)",
             cfg.client_id,
+            "mqtts" if cfg.tls else "mqtt",
             cfg.host,
             cfg.port,
             self._state.protocol,

@@ -121,12 +121,19 @@ def collect_health(
         if username is None and settings.control_credentials_file.is_file():
             creds = control_plane_credentials(settings)
             username, password = creds.username, creds.password
+        ca, cert, key = (
+            str(p) if p else None
+            for p in (settings.broker_ca_file, settings.broker_cert_file, settings.broker_key_file)
+        )
         gateway = EdgeBus(
             settings.broker_url,
             username=username,
             password=password,
             prefix=settings.topic_prefix,
             session_expiry_s=0,
+            ca_file=ca,
+            cert_file=cert,
+            key_file=key,
         )
         gateway.start(timeout_s=connect_timeout_s)
     except MeshError as exc:

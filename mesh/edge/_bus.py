@@ -59,6 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from edge_agent._mqtt import broker_tls
 from edge_agent.protocol import (
     DEFAULT_PREFIX,
     DesiredState,
@@ -114,7 +115,7 @@ class EdgeBus:
     """The control plane's MQTT client: registry, desired states, inference, events, bus.
 
     Args:
-        broker_url: ``mqtt://[user:pass@]host[:port]``.
+        broker_url: ``mqtt://[user:pass@]host[:port]``, or ``mqtts://`` for TLS.
         username: broker user (overrides the URL's).
         password: broker password (overrides the URL's).
         prefix: topic prefix (``mesh/v1``).
@@ -126,6 +127,9 @@ class EdgeBus:
         metrics_ring: heartbeats kept per agent.
         dedupe_window: event ids remembered for deduplication.
         health_sink: where agent health is persisted (e.g. the enrolment store).
+        ca_file: CA the ``mqtts://`` broker's certificate must chain to (None: system CAs).
+        cert_file: client certificate for mutual TLS (with ``key_file``).
+        key_file: the client certificate's key.
 
     Example:
         >>> with EdgeBus(broker.url) as gw:               # doctest: +SKIP
@@ -146,14 +150,21 @@ class EdgeBus:
         metrics_ring: int = 360,
         dedupe_window: int = 100_000,
         health_sink: HealthSink | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         """Configure the gateway; :meth:`start` connects."""
         parts = urlsplit(broker_url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise EdgeBusError(f"broker {broker_url!r}: expected mqtt://host[:port]")
+        try:
+            tls = broker_tls(broker_url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        except ValueError as exc:
+            raise EdgeBusError(str(exc)) from exc
+        if not parts.hostname:
+            raise EdgeBusError(f"broker {broker_url!r}: expected mqtt://host[:port] or mqtts://")
         self.broker_url = broker_url
         self.host = parts.hostname
-        self.port = parts.port or 1883
+        self.port = parts.port or (8883 if tls else 1883)
         self.topics = Topics(prefix)
         self.prefix = prefix
         self.client_id = client_id or f"mesh-gw-{uuid.uuid4().hex[:12]}"
@@ -193,6 +204,7 @@ class EdgeBus:
             on_message=self._on_message,
             on_suback=self._subscriptions.acknowledged,
             on_ready=self._registry.notify,
+            tls=tls,
         )
         # An agent's online status is published after it subscribed: requests sent
         # before it came (back) online may have found no subscriber, so they go again.

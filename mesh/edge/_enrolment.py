@@ -46,11 +46,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent._files import atomic_write, check_name, confined
+from edge_agent._mqtt import TLS_SCHEMES
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
 from mesh.core._errors import ConfigError, MeshError
 from mesh.core._settings import MeshSettings
@@ -105,6 +107,16 @@ class EdgeSettings(MeshSettings):
     agent_broker_url: str | None = Field(
         None, description="Broker URL printed for devices; default broker_url."
     )
+    broker_ca_file: Path | None = Field(
+        None, description="CA an mqtts:// broker's certificate must chain to; default system CAs."
+    )
+    broker_cert_file: Path | None = Field(
+        None, description="Client certificate for an mqtts:// broker (mutual TLS)."
+    )
+    broker_key_file: Path | None = Field(None, description="Key of broker_cert_file.")
+    agent_ca_file: str | None = Field(
+        None, description="CA file path on devices, printed as --ca-file; default broker_ca_file."
+    )
     topic_prefix: str = Field(DEFAULT_PREFIX, description="MQTT topic prefix.")
     mqtt_username: str | None = Field(
         None,
@@ -148,6 +160,13 @@ class EdgeSettings(MeshSettings):
     def device_broker_url(self) -> str:
         """The broker URL devices are told to use."""
         return self.agent_broker_url or self.broker_url
+
+    @property
+    def device_ca_file(self) -> str | None:
+        """The ``--ca-file`` devices are told to use (None: none, or system CAs)."""
+        if self.agent_ca_file:
+            return self.agent_ca_file
+        return str(self.broker_ca_file) if self.broker_ca_file else None
 
     @property
     def artifact_url(self) -> str:
@@ -428,12 +447,14 @@ def device_command(
     password_file: Path,
     public_key: str,
     prefix: str = DEFAULT_PREFIX,
+    ca_file: str | None = None,
 ) -> list[str]:
     """The ``mesh-edge-agent`` command line for a device, as argv.
 
     The flags are the agent's own (``edge_agent._settings``); the password is read
     from ``password_file``, never given on the command line. Artifact URLs are
     not among them: they travel, pre-signed for the agent, in its desired state.
+    ``ca_file`` is given as ``--ca-file`` for an ``mqtts://`` broker only.
     """
     argv = [
         "mesh-edge-agent",
@@ -452,6 +473,8 @@ def device_command(
     ]
     if prefix != DEFAULT_PREFIX:
         argv += ["--prefix", prefix]
+    if ca_file and urlsplit(broker_url).scheme in TLS_SCHEMES:
+        argv += ["--ca-file", ca_file]
     return argv
 
 
@@ -534,6 +557,7 @@ def enroll(
         password_file=device_file,
         public_key=public_key,
         prefix=settings.topic_prefix,
+        ca_file=settings.device_ca_file,
     )
     logger.info("enrolled agent %s (site %s)", agent_id, site)
     return EnrolmentResult(

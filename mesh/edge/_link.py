@@ -28,6 +28,7 @@ from typing import Any, Literal
 from edge_agent._mqtt import (
     ClientOptions,
     MqttVersion,
+    TlsOptions,
     choose_protocol,
     close_client,
     connect_and_wait,
@@ -35,6 +36,7 @@ from edge_agent._mqtt import (
     reason_value,
     refusal_text,
     session_properties,
+    tls_failure_text,
 )
 from mesh.edge._records import EdgeConnectionError
 
@@ -62,6 +64,7 @@ class BrokerLink:
             thread: must not block).
         on_suback: called with the message id of every other subscription's SUBACK.
         on_ready: called each time the filters are acknowledged after a connect.
+        tls: TLS towards the broker (``mqtts://``), or None for plain MQTT.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class BrokerLink:
         on_message: Callable[[Any, Any, Any], None],
         on_suback: Callable[[int], None],
         on_ready: Callable[[], None],
+        tls: TlsOptions | None = None,
     ) -> None:
         """Configure; :meth:`start` connects."""
         self.host = host
@@ -94,6 +98,7 @@ class BrokerLink:
         self._on_message = on_message
         self._on_suback = on_suback
         self._on_ready = on_ready
+        self._tls = tls
 
         self.client: Any = None  # the paho client, None until started
         self._ready_mid: int | None = None
@@ -134,12 +139,11 @@ class BrokerLink:
                     self._protocol_choice,
                     self.host,
                     self.port,
+                    tls=self._tls,
                     timeout_s=min(_PROBE_S, max(0.01, deadline - time.monotonic())),
                 )
             except OSError as exc:
-                raise EdgeConnectionError(
-                    f"cannot reach broker {self.host}:{self.port}: {exc}"
-                ) from exc
+                raise self._unreachable(exc) from exc
             if proto == "5" and self._session_expiry_s > 0:
                 self._connect(proto, deadline, wipe=True)
             self._connect(proto, deadline)
@@ -166,6 +170,7 @@ class BrokerLink:
             reconnect_min_s=1,
             reconnect_max_s=2,
             max_inflight=1000,
+            tls=self._tls,
         )
         client = new_client(options)
         client.max_queued_messages_set(0)
@@ -188,9 +193,7 @@ class BrokerLink:
                 properties=props,
             )
         except OSError as exc:
-            raise EdgeConnectionError(
-                f"cannot reach broker {self.host}:{self.port}: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if code is None:
             raise EdgeConnectionError(
                 f"no CONNACK from broker {self.host}:{self.port} (MQTT {proto})"
@@ -200,6 +203,12 @@ class BrokerLink:
                 f"broker {self.host}:{self.port} refused {self.client_id} "
                 f"(MQTT {proto}): {refusal_text(code)}"
             )
+
+    def _unreachable(self, exc: OSError) -> EdgeConnectionError:
+        tls = tls_failure_text(exc, self._tls)
+        if tls is not None:
+            return EdgeConnectionError(f"broker mqtts://{self.host}:{self.port}: {tls}")
+        return EdgeConnectionError(f"cannot reach broker {self.host}:{self.port}: {exc}")
 
     def _close_client(self) -> None:
         client, self.client = self.client, None

@@ -361,12 +361,19 @@ def build_services(
     ):
         creds = control_plane_credentials(settings)
         username, password = creds.username, creds.password
+    ca, cert, key = (
+        str(p) if p else None
+        for p in (settings.broker_ca_file, settings.broker_cert_file, settings.broker_key_file)
+    )
     edge = EdgeBus(
         broker_url,
         username=username,
         password=password,
         prefix=settings.topic_prefix,
         protocol=protocol,
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
     ).start()
     undo.append(("edge bus", edge.stop))
     registry = ModelRegistry.open(settings)
@@ -396,6 +403,9 @@ def build_services(
                     password=password,
                     prefix=settings.topic_prefix,
                     protocol="3.1.1" if edge.protocol == "3.1.1" else "auto",
+                    ca_file=ca,
+                    cert_file=cert,
+                    key_file=key,
                 )
                 if replicas_reach_broker(broker_url, settings.ray_address)
                 else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
+from edge_agent._mqtt import TlsOptions, broker_tls
 from mesh.core._errors import MeshError
 from mesh.models._export import ModelSignature
 from mesh.sdk._specs import Resources
@@ -129,7 +130,7 @@ class ReplicaMqtt:
     :func:`mesh.edge._install.offload_target`).
 
     Attributes:
-        url: ``mqtt://[user:pass@]host[:port]``.
+        url: ``mqtt://[user:pass@]host[:port]``, or ``mqtts://`` for TLS.
         username: broker user (overrides the URL's).
         password: broker password (overrides the URL's).
         prefix: topic prefix (``mesh/v1``).
@@ -138,6 +139,10 @@ class ReplicaMqtt:
             subscribed; it fails to start past that (a route must never name a
             replica that does not listen).
         keepalive_s: MQTT keepalive.
+        ca_file: CA an ``mqtts://`` broker's certificate must chain to (None: system
+            CAs); a path on the replica's host.
+        cert_file: client certificate for mutual TLS (with ``key_file``).
+        key_file: the client certificate's key.
 
     Example:
         >>> ReplicaMqtt("mqtt://cp:pw@10.0.0.2:1884").endpoint()
@@ -151,13 +156,30 @@ class ReplicaMqtt:
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     connect_timeout_s: float = 15.0
     keepalive_s: int = 30
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"broker {self.url!r}: expected mqtt://[user:pass@]host[:port]")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise ValueError(
+                f"broker {self.url!r}: expected mqtt://[user:pass@]host[:port] or mqtts://"
+            )
+        if (self.ca_file or self.cert_file) and parts.scheme not in ("mqtts", "ssl"):
+            raise ValueError(f"broker {self.url!r} is plain MQTT: use mqtts:// with a CA file")
         if self.protocol not in ("auto", "5", "3.1.1"):
             raise ValueError(f"protocol {self.protocol!r}: expected 'auto', '5' or '3.1.1'")
+
+    def tls(self) -> TlsOptions | None:
+        """TLS options for the URL (None for ``mqtt://``).
+
+        Raises:
+            ValueError: a TLS file does not exist on this host.
+        """
+        return broker_tls(
+            self.url, ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
+        )
 
     def endpoint(self) -> tuple[str, int, str | None, str | None]:
         """Host, port, username and password (explicit fields win over the URL's)."""
@@ -166,7 +188,8 @@ class ReplicaMqtt:
         password = self.password
         if password is None and parts.password:
             password = unquote(parts.password)
-        return parts.hostname or "127.0.0.1", parts.port or 1883, user, password
+        port = parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+        return parts.hostname or "127.0.0.1", port, user, password
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,21 @@ def find_mosquitto() -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class MosquittoTls:
+    """A TLS listener's files (TLS 1.2 or later; client certificates not required).
+
+    Attributes:
+        ca_file: the CA bundle (clients' certificates would chain to it).
+        cert_file: the server certificate (chain).
+        key_file: the server certificate's key.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class MosquittoConfig:
     """What :func:`render_mosquitto_config` writes.
 
@@ -70,6 +85,7 @@ class MosquittoConfig:
         run_as_root: keep root privileges (``user root``) so files created by the
             calling root process stay readable; ignored when not root.
         max_keepalive: upper bound the broker accepts for client keepalives.
+        tls: make the listener TLS-only with these files (``mqtts://``); None: plain.
     """
 
     port: int
@@ -79,6 +95,7 @@ class MosquittoConfig:
     acl_file: Path | None = None
     run_as_root: bool = True
     max_keepalive: int = 65535
+    tls: MosquittoTls | None = None
 
 
 def render_mosquitto_config(cfg: MosquittoConfig) -> str:
@@ -110,6 +127,14 @@ def render_mosquitto_config(cfg: MosquittoConfig) -> str:
     else:
         lines.append("persistence false")
     lines.append(f"listener {cfg.port} {cfg.host}")
+    if cfg.tls is not None:
+        lines += [
+            f"cafile {cfg.tls.ca_file}",
+            f"certfile {cfg.tls.cert_file}",
+            f"keyfile {cfg.tls.key_file}",
+            "require_certificate false",
+            "tls_version tlsv1.2",
+        ]
     if cfg.password_file is not None:
         lines += ["allow_anonymous false", f"password_file {cfg.password_file}"]
         if cfg.acl_file is not None:
@@ -156,8 +181,8 @@ class MosquittoBroker:
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port`` (``mqtts://`` for a TLS listener)."""
+        return f"{'mqtts' if self.config.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -283,6 +308,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     executable: str | None = None,
+    tls: MosquittoTls | None = None,
 ) -> MosquittoBroker:
     """Start a local Mosquitto from a generated config and return its handle.
 
@@ -294,6 +320,7 @@ def start_mosquitto(
         password_file: require these credentials (no anonymous clients).
         acl_file: apply this ACL file (with ``password_file``).
         executable: the mosquitto binary; found on PATH / in sbin by default.
+        tls: serve TLS only (``mqtts://``) with these files.
 
     Raises:
         BrokerStartError: mosquitto is not installed or did not start.
@@ -315,6 +342,7 @@ def start_mosquitto(
         persistence_dir=(workdir / "data") if persistence else None,
         password_file=password_file,
         acl_file=acl_file,
+        tls=tls,
     )
     last: BrokerStartError | None = None
     # A free port can be taken between the probe and mosquitto's bind; retry a fresh one.
@@ -331,6 +359,7 @@ def start_mosquitto(
                 persistence_dir=cfg.persistence_dir,
                 password_file=cfg.password_file,
                 acl_file=cfg.acl_file,
+                tls=cfg.tls,
             )
     assert last is not None
     raise last

@@ -6,21 +6,18 @@ settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers both as ``target
 (an agent's always on its own offload reply topic): no hop through the control
 plane, and make-before-break moves the target to the new replica.
 
-Besides the edge bus, the one cloud-side paho user: it runs in a replica's process
-(a data-plane endpoint, like an agent), never in the control plane; its client is
-set up by :mod:`edge_agent._mqtt` (MQTT 5 or 3.1.1, TCP_NODELAY, reasons as text).
+Besides the edge bus, the one cloud-side paho user, in a replica's process (never the
+control plane); :mod:`edge_agent._mqtt` sets its client up (MQTT 5 or 3.1.1, TLS).
 
-Threads: paho's network thread only decodes and checks a request (the agent's
-rules: schema version, module and version, QoS 1 duplicates dropped by id,
-expired requests dropped, inputs against the signature with ``bad_input`` and
-the expected inputs on a mismatch) and queues it; one worker thread runs the
-model (queued requests together when the replica batches) and publishes each
-reply to ``reply_to`` with the correlation id (and, over MQTT 5, the
-CorrelationData). The requests count in the replica's ``/stats``, so a
-draining replica is stopped only once its MQTT work is done too.
+Threads: paho's network thread only decodes and checks a request (the agent's rules:
+schema version, module and version, QoS 1 duplicates dropped by id, expired requests
+dropped, inputs against the signature with ``bad_input`` and the expected inputs on a
+mismatch) and queues it; one worker thread runs the model (queued requests together
+when the replica batches) and publishes each reply to ``reply_to`` with the correlation
+id (and, over MQTT 5, the CorrelationData). The requests count in the replica's
+``/stats``, so a draining replica is stopped only once its MQTT work is done too.
 
-The worker also runs pipelines handed over here: :mod:`mesh.serving.replica._pipelines`.
-
+The worker also runs pipelines handed over: :mod:`mesh.serving.replica._pipelines`.
 :meth:`MqttResponder.start` returns once the subscription is acknowledged (the
 replica reports ready only then); :meth:`MqttResponder.stop` unsubscribes,
 finishes the requests it holds and disconnects.
@@ -50,6 +47,7 @@ from edge_agent._mqtt import (
     new_client,
     reason_value,
     refusal_text,
+    tls_failure_text,
 )
 from edge_agent.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -201,9 +199,10 @@ class MqttResponder:
         cfg = self._config
         host, port, user, password = cfg.endpoint()
         where = f"replica {self.replica_id}: broker {host}:{port}"
+        tls = cfg.tls()  # None for mqtt://; never plain MQTT for mqtts://
         try:
-            wait_s = max(0.01, deadline - time.monotonic())
-            proto = choose_protocol(cfg.protocol, host, port, timeout_s=min(_PROBE_S, wait_s))
+            wait_s = min(_PROBE_S, max(0.01, deadline - time.monotonic()))
+            proto = choose_protocol(cfg.protocol, host, port, tls=tls, timeout_s=wait_s)
             options = ClientOptions(
                 client_id=self.client_id,
                 protocol=proto,
@@ -212,6 +211,7 @@ class MqttResponder:
                 reconnect_min_s=1,
                 reconnect_max_s=5,
                 max_inflight=1000,
+                tls=tls,
             )
             client = new_client(options)
             client.on_connect = self._on_connect
@@ -231,7 +231,7 @@ class MqttResponder:
                 clean_start=True if proto == "5" else None,
             )
         except OSError as exc:
-            raise MeshError(f"{where} is not reachable: {exc}") from exc
+            raise MeshError(f"{where}: {tls_failure_text(exc, tls) or exc}") from exc
         if code is None:
             raise MeshError(f"{where} did not answer (MQTT {proto})")
         if code != 0:

@@ -532,6 +532,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--execution", choices=("auto", "inline", "thread"), default="auto")
     parser.add_argument("--mqtt", metavar="URL", help="also answer MQTT requests via this broker")
     parser.add_argument("--mqtt-prefix", default="mesh/v1", help="MQTT topic prefix")
+    parser.add_argument("--mqtt-ca-file", default=None, help="CA of an mqtts:// broker")
     parser.add_argument("--replica-id", default=None, help="MQTT target id (default: the name)")
     parser.add_argument(
         "--key-stdin",
@@ -575,7 +576,8 @@ def _main(argv: Sequence[str] | None = None) -> None:
         from mesh.serving._contract import ReplicaMqtt
         from mesh.serving.replica._mqtt import MqttResponder
 
-        responder = MqttResponder(app, ReplicaMqtt(args.mqtt, prefix=args.mqtt_prefix)).start()
+        mqtt = ReplicaMqtt(args.mqtt, prefix=args.mqtt_prefix, ca_file=args.mqtt_ca_file)
+        responder = MqttResponder(app, mqtt).start()
     print(f"ready {server.url}" + (f" {responder.topic}" if responder else ""), flush=True)
     try:
         threading.Event().wait()
