@@ -17,16 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mesh.cli._output import console, err
+from mesh.cli._output import errors as _errors
 from mesh.core._errors import MeshError
 from mesh.edge._enrolment import (
     AgentRecord,
@@ -46,17 +45,6 @@ agents_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MeshError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
 
 
 @dataclass(frozen=True, slots=True)

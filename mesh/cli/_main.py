@@ -11,20 +11,19 @@ import json
 import logging
 import time
 import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mesh.cli._node import node_app
+from mesh.cli._output import console, err
+from mesh.cli._output import errors as _errors
 from mesh.cli._scenario import scenario_app
 from mesh.compute._runs import Deployment, SQLiteStore
-from mesh.core._errors import MeshError, UnknownFunctionError
+from mesh.core._errors import UnknownFunctionError
 from mesh.core._settings import MeshSettings
 from mesh.runtime._connect import connect_backend
 from mesh.runtime._daemon import cluster_down, cluster_up, read_cluster_file
@@ -41,21 +40,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 def _settings() -> MeshSettings:
     return MeshSettings()
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MeshError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
 
 
 def _open_store(settings: MeshSettings) -> SQLiteStore:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mesh.cli._output import console, err
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.models._profile import CPU
@@ -37,8 +37,6 @@ __all__ = ["models_app"]
 models_app = typer.Typer(
     help="Model registry: versions, profiles, promote and rollback.", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
 
 
 @contextmanager

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mesh.cli._output import console, err
 from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.runtime._daemon import read_cluster_file
@@ -36,8 +36,6 @@ __all__ = ["ControlPlaneClient", "modules_app", "wait_for_restore"]
 modules_app = typer.Typer(
     help="Serve models as modules on cloud/fog replicas or edge agents.", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
 
 _TOKEN_TTL_S = 300.0
 

@@ -15,15 +15,13 @@ What join checks before Ray runs, and what leave ends: :mod:`mesh.ray._join`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from mesh.core._errors import MeshError
+from mesh.cli._output import console
+from mesh.cli._output import errors as _errors
 from mesh.core._settings import MeshSettings
 
 __all__ = ["node_app"]
@@ -34,17 +32,6 @@ node_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MeshError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
 
 
 @node_app.command("join")

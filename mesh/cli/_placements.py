@@ -19,10 +19,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mesh.cli._modules import ControlPlaneClient, ControlPlaneError
+from mesh.cli._output import console, err
 from mesh.core._settings import MeshSettings
 
 __all__ = ["placements_app"]
@@ -31,8 +31,6 @@ placements_app = typer.Typer(
     help="Where modules run (the placement engine's plan), migrations and pins.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
