@@ -71,6 +71,8 @@ NODE_TIERS = ("cloud", "fog")
 #: both ends, ``-``, ``_`` and ``.`` inside.
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 _STATE_FILE = "node.json"
+#: How long ``ray start`` may take to join before the attempt is given up.
+_START_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,14 @@ def _token_path(join: NodeJoin, settings: MeshSettings) -> Path | None:
 
 
 def _ray_env(join: NodeJoin, settings: MeshSettings, address: str) -> dict[str, str]:
-    """The environment ``ray start`` runs in: auth as the head asks for it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    """The environment ``ray start`` runs in: auth as the head asks for it.
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which a loopback driver sets for
+    itself and its children (:func:`mesh.ray._auth.use_loopback_driver`), is
+    dropped: with it, ``ray start --address`` refuses to join any cluster.
+    """
+    dropped = ("RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     auth = probe_cluster_auth(address)
     if auth == "open":
         logger.warning(
@@ -264,7 +272,15 @@ def join_node(
     env = _ray_env(join, settings, address)
     before = _node_processes(port)
     logger.info("joining %s: %s", address, " ".join(command))
-    done = run(command, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        done = run(command, env=env, capture_output=True, text=True, timeout=_START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _end(_alive({str(p): t for p, t in _node_processes(port).items() if p not in before}))
+        raise BackendError(
+            f"ray start did not join {address} within {_START_TIMEOUT_S:g} s (its processes "
+            "ended): the head answered, but this node could not register; check that the "
+            "head reaches this host at --node-ip and that both run the same Ray version"
+        ) from None
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-8:])
         raise BackendError(f"ray start failed (exit {done.returncode}):\n{tail}")
@@ -304,6 +320,13 @@ def leave_node(settings: MeshSettings, *, grace_s: float = 10.0) -> int:
         raise BackendError(f"no joined node is recorded in {state} (nothing to leave)")
     record = json.loads(state.read_text())
     procs = _alive(record.get("pids", {}))
+    _end(procs, grace_s=grace_s)
+    state.unlink()
+    return len(procs)
+
+
+def _end(procs: list[psutil.Process], *, grace_s: float = 10.0) -> None:
+    """SIGTERM ``procs`` and their children; SIGKILL what is left after ``grace_s``."""
     family = {p.pid: p for p in procs}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
@@ -316,5 +339,3 @@ def leave_node(settings: MeshSettings, *, grace_s: float = 10.0) -> int:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(still, timeout=5)
-    state.unlink()
-    return len(procs)

@@ -110,6 +110,7 @@ def test_ray_start_runs_with_the_token_and_a_failure_is_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_join, "probe_cluster_auth", lambda address: "token")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     token = tmp_path / "token"
     token.write_text("t" * 64)
     seen: dict[str, Any] = {}
@@ -125,6 +126,8 @@ def test_ray_start_runs_with_the_token_and_a_failure_is_shown(
     assert seen["env"]["RAY_AUTH_MODE"] == "token"
     assert seen["env"]["RAY_AUTH_TOKEN_PATH"] == str(token)
     assert "RAY_AUTH_TOKEN" not in seen["env"]
+    # A loopback driver's "no multi-node clusters" would make ray start refuse to join.
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in seen["env"]
     assert not (tmp_path / "node.json").exists()
 
 
@@ -159,3 +162,17 @@ def test_leave_ends_only_the_recorded_processes(tmp_path: Path) -> None:
         for proc in (ours, other):
             proc.kill()
             proc.wait()
+
+
+def test_a_ray_start_that_hangs_is_given_up_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_join, "probe_cluster_auth", lambda address: "open")
+
+    def hangs(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    settings = MeshSettings(data_dir=tmp_path)
+    with _Listening() as port, pytest.raises(BackendError, match="could not register; check"):
+        join_node(NodeJoin(f"127.0.0.1:{port}", "fog"), settings, run=hangs)
+    assert not (tmp_path / "node.json").exists()
