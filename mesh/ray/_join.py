@@ -321,8 +321,40 @@ def leave_node(settings: MeshSettings, *, grace_s: float = 10.0) -> int:
     record = json.loads(state.read_text())
     procs = _alive(record.get("pids", {}))
     _end(procs, grace_s=grace_s)
+    # Ray may start processes for the node outside the recorded tree (agents, workers):
+    # those of the same cluster, started since the join, in this host's network namespace.
+    port = int(str(record.get("head", ":0")).rpartition(":")[2] or 0)
+    since = min((float(t) for t in record.get("pids", {}).values()), default=None)
+    for _ in range(3):
+        late = _late_processes(port, since) if port and since is not None else []
+        if not late:
+            break
+        _end(late, grace_s=min(grace_s, 5.0))
     state.unlink()
     return len(procs)
+
+
+def _netns() -> str | None:
+    with contextlib.suppress(OSError):
+        return os.readlink("/proc/self/ns/net")
+    return None
+
+
+def _late_processes(port: int, since: float) -> list[psutil.Process]:
+    """Processes of the cluster on ``port`` started since ``since`` in this network namespace."""
+    here = _netns()
+    cluster = _node_processes(port)
+    late = []
+    for pid, created in cluster.items():
+        if created + 0.01 < since:
+            continue
+        with contextlib.suppress(OSError, psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.ppid() in cluster:
+                continue  # a live node's own child (another node's worker, say)
+            if here is None or os.readlink(f"/proc/{pid}/ns/net") == here:
+                late.append(proc)
+    return late
 
 
 def _end(procs: list[psutil.Process], *, grace_s: float = 10.0) -> None:
