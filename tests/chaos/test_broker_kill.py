@@ -8,10 +8,15 @@ never touches the broker, so none of its requests may fail. The edge module's
 requests travel over the broker: the gateway's edge bus holds those sent while
 it reconnects (within their timeout) and sends them once it is back. A request
 sent in the few milliseconds between the gateway's reconnection and the agent's
-re-subscription (the broker lost its session with the kill) is dropped by the
+re-subscription (when the broker lost its session with the kill) is dropped by the
 broker and times out: such requests, and any sent before the edge module answers
 again, are counted apart (``broker_outage``); every other one must be answered
 within its deadline.
+
+Mosquitto saves after every change, as deploy/mosquitto.conf sets it: with
+``autosave_interval 60`` alone a CI run lost 1 of 31 frames, one Mosquitto had
+acknowledged and not yet delivered when it was killed (what a save each change
+costs: bench/broker_durability.py).
 
 Measured here (Mosquitto 2.0.11, 10 req/s per module): every kill, the edge
 module answers again after 1.0 s (paho's first reconnect delay). Before the bus

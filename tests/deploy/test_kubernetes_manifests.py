@@ -186,6 +186,7 @@ KEPT = (
     "per_listener_settings",
     "allow_anonymous",
     "persistence",
+    "autosave_on_changes",
     "autosave_interval",
     "persistent_client_expiration",
     "message_size_limit",
@@ -243,6 +244,7 @@ def test_mosquitto_keeps_the_production_settings() -> None:
     ("old", "new"),
     [
         ("set_tcp_nodelay true", ""),
+        ("autosave_on_changes true", ""),
         ("allow_anonymous false", "allow_anonymous true"),
         ("use_username_as_clientid true", ""),
         ("acl_file /mosquitto/auth/acl", "acl_file /mosquitto/config/acl"),
@@ -255,6 +257,15 @@ def test_a_stray_mosquitto_configuration_is_found(old: str, new: str) -> None:
     assert old in text
     conf_map["data"]["mosquitto.conf"] = text.replace(old, new)
     assert mosquitto_problems(conf_map, _pod("fogmesh-mosquitto")) != []
+
+
+def test_the_chaos_suites_mosquitto_saves_as_the_production_file_does() -> None:
+    from tests.support.chaos_mosquitto import AUTOSAVE
+
+    reference = dict(_conf((DEPLOY / "mosquitto.conf").read_text()))
+    assert dict(line.split(" ", 1) for line in AUTOSAVE) == {
+        key: reference[key] for key in ("autosave_on_changes", "autosave_interval")
+    }
 
 
 def test_only_the_tls_listener_leaves_the_cluster() -> None:
