@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import weakref
@@ -51,6 +50,7 @@ from mesh.ray._auth import (
 from mesh.ray._calls import TaskCall
 from mesh.ray._cluster import LocalCluster, prepare_ray_environment, start_local_cluster
 from mesh.ray._jobs import JobRunner
+from mesh.ray._reach import tcp_unreachable
 from mesh.ray._remote import ensure_picklable, label_selector, task_body, task_resources
 from mesh.sdk._registered import RegisteredFunction
 from mesh.sdk._specs import FunctionKind, FunctionSpec
@@ -365,14 +365,12 @@ def _check_reachable(address: str, origin: str, timeout_s: float = 5.0) -> None:
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return  # ray://, or a form Ray resolves itself
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
+    reason = tcp_unreachable(host, int(port), timeout_s)
+    if reason is not None:
         raise ClusterNotRunningError(
-            f"no Ray cluster answers at {address} (from {origin}): {exc}; start one with "
+            f"no Ray cluster answers at {address} (from {origin}): {reason}; start one with "
             "`mesh up`, or unset MESH_RAY_ADDRESS to use an embedded cluster"
-        ) from exc
+        )
 
 
 def _cluster_from_file(path: Path) -> tuple[str, str | None] | None:

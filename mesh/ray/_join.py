@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from mesh.compute._backend import SITE_LABEL, TIER_LABEL
 from mesh.core._errors import BackendError, InvalidRequestError
 from mesh.core._settings import MeshSettings
 from mesh.ray._auth import probe_cluster_auth
+from mesh.ray._reach import tcp_unreachable
 
 __all__ = [
     "NODE_TIERS",
@@ -172,19 +172,12 @@ def _ray_cli() -> list[str]:
 
 
 def _check_reachable(host: str, port: int, timeout_s: float) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = (
-            f"no answer within {timeout_s:g} s"
-            if isinstance(exc, TimeoutError)
-            else (exc.strerror or str(exc)).lower()
-        )
+    reason = tcp_unreachable(host, port, timeout_s)
+    if reason is not None:
         raise BackendError(
             f"cannot reach the Ray head at {host}:{port} ({reason}): "
             "is `ray start --head` running there, and is the port open from this host?"
-        ) from None
+        )
 
 
 def _token_path(join: NodeJoin, settings: MeshSettings) -> Path | None:
