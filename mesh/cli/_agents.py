@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -61,6 +61,10 @@ class AgentHealth:
         mem_percent: host memory use from its last heartbeat.
         observed_version: the desired version it last reported acting on.
         source: ``live`` (from the broker now) or ``store`` (last stored).
+        outbox: its event outbox from the last heartbeat (depth, dropped, delivered,
+            in_memory, full), if known.
+        faults: what went wrong on the device from the last heartbeat (damaged files
+            moved aside, background threads restarted, clock offset), if known.
     """
 
     agent_id: str
@@ -72,6 +76,8 @@ class AgentHealth:
     mem_percent: float | None
     observed_version: int | None
     source: str
+    outbox: dict[str, Any] | None = None
+    faults: dict[str, Any] | None = None
 
 
 def _from_record(record: AgentRecord, now: float) -> AgentHealth:
@@ -153,10 +159,46 @@ def collect_health(
                 mem_percent=hb.host.mem_percent if hb else (stored.mem_percent if stored else None),
                 observed_version=view.observed.version if view.observed else None,
                 source="live",
+                outbox=hb.outbox.model_dump() if hb else None,
+                faults=hb.faults.model_dump() if hb else None,
             )
     finally:
         gateway.stop()
     return sorted(rows.values(), key=lambda h: h.agent_id), None
+
+
+def fault_summary(row: AgentHealth) -> str:
+    """The device's troubles in a few words (events still in its outbox among them).
+
+    ``-`` when there are none, or none are known.
+
+    Example:
+        >>> row = AgentHealth("a", None, True, "online", 1.0, None, None, None, "live",
+        ...                   outbox={"depth": 1, "dropped": 3, "full": True},
+        ...                   faults={"quarantined": ["x"], "thread_failures": {"pump": 2}})
+        >>> fault_summary(row)
+        '1 file moved aside, 2 thread restarts, 1 event waiting, disk full, 3 events dropped'
+    """
+    faults, outbox = row.faults or {}, row.outbox or {}
+    parts: list[str] = []
+    moved = len(faults.get("quarantined") or [])
+    if moved:
+        parts.append(f"{moved} file{'s' if moved != 1 else ''} moved aside")
+    restarts = sum((faults.get("thread_failures") or {}).values())
+    if restarts:
+        parts.append(f"{restarts} thread restart{'s' if restarts != 1 else ''}")
+    waiting = int(outbox.get("depth") or 0)
+    if waiting:
+        parts.append(f"{waiting} event{'s' if waiting != 1 else ''} waiting")
+    if outbox.get("full"):
+        parts.append("disk full")
+    dropped = int(outbox.get("dropped") or 0)
+    if dropped:
+        parts.append(f"{dropped} event{'s' if dropped != 1 else ''} dropped")
+    offset = float(faults.get("clock_offset_s") or 0.0)
+    if abs(offset) >= 1.0:
+        parts.append(f"clock {-offset:+.1f} s off")
+    return ", ".join(parts) or "-"
 
 
 def _age(seconds: float | None) -> str:
@@ -208,6 +250,7 @@ def _list(json_out: bool, wait_s: float) -> None:
         "cpu %",
         "mem %",
         "observed",
+        "faults",
         "source",
     ):
         table.add_column(column, justify="right" if column.endswith("%") else "left")
@@ -221,6 +264,7 @@ def _list(json_out: bool, wait_s: float) -> None:
             "-" if r.cpu_percent is None else f"{r.cpu_percent:.0f}",
             "-" if r.mem_percent is None else f"{r.mem_percent:.0f}",
             "-" if r.observed_version is None else f"v{r.observed_version}",
+            fault_summary(r),
             r.source,
         )
     console.print(table)
@@ -238,7 +282,7 @@ def list_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     wait_s: Annotated[float, typer.Option(help="How long to listen for heartbeats.")] = 1.0,
 ) -> None:
-    """List enrolled agents with health: online/offline, heartbeat age, CPU and memory."""
+    """List enrolled agents: online/offline, heartbeat age, CPU, memory, outbox, faults."""
     _list(json_out, wait_s)
 
 

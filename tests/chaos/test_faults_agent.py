@@ -4,8 +4,8 @@ Both faults hit what the agent stores (``--cache-dir``: ``state.json``, the
 modules, ``outbox.db``), not its process: it must keep serving the edge module
 and every request must be answered within its deadline. A damaged outbox is
 moved aside (``edge_agent/_quarantine.py``) and reported in the heartbeat,
-which the control plane receives over the broker (neither ``mesh agents list``
-nor the REST API shows it yet).
+which the control plane receives over the broker and ``mesh agents list``
+shows in its ``faults`` column (the REST API does not show it yet).
 
 The mesh runs no event source here, so the full disk is not written to while it
 is full: these tests hold the agent to serving through it and coming out of it

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edge_agent.protocol import (
+    AgentFaults,
     AgentStatus,
     DesiredState,
     ErrorCode,
@@ -28,13 +29,14 @@ from edge_agent.protocol import (
     InferReply,
     InferRequest,
     ObservedState,
+    OutboxStats,
     Tensor,
     Topics,
     decode_frame,
     encode_frame,
     parse_header,
 )
-from mesh.cli._agents import collect_health
+from mesh.cli._agents import collect_health, fault_summary
 from mesh.edge._bus import (
     EdgeBus,
     EdgeConnectionError,
@@ -70,7 +72,7 @@ def status(agent: str, state: str, site: str = "s1") -> bytes:
     return AgentStatus(agent=agent, state=state, site=site).model_dump_json().encode()
 
 
-def heartbeat(agent: str, seq: int, cpu: float = 10.0) -> bytes:
+def heartbeat(agent: str, seq: int, cpu: float = 10.0, **extra: Any) -> bytes:
     host = HostMetrics(
         cpu_percent=cpu,
         mem_percent=50.0,
@@ -80,7 +82,8 @@ def heartbeat(agent: str, seq: int, cpu: float = 10.0) -> bytes:
         load5=0.1,
         load15=0.1,
     )
-    return Heartbeat(agent=agent, seq=seq, period_s=1.0, host=host).model_dump_json().encode()
+    beat = Heartbeat(agent=agent, seq=seq, period_s=1.0, host=host, **extra)
+    return beat.model_dump_json().encode()
 
 
 def fake_agent(handle: BrokerHandle, agent: str, **kw: Any) -> MqttProbe:
@@ -252,12 +255,16 @@ def test_cli_health_is_live_when_the_broker_is_reachable(
     probe = fake_agent(broker, agent)
     probe.publish(T.status(agent), status(agent, "online"), retain=True)
     stop = threading.Event()
+    troubles = {
+        "outbox": OutboxStats(depth=7, dropped=4),
+        "faults": AgentFaults(quarantined=["outbox.db.corrupt-x"], clock_offset_s=2.5),
+    }
 
     def beat() -> None:  # heartbeats keep coming, as from a live agent
         seq = 0
         while not stop.wait(0.1):
             seq += 1
-            probe.publish(T.heartbeat(agent), heartbeat(agent, seq, cpu=33.0))
+            probe.publish(T.heartbeat(agent), heartbeat(agent, seq, cpu=33.0, **troubles))
 
     beating = threading.Thread(target=beat)
     beating.start()
@@ -270,6 +277,12 @@ def test_cli_health_is_live_when_the_broker_is_reachable(
     live = {r.agent_id: r for r in rows}
     assert live[agent].health == "online" and live[agent].cpu_percent == 33.0
     assert live[agent].source == "live" and live[agent].enrolled
+    # The device's troubles from its heartbeat: `mesh agents list` shows them in a column.
+    assert live[agent].outbox is not None and live[agent].outbox["dropped"] == 4
+    assert fault_summary(live[agent]) == (
+        "1 file moved aside, 7 events waiting, 4 events dropped, clock -2.5 s off"
+    )
+    assert fault_summary(live[silent]) == "-"
     assert live[silent].health == "unknown"
     probe.close()
 

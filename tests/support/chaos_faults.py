@@ -22,7 +22,7 @@ the kinds of :data:`MORE_FAULTS` to (issue 15, item 6):
   file's alone is masked), so SQLite says "file is not a database"; start it
   again: it must start, serve, move the file aside (``outbox.db.corrupt-<time>``)
   and report it in its heartbeat's ``faults.quarantined`` (read over the broker:
-  :meth:`ChaosFaults.agent_heartbeat`; ``mesh agents list`` does not show it).
+  :meth:`ChaosFaults.agent_heartbeat`; ``mesh agents list`` shows it as a summary).
 * ``mid_migration``: pin the fog module to the other fog node (a migration,
   ``POST /v1/placements/{module}/pin``), poll its phase and ``kill -9`` the
   control plane at the first phase before ``done`` seen, then start it again
@@ -323,8 +323,8 @@ class ChaosFaults:
         """The agent's next heartbeat that ``accept`` takes, read over the broker.
 
         Connects as the control plane does (its ``mesh-control`` login), as
-        ``mesh agents list`` does for health; the heartbeat's ``faults`` and
-        ``outbox`` are shown by neither the CLI nor the REST API.
+        ``mesh agents list`` does for health (which shows the heartbeat's ``faults``
+        and ``outbox`` as a summary; the REST API does not).
 
         Raises:
             AssertionError: none accepted within ``timeout_s`` (the last one seen in the message).
