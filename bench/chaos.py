@@ -38,8 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._setup import need_test_tools
 from mesh.edge.broker._mosquitto import find_mosquitto
-from tests.support.chaos import ALL_FAULTS, BROKERS, FAULTS, ChaosMesh, run_rounds
+
+need_test_tools("bench/chaos.py")
+
+from tests.support.chaos import ALL_FAULTS, BROKERS, FAULTS, ChaosMesh, run_rounds  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

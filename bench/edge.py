@@ -43,6 +43,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._setup import need_test_tools  # noqa: E402
+
 FLOOR_REQ = "bench/floor/req"
 FLOOR_REPLY = "bench/floor/reply"
 
@@ -275,6 +277,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
+    need_test_tools("bench/edge.py")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--window", type=int, default=64)

@@ -30,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._setup import need_test_tools
+
 SLO_MS = 40.0
 DELAY_MS = 20.0  # one way: + 40 ms a round trip
 RATE_HZ = 200.0
@@ -218,6 +220,7 @@ def run(hidden_sizes: tuple[int, ...] = (280, 4900)) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    need_test_tools("bench/placement_migration.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--hidden", type=int, nargs="*", default=[280, 4900])

@@ -50,6 +50,8 @@ from fastapi.responses import JSONResponse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._setup import need_test_tools  # noqa: E402
+
 MODULE = "cnn"
 CONCURRENCY = 16
 
@@ -286,6 +288,7 @@ def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, timeout_s: float = 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    need_test_tools("bench/serving.py")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500, help="requests per c=1 round")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per c=16 round")
