@@ -639,6 +639,7 @@ def mesh_figures(report: dict[str, Any]) -> dict[str, Any]:
         "migrations": summary.get("migrations"),
         "faults": [f["kind"] for f in report.get("faults", [])],
         "adaptive_vs_best_baseline": summary.get("adaptive_vs_best_baseline"),
+        "adaptive_vs_best": summary.get("adaptive_vs_best"),
     }
 
 

@@ -116,6 +116,45 @@ def test_report_files(tmp_path: Path) -> None:
     assert "requests lost 1." in page
 
 
+def test_time_loss_and_arrivals_are_compared_each_with_its_best_sumo_program() -> None:
+    s = _report().summary()
+    # delay_based waits least (10 s) and loses least (16 s); it also arrives most (89).
+    assert s["adaptive_vs_best"] == {
+        "mean_wait_s": pytest.approx(0.9),
+        "mean_time_loss_s": pytest.approx(14.0 / 16.0, abs=1e-3),
+        "arrivals": pytest.approx(90 / 89, abs=1e-3),
+    }
+    assert s["mean_time_loss_s"]["adaptive"] == 14.0 and s["arrivals"]["fixed"] == 80
+    lines = headline(_report())
+    assert (
+        "time loss: adaptive 14.0 s, fixed 40.0 s, actuated 18.0 s, delay_based 16.0 s; "
+        "arrivals: adaptive 90, fixed 80, actuated 88, delay_based 89" in lines
+    )
+    assert (
+        "adaptive / best SUMO program (delay_based): waiting 0.90x, time loss 0.88x, "
+        "arrivals 1.01x" in lines
+    )
+
+
+def test_each_measure_names_its_own_best_program_when_they_differ() -> None:
+    from functions.traffic.sim.kpis import traffic_headline, traffic_summary
+
+    kpis = {
+        "adaptive": ControllerKpis(mean_wait_s=9, mean_time_loss_s=20, mean_trip_s=80, arrivals=99),
+        "actuated": ControllerKpis(
+            mean_wait_s=10, mean_time_loss_s=25, mean_trip_s=82, arrivals=100
+        ),
+        "delay_based": ControllerKpis(
+            mean_wait_s=12, mean_time_loss_s=22, mean_trip_s=81, arrivals=97
+        ),
+    }
+    last = traffic_headline(traffic_summary(kpis))[-1]
+    assert last == (
+        "adaptive / best SUMO program: waiting 0.90x (actuated), time loss 0.91x (delay_based), "
+        "arrivals 0.99x (actuated)"
+    )
+
+
 def test_headline_and_percentile() -> None:
     lines = headline(_report())
     assert any("0.90x" in line for line in lines)
