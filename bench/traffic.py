@@ -55,8 +55,17 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LEVELS = ("light", "medium", "peak", "directional")
-CONTROLLERS = ("adaptive", "fixed", "actuated", "delay_based")
+from bench.traffic_figures import (  # noqa: E402
+    BASIS,
+    CONTROLLERS,
+    check_targets,
+    print_table,
+    summarise,
+)
+
+LEVELS = ("light", "medium", "peak", "peak+10", "peak+20", "directional")
+#: Seeds by default: the peak, where ratios sit closest to their targets, gets more.
+SEEDS, PEAK_SEEDS = 3, 9
 #: Ground truth of "queued" in exact mode: slower than about a cell per frame.
 QUEUED_MPS = 2.0
 _SUMO_CONTROL: dict[str, Literal["static", "actuated", "delay_based"]] = {
@@ -142,7 +151,8 @@ def _trips_dir(job: Job) -> Path | None:
     """Where a run's tripinfo stays with ``--keep-trips`` (else a temporary directory)."""
     if not job.keep_trips:
         return None
-    return Path(job.workdir) / "trips" / f"{job.level}-s{job.seed}-{job.controller}"
+    name = f"{job.rows}x{job.cols}-{job.level}-s{job.seed}-{job.controller}"
+    return Path(job.workdir) / "trips" / name
 
 
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
@@ -316,7 +326,8 @@ def run_job(job: Job) -> dict[str, Any]:
         ) as sim:
             pass_through = sim.run()
         kpis = pass_through
-    out = {"level": job.level, "seed": job.seed, "controller": job.controller, **kpis.as_dict()}
+    out = {"grid": f"{job.rows}x{job.cols}", "level": job.level, "seed": job.seed,
+           "controller": job.controller, **kpis.as_dict()}  # fmt: skip
     out.update(extras)
     out["job_wall_s"] = time.perf_counter() - t0
     out.pop("queue_series", None)
@@ -346,86 +357,23 @@ def ensure_counter(workdir: Path) -> str:
     return str(target)
 
 
-# -- report -----------------------------------------------------------------------------
-
-
-def summarise(rows: list[dict[str, Any]], levels: list[str]) -> dict[str, Any]:
-    metrics = ("mean_wait_s", "mean_time_loss_s", "mean_trip_s", "mean_depart_delay_s")
-    out: dict[str, Any] = {}
-    for level in levels:
-        entry: dict[str, Any] = {m: {} for m in metrics}
-        entry["arrivals"] = {}
-        entry["teleports"] = {}
-        entry["vehicles"] = {}
-        for ctl in CONTROLLERS:
-            mine = [r for r in rows if r["level"] == level and r["controller"] == ctl]
-            if not mine:
-                continue
-            for m in metrics:
-                entry[m][ctl] = round(statistics.fmean(r[m] for r in mine), 2)
-            entry["arrivals"][ctl] = sum(r["arrivals"] for r in mine)
-            entry["teleports"][ctl] = sum(r["teleports"] for r in mine)
-            entry["vehicles"][ctl] = sum(r["vehicles"] for r in mine)
-        waits = entry["mean_wait_s"]
-        best = [waits[c] for c in ("actuated", "delay_based") if c in waits]
-        if "adaptive" in waits and best and min(best) > 0:
-            entry["adaptive_vs_best_sumo"] = round(waits["adaptive"] / min(best), 3)
-        adaptive = [r for r in rows if r["level"] == level and r["controller"] == "adaptive"]
-        if adaptive:
-            entry["count_mae"] = round(statistics.fmean(r["count_mae"] for r in adaptive), 3)
-            entry["switches"] = sum(r["switches"] for r in adaptive)
-        out[level] = entry
-    return out
-
-
-def check_targets(levels: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for level, entry in levels.items():
-        ratio = entry.get("adaptive_vs_best_sumo")
-        if ratio is None:
-            continue
-        limit = 0.9 if level == "peak" else 1.1
-        result[level] = {
-            "ratio": ratio,
-            "limit": limit,
-            "met": ratio <= limit and entry["teleports"].get("adaptive", 0) == 0,
-        }
-    return result
-
-
-def print_table(levels: dict[str, Any]) -> None:
-    head = (
-        f"{'level':<12}{'controller':<13}{'wait s':>8}{'loss s':>8}{'trip s':>8}"
-        f"{'delay s':>8}{'arrived':>9}{'teleports':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for level, entry in levels.items():
-        for ctl in CONTROLLERS:
-            if ctl not in entry["mean_wait_s"]:
-                continue
-            print(
-                f"{level:<12}{ctl:<13}{entry['mean_wait_s'][ctl]:>8.1f}"
-                f"{entry['mean_time_loss_s'][ctl]:>8.1f}{entry['mean_trip_s'][ctl]:>8.1f}"
-                f"{entry['mean_depart_delay_s'][ctl]:>8.1f}{entry['arrivals'][ctl]:>9d}"
-                f"{entry['teleports'][ctl]:>10d}"
-            )
-        if "adaptive_vs_best_sumo" in entry:
-            print(
-                f"{'':<12}adaptive / best(actuated, delay_based) wait = "
-                f"{entry['adaptive_vs_best_sumo']:.2f}   count MAE {entry.get('count_mae', 0):.2f}"
-            )
-        print()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2x2 grid, 1 seed, 30 min demand")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds 0..N-1 at every level (default {SEEDS}, the peak {PEAK_SEEDS})",
+    )
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--controllers", default=",".join(CONTROLLERS))
-    parser.add_argument("--grid", default=None, help="ROWSxCOLS (default 3x3; quick 2x2)")
+    parser.add_argument(
+        "--grid",
+        default=None,
+        help="ROWSxCOLS, or several comma-separated (default 3x3,4x4; quick 2x2)",
+    )
     parser.add_argument("--horizon-s", type=float, default=None, help="demand seconds")
     parser.add_argument("--drain-s", type=float, default=1800.0, help="extra time to finish")
     parser.add_argument("--counter", default=None, help="vehicle-counter ONNX")
@@ -442,9 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mesh", action="store_true", help="skip the mesh run")
     args = parser.parse_args(argv)
 
-    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
-    grid = args.grid or ("2x2" if args.quick else "3x3")
-    rows, cols = (int(x) for x in grid.lower().split("x"))
+    def seeds_of(level: str) -> int:
+        if args.seeds is not None:
+            return int(args.seeds)
+        return 1 if args.quick else (PEAK_SEEDS if level == "peak" else SEEDS)
+
+    grids = [g for g in (args.grid or ("2x2" if args.quick else "3x3,4x4")).split(",") if g]
+    shapes = [(int(r), int(c)) for r, c in (g.lower().split("x") for g in grids)]
     horizon = args.horizon_s or (1800.0 if args.quick else 3600.0)
     levels = [x for x in args.levels.split(",") if x]
     controllers = [x for x in args.controllers.split(",") if x]
@@ -462,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         source = f"counter CNN {Path(counter).name} on camera frames (pixel noise {args.noise_std})"
     from functions.traffic.sim.network import build_grid, make_demand
 
-    net = build_grid(workdir / "nets", rows=rows, cols=cols)
-    for level in levels:
-        for seed in range(seeds):
-            make_demand(workdir / "routes", net, level=level, seed=seed, horizon_s=horizon)
+    for rows, cols in shapes:
+        net = build_grid(workdir / "nets", rows=rows, cols=cols)
+        for level in levels:
+            for seed in range(seeds_of(level)):
+                make_demand(workdir / "routes", net, level=level, seed=seed, horizon_s=horizon)
 
     jobs = [
         Job(
@@ -485,16 +438,18 @@ def main(argv: list[str] | None = None) -> int:
             config=config,
             keep_trips=args.keep_trips,
         )
+        for rows, cols in shapes
         for level in levels
-        for seed in range(seeds)
+        for seed in range(seeds_of(level))
         for ctl in controllers
     ]
     # The adaptive runs are the long ones: start them first.
     jobs.sort(key=lambda j: j.controller != "adaptive")
+    seed_counts = ", ".join(f"{level} {seeds_of(level)}" for level in levels)
     print(
-        f"traffic bench: grid {rows}x{cols}, {len(levels)} levels x {seeds} seeds x "
-        f"{len(controllers)} controllers, {horizon:.0f} s demand; adaptive counts: {source}; "
-        f"plan delay {args.delay_s:g} s",
+        f"traffic bench: grids {', '.join(grids)}; levels x seeds: {seed_counts}; "
+        f"{len(controllers)} controllers, {horizon:.0f} s demand ({len(jobs)} runs); "
+        f"adaptive counts: {source}; plan delay {args.delay_s:g} s",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -504,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in pool.imap_unordered(run_job, jobs):
             rows_out.append(row)
             print(
-                f"  {row['level']:<12}s{row['seed']} {row['controller']:<12} "
+                f"  {row['grid']:<5} {row['level']:<12}s{row['seed']} {row['controller']:<12} "
                 f"wait {row['mean_wait_s']:6.1f}  loss {row['mean_time_loss_s']:6.1f}  "
                 f"teleports {row['teleports']}  ({row['job_wall_s']:.0f} s)"
                 + (
@@ -515,13 +470,17 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     wall = time.perf_counter() - t0
-    summary = summarise(rows_out, levels)
-    print()
-    print_table(summary)
-    targets = check_targets(summary)
-    for level, t in targets.items():
-        verdict = "met" if t["met"] else "NOT met"
-        print(f"target {level}: adaptive/best = {t['ratio']:.2f} <= {t['limit']}: {verdict}")
+    by_grid: dict[str, Any] = {}
+    for grid in grids:
+        summary = summarise([r for r in rows_out if r["grid"] == grid], levels)
+        targets = check_targets(summary)
+        by_grid[grid] = {"levels": summary, "targets": targets}
+        print(f"\ngrid {grid}")
+        print_table(summary)
+        for level, t in targets.items():
+            missed = [m for m, c in t["checks"].items() if not c["met"]]
+            verdict = "met" if t["met"] else f"NOT met ({', '.join(missed)})"
+            print(f"target {grid} {level}: {verdict}")
     print(f"wall {wall:.0f} s")
     mesh_kpis: dict[str, Any] = {
         "slo_attainment": None,
@@ -544,21 +503,25 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         result = {
-            "grid": f"{rows}x{cols}",
-            "seeds": list(range(seeds)),
+            "grid": grids[0],
+            "seeds": {level: seeds_of(level) for level in levels},
+            "basis": BASIS,
             "horizon_s": horizon,
             "counts_source": source,
             "delay_s": args.delay_s,
             "drop_rate": args.drop_rate,
             "controller_config": config,
-            "levels": summary,
-            "targets": targets,
+            "levels": by_grid[grids[0]]["levels"],
+            "targets": by_grid[grids[0]]["targets"],
+            "grids": by_grid,
             # From the live mesh run (see the module docstring).
             "slo_attainment": mesh_kpis["slo_attainment"],
             "lost_events": mesh_kpis["lost_events"],
             "lost_requests": mesh_kpis["lost_requests"],
             "mesh": mesh_kpis,
-            "runs": sorted(rows_out, key=lambda r: (r["level"], r["seed"], r["controller"])),
+            "runs": sorted(
+                rows_out, key=lambda r: (r["grid"], r["level"], r["seed"], r["controller"])
+            ),
             "wall_s": round(wall, 1),
             "job": asdict(jobs[0]) if jobs else None,
         }

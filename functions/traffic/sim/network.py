@@ -344,12 +344,21 @@ class DemandLevel:
 _OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
 #: The levels the benchmark runs. ``directional`` is a one-way commute (west to
-#: east), where a symmetric controller has no balance to exploit.
+#: east), where a symmetric controller has no balance to exploit; ``peak+10`` and
+#: ``peak+20`` are the peak's shape with 10 and 20 % more vehicles.
 DEMAND_LEVELS: Mapping[str, DemandLevel] = {
     "light": DemandLevel("light", 180.0, description="uncongested, ~180 veh/h per entry at peak"),
     "medium": DemandLevel("medium", 380.0, description="busy, queues clear each cycle"),
     "peak": DemandLevel(
         "peak", 620.0, base=0.35, description="a peak that saturates the grid, then recedes"
+    ),
+    # Beyond the tuned peak, where demand exceeds what the grid carries: a
+    # controller is judged by how it degrades there (issue 20).
+    "peak+10": DemandLevel(
+        "peak+10", 682.0, base=0.35, description="the peak with 10 % more demand: oversaturated"
+    ),
+    "peak+20": DemandLevel(
+        "peak+20", 744.0, base=0.35, description="the peak with 20 % more demand: oversaturated"
     ),
     "directional": DemandLevel(
         "directional",
