@@ -18,8 +18,9 @@ A root-started Mosquitto keeps root (``user root`` instead of ``user
 mosquitto``): enrolment writes its files 0600 root's. :meth:`HostMosquitto.kill`
 is a ``kill -9``, and :meth:`HostMosquitto.start` again is what ``systemd
 Restart=always`` does (same config, same persistence file), as
-:class:`tests.support.chaos_mosquitto.ChaosMosquitto` does on one host. Every
-process is ended by its pid.
+:class:`tests.support.chaos_mosquitto.ChaosMosquitto` does on one host. Its
+log (``log_dest stdout``, line-buffered) goes to ``mosquitto.log``, where the
+tests read who connected from which host. Every process is ended by its pid.
 """
 
 from __future__ import annotations
@@ -182,9 +183,11 @@ class HostMosquitto:
         self.config_path.write_text(self.config())
         before = len(self.log_text())
         with self.log_path.open("ab") as log:
+            # ``log_dest stdout`` into a file is block-buffered: line-buffered, its log
+            # shows each connection as it happens (stdbuf execs Mosquitto: same pid).
             self._proc = self.bed.spawn(
                 self.host,
-                [self.executable, "-c", str(self.config_path)],
+                ["stdbuf", "-oL", self.executable, "-c", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
