@@ -216,9 +216,14 @@ class HostMosquitto:
         self._proc = None
         return proc.pid
 
-    def restart_after_kill(self) -> int:
-        """``kill -9``, then start again with the same config and persistence; the killed pid."""
+    def restart_after_kill(self, *, down_s: float = 0.0) -> int:
+        """``kill -9``, ``down_s`` with none, then start again (same config and persistence).
+
+        Returns:
+            The killed pid.
+        """
         pid = self.kill()
+        time.sleep(down_s)
         self.start()
         self.restarts += 1
         return pid
