@@ -39,6 +39,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mesh.core._errors import MeshError
 from mesh.edge._enrolment import EdgeSettings
+from mesh.runtime._artifact_url import artifact_base_url
 from mesh.runtime._replica_broker import replicas_reach_broker
 
 if TYPE_CHECKING:
@@ -383,8 +384,12 @@ def build_services(
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     signer = ArtifactSigner.load_or_create(settings.data_dir)
     url_signer = UrlSigner.load_or_create(settings.data_dir)
-    host = settings.gateway_host if settings.gateway_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    base_url = settings.artifact_base_url or f"http://{host}:{settings.gateway_port}"
+    base_url = artifact_base_url(
+        explicit=settings.artifact_base_url,
+        gateway_host=settings.gateway_host,
+        gateway_port=settings.gateway_port,
+        device_broker_url=settings.device_broker_url,
+    )
     installer = EdgeInstaller(
         edge, store=artifacts, signer=signer, url_signer=url_signer, base_url=base_url
     )

@@ -4,7 +4,8 @@
 
 * ``ca.pem``: a CA (the one clients are given),
 * ``server.pem``/``server.key``: a server certificate from that CA for
-  ``127.0.0.1`` and ``localhost`` (subject alternative names), valid now,
+  ``127.0.0.1``, ``localhost`` and any ``addresses`` given (subject alternative
+  names, e.g. a test-bed host's address), valid now,
 * ``expired.pem``/``expired.key``: the same names from the same CA, expired a day ago,
 * ``other-ca.pem`` and ``other.pem``/``other.key``: another CA and a server
   certificate from it (a client given ``ca.pem`` must refuse it).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +99,16 @@ def _ca(common_name: str, now: dt.datetime) -> tuple[_Key, x509.Certificate]:
 
 
 def _server(
-    ca_key: _Key, ca_cert: x509.Certificate, *, not_before: dt.datetime, not_after: dt.datetime
+    ca_key: _Key,
+    ca_cert: x509.Certificate,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    addresses: Sequence[str] = (),
 ) -> tuple[_Key, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName(
-        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    )
+    ips = [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses)]
+    san = x509.SubjectAlternativeName([*ips, x509.DNSName("localhost")])
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("fogmesh test broker"))
@@ -139,21 +145,34 @@ def _write(path: Path, cert: x509.Certificate, key: _Key | None = None) -> None:
         key_path.chmod(0o600)
 
 
-def make_test_pki(directory: Path) -> TestPki:
-    """Write a test CA, a valid, an expired and a foreign server certificate (see module doc)."""
+def make_test_pki(directory: Path, *, addresses: Sequence[str] = ()) -> TestPki:
+    """Write a test CA, a valid, an expired and a foreign server certificate (see module doc).
+
+    Args:
+        directory: where the files go (made if missing).
+        addresses: IP addresses the server certificates name besides 127.0.0.1.
+
+    Raises:
+        ValueError: an address is not an IP address.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = _ca("fogmesh test CA", now)
     other_ca_key, other_ca_cert = _ca("another test CA", now)
-    valid = {"not_before": now - dt.timedelta(days=1), "not_after": now + dt.timedelta(days=7)}
-    server_key, server_cert = _server(ca_key, ca_cert, **valid)
+    begins, ends = now - dt.timedelta(days=1), now + dt.timedelta(days=7)
+    server_key, server_cert = _server(
+        ca_key, ca_cert, not_before=begins, not_after=ends, addresses=addresses
+    )
     expired_key, expired_cert = _server(
         ca_key,
         ca_cert,
         not_before=now - dt.timedelta(days=2),
         not_after=now - dt.timedelta(days=1),
+        addresses=addresses,
     )
-    other_key, other_cert = _server(other_ca_key, other_ca_cert, **valid)
+    other_key, other_cert = _server(
+        other_ca_key, other_ca_cert, not_before=begins, not_after=ends, addresses=addresses
+    )
     _write(directory / "ca.pem", ca_cert)
     _write(directory / "other-ca.pem", other_ca_cert)
     _write(directory / "server.pem", server_cert, server_key)
