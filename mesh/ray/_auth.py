@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
@@ -34,7 +33,6 @@ __all__ = [
     "ClusterAuth",
     "check_cluster_auth",
     "ensure_ray_token",
-    "is_loopback",
     "probe_cluster_auth",
     "token_available",
     "use_embedded_token",
@@ -134,17 +132,6 @@ def token_available() -> bool:
     try:
         return bool(path.read_text().strip())
     except OSError:
-        return False
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) is this host's loopback."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
         return False
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import ray
 
 from mesh.compute._backend import Call, NodeInfo, check_satisfiable
+from mesh.core._addresses import is_loopback
 from mesh.core._errors import (
     BackendError,
     ClusterNotRunningError,
@@ -43,7 +44,6 @@ from mesh.core._errors import (
 from mesh.core._settings import MeshSettings
 from mesh.ray._auth import (
     check_cluster_auth,
-    is_loopback,
     use_embedded_token,
     use_loopback_driver,
 )

@@ -12,11 +12,12 @@ elsewhere reaches no device: logged as a warning naming the setting.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import urllib.parse
 from collections.abc import Callable
+
+from mesh.core._addresses import is_loopback
 
 __all__ = ["artifact_base_url", "local_address_toward"]
 
@@ -43,15 +44,6 @@ def local_address_toward(host: str) -> str:
             "no route from this host to %s (%s); artifact URLs name 127.0.0.1", host, exc
         )
         return "127.0.0.1"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def artifact_base_url(
@@ -81,8 +73,8 @@ def artifact_base_url(
     broker_host = urllib.parse.urlsplit(device_broker_url).hostname or "127.0.0.1"
     host = gateway_host
     if host in _WILDCARDS:
-        host = "127.0.0.1" if _is_loopback(broker_host) else route(broker_host)
-    if _is_loopback(host) and not _is_loopback(broker_host):
+        host = "127.0.0.1" if is_loopback(broker_host) else route(broker_host)
+    if is_loopback(host) and not is_loopback(broker_host):
         logger.warning(
             "agents fetch models from %s (loopback) but reach the broker at %s: devices on "
             "other hosts cannot download them; set MESH_GATEWAY_HOST to an address they "

@@ -31,7 +31,7 @@ def replicas_reach_broker(broker_url: str, ray_address: str | None) -> bool:
         >>> replicas_reach_broker("mqtt://127.0.0.1:1883", "10.0.0.5:6379")
         False
     """
-    from mesh.ray._auth import is_loopback
+    from mesh.core._addresses import is_loopback
 
     broker_host = urllib.parse.urlsplit(broker_url).hostname or ""
     if ray_address is None or not is_loopback(broker_host):

@@ -36,8 +36,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.multihost import EDGE, FOG, Mesh, client_infer, in_host, mesh_in
+from tests.support.multihost import EDGE, FOG, Mesh, in_host, mesh_in
 from tests.support.multihost import running_mesh as start_mesh
+from tests.support.multihost_client import client_input, infer_from_client
+from tests.support.readme_runs import readme_drift
 
 pytest.importorskip("ray")
 pytest.importorskip("onnx")
@@ -173,7 +175,7 @@ def test_fog_replicas_reach_the_broker_on_the_cloud_address(running_mesh: Mesh) 
 
 
 def test_a_client_infers_through_the_gateway_to_each_edge_agent(
-    running_mesh: Mesh, edge_modules: dict[str, Any]
+    running_mesh: Mesh, edge_modules: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -184,17 +186,19 @@ def test_a_client_infers_through_the_gateway_to_each_edge_agent(
               for m in listed if m["module"].startswith("counter-")}  # fmt: skip
     assert served == {_module(a): ("edge", "serving", [a]) for a in EDGE}, listed
 
-    x = np.random.default_rng(5).standard_normal((2, 1, 32, 32)).astype(np.float32)
     session = ort.InferenceSession(str(edge_modules["model"]), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = session.run(None, {session.get_inputs()[0].name: client_input()})[0]
     for agent in EDGE:
         # The agent fetched its model from the gateway's (cloud's) address, never loopback.
         state = json.loads((mesh.agents[agent].cache_dir / "state.json").read_text())
         urls = [m["url"] for m in state["desired"]["modules"]]
         assert {urllib.parse.urlsplit(u).hostname for u in urls} == {bed.address("cloud")}, urls
 
-        answer = client_infer(mesh, edge_modules["token"], _module(agent), REQUESTS)
-        np.testing.assert_allclose(np.array(answer["out"]), expected, rtol=1e-4, atol=1e-5)
+        run = infer_from_client(
+            bed, mesh.gateway_url, edge_modules["token"], _module(agent), REQUESTS, timeout_s=180
+        )
+        np.testing.assert_allclose(run.out, expected, rtol=1e-4, atol=1e-5)
+        answer = {"ms": run.ms}
         # client -> cloud has no delay; gateway -> broker -> agent pays the cloud-edge round trip.
         shape = bed.plan.shape("cloud", agent)
         rtt_floor_ms = 2 * (shape.delay_ms - shape.jitter_ms)
@@ -202,6 +206,8 @@ def test_a_client_infers_through_the_gateway_to_each_edge_agent(
         assert statistics.median(answer["ms"]) >= 2 * shape.delay_ms - 1.0, answer["ms"]
         print(f"client -> gateway -> {agent}: p50 {statistics.median(answer['ms']):.1f} ms, "
               f"min {min(answer['ms']):.1f} ms, link RTT {2 * shape.delay_ms:g} ms")  # fmt: skip
+    # README's commands for a broker, the devices and an edge module are the ones run here.
+    assert readme_drift(request.node.nodeid, bed.ran) == []
 
 
 # ------------------------------------------------------------------ 3(d): broker restart

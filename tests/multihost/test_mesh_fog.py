@@ -32,6 +32,7 @@ import pytest
 from tests.support.multihost import FOG, Mesh, mesh_in
 from tests.support.multihost import running_mesh as start_mesh
 from tests.support.multihost_client import client_input, infer_from_client
+from tests.support.readme_runs import readme_drift
 from tests.support.testbed import TestBed, _netns
 
 pytest.importorskip("ray")
@@ -64,7 +65,7 @@ def test_mesh_status_lists_the_head_and_both_fog_hosts(running_mesh: Mesh) -> No
 
 
 def test_a_client_infers_through_the_gateway_to_a_fog_replica(
-    running_mesh: Mesh, tmp_path: Path
+    running_mesh: Mesh, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -100,6 +101,9 @@ def test_a_client_infers_through_the_gateway_to_a_fog_replica(
     assert statistics.median(run.ms) >= 2 * shape.delay_ms - 1.0, run.ms
     print(f"client -> gateway -> fog: p50 {statistics.median(run.ms):.1f} ms, "
           f"min {min(run.ms):.1f} ms, link RTT {2 * shape.delay_ms:g} ms")  # fmt: skip
+
+    # README's commands for a cloud and fog hosts are the ones run here.
+    assert readme_drift(request.node.nodeid, bed.ran) == []
 
     # The embedded broker is on cloud's loopback: the fog replicas serve HTTP only, and say so.
     log = (Path(env["MESH_DATA_DIR"]) / "cluster.log").read_text()

@@ -55,7 +55,6 @@ __all__ = [
     "FOG",
     "EdgeAgent",
     "Mesh",
-    "client_infer",
     "enrolled_command",
     "in_host",
     "mesh_in",
@@ -122,11 +121,13 @@ class EdgeAgent:
         exe = shutil.which(self.command[0], path=str(Path(sys.executable).parent))
         assert exe is not None, f"{self.command[0]} is not installed next to {sys.executable}"
         env = {k: v for k, v in os.environ.items() if k not in _UNSET}
-        env["EDGE_AGENT_CACHE_DIR"] = str(self.cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         since = len(self.log())
         with self.log_path.open("ab") as log:
-            self.proc = bed.spawn(self.host, [exe, *self.command[1:]], env=env, stdout=log,
+            # ``env NAME=value`` execs the agent (same pid) and shows the variable in
+            # ``bed.ran``, which README's device command is checked against.
+            argv = ["env", f"EDGE_AGENT_CACHE_DIR={self.cache_dir}", exe, *self.command[1:]]
+            self.proc = bed.spawn(self.host, argv, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)  # fmt: skip
         self.started.append(self.proc.pid)
@@ -179,43 +180,6 @@ def mesh_in(bed: TestBed, host: str, env: dict[str, str], *args: str) -> str:
     done = in_host(bed, host, env, [sys.executable, "-m", "mesh.cli", *args])
     assert done.returncode == 0, f"mesh {' '.join(args)} in {host}:\n{done.stdout}{done.stderr}"
     return done.stdout
-
-
-_INFER = """
-import json, sys, time
-import numpy as np
-import tritonclient.http as triton
-
-url, token, model, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-x = np.random.default_rng(5).standard_normal((2, 1, 32, 32)).astype(np.float32)
-client = triton.InferenceServerClient(url=url, network_timeout=60.0)
-inp = triton.InferInput("input", list(x.shape), "FP32")
-inp.set_data_from_numpy(x)
-ms, out = [], None
-for _ in range(count):
-    t0 = time.perf_counter()
-    result = client.infer(model, [inp], headers={"Authorization": f"Bearer {token}"})
-    ms.append((time.perf_counter() - t0) * 1000.0)
-    out = result.as_numpy(result.get_response()["outputs"][0]["name"])
-client.close()
-print(json.dumps({"ms": ms, "out": out.tolist()}))
-"""
-
-
-def client_infer(mesh: Mesh, token: str, model: str, count: int) -> dict[str, list[float]]:
-    """``count`` tritonclient requests from ``client`` through the gateway to ``model``.
-
-    The input is ``(2, 1, 32, 32)`` float32 from ``numpy.random.default_rng(5)``.
-
-    Returns:
-        ``{"ms": [each request's time], "out": the last answer's first output}``.
-    """
-    gateway = mesh.gateway_url.removeprefix("http://")
-    argv = [sys.executable, "-c", _INFER, gateway, token, model, str(count)]
-    done = mesh.bed.run("client", argv, timeout_s=180, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    answer: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
-    return answer
 
 
 def enrolled_command(output: str) -> list[str]:

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mesh.core._addresses import is_loopback
 from mesh.core._errors import BackendError
 from mesh.core._settings import MeshSettings
 from mesh.ray._auth import (
     check_cluster_auth,
     ensure_ray_token,
-    is_loopback,
     probe_cluster_auth,
     token_available,
     use_embedded_token,

@@ -35,12 +35,12 @@ Errors: :class:`BrokerStartError` (a :class:`~mesh.core._errors.MeshError`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mesh.core._addresses import is_loopback
 from mesh.edge.broker._handle import (
     START_TIMEOUT_S,
     BrokerHandle,
@@ -96,7 +96,7 @@ class EmbeddedBroker:
         sessions_db: Path | None = None,
         session_limits: SessionLimits | None = None,
     ) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise BrokerStartError(
                 f"the embedded broker binds to loopback only, not {host!r}: it is for "
                 "the demo and tests; for devices on a network run Mosquitto "
@@ -318,15 +318,6 @@ async def _shutdown_amqtt(broker: Any) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def start_embedded_broker(

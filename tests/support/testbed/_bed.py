@@ -83,6 +83,9 @@ class TestBed:
         self._seed = seed
         self._queue_packets = queue_packets
         self._procs: list[subprocess.Popen[Any]] = []
+        #: Every command run or started in a host, as given (``env`` prefixes included):
+        #: what README's multi-host commands are checked against.
+        self.ran: list[list[str]] = []
         self._router: subprocess.Popen[str] | None = None
         self._made: list[str] = []  # namespaces, in the order made
         self._previous: dict[int, Any] = {}
@@ -192,6 +195,7 @@ class TestBed:
         works inside hosts; other keyword arguments go to :class:`subprocess.Popen`.
         """
         self._need_running()
+        self.ran.append([str(a) for a in argv])
         popen["env"] = _env(popen.get("env"))
         proc: subprocess.Popen[Any] = subprocess.Popen(
             ["ip", "netns", "exec", self.namespace(host), *argv], **popen
@@ -204,6 +208,7 @@ class TestBed:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``host`` to its end and return its output (text)."""
         self._need_running()
+        self.ran.append([str(a) for a in argv])
         return subprocess.run(
             ["ip", "netns", "exec", self.namespace(host), *argv],
             capture_output=True,
