@@ -2,9 +2,11 @@
 
 Each round (every ``tick_s``) it:
 
-1. reads the monitors (Ray nodes' psutil, agents' heartbeats, link RTTs) and
-   what the serving manager serves (a module deployed or moved by hand is
-   adopted as it is, and recorded for a restart);
+1. reads the monitors (Ray nodes' psutil, agents' heartbeats, link RTTs),
+   what the serving manager serves, and where each module runs from its
+   record in the store, the one source of it, which the manager writes before
+   each route switch (:mod:`mesh.control._placements`): a module served off
+   its record is moved back to it, one served with none is recorded;
 2. looks for **triggers**: a module's observed p95 over its SLO for a window
    (the node is then marked *saturated* for that module, so the engine treats
    it as full), a node that joined, left or is overloaded, a new model
@@ -53,8 +55,9 @@ from typing import Any
 from mesh.control._migrations import MigrationExecutor, ModuleDeployer
 from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
+from mesh.control._placements import Placed, Seen
 from mesh.control._restore import Restorer, RetryPolicy
-from mesh.control._round import Placed, ReconcileRound, finite
+from mesh.control._round import ReconcileRound, finite
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import (
     ControllerSettings,
@@ -68,7 +71,7 @@ from mesh.control._standing import StandingConditions
 from mesh.control._store import DeploymentRecord, MigrationRecord, Pin, PlacementStore
 from mesh.core._log_repeats import RepeatLog
 from mesh.serving._leases import PipelineSource
-from mesh.serving._routes import Endpoint, ModuleRoute, RouteTable
+from mesh.serving._routes import Endpoint, RouteTable
 from placement import TIERS
 from placement import (
     Plan as EnginePlan,
@@ -126,7 +129,9 @@ class PlacementController(ReconcileRound):
             m: dict(s) for m, s in (sources or {}).items()
         }
         self._clock = clock
-        self._placed: dict[str, Placed] = {}
+        self._placed: dict[str, Placed] = {}  # each round's read of the store
+        self._seen: dict[str, Seen] = {}  # the record's epoch and version a round last read
+        self._strayed: dict[str, tuple[int, str | None, str]] = {}
         self._saturated = SaturationMarks(self.settings, monitors.run_canary, clock)
         self._nodes: frozenset[str] | None = None
         self._pins: dict[str, Pin] = store.pins()
@@ -146,8 +151,6 @@ class PlacementController(ReconcileRound):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._recorded: dict[str, tuple[str, str, str | None, str | None]] = {}
-        self._record_lock = threading.Lock()  # apart: a switch may come from any thread
         #: The recorded deployments' restoration after a restart (:meth:`restore`).
         self.restorer = Restorer(restore_policy)
         latest = store.latest_plan()
@@ -307,8 +310,9 @@ class PlacementController(ReconcileRound):
 
     def describe(self) -> dict[str, Any]:
         """The placement now, the last plan's decisions and the pins (``GET /v1/placements``)."""
+        rows = {r.module: r for r in self.store.deployments()}
         with self._lock:
-            placed = dict(self._placed)
+            seen = dict(self._seen)
             engine_plan = self._plan
             pins = dict(self._pins)
             saturated = self._saturated.pairs()
@@ -316,13 +320,16 @@ class PlacementController(ReconcileRound):
         modules = []
         for view in self._served.deployments():
             name = view.spec.name
-            here = placed.get(name)
+            row = rows.get(name)
+            last = seen.get(name)
+            since = last.since if last is not None and row and last.epoch == row.epoch else None
             entry: dict[str, Any] = {
                 "module": name,
                 "version": view.artifact.version,
                 "tier": view.tier,
-                "node": here.node if here else (view.agent or ",".join(view.nodes) or None),
-                "since_s": (self._clock() - here.since) if here else None,
+                "node": (row.where if row else None) or view.agent or ",".join(view.nodes) or None,
+                "epoch": row.epoch if row else None,
+                "since_s": (self._clock() - since) if since is not None else None,
                 "slo_ms": view.spec.qos.p95_latency_ms,
                 "tiers": list(view.spec.tiers),
                 "sources": self._sources_of(view),
@@ -355,37 +362,6 @@ class PlacementController(ReconcileRound):
         }
 
     # -- after a restart
-
-    def record_route(self, old: ModuleRoute | None, new: ModuleRoute | None) -> None:
-        """Record what serves a module when its route switches (a route table listener).
-
-        A deploy is then in the store when it answers, not only after the next
-        round adopts it: a crash right after it loses nothing. A route removed
-        while the controller runs (an undeploy) forgets the record; one removed
-        after :meth:`close` (the serving manager stopping) keeps it for the restart.
-        """
-        route = new or old
-        if route is None:
-            return
-        module = route.module
-        if new is None:
-            with self._record_lock:
-                self._recorded.pop(module, None)
-            if not self._stop.is_set():
-                try:
-                    self.store.remove_deployment(module)
-                except Exception:
-                    logger.exception("%s: could not forget the deployment", module)
-            return
-        view = next((v for v in self._served.deployments() if v.spec.name == module), None)
-        if view is None:
-            return
-        key = (view.artifact.version, view.tier, view.site, view.agent)
-        with self._record_lock:
-            if self._recorded.get(module) == key:
-                return
-            self._recorded[module] = key
-        self._record(view)
 
     def forget(self, module: str) -> bool:
         """Forget a recorded module that is not served (its restore failed, say).

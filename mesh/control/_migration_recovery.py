@@ -132,5 +132,6 @@ def _back_at_source(
         tier=record.from_tier,
         site=None,
         agent=record.from_node if agent else None,
+        node=None if agent else record.from_node,
         updated_at=now,
     )

@@ -10,9 +10,10 @@ which switches a module's one route make-before-break. Each is a
    own worker: replicas on the target's tier and site start and warm up (a
    Ray node), or the agent downloads, verifies and loads the model;
 3. ``ready``: the target serves;
-4. ``switched``: the route switches in one step (route epoch + 1) and the
-   recorded deployment names the target, in one transaction; agents'
-   pipelines are re-pointed now, before the source drains (below);
+4. ``switched``: the phase and the recorded deployment naming the target
+   (placement epoch + 1) are written in one transaction, just before the
+   route switches in one step (route epoch + 1); agents' pipelines are
+   re-pointed once it has, before the source drains (below);
 5. ``draining``: the gateway counts the source's requests out, then its
    replicas stop (an agent keeps the module installed as its pipelines'
    local fallback);
@@ -421,8 +422,11 @@ class MigrationExecutor(PipelineRouting):
             now = self._clock()
             if phase == "ready":
                 self._phase(run, status="ready", ready_at=now)
-            elif phase == "switched":
+            elif phase == "switching":  # before the route: the record leads it
                 self._switched(run, now)
+            elif phase == "switched":
+                if run.record.switched_at is None:  # a deployer that never says switching
+                    self._switched(run, now)
                 self._follow_on_agents(module, view, target, self._route_of(module))
                 self._phase(run, status="draining")
             elif phase == "drained":
@@ -522,6 +526,7 @@ class MigrationExecutor(PipelineRouting):
             agent=target.node if agent else None,
             sources=before.sources if before is not None else {},
             updated_at=self._clock(),
+            node=None if agent else target.node,
         )
 
     def _end(self, run: _Run, record: MigrationRecord) -> None:

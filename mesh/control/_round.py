@@ -2,12 +2,14 @@
 
 :class:`ReconcileRound` is mixed into
 :class:`mesh.control._controller.PlacementController`, which holds the state a
-round reads and writes (declared below). A round adopts what serves each module
-now, looks for triggers (an observed SLO miss marks the node saturated, nodes
-joining, leaving or overloaded, pins changed, the period, a predicted
-violation), plans the gateway routes with the engine, stores a changed plan as
-a new desired-placement version and carries out its moves; then the agents'
-pipelines are placed per site (:mod:`mesh.control._pipelines`).
+round reads and writes (declared below). A round reads where each module
+runs from the placement store and holds the serving manager to it
+(:mod:`mesh.control._placements`), looks for triggers (an observed SLO miss
+marks the node saturated, nodes joining, leaving or overloaded, pins
+changed, the period, a predicted violation), plans the gateway routes with
+the engine, stores a changed plan as a new desired-placement version and
+carries out its moves; then the agents' pipelines are placed per site
+(:mod:`mesh.control._pipelines`).
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from mesh.control._engine_inputs import ModuleIntent, engine_inputs
 from mesh.control._migrations import MigrationExecutor, Target
 from mesh.control._monitors import Monitors
 from mesh.control._pipelines import PipelinePlacer
+from mesh.control._placements import Placed, RecordedPlacements
 from mesh.control._saturation import SaturationMarks
 from mesh.control._settings import ControllerSettings, ModelVersions, RoundResult, ServedModules
 from mesh.control._snapshot import NodeState, Snapshot, observed_p95
 from mesh.control._standing import StandingConditions
 from mesh.control._store import (
-    DeploymentRecord,
     MigrationRecord,
     Pin,
     PlacementStore,
@@ -50,22 +52,12 @@ from placement import (
     Plan as EnginePlan,
 )
 
-__all__ = ["Placed", "ReconcileRound", "finite"]
+__all__ = ["ReconcileRound", "finite"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Placed:
-    """Where a module serves now, since when, and which version."""
-
-    node: str
-    since: float
-    version: str
-    epoch: int = 1
-
-
-class ReconcileRound:
+class ReconcileRound(RecordedPlacements):
     """:meth:`step` and its pieces; a mixin of ``PlacementController``."""
 
     # The controller's state, set in PlacementController.__init__.
@@ -77,7 +69,7 @@ class ReconcileRound:
     _registry: ModelVersions | None
     _sources: dict[str, dict[str, float]]
     _clock: Callable[[], float]
-    _placed: dict[str, Placed]
+    _placed: dict[str, Placed]  # this round's read of the store (_read_placed)
     _saturated: SaturationMarks
     _nodes: frozenset[str] | None
     _pins_changed: bool
@@ -110,7 +102,10 @@ class ReconcileRound:
         snapshot = _without_lost_nodes(self.monitors.snapshot(s.window_s), self._served)
         self._snapshot = snapshot
         views = {v.spec.name: v for v in self._served.deployments()}
-        triggers = self._adopt(views, now)
+        triggers = self._adopt(views, snapshot)
+        seen = dict(self._seen)
+        self._placed = self._read_placed(views, now)
+        triggers += self._new_versions(self._placed, seen)
         triggers += self._slo_triggers(views, snapshot, now)
         self._saturated.relieve(views, snapshot, now, {m: p.node for m, p in self._placed.items()})
         alive = frozenset(n.name for n in snapshot.nodes.values() if n.alive)
@@ -137,7 +132,7 @@ class ReconcileRound:
             result = self._plan_gateway(views, snapshot, now, triggers)
         else:
             result = RoundResult(tuple(triggers))
-        result = replace(result, migrations=tuple(self._advance_migrations(views)))
+        result = replace(result, migrations=tuple(self._advance_migrations()))
         fired, moved = self._pipelines.step(
             views,
             snapshot,
@@ -250,16 +245,12 @@ class ReconcileRound:
 
     # -- migrations
 
-    def _advance_migrations(self, views: Mapping[str, DeploymentView]) -> list[MigrationRecord]:
-        """Start planned migrations, collect ended ones (never waits); follow those done."""
-        ended = self.executor.advance()
-        for record in ended:
-            view = views.get(record.module)
-            if record.status == "done" and record.kind == "module" and view is not None:
-                self._placed[record.module] = Placed(
-                    record.to_node, self._clock(), view.artifact.version
-                )
-        return ended
+    def _advance_migrations(self) -> list[MigrationRecord]:
+        """Start planned migrations and collect ended ones (never waits).
+
+        A migration's switch wrote where its module runs: the next round reads it.
+        """
+        return self.executor.advance()
 
     def _recover_migrations(self, snapshot: Snapshot) -> list[str]:
         """Once, in the first round: resolve the migrations a crash left unfinished."""
@@ -281,51 +272,6 @@ class ReconcileRound:
         ]
 
     # -- the pieces of a round
-
-    def _adopt(self, views: Mapping[str, DeploymentView], now: float) -> list[str]:
-        """Follow what serves each module now; record it for a restart."""
-        triggers = []
-        for name, view in views.items():
-            node = view.agent or (view.nodes[0] if view.nodes else None)
-            if node is None:
-                # Every replica failed its health checks (its node died, say): mark
-                # where it was unusable for it and re-place now, without waiting
-                # for Ray to declare the node dead (~15 s).
-                lost = self._placed.get(name)
-                if lost is not None and self._saturated.mark(name, lost.node, math.inf):
-                    triggers.append(f"no serving replica: {name} on {lost.node[:8]}")
-                continue
-            here = self._placed.get(name)
-            version = view.artifact.version
-            if here is not None and here.version != version:
-                triggers.append(f"new version: {name} {version}")
-            if here is None or here.node != node or here.version != version:
-                since = here.since if here is not None and here.node == node else now
-                self._placed[name] = Placed(node, since, version)
-                self._record(view)
-        for name in set(self._placed) - set(views):
-            del self._placed[name]
-            try:
-                self.store.remove_deployment(name)
-            except Exception:
-                logger.exception("%s: could not forget the deployment", name)
-        return triggers
-
-    def _record(self, view: DeploymentView) -> None:
-        try:
-            self.store.put_deployment(
-                DeploymentRecord(
-                    module=view.spec.name,
-                    spec_json=view.spec.model_dump_json(),
-                    version=view.artifact.version,
-                    tier=view.tier,
-                    site=view.site,
-                    agent=view.agent,
-                    sources=self._sources_of(view),
-                )
-            )
-        except Exception:
-            logger.exception("%s: could not record the deployment", view.spec.name)
 
     def _slo_triggers(
         self, views: Mapping[str, DeploymentView], snapshot: Snapshot, now: float

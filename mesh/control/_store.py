@@ -11,8 +11,10 @@ own tables, so one file holds the control plane's hard state:
   site and kind, to resume it after a restart), the reason of a failure,
   requests lost and the slowest request during the move;
 * ``placement_pins``: modules an operator fixed to a node or a tier;
-* ``placement_deployments``: what serves each module (spec, version, tier,
-  site, agent), read back at start to re-apply after a restart;
+* ``placement_deployments``: where each module runs, the one record of it
+  (spec, version, tier, site, agent or Ray node, and an epoch that grows by
+  one at each move): written before the route switches to it, read back each
+  round by the controller and at start to re-apply after a restart;
 * ``placement_pipelines``: modules whose agents' pipelines are placed per site
   (agent -> site, declared rate), tracked again after a restart.
 
@@ -34,7 +36,7 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,12 @@ ALTER TABLE placement_migrations ADD COLUMN started_at REAL;
 ALTER TABLE placement_migrations ADD COLUMN finished_at REAL;
 CREATE INDEX IF NOT EXISTS placement_migrations_by_status
     ON placement_migrations(status);
+""",
+        # 2 -> 3: a deployment names its Ray node and counts its moves; an old row
+        # has no node (the controller records the one its replicas serve on).
+        """
+ALTER TABLE placement_deployments ADD COLUMN node TEXT;
+ALTER TABLE placement_deployments ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 """,
     ),
 )
@@ -267,7 +275,7 @@ class Pin:
 
 @dataclass(frozen=True, slots=True)
 class DeploymentRecord:
-    """What serves a module, to re-apply after a restart.
+    """Where a module runs: the one record of it (the route and the controller follow it).
 
     Attributes:
         module: the module.
@@ -278,6 +286,10 @@ class DeploymentRecord:
         agent: the edge agent serving it.
         sources: site -> declared request rate.
         updated_at: Unix time.
+        node: the Ray node it serves on (None on an agent, or in a row from
+            before nodes were recorded).
+        epoch: grows by one each time the record moves (tier, site, agent or
+            node change); set by the store, 0 before the first write.
     """
 
     module: str
@@ -288,6 +300,22 @@ class DeploymentRecord:
     agent: str | None
     sources: Mapping[str, float] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
+    node: str | None = None
+    epoch: int = 0
+
+    @property
+    def where(self) -> str | None:
+        """The agent or Ray node it serves on (None: a Ray node not recorded)."""
+        return self.agent or self.node
+
+    def same_place(self, other: DeploymentRecord) -> bool:
+        """Whether ``other`` names the same tier, site, agent and node (no move between them)."""
+        return (self.tier, self.site, self.agent, self.node) == (
+            other.tier,
+            other.site,
+            other.agent,
+            other.node,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,14 +480,18 @@ class PlacementStore:
 
     # -- deployments
 
-    def put_deployment(self, record: DeploymentRecord) -> None:
-        """Record what serves a module now."""
+    def put_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Record where a module runs; returns the record with its epoch.
+
+        The epoch is the stored one, plus one if the record moves the module.
+        """
         with self._tx() as db:
-            _put_deployment(db, record)
+            return _put_deployment(db, record)
 
     def deployment(self, module: str) -> DeploymentRecord | None:
         """``module``'s recorded deployment, or None."""
-        return next((d for d in self.deployments() if d.module == module), None)
+        rows = self._rows("SELECT * FROM placement_deployments WHERE module = ?", (module,))
+        return _deployment(rows[0]) if rows else None
 
     def remove_deployment(self, module: str) -> None:
         """Forget a module (it was undeployed)."""
@@ -469,12 +501,7 @@ class PlacementStore:
     def deployments(self) -> list[DeploymentRecord]:
         """Every recorded deployment, by module."""
         rows = self._rows("SELECT * FROM placement_deployments ORDER BY module")
-        out = []
-        for r in rows:
-            doc = dict(r)
-            doc["sources"] = json.loads(doc.pop("sources_json") or "{}")
-            out.append(DeploymentRecord(**doc))
-        return out
+        return [_deployment(r) for r in rows]
 
     # -- pipelines
 
@@ -516,9 +543,21 @@ class PlacementStore:
         return out
 
 
-def _put_deployment(db: sqlite3.Connection, record: DeploymentRecord) -> None:
+def _put_deployment(db: sqlite3.Connection, record: DeploymentRecord) -> DeploymentRecord:
+    """Write ``record`` in the caller's transaction, its epoch counted from the stored row."""
+    row = db.execute(
+        "SELECT tier, site, agent, node, epoch FROM placement_deployments WHERE module = ?",
+        (record.module,),
+    ).fetchone()
+    if row is None:
+        epoch = 1
+    else:
+        stored = (row[0], row[1], row[2], row[3])
+        moved = stored != (record.tier, record.site, record.agent, record.node)
+        epoch = int(row[4]) + 1 if moved else int(row[4])
     db.execute(
-        "INSERT OR REPLACE INTO placement_deployments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO placement_deployments (module, spec_json, version, tier, site, "
+        "agent, sources_json, updated_at, node, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.module,
             record.spec_json,
@@ -528,8 +567,17 @@ def _put_deployment(db: sqlite3.Connection, record: DeploymentRecord) -> None:
             record.agent,
             json.dumps(dict(record.sources), sort_keys=True),
             record.updated_at,
+            record.node,
+            epoch,
         ),
     )
+    return replace(record, epoch=epoch)
+
+
+def _deployment(row: sqlite3.Row) -> DeploymentRecord:
+    doc = dict(row)
+    doc["sources"] = json.loads(doc.pop("sources_json") or "{}")
+    return DeploymentRecord(**doc)
 
 
 def _plan(row: sqlite3.Row) -> PlanRecord:

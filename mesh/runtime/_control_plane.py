@@ -492,7 +492,8 @@ def _placement_controller(
     thread first, with retries (agents may take a while to come back); the
     reconcile loop starts once that is done. The recorded modules are marked
     ``restoring`` here already, so the API shows them from its first request.
-    Each route switch is recorded at once (a deploy survives a crash right after it).
+    Each route switch is recorded before the route changes (a deploy survives a
+    crash right after it; the record is where the module runs).
     Agents' pipeline events feed the monitors (per-site pipeline placement).
     """
     from mesh.control._controller import PlacementController
@@ -547,7 +548,7 @@ def _placement_controller(
     closing = threading.Event()
     if settings.placement_restore:
         controller.restorer.expect(store.deployments())
-    routes.on_change(controller.record_route)
+    manager.record_placements(controller)  # each switch is recorded before its route
 
     def restore_then_start() -> None:
         if settings.placement_restore:

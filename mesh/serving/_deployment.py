@@ -3,7 +3,9 @@
 :class:`Deployment` is one module's version in service, :class:`Replica` one of
 its replicas; the serving manager (:mod:`mesh.serving._manager`) creates them,
 its loop (:mod:`mesh.serving._supervisor`, :mod:`mesh.serving._standby`) keeps
-them healthy. Plain data, no I/O.
+them healthy. :class:`DeploymentView` is what others see of one, and a
+:class:`PlacementRecorder` is told of it before each route switch. Plain data,
+no I/O.
 """
 
 from __future__ import annotations
@@ -12,14 +14,61 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mesh.sdk._specs import ModuleSpec
 from mesh.serving._autoscale import Autoscaler
 from mesh.serving._contract import ModelArtifact, ReplicaHandle
 from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint
 
-__all__ = ["Deployment", "Replica", "replica_id", "wants_standby"]
+__all__ = [
+    "Deployment",
+    "DeploymentView",
+    "PlacementRecorder",
+    "Replica",
+    "replica_id",
+    "wants_standby",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentView:
+    """What serves a module now (for the placement controller and restarts).
+
+    Attributes:
+        spec: the module.
+        artifact: the version served.
+        tier: ``cloud``, ``fog`` or ``edge``.
+        site: the ``mesh.site`` its replicas are pinned to, if any.
+        agent: the edge agent serving it, if any.
+        nodes: node ids of its serving replicas (or the agent id).
+        pinned_node: the Ray node its replicas are pinned to, if any.
+    """
+
+    spec: ModuleSpec
+    artifact: ModelArtifact
+    tier: str
+    site: str | None
+    agent: str | None
+    nodes: tuple[str, ...]
+    pinned_node: str | None = None
+
+
+class PlacementRecorder(Protocol):
+    """Keeps the record of where each module runs (the placement controller does).
+
+    The serving manager tells it before a route switches, so the record never
+    lags the route: a crash between the two leaves the record ahead, and the
+    restart serves what it names.
+    """
+
+    def record_placement(self, view: DeploymentView) -> None:
+        """``view`` is about to serve (its route switches next)."""
+        ...
+
+    def forget_placement(self, module: str) -> None:
+        """``module`` is undeployed (its route is removed next)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -90,6 +139,17 @@ class Deployment:
         if self.agent is not None:
             return [AgentEndpoint(self.agent, self.artifact.version)]
         return [r.endpoint for r in self.serving() if r.endpoint is not None]
+
+    def view(self) -> DeploymentView:
+        """What serves now: the agent, or the serving replicas' nodes."""
+        nodes = (
+            (self.agent,)
+            if self.agent is not None
+            else tuple(sorted({r.endpoint.node_id for r in self.serving() if r.endpoint}))
+        )
+        return DeploymentView(
+            self.spec, self.artifact, self.tier, self.site, self.agent, nodes, self.node
+        )
 
 
 def wants_standby(spec: ModuleSpec) -> bool:

@@ -10,7 +10,9 @@ behind the same Protocols.
 * :meth:`ServingManager.deploy` is make-before-break: the new version's
   replicas start and warm up, the route switches in one step (epoch + 1), the
   old endpoints drain (the gateway counts their requests out), then stop. If
-  the new replicas cannot start, the old version keeps serving.
+  the new replicas cannot start, the old version keeps serving. Each switch
+  is told to the :class:`PlacementRecorder` (:meth:`ServingManager.record_placements`)
+  before the route changes: the record of where a module runs leads its route.
 * :meth:`ServingManager.deploy_to_agent` puts a module on an edge agent (the
   agent downloads the signed artifact) and switches the route to it.
 * A background loop (:meth:`tick`, in :mod:`mesh.serving._supervisor`)
@@ -41,7 +43,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ from mesh.serving._contract import (
     ReplicaRequest,
     ReplicaStatus,
 )
+from mesh.serving._deployment import DeploymentView, PlacementRecorder
 from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, RouteTable
 from mesh.serving._supervisor import (
     Deployment,
@@ -79,6 +81,7 @@ __all__ = [
     "HttpProbe",
     "ModelArtifact",
     "PhaseHook",
+    "PlacementRecorder",
     "ReplicaFailedError",
     "ReplicaHandle",
     "ReplicaLauncher",
@@ -92,28 +95,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PhaseHook = Callable[[str], None]
-"""Called with ``"ready"``, ``"switched"``, ``"drained"`` and ``"removed"`` as a switch goes."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeploymentView:
-    """What serves a module now (for the placement controller and restarts).
-
-    Attributes:
-        spec: the module.
-        artifact: the version served.
-        tier: ``cloud``, ``fog`` or ``edge``.
-        site: the ``mesh.site`` its replicas are pinned to, if any.
-        agent: the edge agent serving it, if any.
-        nodes: node ids of its serving replicas (or the agent id).
-    """
-
-    spec: ModuleSpec
-    artifact: ModelArtifact
-    tier: str
-    site: str | None
-    agent: str | None
-    nodes: tuple[str, ...]
+"""Called with ``"ready"``, ``"switching"`` (before the route and its record change),
+``"switched"``, ``"drained"`` and ``"removed"`` as a switch goes."""
 
 
 def _phase(hook: PhaseHook | None, phase: str) -> None:
@@ -177,6 +160,7 @@ class ServingManager(ReplicaSupervisor):
         self._standby = standby
         self._lost_nodes: dict[str, float] = {}
         self._deployments: dict[str, Deployment] = {}
+        self._recorder: PlacementRecorder | None = None
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -214,15 +198,22 @@ class ServingManager(ReplicaSupervisor):
             self._thread.start()
         return self
 
+    def record_placements(self, recorder: PlacementRecorder) -> None:
+        """Tell ``recorder`` where each module runs before its route switches (and on undeploy)."""
+        self._recorder = recorder
+
     def close(self) -> None:
-        """Stop the loop and every replica this manager started; routes are removed."""
+        """Stop the loop and every replica this manager started; routes are removed.
+
+        The recorder is not told: what was recorded is served again after a restart.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
         for module in list(self._deployments):
-            self.undeploy(module, drain=False)
+            self.undeploy(module, drain=False, forget=False)
 
     def __enter__(self) -> ServingManager:
         return self.start()
@@ -449,8 +440,10 @@ class ServingManager(ReplicaSupervisor):
         where: str,
         on_phase: PhaseHook | None = None,
     ) -> ModuleRoute:
-        """Publish ``new``'s endpoints in one step, then drain and stop ``old``'s replicas."""
+        """Record ``new``, publish its endpoints in one step, then drain and stop ``old``'s."""
         spec = new.spec
+        _phase(on_phase, "switching")
+        self._record(new)
         with self._lock:
             self._deployments[spec.name] = new
         route = self.routes.set(
@@ -517,8 +510,16 @@ class ServingManager(ReplicaSupervisor):
             )
         _phase(on_phase, "removed")
 
-    def undeploy(self, module: str, *, drain: bool = True) -> None:
-        """Stop routing ``module`` and stop its replicas (after they drain, unless ``drain``)."""
+    def undeploy(self, module: str, *, drain: bool = True, forget: bool = True) -> None:
+        """Stop routing ``module`` and stop its replicas (after they drain, unless ``drain``).
+
+        With ``forget``, the recorder (:meth:`record_placements`) forgets it first.
+        """
+        if forget and self._recorder is not None:
+            try:
+                self._recorder.forget_placement(module)
+            except Exception:  # the record is the restart's: say so, undeploy all the same
+                logger.exception("%s: could not forget its placement record", module)
         with self._lock:
             deployment = self._deployments.pop(module, None)
         self.routes.remove(module)
@@ -539,17 +540,7 @@ class ServingManager(ReplicaSupervisor):
         """What serves each module now, by module."""
         with self._lock:
             deployments = [self._deployments[m] for m in sorted(self._deployments)]
-        out = []
-        for d in deployments:
-            nodes = (
-                (d.agent,)
-                if d.agent is not None
-                else tuple(
-                    sorted({r.endpoint.node_id for r in d.serving() if r.endpoint is not None})
-                )
-            )
-            out.append(DeploymentView(d.spec, d.artifact, d.tier, d.site, d.agent, nodes))
-        return out
+        return [d.view() for d in deployments]
 
     def status(self, module: str | None = None) -> list[ReplicaStatus]:
         """Replicas (and agents) per module, with their last stats."""

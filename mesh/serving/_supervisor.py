@@ -39,7 +39,13 @@ from mesh.serving._contract import (
     ReplicaProbe,
     ReplicaRequest,
 )
-from mesh.serving._deployment import Deployment, Replica, replica_id, wants_standby
+from mesh.serving._deployment import (
+    Deployment,
+    PlacementRecorder,
+    Replica,
+    replica_id,
+    wants_standby,
+)
 from mesh.serving._routes import RouteTable
 from mesh.serving._standby import STANDBY_RETRY_S, StandbyKeeper
 
@@ -75,6 +81,7 @@ class ReplicaSupervisor(StandbyKeeper):
     _lock: threading.Lock
     _lost: Any  # the mesh_replicas_lost_total counter
     _lost_nodes: dict[str, float]  # node id -> when a replica there was lost
+    _recorder: PlacementRecorder | None
 
     # -- the background loop
 
@@ -142,11 +149,21 @@ class ReplicaSupervisor(StandbyKeeper):
             self._keep_standby(d, now)
         standby = d.standby_endpoints()
         if changed:
+            self._record(d)  # before the route: a promotion or replacement may move it
             self.routes.set(module, d.artifact.version, d.endpoints(), tier=d.tier, standby=standby)
         else:
             route = self.routes.get(module)
             if route is not None and route.standby != tuple(standby):
                 self.routes.set_standby(module, standby)  # not a switch: same epoch
+
+    def _record(self, d: Deployment) -> None:
+        """Tell the recorder where ``d`` serves, before its route switches."""
+        if self._recorder is None:
+            return
+        try:
+            self._recorder.record_placement(d.view())
+        except Exception:  # the switch goes on: serving beats recording
+            logger.exception("%s: could not record its placement", d.spec.name)
 
     def lost_nodes(self) -> frozenset[str]:
         """Nodes where a replica of any module was lost in the last :data:`LOST_NODE_S`.

@@ -343,7 +343,7 @@ def test_rows_from_before_phases_are_read_and_resolved(tmp_path: Path) -> None:
     assert {r.id: r.status for r in resolved} == {"a": "rolled_back", "b": "done"}
     with sqlite3.connect(path) as db:
         [(version,)] = db.execute("SELECT version FROM schema_versions WHERE store='placements'")
-    assert version == _SCHEMA.version == 2
+    assert version == _SCHEMA.version == 3
 
 
 # ---------------------------------------------------------------- the reconcile round

@@ -127,7 +127,7 @@ class World:
         self.clock.now += s
 
 
-def world(**settings: Any) -> World:
+def world(*, store_path: str = ":memory:", **settings: Any) -> World:
     clock = Clock()
     clock.now = 100.0
     nodes = FakeNodes()
@@ -142,7 +142,7 @@ def world(**settings: Any) -> World:
         drain_timeout_s=1.0,
         start_timeout_s=5.0,
     )
-    store = PlacementStore(":memory:")
+    store = PlacementStore(store_path)
     executor = MigrationExecutor(
         manager, store, requests=monitors, installer=installer, monotonic=clock, spawn=run_inline
     )
@@ -167,6 +167,13 @@ def world(**settings: Any) -> World:
     )
     manager.deploy_to_agent(spec(), AGENT, artifact("v1"))
     return World(clock, nodes, canary, monitors, manager, installer, store, controller)
+
+
+def recorded(*, store_path: str = ":memory:", **settings: Any) -> World:
+    """A world whose manager records each switch with the controller (as the control plane)."""
+    w = world(store_path=store_path, **settings)
+    w.manager.record_placements(w.controller)
+    return w
 
 
 # ---------------------------------------------------------------- monitors
@@ -315,7 +322,7 @@ def test_serving_manager_reports_phases_in_order() -> None:
     w = world()
     phases: list[str] = []
     w.manager.deploy(spec(), artifact("v1"), tier="fog", on_phase=phases.append)
-    assert phases == ["ready", "switched", "drained", "removed"]
+    assert phases == ["ready", "switching", "switched", "drained", "removed"]
     view = w.manager.deployments()[0]
     assert view.tier == "fog" and view.nodes == (FOG,) and view.agent is None
 
@@ -433,14 +440,14 @@ def test_pins_fix_the_tier_or_the_node() -> None:
 
 
 def test_new_version_is_a_trigger_and_deployments_are_recorded() -> None:
-    w = world()
+    w = recorded()
     w.controller.step()
     [dep] = w.store.deployments()
     assert dep.agent == AGENT and dep.version == "v1"
     w.manager.deploy_to_agent(spec(), AGENT, artifact("v2"))
+    assert w.store.deployments()[0].version == "v2"  # recorded before its route switched
     w.advance(0.5)
     assert "new version: counter v2" in w.controller.step().triggers
-    assert w.store.deployments()[0].version == "v2"
     w.manager.undeploy("counter")
     w.controller.step()
     assert w.store.deployments() == []

@@ -134,7 +134,7 @@ def test_backoff_doubles_up_to_its_ceiling_and_bad_policies_are_refused() -> Non
 def test_a_deploy_is_recorded_when_its_route_switches_not_a_round_later() -> None:
     w = world()  # deployed "counter" on the agent; no round has run
     assert w.store.deployments() == []  # what a kill -9 right after a deploy lost
-    w.manager.routes.on_change(w.controller.record_route)
+    w.manager.record_placements(w.controller)
 
     w.manager.deploy_to_agent(spec(), AGENT, w.manager.deployments()[0].artifact)
 
@@ -144,7 +144,7 @@ def test_a_deploy_is_recorded_when_its_route_switches_not_a_round_later() -> Non
 
 def test_an_undeploy_forgets_the_record_but_a_shutdown_keeps_it() -> None:
     w = world()
-    w.manager.routes.on_change(w.controller.record_route)
+    w.manager.record_placements(w.controller)
     art = w.manager.deployments()[0].artifact
     w.manager.deploy_to_agent(spec(), AGENT, art)
     w.manager.undeploy("counter")
