@@ -26,6 +26,7 @@ from edge_agent.protocol import (
     encode_frame,
     parse_header,
 )
+from mesh.core._host_clocks import HostClocks
 from mesh.serving._contract import ReplicaMqtt
 from mesh.serving.replica._mqtt import MqttResponder
 from mesh.serving.replica._server import ModelRunner, ReplicaApp
@@ -150,3 +151,50 @@ def test_a_replica_minutes_off_an_agent_answers_its_offloads(
     assert responder.counts["expired"] == 1 and responder.counts["requests"] == 4
     offset = responder.describe()["clock_offsets_s"][AGENT]
     assert offset == pytest.approx(agent_skew_s, abs=0.5)
+
+
+# ---------------------------------------------------------------- a host's clock, from the control plane
+
+
+def test_a_host_minutes_off_is_named_once_with_its_skew(caplog: pytest.LogCaptureFixture) -> None:
+    clocks = HostClocks(bound_s=2.0)
+    with caplog.at_level(logging.INFO, logger="mesh.core._host_clocks"):
+        for t in (1000.0, 1001.0, 1002.0):  # three polls, 0.2 s round trips
+            clocks.observe(
+                "10.77.0.3 (fog node ab12)", remote_ts=t + 300.1, sent_ts=t, received_ts=t + 0.2
+            )
+        clocks.observe(
+            "10.77.0.4 (fog node cd34)", remote_ts=1000.5, sent_ts=1000.0, received_ts=1000.2
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # once per host, and none for the one in time
+    assert "host 10.77.0.3 (fog node ab12): its clock is +300.0 s" in warnings[0]
+    assert "±0.10 s" in warnings[0] and "NTP" in warnings[0]
+    assert clocks.offsets()["10.77.0.3 (fog node ab12)"] == pytest.approx(300.0)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mesh.core._host_clocks"):
+        clocks.observe(
+            "10.77.0.3 (fog node ab12)", remote_ts=1010.1, sent_ts=1010.0, received_ts=1010.2
+        )
+        clocks.observe(
+            "10.77.0.3 (fog node ab12)", remote_ts=700.0, sent_ts=1020.0, received_ts=1020.0
+        )
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines[0][0] == logging.INFO and "back within 2.0 s" in lines[0][1]
+    assert lines[1][0] == logging.WARNING and "-320.0 s" in lines[1][1]  # off again: said again
+
+
+def test_a_slow_reading_is_not_taken_for_a_skew(caplog: pytest.LogCaptureFixture) -> None:
+    clocks = HostClocks(bound_s=2.0)
+    # Read 3 s into a 10 s round trip: within what the reading can tell, not over the bound.
+    with caplog.at_level(logging.INFO, logger="mesh.core._host_clocks"):
+        clocks.observe("h", remote_ts=1003.0, sent_ts=1000.0, received_ts=1010.0)
+    assert caplog.records == []
+    assert clocks.offsets()["h"] == pytest.approx(-2.0)
+    clocks.observe("h", remote_ts=float("nan"), sent_ts=1000.0, received_ts=1000.1)  # ignored
+    assert clocks.offsets()["h"] == pytest.approx(-2.0)
+    clocks.forget("h")
+    assert clocks.offsets() == {}
+    with pytest.raises(ValueError, match="bound_s"):
+        HostClocks(bound_s=0)
