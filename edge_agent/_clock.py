@@ -80,7 +80,7 @@ class ClockOffset:
         self._setting = setting
 
     def observe(self, remote_ts: float, local_ts: float) -> None:
-        """One message stamped ``remote_ts`` by the control plane arrived at ``local_ts``."""
+        """One message stamped ``remote_ts`` by the sender arrived at ``local_ts`` (this clock)."""
         sample = remote_ts - local_ts
         if not math.isfinite(sample):
             return
