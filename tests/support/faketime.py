@@ -7,9 +7,11 @@ a real host whose wall clock is wrong). Import explicitly::
 
     from tests.support.faketime import require_faketime, skewed_env
 
-Without libfaketime the tests that need it skip with the reason, unless
-``MESH_REQUIRE_SERVICES=1``, which turns the skip into a failure (as
-:func:`tests.support.brokers.require_mosquitto` does).
+Python processes also load ``tests/support/faketime_site/sitecustomize.py``,
+which works around libfaketime 0.9.10's broken ``time.sleep`` under Python 3.11
+(the reason is there). Without libfaketime the tests that need it skip with the
+reason, unless ``MESH_REQUIRE_SERVICES=1``, which turns the skip into a failure
+(as :func:`tests.support.brokers.require_mosquitto` does).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,9 @@ __all__ = ["PACKAGE", "require_faketime", "skewed_env"]
 
 #: The Debian package that installs the library (``apt-get install faketime``).
 PACKAGE = "faketime"
+
+_ROOT = Path(__file__).resolve().parents[2]
+_SITE = Path(__file__).resolve().with_name("faketime_site")
 
 _PATTERNS = (
     "/usr/lib/*/faketime/libfaketimeMT.so.1",  # thread-safe: replicas run several threads
@@ -57,11 +63,13 @@ def skewed_env(offset_s: float) -> dict[str, str]:
     library = _library()
     if library is None:
         raise RuntimeError(f"libfaketime is not installed (apt-get install {PACKAGE})")
+    path = [str(_SITE), str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {
         "LD_PRELOAD": library,
         "FAKETIME": f"{round(offset_s):+d}",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # timeouts and asyncio keep the true pace
         "FAKETIME_NO_CACHE": "1",
+        "PYTHONPATH": os.pathsep.join(path),
     }
 
 
@@ -74,7 +82,7 @@ def require_faketime(offset_s: float = 300.0) -> None:
     """
     if _library() is None:
         _unavailable(f"libfaketime is not installed (apt-get install {PACKAGE})")
-    probe = [sys.executable, "-c", "import time; print(time.time())"]
+    probe = [sys.executable, "-c", "import time; time.sleep(0.01); print(time.time())"]
     before = time.time()
     out = subprocess.run(
         probe,
