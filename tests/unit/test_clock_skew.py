@@ -7,6 +7,7 @@ responder answers through a fake publish, as in ``test_offload_routes.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -198,3 +199,39 @@ def test_a_slow_reading_is_not_taken_for_a_skew(caplog: pytest.LogCaptureFixture
     assert clocks.offsets() == {}
     with pytest.raises(ValueError, match="bound_s"):
         HostClocks(bound_s=0)
+
+
+# ---------------------------------------------------------------- an agent's handed-over pipeline
+
+
+def test_the_replica_grace_period_is_timed_in_the_control_planes_clock() -> None:
+    from edge_agent._pipelines import Pipeline
+    from edge_agent._sources import Sample
+    from edge_agent.protocol import PipelineSpec, Route, SourceSpec
+    from tests.unit.test_offload_routes import FakeHost
+
+    # The device runs 5 minutes ahead of the control plane, whose clock the split
+    # times (and here the camera's stamps) are in; the agent reads it corrected.
+    cp_now = [time.time() - MINUTES_5]
+    t0 = cp_now[0]
+
+    def frame(at: float) -> Sample:
+        x = Tensor.from_numpy("x", np.full((1, 1), at - t0, np.float32))
+        return Sample((x,), time.time(), captured_ts=at)
+
+    host = FakeHost(Route(mode="remote", target="r1", epoch=2, since_ts=t0))
+    spec = PipelineSpec(name="p", module="m", source=SourceSpec(kind="mqtt", topic="in"))
+    pipe = Pipeline(spec, source=None, host=host, topic="ev", clock=lambda: cp_now[0])  # type: ignore[arg-type]
+    for at in (t0 + 0.1, t0 + 0.2):
+        pipe._process(frame(at))  # held: the replica's
+    host.route = Route(mode="local", epoch=3, since_ts=t0 + 1.0)
+    pipe._process(frame(t0 + 0.5))  # in flight at the switch: still the replica's
+    pipe._process(frame(t0 + 1.1))
+    # Within the grace period by the control plane's clock: the held frames wait for
+    # the replica. The code before read the device's clock, 5 minutes past the split,
+    # and ran all three here at once, while the replica ran them too.
+    assert [json.loads(e)["source_ts"] for e in host.events] == [t0 + 1.1]
+    host.answer("r1", t0 + 0.1, t0 + 0.2)  # the replica answers two; 0.5 it never does
+    cp_now[0] += 5.0  # the grace period passes, in the control plane's clock
+    pipe._process(frame(t0 + 1.2))
+    assert [json.loads(e)["source_ts"] for e in host.events] == [t0 + 1.1, t0 + 0.5, t0 + 1.2]
