@@ -276,7 +276,7 @@ def test_a_ray_node_minutes_ahead_is_named_with_its_skew(
         assert left.returncode == 0, left.stdout + left.stderr
     fog = [o for host, o in offsets.items() if "(fog node" in host]
     cloud = [o for host, o in offsets.items() if "(cloud node" in host]
-    assert fog == [pytest.approx(SKEW_S, abs=5.0)] and cloud == [pytest.approx(0.0, abs=2.0)]
+    assert fog == [pytest.approx(SKEW_S, abs=5.0)] and cloud == [pytest.approx(0.0, abs=5.0)]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING host")]
     # One line, naming the host and its skew (the code before: no clock reading at all).
     assert len(warnings) == 1, done.stderr[-3000:]
