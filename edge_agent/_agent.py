@@ -287,7 +287,9 @@ class Agent(DesiredStateReconciler):
             try:
                 source = make_source(spec.source, ctx)
                 topic = self.topics.events(self.site, spec.stream_name)
-                pipe = Pipeline(spec, source, self, topic, supervisor=self.supervisor)
+                pipe = Pipeline(
+                    spec, source, self, topic, supervisor=self.supervisor, clock=self._cp_time
+                )
                 pipe.start()
             except (ValueError, OSError) as exc:
                 logger.error("pipeline %s: cannot start: %s", name, exc)
@@ -301,6 +303,10 @@ class Agent(DesiredStateReconciler):
                 self._pipelines[name] = pipe
 
     # PipelineHost
+    def _cp_time(self) -> float:
+        """The control plane's clock as this device reads it (its own, corrected)."""
+        return time.time() + self.clock.offset_s
+
     def route_for(self, module: str) -> Route | None:
         """The module's current route (None when not desired)."""
         return self._routes.get(module)

@@ -100,13 +100,18 @@ class Pipeline:
         topic: str,
         *,
         supervisor: Supervisor | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Events go to ``topic`` (``{p}/events/{site}/{stream}``).
 
         The thread runs under ``supervisor`` (its own if None): a source that
         fails is asked for samples again after a backoff, not abandoned.
+        ``clock`` is the control plane's time as this device reads it (the agent
+        corrects its own by the offset it estimates): a route's split time is in
+        that clock, so the replica's grace period is timed in it too.
         """
         self._supervisor = supervisor or Supervisor()
+        self._clock = clock
         self.spec = spec
         self._source = source
         self._host = host
@@ -231,7 +236,7 @@ class Pipeline:
             if at < self._remote_until:
                 self._held.append(sample)  # in flight at the switch: the replica's too
                 return None
-            if time.time() >= self._remote_until + _ANSWER_GRACE_S:
+            if self._clock() >= self._remote_until + _ANSWER_GRACE_S:
                 self._remote_until = None
                 self._run_unanswered(route, before=None)
                 self._unwatch_events()

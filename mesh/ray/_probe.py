@@ -4,7 +4,9 @@ The actor reserves no CPU (``num_cpus=0``) and is pinned to its node; it is
 one worker process for the node's life (a task per poll would let Ray start
 workers without bound, as ``num_cpus=0`` tasks do). A node whose actor does
 not answer within the timeout is left out of that reading; a dead node's
-actor is forgotten and a new node gets one at the next poll.
+actor is forgotten and a new node gets one at the next poll. Each reading also
+carries the node's wall clock, so a host whose clock is off the control plane's
+is named in a warning (:class:`~mesh.core._host_clocks.HostClocks`).
 
 Example:
     >>> probe = RayNodeProbe(backend.nodes)          # doctest: +SKIP
@@ -23,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mesh.compute._backend import NodeInfo
 from mesh.control._snapshot import NodeSample, NodeState
+from mesh.core._host_clocks import HostClocks
 
 __all__ = ["NodeProbeActor", "RayNodeProbe"]
 
@@ -39,14 +42,15 @@ class NodeProbeActor:
         self._psutil = psutil
         psutil.cpu_percent(interval=None)
 
-    def sample(self) -> tuple[float, float, float, int]:
-        """CPU %, memory %, available MB and core count."""
+    def sample(self) -> tuple[float, float, float, int, float]:
+        """CPU %, memory %, available MB, core count and this host's wall clock."""
         mem = self._psutil.virtual_memory()
         return (
             float(self._psutil.cpu_percent(interval=None)),
             float(mem.percent),
             mem.available / 2**20,
             int(self._psutil.cpu_count() or 1),
+            time.time(),
         )
 
     def ping(self) -> bool:
@@ -67,6 +71,8 @@ class RayNodeProbe:
         self._list = nodes
         self._timeout_s = timeout_s
         self._actors: dict[str, Any] = {}
+        self.clocks = HostClocks()  # each node's wall clock against ours
+        self._hosts: dict[str, str] = {}  # node id -> how the clock warning names it
 
     def nodes(self) -> list[NodeState]:
         """Every Ray node with a tier (the head without one counts as cloud)."""
@@ -108,24 +114,30 @@ class RayNodeProbe:
 
     def sample(self) -> list[NodeSample]:
         """One psutil reading per live node."""
-        live = {n.node_id for n in self._list() if n.alive}
-        for gone in set(self._actors) - live:
+        live = {n.node_id: n for n in self._list() if n.alive}
+        for gone in set(self._actors) - set(live):
             actor = self._actors.pop(gone)
+            self.clocks.forget(self._hosts.pop(gone, gone))
             try:
                 ray.kill(actor)
             except Exception:
                 logger.debug("node probe of %s already gone", gone[:8], exc_info=True)
+        sent = time.time()
         refs = {node: self._actor(node).sample.remote() for node in sorted(live)}
         out = []
         deadline = time.monotonic() + self._timeout_s
         for node, ref in refs.items():
             try:
-                cpu, mem, avail, cores = ray.get(
+                cpu, mem, avail, cores, clock = ray.get(
                     ref, timeout=max(0.01, deadline - time.monotonic())
                 )
             except Exception:
                 logger.debug("node probe of %s did not answer", node[:8], exc_info=True)
                 continue
+            info = live[node]
+            host = f"{info.address or '?'} ({info.tier or 'untiered'} node {node[:12]})"
+            self._hosts[node] = host
+            self.clocks.observe(host, remote_ts=clock, sent_ts=sent, received_ts=time.time())
             out.append(NodeSample(node, cpu, mem, avail, cores))
         return out
 

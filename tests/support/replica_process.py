@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ class ReplicaProcess:
         key: the replica key, given in ``MESH_REPLICA_KEY`` (or on stdin with
             ``stdin_key=True``); None: none.
         extra: more command-line arguments.
+        env: more environment variables (e.g. libfaketime's, for a skewed clock).
         start_timeout_s: how long it may take to print its ``ready`` line.
     """
 
@@ -44,12 +45,13 @@ class ReplicaProcess:
         extra: Sequence[str] = (),
         host: str = "127.0.0.1",
         start_timeout_s: float = 60.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """Start it and wait for its ``ready`` line."""
-        env = {**os.environ, "PYTHONPATH": str(_ROOT)}
-        env.pop("MESH_REPLICA_KEY", None)
+        environ = {**os.environ, "PYTHONPATH": str(_ROOT), **(env or {})}
+        environ.pop("MESH_REPLICA_KEY", None)
         if key is not None and not stdin_key:
-            env["MESH_REPLICA_KEY"] = key
+            environ["MESH_REPLICA_KEY"] = key
         argv = [sys.executable, "-m", "mesh.serving.replica._server", "--model", str(model)]
         argv += ["--name", "m", "--host", host, "--port", "0", "--cpus", "1", *extra]
         if stdin_key:
@@ -58,7 +60,7 @@ class ReplicaProcess:
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             argv,
-            env=env,
+            env=environ,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -4,23 +4,21 @@ Agents offload on their own ``{p}/agents/{agent}/offload/{module}/{target}``, th
 control plane asks on ``{p}/modules/{module}/infer/{target}``. A replica given broker
 settings (:class:`~mesh.serving._contract.ReplicaMqtt`) answers both as ``target``
 (an agent's always on its own offload reply topic): no hop through the control
-plane, and make-before-break moves the target to the new replica.
-
-Besides the edge bus, the one cloud-side paho user, in a replica's process (never the
-control plane); :mod:`edge_agent._mqtt` sets its client up (MQTT 5 or 3.1.1, TLS).
+plane, and make-before-break moves the target to the new replica. The one cloud-side
+paho user besides the edge bus; :mod:`edge_agent._mqtt` sets its client up (MQTT 5 or
+3.1.1, TLS).
 
 Threads: paho's network thread only decodes and checks a request (the agent's rules:
 schema version, module and version, QoS 1 duplicates dropped by id, expired requests
-dropped, inputs against the signature with ``bad_input`` and the expected inputs on a
-mismatch) and queues it; one worker thread runs the model (queued requests together
-when the replica batches) and publishes each reply to ``reply_to`` with the correlation
-id (and, over MQTT 5, the CorrelationData). The requests count in the replica's
-``/stats``, so a draining replica is stopped only once its MQTT work is done too.
-
-The worker also runs pipelines handed over: :mod:`mesh.serving.replica._pipelines`.
-:meth:`MqttResponder.start` returns once the subscription is acknowledged (the
-replica reports ready only then); :meth:`MqttResponder.stop` unsubscribes,
-finishes the requests it holds and disconnects.
+dropped, deadlines read in each requester's clock: :class:`~edge_agent._clock.SenderClocks`,
+inputs against the signature, ``bad_input`` naming the expected inputs) and queues it; one
+worker thread runs the model (queued requests together when the replica batches) and
+publishes each reply to ``reply_to`` with the correlation id (and, over MQTT 5, the
+CorrelationData). The requests count in the replica's ``/stats``, so a draining replica
+is stopped only once its MQTT work is done too. The worker also runs pipelines handed
+over: :mod:`mesh.serving.replica._pipelines`. :meth:`MqttResponder.start` returns once
+the subscription is acknowledged (the replica reports ready only then);
+:meth:`MqttResponder.stop` unsubscribes, finishes its requests and disconnects.
 
 Example:
     >>> config = ReplicaMqtt("mqtt://127.0.0.1:1883")
@@ -39,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from edge_agent._clock import SenderClocks
 from edge_agent._mqtt import (
     ClientOptions,
     choose_protocol,
@@ -96,8 +95,7 @@ class MqttResponder:
         client_id: MQTT client id (default ``mesh-replica-{replica_id}-{random}``).
         qos: QoS of the subscription and of replies.
         max_payload_bytes: larger requests are refused.
-        publish: send replies through this instead of the broker (unit tests,
-            with :meth:`handle`; :meth:`start` is then not needed).
+        publish: send replies through this, not the broker (unit tests call :meth:`handle`).
     """
 
     def __init__(
@@ -131,6 +129,7 @@ class MqttResponder:
             for s in app.runner.signature.inputs
         ]
         self._recent = RecentIds()
+        self._clocks = SenderClocks(f"replica {self.replica_id}")  # deadlines: each agent's clock
         self._drops = DropLog(logger)  # unanswerable requests: a log line per interval
         self._cond = threading.Condition()
         self._queue: collections.deque[Work] = collections.deque()
@@ -375,7 +374,8 @@ class MqttResponder:
             if self._recent.seen(req.id):
                 self._count("duplicates")
                 return  # a QoS 1 duplicate
-            if req.deadline_ts is not None and time.time() > req.deadline_ts:
+            deadline = self._clocks.local_deadline(requester, req.ts, req.deadline_ts)
+            if deadline is not None and time.time() > deadline:
                 self._count("expired")
                 return  # the requester has given up already
             feeds = self._feeds(tensors)
@@ -384,7 +384,7 @@ class MqttResponder:
             return
         first = next(iter(feeds.values()), None)
         size = int(first.shape[0]) if first is not None and first.ndim else 1
-        work = Work(to, feeds, size, req.deadline_ts, time.perf_counter())
+        work = Work(to, feeds, size, deadline, time.perf_counter())
         refusal: ProtocolError | None = None
         with self._cond:
             if self._closed:
@@ -532,13 +532,12 @@ class MqttResponder:
         if to is None:
             self._count("requests")
             return True
-        app = self._app
         try:
             frame = reply_frame(
                 to,
                 outputs,
-                model=app.model,
-                version=app.version,
+                model=self._app.model,
+                version=self._app.version,
                 node=self.replica_id,
                 queue_ms=queue_ms,
                 compute_ms=compute_ms,
@@ -596,5 +595,6 @@ class MqttResponder:
             "subscribed": self._subscribed.is_set(),
             **self.counts,
             "queue": depth,
+            "clock_offsets_s": self._clocks.offsets(),  # each requester's clock minus ours
             "pipelines": self.pipelines.describe(),
         }

@@ -65,7 +65,7 @@ class Work:
     reply: ReplyTo | None
     feeds: Feeds
     size: int
-    deadline_ts: float | None
+    deadline_ts: float | None  # this host's clock (the requester's, corrected)
     received: float  # perf_counter
     done: Done | None = None  # a handed-over pipeline's frame: its answer goes here
 
