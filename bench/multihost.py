@@ -298,6 +298,7 @@ def measure_migration(site: Site, token: str) -> dict[str, Any]:
         "pin_to_switch_s": round(float(switched) - t_pin, 3) if switched else None,
         "gateway_lost": record.get("lost"),
         "gateway_max_ms": record.get("max_ms"),
+        "phases_s": _phases(record),
         "status": record["status"],
         "error": record.get("error"),
         "from": source[:12],
@@ -306,6 +307,16 @@ def measure_migration(site: Site, token: str) -> dict[str, Any]:
         "sent_after_switch": len(after),
         "rate_hz": MIGRATION_RATE_HZ,
         "slo_ms": SLO_MS,
+    }
+
+
+def _phases(record: dict[str, Any]) -> dict[str, float | None]:
+    """Where a migration's time went: decision to start, start to ready, ready to switch."""
+    marks = [record.get(k) for k in ("decided_at", "started_at", "ready_at", "switched_at")]
+    names = ("decide_to_start", "start_to_ready", "ready_to_switch")
+    return {
+        name: None if a is None or b is None else round(float(b) - float(a), 3)
+        for name, a, b in zip(names, marks, marks[1:], strict=False)
     }
 
 
