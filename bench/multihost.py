@@ -237,7 +237,7 @@ def measure_rtt(site: Site, fog_address: str) -> float:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         if "error" in result:
             raise RuntimeError(f"echo probe to {fog_address}:{port}: {result['error']}")
-        return round(statistics.median(result["rtt_ms"]), 2)
+        return round(float(statistics.median(result["rtt_ms"])), 2)
     finally:
         server.terminate()
         try:

@@ -70,7 +70,7 @@ def read_samples(path: Path) -> list[dict[str, object]]:
     return out
 
 
-async def _run(args: argparse.Namespace, out: IO[str]) -> dict[str, object]:
+async def _run(args: argparse.Namespace, out: IO[str]) -> dict[str, int]:
     host, _, port = args.gateway.removeprefix("http://").rpartition(":")
     name, _, dims = args.input.partition(":")
     shape = [int(d) for d in dims.split(",")]
