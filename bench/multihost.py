@@ -22,11 +22,13 @@ warm standby on the other fog node), then
   that failed at the client, whole load), ``max_ms`` (the client's slowest request
   sent from the pin to the move's end); the record's own ``lost`` and ``max_ms``
   (the gateway's view) and ``pin_to_switch_s`` (from just before the CLI call)
-  come with them.
+  come with them;
+* ``p50_ms.edge`` and ``rtt_ms.edge`` (test bed only): the same median to a module on
+  the agent in ``edge-1`` (the test bed's mesh runs Mosquitto with TLS in
+  ``cloud`` and an enrolled agent there), and the round trip from cloud to
+  ``edge-1``; on loopback they are ``null`` with ``edge_reason`` (no agent runs).
 
-Edge figures (``p50_ms.edge``, ``rtt_ms.edge``) need agents on the test bed's edge
-hosts; until then they are ``null`` with ``edge_reason`` (:func:`measure_edge`
-is where they go). Targets: 0 lost; switch <= 3 s; testbed fog p50 <= its fog
+Targets: 0 lost; switch <= 3 s; testbed fog p50 <= its fog
 RTT + loopback fog p50 + 1 ms.
 
 Needs root (network namespaces), Ray, ONNX; run from the repository root::
@@ -56,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODULE = "tiny"
+#: The edge module's name and the test bed's agent it runs on.
+EDGE_MODULE, EDGE_AGENT = "tiny-edge", "edge-1"
 SLO_MS = 1000.0
 P50_RATE_HZ, P50_SECONDS = 20.0, 10.0
 MIGRATION_RATE_HZ, MIGRATION_SECONDS, PIN_AFTER_S = 200.0, 30.0, 5.0
@@ -77,6 +81,8 @@ class Site:
         run: run ``argv`` in a host to its end.
         host_of: the host that has an address (loopback: ``cloud``, the only one).
         work: a directory for this site's files.
+        edge_agent: the agent an edge module can be deployed on, and its host's
+            address (None: this site runs no agent).
     """
 
     name: str
@@ -86,6 +92,7 @@ class Site:
     run: Callable[[str, list[str]], subprocess.CompletedProcess[str]]
     host_of: Callable[[str], str]
     work: Path
+    edge_agent: tuple[str, str] | None = None
 
 
 # ------------------------------------------------------------------ the two sites
@@ -96,7 +103,7 @@ def testbed_site(work: Path) -> Iterator[Site]:
     """The mesh across the test bed's hosts (tests/support/multihost.py)."""
     from tests.support.multihost import in_host, mesh_in, running_mesh
 
-    with running_mesh(work) as mesh:
+    with running_mesh(work, broker="mosquitto-tls", agents=(EDGE_AGENT,)) as mesh:
         bed, env = mesh.bed, mesh.cloud_env
         hosts = {bed.address(h.name): h.name for h in bed.plan.hosts}
 
@@ -111,6 +118,7 @@ def testbed_site(work: Path) -> Iterator[Site]:
             lambda host, argv: in_host(bed, host, {}, argv),
             lambda address: hosts[address],
             work,
+            (EDGE_AGENT, bed.address(EDGE_AGENT)),
         )
 
 
@@ -165,11 +173,9 @@ def loopback_site(work: Path) -> Iterator[Site]:
 # ------------------------------------------------------------------ measurements
 
 
-def _placement(site: Site) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _placement(site: Site, name: str = MODULE) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The module's primary endpoints and standbys."""
-    [module] = [
-        m for m in json.loads(site.cli("modules", "list", "--json")) if m["module"] == MODULE
-    ]
+    [module] = [m for m in json.loads(site.cli("modules", "list", "--json")) if m["module"] == name]
     return list(module["endpoints"]), list(module.get("standby", []))
 
 
@@ -182,11 +188,11 @@ def _poll(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def _load(
-    site: Site, token: str, rate_hz: float, seconds: float, out: Path
+    site: Site, token: str, rate_hz: float, seconds: float, out: Path, module: str = MODULE
 ) -> subprocess.Popen[str]:
     from tests.support.client_load import load_argv
 
-    argv = load_argv(site.gateway, MODULE, token, "x:1,4", rate_hz=rate_hz, seconds=seconds,
+    argv = load_argv(site.gateway, module, token, "x:1,4", rate_hz=rate_hz, seconds=seconds,
                      timeout_s=DEADLINE_S, out=out)  # fmt: skip
     return site.spawn("client", argv)
 
@@ -202,12 +208,13 @@ def _finish(proc: subprocess.Popen[str], timeout_s: float) -> None:
         raise RuntimeError(f"the load failed (exit {proc.returncode}): {out}{err}")
 
 
-def measure_p50(site: Site, token: str) -> dict[str, Any]:
-    """Client -> gateway -> fog replica: the median of paced requests, one at a time."""
+def measure_p50(site: Site, token: str, module: str = MODULE) -> dict[str, Any]:
+    """Client -> gateway -> the module: the median of paced requests, one at a time."""
     from tests.support.client_load import read_samples
 
-    out = site.work / "p50.jsonl"
-    _finish(_load(site, token, P50_RATE_HZ, P50_SECONDS, out), P50_SECONDS + DEADLINE_S + 60)
+    out = site.work / f"p50-{module}.jsonl"
+    load = _load(site, token, P50_RATE_HZ, P50_SECONDS, out, module)
+    _finish(load, P50_SECONDS + DEADLINE_S + 60)
     samples = read_samples(out)
     ok = [float(str(s["ms"])) for s in samples if s["status"] == 200]
     return {
@@ -250,14 +257,30 @@ def measure_rtt(site: Site, fog_address: str) -> float:
 def measure_edge(site: Site, token: str) -> tuple[dict[str, float | None], str | None]:
     """Gateway -> edge agent: ``{"p50_ms", "rtt_ms"}`` and None, or nulls and why not.
 
-    To be filled once agents run on the test bed's edge hosts (issue 16 items 2-3a):
-    deploy to an agent (``mesh modules deploy --agent``), then :func:`measure_p50`
-    against it and :func:`measure_rtt` to the agent's host.
+    The module goes on the site's agent (``mesh modules deploy --agent``), with a
+    p95 target the cloud-edge link can meet, so the placement controller leaves it
+    there; ``rtt_ms.edge`` is the round trip from cloud to the agent's host.
     """
-    return {"p50_ms": None, "rtt_ms": None}, (
-        "no edge agents run on the test bed yet (issue 16 items 2-3a in progress), "
-        "and the loopback mesh has none either"
-    )
+    if site.edge_agent is None:
+        return {"p50_ms": None, "rtt_ms": None}, (
+            f"the {site.name} mesh runs no edge agent (its broker is the control plane's "
+            "embedded one, and no device is enrolled)"
+        )
+    agent, address = site.edge_agent
+    site.cli("modules", "deploy", MODULE, "--name", EDGE_MODULE, "--agent", agent,
+             "--p95-ms", f"{SLO_MS:g}")  # fmt: skip
+
+    def serving() -> bool:
+        listed = json.loads(site.cli("modules", "list", "--json"))
+        return any(m["module"] == EDGE_MODULE and m["status"] == "serving" for m in listed)
+
+    _poll(serving, 120, f"{EDGE_MODULE} serving on {agent}")
+    p50 = measure_p50(site, token, EDGE_MODULE)
+    if p50["failed"]:
+        raise RuntimeError(f"{p50['failed']} requests to {EDGE_MODULE} failed")
+    rtt = measure_rtt(site, address)
+    site.cli("modules", "undeploy", EDGE_MODULE)
+    return {"p50_ms": p50["p50_ms"], "rtt_ms": rtt}, None
 
 
 def measure_migration(site: Site, token: str) -> dict[str, Any]:
@@ -392,14 +415,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the test bed needs root (network namespaces)")
     doc = run()
     rows = [("testbed", doc), ("loopback", doc["loopback"])]
-    print(f"{'':>9}{'fog p50':>9}{'fog rtt':>9}{'switch s':>10}{'lost':>6}{'max ms':>9}")
+    print(f"{'':>9}{'fog p50':>9}{'fog rtt':>9}{'edge p50':>10}{'edge rtt':>10}"
+          f"{'switch s':>10}{'lost':>6}{'max ms':>9}")  # fmt: skip
     for name, r in rows:
         m = r["migration"]
         print(
-            f"{name:>9}{r['p50_ms']['fog']:>9}{r['rtt_ms']['fog']:>9}"
+            f"{name:>9}{r['p50_ms']['fog']!s:>9}{r['rtt_ms']['fog']!s:>9}"
+            f"{r['p50_ms']['edge']!s:>10}{r['rtt_ms']['edge']!s:>10}"
             f"{m['switch_s']!s:>10}{m['lost']:>6}{m['max_ms']:>9}"
         )
-    print(f"edge: {doc['edge_reason']}")
+        if r.get("edge_reason"):
+            print(f"{name:>9}: no edge figures: {r['edge_reason']}")
     print(f"targets: {doc['targets']}")
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
