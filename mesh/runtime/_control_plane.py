@@ -91,7 +91,7 @@ class ControlPlaneSettings(EdgeSettings):
         1883,
         ge=0,
         le=65535,
-        description="Port of the embedded MQTT broker (a free one when taken; 0 = any).",
+        description="Embedded MQTT broker port (if taken, a free one, kept on restarts; 0 = any).",
     )
     replica_start_timeout_s: float = Field(
         120.0, gt=0, description="How long new replicas may take to serve."
@@ -149,24 +149,29 @@ def _check_secret_files(settings: ControlPlaneSettings) -> None:
 def _start_broker(settings: ControlPlaneSettings) -> EmbeddedBroker:
     from mesh.edge._enrolment import embedded_broker_login
     from mesh.edge.broker._broker import start_embedded_broker
+    from mesh.runtime._broker_port import ports_to_try, remember
 
     # Logins from the key store: the control plane's own and enrolled agents'.
     passwd, _ = embedded_broker_login(settings)
     # Persistent sessions outlive a restart, as with Mosquitto's ``persistence true``.
     sessions = settings.data_dir / "mqtt" / "sessions.db"
-    try:
-        return start_embedded_broker(
-            port=settings.embedded_broker_port, password_file=passwd, sessions_db=sessions
-        )
-    except (MeshError, OSError) as exc:
-        if settings.embedded_broker_port == 0:
-            raise
-        logger.warning(
-            "embedded broker: port %d unavailable (%s); using a free port",
-            settings.embedded_broker_port,
-            exc,
-        )
-        return start_embedded_broker(port=0, password_file=passwd, sessions_db=sessions)
+    record = settings.data_dir / "mqtt" / "broker-port.json"
+    asked = settings.embedded_broker_port
+    for port in ports_to_try(asked, record):
+        try:
+            broker = start_embedded_broker(port=port, password_file=passwd, sessions_db=sessions)
+        except (MeshError, OSError) as exc:
+            if asked == 0:
+                raise
+            logger.warning("embedded broker: port %d unavailable (%s)", port, exc)
+            continue
+        break
+    else:
+        logger.warning("embedded broker: using a free port instead of %d", asked)
+        broker = start_embedded_broker(port=0, password_file=passwd, sessions_db=sessions)
+    if asked != 0:
+        remember(record, asked=asked, used=broker.port)
+    return broker
 
 
 def _check_and_back_up_store(settings: ControlPlaneSettings) -> None:
