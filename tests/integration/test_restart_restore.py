@@ -117,3 +117,43 @@ def test_kill_9_then_mesh_up_serves_the_module_with_a_pre_crash_token(
     assert len(list((data / "backups").glob("mesh-*.db"))) == 2
     log = (data / "cluster.log").read_text()
     assert "could not restore" not in log and "KeyError: 'pydantic.v1'" not in log
+
+
+def test_a_broker_port_taken_at_the_first_start_stays_the_broker_port_after_a_crash(
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    """Agents were told the free port the broker took instead: a restart must keep it.
+
+    Before, the restarted control plane bound the port asked for (free again by
+    then), and an agent told the fallback port never found its broker again (a
+    fresh-clone CI run lost the chaos agent so).
+    """
+    import socket
+
+    data = Path(env["MESH_DATA_DIR"])
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    asked = holder.getsockname()[1]
+    env = {**env, "MESH_EMBEDDED_BROKER_PORT": str(asked)}
+    try:
+        _ok(mesh_cli(env, "up"))
+    finally:
+        holder.close()  # the asked-for port is free from here on
+    record = json.loads((data / "cluster.json").read_text())
+    pid, first = int(record["pid"]), str(record["broker_url"])
+    assert not first.endswith(f":{asked}"), first  # it took another port
+    orphans = psutil.Process(pid).children(recursive=True)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _ok(mesh_cli(env, "up"))
+        again = str(json.loads((data / "cluster.json").read_text())["broker_url"])
+        assert again == first, (first, again)
+        _ok(mesh_cli(env, "down"))
+    finally:
+        for p in orphans:  # the killed daemon's Ray processes, when they outlive it
+            with contextlib.suppress(psutil.Error):
+                p.kill()
