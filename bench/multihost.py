@@ -225,6 +225,8 @@ def measure_p50(site: Site, token: str, module: str = MODULE) -> dict[str, Any]:
 
 def measure_rtt(site: Site, fog_address: str) -> float:
     """The median TCP round trip from the gateway's host (cloud) to ``fog_address``'s host."""
+    from tests.support.processes import end_process
+
     server = site.spawn(
         site.host_of(fog_address),
         [sys.executable, "-m", "tests.support.testbed._echo", "serve", "--host", fog_address],
@@ -246,12 +248,7 @@ def measure_rtt(site: Site, fog_address: str) -> float:
             raise RuntimeError(f"echo probe to {fog_address}:{port}: {result['error']}")
         return round(float(statistics.median(result["rtt_ms"])), 2)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        end_process(server)
 
 
 def measure_edge(site: Site, token: str) -> tuple[dict[str, float | None], str | None]:

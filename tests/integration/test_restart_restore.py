@@ -40,6 +40,15 @@ def _daemon(data: Path) -> tuple[int, str]:
     return int(record["pid"]), str(record["gateway_url"])
 
 
+def _kill_9(pid: int) -> None:
+    """``kill -9`` the control plane; returns once it is gone (30 s at most)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid)
+
+
 def _infer(gateway_url: str, token: str, x: np.ndarray) -> np.ndarray:
     import tritonclient.http as triton
 
@@ -81,11 +90,7 @@ def test_kill_9_then_mesh_up_serves_the_module_with_a_pre_crash_token(
     # The crash, right after the deploy answered: no placement round has to have run.
     orphans = psutil.Process(pid).children(recursive=True)
     try:
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not pid_alive(pid)
+        _kill_9(pid)
 
         up = _ok(mesh_cli(env, "up"))
         assert "module vehicle-counter v1 on fog: serving" in up, up
@@ -145,10 +150,7 @@ def test_a_broker_port_taken_at_the_first_start_stays_the_broker_port_after_a_cr
     assert not first.endswith(f":{asked}"), first  # it took another port
     orphans = psutil.Process(pid).children(recursive=True)
     try:
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _kill_9(pid)
         _ok(mesh_cli(env, "up"))
         again = str(json.loads((data / "cluster.json").read_text())["broker_url"])
         assert again == first, (first, again)

@@ -46,6 +46,7 @@ import pytest
 from mesh.compute._backend import TIER_LABEL
 from mesh.edge.broker._broker import find_mosquitto, free_port
 from tests.support.multihost_broker import HostMosquitto
+from tests.support.processes import end_process
 from tests.support.testbed import TestBed, _netns, links_of
 from tests.support.testbed._bed import ROOT
 from tests.support.tls import make_test_pki
@@ -139,14 +140,7 @@ class EdgeAgent:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return end_process(proc, 20)
 
 
 @dataclass

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from mesh.edge.broker._broker import free_port
+from tests.support.processes import end_process
 from tests.support.testbed import TestBed
 from tests.support.testbed._bed import ROOT
 from tests.support.tls import TestPki
@@ -233,11 +234,4 @@ class HostMosquitto:
         proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(_STOP_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(_STOP_S)
-        return proc.returncode
+        return end_process(proc, _STOP_S)
