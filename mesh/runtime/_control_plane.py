@@ -41,6 +41,7 @@ from mesh.core._errors import MeshError
 from mesh.edge._enrolment import EdgeSettings
 from mesh.runtime._artifact_url import artifact_base_url
 from mesh.runtime._replica_broker import replicas_reach_broker
+from mesh.runtime._state_gauges import expose_state
 
 if TYPE_CHECKING:
     from mesh.compute._backend import ComputeBackend
@@ -431,11 +432,12 @@ def build_services(
     controller, start_placement = _placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
     )
-    metrics.gauge_callback(
-        "mesh_restore_modules",
-        "Modules recorded before this start, by restore state (restoring, serving, failed).",
-        ("state",),
-        lambda: [((state,), float(n)) for state, n in controller.restorer.counts().items()],
+    expose_state(
+        metrics,
+        routes=manager.routes.routes,
+        migrations=controller.executor.counts,
+        restores=lambda: {str(k): n for k, n in controller.restorer.counts().items()},
+        edge=edge,
     )
     from mesh.security._revocations import TokenRevocations
 

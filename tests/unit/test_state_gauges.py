@@ -1,0 +1,68 @@
+"""The control plane's state gauges: each read from its owner at scrape time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.core._metrics import MetricsRegistry
+from mesh.runtime._state_gauges import expose_state
+
+
+@dataclass(frozen=True)
+class _Route:
+    module: str
+    slo_ms: float | None
+
+
+@dataclass(frozen=True)
+class _Agent:
+    agent_id: str
+    state: str
+    age_s: float | None
+
+    def health(self, now: float | None = None) -> str:
+        return self.state
+
+    def heartbeat_age_s(self, now: float | None = None) -> float | None:
+        return self.age_s
+
+
+class _Edge:
+    def __init__(self) -> None:
+        self.known = [_Agent("a-1", "online", 2.5), _Agent("a-2", "offline", None)]
+
+    def agents(self) -> list[_Agent]:
+        return self.known
+
+
+def test_each_gauge_reads_its_owner_at_every_scrape() -> None:
+    metrics = MetricsRegistry()
+    routes = [_Route("counter", 25.0), _Route("no-slo", None)]
+    edge = _Edge()
+    expose_state(
+        metrics,
+        routes=lambda: routes,
+        migrations=lambda: {"done": 2, "failed": 0},
+        restores=lambda: {"serving": 1},
+        edge=edge,
+    )
+    text = metrics.render()
+    assert 'mesh_module_slo_seconds{module="counter"} 0.025' in text
+    assert "no-slo" not in text
+    assert 'mesh_migrations{status="done"} 2.0' in text
+    assert 'mesh_restore_modules{state="serving"} 1.0' in text
+    assert 'mesh_edge_agent_up{agent="a-1"} 1.0' in text
+    assert 'mesh_edge_agent_up{agent="a-2"} 0.0' in text
+    assert 'mesh_edge_agent_heartbeat_age_seconds{agent="a-1"} 2.5' in text
+    assert 'mesh_edge_agent_heartbeat_age_seconds{agent="a-2"}' not in text
+
+    edge.known = [_Agent("a-1", "stale", 40.0)]  # read again at the next scrape
+    text = metrics.render()
+    assert 'mesh_edge_agent_up{agent="a-1"} 0.0' in text and "a-2" not in text
+
+
+def test_without_agents_no_agent_gauge_is_registered() -> None:
+    metrics = MetricsRegistry()
+    expose_state(metrics, routes=list, migrations=dict, restores=dict, edge=None)
+    assert "mesh_edge_agent_up" not in metrics.render()
+    assert "# TYPE mesh_migrations gauge" in metrics.render()
