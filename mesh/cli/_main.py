@@ -404,15 +404,19 @@ def _bundled_scenario(name: str) -> Path:
     raise typer.BadParameter(f"no scenarios/{name}.yaml here or beside the mesh package")
 
 
+_KEEP_HELP = "After the report, keep the control plane and its dashboard up until Ctrl-C."
+
+
 @app.command("run")
 def run_file(
     file: Annotated[Path, typer.Argument(help="A scenario YAML (see `mesh scenario schema`).")],
+    keep: Annotated[bool, typer.Option(help=_KEEP_HELP)] = False,
 ) -> None:
     """Run a scenario: broker, Ray cluster, agents, SUMO, faults; ends with a report."""
     from mesh.scenario._run import run_scenario
 
     with _errors():
-        run_scenario(file, console=console)
+        run_scenario(file, console=console, keep=keep)
 
 
 @app.command()
@@ -424,6 +428,7 @@ def demo(
         bool,
         typer.Option(help="Only the function pipeline across cloud and fog (no SUMO, no agents)."),
     ] = False,
+    keep: Annotated[bool, typer.Option(help=_KEEP_HELP)] = False,
 ) -> None:
     """Run the smart-traffic scenario (scenarios/traffic.yaml) on embedded defaults."""
     if pipeline:
@@ -435,7 +440,7 @@ def demo(
     from mesh.scenario._run import run_scenario
 
     with _errors():
-        run_scenario(_bundled_scenario("small" if quick else "traffic"), console=console)
+        run_scenario(_bundled_scenario("small" if quick else "traffic"), console=console, keep=keep)
 
 
 tokens_app = typer.Typer(

@@ -22,7 +22,7 @@ from typing import Protocol
 from mesh.scenario._report import FaultWindow
 from mesh.scenario._schema import AgentCrash, AgentRestart, CpuHog, Fault, LinkDelay, NodeRemove
 
-__all__ = ["FaultActions", "FaultTimeline", "parse_target"]
+__all__ = ["FaultActions", "FaultTimeline", "describe_fault", "parse_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,26 @@ def parse_target(target: str) -> tuple[str, str]:
     if sep and kind in ("agent", "node", "link"):
         return kind, name
     return "link", target
+
+
+def describe_fault(fault: Fault, phase: str) -> str:
+    """A fault starting or ending, in words: ``cpu_hog on agent j-B1 (load 0.9) for 90 s``."""
+    kind, name = parse_target(fault.target)
+    where = f"{fault.kind} on {kind} {name}"
+    if phase != "start":
+        return f"{where} ended"
+    if isinstance(fault, CpuHog):
+        return f"{where} (load {fault.load:g}) for {fault.duration_s:g} s"
+    if isinstance(fault, LinkDelay):
+        shape = f"{fault.delay_ms:g} ms ± {fault.jitter_ms:g} ms"
+        return f"{where}: {shape}" + (
+            f" for {fault.duration_s:g} s" if fault.duration_s is not None else ""
+        )
+    if isinstance(fault, AgentRestart):
+        return f"{where}: killed, back in {fault.down_s:g} s"
+    if isinstance(fault, AgentCrash):
+        return f"{where}: killed"
+    return where
 
 
 @dataclass(slots=True)
@@ -138,7 +158,7 @@ class FaultTimeline:
             logger.exception("fault %s", message)
             self.errors.append(message)
             return message
-        return f"{fault.kind} {fault.target}: {phase}"
+        return describe_fault(fault, phase)
 
     @staticmethod
     def _start(fault: Fault, actions: FaultActions) -> None:

@@ -56,6 +56,8 @@ class LiveLoop:
         timeline: the faults; ``actions`` carries them out (None: a timeline
             without faults needs none).
         on_progress: called about once per wall second with the stats.
+        on_fault: called with the simulated time and the words of each fault that
+            starts or ends, as it does.
     """
 
     def __init__(
@@ -65,12 +67,14 @@ class LiveLoop:
         actions: FaultActions | None,
         *,
         on_progress: Callable[[LiveStats], None] | None = None,
+        on_fault: Callable[[float, str], None] | None = None,
     ) -> None:
         """Nothing runs before :meth:`run`."""
         self._run = run
         self._timeline = timeline
         self._actions: Any = actions
         self._progress = on_progress
+        self._on_fault = on_fault
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._walls: list[float] = []
@@ -99,6 +103,8 @@ class LiveLoop:
                 for what in self._timeline.advance(now_s, self._actions):
                     self.stats.fault_log.append((now_s, what))
                     logger.info("t=%.0f s: %s", now_s, what)
+                    if self._on_fault is not None:
+                        self._on_fault(now_s, what)
                 more = sim.step()
                 self.stats.steps += 1
                 self._mark(sim.time_s)

@@ -28,6 +28,7 @@ from mesh.scenario._events import STALE_AFTER_S, ModuleEvents
 from mesh.scenario._faults import FaultTimeline
 from mesh.scenario._infra import Infrastructure, pipeline_for
 from mesh.scenario._live import LiveLoop, LiveStats
+from mesh.scenario._narration import Narrator
 from mesh.scenario._plugin import LiveContext, SimulationRun
 from mesh.scenario._report import MigrationRecord, ScenarioReport, percentile
 from mesh.scenario._schema import Scenario
@@ -68,6 +69,7 @@ class LivePhase:
         self.console = console
         self._stack = stack
         self._loop: LiveLoop | None = None
+        self._narrator: Narrator | None = None
         self._events = [
             ModuleEvents(decl.name, decl.stream_name(), report.modules[decl.name], self.sim_time_at)
             for decl in scenario.source_modules()
@@ -100,11 +102,19 @@ class LivePhase:
             worker.start()
             self._stack.callback(worker.stop)
         timeline = FaultTimeline(self.scenario.faults)
+        services = self.infra.services
+        narrator = self._narrator = Narrator(
+            self.console,
+            self.sim_time_at,
+            migrations=lambda: services.controller.history(limit=100),
+            routes=services.manager.routes.routes,
+        )
         self._loop = LiveLoop(
             self.sim,
             timeline,
             ScenarioActions(self.testbed),
             on_progress=self._progress,
+            on_fault=narrator.fault,
         )
         self.sim.start(self._context())
         try:
@@ -113,7 +123,8 @@ class LivePhase:
             self.sim.stop()
         # Placement stops with the simulation: a move under way finishes while
         # the agents still run, before anything is torn down.
-        self.infra.services.controller.close()
+        services.controller.close()
+        narrator.poll()
         edge.barrier()
         time.sleep(1.0)  # the last events and outputs in flight
         self._collect(stats, timeline)
@@ -177,6 +188,8 @@ class LivePhase:
         self.infra.services.edge.publish(topic, json.dumps(message).encode())
 
     def _progress(self, stats: LiveStats) -> None:
+        if self._narrator is not None:
+            self._narrator.poll()
         if stats.wall_s - self._last_progress < 5.0:
             return
         self._last_progress = stats.wall_s

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import TypeVar
 from rich.console import Console
 
 from mesh.core._errors import MeshError
+from mesh.core._stderr_file import stderr_to_file
 from mesh.scenario._actions import Testbed
 from mesh.scenario._infra import Infrastructure, start_agents, start_infrastructure
 from mesh.scenario._live_phase import LivePhase
@@ -61,12 +63,17 @@ class ScenarioRun:
         scenario: a checked scenario.
         console: where progress goes.
         fresh: start from an empty state directory (registry, runs, caches).
+        keep: once the report is written, keep the control plane (and its
+            dashboard) up until Ctrl-C.
     """
 
-    def __init__(self, scenario: Scenario, *, console: Console, fresh: bool = True) -> None:
+    def __init__(
+        self, scenario: Scenario, *, console: Console, fresh: bool = True, keep: bool = False
+    ) -> None:
         """Nothing starts before :meth:`run`."""
         self.scenario = scenario
         self.console = console
+        self._keep = keep
         self.out_dir = scenario.output_dir().resolve()
         self.state_dir = self.out_dir / "state"
         self._fresh = fresh
@@ -146,14 +153,29 @@ class ScenarioRun:
             self._stage("roll-out", lambda: models.roll_out(self.testbed))
             if live:
                 self._stage("live", phase.run)
-        if sc.plugin is not None:
-            self._stage("simulation KPIs", self._kpis)
-        self.report.wall_seconds = time.monotonic() - self._started
-        if sc.outputs.report:
-            paths = write_report(self.report, self.out_dir)
-            self.report.notes.append(f"report: {paths.html}")
-            self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
+            if sc.plugin is not None:
+                self._stage("simulation KPIs", self._kpis)
+            self.report.wall_seconds = time.monotonic() - self._started
+            if sc.outputs.report:
+                paths = write_report(self.report, self.out_dir)
+                self.report.notes.append(f"report: {paths.html}")
+                self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
+            if self._keep:
+                self._hold(infra)
         return self.report
+
+    def _hold(self, infra: Infrastructure) -> None:
+        """Keep everything up until Ctrl-C (``--keep``), then let the run tear down."""
+        self.console.rule("kept up")
+        self.console.print(
+            f"  control plane at {infra.gateway_url}; dashboard at {infra.gateway_url}/ui\n"
+            f"  MESH_DATA_DIR={self.state_dir} for `mesh` commands against it; Ctrl-C to stop"
+        )
+        stop = threading.Event()
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(3600.0):
+                pass
+        self.console.print("  stopping…")
 
     def _stage(self, name: str, fn: Callable[[], T]) -> T:
         self.console.rule(name)
@@ -194,8 +216,16 @@ class ScenarioRun:
         )
 
 
-def run_scenario(path: Path, *, console: Console) -> ScenarioReport:
+def run_scenario(path: Path, *, console: Console, keep: bool = False) -> ScenarioReport:
     """Check and run the scenario in ``path``; prints the headline figures at the end.
+
+    The console tells the run's story (stages, faults, migrations, versions);
+    what Ray, uvicorn and the broker write goes to ``<outputs.dir>/run.log``.
+
+    Args:
+        path: the scenario file.
+        console: where the story goes.
+        keep: keep the control plane up after the report, until Ctrl-C.
 
     Raises:
         ScenarioError: the file is invalid (nothing started).
@@ -205,7 +235,10 @@ def run_scenario(path: Path, *, console: Console) -> ScenarioReport:
 
     scenario = load_scenario(path)
     console.print(f"scenario [bold]{scenario.name}[/] from {path}: {scenario.description}")
-    report = ScenarioRun(scenario, console=console).run()
+    log = scenario.output_dir().resolve() / "run.log"
+    console.print(f"log: {log} (Ray, uvicorn and broker lines)", soft_wrap=True)
+    with stderr_to_file(log):
+        report = ScenarioRun(scenario, console=console, keep=keep).run()
     for line in headline(report):
         console.print(f"  {line}")
     return report
