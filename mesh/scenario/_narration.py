@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from rich.console import Console
@@ -59,10 +59,14 @@ def _place(tier: str | None, node: str | None, site: str | None, *, agent: bool)
     return f"{tier or '?'} {name}"
 
 
-def describe_migration(m: MigrationRecord) -> str:
-    """One migration in words: what moved where, why, and how it ended."""
+def describe_migration(m: MigrationRecord, sites: Mapping[str, str] | None = None) -> str:
+    """One migration in words: what moved where, why, and how it ended.
+
+    ``sites``: Ray node id -> site, for a source the record names by node only.
+    """
     who = f"{m.module}@{m.site}" if m.site else m.module
-    source = _place(m.from_tier, m.from_node, None, agent=m.from_tier == "edge")
+    from_site = (sites or {}).get(m.from_node or "")
+    source = _place(m.from_tier, m.from_node, from_site, agent=m.from_tier == "edge")
     target = _place(m.to_tier, m.to_node, m.to_site, agent=m.to_kind == "agent")
     why = _REASONS.get(m.reason, m.reason)
     # The engine's reason names the module and node again ("counter@A0 on j-A0: ..."):
@@ -106,6 +110,7 @@ class Narrator:
         self._lock = threading.Lock()
         self._told: set[str] = set()
         self._versions: dict[str, str] = {}
+        self._sites: dict[str, str] = {}  # Ray node id -> site, learnt from targets
         self.lines: list[str] = []
         self.poll(quiet=True)
 
@@ -125,13 +130,15 @@ class Narrator:
             logger.exception("narration: could not read migrations or routes")
             return
         for m in sorted(moves, key=lambda m: m.decided_at):
+            if m.to_site and m.to_kind != "agent":
+                self._sites[m.to_node] = m.to_site
             if m.id in self._told or not (m.switched_at or m.status in ("failed", "rolled_back")):
                 continue
             self._told.add(m.id)
             if not quiet:
                 at = m.switched_at or m.finished_at or m.decided_at
                 style = "red" if m.status in ("failed", "rolled_back") else "cyan"
-                self._say(self._sim_time_at(at), describe_migration(m), style=style)
+                self._say(self._sim_time_at(at), describe_migration(m, self._sites), style=style)
         for route in routes:
             before = self._versions.get(route.module)
             self._versions[route.module] = route.version

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -66,7 +67,27 @@ def _check_report(out: Path, stdout: str) -> dict[str, object]:
     ):
         assert stage in stdout
     assert "report:" in stdout
+    _check_story(report, stdout, out)
     return report
+
+
+#: Lines of Ray's own that reached the console before they went to run.log.
+_RAY_INTERNALS = ("core_worker.cc", "[state-dump]", "raylet", "INFO utils.py", "WARNING __init__")
+
+
+def _check_story(report: dict[str, Any], stdout: str, out: Path) -> None:
+    """The console narrates each fault and migration, and shows none of Ray's internals."""
+    faults, migrations = report["faults"], report["migrations"]
+    for fault in faults:
+        target = str(fault["target"]).partition(":")[2] or fault["target"]
+        assert f"s {fault['kind']} on " in stdout and str(target) in stdout, fault
+    told = [line for line in stdout.splitlines() if " → " in line and line.strip().startswith("t=")]
+    switched = [m for m in migrations if m["switch_s"] is not None]
+    assert len(told) >= len(switched), (told, migrations)
+    for internal in _RAY_INTERNALS:
+        assert internal not in stdout, internal
+    assert f"log: {out / 'run.log'}" in stdout.replace("\n", "")
+    assert (out / "run.log").is_file()
 
 
 @pytest.mark.timeout(900)

@@ -59,6 +59,8 @@ def test_a_migration_reads_as_the_issue_asks() -> None:
         )
     )
     assert back.startswith("counter@B1 fog a1b2 → edge j-B1: periodic round")
+    named = describe_migration(_move(from_tier="fog", from_node="a1b2"), {"a1b2": "fog-1"})
+    assert named.startswith("counter@B1 fog fog-1 → ")
     failed = describe_migration(_move(status="failed", error="agent did not answer"))
     assert failed.endswith("; failed: agent did not answer")
 
