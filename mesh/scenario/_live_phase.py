@@ -32,6 +32,7 @@ from mesh.scenario._narration import Narrator
 from mesh.scenario._plugin import LiveContext, SimulationRun
 from mesh.scenario._report import MigrationRecord, ScenarioReport, percentile
 from mesh.scenario._schema import Scenario
+from mesh.scenario._status import ScenarioStatus
 
 __all__ = ["LivePhase"]
 
@@ -55,6 +56,7 @@ class LivePhase:
         out_dir: Path,
         stack: ExitStack,
         console: Console,
+        status: ScenarioStatus | None = None,
     ) -> None:
         """Nothing starts before :meth:`run`."""
         self.scenario = scenario
@@ -70,6 +72,8 @@ class LivePhase:
         self._stack = stack
         self._loop: LiveLoop | None = None
         self._narrator: Narrator | None = None
+        self._timeline: FaultTimeline | None = None
+        self._status = status
         self._events = [
             ModuleEvents(decl.name, decl.stream_name(), report.modules[decl.name], self.sim_time_at)
             for decl in scenario.source_modules()
@@ -108,7 +112,11 @@ class LivePhase:
             self.sim_time_at,
             migrations=lambda: services.controller.history(limit=100),
             routes=services.manager.routes.routes,
+            on_line=self._status.story if self._status is not None else None,
         )
+        self._timeline = timeline
+        if self._status is not None:
+            self._status.live_kpis(getattr(self.sim, "live_kpis", None))
         self._loop = LiveLoop(
             self.sim,
             timeline,
@@ -190,6 +198,10 @@ class LivePhase:
     def _progress(self, stats: LiveStats) -> None:
         if self._narrator is not None:
             self._narrator.poll()
+        if self._status is not None:
+            self._status.clock(stats.sim_s, stats.wall_s)
+            if self._timeline is not None:
+                self._status.faults(self._timeline.so_far())
         if stats.wall_s - self._last_progress < 5.0:
             return
         self._last_progress = stats.wall_s

@@ -92,6 +92,7 @@ class Narrator:
         sim_time_at: simulated seconds at a Unix time (the live loop's clock).
         migrations: the controller's migrations, newest first.
         routes: the served modules' routes now.
+        on_line: also given each line (the dashboard's scenario page).
     """
 
     def __init__(
@@ -101,12 +102,14 @@ class Narrator:
         *,
         migrations: Callable[[], Iterable[MigrationRecord]],
         routes: Callable[[], Iterable[_Route]],
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Everything recorded before this counts as told."""
         self._console = console
         self._sim_time_at = sim_time_at
         self._migrations = migrations
         self._routes = routes
+        self._on_line = on_line
         self._lock = threading.Lock()
         self._told: set[str] = set()
         self._versions: dict[str, str] = {}
@@ -155,4 +158,6 @@ class Narrator:
         line = f"t={at:.0f} s {text}"
         with self._lock:
             self.lines.append(line)
+        if self._on_line is not None:
+            self._on_line(line)
         self._console.print(f"  [{style}]{escape(line)}[/]", soft_wrap=True, highlight=False)

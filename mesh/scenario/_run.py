@@ -47,6 +47,7 @@ from mesh.scenario._plugin import PrepareContext, SimulationRun, WallClock
 from mesh.scenario._report import ModuleLatency, ScenarioReport, SimulationReport, headline
 from mesh.scenario._report_html import write_report
 from mesh.scenario._schema import Scenario
+from mesh.scenario._status import ScenarioStatus, scenario_router
 from mesh.scenario._util import environment, on_path
 
 __all__ = ["ScenarioRun", "run_scenario"]
@@ -79,6 +80,8 @@ class ScenarioRun:
         self._fresh = fresh
         self.report = ScenarioReport(name=scenario.name, sim_seconds=0.0)
         self.testbed = Testbed()
+        #: What the dashboard's scenario page shows (``GET /v1/scenario``).
+        self.status = ScenarioStatus(scenario.name, scenario.description, scenario.end_s())
         self._started = time.monotonic()
         self._sim: SimulationRun = self._simulation_run()
         self._substitutions: dict[str, str] = {"out": str(self.out_dir)}
@@ -116,6 +119,9 @@ class ScenarioRun:
                     sc, self.state_dir, self.testbed, stack, console=self.console
                 ),
             )
+            app = infra.services.app
+            read = app.guard.auth.dependency("read") if app.guard is not None else None
+            app.include_router(scenario_router(self.status, read=read))
             if sc.plugin is not None:
                 self._stage(f"simulation ({sc.plugin.name})", self._prepare)
             models = ModelsStage(sc, infra, self.report, stack, console=self.console)
@@ -134,6 +140,7 @@ class ScenarioRun:
                 out_dir=self.out_dir,
                 stack=stack,
                 console=self.console,
+                status=self.status,
             )
             # Pipelines start with the roll-out: count their events from the first.
             phase.listen()
@@ -160,6 +167,7 @@ class ScenarioRun:
                 paths = write_report(self.report, self.out_dir)
                 self.report.notes.append(f"report: {paths.html}")
                 self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
+            self.status.stage("done")
             if self._keep:
                 self._hold(infra)
         return self.report
@@ -179,6 +187,7 @@ class ScenarioRun:
 
     def _stage(self, name: str, fn: Callable[[], T]) -> T:
         self.console.rule(name)
+        self.status.stage(name)
         t0 = time.monotonic()
         try:
             result = fn()
