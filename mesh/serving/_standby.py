@@ -12,7 +12,9 @@ primaries (:meth:`StandbyKeeper._launch_spare`) and switches with it serving
 it starts, when a kill would otherwise meet no standby and wait for a cold
 start. The primaries' nodes are not known then, so a spare that landed on a
 primary's node stands by until one started elsewhere serves, and then drains
-away (:meth:`StandbyKeeper._keep_standby`).
+away (:meth:`StandbyKeeper._keep_standby`). A deploy to the node the standby
+serves on (a migration there) promotes it (:mod:`mesh.serving._promotion`),
+and this loop starts its successor off the new primary's node.
 """
 
 from __future__ import annotations
