@@ -8,7 +8,9 @@ which switches a module's one route make-before-break. Each is a
 1. ``planned`` (:meth:`MigrationExecutor.start`, in the reconcile round);
 2. ``starting``: the round's :meth:`~MigrationExecutor.advance` hands it to its
    own worker: replicas on the target's tier and site start and warm up (a
-   Ray node), or the agent downloads, verifies and loads the model;
+   Ray node; when the module's warm standby serves on the target node, it is
+   promoted instead: :mod:`mesh.serving._promotion`), or the agent downloads,
+   verifies and loads the model;
 3. ``ready``: the target serves;
 4. ``switched``: the phase and the recorded deployment naming the target
    (placement epoch + 1) are written in one transaction, just before the

@@ -43,7 +43,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from mesh.core._metrics import MetricsRegistry
@@ -62,6 +61,7 @@ from mesh.serving._contract import (
     ReplicaStatus,
 )
 from mesh.serving._deployment import DeploymentView, PlacementRecorder
+from mesh.serving._promotion import promotable_standby, promote
 from mesh.serving._routes import AgentEndpoint, Endpoint, ModuleRoute, RouteTable
 from mesh.serving._supervisor import (
     Deployment,
@@ -289,6 +289,8 @@ class ServingManager(ReplicaSupervisor):
             on_phase: told ``ready``, ``switched``, ``drained``, ``removed`` as they happen.
             node: pin the replicas to this Ray node (its id), e.g. the placement
                 engine's choice; without it Ray may pick a node it still thinks alive.
+                The module's warm standby, if it serves there, is promoted instead
+                (:mod:`mesh.serving._promotion`).
 
         Returns:
             The new route (its epoch is one more than before).
@@ -313,17 +315,19 @@ class ServingManager(ReplicaSupervisor):
             if count < 1:
                 raise DeployError(f"{spec.name}: replicas must be at least 1, got {count}")
             started = time.monotonic()
-            spare: list[Replica] = []  # its standby, asked for with the replicas
-            ask = partial(self._launch_spare, spare, spec, artifact, tier, site, batching, node)
-            try:
-                fresh = self._start_replicas(
-                    spec, artifact, tier, site, count, batching, node, avoid=lost, then=ask
+            warm = (
+                promotable_standby(
+                    old, artifact, tier, node, batching, probe=self._probe, down=self.routes.down()
                 )
-            except BaseException:
-                for replica in spare:
-                    replica.handle.stop()
-                raise
-            fresh.update(self._await_spare(spare, started))  # switched with its standby
+                if count == 1
+                else None
+            )
+            if warm is not None and old is not None:
+                fresh, old = promote(old, warm, tier, site)  # the loop starts a new standby
+            else:
+                fresh = self._start_with_spare(
+                    spec, artifact, tier, site, count, batching, node, lost, started
+                )
             _phase(on_phase, "ready")
             new = Deployment(
                 spec,
@@ -340,9 +344,12 @@ class ServingManager(ReplicaSupervisor):
             route = self._switch(
                 new,
                 old,
-                f"{count} {tier} replica(s) ready after {time.monotonic() - started:.1f} s",
+                f"{count} {tier} replica(s) ready after {time.monotonic() - started:.1f} s"
+                + (" (its warm standby, promoted)" if warm is not None else ""),
                 on_phase,
             )
+        if warm is not None:
+            self._wake.set()  # its new standby: now, not in a period
         return route
 
     def deploy_to_agent(

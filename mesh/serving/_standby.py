@@ -12,13 +12,17 @@ primaries (:meth:`StandbyKeeper._launch_spare`) and switches with it serving
 it starts, when a kill would otherwise meet no standby and wait for a cold
 start. The primaries' nodes are not known then, so a spare that landed on a
 primary's node stands by until one started elsewhere serves, and then drains
-away (:meth:`StandbyKeeper._keep_standby`).
+away (:meth:`StandbyKeeper._keep_standby`). A deploy to the node the standby
+serves on (a migration there) promotes it (:mod:`mesh.serving._promotion`),
+and this loop starts its successor off the new primary's node.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 from mesh.core._errors import MeshError
 from mesh.sdk._specs import COMPUTE_TIERS, ModuleSpec
@@ -56,6 +60,21 @@ class StandbyKeeper:
 
     def lost_nodes(self) -> frozenset[str]:
         """Nodes that lost a replica lately (:meth:`ReplicaSupervisor.lost_nodes`)."""
+        raise NotImplementedError
+
+    def _start_replicas(
+        self,
+        spec: ModuleSpec,
+        artifact: ModelArtifact,
+        tier: str,
+        site: str | None,
+        count: int,
+        batching: str,
+        node: str | None = None,
+        avoid: frozenset[str] = frozenset(),
+        then: Callable[[], object] = lambda: None,
+    ) -> dict[str, Replica]:
+        """``count`` replicas, serving (:meth:`ServingManager._start_replicas`)."""
         raise NotImplementedError
 
     def _keep_standby(self, d: Deployment, now: float) -> None:
@@ -144,6 +163,37 @@ class StandbyKeeper:
                 )
                 return Replica(handle, artifact.version, standby=True, tier=tier, site=site), []
         return None, reasons
+
+    def _start_with_spare(
+        self,
+        spec: ModuleSpec,
+        artifact: ModelArtifact,
+        tier: str,
+        site: str | None,
+        count: int,
+        batching: str,
+        node: str | None,
+        lost: frozenset[str],
+        started: float,
+    ) -> dict[str, Replica]:
+        """``count`` new replicas serving, and the standby asked for with them (if wanted).
+
+        A deploy's cold path (:mod:`mesh.serving._promotion` is its warm one):
+        :meth:`_start_replicas` asks for the replicas, then :meth:`_launch_spare`
+        for the standby, and :meth:`_await_spare` gives the standby its time.
+        """
+        spare: list[Replica] = []  # its standby, asked for with the replicas
+        ask = partial(self._launch_spare, spare, spec, artifact, tier, site, batching, node)
+        try:
+            fresh = self._start_replicas(
+                spec, artifact, tier, site, count, batching, node, avoid=lost, then=ask
+            )
+        except BaseException:
+            for replica in spare:
+                replica.handle.stop()
+            raise
+        fresh.update(self._await_spare(spare, started))  # switched with its standby
+        return fresh
 
     def _launch_spare(
         self,
