@@ -219,6 +219,13 @@ def deploy(
     replicas: Annotated[int | None, typer.Option(min=1, help="Replicas to start now.")] = None,
     min_replicas: Annotated[int, typer.Option(min=0, help="Autoscaling floor.")] = 1,
     max_replicas: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 1,
+    may_move_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A tier the placement controller may move it to (repeatable): fog for an "
+            "edge module that should leave its agent when it misses the SLO, and come back."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model version; returns once its replicas serve and the route switched."""
     body = {
@@ -233,6 +240,7 @@ def deploy(
         "replicas": replicas,
         "min_replicas": min_replicas,
         "max_replicas": max(max_replicas, replicas or 1),
+        "may_move_to": may_move_to or [],
     }
     with console.status(f"deploying {model} {version} on {agent or tier}…"):
         route = _call("POST", "/v1/modules", body)

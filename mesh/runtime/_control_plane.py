@@ -117,6 +117,9 @@ class ControlPlaneSettings(EdgeSettings):
     placement_dwell_s: float = Field(
         60.0, ge=0, description="A module that meets its SLO stays at least this long on a node."
     )
+    placement_host_cpu: bool = Field(
+        True, description="Read host CPU as node utilisation (off where nodes share one machine)."
+    )
     placement_gateway_site: str = Field(
         "gateway", min_length=1, description="Site of the gateway's clients (modules' source)."
     )
@@ -524,7 +527,7 @@ def _placement_controller(
         agents=edge,
         rtt=PathProbe(routes, node_probe=node_probe, edge=edge),
         canary=EdgeCanary(edge, signature),
-        host_cpu=host_cpu,
+        host_cpu=host_cpu and settings.placement_host_cpu,
     )
     undo.append(("node probes", node_probe.close))
     undo.append(("pipeline events", edge.on_event(monitors.observe_event)))

@@ -11,7 +11,10 @@ After a restart, a recorded module not served yet is listed too, with its
 ``DELETE`` forgets one whose restore failed.
 
 A deploy names a registered model and a version (``production``, ``v3``...);
-the module's spec is built from the request (name defaults to the model's).
+the module's spec is built from the request (name defaults to the model's;
+its tiers are the one it is deployed on and those in ``may_move_to``, where the
+placement controller may move it: an edge module with ``fog`` there moves to a
+fog node when its agent misses the SLO, and back).
 Routes raise errors of the tree (:mod:`mesh.core._errors`), answered by the
 app's handlers (:func:`mesh.core._http_errors.install_error_handlers`) with the
 status each class declares and the one JSON error body: unknown model or
@@ -25,7 +28,7 @@ with the serving manager's message. Auth is injected as in
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,6 +87,11 @@ class DeployRequest(BaseModel):
     min_replicas: int = Field(1, ge=0, description="Autoscaling floor (0 = scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling.")
     replicas: int | None = Field(None, ge=1, description="Replicas to start now.")
+    may_move_to: list[Literal["cloud", "fog", "edge"]] = Field(
+        default_factory=list,
+        description="Tiers the placement controller may move it to, besides the one it is "
+        "deployed on (e.g. fog for a module on an edge agent); default none.",
+    )
 
 
 def module_spec(request: DeployRequest) -> Any:
@@ -99,7 +107,7 @@ def module_spec(request: DeployRequest) -> Any:
         name=request.name or request.model,
         model=request.model,
         qos=QoS(p95_latency_ms=request.p95_ms),
-        tiers=(tier,),
+        tiers=tuple(dict.fromkeys((tier, *request.may_move_to))),
         resources=Resources(cpus=request.cpus),
         min_replicas=request.min_replicas,
         max_replicas=request.max_replicas,

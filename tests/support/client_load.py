@@ -1,8 +1,9 @@
 """A paced load of inference requests through the gateway, run as a process (in a test bed host).
 
 Open loop: a request leaves every ``1/rate`` s whatever the earlier ones do, for
-``--seconds``, each with its own deadline (``--timeout-s``); then it waits for
-those in flight (each ends by its deadline), so the run is bounded. Every request
+``--seconds`` (or until ``--stop-file`` exists), each with its own deadline
+(``--timeout-s``); then it waits for those in flight (each ends by its
+deadline), so the run is bounded. Every request
 is one JSON line in ``--out`` as it ends (flushed, so a test can watch it grow)::
 
     {"sent": 1765040000.12, "ms": 41.7, "status": 200, "error": null}
@@ -112,6 +113,8 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> dict[str, int]:
     start = time.perf_counter()
     tasks = []
     for i in range(total):  # bounded: rate x seconds requests
+        if args.stop_file is not None and args.stop_file.exists():
+            break
         delay = start + i * period - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -133,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--timeout-s", type=float, default=10.0, help="each request's deadline")
     parser.add_argument("--out", type=Path, required=True, help="one JSON line per request")
+    parser.add_argument("--stop-file", type=Path, help="stop sending once this file exists")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.rate <= _MAX_RATE_HZ:
         parser.error(f"--rate must be in (0, {_MAX_RATE_HZ:g}], got {args.rate}")

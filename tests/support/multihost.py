@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,7 @@ class EdgeAgent:
         command: the device command as enrolment printed it (argv).
         cache_dir: its cache directory (``EDGE_AGENT_CACHE_DIR``), under the test's work dir.
         log_path: its stdout and stderr.
+        env: more variables for it (e.g. ``EDGE_AGENT_PIPELINES``), not in its command.
     """
 
     agent_id: str
@@ -94,6 +95,7 @@ class EdgeAgent:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     started: list[int] = field(default_factory=list)  # every pid it ran as
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +123,7 @@ class EdgeAgent:
         # The printed command names the installed script; here it is this venv's.
         exe = shutil.which(self.command[0], path=str(Path(sys.executable).parent))
         assert exe is not None, f"{self.command[0]} is not installed next to {sys.executable}"
-        env = {k: v for k, v in os.environ.items() if k not in _UNSET}
+        env = {k: v for k, v in os.environ.items() if k not in _UNSET} | self.env
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         since = len(self.log())
         with self.log_path.open("ab") as log:
@@ -201,6 +203,7 @@ def running_mesh(
     cloud_extra: dict[str, str] | None = None,
     broker: Literal["embedded", "mosquitto-tls"] = "embedded",
     agents: Sequence[str] = (),
+    agent_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[Mesh]:
     """Head and control plane in cloud, both fog hosts joined; torn down as README says.
 
@@ -210,10 +213,12 @@ def running_mesh(
         broker: ``embedded`` (``mesh up``'s own, on cloud's loopback) or
             ``mosquitto-tls`` (Mosquitto in cloud, TLS on its address; see the module doc).
         agents: edge hosts to enrol and run an agent in (``mosquitto-tls`` only; one at least).
+        agent_env: more variables for an agent, by host (e.g. its ``EDGE_AGENT_PIPELINES``).
 
     Raises:
         ValueError: agents without ``mosquitto-tls``, or ``mosquitto-tls`` without agents
-            (enrolment writes the broker's password file), or an unknown edge host.
+            (enrolment writes the broker's password file), or an unknown edge host, or
+            ``agent_env`` for a host with no agent.
     """
     if (broker == "mosquitto-tls") != bool(agents):
         raise ValueError(
@@ -223,6 +228,8 @@ def running_mesh(
     unknown = sorted(set(agents) - set(EDGE))
     if unknown:
         raise ValueError(f"agents run in edge hosts {EDGE}, not in {unknown}")
+    if not set(agent_env or {}) <= set(agents):
+        raise ValueError(f"agent_env names hosts with no agent: {sorted(agent_env or {})}")
     mosquitto_exe = find_mosquitto() if agents else None
     if agents and mosquitto_exe is None:
         reason = "mosquitto is not installed (apt-get install mosquitto)"
@@ -266,6 +273,8 @@ def running_mesh(
             }
             # Enrolment writes the password and ACL files (the control plane's login too).
             enrolled = {host: _enroll(bed, cloud_env, work, host) for host in agents}
+            for host, extra in (agent_env or {}).items():
+                enrolled[host].env.update(extra)
             mosquitto.start()
         started = in_host(
             bed,

@@ -37,3 +37,15 @@ def test_bad_arguments_get_a_clear_error(tmp_path: Path, flag: str, value: str, 
     argv[argv.index(flag) + 1] = value
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_a_stop_file_ends_the_load_before_its_seconds(tmp_path: Path) -> None:
+    out, stop = tmp_path / "load.jsonl", tmp_path / "stop"
+    stop.touch()  # there from the start: nothing is sent
+    argv = load_argv(f"127.0.0.1:{free_port()}", "m", "", "x:1,4", rate_hz=50, seconds=600,
+                     timeout_s=2, out=out)  # fmt: skip
+    done = subprocess.run([*argv, "--stop-file", str(stop)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout) == {"sent": 0, "ok": 0, "failed": 0}
+    assert read_samples(out) == []

@@ -133,6 +133,22 @@ def test_deploy_builds_the_spec_from_the_request_and_lists_it(
     assert listed[0]["replicas"][0]["node"] == "node-fog-1"
 
 
+def test_may_move_to_adds_the_tiers_the_controller_may_move_the_module_to(
+    client: TestClient, manager: FakeManager
+) -> None:
+    r = client.post(
+        "/v1/modules",
+        headers=_auth("admin"),
+        json={"model": "m", "tier": "fog", "may_move_to": ["cloud", "fog"]},
+    )
+    assert r.status_code == 200, r.text
+    assert manager.specs[0][0].tiers == ("fog", "cloud")  # the deployed tier first, once
+    bad = client.post(
+        "/v1/modules", headers=_auth("admin"), json={"model": "m", "may_move_to": ["moon"]}
+    )
+    assert_error(bad, 422, "InvalidRequestError", "may_move_to")
+
+
 def test_name_overrides_the_module_name(client: TestClient, manager: FakeManager) -> None:
     r = client.post(
         "/v1/modules",
