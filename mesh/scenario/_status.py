@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 __all__ = ["STORY_LINES", "ScenarioStatus", "scenario_router"]
 
@@ -108,6 +109,8 @@ def scenario_router(status: ScenarioStatus, *, read: Any = None) -> APIRouter:
         status: the run's status.
         read: the ``read`` scope's dependency (the gateway's guard checks it too).
     """
+    from fastapi import APIRouter, Depends  # only where a control plane is built
+
     router = APIRouter(prefix="/v1/scenario", tags=["scenario"])
 
     @router.get("", dependencies=[Depends(read)] if read is not None else [])
