@@ -7,8 +7,8 @@ deployed on each agent (pinned). The control plane is killed with ``kill
 and its Ray actors); the broker and the agents run on, and each agent keeps
 serving its cached module. ``mesh up`` again on cloud restores from the store
 and from what the agents report: ``mesh agents list`` shows the three agents
-online, each counter is known on its agent at the same version (restored, not
-installed again: no agent downloads its model twice, and none restarted), and
+online, each counter is known on its agent at the same version and still
+pinned there (restored, not installed again: no agent downloads its model twice, and none restarted), and
 the client host infers through the new gateway to an edge agent with a token
 made before the crash.
 """
@@ -117,6 +117,11 @@ def test_kill_9_of_the_control_plane_then_mesh_up_restores_the_agents_and_their_
     assert _agents(mesh) == dict.fromkeys(EDGE, "online")
     # The deployments: each counter known on its agent, same version, serving.
     assert _on_agents(mesh) == expected_modules
+    # The pins, from the store: each counter still pinned to, and placed on, its agent.
+    doc = json.loads(mesh_in(bed, "cloud", env, "placements", "list", "--json"))
+    placed = {m["module"]: ((m.get("pin") or {}).get("node"), m.get("node"))
+              for m in doc["modules"] if m["module"].startswith(f"{MODEL}-")}  # fmt: skip
+    assert placed == {edge_module(MODEL, a): (a, a) for a in EDGE}, doc
     # Restored, not installed again: the same agent processes, no second download.
     assert {a: mesh.agents[a].pid for a in EDGE} == pids
     for agent in EDGE:
