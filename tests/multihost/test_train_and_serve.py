@@ -5,9 +5,12 @@ The mesh of test_mesh_edge.py (Ray head, ``mesh up`` and a TLS Mosquitto in
 The traffic app's training functions run as a user runs them: ``mesh deploy
 functions/traffic/app.py`` then ``mesh invoke train_counter`` and ``mesh
 invoke train_forecaster`` (tier cloud; tiny budgets). The run store records
-where each ran: the cloud head, never a fog host. Each ONNX export is
-registered as a new version with the run in its lineage, promoted, and
-deployed: the counter on the three agents (pinned), the forecaster on fog.
+where each ran: the cloud head, never a fog host. Each ONNX export becomes a
+new version in the control plane's registry: the forecaster's registered by
+its own run (``register=true``, as scenarios/traffic.yaml trains it; the
+worker is told the driver's data dir), the counter's with ``mesh models
+register`` and the run in its lineage. Both promoted and deployed: the
+counter on the three agents (pinned), the forecaster on fog.
 tritonclient in ``client`` then infers both through the gateway, and the
 answers are ONNX Runtime's on the same exports.
 """
@@ -37,7 +40,7 @@ COUNTER, FORECASTER = "vehicle-counter", "flow-forecaster"
 #: Tiny budgets: what is tested is where training runs and what serves its export.
 TRAIN_ARGS = {
     "train_counter": ["train_size=128", "val_size=32", "epochs=1", "width=8"],
-    "train_forecaster": ["minutes=600", "epochs=2", "lags=8"],
+    "train_forecaster": ["minutes=600", "epochs=2", "lags=8", "register=true"],
 }
 #: Each model's input name and the shape the client sends.
 INPUTS = {COUNTER: ("occupancy", (2, 4, 2, 64)), FORECASTER: ("counts", (2, 4, 8))}
@@ -79,8 +82,19 @@ def _train_on_cloud(mesh: Mesh, function: str, out_dir: Path) -> dict[str, Any]:
 
 
 def _register(mesh: Mesh, ref: dict[str, Any]) -> str:
-    """``mesh models register`` the export with its run and data; promote it. Its version."""
+    """The export's version in the control plane's registry, promoted.
+
+    Registered by its run when it says so (``registered_version``), else with
+    ``mesh models register``, its run and data in the lineage.
+    """
     bed, env = mesh.bed, mesh.cloud_env
+    if ref["registered_version"] is not None:
+        out = mesh_in(bed, "cloud", env, "models", "show", ref["model"],
+                      "--version", ref["registered_version"], "--json")  # fmt: skip
+        version = json.loads(out)
+        assert version["sha256"] == ref["sha256"], version
+        mesh_in(bed, "cloud", env, "models", "promote", ref["model"], version["version"])
+        return str(version["version"])
     metric = f"val_mae={ref['metrics']['val_mae']}"
     out = mesh_in(bed, "cloud", env, "models", "register", ref["model"], ref["onnx_path"],
                   "--code-version", ref["code_version"], "--metric", metric, "--mode", "min",
