@@ -273,6 +273,9 @@ class RayBackend:
             max_retries=spec.retries,
             retry_exceptions=spec.retries > 0,
             name=spec.name,
+            # The driver's data dir: a worker of an external cluster does not inherit it, and
+            # a training function's register=True would fill a registry in the worker's cwd.
+            runtime_env={"env_vars": {"MESH_DATA_DIR": str(self._settings.data_dir.resolve())}},
         )
         remote = ray.remote(task_body(fn.fn)).options(**options)
         entry = _TaskEntry(fn.fn, remote)

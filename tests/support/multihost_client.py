@@ -27,9 +27,10 @@ import tritonclient.http as triton
 
 url, token, model, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 seed, shape = int(sys.argv[5]), tuple(int(n) for n in sys.argv[6].split(","))
+name = sys.argv[7]
 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 client = triton.InferenceServerClient(url=url, network_timeout=60.0)
-inp = triton.InferInput("input", list(x.shape), "FP32")
+inp = triton.InferInput(name, list(x.shape), "FP32")
 inp.set_data_from_numpy(x)
 ms, out = [], None
 for _ in range(count):
@@ -50,24 +51,35 @@ class ClientRun:
     out: np.ndarray
 
 
-def client_input() -> np.ndarray:
-    """The tensor the client sends, to compare answers with ONNX Runtime's."""
-    return np.random.default_rng(SEED).standard_normal(SHAPE).astype(np.float32)
+def client_input(shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    """The tensor the client sends (of ``shape``), to compare answers with ONNX Runtime's."""
+    return np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
 
 
 def infer_from_client(
-    bed: TestBed, gateway_url: str, token: str, model: str, count: int, *, timeout_s: float = 120
+    bed: TestBed,
+    gateway_url: str,
+    token: str,
+    model: str,
+    count: int,
+    *,
+    timeout_s: float = 120,
+    input_name: str = "input",
+    shape: tuple[int, ...] = SHAPE,
 ) -> ClientRun:
     """``count`` requests, one at a time, from ``client`` to ``model`` through the gateway.
+
+    Each sends :func:`client_input` of ``shape`` as the FP32 input ``input_name``
+    (the defaults fit tests/support/agent_fixtures.py's CNN).
 
     Raises:
         AssertionError: the script failed (any request did), with its output.
     """
-    shape = ",".join(str(n) for n in SHAPE)
+    dims = ",".join(str(n) for n in shape)
     done = bed.run(
         "client",
         [sys.executable, "-c", _INFER, gateway_url.removeprefix("http://"), token, model,
-         str(count), str(SEED), shape],
+         str(count), str(SEED), dims, input_name],
         timeout_s=timeout_s,
         check=False,
     )  # fmt: skip
