@@ -157,7 +157,15 @@ class ModuleRoute:
             "slo_ms": self.slo_ms,
             "switched_at": self.switched_at,
             "standby": [e.describe() for e in self.standby],
+            "agent": self.agent,
         }
+
+    @property
+    def agent(self) -> str | None:
+        """The agent that serves the module, when one agent alone does (else None)."""
+        if len(self.endpoints) == 1 and isinstance(self.endpoints[0], AgentEndpoint):
+            return self.endpoints[0].agent_id
+        return None
 
 
 class RouteTable:

@@ -20,7 +20,7 @@ from mesh.security._token_auth import TokenAuth
 from mesh.serving._gateway import Gateway
 from mesh.serving._gateway_app import create_gateway_app
 from mesh.serving._oip import decode_response, encode_request
-from mesh.serving._routes import AgentEndpoint, ReplicaEndpoint, RouteTable
+from mesh.serving._routes import AgentEndpoint, ModuleRoute, ReplicaEndpoint, RouteTable
 from mesh.serving._upstream import UpstreamPool
 from mesh.serving.replica._server import ModelRunner, ReplicaApp, ServerThread, serve_asgi
 from tests.support.agent_fixtures import build_tiny_model
@@ -528,3 +528,13 @@ def test_v1_models_is_mounted_behind_the_same_tokens(tmp_path: Path) -> None:
         assert asyncio.run(run()) == [401, 200, 403, 200]
     finally:
         registry.close()
+
+
+def test_a_route_served_by_one_agent_names_it_for_listings() -> None:
+    """`mesh modules list` and `mesh up`'s restore lines say which agent, not just "edge"."""
+    on_agent = ModuleRoute("counter", "1", 1, (AgentEndpoint("edge-1", "1"),), tier="edge")
+    assert on_agent.describe()["agent"] == "edge-1"
+    two = ModuleRoute(
+        "counter", "1", 1, (AgentEndpoint("a", "1"), AgentEndpoint("b", "1")), tier="edge"
+    )
+    assert two.describe()["agent"] is None
