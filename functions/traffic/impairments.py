@@ -128,7 +128,12 @@ class Impairments:
                 f"impairments: unknown field(s) {', '.join(unknown)}; expected some of "
                 f"{', '.join(sorted(known))}"
             )
-        settings: dict[str, Any] = {k: (None if v is None else float(v)) for k, v in value.items()}
+        settings: dict[str, Any] = {}
+        for key, item in value.items():
+            try:
+                settings[key] = None if item is None else float(item)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"impairments.{key}: expected a number, got {item!r}") from exc
         return cls(**settings)
 
     def as_dict(self) -> dict[str, float | None]:

@@ -131,10 +131,12 @@ def test_impaired_data_is_reproducible_by_seed_and_keeps_exact_counts() -> None:
     assert a.data_id != plain.data_id and a.params["impairments"]["reach_m"] == 150.0
     assert not (a.images == plain.images).all()
     assert a.images[..., 40:].max() == 0.0  # 150 m reach: 40 cells
-    # The counts are what the camera should report, not what it saw.
+    # The counts are what the camera should report (every vehicle within its
+    # reach, occluded, missed or not), not what it saw.
     rng = np.random.default_rng(5)
     first = [synthetic_approach(rng) for _ in range(4)]
-    assert a.counts[0].tolist() == [float(s.count()) for s in first]
+    assert a.counts[0].tolist() == [float(s.count(150.0)) for s in first]
+    assert plain.counts[0].tolist() == [float(s.count()) for s in first]
 
 
 # -- settings -------------------------------------------------------------------------
@@ -165,6 +167,8 @@ def test_a_trainer_argument_parses_to_impairments() -> None:
     assert Impairments.parse(Impairments().as_dict()) == Impairments()
     with pytest.raises(ValueError, match="unknown field.*blur"):
         Impairments.parse({"blur": 1.0})
+    with pytest.raises(ValueError, match="impairments.jitter_m: expected a number, got 'lots'"):
+        Impairments.parse({"jitter_m": "lots"})
     with pytest.raises(ValueError, match="expected 'none' or a JSON object"):
         Impairments.parse("fuzzy")
     with pytest.raises(ValueError, match="random impairments need rng|impairments need rng"):
