@@ -287,3 +287,37 @@ def test_an_empty_frame_stays_empty_without_ghosts() -> None:
     state = ApproachState(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
     frame = camera_view([state] * 4, only(miss_rate=0.3, jitter_m=1.0), np.random.default_rng(0))
     assert frame.shape == (1, 4, 2, 64) and frame.sum() == 0.0
+
+
+# -- the bench's side -------------------------------------------------------------------
+
+
+def test_the_bench_sees_through_the_same_cameras_and_merges_the_error_over_seeds() -> None:
+    from bench._camera_error import count_error_by_level, counter_cache_name, impaired_frames
+
+    rng = np.random.default_rng(8)
+    states = [synthetic_approach(rng) for _ in range(4)]
+    frames, exact = impaired_frames(
+        states, Impairments.none(), np.random.default_rng(1), segments_m=(30.0,), noise_std=0.03
+    )
+    want_frames, want_exact = camera_frames(
+        states, segments_m=(30.0,), noise_std=0.03, rng=np.random.default_rng(1)
+    )
+    assert (frames == want_frames).all() and (exact == want_exact).all()
+    seen, _ = impaired_frames(
+        states, Impairments(), np.random.default_rng(1), segments_m=(30.0,), noise_std=0.03
+    )
+    assert seen[..., 40:].max() == 0.0 and not (seen == want_frames).all()
+    assert counter_cache_name(Impairments()) != counter_cache_name(Impairments(miss_rate=0.1))
+
+    one = {"frames": 10, "mae": 1.0, "by_approach": dict.fromkeys(("n", "e"), 1.0), "bias": 0.5,
+           "mean_true": 3.0}  # fmt: skip
+    other = {**one, "frames": 30, "mae": 0.0, "by_approach": dict.fromkeys(("n", "e"), 0.0)}
+    rows = [
+        {"level": "peak", "controller": "adaptive", "count_error": one},
+        {"level": "peak", "controller": "adaptive", "count_error": other},
+        {"level": "peak", "controller": "fixed"},
+    ]
+    merged = count_error_by_level(rows, ["peak", "light"])
+    assert list(merged) == ["peak"] and merged["peak"]["frames"] == 40
+    assert merged["peak"]["mae"] == pytest.approx(0.25)

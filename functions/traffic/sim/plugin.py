@@ -374,8 +374,6 @@ class TrafficRun:
             self._notes.append(
                 f"traffic: {stats.frames_sent} camera frames, {stats.plans_applied} plans applied"
             )
-            if self._relay is not None:
-                self._notes.append(self._relay.count_error.describe())
 
     # -- figures ----------------------------------------------------------------------
 
