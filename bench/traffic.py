@@ -7,17 +7,21 @@ and the same routes (``functions.traffic.sim.network``):
 * ``actuated`` — SUMO's gap-based actuated control;
 * ``delay_based`` — SUMO's time-loss based actuated control;
 * ``adaptive`` — ``functions.traffic.control``: every second each junction's camera
-  frame (``functions.traffic.occupancy``, with sensor noise) goes through the vehicle
+  frame (``functions.traffic.occupancy``, with sensor noise and the cameras'
+  impairments: occlusion, missed and ghost detections, jitter, a reach of
+  150 m; ``--no-impairments`` for perfect cameras) goes through the vehicle
   counter CNN (ONNX Runtime), whole approach and stop-line segments; the
   counts (held on a dropped frame) drive the controller, whose plan reaches
   the signals ``--delay-s`` later (the mesh's latency) through the actuator,
   which enforces yellow and the minimum green.
 
-Without ``--counter`` a counter (8192 frames, 12 epochs) is trained once (``functions.traffic.app``)
-and cached under the work directory; ``--exact`` uses exact counts plus
-Gaussian noise (sd ``--count-noise``) instead. The table shows mean waiting
-time, time loss (creeping counts there, not in waiting time), trip duration,
-arrivals and teleports, averaged over seeds.
+Without ``--counter`` a counter (8192 frames, 12 epochs, impaired as the
+cameras are) is trained once (``functions.traffic.app``) and cached under the
+work directory; ``--exact`` uses exact counts plus Gaussian noise (sd
+``--count-noise``) instead. The table shows mean waiting time, time loss
+(creeping counts there, not in waiting time), trip duration, arrivals and
+teleports, averaged over seeds; then the camera count error per approach (the
+counter's counts against SUMO's, ``bench/_camera_error.py``).
 
 ``slo_attainment`` and ``lost_events`` come from the live mesh: after the
 SUMO runs (so the two never compete for the CPU), the bench runs a scenario
@@ -55,6 +59,12 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._camera_error import (  # noqa: E402
+    count_error_by_level,
+    ensure_counter,
+    impaired_frames,
+    print_count_error,
+)
 from bench.traffic_figures import (  # noqa: E402
     BASIS,
     CONTROLLERS,
@@ -92,6 +102,8 @@ class Job:
     drop_rate: float
     config: dict[str, Any] = field(default_factory=dict)
     keep_trips: bool = False
+    #: The cameras' impairments (``Impairments.as_dict``); None = perfect cameras.
+    impairments: dict[str, Any] | None = None
 
 
 # -- counts -------------------------------------------------------------------------
@@ -103,6 +115,8 @@ class Counter:
     def __init__(self, onnx_path: str | None, count_noise: float, seed: int) -> None:
         import numpy as np
 
+        from functions.traffic.sim.count_error import CountError
+
         self.rng = np.random.default_rng([seed, 99])
         self.count_noise = count_noise
         self.session: Any = None
@@ -112,6 +126,7 @@ class Counter:
             self.session = ort_session(Path(onnx_path), threads=1)
             self.input = self.session.get_inputs()[0].name
         self.errors: list[float] = []
+        self.count_error = CountError()
 
     def count(self, frames: Any, exact: Any) -> Any:
         """frames [J * (1 + K), A, lanes, cells] (or None), exact [J, A, 1 + K] -> counts."""
@@ -127,6 +142,8 @@ class Counter:
             # As the served module's postprocess does: whole vehicles, never negative.
             out = np.maximum(0.0, np.floor(raw + 0.5))
         self.errors.append(float(np.abs(out[..., 0] - exact[..., 0]).mean()))
+        for counted, truth in zip(out[..., 0], exact[..., 0], strict=True):
+            self.count_error.add(counted.tolist(), truth.tolist())
         return out
 
 
@@ -165,13 +182,15 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
         SignalController,
         SignalReport,
     )
+    from functions.traffic.impairments import Impairments
     from functions.traffic.occupancy import count_visible
-    from functions.traffic.signals import camera_frames, still_frame
+    from functions.traffic.signals import still_frame
     from functions.traffic.sim.session import SumoSession
 
     opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
     counter = Counter(job.counter, job.count_noise, job.seed)
     rng = np.random.default_rng([job.seed, 7])
+    impairments = Impairments.parse(job.impairments or "none")
     config = ControllerConfig(**{"latency_s": job.delay_s, **job.config})
     reasons: collections.Counter[str] = collections.Counter()
     pending: collections.deque[tuple[float, str, int]] = collections.deque()
@@ -227,11 +246,12 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
             else:
                 frames, exact = [], []
                 for j in junctions:
-                    f, e = camera_frames(
+                    f, e = impaired_frames(
                         observations[j].approaches,
+                        impairments,
+                        rng,
                         segments_m=cuts,
                         noise_std=job.noise_std,
-                        rng=rng,
                     )
                     still = still_frame(f[0], previous.get(j))
                     previous[j] = f[0]
@@ -293,6 +313,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
     kpis = sim.close()
     extras = {
         "count_mae": statistics.fmean(counter.errors) if counter.errors else 0.0,
+        "count_error": counter.count_error.summary(),
         "switches": switches,
         "reasons": dict(reasons),
         "mean_green_s": {p: round(statistics.fmean(v), 1) for p, v in sorted(greens.items())},
@@ -334,29 +355,6 @@ def run_job(job: Job) -> dict[str, Any]:
     return out
 
 
-# -- the counter ------------------------------------------------------------------------
-
-
-def ensure_counter(workdir: Path) -> str:
-    """A trained counter ONNX in the work directory (trained once, ~1 minute, then reused).
-
-    Bigger than ``train_counter``'s defaults: a counter that reads an empty
-    approach as half a vehicle makes phantom demand on every empty road.
-    """
-    target = workdir / "counter.onnx"
-    if target.is_file():
-        return str(target)
-    from functions.traffic.app import train_counter
-
-    print(f"training a vehicle counter (cached as {target}) ...", flush=True)
-    ref = train_counter(
-        out_dir=str(workdir / "exports"), epochs=12, train_size=8192, val_size=512, seed=0
-    )
-    Path(ref["onnx_path"]).replace(target)
-    print(f"  counter val_mae={ref['metrics']['val_mae']:.2f}", flush=True)
-    return str(target)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2x2 grid, 1 seed, 30 min demand")
@@ -380,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact", action="store_true", help="exact counts + noise, no CNN")
     parser.add_argument("--count-noise", type=float, default=0.5, help="sd with --exact")
     parser.add_argument("--noise-std", type=float, default=0.03, help="camera pixel noise")
+    parser.add_argument(
+        "--no-impairments", action="store_true", help="perfect cameras (and counter trained so)"
+    )
     parser.add_argument("--drop-rate", type=float, default=0.0, help="dropped frames")
     parser.add_argument("--delay-s", type=float, default=1.0, help="plan latency (sim s)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -407,11 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in (item.split("=", 1) for item in args.set)
     }
 
+    from functions.traffic.impairments import Impairments
+
+    impairments = Impairments.none() if args.no_impairments else Impairments()
     counter: str | None = None
     source = f"exact counts + N(0, {args.count_noise}) noise"
     if "adaptive" in controllers and not args.exact:
-        counter = args.counter or ensure_counter(workdir)
-        source = f"counter CNN {Path(counter).name} on camera frames (pixel noise {args.noise_std})"
+        counter = args.counter or ensure_counter(workdir, impairments)
+        seen = "perfect" if impairments.is_none else f"impaired {impairments.as_dict()}"
+        source = (
+            f"counter CNN {Path(counter).name} on camera frames (pixel noise "
+            f"{args.noise_std}; cameras {seen})"
+        )
     from functions.traffic.sim.network import build_grid, make_demand
 
     for rows, cols in shapes:
@@ -437,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             drop_rate=args.drop_rate,
             config=config,
             keep_trips=args.keep_trips,
+            impairments=None if impairments.is_none else impairments.as_dict(),
         )
         for rows, cols in shapes
         for level in levels
@@ -474,13 +483,15 @@ def main(argv: list[str] | None = None) -> int:
     for grid in grids:
         summary = summarise([r for r in rows_out if r["grid"] == grid], levels)
         targets = check_targets(summary)
-        by_grid[grid] = {"levels": summary, "targets": targets}
+        count_error = count_error_by_level([r for r in rows_out if r["grid"] == grid], levels)
+        by_grid[grid] = {"levels": summary, "targets": targets, "count_error": count_error}
         print(f"\ngrid {grid}")
         print_table(summary)
         for level, t in targets.items():
             missed = [m for m, c in t["checks"].items() if not c["met"]]
             verdict = "met" if t["met"] else f"NOT met ({', '.join(missed)})"
             print(f"target {grid} {level}: {verdict}")
+        print_count_error(count_error, grid)
     print(f"wall {wall:.0f} s")
     mesh_kpis: dict[str, Any] = {
         "slo_attainment": None,
@@ -508,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
             "basis": BASIS,
             "horizon_s": horizon,
             "counts_source": source,
+            "impairments": None if impairments.is_none else impairments.as_dict(),
+            # Per level: the counter's MAE per approach against SUMO's counts, by approach.
+            "count_error": by_grid[grids[0]]["count_error"],
             "delay_s": args.delay_s,
             "drop_rate": args.drop_rate,
             "controller_config": config,

@@ -38,6 +38,7 @@ from mesh import Mesh, QoS, Resources
 
 from . import models
 from .forecast_data import history_windows, read_history, synthetic_windows
+from .impairments import Impairments
 from .occupancy import APPROACHES, DEFAULT_CELLS, DEFAULT_LANES, synthetic_dataset
 
 __all__ = [
@@ -88,7 +89,7 @@ def code_version() -> str:
     """The models' code version: a digest of this module, the models, their data and renderer."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("app.py", "forecast_data.py", "models.py", "occupancy.py"):
+    for name in ("app.py", "forecast_data.py", "impairments.py", "models.py", "occupancy.py"):
         digest.update((here / name).read_bytes())
     return f"traffic-{digest.hexdigest()[:12]}"
 
@@ -142,16 +143,24 @@ def counter_trial(
     """Fit the counter as ``config`` says; returns the fit and the data's lineage.
 
     ``config`` keys (all optional): ``lr``, ``width``, ``hidden``, ``epochs``,
-    ``batch_size``, ``train_size``, ``val_size``, ``seed``, ``lanes``, ``cells``.
+    ``batch_size``, ``train_size``, ``val_size``, ``seed``, ``lanes``, ``cells``,
+    ``impairments`` (what :meth:`Impairments.parse` takes; default: the cameras'
+    defaults). Every training and held-out frame draws its own impairments, so
+    the counter learns to count through them and ``val_mae`` is measured on them.
     """
+    impairments = Impairments.parse(config.get("impairments"))
     train_size = int(config.get("train_size", 2048))
     val_size = int(config.get("val_size", 512))
     seed = int(config.get("seed", 0))
     lanes = int(config.get("lanes", DEFAULT_LANES))
     cells = int(config.get("cells", DEFAULT_CELLS))
-    train = synthetic_dataset(train_size, seed=seed, num_lanes=lanes, cells=cells)
+    train = synthetic_dataset(
+        train_size, seed=seed, num_lanes=lanes, cells=cells, impairments=impairments
+    )
     # Held-out data comes from another seed: no frame is in both.
-    val = synthetic_dataset(val_size, seed=seed + 1_000_003, num_lanes=lanes, cells=cells)
+    val = synthetic_dataset(
+        val_size, seed=seed + 1_000_003, num_lanes=lanes, cells=cells, impairments=impairments
+    )
     with models.torch_threads(cpus or _reserved_cpus("train_counter")):
         import torch
 
@@ -187,6 +196,7 @@ def train_counter(
     seed: int = 0,
     register: bool = False,
     run_id: str | None = None,
+    impairments: Mapping[str, Any] | str | None = None,
 ) -> ModelRef:
     """Train the vehicle-counter CNN, export it to ONNX (parity-checked); optionally register it.
 
@@ -200,6 +210,10 @@ def train_counter(
         seed: seeds the data and the weights.
         register: register the export as a candidate version of ``vehicle-counter``.
         run_id: the mesh run id, recorded in the version's lineage.
+        impairments: the cameras' impairments the frames are drawn with: None =
+            the defaults, ``"none"`` = perfect cameras, or the settings as a
+            mapping or JSON (a traffic scenario passes ``"{camera_impairments}"``,
+            its cameras' own).
     """
     from mesh.models import export_onnx
 
@@ -212,6 +226,7 @@ def train_counter(
         "train_size": train_size,
         "val_size": val_size,
         "seed": seed,
+        "impairments": Impairments.parse(impairments).as_dict(),
     }
     fit, data = counter_trial(config)
     val = data["val"]

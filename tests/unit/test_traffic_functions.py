@@ -21,6 +21,7 @@ from functions.traffic.app import (  # noqa: E402
     train_forecaster,
 )
 from functions.traffic.forecast_data import lagged_windows, synthetic_flows  # noqa: E402
+from functions.traffic.impairments import Impairments  # noqa: E402
 from functions.traffic.occupancy import synthetic_dataset  # noqa: E402
 from mesh.models._artifacts import sha256_file  # noqa: E402
 from mesh.models._export import export_onnx  # noqa: E402
@@ -51,6 +52,8 @@ def test_train_counter_reaches_a_sane_mae(counter_ref: ModelRef) -> None:
     assert 100_000 <= counter_ref["num_parameters"] <= 400_000
     assert counter_ref["device"] == "cpu"
     assert counter_ref["hyperparameters"]["epochs"] == 4
+    # It trained on frames impaired as the cameras are by default (it learns through them).
+    assert counter_ref["hyperparameters"]["impairments"] == Impairments().as_dict()
     assert counter_ref["code_version"].startswith("traffic-")
     assert counter_ref["data_id"].startswith("synthetic-occupancy-")
 
@@ -59,7 +62,8 @@ def test_exported_counter_matches_the_ref_and_counts(counter_ref: ModelRef) -> N
     path = Path(counter_ref["onnx_path"])
     assert path.is_file() and sha256_file(path) == counter_ref["sha256"]
     assert counter_ref["opset"] == 18 and counter_ref["max_abs_error"] < 1e-3
-    held_out = synthetic_dataset(64, seed=424242)
+    # Frames as its cameras see them (the default impairments it trained on).
+    held_out = synthetic_dataset(64, seed=424242, impairments=Impairments())
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     [counts] = session.run(None, {"occupancy": held_out.images})
     assert counts.shape == (64, 4)

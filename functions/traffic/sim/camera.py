@@ -1,27 +1,86 @@
 """The traffic scenario's live camera path, between SUMO and the signal controller.
 
 Each sim step :class:`CameraRelay` renders a junction's approaches as the
-camera's occupancy frames (:meth:`CameraRelay.render`); the junction's agent,
+camera's occupancy frames (:meth:`CameraRelay.render`, through the cameras'
+impairments: :func:`camera_view`); the junction's agent,
 or the replica its source was handed to, counts them with the CNN and
 publishes an event (the mesh counts it against the frame: latency, loss).
 :meth:`CameraRelay.on_event` asks the forecaster for the junction's next
 minute, and relays the counts to the fog stream function that plans the
-signals.
+signals; with the exact counts of the frame the event answers
+(:meth:`CameraRelay.expect`) it scores the counter (:attr:`CameraRelay.count_error`).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CameraRelay"]
+from functions.traffic.impairments import Impairments, cut_reach, impair_vehicles
+from functions.traffic.occupancy import DEFAULT_CELLS, DEFAULT_LANE_LENGTH_M, DEFAULT_LANES
+from functions.traffic.sim.count_error import CountError
+
+__all__ = ["CameraRelay", "camera_view"]
 
 logger = logging.getLogger(__name__)
+
+#: Frames sent whose events may still come: the oldest truths go first.
+_PENDING_TRUTHS = 4096
+
+
+def camera_view(
+    approaches: Sequence[Any],
+    impairments: Impairments,
+    rng: np.random.Generator | None,
+    *,
+    segments_m: Sequence[float] = (),
+    lane_length_m: float = DEFAULT_LANE_LENGTH_M,
+    num_lanes: int = DEFAULT_LANES,
+    cells: int = DEFAULT_CELLS,
+    noise_std: float = 0.0,
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """What a junction's camera sees: its frame and segments (``camera_frames``), impaired.
+
+    ``approaches`` have ``positions_m``, ``lanes`` and ``lengths_m``; each is
+    impaired (:func:`~functions.traffic.impairments.impair_vehicles`) before it
+    is drawn, then the cells past the camera's reach are emptied. With
+    :meth:`Impairments.none` this is exactly ``camera_frames(...)[0]``.
+
+    Returns:
+        ``[1 + K, A, lanes, cells]``: the whole frame, then each segment.
+    """
+    from functions.traffic.occupancy import ApproachState
+    from functions.traffic.signals import camera_frames
+
+    seen = []
+    for a in approaches:
+        positions, lanes, lengths = impair_vehicles(
+            np.asarray(a.positions_m, dtype=np.float64),
+            np.asarray(a.lanes, dtype=np.int64),
+            np.asarray(a.lengths_m, dtype=np.float64),
+            impairments,
+            rng,
+            lane_length_m=lane_length_m,
+            num_lanes=num_lanes,
+        )
+        seen.append(ApproachState(positions, lanes, lengths))
+    frames, _ = camera_frames(
+        seen,
+        segments_m=segments_m,
+        lane_length_m=lane_length_m,
+        num_lanes=num_lanes,
+        cells=cells,
+        noise_std=noise_std,
+        rng=rng,
+    )
+    return cut_reach(frames, impairments, lane_length_m)
 
 
 class CameraRelay:
@@ -36,6 +95,8 @@ class CameraRelay:
         sim_time_at: wall time -> sim second (0 before the simulation runs).
         forecast: (junction, sim second, approach counts) -> the next minute's
             forecast, or None (no forecaster, or none yet).
+        impairments: what the cameras get wrong (default: perfect cameras).
+        rng: the source of the impairments (seed it: runs repeat).
     """
 
     def __init__(
@@ -48,6 +109,8 @@ class CameraRelay:
         stream: str,
         sim_time_at: Callable[[float], float],
         forecast: Callable[[str, float, list[float]], Any] | None = None,
+        impairments: Impairments | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         """Nothing rendered yet."""
         self._junctions = junctions
@@ -59,6 +122,14 @@ class CameraRelay:
         self._forecast = forecast
         self._frame_info: dict[str, dict[str, Any]] = {}
         self._previous: dict[str, np.ndarray[Any, Any]] = {}
+        self._impairments = impairments or Impairments.none()
+        self._rng = rng if rng is not None else np.random.default_rng(0)
+        self._truths: collections.OrderedDict[tuple[str, float], tuple[int, ...]] = (
+            collections.OrderedDict()
+        )
+        self._truth_lock = threading.Lock()
+        #: The counter's counts against the exact ones, per approach (see :meth:`expect`).
+        self.count_error = CountError()
 
     def render(self, obs: Any) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
         """A junction's camera frames and its exact counts.
@@ -67,11 +138,10 @@ class CameraRelay:
         profile), plus what stood still since the last frame; the counter counts
         them in one batch.
         """
-        from functions.traffic.occupancy import DEFAULT_LANE_LENGTH_M
-        from functions.traffic.signals import camera_frames, still_frame
+        from functions.traffic.signals import still_frame
 
-        frames, _ = camera_frames(
-            obs.approaches, segments_m=self._segments_m, lane_length_m=DEFAULT_LANE_LENGTH_M
+        frames = camera_view(
+            obs.approaches, self._impairments, self._rng, segments_m=self._segments_m
         )
         still = still_frame(frames[0], self._previous.get(obs.junction))
         self._previous[obs.junction] = frames[0]
@@ -86,6 +156,25 @@ class CameraRelay:
         }
         return np.concatenate([frames, still[None]]), obs.counts
 
+    def expect(self, junction: str, source_ts: float, counts: Sequence[int]) -> None:
+        """A frame of ``junction`` stamped ``source_ts`` went out; ``counts`` are its truth.
+
+        The event answering it (same site and ``source_ts``) is scored against
+        them in :attr:`count_error`.
+        """
+        with self._truth_lock:
+            self._truths[(junction, source_ts)] = tuple(counts)
+            while len(self._truths) > _PENDING_TRUTHS:
+                self._truths.popitem(last=False)
+
+    def _score(self, site: str, source_ts: float | None, counted: Sequence[float]) -> None:
+        if source_ts is None:
+            return
+        with self._truth_lock:
+            truth = self._truths.pop((site, source_ts), None)
+        if truth is not None and len(truth) == len(counted):
+            self.count_error.add(counted, truth)
+
     def on_event(self, event: Any) -> None:
         """Relay a camera event's counts to the signal controller (other events are ignored)."""
         from functions.traffic.occupancy import APPROACHES
@@ -94,7 +183,7 @@ class CameraRelay:
             return
         sim_t = self._sim_time_at(event.source_ts or time.time())
         counts = event.outputs.get("counts") or next(iter(event.outputs.values()), None)
-        if self._output is None or counts is None or event.site is None:
+        if counts is None or event.site is None:
             return
         # counts [2 + K, 4]: the whole approach, each segment from the stop line,
         # and what stood still since the previous frame (the queue).
@@ -102,6 +191,10 @@ class CameraRelay:
         rows = [values[i : i + 4] for i in range(0, len(values), 4)]
         if len(rows) != len(self._segments_m) + 2:
             logger.warning("counts event from %s has %d rows", event.site, len(rows))
+            return
+        # Scored as the controller gets them: the counter's raw counts.
+        self._score(event.site, event.source_ts, rows[0])
+        if self._output is None:
             return
         info = self._frame_info.get(event.site, {})
         forecast = self._forecast(event.site, sim_t, rows[0]) if self._forecast else None

@@ -8,8 +8,13 @@ line and the field, like any other part of the scenario::
       plugin: functions.traffic.sim:plugin
       network: {grid: {rows: 3, cols: 3}}
       demand: {level: peak, duration_s: 600}
-      cameras: {module: counter, counts: "traffic/{site}/counts"}
+      cameras: {module: counter, counts: "traffic/{site}/counts",
+                impairments: {miss_rate: 0.05, reach_m: 150}}
       baselines: [fixed, actuated]
+
+The cameras' ``impairments`` default to
+:class:`~functions.traffic.impairments.Impairments`' defaults; ``null`` makes
+them perfect.
 
 Example:
     >>> TrafficConfig.model_validate({"network": {"grid": {"rows": 2, "cols": 2}}}).sites()
@@ -22,9 +27,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from functions.traffic.impairments import Impairments
 from mesh.scenario import SchemaModel, TopicTemplate, exactly_one
 
-__all__ = ["Cameras", "Demand", "GridNetwork", "Network", "TrafficConfig"]
+__all__ = [
+    "CameraImpairments",
+    "Cameras",
+    "Demand",
+    "GridNetwork",
+    "Network",
+    "TrafficConfig",
+]
 
 
 class GridNetwork(SchemaModel):
@@ -69,6 +82,56 @@ class Demand(SchemaModel):
     scale: float = Field(1.0, gt=0, le=10, description="Multiplies the level's vehicle rate.")
 
 
+_DEFAULT = Impairments()
+
+
+class CameraImpairments(SchemaModel):
+    """What the cameras get wrong (:mod:`functions.traffic.impairments`); unset = the default."""
+
+    miss_rate: float = Field(
+        _DEFAULT.miss_rate,
+        ge=0,
+        lt=1,
+        description="Chance that a vehicle in view goes undetected, per vehicle and frame.",
+    )
+    ghost_rate: float = Field(
+        _DEFAULT.ghost_rate,
+        ge=0,
+        le=100,
+        description="False (car-sized) vehicles per approach frame, on average.",
+    )
+    jitter_m: float = Field(
+        _DEFAULT.jitter_m,
+        ge=0,
+        le=50,
+        description="Standard deviation of a detected vehicle's position error, in metres.",
+    )
+    occluder_length_m: float = Field(
+        _DEFAULT.occluder_length_m,
+        gt=0,
+        le=100,
+        description="Vehicles at least this long (vans, trucks, buses) hide the ones behind.",
+    )
+    occlusion_m: float = Field(
+        _DEFAULT.occlusion_m,
+        ge=0,
+        le=100,
+        description="Metres behind an occluder's rear within which its lane's vehicles "
+        "are hidden; 0 = no occlusion.",
+    )
+    reach_m: float | None = Field(
+        _DEFAULT.reach_m,
+        gt=0,
+        le=1000,
+        description="Metres from the stop line the camera sees (rounded to whole cells); "
+        "null = the whole frame (240 m).",
+    )
+
+    def to_impairments(self) -> Impairments:
+        """The renderer's settings."""
+        return Impairments(**self.model_dump())
+
+
 class Cameras(SchemaModel):
     """The junction cameras: which module counts their frames, where the counts go."""
 
@@ -82,6 +145,18 @@ class Cameras(SchemaModel):
         description="Topic (under no prefix) each junction's counts go to, for the signal "
         "controller; '{site}' is the junction.",
     )
+    impairments: CameraImpairments | None = Field(
+        default_factory=CameraImpairments,
+        description="Occlusion, missed and ghost detections, position jitter and limited "
+        "reach of every camera (on by default); null = perfect cameras. The counter's "
+        "trainer gets the same settings as '{camera_impairments}'.",
+    )
+
+    def camera_impairments(self) -> Impairments:
+        """The renderer's settings (:meth:`Impairments.none` when null)."""
+        if self.impairments is None:
+            return Impairments.none()
+        return self.impairments.to_impairments()
 
 
 class TrafficConfig(SchemaModel):

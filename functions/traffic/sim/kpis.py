@@ -8,6 +8,7 @@ headline lines (waiting time, time loss and arrivals, each against the best
 SUMO program on that measure), and the summary figures ``mean_wait_s``,
 ``mean_time_loss_s``, ``arrivals``, ``adaptive_vs_best`` (per measure),
 ``adaptive_vs_best_baseline`` and ``best_baseline`` (waiting time).
+:func:`camera_section_parts` adds the cameras' count error and impairments.
 
 Example:
     >>> k = {"adaptive": ControllerKpis(mean_wait_s=9.0, mean_time_loss_s=20.0,
@@ -25,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from functions.traffic.impairments import Impairments
+from functions.traffic.sim.count_error import describe_summary
 from mesh.scenario import (
     ReportSection,
     ScenarioReport,
@@ -37,6 +40,7 @@ from mesh.scenario import (
 
 __all__ = [
     "ControllerKpis",
+    "camera_section_parts",
     "controller_kpis",
     "traffic_headline",
     "traffic_section",
@@ -182,3 +186,35 @@ def _plot_queues(traffic: Mapping[str, ControllerKpis], report: ScenarioReport) 
     ax.legend(loc="upper left", fontsize=8)
     shade_faults(ax, report)
     return plot_png(fig)
+
+
+def camera_section_parts(
+    count_error: Mapping[str, Any], impairments: Impairments, section: ReportSection
+) -> dict[str, Any]:
+    """The Traffic section's fields with the camera count error added (for ``replace``).
+
+    ``count_error`` is a :meth:`~functions.traffic.sim.count_error.CountError.summary`;
+    the summary gains ``camera_count_error`` (with the impairments the cameras
+    had), the headline its line, the HTML a table of the error per approach.
+    """
+    line = describe_summary(count_error)
+    settings = (
+        "perfect cameras"
+        if impairments.is_none
+        else ", ".join(
+            f"{k} {v:g}" if v is not None else f"{k} none" for k, v in impairments.as_dict().items()
+        )
+    )
+    by_approach = count_error.get("by_approach") or {}
+    table = html_table(
+        ["approach", "count MAE (vehicles)"],
+        [[a, "n/a" if v is None else f"{v:.3f}"] for a, v in by_approach.items()],
+    )
+    return {
+        "html": section.html + f"<p>{line}; impairments: {settings}</p>" + table,
+        "headline": (*section.headline, line),
+        "summary": {
+            **section.summary,
+            "camera_count_error": {**count_error, "impairments": impairments.as_dict()},
+        },
+    }

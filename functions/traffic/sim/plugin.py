@@ -8,18 +8,22 @@ this plugin does it all:
   no baseline listed twice, frames no faster than SUMO steps;
 * **prepare**: the grid network (every junction signalised), the routes every
   controller shares, and days of recorded history for the forecaster
-  (``{history}`` in training arguments);
+  (``{history}`` in training arguments); the cameras' impairments as
+  ``{camera_impairments}`` (JSON, or ``none``), so the counter trains on them;
 * **start**: the camera relay (frames out on the counter's source topic, its
   counts in to the signal controller's stream with the forecaster's
   forecasts), the plans subscription, and SUMO under external control;
 * **step**: frames when due, plans applied, one SUMO step
   (:class:`~functions.traffic.sim.live.TrafficStepper`);
 * **kpis**: the adaptive run's figures and SUMO's own programs (the baselines)
-  on the same routes; **report_section**: the Traffic table and queue plot.
+  on the same routes; **report_section**: the Traffic table and queue plot,
+  and the camera count error (the counter's counts against SUMO's, per approach:
+  :mod:`~functions.traffic.sim.count_error`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -29,7 +33,12 @@ from typing import Any
 from rich.console import Console
 
 from functions.traffic.sim.config import Cameras, TrafficConfig
-from functions.traffic.sim.kpis import ControllerKpis, controller_kpis, traffic_section
+from functions.traffic.sim.kpis import (
+    ControllerKpis,
+    camera_section_parts,
+    controller_kpis,
+    traffic_section,
+)
 from mesh.scenario import (
     Issue,
     LiveContext,
@@ -160,6 +169,7 @@ class TrafficRun:
         self._traffic: dict[str, ControllerKpis] = {}
         self._subtitle = ""
         self._console = Console(quiet=True)
+        self._relay: Any = None
 
     @property
     def time_s(self) -> float:
@@ -224,6 +234,12 @@ class TrafficRun:
             days=history_days(demand.duration_s),
         )
         ctx.substitutions["history"] = str(history.directory)
+        impairments = cfg.cameras.camera_impairments() if cfg.cameras is not None else None
+        ctx.substitutions["camera_impairments"] = (
+            "none"
+            if impairments is None or impairments.is_none
+            else json.dumps(impairments.as_dict())
+        )
         ctx.console.print(
             f"  history: {history.days} days, {history.vehicles} vehicles, {history.series} "
             f"junction series: {history.rows} per-minute approach counts in {history.directory}"
@@ -267,6 +283,8 @@ class TrafficRun:
 
     def _cameras(self, ctx: LiveContext, cams: Cameras) -> tuple[Any, Any]:
         """The relay (frames rendered, counts relayed) and the frame publisher."""
+        import numpy as np
+
         from edge_agent.protocol import Tensor, encode_frame
         from functions.traffic.control import ControllerConfig
         from functions.traffic.sim.camera import CameraRelay
@@ -287,12 +305,16 @@ class TrafficRun:
             stream=module.stream_name(),
             sim_time_at=ctx.sim_time_at,
             forecast=feed.observe if feed is not None else None,
+            impairments=cams.camera_impairments(),
+            rng=np.random.default_rng([self.scenario.seed, 20]),
         )
+        self._relay = relay
         ctx.stack.callback(ctx.on_event(relay.on_event))
 
         def publish(frame: CameraFrame) -> None:
             tensor = Tensor.from_numpy("occupancy", frame.frame)
             ts = time.time()
+            relay.expect(frame.junction, ts, frame.counts)
             ctx.sent(module.name, frame.junction, ts)
             header = {"kind": "frame", "sim_s": frame.sim_s, "ts": ts}
             # QoS 1: the agent's persistent session keeps frames sent while it
@@ -383,9 +405,19 @@ class TrafficRun:
 
     def report_section(self, report: ScenarioReport) -> ReportSection:
         """The Traffic section: KPIs by controller, halted vehicles over time."""
-        return traffic_section(
+        section = traffic_section(
             self._traffic,
             report,
             subtitle=self._subtitle,
             plots=self.scenario.outputs.plots,
+        )
+        if self._relay is None or self.config.cameras is None:
+            return section
+        return dataclasses.replace(
+            section,
+            **camera_section_parts(
+                self._relay.count_error.summary(),
+                self.config.cameras.camera_impairments(),
+                section,
+            ),
         )
