@@ -344,6 +344,7 @@ def build_services(
     """
     from mesh.control._api import create_placements_router
     from mesh.core._metrics import MetricsRegistry
+    from mesh.dashboard._mount import dashboard_router
     from mesh.edge._artifact_api import UrlSigner, artifact_router
     from mesh.edge._bus import EdgeBus
     from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
@@ -462,6 +463,7 @@ def build_services(
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
+        dashboard_router(settings.store_path, auth, controller, manager, edge, undo),
     ]
     app = create_gateway_app(
         gateway,
