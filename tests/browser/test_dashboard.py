@@ -36,7 +36,24 @@ def _page(driver: Any) -> str:
 
 
 def _has(driver: Any, css: str) -> bool:
-    return bool(driver.find_elements("css selector", css))
+    return bool(driver.execute_script("return !!document.querySelector(arguments[0])", css))
+
+
+# The page re-renders each second, so an element found now may be gone at the next call:
+# read text and attributes in one script, never through a held element.
+def _text(driver: Any, css: str) -> str:
+    return str(
+        driver.execute_script("return document.querySelector(arguments[0])?.innerText ?? ''", css)
+    )
+
+
+def _attr(driver: Any, css: str, name: str) -> str | None:
+    found = driver.execute_script(
+        "return document.querySelector(arguments[0])?.getAttribute(arguments[1]) ?? null",
+        css,
+        name,
+    )
+    return None if found is None else str(found)
 
 
 def test_no_token_shows_the_sign_in_page(driver: Any, dashboard: Dashboard) -> None:
@@ -44,6 +61,8 @@ def test_no_token_shows_the_sign_in_page(driver: Any, dashboard: Dashboard) -> N
     wait_for(driver, lambda d: _page(d) == "signin", 30, "the sign-in page")
     assert _has(driver, "#signin-form input#token")
     assert not _has(driver, "table"), "no data shown before signing in"
+    shown = "return getComputedStyle(document.querySelector(arguments[0])).display !== 'none'"
+    assert not driver.execute_script(shown, "#top"), "no navigation or sign-out before signing in"
     assert console_errors(driver) == []
     dashboard.screenshot(driver, "0-sign-in")
 
@@ -51,7 +70,7 @@ def test_no_token_shows_the_sign_in_page(driver: Any, dashboard: Dashboard) -> N
     driver.find_element("css selector", "#signin-submit").click()
     wait_for(
         driver,
-        lambda d: "refused" in d.find_element("css selector", "#signin-error").text,
+        lambda d: "refused" in _text(d, "#signin-error"),
         30,
         "the refusal of a bad token",
     )
@@ -83,20 +102,20 @@ def test_every_page_renders_without_console_errors(driver: Any, dashboard: Dashb
     driver.execute_script("location.hash = arguments[0]", f"#/module/{mesh.FOG}")
     # The chart draws once the module has had traffic sampled on a node.
     wait_for(driver, lambda d: _has(d, ".chart svg path"), 60, "the module's latency chart")
-    assert mesh.FOG in driver.find_element("css selector", "h1").text
+    assert mesh.FOG in _text(driver, "h1")
     assert _has(driver, "#placement-history")
     wait_for(driver, lambda d: "production" in d.page_source, 30, "the model's versions")
     dashboard.screenshot(driver, "2-module")
 
     driver.execute_script("location.hash = arguments[0]", f"#/agent/{mesh.AGENT}")
     wait_for(driver, lambda d: _page(d) == "agent" and _has(d, "h1[data-agent]"), 30, "agent")
-    text = driver.find_element("css selector", "main").text
+    text = _text(driver, "main")
     assert mesh.EDGE in text and "Installed models" in text and "Last heartbeats" in text
     dashboard.screenshot(driver, "3-agent")
 
     driver.execute_script("location.hash = '#/runs'")
     wait_for(driver, lambda d: _has(d, "tr[data-run]"), 30, "the run of collect_counts")
-    assert "collect_counts" in driver.find_element("css selector", "main").text
+    assert "collect_counts" in _text(driver, "main")
     Select(driver.find_element("css selector", "#f-status")).select_by_value("failed")
     wait_for(driver, lambda d: not _has(d, "tr[data-run]"), 30, "the status filter")
     Select(driver.find_element("css selector", "#f-status")).select_by_value("succeeded")
@@ -110,7 +129,7 @@ def test_a_read_token_shows_no_admin_actions(driver: Any, dashboard: Dashboard) 
     driver.get(dashboard.read_url)  # what `mesh ui` printed
     wait_for(driver, lambda d: _has(d, f'tr[data-module="{mesh.FOG}"]'), 60, "the overview")
     assert "#token=" not in driver.current_url, "the token is cleared from the address bar"
-    assert "read" in driver.find_element("css selector", "#who").text
+    assert "read" in _text(driver, "#who")
     driver.execute_script("location.hash = arguments[0]", f"#/module/{mesh.FOG}")
     wait_for(driver, lambda d: _has(d, "#placement-history"), 30, "the module page")
     assert not _has(driver, ".admin-actions") and not _has(driver, "#pin")
@@ -153,21 +172,17 @@ def test_a_migration_appears_on_the_module_page_within_2_s(
     wait_for(driver, lambda d: _has(d, row), 2.0, "the migration on the module page within 2 s")
     print(f"migration {recorded['id']} on the page {time.monotonic() - seen_after_s:.2f} s "
           "after the API listed it")  # fmt: skip
-    assert target[:8] in driver.find_element("css selector", row).text
+    assert target[:8] in _text(driver, row)
 
     wait_for(
         driver,
         lambda d: (
-            d.find_element("css selector", row + " [data-health]").get_attribute("data-health")
-            in ("done", "failed", "rolled_back")
+            _attr(d, row + " [data-health]", "data-health") in ("done", "failed", "rolled_back")
         ),
         180,
         "the migration to finish",
     )
-    assert (
-        driver.find_element("css selector", row + " [data-health]").get_attribute("data-health")
-        == "done"
-    )
+    assert _attr(driver, row + " [data-health]", "data-health") == "done"
     dashboard.screenshot(driver, "6-module-after-migration")
     assert console_errors(driver) == []
 
@@ -188,11 +203,11 @@ def test_a_killed_agent_turns_red_within_its_keepalive(driver: Any, dashboard: D
         "the killed agent red within 1.5 x its keepalive",
     )
     print(f"agent red {time.monotonic() - killed:.1f} s after kill -9")
-    health = driver.find_element("css selector", agent).get_attribute("data-health")
+    health = _attr(driver, agent, "data-health")
     assert health == "offline"
     fault = f'#faults tr[data-fault="agent:{mesh.AGENT}"]'
     wait_for(driver, lambda d: _has(d, fault), 5, "the agent's fault listed on the overview")
-    assert "offline" in driver.find_element("css selector", fault).text
+    assert "offline" in _text(driver, fault)
     dashboard.screenshot(driver, "7-overview-agent-killed")
     driver.execute_script("location.hash = arguments[0]", f"#/agent/{mesh.AGENT}")
     wait_for(driver, lambda d: _has(d, "h1 .pill.bad"), 10, "the agent page red")

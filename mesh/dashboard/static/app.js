@@ -237,13 +237,15 @@ function viewOverview() {
       <td>${tier(n.tier)}</td><td class="mono" title="${esc(n.name)}">${esc(short(n.name))}</td>
       <td>${esc(n.site || "–")}</td><td>${healthPill(n.alive ? "alive" : "dead")}</td>
       <td>${usage(n.cpu_percent)}</td><td class="num">${n.memory_mb ? (n.memory_mb / 1024).toFixed(1) + " GiB free" : "–"}</td>
-      <td class="num">${n.rtt_ms == null ? "–" : ms(n.rtt_ms)}</td><td class="muted">${n.alive ? "Ray: alive" : "Ray: dead"}</td></tr>`);
+      <td class="num">${n.rtt_ms == null ? "–" : ms(n.rtt_ms)}</td><td class="muted">${n.alive ? "Ray GCS: alive" : "Ray GCS: dead"}</td></tr>`);
   const agents = s.agents.map((a) => `
     <tr data-agent="${esc(a.agent_id)}" data-health="${esc(a.health)}" class="${a.health === "online" ? "" : "down"}">
       <td>${tier("edge")}</td><td><a href="#/agent/${encodeURIComponent(a.agent_id)}">${esc(a.agent_id)}</a></td>
       <td>${esc(a.site || "–")}</td><td>${healthPill(a.health)}</td><td>${usage(a.cpu_percent)}</td>
       <td class="num">${pct(a.mem_percent)} used</td><td class="num">–</td>
       <td>${a.heartbeat_age_s == null ? "–" : "heartbeat " + ago(a.heartbeat_age_s)}</td></tr>`);
+  const down = new Map([...s.agents.filter((a) => a.health !== "online").map((a) => [a.agent_id, a.health]),
+    ...s.nodes.filter((n) => !n.alive).map((n) => [n.name, "dead"])]);
   const modules = s.modules.map((m) => {
     const o = m.observed || {};
     const ratio = o.p95_ms == null ? null : o.p95_ms / m.slo_ms;
@@ -251,7 +253,8 @@ function viewOverview() {
     return `<tr data-module="${esc(m.module)}">
       <td><a href="#/module/${encodeURIComponent(m.module)}">${esc(m.module)}</a></td>
       <td class="mono">${esc(m.model || "")} ${esc(m.version)}</td><td>${tier(m.tier)}</td>
-      <td class="mono" title="${esc(m.node)}">${esc(short(m.node))}${m.pin ? ' <span class="pill">pinned</span>' : ""}</td>
+      <td class="mono" title="${esc(m.node)}">${esc(short(m.node))}${m.pin ? ' <span class="pill">pinned</span>' : ""}${
+        down.has(m.node) ? ` ${healthPill(down.get(m.node))}` : ""}</td>
       <td>${ratio == null ? '<span class="muted">no traffic</span>' : bar(ratio / 1.5, cls, 1 / 1.5) + ms(o.p95_ms)}</td>
       <td class="num">${ms(m.slo_ms)}</td><td class="num">${o.rate_per_s == null ? "–" : o.rate_per_s.toFixed(1) + "/s"}</td>
       <td class="num">${m.error_rate == null ? "–" : (m.error_rate * 100).toFixed(1) + " %"}</td></tr>`;
@@ -313,31 +316,41 @@ async function loadModule(name) {
   }
 }
 
-function chart(series, { slo, unit, height = 200, empty = "No requests in the last ten minutes." }) {
+function chart(series, { slo, unit, marks, height = 200, empty = "No requests in the last ten minutes." }) {
   const W = 640, H = height, L = 48, R = 10, T = 16, B = 26;
   const points = series.flatMap((s) => s.points);
   if (!points.length) return `<div class="empty">${esc(empty)}</div>`;
   const t1 = Math.max(state.snap?.at || 0, ...points.map((p) => p[0]));
   const t0 = Math.min(t1 - 60, ...points.map((p) => p[0]));
-  const vmax = Math.max(slo || 0, ...points.map((p) => p[1])) * 1.15 || 1;
+  const top = Math.max(slo || 0, ...points.map((p) => p[1])) * 1.1 || 1;
+  const magnitude = 10 ** Math.floor(Math.log10(top / 4));
+  const step = [1, 2, 2.5, 5, 10].map((f) => f * magnitude).find((st) => st * 4 >= top);
+  const vmax = step * 4;
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - v / vmax) * (H - T - B);
-  const grid = [0, 0.25, 0.5, 0.75, 1].map((f) => {
-    const v = vmax * f;
+  const grid = [0, 1, 2, 3, 4].map((i) => {
+    const v = step * i;
     return `<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#edf1f5"/>
-      <text x="${L - 6}" y="${y(v) + 4}" text-anchor="end" font-size="13" fill="#66727f">${v < 10 ? v.toFixed(1) : v.toFixed(0)}</text>`;
+      <text x="${L - 6}" y="${y(v) + 4}" text-anchor="end" font-size="13" fill="#66727f">${+v.toFixed(2)}</text>`;
   });
   const ticks = [0, 0.5, 1].map((f) => {
     const t = t0 + (t1 - t0) * f;
     return `<text x="${x(t)}" y="${H - 6}" text-anchor="${f === 0 ? "start" : f === 1 ? "end" : "middle"}" font-size="13" fill="#66727f">${clock(t)}</text>`;
   });
-  const lines = series.map((s) => {
+  const lines = series.filter((s) => s.points.length).map((s) => {
     const d = s.points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
-    return `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="${s.width || 2}" ${s.dash ? 'stroke-dasharray="5 4"' : ""} stroke-linejoin="round"/>`;
+    const [lx, ly] = s.points[s.points.length - 1];
+    const dot = s.dash ? "" : `<circle cx="${x(lx).toFixed(1)}" cy="${y(ly).toFixed(1)}" r="3" fill="${s.color}"/>`;
+    return `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="${s.width || 2}" ${s.dash ? 'stroke-dasharray="5 4"' : ""} stroke-linejoin="round"/>${dot}`;
   });
+  // Each route switch in view: where the module moved.
+  const switches = (marks || []).filter((m) => m.at >= t0 && m.at <= t1).map((m) =>
+    `<line x1="${x(m.at)}" x2="${x(m.at)}" y1="${T}" y2="${H - B}" stroke="#5b6b7a" stroke-dasharray="2 3"/>
+     <text x="${x(m.at) + (x(m.at) > W * 0.7 ? -4 : 4)}" y="${T + 12}" font-size="12" fill="#5b6b7a"
+       text-anchor="${x(m.at) > W * 0.7 ? "end" : "start"}">${esc(m.label)}</text>`);
   const sloLine = slo ? `<line x1="${L}" x2="${W - R}" y1="${y(slo)}" y2="${y(slo)}" stroke="#d33a2c" stroke-dasharray="6 4" stroke-width="1.5"/>
     <text x="${W - R}" y="${y(slo) - 5}" text-anchor="end" font-size="13" fill="#d33a2c">SLO ${slo} ${unit}</text>` : "";
-  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="chart">${grid.join("")}${ticks.join("")}${sloLine}${lines.join("")}
+  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="chart">${grid.join("")}${ticks.join("")}${sloLine}${switches.join("")}${lines.join("")}
 </svg>`;
 }
 
@@ -354,6 +367,7 @@ function viewModule() {
       { color: color(node), dash: true, width: 1.5, points: rows.filter((s) => s.p50_ms != null).map((s) => [s.at, s.p50_ms]) },
     ];
   });
+  const marks = d.placements.filter((r) => r.switched_at).map((r) => ({ at: r.switched_at, label: "→ " + short(r.to_node) }));
   const rate = nodes.map((node) => ({ color: color(node),
     points: d.latency.filter((s) => s.node === node).map((s) => [s.at, s.rate_per_s]) }));
   const legend = nodes.map((n) => `<span><i style="background:${color(n)}"></i>${esc(short(n))}</span>`).join("")
@@ -376,8 +390,8 @@ function viewModule() {
       <span class="muted" id="admin-result"></span></div></section>` : "";
   return `
     <h1>${esc(m.module)} ${tier(m.tier)}</h1>
-    <div class="sub"><span class="mono">${esc(m.model || "")} ${esc(m.version)}</span> on <span class="mono">${esc(m.node)}</span>
-      · epoch ${esc(m.epoch)} · SLO p95 ${ms(m.slo_ms)} · tiers ${esc((m.tiers || []).join(", "))}${m.pin ? ` · pinned to ${esc(m.pin.node || m.pin.tier)}` : ""}</div>
+    <div class="sub"><span class="mono">${esc(m.model || "")} ${esc(m.version)}</span> on <span class="mono" title="${esc(m.node)}">${esc(short(m.node))}</span>
+      · epoch ${esc(m.epoch)} · SLO p95 ${ms(m.slo_ms)} · tiers ${esc((m.tiers || []).join(", "))}${m.pin ? ` · pinned to ${esc(short(m.pin.node || m.pin.tier))}` : ""}</div>
     <div class="grid cards">
       <div class="card"><div class="k">p95 now</div><div class="v">${ms(o.p95_ms)}</div></div>
       <div class="card"><div class="k">p50 now</div><div class="v">${ms(o.p50_ms)}</div></div>
@@ -386,8 +400,8 @@ function viewModule() {
     </div>
     ${admin}
     <div class="grid two">
-      <section class="panel chart"><h2>Latency per node <span class="muted">(ms, ${esc(state.snap?.window_s ?? 5)} s windows)</span></h2>${chart(latency, { slo: m.slo_ms, unit: "ms" })}<div class="legend">${legend}</div></section>
-      <section class="panel chart"><h2>Request rate per node <span class="muted">(requests/s)</span></h2>${chart(rate, { unit: "req/s" })}</section>
+      <section class="panel chart"><h2>Latency per node <span class="muted">(ms, ${esc(state.snap?.window_s ?? 5)} s windows)</span></h2>${chart(latency, { slo: m.slo_ms, unit: "ms", marks })}<div class="legend">${legend}</div></section>
+      <section class="panel chart"><h2>Request rate per node <span class="muted">(requests/s)</span></h2>${chart(rate, { unit: "req/s", marks })}</section>
     </div>
     ${m.decision ? `<section class="panel"><h2>The engine's current decision</h2><pre class="explain">${esc(m.decision)}</pre></section>` : ""}
     <section class="panel" id="placement-history"><h2>Placement history</h2>${migrationTable(d.placements, false)}</section>
