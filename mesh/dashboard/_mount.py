@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.dashboard._agents import describe_agent
 from mesh.dashboard._api import create_dashboard_router
+from mesh.dashboard._scenario import ScenarioFeed
 from mesh.dashboard._snapshot import DashboardSources, Snapshots
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def dashboard_router(
     manager: ServingManager,
     edge: EdgeBus,
     undo: list[tuple[str, Callable[[], object]]],
+    scenario: ScenarioFeed | None = None,
 ) -> APIRouter:
     """The ``/ui`` page and ``/v1/dashboard`` reads over the control plane's services.
 
@@ -39,6 +41,7 @@ def dashboard_router(
         manager: which model each module serves.
         edge: the agents.
         undo: where the run store's close goes once it is opened.
+        scenario: what a scenario run in this process reports (the Scenario page).
     """
     from mesh.compute._runs import SQLiteStore
 
@@ -57,6 +60,7 @@ def dashboard_router(
         agents=lambda: [describe_agent(a, edge.metrics(a.agent_id)) for a in edge.agents()],
         models=lambda: {v.spec.name: v.artifact.model for v in manager.deployments()},
         runs=list_runs,
+        scenario=scenario.describe if scenario is not None else lambda: None,
     )
     return create_dashboard_router(
         Snapshots(sources), auth=auth.dependency, check=lambda header: auth.check(header, "read")

@@ -106,6 +106,7 @@ class DashboardSources:
         agents: every agent the edge bus knows, as JSON-ready dicts.
         models: module -> the registry model it serves.
         runs: function runs, ``(function or None, limit) -> dicts`` newest first.
+        scenario: the running scenario (``ScenarioFeed.describe``), None when none ran.
         window_s: the window of the latency figures shown as "now".
     """
 
@@ -115,6 +116,7 @@ class DashboardSources:
     agents: Callable[[], Sequence[Mapping[str, Any]]]
     models: Callable[[], Mapping[str, str]] = dict
     runs: Callable[[str | None, int], Sequence[Mapping[str, Any]]] = lambda _f, _n: []
+    scenario: Callable[[], Mapping[str, Any] | None] = lambda: None
     window_s: float = 5.0
 
 
@@ -247,6 +249,7 @@ class Snapshots:
             "migrations": [dict(m) for m in src.history(None, RECENT_MIGRATIONS)],
             "plan_version": placement.get("plan_version"),
             "faults": list(reversed(self._faults)),
+            "scenario": src.scenario(),
         }
 
     def _note_health(self, now: float, states: list[tuple[str, str, str]]) -> None:

@@ -314,3 +314,35 @@ def test_mesh_ui_url_carries_a_short_read_token_in_the_fragment(tmp_path: Path) 
     assert claims.scopes == ("read",) and claims.expires_at == NOW + 60
     with pytest.raises(ValueError, match="ttl_s"):
         dashboard_url(settings, ttl_s=-1)
+
+
+def test_the_scenario_feed_keeps_the_run_its_faults_and_kpis() -> None:
+    from mesh.dashboard._scenario import ScenarioFeed
+
+    feed = ScenarioFeed(clock=lambda: NOW)
+    assert feed.describe() is None
+    feed.update(sim_s=1.0, wall_s=1.0, kpis={"x": 1})  # before begin: nothing to update
+    feed.fault(1.0, "ignored")
+    assert feed.describe() is None
+    feed.begin("demo", duration_s=60, planned=[{"at_s": 10, "kind": "cpu_hog", "load": math.nan}])
+    feed.update(sim_s=12.0, wall_s=6.0, kpis={"served": 5, "delay_s": math.inf, "obj": object})
+    feed.fault(10.0, "cpu_hog on a1")
+    got = feed.describe()
+    assert got is not None
+    assert got["planned"] == [{"at_s": 10, "kind": "cpu_hog", "load": None}]
+    assert got["kpis"]["served"] == 5 and got["kpis"]["delay_s"] is None
+    assert isinstance(got["kpis"]["obj"], str)
+    assert got["log"] == [{"sim_s": 10.0, "at": NOW, "what": "cpu_hog on a1"}]
+    assert [h["sim_s"] for h in got["kpi_history"]] == [12.0] and got["running"]
+    feed.end()
+    assert feed.describe()["running"] is False  # type: ignore[index]
+    snapshots = Snapshots(
+        DashboardSources(
+            placements=lambda: {"modules": []},
+            history=lambda _m, _n: [],
+            monitors=lambda _w: _Monitors(),
+            agents=lambda: [],
+            scenario=feed.describe,
+        )
+    )
+    assert snapshots.latest()["scenario"]["name"] == "demo"

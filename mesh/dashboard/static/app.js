@@ -30,10 +30,10 @@ function short(node) {
 }
 function tier(t) { return t ? `<span class="tier ${esc(t)}">${esc(t)}</span>` : ""; }
 function healthPill(h) {
-  const cls = h === "online" || h === "alive" || h === "serving" || h === "done" ? "ok"
+  const cls = h === "online" || h === "alive" || h === "serving" || h === "done" || h === "running" ? "ok"
     : h === "stale" || h === "restoring" || h === "starting" || h === "ready" || h === "switched"
       || h === "draining" || h === "drained" || h === "planned" ? "warn"
-    : h === "unknown" ? "" : "bad";
+    : h === "unknown" || h === "finished" ? "" : "bad";
   return `<span class="pill ${cls}" data-health="${esc(h)}">${esc(h)}</span>`;
 }
 function bar(fraction, cls, marker) {
@@ -205,7 +205,9 @@ function render(page) {
   const main = $("#main");
   if (!state.snap && page !== "runs") { main.innerHTML = '<p class="muted">Waiting for the first snapshot…</p>'; return; }
   const problem = state.problem ? `<div class="banner">The last snapshot failed: ${esc(state.problem)}</div>` : "";
-  const views = { overview: viewOverview, module: viewModule, agent: viewAgent, runs: viewRuns };
+  const views = { overview: viewOverview, module: viewModule, agent: viewAgent, runs: viewRuns, scenario: viewScenario };
+  const scenarioLink = document.querySelector('[data-nav="scenario"]');
+  if (scenarioLink) scenarioLink.hidden = !state.snap?.scenario;
   const view = views[page] || (() => `<div class="banner">No page ${esc(page)}.</div>`);
   const focused = document.activeElement?.id;
   const caret = document.activeElement?.selectionStart;
@@ -446,6 +448,59 @@ function viewAgent() {
       <section class="panel"><h2>Last heartbeats</h2>${beats.length ? `<table><thead><tr><th class="num">At</th><th class="num">Seq</th><th>CPU</th>
         <th class="num">Memory</th><th class="num">Outbox</th></tr></thead><tbody>${beats.join("")}</tbody></table>` : '<div class="empty">None yet.</div>'}</section>
     </div>`;
+}
+
+// ---------------------------------------------------------------- scenario
+
+function sparkline(values, color) {
+  const W = 160, H = 34;
+  if (values.length < 2) return "";
+  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+  const d = values.map((v, i) => `${i ? "L" : "M"}${((i / (values.length - 1)) * W).toFixed(1)},${(H - 3 - ((v - lo) / span) * (H - 6)).toFixed(1)}`).join("");
+  return `<svg class="spark" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none"><path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"/></svg>`;
+}
+
+function timeline(sc) {
+  const W = 1180, L = 190, R = 16, rowH = 26;
+  const ends = sc.planned.map((f) => (f.at_s || 0) + (f.duration_s || 0));
+  const span = Math.max(sc.duration_s || 0, sc.sim_s || 0, ...ends, 1);
+  const x = (t) => L + (t / span) * (W - L - R);
+  const rows = sc.planned.map((f, i) => {
+    const y = 22 + i * rowH;
+    const label = `${f.kind}${f.target ? " · " + f.target : ""}`;
+    const active = sc.sim_s >= f.at_s && (f.duration_s == null || sc.sim_s <= f.at_s + f.duration_s);
+    const shape = f.duration_s ? `<rect x="${x(f.at_s)}" y="${y - 8}" width="${Math.max(3, x(f.at_s + f.duration_s) - x(f.at_s))}" height="16" rx="4"
+        fill="${active ? "#d33a2c" : sc.sim_s > f.at_s ? "#e9a39c" : "#f3c9c4"}"/>`
+      : `<path d="M${x(f.at_s)},${y - 8} l8,8 l-8,8 l-8,-8Z" fill="${sc.sim_s >= f.at_s ? "#d33a2c" : "#f3c9c4"}"/>`;
+    return `<text x="${L - 10}" y="${y + 4}" text-anchor="end" font-size="13" fill="#17212b">${esc(label.length > 26 ? label.slice(0, 25) + "…" : label)}</text>${shape}`;
+  });
+  const H = 40 + Math.max(1, sc.planned.length) * rowH;
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => `<line x1="${x(span * f)}" x2="${x(span * f)}" y1="8" y2="${H - 22}" stroke="#edf1f5"/>
+    <text x="${x(span * f)}" y="${H - 6}" text-anchor="${f === 1 ? "end" : "middle"}" font-size="12" fill="#66727f">t=${(span * f).toFixed(0)} s</text>`);
+  const now = `<line x1="${x(sc.sim_s)}" x2="${x(sc.sim_s)}" y1="4" y2="${H - 22}" stroke="#1769aa" stroke-width="2"/>
+    <text x="${x(sc.sim_s) + 4}" y="14" font-size="12" fill="#1769aa">now</text>`;
+  const none = sc.planned.length ? "" : `<text x="${L}" y="30" font-size="13" fill="#66727f">no fault planned</text>`;
+  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="fault timeline">${ticks.join("")}${rows.join("")}${none}${now}</svg>`;
+}
+
+function viewScenario() {
+  const sc = state.snap.scenario;
+  if (!sc) return '<h1>Scenario</h1><div class="empty">No scenario runs on this control plane: <span class="mono">mesh run FILE</span> or <span class="mono">mesh demo</span> shows one here.</div>';
+  const numeric = Object.entries(sc.kpis).filter(([, v]) => typeof v === "number");
+  const other = Object.entries(sc.kpis).filter(([, v]) => typeof v !== "number");
+  const cards = numeric.map(([k, v], i) => `<div class="card" data-kpi="${esc(k)}"><div class="k">${esc(k.replace(/_/g, " "))}</div>
+    <div class="v">${+v.toFixed(3)}</div>${sparkline(sc.kpi_history.map((h) => h[k]).filter((x) => typeof x === "number"), COLORS[i % COLORS.length])}</div>`);
+  const progress = sc.duration_s ? Math.min(1, sc.sim_s / sc.duration_s) : null;
+  const log = sc.log.slice().reverse().map((l) => `<tr><td class="num">t=${l.sim_s.toFixed(0)} s</td><td class="num muted">${clock(l.at)}</td><td>${esc(l.what)}</td></tr>`);
+  return `
+    <h1>Scenario · ${esc(sc.name)} ${healthPill(sc.running ? "running" : "finished")}</h1>
+    <div class="sub">sim time t=${sc.sim_s.toFixed(0)} s${sc.duration_s ? ` of ${sc.duration_s.toFixed(0)} s` : ""} · wall ${sc.wall_s.toFixed(0)} s
+      ${sc.wall_s > 0 ? ` · ×${(sc.sim_s / sc.wall_s).toFixed(1)} real time` : ""}</div>
+    ${progress == null ? "" : `<div class="progress">${bar(progress, "", null)}<span class="muted">${(progress * 100).toFixed(0)} %</span></div>`}
+    <div class="grid cards">${cards.join("") || '<div class="card"><div class="k">KPIs</div><div class="v"><small>none reported yet</small></div></div>'}</div>
+    ${other.length ? `<section class="panel"><h2>Other KPIs</h2><dl class="kv">${other.map(([k, v]) => `<dt>${esc(k)}</dt><dd class="mono">${esc(v)}</dd>`).join("")}</dl></section>` : ""}
+    <section class="panel chart" id="fault-timeline"><h2>Faults on the timeline <span class="muted">(sim seconds)</span></h2>${timeline(sc)}</section>
+    <section class="panel"><h2>What happened</h2>${log.length ? `<table><thead><tr><th class="num">Sim time</th><th class="num">At</th><th>Fault</th></tr></thead><tbody>${log.join("")}</tbody></table>` : '<div class="empty">No fault has fired yet.</div>'}</section>`;
 }
 
 // ---------------------------------------------------------------- runs
