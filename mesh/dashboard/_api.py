@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 EVENT_INTERVAL_S = 1.0
 #: A stream ends after this long (the page opens another at once), so none outlives much.
 STREAM_LIFETIME_S = 60.0
+#: How often a waiting stream looks for its client leaving or the server stopping.
+_POLL_S = 0.2
 
 _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
@@ -158,6 +160,9 @@ def create_dashboard_router(
         """``text/event-stream``: ``event: snapshot`` each second for a minute at most."""
         authorization = request.headers.get("authorization")
 
+        def stopping() -> bool:  # set by the server's stop (mesh.core._http_server)
+            return bool(getattr(request.app.state, "stopping", False))
+
         async def stream() -> AsyncIterator[bytes]:
             ends = time.monotonic() + STREAM_LIFETIME_S
             yield b"retry: 1000\n\n"
@@ -175,9 +180,11 @@ def create_dashboard_router(
                     yield _event("problem", {"error": f"{type(exc).__name__}: {exc}"})
                 else:
                     yield _event("snapshot", data)
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(EVENT_INTERVAL_S)
+                next_event = time.monotonic() + EVENT_INTERVAL_S
+                while time.monotonic() < next_event:  # bounded: one interval
+                    if stopping() or await request.is_disconnected():
+                        return
+                    await asyncio.sleep(min(_POLL_S, EVENT_INTERVAL_S))
             yield _event("end", {"reason": "stream lifetime reached"})
 
         return StreamingResponse(

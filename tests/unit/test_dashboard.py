@@ -346,3 +346,25 @@ def test_the_scenario_feed_keeps_the_run_its_faults_and_kpis() -> None:
         )
     )
     assert snapshots.latest()["scenario"]["name"] == "demo"
+
+
+def test_the_stream_ends_when_the_server_stops(
+    signer: TokenSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_api, "STREAM_LIFETIME_S", 30.0)
+    client = _client(signer)
+    app = client.app
+    assert isinstance(app, FastAPI)
+    app.state.stopping = True  # what ServerThread.stop sets first
+    with client.stream("GET", "/v1/dashboard/events", headers=_bearer(signer, "read")) as res:
+        events = _events(list(res.iter_lines()))
+    assert [k for k, _ in events] == ["snapshot"]  # one, then it ended: no 30 s stream
+
+
+def test_a_stopping_server_sets_its_apps_state(signer: TokenSigner) -> None:
+    from mesh.core._http_server import serve_asgi
+
+    app = FastAPI()
+    server = serve_asgi(app, name="stop-test")
+    server.stop()
+    assert app.state.stopping is True
