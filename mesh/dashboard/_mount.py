@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mesh.core._log_repeats import RepeatLog
 from mesh.dashboard._agents import describe_agent
 from mesh.dashboard._api import create_dashboard_router
 from mesh.dashboard._scenario import ScenarioFeed
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
     from mesh.serving._manager import ServingManager
 
 __all__ = ["dashboard_router"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two latency samples (the module page's chart).
+SAMPLE_INTERVAL_S = 1.0
 
 
 def dashboard_router(
@@ -62,9 +70,33 @@ def dashboard_router(
         runs=list_runs,
         scenario=scenario.describe if scenario is not None else lambda: None,
     )
+    snapshots = Snapshots(sources)
+    _start_sampler(snapshots, undo)
     return create_dashboard_router(
-        Snapshots(sources), auth=auth.dependency, check=lambda header: auth.check(header, "read")
+        snapshots, auth=auth.dependency, check=lambda header: auth.check(header, "read")
     )
+
+
+def _start_sampler(snapshots: Snapshots, undo: list[tuple[str, Callable[[], object]]]) -> None:
+    """Sample latency each second on ``mesh-dashboard-sampler``; its stop goes on ``undo``."""
+    stop = threading.Event()
+    quiet = RepeatLog(logger, every_s=300.0)
+
+    def loop() -> None:
+        while not stop.wait(SAMPLE_INTERVAL_S):  # bounded by stop (set at shutdown)
+            try:
+                snapshots.sample()
+            except Exception as exc:  # the next tick tries again
+                quiet.exception("dashboard: sampling latency failed: %s", exc, exc=exc)
+
+    thread = threading.Thread(target=loop, name="mesh-dashboard-sampler", daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(5.0)
+
+    undo.append(("dashboard sampler", close))
 
 
 def run_dict(record: RunRecord) -> dict[str, Any]:

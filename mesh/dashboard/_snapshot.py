@@ -6,7 +6,8 @@ wires to the running services (the placement controller's ``describe`` and
 registry, the run store), so this package imports none of them and its unit
 tests hand in fakes. :class:`Snapshots` builds a snapshot at most once per
 ``min_interval_s`` whoever asks (every open page shares it), appends each
-module's latency per node to a bounded ring (the module page's chart) and
+module's latency per node to a bounded ring (the module page's chart; a
+sampler thread calls :meth:`Snapshots.sample` each second, page open or not) and
 notes each change of a node's or an agent's health (the overview's faults),
 both since this control plane started.
 """
@@ -178,6 +179,7 @@ class Snapshots:
     _last: dict[str, Any] | None = field(default=None, init=False)
     _history: dict[str, deque[LatencySample]] = field(default_factory=dict, init=False)
     _health: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
+    _sampled_at: float = field(default=-math.inf, init=False)
     _faults: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=RECENT_FAULTS), init=False
     )
@@ -196,30 +198,46 @@ class Snapshots:
         with self._lock:
             return [s.to_dict() for s in self._history.get(module, ())]
 
+    def sample(self) -> None:
+        """Record each module's latency per node now (the sampler's tick, once a second).
+
+        So the module page's chart covers the time before anyone opened it; a
+        snapshot built within ``min_interval_s`` has sampled already.
+        """
+        with self._lock:
+            now = self.clock()
+            if now - self._sampled_at >= self.min_interval_s:
+                self._sample(now, self.sources.monitors(self.sources.window_s))
+
+    def _sample(self, now: float, monitors: MonitorSnapshot) -> dict[str, list[dict[str, Any]]]:
+        """Append a sample per (module, node) with requests; the samples by module."""
+        self._sampled_at = now
+        by_module: dict[str, list[dict[str, Any]]] = {}
+        for (module, node), stats in sorted(monitors.latency.items()):
+            if not stats.count:
+                continue
+            sample = LatencySample(
+                at=now,
+                node=node,
+                p50_ms=_finite(stats.p50_ms),
+                p95_ms=_finite(stats.p95_ms),
+                rate_per_s=stats.rate_per_s,
+                errors=stats.errors,
+            )
+            by_module.setdefault(module, []).append(sample.to_dict())
+            self._history.setdefault(module, deque(maxlen=HISTORY_SAMPLES)).append(sample)
+        return by_module
+
     def _build(self, now: float) -> dict[str, Any]:
         src = self.sources
         placement = dict(src.placements())
         monitors = src.monitors(src.window_s)
-        latency = dict(monitors.latency)
+        latency = self._sample(now, monitors)
         models = dict(src.models())
         modules = []
         for entry in placement.get("modules", []):
             name = entry["module"]
-            per_node = []
-            for (module, node), stats in sorted(latency.items()):
-                if module != name or not stats.count:
-                    continue
-                sample = LatencySample(
-                    at=now,
-                    node=node,
-                    p50_ms=_finite(stats.p50_ms),
-                    p95_ms=_finite(stats.p95_ms),
-                    rate_per_s=stats.rate_per_s,
-                    errors=stats.errors,
-                )
-                per_node.append(sample.to_dict())
-                ring = self._history.setdefault(name, deque(maxlen=HISTORY_SAMPLES))
-                ring.append(sample)
+            per_node = latency.get(name, [])
             observed = entry.get("observed") or {}
             count = observed.get("count") or 0
             modules.append(

@@ -368,3 +368,16 @@ def test_a_stopping_server_sets_its_apps_state(signer: TokenSigner) -> None:
     server = serve_asgi(app, name="stop-test")
     server.stop()
     assert app.state.stopping is True
+
+
+def test_the_sampler_records_latency_before_any_page_asks() -> None:
+    monitors = _Monitors(latency={("counter", "n"): _Stats()})
+    clock = _Clock()
+    snapshots = Snapshots(_sources(monitors), min_interval_s=0.5, clock=clock)
+    for _ in range(3):
+        snapshots.sample()
+        clock.now += 1
+    assert [s["at"] for s in snapshots.latency_history("counter")] == [NOW, NOW + 1, NOW + 2]
+    snapshots.latest()  # samples too (t+3) ...
+    snapshots.sample()  # ... so the sampler's tick within min_interval_s adds nothing
+    assert len(snapshots.latency_history("counter")) == 4
