@@ -22,6 +22,7 @@ from mesh.cli._node import node_app
 from mesh.cli._output import console, err
 from mesh.cli._output import errors as _errors
 from mesh.cli._scenario import scenario_app
+from mesh.cli._ui import ui
 from mesh.compute._runs import Deployment, SQLiteStore
 from mesh.core._errors import UnknownFunctionError
 from mesh.core._settings import MeshSettings
@@ -449,6 +450,7 @@ tokens_app = typer.Typer(
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(node_app, name="node")
+app.command("ui")(ui)
 
 
 @tokens_app.command("create")

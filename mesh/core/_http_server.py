@@ -198,7 +198,14 @@ class ServerThread:
         return self._thread.is_alive()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop accepting, finish open requests (up to ``timeout_s``), and join; idempotent."""
+        """Stop accepting, finish open requests (up to ``timeout_s``), and join; idempotent.
+
+        A Starlette app's ``state.stopping`` turns True first, so that long-lived
+        responses (the dashboard's event stream) end instead of holding the stop.
+        """
+        state = getattr(self._server.config.app, "state", None)
+        if state is not None:
+            state.stopping = True
         self._server.should_exit = True
         self._thread.join(timeout_s)
         if self._thread.is_alive():

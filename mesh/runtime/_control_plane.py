@@ -46,6 +46,7 @@ from mesh.runtime._state_gauges import expose_state
 if TYPE_CHECKING:
     from mesh.compute._backend import ComputeBackend
     from mesh.control._controller import PlacementController
+    from mesh.dashboard._scenario import ScenarioFeed
     from mesh.edge._bus import EdgeBus
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
@@ -329,6 +330,7 @@ class ControlPlaneServices:
     installer: EdgeInstaller
     manager: ServingManager
     controller: PlacementController
+    scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
 
 
 def build_services(
@@ -348,6 +350,8 @@ def build_services(
     """
     from mesh.control._api import create_placements_router
     from mesh.core._metrics import MetricsRegistry
+    from mesh.dashboard._mount import dashboard_router
+    from mesh.dashboard._scenario import ScenarioFeed
     from mesh.edge._artifact_api import UrlSigner, artifact_router
     from mesh.edge._bus import EdgeBus
     from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
@@ -458,6 +462,7 @@ def build_services(
         observer=controller.monitors,
         restoring=controller.restorer.restoring,
     )
+    scenario = ScenarioFeed()
     routers = [
         create_modules_router(
             manager,
@@ -467,6 +472,7 @@ def build_services(
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
+        dashboard_router(settings.store_path, auth, controller, manager, edge, undo, scenario),
     ]
     app = create_gateway_app(
         gateway,
@@ -481,7 +487,7 @@ def build_services(
     # package at once make CPython's import deadlock detection fail one of them
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
-    return ControlPlaneServices(app, edge, registry, installer, manager, controller)
+    return ControlPlaneServices(app, edge, registry, installer, manager, controller, scenario)
 
 
 def _placement_controller(

@@ -27,6 +27,7 @@ LAYERS = [
     "cli",
     "scenario",
     "runtime",
+    "dashboard",
     "ray",
     "edge",
     "control",
