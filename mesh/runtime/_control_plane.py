@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
 from mesh.core._errors import MeshError
-from mesh.edge._enrolment import EdgeSettings
 from mesh.runtime._artifact_url import artifact_base_url
+from mesh.runtime._placement import placement_controller
 from mesh.runtime._replica_broker import replicas_reach_broker
+from mesh.runtime._settings import ControlPlaneSettings
 from mesh.runtime._state_gauges import expose_state
 
 if TYPE_CHECKING:
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
     from mesh.edge._bus import EdgeBus
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
-    from mesh.models._export import ModelSignature
     from mesh.models._registry import ModelRegistry
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
@@ -68,76 +65,6 @@ __all__ = [
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 
 logger = logging.getLogger(__name__)
-
-
-class ControlPlaneSettings(EdgeSettings):
-    """Settings of the control-plane process (``MESH_*`` variables)."""
-
-    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
-
-    gateway_host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway.")
-    gateway_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP gateway.")
-    gateway_max_body_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Inference bodies past this get 413."
-    )
-    gateway_read_timeout_s: float = Field(
-        30.0, gt=0, description="A request not sent within this is closed or gets 408."
-    )
-    gateway_max_connections: int = Field(
-        1024, ge=1, description="Connections the gateway serves at once; more get 503."
-    )
-    gateway_keep_alive_s: float = Field(
-        60.0, gt=0, description="An idle client connection to the gateway closes after this."
-    )
-    embedded_broker_port: int = Field(
-        1883,
-        ge=0,
-        le=65535,
-        description="Embedded MQTT broker port (if taken, a free one, kept on restarts; 0 = any).",
-    )
-    replica_start_timeout_s: float = Field(
-        120.0, gt=0, description="How long new replicas may take to serve."
-    )
-    serving_standby: bool = Field(
-        True,
-        description="Keep a warm standby replica of every always-on module on another "
-        "node: a lost node's requests fail over to it, with no cold start.",
-    )
-    placement_enabled: bool = Field(
-        True, description="Run the placement controller's reconcile loop (pins work either way)."
-    )
-    placement_period_s: float = Field(
-        30.0, gt=0, description="A placement round runs at least this often."
-    )
-    placement_window_s: float = Field(
-        5.0, gt=0, description="How long an observed p95 must stay over the SLO to trigger a move."
-    )
-    placement_min_samples: int = Field(
-        20, ge=1, description="Requests in the window before an observed p95 counts."
-    )
-    placement_dwell_s: float = Field(
-        60.0, ge=0, description="A module that meets its SLO stays at least this long on a node."
-    )
-    placement_host_cpu: bool = Field(
-        True, description="Read host CPU as node utilisation (off where nodes share one machine)."
-    )
-    placement_gateway_site: str = Field(
-        "gateway", min_length=1, description="Site of the gateway's clients (modules' source)."
-    )
-    placement_restore: bool = Field(
-        True, description="Re-deploy the modules recorded before a restart, where they were."
-    )
-    placement_restore_attempts: int = Field(
-        5, ge=1, description="Tries per recorded module at a restart before it is failed."
-    )
-    placement_restore_max_delay_s: float = Field(
-        20.0, gt=0, description="Longest wait between two tries (it doubles from 1 s)."
-    )
-
-    @property
-    def broker_explicit(self) -> bool:
-        """Whether ``MESH_BROKER_URL`` (or the constructor) named the broker."""
-        return "broker_url" in self.model_fields_set
 
 
 def _check_secret_files(settings: ControlPlaneSettings) -> None:
@@ -436,7 +363,7 @@ def build_services(
         standby=settings.serving_standby,
     ).start()
     undo.append(("serving manager", manager.close))
-    controller, start_placement = _placement_controller(
+    controller, start_placement = placement_controller(
         settings, backend, edge, installer, registry, manager, undo, host_cpu=host_cpu
     )
     expose_state(
@@ -488,105 +415,6 @@ def build_services(
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
     return ControlPlaneServices(app, edge, registry, installer, manager, controller, scenario)
-
-
-def _placement_controller(
-    settings: ControlPlaneSettings,
-    backend: ComputeBackend,
-    edge: EdgeBus,
-    installer: EdgeInstaller,
-    registry: ModelRegistry,
-    manager: ServingManager,
-    undo: list[tuple[str, Callable[[], object]]],
-    *,
-    host_cpu: bool = True,
-) -> tuple[PlacementController, Callable[[], None]]:
-    """Monitors, migration executor, placement store and the controller, and its start.
-
-    Call the start once the rest of the process is built: it re-deploys the
-    modules recorded before a restart (and tracks the pipelines again) on a
-    thread first, with retries (agents may take a while to come back); the
-    reconcile loop starts once that is done. The recorded modules are marked
-    ``restoring`` here already, so the API shows them from its first request.
-    Each route switch is recorded before the route changes (a deploy survives a
-    crash right after it; the record is where the module runs).
-    Agents' pipeline events feed the monitors (per-site pipeline placement).
-    """
-    from mesh.control._controller import PlacementController
-    from mesh.control._migrations import MigrationExecutor
-    from mesh.control._monitors import Monitors
-    from mesh.control._probes import EdgeCanary, PathProbe
-    from mesh.control._restore import RetryPolicy
-    from mesh.control._settings import ControllerSettings
-    from mesh.control._store import PlacementStore
-    from mesh.ray._probe import RayNodeProbe
-
-    routes = manager.routes
-    node_probe = RayNodeProbe(backend.nodes)
-
-    def signature(module: str) -> ModelSignature | None:
-        route = routes.get(module)
-        return route.signature if route is not None else None
-
-    monitors = Monitors(
-        node_probe=node_probe,
-        agents=edge,
-        rtt=PathProbe(routes, node_probe=node_probe, edge=edge),
-        canary=EdgeCanary(edge, signature),
-        host_cpu=host_cpu and settings.placement_host_cpu,
-    )
-    undo.append(("node probes", node_probe.close))
-    undo.append(("pipeline events", edge.on_event(monitors.observe_event)))
-    store = PlacementStore(settings.store_path)
-    undo.append(("placement store", store.close))
-    executor = MigrationExecutor(manager, store, requests=monitors, installer=installer)
-    controller = PlacementController(
-        manager,
-        monitors,
-        executor,
-        store,
-        settings=ControllerSettings(
-            enabled=settings.placement_enabled,
-            period_s=settings.placement_period_s,
-            window_s=settings.placement_window_s,
-            min_samples=settings.placement_min_samples,
-            dwell_s=settings.placement_dwell_s,
-            gateway_site=settings.placement_gateway_site,
-        ),
-        registry=registry,
-        agents=edge,  # a restored pipeline's route starts as its agent reports it
-        restore_policy=RetryPolicy(
-            attempts=settings.placement_restore_attempts,
-            first_delay_s=min(1.0, settings.placement_restore_max_delay_s),
-            max_delay_s=settings.placement_restore_max_delay_s,
-        ),
-    )
-    closing = threading.Event()
-    if settings.placement_restore:
-        controller.restorer.expect(store.deployments())
-    manager.record_placements(controller)  # each switch is recorded before its route
-
-    def restore_then_start() -> None:
-        if settings.placement_restore:
-            restored = controller.restore(manager)
-            if restored:
-                logger.info("placement: restored %s", ", ".join(restored))
-        if not closing.is_set():
-            controller.start()
-
-    def close() -> None:
-        closing.set()
-        controller.close()
-
-    # Before any route can be removed: a route removed after close keeps its record.
-    undo.append(("placement controller", close))
-
-    def start() -> None:
-        threading.Thread(
-            target=restore_then_start, name="mesh-placement-start", daemon=True
-        ).start()
-
-    return controller, start
 
 
 def main() -> None:

@@ -104,19 +104,6 @@ class FaultTimeline:
         self.windows: list[FaultWindow] = []
         self.errors: list[str] = []
 
-    def so_far(self) -> list[dict[str, object]]:
-        """Every fault started so far: ``kind``, ``target``, ``start``, ``end`` (None: running)."""
-        running = {id(a.window) for a in self._active}
-        return [
-            {
-                "kind": w.kind,
-                "target": w.target,
-                "start": w.start,
-                "end": None if id(w) in running else w.end,
-            }
-            for w in self.windows
-        ]
-
     @property
     def done(self) -> bool:
         """Whether every fault has started and ended."""

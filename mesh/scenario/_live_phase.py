@@ -32,7 +32,6 @@ from mesh.scenario._narration import Narrator
 from mesh.scenario._plugin import LiveContext, SimulationRun
 from mesh.scenario._report import MigrationRecord, ScenarioReport, percentile
 from mesh.scenario._schema import Scenario
-from mesh.scenario._status import ScenarioStatus
 
 __all__ = ["LivePhase"]
 
@@ -56,7 +55,6 @@ class LivePhase:
         out_dir: Path,
         stack: ExitStack,
         console: Console,
-        status: ScenarioStatus | None = None,
     ) -> None:
         """Nothing starts before :meth:`run`."""
         self.scenario = scenario
@@ -72,8 +70,8 @@ class LivePhase:
         self._stack = stack
         self._loop: LiveLoop | None = None
         self._narrator: Narrator | None = None
-        self._timeline: FaultTimeline | None = None
-        self._status = status
+        self._feed = infra.services.scenario  # the dashboard's Scenario page
+        self._kpis: Any = None
         self._events = [
             ModuleEvents(decl.name, decl.stream_name(), report.modules[decl.name], self.sim_time_at)
             for decl in scenario.source_modules()
@@ -112,11 +110,14 @@ class LivePhase:
             self.sim_time_at,
             migrations=lambda: services.controller.history(limit=100),
             routes=services.manager.routes.routes,
-            on_line=self._status.story if self._status is not None else None,
+            on_line=self._feed.fault,
         )
-        self._timeline = timeline
-        if self._status is not None:
-            self._status.live_kpis(getattr(self.sim, "live_kpis", None))
+        self._kpis = getattr(self.sim, "live_kpis", None)  # optional in a plugin
+        self._feed.begin(
+            self.scenario.name,
+            duration_s=self.scenario.end_s(),
+            planned=[f.model_dump(exclude_none=True) for f in self.scenario.faults],
+        )
         self._loop = LiveLoop(
             self.sim,
             timeline,
@@ -133,6 +134,7 @@ class LivePhase:
         # the agents still run, before anything is torn down.
         services.controller.close()
         narrator.poll()
+        self._feed.end()
         edge.barrier()
         time.sleep(1.0)  # the last events and outputs in flight
         self._collect(stats, timeline)
@@ -195,13 +197,20 @@ class LivePhase:
         topic = output.replace("{site}", event.site)
         self.infra.services.edge.publish(topic, json.dumps(message).encode())
 
+    def _live_kpis(self) -> dict[str, Any]:
+        """The simulation's live KPIs for the dashboard (``{}`` without; never raises)."""
+        if self._kpis is None:
+            return {}
+        try:
+            return dict(self._kpis())
+        except Exception as exc:  # the page must not stop the run
+            logger.debug("live KPIs: %s", exc)
+            return {}
+
     def _progress(self, stats: LiveStats) -> None:
         if self._narrator is not None:
             self._narrator.poll()
-        if self._status is not None:
-            self._status.clock(stats.sim_s, stats.wall_s)
-            if self._timeline is not None:
-                self._status.faults(self._timeline.so_far())
+        self._feed.update(sim_s=stats.sim_s, wall_s=stats.wall_s, kpis=self._live_kpis())
         if stats.wall_s - self._last_progress < 5.0:
             return
         self._last_progress = stats.wall_s

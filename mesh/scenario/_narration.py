@@ -92,7 +92,7 @@ class Narrator:
         sim_time_at: simulated seconds at a Unix time (the live loop's clock).
         migrations: the controller's migrations, newest first.
         routes: the served modules' routes now.
-        on_line: also given each line (the dashboard's scenario page).
+        on_line: also given each line's simulated time and words (the dashboard).
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class Narrator:
         *,
         migrations: Callable[[], Iterable[MigrationRecord]],
         routes: Callable[[], Iterable[_Route]],
-        on_line: Callable[[str], None] | None = None,
+        on_line: Callable[[float, str], None] | None = None,
     ) -> None:
         """Everything recorded before this counts as told."""
         self._console = console
@@ -159,5 +159,5 @@ class Narrator:
         with self._lock:
             self.lines.append(line)
         if self._on_line is not None:
-            self._on_line(line)
+            self._on_line(at, text)
         self._console.print(f"  [{style}]{escape(line)}[/]", soft_wrap=True, highlight=False)

@@ -47,7 +47,6 @@ from mesh.scenario._plugin import PrepareContext, SimulationRun, WallClock
 from mesh.scenario._report import ModuleLatency, ScenarioReport, SimulationReport, headline
 from mesh.scenario._report_html import write_report
 from mesh.scenario._schema import Scenario
-from mesh.scenario._status import ScenarioStatus, scenario_router
 from mesh.scenario._util import environment, on_path
 
 __all__ = ["ScenarioRun", "run_scenario"]
@@ -80,8 +79,6 @@ class ScenarioRun:
         self._fresh = fresh
         self.report = ScenarioReport(name=scenario.name, sim_seconds=0.0)
         self.testbed = Testbed()
-        #: What the dashboard's scenario page shows (``GET /v1/scenario``).
-        self.status = ScenarioStatus(scenario.name, scenario.description, scenario.end_s())
         self._started = time.monotonic()
         self._sim: SimulationRun = self._simulation_run()
         self._substitutions: dict[str, str] = {"out": str(self.out_dir)}
@@ -119,9 +116,7 @@ class ScenarioRun:
                     sc, self.state_dir, self.testbed, stack, console=self.console
                 ),
             )
-            app = infra.services.app
-            read = app.guard.auth.dependency("read") if app.guard is not None else None
-            app.include_router(scenario_router(self.status, read=read))
+            self.console.print(f"  dashboard: {self._dashboard_url(infra)}", soft_wrap=True)
             if sc.plugin is not None:
                 self._stage(f"simulation ({sc.plugin.name})", self._prepare)
             models = ModelsStage(sc, infra, self.report, stack, console=self.console)
@@ -140,7 +135,6 @@ class ScenarioRun:
                 out_dir=self.out_dir,
                 stack=stack,
                 console=self.console,
-                status=self.status,
             )
             # Pipelines start with the roll-out: count their events from the first.
             phase.listen()
@@ -167,17 +161,28 @@ class ScenarioRun:
                 paths = write_report(self.report, self.out_dir)
                 self.report.notes.append(f"report: {paths.html}")
                 self.console.print(f"report: [bold]{paths.html}[/] (JSON: {paths.json})")
-            self.status.stage("done")
             if self._keep:
                 self._hold(infra)
         return self.report
+
+    def _dashboard_url(self, infra: Infrastructure) -> str:
+        """The control plane's ``/ui`` with a read token for the run in its fragment."""
+        from mesh.security._auth import TokenSigner
+
+        settings = infra.settings
+        ttl_s = min(8 * 3600.0, settings.token_max_ttl_s)
+        token = TokenSigner.load_or_create(settings.data_dir, max_ttl_s=ttl_s).issue(
+            "dashboard", ["read"], ttl_s=ttl_s, now=time.time()
+        )
+        return f"{infra.gateway_url}/ui#token={token}"
 
     def _hold(self, infra: Infrastructure) -> None:
         """Keep everything up until Ctrl-C (``--keep``), then let the run tear down."""
         self.console.rule("kept up")
         self.console.print(
-            f"  control plane at {infra.gateway_url}; dashboard at {infra.gateway_url}/ui\n"
-            f"  MESH_DATA_DIR={self.state_dir} for `mesh` commands against it; Ctrl-C to stop"
+            f"  control plane at {infra.gateway_url}; dashboard: {self._dashboard_url(infra)}\n"
+            f"  MESH_DATA_DIR={self.state_dir} for `mesh` commands against it; Ctrl-C to stop",
+            soft_wrap=True,
         )
         stop = threading.Event()
         with contextlib.suppress(KeyboardInterrupt):
@@ -187,7 +192,6 @@ class ScenarioRun:
 
     def _stage(self, name: str, fn: Callable[[], T]) -> T:
         self.console.rule(name)
-        self.status.stage(name)
         t0 = time.monotonic()
         try:
             result = fn()

@@ -15,6 +15,7 @@ charts have something to draw. Screenshots go to ``$MESH_TEST_ARTEFACTS/browser`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,10 +27,6 @@ import pytest
 
 from tests.support.browser import Dashboard
 from tests.support.chaos import ChaosMesh, Load
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives a real browser (chromium) at the dashboard")
 
 
 def _binary(env: str, default: str) -> str | None:
@@ -49,11 +46,18 @@ class Browsers:
 @pytest.fixture(scope="session")
 def browsers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browsers]:
     """The system's chromium and chromedriver (skips without them)."""
-    pytest.importorskip("selenium", reason="selenium is not installed (dev extra)")
     chromium = _binary("MESH_CHROMIUM", "/usr/bin/chromium")
     driver = _binary("MESH_CHROMEDRIVER", "/usr/bin/chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install them)")
+    missing = None
+    if importlib.util.find_spec("selenium") is None:
+        missing = "selenium is not installed (the dev extra)"
+    elif chromium is None or driver is None:
+        missing = "Debian's chromium and chromium-driver are not installed"
+    if missing is not None:
+        if os.environ.get("MESH_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"MESH_REQUIRE_SERVICES=1 but {missing}")
+        pytest.skip(missing)
+    assert chromium is not None and driver is not None
     root = os.environ.get("MESH_TEST_ARTEFACTS")
     artefacts = Path(root) / "browser" if root else tmp_path_factory.mktemp("screenshots")
     artefacts.mkdir(parents=True, exist_ok=True)

@@ -375,6 +375,17 @@ class TrafficRun:
                 f"traffic: {stats.frames_sent} camera frames, {stats.plans_applied} plans applied"
             )
 
+    def live_kpis(self) -> dict[str, Any]:
+        """The adaptive run so far, for the dashboard's Scenario page (the loop's thread)."""
+        if self._session is None:
+            return {}
+        out: dict[str, Any] = dict(self._session.live())
+        if self._relay is not None:
+            mae = self._relay.count_error.summary().get("mae")
+            if mae is not None:
+                out["count_mae"] = round(float(mae), 3)
+        return out
+
     # -- figures ----------------------------------------------------------------------
 
     def kpis(self) -> dict[str, Any]:

@@ -362,6 +362,14 @@ class SumoSession:
             )
             self._queue_samples.append((self._time, halting))
 
+    def live(self) -> dict[str, float]:
+        """Figures so far, from what :meth:`step` keeps (no call into SUMO)."""
+        return {
+            "arrivals": float(self._arrivals),
+            "teleports": float(self._teleports),
+            "halted": float(self._queue_samples[-1][1]) if self._queue_samples else 0.0,
+        }
+
     def run(self) -> Kpis:
         """Step to the end (SUMO's own control, or plans already requested) and close."""
         while not self.done:

@@ -500,7 +500,7 @@ function viewScenario() {
     <div class="grid cards">${cards.join("") || '<div class="card"><div class="k">KPIs</div><div class="v"><small>none reported yet</small></div></div>'}</div>
     ${other.length ? `<section class="panel"><h2>Other KPIs</h2><dl class="kv">${other.map(([k, v]) => `<dt>${esc(k)}</dt><dd class="mono">${esc(v)}</dd>`).join("")}</dl></section>` : ""}
     <section class="panel chart" id="fault-timeline"><h2>Faults on the timeline <span class="muted">(sim seconds)</span></h2>${timeline(sc)}</section>
-    <section class="panel"><h2>What happened</h2>${log.length ? `<table><thead><tr><th class="num">Sim time</th><th class="num">At</th><th>Fault</th></tr></thead><tbody>${log.join("")}</tbody></table>` : '<div class="empty">No fault has fired yet.</div>'}</section>`;
+    <section class="panel"><h2>What happened</h2>${log.length ? `<table><thead><tr><th class="num">Sim time</th><th class="num">At</th><th>Fault, migration or version change</th></tr></thead><tbody>${log.join("")}</tbody></table>` : '<div class="empty">Nothing has happened yet: no fault, no migration.</div>'}</section>`;
 }
 
 // ---------------------------------------------------------------- runs
