@@ -120,6 +120,7 @@ class TriggerEngine:
         self._messages: queue.Queue[tuple[float, str, bytes]] = queue.Queue(_MAX_QUEUED_MESSAGES)
         self._seen: deque[str] = deque(maxlen=_SEEN_RUNS)
         self._seen_set: set[str] = set()
+        self._detached: list[StartedRun] = []
         self._since = clock.now()
         self.dropped_messages = 0
         self.firings: deque[Firing] = deque(maxlen=1_000)
@@ -139,16 +140,22 @@ class TriggerEngine:
         now = self.clock.now()
         states: dict[str, _State] = {}
         for spec in triggers:
-            old = self._states.get(spec.name)
+            old = self._states.pop(spec.name, None)
             if old is not None and old.spec == spec:
                 states[spec.name] = old
                 continue
             state = _State(spec, cursor=now)
-            if spec.schedule is not None:
+            if old is not None:
+                state.cursor = old.cursor
+            elif spec.schedule is not None:
                 state.cursor = self._last_fired(spec.name) or now
             if spec.topic is not None:
                 state.debounce = Debounce(spec.debounce_s)
+            if old is not None:  # changed: its runs still count for concurrency
+                state.active = old.active
             states[spec.name] = state
+        for gone in self._states.values():  # their runs are still collected (and chain)
+            self._detached.extend(gone.active)
         self._states = states
 
     def _last_fired(self, trigger: str) -> float | None:
@@ -281,16 +288,18 @@ class TriggerEngine:
         return Firing(spec.name, spec.function, now, run_id=run.id)
 
     def _collect_ended(self, now: float) -> list[Firing]:
-        fired: list[Firing] = []
+        ended = [r for r in self._detached if r.done()]
+        self._detached = [r for r in self._detached if not r.done()]
         for state in list(self._states.values()):
-            ended = [r for r in state.active if r.done()]
+            ended.extend(r for r in state.active if r.done())
             state.active = [r for r in state.active if not r.done()]
-            for run in ended:
-                try:
-                    value, ok = run.result(), True
-                except MeshError as exc:
-                    value, ok = f"{type(exc).__name__}: {exc}", False
-                fired.extend(self._chain(run.function, ok, value, now))
+        fired: list[Firing] = []
+        for run in ended:
+            try:  # result() also records how the run ended
+                value, ok = run.result(), True
+            except MeshError as exc:
+                value, ok = f"{type(exc).__name__}: {exc}", False
+            fired.extend(self._chain(run.function, ok, value, now))
         return fired
 
     def _chain(self, upstream: str, ok: bool, value: Any, now: float) -> list[Firing]:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mesh.compute._backend import ComputeBackend
 from mesh.compute._runner import Runner
@@ -149,7 +150,7 @@ def _sources(deployments: list[Deployment]) -> list[str]:
 
 
 def start_triggers(
-    store_path: str,
+    store_path: str | Path,
     backend: ComputeBackend,
     bus: MessageBus,
     undo: list[tuple[str, Callable[[], object]]],

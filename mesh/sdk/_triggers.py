@@ -275,7 +275,7 @@ def _check_no_cycle(triggers: list[TriggerSpec], source: str) -> None:
     for spec in triggers:
         if spec.after is not None:
             downstream.setdefault(spec.after, set()).add(spec.function)
-    for start in downstream:
+    for start in sorted(downstream):
         path, todo = [start], [(start, iter(sorted(downstream[start])))]
         while todo:  # depth-first, bounded by the functions named
             _, children = todo[-1]
