@@ -21,6 +21,7 @@ from mesh.compute._runner import Runner
 from mesh.compute._runs import Deployment, SQLiteStore
 from mesh.compute._scheduler import TriggerEngine
 from mesh.compute._streams import MessageBus
+from mesh.compute._triggers import Clock
 from mesh.core._errors import MeshError
 from mesh.sdk._app import Mesh
 from mesh.sdk._loader import load_apps
@@ -53,23 +54,32 @@ class TriggerService:
         backend: ComputeBackend,
         bus: MessageBus,
         *,
+        clock: Clock | None = None,
         period_s: float = 0.5,
         reload_s: float = 2.0,
     ) -> None:
-        """Fire the triggers deployed in ``store`` on ``backend``; events from ``bus``."""
+        """Fire the triggers deployed in ``store`` on ``backend``; events from ``bus``.
+
+        ``clock`` is the wall clock unless a test (or a scenario) brings its own.
+        """
         self.store = store
         self._backend = backend
         self._bus = bus
         self._period_s = period_s
         self._reload_s = reload_s
         self.engine = TriggerEngine(
-            Runner([], backend=backend, store=store), clock=SystemClock(), history=store
+            Runner([], backend=backend, store=store), clock=clock or SystemClock(), history=store
         )
         self._apps: dict[str, list[Mesh]] = {}
         self._deployed: tuple[tuple[str, str, float], ...] = ()
         self._subscriptions: dict[str, Callable[[], None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mesh-triggers", daemon=True)
+
+    @property
+    def topics(self) -> set[str]:
+        """The topic patterns subscribed to (the broker acknowledged each)."""
+        return set(self._subscriptions)
 
     def start(self) -> TriggerService:
         """Start the engine's thread."""

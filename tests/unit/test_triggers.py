@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from mesh import Mesh, SpecError
+from mesh.cli import app as cli
 from mesh.compute._runner import Runner
 from mesh.compute._runs import RunRecord, RunStatus, SQLiteStore
 from mesh.compute._scheduler import TriggerEngine
@@ -348,3 +352,63 @@ def test_a_firing_that_cannot_start_is_logged_and_the_loop_goes_on(caplog: Any) 
     stop = threading.Event()
     stop.set()
     engine.run(stop)  # returns at once with stop set
+
+
+# -- the CLI ----------------------------------------------------------------------------
+
+_GOOD = """
+from mesh import Mesh
+
+app = Mesh("cli-triggers")
+
+
+@app.trigger(schedule="@hourly", missed="catch_up_once")
+@app.function()
+def hourly() -> int:
+    return 1
+"""
+
+
+def test_deploy_refuses_a_trigger_of_a_missing_function_and_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path / "data"))
+    bad = tmp_path / "bad_triggers.py"
+    bad.write_text(_GOOD + '\napp.add_trigger("hourli", after="hourly")\n')
+    result = CliRunner().invoke(cli, ["deploy", str(bad)])
+    assert result.exit_code == 1
+    assert (
+        f"{bad}: trigger 'hourli-after': function: expected a function of this file (hourly), "
+        "got 'hourli'; did you mean 'hourly'?"
+    ) in " ".join(result.output.split())
+    assert "no functions deployed" in CliRunner().invoke(cli, ["functions"]).output
+    bad_cron = tmp_path / "bad_cron.py"
+    bad_cron.write_text(_GOOD.replace("@hourly", "0 25 * * *"))
+    result = CliRunner().invoke(cli, ["deploy", str(bad_cron)])
+    assert result.exit_code == 1
+    assert "schedule: invalid cron schedule '0 25 * * *': hour field '25'" in " ".join(
+        result.output.split()
+    )
+
+
+def test_mesh_triggers_lists_the_next_firing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path / "data"))
+    assert "no triggers deployed" in CliRunner().invoke(cli, ["triggers"]).output
+    good = tmp_path / "good_triggers.py"
+    good.write_text(_GOOD)
+    deployed = CliRunner().invoke(cli, ["deploy", str(good)])
+    assert deployed.exit_code == 0 and "hourly-schedule" in deployed.output
+    result = CliRunner().invoke(cli, ["triggers", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert (row["name"], row["function"], row["missed"]) == (
+        "hourly-schedule",
+        "hourly",
+        "catch_up_once",
+    )
+    assert row["next_at"] % 3600 == 0 and 0 < row["next_at"] - time.time() <= 3600
+    assert row["last_run"] is None
+    table = CliRunner().invoke(cli, ["triggers"]).output
+    assert "hourly" in table and "on event" not in table
