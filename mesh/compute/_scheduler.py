@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 from collections import deque
@@ -25,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mesh.compute._runs import RunRecord, RunStatus
-from mesh.compute._triggers import Clock, CronTimes, Debounce, admit, schedule_decision
+from mesh.compute._triggers import (
+    Clock,
+    CronTimes,
+    Debounce,
+    FiringTimes,
+    IntervalTimes,
+    admit,
+    schedule_decision,
+)
 from mesh.core._errors import MeshError
 from mesh.core._topics import topic_matches
 from mesh.sdk._triggers import TriggerSpec
@@ -92,6 +101,7 @@ class Firing:
 class _State:
     spec: TriggerSpec
     cursor: float = 0.0
+    times: FiringTimes | None = None
     debounce: Debounce | None = None
     active: list[StartedRun] = field(default_factory=list)
     fired: int = 0
@@ -145,10 +155,16 @@ class TriggerEngine:
                 states[spec.name] = old
                 continue
             state = _State(spec, cursor=now)
+            if spec.schedule is not None:
+                state.times = CronTimes(spec.schedule)
+                # Cron times are wall times, as the run store's are.
+                state.cursor = self._last_fired(spec.name) or now
+            elif spec.every_s is not None or spec.at_s is not None:
+                start = spec.at_s if spec.at_s is not None else now
+                state.times = IntervalTimes(every_s=spec.every_s, start_s=start)
+                state.cursor = min(now, start - 1e-9) if spec.at_s is not None else now
             if old is not None:
                 state.cursor = old.cursor
-            elif spec.schedule is not None:
-                state.cursor = self._last_fired(spec.name) or now
             if spec.topic is not None:
                 state.debounce = Debounce(spec.debounce_s)
             if old is not None:  # changed: its runs still count for concurrency
@@ -180,9 +196,13 @@ class TriggerEngine:
     def next_firing(self, trigger: str) -> float | None:
         """When a schedule fires next (epoch seconds); None for other triggers."""
         state = self._states[trigger]
-        if state.spec.schedule is None:
+        if state.times is None:
             return None
-        return CronTimes(state.spec.schedule).next_after(max(state.cursor, self.clock.now()))
+        now = self.clock.now()
+        at = state.times.next_after(state.cursor)
+        if at < now - state.spec.grace_s:  # missed already: the next one after now
+            at = state.times.next_after(now)
+        return at if at != math.inf else None
 
     def counts(self, trigger: str) -> dict[str, int]:
         """Firings that started a run, missed schedule firings, firings skipped."""
@@ -216,9 +236,9 @@ class TriggerEngine:
         self._take_messages()
         for state in list(self._states.values()):
             spec = state.spec
-            if spec.schedule is not None:
+            if state.times is not None:
                 decision = schedule_decision(
-                    CronTimes(spec.schedule),
+                    state.times,
                     cursor=state.cursor,
                     now=now,
                     grace_s=spec.grace_s,
@@ -231,7 +251,7 @@ class TriggerEngine:
                         "trigger %s: %d firing(s) of %r missed (%s)",
                         spec.name,
                         decision.missed,
-                        spec.schedule,
+                        spec.describe(),
                         "one run catches up" if decision.fire_at is not None else "skipped",
                     )
                 if decision.fire_at is not None:
@@ -239,7 +259,7 @@ class TriggerEngine:
             elif state.debounce is not None:
                 payload = state.debounce.due(now)
                 if payload is not None:
-                    fired.append(self._fire(state, now, {spec.argument or "event": payload}))
+                    fired.append(self._fire(state, now, _passed(spec, payload)))
         fired.extend(self._collect_ended(now))
         fired.extend(self._chain_recorded(now))
         self.firings.extend(fired)
@@ -309,7 +329,7 @@ class TriggerEngine:
             if spec.after != upstream:
                 continue
             if spec.on == "finished" or (spec.on == "success") == ok:
-                fired.append(self._fire(state, now, {spec.argument or "upstream": value}))
+                fired.append(self._fire(state, now, _passed(spec, value)))
         return fired
 
     def _chain_recorded(self, now: float) -> list[Firing]:
@@ -340,6 +360,11 @@ class TriggerEngine:
             self._seen_set.discard(self._seen[0])
         self._seen.append(run_id)
         self._seen_set.add(run_id)
+
+
+def _passed(spec: TriggerSpec, value: Any) -> dict[str, Any]:
+    """The keyword argument a firing's message or upstream value becomes, if any."""
+    return {spec.argument: value} if spec.argument else {}
 
 
 def _decode(payload: bytes) -> Any:

@@ -12,6 +12,7 @@ replaces the old one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -24,6 +25,8 @@ __all__ = [
     "Clock",
     "CronTimes",
     "Debounce",
+    "FiringTimes",
+    "IntervalTimes",
     "ScheduleDecision",
     "admit",
     "schedule_decision",
@@ -61,6 +64,39 @@ class CronTimes:
         return next(CronSim(self._expression, start)).timestamp()
 
 
+class FiringTimes(Protocol):
+    """A schedule's firing times."""
+
+    def next_after(self, at: float) -> float:
+        """The first firing strictly after ``at`` (``inf``: none)."""
+        ...
+
+
+class IntervalTimes:
+    """Every ``every_s`` from ``start_s``; with ``every_s`` None, once at ``start_s``.
+
+    Example:
+        >>> IntervalTimes(every_s=300, start_s=60).next_after(60.0)
+        360.0
+        >>> IntervalTimes(every_s=None, start_s=60).next_after(60.0)
+        inf
+    """
+
+    def __init__(self, *, every_s: float | None, start_s: float) -> None:
+        """Fire at ``start_s`` and (with ``every_s``) every ``every_s`` after it."""
+        self.every_s = every_s
+        self.start_s = start_s
+
+    def next_after(self, at: float) -> float:
+        """The first firing strictly after ``at``."""
+        if at < self.start_s:
+            return float(self.start_s)
+        if self.every_s is None:
+            return math.inf
+        steps = math.floor((at - self.start_s) / self.every_s) + 1
+        return float(self.start_s + steps * self.every_s)
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleDecision:
     """What a schedule does at one look at the clock.
@@ -78,7 +114,7 @@ class ScheduleDecision:
 
 
 def schedule_decision(
-    times: CronTimes,
+    times: FiringTimes,
     *,
     cursor: float,
     now: float,
@@ -115,7 +151,7 @@ def schedule_decision(
     return ScheduleDecision(fire_at, late, last_late)
 
 
-def _late(times: CronTimes, first: float, deadline: float) -> tuple[int, float | None, float]:
+def _late(times: FiringTimes, first: float, deadline: float) -> tuple[int, float | None, float]:
     """How many firings from ``first`` are before ``deadline``, the last of them, the next."""
     count, last, at = 0, None, first
     for _ in range(_MAX_FIRINGS):

@@ -46,6 +46,17 @@ class TriggerSpec(_Spec):
     schedule: str | None = Field(
         None, description="Cron schedule (5 fields or a nickname such as @hourly), in UTC."
     )
+    every_s: float | None = Field(
+        None, gt=0, description="Fire every this many seconds of the engine's clock."
+    )
+    at_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Fire at this time of the engine's clock (a scenario's simulated seconds); "
+            "with every_s, the first firing. Without it, every_s counts from the start."
+        ),
+    )
     topic: str | None = Field(None, description="MQTT topic pattern whose messages fire it.")
     after: str | None = Field(None, description="A function whose finished runs fire it.")
     on: Literal["success", "failure", "finished"] = Field(
@@ -68,7 +79,7 @@ class TriggerSpec(_Spec):
         None,
         description=(
             "Keyword the message (topic) or upstream result (after) is passed as; "
-            "None = 'event' or 'upstream'."
+            "None = 'event' or 'upstream'; '' = not passed."
         ),
     )
     args: dict[str, Any] = Field(default_factory=dict, description="Fixed keyword arguments.")
@@ -94,25 +105,27 @@ class TriggerSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_reason(self) -> TriggerSpec:
+        timed = self.every_s is not None or self.at_s is not None
         given = [k for k in ("schedule", "topic", "after") if getattr(self, k) is not None]
+        given += ["every_s/at_s"] if timed else []
         if len(given) != 1:
             raise ValueError(
-                "expected exactly one of schedule= (cron), topic= (MQTT pattern) or "
-                f"after= (a function), got {', '.join(given) or 'none'}"
+                "expected exactly one of schedule= (cron), every_s=/at_s= (seconds), "
+                f"topic= (MQTT pattern) or after= (a function), got {', '.join(given) or 'none'}"
             )
         return self
 
     @property
     def kind(self) -> Literal["schedule", "topic", "after"]:
         """``"schedule"``, ``"topic"`` or ``"after"``."""
-        if self.schedule is not None:
-            return "schedule"
-        return "topic" if self.topic is not None else "after"
+        if self.topic is not None:
+            return "topic"
+        return "after" if self.after is not None else "schedule"
 
     @property
     def argument(self) -> str | None:
-        """The keyword a firing's payload is passed as; None for a schedule."""
-        if self.kind == "schedule":
+        """The keyword a firing's payload is passed as; None for a schedule or ``pass_as=''``."""
+        if self.kind == "schedule" or self.pass_as == "":
             return None
         return self.pass_as or ("event" if self.kind == "topic" else "upstream")
 
@@ -120,6 +133,11 @@ class TriggerSpec(_Spec):
         """What fires it, in one phrase (``cron 0 3 * * *``, ``after refit succeeds``)."""
         if self.schedule is not None:
             return f"cron {self.schedule}"
+        if self.every_s is not None:
+            start = f" from {self.at_s:g} s" if self.at_s is not None else ""
+            return f"every {self.every_s:g} s{start}"
+        if self.at_s is not None:
+            return f"at {self.at_s:g} s"
         if self.topic is not None:
             return f"message on {self.topic} (debounce {self.debounce_s:g} s)"
         outcome = {"success": "succeeds", "failure": "fails", "finished": "finishes"}[self.on]
@@ -172,6 +190,8 @@ class TriggerDecorators:
         *,
         name: str | None = None,
         schedule: str | None = None,
+        every_s: float | None = None,
+        at_s: float | None = None,
         topic: str | None = None,
         after: str | None = None,
         on: str = "success",
@@ -188,6 +208,8 @@ class TriggerDecorators:
             function: the registered function it runs (checked at deploy).
             name: trigger name (default ``<function>-<schedule|topic|after>``).
             schedule: a cron schedule, in UTC.
+            every_s: fire every this many seconds (from ``at_s``, else from the start).
+            at_s: fire (first) at this time of the engine's clock.
             topic: an MQTT topic pattern; a burst of messages fires once, ``debounce_s``
                 after its last, with the last message passed as ``event``.
             after: a function whose runs fire it, the upstream result passed as ``upstream``.
@@ -202,7 +224,7 @@ class TriggerDecorators:
         Raises:
             SpecError: naming the bad option and what it takes.
         """
-        kind = "schedule" if schedule is not None else "topic" if topic is not None else "after"
+        kind = "topic" if topic is not None else "after" if after is not None else "schedule"
         trigger_name = name or f"{function}-{kind}"
         spec: TriggerSpec = build_spec(
             TriggerSpec,
@@ -210,6 +232,8 @@ class TriggerDecorators:
             name=trigger_name,
             function=function,
             schedule=schedule,
+            every_s=every_s,
+            at_s=at_s,
             topic=topic,
             after=after,
             on=on,

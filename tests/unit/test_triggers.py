@@ -20,6 +20,7 @@ from mesh.compute._runs import RunRecord, RunStatus, SQLiteStore
 from mesh.compute._scheduler import TriggerEngine
 from mesh.compute._triggers import CronTimes, Debounce, admit, schedule_decision
 from mesh.sdk._triggers import check_triggers
+from tests.support.docs import blocks_for
 
 from .fakes import FakeBackend
 
@@ -352,6 +353,48 @@ def test_a_firing_that_cannot_start_is_logged_and_the_loop_goes_on(caplog: Any) 
     stop = threading.Event()
     stop.set()
     engine.run(stop)  # returns at once with stop set
+
+
+def test_every_s_fires_in_the_engines_time_and_a_chain_can_take_no_argument() -> None:
+    app = Mesh("sim")
+
+    @app.function()
+    def analytics() -> int:
+        return 7
+
+    @app.function()
+    def refit() -> str:
+        return "refit"
+
+    app.add_trigger("analytics", every_s=300, at_s=0)
+    app.add_trigger("refit", after="analytics", on="finished", pass_as="")
+    assert app.triggers["analytics-schedule"].describe() == "every 300 s from 0 s"
+    clock = FakeClock(0.0)  # a scenario's simulated seconds
+    engine, store = _engine(app, clock)
+    assert engine.next_firing("analytics-schedule") == 0.0
+    fired = engine.step()
+    assert [f.trigger for f in fired][:1] == ["analytics-schedule"]
+    _step_until(engine, lambda: bool(_runs(store, "refit")))
+    clock.at = 299.0
+    assert [f for f in engine.step() if f.trigger == "analytics-schedule"] == []
+    clock.at = 600.5  # 300 is 300.5 s late (past grace_s, missed), 600 on time
+    [again] = [f for f in engine.step() if f.trigger == "analytics-schedule"]
+    assert again.run_id is not None and engine.counts("analytics-schedule")["missed"] == 1
+    assert engine.next_firing("analytics-schedule") == 900.0
+
+
+def test_readme_example(request: pytest.FixtureRequest) -> None:
+    for block in blocks_for(request.node.nodeid):
+        namespace: dict[str, object] = {"__name__": "docs_example"}
+        exec(compile(block.padded(), block.doc, "exec"), namespace)
+        app = namespace["app"]
+        assert isinstance(app, Mesh)
+        assert sorted(app.triggers) == [
+            "demand_analytics-schedule",
+            "on_counts-topic",
+            "refit_forecaster-after",
+        ]
+        check_triggers(app.triggers.values(), app.functions, source=block.where)
 
 
 # -- the CLI ----------------------------------------------------------------------------
