@@ -19,6 +19,8 @@ from mesh.compute._runner import Runner
 from mesh.compute._runs import RunRecord, RunStatus, SQLiteStore
 from mesh.compute._scheduler import TriggerEngine
 from mesh.compute._triggers import CronTimes, Debounce, admit, schedule_decision
+from mesh.scenario._decls import TriggerDecl
+from mesh.scenario._live_triggers import LiveTriggers, is_start_trigger
 from mesh.sdk._triggers import check_triggers
 from tests.support.docs import blocks_for
 
@@ -395,6 +397,50 @@ def test_readme_example(request: pytest.FixtureRequest) -> None:
             "refit_forecaster-after",
         ]
         check_triggers(app.triggers.values(), app.functions, source=block.where)
+
+
+def test_a_scenarios_timed_and_chained_triggers_fire_in_simulated_time() -> None:
+    app = Mesh("scenario")
+
+    @app.function()
+    def analytics(out: str) -> str:
+        return out
+
+    @app.function()
+    def refit() -> str:
+        return "refit"
+
+    decls = [
+        TriggerDecl(name="start", function="m:analytics", at_s=0, args={"out": "x"}),
+        TriggerDecl(name="every", function="m:analytics", every_s=300, args={"out": "{out}/a"}),
+        TriggerDecl(name="chain", function="m:refit", after="every"),
+    ]
+    assert [is_start_trigger(d) for d in decls] == [True, False, False]
+    store = SQLiteStore(":memory:")
+    sim = {"t": 0.0}
+    live = LiveTriggers(
+        decls,
+        Runner([app], backend=FakeBackend(), store=store),
+        lambda _wall: sim["t"],
+        {"out": "/tmp/run"},
+    )
+    assert [s.name for s in live.specs] == ["every", "chain"]  # the start one ran before
+    live.start()
+    try:
+        sim["t"] = 301.0
+        deadline = time.monotonic() + 30  # the engine's thread steps every 0.2 s
+        while (
+            not store.list_runs(function="refit")
+            or not store.list_runs(function="refit")[0].status.finished
+        ):
+            assert time.monotonic() < deadline, "the chain never ran"
+            time.sleep(0.05)
+    finally:
+        notes = live.stop()
+    [every] = store.list_runs(function="analytics")
+    assert (every.trigger, every.result_ref) == ("every", '"/tmp/run/a"')
+    assert store.list_runs(function="refit")[0].trigger == "chain"
+    assert notes[0] == "trigger every (every 300 s): 1 run(s), 0 missed, 0 skipped"
 
 
 # -- the CLI ----------------------------------------------------------------------------
