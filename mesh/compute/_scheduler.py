@@ -1,8 +1,9 @@
-"""The trigger engine: fires schedules, debounced MQTT events and chains.
+"""The trigger engine: fires schedules, debounced MQTT events, new files and chains.
 
 One loop owns every trigger's state; :meth:`TriggerEngine.step` is one bounded
-pass of it (messages handed in, schedules due, bursts gone quiet, runs that
-ended and the chains they fire), :meth:`TriggerEngine.run` repeats it until a
+pass of it (messages handed in, schedules due, bursts gone quiet, files settled
+(:class:`~mesh.compute._file_watch.FileWatch`), runs that ended and the chains
+they fire), :meth:`TriggerEngine.run` repeats it until a
 stop event. Time comes from an injected :class:`~mesh.compute._triggers.Clock`,
 so tests (and a scenario's simulated time) drive it without sleeping.
 Messages arrive on the bus's thread and are only queued there
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mesh.compute._file_watch import FileWatch
 from mesh.compute._runs import RunRecord, RunStatus
 from mesh.compute._triggers import (
     Clock,
@@ -102,6 +104,7 @@ class _State:
     spec: TriggerSpec
     cursor: float = 0.0
     times: FiringTimes | None = None
+    watch: FileWatch | None = None
     debounce: Debounce | None = None
     active: list[StartedRun] = field(default_factory=list)
     fired: int = 0
@@ -167,6 +170,12 @@ class TriggerEngine:
                 state.cursor = old.cursor
             if spec.topic is not None:
                 state.debounce = Debounce(spec.debounce_s)
+            if spec.path is not None:
+                state.watch = (
+                    old.watch
+                    if old is not None and old.watch is not None and old.spec.path == spec.path
+                    else FileWatch(spec.path, settle_s=spec.debounce_s, now=now)
+                )
             if old is not None:  # changed: its runs still count for concurrency
                 state.active = old.active
             states[spec.name] = state
@@ -256,6 +265,9 @@ class TriggerEngine:
                     )
                 if decision.fire_at is not None:
                     fired.append(self._fire(state, now, {}))
+            elif state.watch is not None:
+                for path in state.watch.scan(now):
+                    fired.append(self._fire(state, now, _passed(spec, path)))
             elif state.debounce is not None:
                 payload = state.debounce.due(now)
                 if payload is not None:

@@ -33,6 +33,9 @@ MissedPolicy = Literal["skip", "catch_up_once"]
 ConcurrencyPolicy = Literal["forbid", "allow", "replace"]
 
 
+_PAYLOADS = {"topic": "message", "path": "file's path", "after": "upstream result"}
+
+
 class TriggerSpec(_Spec):
     """One trigger: a function and the one reason it runs.
 
@@ -58,12 +61,24 @@ class TriggerSpec(_Spec):
         ),
     )
     topic: str | None = Field(None, description="MQTT topic pattern whose messages fire it.")
+    path: str | None = Field(
+        None,
+        description=(
+            "A glob ('**' recurses) whose new or changed files fire it, each once it "
+            "stayed unchanged for debounce_s."
+        ),
+    )
     after: str | None = Field(None, description="A function whose finished runs fire it.")
     on: Literal["success", "failure", "finished"] = Field(
         "success", description="With after: which upstream outcomes fire it."
     )
     debounce_s: float = Field(
-        1.0, ge=0, description="With topic: fire once per burst, this long after its last message."
+        1.0,
+        ge=0,
+        description=(
+            "With topic: fire once per burst, this long after its last message; "
+            "with path: how long a file must stay unchanged."
+        ),
     )
     missed: MissedPolicy = Field(
         "skip", description="With schedule: what firings missed past grace_s become."
@@ -106,20 +121,23 @@ class TriggerSpec(_Spec):
     @model_validator(mode="after")
     def _one_reason(self) -> TriggerSpec:
         timed = self.every_s is not None or self.at_s is not None
-        given = [k for k in ("schedule", "topic", "after") if getattr(self, k) is not None]
+        given = [k for k in ("schedule", "topic", "path", "after") if getattr(self, k) is not None]
         given += ["every_s/at_s"] if timed else []
         if len(given) != 1:
             raise ValueError(
                 "expected exactly one of schedule= (cron), every_s=/at_s= (seconds), "
-                f"topic= (MQTT pattern) or after= (a function), got {', '.join(given) or 'none'}"
+                "topic= (MQTT pattern), path= (a glob) or after= (a function), "
+                f"got {', '.join(given) or 'none'}"
             )
         return self
 
     @property
-    def kind(self) -> Literal["schedule", "topic", "after"]:
-        """``"schedule"``, ``"topic"`` or ``"after"``."""
+    def kind(self) -> Literal["schedule", "topic", "path", "after"]:
+        """``"schedule"``, ``"topic"``, ``"path"`` or ``"after"``."""
         if self.topic is not None:
             return "topic"
+        if self.path is not None:
+            return "path"
         return "after" if self.after is not None else "schedule"
 
     @property
@@ -127,7 +145,7 @@ class TriggerSpec(_Spec):
         """The keyword a firing's payload is passed as; None for a schedule or ``pass_as=''``."""
         if self.kind == "schedule" or self.pass_as == "":
             return None
-        return self.pass_as or ("event" if self.kind == "topic" else "upstream")
+        return self.pass_as or {"topic": "event", "path": "path"}.get(self.kind, "upstream")
 
     def describe(self) -> str:
         """What fires it, in one phrase (``cron 0 3 * * *``, ``after refit succeeds``)."""
@@ -140,6 +158,8 @@ class TriggerSpec(_Spec):
             return f"at {self.at_s:g} s"
         if self.topic is not None:
             return f"message on {self.topic} (debounce {self.debounce_s:g} s)"
+        if self.path is not None:
+            return f"file at {self.path} (settled {self.debounce_s:g} s)"
         outcome = {"success": "succeeds", "failure": "fails", "finished": "finishes"}[self.on]
         return f"after {self.after} {outcome}"
 
@@ -193,6 +213,7 @@ class TriggerDecorators:
         every_s: float | None = None,
         at_s: float | None = None,
         topic: str | None = None,
+        path: str | None = None,
         after: str | None = None,
         on: str = "success",
         debounce_s: float = 1.0,
@@ -212,6 +233,8 @@ class TriggerDecorators:
             at_s: fire (first) at this time of the engine's clock.
             topic: an MQTT topic pattern; a burst of messages fires once, ``debounce_s``
                 after its last, with the last message passed as ``event``.
+            path: a glob; each new or changed file fires once it stayed unchanged for
+                ``debounce_s``, its path passed as ``path``.
             after: a function whose runs fire it, the upstream result passed as ``upstream``.
             on: with ``after``: ``success``, ``failure`` or ``finished``.
             debounce_s: with ``topic``: the quiet time that ends a burst.
@@ -224,7 +247,15 @@ class TriggerDecorators:
         Raises:
             SpecError: naming the bad option and what it takes.
         """
-        kind = "topic" if topic is not None else "after" if after is not None else "schedule"
+        kind = (
+            "topic"
+            if topic is not None
+            else "path"
+            if path is not None
+            else "after"
+            if after is not None
+            else "schedule"
+        )
         trigger_name = name or f"{function}-{kind}"
         spec: TriggerSpec = build_spec(
             TriggerSpec,
@@ -235,6 +266,7 @@ class TriggerDecorators:
             every_s=every_s,
             at_s=at_s,
             topic=topic,
+            path=path,
             after=after,
             on=on,
             debounce_s=debounce_s,
@@ -287,7 +319,7 @@ def check_triggers(
             raise SpecError(
                 f"{where}: pass_as: expected a parameter of {spec.function}"
                 f"({', '.join(params)}) to receive the "
-                f"{'message' if spec.kind == 'topic' else 'upstream result'}, got {argument!r}; "
+                f"{_PAYLOADS[spec.kind]}, got {argument!r}; "
                 f"add a parameter {argument!r} or set pass_as="
             )
     _check_no_cycle(triggers, source)

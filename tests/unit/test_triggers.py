@@ -501,3 +501,34 @@ def test_mesh_triggers_lists_the_next_firing(
     assert row["last_run"] is None
     table = CliRunner().invoke(cli, ["triggers"]).output
     assert "hourly" in table and "on event" not in table
+
+
+def test_a_new_file_fires_once_after_it_settled(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "old").mkdir(parents=True)
+    (inbox / "old" / "before.csv").write_text("there before the watch")
+    app = Mesh("files")
+
+    @app.function()
+    def ingest(path: str) -> str:
+        return Path(path).name
+
+    app.add_trigger("ingest", path=str(inbox / "**" / "*.csv"), debounce_s=2.0)
+    clock = FakeClock(T0)
+    engine, store = _engine(app, clock)
+    new = inbox / "old" / "counts-1.csv"
+    new.write_text("a,b\n")
+    assert engine.step() == []  # seen, not settled
+    clock.at = T0 + 1
+    new.write_text("a,b\n1,2\n")  # still being written: the settle time starts again
+    clock.at = T0 + 2.5
+    assert engine.step() == []
+    (inbox / "skip.txt").write_text("not a csv")
+    clock.at = T0 + 5
+    [firing] = engine.step()
+    assert firing.trigger == "ingest-path"
+    _step_until(engine, lambda: _runs(store, "ingest")[0].status.finished)
+    [run] = _runs(store, "ingest")
+    assert (run.result_ref, run.trigger) == ('"counts-1.csv"', "ingest-path")
+    clock.at = T0 + 50
+    assert [f for f in engine.step() if f.trigger == "ingest-path"] == []  # once
