@@ -99,7 +99,7 @@ def list_triggers(
             if row["last_run"]
             else "-"
         )
-        next_firing = _when(row["next_at"]) if row["next_at"] is not None else "on event"
+        next_firing = _when(row["next_at"]) if row["next_at"] is not None else "-"
         table.add_row(
             row["name"], row["function"], row["fires_on"], policies, next_firing, last_run
         )
