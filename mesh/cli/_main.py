@@ -22,6 +22,7 @@ from mesh.cli._node import node_app
 from mesh.cli._output import console, err
 from mesh.cli._output import errors as _errors
 from mesh.cli._scenario import scenario_app
+from mesh.cli._triggers import check_app_triggers, list_triggers
 from mesh.cli._ui import ui
 from mesh.compute._runs import Deployment, SQLiteStore
 from mesh.core._errors import UnknownFunctionError
@@ -170,6 +171,7 @@ def deploy(
     settings = _settings()
     with _errors():
         apps = load_apps(file)
+        check_app_triggers(apps, file)
         store = _open_store(settings)
         source = _source_of(file)
         try:
@@ -198,6 +200,8 @@ def deploy(
                             else f"replaced the one from {previous.source}"
                         )
                     table.add_row(spec.name, spec.kind.value, spec.tier, mesh_app.name, note)
+                for trig in mesh_app.triggers.values():
+                    table.add_row(trig.name, "trigger", "", mesh_app.name, trig.describe())
                 for module in mesh_app.modules.values():
                     table.add_row(
                         module.spec.name,
@@ -451,6 +455,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(node_app, name="node")
 app.command("ui")(ui)
+app.command(name="triggers")(list_triggers)
 
 
 @tokens_app.command("create")

@@ -232,6 +232,17 @@ class Runner:
         self.check_satisfiable(registered)
         return self._start(registered, bound)
 
+    def fire(self, name: str, kwargs: Mapping[str, Any], *, trigger: str) -> Run:
+        """Start ``name(**kwargs)`` for ``trigger``, which its run record names.
+
+        Raises:
+            as :meth:`submit`.
+        """
+        registered = self.get(name)
+        bound = self._bind(registered, kwargs)
+        self.check_satisfiable(registered)
+        return self._start(registered, bound, trigger=trigger)
+
     def invoke(self, name: str, /, **kwargs: Any) -> Any:
         """Run ``name(**kwargs)`` and wait for its value; see :meth:`submit`."""
         return self.submit(name, **kwargs).result()
@@ -266,7 +277,9 @@ class Runner:
             return {"input": source, **bound}
         return registered.bind(kwargs)
 
-    def _start(self, registered: RegisteredFunction, bound: dict[str, Any]) -> Run:
+    def _start(
+        self, registered: RegisteredFunction, bound: dict[str, Any], *, trigger: str | None = None
+    ) -> Run:
         spec = registered.spec
         canonical = _canonical(bound)
         record = RunRecord(
@@ -279,6 +292,7 @@ class Runner:
             tier=spec.tier,
             status=RunStatus.RUNNING,
             started_at=time.time(),
+            trigger=trigger,
         )
         self.store.start_run(record)
         try:

@@ -77,6 +77,8 @@ class RunRecord:
     duration_s: float | None = None
     result_ref: str | None = None
     error: str | None = None
+    trigger: str | None = None
+    """The trigger that fired the run (``mesh triggers``); None when invoked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,9 @@ class Store(Protocol):
         """One run by id (a unique prefix is enough)."""
         ...
 
-    def list_runs(self, *, function: str | None = None, limit: int = 50) -> list[RunRecord]:
+    def list_runs(
+        self, *, function: str | None = None, trigger: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
         """The newest runs first."""
         ...
 
@@ -166,6 +170,13 @@ CREATE TABLE IF NOT EXISTS deployments (
     deployed_at REAL NOT NULL
 );
 """,
+    migrations=(
+        # 1 -> 2: a run names the trigger that fired it; an old row was invoked.
+        """
+ALTER TABLE runs ADD COLUMN trigger TEXT;
+CREATE INDEX IF NOT EXISTS runs_by_trigger ON runs(trigger, started_at);
+""",
+    ),
 )
 
 
@@ -265,8 +276,8 @@ class SQLiteStore:
         """Record a run that has started (queued; committed within milliseconds)."""
         self._enqueue(
             "INSERT INTO runs (id, function, app, kind, args_digest, args_preview, tier, "
-            "status, started_at, node_id, node_labels, duration_s, result_ref, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "status, started_at, node_id, node_labels, duration_s, result_ref, error, trigger) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.function,
@@ -282,6 +293,7 @@ class SQLiteStore:
                 record.duration_s,
                 record.result_ref,
                 record.error,
+                record.trigger,
             ),
         )
         self._open_runs.add(record.id)
@@ -329,15 +341,19 @@ class SQLiteStore:
             raise StoreError(f"{what} matches {run_id!r} in {self.path}")
         return _run(rows[0])
 
-    def list_runs(self, *, function: str | None = None, limit: int = 50) -> list[RunRecord]:
-        """The newest runs first, optionally of one function."""
-        if function is None:
-            rows = self._read("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(
-                "SELECT * FROM runs WHERE function = ? ORDER BY started_at DESC LIMIT ?",
-                (function, limit),
-            )
+    def list_runs(
+        self, *, function: str | None = None, trigger: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """The newest runs first, optionally of one function, or fired by one trigger."""
+        where, params = [], []
+        for column, value in (("function", function), ("trigger", trigger)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(
+            f"SELECT * FROM runs {clause}ORDER BY started_at DESC LIMIT ?", (*params, limit)
+        )
         return [_run(row) for row in rows]
 
     def put_deployment(self, deployment: Deployment) -> Deployment | None:

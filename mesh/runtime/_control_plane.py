@@ -408,6 +408,9 @@ def build_services(
         max_body_bytes=settings.gateway_max_body_bytes,
         read_timeout_s=settings.gateway_read_timeout_s,
     )
+    from mesh.runtime._triggers import start_triggers
+
+    start_triggers(settings.store_path, backend, edge, undo)
     # Only now, with every import of the start-up done on this thread: the restore
     # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
     # FastAPI's route building above imports it too; two threads importing that

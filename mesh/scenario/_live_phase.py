@@ -125,10 +125,16 @@ class LivePhase:
             on_progress=self._progress,
             on_fault=narrator.fault,
         )
+        from mesh.scenario._live_triggers import LiveTriggers
+
+        triggers = LiveTriggers(
+            self.scenario.triggers, self.runner, self.sim_time_at, self._substitutions
+        ).start()
         self.sim.start(self._context())
         try:
             stats = self._loop.run()
         finally:
+            self.report.notes.extend(triggers.stop())
             self.sim.stop()
         # Placement stops with the simulation: a move under way finishes while
         # the agents still run, before anything is torn down.

@@ -28,6 +28,7 @@ from mesh.core._errors import MeshError
 from mesh.scenario._actions import Testbed
 from mesh.scenario._decls import ModuleDecl
 from mesh.scenario._infra import Infrastructure
+from mesh.scenario._live_triggers import is_start_trigger
 from mesh.scenario._report import ScenarioReport
 from mesh.scenario._schema import Scenario
 from mesh.scenario._util import resolve, summarise
@@ -112,14 +113,10 @@ class ModelsStage:
         runner = self.runner()
         registry = self.infra.services.registry
         for trig in self.scenario.triggers:
-            if trig.after is None and not trig.at_s and trig.every_s is None:
+            if is_start_trigger(trig):
                 args = {k: self._substitute(v) for k, v in trig.args.items()}
                 self._run_function(runner, trig.function.partition(":")[2], args)
-            else:
-                # Not yet: runs during the live phase (at_s > 0, every_s, after).
-                note = f"trigger {trig.name}: timed and chained runs are not implemented; skipped"
-                self.report.notes.append(note)
-                self.console.print(f"  [yellow]![/] {note}")
+            # The rest (at_s > 0, every_s, after) fire in the live phase: _live_triggers.py.
         for decl in self.scenario.modules:
             source = decl.model
             if source.train is not None:

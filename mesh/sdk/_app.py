@@ -17,6 +17,7 @@ from mesh.sdk._checks import build_spec, check_callable, first_doc_line, no_pare
 from mesh.sdk._job_decorators import JobDecorators
 from mesh.sdk._registered import RegisteredFunction, RegisteredModule
 from mesh.sdk._specs import FunctionSpec, ModuleSpec, QoS, Resources
+from mesh.sdk._triggers import TriggerDecorators, TriggerSpec
 
 # RegisteredFunction and RegisteredModule stay listed while mesh/__init__.py
 # imports them from here.
@@ -26,7 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
 
 
-class Mesh(JobDecorators):
+class Mesh(JobDecorators, TriggerDecorators):
     """An app: the functions and modules of one project, registered by decorators.
 
     Example:
@@ -47,6 +48,7 @@ class Mesh(JobDecorators):
         self.name = name
         self._functions: dict[str, RegisteredFunction] = {}
         self._modules: dict[str, RegisteredModule] = {}
+        self._triggers: dict[str, TriggerSpec] = {}
 
     def __repr__(self) -> str:
         return (

@@ -62,7 +62,7 @@ def test_a_fresh_file_gets_every_stores_current_version(tmp_path: Path) -> None:
     ModelRegistry(path, ArtifactStore(tmp_path / "a"), ArtifactSigner.generate()).close()
     assert _versions(path) == (
         FILE_FORMAT,
-        {"runs": 1, "placements": 3, "agents": 1, "models": 1},
+        {"runs": 2, "placements": 3, "agents": 1, "models": 1},
     )
     box = Outbox(tmp_path / "agent" / "outbox.db")  # the agent's own file
     box.close()
@@ -86,10 +86,11 @@ def test_an_unversioned_file_is_adopted_as_version_1(tmp_path: Path) -> None:
 
     store = SQLiteStore(path)
     try:
-        assert [r.id for r in store.list_runs()] == ["r1"]  # the data is kept
+        [run] = store.list_runs()  # the data is kept
+        assert (run.id, run.trigger) == ("r1", None)
     finally:
         store.close()
-    assert _versions(path) == (FILE_FORMAT, {"runs": 1})
+    assert _versions(path) == (FILE_FORMAT, {"runs": 2})  # adopted as 1, then migrated
 
 
 def _versions_or_none(path: Path) -> tuple[int, dict[str, int]] | None:
@@ -211,7 +212,7 @@ def test_a_store_written_by_a_newer_fogmesh_is_refused(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(path) in message
     assert "runs schema is version 9" in message
-    assert "knows versions up to 1" in message and "a newer fogmesh wrote it" in message
+    assert "knows versions up to 2" in message and "a newer fogmesh wrote it" in message
     assert "upgrade fogmesh (pip install -U fogmesh)" in message
     assert _versions(path) == (FILE_FORMAT, {"runs": 9})  # nothing changed
     PlacementStore(path).close()  # the other stores in the file still open

@@ -1,0 +1,115 @@
+"""A scenario's timed and chained triggers, fired during its live phase.
+
+The start triggers (no ``at_s`` past 0, no ``every_s``, no ``after``) run
+before training (:mod:`mesh.scenario._models_stage`); the rest become
+:class:`~mesh.sdk._triggers.TriggerSpec` s for a
+:class:`~mesh.compute._scheduler.TriggerEngine` whose clock is the live loop's
+simulated time, stepped on its own thread until the loop ends. A chained
+trigger (``after: <trigger>``) fires when a run of that trigger's function
+finishes, with no argument added (a scenario's functions take only their
+``args``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mesh.compute._runner import Runner
+from mesh.compute._scheduler import TriggerEngine
+from mesh.scenario._decls import TriggerDecl
+from mesh.sdk._triggers import TriggerSpec
+
+__all__ = ["LiveTriggers", "is_start_trigger"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_start_trigger(decl: TriggerDecl) -> bool:
+    """Whether ``decl`` runs once before training rather than in the live phase."""
+    return decl.after is None and not decl.at_s and decl.every_s is None
+
+
+class _SimClock:
+    def __init__(self, sim_time_at: Callable[[float], float]) -> None:
+        self._sim_time_at = sim_time_at
+
+    def now(self) -> float:
+        return self._sim_time_at(time.time())
+
+
+class LiveTriggers:
+    """The live phase's trigger engine on simulated time; :meth:`stop` reports its counts."""
+
+    def __init__(
+        self,
+        decls: Iterable[TriggerDecl],
+        runner: Runner,
+        sim_time_at: Callable[[float], float],
+        substitutions: dict[str, str],
+    ) -> None:
+        """Fire ``decls`` (all but start triggers) through ``runner`` at simulated times."""
+        every = list(decls)
+        by_name = {d.name: d for d in every}
+        self.specs = [_spec(d, by_name, substitutions) for d in every if not is_start_trigger(d)]
+        self.engine = TriggerEngine(runner, clock=_SimClock(sim_time_at))
+        self.engine.set_triggers(self.specs)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self.engine.run,
+            args=(self._stop,),
+            kwargs={"period_s": 0.2},
+            daemon=True,
+            name="mesh-live-triggers",
+        )
+
+    def start(self) -> LiveTriggers:
+        """Start stepping (the clock reads 0 until the live loop runs)."""
+        if self.specs:
+            self._thread.start()
+        return self
+
+    def stop(self) -> list[str]:
+        """Stop firing; one line per trigger: runs started, firings missed or skipped."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        lines = []
+        for spec in self.specs:
+            counts = self.engine.counts(spec.name)
+            lines.append(
+                f"trigger {spec.name} ({spec.describe()}): {counts['fired']} run(s), "
+                f"{counts['missed']} missed, {counts['skipped']} skipped"
+            )
+        return lines
+
+
+def _substitute(value: Any, substitutions: dict[str, str]) -> Any:
+    """``{out}`` and the simulation's names in a string argument (as the start triggers')."""
+    if isinstance(value, str):
+        for key, text in substitutions.items():
+            value = value.replace(f"{{{key}}}", text)
+    return value
+
+
+def _spec(
+    decl: TriggerDecl, by_name: dict[str, TriggerDecl], substitutions: dict[str, str]
+) -> TriggerSpec:
+    function = decl.function.partition(":")[2]
+    args = {k: _substitute(v, substitutions) for k, v in decl.args.items()}
+    if decl.after is not None:
+        upstream = by_name.get(decl.after)
+        after = upstream.function.partition(":")[2] if upstream is not None else decl.after
+        return TriggerSpec(
+            name=decl.name, function=function, after=after, on="finished", pass_as="", args=args
+        )
+    return TriggerSpec(
+        name=decl.name,
+        function=function,
+        every_s=decl.every_s,
+        at_s=decl.at_s,
+        args=args,
+    )
