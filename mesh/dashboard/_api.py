@@ -2,7 +2,7 @@
 
 =======  ===================================  ==========================================
 GET      /ui, /ui/                            the page (open: it holds no data)
-GET      /ui/static/{file}                    its script, style sheet and icon (open)
+GET      /ui/static/{file}                    charts.js, app.js, style sheet, icon (open)
 GET      /v1/dashboard/whoami                 the token's subject, scopes, expiry (read)
 GET      /v1/dashboard/snapshot               nodes, agents, modules, migrations (read)
 GET      /v1/dashboard/events                 the snapshot each second, server-sent (read)
@@ -53,6 +53,7 @@ STREAM_LIFETIME_S = 60.0
 _POLL_S = 0.2
 
 _STATIC = {
+    "charts.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",

@@ -28,14 +28,7 @@ from mesh.scenario._plugin import (
     load_plugin,
 )
 from mesh.scenario._report import ModuleLatency, ScenarioReport, SimulationReport
-from mesh.scenario._report_html import (
-    html_img,
-    html_table,
-    plot_figure,
-    plot_png,
-    shade_faults,
-    write_report,
-)
+from mesh.scenario._report_html import fault_bands, html_chart, html_table, write_report
 from mesh.scenario._run import ScenarioRun, run_scenario
 from mesh.scenario._schema import Scenario, scenario_json_schema, scenario_json_schema_text
 
@@ -58,16 +51,14 @@ __all__ = [
     "TopicTemplate",
     "WallClock",
     "exactly_one",
-    "html_img",
+    "fault_bands",
+    "html_chart",
     "html_table",
     "load_plugin",
     "load_scenario",
     "parse_scenario",
-    "plot_figure",
-    "plot_png",
     "run_scenario",
     "scenario_json_schema",
     "scenario_json_schema_text",
-    "shade_faults",
     "write_report",
 ]

@@ -1,10 +1,10 @@
 """The scenario report as one self-contained HTML page (and ``report.json`` beside it).
 
-The plots are PNGs embedded as data URIs, so the page is one file that opens
-anywhere. matplotlib (the ``sim`` extra) is imported only when a plot is drawn.
-:func:`html_table`, :func:`html_img`, :func:`plot_figure`, :func:`plot_png` and
-:func:`shade_faults`
-are for simulation plugins drawing their own section.
+The charts are drawn by the dashboard's own chart code
+(``mesh/dashboard/static/charts.js``, one set for ``/ui`` and the report),
+inlined into the page with each chart's data, so the page is one file that
+opens anywhere, offline. :func:`html_table`, :func:`html_chart` and
+:func:`fault_bands` are for simulation plugins drawing their own section.
 
 Example:
     >>> report = ScenarioReport(name="small", sim_seconds=120.0)  # doctest: +SKIP
@@ -15,21 +15,18 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mesh.scenario._report import ReportPaths, ScenarioReport, headline, percentile, routes
 
 __all__ = [
-    "html_img",
+    "fault_bands",
+    "html_chart",
     "html_table",
-    "plot_figure",
-    "plot_png",
-    "shade_faults",
     "write_report",
 ]
 
@@ -52,7 +49,13 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1000p
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-img { max-width: 100%; }
+.chart svg { width: 100%; height: auto; display: block; }
+.chart { margin: 0.5em 0 1.5em; }
+.chart h3 { font-size: 14px; margin: 0 0 0.3em; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; color: #555; font-size: 13px; }
+.legend i { display: inline-block; width: 14px; height: 3px; margin-right: 6px;
+  vertical-align: middle; }
+.empty { color: #666; }
 .note { color: #666; }
 """
 
@@ -124,7 +127,7 @@ def _html(report: ScenarioReport) -> str:
                 rows,
             )
         )
-        parts.append(html_img(_plot_latency(report), "latency against the SLO"))
+        parts.extend(_latency_charts(report))
     parts.append("<h2>Placement</h2>")
     if report.migrations:
         parts.append(
@@ -155,7 +158,7 @@ def _html(report: ScenarioReport) -> str:
             )
         )
     if report.agent_cpu:
-        parts.append(html_img(_plot_cpu(report), "agent CPU"))
+        parts.append(_cpu_chart(report))
     parts.append(
         f"<h2>Delivery</h2><p>events sent {report.events_sent}, received "
         f"{report.events_received}, lost {report.lost_events}"
@@ -167,7 +170,7 @@ def _html(report: ScenarioReport) -> str:
         parts.append("<h2>Notes</h2><ul>")
         parts.extend(f"<li>{html.escape(n)}</li>" for n in report.notes)
         parts.append("</ul>")
-    parts.append("</body></html>")
+    parts.append(f"<script>{_charts_js()}\ndrawCharts();</script></body></html>")
     return "\n".join(p for p in parts if p)
 
 
@@ -189,100 +192,90 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def html_img(png: bytes | None, alt: str) -> str:
-    """A PNG inline as a data URI (nothing for None)."""
-    if png is None:
-        return ""
-    data = base64.b64encode(png).decode()
-    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+def html_chart(
+    series: list[dict[str, Any]],
+    *,
+    title: str = "",
+    legend: list[str] | None = None,
+    **options: Any,
+) -> str:
+    """A chart drawn in the page by ``charts.js`` (the dashboard's) from its data.
+
+    Args:
+        series: ``{"points": [[x, y], ...], "dash": bool}`` each, x in simulated seconds
+            (colours follow the dashboard's palette in order unless ``color`` is set).
+        title: a caption above it.
+        legend: one label per series.
+        options: ``charts.js · chart``'s options: ``slo``, ``unit``, ``marks``
+            (``[{"at", "label"}]``), ``bands`` (``[{"from", "to", "label"}]``),
+            ``height``, ``empty``.
+    """
+    spec: dict[str, Any] = {"series": series, "options": options}
+    if legend is not None:
+        spec["legend"] = [
+            {"label": label, "series": i, "dash": bool(series[i].get("dash"))}
+            for i, label in enumerate(legend)
+        ]
+    data = html.escape(json.dumps(spec, separators=(",", ":")), quote=True)
+    caption = f"<h3>{html.escape(title)}</h3>" if title else ""
+    return f"<div class='chart'>{caption}<div data-chart=\"{data}\"></div></div>"
 
 
-# -- plots ------------------------------------------------------------------------
+def fault_bands(report: ScenarioReport) -> list[dict[str, Any]]:
+    """The report's faults as shaded spans for :func:`html_chart` (``bands=``)."""
+    return [{"from": f.start, "to": f.end, "label": f.kind} for f in report.faults]
 
 
-def plot_figure(height: float = 3.2) -> tuple[Any, Any]:
-    """A matplotlib figure and axes of the report's width (Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, height), dpi=90)
-    return fig, ax
+def _charts_js() -> str:
+    """The dashboard's chart code, inlined (``</`` cannot end the script early)."""
+    text = resources.files("mesh.dashboard").joinpath("static", "charts.js").read_text("utf-8")
+    return text.replace("</", "<\\/")
 
 
-def plot_png(fig: Any) -> bytes:
-    """The figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
+# -- charts -----------------------------------------------------------------------
 
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+_BLUE = "#1769aa"  # charts.js's first colour
 
 
-def shade_faults(ax: Any, report: ScenarioReport) -> None:
-    """Shade each fault's window on a plot over simulated time."""
-    for f in report.faults:
-        ax.axvspan(f.start, f.end, color="tab:red", alpha=0.08)
-        ax.text(
-            f.start,
-            1.0,
-            f" {f.kind}",
-            transform=ax.get_xaxis_transform(),
-            fontsize=7,
-            va="top",
-            color="tab:red",
-        )
-
-
-def _plot_latency(report: ScenarioReport) -> bytes | None:
-    if not any(m.samples for m in report.modules.values()):
-        return None
-    fig, ax = plot_figure()
+def _latency_charts(report: ScenarioReport) -> list[str]:
+    """One chart per module: p95 and p50 over simulated time, its SLO, migrations, faults."""
     width = max(5.0, report.sim_seconds / 60)
-    for i, (name, m) in enumerate(report.modules.items()):
+    out = []
+    for name, m in report.modules.items():
         w = m.windows(width)
         if not w:
             continue
-        color = f"C{i}"
-        ax.plot([t for t, _, _ in w], [p95 for _, _, p95 in w], color=color, label=f"{name} p95")
-        ax.plot(
-            [t for t, _, _ in w],
-            [p50 for _, p50, _ in w],
-            color=color,
-            ls=":",
-            lw=1,
-            label=f"{name} p50",
+        marks = [
+            {"at": mig.t, "label": f"→ {mig.target}"}
+            for mig in report.migrations
+            if mig.module == name
+        ]
+        out.append(
+            html_chart(
+                [  # one module, one colour: p50 dashed, as on the dashboard's module page
+                    {"points": [[t, p95] for t, _, p95 in w], "color": _BLUE},
+                    {"points": [[t, p50] for t, p50, _ in w], "color": _BLUE, "dash": True},
+                ],
+                title=f"{name}: latency against its SLO (ms, {width:.0f} s windows)",
+                legend=["p95", "p50"],
+                slo=m.slo_ms,
+                unit="ms",
+                marks=marks,
+                bands=fault_bands(report),
+                height=220,
+            )
         )
-        ax.axhline(m.slo_ms, color=color, ls="--", lw=0.8)
-    for mig in report.migrations:
-        ax.axvline(mig.t, color="k", lw=0.8, alpha=0.6)
-        ax.text(
-            mig.t,
-            0.02,
-            f" → {mig.target}",
-            transform=ax.get_xaxis_transform(),
-            fontsize=7,
-            rotation=90,
-            va="bottom",
-        )
-    shade_faults(ax, report)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.legend(loc="upper left", fontsize=8)
-    return plot_png(fig)
+    return out
 
 
-def _plot_cpu(report: ScenarioReport) -> bytes | None:
-    fig, ax = plot_figure(2.8)
-    for agent, series in sorted(report.agent_cpu.items()):
-        if series:
-            ax.plot([t for t, _ in series], [c for _, c in series], lw=0.9, label=agent)
-    shade_faults(ax, report)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("agent CPU %")
-    ax.legend(loc="upper left", fontsize=7, ncol=3)
-    return plot_png(fig)
+def _cpu_chart(report: ScenarioReport) -> str:
+    series = sorted(report.agent_cpu.items())
+    return html_chart(
+        [{"points": [[t, c] for t, c in points], "width": 1.2} for _, points in series],
+        title="agent CPU (%)",
+        legend=[agent for agent, _ in series],
+        unit="%",
+        bands=fault_bands(report),
+        height=160,
+        empty="No heartbeat.",
+    )

@@ -110,8 +110,12 @@ def test_report_files(tmp_path: Path) -> None:
     assert body["simulation"]["kpis"]["adaptive"]["mean_wait_s"] == 9.0
     assert "html" not in body["simulation"]  # the page has it, the JSON does not
     page = paths.html.read_text()
-    assert page.count("data:image/png;base64,") == 3  # queues, latency, CPU
-    assert "src='http" not in page  # self-contained
+    # Drawn in the page by the dashboard's chart code, inlined: queues, each module's
+    # latency, agent CPU.
+    charts = page.count('data-chart="{&quot;series&quot;')
+    assert charts == 2 + sum(1 for m in _report().modules.values() if m.samples), charts
+    assert "function chart(series" in page and "drawCharts();" in page
+    assert "src=" not in page and "href=" not in page  # self-contained
     assert "delay_based" in page and "cpu_hog" in page and "grid 2x2" in page
     assert "requests lost 1." in page
 

@@ -28,15 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.traffic.impairments import Impairments
 from functions.traffic.sim.count_error import describe_summary
-from mesh.scenario import (
-    ReportSection,
-    ScenarioReport,
-    html_img,
-    html_table,
-    plot_figure,
-    plot_png,
-    shade_faults,
-)
+from mesh.scenario import ReportSection, ScenarioReport, fault_bands, html_chart, html_table
 
 __all__ = [
     "ControllerKpis",
@@ -164,7 +156,7 @@ def traffic_section(
             for name, k in traffic.items()
         ],
     )
-    plot = html_img(_plot_queues(traffic, report), "vehicles halted over time") if plots else ""
+    plot = _queue_chart(traffic, report) if plots else ""
     return ReportSection(
         title="Traffic" if traffic else "",
         html=table + plot,
@@ -174,18 +166,18 @@ def traffic_section(
     )
 
 
-def _plot_queues(traffic: Mapping[str, ControllerKpis], report: ScenarioReport) -> bytes | None:
-    if not any(k.queue for k in traffic.values()):
-        return None
-    fig, ax = plot_figure()
-    for name, k in traffic.items():
-        if k.queue:
-            ax.plot([t for t, _ in k.queue], [q for _, q in k.queue], label=name, lw=1.2)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("vehicles halted")
-    ax.legend(loc="upper left", fontsize=8)
-    shade_faults(ax, report)
-    return plot_png(fig)
+def _queue_chart(traffic: Mapping[str, ControllerKpis], report: ScenarioReport) -> str:
+    """Vehicles halted over simulated time, per controller, with the faults shaded."""
+    drawn = [(name, k.queue) for name, k in traffic.items() if k.queue]
+    if not drawn:
+        return ""
+    return html_chart(
+        [{"points": [[t, q] for t, q in queue], "width": 1.5} for _, queue in drawn],
+        title="vehicles halted over time",
+        legend=[name for name, _ in drawn],
+        unit="vehicles",
+        bands=fault_bands(report),
+    )
 
 
 def camera_section_parts(

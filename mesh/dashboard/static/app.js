@@ -1,19 +1,14 @@
 // fogmesh dashboard: hash-routed pages over /v1, live through one streamed snapshot a second.
-// Hand-written, no dependencies. The token lives in sessionStorage (this tab only) and is sent
+// Hand-written, no dependencies; charts.js (loaded first) draws the charts, as in the report. The token lives in sessionStorage (this tab only) and is sent
 // in the Authorization header, the stream included (fetch, not EventSource, which cannot).
 "use strict";
 
 const TOKEN_KEY = "fogmesh.token";
 const state = { token: null, who: null, snap: null, stream: null, lastAt: 0, page: null,
   detail: null, runs: null, runsAt: 0, versions: {}, problem: null };
-const COLORS = ["#1769aa", "#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c0392b"];
 
 // ---------------------------------------------------------------- helpers
 
-function esc(value) {
-  return String(value ?? "").replace(/[&<>"']/g, (c) =>
-    ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
 function ms(v) { return v == null ? "–" : v < 10 ? v.toFixed(2) + " ms" : v.toFixed(1) + " ms"; }
 function pct(v) { return v == null ? "–" : v.toFixed(0) + " %"; }
 function ago(seconds) {
@@ -46,6 +41,11 @@ function usage(p) {
   return bar(p / 100, p > 90 ? "bad" : p > 70 ? "warn" : "ok") + pct(p);
 }
 function $(sel) { return document.querySelector(sel); }
+// A live chart's x axis: the last minute at least, up to the snapshot, in clock time.
+function live() {
+  return { t1: state.snap?.at || undefined, minSpan: 60, xLabel: clock,
+    empty: "No requests in the last ten minutes." };
+}
 function can(scope) {
   const order = ["read", "invoke", "admin"];
   return (state.who?.scopes || []).some((s) => order.indexOf(s) >= order.indexOf(scope));
@@ -318,44 +318,6 @@ async function loadModule(name) {
   }
 }
 
-function chart(series, { slo, unit, marks, height = 200, empty = "No requests in the last ten minutes." }) {
-  const W = 640, H = height, L = 48, R = 10, T = 16, B = 26;
-  const points = series.flatMap((s) => s.points);
-  if (!points.length) return `<div class="empty">${esc(empty)}</div>`;
-  const t1 = Math.max(state.snap?.at || 0, ...points.map((p) => p[0]));
-  const t0 = Math.min(t1 - 60, ...points.map((p) => p[0]));
-  const top = Math.max(slo || 0, ...points.map((p) => p[1])) * 1.1 || 1;
-  const magnitude = 10 ** Math.floor(Math.log10(top / 4));
-  const step = [1, 2, 2.5, 5, 10].map((f) => f * magnitude).find((st) => st * 4 >= top);
-  const vmax = step * 4;
-  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
-  const y = (v) => T + (1 - v / vmax) * (H - T - B);
-  const grid = [0, 1, 2, 3, 4].map((i) => {
-    const v = step * i;
-    return `<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#edf1f5"/>
-      <text x="${L - 6}" y="${y(v) + 4}" text-anchor="end" font-size="13" fill="#66727f">${+v.toFixed(2)}</text>`;
-  });
-  const ticks = [0, 0.5, 1].map((f) => {
-    const t = t0 + (t1 - t0) * f;
-    return `<text x="${x(t)}" y="${H - 6}" text-anchor="${f === 0 ? "start" : f === 1 ? "end" : "middle"}" font-size="13" fill="#66727f">${clock(t)}</text>`;
-  });
-  const lines = series.filter((s) => s.points.length).map((s) => {
-    const d = s.points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
-    const [lx, ly] = s.points[s.points.length - 1];
-    const dot = s.dash ? "" : `<circle cx="${x(lx).toFixed(1)}" cy="${y(ly).toFixed(1)}" r="3" fill="${s.color}"/>`;
-    return `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="${s.width || 2}" ${s.dash ? 'stroke-dasharray="5 4"' : ""} stroke-linejoin="round"/>${dot}`;
-  });
-  // Each route switch in view: where the module moved.
-  const switches = (marks || []).filter((m) => m.at >= t0 && m.at <= t1).map((m) =>
-    `<line x1="${x(m.at)}" x2="${x(m.at)}" y1="${T}" y2="${H - B}" stroke="#5b6b7a" stroke-dasharray="2 3"/>
-     <text x="${x(m.at) + (x(m.at) > W * 0.7 ? -4 : 4)}" y="${T + 12}" font-size="12" fill="#5b6b7a"
-       text-anchor="${x(m.at) > W * 0.7 ? "end" : "start"}">${esc(m.label)}</text>`);
-  const sloLine = slo ? `<line x1="${L}" x2="${W - R}" y1="${y(slo)}" y2="${y(slo)}" stroke="#d33a2c" stroke-dasharray="6 4" stroke-width="1.5"/>
-    <text x="${W - R}" y="${y(slo) - 5}" text-anchor="end" font-size="13" fill="#d33a2c">SLO ${slo} ${unit}</text>` : "";
-  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="chart">${grid.join("")}${ticks.join("")}${sloLine}${switches.join("")}${lines.join("")}
-</svg>`;
-}
-
 function viewModule() {
   const d = state.detail;
   if (!d) return '<p class="muted">Loading…</p>';
@@ -402,8 +364,8 @@ function viewModule() {
     </div>
     ${admin}
     <div class="grid two">
-      <section class="panel chart"><h2>Latency per node <span class="muted">(ms, ${esc(state.snap?.window_s ?? 5)} s windows)</span></h2>${chart(latency, { slo: m.slo_ms, unit: "ms", marks })}<div class="legend">${legend}</div></section>
-      <section class="panel chart"><h2>Request rate per node <span class="muted">(requests/s)</span></h2>${chart(rate, { unit: "req/s", marks })}</section>
+      <section class="panel chart"><h2>Latency per node <span class="muted">(ms, ${esc(state.snap?.window_s ?? 5)} s windows)</span></h2>${chart(latency, { ...live(), slo: m.slo_ms, unit: "ms", marks })}<div class="legend">${legend}</div></section>
+      <section class="panel chart"><h2>Request rate per node <span class="muted">(requests/s)</span></h2>${chart(rate, { ...live(), unit: "req/s", marks })}</section>
     </div>
     ${m.decision ? `<section class="panel"><h2>The engine's current decision</h2><pre class="explain">${esc(m.decision)}</pre></section>` : ""}
     <section class="panel" id="placement-history"><h2>Placement history</h2>${migrationTable(d.placements, false)}</section>
@@ -441,7 +403,7 @@ function viewAgent() {
       <section class="panel"><h2>Host over the last heartbeats <span class="muted">(%)</span></h2><div class="chart">${chart([
           { color: COLORS[0], points: a.heartbeats.map((h) => [h.received_at, h.cpu_percent]) },
           { color: COLORS[1], points: a.heartbeats.map((h) => [h.received_at, h.mem_percent]) },
-        ], { unit: "%", height: 150, empty: "No heartbeat yet." })}</div><div class="legend"><span><i style="background:${COLORS[0]}"></i>CPU</span>
+        ], { ...live(), unit: "%", height: 150, empty: "No heartbeat yet." })}</div><div class="legend"><span><i style="background:${COLORS[0]}"></i>CPU</span>
           <span><i style="background:${COLORS[1]}"></i>memory</span></div>
         <h2 style="margin-top:14px">Pipelines</h2>${a.pipelines.length ? a.pipelines.map((p) => `<div class="mono">${esc(p)}</div>`).join("") : '<div class="empty">None.</div>'}
         ${a.faults && (a.faults.quarantined.length || Object.keys(a.faults.thread_failures).length) ? `<h2 style="margin-top:14px">Faults</h2><pre class="explain">${esc(JSON.stringify(a.faults, null, 1))}</pre>` : ""}</section>
@@ -451,14 +413,6 @@ function viewAgent() {
 }
 
 // ---------------------------------------------------------------- scenario
-
-function sparkline(values, color) {
-  const W = 160, H = 34;
-  if (values.length < 2) return "";
-  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-  const d = values.map((v, i) => `${i ? "L" : "M"}${((i / (values.length - 1)) * W).toFixed(1)},${(H - 3 - ((v - lo) / span) * (H - 6)).toFixed(1)}`).join("");
-  return `<svg class="spark" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none"><path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"/></svg>`;
-}
 
 function timeline(sc) {
   const W = 1180, L = 190, R = 16, rowH = 26;
