@@ -193,7 +193,7 @@ def test_a_cpu_hog_on_edge_1_moves_its_module_to_fog_and_back_after_the_dwell(
         ], stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
     hog = None
     try:
-        _wait("the camera's first event (the pipeline running)", lambda: _lines(frames_out))
+        _wait("the camera's first event (the pipeline running)", lambda: read_samples(frames_out))
         _wait(f"{_CALM} answers from the agent", lambda: _answered(requests) >= _CALM)
         # Calm: the agent meets the target, nothing moved.
         assert _served_by(mesh) == ("edge", AGENT) and _history(mesh) == [], _history(mesh)
@@ -218,8 +218,8 @@ def test_a_cpu_hog_on_edge_1_moves_its_module_to_fog_and_back_after_the_dwell(
         camera_code = camera.wait(120)
     samples = read_samples(requests)
     failed = [s for s in samples if s["status"] != 200]
-    lines = _lines(frames_out)
-    events = lines[-1] if lines else {}
+    lines = read_samples(frames_out)  # the camera's JSON lines: a ready line, then counts
+    events: dict[str, Any] = dict(lines[-1]) if lines else {}
     moves = _history(mesh)
     phases = {
         "calm": _p95(samples, 0.0, hog_at),
@@ -266,16 +266,3 @@ def _sent(sample: dict[str, object]) -> float:
     sent = sample["sent"]
     assert isinstance(sent, float | int), sample
     return float(sent)
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    """The camera's JSON lines so far (a ready line, then its counts at the end)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

@@ -36,9 +36,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.multihost import EDGE, FOG, Mesh, in_host, mesh_in
+from tests.support.multihost import EDGE, FOG, Mesh, mesh_in
 from tests.support.multihost import running_mesh as start_mesh
 from tests.support.multihost_client import client_input, infer_from_client
+from tests.support.multihost_edge import pin
 from tests.support.readme_runs import readme_drift
 
 pytest.importorskip("ray")
@@ -78,7 +79,7 @@ def edge_modules(running_mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -
         # module pinned to its agent is never planned elsewhere by the placement controller.
         mesh_in(bed, "cloud", env, "modules", "deploy", MODEL, "--name", _module(agent),
                 "--agent", agent, "--p95-ms", "1000")  # fmt: skip
-        _pin(running_mesh, _module(agent), agent)
+        pin(running_mesh, _module(agent), agent)
     token = mesh_in(bed, "cloud", env, "tokens", "create", "client", "--scope", "invoke").strip()
     return {"model": model, "token": token}
 
@@ -90,22 +91,6 @@ def _wait(what: str, done: Callable[[], object], timeout_s: float = _WAIT_S) -> 
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
-
-
-def _pin(mesh: Mesh, module: str, agent: str) -> None:
-    """``mesh placements pin MODULE --node AGENT``, once the controller's monitors know it."""
-    argv = [sys.executable, "-m", "mesh.cli", "placements", "pin", module, "--node", agent]
-    tries: list[str] = []
-    deadline = time.monotonic() + _WAIT_S
-    while time.monotonic() < deadline:  # bounded: until a round saw the agent
-        done = in_host(mesh.bed, "cloud", mesh.cloud_env, argv)
-        if done.returncode == 0:
-            return
-        tries.append(done.stdout + done.stderr)
-        if "unknown node" not in tries[-1]:
-            break
-        time.sleep(2.0)
-    raise AssertionError(f"cannot pin {module} to {agent}: {tries[-1:]}")
 
 
 def _connections(mesh: Mesh, host: str, user: str) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from tests.support.multihost import Mesh, in_host, mesh_in
 
-__all__ = ["deploy_on_agents", "edge_module"]
+__all__ = ["deploy_on_agents", "edge_module", "pin"]
 
 #: How long a pin may wait for a placement round to have seen the agent.
 PIN_WAIT_S = 120.0
@@ -41,12 +41,12 @@ def deploy_on_agents(mesh: Mesh, model: str, agents: Sequence[str]) -> list[str]
         module = edge_module(model, agent)
         mesh_in(bed, "cloud", env, "modules", "deploy", model, "--name", module,
                 "--agent", agent, "--p95-ms", "1000")  # fmt: skip
-        _pin(mesh, module, agent)
+        pin(mesh, module, agent)
         modules.append(module)
     return modules
 
 
-def _pin(mesh: Mesh, module: str, agent: str) -> None:
+def pin(mesh: Mesh, module: str, agent: str) -> None:
     """``mesh placements pin MODULE --node AGENT``, once the controller's monitors know it."""
     argv = [sys.executable, "-m", "mesh.cli", "placements", "pin", module, "--node", agent]
     tries: list[str] = []
