@@ -1,7 +1,8 @@
 """A fleet of simulated edge agents that speak the real MQTT contract, many per process.
 
 Each :class:`SimAgent` is one real MQTT connection (paho, built by the agent's own
-:func:`edge_agent._mqtt.new_client`: its last will, ``TCP_NODELAY``), logged in
+:func:`edge_agent._mqtt.new_client`: its last will, ``TCP_NODELAY``), driven with
+the others by one epoll thread (:class:`~tests.support.fleet_pump.ClientPump`), logged in
 with the credentials ``mesh agents enroll`` made for it. It does what
 ``edge_agent`` does on the wire, with the contract's own classes
 (:mod:`edge_agent.protocol`):
@@ -66,6 +67,7 @@ from edge_agent.protocol import (
     parse_header,
     parse_json,
 )
+from tests.support.fleet_pump import ClientPump
 
 __all__ = ["AgentCredentials", "AgentProfile", "Fleet", "SimAgent"]
 
@@ -115,6 +117,7 @@ class SimAgent:
         profile: AgentProfile,
         keepalive_s: int,
         pool: ThreadPoolExecutor,
+        pump: ClientPump,
     ) -> None:
         """Build the client; :meth:`connect` starts it."""
         self.creds = creds
@@ -123,6 +126,10 @@ class SimAgent:
         self.profile = profile
         self._host, self._port, self._keepalive = host, port, keepalive_s
         self._pool = pool
+        self._pump = pump
+        self.leaving = False  # churned away: not reconnected until churn_return
+        self._opened = False
+        self._tried_at = 0.0
         self._cache = ModuleCache(
             cache_dir, public_key=_b64(creds.public_key), require_signature=True
         )
@@ -167,10 +174,26 @@ class SimAgent:
         )
         return status.model_dump_json(exclude_none=True).encode()
 
-    def connect(self) -> None:
-        """Connect (asynchronously) and start the client's network thread."""
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
-        self._client.loop_start()
+    def connect(self) -> bool:
+        """Open the connection (CONNECT sent) and hand it to the pump; False if refused."""
+        self._tried_at = time.monotonic()
+        try:
+            if not self._opened:
+                self._client.connect(self._host, self._port, keepalive=self._keepalive)
+                self._opened = True
+            else:
+                self._client.reconnect()
+        except OSError as exc:
+            logger.debug("agent %s: connect failed: %s", self.agent_id, exc)
+            return False
+        self._pump.add(self._client)
+        return True
+
+    def needs_reconnect(self) -> bool:
+        """Down, and neither killed nor churned away."""
+        if self.dead or self.leaving or self.connected.is_set():
+            return False
+        return time.monotonic() - self._tried_at > 5.0  # a handshake may still be under way
 
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if getattr(reason, "is_failure", False):
@@ -318,12 +341,15 @@ class SimAgent:
     def churn_return(self) -> None:
         """Come back after :meth:`churn_leave`."""
         if not self.dead:
+            self.leaving = False
             self.connect()
 
     def kill(self) -> None:
         """Go silent as a device losing power: no DISCONNECT, no FIN, no more packets."""
         self.dead = True
-        self._client.loop_stop()  # ends paho's thread; the socket stays open, silent
+        self._pump.remove(
+            self._client
+        )  # never read, written or pinged again; the socket stays open
         self.connected.clear()
 
     def close(self) -> None:
@@ -334,9 +360,9 @@ class SimAgent:
                 with contextlib.suppress(OSError):
                     sock.close()
             return
+        self._pump.remove(self._client)
         with contextlib.suppress(Exception):
             self._client.disconnect()
-        self._client.loop_stop()
 
 
 def _b64(text: str) -> bytes:
@@ -346,7 +372,7 @@ def _b64(text: str) -> bytes:
 
 
 class Fleet:
-    """Many :class:`SimAgent` in one process: one paho thread each, one heartbeat thread.
+    """Many :class:`SimAgent` in one process: one network thread for all, one for heartbeats.
 
     Args:
         creds: the enrolled agents.
@@ -378,6 +404,7 @@ class Fleet:
         self.period_s = period_s
         self.topics = Topics(prefix)
         self._pool = ThreadPoolExecutor(download_workers, thread_name_prefix="fleet-apply")
+        self._pump = ClientPump().start()
         self.agents = [
             SimAgent(
                 c,
@@ -388,11 +415,13 @@ class Fleet:
                 profile=profile_for(i, self._rng),
                 keepalive_s=keepalive_s,
                 pool=self._pool,
+                pump=self._pump,
             )
             for i, c in enumerate(creds)
         ]
         self._stop = threading.Event()
         self._beats: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
 
     def start(self, *, connect_per_s: float = 200.0) -> None:
         """Connect every agent (paced at ``connect_per_s``) and start the heartbeats."""
@@ -402,6 +431,17 @@ class Fleet:
             time.sleep(gap)
         self._beats = threading.Thread(target=self._beat_loop, name="fleet-heartbeats", daemon=True)
         self._beats.start()
+        self._keeper = threading.Thread(
+            target=self._reconnect_loop, name="fleet-reconnect", daemon=True
+        )
+        self._keeper.start()
+
+    def _reconnect_loop(self) -> None:
+        # What paho's own loop does for a lost connection: try again, every second.
+        while not self._stop.wait(1.0):
+            for agent in self.agents:
+                if agent.needs_reconnect():
+                    agent.connect()
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Wait until every live agent is connected."""
@@ -442,8 +482,10 @@ class Fleet:
     def close(self) -> None:
         """Stop the heartbeats and end every connection."""
         self._stop.set()
-        if self._beats is not None:
-            self._beats.join(10.0)
+        for thread in (self._beats, self._keeper):
+            if thread is not None:
+                thread.join(10.0)
         for agent in self.agents:
             agent.close()
+        self._pump.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
