@@ -49,6 +49,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -81,6 +82,8 @@ from placement import (
 __all__ = ["ControllerSettings", "PlacementController", "RoundResult", "ServedModules"]
 
 logger = logging.getLogger(__name__)
+
+_ROUNDS_KEPT = 512  # round durations kept for /metrics (mesh_placement_round_seconds)
 
 
 class PlacementController(ReconcileRound):
@@ -150,6 +153,7 @@ class PlacementController(ReconcileRound):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._round_s: deque[float] = deque(maxlen=_ROUNDS_KEPT)  # the loop's recent rounds
         self._lock = threading.Lock()
         #: The recorded deployments' restoration after a restart (:meth:`restore`).
         self.restorer = Restorer(restore_policy)
@@ -193,16 +197,22 @@ class PlacementController(ReconcileRound):
                 ", ".join(f"{r.module} ({r.status})" for r in self.executor.running()),
             )
 
+    def round_seconds(self) -> list[float]:
+        """How long the loop's recent rounds took (seconds, oldest first; at most 512)."""
+        return list(self._round_s)
+
     def wake(self) -> None:
         """Run a round now."""
         self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            began = time.perf_counter()
             try:
                 self.step()
             except Exception as exc:  # the loop never dies: log (once while it repeats) and go on
                 self._quiet_loop.exception("placement round failed", exc=exc)
+            self._round_s.append(time.perf_counter() - began)
             self._wake.wait(self.settings.tick_s)
             self._wake.clear()
 

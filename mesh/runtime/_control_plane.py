@@ -372,6 +372,7 @@ def build_services(
         migrations=controller.executor.counts,
         restores=lambda: {str(k): n for k, n in controller.restorer.counts().items()},
         edge=edge,
+        rounds=controller.round_seconds,
     )
     from mesh.security._revocations import TokenRevocations
 

@@ -12,6 +12,12 @@ exposed here, each gauge read from its owner at scrape time (nothing is kept twi
   state.
 - ``mesh_edge_agent_up{agent}`` (1 online, 0 stale or offline) and
   ``mesh_edge_agent_heartbeat_age_seconds{agent}``: each enrolled agent's liveness.
+- ``mesh_edge_agent_heartbeat_lag_seconds{agent}``: the last heartbeat's arrival
+  minus its ``ts`` (ingestion lag, plus the two clocks' skew), and
+  ``mesh_edge_agent_offline{agent}``: 1 for each agent whose status (or last
+  will) says offline, only those listed (``bench/fleet.py`` reads both).
+- ``mesh_placement_round_seconds{quantile}``: the reconcile loop's recent rounds
+  (the last 512), p50 and p95 and max.
 
 ``deploy/grafana/fogmesh.json`` queries these names; ``tests/deploy`` checks that
 every name it queries is one a running control plane exposes.
@@ -20,7 +26,7 @@ every name it queries is one a running control plane exposes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from mesh.core._metrics import MetricsRegistry
@@ -45,6 +51,17 @@ class _Agent(Protocol):
     def health(self, now: float | None = None) -> str: ...
 
     def heartbeat_age_s(self, now: float | None = None) -> float | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def last_heartbeat_at(self) -> float | None: ...
+    @property
+    def last_heartbeat(self) -> _Beat | None: ...
+
+
+class _Beat(Protocol):
+    @property
+    def ts(self) -> float: ...
 
 
 class AgentLiveness(Protocol):
@@ -62,6 +79,7 @@ def expose_state(
     migrations: Callable[[], Mapping[str, int]],
     restores: Callable[[], Mapping[str, int]],
     edge: AgentLiveness | None,
+    rounds: Callable[[], Sequence[float]] | None = None,
 ) -> None:
     """Register the state gauges on ``metrics``; each reads its owner at scrape time.
 
@@ -71,6 +89,8 @@ def expose_state(
         migrations: migrations by phase (``MigrationExecutor.counts``).
         restores: recorded modules by restore state (``Restorer.counts``).
         edge: the edge bus, or None when the control plane runs without agents.
+        rounds: the reconcile loop's recent round durations
+            (``PlacementController.round_seconds``), or None.
     """
     metrics.gauge_callback(
         "mesh_module_slo_seconds",
@@ -90,6 +110,14 @@ def expose_state(
         ("state",),
         lambda: [((state,), float(n)) for state, n in restores().items()],
     )
+    if rounds is not None:
+        read_rounds = rounds
+        metrics.gauge_callback(
+            "mesh_placement_round_seconds",
+            "The reconcile loop's recent rounds (the last 512): p50, p95 and max, in seconds.",
+            ("quantile",),
+            lambda: _quantiles(read_rounds()),
+        )
     if edge is None:
         return
     metrics.gauge_callback(
@@ -104,6 +132,38 @@ def expose_state(
         ("agent",),
         lambda: _liveness(edge, up=False),
     )
+    metrics.gauge_callback(
+        "mesh_edge_agent_heartbeat_lag_seconds",
+        "Each agent's last heartbeat: arrival minus its ts (ingestion lag plus clock skew).",
+        ("agent",),
+        lambda: _lags(edge),
+    )
+    metrics.gauge_callback(
+        "mesh_edge_agent_offline",
+        "1 for each agent whose status or last will says offline (only those are listed).",
+        ("agent",),
+        lambda: [((a.agent_id,), 1.0) for a in edge.agents() if a.state == "offline"],
+    )
+
+
+def _quantiles(values: Sequence[float]) -> Samples:
+    if not values:
+        return []
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return [(("0.5",), at(0.5)), (("0.95",), at(0.95)), (("1",), ordered[-1])]
+
+
+def _lags(edge: AgentLiveness) -> Samples:
+    out: Samples = []
+    for agent in edge.agents():
+        beat, at = agent.last_heartbeat, agent.last_heartbeat_at
+        if beat is not None and at is not None:
+            out.append(((agent.agent_id,), at - beat.ts))
+    return out
 
 
 def _liveness(edge: AgentLiveness, *, up: bool) -> Samples:

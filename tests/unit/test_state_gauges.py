@@ -15,10 +15,17 @@ class _Route:
 
 
 @dataclass(frozen=True)
+class _Beat:
+    ts: float
+
+
+@dataclass(frozen=True)
 class _Agent:
     agent_id: str
     state: str
     age_s: float | None
+    last_heartbeat: _Beat | None = None
+    last_heartbeat_at: float | None = None
 
     def health(self, now: float | None = None) -> str:
         return self.state
@@ -29,7 +36,10 @@ class _Agent:
 
 class _Edge:
     def __init__(self) -> None:
-        self.known = [_Agent("a-1", "online", 2.5), _Agent("a-2", "offline", None)]
+        self.known = [
+            _Agent("a-1", "online", 2.5, _Beat(100.0), 100.25),
+            _Agent("a-2", "offline", None),
+        ]
 
     def agents(self) -> list[_Agent]:
         return self.known
@@ -45,6 +55,7 @@ def test_each_gauge_reads_its_owner_at_every_scrape() -> None:
         migrations=lambda: {"done": 2, "failed": 0},
         restores=lambda: {"serving": 1},
         edge=edge,
+        rounds=lambda: [0.01] * 19 + [0.4],
     )
     text = metrics.render()
     assert 'mesh_module_slo_seconds{module="counter"} 0.025' in text
@@ -55,6 +66,11 @@ def test_each_gauge_reads_its_owner_at_every_scrape() -> None:
     assert 'mesh_edge_agent_up{agent="a-2"} 0.0' in text
     assert 'mesh_edge_agent_heartbeat_age_seconds{agent="a-1"} 2.5' in text
     assert 'mesh_edge_agent_heartbeat_age_seconds{agent="a-2"}' not in text
+    assert 'mesh_edge_agent_heartbeat_lag_seconds{agent="a-1"} 0.25' in text
+    assert 'mesh_edge_agent_offline{agent="a-2"} 1.0' in text
+    assert 'mesh_edge_agent_offline{agent="a-1"}' not in text
+    assert 'mesh_placement_round_seconds{quantile="0.5"} 0.01' in text
+    assert 'mesh_placement_round_seconds{quantile="0.95"} 0.4' in text
 
     edge.known = [_Agent("a-1", "stale", 40.0)]  # read again at the next scrape
     text = metrics.render()
@@ -65,4 +81,5 @@ def test_without_agents_no_agent_gauge_is_registered() -> None:
     metrics = MetricsRegistry()
     expose_state(metrics, routes=list, migrations=dict, restores=dict, edge=None)
     assert "mesh_edge_agent_up" not in metrics.render()
+    assert "mesh_placement_round_seconds" not in metrics.render()
     assert "# TYPE mesh_migrations gauge" in metrics.render()

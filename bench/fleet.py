@@ -1,0 +1,92 @@
+"""Fleet scale (issue 19): one control plane and Mosquitto holding N simulated agents.
+
+Usage::
+
+    python bench/fleet.py --agents 1000 --json bench/results/fleet-1000.json
+
+Enrols N agents (enrolment's own function: credentials, ACL), starts Mosquitto
+as deploy/mosquitto.conf sets it up and ``mesh up`` on it (no fog nodes), then
+connects N simulated agents (``tests/support/fleet.py``: one real MQTT
+connection each, the agent's wire contract, artifacts verified by the agent's
+own cache), and measures:
+
+- steady state with 1 s heartbeats and churn (2 % leave and return each quarter):
+  control-plane CPU (cores) and RSS of ``mesh up``'s process tree (and of its main
+  process alone), Mosquitto's CPU and RSS, heartbeat lag at the registry
+  (arrival minus ``ts``, p50/p95), the reconcile loop's round p50/p95;
+- a rollout: a new module version's desired state to every agent, until every
+  agent's observed state names it (downloaded from the artifact endpoint and
+  verified: Ed25519, sha256);
+- offline detection: 5 % of agents go silent without DISCONNECT, until the
+  registry lists each offline (bound: 1.5 x keepalive).
+
+The machine's load average is recorded beside the figures (a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.fleet_mesh import FleetMesh
+
+
+def run(agents: int, *, keepalive_s: int, steady_s: float, kill_share: float) -> dict[str, object]:
+    """One row: start the mesh with ``agents`` agents, measure, tear down."""
+    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
+        mesh = FleetMesh(Path(tmp), agents=agents, keepalive_s=keepalive_s)
+        try:
+            mesh.start()
+            time.sleep(5.0)  # let the first heartbeats and retained states settle
+            row: dict[str, object] = {"agents": agents, "keepalive_s": keepalive_s}
+            row.update(mesh.steady(steady_s))
+            row["rollout_s"] = mesh.rollout("v2")
+            took, victims = mesh.kill_and_detect(kill_share)
+            row["offline_detect_s"] = took
+            row["offline_killed"] = len(victims)
+            row["offline_missed"] = len({a.agent_id for a in victims} - mesh.offline_now())
+            at_cp, at_bus = mesh.detections["control_plane"], mesh.detections["bus"]
+            row["offline_detect_first_s"] = min(at_cp.values(), default=None)
+            row["offline_will_at_bus_last_s"] = max(at_bus.values(), default=None)
+            row["offline_bound_s"] = 1.5 * keepalive_s
+            row.update(mesh.timings)
+            row["loadavg_end"] = list(os.getloadavg())
+            row["cpus"] = os.cpu_count()
+            return row
+        finally:
+            mesh.close()
+
+
+def main() -> None:
+    """Parse arguments, run, print the row and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keepalive-s", type=int, default=10)
+    parser.add_argument("--steady-s", type=float, default=30.0)
+    parser.add_argument("--kill-share", type=float, default=0.05)
+    args = parser.parse_args()
+    if args.agents < 1:
+        parser.error("--agents must be at least 1")
+    row = run(
+        args.agents,
+        keepalive_s=args.keepalive_s,
+        steady_s=args.steady_s,
+        kill_share=args.kill_share,
+    )
+    text = json.dumps(row, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""A real control plane, a Mosquitto and a fleet of simulated agents, and what to measure of them.
+
+:class:`FleetMesh` enrols N agents through enrolment's own :func:`~mesh.edge._enrolment.enroll`
+(what ``mesh agents enroll`` runs: MQTT password, ACL, the signing key), starts
+Mosquitto as ``deploy/mosquitto.conf`` sets it up
+(:class:`~tests.support.chaos_mosquitto.ChaosMosquitto`: ``set_tcp_nodelay``, the
+enrolment's password and ACL files, a devices' listener), ``mesh up`` with
+``MESH_BROKER_URL`` on it (no fog nodes: the fleet is the load), and a
+:class:`~tests.support.fleet.Fleet` of the enrolled agents.
+
+Measured (used by ``tests/integration/test_fleet.py`` and ``bench/fleet.py``):
+
+- :meth:`FleetMesh.rollout`: a new module version's desired state published to
+  every agent by the control plane's own :class:`~mesh.edge._bus.EdgeBus`, each
+  entry signed as the installer signs it (:func:`~mesh.edge._artifact_api.signed_module_spec`),
+  until every agent's observed state names it (each agent downloaded the
+  artifact from the control plane's artifact endpoint and verified it);
+- :meth:`FleetMesh.kill_and_detect`: a share of agents go silent (no DISCONNECT),
+  until the control plane's registry lists each offline (``/metrics``:
+  ``mesh_edge_agent_offline``);
+- :meth:`FleetMesh.steady`: the control plane's and Mosquitto's CPU and RSS
+  (psutil, ``mesh up``'s process tree), heartbeat lag at the registry and the
+  reconcile loop's round times (``/metrics``), with churn under way.
+
+Every process it starts is ended at :meth:`FleetMesh.close`, by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import statistics
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edge_agent.protocol import DesiredState
+from mesh.edge.broker._broker import free_port
+from mesh.edge.broker._mosquitto import find_mosquitto
+from tests.support.chaos_mosquitto import ChaosMosquitto
+from tests.support.cli import mesh_cli, stop_recorded_daemon
+from tests.support.fleet import SITES, AgentCredentials, Fleet, SimAgent
+
+__all__ = ["FleetMesh", "percentile"]
+
+_SAMPLE = re.compile(r'^(\w+)\{(\w+)="([^"]*)"\} (\S+)$')
+MODULE = "fleet-model"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values`` by rank; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _rss_mb(procs: list[psutil.Process]) -> float:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+class FleetMesh:
+    """``mesh up`` on Mosquitto with N enrolled, simulated agents.
+
+    Args:
+        workdir: data dir, Mosquitto's files and the agents' caches go here.
+        agents: how many agents.
+        keepalive_s: the agents' MQTT keepalive.
+        period_s: the heartbeat period.
+        log: progress lines.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        agents: int,
+        keepalive_s: int = 10,
+        period_s: float = 1.0,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        """Nothing starts until :meth:`start`."""
+        exe = find_mosquitto()
+        if exe is None:
+            raise ValueError("mosquitto is not installed")
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.n = agents
+        self.keepalive_s = keepalive_s
+        self.period_s = period_s
+        self.log = log
+        self.mosquitto = ChaosMosquitto(
+            workdir / "mosquitto",
+            password_file=self.data / "mqtt" / "passwd",
+            acl_file=self.data / "mqtt" / "acl",
+            executable=exe,
+        )
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RAY_AUTH", "MESH_RAY_", "MESH_BROKER_URL"))
+        }
+        self.env.update(
+            MESH_DATA_DIR=str(self.data),
+            MESH_CLOUD_CPUS="1",
+            MESH_FOG_NODES="0",
+            MESH_OBJECT_STORE_MB="100",
+            MESH_GATEWAY_PORT=str(free_port()),
+            MESH_BROKER_URL=self.mosquitto.control_url,
+            MESH_AGENT_BROKER_URL=self.mosquitto.device_url,
+            RAY_USAGE_STATS_ENABLED="0",
+            COLUMNS="200",
+        )
+        self.fleet: Fleet | None = None
+        self.cluster: dict[str, Any] = {}
+        self.gateway = ""
+        self.token = ""
+        self.timings: dict[str, float] = {}
+        self._bus: Any = None
+        self._desired_version = 0
+        self._started: dict[int, float] = {}
+        self.detections: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def _settings(self) -> Any:
+        from mesh.edge._enrolment import EdgeSettings
+
+        return EdgeSettings(
+            data_dir=self.data,
+            broker_url=self.mosquitto.control_url,
+            agent_broker_url=self.mosquitto.device_url,
+        )
+
+    def enroll(self) -> list[AgentCredentials]:
+        """Enrol the agents through enrolment's own function (one store, as the CLI does)."""
+        from mesh.edge._agent_store import EnrolmentStore
+        from mesh.edge._enrolment import enroll
+
+        settings = self._settings()
+        began = time.monotonic()
+        creds = []
+        with EnrolmentStore(settings.store_path) as store:
+            for i in range(self.n):
+                r = enroll(
+                    f"sim-{i:05d}", site=SITES[i % len(SITES)], settings=settings, store=store
+                )
+                creds.append(AgentCredentials(r.agent_id, r.site, r.password, r.public_key))
+        self.timings["enroll_s"] = time.monotonic() - began
+        return creds
+
+    def start(self) -> None:
+        """Enrol, Mosquitto, ``mesh up``, a read token, the fleet connected, the rollout bus."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        creds = self.enroll()
+        self.log(f"enrolled {self.n} agents in {self.timings['enroll_s']:.1f} s")
+        self.mosquitto.start()
+        began = time.monotonic()
+        self._cli("up", "--wait-s", "240")
+        self.cluster = json.loads((self.data / "cluster.json").read_text())
+        self._started.update({p.pid: p.create_time() for p in _tree(int(self.cluster["pid"]))})
+        self.gateway = f"http://127.0.0.1:{self.env['MESH_GATEWAY_PORT']}"
+        self.timings["mesh_up_s"] = time.monotonic() - began
+        self.token = self._cli("tokens", "create", "fleet", "--scope", "read").strip()
+        self.fleet = Fleet(
+            creds,
+            host="127.0.0.1",
+            port=self.mosquitto.device_port,
+            cache_root=self.workdir / "agents",
+            period_s=self.period_s,
+            keepalive_s=self.keepalive_s,
+        )
+        began = time.monotonic()
+        self.fleet.start()
+        if not self.fleet.wait_connected(120):
+            down = [a.agent_id for a in self.fleet.agents if not a.connected.is_set()]
+            raise AssertionError(f"{len(down)} agents did not connect: {down[:5]}")
+        self.timings["connect_all_s"] = time.monotonic() - began
+        self.log(f"{self.n} agents connected in {self.timings['connect_all_s']:.1f} s")
+        self._bus = self._control_bus()
+
+    def _cli(self, *args: str) -> str:
+        done = mesh_cli(self.env, *args, timeout=300)
+        if done.returncode != 0:
+            raise AssertionError(f"mesh {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def _control_bus(self) -> Any:
+        from mesh.edge._bus import EdgeBus
+        from mesh.edge._enrolment import control_plane_credentials
+
+        creds = control_plane_credentials(self._settings())
+        bus = EdgeBus(
+            self.mosquitto.control_url,
+            username=creds.username,
+            password=creds.password,
+            client_id="fleet-rollout",
+            session_expiry_s=0,
+        )
+        bus.start(timeout_s=10)
+        bus.barrier(10)  # the agents' retained states are in its registry
+        return bus
+
+    # ------------------------------------------------------------------ control plane's view
+
+    def scrape(self) -> dict[str, dict[str, float]]:
+        """The control plane's ``/metrics``: name -> {label value: value} (one-label series)."""
+        req = urllib.request.Request(
+            f"{self.gateway}/metrics", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode()
+        out: dict[str, dict[str, float]] = {}
+        for line in text.splitlines():
+            m = _SAMPLE.match(line)
+            if m:
+                out.setdefault(m.group(1), {})[m.group(3)] = float(m.group(4))
+        return out
+
+    # ------------------------------------------------------------------ measurements
+
+    def rollout(self, version: str, *, size: int = 64 * 1024, timeout_s: float = 300.0) -> float:
+        """Publish ``version`` of the module to every live agent; seconds until all observe it.
+
+        Raises:
+            AssertionError: some agent did not report it within ``timeout_s``
+                (naming them and their errors).
+        """
+        from mesh.edge._artifact_api import UrlSigner, signed_module_spec
+        from mesh.models._artifacts import ArtifactSigner, ArtifactStore
+
+        assert self.fleet is not None
+        data = (version.encode() * (size // max(1, len(version)) + 1))[:size]
+        info = ArtifactStore(self.data / "artifacts").put_bytes(data)
+        signer = ArtifactSigner.load_or_create(self.data)
+        url_signer = UrlSigner.load_or_create(self.data)
+        live = [a for a in self.fleet.agents if not a.dead]
+        self._desired_version += 1
+        began = time.monotonic()
+        for agent in live:
+            spec = signed_module_spec(
+                MODULE,
+                version,
+                info,
+                agent_id=agent.agent_id,
+                base_url=self.gateway,
+                signer=signer,
+                url_signer=url_signer,
+            )
+            desired = DesiredState(version=self._desired_version, modules=[spec])
+            self._bus.publish_desired(agent.agent_id, desired, timeout_s=None)
+        publish_s = time.monotonic() - began
+
+        def missing() -> list[str]:
+            views = {v.agent_id: v for v in self._bus.agents()}
+            out = []
+            for agent in live:
+                view = views.get(agent.agent_id)
+                observed = view.observed if view is not None else None
+                if observed is None or not any(
+                    m.name == MODULE and m.version == version and m.sha256 == info.sha256
+                    for m in observed.installed
+                ):
+                    out.append(agent.agent_id)
+            return out
+
+        deadline = began + timeout_s
+        left = missing()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = missing()
+        took = time.monotonic() - began
+        if left:
+            errors = {
+                a.agent_id: (a.version, a.downloads, a.connects, a.connected.is_set(), a._errors)
+                for a in live
+                if a.agent_id in left[:3]
+            }
+            raise AssertionError(
+                f"{len(left)} agents never observed {version}: {left[:5]} {errors}"
+            )
+        self.log(
+            f"rollout of {version} to {len(live)} agents: {took:.1f} s (published in {publish_s:.1f} s)"
+        )
+        self.timings["rollout_publish_s"] = publish_s
+        return took
+
+    def kill_and_detect(
+        self, share: float, *, timeout_s: float | None = None
+    ) -> tuple[float, list[SimAgent]]:
+        """Silence ``share`` of the agents; seconds until the registry lists each offline.
+
+        Returns the time and the killed agents; the caller checks the bound. Waits
+        at most ``timeout_s`` (default 4 x keepalive) and returns the time waited.
+        """
+        assert self.fleet is not None
+        victims = self.fleet.pick(share)
+        limit = timeout_s if timeout_s is not None else 4.0 * self.keepalive_s
+        began = time.monotonic()
+        for agent in victims:
+            agent.kill()
+        ids = {a.agent_id for a in victims}
+        seen_cp: dict[str, float] = {}
+        seen_broker: dict[str, float] = {}  # the will at this process's own bus
+        while time.monotonic() - began < limit:
+            now = time.monotonic() - began
+            for agent_id in set(self.scrape().get("mesh_edge_agent_offline", {})) & ids:
+                seen_cp.setdefault(agent_id, now)
+            for view in self._bus.agents():
+                if view.agent_id in ids and view.state == "offline":
+                    seen_broker.setdefault(view.agent_id, now)
+            if len(seen_cp) == len(ids):
+                break
+            time.sleep(0.25)
+        took = time.monotonic() - began
+        self.detections = {"control_plane": seen_cp, "bus": seen_broker}
+        self.log(
+            f"{len(victims)} killed agents listed offline after {took:.1f} s "
+            f"(first {min(seen_cp.values(), default=float('nan')):.1f} s; wills at our own "
+            f"bus: first {min(seen_broker.values(), default=float('nan')):.1f} s, "
+            f"last {max(seen_broker.values(), default=float('nan')):.1f} s)"
+        )
+        return took, victims
+
+    def offline_now(self) -> set[str]:
+        """The agents the control plane's registry lists offline now."""
+        return set(self.scrape().get("mesh_edge_agent_offline", {}))
+
+    def steady(self, seconds: float, *, churn_share: float = 0.02) -> dict[str, Any]:
+        """Measure ``seconds`` of steady state with ``churn_share`` leaving and returning."""
+        assert self.fleet is not None
+        cp = _tree(int(self.cluster["pid"]))
+        cp_main = cp[:1]
+        broker = _tree(self.mosquitto.pid or 0)
+        load_before = os.getloadavg()
+        cpu0 = (_cpu_s(cp), _cpu_s(cp_main), _cpu_s(broker))
+        t0 = time.monotonic()
+        lags: list[float] = []
+        rounds50: list[float] = []
+        rounds95: list[float] = []
+        churned: list[SimAgent] = []
+        scrapes: list[float] = []
+        next_churn = t0 + seconds / 4
+        while time.monotonic() - t0 < seconds:
+            began = time.monotonic()
+            metrics = self.scrape()
+            scrapes.append(time.monotonic() - began)
+            lags += list(metrics.get("mesh_edge_agent_heartbeat_lag_seconds", {}).values())
+            rounds = metrics.get("mesh_placement_round_seconds", {})
+            if "0.5" in rounds:
+                rounds50.append(rounds["0.5"])
+                rounds95.append(rounds["0.95"])
+            now = time.monotonic()
+            if churn_share > 0 and now >= next_churn:
+                for agent in churned:
+                    agent.churn_return()
+                churned = self.fleet.pick(churn_share)
+                for agent in churned:
+                    agent.churn_leave()
+                next_churn = now + seconds / 4
+            time.sleep(1.0)
+        for agent in churned:
+            agent.churn_return()
+        wall = time.monotonic() - t0
+        cpu1 = (_cpu_s(cp), _cpu_s(cp_main), _cpu_s(broker))
+        return {
+            "cp_cpu_cores": (cpu1[0] - cpu0[0]) / wall,
+            "cp_main_cpu_cores": (cpu1[1] - cpu0[1]) / wall,
+            "cp_rss_mb": _rss_mb(cp),
+            "cp_main_rss_mb": _rss_mb(cp_main),
+            "mosquitto_cpu_cores": (cpu1[2] - cpu0[2]) / wall,
+            "mosquitto_rss_mb": _rss_mb(broker),
+            "heartbeat_lag_p50_s": percentile(lags, 0.5),
+            "heartbeat_lag_p95_s": percentile(lags, 0.95),
+            "reconcile_p50_s": statistics.median(rounds50) if rounds50 else None,
+            "reconcile_p95_s": max(rounds95) if rounds95 else None,
+            "metrics_scrape_p95_s": percentile(scrapes, 0.95),
+            "steady_s": wall,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+        }
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        """Stop the fleet, the bus, ``mesh down``, Mosquitto; then any process left, by pid."""
+        if self.fleet is not None:
+            self.fleet.close()
+        if self._bus is not None:
+            with contextlib.suppress(Exception):
+                self._bus.stop()
+        if self.cluster:
+            self._started.update({p.pid: p.create_time() for p in _tree(int(self.cluster["pid"]))})
+        with contextlib.suppress(Exception):
+            mesh_cli(self.env, "down", timeout=120)
+        stop_recorded_daemon(self.data)
+        for pid, created in self._started.items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    proc.kill()
+        self.mosquitto.stop()
