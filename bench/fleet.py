@@ -17,8 +17,10 @@ own cache), and measures:
 - a rollout: a new module version's desired state to every agent, until every
   agent's observed state names it (downloaded from the artifact endpoint and
   verified: Ed25519, sha256);
-- offline detection: 5 % of agents go silent without DISCONNECT, until the
-  registry lists each offline (bound: 1.5 x keepalive).
+- offline detection: 5 % of agents go silent without DISCONNECT; until the
+  control plane stops counting each as up (``offline_detect_s``: three silent
+  heartbeat periods; bound 1.5 x keepalive), and until their last wills list
+  them offline (``offline_will_s``: the broker's keepalive check).
 
 The machine's load average is recorded beside the figures (a shared machine).
 """
@@ -49,10 +51,18 @@ def run(agents: int, *, keepalive_s: int, steady_s: float, kill_share: float) ->
             row.update(mesh.steady(steady_s))
             row["rollout_s"] = mesh.rollout("v2")
             took, victims = mesh.kill_and_detect(kill_share)
-            row["offline_detect_s"] = took
+            at_cp, at_bus = mesh.detections["control_plane"], mesh.detections["bus"]
+            down = mesh.detections["down"]
+            # Detected: the control plane no longer counts every killed agent as up
+            # (silent for three heartbeat periods: placement and the gateway stop
+            # using it). Listed offline: its last will arrived, which Mosquitto sends
+            # only after its own keepalive check (whole seconds, every 6 s in 2.0).
+            row["offline_detect_s"] = (
+                max(down.values()) if len(down) == len(victims) and victims else None
+            )
+            row["offline_will_s"] = took
             row["offline_killed"] = len(victims)
             row["offline_missed"] = len({a.agent_id for a in victims} - mesh.offline_now())
-            at_cp, at_bus = mesh.detections["control_plane"], mesh.detections["bus"]
             row["offline_detect_first_s"] = min(at_cp.values(), default=None)
             row["offline_will_at_bus_last_s"] = max(at_bus.values(), default=None)
             row["offline_bound_s"] = 1.5 * keepalive_s

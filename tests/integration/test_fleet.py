@@ -71,6 +71,11 @@ def test_silent_agents_are_each_marked_offline_and_no_live_one_is(fleet: FleetMe
     offline = fleet.offline_now()
     assert killed <= offline, f"not listed offline: {sorted(killed - offline)[:5]}"
     assert took <= DETECT_BOUND_S, f"{took:.1f} s to list {len(killed)} silent agents offline"
+    # Placement and the gateway stop counting on a silent agent long before its will:
+    # once three heartbeat periods pass without one (stale), within 1.5 x keepalive.
+    down = fleet.detections["down"]
+    assert set(down) == killed, f"still counted up: {sorted(killed - set(down))[:5]}"
+    assert max(down.values()) <= 1.5 * KEEPALIVE_S, down
     at_cp, at_bus = fleet.detections["control_plane"], fleet.detections["bus"]
     late = {a: at_cp[a] - at_bus.get(a, 0.0) for a in killed if at_cp[a] > at_bus.get(a, 0.0)}
     assert all(d <= REGISTRY_SLACK_S for d in late.values()), late

@@ -317,7 +317,11 @@ class FleetMesh:
     ) -> tuple[float, list[SimAgent]]:
         """Silence ``share`` of the agents; seconds until the registry lists each offline.
 
-        Returns the time and the killed agents; the caller checks the bound. Waits
+        Returns the time and the killed agents; the caller checks the bound. Also
+        records (:attr:`detections`) when each stopped counting as up for the control
+        plane (``mesh_edge_agent_up`` 0: stale after three silent heartbeat periods,
+        which placement and the gateway already treat as down) and when each one's
+        last will reached this process's own bus. Waits
         at most ``timeout_s`` (default 4 x keepalive) and returns the time waited.
         """
         assert self.fleet is not None
@@ -328,11 +332,17 @@ class FleetMesh:
             agent.kill()
         ids = {a.agent_id for a in victims}
         seen_cp: dict[str, float] = {}
+        seen_down: dict[str, float] = {}  # no longer up: stale (silent) or offline
         seen_broker: dict[str, float] = {}  # the will at this process's own bus
         while time.monotonic() - began < limit:
             now = time.monotonic() - began
-            for agent_id in set(self.scrape().get("mesh_edge_agent_offline", {})) & ids:
+            metrics = self.scrape()
+            for agent_id in set(metrics.get("mesh_edge_agent_offline", {})) & ids:
                 seen_cp.setdefault(agent_id, now)
+            up = metrics.get("mesh_edge_agent_up", {})
+            for agent_id in ids:
+                if up.get(agent_id) == 0.0:
+                    seen_down.setdefault(agent_id, now)
             for view in self._bus.agents():
                 if view.agent_id in ids and view.state == "offline":
                     seen_broker.setdefault(view.agent_id, now)
@@ -340,7 +350,7 @@ class FleetMesh:
                 break
             time.sleep(0.25)
         took = time.monotonic() - began
-        self.detections = {"control_plane": seen_cp, "bus": seen_broker}
+        self.detections = {"control_plane": seen_cp, "down": seen_down, "bus": seen_broker}
         self.log(
             f"{len(victims)} killed agents listed offline after {took:.1f} s "
             f"(first {min(seen_cp.values(), default=float('nan')):.1f} s; wills at our own "
