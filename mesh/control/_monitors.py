@@ -202,9 +202,18 @@ class Monitors:
                 )
         self.set_nodes(nodes)
         if self._rtt is not None:
-            for node in nodes:
-                if not node.alive:
-                    continue
+            alive = [n for n in nodes if n.alive]
+            many = getattr(self._rtt, "rtt_many", None)  # all at once, where it can
+            if many is not None:
+                try:
+                    rtts: dict[str, float | None] = many(alive, rtt_timeout_s)
+                except Exception:
+                    logger.debug("monitors: RTT probes failed", exc_info=True)
+                    rtts = {}
+                for node in alive:
+                    self.record_rtt(node.name, rtts.get(node.name))
+                return
+            for node in alive:
                 try:
                     self.record_rtt(node.name, self._rtt.rtt_ms(node, rtt_timeout_s))
                 except Exception:

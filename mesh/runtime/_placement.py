@@ -68,10 +68,12 @@ def placement_controller(
         route = routes.get(module)
         return route.signature if route is not None else None
 
+    paths = PathProbe(routes, node_probe=node_probe, edge=edge)
+    undo.append(("RTT probes", paths.close))
     monitors = Monitors(
         node_probe=node_probe,
         agents=edge,
-        rtt=PathProbe(routes, node_probe=node_probe, edge=edge),
+        rtt=paths,
         canary=EdgeCanary(edge, signature),
         host_cpu=host_cpu and settings.placement_host_cpu,
     )

@@ -8,12 +8,14 @@ answer. The fakes raise the edge's real errors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from mesh.control import NodeState, PathProbe
+from mesh.control._probes import PING_PARALLEL
 from mesh.edge import EdgeConnectionError, EdgeInferenceError, EdgeRequestTimeoutError
 from mesh.serving import AgentErrorReply
 
@@ -62,3 +64,38 @@ def test_no_answer_is_no_round_trip(error: Exception) -> None:
 
 def test_no_edge_no_probe() -> None:
     assert PathProbe().rtt_ms(AGENT, timeout_s=0.5) is None
+
+
+class MeetingEdge:
+    """Answers only once ``parties`` pings wait at once: a poll pinging in turn never gets one."""
+
+    def __init__(self, parties: int, silent: frozenset[str] = frozenset()) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10.0)
+        self.silent = silent
+
+    def infer_sync(
+        self, module: str, node: str, inputs: Mapping[str, Any], *, timeout_s: float = 5.0
+    ) -> object:
+        if node in self.silent:
+            raise EdgeRequestTimeoutError(
+                module=module, node=node, correlation_id="c", timeout_s=timeout_s
+            )
+        self.barrier.wait()  # BrokenBarrierError after 10 s alone: no answer
+        raise EdgeInferenceError(module=module, node=node, code="unknown_module", message="")
+
+
+def test_a_poll_pings_a_fleet_s_agents_at_once() -> None:
+    """Pinged one after another, a fleet's poll took a round trip per agent (issue 19)."""
+    agents = [
+        NodeState(name=f"cam-{i}", kind="agent", tier="edge", site="s", alive=True)
+        for i in range(2 * PING_PARALLEL + 1)
+    ]
+    silent = frozenset({"cam-0"})
+    probe = PathProbe(edge=MeetingEdge(PING_PARALLEL, silent))
+    try:
+        # The answering ones meet in groups of PING_PARALLEL: each has its RTT.
+        rtts = probe.rtt_many(agents, timeout_s=1.0)
+    finally:
+        probe.close()
+    assert rtts["cam-0"] is None
+    assert all(rtts[a.name] is not None for a in agents if a.name != "cam-0")
