@@ -203,16 +203,14 @@ class Monitors:
         self.set_nodes(nodes)
         if self._rtt is not None:
             alive = [n for n in nodes if n.alive]
-            many = getattr(self._rtt, "rtt_many", None)  # all at once, where it can
-            if many is not None:
+            ping_agents = getattr(self._rtt, "ping_agents", None)
+            if ping_agents is not None:  # agents' round trips come in as they end
+                agents = [n for n in alive if n.kind == "agent"]
+                alive = [n for n in alive if n.kind != "agent"]
                 try:
-                    rtts: dict[str, float | None] = many(alive, rtt_timeout_s)
+                    ping_agents(agents, rtt_timeout_s, self.record_rtt)
                 except Exception:
-                    logger.debug("monitors: RTT probes failed", exc_info=True)
-                    rtts = {}
-                for node in alive:
-                    self.record_rtt(node.name, rtts.get(node.name))
-                return
+                    logger.debug("monitors: pinging agents failed", exc_info=True)
             for node in alive:
                 try:
                     self.record_rtt(node.name, self._rtt.rtt_ms(node, rtt_timeout_s))

@@ -103,7 +103,7 @@ class CanaryProbe(Protocol):
         ...
 
 
-#: Agents a poll pings at once (:meth:`PathProbe.rtt_many`).
+#: Agents pinged at once (:meth:`PathProbe.ping_agents`).
 PING_PARALLEL = 32
 
 
@@ -134,22 +134,48 @@ class PathProbe:
         self._edge = edge
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._in_flight: set[str] = set()  # agents with a ping under way
 
-    def rtt_many(self, nodes: Sequence[NodeState], timeout_s: float) -> dict[str, float | None]:
-        """Round trips of ``nodes`` (None: no answer), agents' pings in parallel.
+    def ping_agents(
+        self,
+        agents: Sequence[NodeState],
+        timeout_s: float,
+        record: Callable[[str, float | None], None],
+    ) -> int:
+        """Ping each agent without waiting; ``record(agent, rtt_ms or None)`` as each ends.
 
-        A poll pinged each agent in turn: a fleet's round then lasted a round trip
-        per agent (300 agents: rounds of 2-5 s, measured), or a whole timeout per
-        silent one. Agents are pinged :data:`PING_PARALLEL` at a time; Ray nodes,
-        a handful, in turn.
+        A poll that waited for its pings lasted a round trip per agent, or a
+        whole timeout per silent one (300 agents: rounds of 2-5 s, measured).
+        Pings run :data:`PING_PARALLEL` at a time on their own workers; an agent
+        whose last ping has not ended is skipped, so at most one each is in flight.
+
+        Returns:
+            The pings started.
         """
-        out = {n.name: self._rtt_or_none(n, timeout_s) for n in nodes if n.kind != "agent"}
-        agents = [n for n in nodes if n.kind == "agent"]
-        if agents:
-            pool = self._workers()
-            futures = {n.name: pool.submit(self._rtt_or_none, n, timeout_s) for n in agents}
-            out.update((name, f.result()) for name, f in futures.items())
-        return out
+        pool = self._workers()
+        started = 0
+        for node in agents:
+            with self._pool_lock:
+                if node.name in self._in_flight:
+                    continue
+                self._in_flight.add(node.name)
+            try:
+                pool.submit(self._ping, node, timeout_s, record)
+            except RuntimeError:  # closed meanwhile
+                with self._pool_lock:
+                    self._in_flight.discard(node.name)
+                break
+            started += 1
+        return started
+
+    def _ping(
+        self, node: NodeState, timeout_s: float, record: Callable[[str, float | None], None]
+    ) -> None:
+        try:
+            record(node.name, self._rtt_or_none(node, timeout_s))
+        finally:
+            with self._pool_lock:
+                self._in_flight.discard(node.name)
 
     def close(self) -> None:
         """Stop the ping workers (idle ones; a ping under way ends within its timeout)."""
