@@ -15,24 +15,46 @@ short-term forecast: the mean number of vehicles the flow forecaster
 predicts on each approach over the next minute. A missing value holds the
 last one (a dropped frame is not an empty road); counts under half a vehicle
 are none (counter noise).
+Exits, and how the controller degrades into oversaturation: each approach's
+exit road (the neighbour's count of its straight-on arm; a border exit is
+free) is watched with its trend (the rise per second, smoothed over
+``exit_trend_s``). An exit is **held** when it is full or filling: its count,
+plus ``exit_lookahead_s`` seconds of its rise, reaches ``spillback_ratio`` of
+its capacity. The vehicles of an approach whose exit is held cannot leave, so
+they are not **movable**; a phase's movable vehicles are those on its
+approaches with free exits, each approach counted at most up to the room left
+on its exit (what a green there can really discharge).
+
 Once the green has lasted ``min_green_s``:
 
-1. **skip empty phases** — only phases with vehicles to serve, and not all of
-   whose exits are full, are candidates; none: keep the green;
-2. **spillback** — leave a green whose exits are all full (it moves nobody);
+1. **skip stuck phases** — only phases with movable vehicles are candidates
+   (an empty phase, or one whose exits are held, gets no green); none: keep
+   the green (every other phase is empty or blocked);
+2. **gridlock prevention** — leave a green with no movable vehicles (all its
+   exits held, spillback detected early by the trend): the junction yields to
+   the phases that can move instead of holding a green that moves nobody and
+   feeds the jam;
 3. **empty green** — nobody on the served approaches: switch now;
 4. **max green** — ``max_green_s`` bounds the wait on the other side;
-5. **pressure** — max-pressure with hysteresis: switch when another phase's
-   pressure (its vehicles, minus ``downstream_weight`` times those on its
-   exits) exceeds the current one's by ``pressure_margin`` — what keeps a
-   saturated grid moving;
+   **saturated green** — when queues cannot clear (the green and the best
+   other phase each have more than ``saturation_veh`` movable vehicles
+   standing), the green lasts at least ``saturated_green_s``: fewer
+   switches lose less time to yellows and starts, so the junction carries
+   more when demand exceeds what it can serve;
+5. **pressure** — max-pressure with hysteresis on movable vehicles
+   (throughput-aware: a queue that cannot leave adds no pressure): switch
+   when another phase's pressure (its movable vehicles, minus
+   ``downstream_weight`` times those on its exits) exceeds the current one's
+   by ``pressure_margin`` — what keeps a saturated grid moving;
 6. **look-ahead gap-out** — otherwise keep the green while the vehicles about
    to cross on it outweigh the wait it costs the other side: a vehicle ``tau``
    seconds from the stop line that a switch cuts off waits about ``red_s -
    tau`` (yellow, the other green, yellow, stop and start), while each second
    of green costs every standing vehicle on the other side a second (moving
    ones count ``moving_weight``). Arrival times subtract the plan's
-   ``latency_s``: vehicles that cross before a plan lands need no green from it.
+   ``latency_s``: vehicles that cross before a plan lands need no green from
+   it. Only approaches with free exits count: no green is extended into a
+   full or filling exit.
 
 A forecast sharpens rules 5 and 6 as a trend: an approach predicted to hold
 more vehicles over the next minute than it holds now counts
@@ -60,6 +82,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ._held import hold, hold_segments
+from .exits import exit_room, exit_trend
 from .occupancy import APPROACHES
 
 __all__ = [
@@ -137,8 +161,17 @@ class ControllerConfig:
     pressure_ratio: float = 0.15
     #: Downstream weight in the pressure (1 = classic max-pressure, 0 = queue only).
     downstream_weight: float = 0.4
-    #: Exits fuller than this fraction of capacity block their approach.
+    #: Exits fuller than this fraction of capacity (now, or ``exit_lookahead_s`` ahead
+    #: at their trend) hold their approach: its vehicles are not movable.
     spillback_ratio: float = 0.85
+    #: Queues that cannot clear: both phases have more movable standing vehicles than this...
+    saturation_veh: float = 16.0
+    #: ...then a green lasts at least this long (throughput over responsiveness).
+    saturated_green_s: float = 25.0
+    #: Seconds of an exit's rise added to its count when judging it full (0: counts only).
+    exit_lookahead_s: float = 10.0
+    #: Smoothing time of an exit's trend (veh/s, an exponential average of its changes).
+    exit_trend_s: float = 10.0
     #: Weight of a forecast's rise: an approach counts this times ``max(0, forecast -
     #: count)`` more in the pressure and the gap-out (forecast: the predicted mean number
     #: of vehicles on it over the next minute). 0 ignores forecasts. 0.5: on 14 peak
@@ -162,6 +195,16 @@ class ControllerConfig:
             )
         if list(self.segments_m) != sorted(self.segments_m) or any(m <= 0 for m in self.segments_m):
             raise ValueError(f"segments_m must be increasing and > 0, got {self.segments_m}")
+        if not (self.saturation_veh >= 0 and self.saturated_green_s >= 0):
+            raise ValueError(
+                "need saturation_veh >= 0 and saturated_green_s >= 0; got "
+                f"{self.saturation_veh}, {self.saturated_green_s}"
+            )
+        if not (self.exit_lookahead_s >= 0 and self.exit_trend_s > 0):
+            raise ValueError(
+                "need exit_lookahead_s >= 0 and exit_trend_s > 0; got "
+                f"{self.exit_lookahead_s}, {self.exit_trend_s}"
+            )
         if not self.forecast_weight >= 0:
             raise ValueError(f"forecast_weight must be >= 0, got {self.forecast_weight}")
 
@@ -215,17 +258,22 @@ class ControllerState:
     committed_at_s: float | None = None
     decisions: int = 0
     switches: int = 0
+    #: Each exit's trend (veh/s; empty: none yet) and when its counts last came.
+    exit_rate: tuple[float, ...] = ()
+    exit_at_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain fields for a message."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["segments"] = [list(s) for s in self.segments]
+        out["exit_rate"] = list(self.exit_rate)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ControllerState:
         """Rebuild from :meth:`as_dict`."""
         committed = data.get("committed_at_s")
+        exit_at = data.get("exit_at_s")
         return cls(
             phase=int(data["phase"]),
             stage="yellow" if data.get("stage") == "yellow" else "green",
@@ -240,6 +288,8 @@ class ControllerState:
             committed_at_s=None if committed is None else float(committed),
             decisions=int(data.get("decisions", 0)),
             switches=int(data.get("switches", 0)),
+            exit_rate=tuple(float(x) for x in data.get("exit_rate", ())),
+            exit_at_s=None if exit_at is None else float(exit_at),
         )
 
 
@@ -280,42 +330,6 @@ def initial_state(
 
 
 # -- the rule ----------------------------------------------------------------------
-
-
-def _hold(new: Sequence[float | None] | None, old: tuple[float, ...]) -> tuple[float, ...]:
-    """Fresh values where present and finite; the last ones elsewhere."""
-    if new is None:
-        return old
-    if len(new) != len(old):
-        raise ValueError(f"expected {len(old)} values, got {len(new)}")
-    return tuple(
-        old[i] if v is None or not math.isfinite(float(v)) else max(0.0, float(v))
-        for i, v in enumerate(new)
-    )
-
-
-def _hold_segments(
-    new: Sequence[Sequence[float | None] | None] | None,
-    old: tuple[tuple[float, ...], ...],
-    counts: tuple[float, ...],
-    config: ControllerConfig,
-) -> tuple[tuple[float, ...], ...]:
-    if new is None and not any(any(s) for s in old):
-        # No segment counts at all: assume every vehicle may be near (no gap-out on guesses).
-        return tuple((c,) * len(config.segments_m) for c in counts)
-    if new is not None and len(new) != len(old):
-        raise ValueError(f"expected segments for {len(old)} approaches, got {len(new)}")
-    held = []
-    for i, prev in enumerate(old):
-        fresh = _hold(None if new is None else new[i], prev)
-        # Cumulative and never above the whole approach.
-        running = 0.0
-        row = []
-        for v in fresh:
-            running = max(running, v)
-            row.append(min(running, counts[i]))
-        held.append(tuple(row))
-    return tuple(held)
 
 
 def _advance_signal(
@@ -395,17 +409,26 @@ def decide(
 
     Deterministic: the same state and observation give the same result.
     """
-    counts = _hold(obs.counts, state.counts)
+    counts = hold(obs.counts, state.counts)
     fresh = all(v is not None for v in obs.counts)
-    segments = _hold_segments(obs.segments, state.segments, counts, config)
-    downstream = _hold(obs.downstream, state.downstream)
+    segments = hold_segments(obs.segments, state.segments, counts, len(config.segments_m))
+    downstream = hold(obs.downstream, state.downstream)
     if obs.queued is None:
         # No still frames: the vehicles at the stop line stand for the queue.
         queued = tuple(seg[0] for seg in segments)
     else:
         queued = tuple(
-            min(q, n) for q, n in zip(_hold(obs.queued, state.queued), counts, strict=True)
+            min(q, n) for q, n in zip(hold(obs.queued, state.queued), counts, strict=True)
         )
+    exit_rate, exit_at_s = exit_trend(
+        state.exit_rate,
+        obs.downstream,
+        state.downstream,
+        downstream,
+        t=obs.t,
+        at_s=state.exit_at_s,
+        trend_s=config.exit_trend_s,
+    )
     state = _advance_signal(state, obs, config)
     state = replace(
         state,
@@ -415,6 +438,8 @@ def decide(
         downstream=downstream,
         counts_at_s=obs.t if fresh else state.counts_at_s,
         decisions=state.decisions + 1,
+        exit_rate=exit_rate,
+        exit_at_s=exit_at_s,
     )
     t = obs.t
     if state.stage == "yellow" or state.target != state.phase:
@@ -426,21 +451,32 @@ def decide(
     rise = _forecast_rise(obs.forecast, counts, config)
     # What each approach will hold: the count, plus the forecast's rise (rules 5 and 6).
     expected = tuple(c + r for c, r in zip(counts, rise, strict=True))
-    full = [d / layout.capacity_veh for d in downstream]
+    room = exit_room(
+        downstream,
+        exit_rate,
+        limit_veh=config.spillback_ratio * layout.capacity_veh,
+        lookahead_s=config.exit_lookahead_s,
+    )
+    # Vehicles that can leave: none behind a held exit, at most the room left on a free one.
+    movable = tuple(min(c, r) if r > 0 else 0.0 for c, r in zip(counts, room, strict=True))
 
     def total(values: Sequence[float], phase: int) -> float:
         # Per approach, a count below the counter's noise is no vehicle.
         return sum(v for a in layout.phases[phase] if (v := values[idx[a]]) >= zero)
 
+    def free(values: Sequence[float]) -> tuple[float, ...]:
+        # Only approaches whose exits are not held (rules 5 and 6).
+        return tuple(v if r > 0 else 0.0 for v, r in zip(values, room, strict=True))
+
     def blocked(phase: int) -> bool:
-        # Every served approach's exit is full: a green there moves nobody.
-        return all(full[idx[a]] >= config.spillback_ratio for a in layout.phases[phase])
+        # Nobody on the served approaches can leave: a green there moves nobody (rule 2).
+        return total(movable, phase) < zero
 
     pressures = tuple(
         sum(
-            expected[idx[a]] - config.downstream_weight * downstream[idx[a]]
+            min(expected[idx[a]], room[idx[a]]) - config.downstream_weight * downstream[idx[a]]
             for a in layout.phases[p]
-            if expected[idx[a]] >= zero
+            if expected[idx[a]] >= zero and room[idx[a]] > 0
         )
         for p in range(len(layout.phases))
     )
@@ -452,11 +488,7 @@ def decide(
 
     if elapsed < config.min_green_s:
         return stay("min-green")
-    others = [
-        p
-        for p in range(len(layout.phases))
-        if p != cur and total(counts, p) >= zero and not blocked(p)
-    ]
+    others = [p for p in range(len(layout.phases)) if p != cur and not blocked(p)]
     if not others:
         return stay("no-demand-elsewhere")
     best = max(others, key=lambda p: (pressures[p], total(expected, p), -p))
@@ -465,12 +497,18 @@ def decide(
         new = replace(state, target=best, committed_at_s=t)
         return new, Decision(phase=best, reason=reason, switch=True, pressures=pressures)
 
-    if blocked(cur):
-        return switch("spillback")
     if total(counts, cur) < zero:
         return switch("empty-green")
+    if blocked(cur):
+        return switch("spillback")
     if elapsed >= config.max_green_s:
         return switch("max-green")
+    stuck = tuple(min(q, m) for q, m in zip(queued, movable, strict=True))
+    if (
+        elapsed < config.saturated_green_s
+        and min(total(stuck, cur), total(stuck, best)) > config.saturation_veh
+    ):
+        return stay("saturated")
     margin = config.pressure_margin + config.pressure_ratio * max(
         0.0, pressures[best] + pressures[cur]
     )
@@ -490,8 +528,8 @@ def decide(
     # makes the other side wait ``horizon`` s each.
     # The whole approach closes the profile (its far end at ``approach_length_m``).
     reaches = (*config.segments_m, max(config.approach_length_m, config.segments_m[-1] + 1.0))
-    arriving = [total([seg[k] for seg in segments], cur) for k in range(len(reaches) - 1)]
-    arriving.append(total(counts, cur))
+    arriving = [total(free([seg[k] for seg in segments]), cur) for k in range(len(reaches) - 1)]
+    arriving.append(total(free(counts), cur))
     spared = 0.0
     previous = 0.0
     previous_m = 0.0

@@ -8,6 +8,14 @@ stream function :func:`signal_plan`, which runs the controller
 (:func:`plans_for_window`, with each junction's downstream counts taken from
 its neighbours' messages) and publishes one plan per junction.
 
+The rules are explained rule by rule in :mod:`functions.traffic.control`,
+including how the controller degrades into oversaturation: an exit road's
+count and its trend tell when it is full or filling, and no green is extended
+into it; a junction whose green nobody can leave yields to a phase that can
+move (gridlock prevention); pressures count only the vehicles that fit in
+their exits, and when queues cannot clear on either side a green runs at
+least ``saturated_green_s`` (fewer switches, more vehicles carried).
+
 Example:
     >>> counts = {"north": 0, "east": 3, "south": 0, "west": 2}
     >>> plans_for_window([{"site": "A0", "t": 10.0, "counts": counts}], {})[0]["phase"]

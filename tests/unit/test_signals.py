@@ -14,6 +14,7 @@ import pytest
 from functions.traffic.control import (
     ControllerConfig,
     ControllerState,
+    Decision,
     JunctionLayout,
     Observation,
     SignalController,
@@ -21,6 +22,7 @@ from functions.traffic.control import (
     decide,
     initial_state,
 )
+from functions.traffic.exits import exit_room
 from functions.traffic.occupancy import APPROACHES, ApproachState, count_visible
 from functions.traffic.signals import camera_frames, plans_for_window, still_frame
 from functions.traffic.sim.actuator import SignalActuator, transition_state
@@ -190,6 +192,127 @@ def test_a_green_whose_exits_are_full_is_given_up() -> None:
     assert decision.switch and decision.reason == "spillback"
 
 
+# -- oversaturation: full and filling exits, gridlock, throughput -------------------------
+
+
+def _platoon_on_green(t: float, exit_count: float) -> Observation:
+    """Six vehicles 30-60 m out on north (about to cross), one waiting east; north's exit as given."""
+    return Observation(
+        t=t,
+        counts=(6, 1, 0, 0),
+        segments=seg((0, 0, 6, 6), near(1), EMPTY, EMPTY),
+        queued=(0, 1, 0, 0),
+        downstream=(exit_count, 0, 0, 0),
+    )
+
+
+def _first_switch(ctl: SignalController, observations: list[Observation]) -> Decision | None:
+    return next((d for d in map(ctl.step, observations) if d.switch), None)
+
+
+def test_no_green_is_extended_into_a_filling_exit() -> None:
+    # The same platoon: a steady exit at 34 of 48 lets the green run on; an exit rising
+    # 3 vehicles a second towards it (full within 10 s) does not.
+    steady = controller(min_green_s=5.0, downstream_weight=0.0)
+    assert _first_switch(steady, [_platoon_on_green(float(t), 34.0) for t in range(12)]) is None
+    assert steady.step(_platoon_on_green(12.0, 34.0)).reason == "extend"
+    filling = controller(min_green_s=5.0, downstream_weight=0.0)
+    rising = [_platoon_on_green(float(t), min(34.0, 10.0 + 3.0 * t)) for t in range(12)]
+    decision = _first_switch(filling, rising)
+    assert decision is not None and decision.reason == "spillback"
+    assert filling.state.exit_rate[0] > 1.0
+
+
+def test_an_exit_s_trend_is_smoothed_over_exit_trend_s() -> None:
+    ctl = controller(exit_trend_s=10.0)
+    ctl.step(Observation(t=0.0, counts=EMPTY, downstream=(0, 0, 0, 0)))
+    ctl.step(Observation(t=1.0, counts=EMPTY, downstream=(11, 0, 0, 0)))
+    # One second's rise of 11 vehicles, weighted 1 / (1 + 10): 1 vehicle a second.
+    assert ctl.state.exit_rate[0] == pytest.approx(1.0)
+    ctl.step(Observation(t=2.0, counts=EMPTY))  # no exit counts: the trend is held
+    assert ctl.state.exit_rate[0] == pytest.approx(1.0)
+
+
+def test_a_blocked_junction_yields_to_the_phase_that_can_move() -> None:
+    # North-south has queues, but one exit is full and the other fills fast (to 38, short
+    # of full):
+    # the green yields to east-west, whose exits are free.
+    ctl = controller(min_green_s=5.0, downstream_weight=0.0)
+    stream = (4, 8, 16, 20)
+    observations = [
+        Observation(
+            t=float(t),
+            counts=(20, 3, 20, 0),
+            segments=seg(stream, near(3), stream, EMPTY),
+            downstream=(47, 0, min(38.0, 10 + 3.0 * t), 0),  # never full by count
+        )
+        for t in range(20)
+    ]
+    decision = _first_switch(ctl, observations)
+    assert decision is not None and decision.reason == "spillback" and decision.phase == EW
+    # With the south exit steady (room left), north-south keeps its green.
+    steady = controller(min_green_s=5.0, downstream_weight=0.0)
+    assert (
+        _first_switch(steady, [replace(o, downstream=(47, 0, 10, 0)) for o in observations]) is None
+    )
+
+
+def test_a_phase_whose_exits_are_held_gets_no_green() -> None:
+    # East-west waits, but both its exits are full: the north-south green stays.
+    ctl = controller(min_green_s=5.0)
+    decision = ctl.step(
+        Observation(t=10.0, counts=(0, 9, 0, 9), downstream=(0, 45, 0, 45)),
+    )
+    assert not decision.switch and decision.reason == "no-demand-elsewhere"
+
+
+def test_pressure_counts_only_vehicles_that_fit_in_their_exit() -> None:
+    # Both phases equally queued; north-south's exits have room for 2 each, east-west's are free:
+    # north-south's pressure is what it can discharge, so the pressure rule serves east-west.
+    ctl = controller(min_green_s=5.0, downstream_weight=0.0)
+    full = (4, 8, 16, 30)
+    obs = Observation(
+        t=20.0,
+        counts=(30, 30, 30, 30),
+        segments=seg(full, full, full, full),
+        downstream=(38.8, 0, 38.8, 0),
+    )
+    decision = ctl.step(obs)
+    assert decision.pressures[NS] == pytest.approx(4.0) and decision.pressures[EW] == 60.0
+    assert decision.switch and decision.reason == "pressure" and decision.phase == EW
+    # With free exits on both the two tie and the green holds.
+    tie = controller(min_green_s=5.0, downstream_weight=0.0)
+    assert not tie.step(replace(obs, downstream=EMPTY)).switch
+
+
+def test_when_queues_cannot_clear_a_green_runs_longer() -> None:
+    # Both phases hold 20 standing vehicles: the pressure (margin 0) would cut the green
+    # at 10 s; saturated, it lasts saturated_green_s (fewer yellows, more carried).
+    full = (4, 8, 16, 20)
+    obs = Observation(
+        t=10.0,
+        counts=(20, 24, 20, 24),
+        segments=seg(full, full, full, full),
+        queued=(20, 24, 20, 24),
+    )
+    unsaturated = controller(pressure_margin=0.0, pressure_ratio=0.0, saturation_veh=1e9)
+    assert unsaturated.step(obs).reason == "pressure"
+    assert controller(pressure_margin=0.0, pressure_ratio=0.0).step(obs).reason == "saturated"
+    saturated = controller(pressure_margin=0.0, pressure_ratio=0.0, saturation_veh=16.0)
+    assert saturated.step(replace(obs, queued=(10, 24, 10, 24))).reason == "saturated"
+    # Below the threshold on either side, the rules of an unsaturated junction apply.
+    light = controller(pressure_margin=0.0, pressure_ratio=0.0, saturation_veh=16.0)
+    assert light.step(replace(obs, queued=(5, 24, 5, 24))).reason == "pressure"
+    late = controller(pressure_margin=0.0, pressure_ratio=0.0, saturated_green_s=8.0)
+    assert late.step(obs).reason == "pressure"
+
+
+def test_exit_room_counts_the_trend_ahead() -> None:
+    room = exit_room((0, 20, 20, 39), (0, 0, 1, -2), limit_veh=34.0, lookahead_s=10.0)
+    # 34 is full (0.85 of 40); a rising exit is judged 10 s ahead, a falling one as it is.
+    assert room == pytest.approx((34.0, 14.0, 4.0, 0.0))
+
+
 def test_decisions_are_deterministic() -> None:
     rng = np.random.default_rng(3)
     observations = [
@@ -218,6 +341,10 @@ def test_bad_configs_are_refused() -> None:
         ControllerConfig(min_green_s=10.0, max_green_s=5.0)
     with pytest.raises(ValueError, match="segments_m"):
         ControllerConfig(segments_m=(30.0, 15.0))
+    with pytest.raises(ValueError, match="exit_trend_s"):
+        ControllerConfig(exit_trend_s=0.0)
+    with pytest.raises(ValueError, match="saturated_green_s"):
+        ControllerConfig(saturated_green_s=-1.0)
     with pytest.raises(ValueError, match="unknown approaches"):
         JunctionLayout(phases=(frozenset({"up"}),))
 
@@ -386,22 +513,25 @@ def _decisions(observations: list[Observation], **options: float) -> list[tuple[
     return [(d.phase, d.reason) for d in map(ctl.step, observations)]
 
 
-def test_without_a_forecast_decisions_are_as_before_forecasts_existed() -> None:
+def test_without_a_forecast_decisions_are_as_recorded() -> None:
     observations = _busy_observations()
     plain = _decisions(observations)
-    # Recorded with the controller before forecasts were wired in (same observations).
+    # Recorded without forecasts (same observations), with the exit rules of issue 20.
     reasons = collections.Counter(r for _, r in plain)
     assert reasons == {
-        "min-green": 263,
-        "extend": 181,
-        "switching": 104,
-        "pressure": 36,
-        "gap-out": 15,
+        "min-green": 274,
+        "extend": 162,
+        "switching": 108,
+        "pressure": 41,
+        "gap-out": 11,
+        "no-demand-elsewhere": 2,
+        "spillback": 1,
         "empty-green": 1,
     }
-    switches = [t for t, (_, r) in enumerate(plain) if r in ("pressure", "gap-out", "empty-green")]
-    assert switches[:12] == [7, 21, 34, 42, 55, 67, 78, 94, 104, 115, 126, 140]
-    assert len(switches) == 52 and switches[-1] == 594
+    switching = ("pressure", "gap-out", "empty-green", "spillback")
+    switches = [t for t, (_, r) in enumerate(plain) if r in switching]
+    assert switches[:12] == [7, 18, 28, 39, 50, 67, 78, 89, 100, 110, 118, 133]
+    assert len(switches) == 54 and switches[-1] == 593
     # A forecast at or below the counts, a forecast of nothing, or a zero weight: the same.
     below = [replace(o, forecast=[c * 0.5 for c in o.counts]) for o in observations]  # type: ignore[operator]
     unknown = [replace(o, forecast=[None] * 4) for o in observations]

@@ -1,0 +1,300 @@
+"""One traffic bench run: a (grid, level, seed, controller) job, run in a worker process.
+
+``bench/traffic.py`` builds the :class:`Job` list and hands each to
+:func:`run_job` in a spawned pool; a SUMO program runs on its own
+(``functions.traffic.sim.session``), the adaptive controller through
+:func:`run_adaptive`: every simulated second each junction's counts (the
+counter CNN on its camera frames, or exact counts plus noise: :class:`Counter`)
+drive its :class:`~functions.traffic.control.SignalController`, whose plans
+reach the signals after the plan delay.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bench._camera_error import impaired_frames
+
+#: Ground truth of "queued" in exact mode: slower than about a cell per frame.
+QUEUED_MPS = 2.0
+_SUMO_CONTROL: dict[str, Literal["static", "actuated", "delay_based"]] = {
+    "fixed": "static",
+    "actuated": "actuated",
+    "delay_based": "delay_based",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    level: str
+    seed: int
+    controller: str
+    rows: int
+    cols: int
+    horizon_s: float
+    end_s: float
+    workdir: str
+    counter: str | None
+    delay_s: float
+    noise_std: float
+    count_noise: float
+    drop_rate: float
+    config: dict[str, Any] = field(default_factory=dict)
+    keep_trips: bool = False
+    #: The cameras' impairments (``Impairments.as_dict``); None = perfect cameras.
+    impairments: dict[str, Any] | None = None
+
+
+# -- counts -------------------------------------------------------------------------
+
+
+class Counter:
+    """Counts per approach from camera frames: the CNN, or exact counts plus noise."""
+
+    def __init__(self, onnx_path: str | None, count_noise: float, seed: int) -> None:
+        import numpy as np
+
+        from functions.traffic.sim.count_error import CountError
+
+        self.rng = np.random.default_rng([seed, 99])
+        self.count_noise = count_noise
+        self.session: Any = None
+        if onnx_path is not None:
+            from mesh.models._export import ort_session
+
+            self.session = ort_session(Path(onnx_path), threads=1)
+            self.input = self.session.get_inputs()[0].name
+        self.errors: list[float] = []
+        self.count_error = CountError()
+
+    def count(self, frames: Any, exact: Any) -> Any:
+        """frames [J * (1 + K), A, lanes, cells] (or None), exact [J, A, 1 + K] -> counts."""
+        import numpy as np
+
+        if self.session is None:
+            noisy = exact + self.rng.normal(0.0, self.count_noise, exact.shape)
+            out = np.clip(noisy, 0.0, None)
+        else:
+            raw = self.session.run(None, {self.input: frames})[0]  # [J * (1 + K), A]
+            j, a, k = exact.shape
+            raw = raw.reshape(j, k, a).transpose(0, 2, 1)
+            # As the served module's postprocess does: whole vehicles, never negative.
+            out = np.maximum(0.0, np.floor(raw + 0.5))
+        self.errors.append(float(np.abs(out[..., 0] - exact[..., 0]).mean()))
+        for counted, truth in zip(out[..., 0], exact[..., 0], strict=True):
+            self.count_error.add(counted.tolist(), truth.tolist())
+        return out
+
+
+# -- one run --------------------------------------------------------------------------
+
+
+def _grid(job: Job) -> Any:
+    from functions.traffic.sim.network import build_grid
+
+    return build_grid(Path(job.workdir) / "nets", rows=job.rows, cols=job.cols)
+
+
+def _routes(job: Job, grid: Any) -> Path:
+    from functions.traffic.sim.network import make_demand
+
+    return make_demand(
+        Path(job.workdir) / "routes", grid, level=job.level, seed=job.seed, horizon_s=job.horizon_s
+    ).path
+
+
+def _trips_dir(job: Job) -> Path | None:
+    """Where a run's tripinfo stays with ``--keep-trips`` (else a temporary directory)."""
+    if not job.keep_trips:
+        return None
+    name = f"{job.rows}x{job.cols}-{job.level}-s{job.seed}-{job.controller}"
+    return Path(job.workdir) / "trips" / name
+
+
+def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
+    import numpy as np
+
+    from functions.traffic.control import (
+        ControllerConfig,
+        JunctionLayout,
+        Observation,
+        SignalController,
+        SignalReport,
+    )
+    from functions.traffic.impairments import Impairments
+    from functions.traffic.occupancy import count_visible
+    from functions.traffic.signals import still_frame
+    from functions.traffic.sim.session import SumoSession
+
+    opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
+    counter = Counter(job.counter, job.count_noise, job.seed)
+    rng = np.random.default_rng([job.seed, 7])
+    impairments = Impairments.parse(job.impairments or "none")
+    config = ControllerConfig(**{"latency_s": job.delay_s, **job.config})
+    reasons: collections.Counter[str] = collections.Counter()
+    pending: collections.deque[tuple[float, str, int]] = collections.deque()
+    with SumoSession(
+        grid,
+        routes,
+        control="external",
+        seed=job.seed,
+        end_s=job.end_s,
+        min_green_s=config.min_green_s,
+        workdir=_trips_dir(job),
+    ) as sim:
+        junctions = sim.junctions
+        controllers = {}
+        exits: dict[str, list[tuple[str, int] | None]] = {}
+        for j in junctions:
+            arms = grid.junctions[j]
+            capacity = sum(a.lanes * a.length_m for a in arms) / len(arms) / 7.5
+            layout = JunctionLayout(phases=sim.phases(j), capacity_veh=capacity)
+            controllers[j] = SignalController(
+                layout, replace_yellow(config, sim.yellow_s(j)), t=sim.time_s
+            )
+            by_name = {a.name: a for a in arms}
+            # Approach a's straight-on exit is the neighbour's arm a (same heading).
+            exits[j] = [
+                None
+                if by_name[opposite[a.name]].neighbour is None
+                else (by_name[opposite[a.name]].neighbour, i)
+                for i, a in enumerate(arms)
+            ]
+        index = {j: k for k, j in enumerate(junctions)}
+        cuts = config.segments_m
+        previous: dict[str, Any] = {}
+        while not sim.done:
+            now = sim.time_s
+            while pending and pending[0][0] <= now + 1e-9:
+                _, j, phase = pending.popleft()
+                sim.request_phase(j, phase)
+            observations = sim.observe_all()
+            if counter.session is None:
+                truth = np.asarray(
+                    [
+                        [
+                            [obs.counts[i], np.count_nonzero(a.speeds_mps < QUEUED_MPS)]
+                            + [count_visible(a.positions_m, m) for m in cuts]
+                            for i, a in enumerate(obs.approaches)
+                        ]
+                        for obs in observations.values()
+                    ],
+                    dtype=np.float32,
+                )  # [J, A, 2 + K]: whole, queued, segments
+                batch = None
+            else:
+                frames, exact = [], []
+                for j in junctions:
+                    f, e = impaired_frames(
+                        observations[j].approaches,
+                        impairments,
+                        rng,
+                        segments_m=cuts,
+                        noise_std=job.noise_std,
+                    )
+                    still = still_frame(f[0], previous.get(j))
+                    previous[j] = f[0]
+                    queued = [
+                        np.count_nonzero(a.speeds_mps < QUEUED_MPS)
+                        for a in observations[j].approaches
+                    ]
+                    frames.append(np.concatenate([f[:1], still[None], f[1:]]))
+                    exact.append(np.concatenate([e[:1], np.asarray([queued]), e[1:]]).T)
+                truth = np.asarray(exact, dtype=np.float32)  # [J, A, 2 + K]
+                batch = np.concatenate(frames).astype(np.float32)
+            counted = counter.count(batch, truth)  # [J, A, 2 + K]
+            for j in junctions:
+                k = index[j]
+                obs = observations[j]
+                dropped = rng.random(4) < job.drop_rate
+                counts = [
+                    None if d else float(v) for d, v in zip(dropped, counted[k, :, 0], strict=True)
+                ]
+                queued_counts = [
+                    None if d else float(v) for d, v in zip(dropped, counted[k, :, 1], strict=True)
+                ]
+                segments = [
+                    None if d else [float(x) for x in row]
+                    for d, row in zip(dropped, counted[k, :, 2:], strict=True)
+                ]
+                downstream = [
+                    0.0 if e is None else float(counted[index[e[0]], e[1], 0]) for e in exits[j]
+                ]
+                decision = controllers[j].step(
+                    Observation(
+                        t=now,
+                        counts=counts,
+                        segments=segments,
+                        queued=queued_counts,
+                        downstream=downstream,
+                        signal=SignalReport(
+                            phase=obs.phase,
+                            stage=obs.stage,
+                            elapsed_s=obs.stage_elapsed_s,
+                            target=obs.target,
+                        ),
+                    )
+                )
+                reasons[decision.reason] += 1
+                if job.delay_s <= 0:
+                    sim.request_phase(j, decision.phase)
+                else:
+                    pending.append((now + job.delay_s, j, decision.phase))
+            sim.step()
+        switches = sum(sim.actuator(j).switches for j in junctions)
+        greens: dict[int, list[float]] = collections.defaultdict(list)
+        for j in junctions:
+            act = sim.actuator(j)
+            hist = act.history
+            for (t0, state), (t1, _) in itertools.pairwise(hist):
+                if state in act.greens:
+                    greens[act.greens.index(state)].append(t1 - t0)
+    kpis = sim.close()
+    extras = {
+        "count_mae": statistics.fmean(counter.errors) if counter.errors else 0.0,
+        "count_error": counter.count_error.summary(),
+        "switches": switches,
+        "reasons": dict(reasons),
+        "mean_green_s": {p: round(statistics.fmean(v), 1) for p, v in sorted(greens.items())},
+    }
+    return kpis, extras
+
+
+def replace_yellow(config: Any, yellow_s: float) -> Any:
+    from dataclasses import replace
+
+    return replace(config, yellow_s=yellow_s)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    grid = _grid(job)
+    routes = _routes(job, grid)
+    extras: dict[str, Any] = {}
+    if job.controller == "adaptive":
+        kpis, extras = run_adaptive(job, grid, routes)
+    else:
+        from functions.traffic.sim.session import SumoSession
+
+        with SumoSession(
+            grid,
+            routes,
+            control=_SUMO_CONTROL[job.controller],
+            seed=job.seed,
+            end_s=job.end_s,
+            workdir=_trips_dir(job),
+        ) as sim:
+            pass_through = sim.run()
+        kpis = pass_through
+    out = {"grid": f"{job.rows}x{job.cols}", "level": job.level, "seed": job.seed,
+           "controller": job.controller, **kpis.as_dict()}  # fmt: skip
+    out.update(extras)
+    out["job_wall_s"] = time.perf_counter() - t0
+    out.pop("queue_series", None)
+    return out
