@@ -250,7 +250,10 @@ def run_scenario(path: Path, *, console: Console, keep: bool = False) -> Scenari
     console.print(f"scenario [bold]{scenario.name}[/] from {path}: {scenario.description}")
     log = scenario.output_dir().resolve() / "run.log"
     console.print(f"log: {log} (Ray, uvicorn and broker lines)", soft_wrap=True)
-    with stderr_to_file(log):
+    # The story keeps the terminal; what Ray prints to sys.stdout (a dead raylet's
+    # last log lines, say) goes to the log with the rest.
+    console.file = console.file
+    with stderr_to_file(log, stdout=True):
         report = ScenarioRun(scenario, console=console, keep=keep).run()
     for line in headline(report):
         console.print(f"  {line}")
