@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat as stat_module
 
 __all__ = ["FileWatch"]
 
@@ -55,7 +56,7 @@ class FileWatch:
                 stat = os.stat(path)
             except OSError:  # gone between the listing and the stat
                 continue
-            if os.path.isfile(path):
+            if stat_module.S_ISREG(stat.st_mode):
                 found.append((path, (stat.st_size, stat.st_mtime_ns)))
         return found
 

@@ -227,13 +227,10 @@ class Runner:
             InvalidArgumentsError: arguments do not fit its signature.
             UnsatisfiableError: no node has its tier, site or resources.
         """
-        registered = self.get(name)
-        bound = self._bind(registered, kwargs)
-        self.check_satisfiable(registered)
-        return self._start(registered, bound)
+        return self.fire(name, kwargs, trigger=None)
 
-    def fire(self, name: str, kwargs: Mapping[str, Any], *, trigger: str) -> Run:
-        """Start ``name(**kwargs)`` for ``trigger``, which its run record names.
+    def fire(self, name: str, kwargs: Mapping[str, Any], *, trigger: str | None) -> Run:
+        """Start ``name(**kwargs)`` for ``trigger``, which its run record names (None: none).
 
         Raises:
             as :meth:`submit`.

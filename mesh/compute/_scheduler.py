@@ -320,11 +320,12 @@ class TriggerEngine:
         return Firing(spec.name, spec.function, now, run_id=run.id)
 
     def _collect_ended(self, now: float) -> list[Firing]:
-        ended = [r for r in self._detached if r.done()]
-        self._detached = [r for r in self._detached if not r.done()]
+        # One done() per run: a run ending between two checks would be in neither
+        # list, and its chains would never fire.
+        ended, self._detached = _split_done(self._detached)
         for state in list(self._states.values()):
-            ended.extend(r for r in state.active if r.done())
-            state.active = [r for r in state.active if not r.done()]
+            done, state.active = _split_done(state.active)
+            ended.extend(done)
         fired: list[Firing] = []
         for run in ended:
             try:  # result() also records how the run ended
@@ -385,3 +386,12 @@ def _decode(payload: bytes) -> Any:
         return json.loads(payload)
     except ValueError:
         return payload.decode("utf-8", "replace")
+
+
+def _split_done(runs: list[StartedRun]) -> tuple[list[StartedRun], list[StartedRun]]:
+    """``runs`` as (ended, still running), each asked once."""
+    ended: list[StartedRun] = []
+    running: list[StartedRun] = []
+    for run in runs:
+        (ended if run.done() else running).append(run)
+    return ended, running

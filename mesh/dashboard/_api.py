@@ -52,6 +52,9 @@ STREAM_LIFETIME_S = 60.0
 #: How often a waiting stream looks for its client leaving or the server stopping.
 _POLL_S = 0.2
 
+#: Runs read to apply the Runs page's status and tier filters.
+RUNS_SCANNED = 1000
+
 _STATIC = {
     "charts.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -148,13 +151,19 @@ def create_dashboard_router(
         tier: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
-        """Function runs newest first; ``status`` and ``tier`` filter what the store gives."""
-        rows = snapshots.sources.runs(function or None, limit)
+        """Function runs newest first, ``limit`` of those that match every filter.
+
+        The store filters by function; ``status`` and ``tier`` are read from the
+        newest :data:`RUNS_SCANNED` runs, so a filter never shows fewer matches
+        than those hold because ``limit`` cut the store's answer first.
+        """
+        scan = RUNS_SCANNED if (status or tier) else limit
+        rows = snapshots.sources.runs(function or None, max(limit, scan))
         return [
             dict(r)
             for r in rows
             if (not status or r.get("status") == status) and (not tier or r.get("tier") == tier)
-        ]
+        ][:limit]
 
     @router.get("/v1/dashboard/events", tags=["dashboard"], dependencies=read)
     async def events(request: Request) -> StreamingResponse:

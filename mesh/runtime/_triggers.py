@@ -114,9 +114,10 @@ class TriggerService:
         if key == self._deployed:
             return
         self._deployed = key
-        apps = [app for source in _sources(deployments) for app in self._load(source)]
+        sources = _sources(deployments)
+        apps = [app for source in sources for app in self._load(source)]
         triggers: list[TriggerSpec] = []
-        for source in _sources(deployments):
+        for source in sources:
             for app in self._apps.get(source, []):
                 try:
                     check_triggers(app.triggers.values(), app.functions, source=source)
