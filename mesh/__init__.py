@@ -40,16 +40,18 @@ from mesh.core._settings import MeshSettings
 from mesh.runtime._connect import connect_backend
 from mesh.sdk._app import Mesh
 from mesh.sdk._report import report
-from mesh.sdk._specs import QoS, Resources
+from mesh.sdk._specs import Canary, Drift, QoS, Resources
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
     "BatchResult",
+    "Canary",
     "CancelledError",
     "ClusterNotRunningError",
     "ConfigError",
+    "Drift",
     "FunctionTimeoutError",
     "InvalidArgumentsError",
     "InvocationError",

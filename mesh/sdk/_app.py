@@ -16,7 +16,7 @@ from mesh.core._errors import SpecError, UnknownFunctionError
 from mesh.sdk._checks import build_spec, check_callable, first_doc_line, no_parentheses
 from mesh.sdk._job_decorators import JobDecorators
 from mesh.sdk._registered import RegisteredFunction, RegisteredModule
-from mesh.sdk._specs import FunctionSpec, ModuleSpec, QoS, Resources
+from mesh.sdk._specs import Canary, Drift, FunctionSpec, ModuleSpec, QoS, Resources
 from mesh.sdk._triggers import TriggerDecorators, TriggerSpec
 
 # RegisteredFunction and RegisteredModule stay listed while mesh/__init__.py
@@ -180,6 +180,8 @@ class Mesh(JobDecorators, TriggerDecorators):
         min_replicas: int = 1,
         max_replicas: int = 1,
         target_in_flight: float = 2.0,
+        drift: Drift | None = None,
+        canary: Canary | None = None,
     ) -> Callable[[C], C]: ...
     def module(
         self,
@@ -194,6 +196,8 @@ class Mesh(JobDecorators, TriggerDecorators):
         min_replicas: int = 1,
         max_replicas: int = 1,
         target_in_flight: float = 2.0,
+        drift: Drift | None = None,
+        canary: Canary | None = None,
     ) -> Any:
         """Register an inference module class serving ``model`` under ``qos``.
 
@@ -222,6 +226,8 @@ class Mesh(JobDecorators, TriggerDecorators):
             min_replicas=min_replicas,
             max_replicas=max_replicas,
             target_in_flight=target_in_flight,
+            drift=drift,
+            canary=canary,
         )
 
         def register(cls: C) -> C:
@@ -242,6 +248,8 @@ class Mesh(JobDecorators, TriggerDecorators):
         min_replicas: int = 1,
         max_replicas: int = 1,
         target_in_flight: float = 2.0,
+        drift: Drift | None = None,
+        canary: Canary | None = None,
     ) -> RegisteredModule:
         """Register a module class without decorator syntax; see :meth:`module`."""
         if not inspect.isclass(cls):
@@ -266,6 +274,8 @@ class Mesh(JobDecorators, TriggerDecorators):
             min_replicas=min_replicas,
             max_replicas=max_replicas,
             target_in_flight=target_in_flight,
+            drift=drift,
+            canary=canary,
             description=first_doc_line(cls),
         )
         registered = RegisteredModule(spec=spec, cls=cls, app=self.name)

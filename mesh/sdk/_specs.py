@@ -19,7 +19,9 @@ __all__ = [
     "COMPUTE_TIERS",
     "TIERS",
     "BatchSpec",
+    "Canary",
     "Domain",
+    "Drift",
     "FunctionKind",
     "FunctionSpec",
     "ModuleSpec",
@@ -27,6 +29,7 @@ __all__ = [
     "Resources",
     "StreamSpec",
     "TuneSpec",
+    "drift_topic",
 ]
 
 #: Every tier of the mesh, cheapest last.
@@ -276,6 +279,90 @@ class StreamSpec(FunctionSpec):
         return None if value is None else _check_topic(value, pattern=False)
 
 
+#: What a drift check watches.
+DriftStatistic = Literal["outputs", "inputs", "error"]
+
+
+def drift_topic(module: str) -> str:
+    """The MQTT topic (under the broker's prefix) a module's drift events go to."""
+    return f"lifecycle/drift/{module}"
+
+
+class Drift(_Spec):
+    """A module's drift check.
+
+    The score per site is, for ``outputs`` and ``inputs``, how far the window's
+    mean (of each inference's output, or input, values) moved from the
+    reference's, in reference standard deviations; for ``error``, the window's
+    mean absolute error against the labels that arrive on ``labels`` divided by
+    the reference's (the validation error at registration). Drift is declared
+    when a site's score reaches ``threshold`` over a window holding at least
+    ``min_samples``.
+    """
+
+    statistic: DriftStatistic = Field(
+        description="outputs | inputs (their distribution) | error (against labels)."
+    )
+    threshold: float = Field(gt=0, description="The score at which drift is declared.")
+    window_s: float = Field(60.0, gt=0, description="The sliding window the score is over.")
+    min_samples: int = Field(20, ge=1, description="Fewer samples in the window: no score.")
+    labels: str | None = Field(
+        None,
+        description=(
+            "With statistic=error: the MQTT topic ('{site}' for the site) where the "
+            "ground truth of a sample arrives, later than the sample."
+        ),
+    )
+    output: str | None = Field(None, description="The output tensor watched (default: the first).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _check_topic(value.replace("{site}", "site"), pattern=False)
+        return value
+
+    @model_validator(mode="after")
+    def _error_needs_labels(self) -> Drift:
+        if self.statistic == "error" and self.labels is None:
+            raise ValueError(
+                "statistic='error' needs labels=: the topic where ground truth arrives, "
+                "e.g. labels='traffic/{site}/truth'"
+            )
+        return self
+
+
+class Canary(_Spec):
+    """How a candidate version is tried before it replaces production.
+
+    The candidate serves on ``fraction`` of the module's sites (at least one)
+    beside production elsewhere; after ``window_s`` with at least
+    ``min_samples`` on each side, it is promoted fleet-wide when its live error
+    is at most production's times ``(1 - error_margin)`` and its p95 at most
+    production's times ``p95_ratio``; otherwise it is rolled back.
+    """
+
+    fraction: float = Field(0.25, gt=0, le=1, description="Share of sites that try it.")
+    window_s: float = Field(60.0, gt=0, description="How long both serve before the decision.")
+    min_samples: int = Field(30, ge=1, description="Scored samples each side needs.")
+    error_margin: float = Field(
+        0.0, ge=0, lt=1, description="How much lower its error must be (0: not higher)."
+    )
+    p95_ratio: float = Field(
+        1.5, ge=1, description="Its p95 may be at most this times production's."
+    )
+    max_wait_s: float = Field(
+        600.0, gt=0, description="Without enough samples by then, it is rolled back."
+    )
+
+    @model_validator(mode="after")
+    def _wait(self) -> Canary:
+        if self.max_wait_s < self.window_s:
+            raise ValueError(f"max_wait_s={self.max_wait_s} is below window_s={self.window_s}")
+        return self
+
+
 class ModuleSpec(_Spec):
     """An inference module: a model served where the placement engine puts it."""
 
@@ -290,6 +377,8 @@ class ModuleSpec(_Spec):
         2.0, description="Autoscaling target of in-flight requests per replica."
     )
     description: str = Field("", description="First line of the docstring.")
+    drift: Drift | None = Field(None, description="Its drift check, if any.")
+    canary: Canary | None = Field(None, description="How a candidate version is tried, if at all.")
 
     @field_validator("tiers")
     @classmethod
