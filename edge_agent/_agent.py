@@ -36,6 +36,7 @@ from ._outbox import Outbox, OutboxItem
 from ._pipelines import Pipeline
 from ._reconciler import DesiredStateReconciler
 from ._runtime import Job, JobResult, ModuleServer
+from ._samples import Sampler
 from ._serving import InferenceEndpoint
 from ._settings import AgentSettings
 from ._sources import SourceContext, make_source
@@ -54,6 +55,7 @@ from .protocol import (
     PipelineSpec,
     ProtocolError,
     Route,
+    SamplingPolicy,
     Tensor,
 )
 
@@ -141,6 +143,10 @@ class Agent(DesiredStateReconciler):
             clock=self.clock,
         )
         self._reconciler: threading.Thread | None = None
+        # Pipeline inputs kept and uploaded for retraining, as each module's spec asks.
+        self.sampler = Sampler(
+            self._publish_sample, self.topics, self.agent_id, self.site, self._sampling_policy
+        )
         self._heartbeat = HeartbeatLoop(
             settings.heartbeat_period_s, self._send_heartbeat, supervisor=self.supervisor
         )
@@ -288,7 +294,13 @@ class Agent(DesiredStateReconciler):
                 source = make_source(spec.source, ctx)
                 topic = self.topics.events(self.site, spec.stream_name)
                 pipe = Pipeline(
-                    spec, source, self, topic, supervisor=self.supervisor, clock=self._cp_time
+                    spec,
+                    source,
+                    self,
+                    topic,
+                    supervisor=self.supervisor,
+                    clock=self._cp_time,
+                    sampler=self.sampler,
                 )
                 pipe.start()
             except (ValueError, OSError) as exc:
@@ -352,6 +364,16 @@ class Agent(DesiredStateReconciler):
         """Pass each message on ``topic`` to ``handler`` (on the network thread) until undone."""
         self._transport.subscribe(topic, lambda msg: handler(msg.payload), qos=0)
         return lambda: self._transport.unsubscribe(topic)
+
+    def _sampling_policy(self, module: str) -> SamplingPolicy | None:
+        spec = self._specs.get(module)
+        return spec.sampling if spec is not None else None
+
+    def _publish_sample(self, topic: str, payload: bytes) -> bool:
+        """Publish a sampled input (QoS 1, never waits); False when not connected."""
+        return (
+            self._transport.connected and self._transport.publish(topic, payload, qos=1) is not None
+        )
 
     def _publish_event(self, item: OutboxItem) -> PublishHandle | None:
         return self._transport.publish(item.topic, item.payload, qos=item.qos)

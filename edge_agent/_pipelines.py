@@ -1,6 +1,8 @@
 """Local pipelines: source -> module (local or offloaded, per its route) -> events.
 
-The outputs become events, published through the outbox.
+The outputs become events, published through the outbox. Each input that ran
+is then offered to the agent's sampler (:mod:`edge_agent._samples`), which keeps
+and uploads some for retraining when the module's desired state asks for it.
 
 Each pipeline is one thread. The route is read for every sample, so a route
 switch (a new route epoch in the desired state) applies to the next sample
@@ -43,7 +45,7 @@ from ._sources import Sample, Source
 from ._supervisor import Supervisor
 from .protocol import Event, PipelineSpec, Route, Tensor, json_tensor
 
-__all__ = ["Pipeline", "PipelineHost"]
+__all__ = ["Pipeline", "PipelineHost", "SampleSink"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ _ANSWER_GRACE_S = 2.0
 
 #: Frames held while the source is remote, to run when the route comes back.
 _HELD_FRAMES = 128  # a minute at 2 frames a second
+
+
+class SampleSink(Protocol):
+    """Where a pipeline offers each input its module ran on (the agent's ``Sampler``)."""
+
+    def offer(self, module: str, version: str, source_ts: float, tensors: Sequence[Tensor]) -> None:
+        """Hold (and maybe upload) one input; never blocks on the network."""
+        ...
 
 
 class PipelineHost(Protocol):
@@ -101,6 +111,7 @@ class Pipeline:
         *,
         supervisor: Supervisor | None = None,
         clock: Callable[[], float] = time.time,
+        sampler: SampleSink | None = None,
     ) -> None:
         """Events go to ``topic`` (``{p}/events/{site}/{stream}``).
 
@@ -109,7 +120,9 @@ class Pipeline:
         ``clock`` is the control plane's time as this device reads it (the agent
         corrects its own by the offset it estimates): a route's split time is in
         that clock, so the replica's grace period is timed in it too.
+        ``sampler`` is offered each input that ran, after its event is out.
         """
+        self._sampler = sampler
         self._supervisor = supervisor or Supervisor()
         self._clock = clock
         self.spec = spec
@@ -392,3 +405,8 @@ class Pipeline:
 
         self._host.emit(self._topic, make_payload, self.spec.qos)
         self.processed += 1
+        if self._sampler is not None:
+            try:
+                self._sampler.offer(module, result.version or "", sample.split_ts, sample.tensors)
+            except Exception:  # sampling is for later: it never fails the pipeline
+                logger.exception("pipeline %s: sampling an input of %s failed", name, module)

@@ -13,6 +13,7 @@ Topics (prefix ``p``, default ``mesh/v1``; build them with :class:`Topics`)::
     {p}/modules/{m}/infer/{node} any -> node            InferRequest frame, answer to reply_to
     {p}/replies/{client}        node -> client          InferReply frame (reply_to must be here)
     {p}/events/{site}/{stream}  agents, functions       Event
+    {p}/agents/{id}/samples/{m} agent -> cp             SampleUpload frame (sampled inputs)
 
 Messages:
 
@@ -56,6 +57,7 @@ from ._desired import (
     ModuleSpec,
     PipelineSpec,
     Route,
+    SamplingPolicy,
     SourceSpec,
     artifact_signing_message,
 )
@@ -97,6 +99,7 @@ from ._reports import (
     ObservedState,
     OutboxStats,
 )
+from ._samples import SampleUpload
 from ._topics import (
     DEFAULT_PREFIX,
     MAX_TOPIC_BYTES,
@@ -143,6 +146,8 @@ __all__ = [
     "ProtocolError",
     "ReplyTo",
     "Route",
+    "SampleUpload",
+    "SamplingPolicy",
     "SourceSpec",
     "Tensor",
     "TensorMeta",

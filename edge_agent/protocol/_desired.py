@@ -22,6 +22,7 @@ __all__ = [
     "ModuleSpec",
     "PipelineSpec",
     "Route",
+    "SamplingPolicy",
     "SourceSpec",
     "artifact_signing_message",
 ]
@@ -91,6 +92,26 @@ class Route(BaseModel):
         return self
 
 
+class SamplingPolicy(BaseModel):
+    """How an agent samples a module's pipeline inputs for retraining (fresh data).
+
+    The agent keeps the ``reservoir`` most recent inputs its pipelines fed the
+    module and uploads them, picked at random among those, to
+    ``{p}/agents/{id}/samples/{module}`` (QoS 1), at most ``samples_per_min``
+    and ``bytes_per_min`` in any 60 s. An input the reservoir drops before it
+    was uploaded is counted as dropped by the budget. Absent from a
+    :class:`ModuleSpec`: no sampling.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    samples_per_min: int = Field(30, ge=1, le=6000, description="Uploads in any 60 s, at most.")
+    bytes_per_min: int = Field(
+        256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Upload bytes in any 60 s, at most."
+    )
+    reservoir: int = Field(64, ge=1, le=4096, description="Recent inputs kept to pick from.")
+
+
 class ModuleSpec(BaseModel):
     """One inference module the agent should hold.
 
@@ -118,6 +139,9 @@ class ModuleSpec(BaseModel):
     max_queue: int = Field(256, ge=1, description="Bounded request queue length.")
     max_batch: int = Field(
         16, ge=1, le=1024, description="Queued requests run as one batch (dynamic batch dim)."
+    )
+    sampling: SamplingPolicy | None = Field(
+        None, description="Upload pipeline inputs for retraining (None: do not)."
     )
 
     @field_validator("name")

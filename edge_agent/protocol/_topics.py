@@ -220,6 +220,21 @@ class Topics:
         base = f"{self.prefix}/replies/{client}"
         return f"{base}/{suffix}" if suffix else base
 
+    def samples(self, agent: str, module: str) -> str:
+        """An agent's sampled pipeline inputs of ``module`` (:class:`SampleUpload` frames).
+
+        Under the agent's own topics, so its ACL already lets it publish there.
+
+        Example:
+            >>> Topics().samples("cam-07", "counter")
+            'mesh/v1/agents/cam-07/samples/counter'
+        """
+        return f"{self.prefix}/agents/{agent}/samples/{module}"
+
+    def all_samples(self) -> str:
+        """Filter of every agent's sampled inputs of every module."""
+        return self.samples("+", "+")
+
     def events(self, site: str, stream: str) -> str:
         """Application events of a site."""
         return f"{self.prefix}/events/{site}/{stream}"

@@ -49,6 +49,8 @@ each class answers with when it reaches a client (blank: inherited from the pare
     ├── ExportError                           (models._export) torch could not export the model
     │   └── ExportParityError                 ONNX Runtime's outputs differ from torch's
     ├── ProfileError                     503  (models._profile) no ONNX Runtime to profile with
+    ├── FreshDataError                   404  (models._fresh_data) no labelled fresh samples yet
+    │   └── InvalidSampleError           422  a sampled input or a label is malformed
     ├── ArtifactError                         (models._artifacts) store, signing, verification
     │   ├── ArtifactNotFoundError        404  no artifact with that sha256
     │   └── InvalidSignatureError             a signature does not verify

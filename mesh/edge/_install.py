@@ -8,7 +8,9 @@ agent's observed state lists the module at that version. The agent downloads,
 verifies and loads it; a failure comes back in the observed state and is raised.
 
 This installer keeps each agent's modules and publishes them all in each
-desired state (pipelines are not touched here).
+desired state (pipelines are not touched here). :meth:`EdgeInstaller.set_sampling`
+sets a module's sampling policy (its agents upload pipeline inputs for retraining)
+on every entry of it, those published from then on included.
 
 :meth:`EdgeInstaller.set_route` switches where an agent's pipelines run a
 module (make-before-break, DESIGN section 6): the same modules are published
@@ -40,7 +42,7 @@ import logging
 import threading
 from typing import Any, Literal
 
-from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route
+from edge_agent.protocol import DesiredState, ModuleSpec, ObservedState, Route, SamplingPolicy
 from mesh.core._errors import MeshError
 from mesh.edge._artifact_api import UrlSigner, signed_module_spec
 from mesh.edge._bus import EdgeBus, EdgeBusError
@@ -117,6 +119,7 @@ class EdgeInstaller:
         self._handover = handover
         # (agent, module) -> the replica holding its source, and the source.
         self._remote: dict[tuple[str, str], tuple[str, PipelineSource]] = {}
+        self._sampling: dict[str, SamplingPolicy] = {}
 
     @property
     def handover(self) -> SourceHandover:
@@ -192,7 +195,7 @@ class EdgeInstaller:
                 route=previous.route if previous is not None else None,
                 **self._options,
             )
-            modules[module] = entry
+            modules[module] = entry.model_copy(update={"sampling": self._sampling.get(module)})
             version, observed = self._publish_and_wait(
                 agent_id, modules, timeout_s, f"{module} {artifact.version}"
             )
@@ -287,7 +290,12 @@ class EdgeInstaller:
                 if current is not None:
                     entry = ModuleSpec.model_validate({**current.model_dump(), "route": route})
                 else:
-                    entry = ModuleSpec(name=module, version=version or REMOTE_VERSION, route=route)
+                    entry = ModuleSpec(
+                        name=module,
+                        version=version or REMOTE_VERSION,
+                        route=route,
+                        sampling=self._sampling.get(module),
+                    )
             except ValueError as exc:  # pydantic's ValidationError, with the field at fault
                 raise DeployError(
                     f"route of {module} on agent {agent_id} cannot be {route_mode}"
@@ -333,6 +341,50 @@ class EdgeInstaller:
             version_sent,
         )
         return epoch
+
+    def set_sampling(self, module: str, policy: SamplingPolicy | None) -> list[str]:
+        """Set ``module``'s sampling policy on every agent holding it (None: stop sampling).
+
+        Each agent whose entry changes gets its desired state again (a version
+        newer, nothing else changed: the agent reloads nothing); installs and
+        routes from now on carry the policy too. Does not wait for the agents
+        (the desired state is retained; an agent applies it when it can).
+
+        Returns:
+            The agents whose desired state was published, sorted.
+        """
+        with self._lock:
+            if policy is None:
+                self._sampling.pop(module, None)
+            else:
+                self._sampling[module] = policy
+            holders = sorted(a for a, held in self._modules.items() if module in held)
+        published = []
+        for agent_id in holders:
+            with self._agent_lock(agent_id):
+                with self._lock:
+                    modules = dict(self._modules.get(agent_id, {}))
+                    entry = modules.get(module)
+                    if entry is None or entry.sampling == policy:
+                        continue
+                    modules[module] = entry.model_copy(update={"sampling": policy})
+                    version = self._next_version(agent_id)
+                desired = DesiredState(
+                    agent=agent_id, version=version, modules=list(modules.values())
+                )
+                try:
+                    self._edge.publish_desired(agent_id, desired)
+                except EdgeBusError as exc:  # retained and queued: it goes out on reconnecting
+                    logger.warning(
+                        "agent %s: sampling of %s not acknowledged: %s", agent_id, module, exc
+                    )
+                with self._lock:
+                    self._modules[agent_id] = modules
+                published.append(agent_id)
+        logger.info(
+            "sampling of %s %s on %d agent(s)", module, "set" if policy else "off", len(published)
+        )
+        return published
 
     def _hand_over(
         self,

@@ -4,7 +4,9 @@
 :func:`measure_profile` times it per execution provider; the
 :class:`ModelRegistry` versions models with their lineage and stages; the
 :class:`ArtifactStore` keeps the files agents and replicas download, signed
-by an :class:`ArtifactSigner`; :func:`create_models_router` is ``/v1/models``.
+by an :class:`ArtifactSigner`; :func:`create_models_router` is ``/v1/models``;
+:class:`FreshData` keeps the inputs agents sampled and their labels, and
+:func:`fresh_data` snapshots them for a training function.
 
 Like every layer's ``__init__``, this one imports nothing itself: each name
 loads from its private module on first use (:mod:`mesh.core._lazy`).
@@ -37,6 +39,13 @@ if TYPE_CHECKING:
         check_parity,
         export_onnx,
     )
+    from mesh.models._fresh_data import (
+        DataSnapshot,
+        FreshData,
+        FreshDataError,
+        InvalidSampleError,
+        fresh_data,
+    )
     from mesh.models._profile import (
         LatencyStat,
         ModelProfile,
@@ -60,11 +69,15 @@ __all__ = [
     "ArtifactNotFoundError",
     "ArtifactSigner",
     "ArtifactStore",
+    "DataSnapshot",
     "ExportError",
     "ExportParityError",
     "ExportReport",
+    "FreshData",
+    "FreshDataError",
     "InvalidModelError",
     "InvalidRegistrationError",
+    "InvalidSampleError",
     "InvalidSignatureError",
     "LatencyStat",
     "Lineage",
@@ -84,6 +97,7 @@ __all__ = [
     "check_parity",
     "create_models_router",
     "export_onnx",
+    "fresh_data",
     "measure_profile",
     "sha256_file",
     "verify_signature",
@@ -113,6 +127,13 @@ __getattr__, __dir__ = lazy_exports(
             "TensorSpec",
             "check_parity",
             "export_onnx",
+        ),
+        "mesh.models._fresh_data": (
+            "DataSnapshot",
+            "FreshData",
+            "FreshDataError",
+            "InvalidSampleError",
+            "fresh_data",
         ),
         "mesh.models._profile": (
             "LatencyStat",

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._registry import ModelRegistry
+    from mesh.runtime._fresh_data import FreshDataService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
@@ -258,6 +259,7 @@ class ControlPlaneServices:
     manager: ServingManager
     controller: PlacementController
     scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
+    fresh_data: FreshDataService | None = None  # agents' sampled inputs and labels (issue 18)
 
 
 def build_services(
@@ -412,13 +414,19 @@ def build_services(
     from mesh.runtime._triggers import start_triggers
 
     start_triggers(settings.store_path, backend, edge, undo)
+    from mesh.models._fresh_data import FreshData
+    from mesh.runtime._fresh_data import start_fresh_data
+
+    fresh_data = start_fresh_data(FreshData.open(settings), edge, installer, metrics, undo)
     # Only now, with every import of the start-up done on this thread: the restore
     # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
     # FastAPI's route building above imports it too; two threads importing that
     # package at once make CPython's import deadlock detection fail one of them
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
-    return ControlPlaneServices(app, edge, registry, installer, manager, controller, scenario)
+    return ControlPlaneServices(
+        app, edge, registry, installer, manager, controller, scenario, fresh_data=fresh_data
+    )
 
 
 def main() -> None:

@@ -75,6 +75,8 @@ STATUSES: dict[str, int] = {
     "mesh.models._export.ExportError": 500,
     "mesh.models._export.ExportParityError": 500,
     "mesh.models._profile.ProfileError": 503,
+    "mesh.models._fresh_data.FreshDataError": 404,
+    "mesh.models._fresh_data.InvalidSampleError": 422,
     "mesh.models._artifacts.ArtifactError": 500,
     "mesh.models._artifacts.ArtifactNotFoundError": 404,
     "mesh.models._artifacts.InvalidSignatureError": 500,
