@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._registry import ModelRegistry
+    from mesh.runtime._canary import CanaryService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
@@ -258,6 +259,7 @@ class ControlPlaneServices:
     manager: ServingManager
     controller: PlacementController
     scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
+    canary: CanaryService  # tries candidate versions on a few sites, promotes or rolls back
 
 
 def build_services(
@@ -374,6 +376,11 @@ def build_services(
         edge=edge,
         rounds=controller.round_seconds,
     )
+    from mesh.runtime._canary import CanaryService
+
+    # Part 1 passes its LiveErrors here (live_errors=...); without it p95 and failures decide.
+    canary = CanaryService(registry, installer, edge, manager=manager)
+    canary.expose(metrics)
     from mesh.security._revocations import TokenRevocations
 
     revocations = TokenRevocations(settings.store_path)
@@ -400,7 +407,16 @@ def build_services(
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
-        dashboard_router(settings.store_path, auth, controller, manager, edge, undo, scenario),
+        dashboard_router(
+            settings.store_path,
+            auth,
+            controller,
+            manager,
+            edge,
+            undo,
+            scenario,
+            lifecycle=canary.describe,
+        ),
     ]
     app = create_gateway_app(
         gateway,
@@ -412,13 +428,17 @@ def build_services(
     from mesh.runtime._triggers import start_triggers
 
     start_triggers(settings.store_path, backend, edge, undo)
+    canary.start()
+    undo.append(("canary", canary.stop))
     # Only now, with every import of the start-up done on this thread: the restore
     # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
     # FastAPI's route building above imports it too; two threads importing that
     # package at once make CPython's import deadlock detection fail one of them
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
-    return ControlPlaneServices(app, edge, registry, installer, manager, controller, scenario)
+    return ControlPlaneServices(
+        app, edge, registry, installer, manager, controller, scenario, canary
+    )
 
 
 def main() -> None:
