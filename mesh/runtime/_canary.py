@@ -10,7 +10,8 @@ appears:
    version until the new one is loaded) on the agents the decision picks
    (:func:`mesh.control._canary.canary_agents`) among those serving the module;
    a failed install puts production back where it went and archives the
-   candidate (``rolled_back``).
+   candidate (``rolled_back``). A lone agent tries it alone: production's side
+   is then its own figures over the window before the canary.
 2. ``canary_started`` (the policy, and whether live errors are scored) and
    ``canary_sites`` (which agents on which sites; fog replicas are not tried:
    the serving manager serves one version per module route, so they change at
@@ -67,6 +68,8 @@ FOG_NOT_TRIED = (
     "not tried: the serving manager serves one version per module route; "
     "replicas take the candidate at promotion"
 )
+#: Where production's side comes from when every agent tries the candidate (a lone agent).
+BEFORE = "the canary agents before the canary (no agent is left serving production)"
 #: What a canary without a live-error source compares.
 NOT_SCORED = "not scored (no live-error source): p95 and failed requests decide"
 
@@ -135,6 +138,7 @@ class _Run:
     others: dict[str, str | None]  # production agent -> site
     started_at: float
     baseline: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> counters
+    before_p95: list[float] = field(default_factory=list)  # canary agents' p95 on production
 
 
 class CanaryService:
@@ -347,6 +351,7 @@ class CanaryService:
             others={a: site(a) for a in serving if a not in chosen},
             started_at=self._clock(),
         )
+        run.before_p95 = _p95s(serving, chosen, spec.name, production.version)
         artifact = ModelArtifact.from_registry(self._registry, model, candidate.version)
         done: list[str] = []
         for agent in chosen:
@@ -373,7 +378,11 @@ class CanaryService:
             model,
             candidate.version,
             "canary_sites",
-            {"canary": run.agents, "production": run.others, "fog": FOG_NOT_TRIED},
+            {
+                "canary": run.agents,
+                "production": run.others or BEFORE,
+                "fog": FOG_NOT_TRIED,
+            },
         )
         with self._lock:
             self._runs[spec.name] = run
@@ -407,10 +416,21 @@ class CanaryService:
         window = self.live_errors.window(module, since=run.started_at, version=version)
         return SideFigures(version, int(window.n), window.mae, p95, requests, failures)
 
+    def _before(self, run: _Run) -> SideFigures:
+        """Production's figures on the canary agents before the canary (no agent is left)."""
+        p95 = statistics.median(run.before_p95) if run.before_p95 else None
+        if self.live_errors is None:
+            return SideFigures(run.production, 0, None, p95, 0, 0)
+        since = run.started_at - run.policy.window_s
+        window = self.live_errors.window(run.spec.name, since=since, version=run.production)
+        return SideFigures(run.production, int(window.n), window.mae, p95, 0, 0)
+
     def _observe(self, run: _Run) -> None:
         views = {v.agent_id: v for v in self._agents.agents()}
         candidate = self._side(run, run.candidate, run.agents, views)
-        production = self._side(run, run.production, run.others, views)
+        production = (
+            self._side(run, run.production, run.others, views) if run.others else self._before(run)
+        )
         elapsed = self._clock() - run.started_at
         verdict = decide(
             run.policy,
@@ -520,6 +540,19 @@ class CanaryService:
         with self._lock:
             entry = self._tracked.get(spec.name)
         return entry[1] if entry is not None else None
+
+
+def _p95s(
+    views: Mapping[str, AgentView], agents: Iterable[str], module: str, version: str
+) -> list[float]:
+    """The p95 the ``agents`` last reported for ``version`` of ``module``."""
+    out: list[float] = []
+    for agent in agents:
+        beat = views[agent].last_heartbeat
+        stats = beat.modules.get(module) if beat is not None else None
+        if stats is not None and stats.version == version and stats.p95_ms is not None:
+            out.append(stats.p95_ms)
+    return out
 
 
 def _counters(view: AgentView, module: str) -> tuple[int, int]:

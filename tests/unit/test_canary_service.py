@@ -304,6 +304,23 @@ def test_without_live_errors_p95_and_failures_decide_and_a_step_says_so(
     assert registry.get(MODEL).version == "v2"
 
 
+def test_a_lone_agent_is_compared_with_itself_before_the_canary(
+    registry: ModelRegistry,
+) -> None:
+    errors = Errors({"v1": 1.0, "v2": 0.5})
+    r = rig(registry, errors)
+    for gone in ("cam-1", "cam-2", "cam-3"):
+        del r.fleet.agents[gone]
+    r.service.tick()
+    started = r.service.active()[0]["started_at"]
+    assert "before the canary" in r.step("canary_sites")["production"]
+    run_window(r)
+    compared = r.step("compared")
+    assert compared["production"]["p95_ms"] == 10.0  # its heartbeat before the install
+    assert {"module": MODULE, "since": started - 60, "version": "v1"} in errors.asked
+    assert compared["verdict"] == "promote" and registry.get(MODEL).version == "v2"
+
+
 # ---------------------------------------------------------------- the rest
 
 
@@ -340,7 +357,7 @@ def test_the_gauge_and_the_dashboard_data(registry: ModelRegistry) -> None:
     metrics = MetricsRegistry()
     r.service.expose(metrics)
     r.service.tick()
-    text = metrics.render().decode() if isinstance(metrics.render(), bytes) else metrics.render()
+    text = metrics.render()
     assert 'mesh_canary_active{module="counter",version="v2"} 1.0' in text
     data = r.service.describe()
     assert data["active"][0]["agents"] == {"cam-0": "site-0"}
