@@ -361,6 +361,18 @@ def test_the_gauge_and_the_dashboard_data(registry: ModelRegistry) -> None:
     assert 'mesh_canary_active{module="counter",version="v2"} 1.0' in text
     data = r.service.describe()
     assert data["active"][0]["agents"] == {"cam-0": "site-0"}
+    from types import SimpleNamespace
+
+    from mesh.dashboard._snapshot import DashboardSources, Snapshots
+
+    sources = DashboardSources(
+        placements=lambda: {"modules": []},
+        history=lambda _module, _limit: [],
+        monitors=lambda _window: SimpleNamespace(nodes={}, latency={}),
+        agents=lambda: [],
+        lifecycle=r.service.describe,
+    )
+    assert Snapshots(sources).latest()["lifecycle"]["active"][0]["candidate"] == "v2"
     assert [s["step"] for s in data["steps"]] == [
         "candidate_seen",
         "canary_started",
