@@ -362,7 +362,9 @@ class CanaryService:
                 return
             done.append(agent)
         run.started_at = self._clock()
-        run.baseline = {a: _counters(serving[a], spec.name) for a in serving}
+        # Counted from now: the views read before the installs are stale.
+        fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
+        run.baseline = {a: _counters(fresh.get(a, serving[a]), spec.name) for a in serving}
         self._record(
             model,
             candidate.version,

@@ -111,6 +111,7 @@ class Installer:
     fleet: Fleet
     fail: set[str] = field(default_factory=set)
     installs: list[tuple[str, str]] = field(default_factory=list)
+    traffic: int = 0  # requests every agent serves while one installs
 
     def install(
         self, agent_id: str, module: str, artifact: ModelArtifact, timeout_s: float
@@ -118,6 +119,7 @@ class Installer:
         assert module == MODULE and artifact.model == MODEL and artifact.data
         if agent_id in self.fail and artifact.version != "v1":
             raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
+        self.fleet.serve(self.traffic)
         self.installs.append((agent_id, artifact.version))
         self.fleet.agents[agent_id].version = artifact.version
 
@@ -295,11 +297,13 @@ def test_without_live_errors_p95_and_failures_decide_and_a_step_says_so(
     registry: ModelRegistry,
 ) -> None:
     r = rig(registry, None)
+    r.installer.traffic = 7  # served while installing: not the canary's
     r.service.tick()
     assert r.step("canary_started")["live_error"] == NOT_SCORED
     run_window(r)
     compared = r.step("compared")
     assert compared["candidate"]["samples"] == 40 and compared["candidate"]["mae"] is None
+    assert compared["production"]["requests"] == 3 * 40
     assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
     assert registry.get(MODEL).version == "v2"
 
