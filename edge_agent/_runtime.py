@@ -432,6 +432,8 @@ class ModuleServer:
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Make ``model`` current; returns the previous one (still finishing its jobs)."""
         old, self._current = self._current, model
+        # The heartbeat's p95 is the new version's alone (a canary compares versions by it).
+        self._stats.latencies.clear()
         logger.info(
             "module %s: now serving version %s (was %s)",
             self.name,

@@ -16,7 +16,7 @@ exit with code 1.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from mesh.core._errors import MeshError
 from mesh.core._settings import MeshSettings
 from mesh.models._profile import CPU
 from mesh.models._registry import Lineage, ModelRegistry, ModelVersion, SelectionMetric, Stage
+from mesh.models._steps import LifecycleStep
 
 __all__ = ["models_app"]
 
@@ -142,15 +143,20 @@ def show(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show a model's versions, or one version's signature and profile."""
+    """Show a model's versions and lifecycle steps, or one version's signature and profile."""
     with _registry() as registry:
         versions = [registry.get(name, version)] if version else registry.versions(name)
+        steps = registry.lifecycle.steps(name, version=versions[0].version if version else None)
     if as_json:
         payload = [v.to_dict() for v in versions]
-        print(json.dumps(payload[0] if version else payload, indent=2))
+        if version:
+            print(json.dumps({**payload[0], "lifecycle": [s.to_dict() for s in steps]}, indent=2))
+        else:
+            print(json.dumps(payload, indent=2))
         return
     if version:
         _print_version(versions[0])
+        _print_steps(name, steps)
         return
     table = Table(title=f"{name}: versions (CPU, 1 thread, p50 / p95 ms)")
     for column in (
@@ -175,6 +181,33 @@ def show(
             _latency(v, 32),
             _when(v.created_at),
         )
+    console.print(table)
+    _print_steps(name, steps)
+
+
+def _step_detail(detail: Mapping[str, Any]) -> str:
+    """A step's detail on one line: its reason first, figures after."""
+    if "candidate" in detail and "production" in detail and "verdict" in detail:
+        c, p = detail["candidate"], detail["production"]
+        return (
+            f"{detail['verdict']}: candidate {c['version']} mae {c['mae']} p95 {c['p95_ms']} ms "
+            f"n={c['samples']} vs production {p['version']} mae {p['mae']} p95 {p['p95_ms']} ms "
+            f"n={p['samples']} ({detail.get('reason', '')})"
+        )
+    head = str(detail.get("reason", ""))
+    rest = {k: v for k, v in detail.items() if k != "reason"}
+    body = json.dumps(rest, sort_keys=True, default=str) if rest else ""
+    return f"{head} {body}".strip()
+
+
+def _print_steps(name: str, steps: list[LifecycleStep]) -> None:
+    if not steps:
+        return
+    table = Table(title=f"{name}: lifecycle")
+    for column in ("at", "version", "step", "detail"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(_when(step.at), step.version, step.step, escape(_step_detail(step.detail)))
     console.print(table)
 
 

@@ -13,7 +13,7 @@ Routes (``{ref}`` is ``v3``, ``production``, ``candidate``, ``latest`` or a sha2
 
 =======  ===========================================  ====================================
 GET      /v1/models                                   models and their production version
-GET      /v1/models/{name}                            one model: versions and stage history
+GET      /v1/models/{name}                            one model: versions, stages, lifecycle
 GET      /v1/models/{name}/versions                   its versions, oldest first
 POST     /v1/models/{name}/versions                   upload an ONNX file: 201 (200 if known)
 GET      /v1/models/{name}/versions/{ref}             one version
@@ -66,6 +66,7 @@ from mesh.models._registry import (
 )
 
 __all__ = [
+    "LifecycleStepOut",
     "ModelDetailOut",
     "ModelSummaryOut",
     "ModelVersionOut",
@@ -185,14 +186,27 @@ class StageEventOut(_Out):
     at: float
 
 
+class LifecycleStepOut(_Out):
+    """One step of the automatic lifecycle (canary, promote, roll back)."""
+
+    model: str
+    version: str
+    step: str = Field(description="candidate_seen, canary_started, canary_sites, compared, ...")
+    at: float
+    detail: dict[str, Any] = Field(description="The step's figures and reasons.")
+
+
 class ModelDetailOut(_Out):
-    """A model with every version and its stage history."""
+    """A model with every version, its stage history and its lifecycle steps."""
 
     name: str
     production: str | None
     latest: str
     versions: list[ModelVersionOut]
     history: list[StageEventOut]
+    lifecycle: list[LifecycleStepOut] = Field(
+        default_factory=list, description="What the canary did with its versions, oldest first."
+    )
 
 
 def version_out(version: ModelVersion) -> ModelVersionOut:
@@ -307,6 +321,9 @@ def create_models_router(
             latest=versions[-1].version,
             versions=[version_out(v) for v in versions],
             history=[StageEventOut.model_validate(e) for e in reg.history(name)],
+            lifecycle=[
+                LifecycleStepOut.model_validate(s.to_dict()) for s in reg.lifecycle.steps(name)
+            ],
         )
 
     @router.get(

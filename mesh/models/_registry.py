@@ -57,6 +57,7 @@ from mesh.core._sqlite import open_sqlite
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.models._export import InvalidModelError, load_checked, signature_of
 from mesh.models._profile import CPU, measure_profile
+from mesh.models._steps import ModelLifecycle
 from mesh.models._versions import (
     SCHEMA,
     Lineage,
@@ -187,6 +188,7 @@ class ModelRegistry:
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot open the model registry at {self.path}: {exc}") from exc
         self._lock = threading.RLock()
+        self.lifecycle = ModelLifecycle(self.path, clock=clock)  # canary steps, archive
 
     @classmethod
     def open(cls, settings: MeshSettings | None = None, **options: Any) -> ModelRegistry:
@@ -206,6 +208,7 @@ class ModelRegistry:
         """Close the connection."""
         with self._lock:
             self._db.close()
+        self.lifecycle.close()
 
     @property
     def key_id(self) -> str:

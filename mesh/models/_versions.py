@@ -38,7 +38,7 @@ __all__ = [
 
 
 # The registry's tables. Version 1 is the tables as they were before versions; a change
-# is a new migration step.
+# is a new migration step (2: the lifecycle steps).
 SCHEMA = Schema(
     "models",
     """
@@ -70,6 +70,20 @@ CREATE TABLE IF NOT EXISTS model_stage_events (
 );
 CREATE INDEX IF NOT EXISTS model_stage_events_by_model ON model_stage_events(model, id);
 """,
+    migrations=(
+        # 1 -> 2: the lifecycle's steps (mesh.models._steps): canary, promote, roll back.
+        """
+CREATE TABLE IF NOT EXISTS model_lifecycle_steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    step TEXT NOT NULL,
+    at REAL NOT NULL,
+    detail_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_lifecycle_steps_by_model ON model_lifecycle_steps(model, id);
+""",
+    ),
 )
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._registry import ModelRegistry
+    from mesh.runtime._canary import CanaryService
     from mesh.runtime._fresh_data import FreshDataService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
@@ -259,6 +260,7 @@ class ControlPlaneServices:
     manager: ServingManager
     controller: PlacementController
     scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
+    canary: CanaryService  # tries candidate versions on a few sites, promotes or rolls back
     fresh_data: FreshDataService | None = None  # agents' sampled inputs and labels (issue 18)
 
 
@@ -376,6 +378,11 @@ def build_services(
         edge=edge,
         rounds=controller.round_seconds,
     )
+    from mesh.runtime._canary import CanaryService
+
+    # Part 1 passes its LiveErrors here (live_errors=...); without it p95 and failures decide.
+    canary = CanaryService(registry, installer, edge, manager=manager)
+    canary.expose(metrics)
     from mesh.security._revocations import TokenRevocations
 
     revocations = TokenRevocations(settings.store_path)
@@ -402,7 +409,16 @@ def build_services(
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
-        dashboard_router(settings.store_path, auth, controller, manager, edge, undo, scenario),
+        dashboard_router(
+            settings.store_path,
+            auth,
+            controller,
+            manager,
+            edge,
+            undo,
+            scenario,
+            lifecycle=canary.describe,
+        ),
     ]
     app = create_gateway_app(
         gateway,
@@ -418,6 +434,8 @@ def build_services(
     from mesh.runtime._fresh_data import start_fresh_data
 
     fresh_data = start_fresh_data(FreshData.open(settings), edge, installer, metrics, undo)
+    canary.start()
+    undo.append(("canary", canary.stop))
     # Only now, with every import of the start-up done on this thread: the restore
     # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
     # FastAPI's route building above imports it too; two threads importing that
@@ -425,7 +443,7 @@ def build_services(
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
     return ControlPlaneServices(
-        app, edge, registry, installer, manager, controller, scenario, fresh_data=fresh_data
+        app, edge, registry, installer, manager, controller, scenario, canary, fresh_data
     )
 
 

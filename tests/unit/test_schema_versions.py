@@ -62,7 +62,7 @@ def test_a_fresh_file_gets_every_stores_current_version(tmp_path: Path) -> None:
     ModelRegistry(path, ArtifactStore(tmp_path / "a"), ArtifactSigner.generate()).close()
     assert _versions(path) == (
         FILE_FORMAT,
-        {"runs": 2, "placements": 3, "agents": 1, "models": 1},
+        {"runs": 2, "placements": 3, "agents": 1, "models": 2},
     )
     box = Outbox(tmp_path / "agent" / "outbox.db")  # the agent's own file
     box.close()

@@ -1,0 +1,566 @@
+"""The canary service: a new candidate version is tried on a few sites, then promoted or not.
+
+For each tracked module (:meth:`CanaryService.track`, with its ``Canary``
+policy), the thread ``mesh-canary`` reads the registry about once a second.
+When a ``candidate`` version of the module's model newer than ``production``
+appears:
+
+1. ``candidate_seen``; the candidate is installed make-before-break
+   (:meth:`~mesh.edge._install.EdgeInstaller.install`: the agent serves the old
+   version until the new one is loaded) on the agents the decision picks
+   (:func:`mesh.control._canary.canary_agents`) among those serving the module;
+   a failed install puts production back where it went and archives the
+   candidate (``rolled_back``). A lone agent tries it alone: production's side
+   is then its own figures over the window before the canary.
+2. ``canary_started`` (the policy, and whether live errors are scored) and
+   ``canary_sites`` (which agents on which sites; fog replicas are not tried:
+   the serving manager serves one version per module route, so they change at
+   promotion).
+3. Each second both sides' figures (:class:`~mesh.control._canary.SideFigures`)
+   are gathered: live error per version from a :class:`LiveErrorSource`
+   (Part 1's ``LiveErrors.window``), p95 and request counts per version from
+   the agents' heartbeats (``ModuleStats.version``, ``p95_ms``, ``requests``,
+   ``errors``); :func:`~mesh.control._canary.decide` says wait, promote or
+   roll back. Without a live-error source, p95 and failed requests decide
+   alone, and ``canary_started`` says so.
+4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
+   the candidate installed on every other agent serving the module, replicas
+   redeployed) or ``rolled_back`` (the canary agents reinstall production, the
+   candidate is archived with the reason).
+
+Every step goes to the registry's lifecycle (:mod:`mesh.models._steps`). A
+canary under way when the control plane stops starts again after it (the
+candidate is still a candidate). Installs are made on the service's thread,
+one agent at a time, each bounded by ``install_timeout_s``.
+
+Example:
+    >>> canary = CanaryService(registry, installer, edge, manager=manager).start()  # doctest: +SKIP
+    >>> canary.track(app.modules["counter"].spec)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mesh.control._canary import SideFigures, Verdict, canary_agents, decide
+from mesh.core._errors import MeshError, SpecError
+from mesh.core._log_repeats import RepeatLog
+from mesh.core._metrics import MetricsRegistry
+from mesh.edge._records import AgentView
+from mesh.models._registry import ModelNotFoundError, ModelRegistry, ModelVersion, Stage
+from mesh.sdk._specs import Canary, ModuleSpec
+from mesh.serving._contract import AgentInstaller, ModelArtifact
+from mesh.serving._deployment import DeploymentView
+from mesh.serving._routes import ModuleRoute
+
+__all__ = ["CanaryService", "ErrorWindowLike", "LiveErrorSource"]
+
+logger = logging.getLogger(__name__)
+
+#: Why fog replicas do not serve the candidate beside production.
+FOG_NOT_TRIED = (
+    "not tried: the serving manager serves one version per module route; "
+    "replicas take the candidate at promotion"
+)
+#: Where production's side comes from when every agent tries the candidate (a lone agent).
+BEFORE = "the canary agents before the canary (no agent is left serving production)"
+#: What a canary without a live-error source compares.
+NOT_SCORED = "not scored (no live-error source): p95 and failed requests decide"
+
+
+class ErrorWindowLike(Protocol):
+    """Live error over a window: samples joined with labels, and their mean absolute error."""
+
+    @property
+    def n(self) -> int:
+        """Samples scored."""
+        ...
+
+    @property
+    def mae(self) -> float | None:
+        """Their mean absolute error (None without samples)."""
+        ...
+
+
+class LiveErrorSource(Protocol):
+    """Where live errors per version come from (``mesh.control._live_error.LiveErrors``)."""
+
+    def window(
+        self, module: str, *, since: float, site: str | None = None, version: str | None = None
+    ) -> ErrorWindowLike:
+        """Error of ``module``'s outputs since ``since`` (of one site, one version)."""
+        ...
+
+
+class AgentSource(Protocol):
+    """The agents as the edge bus knows them now (:meth:`EdgeBus.agents`)."""
+
+    def agents(self) -> list[AgentView]:
+        """Every known agent."""
+        ...
+
+
+class ReplicaDeployer(Protocol):
+    """Redeploys a module's replicas (:class:`~mesh.serving._manager.ServingManager`)."""
+
+    def deployments(self) -> list[DeploymentView]:
+        """What serves each module now."""
+        ...
+
+    def deploy(
+        self,
+        spec: ModuleSpec,
+        version: str | ModelVersion | ModelArtifact = "production",
+        *,
+        tier: str | None = None,
+        site: str | None = None,
+        node: str | None = None,
+    ) -> ModuleRoute:
+        """Serve ``version`` on ``tier``, make-before-break."""
+        ...
+
+
+@dataclass(slots=True)
+class _Run:
+    """One canary under way."""
+
+    spec: ModuleSpec
+    policy: Canary
+    candidate: str
+    production: str
+    agents: dict[str, str | None]  # canary agent -> site
+    others: dict[str, str | None]  # production agent -> site
+    started_at: float
+    baseline: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> counters
+    before_p95: list[float] = field(default_factory=list)  # canary agents' p95 on production
+
+
+class CanaryService:
+    """Tries each tracked module's new candidate on a few sites, then promotes or rolls back.
+
+    Args:
+        registry: the model registry (versions, stages, lifecycle steps).
+        installer: puts a version on an agent, make-before-break.
+        agents: the agents and their heartbeats (the edge bus).
+        manager: redeploys replicas at promotion (None: no replicas to move).
+        live_errors: live error per version; None: p95 and failures decide alone.
+        clock: Unix seconds (injected in tests).
+        period_s: seconds between passes.
+        install_timeout_s: how long one agent may take to install a version.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        installer: AgentInstaller,
+        agents: AgentSource,
+        *,
+        manager: ReplicaDeployer | None = None,
+        live_errors: LiveErrorSource | None = None,
+        clock: Callable[[], float] = time.time,
+        period_s: float = 1.0,
+        install_timeout_s: float = 60.0,
+    ) -> None:
+        """Track nothing yet; :meth:`start` runs the passes."""
+        self._registry = registry
+        self._installer = installer
+        self._agents = agents
+        self._manager = manager
+        self.live_errors = live_errors
+        self._clock = clock
+        self._period_s = period_s
+        self._install_timeout_s = install_timeout_s
+        self._tracked: dict[str, tuple[ModuleSpec, dict[str, str] | None]] = {}
+        self._runs: dict[str, _Run] = {}
+        self._done: set[tuple[str, str]] = set()  # (model, version) decided here
+        self._lock = threading.Lock()
+        self._quiet = RepeatLog(logger, every_s=300.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mesh-canary", daemon=True)
+
+    # -- life
+
+    def start(self) -> CanaryService:
+        """Start the passes on the thread ``mesh-canary``."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the passes (an install under way finishes first)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._install_timeout_s + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period_s):  # bounded by stop
+            self.tick()
+
+    # -- tracking
+
+    def track(self, spec: ModuleSpec, *, sites: Mapping[str, str] | None = None) -> None:
+        """Watch ``spec``'s model for new candidates and canary each on its agents.
+
+        Args:
+            spec: the module; its ``canary`` policy says how.
+            sites: agent id -> site of the agents that may take part (default:
+                every agent serving the module, with the site it reports).
+
+        Raises:
+            SpecError: the module declares no canary policy.
+        """
+        if spec.canary is None:
+            raise SpecError(
+                f"module {spec.name!r} declares no canary policy: add "
+                "canary=Canary(...) to @app.module"
+            )
+        with self._lock:
+            self._tracked[spec.name] = (spec, dict(sites) if sites is not None else None)
+        logger.info("canary: tracking module %s (model %s)", spec.name, spec.model)
+
+    def untrack(self, module: str) -> bool:
+        """Stop watching ``module`` (a canary under way is left as it is); False if unknown."""
+        with self._lock:
+            self._runs.pop(module, None)
+            return self._tracked.pop(module, None) is not None
+
+    def active(self) -> list[dict[str, Any]]:
+        """The canaries under way: module, model, candidate, production, agents, started_at."""
+        with self._lock:
+            runs = list(self._runs.values())
+        return [
+            {
+                "module": r.spec.name,
+                "model": r.spec.model,
+                "candidate": r.candidate,
+                "production": r.production,
+                "agents": dict(r.agents),
+                "started_at": r.started_at,
+            }
+            for r in runs
+        ]
+
+    def describe(self, limit: int = 50) -> dict[str, Any]:
+        """The dashboard's data: canaries under way and the newest lifecycle steps."""
+        steps = [s.to_dict() for s in self._registry.lifecycle.recent(limit)]
+        return {"active": self.active(), "steps": steps}
+
+    def expose(self, metrics: MetricsRegistry) -> None:
+        """Register ``mesh_canary_active{module,version}`` on ``metrics`` (read at scrape)."""
+        metrics.gauge_callback(
+            "mesh_canary_active",
+            "1 for each module whose candidate version is being tried on a canary now.",
+            ("module", "version"),
+            lambda: [((r["module"], r["candidate"]), 1.0) for r in self.active()],
+        )
+
+    # -- one pass
+
+    def tick(self) -> None:
+        """One pass over the tracked modules (each one's failure is logged, not raised)."""
+        with self._lock:
+            tracked = list(self._tracked.values())
+        for spec, sites in tracked:
+            try:
+                with self._lock:
+                    run = self._runs.get(spec.name)
+                if run is None:
+                    self._maybe_start(spec, sites)
+                else:
+                    self._observe(run)
+            except Exception as exc:  # the next pass tries again
+                self._quiet.exception("canary: module %s: %s", spec.name, exc, exc=exc)
+
+    def _versions(self, spec: ModuleSpec) -> tuple[ModelVersion, ModelVersion] | None:
+        """The newest candidate newer than production, and production; None if none."""
+        try:
+            versions = self._registry.versions(spec.model)
+        except ModelNotFoundError:
+            return None
+        production = next((v for v in versions if v.stage == Stage.PRODUCTION), None)
+        if production is None:
+            return None
+        newer = [
+            v
+            for v in versions
+            if v.stage == Stage.CANDIDATE
+            and v.number > production.number
+            and (spec.model, v.version) not in self._done
+        ]
+        return (newer[-1], production) if newer else None
+
+    def _serving(self, spec: ModuleSpec, sites: Mapping[str, str] | None) -> dict[str, AgentView]:
+        """Online agents that have the module installed (and may take part)."""
+        out: dict[str, AgentView] = {}
+        for view in self._agents.agents():
+            if view.state != "online" or view.observed is None:
+                continue
+            if sites is not None and view.agent_id not in sites:
+                continue
+            if any(m.name == spec.name for m in view.observed.installed):
+                out[view.agent_id] = view
+        return out
+
+    def _record(self, model: str, version: str, step: str, detail: Mapping[str, Any]) -> None:
+        self._registry.lifecycle.record(model, version, step, detail)
+
+    def _maybe_start(self, spec: ModuleSpec, sites: Mapping[str, str] | None) -> None:
+        found = self._versions(spec)
+        if found is None:
+            return
+        candidate, production = found
+        model, policy = spec.model, spec.canary
+        assert policy is not None  # track() checked
+        seen = {s.step for s in self._registry.lifecycle.steps(model, version=candidate.version)}
+        serving = self._serving(spec, sites)
+        if "candidate_seen" not in seen:
+            self._record(
+                model,
+                candidate.version,
+                "candidate_seen",
+                {
+                    "module": spec.name,
+                    "production": production.version,
+                    "lineage": dict(candidate.lineage.extra),
+                    "agents_serving": len(serving),
+                },
+            )
+        if not serving:
+            self._quiet.info(
+                "canary: module %s: candidate %s waits for an agent serving the module",
+                spec.name,
+                candidate.version,
+            )
+            return
+
+        def site(agent: str) -> str | None:
+            return sites[agent] if sites is not None else serving[agent].site
+
+        chosen = canary_agents(list(serving), policy.fraction)
+        run = _Run(
+            spec,
+            policy,
+            candidate.version,
+            production.version,
+            agents={a: site(a) for a in chosen},
+            others={a: site(a) for a in serving if a not in chosen},
+            started_at=self._clock(),
+        )
+        run.before_p95 = _p95s(serving, chosen, spec.name, production.version)
+        artifact = ModelArtifact.from_registry(self._registry, model, candidate.version)
+        done: list[str] = []
+        for agent in chosen:
+            try:
+                self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
+            except MeshError as exc:
+                self._roll_back(run, f"install on agent {agent} failed: {exc}", done)
+                return
+            done.append(agent)
+        run.started_at = self._clock()
+        # Counted from now: the views read before the installs are stale.
+        fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
+        run.baseline = {a: _counters(fresh.get(a, serving[a]), spec.name) for a in serving}
+        self._record(
+            model,
+            candidate.version,
+            "canary_started",
+            {
+                "module": spec.name,
+                "production": production.version,
+                "policy": policy.model_dump(),
+                "live_error": "scored" if self.live_errors is not None else NOT_SCORED,
+            },
+        )
+        self._record(
+            model,
+            candidate.version,
+            "canary_sites",
+            {
+                "canary": run.agents,
+                "production": run.others or BEFORE,
+                "fog": FOG_NOT_TRIED,
+            },
+        )
+        with self._lock:
+            self._runs[spec.name] = run
+
+    # -- watching and deciding
+
+    def _side(
+        self, run: _Run, version: str, agents: Mapping[str, str | None], views: Mapping[str, Any]
+    ) -> SideFigures:
+        module = run.spec.name
+        p95s: list[float] = []
+        requests = failures = 0
+        for agent in agents:
+            view = views.get(agent)
+            beat = view.last_heartbeat if view is not None else None
+            stats = beat.modules.get(module) if beat is not None else None
+            if view is None or stats is None or stats.version != version:
+                continue
+            if (view.last_heartbeat_at or 0.0) < run.started_at:
+                continue
+            if stats.p95_ms is not None:
+                p95s.append(stats.p95_ms)
+            seen, failed = _counters(view, module)
+            base_seen, base_failed = run.baseline.get(agent, (0, 0))
+            # A restarted agent counts from zero again.
+            requests += seen - base_seen if seen >= base_seen else seen
+            failures += failed - base_failed if failed >= base_failed else failed
+        p95 = statistics.median(p95s) if p95s else None
+        if self.live_errors is None:
+            return SideFigures(version, requests, None, p95, requests, failures)
+        window = self.live_errors.window(module, since=run.started_at, version=version)
+        return SideFigures(version, int(window.n), window.mae, p95, requests, failures)
+
+    def _before(self, run: _Run) -> SideFigures:
+        """Production's figures on the canary agents before the canary (no agent is left)."""
+        p95 = statistics.median(run.before_p95) if run.before_p95 else None
+        if self.live_errors is None:
+            return SideFigures(run.production, 0, None, p95, 0, 0)
+        since = run.started_at - run.policy.window_s
+        window = self.live_errors.window(run.spec.name, since=since, version=run.production)
+        return SideFigures(run.production, int(window.n), window.mae, p95, 0, 0)
+
+    def _observe(self, run: _Run) -> None:
+        views = {v.agent_id: v for v in self._agents.agents()}
+        candidate = self._side(run, run.candidate, run.agents, views)
+        production = (
+            self._side(run, run.production, run.others, views) if run.others else self._before(run)
+        )
+        elapsed = self._clock() - run.started_at
+        verdict = decide(
+            run.policy,
+            candidate=candidate,
+            production=production,
+            elapsed_s=elapsed,
+            scored=self.live_errors is not None,
+        )
+        if verdict.action == "wait":
+            return
+        self._record(
+            run.spec.model,
+            run.candidate,
+            "compared",
+            {
+                "module": run.spec.name,
+                "candidate": candidate.to_dict(),
+                "production": production.to_dict(),
+                "elapsed_s": round(elapsed, 3),
+                "verdict": verdict.action,
+                "reason": verdict.reason,
+            },
+        )
+        if verdict.action == "promote":
+            self._promote(run, verdict)
+        else:
+            self._roll_back(run, verdict.reason, list(run.agents))
+
+    def _promote(self, run: _Run, verdict: Verdict) -> None:
+        spec, model = run.spec, run.spec.model
+        self._registry.promote(model, run.candidate)
+        artifact = ModelArtifact.from_registry(self._registry, model, run.candidate)
+        failures: dict[str, str] = {}
+        installed: list[str] = []
+        for agent in sorted(self._serving(spec, self._sites(spec))):
+            if agent in run.agents:
+                continue
+            try:
+                self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
+                installed.append(agent)
+            except MeshError as exc:
+                failures[agent] = str(exc)
+        replicas: list[str] = []
+        if self._manager is not None:
+            for view in self._manager.deployments():
+                if view.spec.name != spec.name or view.agent is not None:
+                    continue
+                where = f"{view.tier}{f'@{view.site}' if view.site else ''}"
+                try:
+                    self._manager.deploy(
+                        view.spec, run.candidate, tier=view.tier, site=view.site,
+                        node=view.pinned_node,
+                    )  # fmt: skip
+                    replicas.append(where)
+                except Exception as exc:  # recorded; production is the candidate already
+                    failures[where] = str(exc)
+        self._record(
+            model,
+            run.candidate,
+            "promoted",
+            {
+                "module": spec.name,
+                "previous": run.production,
+                "reason": verdict.reason,
+                "agents": sorted([*run.agents, *installed]),
+                "replicas": replicas,
+                "failures": failures,
+            },
+        )
+        self._finish(run)
+
+    def _roll_back(self, run: _Run, reason: str, agents: Iterable[str]) -> None:
+        """Production back on ``agents``; the candidate archived with ``reason``."""
+        spec, model = run.spec, run.spec.model
+        failures: dict[str, str] = {}
+        reinstalled: list[str] = []
+        targets = list(agents)
+        if targets:
+            artifact = ModelArtifact.from_registry(self._registry, model, run.production)
+            for agent in targets:
+                try:
+                    self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
+                    reinstalled.append(agent)
+                except MeshError as exc:
+                    failures[agent] = str(exc)
+        self._record(
+            model,
+            run.candidate,
+            "rolled_back",
+            {
+                "module": spec.name,
+                "production": run.production,
+                "reason": reason,
+                "agents": reinstalled,
+                "failures": failures,
+            },
+        )
+        self._registry.lifecycle.archive(model, run.candidate, reason=reason)
+        self._finish(run)
+
+    def _finish(self, run: _Run) -> None:
+        with self._lock:
+            self._runs.pop(run.spec.name, None)
+            self._done.add((run.spec.model, run.candidate))
+
+    def _sites(self, spec: ModuleSpec) -> Mapping[str, str] | None:
+        with self._lock:
+            entry = self._tracked.get(spec.name)
+        return entry[1] if entry is not None else None
+
+
+def _p95s(
+    views: Mapping[str, AgentView], agents: Iterable[str], module: str, version: str
+) -> list[float]:
+    """The p95 the ``agents`` last reported for ``version`` of ``module``."""
+    out: list[float] = []
+    for agent in agents:
+        beat = views[agent].last_heartbeat
+        stats = beat.modules.get(module) if beat is not None else None
+        if stats is not None and stats.version == version and stats.p95_ms is not None:
+            out.append(stats.p95_ms)
+    return out
+
+
+def _counters(view: AgentView, module: str) -> tuple[int, int]:
+    """An agent's requests and failed requests (errors + expired) for ``module``, so far."""
+    beat = view.last_heartbeat
+    stats = beat.modules.get(module) if beat is not None else None
+    if stats is None:
+        return 0, 0
+    return stats.requests, stats.errors + stats.expired
