@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ def dashboard_router(
     edge: EdgeBus,
     undo: list[tuple[str, Callable[[], object]]],
     scenario: ScenarioFeed | None = None,
+    *,
+    drift: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> APIRouter:
     """The ``/ui`` page and ``/v1/dashboard`` reads over the control plane's services.
 
@@ -50,6 +52,7 @@ def dashboard_router(
         edge: the agents.
         undo: where the run store's close goes once it is opened.
         scenario: what a scenario run in this process reports (the Scenario page).
+        drift: each tracked module's drift score per site (``DriftService.describe``).
     """
     from mesh.compute._runs import SQLiteStore
 
@@ -69,6 +72,7 @@ def dashboard_router(
         models=lambda: {v.spec.name: v.artifact.model for v in manager.deployments()},
         runs=list_runs,
         scenario=scenario.describe if scenario is not None else lambda: None,
+        drift=drift if drift is not None else list,
     )
     snapshots = Snapshots(sources)
     _start_sampler(snapshots, undo)

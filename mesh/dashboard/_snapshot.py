@@ -108,6 +108,7 @@ class DashboardSources:
         models: module -> the registry model it serves.
         runs: function runs, ``(function or None, limit) -> dicts`` newest first.
         scenario: the running scenario (``ScenarioFeed.describe``), None when none ran.
+        drift: each tracked module's drift score per site, as dicts.
         window_s: the window of the latency figures shown as "now".
     """
 
@@ -118,6 +119,7 @@ class DashboardSources:
     models: Callable[[], Mapping[str, str]] = dict
     runs: Callable[[str | None, int], Sequence[Mapping[str, Any]]] = lambda _f, _n: []
     scenario: Callable[[], Mapping[str, Any] | None] = lambda: None
+    drift: Callable[[], Sequence[Mapping[str, Any]]] = list
     window_s: float = 5.0
 
 
@@ -268,6 +270,7 @@ class Snapshots:
             "plan_version": placement.get("plan_version"),
             "faults": list(reversed(self._faults)),
             "scenario": src.scenario(),
+            "drift": [dict(d) for d in src.drift()],
         }
 
     def _note_health(self, now: float, states: list[tuple[str, str, str]]) -> None:

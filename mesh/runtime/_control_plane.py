@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mesh.edge._install import EdgeInstaller
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._registry import ModelRegistry
+    from mesh.runtime._drift import DriftService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
@@ -258,6 +259,7 @@ class ControlPlaneServices:
     manager: ServingManager
     controller: PlacementController
     scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
+    drift: DriftService  # each tracked module's drift score per site; drift events
 
 
 def build_services(
@@ -374,6 +376,11 @@ def build_services(
         edge=edge,
         rounds=controller.round_seconds,
     )
+    from mesh.runtime._drift import DriftService, expose_drift
+
+    drift = DriftService(edge, registry).start()
+    undo.append(("drift detection", drift.stop))
+    expose_drift(metrics, drift)
     from mesh.security._revocations import TokenRevocations
 
     revocations = TokenRevocations(settings.store_path)
@@ -400,7 +407,16 @@ def build_services(
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
-        dashboard_router(settings.store_path, auth, controller, manager, edge, undo, scenario),
+        dashboard_router(
+            settings.store_path,
+            auth,
+            controller,
+            manager,
+            edge,
+            undo,
+            scenario,
+            drift=drift.describe,
+        ),
     ]
     app = create_gateway_app(
         gateway,
@@ -418,7 +434,9 @@ def build_services(
     # package at once make CPython's import deadlock detection fail one of them
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
-    return ControlPlaneServices(app, edge, registry, installer, manager, controller, scenario)
+    return ControlPlaneServices(
+        app, edge, registry, installer, manager, controller, scenario, drift=drift
+    )
 
 
 def main() -> None:
