@@ -9,8 +9,9 @@ the :class:`DriftService` on its own thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,15 +19,29 @@ import pytest
 from edge_agent.protocol import Event, Tensor, Topics, json_tensor
 from mesh.core._settings import MeshSettings
 from mesh.edge._bus import EdgeBus
+from mesh.edge._enrolment import control_plane_credentials
 from mesh.edge.broker._broker import MosquittoBroker
+from mesh.models._reference import drift_reference
 from mesh.models._registry import ModelRegistry
 from mesh.models._versions import Lineage, SelectionMetric
 from mesh.runtime._drift import DriftService
 from mesh.sdk._specs import Drift, ModuleSpec, QoS
-from tests.support.agent_fixtures import build_tiny_model
+from tests.integration.test_edge_e2e import (  # noqa: F401  (the mesh fixture)
+    AGENT,
+    SITE,
+    Mesh,
+    _agent_args,
+    _replay_file,
+    mesh,
+)
+from tests.support.agent_fixtures import (  # noqa: F401  (fixtures)
+    AgentProcess,
+    agent_processes,
+    build_tiny_model,
+)
 from tests.support.brokers import MqttProbe, mosquitto, unique  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
@@ -115,3 +130,56 @@ def test_live_error_past_the_threshold_publishes_one_drift_event(
         observer.close()
         agent.close()
         edge.stop()
+
+
+def test_a_real_agents_heartbeat_summaries_score_output_drift(
+    mesh: Mesh,  # noqa: F811
+    agent_processes: Callable[..., AgentProcess],  # noqa: F811
+) -> None:
+    """The agent runs the module on a replayed file; its heartbeats carry the summaries."""
+    m, edge = mesh, mesh.gateway
+    model = build_tiny_model(m.tmp / "counter.onnx", scale=2.0)  # y = 2x
+    # Validated on inputs near 100; the replayed frames are 1..20: outputs far lower.
+    held_out = np.random.default_rng(0).normal(100.0, 5.0, size=(64, 4)).astype(np.float32)
+    reference = drift_reference(model, [held_out])
+    registry = ModelRegistry.open(MeshSettings(data_dir=m.tmp / "registry"), batch_sizes=(1,))
+    service = DriftService(edge, registry, period_s=0.1).start()
+    observer = MqttProbe(m.broker, **_control_login(m))
+    agent = agent_processes(_agent_args(m, m.tmp / "cache"), m.tmp / "agent.log").start()
+    try:
+        version = registry.register(
+            "tiny",
+            model,
+            code_version="test",
+            lineage=Lineage(extra={"drift_reference": reference}),
+        ).version
+        observer.subscribe(service.event_topic("counter"))
+        spec = ModuleSpec(
+            name="counter",
+            model="tiny",
+            qos=QoS(p95_latency_ms=50),
+            drift=Drift(statistic="outputs", threshold=3.0, window_s=30, min_samples=20),
+        )
+        service.track(spec, version=version, event_topics=[], sites={AGENT: SITE})
+        edge.publish_desired(
+            AGENT, m.desired(1, m.module(version, model), _replay_file(m.tmp / "frames.bin"))
+        )
+        assert observer.wait_for(lambda: len(observer.messages) >= 1, 60), agent.log()[-3000:]
+        body = json.loads(observer.messages[0][1])
+        assert body["site"] == SITE and body["version"] == version
+        assert body["statistic"] == "outputs" and body["samples"] >= 20
+        # Frames 1..20 give outputs 2..40 (mean 21) against a reference near 200.
+        expected = abs(21.0 - reference["outputs"]["mean"]) / reference["outputs"]["std"]
+        assert body["score"] == pytest.approx(expected, rel=0.2)
+        (score,) = service.scores()
+        assert score.drifting and score.samples >= 20
+    finally:
+        agent.terminate()
+        service.stop()
+        observer.close()
+        registry.close()
+
+
+def _control_login(m: Mesh) -> dict[str, Any]:
+    creds = control_plane_credentials(m.settings)
+    return {"username": creds.username, "password": creds.password}
