@@ -224,15 +224,22 @@ class DriftService:
         spec: ModuleSpec,
         *,
         version: str,
-        event_topics: Sequence[str],
+        event_topics: Sequence[str] | None = None,
         sites: Mapping[str, str] | None = None,
     ) -> None:
-        """Watch ``spec``'s drift check; again for a module already tracked replaces it.
+        """Watch ``spec``'s drift check.
+
+        Tracking a module again replaces its check, topics and sites and keeps
+        what was seen (samples, which sites are in drift), so a scenario or a
+        promotion may call it again; the new subscriptions are made first.
 
         Args:
             spec: the module (its ``drift`` must be set).
-            version: the version serving now (``v3``, or a stage the registry resolves).
-            event_topics: topic patterns its pipeline events arrive on (``{p}/events/+/counts``).
+            version: the version serving now (``v3``, or a stage the registry
+                resolves); a site's events and heartbeats name the version there.
+            event_topics: topic patterns its pipeline events arrive on, e.g.
+                ``f"{prefix}/events/+/{stream}"``; None: every event under the
+                prefix that names the module.
             sites: agent id -> site, for events and heartbeats that name no site.
 
         Raises:
@@ -241,17 +248,24 @@ class DriftService:
         drift = spec.drift
         if drift is None:
             raise ValueError(f"module {spec.name}: no drift check declared (drift=None)")
-        self.untrack(spec.name)
+        patterns = (
+            (f"{self._bus.prefix}/events/+/+",) if event_topics is None else tuple(event_topics)
+        )
         tracked = _Tracked(
-            spec,
-            drift,
-            self._resolve(spec.model, version),
-            dict(sites or {}),
-            tuple(event_topics),
+            spec, drift, self._resolve(spec.model, version), dict(sites or {}), patterns
         )
         self._ensure_feeds(tracked)  # subscribes: not under the lock handlers take
         with self._lock:
+            old = self._tracked.get(spec.name)
+            if old is not None:
+                tracked.latch, tracked.windows, tracked.serving = (
+                    old.latch,
+                    old.windows,
+                    old.serving,
+                )
             self._tracked[spec.name] = tracked
+        for undo in old.undo if old is not None else ():
+            undo()
         logger.info(
             "drift: tracking %s (%s, threshold %g over %g s) at %s",
             spec.name,

@@ -103,15 +103,19 @@ def test_moment_window_by_version_and_time() -> None:
 @dataclass
 class FakeBus:
     prefix: str = "mesh/v1"
-    handlers: dict[str, Callable[[str, bytes], None]] = field(default_factory=dict)
+    handlers: list[tuple[str, Callable[[str, bytes], None]]] = field(default_factory=list)
     event_handlers: list[Callable[[Event], None]] = field(default_factory=list)
     published: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
 
     def subscribe(
         self, pattern: str, handler: Callable[[str, bytes], None], *, timeout_s: float = 5.0
     ) -> Callable[[], None]:
-        self.handlers[pattern] = handler
-        return lambda: self.handlers.pop(pattern, None) and None
+        entry = (pattern, handler)
+        self.handlers.append(entry)
+        return lambda: self.handlers.remove(entry)
+
+    def patterns(self) -> list[str]:
+        return [pattern for pattern, _ in self.handlers]
 
     def on_event(self, handler: Callable[[Event], None]) -> Callable[[], None]:
         self.event_handlers.append(handler)
@@ -129,7 +133,7 @@ class FakeBus:
         self.published.append((topic, json.loads(payload), qos))
 
     def deliver(self, topic: str, payload: bytes) -> None:
-        for pattern, handler in list(self.handlers.items()):
+        for pattern, handler in list(self.handlers):
             if topic_matches(pattern, topic):
                 handler(topic, payload)
 
@@ -232,7 +236,7 @@ def feed(bus: FakeBus, clock: Clock, site: str, error: float, n: int, version: s
 
 def test_error_scores_per_site(setup: tuple[FakeBus, Clock, DriftService]) -> None:
     bus, clock, service = setup
-    assert "mesh/v1/traffic/+/truth" in bus.handlers
+    assert "mesh/v1/traffic/+/truth" in bus.patterns()
     feed(bus, clock, "j1", 0.5, 10)  # MAE 0.5 = the reference: score 1
     feed(bus, clock, "j2", 1.5, 10)  # score 3
     assert [e["site"] for e in service.evaluate()] == ["j2"]
@@ -290,6 +294,20 @@ def test_a_new_version_is_scored_against_its_own_reference(
     assert service.live_errors.window("counter", since=0.0, version="v2").n == 10
 
 
+def test_tracking_again_keeps_what_was_seen(setup: tuple[FakeBus, Clock, DriftService]) -> None:
+    bus, clock, service = setup
+    feed(bus, clock, "j1", 1.5, 10)
+    assert len(service.evaluate()) == 1
+    drift = Drift(statistic="error", threshold=2.5, min_samples=5, labels="traffic/{site}/truth")
+    service.track(spec(drift), version="v1")  # every event under the prefix naming it
+    assert bus.patterns().count("mesh/v1/traffic/+/truth") == 1  # the old one undone
+    assert service.live_errors.window("counter", since=0.0).n == 10
+    feed(bus, clock, "j1", 1.5, 2)
+    assert service.evaluate() == []  # still in drift: not fired again
+    assert [s.drifting for s in service.scores() if s.site == "j1"] == [True]
+    assert [s.threshold for s in service.scores()] == [2.5, 2.5]  # the new check
+
+
 def test_bad_labels_are_dropped_with_one_log_line(
     setup: tuple[FakeBus, Clock, DriftService], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -316,7 +334,7 @@ def test_untrack_and_stop_undo_the_subscriptions(
 ) -> None:
     bus, _clock, service = setup
     service.untrack("counter")
-    assert "mesh/v1/traffic/+/truth" not in bus.handlers and service.tracked() == []
+    assert "mesh/v1/traffic/+/truth" not in bus.patterns() and service.tracked() == []
     service.stop()
     assert bus.event_handlers == []
     with pytest.raises(ValueError, match="no drift check"):
@@ -355,7 +373,7 @@ def test_output_drift_from_heartbeat_summaries() -> None:
         sites={"a2": "j2"},
     )
     beats = "mesh/v1/agents/+/heartbeat"
-    assert beats in bus.handlers
+    assert beats in bus.patterns()
     for _ in range(3):
         clock.now += 5
         bus.deliver("mesh/v1/agents/a1/heartbeat", heartbeat("a1", "j1", 1.0, 10))  # 2.0: 0
