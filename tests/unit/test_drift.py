@@ -305,7 +305,7 @@ def test_tracking_again_keeps_what_was_seen(setup: tuple[FakeBus, Clock, DriftSe
     feed(bus, clock, "j1", 1.5, 2)
     assert service.evaluate() == []  # still in drift: not fired again
     assert [s.drifting for s in service.scores() if s.site == "j1"] == [True]
-    assert [s.threshold for s in service.scores()] == [2.5, 2.5]  # the new check
+    assert [(s.site, s.threshold) for s in service.scores()] == [("j1", 2.5)]  # the new check
 
 
 def test_bad_labels_are_dropped_with_one_log_line(
