@@ -26,13 +26,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from ._budget import MemoryBudget
-from .protocol import (
-    ErrorCode,
-    ModuleStats,
-    ProtocolError,
-    Tensor,
-    TensorSpec,
-)
+from ._drift_stats import DriftStats
+from .protocol import ErrorCode, ModuleStats, ProtocolError, Tensor, TensorSpec
 
 __all__ = [
     "Job",
@@ -417,6 +412,7 @@ class ModuleServer:
         self._depth_lock = threading.Lock()
         self._current: LoadedModel | None = None
         self._stats = _Stats()
+        self._drift = DriftStats()  # each inference's mean input and output, per heartbeat
         self._threads = [
             threading.Thread(target=self._work, name=f"module-{name}-{i}", daemon=True)
             for i in range(workers)
@@ -475,9 +471,10 @@ class ModuleServer:
         return self._depth
 
     def stats(self) -> ModuleStats:
-        """Counters and latency percentiles for heartbeats."""
+        """Counters and latency percentiles, and the drift summary since the last call."""
         cur = self._current
-        return self._stats.snapshot(cur.version if cur else None, self.depth)
+        snapshot = self._stats.snapshot(cur.version if cur else None, self.depth)
+        return snapshot.model_copy(update={"summary": self._drift.take()})
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the workers after the jobs already queued."""
@@ -591,6 +588,8 @@ class ModuleServer:
             self._stats.errors += 1
         else:
             self._stats.latencies.append(queue_ms + compute_ms)
+            if outputs:
+                self._drift.observe(model.version if model else None, job.tensors, outputs)
         try:
             job.done(
                 JobResult(outputs, error, model.version if model else None, queue_ms, compute_ms)

@@ -12,6 +12,7 @@ from ._frames import ErrorCode
 __all__ = [
     "AgentFaults",
     "AgentStatus",
+    "DriftSummary",
     "Heartbeat",
     "HostMetrics",
     "InstalledModule",
@@ -19,6 +20,7 @@ __all__ = [
     "ModuleStats",
     "ObservedState",
     "OutboxStats",
+    "ValueMoments",
 ]
 
 
@@ -86,6 +88,30 @@ class HostMetrics(BaseModel):
     temperature_c: float | None = None
 
 
+class ValueMoments(BaseModel):
+    """Count, mean and sum of squared deviations (Welford's ``m2``) of some values."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    count: int = Field(0, ge=0)
+    mean: float = 0.0
+    m2: float = Field(0.0, ge=0)
+
+
+class DriftSummary(BaseModel):
+    """Since the last heartbeat: each inference's mean input and mean output value.
+
+    One sample per row of the batch axis; ``outputs`` by output name. The control
+    plane compares them with the version's reference (drift detection).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: str | None = None
+    inputs: ValueMoments = Field(default_factory=ValueMoments)
+    outputs: dict[str, ValueMoments] = Field(default_factory=dict)
+
+
 class ModuleStats(BaseModel):
     """Per-module counters since start, and latency over the recent window."""
 
@@ -98,6 +124,9 @@ class ModuleStats(BaseModel):
     p50_ms: float | None = None
     p95_ms: float | None = None
     queue_depth: int = 0
+    summary: DriftSummary | None = Field(
+        None, description="What it computed since the last heartbeat (None: nothing)."
+    )
 
 
 class OutboxStats(BaseModel):

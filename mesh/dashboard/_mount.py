@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ def dashboard_router(
     scenario: ScenarioFeed | None = None,
     *,
     lifecycle: Callable[[], Mapping[str, Any]] | None = None,
+    drift: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> APIRouter:
     """The ``/ui`` page and ``/v1/dashboard`` reads over the control plane's services.
 
@@ -53,6 +54,7 @@ def dashboard_router(
         undo: where the run store's close goes once it is opened.
         scenario: what a scenario run in this process reports (the Scenario page).
         lifecycle: canaries under way and recent lifecycle steps (``CanaryService.describe``).
+        drift: each tracked module's drift score per site (``DriftService.describe``).
     """
     from mesh.compute._runs import SQLiteStore
 
@@ -73,6 +75,7 @@ def dashboard_router(
         runs=list_runs,
         scenario=scenario.describe if scenario is not None else lambda: None,
         lifecycle=lifecycle if lifecycle is not None else dict,
+        drift=drift if drift is not None else list,
     )
     snapshots = Snapshots(sources)
     _start_sampler(snapshots, undo)

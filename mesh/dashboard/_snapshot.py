@@ -109,6 +109,7 @@ class DashboardSources:
         runs: function runs, ``(function or None, limit) -> dicts`` newest first.
         scenario: the running scenario (``ScenarioFeed.describe``), None when none ran.
         lifecycle: canaries under way and recent lifecycle steps (``CanaryService.describe``).
+        drift: each tracked module's drift score per site, as dicts.
         window_s: the window of the latency figures shown as "now".
     """
 
@@ -120,6 +121,7 @@ class DashboardSources:
     runs: Callable[[str | None, int], Sequence[Mapping[str, Any]]] = lambda _f, _n: []
     scenario: Callable[[], Mapping[str, Any] | None] = lambda: None
     lifecycle: Callable[[], Mapping[str, Any]] = dict
+    drift: Callable[[], Sequence[Mapping[str, Any]]] = list
     window_s: float = 5.0
 
 
@@ -271,6 +273,7 @@ class Snapshots:
             "faults": list(reversed(self._faults)),
             "scenario": src.scenario(),
             "lifecycle": dict(src.lifecycle()),
+            "drift": [dict(d) for d in src.drift()],
         }
 
     def _note_health(self, now: float, states: list[tuple[str, str, str]]) -> None:

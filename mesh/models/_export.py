@@ -162,6 +162,9 @@ class ExportReport:
         parity_samples: held-out samples compared.
         signature: inputs and outputs of the graph.
         exporter: which torch exporter wrote it.
+        drift_reference: each inference's mean input and outputs on the held-out
+            inputs (:func:`~mesh.models._reference.drift_reference`), for the
+            version's ``lineage.extra["drift_reference"]``; None if not computed.
     """
 
     path: Path
@@ -173,6 +176,7 @@ class ExportReport:
     parity_samples: int
     signature: ModelSignature
     exporter: str = "torch.onnx (dynamo)"
+    drift_reference: dict[str, Any] | None = None
 
 
 def _require(name: str) -> Any:
@@ -465,6 +469,7 @@ def export_onnx(
         if not error <= tolerance:  # also refuses NaN
             raise ExportParityError(error, tolerance, samples=samples, path=str(target))
     sha256 = hashlib.sha256(data).hexdigest()
+    reference = _reference(data, batches, target)
     logger.info(
         "exported %s (sha256 %s, opset %d, %d bytes): max abs error %.3g on %d samples",
         target,
@@ -483,4 +488,16 @@ def export_onnx(
         tolerance=tolerance,
         parity_samples=samples,
         signature=signature,
+        drift_reference=reference,
     )
+
+
+def _reference(data: bytes, batches: Sequence[tuple[Any, ...]], target: Path) -> Any:
+    """The drift reference on the held-out batches; None (with a warning) if it fails."""
+    from mesh.models._reference import drift_reference
+
+    try:
+        return drift_reference(data, batches)
+    except Exception as exc:  # the export stands without it
+        logger.warning("%s: no drift reference: %s", target.name, exc)
+        return None

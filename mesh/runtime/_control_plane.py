@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from mesh.models._registry import ModelRegistry
     from mesh.runtime._canary import CanaryService
     from mesh.runtime._fresh_data import FreshDataService
+    from mesh.runtime._drift import DriftService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
@@ -261,7 +262,8 @@ class ControlPlaneServices:
     controller: PlacementController
     scenario: ScenarioFeed  # a scenario run in-process reports here; /ui shows it
     canary: CanaryService  # tries candidate versions on a few sites, promotes or rolls back
-    fresh_data: FreshDataService | None = None  # agents' sampled inputs and labels (issue 18)
+    drift: DriftService  # each tracked module's drift score per site; drift events
+    fresh_data: FreshDataService  # agents' sampled inputs and their labels
 
 
 def build_services(
@@ -378,10 +380,17 @@ def build_services(
         edge=edge,
         rounds=controller.round_seconds,
     )
+    from mesh.runtime._drift import DriftService, expose_drift
+
+    drift = DriftService(edge, registry).start()
+    undo.append(("drift detection", drift.stop))
+    expose_drift(metrics, drift)
     from mesh.runtime._canary import CanaryService
 
-    # Part 1 passes its LiveErrors here (live_errors=...); without it p95 and failures decide.
-    canary = CanaryService(registry, installer, edge, manager=manager)
+    # Live error per version from the drift service's join of events and labels.
+    canary = CanaryService(
+        registry, installer, edge, manager=manager, live_errors=drift.live_errors
+    )
     canary.expose(metrics)
     from mesh.security._revocations import TokenRevocations
 
@@ -418,6 +427,7 @@ def build_services(
             undo,
             scenario,
             lifecycle=canary.describe,
+            drift=drift.describe,
         ),
     ]
     app = create_gateway_app(
@@ -443,7 +453,7 @@ def build_services(
     # (`KeyError: 'pydantic.v1'`), and every restore failed.
     start_placement()
     return ControlPlaneServices(
-        app, edge, registry, installer, manager, controller, scenario, canary, fresh_data
+        app, edge, registry, installer, manager, controller, scenario, canary, drift, fresh_data
     )
 
 

@@ -79,6 +79,16 @@ def test_export_passes_the_checker_at_the_pinned_opset(exported: ExportReport) -
     assert exported.path.stat().st_mode & 0o777 == 0o644
 
 
+def test_export_records_the_drift_reference_of_its_held_out_inputs(
+    exported: ExportReport, held_out: torch.Tensor
+) -> None:
+    ref = exported.drift_reference
+    assert ref is not None and ref["samples"] == 20 and ref["error"] is None
+    rows = held_out.numpy().reshape(20, -1).mean(axis=1)
+    assert ref["inputs"]["mean"] == pytest.approx(float(rows.mean()), rel=1e-5)
+    assert ref["outputs"] == ref["by_output"]["counts"] and ref["outputs"]["std"] >= 0
+
+
 def test_signature_has_a_dynamic_batch_axis(exported: ExportReport) -> None:
     [inp] = exported.signature.inputs
     [out] = exported.signature.outputs
