@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from mesh.edge.broker._broker import EmbeddedBroker
     from mesh.models._registry import ModelRegistry
     from mesh.runtime._canary import CanaryService
-    from mesh.runtime._fresh_data import FreshDataService
     from mesh.runtime._drift import DriftService
+    from mesh.runtime._fresh_data import FreshDataService
     from mesh.serving._gateway_app import GatewayApp
     from mesh.serving._manager import ServingManager
 
