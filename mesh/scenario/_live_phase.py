@@ -113,6 +113,7 @@ class LivePhase:
             on_line=self._feed.fault,
         )
         self._kpis = getattr(self.sim, "live_kpis", None)  # optional in a plugin
+        self.testbed.simulation = self.sim  # a drift fault asks it to change its sensors
         self._feed.begin(
             self.scenario.name,
             duration_s=self.scenario.end_s(),
