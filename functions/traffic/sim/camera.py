@@ -154,7 +154,7 @@ class CameraRelay:
         reach = reach_cells(self._impairments, DEFAULT_LANE_LENGTH_M, cells)
         cell_m = DEFAULT_LANE_LENGTH_M / cells
         cuts = [max(1, round(m / cell_m)) for m in self._segments_m]
-        return [reach, *[min(reach, c) for c in cuts][:rows - 1]]
+        return [reach, *[min(reach, c) for c in cuts][: rows - 1]]
 
     def render(self, obs: Any) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
         """A junction's camera frames and its exact counts.
