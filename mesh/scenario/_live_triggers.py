@@ -7,7 +7,10 @@ before training (:mod:`mesh.scenario._models_stage`); the rest become
 simulated time, stepped on its own thread until the loop ends. A chained
 trigger (``after: <trigger>``) fires when a run of that trigger's function
 finishes, with no argument added (a scenario's functions take only their
-``args``).
+``args``). A topic trigger (``topic: <pattern>``) fires on the messages there
+(through ``subscribe``, the control plane's bus), debounced in simulated
+seconds, the message passed as ``message`` (e.g. a retraining function on
+``lifecycle/drift/<module>``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from mesh.sdk._triggers import TriggerSpec
 
 __all__ = ["LiveTriggers", "is_start_trigger"]
 
+#: ``(pattern, handler(topic, payload)) -> unsubscribe``: the bus, as topic triggers need it.
+Subscribe = Callable[[str, Callable[[str, bytes], None]], Callable[[], None]]
+
 logger = logging.getLogger(__name__)
 
 
 def is_start_trigger(decl: TriggerDecl) -> bool:
     """Whether ``decl`` runs once before training rather than in the live phase."""
-    return decl.after is None and not decl.at_s and decl.every_s is None
+    return decl.after is None and decl.topic is None and not decl.at_s and decl.every_s is None
 
 
 class _SimClock:
@@ -50,9 +56,16 @@ class LiveTriggers:
         runner: Runner,
         sim_time_at: Callable[[float], float],
         substitutions: dict[str, str],
+        subscribe: Subscribe | None = None,
     ) -> None:
-        """Fire ``decls`` (all but start triggers) through ``runner`` at simulated times."""
+        """Fire ``decls`` (all but start triggers) through ``runner`` at simulated times.
+
+        ``subscribe`` ``(pattern, handler) -> unsubscribe`` feeds the topic triggers;
+        without it they never fire.
+        """
         every = list(decls)
+        self._subscribe = subscribe
+        self._unsubscribe: list[Callable[[], None]] = []
         by_name = {d.name: d for d in every}
         self.specs = [_spec(d, by_name, substitutions) for d in every if not is_start_trigger(d)]
         self.engine = TriggerEngine(runner, clock=_SimClock(sim_time_at))
@@ -68,12 +81,18 @@ class LiveTriggers:
 
     def start(self) -> LiveTriggers:
         """Start stepping (the clock reads 0 until the live loop runs)."""
+        if self._subscribe is not None:
+            for pattern in sorted(self.engine.topics()):
+                self._unsubscribe.append(self._subscribe(pattern, self.engine.message))
         if self.specs:
             self._thread.start()
         return self
 
     def stop(self) -> list[str]:
         """Stop firing; one line per trigger: runs started, firings missed or skipped."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -100,6 +119,15 @@ def _spec(
 ) -> TriggerSpec:
     function = decl.function.partition(":")[2]
     args = {k: _substitute(v, substitutions) for k, v in decl.args.items()}
+    if decl.topic is not None:
+        return TriggerSpec(
+            name=decl.name,
+            function=function,
+            topic=decl.topic,
+            debounce_s=decl.debounce_s,
+            pass_as="message",
+            args=args,
+        )
     if decl.after is not None:
         upstream = by_name.get(decl.after)
         after = upstream.function.partition(":")[2] if upstream is not None else decl.after

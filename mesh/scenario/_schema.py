@@ -208,6 +208,12 @@ class Scenario(SchemaModel):
         "it itself); None = no live phase.",
     )
     faults: list[Fault] = Field(default_factory=list, description="Fault timeline.")
+    lifecycle: bool = Field(
+        True,
+        description="Run the model lifecycle: modules' drift checks track, canaries try "
+        "candidates, topic triggers on lifecycle/... retrain; false = drift is measured, "
+        "nothing retrains (the run without the loop).",
+    )
     outputs: Outputs = Field(
         default_factory=Outputs, description="Where outputs go and what is written."
     )
