@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from functions.traffic.app import ModelRef, retrain_counter, train_counter  # noqa: E402
-from functions.traffic.camera_drift import CameraDrift, drift_frames  # noqa: E402
-from functions.traffic.impairments import Impairments, reach_cells  # noqa: E402
-from functions.traffic.occupancy import synthetic_dataset  # noqa: E402
-from functions.traffic.retrain import drift_event, fresh_frames, parent_error  # noqa: E402
-from mesh.models._registry import ModelRegistry  # noqa: E402
+from functions.traffic.app import ModelRef, retrain_counter, train_counter
+from functions.traffic.camera_drift import CameraDrift, drift_frames
+from functions.traffic.impairments import Impairments, reach_cells
+from functions.traffic.occupancy import synthetic_dataset
+from functions.traffic.retrain import drift_event, fresh_frames, parent_error
+from mesh.models._registry import ModelRegistry
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:.*isinstance\(treespec, LeafSpec\).*:FutureWarning"
