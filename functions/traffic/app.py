@@ -531,7 +531,7 @@ def train_forecaster(
     qos=QoS(p95_latency_ms=20),
     tiers=["edge", "fog", "cloud"],
     resources=Resources(cpus=0.5),
-    drift=Drift(statistic="error", threshold=2.0, window_s=60, labels="traffic/{site}/truth"),
+    drift=Drift(statistic="error", threshold=3.0, window_s=60, labels="traffic/{site}/truth"),
     canary=Canary(fraction=0.25, window_s=60, min_samples=30, error_margin=0.1),
 )
 class VehicleCounter:
