@@ -10,7 +10,9 @@ finishes, with no argument added (a scenario's functions take only their
 ``args``). A topic trigger (``topic: <pattern>``) fires on the messages there
 (through ``subscribe``, the control plane's bus), debounced in simulated
 seconds, the message passed as ``message`` (e.g. a retraining function on
-``lifecycle/drift/<module>``).
+``lifecycle/drift/<module>``). Runs still going when the live phase ends
+get ``drain_s`` to finish (a chained one may start meanwhile), then are
+cancelled: none outlives the mesh it runs on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mesh.compute._runner import Runner
-from mesh.compute._scheduler import TriggerEngine
+from mesh.compute._scheduler import StartedRun, TriggerEngine
 from mesh.scenario._decls import TriggerDecl
 from mesh.sdk._triggers import TriggerSpec
 
@@ -47,6 +49,23 @@ class _SimClock:
         return self._sim_time_at(time.time())
 
 
+class _Tracked:
+    """The runner, keeping the runs it started (to drain and cancel them at the end)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.runs: list[StartedRun] = []
+
+    def fire(self, name: str, kwargs: Any, *, trigger: str) -> StartedRun:
+        run: StartedRun = self._runner.fire(name, kwargs, trigger=trigger)
+        self.runs = [r for r in self.runs if not r.done()]
+        self.runs.append(run)
+        return run
+
+    def running(self) -> list[StartedRun]:
+        return [r for r in self.runs if not r.done()]
+
+
 class LiveTriggers:
     """The live phase's trigger engine on simulated time; :meth:`stop` reports its counts."""
 
@@ -68,7 +87,8 @@ class LiveTriggers:
         self._unsubscribe: list[Callable[[], None]] = []
         by_name = {d.name: d for d in every}
         self.specs = [_spec(d, by_name, substitutions) for d in every if not is_start_trigger(d)]
-        self.engine = TriggerEngine(runner, clock=_SimClock(sim_time_at))
+        self._runs = _Tracked(runner)
+        self.engine = TriggerEngine(self._runs, clock=_SimClock(sim_time_at))
         self.engine.set_triggers(self.specs)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -88,15 +108,28 @@ class LiveTriggers:
             self._thread.start()
         return self
 
-    def stop(self) -> list[str]:
-        """Stop firing; one line per trigger: runs started, firings missed or skipped."""
+    def stop(self, *, drain_s: float = 60.0) -> list[str]:
+        """Stop firing; one line per trigger: runs started, firings missed or skipped.
+
+        Runs still going get ``drain_s`` (wall seconds) to finish, the engine
+        still stepping (their chains fire), then the rest are cancelled.
+        """
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        deadline = time.monotonic() + drain_s
+        while self._thread.is_alive() and self._runs.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         lines = []
+        late = self._runs.running()
+        for run in late:
+            run.cancel()
+        if late:
+            names = ", ".join(sorted({r.function for r in late}))
+            lines.append(f"{len(late)} trigger run(s) still running at the end, cancelled: {names}")
         for spec in self.specs:
             counts = self.engine.counts(spec.name)
             lines.append(

@@ -147,6 +147,7 @@ def test_bad_lifecycle_blocks_and_triggers_are_named(tmp_path: Path) -> None:
 @dataclass
 class _Run:
     id: str = "r1"
+    function: str = "demand_profiles"
 
     def done(self) -> bool:
         return True
@@ -258,3 +259,33 @@ def test_the_watch_records_scores_drift_events_and_registry_marks() -> None:
     assert [m["label"] for m in life["marks"]] == ["drift A0 (3.1)", "candidate v2", "promoted v2"]
     assert list(life["drift_scores"]) == ["counter@A0"]
     assert LifecycleWatch(services, {}, lambda ts: ts).finish() == {}
+
+
+class _Endless(_Run):
+    cancelled = False
+
+    def done(self) -> bool:
+        return self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_runs_still_going_at_the_end_are_drained_then_cancelled() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "drift.yaml", search_path=[str(ROOT)])
+    run = _Endless(id="r1")
+    started = threading.Event()
+
+    def fire(name: str, kwargs: Any, *, trigger: str) -> _Run:
+        started.set()
+        return run
+
+    starter = SimpleNamespace(fire=fire)
+    now = [0.0]
+    analytics = [t for t in scenario.triggers if t.name == "analytics"]
+    triggers = LiveTriggers(analytics, starter, lambda _ts: now[0], {}).start()  # type: ignore[arg-type]
+    now[0] = 301.0  # analytics is due at 300 s
+    assert started.wait(10)
+    lines = triggers.stop(drain_s=0.3)
+    assert run.cancelled
+    assert lines[0] == "1 trigger run(s) still running at the end, cancelled: demand_profiles"
