@@ -7,8 +7,14 @@
   :class:`ModelRef` (a JSON-able dict).
 * ``tune_counter`` (cloud): Ray Tune with ASHA over the counter's learning rate
   and width, selecting by ``val_mae``.
+* ``retrain_counter`` (cloud): fired by a drift event of the counter, retrain
+  it on the fresh frames its cameras sent, warm-started from the served
+  version, and register the result as a candidate when it errs less
+  (:mod:`functions.traffic.retrain`).
 * ``VehicleCounter``: the inference module serving ``vehicle-counter`` with a
-  20 ms p95 target; the placement engine decides where.
+  20 ms p95 target; the placement engine decides where. Its drift check
+  compares its counts with the ground truth on ``traffic/{site}/truth``; a
+  candidate is tried on a quarter of the sites before it replaces production.
 
 Sizes are parameters and the defaults are small, so a run takes seconds on a
 CPU; training uses CUDA when the node has a GPU.
@@ -34,7 +40,8 @@ import numpy as np
 import numpy.typing as npt
 
 import mesh
-from mesh import Mesh, QoS, Resources
+from mesh import Canary, Drift, Mesh, QoS, Resources
+from mesh.sdk import drift_topic
 
 from . import models
 from .forecast_data import history_windows, read_history, synthetic_windows
@@ -50,6 +57,7 @@ __all__ = [
     "code_version",
     "counter_trial",
     "demand_profiles",
+    "retrain_counter",
     "train_counter",
     "train_forecaster",
     "tune_counter",
@@ -305,6 +313,60 @@ def tune_counter(config: dict[str, Any]) -> None:
     counter_trial(config, on_epoch=report, cpus=_reserved_cpus("tune_counter"))
 
 
+@app.function(tier="cloud", resources=Resources(cpus=TRAIN_CPUS), retries=0, timeout_s=1800)
+def retrain_counter(
+    message: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    max_rows: int = 4000,
+    min_rows: int = 64,
+    synthetic_ratio: float = 1.0,
+    epochs: int = 6,
+    lr: float = 1e-3,
+    seed: int = 0,
+    out_dir: str | None = None,
+    register: bool = True,
+    run_id: str | None = None,
+) -> ModelRef:
+    """Retrain the counter on its cameras' fresh frames after drift; register a better candidate.
+
+    Args:
+        message: the drift event's trigger message (``{"topic", "payload"}``; its
+            ``module``, ``model`` and ``version`` say what drifted and the parent).
+        data: an ``.npz`` of fresh frames (``inputs``, ``labels``) instead of a
+            snapshot of the module's fresh-data store (``mesh.models.fresh_data``).
+        max_rows: most fresh frames a snapshot holds.
+        min_rows: fewer labelled fresh frames: no retraining (the run fails).
+        synthetic_ratio: frames of the parent's synthetic set per fresh training frame.
+        epochs: passes over the mix (warm start: a few suffice).
+        lr: Adam's learning rate.
+        seed: seeds the weights' order and the synthetic frames.
+        out_dir: where the ONNX file goes (default ``<data_dir>/exports``).
+        register: register it as a candidate when it beats the parent on held-out fresh frames.
+        run_id: the mesh run id, recorded in the version's lineage.
+    """
+    from .retrain import retrain
+
+    return retrain(  # type: ignore[no-any-return]
+        message,
+        module="counter",
+        model=COUNTER_MODEL,
+        data=data,
+        max_rows=max_rows,
+        min_rows=min_rows,
+        synthetic_ratio=synthetic_ratio,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        out_dir=out_dir,
+        register=register,
+        run_id=run_id,
+    )
+
+
+# Any module's drift event: the run checks that it is this model's.
+app.add_trigger("retrain_counter", topic=drift_topic("+"), pass_as="message", debounce_s=5.0)
+
+
 # -- demand analytics ------------------------------------------------------------------
 
 
@@ -469,6 +531,8 @@ def train_forecaster(
     qos=QoS(p95_latency_ms=20),
     tiers=["edge", "fog", "cloud"],
     resources=Resources(cpus=0.5),
+    drift=Drift(statistic="error", threshold=3.0, window_s=60, labels="traffic/{site}/truth"),
+    canary=Canary(fraction=0.25, window_s=60, min_samples=30, error_margin=0.1),
 )
 class VehicleCounter:
     """Vehicles per approach from a junction's occupancy frame."""

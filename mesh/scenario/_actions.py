@@ -3,13 +3,14 @@
 A CPU hog runs real burner processes inside the agent's CPU budget (its
 cgroup) or on its pinned cores; a link fault changes the agents' link
 emulators; an agent crash is a SIGKILL by pid and a restart starts it again; a
-node removal stops a fog raylet.
+node removal stops a fog raylet; a sensor drift is the simulation run's to
+apply (its optional ``drift(site, severity)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mesh.core._errors import MeshError
 from mesh.scenario._faults import parse_target
@@ -37,6 +38,8 @@ class Testbed:
         agent_link: agent id -> the link shape it was started with (restored after a fault).
         fog_nodes: scenario node name -> Ray node id.
         cluster: the local Ray cluster (None before the infrastructure stage).
+        simulation: the simulation run (None before the live phase); a drift fault
+            calls its ``drift(site, severity)``.
     """
 
     fleet: AgentFleet | None = None
@@ -44,6 +47,7 @@ class Testbed:
     agent_link: dict[str, LinkShape] = field(default_factory=dict)
     fog_nodes: dict[str, str] = field(default_factory=dict)
     cluster: NodeRemover | None = None
+    simulation: Any = None
 
 
 class ScenarioActions:
@@ -117,3 +121,16 @@ class ScenarioActions:
         if self._testbed.cluster is None:
             raise MeshError(f"no cluster to remove fog node {name!r} from")
         self._testbed.cluster.remove_node(node_id, graceful=False)
+
+    def drift_sensors(self, target: str, severity: float) -> None:
+        kind, name = parse_target(target)
+        site = name
+        if kind == "agent":
+            fleet = self._testbed.fleet
+            if fleet is None or name not in fleet.agents:
+                raise MeshError(f"no agent {name!r} whose sensors could drift")
+            site = fleet.agents[name].site
+        drift = getattr(self._testbed.simulation, "drift", None)
+        if drift is None:
+            raise MeshError(f"the simulation cannot change its sensors (drift at {site!r})")
+        drift(site, severity)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mesh.core._topics import topic_matches
 from mesh.scenario._decls import ModuleDecl
+from mesh.scenario._faults import drift_issue
 from mesh.scenario._fields import GPU_PROVIDERS
 from mesh.scenario._nodes import AgentNode, RayNode
 from mesh.scenario._schema import Scenario
@@ -487,8 +488,10 @@ class _Checker:
             "agent_restart": ("agent",),
             "agent_crash": ("agent",),
             "node_remove": ("node",),
+            "drift": ("site", "agent"),
         }
         forms = {"agent": "'agent:<id>'", "node": "'node:<name>'", "link": "'link:<a>-><b>'"}
+        forms["site"] = "'site:<site>'"
         end = self._end_s()
         for i, fault in enumerate(self.s.faults):
             loc: Loc = ("faults", i, "target")
@@ -519,6 +522,8 @@ class _Checker:
                 )
             elif fault.kind == "node_remove" and head is not None and name == head.name:
                 self.add(loc, f"cannot remove the Ray head {name!r} (the first cloud node)")
+            elif fault.kind == "drift" and (why := drift_issue(self.s, kind, name)) is not None:
+                self.add(loc, why)
 
 
 def relative_to(scenario: Scenario) -> str:

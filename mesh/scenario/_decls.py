@@ -1,4 +1,10 @@
-"""What a scenario deploys: inference modules (model, QoS, source), streams, triggers."""
+"""What a scenario deploys: inference modules (model, QoS, source, lifecycle), streams, triggers.
+
+A module's ``drift:`` and ``canary:`` blocks are the SDK's own specs
+(:class:`mesh.Drift`, :class:`mesh.Canary`), as ``@app.module(drift=...,
+canary=...)`` takes them; a trigger with a ``topic`` runs on each (debounced)
+message there, e.g. a retraining function on ``lifecycle/drift/<module>``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from mesh.scenario._fields import (
     all_tiers,
     exactly_one,
 )
+from mesh.sdk._specs import Canary, Drift
 
 __all__ = [
     "ModelSource",
@@ -160,6 +167,17 @@ class ModuleDecl(SchemaModel):
         description="What feeds it on each agent (a pipeline per agent); "
         "None = it answers requests only.",
     )
+    drift: Drift | None = Field(
+        None,
+        description="Its drift check (statistic outputs | inputs | error against labels, "
+        "threshold, window_s, min_samples, labels topic); drift events go to "
+        "lifecycle/drift/<module>. None = none.",
+    )
+    canary: Canary | None = Field(
+        None,
+        description="How a new candidate version is tried on a fraction of its sites "
+        "before it is promoted or rolled back. None = candidates wait for a person.",
+    )
 
     def stream_name(self) -> str:
         """The event stream its pipelines publish on."""
@@ -191,12 +209,30 @@ class TriggerDecl(SchemaModel):
     )
     every_s: float | None = Field(None, gt=0, description="Run every this many seconds.")
     after: str | None = Field(None, description="Run each time this trigger's run finishes.")
+    topic: TopicPattern | None = Field(
+        None,
+        description="Run on the messages on this topic pattern (one run per burst, "
+        "debounce_s after its last message; the message is passed as 'message'), e.g. "
+        "lifecycle/drift/<module>.",
+    )
+    debounce_s: float = Field(1.0, ge=0, le=3600, description="With topic: the burst's quiet.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
 
     @model_validator(mode="after")
     def _when(self) -> TriggerDecl:
-        if self.after is not None and (self.at_s is not None or self.every_s is not None):
-            raise ValueError("expected after alone, or at_s and/or every_s, not both")
-        if self.after is None and self.at_s is None and self.every_s is None:
-            raise ValueError("expected at least one of at_s, every_s, after")
+        reasons = [
+            name
+            for name, given in (
+                ("at_s/every_s", self.at_s is not None or self.every_s is not None),
+                ("after", self.after is not None),
+                ("topic", self.topic is not None),
+            )
+            if given
+        ]
+        if len(reasons) > 1:
+            raise ValueError(
+                f"expected one of at_s/every_s, after, topic; got {' and '.join(reasons)}"
+            )
+        if not reasons:
+            raise ValueError("expected at least one of at_s, every_s, after, topic")
         return self

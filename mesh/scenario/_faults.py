@@ -17,12 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mesh.scenario._report import FaultWindow
-from mesh.scenario._schema import AgentCrash, AgentRestart, CpuHog, Fault, LinkDelay, NodeRemove
+from mesh.scenario._schema import (
+    AgentCrash,
+    AgentRestart,
+    CpuHog,
+    Fault,
+    LinkDelay,
+    NodeRemove,
+    SensorDrift,
+)
 
-__all__ = ["FaultActions", "FaultTimeline", "describe_fault", "parse_target"]
+if TYPE_CHECKING:
+    from mesh.scenario._schema import Scenario
+
+__all__ = ["FaultActions", "FaultTimeline", "describe_fault", "drift_issue", "parse_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +69,18 @@ class FaultActions(Protocol):
         """Remove a Ray node from the cluster."""
         ...
 
+    def drift_sensors(self, target: str, severity: float) -> None:
+        """Change the simulation's sensors at the target (``site:<site>`` or ``agent:<id>``).
+
+        ``severity`` 0 gives them their first state back.
+        """
+        ...
+
 
 def parse_target(target: str) -> tuple[str, str]:
     """``'agent:j-A0'`` -> ``('agent', 'j-A0')``; ``'edge->fog'`` -> ``('link', 'edge->fog')``."""
     kind, sep, name = target.partition(":")
-    if sep and kind in ("agent", "node", "link"):
+    if sep and kind in ("agent", "node", "link", "site"):
         return kind, name
     return "link", target
 
@@ -84,7 +102,26 @@ def describe_fault(fault: Fault, phase: str) -> str:
         return f"{where}: killed, back in {fault.down_s:g} s"
     if isinstance(fault, AgentCrash):
         return f"{where}: killed"
+    if isinstance(fault, SensorDrift):
+        return f"{where}: sensors changed (severity {fault.severity:g})" + (
+            f" for {fault.duration_s:g} s" if fault.duration_s is not None else ""
+        )
     return where
+
+
+def drift_issue(scenario: Scenario, kind: str, name: str) -> str | None:
+    """Why a ``drift`` fault on ``kind:name`` cannot happen in ``scenario`` (None: it can).
+
+    Only a simulation has sensors to change, and a site must be one of its sites
+    (an agent's target was checked as an agent already).
+    """
+    if scenario.simulation is None:
+        return "a drift fault changes a simulation's sensors: declare a simulation"
+    sites = scenario.site_ids()
+    if kind == "site" and sites and name not in sites:
+        shown = ", ".join(sites[:12]) + (" ..." if len(sites) > 12 else "")
+        return f"no site {name!r} in the simulation (sites: {shown})"
+    return None
 
 
 @dataclass(slots=True)
@@ -145,6 +182,8 @@ class FaultTimeline:
             return fault.at_s + fault.duration_s if fault.duration_s is not None else None
         if isinstance(fault, AgentRestart):
             return fault.at_s + fault.down_s
+        if isinstance(fault, SensorDrift) and fault.duration_s is not None:
+            return fault.at_s + fault.duration_s
         return None
 
     def _run(self, fault: Fault, actions: FaultActions, phase: str) -> str:
@@ -171,6 +210,8 @@ class FaultTimeline:
             actions.kill_agent(name)
         elif isinstance(fault, NodeRemove):
             actions.remove_node(name)
+        elif isinstance(fault, SensorDrift):
+            actions.drift_sensors(fault.target, fault.severity)
 
     @staticmethod
     def _end(fault: Fault, actions: FaultActions) -> None:
@@ -181,3 +222,5 @@ class FaultTimeline:
             actions.restore_link(fault.target)
         elif isinstance(fault, AgentRestart):
             actions.start_agent(name)
+        elif isinstance(fault, SensorDrift):
+            actions.drift_sensors(fault.target, 0.0)

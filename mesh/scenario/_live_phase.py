@@ -69,6 +69,7 @@ class LivePhase:
         self.console = console
         self._stack = stack
         self._loop: LiveLoop | None = None
+        self._watch: Any = None
         self._narrator: Narrator | None = None
         self._feed = infra.services.scenario  # the dashboard's Scenario page
         self._kpis: Any = None
@@ -112,7 +113,9 @@ class LivePhase:
             routes=services.manager.routes.routes,
             on_line=self._feed.fault,
         )
+        self._watch = self._lifecycle_watch()
         self._kpis = getattr(self.sim, "live_kpis", None)  # optional in a plugin
+        self.testbed.simulation = self.sim  # a drift fault asks it to change its sensors
         self._feed.begin(
             self.scenario.name,
             duration_s=self.scenario.end_s(),
@@ -127,8 +130,11 @@ class LivePhase:
         )
         from mesh.scenario._live_triggers import LiveTriggers
 
+        decls = self.scenario.triggers
+        if not self.scenario.lifecycle:  # no retraining on drift events
+            decls = [d for d in decls if not (d.topic or "").startswith("lifecycle/")]
         triggers = LiveTriggers(
-            self.scenario.triggers, self.runner, self.sim_time_at, self._substitutions
+            decls, self.runner, self.sim_time_at, self._substitutions, subscribe=edge.subscribe
         ).start()
         self.sim.start(self._context())
         try:
@@ -144,6 +150,23 @@ class LivePhase:
         edge.barrier()
         time.sleep(1.0)  # the last events and outputs in flight
         self._collect(stats, timeline)
+        self.report.lifecycle = self._watch.finish()
+
+    def _lifecycle_watch(self) -> Any:
+        """The drift scores and lifecycle marks of the modules that have a lifecycle."""
+        from mesh.scenario._lifecycle import LifecycleWatch
+        from mesh.sdk._specs import drift_topic
+
+        models = {
+            d.name: self.versions.get(d.name, d.name).partition("@")[0]
+            for d in self.scenario.modules
+            if d.drift is not None or d.canary is not None
+        }
+        watch = LifecycleWatch(self.infra.services, models, self.sim_time_at)
+        for module in models:
+            edge = self.infra.services.edge
+            self._stack.callback(edge.subscribe(drift_topic(module), watch.on_drift_event))
+        return watch
 
     def _context(self) -> LiveContext:
         edge = self.infra.services.edge
@@ -216,6 +239,7 @@ class LivePhase:
     def _progress(self, stats: LiveStats) -> None:
         if self._narrator is not None:
             self._narrator.poll()
+        self._watch.poll()
         self._feed.update(sim_s=stats.sim_s, wall_s=stats.wall_s, kpis=self._live_kpis())
         if stats.wall_s - self._last_progress < 5.0:
             return

@@ -6,7 +6,9 @@ triggers due at the start and each module's (tune and) train function on its
 tier, registering the exports; then rolls the modules out: a warm replica on a
 compute tier, the model installed on every agent for a module that starts at
 the edge, and each sourced module's pipelines tracked per site by the
-placement controller.
+placement controller; a module with a ``drift:`` or ``canary:`` block is
+handed to the lifecycle services (:func:`~mesh.scenario._lifecycle.track_lifecycle`),
+its first version promoted to production when a canary needs one to compare with.
 
 ``{name}`` in a trigger's or train function's string arguments is replaced by
 the run's substitutions: ``{out}`` (the output directory) and what the
@@ -197,6 +199,8 @@ class ModelsStage:
             qos=QoS(p95_latency_ms=decl.qos.p95_ms),
             tiers=tuple(decl.tiers),
             resources=Resources(cpus=decl.cpus),
+            drift=decl.drift,
+            canary=decl.canary,
         )
 
     def roll_out(self, testbed: Testbed) -> None:
@@ -228,6 +232,27 @@ class ModelsStage:
             self.console.print(f"  {decl.name} {version}: installed on {len(fleet.agents)} agents")
             if decl.source is not None:
                 self._track(decl)
+            self._lifecycle(decl, spec, version)
+
+    def _lifecycle(self, decl: ModuleDecl, spec: ModuleSpec, version: str) -> None:
+        """Drift check, fresh data and canary for a module that declares them."""
+        from mesh.scenario._lifecycle import track_lifecycle
+
+        if decl.drift is None and decl.canary is None:
+            return
+        registry = self.infra.services.registry
+        if decl.canary is not None and self.scenario.lifecycle:
+            served = registry.get(spec.model, version)
+            if served.stage != "production":  # the canary compares candidates with it
+                registry.promote(spec.model, served.version)
+        sites = {a.id: a.site for a in self.scenario.agent_nodes()}
+        notes = track_lifecycle(self.scenario, self.infra.services, decl, spec, version, sites)
+        for note in notes:
+            self.console.print(f"  [yellow]![/] {note}")
+        self.report.notes.extend(notes)
+        if not notes:
+            what = [k for k in ("drift", "canary") if getattr(decl, k) is not None]
+            self.console.print(f"  {decl.name}: lifecycle tracked ({', '.join(what)})")
 
     def _track(self, decl: ModuleDecl) -> None:
         """Each site's pipeline is placed per site: local, or offloaded to a replica.

@@ -157,6 +157,11 @@ class ScenarioReport(BaseModel):
         default_factory=dict,
         description="Of those, the events whose latency was over their module's SLO.",
     )
+    lifecycle: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The model lifecycle (mesh.scenario._lifecycle): drift_scores, marks, "
+        "detect_s, candidate_s, promoted_s, rolled_back_s; empty without one.",
+    )
     notes: list[str] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(
         default_factory=list, description="Pipeline steps: name, tier, node, seconds, summary."
@@ -196,6 +201,16 @@ class ScenarioReport(BaseModel):
             "migrations": len(self.migrations),
             "lost_requests": self.lost_requests(),
             "lost_events": self.lost_events,
+            **(
+                {
+                    "lifecycle": {
+                        k: self.lifecycle.get(k)
+                        for k in ("detect_s", "candidate_s", "promoted_s", "rolled_back_s")
+                    }
+                }
+                if self.lifecycle
+                else {}
+            ),
         }
 
 

@@ -159,6 +159,8 @@ def _html(report: ScenarioReport) -> str:
         )
     if report.agent_cpu:
         parts.append(_cpu_chart(report))
+    if report.lifecycle:
+        parts.append(_lifecycle_chart(report))
     parts.append(
         f"<h2>Delivery</h2><p>events sent {report.events_sent}, received "
         f"{report.events_received}, lost {report.lost_events}"
@@ -278,4 +280,25 @@ def _cpu_chart(report: ScenarioReport) -> str:
         bands=fault_bands(report),
         height=160,
         empty="No heartbeat.",
+    )
+
+
+def _lifecycle_chart(report: ScenarioReport) -> str:
+    """Drift score per module@site over time, with the lifecycle's marks (drift, candidate...)."""
+    life = report.lifecycle
+    scores: dict[str, list[list[float]]] = life.get("drift_scores") or {}
+    names = sorted(scores)
+    times = ", ".join(
+        f"{k.removesuffix('_s').replace('_', ' ')} at sim {life[k]:.0f} s"
+        for k in ("detect_s", "candidate_s", "promoted_s", "rolled_back_s")
+        if life.get(k) is not None
+    )
+    head = f"<h2>Model lifecycle</h2><p>{html.escape(times or 'no drift declared')}</p>"
+    return head + html_chart(
+        [{"points": scores[n]} for n in names],
+        title="Drift score per module@site",
+        legend=names,
+        marks=[{"at": m["at"], "label": m["label"]} for m in life.get("marks", [])],
+        bands=fault_bands(report),
+        empty="no drift scores (no drift service)",
     )

@@ -20,6 +20,7 @@ Shape::
     simulation: a plugin ('module:attribute') and its settings (e.g. SUMO traffic)
     duration_s: how long the live phase lasts when there is no simulation
     faults:     a timeline of cpu_hog / link_delay / agent_restart / agent_crash / node_remove
+                / drift (the simulation's sensors at a site change)
     outputs:    where the report goes
 
 Times are in simulated seconds; relative input paths (model path, replay
@@ -57,6 +58,7 @@ __all__ = [
     "NodeRemove",
     "Outputs",
     "Scenario",
+    "SensorDrift",
     "SimulationDecl",
     "scenario_json_schema",
     "scenario_json_schema_text",
@@ -131,8 +133,29 @@ class NodeRemove(_Fault):
     kind: Literal["node_remove"] = Field(description="Fault kind.")
 
 
+class SensorDrift(_Fault):
+    """The sensors at a site change (the simulation applies it): the models' data drifts.
+
+    What changes is the simulation's to say; the traffic one re-aims and
+    re-exposes the junction's camera (:mod:`functions.traffic.camera_drift`).
+    """
+
+    kind: Literal["drift"] = Field(description="Fault kind.")
+    target: str = Field(
+        min_length=1,
+        description="'site:<site>' or 'agent:<id>' (that agent's site): whose sensors change.",
+    )
+    severity: float = Field(
+        1.0, gt=0, le=1, description="How much they change, from barely (0+) to fully (1)."
+    )
+    duration_s: float | None = Field(
+        None, gt=0, description="How long; None = to the end (a changed camera stays changed)."
+    )
+
+
 Fault = Annotated[
-    CpuHog | LinkDelay | AgentRestart | AgentCrash | NodeRemove, Field(discriminator="kind")
+    CpuHog | LinkDelay | AgentRestart | AgentCrash | NodeRemove | SensorDrift,
+    Field(discriminator="kind"),
 ]
 
 
@@ -185,6 +208,12 @@ class Scenario(SchemaModel):
         "it itself); None = no live phase.",
     )
     faults: list[Fault] = Field(default_factory=list, description="Fault timeline.")
+    lifecycle: bool = Field(
+        True,
+        description="Run the model lifecycle: modules' drift checks track, canaries try "
+        "candidates, topic triggers on lifecycle/... retrain; false = drift is measured, "
+        "nothing retrains (the run without the loop).",
+    )
     outputs: Outputs = Field(
         default_factory=Outputs, description="Where outputs go and what is written."
     )

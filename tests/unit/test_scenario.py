@@ -398,7 +398,8 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
             "model, got train, path",
             "bad.yaml:10: modules[0].qos.p95_ms: expected a number > 0, got -5",
             "bad.yaml:12: faults[0].kind: expected one of 'cpu_hog', 'link_delay', "
-            "'agent_restart', 'agent_crash', 'node_remove', got 'cpu_hgo'; did you mean 'cpu_hog'?",
+            "'agent_restart', 'agent_crash', 'node_remove', 'drift', got 'cpu_hgo'; "
+            "did you mean 'cpu_hog'?",
         ],
     ),
     (

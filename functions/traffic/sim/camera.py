@@ -8,7 +8,10 @@ publishes an event (the mesh counts it against the frame: latency, loss).
 :meth:`CameraRelay.on_event` asks the forecaster for the junction's next
 minute, and relays the counts to the fog stream function that plans the
 signals; with the exact counts of the frame the event answers
-(:meth:`CameraRelay.expect`) it scores the counter (:attr:`CameraRelay.count_error`).
+(:meth:`CameraRelay.expect`) it scores the counter (:attr:`CameraRelay.count_error`,
+and per site over simulated time: :attr:`CameraRelay.error_series`). A junction
+whose camera changed (:meth:`CameraRelay.set_drift`, the scenario's ``drift``
+fault) renders through :func:`~functions.traffic.camera_drift.drift_frames`.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from functions.traffic.impairments import Impairments, cut_reach, impair_vehicles
+from functions.traffic.camera_drift import CameraDrift, drift_frames
+from functions.traffic.impairments import Impairments, cut_reach, impair_vehicles, reach_cells
 from functions.traffic.occupancy import DEFAULT_CELLS, DEFAULT_LANE_LENGTH_M, DEFAULT_LANES
-from functions.traffic.sim.count_error import CountError
+from functions.traffic.sim.count_error import CountError, ErrorSeries
 
 __all__ = ["CameraRelay", "camera_view"]
 
@@ -130,6 +134,27 @@ class CameraRelay:
         self._truth_lock = threading.Lock()
         #: The counter's counts against the exact ones, per approach (see :meth:`expect`).
         self.count_error = CountError()
+        #: The same error per site over simulated time (the report's chart).
+        self.error_series = ErrorSeries()
+        self._drift: dict[str, CameraDrift] = {}
+
+    def set_drift(self, junction: str, drift: CameraDrift | None) -> None:
+        """From the next frame, ``junction``'s camera sees through ``drift`` (None: as before)."""
+        if drift is None or drift.is_none:
+            self._drift.pop(junction, None)
+        else:
+            self._drift[junction] = drift
+
+    def drifted(self) -> dict[str, CameraDrift]:
+        """The junctions whose camera changed, and how."""
+        return dict(self._drift)
+
+    def _visible_cells(self, rows: int, cells: int) -> list[int]:
+        """Cells each frame row shows: the camera's reach, and each segment's cut within it."""
+        reach = reach_cells(self._impairments, DEFAULT_LANE_LENGTH_M, cells)
+        cell_m = DEFAULT_LANE_LENGTH_M / cells
+        cuts = [max(1, round(m / cell_m)) for m in self._segments_m]
+        return [reach, *[min(reach, c) for c in cuts][: rows - 1]]
 
     def render(self, obs: Any) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
         """A junction's camera frames and its exact counts.
@@ -143,6 +168,10 @@ class CameraRelay:
         frames = camera_view(
             obs.approaches, self._impairments, self._rng, segments_m=self._segments_m
         )
+        drift = self._drift.get(obs.junction)
+        if drift is not None:
+            visible = self._visible_cells(frames.shape[0], frames.shape[-1])
+            frames = drift_frames(frames, drift, self._rng, visible_cells=visible)
         still = still_frame(frames[0], self._previous.get(obs.junction))
         self._previous[obs.junction] = frames[0]
         self._frame_info[obs.junction] = {
@@ -174,6 +203,8 @@ class CameraRelay:
             truth = self._truths.pop((site, source_ts), None)
         if truth is not None and len(truth) == len(counted):
             self.count_error.add(counted, truth)
+            mae = sum(abs(float(c) - float(t)) for c, t in zip(counted, truth, strict=True))
+            self.error_series.add(site, self._sim_time_at(source_ts), mae / len(truth))
 
     def on_event(self, event: Any) -> None:
         """Relay a camera event's counts to the signal controller (other events are ignored)."""

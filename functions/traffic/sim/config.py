@@ -152,6 +152,15 @@ class Cameras(SchemaModel):
         "trainer gets the same settings as '{camera_impairments}'.",
     )
 
+    truth: TopicTemplate | None = Field(
+        "traffic/{site}/truth",
+        description="Topic (under no prefix) each frame's exact counts go to, truth_delay_s "
+        "after the frame (the labels a drift check and retraining use); null = none.",
+    )
+    truth_delay_s: float = Field(
+        3.0, ge=0, le=600, description="Wall seconds between a frame and its ground truth."
+    )
+
     def camera_impairments(self) -> Impairments:
         """The renderer's settings (:meth:`Impairments.none` when null)."""
         if self.impairments is None:

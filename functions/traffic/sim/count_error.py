@@ -6,7 +6,8 @@ accumulates their absolute differences: the mean absolute error per approach
 (over every approach of every frame), per approach direction, and the bias
 (counted minus true: negative when the camera undercounts). The live scenario
 reports it (the Traffic section, ``camera_count_error`` in the summary) and
-so does ``bench/traffic.py``.
+so does ``bench/traffic.py``. :class:`ErrorSeries` keeps the same error per
+site over simulated time, in buckets (a drifting camera shows as a rising line).
 
 Example:
     >>> err = CountError()
@@ -25,7 +26,10 @@ from typing import Any
 
 from functions.traffic.occupancy import APPROACHES
 
-__all__ = ["CountError", "describe_summary", "merge_summaries"]
+__all__ = ["CountError", "ErrorSeries", "describe_summary", "merge_summaries"]
+
+#: Most (site, bucket) cells an :class:`ErrorSeries` keeps; later ones are dropped.
+_MAX_CELLS = 20_000
 
 
 class CountError:
@@ -94,6 +98,65 @@ class CountError:
     def describe(self) -> str:
         """One line for the report, e.g. ``camera count error: 0.84 vehicles per approach ...``."""
         return describe_summary(self.summary())
+
+
+class ErrorSeries:
+    """The count error per site over simulated time, averaged in ``bucket_s`` buckets (thread safe).
+
+    Example:
+        >>> series = ErrorSeries(bucket_s=30)
+        >>> series.add("A0", 5.0, 1.0); series.add("A0", 20.0, 2.0); series.add("A0", 40.0, 6.0)
+        >>> series.series()["A0"]
+        [(15.0, 1.5), (45.0, 6.0)]
+    """
+
+    def __init__(self, bucket_s: float = 30.0) -> None:
+        """Nothing added yet.
+
+        Raises:
+            ValueError: ``bucket_s`` not positive.
+        """
+        if not bucket_s > 0:
+            raise ValueError(f"bucket_s: expected > 0 seconds, got {bucket_s!r}")
+        self.bucket_s = float(bucket_s)
+        self._cells: dict[tuple[str, int], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, site: str, sim_s: float, mae: float) -> None:
+        """One counted frame of ``site`` at simulated second ``sim_s``: its error per approach."""
+        key = (site, int(max(0.0, sim_s) // self.bucket_s))
+        with self._lock:
+            cell = self._cells.get(key)
+            if cell is None:
+                if len(self._cells) >= _MAX_CELLS:
+                    return
+                cell = self._cells[key] = [0.0, 0.0]
+            cell[0] += float(mae)
+            cell[1] += 1.0
+
+    def series(self) -> dict[str, list[tuple[float, float]]]:
+        """Site -> ``(bucket middle, mean error)`` in time order."""
+        with self._lock:
+            cells = sorted(self._cells.items())
+        out: dict[str, list[tuple[float, float]]] = {}
+        for (site, bucket), (total, n) in cells:
+            middle = (bucket + 0.5) * self.bucket_s
+            out.setdefault(site, []).append((middle, round(total / n, 4)))
+        return out
+
+    def mean(
+        self, *, sites: Iterable[str] | None = None, since_s: float = 0.0, until_s: float = math.inf
+    ) -> float | None:
+        """The frame-weighted mean error of ``sites`` (all: None) in buckets within the times."""
+        wanted = None if sites is None else set(sites)
+        with self._lock:
+            cells = list(self._cells.items())
+        total = n = 0.0
+        for (site, bucket), (err, count) in cells:
+            start = bucket * self.bucket_s
+            if (wanted is None or site in wanted) and since_s <= start and start < until_s:
+                total, n = total + err, n + count
+        return round(total / n, 4) if n else None
 
 
 def describe_summary(summary: Mapping[str, Any]) -> str:

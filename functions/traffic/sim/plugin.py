@@ -18,7 +18,12 @@ this plugin does it all:
 * **kpis**: the adaptive run's figures and SUMO's own programs (the baselines)
   on the same routes; **report_section**: the Traffic table and queue plot,
   and the camera count error (the counter's counts against SUMO's, per approach:
-  :mod:`~functions.traffic.sim.count_error`).
+  :mod:`~functions.traffic.sim.count_error`), over time per site;
+* **drift** (the scenario's ``drift`` fault): a junction's camera changes
+  (:class:`~functions.traffic.camera_drift.CameraDrift` at the fault's
+  severity); every frame's exact counts go out late on the cameras' ``truth``
+  topic (:class:`~functions.traffic.sim.truth.TruthFeed`), the labels of the
+  counter's drift check and retraining.
 """
 
 from __future__ import annotations
@@ -170,6 +175,8 @@ class TrafficRun:
         self._subtitle = ""
         self._console = Console(quiet=True)
         self._relay: Any = None
+        self._truth: Any = None
+        self._drift_marks: list[tuple[float, str, float]] = []
 
     @property
     def time_s(self) -> float:
@@ -310,11 +317,21 @@ class TrafficRun:
         )
         self._relay = relay
         ctx.stack.callback(ctx.on_event(relay.on_event))
+        if cams.truth is not None:
+            from functions.traffic.sim.truth import TruthFeed
+
+            self._truth = TruthFeed(
+                cams.truth,
+                lambda topic, payload: ctx.publish(topic, payload, 1),
+                delay_s=cams.truth_delay_s,
+            )
 
         def publish(frame: CameraFrame) -> None:
             tensor = Tensor.from_numpy("occupancy", frame.frame)
             ts = time.time()
             relay.expect(frame.junction, ts, frame.counts)
+            if self._truth is not None:
+                self._truth.add(frame.junction, ts, frame.counts, now=ts)
             ctx.sent(module.name, frame.junction, ts)
             header = {"kind": "frame", "sim_s": frame.sim_s, "ts": ts}
             # QoS 1: the agent's persistent session keeps frames sent while it
@@ -361,8 +378,29 @@ class TrafficRun:
         return feed
 
     def step(self) -> bool:
-        """One SUMO step with its frames and plans."""
-        return bool(self._stepper.step())
+        """One SUMO step with its frames and plans; the ground truth that is due goes out."""
+        more = bool(self._stepper.step())
+        if self._truth is not None:
+            self._truth.flush()
+        return more
+
+    def drift(self, site: str, severity: float) -> None:
+        """The scenario's ``drift`` fault: ``site``'s camera changes (severity 0: back as it was).
+
+        Raises:
+            ValueError: no camera at ``site``, or a severity outside ``[0, 1]``.
+        """
+        from functions.traffic.camera_drift import CameraDrift
+
+        if self._relay is None:
+            raise ValueError("no cameras in this simulation: nothing can drift")
+        if site not in self._grid.junctions:
+            raise ValueError(
+                f"no camera at {site!r} (junctions: {', '.join(self._grid.junctions)})"
+            )
+        change = CameraDrift.at(severity)
+        self._relay.set_drift(site, change)
+        self._drift_marks.append((self.time_s, site, severity))
 
     def stop(self) -> None:
         """Close SUMO: the adaptive run's figures (the forecast feed closes with the mesh)."""
@@ -424,11 +462,19 @@ class TrafficRun:
         )
         if self._relay is None or self.config.cameras is None:
             return section
-        return dataclasses.replace(
+        section = dataclasses.replace(
             section,
             **camera_section_parts(
                 self._relay.count_error.summary(),
                 self.config.cameras.camera_impairments(),
                 section,
+            ),
+        )
+        from functions.traffic.sim.drift_report import error_over_time_parts
+
+        return dataclasses.replace(
+            section,
+            **error_over_time_parts(
+                self._relay.error_series, self._drift_marks, report, section, self._truth
             ),
         )

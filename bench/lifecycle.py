@@ -1,0 +1,166 @@
+"""Lifecycle benchmark: the traffic counter's drift loop, with the loop and without.
+
+Two junctions' cameras change mid-run (the ``drift`` fault); the counter's
+count error there grows. With the loop, the mesh declares drift, retrains
+the counter on the fresh frames its agents sent, tries the candidate on a
+canary and promotes it; without (``lifecycle: false``), the old counter keeps
+counting. The figures:
+
+* ``detect_s``, ``candidate_s``, ``promoted_s``: simulated seconds from the
+  drift to the drift event, to the candidate's registration, to its promotion
+  (None when it did not happen);
+* ``error``: the drifted sites' count error (vehicles per approach) ``before``
+  the drift, ``during`` it (until the promotion) and ``after`` it;
+* ``mean_wait_s``: the adaptive signals' mean waiting time ``with_loop`` and
+  ``without`` (the counts drive the signals: a misreading camera costs time).
+
+By default both runs are ``mesh run scenarios/drift.yaml`` (the second a copy
+with ``lifecycle: false``), read from their ``report.json``. ``--offline``
+runs SUMO and the counter without the mesh (``bench/_drift_offline.py``):
+the retraining on the frames collected after the drift stands in for the
+loop (no detection, no canary), giving ``error`` and ``candidate_s`` in under
+a minute.
+
+Usage::
+
+    python bench/lifecycle.py --offline --json bench/results/lifecycle-offline.json
+    python bench/lifecycle.py --json bench/results/lifecycle.json   # two mesh runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.traffic import run_mesh  # noqa: E402
+
+SCENARIO = REPO / "scenarios" / "drift.yaml"
+KEYS = ("detect_s", "candidate_s", "promoted_s", "error", "mean_wait_s")
+
+
+def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The lifecycle figures of one scenario ``report.json`` (see the module docstring).
+
+    Example:
+        >>> report = {"summary": {
+        ...     "lifecycle": {"detect_s": 150.0, "candidate_s": 170.0, "promoted_s": 260.0},
+        ...     "count_error_drift": {"sites": ["A0"], "at_s": 120.0},
+        ...     "count_error_over_time": {"A0": [[15, 0.5], [135, 9.0], [285, 1.0]]},
+        ...     "mean_wait_s": {"adaptive": 7.5}}}
+        >>> f = drift_figures(report)
+        >>> f["detect_s"], f["promoted_s"], f["error"]
+        (30.0, 140.0, {'before': 0.5, 'during': 9.0, 'after': 1.0})
+    """
+    summary = report.get("summary", {})
+    life = summary.get("lifecycle") or {}
+    drift = summary.get("count_error_drift") or {}
+    at = drift.get("at_s")
+
+    def since_drift(key: str) -> float | None:
+        value = life.get(key)
+        return None if value is None or at is None else round(float(value) - float(at), 1)
+
+    promoted = life.get("promoted_s")
+    series = summary.get("count_error_over_time") or {}
+    points = [(t, e) for s in drift.get("sites", []) for t, e in series.get(s, [])]
+
+    def mean(lo: float, hi: float) -> float | None:
+        chosen = [e for t, e in points if lo <= t < hi]
+        return round(sum(chosen) / len(chosen), 4) if chosen else None
+
+    inf = float("inf")
+    start = float(at) if at is not None else inf
+    end = float(promoted) if promoted is not None else inf
+    return {
+        "detect_s": since_drift("detect_s"),
+        "candidate_s": since_drift("candidate_s"),
+        "promoted_s": since_drift("promoted_s"),
+        "error": {
+            "before": mean(-inf, start),
+            "during": mean(start, end),
+            "after": mean(end, inf) if promoted is not None else None,
+        },
+        "mean_wait_s": (summary.get("mean_wait_s") or {}).get("adaptive"),
+    }
+
+
+def _without_loop(scenario: Path, out: Path) -> Path:
+    """A copy of ``scenario`` with ``lifecycle: false`` and its own output directory."""
+    import yaml
+
+    data = yaml.safe_load(scenario.read_text())
+    data["lifecycle"] = False
+    data["name"] = f"{data['name']}-without"
+    data.setdefault("outputs", {})["dir"] = str(out / "without")
+    path = scenario.parent / f".{scenario.stem}-without.yaml"  # beside it: relative paths hold
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def mesh_bench(scenario: Path) -> dict[str, Any]:
+    """Both mesh runs; the figures with the loop, and both mean waits."""
+    with_loop = run_mesh(scenario)
+    figures = drift_figures(json.loads(Path(with_loop["report"]).read_text()))
+    copy = _without_loop(scenario, Path(tempfile.mkdtemp(prefix="bench-lifecycle-")))
+    try:
+        without = run_mesh(copy)
+    finally:
+        copy.unlink(missing_ok=True)
+    plain = drift_figures(json.loads(Path(without["report"]).read_text()))
+    return {
+        **{k: figures[k] for k in ("detect_s", "candidate_s", "promoted_s", "error")},
+        "error_without_loop": plain["error"],
+        "mean_wait_s": {"with_loop": figures["mean_wait_s"], "without": plain["mean_wait_s"]},
+        "reports": {"with_loop": with_loop["report"], "without": without["report"]},
+    }
+
+
+def offline_bench(counter: str | None, end_s: float) -> dict[str, Any]:
+    """The offline run (``bench/_drift_offline.py``) in the bench's keys."""
+    from bench._camera_error import ensure_counter
+    from bench._drift_offline import default_workdir, offline_run
+    from functions.traffic.impairments import Impairments
+
+    workdir = default_workdir()
+    onnx = counter or ensure_counter(workdir, Impairments())
+    run = offline_run(onnx, workdir=workdir, end_s=end_s)
+    return {
+        "detect_s": None,
+        "candidate_s": round(run["candidate_s"] - run["drift_s"], 1)
+        if run["candidate_s"] is not None
+        else None,
+        "promoted_s": None,
+        "error": run["error"],
+        "mean_wait_s": {"with_loop": None, "without": None},
+        "offline": run,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; print the figures; ``--json`` writes them."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", type=Path, default=SCENARIO, help="the drift scenario")
+    parser.add_argument("--offline", action="store_true", help="SUMO and the counter, no mesh")
+    parser.add_argument("--counter", help="offline: a counter ONNX (default: train one, cached)")
+    parser.add_argument("--end-s", type=float, default=420.0, help="offline: simulated seconds")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    run = offline_bench if args.offline else None
+    figures = run(args.counter, args.end_s) if run is not None else mesh_bench(args.scenario)
+    for key in KEYS:
+        print(f"{key:<12} {figures[key]}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
