@@ -4,7 +4,8 @@ A pipeline's event carries a sample's outputs and the capture time of its frame
 (``source_ts``); a label message, later, the true values for the same frame.
 :class:`LiveErrors` joins the two on ``(module, site, round(ts, 3))``, whichever
 comes first, and keeps each joined sample's error (the mean absolute difference
-of the values) with the version that computed it and when it was joined, by
+of the values; a label shorter than the outputs covers their first values, e.g.
+the first row of a batch) with the version that computed it and when it was joined, by
 the injected clock. :meth:`LiveErrors.window` is the error over a window; the
 drift check reads it per site, the canary per version.
 
@@ -140,10 +141,12 @@ class LiveErrors:
             output, label = (values, match.values) if is_output else (match.values, values)
             ran = version if is_output else match.version
             assert ran is not None
-            if len(output) != len(label):
+            if len(output) < len(label):
                 self.mismatched += 1
                 return False
-            error = math.fsum(abs(o - t) for o, t in zip(output, label, strict=True)) / len(label)
+            # A label may cover only the first values (e.g. the first row of a batch).
+            scored = output[: len(label)]
+            error = math.fsum(abs(o - t) for o, t in zip(scored, label, strict=True)) / len(label)
             ring = self._errors.get((module, site))
             if ring is None:
                 ring = self._errors[(module, site)] = deque(maxlen=self._max_errors)

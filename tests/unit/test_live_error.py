@@ -49,8 +49,8 @@ def test_window_by_time_site_and_version() -> None:
 
 def test_bad_samples_are_not_scored() -> None:
     errors = LiveErrors(clock=Clock())
-    errors.add_output("c", "j1", "v1", 1.0, [1.0, 2.0])
-    assert not errors.add_label("c", "j1", 1.0, [1.0])  # lengths differ
+    errors.add_output("c", "j1", "v1", 1.0, [1.0])
+    assert not errors.add_label("c", "j1", 1.0, [1.0, 2.0])  # more labels than outputs
     assert errors.mismatched == 1
     assert not errors.add_output("c", "j1", "v1", 2.0, [float("nan")])
     assert not errors.add_output("c", "j1", "v1", float("inf"), [1.0])
@@ -87,3 +87,10 @@ def test_forget_and_bad_settings() -> None:
     assert errors.window("c", since=0.0).n == 0
     with pytest.raises(ValueError, match="max_wait_s"):
         LiveErrors(max_wait_s=0)
+
+
+def test_a_label_covers_the_first_outputs() -> None:
+    errors = LiveErrors(clock=Clock())
+    errors.add_output("c", "j1", "v1", 1.0, [1.0, 3.0, 9.0, 9.0])  # a second row, no truth
+    assert errors.add_label("c", "j1", 1.0, [2.0, 3.0])
+    assert errors.window("c", since=0.0) == ErrorWindow(1, 0.5)
