@@ -22,7 +22,9 @@ appears:
    the agents' heartbeats (``ModuleStats.version``, ``p95_ms``, ``requests``,
    ``errors``); :func:`~mesh.control._canary.decide` says wait, promote or
    roll back. Without a live-error source, p95 and failed requests decide
-   alone, and ``canary_started`` says so.
+   alone, and ``canary_started`` says so; so do they for a module whose drift
+   check is not ``statistic="error"`` (nothing joins its outputs with labels,
+   so its live error would never reach ``min_samples``).
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
    the candidate installed on every other agent serving the module, replicas
    redeployed) or ``rolled_back`` (the canary agents reinstall production, the
@@ -70,8 +72,11 @@ FOG_NOT_TRIED = (
 )
 #: Where production's side comes from when every agent tries the candidate (a lone agent).
 BEFORE = "the canary agents before the canary (no agent is left serving production)"
-#: What a canary without a live-error source compares.
-NOT_SCORED = "not scored (no live-error source): p95 and failed requests decide"
+#: What a canary without live errors for its module compares.
+NOT_SCORED = (
+    "not scored (no live-error source, or the module declares no drift check with "
+    "statistic='error' whose labels are joined): p95 and failed requests decide"
+)
 
 
 class ErrorWindowLike(Protocol):
@@ -149,7 +154,9 @@ class CanaryService:
         installer: puts a version on an agent, make-before-break.
         agents: the agents and their heartbeats (the edge bus).
         manager: redeploys replicas at promotion (None: no replicas to move).
-        live_errors: live error per version; None: p95 and failures decide alone.
+        live_errors: live error per version, read for modules whose drift check
+            is ``statistic="error"`` (the only ones whose outputs are joined with
+            labels); None, or another module: p95 and failures decide alone.
         clock: Unix seconds (injected in tests).
         period_s: seconds between passes.
         install_timeout_s: how long one agent may take to install a version.
@@ -306,6 +313,11 @@ class CanaryService:
                 out[view.agent_id] = view
         return out
 
+    def _scored(self, spec: ModuleSpec) -> bool:
+        """Whether ``spec``'s live error is known: a source, and labels joined for it."""
+        drift = spec.drift
+        return self.live_errors is not None and drift is not None and drift.statistic == "error"
+
     def _record(self, model: str, version: str, step: str, detail: Mapping[str, Any]) -> None:
         self._registry.lifecycle.record(model, version, step, detail)
 
@@ -373,7 +385,7 @@ class CanaryService:
                 "module": spec.name,
                 "production": production.version,
                 "policy": policy.model_dump(),
-                "live_error": "scored" if self.live_errors is not None else NOT_SCORED,
+                "live_error": "scored" if self._scored(spec) else NOT_SCORED,
             },
         )
         self._record(
@@ -413,7 +425,7 @@ class CanaryService:
             requests += seen - base_seen if seen >= base_seen else seen
             failures += failed - base_failed if failed >= base_failed else failed
         p95 = statistics.median(p95s) if p95s else None
-        if self.live_errors is None:
+        if self.live_errors is None or not self._scored(run.spec):
             return SideFigures(version, requests, None, p95, requests, failures)
         window = self.live_errors.window(module, since=run.started_at, version=version)
         return SideFigures(version, int(window.n), window.mae, p95, requests, failures)
@@ -421,7 +433,7 @@ class CanaryService:
     def _before(self, run: _Run) -> SideFigures:
         """Production's figures on the canary agents before the canary (no agent is left)."""
         p95 = statistics.median(run.before_p95) if run.before_p95 else None
-        if self.live_errors is None:
+        if self.live_errors is None or not self._scored(run.spec):
             return SideFigures(run.production, 0, None, p95, 0, 0)
         since = run.started_at - run.policy.window_s
         window = self.live_errors.window(run.spec.name, since=since, version=run.production)
@@ -439,7 +451,7 @@ class CanaryService:
             candidate=candidate,
             production=production,
             elapsed_s=elapsed,
-            scored=self.live_errors is not None,
+            scored=self._scored(run.spec),
         )
         if verdict.action == "wait":
             return

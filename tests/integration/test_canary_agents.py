@@ -35,7 +35,7 @@ from mesh.edge.broker._broker import free_port, start_mosquitto
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.models._registry import ModelRegistry, Stage
 from mesh.runtime._canary import CanaryService
-from mesh.sdk._specs import Canary, ModuleSpec, QoS
+from mesh.sdk._specs import Canary, Drift, ModuleSpec, QoS
 from mesh.serving._contract import ModelArtifact
 from tests.support.agent_fixtures import (  # noqa: F401  (fixture)
     AgentProcess,
@@ -59,7 +59,13 @@ POLICY = Canary(
     max_wait_s=60.0,
 )
 SPEC = ModuleSpec(
-    name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=100), tiers=("edge",), canary=POLICY
+    name=MODULE,
+    model=MODEL,
+    qos=QoS(p95_latency_ms=100),
+    tiers=("edge",),
+    canary=POLICY,
+    # Its live error is scored: outputs joined with the labels of an error drift check.
+    drift=Drift(statistic="error", threshold=3.0, labels=f"{T.prefix}/truth/{{site}}"),
 )
 
 

@@ -30,7 +30,7 @@ from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelRegistry, Stage
 from mesh.runtime._canary import NOT_SCORED, CanaryService
-from mesh.sdk._specs import Canary, ModuleSpec, QoS
+from mesh.sdk._specs import Canary, Drift, ModuleSpec, QoS
 from mesh.serving._contract import DeployError, ModelArtifact
 from mesh.serving._deployment import DeploymentView
 from mesh.serving._routes import ModuleRoute
@@ -39,7 +39,9 @@ from tests.unit.test_registry import make_registry, tiny_onnx
 MODULE, MODEL = "counter", "vehicle-counter"
 POLICY = Canary(fraction=0.25, window_s=60, min_samples=30, error_margin=0.0, p95_ratio=1.5,
                 max_wait_s=300)  # fmt: skip
-SPEC = ModuleSpec(name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=50), canary=POLICY)
+#: Its live error is joined from its outputs and the labels of its error drift check.
+DRIFT = Drift(statistic="error", threshold=3.0, labels="traffic/{site}/truth")
+SPEC = ModuleSpec(name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=50), canary=POLICY, drift=DRIFT)
 HOST = HostMetrics(
     cpu_percent=1, mem_percent=1, mem_available_mb=1, rss_mb=1, load1=0, load5=0, load15=0
 )
@@ -185,7 +187,7 @@ class Rig:
         return next(dict(s.detail) for s in self.registry.lifecycle.steps(MODEL) if s.step == name)
 
 
-def rig(registry: ModelRegistry, errors: Errors | None) -> Rig:
+def rig(registry: ModelRegistry, errors: Errors | None, spec: ModuleSpec = SPEC) -> Rig:
     clock = Clock()
     fleet = Fleet(clock, {f"cam-{i}": Agent("v1", f"site-{i}") for i in range(4)})
     fleet.serve(10)
@@ -193,7 +195,7 @@ def rig(registry: ModelRegistry, errors: Errors | None) -> Rig:
     service = CanaryService(
         registry, installer, Edge(fleet), manager=manager, live_errors=errors, clock=clock
     )
-    service.track(SPEC)
+    service.track(spec)
     return Rig(clock, fleet, installer, manager, service, registry)
 
 
@@ -304,6 +306,23 @@ def test_without_live_errors_p95_and_failures_decide_and_a_step_says_so(
     compared = r.step("compared")
     assert compared["candidate"]["samples"] == 40 and compared["candidate"]["mae"] is None
     assert compared["production"]["requests"] == 3 * 40
+    assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
+    assert registry.get(MODEL).version == "v2"
+
+
+@pytest.mark.parametrize(
+    "drift", [None, Drift(statistic="outputs", threshold=3.0)], ids=["no-drift", "outputs"]
+)
+def test_a_module_whose_outputs_are_not_joined_with_labels_is_not_scored(
+    registry: ModelRegistry, drift: Drift | None
+) -> None:
+    """The control plane always hands the drift service's live errors over; a module
+    without an error drift check has none there, and would wait out max_wait_s."""
+    r = rig(registry, Errors({}, n=0), SPEC.model_copy(update={"drift": drift}))
+    r.service.tick()
+    assert r.step("canary_started")["live_error"] == NOT_SCORED
+    run_window(r)
+    compared = r.step("compared")
     assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
     assert registry.get(MODEL).version == "v2"
 
