@@ -370,7 +370,10 @@ class CanaryService:
             try:
                 self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
             except MeshError as exc:
-                self._roll_back(run, f"install on agent {agent} failed: {exc}", done)
+                # That agent too: its retained desired state names the candidate,
+                # which it would take later (a timed-out install) unless replaced.
+                reason = f"install on agent {agent} failed: {exc}"
+                self._roll_back(run, reason, [*done, agent])
                 return
             done.append(agent)
         run.started_at = self._clock()

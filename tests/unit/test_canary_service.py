@@ -112,6 +112,8 @@ class Edge:
 class Installer:
     fleet: Fleet
     fail: set[str] = field(default_factory=set)
+    # Too slow: the wait ends, then the agent applies the (retained) desired state.
+    slow: set[str] = field(default_factory=set)
     installs: list[tuple[str, str]] = field(default_factory=list)
     traffic: int = 0  # requests every agent serves while one installs
 
@@ -121,6 +123,9 @@ class Installer:
         assert module == MODULE and artifact.model == MODEL and artifact.data
         if agent_id in self.fail and artifact.version != "v1":
             raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
+        if agent_id in self.slow and artifact.version != "v1":
+            self.fleet.agents[agent_id].version = artifact.version
+            raise DeployError(f"agent {agent_id}: no observed state in {timeout_s} s")
         self.fleet.serve(self.traffic)
         self.installs.append((agent_id, artifact.version))
         self.fleet.agents[agent_id].version = artifact.version
@@ -290,6 +295,18 @@ def test_a_failed_install_leaves_production_serving(registry: ModelRegistry) -> 
     r.clock.t += 100
     r.service.tick()  # not tried again
     assert r.steps()[-1] == "archived"
+
+
+def test_an_install_that_timed_out_is_undone_on_that_agent_too(registry: ModelRegistry) -> None:
+    """The desired state naming the candidate is retained: the slow agent takes it later
+    unless the roll back publishes production there as well."""
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.1}))
+    r.installer.slow.add("cam-0")
+    r.service.tick()
+    assert "install on agent cam-0 failed" in r.step("rolled_back")["reason"]
+    assert r.step("rolled_back")["agents"] == ["cam-0"]
+    assert r.installer.installs == [("cam-0", "v1")]
+    assert {a.version for a in r.fleet.agents.values()} == {"v1"}
 
 
 # ---------------------------------------------------------------- without live errors
