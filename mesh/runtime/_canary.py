@@ -28,7 +28,8 @@ appears:
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
    the candidate installed on every other agent serving the module, replicas
    redeployed) or ``rolled_back`` (the canary agents reinstall production, the
-   candidate is archived with the reason).
+   candidate is archived with the reason). An agent offline then, or whose
+   install failed, gets its version when back (:mod:`mesh.runtime._catch_up`).
 
 Every step goes to the registry's lifecycle (:mod:`mesh.models._steps`). A
 canary under way when the control plane stops starts again after it (the
@@ -56,6 +57,7 @@ from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelNotFoundError, ModelRegistry, ModelVersion, Stage
+from mesh.runtime._catch_up import CatchUp
 from mesh.sdk._specs import Canary, ModuleSpec
 from mesh.serving._contract import AgentInstaller, ModelArtifact
 from mesh.serving._deployment import DeploymentView
@@ -183,6 +185,8 @@ class CanaryService:
         self._clock = clock
         self._period_s = period_s
         self._install_timeout_s = install_timeout_s
+        # Agents offline (or failing) when a decision moved the others: later.
+        self.catch_up = CatchUp(registry, installer, install_timeout_s=install_timeout_s)
         self._tracked: dict[str, tuple[ModuleSpec, dict[str, str] | None]] = {}
         self._runs: dict[str, _Run] = {}
         self._done: set[tuple[str, str]] = set()  # (model, version) decided here
@@ -232,6 +236,7 @@ class CanaryService:
 
     def untrack(self, module: str) -> bool:
         """Stop watching ``module`` (a canary under way is left as it is); False if unknown."""
+        self.catch_up.forget(module)
         with self._lock:
             self._runs.pop(module, None)
             return self._tracked.pop(module, None) is not None
@@ -272,6 +277,10 @@ class CanaryService:
         """One pass over the tracked modules (each one's failure is logged, not raised)."""
         with self._lock:
             tracked = list(self._tracked.values())
+        try:
+            self.catch_up.settle(self._agents.agents())
+        except Exception as exc:  # the next pass tries again
+            self._quiet.exception("canary: catching agents up: %s", exc, exc=exc)
         for spec, sites in tracked:
             try:
                 with self._lock:
@@ -301,11 +310,13 @@ class CanaryService:
         ]
         return (newer[-1], production) if newer else None
 
-    def _serving(self, spec: ModuleSpec, sites: Mapping[str, str] | None) -> dict[str, AgentView]:
-        """Online agents that have the module installed (and may take part)."""
+    def _serving(
+        self, spec: ModuleSpec, sites: Mapping[str, str] | None, *, online: bool = True
+    ) -> dict[str, AgentView]:
+        """Agents (online ones only unless ``online`` is False) that have the module installed."""
         out: dict[str, AgentView] = {}
         for view in self._agents.agents():
-            if view.state != "online" or view.observed is None:
+            if (online and view.state != "online") or view.observed is None:
                 continue
             if sites is not None and view.agent_id not in sites:
                 continue
@@ -482,14 +493,18 @@ class CanaryService:
         artifact = ModelArtifact.from_registry(self._registry, model, run.candidate)
         failures: dict[str, str] = {}
         installed: list[str] = []
-        for agent in sorted(self._serving(spec, self._sites(spec))):
+        holders = self._serving(spec, self._sites(spec), online=False)
+        for agent, holder in sorted(holders.items()):
             if agent in run.agents:
                 continue
             try:
+                if holder.state != "online":
+                    raise MeshError(f"agent {agent} is {holder.state}: installed when back")
                 self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
                 installed.append(agent)
             except MeshError as exc:
                 failures[agent] = str(exc)
+                self.catch_up.owe(model, spec.name, agent, run.candidate, "promoted")
         replicas: list[str] = []
         if self._manager is not None:
             for view in self._manager.deployments():
@@ -533,6 +548,7 @@ class CanaryService:
                     reinstalled.append(agent)
                 except MeshError as exc:
                     failures[agent] = str(exc)
+                    self.catch_up.owe(model, spec.name, agent, run.production, "rolled back")
         self._record(
             model,
             run.candidate,

@@ -73,6 +73,7 @@ class Fleet:
     agents: dict[str, Agent]
     p95: dict[str, float] = field(default_factory=lambda: {"v1": 10.0, "v2": 11.0})
     failing: dict[str, float] = field(default_factory=dict)  # version -> share failed
+    away: set[str] = field(default_factory=set)  # offline agents (their last state kept)
 
     def serve(self, n: int) -> None:
         for agent in self.agents.values():
@@ -91,7 +92,7 @@ class Fleet:
             agent=agent_id, version=1, installed=[InstalledModule(name=MODULE, version=a.version)]
         )
         return AgentView(
-            agent_id, "online", a.site, None, None, beat if a.beat_at else None, a.beat_at,
+            agent_id, "offline" if agent_id in self.away else "online", a.site, None, None, beat if a.beat_at else None, a.beat_at,
             observed, 1,
         )  # fmt: skip
 
@@ -241,6 +242,40 @@ def test_a_better_candidate_is_promoted_fleet_wide(registry: ModelRegistry) -> N
     r.clock.t += 100
     r.service.tick()  # decided: never tried again
     assert r.steps()[-1] == "promoted"
+
+
+def test_an_agent_offline_at_promotion_gets_the_new_version_when_back(
+    registry: ModelRegistry,
+) -> None:
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.fleet.away.add("cam-3")
+    r.service.tick()
+    run_window(r)
+    promoted = r.step("promoted")
+    assert promoted["agents"] == ["cam-0", "cam-1", "cam-2"]
+    assert "cam-3" in promoted["failures"] and r.fleet.agents["cam-3"].version == "v1"
+    r.service.tick()  # still away: nothing tried
+    assert ("cam-3", "v2") not in r.installer.installs
+    r.fleet.away.clear()
+    r.service.tick()
+    assert r.fleet.agents["cam-3"].version == "v2"
+    note = r.step("note")
+    assert note["agent"] == "cam-3" and note["caught_up"] == "installed"
+    assert r.service.catch_up.owed() == {}
+    r.service.tick()
+    assert r.installer.installs.count(("cam-3", "v2")) == 1
+
+
+def test_an_agent_whose_installs_keep_failing_is_given_up(registry: ModelRegistry) -> None:
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.installer.fail.add("cam-3")
+    r.service.tick()
+    run_window(r)
+    assert "cam-3" in r.step("promoted")["failures"]
+    for _ in range(5):
+        r.service.tick()
+    assert r.fleet.agents["cam-3"].version == "v1" and r.service.catch_up.owed() == {}
+    assert r.step("note")["caught_up"].startswith("given up after 3 tries")
 
 
 # ---------------------------------------------------------------- roll back
