@@ -18,7 +18,10 @@ appears:
    promotion).
 3. Each second both sides' figures (:class:`~mesh.control._canary.SideFigures`)
    are gathered: live error per version from a :class:`LiveErrorSource`
-   (Part 1's ``LiveErrors.window``), p95 and request counts per version from
+   (Part 1's ``LiveErrors.window``; production's at the canary agents' sites
+   over the window before the canary, so both sides are judged on the same
+   sites: :func:`~mesh.runtime._canary_figures.error_at`), p95 and request
+   counts per version from
    the agents' heartbeats (``ModuleStats.version``, ``p95_ms``, ``requests``,
    ``errors``); :func:`~mesh.control._canary.decide` says wait, promote or
    roll back. Without a live-error source, p95 and failed requests decide
@@ -57,6 +60,13 @@ from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelNotFoundError, ModelRegistry, ModelVersion, Stage
+from mesh.runtime._canary_figures import (
+    ErrorWindowLike,
+    LiveErrorSource,
+    counters,
+    error_at,
+    p95s,
+)
 from mesh.runtime._catch_up import CatchUp
 from mesh.sdk._specs import Canary, ModuleSpec
 from mesh.serving._contract import AgentInstaller, ModelArtifact
@@ -79,30 +89,6 @@ NOT_SCORED = (
     "not scored (no live-error source, or the module declares no drift check with "
     "statistic='error' whose labels are joined): p95 and failed requests decide"
 )
-
-
-class ErrorWindowLike(Protocol):
-    """Live error over a window: samples joined with labels, and their mean absolute error."""
-
-    @property
-    def n(self) -> int:
-        """Samples scored."""
-        ...
-
-    @property
-    def mae(self) -> float | None:
-        """Their mean absolute error (None without samples)."""
-        ...
-
-
-class LiveErrorSource(Protocol):
-    """Where live errors per version come from (``mesh.control._live_error.LiveErrors``)."""
-
-    def window(
-        self, module: str, *, since: float, site: str | None = None, version: str | None = None
-    ) -> ErrorWindowLike:
-        """Error of ``module``'s outputs since ``since`` (of one site, one version)."""
-        ...
 
 
 class AgentSource(Protocol):
@@ -143,7 +129,8 @@ class _Run:
     production: str
     agents: dict[str, str | None]  # canary agent -> site
     others: dict[str, str | None]  # production agent -> site
-    started_at: float
+    started_at: float  # when the candidate serves (after the installs)
+    chosen_at: float = 0.0  # when the agents were chosen (before the installs)
     baseline: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> counters
     before_p95: list[float] = field(default_factory=list)  # canary agents' p95 on production
 
@@ -374,7 +361,7 @@ class CanaryService:
             others={a: site(a) for a in serving if a not in chosen},
             started_at=self._clock(),
         )
-        run.before_p95 = _p95s(serving, chosen, spec.name, production.version)
+        run.before_p95 = p95s(serving, chosen, spec.name, production.version)
         artifact = ModelArtifact.from_registry(self._registry, model, candidate.version)
         done: list[str] = []
         for agent in chosen:
@@ -387,10 +374,10 @@ class CanaryService:
                 self._roll_back(run, reason, [*done, agent])
                 return
             done.append(agent)
-        run.started_at = self._clock()
+        run.chosen_at, run.started_at = run.started_at, self._clock()
         # Counted from now: the views read before the installs are stale.
         fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
-        run.baseline = {a: _counters(fresh.get(a, serving[a]), spec.name) for a in serving}
+        run.baseline = {a: counters(fresh.get(a, serving[a]), spec.name) for a in serving}
         self._record(
             model,
             candidate.version,
@@ -421,7 +408,7 @@ class CanaryService:
         self, run: _Run, version: str, agents: Mapping[str, str | None], views: Mapping[str, Any]
     ) -> SideFigures:
         module = run.spec.name
-        p95s: list[float] = []
+        latencies: list[float] = []
         requests = failures = 0
         for agent in agents:
             view = views.get(agent)
@@ -432,33 +419,33 @@ class CanaryService:
             if (view.last_heartbeat_at or 0.0) < run.started_at:
                 continue
             if stats.p95_ms is not None:
-                p95s.append(stats.p95_ms)
-            seen, failed = _counters(view, module)
+                latencies.append(stats.p95_ms)
+            seen, failed = counters(view, module)
             base_seen, base_failed = run.baseline.get(agent, (0, 0))
             # A restarted agent counts from zero again.
             requests += seen - base_seen if seen >= base_seen else seen
             failures += failed - base_failed if failed >= base_failed else failed
-        p95 = statistics.median(p95s) if p95s else None
+        p95 = statistics.median(latencies) if latencies else None
         if self.live_errors is None or not self._scored(run.spec):
             return SideFigures(version, requests, None, p95, requests, failures)
-        window = self.live_errors.window(module, since=run.started_at, version=version)
-        return SideFigures(version, int(window.n), window.mae, p95, requests, failures)
-
-    def _before(self, run: _Run) -> SideFigures:
-        """Production's figures on the canary agents before the canary (no agent is left)."""
-        p95 = statistics.median(run.before_p95) if run.before_p95 else None
-        if self.live_errors is None or not self._scored(run.spec):
-            return SideFigures(run.production, 0, None, p95, 0, 0)
-        since = run.started_at - run.policy.window_s
-        window = self.live_errors.window(run.spec.name, since=since, version=run.production)
-        return SideFigures(run.production, int(window.n), window.mae, p95, 0, 0)
+        if version == run.production:  # where the candidate serves, before it did
+            since = run.chosen_at - run.policy.window_s
+            sites = {s for s in run.agents.values() if s is not None}
+        else:
+            since, sites = run.started_at, set()
+        n, mae = error_at(self.live_errors, module, version, since=since, sites=sites)
+        return SideFigures(version, n, mae, p95, requests, failures)
 
     def _observe(self, run: _Run) -> None:
         views = {v.agent_id: v for v in self._agents.agents()}
         candidate = self._side(run, run.candidate, run.agents, views)
-        production = (
-            self._side(run, run.production, run.others, views) if run.others else self._before(run)
-        )
+        # p95 and failures: the other agents now (or the canary agents' own before it).
+        production = self._side(run, run.production, run.others, views)
+        if not run.others:
+            before = statistics.median(run.before_p95) if run.before_p95 else None
+            production = SideFigures(
+                run.production, production.samples, production.mae, before, 0, 0
+            )
         elapsed = self._clock() - run.started_at
         verdict = decide(
             run.policy,
@@ -573,25 +560,3 @@ class CanaryService:
         with self._lock:
             entry = self._tracked.get(spec.name)
         return entry[1] if entry is not None else None
-
-
-def _p95s(
-    views: Mapping[str, AgentView], agents: Iterable[str], module: str, version: str
-) -> list[float]:
-    """The p95 the ``agents`` last reported for ``version`` of ``module``."""
-    out: list[float] = []
-    for agent in agents:
-        beat = views[agent].last_heartbeat
-        stats = beat.modules.get(module) if beat is not None else None
-        if stats is not None and stats.version == version and stats.p95_ms is not None:
-            out.append(stats.p95_ms)
-    return out
-
-
-def _counters(view: AgentView, module: str) -> tuple[int, int]:
-    """An agent's requests and failed requests (errors + expired) for ``module``, so far."""
-    beat = view.last_heartbeat
-    stats = beat.modules.get(module) if beat is not None else None
-    if stats is None:
-        return 0, 0
-    return stats.requests, stats.errors + stats.expired

@@ -145,12 +145,17 @@ class Errors:
     mae: dict[str, float]
     n: int = 50
     asked: list[dict[str, Any]] = field(default_factory=list)
+    at: dict[tuple[str, str], float] = field(default_factory=dict)  # (version, site) -> MAE
+    sites: list[str | None] = field(default_factory=list)
 
     def window(
         self, module: str, *, since: float, site: str | None = None, version: str | None = None
     ) -> Window:
         self.asked.append({"module": module, "since": since, "version": version})
+        self.sites.append(site)
         assert version is not None
+        if site is not None and (version, site) in self.at:
+            return Window(self.n, self.at[(version, site)])
         return Window(self.n, self.mae.get(version))
 
 
@@ -304,6 +309,21 @@ def test_a_worse_candidate_is_rolled_back_and_archived(
     assert registry.get(MODEL, "v2").stage == Stage.ARCHIVED
     assert {a.version for a in r.fleet.agents.values()} == {"v1"}
     assert r.manager.deployed == [] and r.service.active() == []
+
+
+def test_production_is_judged_where_the_candidate_serves(registry: ModelRegistry) -> None:
+    """Production errs most on other sites (drifting): over all sites it looks worse than
+    the candidate, which is worse than production on its own canary site."""
+    errors = Errors({"v1": 1.5, "v2": 0.9}, at={("v1", "site-0"): 0.6})
+    r = rig(registry, errors)
+    r.service.tick()
+    started = r.service.active()[0]["started_at"]
+    run_window(r)
+    compared = r.step("compared")
+    assert compared["production"]["mae"] == 0.6 and compared["candidate"]["mae"] == 0.9
+    assert compared["verdict"] == "roll_back" and registry.get(MODEL).version == "v1"
+    assert {"module": MODULE, "since": started - 60, "version": "v1"} in errors.asked
+    assert "site-0" in errors.sites
 
 
 def test_not_enough_samples_by_max_wait_rolls_back(registry: ModelRegistry) -> None:
