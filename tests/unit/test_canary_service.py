@@ -485,6 +485,8 @@ def test_lifecycle_steps_are_checked_and_survive_a_reopen(tmp_path: Path) -> Non
         v1 = reg.register(MODEL, tiny_onnx(1.0), code_version="c1")
         reg.promote(MODEL, v1.version)
         assert reg.lifecycle.archive(MODEL, "v1", reason="x") is False  # production stays
+        with pytest.raises(ValueError, match=r"version: expected v<number> \(e.g. v4\), got '1'"):
+            reg.lifecycle.archive(MODEL, "1", reason="x")
     finally:
         reg.close()
     again = make_registry(tmp_path)
