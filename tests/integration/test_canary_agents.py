@@ -313,7 +313,10 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rolled_back(
             )
             assert "live error" in back.detail["reason"]
             assert r.registry.get(MODEL).version == "v2"
-            assert r.registry.get(MODEL, "v3").stage == Stage.ARCHIVED
+            # Archived just after the rolled_back step is recorded.
+            assert r.edge.wait_until(
+                lambda: r.registry.get(MODEL, "v3").stage == Stage.ARCHIVED, 10.0
+            )
             assert _versions(r.edge) == dict.fromkeys(AGENTS, "v2")
             assert errors.bad_labels == 0
         finally:
