@@ -47,7 +47,7 @@ from mesh.control._drift import (
     error_score,
     moment_score,
 )
-from mesh.control._live_error import LiveErrors
+from mesh.control._live_error import LiveErrors, parse_label
 from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
@@ -362,25 +362,11 @@ class DriftService:
 
     def _on_label(self, module: str, topic: str, payload: bytes) -> None:
         try:
-            body = json.loads(payload)
-            site, ts, values = body["site"], body["ts"], body["values"]
-            if not isinstance(site, str) or not site:
-                raise ValueError("'site' must be a non-empty string")
-            if isinstance(ts, bool) or not isinstance(ts, int | float):
-                raise ValueError("'ts' must be a number (the frame's source_ts)")
-            if not isinstance(values, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in values
-            ):
-                raise ValueError("'values' must be a list of numbers")
-        except (ValueError, KeyError, TypeError) as exc:
-            self._quiet.warning(
-                "drift: %s: a bad label on %s dropped (expected {site, ts, values}): %s",
-                module,
-                topic,
-                exc,
-            )
+            label = parse_label(payload)
+        except ValueError as exc:
+            self._quiet.warning("drift: %s: a bad label on %s dropped: %s", module, topic, exc)
             return
-        self._live.add_label(module, site, float(ts), values)
+        self._live.add_label(module, label.site, label.ts, label.values)
 
     def _on_heartbeat(self, topic: str, payload: bytes) -> None:
         try:
