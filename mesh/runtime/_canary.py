@@ -362,6 +362,7 @@ class CanaryService:
             started_at=self._clock(),
         )
         run.before_p95 = p95s(serving, chosen, spec.name, production.version)
+        self.catch_up.forget(spec.name, chosen)  # they take the candidate now
         artifact = ModelArtifact.from_registry(self._registry, model, candidate.version)
         done: list[str] = []
         for agent in chosen:
@@ -480,6 +481,7 @@ class CanaryService:
         artifact = ModelArtifact.from_registry(self._registry, model, run.candidate)
         failures: dict[str, str] = {}
         installed: list[str] = []
+        self.catch_up.forget(spec.name)  # what was owed before is replaced: the new version
         holders = self._serving(spec, self._sites(spec), online=False)
         for agent, holder in sorted(holders.items()):
             if agent in run.agents:

@@ -73,11 +73,13 @@ class CatchUp:
         with self._lock:
             self._owed[(module, agent)] = _Owed(model, version, why)
 
-    def forget(self, module: str) -> None:
-        """Owe nothing more for ``module``."""
+    def forget(self, module: str, agents: Iterable[str] | None = None) -> None:
+        """Owe nothing more for ``module`` (on ``agents`` only, when given)."""
+        wanted = None if agents is None else set(agents)
         with self._lock:
             for key in [k for k in self._owed if k[0] == module]:
-                del self._owed[key]
+                if wanted is None or key[1] in wanted:
+                    del self._owed[key]
 
     def owed(self) -> dict[tuple[str, str], str]:
         """(module, agent) -> the version owed."""

@@ -71,7 +71,7 @@ class Fleet:
 
     clock: Clock
     agents: dict[str, Agent]
-    p95: dict[str, float] = field(default_factory=lambda: {"v1": 10.0, "v2": 11.0})
+    p95: dict[str, float] = field(default_factory=lambda: {"v0": 10.0, "v1": 10.0, "v2": 11.0})
     failing: dict[str, float] = field(default_factory=dict)  # version -> share failed
     away: set[str] = field(default_factory=set)  # offline agents (their last state kept)
 
@@ -113,6 +113,7 @@ class Edge:
 class Installer:
     fleet: Fleet
     fail: set[str] = field(default_factory=set)
+    fail_version: dict[str, str] = field(default_factory=dict)  # agent -> version refused
     # Too slow: the wait ends, then the agent applies the (retained) desired state.
     slow: set[str] = field(default_factory=set)
     installs: list[tuple[str, str]] = field(default_factory=list)
@@ -123,6 +124,8 @@ class Installer:
     ) -> None:
         assert module == MODULE and artifact.model == MODEL and artifact.data
         if agent_id in self.fail and artifact.version != "v1":
+            raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
+        if self.fail_version.get(agent_id) == artifact.version:
             raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
         if agent_id in self.slow and artifact.version != "v1":
             self.fleet.agents[agent_id].version = artifact.version
@@ -269,6 +272,18 @@ def test_an_agent_offline_at_promotion_gets_the_new_version_when_back(
     assert r.service.catch_up.owed() == {}
     r.service.tick()
     assert r.installer.installs.count(("cam-3", "v2")) == 1
+
+
+def test_a_promotion_replaces_what_an_agent_was_owed_before(registry: ModelRegistry) -> None:
+    """Owed v1 (a roll back that failed there), then promoted to v2: v2 it keeps."""
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.fleet.agents["cam-2"].version = "v0"
+    r.installer.fail_version["cam-2"] = "v1"
+    r.service.catch_up.owe(MODEL, MODULE, "cam-2", "v1", "rolled back")
+    r.service.tick()
+    run_window(r)
+    assert r.steps()[-1] == "promoted" and r.fleet.agents["cam-2"].version == "v2"
+    assert r.service.catch_up.owed() == {}
 
 
 def test_an_agent_whose_installs_keep_failing_is_given_up(registry: ModelRegistry) -> None:
