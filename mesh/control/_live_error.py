@@ -9,6 +9,10 @@ the first row of a batch) with the version that computed it and when it was join
 the injected clock. :meth:`LiveErrors.window` is the error over a window; the
 drift check reads it per site, the canary per version.
 
+A label message is JSON ``{"site": str, "ts": number (the frame's
+``source_ts``), "values": [number, ...]}``; :func:`parse_label` reads one for
+both of its readers (the drift service and the fresh-data service).
+
 Memory is bounded: at most ``max_pending`` unmatched outputs and labels per
 module (the oldest dropped first; either side waits at most ``max_wait_s``) and
 ``max_errors`` joined errors per module and site, kept ``retain_s``.
@@ -16,14 +20,19 @@ module (the oldest dropped first; either side waits at most ``max_wait_s``) and
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
-__all__ = ["ErrorWindow", "LiveErrors", "ScoredSample"]
+__all__ = ["LABEL_FORM", "ErrorWindow", "Label", "LiveErrors", "ScoredSample", "parse_label"]
+
+#: What a label message looks like (said by every error about one).
+LABEL_FORM = '{"site": str, "ts": number (the frame\'s source_ts), "values": [number, ...]}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,48 @@ class ScoredSample:
     site: str
     version: str
     error: float
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """The true values of the frame ``site`` captured at ``ts``."""
+
+    site: str
+    ts: float
+    values: tuple[float, ...]
+
+
+def parse_label(payload: bytes) -> Label:
+    """One label message (:data:`LABEL_FORM`).
+
+    Raises:
+        ValueError: not JSON, not an object, or a field that is not as expected
+            (the message names it and says what was expected).
+
+    Example:
+        >>> parse_label(b'{"site": "j1", "ts": 12.5, "values": [3, 1]}')
+        Label(site='j1', ts=12.5, values=(3.0, 1.0))
+    """
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc}); expected {LABEL_FORM}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object {LABEL_FORM}, got {type(body).__name__}")
+    site, ts, values = body.get("site"), body.get("ts"), body.get("values")
+    if not isinstance(site, str) or not site:
+        raise ValueError(f"site: expected a non-empty string, got {site!r}")
+    if not _finite(ts):
+        raise ValueError(f"ts: expected the frame's source_ts (finite Unix seconds), got {ts!r}")
+    if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+        raise ValueError(
+            f"values: expected a non-empty list of finite numbers, got {str(values)[:80]}"
+        )
+    return Label(site, float(ts), tuple(float(v) for v in values))
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,8 +148,14 @@ class ModelLifecycle:
 
         Returns False (and changes nothing) when it is not a candidate: production
         and archived versions keep their stage.
+
+        Raises:
+            ValueError: ``version`` is not ``v<number>`` (nothing changes).
         """
-        number = int(version.removeprefix("v"))
+        digits = version.removeprefix("v")
+        if not (version.startswith("v") and digits.isdigit()):
+            raise ValueError(f"version: expected v<number> (e.g. v4), got {version!r}")
+        number = int(digits)
         with self._lock:
             try:
                 changed = self._db.execute(

@@ -18,15 +18,21 @@ appears:
    promotion).
 3. Each second both sides' figures (:class:`~mesh.control._canary.SideFigures`)
    are gathered: live error per version from a :class:`LiveErrorSource`
-   (Part 1's ``LiveErrors.window``), p95 and request counts per version from
+   (Part 1's ``LiveErrors.window``; production's at the canary agents' sites
+   over the window before the canary, so both sides are judged on the same
+   sites: :func:`~mesh.runtime._canary_figures.error_at`), p95 and request
+   counts per version from
    the agents' heartbeats (``ModuleStats.version``, ``p95_ms``, ``requests``,
    ``errors``); :func:`~mesh.control._canary.decide` says wait, promote or
    roll back. Without a live-error source, p95 and failed requests decide
-   alone, and ``canary_started`` says so.
+   alone, and ``canary_started`` says so; so do they for a module whose drift
+   check is not ``statistic="error"`` (nothing joins its outputs with labels,
+   so its live error would never reach ``min_samples``).
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
    the candidate installed on every other agent serving the module, replicas
    redeployed) or ``rolled_back`` (the canary agents reinstall production, the
-   candidate is archived with the reason).
+   candidate is archived with the reason). An agent offline then, or whose
+   install failed, gets its version when back (:mod:`mesh.runtime._catch_up`).
 
 Every step goes to the registry's lifecycle (:mod:`mesh.models._steps`). A
 canary under way when the control plane stops starts again after it (the
@@ -54,6 +60,14 @@ from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelNotFoundError, ModelRegistry, ModelVersion, Stage
+from mesh.runtime._canary_figures import (
+    ErrorWindowLike,
+    LiveErrorSource,
+    counters,
+    error_at,
+    p95s,
+)
+from mesh.runtime._catch_up import CatchUp
 from mesh.sdk._specs import Canary, ModuleSpec
 from mesh.serving._contract import AgentInstaller, ModelArtifact
 from mesh.serving._deployment import DeploymentView
@@ -70,32 +84,11 @@ FOG_NOT_TRIED = (
 )
 #: Where production's side comes from when every agent tries the candidate (a lone agent).
 BEFORE = "the canary agents before the canary (no agent is left serving production)"
-#: What a canary without a live-error source compares.
-NOT_SCORED = "not scored (no live-error source): p95 and failed requests decide"
-
-
-class ErrorWindowLike(Protocol):
-    """Live error over a window: samples joined with labels, and their mean absolute error."""
-
-    @property
-    def n(self) -> int:
-        """Samples scored."""
-        ...
-
-    @property
-    def mae(self) -> float | None:
-        """Their mean absolute error (None without samples)."""
-        ...
-
-
-class LiveErrorSource(Protocol):
-    """Where live errors per version come from (``mesh.control._live_error.LiveErrors``)."""
-
-    def window(
-        self, module: str, *, since: float, site: str | None = None, version: str | None = None
-    ) -> ErrorWindowLike:
-        """Error of ``module``'s outputs since ``since`` (of one site, one version)."""
-        ...
+#: What a canary without live errors for its module compares.
+NOT_SCORED = (
+    "not scored (no live-error source, or the module declares no drift check with "
+    "statistic='error' whose labels are joined): p95 and failed requests decide"
+)
 
 
 class AgentSource(Protocol):
@@ -136,7 +129,8 @@ class _Run:
     production: str
     agents: dict[str, str | None]  # canary agent -> site
     others: dict[str, str | None]  # production agent -> site
-    started_at: float
+    started_at: float  # when the candidate serves (after the installs)
+    chosen_at: float = 0.0  # when the agents were chosen (before the installs)
     baseline: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> counters
     before_p95: list[float] = field(default_factory=list)  # canary agents' p95 on production
 
@@ -149,7 +143,9 @@ class CanaryService:
         installer: puts a version on an agent, make-before-break.
         agents: the agents and their heartbeats (the edge bus).
         manager: redeploys replicas at promotion (None: no replicas to move).
-        live_errors: live error per version; None: p95 and failures decide alone.
+        live_errors: live error per version, read for modules whose drift check
+            is ``statistic="error"`` (the only ones whose outputs are joined with
+            labels); None, or another module: p95 and failures decide alone.
         clock: Unix seconds (injected in tests).
         period_s: seconds between passes.
         install_timeout_s: how long one agent may take to install a version.
@@ -176,6 +172,8 @@ class CanaryService:
         self._clock = clock
         self._period_s = period_s
         self._install_timeout_s = install_timeout_s
+        # Agents offline (or failing) when a decision moved the others: later.
+        self.catch_up = CatchUp(registry, installer, install_timeout_s=install_timeout_s)
         self._tracked: dict[str, tuple[ModuleSpec, dict[str, str] | None]] = {}
         self._runs: dict[str, _Run] = {}
         self._done: set[tuple[str, str]] = set()  # (model, version) decided here
@@ -225,6 +223,7 @@ class CanaryService:
 
     def untrack(self, module: str) -> bool:
         """Stop watching ``module`` (a canary under way is left as it is); False if unknown."""
+        self.catch_up.forget(module)
         with self._lock:
             self._runs.pop(module, None)
             return self._tracked.pop(module, None) is not None
@@ -265,6 +264,10 @@ class CanaryService:
         """One pass over the tracked modules (each one's failure is logged, not raised)."""
         with self._lock:
             tracked = list(self._tracked.values())
+        try:
+            self.catch_up.settle(self._agents.agents())
+        except Exception as exc:  # the next pass tries again
+            self._quiet.exception("canary: catching agents up: %s", exc, exc=exc)
         for spec, sites in tracked:
             try:
                 with self._lock:
@@ -294,17 +297,24 @@ class CanaryService:
         ]
         return (newer[-1], production) if newer else None
 
-    def _serving(self, spec: ModuleSpec, sites: Mapping[str, str] | None) -> dict[str, AgentView]:
-        """Online agents that have the module installed (and may take part)."""
+    def _serving(
+        self, spec: ModuleSpec, sites: Mapping[str, str] | None, *, online: bool = True
+    ) -> dict[str, AgentView]:
+        """Agents (online ones only unless ``online`` is False) that have the module installed."""
         out: dict[str, AgentView] = {}
         for view in self._agents.agents():
-            if view.state != "online" or view.observed is None:
+            if (online and view.state != "online") or view.observed is None:
                 continue
             if sites is not None and view.agent_id not in sites:
                 continue
             if any(m.name == spec.name for m in view.observed.installed):
                 out[view.agent_id] = view
         return out
+
+    def _scored(self, spec: ModuleSpec) -> bool:
+        """Whether ``spec``'s live error is known: a source, and labels joined for it."""
+        drift = spec.drift
+        return self.live_errors is not None and drift is not None and drift.statistic == "error"
 
     def _record(self, model: str, version: str, step: str, detail: Mapping[str, Any]) -> None:
         self._registry.lifecycle.record(model, version, step, detail)
@@ -351,20 +361,24 @@ class CanaryService:
             others={a: site(a) for a in serving if a not in chosen},
             started_at=self._clock(),
         )
-        run.before_p95 = _p95s(serving, chosen, spec.name, production.version)
+        run.before_p95 = p95s(serving, chosen, spec.name, production.version)
+        self.catch_up.forget(spec.name, chosen)  # they take the candidate now
         artifact = ModelArtifact.from_registry(self._registry, model, candidate.version)
         done: list[str] = []
         for agent in chosen:
             try:
                 self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
             except MeshError as exc:
-                self._roll_back(run, f"install on agent {agent} failed: {exc}", done)
+                # That agent too: its retained desired state names the candidate,
+                # which it would take later (a timed-out install) unless replaced.
+                reason = f"install on agent {agent} failed: {exc}"
+                self._roll_back(run, reason, [*done, agent])
                 return
             done.append(agent)
-        run.started_at = self._clock()
+        run.chosen_at, run.started_at = run.started_at, self._clock()
         # Counted from now: the views read before the installs are stale.
         fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
-        run.baseline = {a: _counters(fresh.get(a, serving[a]), spec.name) for a in serving}
+        run.baseline = {a: counters(fresh.get(a, serving[a]), spec.name) for a in serving}
         self._record(
             model,
             candidate.version,
@@ -373,7 +387,7 @@ class CanaryService:
                 "module": spec.name,
                 "production": production.version,
                 "policy": policy.model_dump(),
-                "live_error": "scored" if self.live_errors is not None else NOT_SCORED,
+                "live_error": "scored" if self._scored(spec) else NOT_SCORED,
             },
         )
         self._record(
@@ -395,7 +409,7 @@ class CanaryService:
         self, run: _Run, version: str, agents: Mapping[str, str | None], views: Mapping[str, Any]
     ) -> SideFigures:
         module = run.spec.name
-        p95s: list[float] = []
+        latencies: list[float] = []
         requests = failures = 0
         for agent in agents:
             view = views.get(agent)
@@ -406,40 +420,40 @@ class CanaryService:
             if (view.last_heartbeat_at or 0.0) < run.started_at:
                 continue
             if stats.p95_ms is not None:
-                p95s.append(stats.p95_ms)
-            seen, failed = _counters(view, module)
+                latencies.append(stats.p95_ms)
+            seen, failed = counters(view, module)
             base_seen, base_failed = run.baseline.get(agent, (0, 0))
             # A restarted agent counts from zero again.
             requests += seen - base_seen if seen >= base_seen else seen
             failures += failed - base_failed if failed >= base_failed else failed
-        p95 = statistics.median(p95s) if p95s else None
-        if self.live_errors is None:
+        p95 = statistics.median(latencies) if latencies else None
+        if self.live_errors is None or not self._scored(run.spec):
             return SideFigures(version, requests, None, p95, requests, failures)
-        window = self.live_errors.window(module, since=run.started_at, version=version)
-        return SideFigures(version, int(window.n), window.mae, p95, requests, failures)
-
-    def _before(self, run: _Run) -> SideFigures:
-        """Production's figures on the canary agents before the canary (no agent is left)."""
-        p95 = statistics.median(run.before_p95) if run.before_p95 else None
-        if self.live_errors is None:
-            return SideFigures(run.production, 0, None, p95, 0, 0)
-        since = run.started_at - run.policy.window_s
-        window = self.live_errors.window(run.spec.name, since=since, version=run.production)
-        return SideFigures(run.production, int(window.n), window.mae, p95, 0, 0)
+        if version == run.production:  # where the candidate serves, before it did
+            since = run.chosen_at - run.policy.window_s
+            sites = {s for s in run.agents.values() if s is not None}
+        else:
+            since, sites = run.started_at, set()
+        n, mae = error_at(self.live_errors, module, version, since=since, sites=sites)
+        return SideFigures(version, n, mae, p95, requests, failures)
 
     def _observe(self, run: _Run) -> None:
         views = {v.agent_id: v for v in self._agents.agents()}
         candidate = self._side(run, run.candidate, run.agents, views)
-        production = (
-            self._side(run, run.production, run.others, views) if run.others else self._before(run)
-        )
+        # p95 and failures: the other agents now (or the canary agents' own before it).
+        production = self._side(run, run.production, run.others, views)
+        if not run.others:
+            before = statistics.median(run.before_p95) if run.before_p95 else None
+            production = SideFigures(
+                run.production, production.samples, production.mae, before, 0, 0
+            )
         elapsed = self._clock() - run.started_at
         verdict = decide(
             run.policy,
             candidate=candidate,
             production=production,
             elapsed_s=elapsed,
-            scored=self.live_errors is not None,
+            scored=self._scored(run.spec),
         )
         if verdict.action == "wait":
             return
@@ -467,14 +481,19 @@ class CanaryService:
         artifact = ModelArtifact.from_registry(self._registry, model, run.candidate)
         failures: dict[str, str] = {}
         installed: list[str] = []
-        for agent in sorted(self._serving(spec, self._sites(spec))):
+        self.catch_up.forget(spec.name)  # what was owed before is replaced: the new version
+        holders = self._serving(spec, self._sites(spec), online=False)
+        for agent, holder in sorted(holders.items()):
             if agent in run.agents:
                 continue
             try:
+                if holder.state != "online":
+                    raise MeshError(f"agent {agent} is {holder.state}: installed when back")
                 self._installer.install(agent, spec.name, artifact, self._install_timeout_s)
                 installed.append(agent)
             except MeshError as exc:
                 failures[agent] = str(exc)
+                self.catch_up.owe(model, spec.name, agent, run.candidate, "promoted")
         replicas: list[str] = []
         if self._manager is not None:
             for view in self._manager.deployments():
@@ -518,6 +537,7 @@ class CanaryService:
                     reinstalled.append(agent)
                 except MeshError as exc:
                     failures[agent] = str(exc)
+                    self.catch_up.owe(model, spec.name, agent, run.production, "rolled back")
         self._record(
             model,
             run.candidate,
@@ -542,25 +562,3 @@ class CanaryService:
         with self._lock:
             entry = self._tracked.get(spec.name)
         return entry[1] if entry is not None else None
-
-
-def _p95s(
-    views: Mapping[str, AgentView], agents: Iterable[str], module: str, version: str
-) -> list[float]:
-    """The p95 the ``agents`` last reported for ``version`` of ``module``."""
-    out: list[float] = []
-    for agent in agents:
-        beat = views[agent].last_heartbeat
-        stats = beat.modules.get(module) if beat is not None else None
-        if stats is not None and stats.version == version and stats.p95_ms is not None:
-            out.append(stats.p95_ms)
-    return out
-
-
-def _counters(view: AgentView, module: str) -> tuple[int, int]:
-    """An agent's requests and failed requests (errors + expired) for ``module``, so far."""
-    beat = view.last_heartbeat
-    stats = beat.modules.get(module) if beat is not None else None
-    if stats is None:
-        return 0, 0
-    return stats.requests, stats.errors + stats.expired

@@ -5,8 +5,10 @@
 
 - ``error``: the module's pipeline events (their outputs, version, site and
   ``source_ts``) on the event topics given to :meth:`~DriftService.track`, and
-  the labels on ``drift.labels`` (``{site}`` as ``+``, under the bus's prefix),
-  joined in :class:`~mesh.control._live_error.LiveErrors`;
+  the labels on ``drift.labels`` (``{site}`` as ``+``, the topic as declared:
+  app topics are not under the bus's prefix, as stream and trigger topics and
+  the fresh-data service's labels), joined in
+  :class:`~mesh.control._live_error.LiveErrors`;
 - ``outputs`` / ``inputs``: the agents' heartbeats, whose ``ModuleStats.summary``
   holds each inference's mean output and input since the last one.
 
@@ -14,8 +16,9 @@ About once a second (thread ``mesh-drift``) each site's score is computed
 against the reference of the version serving there (the registry's
 ``lineage.extra["drift_reference"]`` and selection metric), and when a score
 reaches the threshold with at least ``min_samples`` in the window, one drift
-event (QoS 1) goes to ``<prefix>/`` + :func:`~mesh.sdk._specs.drift_topic`
-(re-armed below 0.8 x threshold or when the site's version changes)::
+event (QoS 1) goes to :func:`~mesh.sdk._specs.drift_topic` as it is, the topic
+an event trigger (``topic=drift_topic(module)``) subscribes to (re-armed below
+0.8 x threshold or when the site's version changes)::
 
     {"module", "model", "version", "site", "statistic", "score", "threshold",
      "samples", "window_s", "ts"}
@@ -44,7 +47,7 @@ from mesh.control._drift import (
     error_score,
     moment_score,
 )
-from mesh.control._live_error import LiveErrors
+from mesh.control._live_error import LiveErrors, parse_label
 from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
@@ -136,7 +139,8 @@ class DriftService:
         clock: the control plane's clock (``time.time``).
         period_s: how often scores are evaluated by :meth:`start`'s thread.
         topic_prefix: what label topics and drift topics are under (default:
-            the bus's prefix and ``/``).
+            nothing, the topics as declared, where triggers and the fresh-data
+            service read them).
 
     Example:
         >>> drift = DriftService(edge, registry).start()  # doctest: +SKIP
@@ -160,7 +164,7 @@ class DriftService:
         self._registry = registry
         self._clock = clock
         self._period_s = period_s
-        self.topic_prefix = f"{bus.prefix}/" if topic_prefix is None else topic_prefix
+        self.topic_prefix = topic_prefix or ""
         self._live = LiveErrors(clock=clock)
         self._lock = threading.RLock()
         self._tracked: dict[str, _Tracked] = {}
@@ -358,25 +362,11 @@ class DriftService:
 
     def _on_label(self, module: str, topic: str, payload: bytes) -> None:
         try:
-            body = json.loads(payload)
-            site, ts, values = body["site"], body["ts"], body["values"]
-            if not isinstance(site, str) or not site:
-                raise ValueError("'site' must be a non-empty string")
-            if isinstance(ts, bool) or not isinstance(ts, int | float):
-                raise ValueError("'ts' must be a number (the frame's source_ts)")
-            if not isinstance(values, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in values
-            ):
-                raise ValueError("'values' must be a list of numbers")
-        except (ValueError, KeyError, TypeError) as exc:
-            self._quiet.warning(
-                "drift: %s: a bad label on %s dropped (expected {site, ts, values}): %s",
-                module,
-                topic,
-                exc,
-            )
+            label = parse_label(payload)
+        except ValueError as exc:
+            self._quiet.warning("drift: %s: a bad label on %s dropped: %s", module, topic, exc)
             return
-        self._live.add_label(module, site, float(ts), values)
+        self._live.add_label(module, label.site, label.ts, label.values)
 
     def _on_heartbeat(self, topic: str, payload: bytes) -> None:
         try:

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -43,6 +42,7 @@ from edge_agent.protocol import (
     decode_frame,
     parse_header,
 )
+from mesh.control._live_error import parse_label
 from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.models._fresh_data import FreshData, InvalidSampleError
@@ -282,11 +282,9 @@ class FreshDataService:
 
     def _label(self, module: str, payload: bytes) -> None:
         try:
-            body = json.loads(payload)
-            if not isinstance(body, dict) or not {"site", "ts", "values"} <= body.keys():
-                raise InvalidSampleError('expected a JSON object {"site", "ts", "values"}')
-            self.store.add_label(module, body["site"], body["ts"], body["values"])
-        except (ValueError, InvalidSampleError) as exc:  # json's errors are ValueErrors
+            label = parse_label(payload)
+            self.store.add_label(module, label.site, label.ts, label.values)
+        except ValueError as exc:  # InvalidSampleError is one
             self._count(module, "invalid")
             self._quiet.warning("fresh data of %s: a label refused: %s", module, exc)
 

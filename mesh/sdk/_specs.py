@@ -284,7 +284,7 @@ DriftStatistic = Literal["outputs", "inputs", "error"]
 
 
 def drift_topic(module: str) -> str:
-    """The MQTT topic (under the broker's prefix) a module's drift events go to."""
+    """The MQTT topic of a module's drift events, as is (not under the broker's prefix)."""
     return f"lifecycle/drift/{module}"
 
 

@@ -35,7 +35,7 @@ from mesh.edge.broker._broker import free_port, start_mosquitto
 from mesh.models._artifacts import ArtifactSigner, ArtifactStore
 from mesh.models._registry import ModelRegistry, Stage
 from mesh.runtime._canary import CanaryService
-from mesh.sdk._specs import Canary, ModuleSpec, QoS
+from mesh.sdk._specs import Canary, Drift, ModuleSpec, QoS
 from mesh.serving._contract import ModelArtifact
 from tests.support.agent_fixtures import (  # noqa: F401  (fixture)
     AgentProcess,
@@ -59,7 +59,13 @@ POLICY = Canary(
     max_wait_s=60.0,
 )
 SPEC = ModuleSpec(
-    name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=100), tiers=("edge",), canary=POLICY
+    name=MODULE,
+    model=MODEL,
+    qos=QoS(p95_latency_ms=100),
+    tiers=("edge",),
+    canary=POLICY,
+    # Its live error is scored: outputs joined with the labels of an error drift check.
+    drift=Drift(statistic="error", threshold=3.0, labels=f"{T.prefix}/truth/{{site}}"),
 )
 
 
@@ -269,7 +275,12 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rolled_back(
     )
     canary.track(SPEC, sites=AGENTS)
     with Cameras(r.edge):
-        assert r.edge.wait_until(lambda: errors.window(MODULE, since=0).n >= 30, 30.0)
+        # Production has served a while at every site: its error there before the canary
+        # is what the candidate is compared with.
+        assert r.edge.wait_until(
+            lambda: all(errors.window(MODULE, since=0, site=s).n >= 80 for s in AGENTS.values()),
+            30.0,
+        )
         canary.start()
         try:
             # ---- a better candidate: promoted, every agent serves it
@@ -302,7 +313,10 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rolled_back(
             )
             assert "live error" in back.detail["reason"]
             assert r.registry.get(MODEL).version == "v2"
-            assert r.registry.get(MODEL, "v3").stage == Stage.ARCHIVED
+            # Archived just after the rolled_back step is recorded.
+            assert r.edge.wait_until(
+                lambda: r.registry.get(MODEL, "v3").stage == Stage.ARCHIVED, 10.0
+            )
             assert _versions(r.edge) == dict.fromkeys(AGENTS, "v2")
             assert errors.bad_labels == 0
         finally:

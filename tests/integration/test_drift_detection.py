@@ -101,7 +101,7 @@ def test_live_error_past_the_threshold_publishes_one_drift_event(
             )
             agent.publish(topics.events(site, "counts"), event.model_dump_json().encode())
             label = {"site": site, "ts": ts, "values": [2.0, 1.0]}
-            agent.publish(f"{prefix}/traffic/{site}/truth", json.dumps(label).encode())
+            agent.publish(f"traffic/{site}/truth", json.dumps(label).encode())
 
         # j1 errs as in validation (score 0.4 / 0.5); j2 errs three times more.
         for i in range(12):
@@ -110,7 +110,7 @@ def test_live_error_past_the_threshold_publishes_one_drift_event(
         assert observer.wait_for(lambda: len(observer.messages) >= 1, 20)
         topic, payload, _ = observer.messages[0]
         body = json.loads(payload)
-        assert topic == f"{prefix}/lifecycle/drift/counter"
+        assert topic == "lifecycle/drift/counter"
         assert body["module"] == "counter" and body["model"] == "vehicle-counter"
         assert body["site"] == "j2" and body["version"] == version
         assert body["statistic"] == "error" and body["score"] == pytest.approx(3.0)
@@ -143,7 +143,8 @@ def test_a_real_agents_heartbeat_summaries_score_output_drift(
     held_out = np.random.default_rng(0).normal(100.0, 5.0, size=(64, 4)).astype(np.float32)
     reference = drift_reference(model, [held_out])
     registry = ModelRegistry.open(MeshSettings(data_dir=m.tmp / "registry"), batch_sizes=(1,))
-    service = DriftService(edge, registry, period_s=0.1).start()
+    # This broker's ACL confines the control plane to its prefix: the events go under it.
+    service = DriftService(edge, registry, period_s=0.1, topic_prefix=f"{edge.prefix}/").start()
     observer = MqttProbe(m.broker, **_control_login(m))
     agent = agent_processes(_agent_args(m, m.tmp / "cache"), m.tmp / "agent.log").start()
     try:

@@ -30,7 +30,7 @@ from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelRegistry, Stage
 from mesh.runtime._canary import NOT_SCORED, CanaryService
-from mesh.sdk._specs import Canary, ModuleSpec, QoS
+from mesh.sdk._specs import Canary, Drift, ModuleSpec, QoS
 from mesh.serving._contract import DeployError, ModelArtifact
 from mesh.serving._deployment import DeploymentView
 from mesh.serving._routes import ModuleRoute
@@ -39,7 +39,9 @@ from tests.unit.test_registry import make_registry, tiny_onnx
 MODULE, MODEL = "counter", "vehicle-counter"
 POLICY = Canary(fraction=0.25, window_s=60, min_samples=30, error_margin=0.0, p95_ratio=1.5,
                 max_wait_s=300)  # fmt: skip
-SPEC = ModuleSpec(name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=50), canary=POLICY)
+#: Its live error is joined from its outputs and the labels of its error drift check.
+DRIFT = Drift(statistic="error", threshold=3.0, labels="traffic/{site}/truth")
+SPEC = ModuleSpec(name=MODULE, model=MODEL, qos=QoS(p95_latency_ms=50), canary=POLICY, drift=DRIFT)
 HOST = HostMetrics(
     cpu_percent=1, mem_percent=1, mem_available_mb=1, rss_mb=1, load1=0, load5=0, load15=0
 )
@@ -69,8 +71,9 @@ class Fleet:
 
     clock: Clock
     agents: dict[str, Agent]
-    p95: dict[str, float] = field(default_factory=lambda: {"v1": 10.0, "v2": 11.0})
+    p95: dict[str, float] = field(default_factory=lambda: {"v0": 10.0, "v1": 10.0, "v2": 11.0})
     failing: dict[str, float] = field(default_factory=dict)  # version -> share failed
+    away: set[str] = field(default_factory=set)  # offline agents (their last state kept)
 
     def serve(self, n: int) -> None:
         for agent in self.agents.values():
@@ -89,7 +92,7 @@ class Fleet:
             agent=agent_id, version=1, installed=[InstalledModule(name=MODULE, version=a.version)]
         )
         return AgentView(
-            agent_id, "online", a.site, None, None, beat if a.beat_at else None, a.beat_at,
+            agent_id, "offline" if agent_id in self.away else "online", a.site, None, None, beat if a.beat_at else None, a.beat_at,
             observed, 1,
         )  # fmt: skip
 
@@ -110,6 +113,9 @@ class Edge:
 class Installer:
     fleet: Fleet
     fail: set[str] = field(default_factory=set)
+    fail_version: dict[str, str] = field(default_factory=dict)  # agent -> version refused
+    # Too slow: the wait ends, then the agent applies the (retained) desired state.
+    slow: set[str] = field(default_factory=set)
     installs: list[tuple[str, str]] = field(default_factory=list)
     traffic: int = 0  # requests every agent serves while one installs
 
@@ -119,6 +125,11 @@ class Installer:
         assert module == MODULE and artifact.model == MODEL and artifact.data
         if agent_id in self.fail and artifact.version != "v1":
             raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
+        if self.fail_version.get(agent_id) == artifact.version:
+            raise DeployError(f"agent {agent_id} did not install {module} {artifact.version}")
+        if agent_id in self.slow and artifact.version != "v1":
+            self.fleet.agents[agent_id].version = artifact.version
+            raise DeployError(f"agent {agent_id}: no observed state in {timeout_s} s")
         self.fleet.serve(self.traffic)
         self.installs.append((agent_id, artifact.version))
         self.fleet.agents[agent_id].version = artifact.version
@@ -137,12 +148,17 @@ class Errors:
     mae: dict[str, float]
     n: int = 50
     asked: list[dict[str, Any]] = field(default_factory=list)
+    at: dict[tuple[str, str], float] = field(default_factory=dict)  # (version, site) -> MAE
+    sites: list[str | None] = field(default_factory=list)
 
     def window(
         self, module: str, *, since: float, site: str | None = None, version: str | None = None
     ) -> Window:
         self.asked.append({"module": module, "since": since, "version": version})
+        self.sites.append(site)
         assert version is not None
+        if site is not None and (version, site) in self.at:
+            return Window(self.n, self.at[(version, site)])
         return Window(self.n, self.mae.get(version))
 
 
@@ -185,7 +201,7 @@ class Rig:
         return next(dict(s.detail) for s in self.registry.lifecycle.steps(MODEL) if s.step == name)
 
 
-def rig(registry: ModelRegistry, errors: Errors | None) -> Rig:
+def rig(registry: ModelRegistry, errors: Errors | None, spec: ModuleSpec = SPEC) -> Rig:
     clock = Clock()
     fleet = Fleet(clock, {f"cam-{i}": Agent("v1", f"site-{i}") for i in range(4)})
     fleet.serve(10)
@@ -193,7 +209,7 @@ def rig(registry: ModelRegistry, errors: Errors | None) -> Rig:
     service = CanaryService(
         registry, installer, Edge(fleet), manager=manager, live_errors=errors, clock=clock
     )
-    service.track(SPEC)
+    service.track(spec)
     return Rig(clock, fleet, installer, manager, service, registry)
 
 
@@ -236,6 +252,52 @@ def test_a_better_candidate_is_promoted_fleet_wide(registry: ModelRegistry) -> N
     assert r.steps()[-1] == "promoted"
 
 
+def test_an_agent_offline_at_promotion_gets_the_new_version_when_back(
+    registry: ModelRegistry,
+) -> None:
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.fleet.away.add("cam-3")
+    r.service.tick()
+    run_window(r)
+    promoted = r.step("promoted")
+    assert promoted["agents"] == ["cam-0", "cam-1", "cam-2"]
+    assert "cam-3" in promoted["failures"] and r.fleet.agents["cam-3"].version == "v1"
+    r.service.tick()  # still away: nothing tried
+    assert ("cam-3", "v2") not in r.installer.installs
+    r.fleet.away.clear()
+    r.service.tick()
+    assert r.fleet.agents["cam-3"].version == "v2"
+    note = r.step("note")
+    assert note["agent"] == "cam-3" and note["caught_up"] == "installed"
+    assert r.service.catch_up.owed() == {}
+    r.service.tick()
+    assert r.installer.installs.count(("cam-3", "v2")) == 1
+
+
+def test_a_promotion_replaces_what_an_agent_was_owed_before(registry: ModelRegistry) -> None:
+    """Owed v1 (a roll back that failed there), then promoted to v2: v2 it keeps."""
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.fleet.agents["cam-2"].version = "v0"
+    r.installer.fail_version["cam-2"] = "v1"
+    r.service.catch_up.owe(MODEL, MODULE, "cam-2", "v1", "rolled back")
+    r.service.tick()
+    run_window(r)
+    assert r.steps()[-1] == "promoted" and r.fleet.agents["cam-2"].version == "v2"
+    assert r.service.catch_up.owed() == {}
+
+
+def test_an_agent_whose_installs_keep_failing_is_given_up(registry: ModelRegistry) -> None:
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.5}))
+    r.installer.fail.add("cam-3")
+    r.service.tick()
+    run_window(r)
+    assert "cam-3" in r.step("promoted")["failures"]
+    for _ in range(5):
+        r.service.tick()
+    assert r.fleet.agents["cam-3"].version == "v1" and r.service.catch_up.owed() == {}
+    assert r.step("note")["caught_up"].startswith("given up after 3 tries")
+
+
 # ---------------------------------------------------------------- roll back
 
 
@@ -264,6 +326,21 @@ def test_a_worse_candidate_is_rolled_back_and_archived(
     assert r.manager.deployed == [] and r.service.active() == []
 
 
+def test_production_is_judged_where_the_candidate_serves(registry: ModelRegistry) -> None:
+    """Production errs most on other sites (drifting): over all sites it looks worse than
+    the candidate, which is worse than production on its own canary site."""
+    errors = Errors({"v1": 1.5, "v2": 0.9}, at={("v1", "site-0"): 0.6})
+    r = rig(registry, errors)
+    r.service.tick()
+    started = r.service.active()[0]["started_at"]
+    run_window(r)
+    compared = r.step("compared")
+    assert compared["production"]["mae"] == 0.6 and compared["candidate"]["mae"] == 0.9
+    assert compared["verdict"] == "roll_back" and registry.get(MODEL).version == "v1"
+    assert {"module": MODULE, "since": started - 60, "version": "v1"} in errors.asked
+    assert "site-0" in errors.sites
+
+
 def test_not_enough_samples_by_max_wait_rolls_back(registry: ModelRegistry) -> None:
     r = rig(registry, Errors({"v1": 1.0, "v2": 0.1}, n=5))
     r.service.tick()
@@ -290,6 +367,18 @@ def test_a_failed_install_leaves_production_serving(registry: ModelRegistry) -> 
     assert r.steps()[-1] == "archived"
 
 
+def test_an_install_that_timed_out_is_undone_on_that_agent_too(registry: ModelRegistry) -> None:
+    """The desired state naming the candidate is retained: the slow agent takes it later
+    unless the roll back publishes production there as well."""
+    r = rig(registry, Errors({"v1": 1.0, "v2": 0.1}))
+    r.installer.slow.add("cam-0")
+    r.service.tick()
+    assert "install on agent cam-0 failed" in r.step("rolled_back")["reason"]
+    assert r.step("rolled_back")["agents"] == ["cam-0"]
+    assert r.installer.installs == [("cam-0", "v1")]
+    assert {a.version for a in r.fleet.agents.values()} == {"v1"}
+
+
 # ---------------------------------------------------------------- without live errors
 
 
@@ -304,6 +393,23 @@ def test_without_live_errors_p95_and_failures_decide_and_a_step_says_so(
     compared = r.step("compared")
     assert compared["candidate"]["samples"] == 40 and compared["candidate"]["mae"] is None
     assert compared["production"]["requests"] == 3 * 40
+    assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
+    assert registry.get(MODEL).version == "v2"
+
+
+@pytest.mark.parametrize(
+    "drift", [None, Drift(statistic="outputs", threshold=3.0)], ids=["no-drift", "outputs"]
+)
+def test_a_module_whose_outputs_are_not_joined_with_labels_is_not_scored(
+    registry: ModelRegistry, drift: Drift | None
+) -> None:
+    """The control plane always hands the drift service's live errors over; a module
+    without an error drift check has none there, and would wait out max_wait_s."""
+    r = rig(registry, Errors({}, n=0), SPEC.model_copy(update={"drift": drift}))
+    r.service.tick()
+    assert r.step("canary_started")["live_error"] == NOT_SCORED
+    run_window(r)
+    compared = r.step("compared")
     assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
     assert registry.get(MODEL).version == "v2"
 
@@ -394,6 +500,8 @@ def test_lifecycle_steps_are_checked_and_survive_a_reopen(tmp_path: Path) -> Non
         v1 = reg.register(MODEL, tiny_onnx(1.0), code_version="c1")
         reg.promote(MODEL, v1.version)
         assert reg.lifecycle.archive(MODEL, "v1", reason="x") is False  # production stays
+        with pytest.raises(ValueError, match=r"version: expected v<number> \(e.g. v4\), got '1'"):
+            reg.lifecycle.archive(MODEL, "1", reason="x")
     finally:
         reg.close()
     again = make_registry(tmp_path)

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,11 @@ from mesh.control._drift import (
 )
 from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
+from mesh.models._fresh_data import FreshData
 from mesh.runtime._drift import DriftService, expose_drift
-from mesh.sdk._specs import Drift, ModuleSpec, QoS
+from mesh.runtime._fresh_data import FreshDataService
+from mesh.sdk._specs import Drift, ModuleSpec, QoS, drift_topic
+from mesh.sdk._triggers import TriggerSpec
 
 # ------------------------------------------------------------------ pure parts
 
@@ -231,12 +235,12 @@ def feed(bus: FakeBus, clock: Clock, site: str, error: float, n: int, version: s
         clock.now += 0.5
         ts = clock.now - 3  # the frame, 3 s before its label arrives
         bus.event(event(site, ts, [2.0 + error, 1.0], version))
-        bus.deliver(f"mesh/v1/traffic/{site}/truth", label(site, ts, [2.0, 1.0 + error]))
+        bus.deliver(f"traffic/{site}/truth", label(site, ts, [2.0, 1.0 + error]))
 
 
 def test_error_scores_per_site(setup: tuple[FakeBus, Clock, DriftService]) -> None:
     bus, clock, service = setup
-    assert "mesh/v1/traffic/+/truth" in bus.patterns()
+    assert "traffic/+/truth" in bus.patterns()
     feed(bus, clock, "j1", 0.5, 10)  # MAE 0.5 = the reference: score 1
     feed(bus, clock, "j2", 1.5, 10)  # score 3
     assert [e["site"] for e in service.evaluate()] == ["j2"]
@@ -268,7 +272,7 @@ def test_scores_reach_the_threshold(setup: tuple[FakeBus, Clock, DriftService]) 
         "ts",
     }
     topic, body, qos = bus.published[-1]
-    assert topic == "mesh/v1/lifecycle/drift/counter" == service.event_topic("counter")
+    assert topic == "lifecycle/drift/counter" == service.event_topic("counter")
     assert body == fired and qos == 1
     assert service.evaluate() == []  # once per drift
     assert [s.drifting for s in service.scores() if s.site == "j2"] == [True]
@@ -279,6 +283,23 @@ def test_scores_reach_the_threshold(setup: tuple[FakeBus, Clock, DriftService]) 
     feed(bus, clock, "j2", 1.5, 10)
     assert [e["site"] for e in service.evaluate()] == ["j2"]
     assert len(bus.published) == 2
+
+
+def test_labels_and_drift_events_are_on_the_topics_as_declared(
+    setup: tuple[FakeBus, Clock, DriftService], tmp_path: Path
+) -> None:
+    """Not under the bus's prefix: where the fresh-data service reads the same labels,
+    the traffic plugin publishes them, and a trigger on drift_topic() listens."""
+    bus, _, service = setup
+    fresh = FreshDataService(bus, FreshData(tmp_path))
+    fresh.track(spec(Drift(statistic="error", threshold=2.0, labels="traffic/{site}/truth")))
+    labels = [p for p in bus.patterns() if p.endswith("/truth")]
+    assert labels == ["traffic/+/truth", "traffic/+/truth"]  # drift's and fresh data's
+    assert service.event_topic("counter") == drift_topic("counter")
+    assert TriggerSpec(name="retrain", function="retrain", topic=drift_topic("counter")).topic == (
+        service.event_topic("counter")
+    )
+    fresh.untrack("counter")
 
 
 def test_a_new_version_is_scored_against_its_own_reference(
@@ -300,7 +321,7 @@ def test_tracking_again_keeps_what_was_seen(setup: tuple[FakeBus, Clock, DriftSe
     assert len(service.evaluate()) == 1
     drift = Drift(statistic="error", threshold=2.5, min_samples=5, labels="traffic/{site}/truth")
     service.track(spec(drift), version="v1")  # every event under the prefix naming it
-    assert bus.patterns().count("mesh/v1/traffic/+/truth") == 1  # the old one undone
+    assert bus.patterns().count("traffic/+/truth") == 1  # the old one undone
     assert service.live_errors.window("counter", since=0.0).n == 10
     feed(bus, clock, "j1", 1.5, 2)
     assert service.evaluate() == []  # still in drift: not fired again
@@ -314,14 +335,14 @@ def test_bad_labels_are_dropped_with_one_log_line(
     bus, clock, service = setup
     caplog.set_level(logging.WARNING, logger="mesh.runtime._drift")
     for _ in range(3):
-        bus.deliver("mesh/v1/traffic/j1/truth", b'{"site": "j1", "ts": "soon", "values": [1]}')
-    bus.deliver("mesh/v1/traffic/j1/truth", b"not json")
-    bus.deliver("mesh/v1/traffic/j1/truth", b'{"site": "j1", "ts": 1.0, "values": [true]}')
+        bus.deliver("traffic/j1/truth", b'{"site": "j1", "ts": "soon", "values": [1]}')
+    bus.deliver("traffic/j1/truth", b"not json")
+    bus.deliver("traffic/j1/truth", b'{"site": "j1", "ts": 1.0, "values": [true]}')
     lines = [r.getMessage() for r in caplog.records if "bad label" in r.getMessage()]
     # Three times the same fault: one line (the next different one says it repeated).
-    assert len([m for m in lines if m.endswith("must be a number (the frame's source_ts)")]) == 1
+    assert len([m for m in lines if m.endswith("(finite Unix seconds), got 'soon'")]) == 1
     assert len(lines) == 3 and "repeated 2 times" in lines[1]
-    assert all("expected {site, ts, values}" in m for m in lines)
+    assert all("expected" in m for m in lines) and "values: expected" in lines[2]
     # Events of other modules, and without a capture time, are not scored.
     other = event("j1", clock.now, [1.0]).model_copy(update={"module": "other"})
     bus.event(other)
@@ -334,7 +355,7 @@ def test_untrack_and_stop_undo_the_subscriptions(
 ) -> None:
     bus, _clock, service = setup
     service.untrack("counter")
-    assert "mesh/v1/traffic/+/truth" not in bus.patterns() and service.tracked() == []
+    assert "traffic/+/truth" not in bus.patterns() and service.tracked() == []
     service.stop()
     assert bus.event_handlers == []
     with pytest.raises(ValueError, match="no drift check"):

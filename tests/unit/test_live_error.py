@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from mesh.control._live_error import ErrorWindow, LiveErrors
+from mesh.control._live_error import ErrorWindow, Label, LiveErrors, parse_label
 
 
 class Clock:
@@ -94,3 +96,24 @@ def test_a_label_covers_the_first_outputs() -> None:
     errors.add_output("c", "j1", "v1", 1.0, [1.0, 3.0, 9.0, 9.0])  # a second row, no truth
     assert errors.add_label("c", "j1", 1.0, [2.0, 3.0])
     assert errors.window("c", since=0.0) == ErrorWindow(1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "said"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"ts": 1.0, "values": [1]}', "site: expected a non-empty string, got None"),
+        (b'{"site": "j1", "ts": NaN, "values": [1]}', "ts: expected the frame's source_ts"),
+        (b'{"site": "j1", "ts": true, "values": [1]}', "ts: expected"),
+        (b'{"site": "j1", "ts": 1.0, "values": []}', "values: expected a non-empty list"),
+        (b'{"site": "j1", "ts": 1.0, "values": [1, "a"]}', "values: expected"),
+    ],
+)
+def test_a_bad_label_message_is_refused_saying_what_was_expected(payload: bytes, said: str) -> None:
+    """One reading for the drift and fresh-data services (they disagreed on NaN and [])."""
+    with pytest.raises(ValueError, match=re.escape(said)):
+        parse_label(payload)
+    assert parse_label(b'{"site": "j1", "ts": 2, "values": [1, 2.5]}') == Label(
+        "j1", 2.0, (1.0, 2.5)
+    )
