@@ -226,8 +226,26 @@ def deploy(
             "edge module that should leave its agent when it misses the SLO, and come back."
         ),
     ] = None,
+    drift: Annotated[
+        str | None,
+        typer.Option(
+            help="Its drift check as JSON, e.g. "
+            '\'{"statistic": "error", "threshold": 3, "labels": "traffic/{site}/truth"}\'.'
+        ),
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            help='Its canary policy as JSON, e.g. \'{"fraction": 0.25, "window_s": 60}\'.'
+        ),
+    ] = None,
 ) -> None:
-    """Serve a model version; returns once its replicas serve and the route switched."""
+    """Serve a model version; returns once its replicas serve and the route switched.
+
+    With --drift the control plane scores the module's drift per site and the
+    agents sample its inputs; with --canary a new candidate version of its model
+    is tried on a share of its agents, then promoted or rolled back.
+    """
     body = {
         "model": model,
         "version": version,
@@ -241,6 +259,8 @@ def deploy(
         "min_replicas": min_replicas,
         "max_replicas": max(max_replicas, replicas or 1),
         "may_move_to": may_move_to or [],
+        "drift": _json_option("--drift", drift),
+        "canary": _json_option("--canary", canary),
     }
     with console.status(f"deploying {model} {version} on {agent or tier}…"):
         route = _call("POST", "/v1/modules", body)
@@ -248,6 +268,22 @@ def deploy(
         f"[green]deployed[/] {route['module']} {route['version']} on {route['tier']} "
         f"(epoch {route['epoch']}): {_replicas(route)}"
     )
+
+
+def _json_option(option: str, text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        err.print(f"[bold red]error:[/] {option}: expected a JSON object, got {text!r} ({exc.msg})")
+        raise typer.Exit(2) from None
+    if not isinstance(value, dict):
+        err.print(
+            f"[bold red]error:[/] {option}: expected a JSON object, got {type(value).__name__}"
+        )
+        raise typer.Exit(2)
+    return value
 
 
 @modules_app.command("undeploy")

@@ -409,12 +409,17 @@ def build_services(
         restoring=controller.restorer.restoring,
     )
     scenario = ScenarioFeed()
+    from mesh.runtime._lifecycle import LifecycleTracking
+
+    lifecycle = LifecycleTracking()
+    lifecycle.drift, lifecycle.canary = drift, canary
     routers = [
         create_modules_router(
             manager,
             auth=auth.dependency,
             restoring=lambda served: [s.to_dict() for s in controller.restorer.unserved(served)],
             forget=controller.forget,
+            on_deployed=lifecycle.track,
         ),
         create_placements_router(controller, auth=auth.dependency),
         artifact_router(store=artifacts, signer=signer, auth=enrolments, url_signer=url_signer),
@@ -444,6 +449,7 @@ def build_services(
     from mesh.runtime._fresh_data import start_fresh_data
 
     fresh_data = start_fresh_data(FreshData.open(settings), edge, installer, metrics, undo)
+    lifecycle.fresh_data = fresh_data
     canary.start()
     undo.append(("canary", canary.stop))
     # Only now, with every import of the start-up done on this thread: the restore

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh.core._errors import InvalidRequestError, MeshError
-from mesh.sdk._specs import QoS, Resources
+from mesh.sdk._specs import Canary, Drift, QoS, Resources
 from mesh.serving._manager import ReplicaStatus
 from mesh.serving._oip import ModelNotServedError
 from mesh.serving._routes import ModuleRoute, RouteTable
@@ -92,6 +92,12 @@ class DeployRequest(BaseModel):
         description="Tiers the placement controller may move it to, besides the one it is "
         "deployed on (e.g. fog for a module on an edge agent); default none.",
     )
+    drift: Drift | None = Field(
+        None, description="Its drift check (score per site, drift events); default none."
+    )
+    canary: Canary | None = Field(
+        None, description="How its candidate versions are tried before promotion; default none."
+    )
 
 
 def module_spec(request: DeployRequest) -> Any:
@@ -111,6 +117,8 @@ def module_spec(request: DeployRequest) -> Any:
         resources=Resources(cpus=request.cpus),
         min_replicas=request.min_replicas,
         max_replicas=request.max_replicas,
+        drift=request.drift,
+        canary=request.canary,
     )
 
 
@@ -144,6 +152,7 @@ def create_modules_router(
     auth: AuthFactory | None = None,
     restoring: Callable[[Callable[[str], bool]], list[dict[str, Any]]] | None = None,
     forget: Callable[[str], bool] | None = None,
+    on_deployed: Callable[[Any, str], object] | None = None,
 ) -> APIRouter:
     """The ``/v1/modules`` routes over a serving manager.
 
@@ -156,6 +165,9 @@ def create_modules_router(
             ``scaled to zero`` / ``no ready replica`` with no endpoint).
         forget: forgets a recorded module that is not served (``DELETE`` of a
             module whose restore failed); returns whether there was one.
+        on_deployed: called with the spec and the version asked for once a deploy
+            switched its route (the lifecycle services track a module with a drift
+            check or a canary); its errors are logged, the deploy stands.
     """
     router = APIRouter(prefix="/v1/modules", tags=["modules"])
 
@@ -200,6 +212,11 @@ def create_modules_router(
         except MeshError as exc:  # answered with the status its class declares
             logger.warning("deploy of %s %s failed: %s", spec.name, request.version, exc)
             raise
+        if on_deployed is not None:
+            try:
+                on_deployed(spec, request.version)
+            except Exception:  # the module serves; only its lifecycle is missing
+                logger.exception("deploy of %s: its drift check or canary not tracked", spec.name)
         return _describe(route, manager.status(spec.name))
 
     @router.delete("/{name}", status_code=204, dependencies=scope("admin"))

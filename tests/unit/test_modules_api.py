@@ -282,3 +282,42 @@ def test_recorded_modules_not_served_yet_are_listed_with_their_restore_state(
             "vehicle-counter"
         ]
         assert client.delete("/v1/modules/nope", headers=_auth("admin")).status_code == 404
+
+
+def test_a_drift_check_and_a_canary_reach_the_spec_and_the_lifecycle(manager: FakeManager) -> None:
+    from mesh.runtime._lifecycle import LifecycleTracking
+
+    class Service:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, dict[str, Any]]] = []
+
+        def track(self, spec: Any, **options: Any) -> None:
+            self.calls.append((spec.name, options))
+
+    lifecycle = LifecycleTracking()
+    drift, fresh, canary = Service(), Service(), Service()
+    lifecycle.drift, lifecycle.fresh_data, lifecycle.canary = drift, fresh, canary  # type: ignore[assignment]
+    app = create_gateway_app(
+        Gateway(manager.routes),
+        routers=[create_modules_router(manager, on_deployed=lifecycle.track)],
+    )
+    check = {"statistic": "error", "threshold": 3, "labels": "traffic/{site}/truth"}
+    with TestClient(app) as c:
+        r = c.post(
+            "/v1/modules",
+            json={"model": "counter", "tier": "fog", "drift": check, "canary": {"fraction": 0.5}},
+        )
+        assert r.status_code == 200, r.text
+        spec = manager.specs[0][0]
+        assert spec.drift.labels == "traffic/{site}/truth" and spec.canary.fraction == 0.5
+        assert drift.calls == [("counter", {"version": "production"})]
+        assert fresh.calls == [("counter", {})] and canary.calls == [("counter", {})]
+
+        # A plain module is tracked by none; a bad check is refused, nothing deployed.
+        assert c.post("/v1/modules", json={"model": "plain", "tier": "fog"}).status_code == 200
+        assert len(drift.calls) == 1 and len(canary.calls) == 1
+        bad = c.post(
+            "/v1/modules", json={"model": "x", "tier": "fog", "drift": {"statistic": "error"}}
+        )
+        assert_error(bad, 422, needle="threshold")
+        assert [s[0].name for s in manager.specs] == ["counter", "plain"]
