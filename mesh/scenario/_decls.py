@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.protocol import SamplingPolicy
 from mesh.scenario._fields import (
     CPU_PROVIDER,
     REGISTRY_PATTERN,
@@ -177,6 +178,12 @@ class ModuleDecl(SchemaModel):
         None,
         description="How a new candidate version is tried on a fraction of its sites "
         "before it is promoted or rolled back. None = candidates wait for a person.",
+    )
+    sampling: SamplingPolicy | None = Field(
+        None,
+        description="With drift: how each agent samples its inputs for retraining "
+        "(samples_per_min, bytes_per_min in any 60 wall seconds, reservoir). None = the "
+        "control plane's default (30 samples, 256 KiB a minute).",
     )
 
     def stream_name(self) -> str:

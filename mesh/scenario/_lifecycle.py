@@ -55,7 +55,8 @@ def track_lifecycle(
         calls.append(
             ("drift", lambda s: s.track(spec, version=version, event_topics=topics, sites=sites))
         )
-        calls.append(("fresh_data", lambda s: s.track(spec, sites=sites)))
+        policy = decl.sampling
+        calls.append(("fresh_data", lambda s: s.track(spec, sites=sites, policy=policy)))
     if decl.canary is not None and scenario.lifecycle:
         calls.append(("canary", lambda s: s.track(spec, sites=sites)))
     for name, call in calls:
@@ -183,4 +184,28 @@ class LifecycleWatch:
                 if kind is not None and float(change.get("at") or 0) >= self._started:
                     at = round(self._sim_time_at(float(change["at"])), 1)
                     out.append({"at": at, "label": f"{kind} {change['version']}", "kind": kind})
+            out.extend(self._canary_marks(registry, model))
+        return out
+
+    def _canary_marks(self, registry: Any, model: str) -> list[dict[str, Any]]:
+        """The canary's own steps: started, and rolled back (with its reason)."""
+        lifecycle = getattr(registry, "lifecycle", None)
+        if lifecycle is None:
+            return []
+        try:
+            steps = lifecycle.steps(model)
+        except Exception as exc:  # a closed store
+            logger.debug("canary steps of %s: %s", model, exc)
+            return []
+        out: list[dict[str, Any]] = []
+        for step in steps:
+            if step.at < self._started or step.step not in ("canary_started", "rolled_back"):
+                continue
+            at = round(self._sim_time_at(step.at), 1)
+            if step.step == "canary_started":
+                out.append({"at": at, "label": f"canary {step.version}", "kind": "canary"})
+            else:
+                reason = str(step.detail.get("reason", ""))[:80]
+                label = f"rolled back {step.version}" + (f": {reason}" if reason else "")
+                out.append({"at": at, "label": label, "kind": "rolled_back"})
         return out

@@ -195,7 +195,7 @@ def test_a_topic_trigger_fires_on_its_message_with_the_message(tmp_path: Path) -
         assert list(handlers) == ["lifecycle/drift/counter"]
         event = {"module": "counter", "site": "A0", "score": 4.2}
         handlers["lifecycle/drift/counter"]("lifecycle/drift/counter", json.dumps(event).encode())
-        now[0] = 10.0  # past the 5 s debounce, in simulated seconds
+        now[0] = 45.0  # past the 40 s debounce, in simulated seconds
         assert starter.event.wait(10)
     finally:
         lines = triggers.stop()
@@ -259,6 +259,45 @@ def test_the_watch_records_scores_drift_events_and_registry_marks() -> None:
     assert [m["label"] for m in life["marks"]] == ["drift A0 (3.1)", "candidate v2", "promoted v2"]
     assert list(life["drift_scores"]) == ["counter@A0"]
     assert LifecycleWatch(services, {}, lambda ts: ts).finish() == {}
+
+
+def test_the_watch_marks_the_canary_and_its_roll_back_with_the_reason() -> None:
+    from mesh.models._steps import LifecycleStep
+
+    started = 1_000_000.0
+    steps = [
+        LifecycleStep("vehicle-counter", "v1", "canary_started", started - 10),  # before: not shown
+        LifecycleStep("vehicle-counter", "v2", "canary_started", started + 20),
+        LifecycleStep("vehicle-counter", "v2", "compared", started + 80),
+        LifecycleStep(
+            "vehicle-counter", "v2", "rolled_back", started + 81, {"reason": "error 2.0 > 1.5"}
+        ),
+    ]
+    registry = SimpleNamespace(
+        versions=lambda model: [],
+        history=lambda model: [],
+        lifecycle=SimpleNamespace(steps=lambda model: steps),
+    )
+    watch = LifecycleWatch(
+        SimpleNamespace(registry=registry), {"counter": "vehicle-counter"}, lambda ts: ts - started
+    )
+    watch._started = started
+    life = watch.finish()
+    assert [m["label"] for m in life["marks"]] == [
+        "canary v2",
+        "rolled back v2: error 2.0 > 1.5",
+    ]
+    assert life["rolled_back_s"] == 81.0
+
+
+def test_a_scenario_module_sets_its_agents_sampling() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "drift.yaml", search_path=[str(ROOT)])
+    counter = next(m for m in scenario.modules if m.name == "counter")
+    fresh = _Tracker()
+    track_lifecycle(scenario, SimpleNamespace(fresh_data=fresh), counter, "SPEC", "v1", {})
+    policy = fresh.calls[0][1]["policy"]
+    assert counter.sampling is not None and policy == counter.sampling
+    assert policy.samples_per_min == 120
 
 
 class _Endless(_Run):
