@@ -328,3 +328,23 @@ def test_runs_still_going_at_the_end_are_drained_then_cancelled() -> None:
     lines = triggers.stop(drain_s=0.3)
     assert run.cancelled
     assert lines[0] == "1 trigger run(s) still running at the end, cancelled: demand_profiles"
+
+
+def test_the_readme_lifecycle_example(request: pytest.FixtureRequest) -> None:
+    from mesh import Mesh
+    from mesh.sdk._triggers import check_triggers
+    from tests.support.docs import blocks_for
+
+    blocks = blocks_for(request.node.nodeid)
+    assert blocks
+    for block in blocks:
+        namespace: dict[str, object] = {"__name__": "docs_example"}
+        exec(compile(block.padded(), block.doc, "exec"), namespace)
+        app = namespace["app"]
+        assert isinstance(app, Mesh)
+        spec = app.modules["VehicleCounter"].spec
+        assert spec.drift is not None and spec.drift.labels == "traffic/{site}/truth"
+        assert spec.canary is not None and spec.canary.error_margin == 0.1
+        (trigger,) = app.triggers.values()
+        assert trigger.topic == "lifecycle/drift/counter" and trigger.function == "retrain_counter"
+        check_triggers(app.triggers.values(), app.functions, source=block.where)
