@@ -460,6 +460,14 @@ class DriftService:
                 threshold=drift.threshold,
                 min_samples=drift.min_samples,
             )
+            if fire and self._on_trial(t.spec.model, version):
+                fire = False  # the canary judges a candidate against production
+                logger.info(
+                    "drift: %s at %s: %s is a candidate beside production; no drift event",
+                    module,
+                    site,
+                    version,
+                )
             drifting = t.latch.drifting(site)
             out.append(
                 (
@@ -496,6 +504,17 @@ class DriftService:
         reference = DriftReference.from_version(found.lineage.extra, metric)
         self._references[(model, version)] = (now, reference, "")
         return reference, None
+
+    def _on_trial(self, model: str, version: str) -> bool:
+        """Whether ``version`` is a candidate while another version is in production."""
+        try:
+            found = self._registry.get(model, version)
+            if str(found.stage) != "candidate":
+                return False
+            production = self._registry.get(model, "production")
+        except Exception:  # no production version: the candidate serves as the module
+            return False
+        return production.version != found.version
 
     def _fire(self, t: _Tracked, score: DriftScore, now: float) -> dict[str, Any]:
         event = {

@@ -162,6 +162,7 @@ class Version:
     version: str
     metric: Metric | None
     lineage: Lineage
+    stage: str = "production"
 
 
 class Registry:
@@ -313,6 +314,26 @@ def test_a_new_version_is_scored_against_its_own_reference(
     (j1,) = [s for s in service.scores() if s.site == "j1"]
     assert j1.version == "v2" and j1.score == pytest.approx(1.5) and not j1.drifting
     assert service.live_errors.window("counter", since=0.0, version="v2").n == 10
+
+
+def test_a_candidate_beside_production_fires_no_drift_event() -> None:
+    """The canary judges it: a drift event would retrain while the trial runs."""
+    bus, clock = FakeBus(), Clock()
+    registry = Registry(
+        {
+            "v1": Version("v1", Metric(0.5), Lineage({})),
+            "v2": Version("v2", Metric(0.5), Lineage({}), stage="candidate"),
+        }
+    )
+    service = DriftService(bus, registry, clock=clock)
+    check = Drift(statistic="error", threshold=2.0, min_samples=5, labels="traffic/{site}/truth")
+    service.track(spec(check), version="production", event_topics=["mesh/v1/events/+/counts"])
+    feed(bus, clock, "j1", 1.5, 10, version="v2")  # score 3 on the candidate
+    assert service.evaluate() == [] and bus.published == []
+    (j1,) = service.scores()
+    assert j1.version == "v2" and j1.score == pytest.approx(3.0)
+    feed(bus, clock, "j2", 1.5, 10, version="v1")  # production drifts: that one fires
+    assert [e["site"] for e in service.evaluate()] == ["j2"]
 
 
 def test_tracking_again_keeps_what_was_seen(setup: tuple[FakeBus, Clock, DriftService]) -> None:
