@@ -352,6 +352,12 @@ class Canary(_Spec):
     p95_ratio: float = Field(
         1.5, ge=1, description="Its p95 may be at most this times production's."
     )
+    p95_slack_ms: float = Field(
+        5.0,
+        ge=0,
+        description="...or at most this many ms above it, whichever is more (a small "
+        "model's p95 of a few ms on a busy device is noisy).",
+    )
     max_wait_s: float = Field(
         600.0, gt=0, description="Without enough samples by then, it is rolled back."
     )

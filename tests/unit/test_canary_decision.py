@@ -106,6 +106,20 @@ def test_not_enough_samples_waits_then_rolls_back_at_max_wait(
     assert late.reason.startswith("not enough to compare after 300 s: ") and missing in late.reason
 
 
+def test_a_few_ms_of_p95_noise_on_a_fast_model_is_no_reason_to_roll_back() -> None:
+    """p95 6.43 ms against production's 2.91 ms rolled a good candidate back in the drift run."""
+    fast = side("v1", p95_ms=2.91)
+    ok = decide(POLICY, candidate=side("v2", mae=0.5, p95_ms=6.43), production=fast, elapsed_s=60)
+    assert ok.action == "promote"
+    slow = decide(POLICY, candidate=side("v2", mae=0.5, p95_ms=8.0), production=fast, elapsed_s=60)
+    assert slow.action == "roll_back" and "x 1.5 (or + 5 ms)" in slow.reason
+    strict = POLICY.model_copy(update={"p95_slack_ms": 0.0})
+    verdict = decide(
+        strict, candidate=side("v2", mae=0.5, p95_ms=6.43), production=fast, elapsed_s=60
+    )
+    assert verdict.action == "roll_back"
+
+
 def test_without_live_errors_p95_and_failures_decide() -> None:
     cand, prod = side("v2", mae=None), side("v1", mae=None)
     verdict = decide(POLICY, candidate=cand, production=prod, elapsed_s=60, scored=False)
