@@ -16,7 +16,7 @@ before ``window_s``                                    wait
 a side under ``min_samples`` (scored samples, or       wait; roll back from
 requests when live errors are not scored), or no p95   ``max_wait_s`` on
 live error above production x (1 - ``error_margin``)   roll back
-p95 above production x ``p95_ratio``                   roll back
+p95 above production x ``p95_ratio`` (+ slack)         roll back
 failed requests' share above production's + 1 point   roll back
 otherwise                                              promote
 =====================================================  ==========================
@@ -161,11 +161,12 @@ def decide(
                 f"live error {candidate.mae:.4g} is above production's {production.mae:.4g}"
                 + (f" x {1 - policy.error_margin:g}" if policy.error_margin else ""),
             )
-    if candidate.p95_ms > production.p95_ms * policy.p95_ratio:
+    p95_bound = max(production.p95_ms * policy.p95_ratio, production.p95_ms + policy.p95_slack_ms)
+    if candidate.p95_ms > p95_bound:
         return Verdict(
             "roll_back",
             f"p95 {candidate.p95_ms:.3g} ms is above production's {production.p95_ms:.3g} ms "
-            f"x {policy.p95_ratio:g}",
+            f"x {policy.p95_ratio:g} (or + {policy.p95_slack_ms:g} ms)",
         )
     if candidate.failure_share > production.failure_share + FAILURE_SLACK:
         return Verdict(
