@@ -107,6 +107,8 @@ class _Version(Protocol):
     def metric(self) -> _Metric | None: ...
     @property
     def lineage(self) -> _Lineage: ...
+    @property
+    def stage(self) -> str: ...
 
 
 class VersionSource(Protocol):
@@ -509,7 +511,7 @@ class DriftService:
         """Whether ``version`` is a candidate while another version is in production."""
         try:
             found = self._registry.get(model, version)
-            if str(found.stage) != "candidate":
+            if found.stage != "candidate":
                 return False
             production = self._registry.get(model, "production")
         except Exception:  # no production version: the candidate serves as the module

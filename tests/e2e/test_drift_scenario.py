@@ -34,7 +34,9 @@ def _require_lifecycle() -> None:
 
 
 @pytest.mark.timeout(1200)
-def test_drifted_cameras_are_detected_retrained_and_judged(env: dict[str, str], tmp_path: Path) -> None:
+def test_drifted_cameras_are_detected_retrained_and_judged(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     _require_sumo()
     _require_lifecycle()
     out = tmp_path / "out"
