@@ -3,6 +3,7 @@
 Mounted by the main CLI as ``app.add_typer(agents_app, name="agents")``::
 
     mesh agents enroll cam-07 --site int-2-1 [--broker mqtt://10.0.0.2:1883]
+    mesh agents enroll-batch fleet.csv [--broker ...]   # one ID,SITE a line
     mesh agents                      # same as `mesh agents list`
     mesh agents list [--json] [--wait-s 1]
     mesh agents revoke cam-07
@@ -30,13 +31,16 @@ from mesh.core._errors import MeshError
 from mesh.edge._enrolment import (
     AgentRecord,
     EdgeSettings,
+    EnrolmentError,
+    EnrolmentResult,
     EnrolmentStore,
     control_plane_credentials,
     enroll,
+    enroll_many,
     revoke,
 )
 
-__all__ = ["AgentHealth", "agents_app", "collect_health"]
+__all__ = ["AgentHealth", "agents_app", "collect_health", "read_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +315,63 @@ def enroll_cmd(
         result = enroll(
             agent_id, site=site, settings=settings, broker_url=broker, password_file=password_file
         )
+    _print_enrolled(result)
+    _print_reload_hint(result)
+
+
+@agents_app.command("enroll-batch")
+def enroll_batch_cmd(
+    file: Annotated[
+        Path, typer.Argument(help="A file with one ID,SITE a line ('#' comments, blank lines).")
+    ],
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="Broker URL the devices should use.")
+    ] = None,
+) -> None:
+    """Enrol many agents at once (the broker files written once); print each one's command.
+
+    Each agent's password goes to <data dir>/agents/ID/mqtt-password (mode 0600).
+    A bad line, id or site enrols nobody.
+    """
+    with _errors():
+        agents = read_batch(file)
+        results = enroll_many(agents, settings=EdgeSettings(), broker_url=broker)
+    for result in results:
+        _print_enrolled(result)
+    console.print(f"[green]enrolled {len(results)} agents[/] from {_escape(str(file))}")
+    _print_reload_hint(results[0])
+
+
+def read_batch(file: Path) -> list[tuple[str, str]]:
+    """The ``(agent_id, site)`` pairs of an enrol-batch file: one ``ID,SITE`` a line.
+
+    Blank lines and lines starting with ``#`` are skipped; spaces around either
+    field are dropped.
+
+    Raises:
+        EnrolmentError: the file cannot be read, a line is not ``ID,SITE``, or the
+            file names no agent (the message names the file and the line).
+    """
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnrolmentError(f"cannot read the agents file {file}: {exc}") from exc
+    agents = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2 or not all(fields):
+            raise EnrolmentError(
+                f"{file}:{number}: expected ID,SITE (e.g. cam-07,int-2-1), got {line.strip()!r}"
+            )
+        agents.append((fields[0], fields[1]))
+    if not agents:
+        raise EnrolmentError(f"{file}: no agents in it; give one ID,SITE a line")
+    return agents
+
+
+def _print_enrolled(result: EnrolmentResult) -> None:
     console.print(
         f"[green]enrolled[/] [bold]{result.agent_id}[/] (site {result.site}). "
         f"Its MQTT password is in {_escape(str(result.device_password_file))} (mode 0600): "
@@ -324,6 +385,9 @@ def enroll_cmd(
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _print_reload_hint(result: EnrolmentResult) -> None:
     console.print(
         f"[dim]password file {result.password_file}, ACL file {result.acl_file}; "
         "reload Mosquitto to apply (systemctl reload mosquitto, or kill -HUP its "

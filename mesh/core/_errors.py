@@ -58,7 +58,7 @@ each class answers with when it reaches a client (blank: inherited from the pare
     │   ├── EdgeConnectionError               the broker refused or cannot be reached
     │   ├── EdgeRequestTimeoutError      504  no reply within ``timeout_s``
     │   └── EdgeInferenceError                the agent answered with an error code
-    ├── EnrolmentError                        (edge._enrolment) an agent could not be enrolled
+    ├── EnrolmentError                        (edge._passwords) an agent could not be enrolled
     ├── BrokerStartError                      (edge.broker._handle) the MQTT broker did not start
     └── ControlPlaneError                     (cli._modules) the CLI's client: the control plane
                                               is down or answered with an error

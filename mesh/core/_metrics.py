@@ -5,8 +5,9 @@ the library's global default, so tests and several servers in one process stay
 apart). Its :meth:`~MetricsRegistry.counter`, :meth:`~MetricsRegistry.gauge` and
 :meth:`~MetricsRegistry.histogram` return the library's ``Counter``, ``Gauge`` and
 ``Histogram`` (``metric.labels(...).inc()``); :meth:`~MetricsRegistry.gauge_callback`
-adds a labelled gauge read at each scrape; :meth:`~MetricsRegistry.render` is the
-text exposition format 0.0.4 that ``GET /metrics`` serves. The library's ``_created``
+adds a labelled gauge read at each scrape (gauges that read one source share one
+read a scrape: :meth:`~MetricsRegistry.per_scrape`); :meth:`~MetricsRegistry.render`
+is the text exposition format 0.0.4 that ``GET /metrics`` serves. The library's ``_created``
 series are left out, so the exposition holds the names that were registered and
 nothing else.
 
@@ -31,7 +32,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -80,6 +81,7 @@ _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 Labels = tuple[str, ...]
+T = TypeVar("T")
 
 
 def _prometheus() -> Any:
@@ -171,6 +173,7 @@ class MetricsRegistry:
         self._exposed = _WithoutCreated(self.registry)
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._scrape = threading.local()  # .reads: what this thread's render read so far
 
     def _add(
         self,
@@ -297,9 +300,44 @@ class MetricsRegistry:
         counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
         return HistogramSnapshot(entry.bounds, counts, total)
 
+    def per_scrape(self, read: Callable[[], T]) -> Callable[[], T]:
+        """``read``, called at most once a :meth:`render`: its callbacks share one result.
+
+        Gauges that walk the same source (every agent, say) each call the returned
+        function; within one render the first call reads and the others get its
+        result, so a scrape reads the source once. ``read`` is the cache key: pass
+        the same callable (a bound method compares equal to itself) to share it.
+        Outside a render each call reads afresh.
+
+        Example:
+            >>> registry = MetricsRegistry()
+            >>> agents = registry.per_scrape(lambda: ["cam-1", "cam-2"])
+            >>> registry.gauge_callback("demo_agents", "Agents.", (), lambda: [((), len(agents()))])
+            >>> registry.gauge_callback("demo_first", "First.", ("agent",),
+            ...                         lambda: [((agents()[0],), 1.0)])
+            >>> "demo_agents 2.0" in registry.render()
+            True
+        """
+
+        def shared() -> T:
+            reads: dict[object, Any] | None = getattr(self._scrape, "reads", None)
+            if reads is None:
+                return read()
+            if read not in reads:
+                reads[read] = read()
+            value: T = reads[read]
+            return value
+
+        return shared
+
     def render(self) -> str:
         """Every metric in the text exposition format 0.0.4."""
-        text: bytes = self._client.generate_latest(self._exposed)
+        outer = getattr(self._scrape, "reads", None)
+        self._scrape.reads = {}
+        try:
+            text: bytes = self._client.generate_latest(self._exposed)
+        finally:
+            self._scrape.reads = outer
         return text.decode()
 
 

@@ -16,6 +16,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,16 +122,26 @@ class EnrolmentStore:
         self, agent_id: str, *, site: str, username: str, password_hash: str, token: str
     ) -> None:
         """Create or re-key an agent (a re-enrolment rotates its secrets)."""
+        self.upsert_many([(agent_id, site, username, password_hash, token)])
+
+    def upsert_many(self, agents: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Upsert many agents in one transaction: all of them are stored, or none.
+
+        Args:
+            agents: ``(agent_id, site, username, password_hash, token)`` each, as
+                :meth:`upsert` takes them.
+        """
         now = time.time()
+        rows = [(a, s, u, h, _token_digest(t), now) for a, s, u, h, t in agents]
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 """INSERT INTO agents (agent_id, site, username, password_hash, token_sha256,
                                        enrolled_at)
                    VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT(agent_id) DO UPDATE SET site=excluded.site,
                        username=excluded.username, password_hash=excluded.password_hash,
                        token_sha256=excluded.token_sha256, enrolled_at=excluded.enrolled_at""",
-                (agent_id, site, username, password_hash, _token_digest(token), now),
+                rows,
             )
 
     def delete(self, agent_id: str) -> bool:

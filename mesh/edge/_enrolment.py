@@ -8,7 +8,8 @@ under its own id, its site's events and replies), writes the password to a
 file (0600) and returns the command to run on the device, which names that file
 (``--password-file``), never the password (a command line is visible in ``ps``).
 The store keeps the password's Mosquitto hash and the token's sha256, never the
-secrets.
+secrets (hashes: :mod:`mesh.edge._passwords`, re-exported here). :func:`enroll_many`
+enrols a fleet at once, writing the broker files once rather than once per agent.
 
 The control plane's own broker user (``mesh-control``, read/write on the whole
 prefix) is created on first use; its password lives in
@@ -30,22 +31,16 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import json
 import logging
 import secrets
 import shlex
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -54,9 +49,15 @@ from pydantic_settings import SettingsConfigDict
 from edge_agent._files import atomic_write, check_name, confined
 from edge_agent._mqtt import TLS_SCHEMES
 from edge_agent.protocol import DEFAULT_PREFIX, Topics
-from mesh.core._errors import ConfigError, MeshError
+from mesh.core._errors import ConfigError
 from mesh.core._settings import MeshSettings
 from mesh.edge._agent_store import AgentRecord, EnrolmentStore
+from mesh.edge._passwords import (
+    EnrolmentError,
+    hash_password,
+    hash_passwords,
+    verify_mosquitto_hash,
+)
 
 __all__ = [
     "CONTROL_PLANE_USER",
@@ -71,6 +72,7 @@ __all__ = [
     "device_command",
     "embedded_broker_login",
     "enroll",
+    "enroll_many",
     "hash_password",
     "revoke",
     "verify_mosquitto_hash",
@@ -81,12 +83,6 @@ logger = logging.getLogger(__name__)
 
 CONTROL_PLANE_USER = "mesh-control"
 _RESERVED_IDS = frozenset({CONTROL_PLANE_USER, "root", "admin"})
-_PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
-_SALT_BYTES = 12
-
-
-class EnrolmentError(MeshError, ValueError):
-    """An agent could not be enrolled (bad id, files not writable, ...)."""
 
 
 class EdgeSettings(MeshSettings):
@@ -172,82 +168,6 @@ class EdgeSettings(MeshSettings):
     def artifact_url(self) -> str:
         """The artifact endpoint's base URL as devices see it."""
         return self.artifact_base_url or f"http://{self.artifact_host}:{self.artifact_port}"
-
-
-# ----------------------------------------------------------------- password hashes
-
-
-def _python_hash(password: str, salt: bytes | None = None) -> str:
-    salt = salt if salt is not None else secrets.token_bytes(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
-    salt_b64 = base64.b64encode(salt).decode()
-    return f"$7${_PBKDF2_ITERATIONS}${salt_b64}${base64.b64encode(digest).decode()}"
-
-
-def _binary_hash(tool: str, username: str, password: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="mesh-passwd-") as tmp:
-        file = Path(tmp) / "passwd"
-        # -c creates the file; -b takes the password from the command line, so it
-        # only ever lives in this private temp dir and this short-lived process.
-        proc = subprocess.run(
-            [tool, "-c", "-b", str(file), username, password],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise EnrolmentError(
-                f"mosquitto_passwd failed for {username!r} (exit {proc.returncode}): "
-                f"{proc.stderr.strip() or proc.stdout.strip()}"
-            )
-        line = file.read_text().strip()
-    user, _, hashed = line.partition(":")
-    if user != username or not hashed.startswith("$"):
-        raise EnrolmentError(f"unexpected mosquitto_passwd output for {username!r}")
-    return hashed
-
-
-def hash_password(
-    password: str, *, username: str = "user", mode: Literal["auto", "binary", "python"] = "auto"
-) -> str:
-    """Return a Mosquitto password-file hash (``$7$`` PBKDF2-SHA512) of ``password``.
-
-    Args:
-        password: the secret.
-        username: the user it is for (``mosquitto_passwd`` needs one).
-        mode: ``"binary"`` uses ``mosquitto_passwd -b``, ``"python"`` computes the same
-            format itself, ``"auto"`` prefers the binary when installed.
-
-    Example:
-        >>> verify_mosquitto_hash("s3cret", hash_password("s3cret", mode="python"))
-        True
-    """
-    tool = shutil.which("mosquitto_passwd") if mode != "python" else None
-    if mode == "binary" and tool is None:
-        raise EnrolmentError("mosquitto_passwd is not installed")
-    if tool is not None:
-        return _binary_hash(tool, username, password)
-    return _python_hash(password)
-
-
-def verify_mosquitto_hash(password: str, hashed: str) -> bool:
-    """Check ``password`` against a ``$6$`` or ``$7$`` Mosquitto hash."""
-    parts = hashed.split("$")
-    try:
-        if len(parts) == 5 and parts[1] == "7":
-            iterations, salt, digest = int(parts[2]), parts[3], parts[4]
-            got = hashlib.pbkdf2_hmac(
-                "sha512", password.encode(), base64.b64decode(salt), iterations, 64
-            )
-        elif len(parts) == 4 and parts[1] == "6":
-            salt, digest = parts[2], parts[3]
-            got = hashlib.sha512(password.encode() + base64.b64decode(salt)).digest()
-        else:
-            return False
-        return hmac.compare_digest(got, base64.b64decode(digest))
-    except ValueError:
-        return False
 
 
 # ------------------------------------------------------------------------- records
@@ -498,6 +418,9 @@ def enroll(
 ) -> EnrolmentResult:
     """Enrol (or re-enrol, rotating its secrets) an agent.
 
+    Rewrites the broker files whole (atomically), so each call costs time in
+    the number of agents enrolled: enrol a fleet with :func:`enroll_many`.
+
     Args:
         agent_id: the agent's id; one topic level (``[A-Za-z0-9_.:@-]``).
         site: the agent's site; one topic level.
@@ -516,64 +439,136 @@ def enroll(
         >>> settings = EdgeSettings(data_dir=tmp)                 # doctest: +SKIP
         >>> enroll("cam-07", site="int-2-1", settings=settings)   # doctest: +SKIP
     """
+    files = {agent_id: password_file} if password_file is not None else None
+    (result,) = enroll_many(
+        [(agent_id, site)],
+        settings=settings,
+        broker_url=broker_url,
+        store=store,
+        public_key=public_key,
+        password_files=files,
+    )
+    return result
+
+
+def _device_files(
+    agents: Sequence[tuple[str, str]], settings: EdgeSettings, chosen: Mapping[str, Path]
+) -> list[Path]:
+    """Check every ``(agent_id, site)`` and return each one's device password file."""
+    seen: set[str] = set()
+    files = []
+    for agent_id, site in agents:
+        _check_id("agent id", agent_id)
+        _check_id("site", site)
+        try:
+            check_name(agent_id, "agent id")  # it names the device's password file too
+            default = confined(settings.data_dir / "agents", agent_id, "mqtt-password")
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        if agent_id in _RESERVED_IDS:
+            raise EnrolmentError(f"agent id {agent_id!r} is reserved; choose another")
+        if agent_id in seen:
+            raise EnrolmentError(f"agent id {agent_id!r} is given twice; give each agent once")
+        seen.add(agent_id)
+        files.append(chosen.get(agent_id, default))
+    return files
+
+
+def enroll_many(
+    agents: Sequence[tuple[str, str]],
+    *,
+    settings: EdgeSettings | None = None,
+    broker_url: str | None = None,
+    store: EnrolmentStore | None = None,
+    public_key: str | None = None,
+    password_files: Mapping[str, Path] | None = None,
+) -> list[EnrolmentResult]:
+    """Enrol (or re-enrol) many agents at once, as :func:`enroll` would each, in order.
+
+    Every id and site is checked before anything is written (a bad one changes
+    nothing); the passwords are hashed in one ``mosquitto_passwd`` run, the agents
+    stored in one transaction and the broker files written once, so a fleet of N
+    costs time in N, where N calls of :func:`enroll` cost time in N².
+
+    Args:
+        agents: ``(agent_id, site)`` pairs; an id at most once.
+        settings: as :func:`enroll`.
+        broker_url: as :func:`enroll`.
+        store: as :func:`enroll`.
+        public_key: as :func:`enroll`.
+        password_files: agent id to where its password is written (0600); default
+            ``<data_dir>/agents/<id>/mqtt-password`` for each agent not named.
+
+    Raises:
+        EnrolmentError: a bad or repeated id or site, or the broker or password
+            files could not be written.
+
+    Example:
+        >>> enroll_many([("cam-07", "int-2-1"), ("cam-08", "int-2-1")])  # doctest: +SKIP
+    """
     settings = settings or EdgeSettings()
-    _check_id("agent id", agent_id)
-    _check_id("site", site)
-    try:
-        check_name(agent_id, "agent id")  # it names the device's password file too
-    except ValueError as exc:
-        raise EnrolmentError(str(exc)) from exc
-    if agent_id in _RESERVED_IDS:
-        raise EnrolmentError(f"agent id {agent_id!r} is reserved; choose another")
+    device_files = _device_files(agents, settings, password_files or {})
+    if not agents:
+        return []
     if public_key is None:
         from mesh.models._artifacts import ArtifactSigner
 
         public_key = ArtifactSigner.load_or_create(settings.data_dir).public_key_b64()
-    password = secrets.token_urlsafe(24)
-    token = secrets.token_urlsafe(32)
+    passwords = [secrets.token_urlsafe(24) for _ in agents]
+    tokens = [secrets.token_urlsafe(32) for _ in agents]
+    hashes = hash_passwords(passwords)
     own_store = store is None
     db = store or EnrolmentStore(settings.store_path)
     try:
-        hashed = hash_password(password, username=agent_id)
-        db.upsert(agent_id, site=site, username=agent_id, password_hash=hashed, token=token)
+        db.upsert_many(
+            [(a, s, a, h, t) for (a, s), h, t in zip(agents, hashes, tokens, strict=True)]
+        )
         try:
             pw_file, acl_file = write_broker_files(settings, db)
         except OSError as exc:
-            raise EnrolmentError(f"cannot write the broker files for {agent_id}: {exc}") from exc
+            raise EnrolmentError(
+                f"cannot write the broker files for {len(agents)} agents: {exc}"
+            ) from exc
     finally:
         if own_store:
             db.close()
     url = broker_url or settings.device_broker_url
-    device_file = password_file or confined(settings.data_dir / "agents", agent_id, "mqtt-password")
-    try:
-        atomic_write(device_file, password.encode(), mode=0o600)
-    except OSError as exc:
-        raise EnrolmentError(f"cannot write the password file {device_file}: {exc}") from exc
-    command = device_command(
-        agent_id=agent_id,
-        site=site,
-        broker_url=url,
-        username=agent_id,
-        password_file=device_file,
-        public_key=public_key,
-        prefix=settings.topic_prefix,
-        ca_file=settings.device_ca_file,
-    )
-    logger.info("enrolled agent %s (site %s)", agent_id, site)
-    return EnrolmentResult(
-        agent_id=agent_id,
-        site=site,
-        username=agent_id,
-        password=password,
-        token=token,
-        public_key=public_key,
-        broker_url=url,
-        artifact_url=settings.artifact_url,
-        command=command,
-        device_password_file=device_file,
-        password_file=pw_file,
-        acl_file=acl_file,
-    )
+    results = []
+    for (agent_id, site), password, token, device_file in zip(
+        agents, passwords, tokens, device_files, strict=True
+    ):
+        try:
+            atomic_write(device_file, password.encode(), mode=0o600)
+        except OSError as exc:
+            raise EnrolmentError(f"cannot write the password file {device_file}: {exc}") from exc
+        command = device_command(
+            agent_id=agent_id,
+            site=site,
+            broker_url=url,
+            username=agent_id,
+            password_file=device_file,
+            public_key=public_key,
+            prefix=settings.topic_prefix,
+            ca_file=settings.device_ca_file,
+        )
+        logger.info("enrolled agent %s (site %s)", agent_id, site)
+        results.append(
+            EnrolmentResult(
+                agent_id=agent_id,
+                site=site,
+                username=agent_id,
+                password=password,
+                token=token,
+                public_key=public_key,
+                broker_url=url,
+                artifact_url=settings.artifact_url,
+                command=command,
+                device_password_file=device_file,
+                password_file=pw_file,
+                acl_file=acl_file,
+            )
+        )
+    return results
 
 
 def revoke(

@@ -19,6 +19,11 @@ exposed here, each gauge read from its owner at scrape time (nothing is kept twi
 - ``mesh_placement_round_seconds{quantile}``: the reconcile loop's recent rounds
   (the last 512), p50 and p95 and max.
 
+The agent gauges (and the gateway's ``mesh_edge_agents``) share one walk of the
+agents a scrape (:meth:`~mesh.core._metrics.MetricsRegistry.per_scrape` of
+``edge.agents``): with thousands of agents, each gauge walking them under the
+registry's lock would cost five walks a scrape, and hold heartbeats back as long.
+
 ``deploy/grafana/fogmesh.json`` queries these names; ``tests/deploy`` checks that
 every name it queries is one a running control plane exposes.
 """
@@ -67,8 +72,8 @@ class _Beat(Protocol):
 class AgentLiveness(Protocol):
     """What the gauges read of the edge side: its agents as they are known now."""
 
-    def agents(self) -> Iterable[_Agent]:
-        """Every known agent."""
+    def agents(self) -> Sequence[_Agent]:
+        """Every known agent (a sequence: one read serves every gauge of a scrape)."""
         ...
 
 
@@ -120,29 +125,30 @@ def expose_state(
         )
     if edge is None:
         return
+    agents = metrics.per_scrape(edge.agents)
     metrics.gauge_callback(
         "mesh_edge_agent_up",
         "1 while an agent is online (status and heartbeats current), else 0.",
         ("agent",),
-        lambda: _liveness(edge, up=True),
+        lambda: _liveness(agents(), up=True),
     )
     metrics.gauge_callback(
         "mesh_edge_agent_heartbeat_age_seconds",
         "Seconds since each agent's last heartbeat arrived (absent before the first).",
         ("agent",),
-        lambda: _liveness(edge, up=False),
+        lambda: _liveness(agents(), up=False),
     )
     metrics.gauge_callback(
         "mesh_edge_agent_heartbeat_lag_seconds",
         "Each agent's last heartbeat: arrival minus its ts (ingestion lag plus clock skew).",
         ("agent",),
-        lambda: _lags(edge),
+        lambda: _lags(agents()),
     )
     metrics.gauge_callback(
         "mesh_edge_agent_offline",
         "1 for each agent whose status or last will says offline (only those are listed).",
         ("agent",),
-        lambda: [((a.agent_id,), 1.0) for a in edge.agents() if a.state == "offline"],
+        lambda: [((a.agent_id,), 1.0) for a in agents() if a.state == "offline"],
     )
 
 
@@ -157,19 +163,19 @@ def _quantiles(values: Sequence[float]) -> Samples:
     return [(("0.5",), at(0.5)), (("0.95",), at(0.95)), (("1",), ordered[-1])]
 
 
-def _lags(edge: AgentLiveness) -> Samples:
+def _lags(agents: Sequence[_Agent]) -> Samples:
     out: Samples = []
-    for agent in edge.agents():
+    for agent in agents:
         beat, at = agent.last_heartbeat, agent.last_heartbeat_at
         if beat is not None and at is not None:
             out.append(((agent.agent_id,), at - beat.ts))
     return out
 
 
-def _liveness(edge: AgentLiveness, *, up: bool) -> Samples:
+def _liveness(agents: Sequence[_Agent], *, up: bool) -> Samples:
     now = time.time()
     out: Samples = []
-    for agent in edge.agents():
+    for agent in agents:
         if up:
             out.append(((agent.agent_id,), 1.0 if agent.health(now) == "online" else 0.0))
         else:

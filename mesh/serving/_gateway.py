@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mesh.core._errors import MeshError
@@ -218,17 +218,19 @@ class Gateway:
             ],
         )
         if edge is not None and hasattr(edge, "agents"):
+            agents = m.per_scrape(edge.agents)
             m.gauge_callback(
                 "mesh_edge_agents",
                 "Edge agents by liveness.",
                 ("state",),
-                lambda: self._agent_states(edge),
+                # edge.agents, read once a scrape with the agent gauges (runtime._state_gauges)
+                lambda: self._agent_states(agents()),
             )
 
     @staticmethod
-    def _agent_states(edge: Any) -> list[tuple[tuple[str, ...], float]]:
+    def _agent_states(agents: Iterable[Any]) -> list[tuple[tuple[str, ...], float]]:
         counts: dict[str, float] = {"online": 0.0, "stale": 0.0, "offline": 0.0}
-        for view in edge.agents():
+        for view in agents:
             state = view.health()
             counts[state] = counts.get(state, 0.0) + 1.0
         return [((k,), v) for k, v in counts.items()]

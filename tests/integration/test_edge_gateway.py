@@ -497,7 +497,7 @@ def test_enrolled_acls_are_enforced_by_mosquitto(
     a = enroll("cam-a", site="site-a", settings=settings)
     # the second agent's hash comes from the Python fallback, which mosquitto must accept
     with monkeypatch.context() as patch:
-        patch.setattr("mesh.edge._enrolment.shutil.which", lambda name: None)
+        patch.setattr("mesh.edge._passwords.shutil.which", lambda name: None)
         b = enroll("cam-b", site="site-b", settings=settings)
     handle.reload()
     creds = control_plane_credentials(settings)

@@ -1,7 +1,8 @@
 """A real control plane, a Mosquitto and a fleet of simulated agents, and what to measure of them.
 
-:class:`FleetMesh` enrols N agents through enrolment's own :func:`~mesh.edge._enrolment.enroll`
-(what ``mesh agents enroll`` runs: MQTT password, ACL, the signing key), starts
+:class:`FleetMesh` enrols N agents at once through enrolment's own
+:func:`~mesh.edge._enrolment.enroll_many` (what ``mesh agents enroll-batch`` runs:
+MQTT passwords, ACLs, the signing key; the broker files written once), starts
 Mosquitto as ``deploy/mosquitto.conf`` sets it up
 (:class:`~tests.support.chaos_mosquitto.ChaosMosquitto`: ``set_tcp_nodelay``, the
 enrolment's password and ACL files, a devices' listener), ``mesh up`` with
@@ -160,19 +161,16 @@ class FleetMesh:
         )
 
     def enroll(self) -> list[AgentCredentials]:
-        """Enrol the agents through enrolment's own function (one store, as the CLI does)."""
-        from mesh.edge._agent_store import EnrolmentStore
-        from mesh.edge._enrolment import enroll
+        """Enrol the agents at once through enrolment's own batch (``mesh agents enroll-batch``)."""
+        from mesh.edge._enrolment import enroll_many
 
         settings = self._settings()
         began = time.monotonic()
-        creds = []
-        with EnrolmentStore(settings.store_path) as store:
-            for i in range(self.n):
-                r = enroll(
-                    f"sim-{i:05d}", site=SITES[i % len(SITES)], settings=settings, store=store
-                )
-                creds.append(AgentCredentials(r.agent_id, r.site, r.password, r.public_key))
+        agents = [(f"sim-{i:05d}", SITES[i % len(SITES)]) for i in range(self.n)]
+        creds = [
+            AgentCredentials(r.agent_id, r.site, r.password, r.public_key)
+            for r in enroll_many(agents, settings=settings)
+        ]
         self.timings["enroll_s"] = time.monotonic() - began
         return creds
 

@@ -66,7 +66,7 @@ def test_binary_hash_verifies_with_python() -> None:
 
 
 def test_binary_mode_without_the_tool_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mesh.edge._enrolment.shutil.which", lambda name: None)
+    monkeypatch.setattr("mesh.edge._passwords.shutil.which", lambda name: None)
     with pytest.raises(EnrolmentError, match="not installed"):
         hash_password("x", mode="binary")
     assert hash_password("x").startswith("$7$")  # auto falls back to Python

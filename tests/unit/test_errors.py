@@ -84,7 +84,7 @@ STATUSES: dict[str, int] = {
     "mesh.edge._records.EdgeConnectionError": 502,
     "mesh.edge._records.EdgeRequestTimeoutError": 504,
     "mesh.edge._records.EdgeInferenceError": 502,
-    "mesh.edge._enrolment.EnrolmentError": 500,
+    "mesh.edge._passwords.EnrolmentError": 500,
     "mesh.edge.broker._handle.BrokerStartError": 500,
     "mesh.cli._modules.ControlPlaneError": 500,
 }

@@ -92,6 +92,42 @@ def test_gauge_callback_is_read_at_render() -> None:
         registry.render()
 
 
+def test_per_scrape_reads_a_shared_source_once_a_render() -> None:
+    registry = MetricsRegistry()
+    source = {"agents": ["a-1", "a-2"]}
+    reads: list[int] = []
+
+    class Edge:
+        def agents(self) -> list[str]:
+            reads.append(1)
+            return list(source["agents"])
+
+    edge = Edge()
+    # Two places ask for the same bound method: they share one read.
+    count, first = registry.per_scrape(edge.agents), registry.per_scrape(edge.agents)
+    registry.gauge_callback("n_agents", "Agents.", (), lambda: [((), len(count()))])
+    registry.gauge_callback("first_agent", "First.", ("agent",), lambda: [((first()[0],), 1.0)])
+    text = registry.render()
+    assert sample(text, "n_agents") == 2 and sample(text, "first_agent", agent="a-1") == 1
+    assert len(reads) == 1
+    source["agents"] = ["a-3"]  # the next scrape reads again
+    text = registry.render()
+    assert sample(text, "n_agents") == 1 and sample(text, "first_agent", agent="a-3") == 1
+    assert len(reads) == 2
+    assert count() == ["a-3"] and count() == ["a-3"] and len(reads) == 4  # outside: afresh
+
+
+def test_a_failed_render_keeps_nothing_after_it() -> None:
+    registry = MetricsRegistry()
+    values = iter([[((), 1.0)], [((), 2.0)]])
+    shared = registry.per_scrape(lambda: next(values))
+    registry.gauge_callback("read_once", "R.", (), shared)
+    registry.gauge_callback("bad", "B.", ("a",), lambda: [((), 1.0)])
+    with pytest.raises(ValueError, match="bad takes labels"):
+        registry.render()
+    assert shared() == [((), 2.0)]  # outside a render: read afresh, not the failed one's
+
+
 def test_quantile_estimates_and_windows() -> None:
     registry = MetricsRegistry()
     h = registry.histogram("q", "Q.", ("module",), buckets=(0.001, 0.002, 0.004, 0.008))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any, cast
 
 from mesh.core._metrics import MetricsRegistry
 from mesh.runtime._state_gauges import expose_state
+from mesh.serving._gateway import Gateway
+from mesh.serving._routes import RouteTable
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,27 @@ def test_without_agents_no_agent_gauge_is_registered() -> None:
     assert "mesh_edge_agent_up" not in metrics.render()
     assert "mesh_placement_round_seconds" not in metrics.render()
     assert "# TYPE mesh_migrations gauge" in metrics.render()
+
+
+def test_one_scrape_walks_the_agents_once() -> None:
+    class CountingEdge(_Edge):
+        def __init__(self) -> None:
+            super().__init__()
+            self.walks = 0
+
+        def agents(self) -> list[_Agent]:
+            self.walks += 1
+            return self.known
+
+    metrics, edge = MetricsRegistry(), CountingEdge()
+    expose_state(metrics, routes=list, migrations=dict, restores=dict, edge=edge)
+    # The gateway's mesh_edge_agents reads the same source on the same registry.
+    gateway = Gateway(RouteTable(), edge=cast(Any, edge), metrics=metrics)
+    text = metrics.render()
+    asyncio.run(gateway.close())
+    assert 'mesh_edge_agent_up{agent="a-1"} 1.0' in text
+    assert 'mesh_edge_agents{state="online"} 1.0' in text
+    assert 'mesh_edge_agent_offline{agent="a-2"} 1.0' in text
+    assert edge.walks == 1
+    metrics.render()
+    assert edge.walks == 2
