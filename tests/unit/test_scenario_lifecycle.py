@@ -195,12 +195,12 @@ def test_a_topic_trigger_fires_on_its_message_with_the_message(tmp_path: Path) -
         assert list(handlers) == ["lifecycle/drift/counter"]
         event = {"module": "counter", "site": "A0", "score": 4.2}
         handlers["lifecycle/drift/counter"]("lifecycle/drift/counter", json.dumps(event).encode())
-        now[0] = 45.0  # past the 40 s debounce, in simulated seconds
+        now[0] = 95.0  # past the 90 s debounce, in simulated seconds
         assert starter.event.wait(10)
     finally:
         lines = triggers.stop()
     [(name, kwargs)] = starter.fired
-    assert name == "retrain_counter" and kwargs["epochs"] == 6
+    assert name == "retrain_counter" and kwargs["epochs"] == 10
     assert kwargs["message"]["payload"] == event
     assert unsubscribed == ["lifecycle/drift/counter"]
     assert lines[0].startswith("trigger retrain (") and "1 run(s)" in lines[0]
