@@ -49,6 +49,8 @@ def test_drifted_cameras_are_detected_retrained_and_judged(
     assert drift["sites"] == ["A0", "B1"] and drift["at_s"] >= 120
     # The changed cameras misread: the error there grew, beyond the other sites'.
     assert drift["after"] > 2 * drift["before"], drift
+    # ...while the counter that served before counts what they would have shown well.
+    assert drift["undrifted"] is not None and drift["undrifted"] < drift["after"] / 2, drift
     assert summary["truth_labels"] > 0
     life = summary["lifecycle"]
     assert life["detect_s"] is not None and life["detect_s"] > drift["at_s"], life

@@ -158,3 +158,55 @@ def test_the_report_gets_the_error_chart_and_the_drift_figures() -> None:
     assert parts["summary"]["count_error_drift"]["after"] == 6.0
     assert "data-chart" in parts["html"] and "drift A0" in parts["html"]
     assert "count error 1.00 -> 6.00" in parts["headline"][-1]
+
+
+def test_a_reference_counter_scores_what_a_drifted_camera_would_have_shown() -> None:
+    relay = _camera()
+    seen: list[np.ndarray[Any, Any]] = []
+
+    def reference(batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        seen.append(batch.copy())
+        # counts every approach as 1 vehicle off the truth (2): error 1 per approach
+        return np.full((len(batch), 4), 3.0, np.float32)
+
+    clean, _ = relay.render(_observation())
+    relay.set_reference(reference)
+    relay.render(_observation("A1"))  # not drifted: nothing to score
+    assert seen == [] and relay.undrifted_series.series() == {}
+    relay.set_drift("A0", CameraDrift(noise_std=0.0))
+    drifted, _ = relay.render(_observation())
+    [batch] = seen
+    assert np.array_equal(batch[:-1], clean[:-1])  # the frame without the change
+    assert not np.array_equal(drifted[:-1], clean[:-1])
+    assert relay.undrifted_series.series() == {"A0": [(15.0, 1.0)]}
+
+
+def test_a_failing_reference_is_dropped_and_the_frames_go_on() -> None:
+    relay = _camera()
+    calls = 0
+
+    def broken(batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("no session")
+
+    relay.set_reference(broken)
+    relay.set_drift("A0", CameraDrift(noise_std=0.0))
+    relay.render(_observation())
+    frames, _ = relay.render(_observation())
+    assert calls == 1 and frames.shape[0] == 3
+    assert relay.undrifted_series.series() == {}
+
+
+def test_the_drift_figures_take_the_undrifted_level_beside_the_after() -> None:
+    series, undrifted = ErrorSeries(bucket_s=10), ErrorSeries(bucket_s=10)
+    series.add("A0", 5, 1.0)
+    series.add("A0", 25, 2.2)
+    undrifted.add("A0", 25, 2.0)
+    figures = drift_summary(series, [(20.0, "A0", 1.0)], undrifted)
+    assert figures is not None and figures["undrifted"] == 2.0
+    section = ReportSection(title="Traffic")
+    report = ScenarioReport(name="drift", sim_seconds=30.0)
+    parts = error_over_time_parts(series, [(20.0, "A0", 1.0)], report, section, undrifted=undrifted)
+    assert parts["summary"]["count_error_undrifted_over_time"] == {"A0": [[25.0, 2.0]]}
+    assert "without the change 2.00" in parts["headline"][-1]

@@ -11,7 +11,12 @@ signals; with the exact counts of the frame the event answers
 (:meth:`CameraRelay.expect`) it scores the counter (:attr:`CameraRelay.count_error`,
 and per site over simulated time: :attr:`CameraRelay.error_series`). A junction
 whose camera changed (:meth:`CameraRelay.set_drift`, the scenario's ``drift``
-fault) renders through :func:`~functions.traffic.camera_drift.drift_frames`.
+fault) renders through :func:`~functions.traffic.camera_drift.drift_frames`;
+given the counter that served before the change (:meth:`CameraRelay.set_reference`),
+the relay also counts what that camera would have shown without it, and scores
+those counts in :attr:`CameraRelay.undrifted_series`: the error the sites would
+have had over the same seconds had nothing drifted, the level a retrained
+counter is judged against (traffic grows over a run, and so does the error).
 """
 
 from __future__ import annotations
@@ -137,6 +142,10 @@ class CameraRelay:
         #: The same error per site over simulated time (the report's chart).
         self.error_series = ErrorSeries()
         self._drift: dict[str, CameraDrift] = {}
+        #: The drifted sites' error had their cameras not changed (see :meth:`set_reference`).
+        self.undrifted_series = ErrorSeries()
+        self._reference: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None = None
+        self._previous_clean: dict[str, np.ndarray[Any, Any]] = {}
 
     def set_drift(self, junction: str, drift: CameraDrift | None) -> None:
         """From the next frame, ``junction``'s camera sees through ``drift`` (None: as before)."""
@@ -144,6 +153,20 @@ class CameraRelay:
             self._drift.pop(junction, None)
         else:
             self._drift[junction] = drift
+
+    def set_reference(
+        self, counter: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None
+    ) -> None:
+        """Count each drifted camera's frames as they would have been without the change.
+
+        ``counter`` maps a junction's frame batch ``[rows, 4, lanes, cells]`` to
+        its counts ``[rows, 4]`` (the first row: the whole approaches); the
+        counter that served before the drift is the fair reference. Each
+        frame of a drifted junction is also rendered without its change and
+        counted so; the error against the exact counts goes to
+        :attr:`undrifted_series`. None: no reference (the default).
+        """
+        self._reference = counter
 
     def drifted(self) -> dict[str, CameraDrift]:
         """The junctions whose camera changed, and how."""
@@ -169,9 +192,13 @@ class CameraRelay:
             obs.approaches, self._impairments, self._rng, segments_m=self._segments_m
         )
         drift = self._drift.get(obs.junction)
+        clean = frames
         if drift is not None:
             visible = self._visible_cells(frames.shape[0], frames.shape[-1])
             frames = drift_frames(frames, drift, self._rng, visible_cells=visible)
+            if self._reference is not None:
+                self._score_undrifted(obs, clean)
+        self._previous_clean[obs.junction] = clean[0]
         still = still_frame(frames[0], self._previous.get(obs.junction))
         self._previous[obs.junction] = frames[0]
         self._frame_info[obs.junction] = {
@@ -184,6 +211,25 @@ class CameraRelay:
             },
         }
         return np.concatenate([frames, still[None]]), obs.counts
+
+    def _score_undrifted(self, obs: Any, clean: np.ndarray[Any, Any]) -> None:
+        """The reference counter on the frame the camera would have shown: its error."""
+        from functions.traffic.signals import still_frame
+
+        assert self._reference is not None
+        still = still_frame(clean[0], self._previous_clean.get(obs.junction))
+        batch = np.concatenate([clean, still[None]]).astype(np.float32, copy=False)
+        try:
+            counted = np.asarray(self._reference(batch), dtype=np.float64).reshape(len(batch), -1)
+        except Exception as exc:  # the reference is only a figure: never stop the frames
+            logger.warning("the undrifted reference counter failed, dropped: %s", exc)
+            self._reference = None
+            return
+        truth = np.asarray(obs.counts, dtype=np.float64)
+        if counted.shape[1] != len(truth):
+            return
+        mae = float(np.abs(counted[0] - truth).mean())
+        self.undrifted_series.add(obs.junction, float(obs.time_s), mae)
 
     def expect(self, junction: str, source_ts: float, counts: Sequence[int]) -> None:
         """A frame of ``junction`` stamped ``source_ts`` went out; ``counts`` are its truth.

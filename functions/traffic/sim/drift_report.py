@@ -6,7 +6,11 @@ drifted sites' lines solid, the others dashed) with a mark where each camera
 changed, and to the summary ``count_error_over_time`` (site -> ``[[t, mae],
 ...]``) and ``count_error_drift``: the drifted sites' error before their
 camera changed and after, beside the other sites' after (what a lifecycle
-bench compares).
+bench compares). With the relay's undrifted reference
+(:meth:`~functions.traffic.sim.camera.CameraRelay.set_reference`), the summary
+also has ``count_error_undrifted_over_time``: the drifted sites' error had their
+cameras not changed, over the same seconds, and ``count_error_drift`` its mean
+since the change (``undrifted``).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ __all__ = ["drift_summary", "error_over_time_parts"]
 
 
 def drift_summary(
-    series: ErrorSeries, marks: Sequence[tuple[float, str, float]]
+    series: ErrorSeries,
+    marks: Sequence[tuple[float, str, float]],
+    undrifted: ErrorSeries | None = None,
 ) -> dict[str, Any] | None:
     """The drifted sites' error before and after their change, and the others' after.
 
     ``marks`` are ``(simulated second, site, severity)`` of each change (severity 0:
-    restored). None when no camera drifted.
+    restored); ``undrifted``: the drifted sites' error without the change (its
+    mean since the change is ``undrifted``). None when no camera drifted.
 
     Example:
         >>> s = ErrorSeries(bucket_s=10)
@@ -41,13 +48,16 @@ def drift_summary(
     at_s = min(t for t, _ in changed)
     sites = sorted({site for _, site in changed})
     others = sorted(set(series.series()) - set(sites))
-    return {
+    figures: dict[str, Any] = {
         "sites": sites,
         "at_s": round(at_s, 1),
         "before": series.mean(sites=sites, until_s=at_s),
         "after": series.mean(sites=sites, since_s=at_s),
         "others_after": series.mean(sites=others, since_s=at_s) if others else None,
     }
+    if undrifted is not None:
+        figures["undrifted"] = undrifted.mean(sites=sites, since_s=at_s)
+    return figures
 
 
 def error_over_time_parts(
@@ -56,11 +66,13 @@ def error_over_time_parts(
     report: ScenarioReport,
     section: ReportSection,
     truth: Any = None,
+    undrifted: ErrorSeries | None = None,
 ) -> dict[str, Any]:
     """The section's fields with the error chart and figures added (for ``dataclasses.replace``).
 
     ``truth`` is the run's :class:`~functions.traffic.sim.truth.TruthFeed`, if any
-    (its count of labels published goes into the summary).
+    (its count of labels published goes into the summary); ``undrifted`` the
+    relay's :attr:`~functions.traffic.sim.camera.CameraRelay.undrifted_series`.
     """
     from mesh.scenario._report_html import fault_bands, html_chart
 
@@ -71,9 +83,14 @@ def error_over_time_parts(
     }
     if truth is not None:
         summary["truth_labels"] = truth.published
+    reference = undrifted.series() if undrifted is not None else {}
+    if reference:
+        summary["count_error_undrifted_over_time"] = {
+            s: [[t, e] for t, e in pts] for s, pts in reference.items()
+        }
     drifted = {site for _, site, severity in marks if severity > 0}
     headline = section.headline
-    figures = drift_summary(series, marks)
+    figures = drift_summary(series, marks, undrifted if reference else None)
     if figures is not None:
         summary["count_error_drift"] = figures
         before, after = figures["before"], figures["after"]
@@ -81,7 +98,12 @@ def error_over_time_parts(
             *headline,
             f"camera drift at {', '.join(figures['sites'])} from sim {figures['at_s']:g} s: "
             f"count error {_num(before)} -> {_num(after)} vehicles per approach "
-            f"(other sites {_num(figures['others_after'])})",
+            f"(other sites {_num(figures['others_after'])}"
+            + (
+                f"; without the change {_num(figures['undrifted'])})"
+                if figures.get("undrifted") is not None
+                else ")"
+            ),
         )
     if not by_site:
         return {"summary": summary, "headline": headline}

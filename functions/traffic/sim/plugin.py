@@ -177,6 +177,8 @@ class TrafficRun:
         self._relay: Any = None
         self._truth: Any = None
         self._drift_marks: list[tuple[float, str, float]] = []
+        #: The cameras' counter as it served at the start: (data dir, "model@version").
+        self._counter_at_start: tuple[Path, str] | None = None
 
     @property
     def time_s(self) -> float:
@@ -316,6 +318,9 @@ class TrafficRun:
             rng=np.random.default_rng([self.scenario.seed, 20]),
         )
         self._relay = relay
+        served = ctx.versions.get(module.name)
+        if served:
+            self._counter_at_start = (ctx.state_dir, served)
         ctx.stack.callback(ctx.on_event(relay.on_event))
         if cams.truth is not None:
             from functions.traffic.sim.truth import TruthFeed
@@ -399,6 +404,9 @@ class TrafficRun:
                 f"no camera at {site!r} (junctions: {', '.join(self._grid.junctions)})"
             )
         change = CameraDrift.at(severity)
+        if self._counter_at_start is not None and severity > 0:
+            where, self._counter_at_start = self._counter_at_start, None
+            self._relay.set_reference(_reference_counter(*where))
         self._relay.set_drift(site, change)
         self._drift_marks.append((self.time_s, site, severity))
 
@@ -475,6 +483,37 @@ class TrafficRun:
         return dataclasses.replace(
             section,
             **error_over_time_parts(
-                self._relay.error_series, self._drift_marks, report, section, self._truth
+                self._relay.error_series,
+                self._drift_marks,
+                report,
+                section,
+                self._truth,
+                self._relay.undrifted_series,
             ),
         )
+
+
+def _reference_counter(data_dir: Path, served: str) -> Any:
+    """The counter that served at the start (``model@version``), run locally; None if gone.
+
+    The camera relay counts the drifted cameras' frames as they would have been
+    without the change with it (the undrifted error the report compares with).
+    """
+    import onnxruntime as ort
+
+    from mesh import MeshSettings
+    from mesh.models import ModelRegistry
+
+    model, _, version = served.partition("@")
+    try:
+        registry = ModelRegistry.open(MeshSettings(data_dir=data_dir))
+        try:
+            _, path = registry.artifact_path(model, version or "production")
+        finally:
+            registry.close()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a figure of the report: the run goes on without it
+        logger.warning("no undrifted reference counter (%s): %s", served, exc)
+        return None
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
