@@ -452,6 +452,9 @@ def build_services(
     lifecycle.fresh_data = fresh_data
     canary.start()
     undo.append(("canary", canary.stop))
+    resumed = lifecycle.resume(controller.store.deployments())
+    if resumed:
+        logger.info("lifecycle tracking resumed after a restart: %s", resumed)
     # Only now, with every import of the start-up done on this thread: the restore
     # thread's first Ray call imports pydantic.v1 (Ray's serialization context) and
     # FastAPI's route building above imports it too; two threads importing that

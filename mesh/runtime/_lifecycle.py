@@ -6,12 +6,21 @@ the drift service (scores per site from the module's events, drift events) and
 the fresh-data service (the agents sample its inputs; its labels are kept); a
 canary policy goes to the canary service. A scenario run hands its modules
 over itself (:mod:`mesh.scenario._lifecycle`).
+
+The placement store keeps each deployed module's spec (drift check and canary
+policy with it); when the control plane starts again,
+:meth:`LifecycleTracking.resume` hands the recorded modules that declare
+either to the services once more, so the loop goes on across a restart (the
+canary service picks up a candidate still under trial by itself).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import ValidationError
 
 from mesh.sdk._specs import ModuleSpec
 
@@ -20,9 +29,22 @@ if TYPE_CHECKING:
     from mesh.runtime._drift import DriftService
     from mesh.runtime._fresh_data import FreshDataService
 
-__all__ = ["LifecycleTracking"]
+__all__ = ["LifecycleTracking", "RecordedModule"]
 
 logger = logging.getLogger(__name__)
+
+
+class RecordedModule(Protocol):
+    """A placement store's deployment record, as far as resuming reads it."""
+
+    @property
+    def module(self) -> str: ...
+
+    @property
+    def spec_json(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
 
 class LifecycleTracking:
@@ -60,3 +82,34 @@ class LifecycleTracking:
         if tracked:
             logger.info("module %s %s: tracked by %s", spec.name, version, ", ".join(tracked))
         return tracked
+
+    def resume(self, records: Iterable[RecordedModule]) -> dict[str, list[str]]:
+        """Track again the recorded modules that declare a drift check or a canary.
+
+        One module recorded several times (one record per site) is tracked
+        once. A record whose spec no longer parses is skipped with a warning
+        naming the module (the rest go on).
+
+        Returns:
+            module -> the services that track it again.
+        """
+        latest: dict[str, RecordedModule] = {}
+        for record in records:
+            latest[record.module] = record
+        resumed: dict[str, list[str]] = {}
+        for name, record in sorted(latest.items()):
+            try:
+                spec = ModuleSpec.model_validate_json(record.spec_json)
+            except ValidationError as exc:
+                logger.warning(
+                    "module %s: its recorded spec does not parse, not tracked: %s",
+                    name,
+                    exc.errors()[:1],
+                )
+                continue
+            if spec.drift is None and spec.canary is None:
+                continue
+            tracked = self.track(spec, record.version)
+            if tracked:
+                resumed[name] = tracked
+        return resumed
