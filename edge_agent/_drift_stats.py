@@ -1,7 +1,10 @@
-"""What a module computed, summarised per heartbeat for the control plane's drift check.
+"""What a module computed, summarised per window for the control plane's drift check.
 
-Each inference's mean input value and mean output value (one sample per row of
-the batch axis) go into running moments (Welford's count, mean and ``m2``);
+Shared by edge agents (one window per heartbeat, in ``ModuleStats.summary``) and
+cloud/fog replicas (one window per read of their ``GET /drift``,
+:mod:`mesh.serving.replica._drift`): both summarise the same way. Each
+inference's mean input value and mean output value (one sample per row of the
+batch axis) go into running moments (Welford's count, mean and ``m2``);
 :meth:`DriftStats.take` hands them over with the heartbeat and starts a new
 window. Constant memory whatever the traffic; samples that are not finite (a
 NaN output) are left out.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .protocol import Tensor
@@ -54,10 +57,9 @@ class Moments:
         return ValueMoments(count=self.count, mean=self.mean, m2=max(self.m2, 0.0))
 
 
-def _row_means(tensor: Tensor) -> Any:
-    """One mean per row of the batch axis (a rank-0 or rank-1 tensor is one row)."""
-    array = tensor.to_numpy()
-    if array.size == 0:
+def _row_means(array: Any) -> Any:
+    """One mean per row of the batch axis (a rank-0 or rank-1 array is one row)."""
+    if array is None or array.size == 0 or array.dtype == bool:
         return None
     rows = array.reshape(array.shape[0], -1) if array.ndim >= 2 else array.reshape(1, -1)
     means = rows.mean(axis=1, dtype="float64")
@@ -98,9 +100,30 @@ class DriftStats:
         Never raises: a summary must not fail the inference it describes.
         """
         try:
-            taken_in = _row_means(inputs[0]) if inputs and inputs[0].dtype != "bool" else None
-            taken_out = [(t.name, _row_means(t)) for t in outputs if t.dtype != "bool"]
+            first = inputs[0].to_numpy() if inputs and inputs[0].dtype != "bool" else None
+            arrays = {t.name: t.to_numpy() for t in outputs if t.dtype != "bool"}
         except Exception:  # e.g. a tensor whose data does not match its shape
+            return
+        self.observe_arrays(version, first, arrays)
+
+    def observe_arrays(
+        self, version: str | None, first_input: Any, outputs: Mapping[str, Any]
+    ) -> None:
+        """:meth:`observe` for numpy arrays: the first input's, and each output by name.
+
+        Boolean arrays are left out (a mask has no mean worth comparing). Never raises.
+
+        Example:
+            >>> import numpy as np
+            >>> stats = DriftStats()
+            >>> stats.observe_arrays("v1", np.ones((2, 3)), {"y": np.zeros((2, 1))})
+            >>> stats.take().inputs.count
+            2
+        """
+        try:
+            taken_in = _row_means(first_input)
+            taken_out = [(name, _row_means(a)) for name, a in outputs.items()]
+        except Exception:  # e.g. an object array
             return
         with self._lock:
             if version != self._version:  # a swap: the window is the new version's

@@ -199,6 +199,7 @@ class DesiredStateReconciler:
             and server is not None
             and server.current is not None
         ):
+            server.drift_stats = spec.drift_stats
             self._errors.pop(name, None)
             return
         try:
@@ -265,6 +266,7 @@ class DesiredStateReconciler:
                     max_batch_bytes=self.memory_budget.limit_bytes // 4,
                 )
                 self._servers[spec.name] = server
+            server.drift_stats = spec.drift_stats
             server.swap(model)
             self._installed[spec.name] = inst
             self._specs.setdefault(spec.name, spec)

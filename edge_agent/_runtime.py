@@ -413,6 +413,7 @@ class ModuleServer:
         self._current: LoadedModel | None = None
         self._stats = _Stats()
         self._drift = DriftStats()  # each inference's mean input and output, per heartbeat
+        self.drift_stats = False  # summarise inferences: the desired state's drift_stats
         self._threads = [
             threading.Thread(target=self._work, name=f"module-{name}-{i}", daemon=True)
             for i in range(workers)
@@ -588,7 +589,7 @@ class ModuleServer:
             self._stats.errors += 1
         else:
             self._stats.latencies.append(queue_ms + compute_ms)
-            if outputs:
+            if outputs and self.drift_stats:
                 self._drift.observe(model.version if model else None, job.tensors, outputs)
         try:
             job.done(

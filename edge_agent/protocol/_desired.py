@@ -143,6 +143,11 @@ class ModuleSpec(BaseModel):
     sampling: SamplingPolicy | None = Field(
         None, description="Upload pipeline inputs for retraining (None: do not)."
     )
+    drift_stats: bool = Field(
+        False,
+        description="Summarise each inference's inputs and outputs in the heartbeat "
+        "(the control plane's drift check on them asks for it; ~20 us an inference).",
+    )
 
     @field_validator("name")
     @classmethod

@@ -10,7 +10,9 @@ verifies and loads it; a failure comes back in the observed state and is raised.
 This installer keeps each agent's modules and publishes them all in each
 desired state (pipelines are not touched here). :meth:`EdgeInstaller.set_sampling`
 sets a module's sampling policy (its agents upload pipeline inputs for retraining)
-on every entry of it, those published from then on included.
+on every entry of it, those published from then on included;
+:meth:`EdgeInstaller.set_drift_stats` likewise turns on the per-inference drift
+summaries of the modules the drift service tracks (off for the rest).
 
 :meth:`EdgeInstaller.set_route` switches where an agent's pipelines run a
 module (make-before-break, DESIGN section 6): the same modules are published
@@ -120,6 +122,7 @@ class EdgeInstaller:
         # (agent, module) -> the replica holding its source, and the source.
         self._remote: dict[tuple[str, str], tuple[str, PipelineSource]] = {}
         self._sampling: dict[str, SamplingPolicy] = {}
+        self._drift_stats: set[str] = set()  # modules whose agents summarise inferences
 
     @property
     def handover(self) -> SourceHandover:
@@ -195,7 +198,12 @@ class EdgeInstaller:
                 route=previous.route if previous is not None else None,
                 **self._options,
             )
-            modules[module] = entry.model_copy(update={"sampling": self._sampling.get(module)})
+            modules[module] = entry.model_copy(
+                update={
+                    "sampling": self._sampling.get(module),
+                    "drift_stats": module in self._drift_stats,
+                }
+            )
             version, observed = self._publish_and_wait(
                 agent_id, modules, timeout_s, f"{module} {artifact.version}"
             )
@@ -295,6 +303,7 @@ class EdgeInstaller:
                         version=version or REMOTE_VERSION,
                         route=route,
                         sampling=self._sampling.get(module),
+                        drift_stats=module in self._drift_stats,
                     )
             except ValueError as exc:  # pydantic's ValidationError, with the field at fault
                 raise DeployError(
@@ -384,6 +393,45 @@ class EdgeInstaller:
         logger.info(
             "sampling of %s %s on %d agent(s)", module, "set" if policy else "off", len(published)
         )
+        return published
+
+    def set_drift_stats(self, module: str, on: bool) -> list[str]:
+        """Have every agent holding ``module`` summarise its inferences for drift (or stop).
+
+        What the drift service asks for the modules whose check reads inputs or
+        outputs (a summary costs an inference ~20 us, so the rest skip it). As
+        :meth:`set_sampling`: a newer desired state for each agent whose entry
+        changes (nothing reloads), installs and routes from now on carry it, and
+        nothing waits for the agents.
+
+        Returns:
+            The agents whose desired state was published, sorted.
+        """
+        with self._lock:
+            if on:
+                self._drift_stats.add(module)
+            else:
+                self._drift_stats.discard(module)
+            holders = sorted(a for a, held in self._modules.items() if module in held)
+        published = []
+        for agent_id in holders:
+            with self._agent_lock(agent_id):  # desired states go out in version order
+                with self._lock:
+                    modules = dict(self._modules.get(agent_id, {}))
+                    entry = modules.get(module)
+                    if entry is None or entry.drift_stats == on:
+                        continue
+                    modules[module] = entry.model_copy(update={"drift_stats": on})
+                    version = self._next_version(agent_id)
+                    self._modules[agent_id] = modules
+                modules_list = list(modules.values())
+                desired = DesiredState(agent=agent_id, version=version, modules=modules_list)
+                try:
+                    self._edge.publish_desired(agent_id, desired)
+                except EdgeBusError as exc:  # retained and queued: it goes out on reconnecting
+                    logger.warning("agent %s: drift summaries of %s: %s", agent_id, module, exc)
+            published.append(agent_id)
+        logger.info("drift summaries of %s %s on %d agent(s)", module, on, len(published))
         return published
 
     def _hand_over(

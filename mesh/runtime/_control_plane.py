@@ -382,8 +382,11 @@ def build_services(
     )
     from mesh.runtime._drift import DriftService, expose_drift
 
-    drift = DriftService(edge, registry).start()
+    drift = DriftService(edge, registry, installer=installer).start()
     undo.append(("drift detection", drift.stop))
+    from mesh.runtime._replica_drift import ReplicaDriftFeed
+
+    undo.append(("replicas' drift", ReplicaDriftFeed(manager.routes, drift).start().stop))
     expose_drift(metrics, drift)
     from mesh.runtime._canary import CanaryService
 

@@ -10,7 +10,13 @@
   the fresh-data service's labels), joined in
   :class:`~mesh.control._live_error.LiveErrors`;
 - ``outputs`` / ``inputs``: the agents' heartbeats, whose ``ModuleStats.summary``
-  holds each inference's mean output and input since the last one.
+  holds each inference's mean output and input since the last one, and the
+  cloud/fog replicas' windows, which
+  :class:`~mesh.runtime._replica_drift.ReplicaDriftFeed` reads and hands to
+  :meth:`~DriftService.add_summary` under the replicas' tier. Summaries cost an
+  inference ~20 us: given an ``installer``, tracking turns agents' on
+  (``EdgeInstaller.set_drift_stats``) and untracking off; a replica summarises
+  while the feed reads it.
 
 About once a second (thread ``mesh-drift``) each site's score is computed
 against the reference of the version serving there (the registry's
@@ -35,9 +41,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from edge_agent.protocol import Event, Heartbeat, ProtocolError, parse_json
+from edge_agent.protocol._reports import DriftSummary
 from mesh.control._drift import (
     DriftLatch,
     DriftReference,
@@ -51,72 +58,12 @@ from mesh.control._live_error import LiveErrors, parse_label
 from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
+from mesh.runtime._drift_seams import DriftBus, DriftStatsSwitch, VersionSource
 from mesh.sdk._specs import Drift, ModuleSpec, drift_topic
 
-__all__ = ["DriftBus", "DriftService", "VersionSource", "expose_drift"]
+__all__ = ["DriftBus", "DriftService", "DriftStatsSwitch", "VersionSource", "expose_drift"]
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[str, bytes], None]
-
-
-class DriftBus(Protocol):
-    """What the service needs of the edge bus (:class:`~mesh.edge._bus.EdgeBus`)."""
-
-    prefix: str
-
-    def subscribe(
-        self, pattern: str, handler: Handler, *, timeout_s: float = 5.0
-    ) -> Callable[[], None]:
-        """Call ``handler(topic, payload)`` for each message on ``pattern``."""
-        ...
-
-    def on_event(self, handler: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``handler(event)`` once per distinct event under the prefix."""
-        ...
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        timeout_s: float | None = None,
-    ) -> None:
-        """Publish ``payload`` on ``topic``."""
-        ...
-
-
-class _Metric(Protocol):
-    @property
-    def value(self) -> float: ...
-    @property
-    def mode(self) -> str: ...
-
-
-class _Lineage(Protocol):
-    @property
-    def extra(self) -> Mapping[str, Any]: ...
-
-
-class _Version(Protocol):
-    @property
-    def version(self) -> str: ...
-    @property
-    def metric(self) -> _Metric | None: ...
-    @property
-    def lineage(self) -> _Lineage: ...
-    @property
-    def stage(self) -> str: ...
-
-
-class VersionSource(Protocol):
-    """Where references come from (:class:`~mesh.models._registry.ModelRegistry`)."""
-
-    def get(self, name: str, ref: str = ...) -> _Version:
-        """The version ``ref`` (``v3``, ``production``) of model ``name``."""
-        ...
 
 
 @dataclass
@@ -143,6 +90,8 @@ class DriftService:
         topic_prefix: what label topics and drift topics are under (default:
             nothing, the topics as declared, where triggers and the fresh-data
             service read them).
+        installer: tells agents which modules to summarise (their desired
+            state's ``drift_stats``); None: agents are told by someone else.
 
     Example:
         >>> drift = DriftService(edge, registry).start()  # doctest: +SKIP
@@ -160,9 +109,11 @@ class DriftService:
         clock: Callable[[], float] = time.time,
         period_s: float = 1.0,
         topic_prefix: str | None = None,
+        installer: DriftStatsSwitch | None = None,
     ) -> None:
         """Nothing tracked yet; :meth:`start` starts the evaluation thread."""
         self._bus = bus
+        self._installer = installer
         self._registry = registry
         self._clock = clock
         self._period_s = period_s
@@ -272,6 +223,7 @@ class DriftService:
             self._tracked[spec.name] = tracked
         for undo in old.undo if old is not None else ():
             undo()
+        self._summaries(spec.name, drift.statistic != "error")
         logger.info(
             "drift: tracking %s (%s, threshold %g over %g s) at %s",
             spec.name,
@@ -291,11 +243,26 @@ class DriftService:
         for undo in tracked.undo:
             undo()
         self._live.forget(module)
+        self._summaries(module, False)
+
+    def _summaries(self, module: str, on: bool) -> None:
+        """Turn agents' summaries of ``module`` on or off (each costs an inference ~20 us)."""
+        if self._installer is None:
+            return
+        try:
+            self._installer.set_drift_stats(module, on)
+        except Exception as exc:  # the agents keep what they had; tracking goes on
+            logger.warning("drift: %s: agents' summaries not turned %s: %s", module, on, exc)
 
     def tracked(self) -> list[str]:
         """The modules tracked, by name."""
         with self._lock:
             return sorted(self._tracked)
+
+    def summarised(self) -> list[str]:
+        """The modules tracked on ``inputs`` or ``outputs`` (those read from summaries)."""
+        with self._lock:
+            return sorted(m for m, t in self._tracked.items() if t.drift.statistic != "error")
 
     def _resolve(self, model: str, version: str) -> str:
         if version.startswith("v") and version[1:].isdigit():
@@ -375,26 +342,34 @@ class DriftService:
             beat = parse_json(payload, Heartbeat)
         except ProtocolError:
             return  # the registry logged it
+        for name, stats in beat.modules.items():
+            tracked = self._tracked.get(name)
+            site = beat.site or (tracked.sites.get(beat.agent) if tracked else None)
+            if stats.summary is not None and site is not None:
+                self.add_summary(name, site, stats.summary)
+
+    def add_summary(self, module: str, site: str, summary: DriftSummary) -> None:
+        """Fold one window of ``module``'s inputs and outputs at ``site`` in.
+
+        Agents' heartbeats come in here, and replicas' windows through
+        :class:`~mesh.runtime._replica_drift.ReplicaDriftFeed`; a module not
+        tracked, or tracked on ``error``, ignores them.
+        """
         now = self._clock()
         with self._lock:
-            for name, stats in beat.modules.items():
-                tracked = self._tracked.get(name)
-                summary = stats.summary
-                if tracked is None or summary is None or tracked.drift.statistic == "error":
-                    continue
-                site = beat.site or tracked.sites.get(beat.agent)
-                if site is None:
-                    continue
-                window = tracked.windows.setdefault(site, MomentWindow())
-                window.add(
-                    now,
-                    summary.version,
-                    Moments(summary.inputs.count, summary.inputs.mean, summary.inputs.m2),
-                    {k: Moments(m.count, m.mean, m.m2) for k, m in summary.outputs.items()},
-                )
-                window.prune(now - 2 * tracked.drift.window_s)
-                if summary.version is not None:
-                    tracked.serving[site] = summary.version
+            tracked = self._tracked.get(module)
+            if tracked is None or tracked.drift.statistic == "error":
+                return
+            window = tracked.windows.setdefault(site, MomentWindow())
+            window.add(
+                now,
+                summary.version,
+                Moments(summary.inputs.count, summary.inputs.mean, summary.inputs.m2),
+                {k: Moments(m.count, m.mean, m.m2) for k, m in summary.outputs.items()},
+            )
+            window.prune(now - 2 * tracked.drift.window_s)
+            if summary.version is not None:
+                tracked.serving[site] = summary.version
 
     # ---------------------------------------------------------------- scores
 

@@ -162,9 +162,9 @@ def test_a_real_agents_heartbeat_summaries_score_output_drift(
             drift=Drift(statistic="outputs", threshold=3.0, window_s=30, min_samples=20),
         )
         service.track(spec, version=version, event_topics=[], sites={AGENT: SITE})
-        edge.publish_desired(
-            AGENT, m.desired(1, m.module(version, model), _replay_file(m.tmp / "frames.bin"))
-        )
+        # drift_stats: what EdgeInstaller.set_drift_stats sets for a tracked module
+        module = m.module(version, model).model_copy(update={"drift_stats": True})
+        edge.publish_desired(AGENT, m.desired(1, module, _replay_file(m.tmp / "frames.bin")))
         assert observer.wait_for(lambda: len(observer.messages) >= 1, 60), agent.log()[-3000:]
         body = json.loads(observer.messages[0][1])
         assert body["site"] == SITE and body["version"] == version

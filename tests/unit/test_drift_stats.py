@@ -57,6 +57,7 @@ def test_old_heartbeats_stay_valid() -> None:
 
 def test_module_server_reports_its_summary_with_its_stats(tmp_path: Path) -> None:
     server = ModuleServer("tiny")
+    server.drift_stats = True  # the desired state asks for summaries
     done = threading.Event()
     results: list[JobResult] = []
 

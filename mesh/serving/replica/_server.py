@@ -20,10 +20,11 @@ through Ray per request.
   (:mod:`mesh.serving._replica_keys`; liveness and readiness are open):
   ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON and binary
   tensors; 400 naming the expected signature), health, metadata,
-  ``GET /stats`` (in-flight requests, their time average, counts, latency) and
-  ``GET /metrics``. Health is answered on the event loop while the model runs
-  on its thread, so a slow model does not fail health checks. Every error is
-  raised and answered in one place, with the status and the one JSON body of
+  ``GET /stats`` (in-flight requests, their time average, counts, latency),
+  ``GET /drift`` (:mod:`mesh.serving.replica._drift`) and ``GET /metrics``.
+  Health is answered on the event loop while the model runs on its thread, so
+  a slow model does not fail health checks. Every error is raised and answered
+  in one place, with the status and the one JSON body of
   :mod:`mesh.core._http_errors`. A body is capped by the model's signature
   (413 from ``Content-Length`` before reading, or while reading), must arrive
   within ``read_timeout_s`` (408), and a large one's memory is handed back
@@ -99,6 +100,7 @@ from mesh.serving._replica_keys import (
     ReplicaKeyCheck,
 )
 from mesh.serving.replica._batching import Batcher, Feeds
+from mesh.serving.replica._drift import ReplicaDrift
 from mesh.serving.replica._limits import (
     READ_TIMEOUT_S,
     MemoryRelease,
@@ -127,6 +129,7 @@ _AUTHORIZATION = b"authorization"
 _CONTENT_LENGTH = b"content-length"
 #: Refusals sent before the body was read close the connection (its rest is never read).
 _CLOSING = (AuthError, RequestTooLargeError, RequestTimeoutError)
+_SERVER_METADATA = {"name": "fogmesh-replica", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
 def choose_providers(available: Sequence[str], gpus: float) -> list[str]:
@@ -207,6 +210,8 @@ class ModelRunner:
         self.warm = False
         self.single_ms: float | None = None
         self.batch8_ms: float | None = None
+        #: Summarises each run for drift checks (set by :class:`ReplicaApp`).
+        self.drift: ReplicaDrift | None = None
 
     def feeds(self, batch: int = 1) -> Feeds:
         """Zero inputs of batch size ``batch`` (other symbolic sizes are 1)."""
@@ -222,7 +227,10 @@ class ModelRunner:
 
     def run(self, feeds: Feeds) -> Feeds:
         """Run the model once (blocking; releases the GIL while ONNX Runtime works)."""
-        return dict(zip(self._output_names, self._session.run(None, feeds), strict=True))
+        outputs = dict(zip(self._output_names, self._session.run(None, feeds), strict=True))
+        if self.drift is not None:
+            self.drift.observe(feeds, outputs)
+        return outputs
 
     def _best_ms(self, feeds: Feeds, runs: int) -> float:
         best = math.inf
@@ -307,6 +315,8 @@ class ReplicaApp:
         self.node_id = node_id
         self.replica_id = replica_id
         self.stats = ReplicaStats()
+        first = runner.signature.inputs[0].name if runner.signature.inputs else ""
+        self.drift = runner.drift = ReplicaDrift(version, first)
         self.draining = False
         self.max_queue = max_queue
         #: Other ways in (the MQTT responder): name -> its part of ``/stats``.
@@ -373,15 +383,9 @@ class ReplicaApp:
                 ok = path.endswith("live") or self.ready
                 await respond(send, 200 if ok else 503, b"")
             elif path == "/v2":
-                await respond_json(
-                    send,
-                    200,
-                    {
-                        "name": "fogmesh-replica",
-                        "version": "1",
-                        "extensions": ["binary_tensor_data"],
-                    },
-                )
+                await respond_json(send, 200, _SERVER_METADATA)
+            elif path == "/drift":  # one reader (the control plane's drift feed) takes windows
+                await respond_json(send, 200, {"summary": self.drift.take()})
             elif path == "/stats":
                 await respond_json(send, 200, {**self.describe(), **self.stats.window()})
             elif path == "/metrics":

@@ -1,0 +1,86 @@
+"""What the drift service needs of the rest: the edge bus, the registry, the agents' switch.
+
+Seams of :class:`~mesh.runtime._drift.DriftService` (fakes stand behind them in
+unit tests): the edge bus (:class:`~mesh.edge._bus.EdgeBus`), where each
+version's reference is read (:class:`~mesh.models._registry.ModelRegistry`),
+and what tells agents which modules to summarise
+(:class:`~mesh.edge._install.EdgeInstaller`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from edge_agent.protocol import Event
+
+__all__ = ["DriftBus", "DriftStatsSwitch", "Handler", "VersionSource"]
+
+Handler = Callable[[str, bytes], None]
+
+
+class DriftBus(Protocol):
+    """What the service needs of the edge bus (:class:`~mesh.edge._bus.EdgeBus`)."""
+
+    prefix: str
+
+    def subscribe(
+        self, pattern: str, handler: Handler, *, timeout_s: float = 5.0
+    ) -> Callable[[], None]:
+        """Call ``handler(topic, payload)`` for each message on ``pattern``."""
+        ...
+
+    def on_event(self, handler: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``handler(event)`` once per distinct event under the prefix."""
+        ...
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Publish ``payload`` on ``topic``."""
+        ...
+
+
+class _Metric(Protocol):
+    @property
+    def value(self) -> float: ...
+    @property
+    def mode(self) -> str: ...
+
+
+class _Lineage(Protocol):
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
+
+
+class _Version(Protocol):
+    @property
+    def version(self) -> str: ...
+    @property
+    def metric(self) -> _Metric | None: ...
+    @property
+    def lineage(self) -> _Lineage: ...
+    @property
+    def stage(self) -> str: ...
+
+
+class VersionSource(Protocol):
+    """Where references come from (:class:`~mesh.models._registry.ModelRegistry`)."""
+
+    def get(self, name: str, ref: str = ...) -> _Version:
+        """The version ``ref`` (``v3``, ``production``) of model ``name``."""
+        ...
+
+
+class DriftStatsSwitch(Protocol):
+    """What turns agents' drift summaries on and off (``EdgeInstaller.set_drift_stats``)."""
+
+    def set_drift_stats(self, module: str, on: bool) -> list[str]:
+        """Have every agent holding ``module`` summarise its inferences (or stop)."""
+        ...
