@@ -87,8 +87,9 @@ class LifecycleTracking:
         """Track again the recorded modules that declare a drift check or a canary.
 
         One module recorded several times (one record per site) is tracked
-        once. A record whose spec no longer parses is skipped with a warning
-        naming the module (the rest go on).
+        once. A record whose spec no longer parses, or that a service refuses
+        (e.g. its version is gone from the registry), is skipped with a warning
+        naming the module: the restart goes on and the module serves untracked.
 
         Returns:
             module -> the services that track it again.
@@ -109,7 +110,11 @@ class LifecycleTracking:
                 continue
             if spec.drift is None and spec.canary is None:
                 continue
-            tracked = self.track(spec, record.version)
+            try:
+                tracked = self.track(spec, record.version)
+            except Exception as exc:  # the restart goes on: the module serves untracked
+                logger.warning("module %s: not tracked again after the restart: %s", name, exc)
+                continue
             if tracked:
                 resumed[name] = tracked
         return resumed

@@ -82,7 +82,10 @@ def test_kill_9_then_mesh_up_serves_the_module_with_a_pre_crash_token(
     _ok(mesh_cli(env, "up"))
     _ok(mesh_cli(env, "models", "register", "vehicle-counter", str(model), "--code-version", "1"))
     _ok(mesh_cli(env, "models", "promote", "vehicle-counter", "v1"))
-    _ok(mesh_cli(env, "modules", "deploy", "vehicle-counter", "--tier", "fog", "--replicas", "1"))
+    # With a drift check and a canary: the lifecycle tracks it again after each restart.
+    lifecycle = ["--drift", '{"statistic": "outputs", "threshold": 3}', "--canary", "{}"]
+    _ok(mesh_cli(env, "modules", "deploy", "vehicle-counter", "--tier", "fog", "--replicas", "1",
+                 *lifecycle))  # fmt: skip
     token = _ok(mesh_cli(env, "tokens", "create", "x", "--scope", "invoke")).strip()
     pid, gateway_url = _daemon(data)
     np.testing.assert_allclose(_infer(gateway_url, token, x), expected, rtol=1e-4, atol=1e-5)
@@ -122,6 +125,8 @@ def test_kill_9_then_mesh_up_serves_the_module_with_a_pre_crash_token(
     assert len(list((data / "backups").glob("mesh-*.db"))) == 2
     log = (data / "cluster.log").read_text()
     assert "could not restore" not in log and "KeyError: 'pydantic.v1'" not in log
+    resumed = "lifecycle tracking resumed after a restart: {'vehicle-counter': ['drift', "
+    assert log.count(resumed) == 2, log[-3000:]
 
 
 def test_a_broker_port_taken_at_the_first_start_stays_the_broker_port_after_a_crash(

@@ -79,3 +79,21 @@ def test_no_service_no_tracking() -> None:
     qos = QoS(p95_latency_ms=25)
     record = _record(ModuleSpec(name="counter", model="vc", qos=qos, drift=DRIFT))
     assert LifecycleTracking().resume([record, record]) == {}
+
+
+def test_a_module_a_service_refuses_is_skipped_and_the_rest_resume(caplog: Any) -> None:
+    class Refusing(Service):
+        def track(self, spec: ModuleSpec, **options: Any) -> None:
+            if spec.name == "gone":
+                raise ValueError("no version v2 of 'gone'")
+            super().track(spec, **options)
+
+    qos = QoS(p95_latency_ms=25)
+    records = [
+        _record(ModuleSpec(name=name, model=name, qos=qos, drift=DRIFT)) for name in ("gone", "ok")
+    ]
+    lifecycle = LifecycleTracking()
+    drift = Refusing()
+    lifecycle.drift = drift  # type: ignore[assignment]
+    assert lifecycle.resume(records) == {"ok": ["drift"]}
+    assert "module gone: not tracked again after the restart: no version v2" in caplog.text
