@@ -36,6 +36,7 @@ __all__ = [
     "MomentWindow",
     "Moments",
     "ReferenceStats",
+    "drift_hold",
     "error_score",
     "moment_score",
 ]
@@ -330,8 +331,51 @@ class DriftLatch:
             return True
         return False
 
+    def release(self, site: str) -> None:
+        """Arm ``site`` again (a fire that was held back: it fires once the hold lifts)."""
+        self._fired.pop(site, None)
+
     def forget(self, keep: Iterable[str]) -> None:
         """Forget sites not in ``keep``."""
         wanted = set(keep)
         for site in [s for s in self._fired if s not in wanted]:
             del self._fired[site]
+
+
+def drift_hold(versions: Iterable[tuple[str, str]], max_rollbacks: int) -> str | None:
+    """Why a model's drift event must wait, from its versions' ``(version, stage)``; None: fire.
+
+    A candidate newer than production is under trial: its canary answers the
+    drift, and a retraining now would race it. Candidates newer than
+    production that were archived were rolled back (or failed to install):
+    after ``max_rollbacks`` of them, retraining stops until a version is
+    promoted. Without a production version nothing holds.
+
+    Example:
+        >>> drift_hold([("v1", "production"), ("v2", "candidate")], 2)
+        'candidate v2 is under trial: its canary answers this drift'
+        >>> drift_hold([("v1", "production"), ("v2", "archived"), ("v3", "archived")], 2)[:49]
+        '2 candidates after production v1 were rolled back'
+        >>> drift_hold([("v1", "archived"), ("v2", "production"), ("v3", "archived")], 2) is None
+        True
+    """
+    listed = [(_version_number(v), v, stage) for v, stage in versions]
+    production = max((n for n, _, stage in listed if stage == "production"), default=None)
+    if production is None:
+        return None
+    newer = sorted((n, v, stage) for n, v, stage in listed if n > production)
+    trial = [v for _, v, stage in newer if stage == "candidate"]
+    if trial:
+        return f"candidate {trial[-1]} is under trial: its canary answers this drift"
+    rolled_back = sum(1 for _, _, stage in newer if stage == "archived")
+    if rolled_back >= max_rollbacks:
+        return (
+            f"{rolled_back} candidates after production v{production} were rolled back "
+            f"(max_rollbacks {max_rollbacks}): no more drift events until a version is promoted"
+        )
+    return None
+
+
+def _version_number(version: str) -> int:
+    digits = version.removeprefix("v")
+    return int(digits) if digits.isdigit() else -1

@@ -382,7 +382,7 @@ def build_services(
     )
     from mesh.runtime._drift import DriftService, expose_drift
 
-    drift = DriftService(edge, registry, installer=installer).start()
+    drift = DriftService(edge, registry, installer=installer, candidates=registry).start()
     undo.append(("drift detection", drift.stop))
     from mesh.runtime._replica_drift import ReplicaDriftFeed
 

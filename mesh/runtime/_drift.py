@@ -51,6 +51,7 @@ from mesh.control._drift import (
     DriftScore,
     Moments,
     MomentWindow,
+    drift_hold,
     error_score,
     moment_score,
 )
@@ -58,7 +59,7 @@ from mesh.control._live_error import LiveErrors, parse_label
 from mesh.core._log_repeats import RepeatLog
 from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
-from mesh.runtime._drift_seams import DriftBus, DriftStatsSwitch, VersionSource
+from mesh.runtime._drift_seams import CandidateSource, DriftBus, DriftStatsSwitch, VersionSource
 from mesh.sdk._specs import Drift, ModuleSpec, drift_topic
 
 __all__ = ["DriftBus", "DriftService", "DriftStatsSwitch", "VersionSource", "expose_drift"]
@@ -110,9 +111,16 @@ class DriftService:
         period_s: float = 1.0,
         topic_prefix: str | None = None,
         installer: DriftStatsSwitch | None = None,
+        candidates: CandidateSource | None = None,
     ) -> None:
-        """Nothing tracked yet; :meth:`start` starts the evaluation thread."""
+        """Nothing tracked yet; :meth:`start` starts the evaluation thread.
+
+        ``candidates`` (the registry) holds drift events back while a candidate
+        is under trial or after ``Drift.max_rollbacks`` rollbacks
+        (:func:`~mesh.control._drift.drift_hold`); None: no hold.
+        """
         self._bus = bus
+        self._candidates = candidates
         self._installer = installer
         self._registry = registry
         self._clock = clock
@@ -445,6 +453,16 @@ class DriftService:
                     site,
                     version,
                 )
+            if fire and (hold := self._hold(t)) is not None:
+                fire = False
+                t.latch.release(site)  # armed: it fires once the hold lifts
+                self._quiet.warning(
+                    "drift: %s at %s: no drift event: %s",
+                    module,
+                    site,
+                    hold,
+                    key=f"{module}@{site}: {hold}",
+                )
             drifting = t.latch.drifting(site)
             out.append(
                 (
@@ -481,6 +499,16 @@ class DriftService:
         reference = DriftReference.from_version(found.lineage.extra, metric)
         self._references[(model, version)] = (now, reference, "")
         return reference, None
+
+    def _hold(self, t: _Tracked) -> str | None:
+        """Why ``t``'s drift event must wait (:func:`~mesh.control._drift.drift_hold`)."""
+        if self._candidates is None:
+            return None
+        try:
+            versions = self._candidates.versions(t.spec.model)
+        except Exception:  # an unknown model: nothing holds
+            return None
+        return drift_hold(((v.version, str(v.stage)) for v in versions), t.drift.max_rollbacks)
 
     def _on_trial(self, model: str, version: str) -> bool:
         """Whether ``version`` is a candidate while another version is in production."""

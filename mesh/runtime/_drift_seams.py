@@ -9,12 +9,12 @@ and what tells agents which modules to summarise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from edge_agent.protocol import Event
 
-__all__ = ["DriftBus", "DriftStatsSwitch", "Handler", "VersionSource"]
+__all__ = ["CandidateSource", "DriftBus", "DriftStatsSwitch", "Handler", "VersionSource"]
 
 Handler = Callable[[str, bytes], None]
 
@@ -75,6 +75,14 @@ class VersionSource(Protocol):
 
     def get(self, name: str, ref: str = ...) -> _Version:
         """The version ``ref`` (``v3``, ``production``) of model ``name``."""
+        ...
+
+
+class CandidateSource(Protocol):
+    """Every version of a model with its stage (:meth:`ModelRegistry.versions`)."""
+
+    def versions(self, name: str) -> Sequence[_Version]:
+        """The versions of ``name``, oldest first."""
         ...
 
 

@@ -297,7 +297,9 @@ class Drift(_Spec):
     mean absolute error against the labels that arrive on ``labels`` divided by
     the reference's (the validation error at registration). Drift is declared
     when a site's score reaches ``threshold`` over a window holding at least
-    ``min_samples``.
+    ``min_samples``. No event fires while a candidate of the model is under
+    trial (its canary answers the drift), nor after ``max_rollbacks``
+    candidates were rolled back since production was promoted.
     """
 
     statistic: DriftStatistic = Field(
@@ -314,6 +316,15 @@ class Drift(_Spec):
         ),
     )
     output: str | None = Field(None, description="The output tensor watched (default: the first).")
+    max_rollbacks: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Once this many candidates newer than production were rolled back, drift "
+            "events stop (the scores go on) until a version is promoted: retraining "
+            "is retried a bounded number of times, then left to a person."
+        ),
+    )
 
     @field_validator("labels")
     @classmethod

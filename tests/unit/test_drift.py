@@ -444,3 +444,49 @@ def test_no_reference_says_why() -> None:
     assert service.evaluate() == []
     (score,) = service.scores()
     assert score.score is None and score.reason is not None and "v9" in score.reason
+
+
+class Candidates:
+    """The registry's versions with their stages (the drift service's ``candidates``)."""
+
+    def __init__(self, stages: dict[str, str]) -> None:
+        self.stages = stages
+
+    def versions(self, name: str) -> list[Version]:
+        return [Version(v, None, Lineage({}), stage=s) for v, s in self.stages.items()]
+
+
+def test_drift_events_wait_for_a_trial_and_stop_after_max_rollbacks() -> None:
+    """Retraining is retried a bounded number of times: a person decides after that."""
+    bus, clock = FakeBus(), Clock()
+    registry = Registry({"v1": Version("v1", Metric(0.5), Lineage({}))})
+    candidates = Candidates({"v1": "production", "v2": "candidate"})
+    service = DriftService(bus, registry, clock=clock, candidates=candidates)
+    check = Drift(
+        statistic="error", threshold=2.0, min_samples=5, labels="traffic/{site}/truth",
+        max_rollbacks=2,
+    )  # fmt: skip
+    service.track(spec(check), version="production", event_topics=["mesh/v1/events/+/counts"])
+    feed(bus, clock, "j1", 1.5, 10)  # production v1 at j1 drifts (score 3)
+    assert service.evaluate() == []  # v2 is under trial: no event
+    assert [s.drifting for s in service.scores()] == [False]  # armed for when the hold lifts
+    candidates.stages["v2"] = "archived"  # v2 rolled back: one retry
+    assert [e["site"] for e in service.evaluate()] == ["j1"]
+    assert service.evaluate() == []  # once per drift, as ever
+    clock.now += 61  # the error back to normal re-arms the site; then it drifts again
+    feed(bus, clock, "j1", 0.1, 10)
+    assert service.evaluate() == []
+    clock.now += 61
+    feed(bus, clock, "j1", 1.5, 10)
+    candidates.stages["v3"] = "archived"  # the retry's candidate rolled back too: 2 of 2
+    assert service.evaluate() == []
+    assert len(bus.published) == 1
+    candidates.stages["v4"] = "production"  # a person promoted one: events again
+    candidates.stages["v1"] = "archived"
+    feed(bus, clock, "j1", 1.5, 10)
+    assert [e["site"] for e in service.evaluate()] == ["j1"]
+
+
+def test_the_drift_check_refuses_zero_rollbacks() -> None:
+    with pytest.raises(ValueError, match="max_rollbacks"):
+        Drift(statistic="outputs", threshold=2.0, max_rollbacks=0)
