@@ -22,6 +22,19 @@ own cache), and measures:
   heartbeat periods; bound 1.5 x keepalive), and until their last wills list
   them offline (``offline_will_s``: the broker's keepalive check).
 
+The rollout is split into phases from each agent's own timestamps
+(``rollout_publish_s``: every desired state handed to the bus;
+``rollout_delivered_s``: the last one reached its agent, Mosquitto's part;
+``rollout_installed_s``: the last install ended; ``rollout_install_p95_s``: one
+download, signature, sha256 and fsync). ``--broker-autosave each-second`` runs
+Mosquitto saving once a second instead of after every change (deploy's): after
+every change, each retained desired state rewrites the whole database, so a
+rollout costs O(N^2) in the broker.
+
+SIGTERM and SIGHUP end the run as Ctrl-C does: the mesh, Mosquitto and the
+agents are torn down (a ``kill -9`` of this process cannot be; its children are
+then listed in the data dir's ``cluster.json``).
+
 The machine's load average is recorded beside the figures (a shared machine).
 """
 
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -37,18 +51,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.fleet_mesh import FleetMesh
+from tests.support.chaos_mosquitto import AUTOSAVE
+from tests.support.fleet_mesh import EACH_SECOND, FleetMesh
+
+#: ``--broker-autosave``: Mosquitto's saving lines.
+AUTOSAVES = {"every-change": AUTOSAVE, "each-second": EACH_SECOND}
 
 
-def run(agents: int, *, keepalive_s: int, steady_s: float, kill_share: float) -> dict[str, object]:
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(other, signal.SIG_IGN)  # a second signal must not cut the teardown short
+    raise SystemExit(128 + signum)  # unwinds through run()'s finally: mesh.close()
+
+
+def run(
+    agents: int,
+    *,
+    keepalive_s: int,
+    steady_s: float,
+    kill_share: float,
+    autosave: str = "every-change",
+) -> dict[str, object]:
     """One row: start the mesh with ``agents`` agents, measure, tear down."""
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-        mesh = FleetMesh(Path(tmp), agents=agents, keepalive_s=keepalive_s)
+        mesh = FleetMesh(
+            Path(tmp), agents=agents, keepalive_s=keepalive_s, autosave=AUTOSAVES[autosave]
+        )
         try:
             mesh.start()
             time.sleep(5.0)  # let the first heartbeats and retained states settle
-            row: dict[str, object] = {"agents": agents, "keepalive_s": keepalive_s}
+            row: dict[str, object] = {
+                "agents": agents,
+                "keepalive_s": keepalive_s,
+                "broker_autosave": autosave,
+            }
             row.update(mesh.steady(steady_s))
+            row["loadavg_rollout"] = list(os.getloadavg())
             row["rollout_s"] = mesh.rollout("v2")
             took, victims = mesh.kill_and_detect(kill_share)
             at_cp, at_bus = mesh.detections["control_plane"], mesh.detections["bus"]
@@ -82,14 +120,23 @@ def main() -> None:
     parser.add_argument("--keepalive-s", type=int, default=10)
     parser.add_argument("--steady-s", type=float, default=30.0)
     parser.add_argument("--kill-share", type=float, default=0.05)
+    parser.add_argument(
+        "--broker-autosave",
+        choices=sorted(AUTOSAVES),
+        default="every-change",
+        help="Mosquitto's saving: after every change (deploy/mosquitto.conf) or once a second",
+    )
     args = parser.parse_args()
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     row = run(
         args.agents,
         keepalive_s=args.keepalive_s,
         steady_s=args.steady_s,
         kill_share=args.kill_share,
+        autosave=args.broker_autosave,
     )
     text = json.dumps(row, indent=2)
     print(text)

@@ -9,6 +9,10 @@ Routes (mount :func:`artifact_router` in the REST control plane, or serve
   (``?agent=ID&expires=UNIX&sig=HMAC``, see :meth:`UrlSigner.sign_url`) for
   downloaders that cannot set headers. 401 without or with a wrong credential
   (checked before the digest, so nothing leaks), 404 for an unknown digest.
+  The ETag is the sha256 (the content never changes): a request whose
+  ``If-None-Match`` names it (or ``*``) is answered 304 without the body
+  (:func:`etag_matches`), so a cache in front of the endpoint (a fog node's, an
+  HTTP proxy's) revalidates for a few hundred bytes instead of the file.
 
 Errors are raised (:class:`ArtifactAuthError`,
 :class:`~mesh.models._artifacts.ArtifactNotFoundError`) and answered by the
@@ -34,7 +38,7 @@ from urllib.parse import urlencode
 
 # FastAPI resolves the route signatures' (string) annotations in this module's globals.
 from fastapi import APIRouter, FastAPI, Header, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from edge_agent._files import atomic_write
 from edge_agent.protocol import ModuleSpec, Route
@@ -59,6 +63,7 @@ __all__ = [
     "UrlSigner",
     "artifact_router",
     "create_artifact_app",
+    "etag_matches",
     "serve_in_thread",
     "signed_module_spec",
 ]
@@ -185,6 +190,24 @@ def signed_module_spec(
     )
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110 13.1.2).
+
+    ``etag`` is the quoted tag (``'"<sha256>"'``); the header is ``*`` or a comma-separated
+    list of tags, each maybe ``W/``-prefixed. A header that is no such list matches nothing.
+
+    Example:
+        >>> etag_matches('W/"ab", "cd"', '"cd"'), etag_matches('"ab"', '"cd"')
+        (True, False)
+    """
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    tags = (t.strip() for t in if_none_match.split(","))
+    return any(t.removeprefix("W/") == etag for t in tags)
+
+
 def artifact_router(
     *,
     store: ArtifactStore,
@@ -241,32 +264,34 @@ def artifact_router(
         response_class=FileResponse,
         responses={
             401: {"description": "no or wrong credentials"},
+            304: {"description": "If-None-Match names this artifact's ETag"},
             404: {"description": "no artifact with this sha256"},
         },
     )
     def download(
         sha256: str,
         authorization: Annotated[str | None, Header()] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
         agent: Annotated[str | None, Query(max_length=128)] = None,
         expires: Annotated[int | None, Query()] = None,
         sig: Annotated[str | None, Query(max_length=128)] = None,
-    ) -> FileResponse:
+    ) -> Response:
         agent_id = _agent(authorization, sha256, agent, expires, sig)
         try:
             info = store.info(sha256)
         except ArtifactNotFoundError:
             logger.info("agent %s asked for unknown artifact %s", agent_id, sha256[:80])
             raise ArtifactNotFoundError(sha256[:80]) from None
+        headers = {
+            "ETag": f'"{sha256}"',
+            "X-Content-SHA256": sha256,
+            "Cache-Control": "private, max-age=31536000, immutable",
+        }
+        if etag_matches(if_none_match, headers["ETag"]):
+            logger.debug("agent %s holds artifact %s already (304)", agent_id, sha256)
+            return Response(status_code=304, headers=headers)
         logger.info("agent %s downloads artifact %s (%d bytes)", agent_id, sha256, info.size)
-        return FileResponse(
-            info.path,
-            media_type="application/octet-stream",
-            headers={
-                "ETag": f'"{sha256}"',
-                "X-Content-SHA256": sha256,
-                "Cache-Control": "private, max-age=31536000, immutable",
-            },
-        )
+        return FileResponse(info.path, media_type="application/octet-stream", headers=headers)
 
     return router
 

@@ -6,6 +6,9 @@ download URL, the sha256 and the Ed25519 signature over name, version and
 sha256) under a version newer than any the agent holds, and waits until the
 agent's observed state lists the module at that version. The agent downloads,
 verifies and loads it; a failure comes back in the observed state and is raised.
+An install of what the agent serves already (the same version and sha256 kept
+here and reported installed, no error) publishes nothing: each retained rewrite
+costs the broker a save and the agent a reconcile, for a fleet-wide rollout too.
 
 This installer keeps each agent's modules and publishes them all in each
 desired state (pipelines are not touched here). :meth:`EdgeInstaller.set_sampling`
@@ -187,6 +190,14 @@ class EdgeInstaller:
             with self._lock:
                 modules = dict(self._modules.get(agent_id, {}))
             previous = modules.get(module)
+            if _unchanged(self._edge, agent_id, previous, artifact, self._sampling.get(module)):
+                logger.info(
+                    "agent %s serves %s %s already: desired state not rewritten",
+                    agent_id,
+                    module,
+                    artifact.version,
+                )
+                return
             entry = signed_module_spec(
                 module,
                 artifact.version,
@@ -459,6 +470,32 @@ class EdgeInstaller:
             raise DeployError(f"route of {module} on agent {agent_id}: {exc}") from exc
         self._remote[(agent_id, module)] = (replica, source)
         return split
+
+
+def _unchanged(
+    edge: EdgeBus,
+    agent_id: str,
+    kept: ModuleSpec | None,
+    artifact: ModelArtifact,
+    sampling: SamplingPolicy | None,
+) -> bool:
+    """Whether ``kept`` is ``artifact`` already and the agent reports it installed.
+
+    Then a new desired state would change nothing but its version and the URL's
+    expiry, and cost the agent a reconcile and the broker a retained rewrite.
+    """
+    if kept is None or (kept.version, kept.sha256) != (artifact.version, artifact.sha256):
+        return False
+    if kept.sampling != sampling:
+        return False
+    view = edge.agent(agent_id)
+    observed = view.observed if view is not None else None
+    if observed is None or any(e.module == kept.name for e in observed.errors):
+        return False
+    return any(
+        m.name == kept.name and m.version == kept.version and m.sha256 in (None, kept.sha256)
+        for m in observed.installed
+    )
 
 
 def _errors(observed: ObservedState, module: str, default: str = "not installed") -> str:

@@ -143,6 +143,11 @@ class SimAgent:
         self.dead = False  # killed: no more packets of any kind
         self.connects = 0
         self.downloads = 0
+        #: The last desired state acted on: when it arrived, its install began and
+        #: ended (monotonic; None until then), for the rollout's phases.
+        self.desired_at: float | None = None
+        self.apply_began: float | None = None
+        self.apply_ended: float | None = None
         self.replies = 0
         self._client = new_client(
             ClientOptions(
@@ -258,9 +263,11 @@ class SimAgent:
             logger.warning("agent %s: bad desired state: %s", self.agent_id, exc)
             return
         if desired.version > self.version:
+            self.desired_at = time.monotonic()
             self._pool.submit(self._apply, desired)
 
     def _apply(self, desired: DesiredState) -> None:
+        began = time.monotonic()
         installed: list[InstalledModule] = []
         errors: list[ModuleError] = []
         for spec in desired.modules:
@@ -290,6 +297,7 @@ class SimAgent:
             if desired.version <= self.version:
                 return
             self.version, self._installed, self._errors = desired.version, installed, errors
+            self.apply_began, self.apply_ended = began, time.monotonic()
         if not self.dead:
             self._publish_observed()
 

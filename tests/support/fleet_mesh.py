@@ -44,14 +44,20 @@ import psutil
 from edge_agent.protocol import DesiredState
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import find_mosquitto
-from tests.support.chaos_mosquitto import ChaosMosquitto
+from tests.support.chaos_mosquitto import AUTOSAVE, ChaosMosquitto
 from tests.support.cli import mesh_cli, stop_recorded_daemon
 from tests.support.fleet import SITES, AgentCredentials, Fleet, SimAgent
 
-__all__ = ["FleetMesh", "percentile"]
+__all__ = ["EACH_SECOND", "FleetMesh", "percentile"]
 
 _SAMPLE = re.compile(r'^(\w+)\{(\w+)="([^"]*)"\} (\S+)$')
 MODULE = "fleet-model"
+#: Mosquitto saving its state once a second instead of after every change. After every
+#: change (deploy/mosquitto.conf) each retained publish rewrites the whole database
+#: (O(N) at N agents), and Mosquitto reads one packet per connection per loop, so a
+#: rollout's N desired states from one publisher cost N saves: O(N^2). Once a second,
+#: a ``kill -9`` loses up to a second of acknowledged QoS 1 messages.
+EACH_SECOND = ("autosave_interval 1",)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -87,6 +93,31 @@ def _rss_mb(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+def _rollout_phases(live: list[SimAgent], began: float) -> dict[str, float]:
+    """Where a rollout's seconds went, from each agent's own timestamps (since ``began``).
+
+    ``rollout_delivered_s``: the last agent got its desired state (the broker's part);
+    ``rollout_installed_s``: the last install ended (download, signature, sha256,
+    fsync); ``rollout_install_p50_s``/``_p95_s``: one install; ``rollout_install_wait_p95_s``:
+    from arrival to the install's start (the simulator's download threads).
+    """
+    spans = [
+        (a.desired_at, a.apply_began, a.apply_ended)
+        for a in live
+        if a.desired_at is not None and a.apply_began is not None and a.apply_ended is not None
+    ]
+    if not spans:
+        return {"rollout_delivered_s": float("nan"), "rollout_installed_s": float("nan")}
+    installs = [ended - start for _, start, ended in spans]
+    return {
+        "rollout_delivered_s": max(at for at, _, _ in spans) - began,
+        "rollout_installed_s": max(ended for _, _, ended in spans) - began,
+        "rollout_install_p50_s": percentile(installs, 0.5) or 0.0,
+        "rollout_install_p95_s": percentile(installs, 0.95) or 0.0,
+        "rollout_install_wait_p95_s": percentile([s - at for at, s, _ in spans], 0.95) or 0.0,
+    }
+
+
 class FleetMesh:
     """``mesh up`` on Mosquitto with N enrolled, simulated agents.
 
@@ -96,6 +127,8 @@ class FleetMesh:
         keepalive_s: the agents' MQTT keepalive.
         period_s: the heartbeat period.
         log: progress lines.
+        autosave: Mosquitto's saving lines (default deploy/mosquitto.conf's: after
+            every change; see :data:`EACH_SECOND` for the other one measured).
     """
 
     def __init__(
@@ -106,6 +139,7 @@ class FleetMesh:
         keepalive_s: int = 10,
         period_s: float = 1.0,
         log: Callable[[str], None] = print,
+        autosave: tuple[str, ...] = AUTOSAVE,
     ) -> None:
         """Nothing starts until :meth:`start`."""
         exe = find_mosquitto()
@@ -122,6 +156,7 @@ class FleetMesh:
             password_file=self.data / "mqtt" / "passwd",
             acl_file=self.data / "mqtt" / "acl",
             executable=exe,
+            autosave=autosave,
         )
         self.env = {
             k: v
@@ -304,10 +339,13 @@ class FleetMesh:
             raise AssertionError(
                 f"{len(left)} agents never observed {version}: {left[:5]} {errors}"
             )
-        self.log(
-            f"rollout of {version} to {len(live)} agents: {took:.1f} s (published in {publish_s:.1f} s)"
-        )
         self.timings["rollout_publish_s"] = publish_s
+        self.timings.update(_rollout_phases(live, began))
+        self.log(
+            f"rollout of {version} to {len(live)} agents: {took:.1f} s (published in "
+            f"{publish_s:.1f} s, last delivered at {self.timings['rollout_delivered_s']:.1f} s, "
+            f"last installed at {self.timings['rollout_installed_s']:.1f} s)"
+        )
         return took
 
     def kill_and_detect(

@@ -19,6 +19,7 @@ from mesh.edge._artifact_api import (
     UrlSigner,
     artifact_router,
     create_artifact_app,
+    etag_matches,
     serve_in_thread,
     signed_module_spec,
 )
@@ -209,6 +210,37 @@ def test_unknown_artifact_is_404_only_after_auth(
     assert_error(unknown, 404, "ArtifactNotFoundError", "0" * 64)
     bad = client.get("/v1/artifacts/..%2Fkeys", headers={"Authorization": f"Bearer {token}"})
     assert_error(bad, 404)
+
+
+def test_if_none_match_with_the_etag_is_304_without_the_body_and_only_after_auth(
+    api: tuple[httpx.Client, ArtifactStore, str, EdgeSettings],
+) -> None:
+    client, store, token, _ = api
+    info = store.put_bytes(b"onnx-bytes" * 1000)
+    url, auth = f"/v1/artifacts/{info.sha256}", {"Authorization": f"Bearer {token}"}
+    etag = client.get(url, headers=auth).headers["etag"]
+    assert etag == f'"{info.sha256}"'
+    for held in (etag, f"W/{etag}", f'"{"0" * 64}", {etag}', "*"):
+        cached = client.get(url, headers={**auth, "If-None-Match": held})
+        assert cached.status_code == 304, held
+        assert cached.content == b""
+        assert cached.headers["etag"] == etag
+        assert cached.headers["cache-control"] == "private, max-age=31536000, immutable"
+    for other in (f'"{"0" * 64}"', info.sha256, "", "W/"):  # another tag, unquoted, none
+        full = client.get(url, headers={**auth, "If-None-Match": other})
+        assert (full.status_code, full.content) == (200, b"onnx-bytes" * 1000), other
+    assert_error(client.get(url, headers={"If-None-Match": etag}), 401, "ArtifactAuthError")
+    unknown = client.get(f"/v1/artifacts/{'0' * 64}", headers={**auth, "If-None-Match": "*"})
+    assert_error(unknown, 404, "ArtifactNotFoundError")
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [(None, False), ("", False), ("*", True), (' "e" ', True), ('W/"e"', True),
+     ('"a","e"', True), ('"a"', False), ("e", False), ('"e', False), ("W/", False)],
+)  # fmt: skip
+def test_etag_matches_the_quoted_tag_weakly(header: str | None, matches: bool) -> None:
+    assert etag_matches(header, '"e"') is matches
 
 
 def test_presigned_urls_are_scoped_expiring_and_revocable(
