@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,6 +263,8 @@ class Gateway:
             raise ModelNotServedError(module, None, [r.module for r in self.routes.routes()])
         if version is not None and version != route.version:
             raise ModelNotServedError(module, version, [f"{module} {route.version}"])
+        if version is not None and route.canary:  # asked for production: not its candidate
+            route = dataclasses.replace(route, canary=(), canary_share=0.0)
         return route
 
     async def _route_restored(self, module: str, version: str | None) -> ModuleRoute:
@@ -365,7 +368,9 @@ class Gateway:
         route = self.routes.get(module)
         if route is None:
             module, version = _UNKNOWN, ""
-        elif version and version != route.version:
+        elif (
+            version and version != route.version and all(e.version != version for e in route.canary)
+        ):
             version = _UNKNOWN
         status = error_status(exc)
         self._requests.labels(module, version, node, str(status)).inc()
