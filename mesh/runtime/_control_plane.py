@@ -387,7 +387,6 @@ def build_services(
     undo.append(("drift detection", drift.stop))
     expose_drift(metrics, drift)
     from mesh.runtime._canary import CanaryService
-
     from mesh.serving._canary_replicas import ReplicaCanary
 
     # A candidate replica beside the manager's, judged on what the gateway counts.
