@@ -68,7 +68,7 @@ class ReplicaDeployer(Protocol):
 
 
 class ReplicaTrials(Protocol):
-    """Candidate replicas beside production's (:class:`~mesh.serving.ReplicaCanary`)."""
+    """Candidate replicas beside production's (:class:`~mesh.serving._canary_replicas.ReplicaCanary`)."""
 
     def start(
         self,
