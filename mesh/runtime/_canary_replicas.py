@@ -68,7 +68,10 @@ class ReplicaDeployer(Protocol):
 
 
 class ReplicaTrials(Protocol):
-    """Candidate replicas beside production's (:class:`~mesh.serving._canary_replicas.ReplicaCanary`)."""
+    """Candidate replicas beside production's.
+
+    :class:`~mesh.serving._canary_replicas.ReplicaCanary` is the real one.
+    """
 
     def start(
         self,
