@@ -33,12 +33,13 @@ appears:
    whose drift check is not ``statistic="error"`` (nothing joins its outputs
    with labels), p95 and failed requests decide alone; ``canary_started`` says so.
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
-   the candidate installed on every other agent serving the module, replicas
-   redeployed make-before-break, then the candidate replica out of the route,
-   drained and stopped) or ``rolled_back`` (the canary agents reinstall
-   production, the candidate replica leaves the route, drains and stops, the
-   candidate is archived with the reason). An agent offline then, or whose
-   install failed, gets its version when back (:mod:`mesh.runtime._catch_up`).
+   the candidate on every other agent serving the module; the candidate
+   replica out of the route, drained and stopped, then production's replicas
+   redeployed with its version, make-before-break) or ``rolled_back`` (the
+   canary agents reinstall production, the candidate replica leaves the route,
+   drains and stops, the candidate is archived with the reason). An agent
+   offline then, or whose install failed, gets its version when back
+   (:mod:`mesh.runtime._catch_up`).
 
 Every step goes to the registry's lifecycle (:mod:`mesh.models._steps`). A
 canary under way when the control plane stops starts again after it (the
@@ -337,11 +338,7 @@ class CanaryService:
         """The candidate replica out of the route, drained and stopped; its record."""
         if run.replica is None or self._trials is None:
             return None
-        try:
-            drained = self._trials.stop(run.replica.candidate)
-        except Exception as exc:  # recorded; production serves all the same
-            return {**run.replica.describe(), "stopped": f"failed: {exc}"}
-        return {**run.replica.describe(), "stopped": "drained" if drained else "not drained"}
+        return run.replica.stop(self._trials)
 
     def _record(self, model: str, version: str, step: str, detail: Mapping[str, Any]) -> None:
         self._registry.lifecycle.record(model, version, step, detail)
@@ -417,10 +414,11 @@ class CanaryService:
                 return
         run.chosen_at, run.started_at = run.started_at, self._clock()
         # Counted from now: the views read before the installs are stale.
-        fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
+        views = self._agents.agents()
+        fresh = {v.agent_id: v for v in views if v.agent_id in serving}
         run.baseline = {a: counters(fresh.get(a, serving[a]), spec.name) for a in serving}
         if run.replica is not None and self._trials is not None:
-            run.replica.mark(self._trials, skip_nodes=fresh)
+            run.replica.mark(self._trials, skip_nodes={v.agent_id for v in views})
         self._record(
             model,
             candidate.version,
@@ -536,8 +534,9 @@ class CanaryService:
             except MeshError as exc:
                 failures[agent] = str(exc)
                 self.catch_up.owe(model, spec.name, agent, run.candidate, "promoted")
+        # Its share back to production first, drained: room for production's redeploy.
+        candidate_replica = self._stop_replica(run)
         replicas = redeploy(self._manager, spec.name, run.candidate, failures)
-        candidate_replica = self._stop_replica(run)  # its version serves there now
         self._record(
             model,
             run.candidate,

@@ -133,6 +133,14 @@ class ReplicaRun:
         """JSON-ready form (lifecycle steps, ``active()``)."""
         return {**self.candidate.describe(), "production": self.production}
 
+    def stop(self, trials: ReplicaTrials) -> dict[str, Any]:
+        """The candidate replica out of the route, drained and stopped; what happened."""
+        try:
+            drained = trials.stop(self.candidate)
+        except Exception as exc:  # recorded; production serves all the same
+            return {**self.describe(), "stopped": f"failed: {exc}"}
+        return {**self.describe(), "stopped": "drained" if drained else "not drained"}
+
 
 def replicas_serving(deployments: Iterable[DeploymentView], module: str) -> DeploymentView | None:
     """The replica deployment serving ``module`` (None when none, or an agent serves it)."""

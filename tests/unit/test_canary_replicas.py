@@ -205,10 +205,13 @@ class Trials:
     failing: dict[str, float] = field(default_factory=dict)
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     fail_start: bool = False
+    fail_stop: bool = False
     down: bool = False
     started: list[dict[str, Any]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     skipped: list[frozenset[str]] = field(default_factory=list)
+    deploys: list[Any] = field(default_factory=list)  # the manager's, to see the order
+    deploys_at_stop: list[int] = field(default_factory=list)
 
     def serve(self, n: int) -> None:
         for version in ("v1", "v2"):
@@ -236,7 +239,10 @@ class Trials:
         return CandidateReplica(spec.name, artifact.version, endpoint, tier, site, share, None)  # type: ignore[arg-type]
 
     def stop(self, candidate: CandidateReplica) -> bool:
+        if self.fail_stop:
+            raise DeployError(f"replica of {candidate.version} did not stop")
         self.stopped.append(candidate.version)
+        self.deploys_at_stop.append(len(self.deploys))
         return True
 
     def is_down(self, candidate: CandidateReplica) -> bool:
@@ -277,7 +283,8 @@ def service_rig(registry: ModelRegistry, *, agents: int = 0) -> ServiceRig:
 
     fleet.agents = {f"cam-{i}": Agent("v1", f"site-{i}") for i in range(agents)}
     fleet.serve(10)
-    trials, manager = Trials(), Manager()
+    manager = Manager()
+    trials = Trials(deploys=manager.deployed)
     trials.serve(400)  # served before the canary: not its window
     service = CanaryService(
         registry, Installer(fleet), Edge(fleet), manager=manager, replicas=trials,
@@ -287,7 +294,7 @@ def service_rig(registry: ModelRegistry, *, agents: int = 0) -> ServiceRig:
     return ServiceRig(clock, fleet, manager, trials, service, registry)
 
 
-def test_a_better_candidate_on_replicas_alone_is_promoted_and_its_replica_stopped_after(
+def test_a_better_candidate_on_replicas_alone_is_promoted_its_replica_stopped_first(
     registry: ModelRegistry,
 ) -> None:
     r = service_rig(registry)
@@ -310,8 +317,9 @@ def test_a_better_candidate_on_replicas_alone_is_promoted_and_its_replica_stoppe
     assert compared["candidate"]["requests"] == 100 and compared["production"]["requests"] == 300
     assert compared["candidate"]["p95_ms"] == pytest.approx(11.0)
     assert compared["production"]["p95_ms"] == pytest.approx(10.0)
-    assert r.manager.deployed == [(MODULE, "v2", "fog")]  # production's replicas redeployed
-    assert r.trials.stopped == ["v2"]  # then the candidate replica taken out, drained
+    # the candidate replica out, drained (its room freed), then production's redeployed
+    assert r.trials.stopped == ["v2"] and r.trials.deploys_at_stop == [0]
+    assert r.manager.deployed == [(MODULE, "v2", "fog")]
     promoted = r.step("promoted")
     assert promoted["replicas"] == ["fog@fog-1"]
     assert promoted["candidate_replica"]["stopped"] == "drained"
@@ -394,3 +402,16 @@ def test_without_trials_replicas_are_not_tried(registry: ModelRegistry) -> None:
     service.tick()
     assert [s.step for s in registry.lifecycle.steps(MODEL)] == ["candidate_seen"]
     assert service.active() == []  # no agent serves it, and its replicas are not tried
+
+
+def test_a_candidate_replica_that_fails_to_stop_is_recorded_and_the_verdict_stands(
+    registry: ModelRegistry,
+) -> None:
+    r = service_rig(registry)
+    r.trials.p95["v2"] = 40.0
+    r.trials.fail_stop = True
+    r.service.tick()
+    r.window()
+    rolled = r.step("rolled_back")
+    assert rolled["candidate_replica"]["stopped"] == "failed: replica of v2 did not stop"
+    assert registry.get(MODEL, "v2").stage == Stage.ARCHIVED and r.service.active() == []
