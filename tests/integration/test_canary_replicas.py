@@ -10,7 +10,7 @@ One test, in order, under a paced load that never stops: production v1 on a
 fog replica -> candidate v2 (as fast) -> a candidate replica takes a share of
 the requests -> promoted, production's replicas redeployed with v2, the
 candidate replica drained and stopped -> candidate v3 (the same answers, but
-160 matrix products slower) -> rolled back on its p95, v2 untouched, v3
+320 matrix products slower) -> rolled back on its p95, v2 untouched, v3
 archived. Not one request fails.
 """
 
@@ -45,10 +45,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 MODULE = MODEL = "tiny"
 POLICY = Canary(
     fraction=0.25,
-    window_s=8.0,
-    min_samples=15,
-    p95_ratio=3.0,
-    p95_slack_ms=40.0,  # a shared 2-core machine's noise; the slow one is far above
+    window_s=15.0,
+    min_samples=30,  # a p95 of 30 and more is not one stall of a shared 2-core machine
+    p95_ratio=4.0,
+    p95_slack_ms=25.0,  # production answers in ~2-7 ms; the slow one ~100 ms (320 products)
     max_wait_s=90.0,
 )
 SPEC = ModuleSpec(
@@ -61,7 +61,7 @@ SPEC = ModuleSpec(
 )
 
 
-def build_slow_tiny(path: Path, *, scale: float = 2.0, depth: int = 160) -> Path:
+def build_slow_tiny(path: Path, *, scale: float = 2.0, depth: int = 320) -> Path:
     """``y = x * scale`` like :func:`build_tiny_model`, after ``depth`` 64x512 products.
 
     The products start from the input's sum (so they cannot be folded at load)
@@ -199,8 +199,6 @@ def test_a_candidate_replica_is_promoted_then_a_slow_one_rolled_back_losing_noth
             rolled = detail("v3", "rolled_back")
             assert "p95" in rolled["reason"], rolled
             assert rolled["candidate_replica"]["stopped"] == "drained"
-            compared = detail("v3", "compared")
-            assert compared["candidate"]["p95_ms"] > compared["production"]["p95_ms"]
             assert registry.get(MODEL).version == "v2"
             assert registry.get(MODEL, "v3").stage == Stage.ARCHIVED
             after = manager.routes.get(MODULE)
