@@ -95,10 +95,10 @@ __all__ = ["CanaryService", "ErrorWindowLike", "LiveErrorSource", "ReplicaTrials
 
 logger = logging.getLogger(__name__)
 
-#: Why fog replicas do not serve the candidate beside production.
+#: Why replicas do not serve the candidate beside production (a service without trials).
 FOG_NOT_TRIED = (
-    "not tried: the serving manager serves one version per module route; "
-    "replicas take the candidate at promotion"
+    "not tried: no candidate replica beside production's (the service has no "
+    "replica trials); replicas take the candidate at promotion"
 )
 #: Where production's side comes from when every agent tries the candidate (a lone agent).
 BEFORE = "the canary agents before the canary (no agent is left serving production)"
