@@ -11,28 +11,35 @@ appears:
    (:func:`mesh.control._canary.canary_agents`) among those serving the module;
    a failed install puts production back where it went and archives the
    candidate (``rolled_back``). A lone agent tries it alone: production's side
-   is then its own figures over the window before the canary.
+   is then its own figures over the window before the canary. Where replicas
+   serve the module and the service has :class:`ReplicaTrials`, a candidate
+   replica serves beside them, weighed into the route at ``fraction`` of the
+   requests once ready (:mod:`mesh.runtime._canary_replicas`); one that does
+   not start rolls the canary back.
 2. ``canary_started`` (the policy, and whether live errors are scored) and
-   ``canary_sites`` (which agents on which sites; fog replicas are not tried:
-   the serving manager serves one version per module route, so they change at
-   promotion).
+   ``canary_sites`` (which agents on which sites; the candidate replica's node,
+   tier and share, or without trials: replicas change at promotion).
 3. Each second both sides' figures (:class:`~mesh.control._canary.SideFigures`)
    are gathered: live error per version from a :class:`LiveErrorSource`
    (Part 1's ``LiveErrors.window``; production's at the canary agents' sites
    over the window before the canary, so both sides are judged on the same
-   sites: :func:`~mesh.runtime._canary_figures.error_at`), p95 and request
-   counts per version from
-   the agents' heartbeats (``ModuleStats.version``, ``p95_ms``, ``requests``,
-   ``errors``); :func:`~mesh.control._canary.decide` says wait, promote or
-   roll back. Without a live-error source, p95 and failed requests decide
-   alone, and ``canary_started`` says so; so do they for a module whose drift
-   check is not ``statistic="error"`` (nothing joins its outputs with labels,
-   so its live error would never reach ``min_samples``).
+   sites: :func:`~mesh.runtime._canary_figures.error_at`); p95 and request
+   counts per version from the agents' heartbeats (``ModuleStats``) and from
+   what the gateway counted per version on the replicas since the candidate
+   replica took traffic (its p95 joins the agents' in the median);
+   :func:`~mesh.control._canary.decide` says wait, promote or roll back (at
+   once if the gateway marked the candidate replica down). Without a
+   live-error source, without an agent trying the candidate, or for a module
+   whose drift check is not ``statistic="error"`` (nothing joins its outputs
+   with labels), p95 and failed requests decide alone; ``canary_started`` says so.
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
-   the candidate installed on every other agent serving the module, replicas
-   redeployed) or ``rolled_back`` (the canary agents reinstall production, the
-   candidate is archived with the reason). An agent offline then, or whose
-   install failed, gets its version when back (:mod:`mesh.runtime._catch_up`).
+   the candidate on every other agent serving the module; the candidate
+   replica out of the route, drained and stopped, then production's replicas
+   redeployed with its version, make-before-break) or ``rolled_back`` (the
+   canary agents reinstall production, the candidate replica leaves the route,
+   drains and stops, the candidate is archived with the reason). An agent
+   offline then, or whose install failed, gets its version when back
+   (:mod:`mesh.runtime._catch_up`).
 
 Every step goes to the registry's lifecycle (:mod:`mesh.models._steps`). A
 canary under way when the control plane stops starts again after it (the
@@ -40,7 +47,8 @@ candidate is still a candidate). Installs are made on the service's thread,
 one agent at a time, each bounded by ``install_timeout_s``.
 
 Example:
-    >>> canary = CanaryService(registry, installer, edge, manager=manager).start()  # doctest: +SKIP
+    >>> canary = CanaryService(registry, installer, edge, manager=manager,
+    ...                        replicas=ReplicaCanary(routes, launcher)).start()  # doctest: +SKIP
     >>> canary.track(app.modules["counter"].spec)                                   # doctest: +SKIP
 """
 
@@ -52,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from mesh.control._canary import SideFigures, Verdict, canary_agents, decide
 from mesh.core._errors import MeshError, SpecError
@@ -61,62 +69,45 @@ from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelNotFoundError, ModelRegistry, ModelVersion, Stage
 from mesh.runtime._canary_figures import (
+    AgentSource,
     ErrorWindowLike,
     LiveErrorSource,
+    agent_figures,
     counters,
     error_at,
     p95s,
+)
+from mesh.runtime._canary_replicas import (
+    ReplicaDeployer,
+    ReplicaRun,
+    ReplicaTrials,
+    redeploy,
+    replica_share,
+    replicas_serving,
+    start_beside,
 )
 from mesh.runtime._catch_up import CatchUp
 from mesh.sdk._specs import Canary, ModuleSpec
 from mesh.serving._contract import AgentInstaller, ModelArtifact
 from mesh.serving._deployment import DeploymentView
-from mesh.serving._routes import ModuleRoute
 
-__all__ = ["CanaryService", "ErrorWindowLike", "LiveErrorSource"]
+__all__ = ["CanaryService", "ErrorWindowLike", "LiveErrorSource", "ReplicaTrials"]
 
 logger = logging.getLogger(__name__)
 
-#: Why fog replicas do not serve the candidate beside production.
+#: Why replicas do not serve the candidate beside production (a service without trials).
 FOG_NOT_TRIED = (
-    "not tried: the serving manager serves one version per module route; "
-    "replicas take the candidate at promotion"
+    "not tried: no candidate replica beside production's (the service has no "
+    "replica trials); replicas take the candidate at promotion"
 )
 #: Where production's side comes from when every agent tries the candidate (a lone agent).
 BEFORE = "the canary agents before the canary (no agent is left serving production)"
 #: What a canary without live errors for its module compares.
 NOT_SCORED = (
-    "not scored (no live-error source, or the module declares no drift check with "
-    "statistic='error' whose labels are joined): p95 and failed requests decide"
+    "not scored (no live-error source, no agent tries it, or the module declares no "
+    "drift check with statistic='error' whose labels are joined): p95 and failed "
+    "requests decide"
 )
-
-
-class AgentSource(Protocol):
-    """The agents as the edge bus knows them now (:meth:`EdgeBus.agents`)."""
-
-    def agents(self) -> list[AgentView]:
-        """Every known agent."""
-        ...
-
-
-class ReplicaDeployer(Protocol):
-    """Redeploys a module's replicas (:class:`~mesh.serving._manager.ServingManager`)."""
-
-    def deployments(self) -> list[DeploymentView]:
-        """What serves each module now."""
-        ...
-
-    def deploy(
-        self,
-        spec: ModuleSpec,
-        version: str | ModelVersion | ModelArtifact = "production",
-        *,
-        tier: str | None = None,
-        site: str | None = None,
-        node: str | None = None,
-    ) -> ModuleRoute:
-        """Serve ``version`` on ``tier``, make-before-break."""
-        ...
 
 
 @dataclass(slots=True)
@@ -133,6 +124,7 @@ class _Run:
     chosen_at: float = 0.0  # when the agents were chosen (before the installs)
     baseline: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> counters
     before_p95: list[float] = field(default_factory=list)  # canary agents' p95 on production
+    replica: ReplicaRun | None = None  # the candidate replica beside production's
 
 
 class CanaryService:
@@ -143,6 +135,8 @@ class CanaryService:
         installer: puts a version on an agent, make-before-break.
         agents: the agents and their heartbeats (the edge bus).
         manager: redeploys replicas at promotion (None: no replicas to move).
+        replicas: starts a candidate replica beside the manager's (None: replicas
+            are not tried, they take the candidate at promotion).
         live_errors: live error per version, read for modules whose drift check
             is ``statistic="error"`` (the only ones whose outputs are joined with
             labels); None, or another module: p95 and failures decide alone.
@@ -158,6 +152,7 @@ class CanaryService:
         agents: AgentSource,
         *,
         manager: ReplicaDeployer | None = None,
+        replicas: ReplicaTrials | None = None,
         live_errors: LiveErrorSource | None = None,
         clock: Callable[[], float] = time.time,
         period_s: float = 1.0,
@@ -168,6 +163,7 @@ class CanaryService:
         self._installer = installer
         self._agents = agents
         self._manager = manager
+        self._trials = replicas if manager is not None else None
         self.live_errors = live_errors
         self._clock = clock
         self._period_s = period_s
@@ -190,10 +186,17 @@ class CanaryService:
         return self
 
     def stop(self) -> None:
-        """Stop the passes (an install under way finishes first)."""
+        """Stop the passes (an install under way finishes first) and candidate replicas.
+
+        The canaries start again after a restart (their candidates are still candidates).
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self._install_timeout_s + 5)
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            self._stop_replica(run)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period_s):  # bounded by stop
@@ -222,14 +225,20 @@ class CanaryService:
         logger.info("canary: tracking module %s (model %s)", spec.name, spec.model)
 
     def untrack(self, module: str) -> bool:
-        """Stop watching ``module`` (a canary under way is left as it is); False if unknown."""
+        """Stop watching ``module`` (a canary's agents are left as they are); False if unknown.
+
+        A candidate replica under way leaves the route and stops.
+        """
         self.catch_up.forget(module)
         with self._lock:
-            self._runs.pop(module, None)
-            return self._tracked.pop(module, None) is not None
+            run = self._runs.pop(module, None)
+            known = self._tracked.pop(module, None) is not None
+        if run is not None:
+            self._stop_replica(run)
+        return known
 
     def active(self) -> list[dict[str, Any]]:
-        """The canaries under way: module, model, candidate, production, agents, started_at."""
+        """Canaries under way: module, model, candidate, production, agents, replica, started_at."""
         with self._lock:
             runs = list(self._runs.values())
         return [
@@ -239,6 +248,7 @@ class CanaryService:
                 "candidate": r.candidate,
                 "production": r.production,
                 "agents": dict(r.agents),
+                "replica": r.replica.describe() if r.replica is not None else None,
                 "started_at": r.started_at,
             }
             for r in runs
@@ -311,10 +321,24 @@ class CanaryService:
                 out[view.agent_id] = view
         return out
 
-    def _scored(self, spec: ModuleSpec) -> bool:
-        """Whether ``spec``'s live error is known: a source, and labels joined for it."""
+    def _scored(self, spec: ModuleSpec, run: _Run | None = None) -> bool:
+        """Whether ``spec``'s live error is known: a source, labels joined, an agent trying it."""
         drift = spec.drift
+        if run is not None and not run.agents:
+            return False  # outputs are joined with labels from agents' events
         return self.live_errors is not None and drift is not None and drift.statistic == "error"
+
+    def _replicas(self, spec: ModuleSpec) -> DeploymentView | None:
+        """The replicas serving ``spec`` beside which a candidate replica is tried, if any."""
+        if self._trials is None or self._manager is None:
+            return None
+        return replicas_serving(self._manager.deployments(), spec.name)
+
+    def _stop_replica(self, run: _Run) -> dict[str, Any] | None:
+        """The candidate replica out of the route, drained and stopped; its record."""
+        if run.replica is None or self._trials is None:
+            return None
+        return run.replica.stop(self._trials)
 
     def _record(self, model: str, version: str, step: str, detail: Mapping[str, Any]) -> None:
         self._registry.lifecycle.record(model, version, step, detail)
@@ -328,6 +352,7 @@ class CanaryService:
         assert policy is not None  # track() checked
         seen = {s.step for s in self._registry.lifecycle.steps(model, version=candidate.version)}
         serving = self._serving(spec, sites)
+        beside = self._replicas(spec)
         if "candidate_seen" not in seen:
             self._record(
                 model,
@@ -338,11 +363,12 @@ class CanaryService:
                     "production": production.version,
                     "lineage": dict(candidate.lineage.extra),
                     "agents_serving": len(serving),
+                    "replicas_serving": list(beside.nodes) if beside is not None else [],
                 },
             )
-        if not serving:
+        if not serving and beside is None:
             self._quiet.info(
-                "canary: module %s: candidate %s waits for an agent serving the module",
+                "canary: module %s: candidate %s waits for an agent or replicas serving it",
                 spec.name,
                 candidate.version,
             )
@@ -375,10 +401,24 @@ class CanaryService:
                 self._roll_back(run, reason, [*done, agent])
                 return
             done.append(agent)
+        if beside is not None:
+            assert self._trials is not None  # _replicas() checked
+            share = replica_share(policy.fraction)
+            try:
+                run.replica = start_beside(
+                    self._trials, beside, artifact, production=production.version, share=share
+                )
+            except MeshError as exc:
+                reason = f"candidate replica on {beside.tier} did not start: {exc}"
+                self._roll_back(run, reason, done)
+                return
         run.chosen_at, run.started_at = run.started_at, self._clock()
         # Counted from now: the views read before the installs are stale.
-        fresh = {v.agent_id: v for v in self._agents.agents() if v.agent_id in serving}
+        views = self._agents.agents()
+        fresh = {v.agent_id: v for v in views if v.agent_id in serving}
         run.baseline = {a: counters(fresh.get(a, serving[a]), spec.name) for a in serving}
+        if run.replica is not None and self._trials is not None:
+            run.replica.mark(self._trials, skip_nodes={v.agent_id for v in views})
         self._record(
             model,
             candidate.version,
@@ -387,7 +427,7 @@ class CanaryService:
                 "module": spec.name,
                 "production": production.version,
                 "policy": policy.model_dump(),
-                "live_error": "scored" if self._scored(spec) else NOT_SCORED,
+                "live_error": "scored" if self._scored(spec, run) else NOT_SCORED,
             },
         )
         self._record(
@@ -396,8 +436,12 @@ class CanaryService:
             "canary_sites",
             {
                 "canary": run.agents,
-                "production": run.others or BEFORE,
-                "fog": FOG_NOT_TRIED,
+                "production": run.others or (BEFORE if run.agents else {}),
+                **(
+                    {"fog": FOG_NOT_TRIED}
+                    if self._trials is None
+                    else {"replicas": run.replica.describe() if run.replica else "none serve it"}
+                ),
             },
         )
         with self._lock:
@@ -409,25 +453,16 @@ class CanaryService:
         self, run: _Run, version: str, agents: Mapping[str, str | None], views: Mapping[str, Any]
     ) -> SideFigures:
         module = run.spec.name
-        latencies: list[float] = []
-        requests = failures = 0
-        for agent in agents:
-            view = views.get(agent)
-            beat = view.last_heartbeat if view is not None else None
-            stats = beat.modules.get(module) if beat is not None else None
-            if view is None or stats is None or stats.version != version:
-                continue
-            if (view.last_heartbeat_at or 0.0) < run.started_at:
-                continue
-            if stats.p95_ms is not None:
-                latencies.append(stats.p95_ms)
-            seen, failed = counters(view, module)
-            base_seen, base_failed = run.baseline.get(agent, (0, 0))
-            # A restarted agent counts from zero again.
-            requests += seen - base_seen if seen >= base_seen else seen
-            failures += failed - base_failed if failed >= base_failed else failed
+        latencies, requests, failures = agent_figures(
+            views, agents, module, version, since=run.started_at, baseline=run.baseline
+        )
+        if run.replica is not None and self._trials is not None:
+            tally = run.replica.window(self._trials, version, skip_nodes=views)
+            requests, failures = requests + tally.requests, failures + tally.failures
+            if tally.p95_ms is not None:
+                latencies.append(tally.p95_ms)
         p95 = statistics.median(latencies) if latencies else None
-        if self.live_errors is None or not self._scored(run.spec):
+        if self.live_errors is None or not self._scored(run.spec, run):
             return SideFigures(version, requests, None, p95, requests, failures)
         if version == run.production:  # where the candidate serves, before it did
             since = run.chosen_at - run.policy.window_s
@@ -442,7 +477,12 @@ class CanaryService:
         candidate = self._side(run, run.candidate, run.agents, views)
         # p95 and failures: the other agents now (or the canary agents' own before it).
         production = self._side(run, run.production, run.others, views)
-        if not run.others:
+        if run.replica is not None and self._trials is not None:
+            if self._trials.is_down(run.replica.candidate):
+                reason = "the candidate replica refused or reset connections (marked down)"
+                self._roll_back(run, reason, list(run.agents))
+                return
+        elif not run.others:
             before = statistics.median(run.before_p95) if run.before_p95 else None
             production = SideFigures(
                 run.production, production.samples, production.mae, before, 0, 0
@@ -453,7 +493,7 @@ class CanaryService:
             candidate=candidate,
             production=production,
             elapsed_s=elapsed,
-            scored=self._scored(run.spec),
+            scored=self._scored(run.spec, run),
         )
         if verdict.action == "wait":
             return
@@ -494,20 +534,9 @@ class CanaryService:
             except MeshError as exc:
                 failures[agent] = str(exc)
                 self.catch_up.owe(model, spec.name, agent, run.candidate, "promoted")
-        replicas: list[str] = []
-        if self._manager is not None:
-            for view in self._manager.deployments():
-                if view.spec.name != spec.name or view.agent is not None:
-                    continue
-                where = f"{view.tier}{f'@{view.site}' if view.site else ''}"
-                try:
-                    self._manager.deploy(
-                        view.spec, run.candidate, tier=view.tier, site=view.site,
-                        node=view.pinned_node,
-                    )  # fmt: skip
-                    replicas.append(where)
-                except Exception as exc:  # recorded; production is the candidate already
-                    failures[where] = str(exc)
+        # Its share back to production first, drained: room for production's redeploy.
+        candidate_replica = self._stop_replica(run)
+        replicas = redeploy(self._manager, spec.name, run.candidate, failures)
         self._record(
             model,
             run.candidate,
@@ -518,6 +547,7 @@ class CanaryService:
                 "reason": verdict.reason,
                 "agents": sorted([*run.agents, *installed]),
                 "replicas": replicas,
+                "candidate_replica": candidate_replica,
                 "failures": failures,
             },
         )
@@ -538,6 +568,7 @@ class CanaryService:
                 except MeshError as exc:
                     failures[agent] = str(exc)
                     self.catch_up.owe(model, spec.name, agent, run.production, "rolled back")
+        candidate_replica = self._stop_replica(run)
         self._record(
             model,
             run.candidate,
@@ -547,6 +578,7 @@ class CanaryService:
                 "production": run.production,
                 "reason": reason,
                 "agents": reinstalled,
+                "candidate_replica": candidate_replica,
                 "failures": failures,
             },
         )

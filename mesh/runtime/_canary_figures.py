@@ -7,7 +7,7 @@ labels). Production's error is read where the candidate serves:
 so both sides are judged on the same sites (a candidate tried on clean sites
 is not flattered by production's error on drifting ones, nor the reverse).
 p95 and request counters come from the agents' heartbeats (:func:`p95s`,
-:func:`counters`).
+:func:`counters`, :func:`agent_figures`).
 
 Example:
     >>> error_at(live_errors, "counter", "v3", since=t0, sites={"A0", "B0"})  # doctest: +SKIP
@@ -22,7 +22,23 @@ from typing import Protocol
 
 from mesh.edge._records import AgentView
 
-__all__ = ["ErrorWindowLike", "LiveErrorSource", "counters", "error_at", "p95s"]
+__all__ = [
+    "AgentSource",
+    "ErrorWindowLike",
+    "LiveErrorSource",
+    "agent_figures",
+    "counters",
+    "error_at",
+    "p95s",
+]
+
+
+class AgentSource(Protocol):
+    """The agents as the edge bus knows them now (:meth:`EdgeBus.agents`)."""
+
+    def agents(self) -> list[AgentView]:
+        """Every known agent."""
+        ...
 
 
 class ErrorWindowLike(Protocol):
@@ -87,3 +103,36 @@ def counters(view: AgentView, module: str) -> tuple[int, int]:
     if stats is None:
         return 0, 0
     return stats.requests, stats.errors + stats.expired
+
+
+def agent_figures(
+    views: Mapping[str, AgentView],
+    agents: Iterable[str],
+    module: str,
+    version: str,
+    *,
+    since: float,
+    baseline: Mapping[str, tuple[int, int]],
+) -> tuple[list[float], int, int]:
+    """The ``agents``' p95s, requests and failed requests on ``version`` since ``baseline``.
+
+    Only agents serving ``version`` whose last heartbeat came at ``since`` or
+    later count; an agent whose counters went down (restarted) counts from zero.
+    """
+    latencies: list[float] = []
+    requests = failures = 0
+    for agent in agents:
+        view = views.get(agent)
+        beat = view.last_heartbeat if view is not None else None
+        stats = beat.modules.get(module) if beat is not None else None
+        if view is None or stats is None or stats.version != version:
+            continue
+        if (view.last_heartbeat_at or 0.0) < since:
+            continue
+        if stats.p95_ms is not None:
+            latencies.append(stats.p95_ms)
+        seen, failed = counters(view, module)
+        base_seen, base_failed = baseline.get(agent, (0, 0))
+        requests += seen - base_seen if seen >= base_seen else seen
+        failures += failed - base_failed if failed >= base_failed else failed
+    return latencies, requests, failures

@@ -342,26 +342,27 @@ def build_services(
     undo.append(("edge installer", installer.close))
     _ = installer.handover  # now, not at the first remote route: clears a crash's leases
     metrics = MetricsRegistry()
+    launcher = RayReplicaLauncher(
+        nodes=backend.nodes,
+        # Replicas answer agents' offloaded requests over MQTT too, where they reach it.
+        mqtt=(
+            ReplicaMqtt(
+                broker_url,
+                username=username,
+                password=password,
+                prefix=settings.topic_prefix,
+                protocol="3.1.1" if edge.protocol == "3.1.1" else "auto",
+                ca_file=ca,
+                cert_file=cert,
+                key_file=key,
+            )
+            if replicas_reach_broker(broker_url, settings.ray_address)
+            else None
+        ),
+    )
     manager = ServingManager(
         RouteTable(),
-        RayReplicaLauncher(
-            nodes=backend.nodes,
-            # Replicas answer agents' offloaded requests over MQTT too, where they reach it.
-            mqtt=(
-                ReplicaMqtt(
-                    broker_url,
-                    username=username,
-                    password=password,
-                    prefix=settings.topic_prefix,
-                    protocol="3.1.1" if edge.protocol == "3.1.1" else "auto",
-                    ca_file=ca,
-                    cert_file=cert,
-                    key_file=key,
-                )
-                if replicas_reach_broker(broker_url, settings.ray_address)
-                else None
-            ),
-        ),
+        launcher,
         registry=registry,
         installer=installer,
         metrics=metrics,
@@ -389,10 +390,15 @@ def build_services(
     undo.append(("replicas' drift", ReplicaDriftFeed(manager.routes, drift).start().stop))
     expose_drift(metrics, drift)
     from mesh.runtime._canary import CanaryService
+    from mesh.serving._canary_replicas import ReplicaCanary
 
+    # A candidate replica beside the manager's, judged on what the gateway counts.
+    trials = ReplicaCanary(
+        manager.routes, launcher, metrics=metrics, start_timeout_s=settings.replica_start_timeout_s
+    )
     # Live error per version from the drift service's join of events and labels.
     canary = CanaryService(
-        registry, installer, edge, manager=manager, live_errors=drift.live_errors
+        registry, installer, edge, manager=manager, replicas=trials, live_errors=drift.live_errors
     )
     canary.expose(metrics)
     from mesh.security._revocations import TokenRevocations

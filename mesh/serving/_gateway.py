@@ -22,6 +22,12 @@ with no other endpoint the client gets the last 502/503.
 ``mesh_inference_retries_total`` counts retried requests and
 ``mesh_inference_failovers_total`` replicas marked down.
 
+Canary: a route's ``canary`` endpoints (a candidate version beside production,
+:mod:`mesh.serving._canary_replicas`) take their share of the requests
+(:meth:`~mesh.serving._routes.RouteTable.pick`); theirs are counted under their
+version, and not told to the placement monitors (the canary judges them). A
+request naming production's version never goes there.
+
 Errors: everything raises a class of the tree in :mod:`mesh.core._errors`,
 whose status :mod:`mesh.core._http_errors` reads. An agent's error comes back
 over MQTT as an ``edge_agent.protocol.ErrorCode``;
@@ -41,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,6 +269,8 @@ class Gateway:
             raise ModelNotServedError(module, None, [r.module for r in self.routes.routes()])
         if version is not None and version != route.version:
             raise ModelNotServedError(module, version, [f"{module} {route.version}"])
+        if version is not None and route.canary:  # asked for production: not its candidate
+            route = dataclasses.replace(route, canary=(), canary_share=0.0)
         return route
 
     async def _route_restored(self, module: str, version: str | None) -> ModuleRoute:
@@ -315,8 +324,13 @@ class Gateway:
         elapsed = time.perf_counter() - started
         status = answer[0]
         # A refused request (4xx: bad input, say) says nothing of the node's speed:
-        # no latency sample for the placement trigger. A failure is one, not ok.
-        if self.observer is not None and not 400 <= status < 500:
+        # no latency sample for the placement trigger. A failure is one, not ok. Nor
+        # does a candidate's on canary beside production (the canary judges it).
+        if (
+            self.observer is not None
+            and not 400 <= status < 500
+            and served_version == route.version
+        ):
             self.observer.observe(module, node, elapsed, status < 400)
         key = (module, served_version, node, status)
         children = self._children.get(key) or self._children_for(key)
@@ -365,7 +379,9 @@ class Gateway:
         route = self.routes.get(module)
         if route is None:
             module, version = _UNKNOWN, ""
-        elif version and version != route.version:
+        elif (
+            version and version != route.version and all(e.version != version for e in route.canary)
+        ):
             version = _UNKNOWN
         status = error_status(exc)
         self._requests.labels(module, version, node, str(status)).inc()

@@ -132,6 +132,9 @@ class ModuleRoute:
         slo_ms: the module's p95 latency target (requests over it are counted).
         switched_at: Unix time of the switch.
         standby: warm replicas on other nodes, tried when no endpoint answers.
+        canary: a candidate version's endpoints, beside production's
+            (:meth:`RouteTable.set_canary`).
+        canary_share: the share of requests the canary endpoints take (0 to 1).
     """
 
     module: str
@@ -144,6 +147,8 @@ class ModuleRoute:
     slo_ms: float | None = None
     switched_at: float = field(default_factory=time.time)
     standby: tuple[Endpoint, ...] = ()
+    canary: tuple[Endpoint, ...] = ()
+    canary_share: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form (``GET /v1/routes``)."""
@@ -158,6 +163,8 @@ class ModuleRoute:
             "switched_at": self.switched_at,
             "standby": [e.describe() for e in self.standby],
             "agent": self.agent,
+            "canary": [e.describe() for e in self.canary],
+            "canary_share": self.canary_share,
         }
 
     @property
@@ -178,6 +185,7 @@ class RouteTable:
         self._drained = threading.Condition(self._lock)
         self._in_flight: dict[Endpoint, int] = {}
         self._turn = itertools.count()
+        self._canary_turns: dict[str, int] = {}  # module -> picks since its canary was set
         self._demand: set[str] = set()
         self._listeners: list[Callable[[ModuleRoute | None, ModuleRoute | None], None]] = []
         self._demand_listeners: list[Callable[[str], None]] = []
@@ -209,8 +217,9 @@ class RouteTable:
         """Switch ``module`` to ``endpoints`` at once (epoch + 1); returns the new route.
 
         ``signature``, ``tier``, ``scale_from_zero`` and ``slo_ms`` default to the
-        previous route's; ``standby`` does not (a new version has its own). The
-        down marks of endpoints the route drops are forgotten.
+        previous route's; ``standby`` does not (a new version has its own). A canary
+        is kept (:meth:`set_canary` clears it). The down marks of endpoints the
+        route drops are forgotten.
         """
         with self._lock:
             old = self._routes.get(module)
@@ -226,12 +235,48 @@ class RouteTable:
                 else (old.scale_from_zero if old else False),
                 slo_ms=slo_ms if slo_ms is not None else (old.slo_ms if old else None),
                 standby=tuple(standby),
+                canary=old.canary if old else (),
+                canary_share=old.canary_share if old else 0.0,
             )
             self._routes[module] = route
             if old is not None and self._down:
                 self._forget_down(old, route)
             if route.endpoints:
                 self._demand.discard(module)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(old, route)
+        return route
+
+    def set_canary(
+        self, module: str, endpoints: Iterable[Endpoint], share: float
+    ) -> ModuleRoute | None:
+        """Send ``share`` of ``module``'s requests to ``endpoints`` (a switch: epoch + 1).
+
+        No endpoints (or a share of 0) clears the canary. Returns the route, or
+        None when ``module`` has none (nothing changes).
+
+        Raises:
+            ValueError: ``share`` is not in [0, 1] (nothing changes).
+        """
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"canary share of {module!r} must be in [0, 1], got {share}")
+        canary = tuple(endpoints) if share > 0 else ()
+        with self._lock:
+            old = self._routes.get(module)
+            if old is None:
+                return None
+            route = dataclasses.replace(
+                old,
+                epoch=old.epoch + 1,
+                canary=canary,
+                canary_share=share if canary else 0.0,
+                switched_at=time.time(),
+            )
+            self._routes[module] = route
+            self._canary_turns.pop(module, None)
+            if self._down:
+                self._forget_down(old, route)
             listeners = list(self._listeners)
         for listener in listeners:
             listener(old, route)
@@ -253,9 +298,10 @@ class RouteTable:
         return route
 
     def remove(self, module: str) -> ModuleRoute | None:
-        """Stop routing ``module``; returns the route it had."""
+        """Stop routing ``module`` (its canary too); returns the route it had."""
         with self._lock:
             old = self._routes.pop(module, None)
+            self._canary_turns.pop(module, None)
             self._demand.discard(module)
             if old is not None and self._down:
                 self._forget_down(old, None)
@@ -271,8 +317,8 @@ class RouteTable:
             self._listeners.append(listener)
 
     def _forget_down(self, old: ModuleRoute, new: ModuleRoute | None) -> None:
-        kept = set(new.endpoints) | set(new.standby) if new is not None else set()
-        for endpoint in (*old.endpoints, *old.standby):
+        kept = {*new.endpoints, *new.standby, *new.canary} if new is not None else set()
+        for endpoint in (*old.endpoints, *old.standby, *old.canary):
             if endpoint not in kept:
                 self._down.pop(endpoint, None)
 
@@ -289,7 +335,11 @@ class RouteTable:
             if (
                 endpoint in self._down
                 or route is None
-                or (endpoint not in route.endpoints and endpoint not in route.standby)
+                or (
+                    endpoint not in route.endpoints
+                    and endpoint not in route.standby
+                    and endpoint not in route.canary
+                )
             ):
                 return False
             self._down[endpoint] = time.monotonic()
@@ -322,10 +372,17 @@ class RouteTable:
     def pick(self, route: ModuleRoute, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
         """The endpoint with the fewest requests in flight (round robin among equals).
 
+        With a canary, its share of the first picks go to its endpoints (see the
+        module docstring); one marked down sends the request on to production's, and
+        so does a retry (``exclude`` not empty).
         Endpoints marked down are skipped; with none of the route's endpoints left,
-        a standby is picked, and with no standby either, an endpoint marked down
-        (it may answer again) that ``exclude`` does not name.
+        a standby is picked, then a canary endpoint, and with none of those either,
+        an endpoint marked down (it may answer again) that ``exclude`` does not name.
         """
+        if route.canary and not exclude:  # a retry goes on to production
+            chosen = self._pick_canary(route)
+            if chosen is not None:
+                return chosen
         if not exclude and not self._down:
             candidates: Sequence[Endpoint] = route.endpoints or route.standby
         else:
@@ -335,7 +392,26 @@ class RouteTable:
             if not candidates:
                 candidates = [e for e in route.standby if e not in exclude and e not in down]
             if not candidates:
+                candidates = [e for e in route.canary if e not in exclude and e not in down]
+            if not candidates:
                 candidates = usable
+        if not candidates and not exclude:
+            candidates = route.canary  # production has none left: better than no answer
+        return self._least_loaded(candidates)
+
+    def _pick_canary(self, route: ModuleRoute) -> Endpoint | None:
+        """A canary endpoint on its turn (``share`` of the picks), else None: production's."""
+        n = self._canary_turns.get(route.module, 0) + 1
+        self._canary_turns[route.module] = n
+        share = route.canary_share
+        if int(n * share) == int((n - 1) * share):
+            return None
+        down = self._down
+        return self._least_loaded(
+            [e for e in route.canary if e not in down] if down else route.canary
+        )
+
+    def _least_loaded(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
         if not candidates:
             return None
         if len(candidates) == 1:
