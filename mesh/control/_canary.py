@@ -15,7 +15,8 @@ condition                                              verdict
 before ``window_s``                                    wait
 a side under ``min_samples`` (scored samples, or       wait; roll back from
 requests when live errors are not scored), or no p95   ``max_wait_s`` on
-live error above production x (1 - ``error_margin``)   roll back
+live error (or drift score) above production x         roll back
+(1 - ``error_margin``)
 p95 above production x ``p95_ratio`` (+ slack)         roll back
 failed requests' share above production's + 1 point   roll back
 otherwise                                              promote
@@ -124,6 +125,7 @@ def decide(
     production: SideFigures,
     elapsed_s: float,
     scored: bool = True,
+    measure: str = "live error",
 ) -> Verdict:
     """The verdict on ``candidate`` after ``elapsed_s`` of its canary.
 
@@ -133,13 +135,15 @@ def decide(
         production: production's figures (the other agents).
         elapsed_s: seconds since the canary started serving.
         scored: whether live errors are scored (else p95 and failures alone decide).
+        measure: what ``mae`` holds, for the reasons: ``live error`` (against
+            labels) or ``drift score`` (against each version's own reference).
     """
     if elapsed_s < policy.window_s:
         return Verdict("wait", f"{elapsed_s:.0f} of {policy.window_s:g} s")
     short = [
         f"{name} has {side.samples} samples"
         + ("" if side.p95_ms is not None else ", no p95")
-        + ("" if side.mae is not None or not scored else ", no scored error")
+        + ("" if side.mae is not None or not scored else f", no {measure}")
         for name, side in (("candidate", candidate), ("production", production))
         if not _enough(side, policy, scored)
     ]
@@ -158,7 +162,7 @@ def decide(
         if candidate.mae > bound:
             return Verdict(
                 "roll_back",
-                f"live error {candidate.mae:.4g} is above production's {production.mae:.4g}"
+                f"{measure} {candidate.mae:.4g} is above production's {production.mae:.4g}"
                 + (f" x {1 - policy.error_margin:g}" if policy.error_margin else ""),
             )
     p95_bound = max(production.p95_ms * policy.p95_ratio, production.p95_ms + policy.p95_slack_ms)
@@ -175,7 +179,7 @@ def decide(
             f"{production.failures} of {production.requests}",
         )
     error = (
-        f"live error {candidate.mae:.4g} vs {production.mae:.4g}, "
+        f"{measure} {candidate.mae:.4g} vs {production.mae:.4g}, "
         if scored
         else "live error not scored, "
     )

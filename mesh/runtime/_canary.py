@@ -28,10 +28,11 @@ appears:
    what the gateway counted per version on the replicas since the candidate
    replica took traffic (its p95 joins the agents' in the median);
    :func:`~mesh.control._canary.decide` says wait, promote or roll back (at
-   once if the gateway marked the candidate replica down). Without a
-   live-error source, without an agent trying the candidate, or for a module
-   whose drift check is not ``statistic="error"`` (nothing joins its outputs
-   with labels), p95 and failed requests decide alone; ``canary_started`` says so.
+   once if the gateway marked the candidate replica down). A module whose
+   check is on ``inputs``/``outputs`` (no labels) is compared on each version's
+   drift score against its own reference instead (``drift_scores``); without
+   the source of its measure, or an error check no agent tries, p95 and failed
+   requests decide alone (:func:`~mesh.runtime._canary_figures.measure_of`).
 4. ``compared`` (both sides' figures), then ``promoted`` (registry promote,
    the candidate on every other agent serving the module; the candidate
    replica out of the route, drained and stopped, then production's replicas
@@ -75,6 +76,8 @@ from mesh.runtime._canary_figures import (
     agent_figures,
     counters,
     error_at,
+    measure_note,
+    measure_of,
     p95s,
 )
 from mesh.runtime._canary_replicas import (
@@ -102,12 +105,6 @@ FOG_NOT_TRIED = (
 )
 #: Where production's side comes from when every agent tries the candidate (a lone agent).
 BEFORE = "the canary agents before the canary (no agent is left serving production)"
-#: What a canary without live errors for its module compares.
-NOT_SCORED = (
-    "not scored (no live-error source, no agent tries it, or the module declares no "
-    "drift check with statistic='error' whose labels are joined): p95 and failed "
-    "requests decide"
-)
 
 
 @dataclass(slots=True)
@@ -139,7 +136,10 @@ class CanaryService:
             are not tried, they take the candidate at promotion).
         live_errors: live error per version, read for modules whose drift check
             is ``statistic="error"`` (the only ones whose outputs are joined with
-            labels); None, or another module: p95 and failures decide alone.
+            labels).
+        drift_scores: drift score per version (``DriftService.version_score``),
+            read for modules whose check is on ``inputs``/``outputs``; without
+            the source for a module's measure, p95 and failures decide alone.
         clock: Unix seconds (injected in tests).
         period_s: seconds between passes.
         install_timeout_s: how long one agent may take to install a version.
@@ -154,6 +154,7 @@ class CanaryService:
         manager: ReplicaDeployer | None = None,
         replicas: ReplicaTrials | None = None,
         live_errors: LiveErrorSource | None = None,
+        drift_scores: LiveErrorSource | None = None,
         clock: Callable[[], float] = time.time,
         period_s: float = 1.0,
         install_timeout_s: float = 60.0,
@@ -164,7 +165,7 @@ class CanaryService:
         self._agents = agents
         self._manager = manager
         self._trials = replicas if manager is not None else None
-        self.live_errors = live_errors
+        self.live_errors, self.drift_scores = live_errors, drift_scores
         self._clock = clock
         self._period_s = period_s
         self._install_timeout_s = install_timeout_s
@@ -321,12 +322,11 @@ class CanaryService:
                 out[view.agent_id] = view
         return out
 
-    def _scored(self, spec: ModuleSpec, run: _Run | None = None) -> bool:
-        """Whether ``spec``'s live error is known: a source, labels joined, an agent trying it."""
-        drift = spec.drift
-        if run is not None and not run.agents:
-            return False  # outputs are joined with labels from agents' events
-        return self.live_errors is not None and drift is not None and drift.statistic == "error"
+    def _measure(self, spec: ModuleSpec, run: _Run | None = None) -> tuple[str, Any] | None:
+        """What ``spec``'s canary compares and where (:func:`measure_of`); None: p95 alone."""
+        agents_try = run is None or bool(run.agents)
+        return measure_of(spec.drift, live_errors=self.live_errors,
+                          drift_scores=self.drift_scores, agents_try=agents_try)  # fmt: skip
 
     def _replicas(self, spec: ModuleSpec) -> DeploymentView | None:
         """The replicas serving ``spec`` beside which a candidate replica is tried, if any."""
@@ -427,7 +427,7 @@ class CanaryService:
                 "module": spec.name,
                 "production": production.version,
                 "policy": policy.model_dump(),
-                "live_error": "scored" if self._scored(spec, run) else NOT_SCORED,
+                "live_error": measure_note(self._measure(spec, run)),
             },
         )
         self._record(
@@ -462,14 +462,14 @@ class CanaryService:
             if tally.p95_ms is not None:
                 latencies.append(tally.p95_ms)
         p95 = statistics.median(latencies) if latencies else None
-        if self.live_errors is None or not self._scored(run.spec, run):
+        if (measure := self._measure(run.spec, run)) is None:
             return SideFigures(version, requests, None, p95, requests, failures)
         if version == run.production:  # where the candidate serves, before it did
             since = run.chosen_at - run.policy.window_s
             sites = {s for s in run.agents.values() if s is not None}
         else:
             since, sites = run.started_at, set()
-        n, mae = error_at(self.live_errors, module, version, since=since, sites=sites)
+        n, mae = error_at(measure[1], module, version, since=since, sites=sites)
         return SideFigures(version, n, mae, p95, requests, failures)
 
     def _observe(self, run: _Run) -> None:
@@ -493,7 +493,8 @@ class CanaryService:
             candidate=candidate,
             production=production,
             elapsed_s=elapsed,
-            scored=self._scored(run.spec, run),
+            scored=(measure := self._measure(run.spec, run)) is not None,
+            measure=measure[0] if measure is not None else "live error",
         )
         if verdict.action == "wait":
             return

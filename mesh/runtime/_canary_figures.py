@@ -7,7 +7,11 @@ labels). Production's error is read where the candidate serves:
 so both sides are judged on the same sites (a candidate tried on clean sites
 is not flattered by production's error on drifting ones, nor the reverse).
 p95 and request counters come from the agents' heartbeats (:func:`p95s`,
-:func:`counters`, :func:`agent_figures`).
+:func:`counters`, :func:`agent_figures`). A module without labels (a drift
+check on its ``inputs`` or ``outputs``) is compared on agreement with a
+reference instead: each version's drift score against its own validation
+reference, from the drift service (:meth:`~mesh.runtime._drift.DriftService.version_score`,
+agents and replicas alike); :func:`measure_of` picks the measure.
 
 Example:
     >>> error_at(live_errors, "counter", "v3", since=t0, sites={"A0", "B0"})  # doctest: +SKIP
@@ -17,20 +21,31 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from mesh.edge._records import AgentView
+from mesh.sdk._specs import Drift
 
 __all__ = [
+    "NOT_SCORED",
     "AgentSource",
     "ErrorWindowLike",
     "LiveErrorSource",
+    "ScoreWindows",
     "agent_figures",
     "counters",
     "error_at",
+    "measure_note",
+    "measure_of",
     "p95s",
 ]
+
+#: What a canary without a measure for its module compares.
+NOT_SCORED = (
+    "not scored (no drift check, no source for its measure, or a check with "
+    "statistic='error' and no agent trying the candidate): p95 and failed requests decide"
+)
 
 
 class AgentSource(Protocol):
@@ -136,3 +151,55 @@ def agent_figures(
         requests += seen - base_seen if seen >= base_seen else seen
         failures += failed - base_failed if failed >= base_failed else failed
     return latencies, requests, failures
+
+
+class ScoreWindows:
+    """Drift scores per version as the windows a canary reads (a :class:`LiveErrorSource`).
+
+    Args:
+        score: ``DriftService.version_score``.
+    """
+
+    def __init__(self, score: Callable[..., ErrorWindowLike]) -> None:
+        """Read through ``score``."""
+        self._score = score
+
+    def window(
+        self, module: str, *, since: float, site: str | None = None, version: str | None = None
+    ) -> ErrorWindowLike:
+        """``version``'s drift score at ``site`` since ``since`` (``mae`` holds the score)."""
+        return self._score(module, since=since, site=site, version=version)
+
+
+def measure_of(
+    drift: Drift | None,
+    *,
+    live_errors: LiveErrorSource | None,
+    drift_scores: LiveErrorSource | None,
+    agents_try: bool,
+) -> tuple[str, LiveErrorSource] | None:
+    """What a canary compares besides p95 and failures, and where it is read; None: nothing.
+
+    ``statistic="error"``: the live error (outputs joined with late labels:
+    agents' events, so an agent must try the candidate); ``inputs``/``outputs``:
+    each version's drift score against its own reference (lower: closer to the
+    data it was validated on; replicas count too).
+
+    Example:
+        >>> measure_of(None, live_errors=None, drift_scores=None, agents_try=True) is None
+        True
+    """
+    if drift is None:
+        return None
+    if drift.statistic == "error":
+        return ("live error", live_errors) if live_errors is not None and agents_try else None
+    return ("drift score", drift_scores) if drift_scores is not None else None
+
+
+def measure_note(measure: tuple[str, Any] | None) -> str:
+    """How ``canary_started`` names the measure (:func:`measure_of`'s answer)."""
+    if measure is None:
+        return NOT_SCORED
+    if measure[0] == "live error":
+        return "scored"
+    return f"scored on the {measure[0]} against each version's own reference (no labels)"

@@ -396,9 +396,18 @@ def build_services(
     trials = ReplicaCanary(
         manager.routes, launcher, metrics=metrics, start_timeout_s=settings.replica_start_timeout_s
     )
-    # Live error per version from the drift service's join of events and labels.
+    from mesh.runtime._canary_figures import ScoreWindows
+
+    # Live error per version from the drift service's join of events and labels;
+    # without labels, each version's drift score against its own reference.
     canary = CanaryService(
-        registry, installer, edge, manager=manager, replicas=trials, live_errors=drift.live_errors
+        registry,
+        installer,
+        edge,
+        manager=manager,
+        replicas=trials,
+        live_errors=drift.live_errors,
+        drift_scores=ScoreWindows(drift.version_score),
     )
     canary.expose(metrics)
     from mesh.security._revocations import TokenRevocations

@@ -57,12 +57,25 @@ from mesh.control._drift import (
 )
 from mesh.control._live_error import LiveErrors, parse_label
 from mesh.core._log_repeats import RepeatLog
-from mesh.core._metrics import MetricsRegistry
 from mesh.core._topics import topic_matches
-from mesh.runtime._drift_seams import CandidateSource, DriftBus, DriftStatsSwitch, VersionSource
+from mesh.runtime._drift_seams import (
+    CandidateSource,
+    DriftBus,
+    DriftStatsSwitch,
+    ScoreWindow,
+    VersionSource,
+    expose_drift,
+)
 from mesh.sdk._specs import Drift, ModuleSpec, drift_topic
 
-__all__ = ["DriftBus", "DriftService", "DriftStatsSwitch", "VersionSource", "expose_drift"]
+__all__ = [
+    "DriftBus",
+    "DriftService",
+    "DriftStatsSwitch",
+    "ScoreWindow",
+    "VersionSource",
+    "expose_drift",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -381,6 +394,29 @@ class DriftService:
 
     # ---------------------------------------------------------------- scores
 
+    def version_score(
+        self, module: str, *, since: float, site: str | None = None, version: str | None = None
+    ) -> ScoreWindow:
+        """``version``'s drift score since ``since`` (at ``site``; all sites: None).
+
+        Against that version's own reference: the canary's measure for a module
+        without labels (a candidate retrained on the new data sits closer to its
+        reference than production to its old one). Error checks give none.
+        """
+        with self._lock:
+            t = self._tracked.get(module)
+            windows = [] if t is None else [w for s, w in t.windows.items() if site in (None, s)]
+        if t is None or t.drift.statistic == "error" or version is None:
+            return ScoreWindow(0, None)
+        total = Moments()
+        for window in windows:
+            total = total.merge(window.moments(t.drift.statistic, t.drift.output, since=since,
+                                               version=version))  # fmt: skip
+        reference, _ = self._reference(t.spec.model, version, self._clock())
+        stats = reference.stats_for(t.drift.statistic, t.drift.output) if reference else None
+        score = moment_score(total, stats) if stats is not None and total.count else None
+        return ScoreWindow(total.count, score)
+
     def scores(self) -> list[DriftScore]:
         """Each tracked module's score per site, as the last evaluation left them."""
         with self._lock:
@@ -562,17 +598,3 @@ class DriftService:
     def describe(self) -> list[dict[str, Any]]:
         """The scores as JSON-ready dicts (the dashboard's ``drift`` list)."""
         return [s.to_dict() for s in self.scores()]
-
-
-def expose_drift(metrics: MetricsRegistry, drift: DriftService) -> None:
-    """``mesh_module_drift_score{module,site}``, read from ``drift`` at each scrape."""
-    metrics.gauge_callback(
-        "mesh_module_drift_score",
-        "Each tracked module's drift score per site (absent while too few samples).",
-        ("module", "site"),
-        lambda: [
-            ((s.module, s.site), s.score)
-            for s in drift.scores()
-            if s.score is not None and s.samples > 0
-        ],
-    )

@@ -92,7 +92,7 @@ def test_equal_error_passes_only_without_a_margin() -> None:
     [
         (side("v2", samples=29, mae=0.1), PROD, "candidate has 29 samples"),
         (side("v2", mae=0.1), side("v1", samples=3), "production has 3 samples"),
-        (side("v2", mae=None), PROD, "candidate has 100 samples, no scored error"),
+        (side("v2", mae=None), PROD, "candidate has 100 samples, no live error"),
         (side("v2", mae=0.1, p95_ms=None), PROD, "candidate has 100 samples, no p95"),
     ],
 )

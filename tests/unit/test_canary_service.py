@@ -29,7 +29,8 @@ from mesh.core._errors import SpecError
 from mesh.core._metrics import MetricsRegistry
 from mesh.edge._records import AgentView
 from mesh.models._registry import ModelRegistry, Stage
-from mesh.runtime._canary import NOT_SCORED, CanaryService
+from mesh.runtime._canary import CanaryService
+from mesh.runtime._canary_figures import NOT_SCORED
 from mesh.sdk._specs import Canary, Drift, ModuleSpec, QoS
 from mesh.serving._contract import DeployError, ModelArtifact
 from mesh.serving._deployment import DeploymentView
@@ -412,6 +413,30 @@ def test_a_module_whose_outputs_are_not_joined_with_labels_is_not_scored(
     compared = r.step("compared")
     assert compared["verdict"] == "promote" and "not scored" in compared["reason"]
     assert registry.get(MODEL).version == "v2"
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict", "serving"),
+    [({"v1": 4.0, "v2": 0.8}, "promote", "v2"), ({"v1": 4.0, "v2": 6.0}, "roll_back", "v1")],
+    ids=["closer-to-its-reference", "further"],
+)
+def test_without_labels_each_versions_drift_score_is_the_measure(
+    registry: ModelRegistry, scores: dict[str, float], verdict: str, serving: str
+) -> None:
+    """Agreement with a reference: a candidate whose outputs sit further from its own
+    reference than production's from theirs is never promoted."""
+    spec = SPEC.model_copy(update={"drift": Drift(statistic="outputs", threshold=3.0)})
+    r = rig(registry, Errors({"v1": 0.1, "v2": 9.0}), spec)  # live errors: not read
+    drift_scores = Errors(scores)
+    r.service.drift_scores = drift_scores
+    r.service.tick()
+    assert r.step("canary_started")["live_error"].startswith("scored on the drift score")
+    run_window(r)
+    compared = r.step("compared")
+    assert compared["verdict"] == verdict and "drift score" in compared["reason"]
+    assert compared["candidate"]["mae"] == scores["v2"]
+    assert {a.version for a in r.fleet.agents.values()} == {serving}
+    assert drift_scores.asked and not r.service.live_errors.asked  # type: ignore[union-attr]
 
 
 def test_a_lone_agent_is_compared_with_itself_before_the_canary(

@@ -175,3 +175,32 @@ def test_the_service_turns_agents_summaries_on_for_what_it_tracks() -> None:
     broken = spec(Drift(statistic="inputs", threshold=3.0)).model_copy(update={"name": "broken"})
     service.track(broken, version="v1", event_topics=[])  # the switch fails: tracked all the same
     assert service.summarised() == ["broken"]
+
+
+def test_each_version_is_scored_against_its_own_reference_for_the_canary() -> None:
+    """DriftService.version_score: what a canary compares for a module without labels."""
+    bus, clock = FakeBus(), Clock()
+    old = {"drift_reference": {"outputs": {"mean": 2.0, "std": 0.5}}}
+    new = {"drift_reference": {"outputs": {"mean": 4.2, "std": 0.5}}}
+    registry = Registry(
+        {"v1": Version("v1", None, Lineage(old)), "v2": Version("v2", None, Lineage(new))}
+    )
+    service = DriftService(bus, registry, clock=clock)
+    check = Drift(statistic="outputs", threshold=3.0, min_samples=5, output="counts")
+    service.track(spec(check), version="v1", event_topics=[])
+    for site, version in (("j1", "v1"), ("j2", "v2"), ("fog", "v2")):
+        summary = DriftSummary(
+            version=version,
+            inputs=ValueMoments(count=10, mean=4.0, m2=0.0),
+            outputs={"counts": ValueMoments(count=10, mean=4.0, m2=0.0)},
+        )  # the world moved: outputs near 4 everywhere
+        service.add_summary("counter", site, summary)
+    since = clock.now - 1
+    v1 = service.version_score("counter", since=since, version="v1")
+    v2 = service.version_score("counter", since=since, version="v2")
+    assert (v1.n, v1.mae) == (10, pytest.approx(4.0))  # 4 std from the old reference
+    assert (v2.n, v2.mae) == (20, pytest.approx(0.4))  # agents' and replicas' alike
+    at_j2 = service.version_score("counter", since=since, site="j2", version="v2")
+    assert at_j2.n == 10
+    assert service.version_score("counter", since=clock.now + 1, version="v2").mae is None
+    assert service.version_score("other", since=since, version="v1").n == 0
