@@ -190,7 +190,14 @@ class EdgeInstaller:
             with self._lock:
                 modules = dict(self._modules.get(agent_id, {}))
             previous = modules.get(module)
-            if _unchanged(self._edge, agent_id, previous, artifact, self._sampling.get(module)):
+            if _unchanged(
+                self._edge,
+                agent_id,
+                previous,
+                artifact,
+                self._sampling.get(module),
+                module in self._drift_stats,
+            ):
                 logger.info(
                     "agent %s serves %s %s already: desired state not rewritten",
                     agent_id,
@@ -478,15 +485,16 @@ def _unchanged(
     kept: ModuleSpec | None,
     artifact: ModelArtifact,
     sampling: SamplingPolicy | None,
+    drift_stats: bool,
 ) -> bool:
-    """Whether ``kept`` is ``artifact`` already and the agent reports it installed.
+    """Whether ``kept`` is ``artifact`` already (same sampling and drift summaries), installed.
 
     Then a new desired state would change nothing but its version and the URL's
     expiry, and cost the agent a reconcile and the broker a retained rewrite.
     """
     if kept is None or (kept.version, kept.sha256) != (artifact.version, artifact.sha256):
         return False
-    if kept.sampling != sampling:
+    if kept.sampling != sampling or kept.drift_stats != drift_stats:
         return False
     view = edge.agent(agent_id)
     observed = view.observed if view is not None else None

@@ -64,3 +64,12 @@ def test_another_agent_or_another_sampling_policy_is_published(
     installer._sampling["counter"] = SamplingPolicy(samples_per_min=6, reservoir=16)
     installer.install("cam-2", "counter", artifact("v1"), 5.0)  # the entry would change
     assert len(edge.published) == 3
+
+
+def test_a_changed_drift_summary_flag_is_published(
+    installer: EdgeInstaller, edge: FakeAgentGateway
+) -> None:
+    installer.install("cam-1", "counter", artifact("v1"), 5.0)
+    installer._drift_stats.add("counter")  # the drift service began tracking it
+    installer.install("cam-1", "counter", artifact("v1"), 5.0)
+    assert [d.modules[0].drift_stats for d in edge.published] == [False, True]
