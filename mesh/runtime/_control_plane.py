@@ -321,6 +321,7 @@ def build_services(
         ca_file=ca,
         cert_file=cert,
         key_file=key,
+        flood=settings.flood_limits,
     ).start()
     undo.append(("edge bus", edge.stop))
     registry = ModelRegistry.open(settings)
@@ -342,6 +343,7 @@ def build_services(
     undo.append(("edge installer", installer.close))
     _ = installer.handover  # now, not at the first remote route: clears a crash's leases
     metrics = MetricsRegistry()
+    edge.flood.expose(metrics)
     manager = ServingManager(
         RouteTable(),
         RayReplicaLauncher(
