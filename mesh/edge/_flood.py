@@ -29,7 +29,7 @@ The buckets are plain floats under one lock held for a few arithmetic steps; the
 network thread and the dispatcher thread are its only takers on the hot path.
 
 Example:
-    >>> clock = iter([0.0, 0.0, 0.0, 1.0]).__next__
+    >>> clock = iter([0.0, 0.0, 0.0, 0.0, 1.0]).__next__
     >>> guard = FloodGuard(FloodLimits(heartbeat_per_s=1.0, heartbeat_burst=2), clock=clock)
     >>> [guard.admit("heartbeat", "cam-07") for _ in range(3)]
     [True, True, False]
