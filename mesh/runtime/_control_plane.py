@@ -287,6 +287,7 @@ def build_services(
     from mesh.dashboard._scenario import ScenarioFeed
     from mesh.edge._artifact_api import UrlSigner, artifact_router
     from mesh.edge._bus import EdgeBus
+    from mesh.edge._bus_metrics import expose_bus
     from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
     from mesh.edge._install import EdgeInstaller
     from mesh.models._artifacts import ArtifactSigner, ArtifactStore
@@ -343,7 +344,7 @@ def build_services(
     undo.append(("edge installer", installer.close))
     _ = installer.handover  # now, not at the first remote route: clears a crash's leases
     metrics = MetricsRegistry()
-    edge.flood.expose(metrics)
+    expose_bus(metrics, edge)
     manager = ServingManager(
         RouteTable(),
         RayReplicaLauncher(

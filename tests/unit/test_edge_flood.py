@@ -222,3 +222,25 @@ def test_the_agents_listing_says_an_agent_floods() -> None:
     row = AgentHealth("a", None, True, "online", 1.0, None, None, None, "live", limited=1234)
 
     assert fault_summary(row) == "flooding: 1234 messages over its rate"
+
+
+def test_the_bus_serves_its_counters_and_its_limited_agents() -> None:
+    from mesh.edge._bus_metrics import expose_bus
+
+    bus = EdgeBus("mqtt://127.0.0.1:1", flood=FloodLimits(heartbeat_per_s=1.0, heartbeat_burst=1))
+    metrics = MetricsRegistry()
+    expose_bus(metrics, bus)
+    for agent in ("bad", "bad"):
+        message = SimpleNamespace(
+            topic=T.heartbeat(agent), payload=_heartbeat(agent), properties=None
+        )
+        bus._on_message(None, None, message)
+    message = SimpleNamespace(topic=T.events("j1", "s"), payload=_event("good", 1), properties=None)
+    bus._on_message(None, None, message)
+    bus._dispatcher.start()
+    bus._dispatcher.stop()
+
+    text = metrics.render()
+    assert 'mesh_edge_bus_messages{kind="events"} 1.0' in text
+    assert 'mesh_edge_bus_messages{kind="messages"} 2.0' in text  # the dropped one never came in
+    assert 'mesh_edge_flood_limited{agent="bad",kind="heartbeat_dropped"} 1.0' in text
