@@ -398,8 +398,8 @@ class FleetMesh:
         )
         return took, victims
 
-    def restart_broker(self, *, timeout_s: float = 180.0) -> dict[str, Any]:
-        """``kill -9`` Mosquitto and start it again (same config, persistence on), as systemd would.
+    def restart_broker(self, *, kill: bool = True, timeout_s: float = 180.0) -> dict[str, Any]:
+        """Stop Mosquitto (``kill -9``, else SIGTERM) and start it again (same config, persistence).
 
         Every live agent publishes a QoS 1 event just before the kill, one while the
         broker is down (paho holds it) and one once it is connected again. Measured
@@ -420,7 +420,10 @@ class FleetMesh:
         connects = {a.agent_id: a.connects for a in live}
         for agent in live:
             agent.publish_event()
-        self.mosquitto.kill()
+        if kill:
+            self.mosquitto.kill()
+        else:
+            self.mosquitto.stop()  # SIGTERM: Mosquitto saves its database on the way out
         for agent in live:
             agent.publish_event()  # the broker is down: paho holds it until it is back
         self.mosquitto.start()
@@ -470,6 +473,7 @@ class FleetMesh:
                 break
             time.sleep(0.25)
         row = {
+            "reconnect_broker_stop": "kill -9" if kill else "SIGTERM",
             "reconnect_agents": len(live),
             "reconnect_agents_s": agents_s,
             "reconnect_s": reconnect_s,
