@@ -21,6 +21,12 @@ own cache), and measures:
   control plane stops counting each as up (``offline_detect_s``: three silent
   heartbeat periods; bound 1.5 x keepalive), and until their last wills list
   them offline (``offline_will_s``: the broker's keepalive check).
+- a broker restart: Mosquitto stopped (SIGTERM; ``--broker-stop kill``: ``kill -9``)
+  and started again (persistence on);
+  until every live agent is connected again (``reconnect_agents_s``) and online
+  at the control plane, heard since (``reconnect_s``); each agent sends a QoS 1
+  event before, during and after it, and ``reconnect_lost_events`` counts those
+  the control plane never took (``--no-broker-restart`` skips it).
 
 The rollout is split into phases from each agent's own timestamps
 (``rollout_publish_s``: every desired state handed to the bus;
@@ -71,6 +77,8 @@ def run(
     steady_s: float,
     kill_share: float,
     autosave: str = "every-change",
+    broker_restart: bool = True,
+    broker_kill: bool = False,
 ) -> dict[str, object]:
     """One row: start the mesh with ``agents`` agents, measure, tear down."""
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
@@ -104,6 +112,8 @@ def run(
             row["offline_detect_first_s"] = min(at_cp.values(), default=None)
             row["offline_will_at_bus_last_s"] = max(at_bus.values(), default=None)
             row["offline_bound_s"] = 1.5 * keepalive_s
+            if broker_restart:
+                row.update(mesh.restart_broker(kill=broker_kill))
             row.update(mesh.timings)
             row["loadavg_end"] = list(os.getloadavg())
             row["cpus"] = os.cpu_count()
@@ -126,6 +136,17 @@ def main() -> None:
         default="every-change",
         help="Mosquitto's saving: after every change (deploy/mosquitto.conf) or once a second",
     )
+    parser.add_argument(
+        "--no-broker-restart",
+        action="store_true",
+        help="skip the broker restart (reconnect_s, reconnect_lost_events)",
+    )
+    parser.add_argument(
+        "--broker-stop",
+        choices=("term", "kill"),
+        default="term",
+        help="how the broker restart stops Mosquitto: SIGTERM (it saves) or kill -9 (a crash)",
+    )
     args = parser.parse_args()
     if args.agents < 1:
         parser.error("--agents must be at least 1")
@@ -137,6 +158,8 @@ def main() -> None:
         steady_s=args.steady_s,
         kill_share=args.kill_share,
         autosave=args.broker_autosave,
+        broker_restart=not args.no_broker_restart,
+        broker_kill=args.broker_stop == "kill",
     )
     text = json.dumps(row, indent=2)
     print(text)

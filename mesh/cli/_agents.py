@@ -69,6 +69,7 @@ class AgentHealth:
             in_memory, full), if known.
         faults: what went wrong on the device from the last heartbeat (damaged files
             moved aside, background threads restarted, clock offset), if known.
+        limited: messages it sent over its rates while listed (``mesh.edge._flood``).
     """
 
     agent_id: str
@@ -82,6 +83,7 @@ class AgentHealth:
     source: str
     outbox: dict[str, Any] | None = None
     faults: dict[str, Any] | None = None
+    limited: int = 0
 
 
 def _from_record(record: AgentRecord, now: float) -> AgentHealth:
@@ -165,6 +167,7 @@ def collect_health(
                 source="live",
                 outbox=hb.outbox.model_dump() if hb else None,
                 faults=hb.faults.model_dump() if hb else None,
+                limited=view.flood.limited if view.flood else 0,
             )
     finally:
         gateway.stop()
@@ -202,6 +205,8 @@ def fault_summary(row: AgentHealth) -> str:
     offset = float(faults.get("clock_offset_s") or 0.0)
     if abs(offset) >= 1.0:
         parts.append(f"clock {-offset:+.1f} s off")
+    if row.limited:
+        parts.append(f"flooding: {row.limited} messages over its rate")
     return ", ".join(parts) or "-"
 
 

@@ -42,6 +42,15 @@ def describe_agent(
         "modules": {k: v.model_dump(mode="json") for k, v in beat.modules.items()} if beat else {},
         "outbox": beat.outbox.model_dump(mode="json") if beat else None,
         "faults": beat.faults.model_dump(mode="json") if beat else None,
+        "flood": (
+            {
+                "dropped": dict(view.flood.dropped),
+                "deferred": view.flood.deferred,
+                "last_at": view.flood.last_at,
+            }
+            if view.flood is not None
+            else None
+        ),
         "desired_version": view.desired_version,
         "observed_version": observed.version if observed else None,
         "installed": [

@@ -56,6 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -71,6 +72,7 @@ from edge_agent.protocol import (
 )
 from mesh.core._topics import cover_filters, topic_covers
 from mesh.edge._dispatch import Dispatcher
+from mesh.edge._flood import FloodGuard, FloodLimits
 from mesh.edge._link import BrokerLink
 from mesh.edge._records import (
     AgentView,
@@ -130,6 +132,8 @@ class EdgeBus:
         ca_file: CA the ``mqtts://`` broker's certificate must chain to (None: system CAs).
         cert_file: client certificate for mutual TLS (with ``key_file``).
         key_file: the client certificate's key.
+        flood: per-agent rates of heartbeats and events (:mod:`mesh.edge._flood`);
+            an agent over them is limited, and flagged in :meth:`agents`.
 
     Example:
         >>> with EdgeBus(broker.url) as gw:               # doctest: +SKIP
@@ -153,6 +157,7 @@ class EdgeBus:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        flood: FloodLimits | None = None,
     ) -> None:
         """Configure the gateway; :meth:`start` connects."""
         parts = urlsplit(broker_url)
@@ -183,11 +188,14 @@ class EdgeBus:
         self._subscriptions = Subscriptions(
             internal, client=lambda: self._link.live_client(), name=self.client_id
         )
+        #: Per-agent flood limits, and the agents that went over them.
+        self.flood = FloodGuard(flood, name=self.client_id)
         self._dispatcher = Dispatcher(
             prefix=prefix,
             registry=self._registry,
             subscriptions=self._subscriptions,
             name=self.client_id,
+            flood=self.flood,
         )
         self._link = BrokerLink(
             self.host,
@@ -276,12 +284,20 @@ class EdgeBus:
     # ------------------------------------------------------------------ registry
 
     def agents(self) -> list[AgentView]:
-        """Every agent the gateway has heard of, by id."""
-        return self._registry.agents()
+        """Every agent the gateway has heard of, by id (``flood`` set on those limited)."""
+        views = self._registry.agents()
+        limited = {r.agent_id: r for r in self.flood.reports()}
+        if not limited:
+            return views
+        return [
+            replace(v, flood=limited[v.agent_id]) if v.agent_id in limited else v for v in views
+        ]
 
     def agent(self, agent_id: str) -> AgentView | None:
         """One agent's snapshot, or None if never heard of."""
-        return self._registry.agent(agent_id)
+        view = self._registry.agent(agent_id)
+        report = self.flood.report(agent_id) if view is not None else None
+        return replace(view, flood=report) if view is not None and report else view
 
     def metrics(self, agent_id: str) -> list[HeartbeatSample]:
         """An agent's heartbeat ring, oldest first."""

@@ -7,6 +7,12 @@ what is not dropped on the way (malformed, duplicate) goes to the bus handlers
 whose pattern matches. An exception in a handler is logged and counted, and the
 dispatcher goes on.
 
+With a :class:`~mesh.edge._flood.FloodGuard`, an agent's heartbeats over its rate
+are dropped in :meth:`Dispatcher.put` (on paho's network thread, from the topic,
+before they are queued), and its events over their rate wait in a bounded
+deferred lane, handled when the inbox is empty: a flooding agent never stands
+between the others' messages and this thread.
+
 No MQTT here, so this is tested by dispatching messages directly.
 """
 
@@ -15,11 +21,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from edge_agent.protocol import Event
+from mesh.edge._flood import FloodGuard
 from mesh.edge._records import _Counters
 from mesh.edge._registry import AgentRegistry
 from mesh.edge._subscriptions import Subscriptions
@@ -38,6 +46,7 @@ class Dispatcher:
         subscriptions: the bus handlers, by pattern.
         name: who owns the dispatcher, for its thread and log messages (the
             gateway's client id).
+        flood: per-agent rate limits (None: none).
 
     Example:
         >>> from mesh.edge._subscriptions import Subscriptions
@@ -57,6 +66,7 @@ class Dispatcher:
         registry: AgentRegistry,
         subscriptions: Subscriptions,
         name: str = "gateway",
+        flood: FloodGuard | None = None,
     ) -> None:
         """Create a dispatcher; :meth:`start` starts its thread."""
         self._prefix = prefix
@@ -68,6 +78,12 @@ class Dispatcher:
         self._event_handlers: list[Callable[[Event], None]] = []
         self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._flood = flood
+        self._heartbeats = f"{prefix}/agents/"
+        # Events over their agent's rate, (topic, payload, event, agent), and how many
+        # of each agent's wait: only the dispatcher thread touches these.
+        self._deferred: deque[tuple[str, bytes, Event, str]] = deque()
+        self._waiting: dict[str, int] = {}
 
     def start(self) -> None:
         """Start the dispatcher thread."""
@@ -84,7 +100,20 @@ class Dispatcher:
             self._thread = None
 
     def put(self, topic: str, payload: bytes) -> None:
-        """Queue a message for the dispatcher thread (never blocks)."""
+        """Queue a message for the dispatcher thread (never blocks).
+
+        A heartbeat over its agent's rate is dropped here, and counted.
+        """
+        flood = self._flood
+        if (
+            flood is not None
+            and topic.endswith("/heartbeat")
+            and topic.startswith(self._heartbeats)
+        ):
+            agent = topic[len(self._heartbeats) : -len("/heartbeat")]
+            if "/" not in agent and not flood.admit("heartbeat", agent):
+                flood.dropped("heartbeat", agent)
+                return
         self._inbox.put((topic, payload))
 
     def on_event(self, handler: Callable[[Event], None]) -> Callable[[], None]:
@@ -106,14 +135,26 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while True:
-            item = self._inbox.get()
+            if self._deferred:  # deferred events run only when nothing else waits
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    self._guarded(self._run_deferred)
+                    continue
+            else:
+                item = self._inbox.get()
             if item is None:
+                while self._deferred:  # bounded: deferred_max at most
+                    self._guarded(self._run_deferred)
                 return
             topic, payload = item
-            try:
-                self.dispatch(topic, payload)
-            except Exception:  # the dispatcher must outlive any bad message
-                logger.exception("gateway %s: failed to handle a message on %s", self._name, topic)
+            self._guarded(self.dispatch, topic, payload)
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # the dispatcher must outlive any bad message
+            logger.exception("gateway %s: failed to handle a message (%r)", self._name, args[:1])
 
     def dispatch(self, topic: str, payload: bytes) -> None:
         """Handle one message now, on the calling thread."""
@@ -140,8 +181,34 @@ class Dispatcher:
             logger.exception("gateway %s: handler %r failed", self._name, fn)
 
     def _handle_event(self, topic: str, payload: bytes) -> bool:
-        event = self._registry.accept_event(topic, payload)
-        if event is None:  # a duplicate or malformed: the registry logged and counted it
+        event = self._registry.parse_event(topic, payload)
+        if event is None:  # malformed: the registry logged and counted it
+            return False
+        flood = self._flood
+        if flood is not None:
+            agent = event.agent or f"site:{event.site or topic}"
+            # Once one of an agent's events waits, its later ones wait behind it.
+            if self._waiting.get(agent) or not flood.admit("events", agent):
+                if len(self._deferred) >= flood.limits.deferred_max:
+                    flood.dropped("events", agent)
+                else:
+                    self._deferred.append((topic, payload, event, agent))
+                    self._waiting[agent] = self._waiting.get(agent, 0) + 1
+                    flood.deferred("events", agent)
+                return False  # its subscribers get it when it runs
+        return self._deliver_event(topic, event)
+
+    def _run_deferred(self) -> None:
+        topic, payload, event, agent = self._deferred.popleft()
+        left = self._waiting.pop(agent, 1) - 1
+        if left > 0:
+            self._waiting[agent] = left
+        if self._deliver_event(topic, event):
+            for handler in self._subscriptions.handlers_for(topic):
+                self._call(handler, topic, payload)
+
+    def _deliver_event(self, topic: str, event: Event) -> bool:
+        if not self._registry.first_time(topic, event):  # a duplicate: counted there
             return False
         with self._lock:
             handlers = list(self._event_handlers)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.protocol import AgentStatus, Heartbeat, InferReply, ObservedState
 from mesh.core._errors import MeshError
+from mesh.edge._flood import FloodReport
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -135,6 +136,7 @@ class AgentView:
         last_heartbeat_at: local Unix time that heartbeat arrived.
         observed: its last observed state.
         desired_version: the last desired version this gateway published or saw.
+        flood: what it sent over its rates (:mod:`mesh.edge._flood`), if it did.
     """
 
     agent_id: str
@@ -146,6 +148,7 @@ class AgentView:
     last_heartbeat_at: float | None
     observed: ObservedState | None
     desired_version: int | None
+    flood: FloodReport | None = None
 
     def heartbeat_age_s(self, now: float | None = None) -> float | None:
         """Seconds since the last heartbeat arrived, or None."""

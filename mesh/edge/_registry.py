@@ -234,11 +234,21 @@ class AgentRegistry:
             The event the first time its id is seen; None for a duplicate (among
             the last ``dedupe_window`` ids) or a malformed message.
         """
+        event = self.parse_event(topic, payload)
+        if event is None or not self.first_time(topic, event):
+            return None
+        return event
+
+    def parse_event(self, topic: str, payload: bytes) -> Event | None:
+        """Parse an event from ``topic``; None (logged and counted) when malformed."""
         try:
-            event = parse_json(payload, Event)
+            return parse_json(payload, Event)
         except ProtocolError as exc:
             self._malformed(topic, exc)
             return None
+
+    def first_time(self, topic: str, event: Event) -> bool:
+        """Remember ``event``'s id; False (counted) for a duplicate among the last ones."""
         with self._lock:
             if event.id in self._seen_events:
                 self._counters.duplicate_events += 1
@@ -254,8 +264,7 @@ class AgentRegistry:
             logger.debug(
                 "gateway %s: duplicate event %s on %s dropped", self._name, event.id, topic
             )
-            return None
-        return event
+        return not duplicate
 
     def _malformed(self, topic: str, exc: Exception) -> bool:
         with self._lock:

@@ -287,6 +287,7 @@ def build_services(
     from mesh.dashboard._scenario import ScenarioFeed
     from mesh.edge._artifact_api import UrlSigner, artifact_router
     from mesh.edge._bus import EdgeBus
+    from mesh.edge._bus_metrics import expose_bus
     from mesh.edge._enrolment import EnrolmentStore, control_plane_credentials
     from mesh.edge._install import EdgeInstaller
     from mesh.models._artifacts import ArtifactSigner, ArtifactStore
@@ -321,6 +322,7 @@ def build_services(
         ca_file=ca,
         cert_file=cert,
         key_file=key,
+        flood=settings.flood_limits,
     ).start()
     undo.append(("edge bus", edge.stop))
     registry = ModelRegistry.open(settings)
@@ -342,6 +344,7 @@ def build_services(
     undo.append(("edge installer", installer.close))
     _ = installer.handover  # now, not at the first remote route: clears a crash's leases
     metrics = MetricsRegistry()
+    expose_bus(metrics, edge)
     launcher = RayReplicaLauncher(
         nodes=backend.nodes,
         # Replicas answer agents' offloaded requests over MQTT too, where they reach it.

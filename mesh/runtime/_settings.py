@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mesh.edge._enrolment import EdgeSettings
+from mesh.edge._flood import FloodLimits
 
 __all__ = ["ControlPlaneSettings"]
 
@@ -77,6 +78,32 @@ class ControlPlaneSettings(EdgeSettings):
     placement_restore_max_delay_s: float = Field(
         20.0, gt=0, description="Longest wait between two tries (it doubles from 1 s)."
     )
+    flood_heartbeat_per_s: float = Field(
+        5.0, gt=0, description="Heartbeats taken per agent per second; more are dropped."
+    )
+    flood_heartbeat_burst: int = Field(
+        20, ge=1, description="Heartbeats an agent may send at once before its rate applies."
+    )
+    flood_events_per_s: float = Field(
+        200.0, gt=0, description="Events handled per agent per second; more wait until idle."
+    )
+    flood_events_burst: int = Field(
+        1000, ge=1, description="Events an agent may send at once (an outbox replay's start)."
+    )
+    flood_events_deferred_max: int = Field(
+        50_000, ge=1, description="Events over their rate waiting at most; more are dropped."
+    )
+
+    @property
+    def flood_limits(self) -> FloodLimits:
+        """The ``flood_*`` settings as the edge bus takes them."""
+        return FloodLimits(
+            heartbeat_per_s=self.flood_heartbeat_per_s,
+            heartbeat_burst=self.flood_heartbeat_burst,
+            events_per_s=self.flood_events_per_s,
+            events_burst=self.flood_events_burst,
+            deferred_max=self.flood_events_deferred_max,
+        )
 
     @property
     def broker_explicit(self) -> bool:

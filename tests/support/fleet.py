@@ -17,7 +17,10 @@ with the credentials ``mesh agents enroll`` made for it. It does what
   the download, the sha256 while streaming), then the observed state naming it
   (on a small pool of download threads, as the agent's reconciler thread would);
 - an inference request: a reply frame of the right shape (one float32 output per
-  row of the first input), without running a model.
+  row of the first input), without running a model;
+- :meth:`SimAgent.publish_event`: an application event, QoS 1, with a unique id
+  (paho holds it until the broker's PUBACK and sends it again after a reconnect,
+  as the agent's outbox does).
 
 What it leaves out: ONNX Runtime (a module is verified and reported, never
 loaded), the outbox and pipelines.
@@ -52,6 +55,7 @@ from edge_agent.protocol import (
     DesiredState,
     ErrorCode,
     ErrorInfo,
+    Event,
     Heartbeat,
     HostMetrics,
     InferReply,
@@ -149,6 +153,7 @@ class SimAgent:
         self.apply_began: float | None = None
         self.apply_ended: float | None = None
         self.replies = 0
+        self.events_sent = 0
         self._client = new_client(
             ClientOptions(
                 client_id=creds.agent_id,
@@ -251,6 +256,23 @@ class SimAgent:
             ),
         )
         self._client.publish(self.topics.heartbeat(self.agent_id), beat.model_dump_json(), 0)
+
+    def publish_event(self, stream: str = "fleet") -> None:
+        """Publish one application event, QoS 1 (held while down, sent on reconnect)."""
+        if self.dead:
+            return
+        with self._lock:
+            self.events_sent += 1
+            seq = self.events_sent
+        event = Event(
+            id=f"{self.agent_id}-{seq}",
+            agent=self.agent_id,
+            site=self.creds.site,
+            stream=stream,
+            seq=seq,
+        )
+        topic = self.topics.events(self.creds.site, stream)
+        self._client.publish(topic, event.model_dump_json(exclude_none=True), 1)
 
     # ------------------------------------------------------------------ desired state
 

@@ -19,6 +19,9 @@ Measured (used by ``tests/integration/test_fleet.py`` and ``bench/fleet.py``):
 - :meth:`FleetMesh.kill_and_detect`: a share of agents go silent (no DISCONNECT),
   until the control plane's registry lists each offline (``/metrics``:
   ``mesh_edge_agent_offline``);
+- :meth:`FleetMesh.restart_broker`: Mosquitto killed and started again; until
+  every agent is connected and online at the control plane again, and whether
+  every QoS 1 event sent around the restart reached the control plane;
 - :meth:`FleetMesh.steady`: the control plane's and Mosquitto's CPU and RSS
   (psutil, ``mesh up``'s process tree), heartbeat lag at the registry and the
   reconcile loop's round times (``/metrics``), with churn under way.
@@ -394,6 +397,96 @@ class FleetMesh:
             f"last {max(seen_broker.values(), default=float('nan')):.1f} s)"
         )
         return took, victims
+
+    def restart_broker(self, *, kill: bool = True, timeout_s: float = 180.0) -> dict[str, Any]:
+        """Stop Mosquitto (``kill -9``, else SIGTERM) and start it again (same config, persistence).
+
+        Every live agent publishes a QoS 1 event just before the kill, one while the
+        broker is down (paho holds it) and one once it is connected again. Measured
+        from the moment the broker listens again: ``reconnect_agents_s``, until every
+        agent is connected; ``reconnect_s``, until the control plane also took a
+        heartbeat from each (its registry has it online, heard after the restart);
+        ``reconnect_lost_events``, events sent that the control plane's bus never
+        counted (``mesh_edge_bus_messages{kind="events"}``: distinct ids), after
+        waiting up to ``timeout_s`` for them.
+
+        Raises:
+            AssertionError: some agent was not back within ``timeout_s`` (naming them).
+        """
+        assert self.fleet is not None
+        live = [a for a in self.fleet.agents if not a.dead]
+        events_before = self.scrape().get("mesh_edge_bus_messages", {}).get("events", 0.0)
+        sent_before = sum(a.events_sent for a in live)
+        connects = {a.agent_id: a.connects for a in live}
+        for agent in live:
+            agent.publish_event()
+        if kill:
+            self.mosquitto.kill()
+        else:
+            self.mosquitto.stop()  # SIGTERM: Mosquitto saves its database on the way out
+        for agent in live:
+            agent.publish_event()  # the broker is down: paho holds it until it is back
+        self.mosquitto.start()
+        self.mosquitto.restarts += 1
+        began, began_wall = time.monotonic(), time.time()
+        deadline = began + timeout_s
+
+        def back(agent: SimAgent) -> bool:
+            return agent.connected.is_set() and agent.connects > connects[agent.agent_id]
+
+        agents_s: float | None = None
+        left = live
+        while time.monotonic() < deadline:
+            left = [a for a in live if not back(a)]
+            if not left:
+                agents_s = time.monotonic() - began
+                break
+            time.sleep(0.1)
+        if left:
+            raise AssertionError(f"{len(left)} agents not connected again: {left[:5]}")
+        for agent in live:
+            agent.publish_event()
+
+        def not_heard() -> list[str]:
+            now, metrics = time.time(), self.scrape()
+            ages = metrics.get("mesh_edge_agent_heartbeat_age_seconds", {})
+            up = metrics.get("mesh_edge_agent_up", {})
+            return [
+                a.agent_id
+                for a in live
+                if up.get(a.agent_id) != 1.0 or now - ages.get(a.agent_id, 1e9) <= began_wall
+            ]
+
+        missing = not_heard()
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.25)
+            missing = not_heard()
+        if missing:
+            raise AssertionError(f"{len(missing)} agents not online again: {missing[:5]}")
+        reconnect_s = time.monotonic() - began
+        sent = sum(a.events_sent for a in live) - sent_before
+        received = 0.0
+        while time.monotonic() < deadline:
+            events = self.scrape().get("mesh_edge_bus_messages", {}).get("events", 0.0)
+            received = events - events_before
+            if received >= sent:
+                break
+            time.sleep(0.25)
+        row = {
+            "reconnect_broker_stop": "kill -9" if kill else "SIGTERM",
+            "reconnect_agents": len(live),
+            "reconnect_agents_s": agents_s,
+            "reconnect_s": reconnect_s,
+            "reconnect_events_sent": sent,
+            "reconnect_events_received": int(received),
+            "reconnect_lost_events": max(0, sent - int(received)),
+        }
+        self.log(
+            f"broker restart: {len(live)} agents connected again after {agents_s:.1f} s, "
+            f"online at the control plane after {reconnect_s:.1f} s; "
+            f"{int(received)} of {sent} QoS 1 events received"
+        )
+        return row
 
     def offline_now(self) -> set[str]:
         """The agents the control plane's registry lists offline now."""
