@@ -9,13 +9,21 @@ learnt on the old frames errs; the mesh notices (a drift event on
    ``mesh.models.fresh_data(module)`` snapshots them (an ``.npz`` with
    ``inputs`` and ``labels``; :func:`fresh_frames` reads it), the last
    ``val_fraction`` of them held out;
-2. a declared mix with the old synthetic set: ``synthetic_ratio`` synthetic
-   frames per fresh training frame, the first ones of the parent's own
-   training set (same generator, seed and impairments), so the counter keeps
-   counting well where the cameras did not change;
-3. warm start from the parent (the version that served when drift was
+2. the changed frames weigh more (:func:`emphasised`): a training frame the
+   parent miscounts (mean error above ``hard_error`` vehicles per approach:
+   a drifted camera's) counts ``1 + hard_repeat`` times, and every training
+   frame also counts as its approaches rotated and its lanes swapped (a count
+   does not depend on which arm or lane a vehicle is on: x8 the frames). With
+   two minutes of drift most fresh frames are still the old world's, and
+   without this a candidate healed the drifted sites to ~2x their undrifted
+   error, with it to ~1x (``bench/lifecycle.py``);
+3. a declared mix with the old synthetic set: ``synthetic_ratio`` synthetic
+   frames per fresh training frame (before the emphasis), the first ones of the
+   parent's own training set (same generator, seed and impairments), so the
+   counter keeps counting well where the cameras did not change;
+4. warm start from the parent (the version that served when drift was
    declared): its ONNX weights loaded into the same network (:func:`warm_start`);
-4. a short fit, the export with the parity check, and the comparison on the
+5. a short fit, the export with the parity check, and the comparison on the
    held-out fresh frames: the candidate is registered (a CANDIDATE, with
    lineage: parent, the drift event, the mix, both errors) only when it errs
    less there than the parent; else nothing is registered and production
@@ -41,7 +49,15 @@ import numpy.typing as npt
 
 from functions.traffic.occupancy import APPROACHES
 
-__all__ = ["RetrainPlan", "drift_event", "fresh_frames", "parent_error", "warm_start"]
+__all__ = [
+    "RetrainPlan",
+    "drift_event",
+    "emphasised",
+    "fresh_frames",
+    "parent_error",
+    "parent_row_errors",
+    "warm_start",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +146,8 @@ def warm_start(model: Any, onnx_path: str | Path) -> bool:
     return True
 
 
-def parent_error(onnx_path: str | Path, images: F32, counts: F32) -> float:
-    """The parent's mean absolute count error on ``images`` (ONNX Runtime, raw outputs)."""
+def parent_row_errors(onnx_path: str | Path, images: F32, counts: F32) -> F32:
+    """The parent's mean absolute count error per frame (ONNX Runtime, raw outputs)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -139,7 +155,51 @@ def parent_error(onnx_path: str | Path, images: F32, counts: F32) -> float:
     outputs = np.concatenate(
         [session.run(None, {name: images[i : i + 256]})[0] for i in range(0, len(images), 256)]
     )
-    return float(np.abs(outputs.reshape(counts.shape) - counts).mean())
+    errors: F32 = np.abs(outputs.reshape(counts.shape) - counts).mean(axis=1).astype(np.float32)
+    return errors
+
+
+def parent_error(onnx_path: str | Path, images: F32, counts: F32) -> float:
+    """The parent's mean absolute count error on ``images`` (ONNX Runtime, raw outputs)."""
+    return float(parent_row_errors(onnx_path, images, counts).mean())
+
+
+def emphasised(
+    images: F32,
+    counts: F32,
+    parent_errors: F32 | None,
+    *,
+    hard_error: float = 1.5,
+    hard_repeat: int = 3,
+    symmetric: bool = True,
+) -> tuple[F32, F32, dict[str, Any]]:
+    """Training frames with the changed ones repeated and the symmetric copies added.
+
+    A frame whose ``parent_errors`` exceeds ``hard_error`` comes ``1 +
+    hard_repeat`` times; with ``symmetric``, every frame also comes with its
+    approaches rotated by one, two and three arms and each of those with its
+    lanes swapped (counts rotate with the approaches; lanes do not change them).
+
+    Example:
+        >>> x = np.zeros((2, 4, 2, 3), np.float32)
+        >>> y = np.array([[1, 2, 3, 4], [0, 0, 0, 0]], np.float32)
+        >>> xe, ye, info = emphasised(x, y, np.array([2.0, 0.1], np.float32))
+        >>> len(xe), info["hard"], ye[5].tolist(), ye[20].tolist()
+        (40, 1, [4.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0])
+    """
+    hard = 0
+    if parent_errors is not None and hard_repeat > 0:
+        mask = parent_errors > hard_error
+        hard = int(mask.sum())
+        images = np.concatenate([images, *([images[mask]] * hard_repeat)])
+        counts = np.concatenate([counts, *([counts[mask]] * hard_repeat)])
+    if symmetric:
+        xs = [np.roll(images, r, axis=1) for r in range(images.shape[1])]
+        ys = [np.roll(counts, r, axis=1) for r in range(counts.shape[1])]
+        images = np.concatenate([*xs, *(x[:, :, ::-1] for x in xs)])
+        counts = np.concatenate([*ys, *ys])
+    info = {"hard": hard, "hard_repeat": hard_repeat, "symmetric": symmetric}
+    return images.astype(np.float32), counts.astype(np.float32), info
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +213,8 @@ class RetrainPlan:
         parent_config: the parent's hyperparameters (its network's shape, its data).
         synthetic_ratio: synthetic frames per fresh training frame.
         val_fraction: share of the fresh frames held out (the last ones).
+        parent_errors: the parent's error on each fresh frame (None: no parent).
+        hard_error, hard_repeat, symmetric: the emphasis (:func:`emphasised`).
     """
 
     fresh: tuple[F32, F32]
@@ -161,6 +223,10 @@ class RetrainPlan:
     parent_config: Mapping[str, Any]
     synthetic_ratio: float = 1.0
     val_fraction: float = 0.25
+    parent_errors: F32 | None = None
+    hard_error: float = 1.5
+    hard_repeat: int = 3
+    symmetric: bool = True
 
     def split(self) -> tuple[tuple[F32, F32], tuple[F32, F32], dict[str, Any]]:
         """Training and held-out frames, and the mix (for lineage).
@@ -183,6 +249,16 @@ class RetrainPlan:
         x_fresh, y_fresh = images[: n - held], counts[: n - held]
         n_synthetic = round(self.synthetic_ratio * len(x_fresh))
         mix: dict[str, Any] = {"fresh": len(x_fresh), "synthetic": n_synthetic, "held_out": held}
+        errors = None if self.parent_errors is None else self.parent_errors[: n - held]
+        x_fresh, y_fresh, emphasis = emphasised(
+            x_fresh,
+            y_fresh,
+            errors,
+            hard_error=self.hard_error,
+            hard_repeat=self.hard_repeat,
+            symmetric=self.symmetric,
+        )
+        mix.update(emphasis, fresh_rows=len(x_fresh))
         if n_synthetic:
             cfg = self.parent_config
             old = synthetic_dataset(
@@ -285,7 +361,10 @@ def retrain(
             f"{module}: {len(fresh[0])} labelled fresh frames, need at least {min_rows} to retrain"
         )
     parent, parent_onnx, parent_config = _parent(model, event.get("version"))
-    plan = RetrainPlan(fresh, data_id, parent_onnx, parent_config, synthetic_ratio)
+    errors = parent_row_errors(parent_onnx, *fresh) if parent_onnx is not None else None
+    plan = RetrainPlan(
+        fresh, data_id, parent_onnx, parent_config, synthetic_ratio, parent_errors=errors
+    )
     train, held_out, mix = plan.split()
     config: dict[str, Any] = {
         "width": int(parent_config.get("width", 32)),
