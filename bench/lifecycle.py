@@ -31,6 +31,7 @@ Usage::
 
     python bench/lifecycle.py --offline --json bench/results/lifecycle-offline.json
     python bench/lifecycle.py --json bench/results/lifecycle.json   # two mesh runs
+    python bench/lifecycle.py --seed 12 --json bench/results/lifecycle-12.json  # another day
 """
 
 from __future__ import annotations
@@ -104,24 +105,34 @@ def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _without_loop(scenario: Path, out: Path) -> Path:
-    """A copy of ``scenario`` with ``lifecycle: false`` and its own output directory."""
+def _copy(scenario: Path, out: Path, *, lifecycle: bool, seed: int | None) -> Path:
+    """A copy of ``scenario`` (``lifecycle``, ``seed`` if given) with its own output directory."""
     import yaml
 
     data = yaml.safe_load(scenario.read_text())
-    data["lifecycle"] = False
-    data["name"] = f"{data['name']}-without"
-    data.setdefault("outputs", {})["dir"] = str(out / "without")
-    path = scenario.parent / f".{scenario.stem}-without.yaml"  # beside it: relative paths hold
+    data["lifecycle"] = lifecycle
+    name = f"{data['name']}-{'with' if lifecycle else 'without'}"
+    if seed is not None:
+        data["seed"] = seed
+        name = f"{name}-seed{seed}"
+    data["name"] = name
+    data.setdefault("outputs", {})["dir"] = str(out / name)
+    path = scenario.parent / f".{name}.yaml"  # beside it: relative paths hold
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def mesh_bench(scenario: Path) -> dict[str, Any]:
-    """Both mesh runs; the figures with the loop, and both mean waits."""
-    with_loop = run_mesh(scenario)
+def mesh_bench(scenario: Path, seed: int | None = None) -> dict[str, Any]:
+    """Both mesh runs (of ``seed``, or the scenario's); the figures with the loop, both waits."""
+    out = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
+    loop = scenario if seed is None else _copy(scenario, out, lifecycle=True, seed=seed)
+    try:
+        with_loop = run_mesh(loop)
+    finally:
+        if loop != scenario:
+            loop.unlink(missing_ok=True)
     figures = drift_figures(json.loads(Path(with_loop["report"]).read_text()))
-    copy = _without_loop(scenario, Path(tempfile.mkdtemp(prefix="bench-lifecycle-")))
+    copy = _copy(scenario, out, lifecycle=False, seed=seed)
     try:
         without = run_mesh(copy)
     finally:
@@ -131,6 +142,7 @@ def mesh_bench(scenario: Path) -> dict[str, Any]:
         **{k: figures[k] for k in ("detect_s", "candidate_s", "promoted_s", "error")},
         "error_without_loop": plain["error"],
         "mean_wait_s": {"with_loop": figures["mean_wait_s"], "without": plain["mean_wait_s"]},
+        "seed": seed,
         "reports": {"with_loop": with_loop["report"], "without": without["report"]},
     }
 
@@ -169,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offline", action="store_true", help="SUMO and the counter, no mesh")
     parser.add_argument("--counter", help="offline: a counter ONNX (default: train one, cached)")
     parser.add_argument("--end-s", type=float, default=420.0, help="offline: simulated seconds")
+    parser.add_argument("--seed", type=int, help="the scenario's seed (default: its own)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     run = offline_bench if args.offline else None
-    figures = run(args.counter, args.end_s) if run is not None else mesh_bench(args.scenario)
+    figures = (
+        run(args.counter, args.end_s) if run is not None else mesh_bench(args.scenario, args.seed)
+    )
     for key in KEYS:
         print(f"{key:<12} {figures[key]}")
     if args.json is not None:
