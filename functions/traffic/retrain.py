@@ -212,7 +212,8 @@ class RetrainPlan:
         parent_onnx: the parent's ONNX file; None = no parent (fresh weights).
         parent_config: the parent's hyperparameters (its network's shape, its data).
         synthetic_ratio: synthetic frames per fresh training frame.
-        val_fraction: share of the fresh frames held out (the last ones).
+        val_fraction: share of the fresh frames held out (the last ones of those
+            the parent misses and of the others, each).
         parent_errors: the parent's error on each fresh frame (None: no parent).
         hard_error, hard_repeat, symmetric: the emphasis (:func:`emphasised`).
     """
@@ -246,10 +247,11 @@ class RetrainPlan:
             )
         if not 0.0 <= self.synthetic_ratio <= 16.0:
             raise ValueError(f"synthetic_ratio: expected in [0, 16], got {self.synthetic_ratio}")
-        x_fresh, y_fresh = images[: n - held], counts[: n - held]
+        train, test = _held_out(n, held, self.parent_errors, self.hard_error)
+        x_fresh, y_fresh = images[train], counts[train]
         n_synthetic = round(self.synthetic_ratio * len(x_fresh))
         mix: dict[str, Any] = {"fresh": len(x_fresh), "synthetic": n_synthetic, "held_out": held}
-        errors = None if self.parent_errors is None else self.parent_errors[: n - held]
+        errors = None if self.parent_errors is None else self.parent_errors[train]
         x_fresh, y_fresh, emphasis = emphasised(
             x_fresh,
             y_fresh,
@@ -273,7 +275,28 @@ class RetrainPlan:
             y_train = np.concatenate([y_fresh, old.counts])
         else:
             x_train, y_train = x_fresh, y_fresh
-        return (x_train, y_train), (images[n - held :], counts[n - held :]), mix
+        return (x_train, y_train), (images[test], counts[test]), mix
+
+
+def _held_out(
+    n: int, held: int, parent_errors: F32 | None, hard_error: float
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Training and held-out rows: the last ``held / n`` of each group, in the order sent.
+
+    The groups: the frames the parent misses and the others. The last frames of
+    a snapshot are mostly the drifted ones: held out whole, the fit would hardly
+    see them.
+    """
+    rows = np.arange(n)
+    if parent_errors is None:
+        return rows[: n - held], rows[n - held :]
+    train: list[npt.NDArray[np.intp]] = []
+    test: list[npt.NDArray[np.intp]] = []
+    for group in (rows[parent_errors > hard_error], rows[parent_errors <= hard_error]):
+        k = round(len(group) * held / n)
+        train.append(group[: len(group) - k])
+        test.append(group[len(group) - k :])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def file_data_id(path: str | Path) -> str:

@@ -134,11 +134,12 @@ def test_the_frames_the_parent_misses_weigh_more_and_symmetric_copies_are_added(
     images = rng.random((20, 4, 2, 16), dtype=np.float32)
     counts = rng.integers(0, 5, (20, 4)).astype(np.float32)
     errors = np.zeros(20, np.float32)
-    errors[:4] = 9.0  # four drifted frames among the first fifteen (trained on)
+    errors[:4] = 9.0  # four drifted frames: three trained on, the last held out
     plan = RetrainPlan((images, counts), "d", None, {}, synthetic_ratio=0.0, parent_errors=errors)
     (x, y), (x_held, _), mix = plan.split()
-    assert mix["fresh"] == 15 and mix["hard"] == 4 and mix["fresh_rows"] == (15 + 4 * 3) * 8
+    assert mix["fresh"] == 15 and mix["hard"] == 3 and mix["fresh_rows"] == (15 + 3 * 3) * 8
     assert len(x) == len(y) == mix["fresh_rows"] and len(x_held) == 5
+    assert np.array_equal(x_held[0], images[3])  # the last drifted frame is among the held out
     # every copy keeps its counts: a lane swap changes none, a rotation moves them with the arms
     assert sorted(y[:, 0].tolist()) == sorted(np.roll(y, 1, axis=1)[:, 0].tolist())
     plain = RetrainPlan((images, counts), "d", None, {}, synthetic_ratio=0.0, symmetric=False)
