@@ -342,9 +342,14 @@ class DriftLatch:
             del self._fired[site]
 
 
-def drift_hold(versions: Iterable[tuple[str, str]], max_rollbacks: int) -> str | None:
+def drift_hold(
+    versions: Iterable[tuple[str, str]], max_rollbacks: int, *, serving: str | None = None
+) -> str | None:
     """Why a model's drift event must wait, from its versions' ``(version, stage)``; None: fire.
 
+    A site ``serving`` a version older than production is still to be reached
+    by the promotion (an agent installing, a replica redeploying): its drift is
+    the old version's.
     A candidate newer than production is under trial: its canary answers the
     drift, and a retraining now would race it. Candidates newer than
     production that were archived were rolled back (or failed to install):
@@ -358,11 +363,16 @@ def drift_hold(versions: Iterable[tuple[str, str]], max_rollbacks: int) -> str |
         '2 candidates after production v1 were rolled back'
         >>> drift_hold([("v1", "archived"), ("v2", "production"), ("v3", "archived")], 2) is None
         True
+        >>> drift_hold([("v1", "archived"), ("v2", "production")], 2, serving="v1")
+        'v1 is older than production v2: the promotion reaches this site'
+
     """
     listed = [(_version_number(v), v, stage) for v, stage in versions]
     production = max((n for n, _, stage in listed if stage == "production"), default=None)
     if production is None:
         return None
+    if serving is not None and 0 <= _version_number(serving) < production:
+        return f"{serving} is older than production v{production}: the promotion reaches this site"
     newer = sorted((n, v, stage) for n, v, stage in listed if n > production)
     trial = [v for _, v, stage in newer if stage == "candidate"]
     if trial:

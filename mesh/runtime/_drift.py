@@ -128,9 +128,7 @@ class DriftService:
     ) -> None:
         """Nothing tracked yet; :meth:`start` starts the evaluation thread.
 
-        ``candidates`` (the registry) holds drift events back while a candidate
-        is under trial or after ``Drift.max_rollbacks`` rollbacks
-        (:func:`~mesh.control._drift.drift_hold`); None: no hold.
+        ``candidates`` (the registry): events wait as :func:`drift_hold` says (None: never).
         """
         self._bus = bus
         self._candidates = candidates
@@ -489,7 +487,7 @@ class DriftService:
                     site,
                     version,
                 )
-            if fire and (hold := self._hold(t)) is not None:
+            if fire and (hold := self._hold(t, version)) is not None:
                 fire = False
                 t.latch.release(site)  # armed: it fires once the hold lifts
                 self._quiet.warning(
@@ -536,15 +534,16 @@ class DriftService:
         self._references[(model, version)] = (now, reference, "")
         return reference, None
 
-    def _hold(self, t: _Tracked) -> str | None:
-        """Why ``t``'s drift event must wait (:func:`~mesh.control._drift.drift_hold`)."""
+    def _hold(self, t: _Tracked, serving: str) -> str | None:
+        """Why ``t``'s event at a site ``serving`` must wait (:func:`drift_hold`)."""
         if self._candidates is None:
             return None
         try:
             versions = self._candidates.versions(t.spec.model)
         except Exception:  # an unknown model: nothing holds
             return None
-        return drift_hold(((v.version, str(v.stage)) for v in versions), t.drift.max_rollbacks)
+        stages = ((v.version, str(v.stage)) for v in versions)
+        return drift_hold(stages, t.drift.max_rollbacks, serving=serving)
 
     def _on_trial(self, model: str, version: str) -> bool:
         """Whether ``version`` is a candidate while another version is in production."""

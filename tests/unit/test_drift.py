@@ -483,8 +483,11 @@ def test_drift_events_wait_for_a_trial_and_stop_after_max_rollbacks() -> None:
     assert len(bus.published) == 1
     candidates.stages["v4"] = "production"  # a person promoted one: events again
     candidates.stages["v1"] = "archived"
-    feed(bus, clock, "j1", 1.5, 10)
-    assert [e["site"] for e in service.evaluate()] == ["j1"]
+    registry.versions["v4"] = Version("v4", Metric(0.5), Lineage({}))
+    feed(bus, clock, "j1", 1.5, 10)  # j1 still on v1: the promotion reaches it, no event
+    assert service.evaluate() == []
+    feed(bus, clock, "j1", 1.5, 10, version="v4")
+    assert [(e["site"], e["version"]) for e in service.evaluate()] == [("j1", "v4")]
 
 
 def test_the_drift_check_refuses_zero_rollbacks() -> None:
