@@ -3,6 +3,7 @@
 Usage::
 
     python bench/fleet.py --agents 1000 --json bench/results/fleet-1000.json
+    python bench/fleet.py --sweep --json bench/results/fleet-sweep.json  # 100, 1,000, 5,000
 
 Enrols N agents (enrolment's own function: credentials, ACL), starts Mosquitto
 as deploy/mosquitto.conf sets it up and ``mesh up`` on it (no fog nodes), then
@@ -41,22 +42,33 @@ SIGTERM and SIGHUP end the run as Ctrl-C does: the mesh, Mosquitto and the
 agents are torn down (a ``kill -9`` of this process cannot be; its children are
 then listed in the data dir's ``cluster.json``).
 
+``--sweep [SIZES]`` (default ``100,1000,5000``) runs each size in turn, each in
+a fresh mesh as one ``--agents`` run, and writes ``{"sweep": [rows], "growth":
+{...}}`` (rewritten after each size) and the curves beside it (``.png``):
+``bench/_fleet_curves.py`` fits each measure's log-log slope against N and flags
+the superlinear ones. A size that fails is a row with an ``error``; the sweep
+goes on.
+
 The machine's load average is recorded beside the figures (a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._fleet_curves import growth, plot, table
 from tests.support.chaos_mosquitto import AUTOSAVE
 from tests.support.fleet_mesh import EACH_SECOND, FleetMesh
 
@@ -122,11 +134,62 @@ def run(
             mesh.close()
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``--sweep``'s sizes: comma-separated positive integers, e.g. ``100,1000,5000``.
+
+    Raises:
+        ValueError: A size is not a positive integer, or none is given.
+    """
+    sizes = []
+    for part in text.split(","):
+        try:
+            size = int(part.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"--sweep: {part.strip()!r} is not a whole number of agents") from None
+        if size < 1:
+            raise ValueError(f"--sweep: {size} agents; expected at least 1")
+        sizes.append(size)
+    return sizes
+
+
+def sweep(sizes: list[int], path: Path, measure: Callable[[int], dict[str, object]]) -> None:
+    """Measure each size in turn and write the rows, their growth and the curves.
+
+    The JSON (and the PNG beside it) is rewritten after each size, so a sweep cut
+    short keeps what it measured. A size whose run raises is a row with an
+    ``error`` and the sweep goes on (Ctrl-C and signals still end it).
+
+    Args:
+        sizes: The fleet sizes, in the order run.
+        path: The JSON to write; the PNG is ``path`` with ``.png``.
+        measure: One row for one size (``run`` with the other arguments bound).
+    """
+    rows: list[dict[str, Any]] = []
+    for agents in sizes:
+        print(f"fleet sweep: {agents} agents", file=sys.stderr, flush=True)
+        try:
+            rows.append(measure(agents))
+        except Exception as exc:  # a size that fails (e.g. out of memory) is a row
+            rows.append({"agents": agents, "error": f"{type(exc).__name__}: {exc}"})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"sweep": rows, "growth": growth(rows)}, indent=2) + "\n")
+        plot(rows, path.with_suffix(".png"))
+    print(table(growth(rows)))
+
+
 def main() -> None:
     """Parse arguments, run, print the row and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--sweep",
+        nargs="?",
+        const="100,1000,5000",
+        default=None,
+        metavar="SIZES",
+        help="run each size (default 100,1000,5000) into one JSON with the curves (needs --json)",
+    )
     parser.add_argument("--keepalive-s", type=int, default=10)
     parser.add_argument("--steady-s", type=float, default=30.0)
     parser.add_argument("--kill-share", type=float, default=0.05)
@@ -150,10 +213,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    sizes = None
+    if args.sweep is not None:
+        if args.json is None:
+            parser.error("--sweep needs --json PATH (the PNG is written beside it)")
+        try:
+            sizes = parse_sizes(args.sweep)
+        except ValueError as exc:
+            parser.error(str(exc))
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
-    row = run(
-        args.agents,
+    measure = functools.partial(
+        run,
         keepalive_s=args.keepalive_s,
         steady_s=args.steady_s,
         kill_share=args.kill_share,
@@ -161,6 +232,10 @@ def main() -> None:
         broker_restart=not args.no_broker_restart,
         broker_kill=args.broker_stop == "kill",
     )
+    if sizes is not None:
+        sweep(sizes, args.json, measure)
+        return
+    row = measure(args.agents)
     text = json.dumps(row, indent=2)
     print(text)
     if args.json is not None:
