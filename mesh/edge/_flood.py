@@ -93,11 +93,15 @@ class FloodLimits:
 
     def __post_init__(self) -> None:
         """Check every field is positive."""
-        for name in ("heartbeat_per_s", "heartbeat_burst", "events_per_s", "events_burst"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"FloodLimits.{name}: expected a number > 0, got {value!r}")
-        for name in ("deferred_max", "report_every_s", "max_reported"):
+        for name in (
+            "heartbeat_per_s",
+            "heartbeat_burst",
+            "events_per_s",
+            "events_burst",
+            "deferred_max",
+            "report_every_s",
+            "max_reported",
+        ):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"FloodLimits.{name}: expected a number > 0, got {value!r}")

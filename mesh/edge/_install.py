@@ -385,29 +385,7 @@ class EdgeInstaller:
                 self._sampling.pop(module, None)
             else:
                 self._sampling[module] = policy
-            holders = sorted(a for a, held in self._modules.items() if module in held)
-        published = []
-        for agent_id in holders:
-            with self._agent_lock(agent_id):
-                with self._lock:
-                    modules = dict(self._modules.get(agent_id, {}))
-                    entry = modules.get(module)
-                    if entry is None or entry.sampling == policy:
-                        continue
-                    modules[module] = entry.model_copy(update={"sampling": policy})
-                    version = self._next_version(agent_id)
-                desired = DesiredState(
-                    agent=agent_id, version=version, modules=list(modules.values())
-                )
-                try:
-                    self._edge.publish_desired(agent_id, desired)
-                except EdgeBusError as exc:  # retained and queued: it goes out on reconnecting
-                    logger.warning(
-                        "agent %s: sampling of %s not acknowledged: %s", agent_id, module, exc
-                    )
-                with self._lock:
-                    self._modules[agent_id] = modules
-                published.append(agent_id)
+        published = self._republish(module, "sampling", policy)
         logger.info(
             "sampling of %s %s on %d agent(s)", module, "set" if policy else "off", len(published)
         )
@@ -430,6 +408,17 @@ class EdgeInstaller:
                 self._drift_stats.add(module)
             else:
                 self._drift_stats.discard(module)
+        published = self._republish(module, "drift_stats", on)
+        logger.info("drift summaries of %s %s on %d agent(s)", module, on, len(published))
+        return published
+
+    def _republish(self, module: str, name: str, value: Any) -> list[str]:
+        """Set field ``name`` of ``module``'s entry on every agent holding it; publish those.
+
+        Each changed agent's desired state goes out (a version newer, in order
+        under its agent lock); agents whose entry has the value already are left.
+        """
+        with self._lock:
             holders = sorted(a for a, held in self._modules.items() if module in held)
         published = []
         for agent_id in holders:
@@ -437,19 +426,21 @@ class EdgeInstaller:
                 with self._lock:
                     modules = dict(self._modules.get(agent_id, {}))
                     entry = modules.get(module)
-                    if entry is None or entry.drift_stats == on:
+                    if entry is None or getattr(entry, name) == value:
                         continue
-                    modules[module] = entry.model_copy(update={"drift_stats": on})
+                    modules[module] = entry.model_copy(update={name: value})
                     version = self._next_version(agent_id)
                     self._modules[agent_id] = modules
-                modules_list = list(modules.values())
-                desired = DesiredState(agent=agent_id, version=version, modules=modules_list)
+                desired = DesiredState(
+                    agent=agent_id, version=version, modules=list(modules.values())
+                )
                 try:
                     self._edge.publish_desired(agent_id, desired)
                 except EdgeBusError as exc:  # retained and queued: it goes out on reconnecting
-                    logger.warning("agent %s: drift summaries of %s: %s", agent_id, module, exc)
+                    logger.warning(
+                        "agent %s: %s of %s not acknowledged: %s", agent_id, name, module, exc
+                    )
             published.append(agent_id)
-        logger.info("drift summaries of %s %s on %d agent(s)", module, on, len(published))
         return published
 
     def _hand_over(
