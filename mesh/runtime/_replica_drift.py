@@ -124,7 +124,9 @@ class ReplicaDriftFeed:
             route = self._routes.get(module)
             if route is None:
                 continue
-            for endpoint in _replicas((*route.endpoints, *route.standby)):
+            # The canary's candidate replica too: its window is the candidate's
+            # drift score, the canary's measure for a module without labels.
+            for endpoint in _replicas((*route.endpoints, *route.standby, *route.canary)):
                 summary = self._reader.read(endpoint, self._timeout_s)
                 if summary is not None:
                     self._drift.add_summary(module, route.tier, summary)

@@ -204,3 +204,21 @@ def test_each_version_is_scored_against_its_own_reference_for_the_canary() -> No
     assert at_j2.n == 10
     assert service.version_score("counter", since=clock.now + 1, version="v2").mae is None
     assert service.version_score("other", since=since, version="v1").n == 0
+
+
+def test_the_feed_reads_a_candidate_replica_on_canary_too() -> None:
+    """Its window is the candidate's drift score: the canary's measure without labels."""
+    service = DriftService(FakeBus(), Registry({}), clock=Clock())
+    service.track(
+        spec(Drift(statistic="outputs", threshold=3.0, output="counts")),
+        version="v1",
+        event_topics=[],
+    )
+    routes = RouteTable()
+    routes.set("counter", "v1", [ReplicaEndpoint("r1", "n1", "127.0.0.1", 1, "v1")], tier="fog")
+    routes.set_canary("counter", [ReplicaEndpoint("c1", "n1", "127.0.0.1", 2, "v2")], 0.25)
+    reader = FakeReader(mean=4.0)
+    assert ReplicaDriftFeed(routes, service, reader=reader).poll() == 2
+    assert reader.read_from == ["r1", "c1"]
+    window = service.version_score("counter", since=0.0, version="v2")
+    assert window.n == 10
