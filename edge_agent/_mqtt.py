@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
+from ._poll_select import install as install_poll_select
+
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
     from paho.mqtt.properties import Properties
@@ -305,6 +307,7 @@ def _paho() -> Any:
         import paho.mqtt.client as mqtt_module
     except ImportError as exc:  # pragma: no cover - depends on extras
         raise ImportError(_PAHO_HINT) from exc
+    install_poll_select()  # paho's select() loop stops at descriptor 1024 (_poll_select.py)
     return mqtt_module
 
 
