@@ -143,6 +143,32 @@ def _trips_dir(job: Job) -> Path | None:
     return Path(job.workdir) / "trips" / name
 
 
+_OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+_LATERAL = {"north": ("east", "west"), "south": ("east", "west"),
+            "east": ("north", "south"), "west": ("north", "south")}  # fmt: skip
+
+
+def exit_slots(arms: Any, slot_of: dict[str, tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Per approach, the (junction, slot) cameras that see its exit roads.
+
+    An approach's exit is the road out of the opposite slot, seen by the next
+    junction's camera in the slot it enters there (on a grid: the neighbour's
+    arm of the same name). With no road opposite (the side road of a T), its
+    vehicles turn: both lateral exits count, the fuller one standing for the
+    exit (the controller takes one exit per approach). A border exit, or a road
+    to no signalised junction, is free (no camera: empty list).
+    """
+    by_name = {a.name: a for a in arms}
+    out = []
+    for a in arms:
+        ahead = by_name[_OPPOSITE[a.name]]
+        ways = [ahead] if not ahead.empty else [by_name[s] for s in _LATERAL[a.name]]
+        out.append(
+            [slot_of[w.outgoing] for w in ways if w.neighbour is not None and w.outgoing in slot_of]
+        )
+    return out
+
+
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
@@ -158,7 +184,6 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
     from functions.traffic.signals import still_frame
     from functions.traffic.sim.session import SumoSession
 
-    opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
     # Which junction's slot each incoming road is drawn into (exits read the next
     # junction's camera there).
     slot_of = {
@@ -184,7 +209,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
     ) as sim:
         junctions = sim.junctions
         controllers = {}
-        exits: dict[str, list[tuple[str, int] | None]] = {}
+        exits: dict[str, list[list[tuple[str, int]]]] = {}
         for j in junctions:
             arms = grid.junctions[j]
             roads = [a for a in arms if not a.empty]
@@ -194,16 +219,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
             controllers[j] = SignalController(
                 layout, replace_yellow(config, sim.yellow_s(j)), t=sim.time_s
             )
-            by_name = {a.name: a for a in arms}
-            # Approach a's straight-on exit is the road out of the opposite slot, seen by
-            # the next junction's camera in the slot it enters there (on a grid: the
-            # neighbour's arm a). A border exit, or no road opposite (a T), is free.
-            exits[j] = [
-                slot_of.get(by_name[opposite[a.name]].outgoing)
-                if by_name[opposite[a.name]].neighbour is not None
-                else None
-                for a in arms
-            ]
+            exits[j] = exit_slots(arms, slot_of)
         index = {j: k for k, j in enumerate(junctions)}
         cuts = config.segments_m
         previous: dict[str, Any] = {}
@@ -262,7 +278,8 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
                     for d, row in zip(dropped, counted[k, :, 2:], strict=True)
                 ]
                 downstream = [
-                    0.0 if e is None else float(counted[index[e[0]], e[1], 0]) for e in exits[j]
+                    max((float(counted[index[n], i, 0]) for n, i in e), default=0.0)
+                    for e in exits[j]
                 ]
                 decision = controllers[j].step(
                     Observation(
