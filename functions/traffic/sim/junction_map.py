@@ -14,7 +14,14 @@ angle. Two rules map one onto the other:
   maps to stays empty (its counts are always zero). Roads beyond four (a
   five-arm junction) **share** the slot nearest their bearing with the road
   that holds it: the camera draws both into that slot's frame, the counts
-  add up, and the phase serving either serves the slot.
+  add up, and the phase serving either serves the slot. The limit of four
+  slots shows there: when the two roads go in different phases, the phase of
+  the one sharing the slot with the other (``{south}`` beside
+  ``{north, south}``) never out-pressures the other phase, and its road is
+  served only when that one is empty or blocked (on the default random net
+  all 14 teleports of the adaptive controller at ``medium``, seed 0, are on
+  such a road). Per-road approaches (a layout of five) would fix it; the
+  camera frame, the counter and the live relay are four-wide today.
 * :func:`served_approaches` — **phase derivation**: the approaches each green
   phase of the junction's real program serves, read off its signal states
   rather than assumed north-south / east-west. An approach is served by a
