@@ -1,4 +1,4 @@
-"""One traffic bench run: a (grid, level, seed, controller) job, run in a worker process.
+"""One traffic bench run: a (network, level, seed, controller) job, run in a worker process.
 
 ``bench/traffic.py`` builds the :class:`Job` list and hands each to
 :func:`run_job` in a spawned pool; a SUMO program runs on its own
@@ -49,6 +49,13 @@ class Job:
     keep_trips: bool = False
     #: The cameras' impairments (``Impairments.as_dict``); None = perfect cameras.
     impairments: dict[str, Any] | None = None
+    #: ``rand`` or ``rand<seed>``: a random network (``build_random``) instead of the grid.
+    network: str = ""
+
+    @property
+    def label(self) -> str:
+        """The network as the tables and the JSON name it: ``3x3``, ``rand``."""
+        return self.network or f"{self.rows}x{self.cols}"
 
 
 # -- counts -------------------------------------------------------------------------
@@ -95,26 +102,71 @@ class Counter:
 # -- one run --------------------------------------------------------------------------
 
 
-def _grid(job: Job) -> Any:
+def build_network(workdir: Path, name: str, rows: int = 0, cols: int = 0) -> Any:
+    """The grid ``rows x cols``, or with ``name`` ``rand`` / ``rand<seed>`` a random net."""
+    if name:
+        from functions.traffic.sim.random_net import build_random
+
+        if not name.startswith("rand"):
+            raise ValueError(f"unknown network {name!r}: expected ROWSxCOLS, rand or rand<seed>")
+        tail = name[len("rand") :]
+        return build_random(workdir / "nets", **({"seed": int(tail)} if tail else {}))
     from functions.traffic.sim.network import build_grid
 
-    return build_grid(Path(job.workdir) / "nets", rows=job.rows, cols=job.cols)
+    return build_grid(workdir / "nets", rows=rows, cols=cols)
+
+
+def network_demand(workdir: Path, net: Any, *, level: str, seed: int, horizon_s: float) -> Path:
+    """The routes of one level and seed on ``net`` (grid or random), shared by every controller."""
+    from functions.traffic.sim.network import GridNetwork, make_demand
+    from functions.traffic.sim.random_net import make_random_demand
+
+    make = make_demand if isinstance(net, GridNetwork) else make_random_demand
+    return make(workdir / "routes", net, level=level, seed=seed, horizon_s=horizon_s).path
+
+
+def _grid(job: Job) -> Any:
+    return build_network(Path(job.workdir), job.network, job.rows, job.cols)
 
 
 def _routes(job: Job, grid: Any) -> Path:
-    from functions.traffic.sim.network import make_demand
-
-    return make_demand(
-        Path(job.workdir) / "routes", grid, level=job.level, seed=job.seed, horizon_s=job.horizon_s
-    ).path
+    return network_demand(
+        Path(job.workdir), grid, level=job.level, seed=job.seed, horizon_s=job.horizon_s
+    )
 
 
 def _trips_dir(job: Job) -> Path | None:
     """Where a run's tripinfo stays with ``--keep-trips`` (else a temporary directory)."""
     if not job.keep_trips:
         return None
-    name = f"{job.rows}x{job.cols}-{job.level}-s{job.seed}-{job.controller}"
+    name = f"{job.label}-{job.level}-s{job.seed}-{job.controller}"
     return Path(job.workdir) / "trips" / name
+
+
+_OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+_LATERAL = {"north": ("east", "west"), "south": ("east", "west"),
+            "east": ("north", "south"), "west": ("north", "south")}  # fmt: skip
+
+
+def exit_slots(arms: Any, slot_of: dict[str, tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Per approach, the (junction, slot) cameras that see its exit roads.
+
+    An approach's exit is the road out of the opposite slot, seen by the next
+    junction's camera in the slot it enters there (on a grid: the neighbour's
+    arm of the same name). With no road opposite (the side road of a T), its
+    vehicles turn: both lateral exits count, the fuller one standing for the
+    exit (the controller takes one exit per approach). A border exit, or a road
+    to no signalised junction, is free (no camera: empty list).
+    """
+    by_name = {a.name: a for a in arms}
+    out = []
+    for a in arms:
+        ahead = by_name[_OPPOSITE[a.name]]
+        ways = [ahead] if not ahead.empty else [by_name[s] for s in _LATERAL[a.name]]
+        out.append(
+            [slot_of[w.outgoing] for w in ways if w.neighbour is not None and w.outgoing in slot_of]
+        )
+    return out
 
 
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
@@ -132,7 +184,14 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
     from functions.traffic.signals import still_frame
     from functions.traffic.sim.session import SumoSession
 
-    opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
+    # Which junction's slot each incoming road is drawn into (exits read the next
+    # junction's camera there).
+    slot_of = {
+        edge: (j, i)
+        for j, arms in grid.junctions.items()
+        for i, a in enumerate(arms)
+        for edge, _, _ in a.roads
+    }
     counter = Counter(job.counter, job.count_noise, job.seed)
     rng = np.random.default_rng([job.seed, 7])
     impairments = Impairments.parse(job.impairments or "none")
@@ -150,22 +209,17 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
     ) as sim:
         junctions = sim.junctions
         controllers = {}
-        exits: dict[str, list[tuple[str, int] | None]] = {}
+        exits: dict[str, list[list[tuple[str, int]]]] = {}
         for j in junctions:
             arms = grid.junctions[j]
-            capacity = sum(a.lanes * a.length_m for a in arms) / len(arms) / 7.5
+            roads = [a for a in arms if not a.empty]
+            capacity = sum(a.lanes * a.length_m for a in roads) / len(roads) / 7.5
+            # The phases come from the junction's own program (SumoSession.phases).
             layout = JunctionLayout(phases=sim.phases(j), capacity_veh=capacity)
             controllers[j] = SignalController(
                 layout, replace_yellow(config, sim.yellow_s(j)), t=sim.time_s
             )
-            by_name = {a.name: a for a in arms}
-            # Approach a's straight-on exit is the neighbour's arm a (same heading).
-            exits[j] = [
-                None
-                if by_name[opposite[a.name]].neighbour is None
-                else (by_name[opposite[a.name]].neighbour, i)
-                for i, a in enumerate(arms)
-            ]
+            exits[j] = exit_slots(arms, slot_of)
         index = {j: k for k, j in enumerate(junctions)}
         cuts = config.segments_m
         previous: dict[str, Any] = {}
@@ -224,7 +278,8 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
                     for d, row in zip(dropped, counted[k, :, 2:], strict=True)
                 ]
                 downstream = [
-                    0.0 if e is None else float(counted[index[e[0]], e[1], 0]) for e in exits[j]
+                    max((float(counted[index[n], i, 0]) for n, i in e), default=0.0)
+                    for e in exits[j]
                 ]
                 decision = controllers[j].step(
                     Observation(
@@ -292,7 +347,7 @@ def run_job(job: Job) -> dict[str, Any]:
         ) as sim:
             pass_through = sim.run()
         kpis = pass_through
-    out = {"grid": f"{job.rows}x{job.cols}", "level": job.level, "seed": job.seed,
+    out = {"grid": job.label, "network": grid.name, "level": job.level, "seed": job.seed,
            "controller": job.controller, **kpis.as_dict()}  # fmt: skip
     out.update(extras)
     out["job_wall_s"] = time.perf_counter() - t0

@@ -1,7 +1,10 @@
 """Traffic benchmark: the adaptive controller against SUMO's own signal programs.
 
-For each demand level and seed, every controller runs on the same SUMO grid
-and the same routes (``functions.traffic.sim.network``):
+For each demand level and seed, every controller runs on the same SUMO network
+and the same routes: a grid (``functions.traffic.sim.network``), or with
+``--grid rand`` a random, non-grid network of ten signalised junctions of
+three, four and five arms (``functions.traffic.sim.random_net``; ``rand<N>``
+picks netgenerate's seed N):
 
 * ``fixed`` — SUMO's fixed-time program (``static``);
 * ``actuated`` — SUMO's gap-based actuated control;
@@ -39,6 +42,7 @@ Usage::
                                         # + the small scenario (~3 min)
     python bench/traffic.py --seeds 3 --json bench/results/traffic.json
     python bench/traffic.py --levels peak --grid 4x4 --counter counter.onnx
+    python bench/traffic.py --levels peak --grid rand --seeds 3 --exact --no-mesh
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid",
         default=None,
-        help="ROWSxCOLS, or several comma-separated (default 3x3,4x4; quick 2x2)",
+        help="ROWSxCOLS, rand (a random net) or rand<SEED>, or several comma-separated "
+        "(default 3x3,4x4; quick 2x2)",
     )
     parser.add_argument("--horizon-s", type=float, default=None, help="demand seconds")
     parser.add_argument("--drain-s", type=float, default=1800.0, help="extra time to finish")
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if args.quick else (PEAK_SEEDS if level == "peak" else SEEDS)
 
     grids = [g for g in (args.grid or ("2x2" if args.quick else "3x3,4x4")).split(",") if g]
-    shapes = [(int(r), int(c)) for r, c in (g.lower().split("x") for g in grids)]
+    # (label, rows, cols): a grid's rows and columns, or a random net's name (rand, rand<N>).
+    shapes = [(g, 0, 0) if g.lower().startswith("rand") else ("", *_rows_cols(g)) for g in grids]
     horizon = args.horizon_s or (1800.0 if args.quick else 3600.0)
     levels = [x for x in args.levels.split(",") if x]
     controllers = [x for x in args.controllers.split(",") if x]
@@ -140,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             f"counter CNN {Path(counter).name} on camera frames (pixel noise "
             f"{args.noise_std}; cameras {seen})"
         )
-    from functions.traffic.sim.network import build_grid, make_demand
+    from bench._traffic_runs import build_network, network_demand
 
-    for rows, cols in shapes:
-        net = build_grid(workdir / "nets", rows=rows, cols=cols)
+    for name, rows, cols in shapes:
+        net = build_network(workdir, name, rows, cols)
         for level in levels:
             for seed in range(seeds_of(level)):
-                make_demand(workdir / "routes", net, level=level, seed=seed, horizon_s=horizon)
+                network_demand(workdir, net, level=level, seed=seed, horizon_s=horizon)
 
     jobs = [
         Job(
@@ -166,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             config=config,
             keep_trips=args.keep_trips,
             impairments=None if impairments.is_none else impairments.as_dict(),
+            network=name,
         )
-        for rows, cols in shapes
+        for name, rows, cols in shapes
         for level in levels
         for seed in range(seeds_of(level))
         for ctl in controllers
@@ -263,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _rows_cols(grid: str) -> tuple[int, int]:
+    rows, cols = grid.lower().split("x")
+    return int(rows), int(cols)
 
 
 def run_mesh(scenario: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "Demand",
     "DemandLevel",
     "GridNetwork",
+    "Network",
     "SimulationError",
     "build_grid",
     "find_sumo_binary",
@@ -110,6 +111,41 @@ class Approach:
     length_m: float
     #: The junction at the other end of the arm; None on the border (a dead-end stub).
     neighbour: str | None
+    #: Further incoming roads drawn into this arm's frame, ``(edge, lanes, length_m)``:
+    #: a junction of more than four arms (:func:`~functions.traffic.sim.junction_map.assign_slots`).
+    shared: tuple[tuple[str, int, float], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """No road in this slot (a three-arm junction): nothing to see, nobody to serve."""
+        return not self.incoming
+
+    @property
+    def roads(self) -> tuple[tuple[str, int, float], ...]:
+        """Every incoming road of the slot, ``(edge, lanes, length_m)``, its own first."""
+        own = () if self.empty else ((self.incoming, self.lanes, self.length_m),)
+        return own + self.shared
+
+
+class Network(Protocol):
+    """What a simulation needs of a network: its nets and its junctions' four slots.
+
+    :class:`GridNetwork` and :class:`~functions.traffic.sim.random_net.RandomNetwork`.
+    """
+
+    @property
+    def name(self) -> str:
+        """A short label (file names, tables)."""
+        ...
+
+    @property
+    def junctions(self) -> Mapping[str, tuple[Approach, ...]]:
+        """Each signalised junction's arms, one per slot of :data:`APPROACHES`."""
+        ...
+
+    def net(self, control: str) -> Path:
+        """The net file of a control type."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

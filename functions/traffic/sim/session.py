@@ -48,7 +48,8 @@ from typing import Any, Literal
 import numpy as np
 
 from functions.traffic.sim.actuator import GREEN_LINKS, SignalActuator
-from functions.traffic.sim.network import GridNetwork, SimulationError, find_sumo_binary
+from functions.traffic.sim.junction_map import served_approaches
+from functions.traffic.sim.network import Network, SimulationError, find_sumo_binary
 from functions.traffic.sim.records import (
     ApproachObservation,
     JunctionObservation,
@@ -85,7 +86,8 @@ def _libsumo() -> Any:
 class _Junction:
     tls: str
     arms: tuple[tuple[str, str, int, float], ...]  # (approach, edge, lanes, length)
-    lane_ids: tuple[tuple[str, ...], ...]
+    #: Per arm, every lane drawn into its frame: (lane id, frame lane, length).
+    lanes: tuple[tuple[tuple[str, int, float], ...], ...]
     greens: tuple[str, ...]
     served: tuple[frozenset[str], ...]
     yellow_s: float
@@ -94,10 +96,11 @@ class _Junction:
 
 
 class SumoSession:
-    """A running SUMO simulation of a grid (see the module docstring).
+    """A running SUMO simulation of a network (see the module docstring).
 
     Args:
-        grid: the network (from :func:`functions.traffic.sim.network.build_grid`).
+        grid: the network (:func:`functions.traffic.sim.network.build_grid` or
+            :func:`functions.traffic.sim.random_net.build_random`).
         routes: the routes file every controller shares.
         control: ``external`` (signals follow :meth:`request_phase`) or one of
             SUMO's programs: ``static``, ``actuated``, ``delay_based``.
@@ -114,7 +117,7 @@ class SumoSession:
 
     def __init__(
         self,
-        grid: GridNetwork,
+        grid: Network,
         routes: str | os.PathLike[str],
         *,
         control: Control = "external",
@@ -251,22 +254,21 @@ class SumoSession:
         greens = tuple(states[i] for i in green_idx)
         yellows = [p.duration for p in logic.phases if "y" in p.state]
         links = sumo.trafficlight.getControlledLinks(jid)
-        edge_of = {a.incoming: a.name for a in arms}
-        served: list[frozenset[str]] = []
-        for state in greens:
-            names = set()
-            for k, link in enumerate(links):
-                if link and state[k] in GREEN_LINKS:
-                    edge = sumo.lane.getEdgeID(link[0][0])
-                    if edge in edge_of:
-                        names.add(edge_of[edge])
-            served.append(frozenset(names))
+        # The phase model comes from the program itself (which slots each green
+        # serves), never assumed north-south / east-west: a three- or five-arm
+        # junction has its own phases.
+        edge_of = {edge: a.name for a in arms for edge, _, _ in a.roads}
+        link_road = [sumo.lane.getEdgeID(link[0][0]) if link else None for link in links]
+        link_road = [e if e in edge_of else None for e in link_road]
         junction = _Junction(
             tls=jid,
             arms=tuple((a.name, a.incoming, a.lanes, a.length_m) for a in arms),
-            lane_ids=tuple(tuple(f"{a.incoming}_{i}" for i in range(a.lanes)) for a in arms),
+            lanes=tuple(
+                tuple((f"{edge}_{i}", i, length) for edge, n, length in a.roads for i in range(n))
+                for a in arms
+            ),
             greens=greens,
-            served=tuple(served),
+            served=served_approaches(greens, link_road, edge_of),
             yellow_s=float(max(yellows)) if yellows else 3.0,
             program_phase_of_green=tuple(green_idx),
         )
@@ -357,8 +359,8 @@ class SumoSession:
             halting = sum(
                 int(sumo.lane.getLastStepHaltingNumber(lane))
                 for junction in self._junctions.values()
-                for lanes in junction.lane_ids
-                for lane in lanes
+                for lanes in junction.lanes
+                for lane, _, _ in lanes
             )
             self._queue_samples.append((self._time, halting))
 
@@ -418,14 +420,15 @@ class SumoSession:
         info = self._junction(junction)
         veh = sumo.vehicle
         approaches = []
-        for (name, edge, n_lanes, length), lane_ids in zip(info.arms, info.lane_ids, strict=True):
+        for (name, edge, n_lanes, length), lanes in zip(info.arms, info.lanes, strict=True):
             pos: list[float] = []
             lane_idx: list[int] = []
             lengths: list[float] = []
             speeds: list[float] = []
-            for i, lane in enumerate(lane_ids):
+            # A shared slot's roads are drawn over the same frame lanes (junction_map).
+            for lane, i, lane_length in lanes:
                 for vid in sumo.lane.getLastStepVehicleIDs(lane):
-                    pos.append(length - float(veh.getLanePosition(vid)))
+                    pos.append(lane_length - float(veh.getLanePosition(vid)))
                     lane_idx.append(i)
                     lengths.append(float(veh.getLength(vid)))
                     speeds.append(float(veh.getSpeed(vid)))

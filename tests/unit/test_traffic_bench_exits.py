@@ -1,0 +1,40 @@
+"""The traffic bench's exit model on any junction: which camera sees each approach's exit."""
+
+from __future__ import annotations
+
+from bench._traffic_runs import exit_slots
+from functions.traffic.sim.network import Approach
+
+
+def _arm(name: str, incoming: str, outgoing: str, neighbour: str | None) -> Approach:
+    return Approach(name, incoming, outgoing, 2, 150.0, neighbour)
+
+
+def _empty(name: str) -> Approach:
+    return Approach(name, "", "", 0, 0.0, None)
+
+
+def test_a_four_arm_junction_exits_straight_on_to_the_neighbours_camera() -> None:
+    arms = (
+        _arm("north", "in_n", "out_n", "N"),
+        _arm("east", "in_e", "out_e", None),
+        _arm("south", "in_s", "out_s", "S"),
+        _arm("west", "in_w", "out_w", "W"),
+    )
+    # out_s enters S in its north slot (0); out_n enters N in its south slot (2).
+    slot_of = {"out_s": ("S", 0), "out_n": ("N", 2), "out_w": ("W", 1)}
+    assert exit_slots(arms, slot_of) == [[("S", 0)], [("W", 1)], [("N", 2)], []]
+
+
+def test_the_side_road_of_a_t_watches_both_turns() -> None:
+    arms = (
+        _arm("north", "in_n", "out_n", "N"),
+        _empty("east"),
+        _arm("south", "in_s", "out_s", "S"),
+        _arm("west", "in_w", "out_w", None),
+    )
+    slot_of = {"out_s": ("S", 0), "out_n": ("N", 2)}
+    exits = exit_slots(arms, slot_of)
+    assert exits[3] == [("N", 2), ("S", 0)]  # west has no road ahead: it turns
+    assert exits[0] == [("S", 0)]
+    assert exits[1] == []  # the empty slot
