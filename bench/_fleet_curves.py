@@ -6,8 +6,9 @@ linear, 0 flat, 2 quadratic. ``top`` is the slope between the two largest sizes
 that have the measure (what the fleet does at the largest N measured);
 ``overall`` is the least-squares slope over every size. A measure is flagged
 ``superlinear`` when ``top`` exceeds ``SUPERLINEAR`` (1.15: some slack for the
-noise of a shared machine). A row with an ``error`` (a size that failed) and a
-missing, zero, negative or non-finite value are left out of the fit.
+noise of a shared machine). A size that failed part way (a row with an
+``error``) keeps the measures it took before the failing step; a missing, zero,
+negative or non-finite value is left out of the fit.
 
 Example:
     >>> rows = [{"agents": 100, "rollout_s": 1.0}, {"agents": 1000, "rollout_s": 100.0}]
@@ -61,7 +62,7 @@ def points(rows: list[dict[str, Any]], measure: str) -> list[tuple[float, float]
     found = []
     for row in rows:
         value, agents = row.get(measure), row.get("agents")
-        if "error" in row or not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, int | float) or isinstance(value, bool):
             continue
         if not isinstance(agents, int) or agents < 1:
             continue

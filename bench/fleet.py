@@ -82,6 +82,14 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through run()'s finally: mesh.close()
 
 
+class SizeFailed(RuntimeError):
+    """A size's run failed part way: ``row`` holds what it measured before that."""
+
+    def __init__(self, row: dict[str, object], cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.row = row
+
+
 def run(
     agents: int,
     *,
@@ -92,7 +100,16 @@ def run(
     broker_restart: bool = True,
     broker_kill: bool = False,
 ) -> dict[str, object]:
-    """One row: start the mesh with ``agents`` agents, measure, tear down."""
+    """One row: start the mesh with ``agents`` agents, measure, tear down.
+
+    Raises:
+        SizeFailed: a step failed; it carries the measures taken before it.
+    """
+    row: dict[str, object] = {
+        "agents": agents,
+        "keepalive_s": keepalive_s,
+        "broker_autosave": autosave,
+    }
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         mesh = FleetMesh(
             Path(tmp), agents=agents, keepalive_s=keepalive_s, autosave=AUTOSAVES[autosave]
@@ -100,11 +117,6 @@ def run(
         try:
             mesh.start()
             time.sleep(5.0)  # let the first heartbeats and retained states settle
-            row: dict[str, object] = {
-                "agents": agents,
-                "keepalive_s": keepalive_s,
-                "broker_autosave": autosave,
-            }
             row.update(mesh.steady(steady_s))
             row["loadavg_rollout"] = list(os.getloadavg())
             row["rollout_s"] = mesh.rollout("v2")
@@ -130,6 +142,9 @@ def run(
             row["loadavg_end"] = list(os.getloadavg())
             row["cpus"] = os.cpu_count()
             return row
+        except Exception as exc:
+            row.update(mesh.timings)
+            raise SizeFailed(row, exc) from exc
         finally:
             mesh.close()
 
@@ -157,7 +172,8 @@ def sweep(sizes: list[int], path: Path, measure: Callable[[int], dict[str, objec
 
     The JSON (and the PNG beside it) is rewritten after each size, so a sweep cut
     short keeps what it measured. A size whose run raises is a row with an
-    ``error`` and the sweep goes on (Ctrl-C and signals still end it).
+    ``error`` (and the measures taken before the failing step) and the sweep
+    goes on (Ctrl-C and signals still end it).
 
     Args:
         sizes: The fleet sizes, in the order run.
@@ -169,6 +185,8 @@ def sweep(sizes: list[int], path: Path, measure: Callable[[int], dict[str, objec
         print(f"fleet sweep: {agents} agents", file=sys.stderr, flush=True)
         try:
             rows.append(measure(agents))
+        except SizeFailed as exc:  # a step failed: the measures before it stay
+            rows.append({**exc.row, "error": str(exc)})
         except Exception as exc:  # a size that fails (e.g. out of memory) is a row
             rows.append({"agents": agents, "error": f"{type(exc).__name__}: {exc}"})
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench._fleet_curves import growth, plot, points, table
-from bench.fleet import parse_sizes, sweep
+from bench.fleet import SizeFailed, parse_sizes, sweep
 
 
 def _rows(power: float, sizes: tuple[int, ...] = (100, 1000, 5000)) -> list[dict[str, Any]]:
@@ -43,10 +43,10 @@ def test_the_top_slope_is_between_the_two_largest_sizes() -> None:
     assert entry["superlinear"]
 
 
-def test_a_failed_row_and_unusable_values_are_left_out_of_the_fit() -> None:
+def test_unusable_values_are_left_out_of_the_fit() -> None:
     rows = [
         *_rows(1.0),
-        {"agents": 20000, "error": "MemoryError: ", "cp_cpu_cores": 1e9},
+        {"agents": 20000, "error": "MemoryError: "},
         {"agents": 10000, "cp_cpu_cores": float("nan")},
         {"agents": 30000, "cp_cpu_cores": None},
     ]
@@ -54,6 +54,13 @@ def test_a_failed_row_and_unusable_values_are_left_out_of_the_fit() -> None:
     assert entry["sizes"] == [100, 1000, 5000]
     assert entry["top"] == pytest.approx(1.0)
     assert points(rows, "cp_cpu_cores")[-1] == (5000.0, 5.0)
+
+
+def test_a_size_that_failed_part_way_keeps_what_it_measured() -> None:
+    rows = [*_rows(1.0), {"agents": 10000, "error": "AssertionError: late", "cp_cpu_cores": 40.0}]
+    entry = growth(rows)["cp_cpu_cores"]
+    assert entry["sizes"] == [100, 1000, 5000, 10000]
+    assert entry["top"] == pytest.approx(3.0) and entry["superlinear"]
 
 
 def test_one_size_has_no_slope_and_is_not_flagged() -> None:
@@ -84,13 +91,20 @@ def test_a_sweep_records_a_failed_size_and_goes_on(tmp_path: Path) -> None:
     def measure(agents: int) -> dict[str, object]:
         if agents == 40:
             raise MemoryError("no room for 40")
+        if agents == 60:
+            raise SizeFailed({"agents": 60, "rollout_s": 9.0}, AssertionError("not back"))
         return {"agents": agents, "cp_cpu_cores": 0.01 * agents}
 
     out = tmp_path / "sweep.json"
-    sweep([20, 40, 80], out, measure)
+    sweep([20, 40, 60, 80], out, measure)
     written = json.loads(out.read_text())
-    assert [row["agents"] for row in written["sweep"]] == [20, 40, 80]
+    assert [row["agents"] for row in written["sweep"]] == [20, 40, 60, 80]
     assert written["sweep"][1]["error"] == "MemoryError: no room for 40"
+    assert written["sweep"][2] == {
+        "agents": 60,
+        "rollout_s": 9.0,
+        "error": "AssertionError: not back",
+    }
     assert math.isclose(written["growth"]["cp_cpu_cores"]["top"], 1.0)
     assert out.with_suffix(".png").stat().st_size > 0
 
