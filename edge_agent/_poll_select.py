@@ -53,7 +53,7 @@ class PollSelect(types.ModuleType):
     def __init__(self) -> None:
         super().__init__("select", "select.select over poll(): no FD_SETSIZE bound")
         self.__dict__.update({k: v for k, v in vars(select).items() if not k.startswith("__")})
-        self.select = self._select  # type: ignore[method-assign]
+        self.select = self._select
 
     @staticmethod
     def _select(
