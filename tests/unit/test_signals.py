@@ -154,6 +154,26 @@ def test_the_green_extends_for_vehicles_about_to_cross() -> None:
     assert not decision.switch and decision.reason == "extend"
 
 
+def test_a_standing_queue_on_the_green_is_cleared_before_the_gap_out() -> None:
+    # Eight vehicles stand within 15 m on north-south's green (they look as if they
+    # crossed at once), five stand on the red side: the gap-out alone cuts the green.
+    obs = Observation(
+        t=8.0,
+        counts=(8, 5, 0, 0),
+        segments=seg((8, 8, 8, 8), near(5), EMPTY, EMPTY),
+        queued=(8, 5, 0, 0),
+    )
+    assert controller(clear_queue_veh=1e9).step(obs).reason == "gap-out"
+    decision = controller().step(obs)
+    assert not decision.switch and decision.reason == "clearing"
+    # A small queue (a left turner waiting for a gap) does not hold the green.
+    small = replace(obs, counts=(3, 5, 0, 0), segments=seg((3, 3, 3, 3), near(5), EMPTY, EMPTY))
+    assert controller().step(replace(small, queued=(3, 5, 0, 0))).reason == "gap-out"
+    # Nor does a queue whose exit is held: it cannot discharge.
+    held = replace(obs, downstream=(48, 0, 0, 0))
+    assert controller().step(held).reason != "clearing"
+
+
 def test_pressure_cuts_a_long_green_at_saturation() -> None:
     ctl = controller(min_green_s=5.0, pressure_margin=10.0)
     full = (4, 8, 16, 30)
@@ -345,6 +365,8 @@ def test_bad_configs_are_refused() -> None:
         ControllerConfig(exit_trend_s=0.0)
     with pytest.raises(ValueError, match="saturated_green_s"):
         ControllerConfig(saturated_green_s=-1.0)
+    with pytest.raises(ValueError, match="clear_queue_veh"):
+        ControllerConfig(clear_queue_veh=-1.0)
     with pytest.raises(ValueError, match="unknown approaches"):
         JunctionLayout(phases=(frozenset({"up"}),))
 
@@ -516,11 +538,13 @@ def _decisions(observations: list[Observation], **options: float) -> list[tuple[
 def test_without_a_forecast_decisions_are_as_recorded() -> None:
     observations = _busy_observations()
     plain = _decisions(observations)
-    # Recorded without forecasts (same observations), with the exit rules of issue 20.
+    # Recorded without forecasts (same observations), with the exit rules of issue 20
+    # and the queue clearance (18 greens the gap-out would have extended anyway).
     reasons = collections.Counter(r for _, r in plain)
     assert reasons == {
         "min-green": 274,
-        "extend": 162,
+        "extend": 144,
+        "clearing": 18,
         "switching": 108,
         "pressure": 41,
         "gap-out": 11,
