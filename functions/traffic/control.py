@@ -51,9 +51,13 @@ Once the green has lasted ``min_green_s``:
    vehicles by their distance, so a standing queue's head (within 15 m) looks
    as if it crossed at once however long the queue takes to discharge; cut
    there, the queue's tail creeps up and stops again (time loss without
-   waiting time). A small queue does not hold the green (a left turner
-   waiting for a gap would hold it for nothing): at 1, 2 and 4 vehicles time
-   loss rose; 6 gave the least time loss at the peak (3x3, seeds 0-2);
+   waiting time). The queue, not a fixed floor, sets how long a green lasts,
+   so ``min_green_s`` is 4 s (5 before): a green for a few vehicles ends
+   sooner. A small queue does not hold the green (a left turner waiting for
+   a gap would hold it for nothing). On 3x3, seeds 0-2, exact counts: 1, 2,
+   4 and 5 vehicles raised the peak's time loss, 10 tipped a seed into
+   near-gridlock, 8 was best; with it, peak+20 no longer gridlocked on
+   seed 2 (issue 20);
 7. **look-ahead gap-out** — otherwise keep the green while the vehicles about
    to cross on it outweigh the wait it costs the other side: a vehicle ``tau``
    seconds from the stop line that a switch cuts off waits about ``red_s -
@@ -147,7 +151,8 @@ class JunctionLayout:
 class ControllerConfig:
     """Timings (seconds), distances (metres) and weights of the rule in the module docstring."""
 
-    min_green_s: float = 5.0
+    #: Shortest green (rule 6 lengthens it while a queue discharges).
+    min_green_s: float = 4.0
     max_green_s: float = 60.0
     yellow_s: float = 3.0
     #: Cumulative camera segments: counts within these distances of the stop line.
@@ -188,7 +193,7 @@ class ControllerConfig:
     forecast_weight: float = 0.5
     #: Queue clearance: no gap-out while more than this many movable vehicles stand on
     #: the green (their discharge outlasts what the gap-out's distances say).
-    clear_queue_veh: float = 6.0
+    clear_queue_veh: float = 8.0
     #: Seconds from an observation to its plan reaching the signal (the mesh's latency):
     #: vehicles that cross meanwhile need no green from this decision.
     latency_s: float = 1.0
