@@ -56,8 +56,8 @@ Once the green has lasted ``min_green_s``:
    sooner. A small queue does not hold the green (a left turner waiting for
    a gap would hold it for nothing). On 3x3, seeds 0-2, exact counts: 1, 2,
    4 and 5 vehicles raised the peak's time loss, 10 tipped a seed into
-   near-gridlock, 8 was best; with it, peak+20 no longer gridlocked on
-   seed 2 (issue 20);
+   near-gridlock, 8 was best (peak, 9 seeds: time loss 0.97x -> 0.94x
+   delay_based's); peak+20 no longer gridlocked on seed 2 (issue 20);
 7. **look-ahead gap-out** — otherwise keep the green while the vehicles about
    to cross on it outweigh the wait it costs the other side: a vehicle ``tau``
    seconds from the stop line that a switch cuts off waits about ``red_s -
