@@ -14,7 +14,9 @@ count and its trend tell when it is full or filling, and no green is extended
 into it; a junction whose green nobody can leave yields to a phase that can
 move (gridlock prevention); pressures count only the vehicles that fit in
 their exits, and when queues cannot clear on either side a green runs at
-least ``saturated_green_s`` (fewer switches, more vehicles carried).
+least ``saturated_green_s`` (fewer switches, more vehicles carried); a green
+is not gapped out while a queue (over ``clear_queue_veh`` standing vehicles
+that can leave) still discharges on it.
 
 Example:
     >>> counts = {"north": 0, "east": 3, "south": 0, "west": 2}

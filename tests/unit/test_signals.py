@@ -55,6 +55,14 @@ def test_no_switch_before_the_minimum_green() -> None:
     assert decision.phase == EW and decision.switch and decision.reason == "empty-green"
 
 
+def test_the_default_minimum_green_is_four_seconds() -> None:
+    # The queue clearance (not a fixed floor) lengthens greens, so the floor is 4 s.
+    ctl = controller()
+    assert ctl.step(Observation(t=3.0, counts=(0, 5, 0, 5))).reason == "min-green"
+    decision = ctl.step(Observation(t=4.0, counts=(0, 5, 0, 5)))
+    assert decision.switch and decision.reason == "empty-green"
+
+
 def test_a_switch_passes_through_yellow_and_never_reverts() -> None:
     ctl = controller(min_green_s=5.0, yellow_s=3.0)
     assert ctl.step(Observation(t=5.0, counts=(0, 4, 0, 0))).switch
@@ -152,6 +160,26 @@ def test_the_green_extends_for_vehicles_about_to_cross() -> None:
         )
     )
     assert not decision.switch and decision.reason == "extend"
+
+
+def test_a_standing_queue_on_the_green_is_cleared_before_the_gap_out() -> None:
+    # Ten vehicles stand within 15 m on north-south's green (they look as if they
+    # crossed at once), five stand on the red side: the gap-out alone cuts the green.
+    obs = Observation(
+        t=8.0,
+        counts=(10, 5, 0, 0),
+        segments=seg((10, 10, 10, 10), near(5), EMPTY, EMPTY),
+        queued=(10, 5, 0, 0),
+    )
+    assert controller(clear_queue_veh=1e9).step(obs).reason == "gap-out"
+    decision = controller().step(obs)
+    assert not decision.switch and decision.reason == "clearing"
+    # A small queue (a left turner waiting for a gap) does not hold the green.
+    small = replace(obs, counts=(3, 5, 0, 0), segments=seg((3, 3, 3, 3), near(5), EMPTY, EMPTY))
+    assert controller().step(replace(small, queued=(3, 5, 0, 0))).reason == "gap-out"
+    # Nor does a queue whose exit is held: it cannot discharge.
+    held = replace(obs, downstream=(48, 0, 0, 0))
+    assert controller().step(held).reason != "clearing"
 
 
 def test_pressure_cuts_a_long_green_at_saturation() -> None:
@@ -345,6 +373,8 @@ def test_bad_configs_are_refused() -> None:
         ControllerConfig(exit_trend_s=0.0)
     with pytest.raises(ValueError, match="saturated_green_s"):
         ControllerConfig(saturated_green_s=-1.0)
+    with pytest.raises(ValueError, match="clear_queue_veh"):
+        ControllerConfig(clear_queue_veh=-1.0)
     with pytest.raises(ValueError, match="unknown approaches"):
         JunctionLayout(phases=(frozenset({"up"}),))
 
@@ -516,9 +546,27 @@ def _decisions(observations: list[Observation], **options: float) -> list[tuple[
 def test_without_a_forecast_decisions_are_as_recorded() -> None:
     observations = _busy_observations()
     plain = _decisions(observations)
-    # Recorded without forecasts (same observations), with the exit rules of issue 20.
+    # Recorded without forecasts (same observations), with the exit rules of issue 20,
+    # the queue clearance and the 4 s minimum green.
     reasons = collections.Counter(r for _, r in plain)
     assert reasons == {
+        "min-green": 252,
+        "extend": 155,
+        "clearing": 5,
+        "switching": 124,
+        "pressure": 42,
+        "gap-out": 16,
+        "no-demand-elsewhere": 2,
+        "spillback": 3,
+        "empty-green": 1,
+    }
+    switching = ("pressure", "gap-out", "empty-green", "spillback")
+    switches = [t for t, (_, r) in enumerate(plain) if r in switching]
+    assert switches[:12] == [7, 18, 28, 39, 46, 67, 78, 89, 100, 110, 117, 125]
+    assert len(switches) == 62 and switches[-1] == 593
+    # Without the queue clearance and with the old 5 s minimum green: as recorded before.
+    before = _decisions(observations, min_green_s=5.0, clear_queue_veh=1e9)
+    assert collections.Counter(r for _, r in before) == {
         "min-green": 274,
         "extend": 162,
         "switching": 108,
@@ -528,10 +576,20 @@ def test_without_a_forecast_decisions_are_as_recorded() -> None:
         "spillback": 1,
         "empty-green": 1,
     }
-    switching = ("pressure", "gap-out", "empty-green", "spillback")
-    switches = [t for t, (_, r) in enumerate(plain) if r in switching]
-    assert switches[:12] == [7, 18, 28, 39, 50, 67, 78, 89, 100, 110, 118, 133]
-    assert len(switches) == 54 and switches[-1] == 593
+    assert [t for t, (_, r) in enumerate(before) if r in switching][:12] == [
+        7,
+        18,
+        28,
+        39,
+        50,
+        67,
+        78,
+        89,
+        100,
+        110,
+        118,
+        133,
+    ]
     # A forecast at or below the counts, a forecast of nothing, or a zero weight: the same.
     below = [replace(o, forecast=[c * 0.5 for c in o.counts]) for o in observations]  # type: ignore[operator]
     unknown = [replace(o, forecast=[None] * 4) for o in observations]
