@@ -172,11 +172,30 @@ class _Connection(asyncio.Protocol):
             pos = end + 2 + size + 2
 
     def send(self, data: Sequence[bytes]) -> asyncio.Future[UpstreamResponse]:
-        assert self.transport is not None
+        """Write one request; the future gets its response.
+
+        Raises:
+            UpstreamConnectionError: the transport is closing or already closed (the
+                server went away while the connection sat idle and its
+                ``connection_lost`` has not run yet); nothing was sent.
+        """
+        transport = self.transport
+        assert transport is not None
+        if self.closed or transport.is_closing():
+            self.closed = True
+            raise UpstreamConnectionError("the connection was closed before the request")
         waiter: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self.used += 1
-        self.transport.writelines(data)
+        try:
+            transport.writelines(data)
+        except (RuntimeError, OSError) as exc:
+            # uvloop: "unable to perform operation on <TCPTransport closed=True>; the
+            # handler is closed" when the peer's close races the write.
+            self._waiter, self.closed = None, True
+            raise UpstreamConnectionError(
+                f"the connection closed under the request: {exc}"
+            ) from exc
         return waiter
 
     def close(self) -> None:
@@ -262,8 +281,8 @@ class UpstreamPool:
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(host, port)
-            waiter = conn.send(data)
             try:
+                waiter = conn.send(data)
                 response = await (
                     waiter if timeout_s is None else asyncio.wait_for(waiter, timeout_s)
                 )

@@ -467,6 +467,45 @@ def test_pool_reuses_connections_and_survives_idle_closes(replica: Replica) -> N
     asyncio.run(run())
 
 
+class _HandlerClosed:
+    """A transport whose handle uvloop already closed, before ``connection_lost`` ran."""
+
+    def __init__(self, real: asyncio.Transport) -> None:
+        self._real = real
+
+    def is_closing(self) -> bool:
+        return False  # what uvloop's TCPTransport answered in that window
+
+    def writelines(self, _data: object) -> None:
+        raise RuntimeError(
+            "unable to perform operation on <TCPTransport closed=True reading=False>; "
+            "the handler is closed"
+        )
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def test_a_connection_whose_handler_closed_under_the_write_is_retried_fresh(
+    replica: Replica,
+) -> None:
+    # A replica killed while its connection sat idle: uvloop's write raised RuntimeError
+    # ("the handler is closed"), which the gateway answered with 500 (tests/chaos/test_kill).
+    host, port = replica.server.host, replica.server.port
+
+    async def run() -> None:
+        pool = UpstreamPool()
+        assert (await pool.request(host, port, "GET", "/v2/health/live")).status == 200
+        conn = pool._idle[(host, port)][0]
+        assert conn.transport is not None
+        conn.transport = _HandlerClosed(conn.transport)  # type: ignore[assignment]
+        assert (await pool.request(host, port, "GET", "/v2/health/live")).status == 200
+        assert pool._idle[(host, port)][0] is not conn and conn.closed
+        await pool.close()
+
+    asyncio.run(run())
+
+
 def test_pool_reads_chunked_bodies_and_times_out() -> None:
     async def chunked(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
