@@ -13,6 +13,7 @@ Topics (prefix ``p``, default ``mesh/v1``; build them with :class:`Topics`)::
     {p}/modules/{m}/infer/{node} any -> node            InferRequest frame, answer to reply_to
     {p}/replies/{client}        node -> client          InferReply frame (reply_to must be here)
     {p}/events/{site}/{stream}  agents, functions       Event
+    {p}/replies/{id}/event-acks cp -> agent   QoS 0     EventAcks (the events it handled)
     {p}/agents/{id}/samples/{m} agent -> cp             SampleUpload frame (sampled inputs)
 
 Messages:
@@ -77,8 +78,10 @@ from ._frames import (
     peek_header,
 )
 from ._inference import (
+    MAX_ACKED_SEQS,
     ErrorInfo,
     Event,
+    EventAcks,
     InferReply,
     InferRequest,
     JsonTensor,
@@ -114,6 +117,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DTYPES",
     "MAGIC",
+    "MAX_ACKED_SEQS",
     "MAX_HEADER_BYTES",
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
@@ -130,6 +134,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "Event",
+    "EventAcks",
     "FrameTemplate",
     "Heartbeat",
     "HostMetrics",

@@ -119,6 +119,13 @@ class Event(Envelope):
     version: str | None = None
     route: str = Field("local", description="'local', 'offload:<node>' or 'remote:<node>'.")
     seq: int = Field(0, description="Per-agent sequence number (order of replay).")
+    ack: bool = Field(
+        False,
+        description=(
+            "The sender keeps the event until the control plane acknowledges its "
+            "(agent, seq) on Topics.event_acks(agent), and sends it again otherwise."
+        ),
+    )
     source_ts: float | None = Field(
         None,
         description="When the sample was taken (its frame's 'ts'), else when it arrived.",
@@ -126,6 +133,22 @@ class Event(Envelope):
     latency_ms: float | None = None
     outputs: dict[str, JsonTensor] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+MAX_ACKED_SEQS = 1024
+"""Most seqs one :class:`EventAcks` message carries."""
+
+
+class EventAcks(Envelope):
+    """The control plane has handled these events of one agent (their ``seq``).
+
+    Sent, batched, on :meth:`Topics.event_acks` at QoS 0 for events that asked
+    (``ack``), duplicates included: a lost acknowledgement costs a resend, which
+    the control plane drops by id and acknowledges again.
+    """
+
+    kind: Literal["event-acks"] = "event-acks"
+    seqs: list[int] = Field(min_length=1, max_length=MAX_ACKED_SEQS)
 
 
 def encode_frame(header: Envelope | Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> bytes:

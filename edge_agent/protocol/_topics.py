@@ -220,6 +220,17 @@ class Topics:
         base = f"{self.prefix}/replies/{client}"
         return f"{base}/{suffix}" if suffix else base
 
+    def event_acks(self, agent: str) -> str:
+        """Where the control plane acknowledges an agent's events (:class:`EventAcks`).
+
+        Under the agent's reply topics, which its ACL already lets it read.
+
+        Example:
+            >>> Topics().event_acks("cam-07")
+            'mesh/v1/replies/cam-07/event-acks'
+        """
+        return self.reply(agent, "event-acks")
+
     def samples(self, agent: str, module: str) -> str:
         """An agent's sampled pipeline inputs of ``module`` (:class:`SampleUpload` frames).
 

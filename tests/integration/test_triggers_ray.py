@@ -2,7 +2,8 @@
 
 A schedule fires and its run is recorded with the trigger; a burst of MQTT
 messages fires one run with the last message; that run's success fires a
-chained run with its result passed in. The engine's clock follows the wall
+chained run with its result passed in; a file that appears under a watched
+glob fires one run with its path once it stopped changing. The engine's clock follows the wall
 clock, plus a jump to the next five-minute firing (cron's unit is a minute).
 """
 
@@ -48,6 +49,13 @@ def on_reading(event: dict[str, Any]) -> dict[str, Any]:
 @app.function(tier="fog")
 def refit(upstream: dict[str, Any]) -> dict[str, Any]:
     return {{"refit_from": upstream["seen"]}}
+
+
+@app.trigger(path="{inbox}/**/*.csv", debounce_s=0.5)
+@app.function(tier="fog")
+def ingest(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return {{"name": path.rsplit("/", 1)[-1], "rows": len(f.read().splitlines())}}
 """
 
 
@@ -85,9 +93,12 @@ def _finished(store: SQLiteStore, function: str) -> RunRecord | None:
 def deployed(tmp_path: Path) -> Iterator[tuple[SQLiteStore, str]]:
     prefix = unique("trig")
     source = tmp_path / "trigger_app.py"
-    source.write_text(_APP.format(prefix=prefix))
+    (tmp_path / "inbox" / "old").mkdir(parents=True)
+    (tmp_path / "inbox" / "old" / "before.csv").write_text("there before the watch\n")
+    source.write_text(_APP.format(prefix=prefix, inbox=tmp_path / "inbox"))
     store = SQLiteStore(tmp_path / "mesh.db")
-    for name, tier in (("tick", "fog"), ("on_reading", "cloud"), ("refit", "fog")):
+    functions = (("tick", "fog"), ("on_reading", "cloud"), ("refit", "fog"), ("ingest", "fog"))
+    for name, tier in functions:
         store.put_deployment(
             Deployment(name, "triggers-it", "function", str(source), tier, "{}", time.time())
         )
@@ -103,6 +114,7 @@ def test_schedule_event_and_chain_fire_on_ray_and_are_recorded(
     deployed: tuple[SQLiteStore, str],
 ) -> None:
     store, prefix = deployed
+    inbox = Path(store.path).parent / "inbox"
     bus = EdgeBus(mosquitto.url, client_id=unique("gw")).start()
     clock = ShiftedClock()
     service = TriggerService(store, ray_backend, bus, clock=clock, period_s=0.1, reload_s=0.5)
@@ -134,6 +146,17 @@ def test_schedule_event_and_chain_fire_on_ray_and_are_recorded(
         assert (refit.status, refit.trigger) == (RunStatus.SUCCEEDED, "refit-after")
         assert json.loads(refit.result_ref or "") == {"refit_from": {"n": 2}}
         assert len(store.list_runs(function="on_reading")) == 1  # one burst, one run
+
+        # The file: a CSV written under the watched folder fires one run with its
+        # path; the file there before the watch and a non-CSV fire nothing.
+        assert _finished(store, "ingest") is None
+        (inbox / "old" / "skip.txt").write_text("not a csv\n")
+        (inbox / "old" / "counts-1.csv").write_text("a,b\n1,2\n3,4\n")
+        ingest = _wait("the file's run", lambda: _finished(store, "ingest"))
+        assert (ingest.status, ingest.trigger) == (RunStatus.SUCCEEDED, "ingest-path")
+        assert json.loads(ingest.result_ref or "") == {"name": "counts-1.csv", "rows": 3}
+        time.sleep(2.0)  # four settle times: the same file fires once
+        assert len(store.list_runs(function="ingest")) == 1
     finally:
         service.stop()
         bus.stop()
