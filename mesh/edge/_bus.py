@@ -3,12 +3,12 @@
 It feeds an agent registry (:class:`~mesh.edge._registry.AgentRegistry`: online/offline
 from the retained ``status`` topic and the agents' last wills, last heartbeat, a
 bounded ring of heartbeat metrics, the retained ``observed`` states), publishes
-desired states (retained, QoS 1), sends inference requests and awaits their replies
+desired states (retained, QoS 1; again after a reconnect to agents not on them:
+:mod:`mesh.edge._desired_resend`), sends inference requests and awaits their replies
 (correlation ids, timeouts; sent again when their agent comes online after they
 were sent: :meth:`~mesh.edge._requests.PendingRequests.again`), receives application
-events (deduplicated by event id, so replayed events count once), and is a
-:class:`~mesh.compute._streams.MessageBus` (``subscribe(pattern, handler)`` /
-``publish(topic, payload)``) for stream functions.
+events (deduplicated by id; acknowledged end to end: :mod:`mesh.edge._event_acks`),
+and is a :class:`~mesh.compute._streams.MessageBus` for stream functions.
 
 Threads: paho's network thread only parses inference replies and hands every
 other message to one dispatcher thread, so neither a slow handler nor the
@@ -16,12 +16,11 @@ registry ever blocks the network thread. Handlers run on the dispatcher thread,
 in arrival order; an exception in one is logged and the gateway goes on.
 
 Parts: this module is the public API; the paho client and its connection are
-:class:`~mesh.edge._link.BrokerLink`; what needs no MQTT lives apart and is
-tested without a broker: the registry and event dedupe
-(:mod:`mesh.edge._registry`), the dispatcher (:mod:`mesh.edge._dispatch`),
-subscriptions (:mod:`mesh.edge._subscriptions`), requests in flight
-(:mod:`mesh.edge._requests`), topic filters (:mod:`mesh.core._topics`), and the
-errors and records (:mod:`mesh.edge._records`).
+:class:`~mesh.edge._link.BrokerLink`; what needs no MQTT lives apart, tested without
+a broker: the registry and event dedupe (:mod:`mesh.edge._registry`), the dispatcher
+(:mod:`mesh.edge._dispatch`), subscriptions (:mod:`mesh.edge._subscriptions`),
+requests in flight (:mod:`mesh.edge._requests`), topic filters
+(:mod:`mesh.core._topics`), and the errors and records (:mod:`mesh.edge._records`).
 
 Connection (:mod:`mesh.edge._link`, set up by :mod:`edge_agent._mqtt` as the
 agent's and replicas' are): MQTT 5 when the broker speaks it
@@ -71,7 +70,9 @@ from edge_agent.protocol import (
     new_id,
 )
 from mesh.core._topics import cover_filters, topic_covers
+from mesh.edge._desired_resend import DesiredResend
 from mesh.edge._dispatch import Dispatcher
+from mesh.edge._event_acks import EventAckBatcher, qos0_sender
 from mesh.edge._flood import FloodGuard, FloodLimits
 from mesh.edge._link import BrokerLink
 from mesh.edge._records import (
@@ -190,12 +191,22 @@ class EdgeBus:
         )
         #: Per-agent flood limits, and the agents that went over them.
         self.flood = FloodGuard(flood, name=self.client_id)
+        #: End-to-end acknowledgements of the events this control plane handled.
+        self.event_acks = EventAckBatcher(
+            self.topics, qos0_sender(lambda: self._link.live_client()), self._registry.site_of
+        )
+        #: Desired states published again after a reconnect, for agents not on them yet.
+        self.desired_resend = DesiredResend(
+            self._registry.observed_version,
+            lambda agent, payload: self.publish(self.topics.desired(agent), payload, retain=True),
+        )
         self._dispatcher = Dispatcher(
             prefix=prefix,
             registry=self._registry,
             subscriptions=self._subscriptions,
             name=self.client_id,
             flood=self.flood,
+            acks=self.event_acks,
         )
         self._link = BrokerLink(
             self.host,
@@ -211,7 +222,7 @@ class EdgeBus:
             filters=self._subscriptions.filters,
             on_message=self._on_message,
             on_suback=self._subscriptions.acknowledged,
-            on_ready=self._registry.notify,
+            on_ready=self._on_ready,
             tls=tls,
         )
         # An agent's online status is published after it subscribed: requests sent
@@ -380,6 +391,7 @@ class EdgeBus:
             self.topics.desired(agent_id), payload, qos=1, retain=True, timeout_s=timeout_s
         )
         self._registry.set_desired_version(agent_id, desired.version)
+        self.desired_resend.record(agent_id, desired.version, payload)
         logger.info(
             "published desired version %d to agent %s (%d modules)",
             desired.version,
@@ -389,7 +401,12 @@ class EdgeBus:
 
     def clear_desired(self, agent_id: str) -> None:
         """Remove an agent's retained desired state."""
+        self.desired_resend.forget(agent_id)
         self.publish(self.topics.desired(agent_id), b"", qos=1, retain=True)
+
+    def _on_ready(self) -> None:  # paho's network thread: connected and subscribed
+        self._registry.notify()
+        self.desired_resend.connection_ready()
 
     # ------------------------------------------------------------------ inference
 

@@ -13,6 +13,11 @@ before they are queued), and its events over their rate wait in a bounded
 deferred lane, handled when the inbox is empty: a flooding agent never stands
 between the others' messages and this thread.
 
+With an :class:`~mesh.edge._event_acks.EventAckBatcher`, each event that asks is
+acknowledged once handled (a duplicate too; one dropped over its agent's rate
+too, since it is counted and reported, and a resend would only add to the
+flood); the batches go out when old enough or when the inbox is empty.
+
 No MQTT here, so this is tested by dispatching messages directly.
 """
 
@@ -27,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from edge_agent.protocol import Event
+from mesh.edge._event_acks import EventAckBatcher
 from mesh.edge._flood import FloodGuard
 from mesh.edge._records import _Counters
 from mesh.edge._registry import AgentRegistry
@@ -47,6 +53,7 @@ class Dispatcher:
         name: who owns the dispatcher, for its thread and log messages (the
             gateway's client id).
         flood: per-agent rate limits (None: none).
+        acks: acknowledges handled events to their agents (None: nobody is).
 
     Example:
         >>> from mesh.edge._subscriptions import Subscriptions
@@ -67,6 +74,7 @@ class Dispatcher:
         subscriptions: Subscriptions,
         name: str = "gateway",
         flood: FloodGuard | None = None,
+        acks: EventAckBatcher | None = None,
     ) -> None:
         """Create a dispatcher; :meth:`start` starts its thread."""
         self._prefix = prefix
@@ -79,6 +87,7 @@ class Dispatcher:
         self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._flood = flood
+        self._acks = acks
         self._heartbeats = f"{prefix}/agents/"
         # Events over their agent's rate, (topic, payload, event, agent), and how many
         # of each agent's wait: only the dispatcher thread touches these.
@@ -134,6 +143,7 @@ class Dispatcher:
             return replace(self._counters)
 
     def _loop(self) -> None:
+        acks = self._acks
         while True:
             if self._deferred:  # deferred events run only when nothing else waits
                 try:
@@ -141,14 +151,24 @@ class Dispatcher:
                 except queue.Empty:
                     self._guarded(self._run_deferred)
                     continue
+            elif acks is not None and acks.pending:  # idle: acknowledge what was handled
+                try:
+                    item = self._inbox.get(timeout=acks.max_delay_s)
+                except queue.Empty:
+                    self._guarded(acks.flush)
+                    continue
             else:
                 item = self._inbox.get()
             if item is None:
                 while self._deferred:  # bounded: deferred_max at most
                     self._guarded(self._run_deferred)
+                if acks is not None:
+                    self._guarded(acks.flush)
                 return
             topic, payload = item
             self._guarded(self.dispatch, topic, payload)
+            if acks is not None and acks.due():  # busy: still no later than max_delay_s
+                self._guarded(acks.flush)
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -191,6 +211,7 @@ class Dispatcher:
             if self._waiting.get(agent) or not flood.admit("events", agent):
                 if len(self._deferred) >= flood.limits.deferred_max:
                     flood.dropped("events", agent)
+                    self._acknowledge(topic, event)  # dropped on purpose: not to come again
                 else:
                     self._deferred.append((topic, payload, event, agent))
                     self._waiting[agent] = self._waiting.get(agent, 0) + 1
@@ -209,10 +230,16 @@ class Dispatcher:
 
     def _deliver_event(self, topic: str, event: Event) -> bool:
         if not self._registry.first_time(topic, event):  # a duplicate: counted there
+            self._acknowledge(topic, event)  # its first acknowledgement may have been lost
             return False
         with self._lock:
             handlers = list(self._event_handlers)
         for handler in handlers:
             self._call(handler, event)
         self._registry.notify()
+        self._acknowledge(topic, event)
         return True
+
+    def _acknowledge(self, topic: str, event: Event) -> None:
+        if self._acks is not None and event.ack:
+            self._acks.add(topic, event)

@@ -283,6 +283,19 @@ class AgentRegistry:
 
     # ----------------------------------------------------------------- queries
 
+    def site_of(self, agent_id: str) -> str | None:
+        """The site an agent last said it is at (None: never heard of, or no site)."""
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            return agent.site if agent is not None else None
+
+    def observed_version(self, agent_id: str) -> int | None:
+        """The desired-state version an agent last reported applied (None: no report)."""
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            observed = agent.observed if agent is not None else None
+            return observed.version if observed is not None else None
+
     def agents(self) -> list[AgentView]:
         """Every agent heard of, by id."""
         with self._lock:

@@ -18,9 +18,11 @@ with the credentials ``mesh agents enroll`` made for it. It does what
   (on a small pool of download threads, as the agent's reconciler thread would);
 - an inference request: a reply frame of the right shape (one float32 output per
   row of the first input), without running a model;
-- :meth:`SimAgent.publish_event`: an application event, QoS 1, with a unique id
-  (paho holds it until the broker's PUBACK and sends it again after a reconnect,
-  as the agent's outbox does).
+- :meth:`SimAgent.publish_event`: an application event, QoS 1, with a unique id,
+  asking for the control plane's acknowledgement (``ack``), as the agent's outbox
+  does: it is kept until the control plane acknowledges its seq on
+  ``event_acks`` and sent again after every reconnect and when unacknowledged
+  for ``RESEND_S`` (paho also holds it until the broker's PUBACK).
 
 What it leaves out: ONNX Runtime (a module is verified and reported, never
 loaded), the outbox and pipelines.
@@ -56,6 +58,7 @@ from edge_agent.protocol import (
     ErrorCode,
     ErrorInfo,
     Event,
+    EventAcks,
     Heartbeat,
     HostMetrics,
     InferReply,
@@ -76,6 +79,10 @@ from tests.support.fleet_pump import ClientPump
 __all__ = ["AgentCredentials", "AgentProfile", "Fleet", "SimAgent"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds an agent waits for the control plane's acknowledgement before it sends
+#: its unacknowledged events again (the agent's outbox waits 30 s too).
+RESEND_S = 30.0
 
 SITES = ("site-a", "site-b", "site-c", "site-d")
 #: Device kinds: (CPU cores, typical CPU %, link RTT ms).
@@ -154,6 +161,10 @@ class SimAgent:
         self.apply_ended: float | None = None
         self.replies = 0
         self.events_sent = 0
+        #: Events the control plane has not acknowledged: seq -> (topic, payload).
+        self._unacked: dict[int, tuple[str, bytes]] = {}
+        self._resend_at = 0.0  # monotonic; when the unacknowledged ones go again
+        self.resent = 0
         self._client = new_client(
             ClientOptions(
                 client_id=creds.agent_id,
@@ -168,6 +179,7 @@ class SimAgent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.message_callback_add(topics.desired(creds.agent_id), self._on_desired)
+        self._client.message_callback_add(topics.event_acks(creds.agent_id), self._on_acks)
         self._client.message_callback_add(
             f"{topics.prefix}/modules/+/infer/{creds.agent_id}", self._on_infer
         )
@@ -212,8 +224,11 @@ class SimAgent:
         self.connects += 1
         client.subscribe([(self.topics.desired(self.agent_id), 1)])
         client.subscribe([(f"{self.topics.prefix}/modules/+/infer/{self.agent_id}", 1)])
+        client.subscribe([(self.topics.event_acks(self.agent_id), 0)])
         client.publish(self.topics.status(self.agent_id), self._status("online"), 1, True)
         self._publish_observed()
+        if self.connects > 1:
+            self._resend()  # what the broker took may be gone with it (kill -9)
         self.connected.set()
 
     def _on_disconnect(self, *_args: Any) -> None:
@@ -256,6 +271,8 @@ class SimAgent:
             ),
         )
         self._client.publish(self.topics.heartbeat(self.agent_id), beat.model_dump_json(), 0)
+        if self._unacked and time.monotonic() >= self._resend_at:
+            self._resend()
 
     def publish_event(self, stream: str = "fleet") -> None:
         """Publish one application event, QoS 1 (held while down, sent on reconnect)."""
@@ -270,9 +287,40 @@ class SimAgent:
             site=self.creds.site,
             stream=stream,
             seq=seq,
+            ack=True,
         )
         topic = self.topics.events(self.creds.site, stream)
-        self._client.publish(topic, event.model_dump_json(exclude_none=True), 1)
+        payload = event.model_dump_json(exclude_none=True).encode()
+        with self._lock:
+            if not self._unacked:
+                self._resend_at = time.monotonic() + RESEND_S
+            self._unacked[seq] = (topic, payload)
+        self._client.publish(topic, payload, 1)
+
+    @property
+    def unacked(self) -> int:
+        """Events sent that the control plane has not acknowledged yet."""
+        with self._lock:
+            return len(self._unacked)
+
+    def _on_acks(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            acks = parse_json(msg.payload, EventAcks)
+        except ProtocolError as exc:
+            logger.debug("agent %s: bad event acknowledgement: %s", self.agent_id, exc)
+            return
+        with self._lock:
+            for seq in acks.seqs:
+                self._unacked.pop(seq, None)
+            self._resend_at = time.monotonic() + RESEND_S
+
+    def _resend(self) -> None:
+        with self._lock:
+            again = [self._unacked[seq] for seq in sorted(self._unacked)]
+            self._resend_at = time.monotonic() + RESEND_S
+        self.resent += len(again)
+        for topic, payload in again:
+            self._client.publish(topic, payload, 1)
 
     # ------------------------------------------------------------------ desired state
 

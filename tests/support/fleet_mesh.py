@@ -408,7 +408,11 @@ class FleetMesh:
         heartbeat from each (its registry has it online, heard after the restart);
         ``reconnect_lost_events``, events sent that the control plane's bus never
         counted (``mesh_edge_bus_messages{kind="events"}``: distinct ids), after
-        waiting up to ``timeout_s`` for them.
+        waiting up to ``timeout_s`` for them; ``reconnect_events_resent``, events
+        the agents sent again for want of the control plane's acknowledgement (a
+        ``kill -9`` loses what Mosquitto took and had not saved or delivered:
+        these bring it back); ``reconnect_events_unacked``, those still
+        unacknowledged at the end.
 
         Raises:
             AssertionError: some agent was not back within ``timeout_s`` (naming them).
@@ -418,6 +422,7 @@ class FleetMesh:
         events_before = self.scrape().get("mesh_edge_bus_messages", {}).get("events", 0.0)
         sent_before = sum(a.events_sent for a in live)
         connects = {a.agent_id: a.connects for a in live}
+        resent_before = sum(a.resent for a in live)
         for agent in live:
             agent.publish_event()
         if kill:
@@ -480,6 +485,8 @@ class FleetMesh:
             "reconnect_events_sent": sent,
             "reconnect_events_received": int(received),
             "reconnect_lost_events": max(0, sent - int(received)),
+            "reconnect_events_resent": sum(a.resent for a in live) - resent_before,
+            "reconnect_events_unacked": sum(a.unacked for a in live),
         }
         self.log(
             f"broker restart: {len(live)} agents connected again after {agents_s:.1f} s, "
