@@ -41,12 +41,13 @@ from ._serving import InferenceEndpoint
 from ._settings import AgentSettings
 from ._sources import SourceContext, make_source
 from ._supervisor import Supervisor
-from ._transport import ConnectionConfig, MqttTransport, PublishHandle, Transport
+from ._transport import ConnectionConfig, Message, MqttTransport, PublishHandle, Transport
 from .protocol import (
     AgentFaults,
     AgentStatus,
     DesiredState,
     ErrorCode,
+    EventAcks,
     Heartbeat,
     InstalledModule,
     ModuleError,
@@ -57,6 +58,7 @@ from .protocol import (
     Route,
     SamplingPolicy,
     Tensor,
+    parse_json,
 )
 
 __all__ = ["Agent"]
@@ -107,6 +109,7 @@ class Agent(DesiredStateReconciler):
             settings.cache_dir / "outbox.db",
             max_events=settings.outbox_max_events,
             max_bytes=settings.outbox_max_bytes,
+            confirm_timeout_s=settings.outbox_confirm_timeout_s,
         )
         self._offload = OffloadClient(
             self._transport,
@@ -202,6 +205,7 @@ class Agent(DesiredStateReconciler):
         t = self._transport
         t.add_connection_listener(self._on_connection)
         t.subscribe(self.topics.desired(self.agent_id), self._on_desired, qos=1)
+        t.subscribe(self.topics.event_acks(self.agent_id), self._on_event_acks, qos=0)
         t.subscribe(
             f"{self.topics.prefix}/modules/+/infer/{self.agent_id}", self._endpoint.on_request, 1
         )
@@ -377,6 +381,15 @@ class Agent(DesiredStateReconciler):
 
     def _publish_event(self, item: OutboxItem) -> PublishHandle | None:
         return self._transport.publish(item.topic, item.payload, qos=item.qos)
+
+    def _on_event_acks(self, msg: Message) -> None:
+        """The control plane handled these events: the outbox may delete them (never raises)."""
+        try:
+            acks = parse_json(msg.payload, EventAcks, max_bytes=self.settings.max_payload_bytes)
+        except ProtocolError as exc:
+            logger.debug("agent %s: event acks ignored: %s", self.agent_id, exc)
+            return
+        self._outbox.confirmed(acks.seqs)
 
     # ------------------------------------------------------------------ reporting
 

@@ -1,9 +1,14 @@
 """A disk-backed, bounded, ordered buffer of outgoing events (SQLite from the stdlib).
 
 Every event goes through the outbox: it is stored first, then published in
-order by a pump thread while the broker is reachable, and deleted once the
-broker acknowledges it (QoS 1). With the broker away, events accumulate on disk;
-past ``max_events`` or ``max_bytes`` the oldest are dropped and counted. After a
+order by a pump thread while the broker is reachable, and deleted once it is
+delivered. Delivered means acknowledged by the control plane where the control
+plane does that (:mod:`edge_agent._confirm`): a broker's PUBACK alone is not
+enough, since a broker killed with -9 before it saves loses what it had
+acknowledged but not yet passed on. Until the first such acknowledgement
+arrives (an older control plane sends none), the broker's PUBACK (QoS 1)
+counts as delivered. With the broker away, events accumulate on disk; past
+``max_events`` or ``max_bytes`` the oldest are dropped and counted. After a
 restart or a reconnect the rest are replayed in order. Delivery is
 at-least-once: each event carries an ``id`` for deduplication.
 
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ._confirm import Confirmations
 from ._quarantine import DamagedStoreError, is_corruption, is_disk_full, quarantine, quick_check
 from ._sqlite import Schema, apply_schema
 from ._supervisor import Supervisor
@@ -98,9 +104,19 @@ class Outbox:
     """
 
     def __init__(
-        self, path: Path, *, max_events: int = 10000, max_bytes: int = 64 * 1024 * 1024
+        self,
+        path: Path,
+        *,
+        max_events: int = 10000,
+        max_bytes: int = 64 * 1024 * 1024,
+        confirm_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Open (or create) the buffer at ``path``; a damaged file is moved aside first.
+
+        ``confirm_timeout_s``: how long an event may wait for the control plane's
+        acknowledgement before the unconfirmed are sent again (doubling per resend
+        without one, up to 300 s). ``clock`` times that (injectable for tests).
 
         Raises:
             SchemaVersionError: a newer agent wrote the file (the message says what to do).
@@ -138,8 +154,10 @@ class Outbox:
         self._full = False  # the last write failed
         self._undeleted: set[int] = set()  # delivered, but the disk would not delete them
         self._wake = threading.Condition(self._lock)
-        self._inflight: deque[tuple[int, Acked]] = deque()  # (seq, handle), in order
-        self._sent_upto = 0  # highest seq handed to the MQTT client by this process
+        self._inflight: deque[tuple[int, int, Acked]] = deque()  # (seq, qos, handle), in order
+        self._sent_upto = 0  # highest seq handed to the MQTT client since the last rewind
+        self._confirm = Confirmations(timeout_s=confirm_timeout_s, clock=clock)
+        self._reconnected = False  # online again since the pump last looked
         self._pump: threading.Thread | None = None
         self._stopping = False
         self._online = False
@@ -262,6 +280,7 @@ class Outbox:
         ):
             old = self._spill.popleft()
             self._spill_bytes -= len(old.payload)
+            self._confirm.drop(old.seq)
             dropped += 1
         if dropped:
             self._dropped += dropped
@@ -318,6 +337,7 @@ class Outbox:
             if row is None:
                 break
             self._db.execute("DELETE FROM events WHERE seq = ?", (row[0],))
+            self._confirm.drop(int(row[0]))
             self._count -= 1
             self._bytes -= int(row[1])
             dropped += 1
@@ -363,7 +383,26 @@ class Outbox:
     def ack(self, seq: int) -> None:
         """Forget a delivered event."""
         with self._lock:
+            self._confirm.drop(seq)
             self._ack(seq)
+
+    def confirmed(self, seqs: list[int]) -> None:
+        """The control plane has handled these events: delete them (on the pump thread).
+
+        Called on paho's network thread: it never blocks and never touches
+        SQLite. The first call switches the outbox to keeping events until
+        confirmed, for the rest of the process.
+        """
+        self._confirm.arrive(seqs)
+        if self._lock.acquire(blocking=False):  # else the pump is busy; it polls anyway
+            try:
+                self._wake.notify_all()
+            finally:
+                self._lock.release()
+
+    def unconfirmed(self) -> int:
+        """Events the broker acknowledged and the control plane not yet (kept on disk)."""
+        return len(self._confirm)
 
     def _ack(self, seq: int) -> None:
         if self._spill and self._spill[0].seq <= seq:
@@ -399,18 +438,24 @@ class Outbox:
     ) -> None:
         """Publish buffered events in order from a thread, ``window`` unacknowledged at most.
 
-        An event handed to the MQTT client stays with it until acknowledged (the
-        client resends it after a reconnect), so the pump sends each event once
-        per process; after a restart, unacknowledged events are sent again. The
-        thread runs under ``supervisor`` (its own if None): if it fails it is
-        started again.
+        An event handed to the MQTT client stays with it until the broker
+        acknowledges it (the client resends it after a reconnect). Until the
+        control plane confirms anything, the pump sends each event once per
+        process; after that it also resends the unconfirmed ones after a
+        reconnect or a timeout, and holds at most ``16 * window`` unconfirmed
+        (then it waits). After a restart, whatever is still stored is sent
+        again. The thread runs under ``supervisor`` (its own if None): if it
+        fails it is started again.
         """
+        self._confirm.limit = 16 * window
         sup = supervisor or Supervisor()
         self._pump = sup.spawn("outbox-pump", lambda: self._run_pump(publish, window))
 
     def set_online(self, online: bool) -> None:
         """Tell the pump whether the broker is reachable."""
         with self._lock:
+            if online and not self._online:
+                self._reconnected = True  # the pump resends the unconfirmed (if any)
             self._online = online
             self._wake.notify_all()
 
@@ -418,31 +463,92 @@ class Outbox:
         return (
             self._online
             and len(self._inflight) < window
+            and self._confirm.may_send(self._sent_upto, len(self._inflight))
             and self._count + len(self._spill) > len(self._inflight)
             and self._has_after(self._sent_upto)
         )
 
+    def _poll_s(self) -> float:
+        if self._inflight:
+            return 0.02  # acks are polled: cheap, and never deadlock
+        if self._confirm.waiting():
+            return 0.1  # confirmations to apply (their notify may miss), timeouts to watch
+        return 1.0
+
     def _run_pump(self, publish: PublishFn, window: int) -> None:
         while True:
             with self._lock:
-                while not self._stopping and not self._ready(window):
-                    if self._inflight:
-                        self._wake.wait(0.02)  # acks are polled: cheap, and never deadlock
-                        if self._collect_acks():
-                            break
-                    else:
-                        self._wake.wait(1.0)
-                if self._stopping:
-                    return
-                self._collect_acks()
-                batch = self._peek(window - len(self._inflight), self._sent_upto)
+                while True:
+                    if self._stopping:
+                        return
+                    self._settle()
+                    if self._ready(window):
+                        break
+                    self._wake.wait(self._poll_s())
+                room = self._confirm.room(self._sent_upto, len(self._inflight))
+                batch = self._peek(min(window - len(self._inflight), room), self._sent_upto)
             for item in batch:
                 handle = publish(item)
                 if handle is None:
                     break
                 with self._lock:
-                    self._inflight.append((item.seq, handle))
+                    self._inflight.append((item.seq, item.qos, handle))
                     self._sent_upto = item.seq
+
+    def _settle(self) -> None:
+        """Collect PUBACKs, apply confirmations, and plan a resend when one is due."""
+        done = self._collect_acks()
+        seqs = self._confirm.take()
+        if seqs:
+            inflight = {seq for seq, _, _ in self._inflight}
+            for seq in self._confirm.confirm(seqs, inflight):
+                done += self._delete(seq)
+        if done:
+            self._set_meta("delivered", self._delivered)
+        reconnected, self._reconnected = self._reconnected, False
+        if not self._confirm.active:
+            return
+        if reconnected:
+            self._rewind("the broker is back")
+        elif self._confirm.due() and self._rewind("no confirmation in time"):
+            logger.info(
+                "outbox %s: next resend after %.0f s without confirmation",
+                self.path,
+                self._confirm.backoff(),
+            )
+
+    def _rewind(self, why: str) -> bool:
+        """Send the unconfirmed (and those awaiting a PUBACK) again, in order."""
+        inflight = [seq for seq, _, _ in self._inflight]
+        self._inflight.clear()  # the MQTT client may resend these too: duplicates are dropped
+        after = self._confirm.rewind(inflight, self._sent_upto, self._stored)
+        if after is None:
+            return False
+        logger.info(
+            "outbox %s: sending events again from seq %d, %d unconfirmed (%s)",
+            self.path,
+            after + 1,
+            len(self._confirm),
+            why,
+        )
+        self._sent_upto = after
+        return True
+
+    def _stored(self, lo: int, hi: int) -> set[int]:
+        rows = self._db.execute("SELECT seq FROM events WHERE seq BETWEEN ? AND ?", (lo, hi))
+        found = {int(r[0]) for r in rows}
+        found.update(i.seq for i in self._spill if lo <= i.seq <= hi)
+        return found
+
+    def _delete(self, seq: int) -> int:
+        """Delete a delivered event (1), or note it for later when the disk fails (0)."""
+        try:
+            self._ack(seq)
+        except sqlite3.Error as exc:  # disk full: delivered, deleted once it can be
+            logger.debug("outbox %s: ack of %d not saved: %s", self.path, seq, exc)
+            self._undeleted.add(seq)
+            return 0
+        return 1
 
     def _collect_acks(self) -> int:
         done = 0
@@ -452,16 +558,11 @@ class Outbox:
             except sqlite3.Error:
                 break
             self._undeleted.discard(seq)
-        while self._inflight and self._inflight[0][1].is_published():
-            seq, _ = self._inflight.popleft()
-            try:
-                self._ack(seq)
-            except sqlite3.Error as exc:  # disk full: delivered, deleted once it can be
-                logger.debug("outbox %s: ack of %d not saved: %s", self.path, seq, exc)
-                self._undeleted.add(seq)
-            done += 1
-        if done:
-            self._set_meta("delivered", self._delivered)
+        while self._inflight and self._inflight[0][2].is_published():
+            seq, qos, _ = self._inflight.popleft()
+            if self._confirm.on_puback(seq, qos):
+                self._delete(seq)
+                done += 1
         return done
 
     def _has_after(self, seq: int) -> bool:

@@ -398,6 +398,8 @@ class Pipeline:
             outputs={t.name: json_tensor(t) for t in result.outputs},
         )
         body = event.model_dump(mode="json", exclude_none=True)
+        if self.spec.qos >= 1:  # kept until the control plane confirms it (edge_agent._confirm)
+            body["ack"] = True
 
         def make_payload(seq: int) -> bytes:
             body["seq"] = seq

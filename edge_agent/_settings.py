@@ -100,6 +100,14 @@ class AgentSettings(BaseModel):
     outbox_max_events: int = Field(10000, ge=1, description="Buffered events before dropping.")
     outbox_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Buffer size cap.")
     outbox_window: int = Field(64, ge=1, description="Events in flight while replaying.")
+    outbox_confirm_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a sent event waits for the control plane's acknowledgement "
+        "before the unacknowledged are sent again (doubling per resend without one, up to "
+        "300 s). A broker's PUBACK alone does not delete an event once the control plane "
+        "acknowledges events: a broker killed before it saves loses what it acknowledged.",
+    )
     max_clock_skew_s: float = Field(
         30.0,
         ge=0,

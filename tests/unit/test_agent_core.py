@@ -401,6 +401,7 @@ def test_pipeline_offline_buffer_and_ordered_replay(
     assert wait(lambda: len(c.events()) >= 5)
     ev = c.events()[0]
     assert ev.route == "local" and ev.module == "tiny" and ev.agent == AGENT
+    assert ev.ack  # QoS 1: the agent keeps it until the control plane confirms it
     assert ev.outputs["y"].shape == [1, 4]
     broker.set_online(False)
     time.sleep(0.05)
