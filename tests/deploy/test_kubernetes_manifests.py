@@ -244,7 +244,7 @@ def test_mosquitto_keeps_the_production_settings() -> None:
     ("old", "new"),
     [
         ("set_tcp_nodelay true", ""),
-        ("autosave_on_changes true", ""),
+        ("autosave_on_changes false", ""),
         ("allow_anonymous false", "allow_anonymous true"),
         ("use_username_as_clientid true", ""),
         ("acl_file /mosquitto/auth/acl", "acl_file /mosquitto/config/acl"),

@@ -51,16 +51,19 @@ from tests.support.chaos_mosquitto import AUTOSAVE, ChaosMosquitto
 from tests.support.cli import mesh_cli, stop_recorded_daemon
 from tests.support.fleet import SITES, AgentCredentials, Fleet, SimAgent
 
-__all__ = ["EACH_SECOND", "FleetMesh", "percentile"]
+__all__ = ["EACH_SECOND", "EVERY_CHANGE", "FleetMesh", "percentile"]
 
 _SAMPLE = re.compile(r'^(\w+)\{(\w+)="([^"]*)"\} (\S+)$')
 MODULE = "fleet-model"
-#: Mosquitto saving its state once a second instead of after every change. After every
-#: change (deploy/mosquitto.conf) each retained publish rewrites the whole database
-#: (O(N) at N agents), and Mosquitto reads one packet per connection per loop, so a
-#: rollout's N desired states from one publisher cost N saves: O(N^2). Once a second,
-#: a ``kill -9`` loses up to a second of acknowledged QoS 1 messages.
-EACH_SECOND = ("autosave_interval 1",)
+#: Mosquitto saving its state once a second (deploy/mosquitto.conf's). A ``kill -9``
+#: loses up to a second of what it acknowledged; the agents send their events again
+#: until the control plane acknowledges them, and the control plane its desired states.
+EACH_SECOND = AUTOSAVE
+#: Mosquitto saving after every change (deploy's before end-to-end acknowledgements):
+#: each retained publish rewrites the whole database (O(N) at N agents), and Mosquitto
+#: reads one packet per connection per loop, so a rollout's N desired states from one
+#: publisher cost N saves: O(N^2).
+EVERY_CHANGE = ("autosave_on_changes true", "autosave_interval 1")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -130,8 +133,8 @@ class FleetMesh:
         keepalive_s: the agents' MQTT keepalive.
         period_s: the heartbeat period.
         log: progress lines.
-        autosave: Mosquitto's saving lines (default deploy/mosquitto.conf's: after
-            every change; see :data:`EACH_SECOND` for the other one measured).
+        autosave: Mosquitto's saving lines (default deploy/mosquitto.conf's: once a
+            second; see :data:`EVERY_CHANGE` for the other one measured).
     """
 
     def __init__(
