@@ -252,13 +252,7 @@ class EdgeBus:
         except BaseException:
             self.stop()
             raise
-        logger.info(
-            "edge bus %s connected to %s:%d over MQTT %s",
-            self.client_id,
-            self.host,
-            self.port,
-            self.protocol,
-        )
+        logger.info("edge bus connected: %r", self)  # broker, client id, MQTT version
         return self
 
     def stop(self) -> None:
