@@ -9,6 +9,7 @@ agent) and :class:`CanaryProbe` times one inference on a node
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PING_PARALLEL",
+    "PING_RATE_PER_S",
     "AgentRequests",
     "AgentSource",
     "CanaryProbe",
@@ -105,6 +107,10 @@ class CanaryProbe(Protocol):
 
 #: Agents pinged at once (:meth:`PathProbe.ping_agents`).
 PING_PARALLEL = 32
+#: Agent round trips started per second at most, the whole fleet's
+#: (:meth:`PathProbe.ping_agents`): up to this many agents each is timed every poll;
+#: past it, each in turn, least recently timed first (1,000 agents: every 10 s).
+PING_RATE_PER_S = 100.0
 
 
 class PathProbe:
@@ -135,6 +141,9 @@ class PathProbe:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._in_flight: set[str] = set()  # agents with a ping under way
+        self._pinged_at: dict[str, float] = {}  # agent -> when its last ping started
+        self._budget_at: float | None = None  # when ping_agents last spent its budget
+        self._clock = time.monotonic
 
     def ping_agents(
         self,
@@ -148,13 +157,29 @@ class PathProbe:
         whole timeout per silent one (300 agents: rounds of 2-5 s, measured).
         Pings run :data:`PING_PARALLEL` at a time on their own workers; an agent
         whose last ping has not ended is skipped, so at most one each is in flight.
+        At most :data:`PING_RATE_PER_S` start per second since the last call (at
+        least :data:`PING_PARALLEL`), least recently pinged agents first: each
+        ping is a request and a reply through the broker and the bus, and pinging
+        1,000 agents every poll cost the control plane more than their heartbeats.
 
         Returns:
             The pings started.
         """
+        now = self._clock()
+        elapsed = 1.0 if self._budget_at is None else min(10.0, now - self._budget_at)
+        self._budget_at = now
+        budget = max(PING_PARALLEL, int(PING_RATE_PER_S * elapsed))
+        if len(agents) > budget:
+            pinged = self._pinged_at
+            agents = sorted(agents, key=lambda n: pinged.get(n.name, -math.inf))
         pool = self._workers()
         started = 0
+        known = {node.name for node in agents}
+        for gone in [name for name in self._pinged_at if name not in known]:
+            del self._pinged_at[gone]  # bounded by the agents listed
         for node in agents:
+            if started >= budget:
+                break
             with self._pool_lock:
                 if node.name in self._in_flight:
                     continue
@@ -165,6 +190,7 @@ class PathProbe:
                 with self._pool_lock:
                     self._in_flight.discard(node.name)
                 break
+            self._pinged_at[node.name] = now
             started += 1
         return started
 

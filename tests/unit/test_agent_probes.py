@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mesh.control import NodeState, PathProbe
-from mesh.control._probes import PING_PARALLEL
+from mesh.control._probes import PING_PARALLEL, PING_RATE_PER_S
 from mesh.edge import EdgeConnectionError, EdgeInferenceError, EdgeRequestTimeoutError
 from mesh.serving import AgentErrorReply
 
@@ -108,3 +108,79 @@ def test_agents_are_pinged_at_once_and_the_poll_never_waits() -> None:
         probe.close()
     assert rtts["cam-0"] is None
     assert all(rtts[a.name] is not None for a in agents if a.name != "cam-0")
+
+
+class AnsweringEdge:
+    """Every agent answers at once (no such module); counts who was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.lock = threading.Lock()
+
+    def infer_sync(
+        self, module: str, node: str, inputs: Mapping[str, Any], *, timeout_s: float = 5.0
+    ) -> object:
+        with self.lock:
+            self.asked.append(node)
+        raise EdgeInferenceError(module=module, node=node, code="unknown_module", message="")
+
+
+def test_a_large_fleet_is_pinged_in_turn_within_the_rate() -> None:
+    """Pinging 1,000 agents every poll cost the control plane more than their heartbeats."""
+    n = int(PING_RATE_PER_S) * 3 + 7
+    agents = [
+        NodeState(name=f"cam-{i:04d}", kind="agent", tier="edge", site="s", alive=True)
+        for i in range(n)
+    ]
+    edge = AnsweringEdge()
+    probe = PathProbe(edge=edge)
+    now = [1000.0]
+    probe._clock = lambda: now[0]
+    ended = threading.Semaphore(0)
+    try:
+        per_poll = []
+        for _ in range(4):  # a poll a second
+            started = probe.ping_agents(agents, 1.0, lambda agent, rtt: ended.release())
+            for _ in range(started):
+                assert ended.acquire(timeout=10.0)
+            per_poll.append(started)
+            now[0] += 1.0
+    finally:
+        probe.close()
+    rate = int(PING_RATE_PER_S)
+    assert per_poll == [rate, rate, rate, rate]
+    # Least recently pinged first: three polls reach every agent but 7 once, the fourth
+    # those 7 first.
+    first_three, fourth = edge.asked[: 3 * rate], edge.asked[3 * rate :]
+    assert len(set(first_three)) == 3 * rate
+    assert set(fourth) >= set(a.name for a in agents) - set(first_three)
+
+
+@pytest.mark.parametrize(
+    ("agents_n", "apart_s", "expected"),
+    [
+        (int(PING_RATE_PER_S), 1.0, int(PING_RATE_PER_S)),  # a poll a second: all of them
+        (PING_PARALLEL, 0.01, PING_PARALLEL),  # polls close together: PING_PARALLEL still
+        (int(PING_RATE_PER_S), 0.01, PING_PARALLEL),
+    ],
+)
+def test_each_poll_pings_up_to_the_rate_since_the_last(
+    agents_n: int, apart_s: float, expected: int
+) -> None:
+    agents = [
+        NodeState(name=f"cam-{i}", kind="agent", tier="edge", site="s", alive=True)
+        for i in range(agents_n)
+    ]
+    probe = PathProbe(edge=AnsweringEdge())
+    now = [50.0]
+    probe._clock = lambda: now[0]
+    ended = threading.Semaphore(0)
+    try:
+        for _ in range(2):
+            started = probe.ping_agents(agents, 1.0, lambda agent, rtt: ended.release())
+            for _ in range(started):
+                assert ended.acquire(timeout=10.0)
+            now[0] += apart_s
+        assert started == expected
+    finally:
+        probe.close()
