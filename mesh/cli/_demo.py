@@ -144,8 +144,12 @@ def run_demo(settings: MeshSettings, *, console: Console, quick: bool = False) -
             passwd, login = embedded_broker_login(EdgeSettings(data_dir=settings.data_dir))
             broker = start_embedded_broker(password_file=passwd)
             gateway = EdgeBus(
-                broker.url, username=login.username, password=login.password, protocol="3.1.1"
-            ).start()  # amqtt: 3.1.1 only
+                broker.url,
+                username=login.username,
+                password=login.password,
+                protocol="3.1.1",  # amqtt: 3.1.1 only
+                acknowledge_events=True,  # the demo's control plane
+            ).start()
         try:
             console.print(f"  embedded broker at {broker.url}")
             gateway.subscribe("demo/plans", lambda _t, payload: plans.append(json.loads(payload)))

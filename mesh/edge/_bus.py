@@ -37,12 +37,10 @@ Example:
     >>> result = await gw.infer("counter", "cam-07", {"x": frame})  # doctest: +SKIP
     >>> gw.stop()                                                    # doctest: +SKIP
 
-Errors (all :class:`~mesh.core._errors.MeshError`, defined in :mod:`mesh.edge._records`)::
-
-    EdgeBusError              the gateway could not do what was asked
-    ├── EdgeConnectionError       the broker refused or could not be reached
-    ├── EdgeRequestTimeoutError   no reply within timeout_s (also a TimeoutError)
-    └── EdgeInferenceError        the node answered with an error (code, message)
+Errors (:class:`~mesh.core._errors.MeshError`, in :mod:`mesh.edge._records`): EdgeBusError
+(not done), and its EdgeConnectionError (the broker refused or was unreachable),
+EdgeRequestTimeoutError (no reply within timeout_s; also a TimeoutError) and
+EdgeInferenceError (the node answered with an error: code, message).
 """
 
 from __future__ import annotations
@@ -135,6 +133,8 @@ class EdgeBus:
         key_file: the client certificate's key.
         flood: per-agent rates of heartbeats and events (:mod:`mesh.edge._flood`);
             an agent over them is limited, and flagged in :meth:`agents`.
+        acknowledge_events: acknowledge handled events to their agents (the control
+            plane's bus only: an agent deletes an event another bus acknowledged).
 
     Example:
         >>> with EdgeBus(broker.url) as gw:               # doctest: +SKIP
@@ -159,6 +159,7 @@ class EdgeBus:
         cert_file: str | None = None,
         key_file: str | None = None,
         flood: FloodLimits | None = None,
+        acknowledge_events: bool = False,
     ) -> None:
         """Configure the gateway; :meth:`start` connects."""
         parts = urlsplit(broker_url)
@@ -192,9 +193,9 @@ class EdgeBus:
         #: Per-agent flood limits, and the agents that went over them.
         self.flood = FloodGuard(flood, name=self.client_id)
         #: End-to-end acknowledgements of the events this control plane handled.
-        self.event_acks = EventAckBatcher(
-            self.topics, qos0_sender(lambda: self._link.live_client()), self._registry.site_of
-        )
+        send = qos0_sender(lambda: self._link.live_client())
+        acks = EventAckBatcher(self.topics, send, self._registry.site_of)
+        self.event_acks = acks if acknowledge_events else None
         #: Desired states published again after a reconnect, for agents not on them yet.
         self.desired_resend = DesiredResend(
             self._registry.observed_version,
@@ -311,9 +312,8 @@ class EdgeBus:
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``predicate()`` holds or ``timeout_s`` passes; returns whether it held.
 
-        Re-checked on every registry change or event (and every 50 ms, for predicates
-        on anything else). ``predicate`` runs without the gateway's lock, so it may
-        call the registry.
+        Re-checked on every registry change or event, and every 50 ms; ``predicate``
+        runs without the gateway's lock (it may call the registry).
         """
         return self._registry.wait_until(predicate, timeout_s)
 

@@ -323,6 +323,7 @@ def build_services(
         cert_file=cert,
         key_file=key,
         flood=settings.flood_limits,
+        acknowledge_events=True,  # the control plane's bus: its agents wait for this one
     ).start()
     undo.append(("edge bus", edge.stop))
     registry = ModelRegistry.open(settings)

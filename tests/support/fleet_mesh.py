@@ -422,7 +422,9 @@ class FleetMesh:
         """
         assert self.fleet is not None
         live = [a for a in self.fleet.agents if not a.dead]
-        events_before = self.scrape().get("mesh_edge_bus_messages", {}).get("events", 0.0)
+        bus_before = self.scrape().get("mesh_edge_bus_messages", {})
+        events_before = bus_before.get("events", 0.0)
+        duplicates_before = bus_before.get("duplicate_events", 0.0)
         sent_before = sum(a.events_sent for a in live)
         connects = {a.agent_id: a.connects for a in live}
         resent_before = sum(a.resent for a in live)
@@ -473,10 +475,11 @@ class FleetMesh:
             raise AssertionError(f"{len(missing)} agents not online again: {missing[:5]}")
         reconnect_s = time.monotonic() - began
         sent = sum(a.events_sent for a in live) - sent_before
-        received = 0.0
+        received = duplicates = 0.0
         while time.monotonic() < deadline:
-            events = self.scrape().get("mesh_edge_bus_messages", {}).get("events", 0.0)
-            received = events - events_before
+            bus = self.scrape().get("mesh_edge_bus_messages", {})
+            received = bus.get("events", 0.0) - events_before
+            duplicates = bus.get("duplicate_events", 0.0) - duplicates_before
             if received >= sent:
                 break
             time.sleep(0.25)
@@ -490,6 +493,7 @@ class FleetMesh:
             "reconnect_lost_events": max(0, sent - int(received)),
             "reconnect_events_resent": sum(a.resent for a in live) - resent_before,
             "reconnect_events_unacked": sum(a.unacked for a in live),
+            "reconnect_events_duplicates": int(duplicates),
         }
         self.log(
             f"broker restart: {len(live)} agents connected again after {agents_s:.1f} s, "

@@ -31,6 +31,13 @@ def test_slopes_are_right_on_synthetic_curves() -> None:
     assert "why" in grown["rollout_s"]
 
 
+def test_the_reason_given_follows_how_the_broker_saved() -> None:
+    every = [dict(row, broker_autosave="every-change") for row in _rows(2.0)]
+    each = [dict(row, broker_autosave="each-second") for row in _rows(2.0)]
+    assert "saves its whole database" in growth(every)["rollout_s"]["why"]
+    assert "simulator's installs" in growth(each)["rollout_s"]["why"]
+
+
 def test_the_top_slope_is_between_the_two_largest_sizes() -> None:
     rows = [
         {"agents": 100, "rollout_s": 1.0},
