@@ -10,7 +10,6 @@ plane confirms them and sends them again once the broker is back.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,40 +20,12 @@ import pytest
 from edge_agent import Agent, AgentSettings
 from edge_agent._transport import ConnectionConfig, Message, MqttTransport
 from edge_agent.protocol import Event, EventAcks, Topics
-from mesh.edge.broker._handle import free_port, wait_port
-from tests.support.brokers import require_mosquitto
+from tests.support.brokers import KillableMosquitto
 
 pytestmark = pytest.mark.mqtt
 
 T = Topics()
 AGENT = "cam-acks"
-
-
-class Mosquitto:
-    """A Mosquitto without persistence on one port: a ``kill -9`` loses all it held."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.exe = require_mosquitto()
-        self.port = free_port()
-        self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        assert wait_port("127.0.0.1", self.port, time.monotonic() + 20), self.log.read_text()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL, this process only
-            self.proc.wait(10)
-        self.proc = None
 
 
 class ControlPlane:
@@ -101,8 +72,8 @@ def wait(cond: Callable[[], object], timeout: float = 30.0) -> bool:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path)
+def broker(tmp_path: Path) -> Iterator[KillableMosquitto]:
+    m = KillableMosquitto(tmp_path)
     m.start()
     try:
         yield m
@@ -111,7 +82,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def test_events_acknowledged_by_a_killed_broker_reach_the_control_plane(
-    broker: Mosquitto, tmp_path: Path
+    broker: KillableMosquitto, tmp_path: Path
 ) -> None:
     settings = AgentSettings(
         id=AGENT,

@@ -11,7 +11,6 @@ that gets it retained. An agent reporting the version already gets no copy.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,47 +22,25 @@ import pytest
 from edge_agent._mqtt import ClientOptions, new_client
 from edge_agent.protocol import DesiredState, ObservedState, Topics
 from mesh.edge._bus import EdgeBus
-from mesh.edge.broker._handle import free_port, wait_port
-from tests.support.brokers import require_mosquitto, unique
+from tests.support.brokers import KillableMosquitto, unique
 
 pytestmark = pytest.mark.mqtt
 
 T = Topics()
 
 
-class Mosquitto:
-    """Persistence on, saved once a minute: a ``kill -9`` loses what came since the start."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.exe = require_mosquitto()
-        self.port = free_port()
-        (workdir / "persist").mkdir()
-        self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            f"persistence true\npersistence_location {workdir / 'persist'}/\n"
-            "autosave_interval 60\n"
-        )
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        assert wait_port("127.0.0.1", self.port, time.monotonic() + 20), self.log.read_text()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL, this process only
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    mosquitto = Mosquitto(tmp_path)
+def broker(tmp_path: Path) -> Iterator[KillableMosquitto]:
+    (tmp_path / "persist").mkdir()
+    # Saved once a minute: a kill -9 loses what came since the start.
+    mosquitto = KillableMosquitto(
+        tmp_path,
+        (
+            "persistence true",
+            f"persistence_location {tmp_path / 'persist'}/",
+            "autosave_interval 60",
+        ),
+    )
     mosquitto.start()
     try:
         yield mosquitto
@@ -103,7 +80,7 @@ def _retained_desired(port: int, agent: str, wait_s: float = 3.0) -> int | None:
     return got[0] if got else None
 
 
-def test_a_desired_state_lost_with_the_broker_is_published_again(broker: Mosquitto) -> None:
+def test_a_desired_state_lost_with_the_broker_is_published_again(broker: KillableMosquitto) -> None:
     behind, current = unique("behind"), unique("current")
     bus = EdgeBus(f"mqtt://127.0.0.1:{broker.port}", client_id=unique("cp")).start()
     try:

@@ -32,6 +32,7 @@ from mesh.edge.broker._broker import (
 
 __all__ = [
     "BROKER_KINDS",
+    "KillableMosquitto",
     "MqttProbe",
     "broker",
     "embedded_broker",
@@ -258,3 +259,43 @@ def mosquitto_sub(
     if username is not None:
         cmd += ["-u", username, "-P", password or ""]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class KillableMosquitto:
+    """An anonymous Mosquitto on one port that a test kills with -9 and starts again.
+
+    Args:
+        workdir: its config and log go here.
+        extra: more config lines; without persistence ones a ``kill -9`` loses all
+            it held (``persistence false``).
+    """
+
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = ("persistence false",)) -> None:
+        from mesh.edge.broker._handle import free_port
+
+        self.exe = require_mosquitto()
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        lines = (f"listener {self.port} 127.0.0.1", "allow_anonymous true", *extra)
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again, same config); returns once it listens."""
+        import time
+
+        from mesh.edge.broker._handle import wait_port
+
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        assert wait_port("127.0.0.1", self.port, time.monotonic() + 20), self.log.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL this Mosquitto (only the one it started) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
