@@ -35,6 +35,8 @@ MEASURES: dict[str, str] = {
     "rollout_delivered_s": "rollout: last desired state delivered (s)",
     "offline_detect_s": "offline detected (s)",
     "metrics_scrape_p95_s": "metrics scrape p95 (s)",
+    "listing_p95_s": "agents listed (/v1/dashboard/snapshot) p95 (s)",
+    "route_switch_s": "route switch at every site (s)",
 }
 
 #: Above this log-log slope between the two largest sizes a measure is superlinear.

@@ -15,9 +15,16 @@ own cache), and measures:
   control-plane CPU (cores) and RSS of ``mesh up``'s process tree (and of its main
   process alone), Mosquitto's CPU and RSS, heartbeat lag at the registry
   (arrival minus ``ts``, p50/p95), the reconcile loop's round p50/p95;
+- listing (after the steady window, so as not to count in its CPU): ``GET
+  /v1/dashboard/snapshot`` (nodes, agents, modules; 10 times: ``listing_p50_s``,
+  ``listing_p95_s``) and ``mesh agents list`` once (``agents_cli_s``: its own
+  broker connection, every agent's retained status, the table);
 - a rollout: a new module version's desired state to every agent, until every
   agent's observed state names it (downloaded from the artifact endpoint and
   verified: Ed25519, sha256);
+- a route switch of that module at every site (``route_switch_s``): the same
+  version with its route offloading to a fog node, until every agent reports
+  the new route epoch (no download: each holds the artifact);
 - offline detection: 5 % of agents go silent without DISCONNECT; until the
   control plane stops counting each as up (``offline_detect_s``: three silent
   heartbeat periods; bound 1.5 x keepalive), and until their last wills list
@@ -62,6 +69,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +77,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._fleet_curves import growth, plot, table
-from tests.support.fleet_mesh import EACH_SECOND, EVERY_CHANGE, FleetMesh
+from edge_agent.protocol import Route
+from tests.support.fleet_mesh import EACH_SECOND, EVERY_CHANGE, FleetMesh, percentile
 
 #: ``--broker-autosave``: Mosquitto's saving lines.
 AUTOSAVES = {"every-change": EVERY_CHANGE, "each-second": EACH_SECOND}
@@ -117,8 +126,11 @@ def run(
             mesh.start()
             time.sleep(5.0)  # let the first heartbeats and retained states settle
             row.update(mesh.steady(steady_s))
+            row.update(listing(mesh))
             row["loadavg_rollout"] = list(os.getloadavg())
             row["rollout_s"] = mesh.rollout("v2")
+            switch = Route(mode="offload", target="fog-replica-1", epoch=1)
+            row["route_switch_s"] = mesh.rollout("v2", route=switch)
             took, victims = mesh.kill_and_detect(kill_share)
             at_cp, at_bus = mesh.detections["control_plane"], mesh.detections["bus"]
             down = mesh.detections["down"]
@@ -146,6 +158,27 @@ def run(
             raise SizeFailed(row, exc) from exc
         finally:
             mesh.close()
+
+
+def listing(mesh: FleetMesh, times: int = 10) -> dict[str, float | None]:
+    """How long the agents take to list: the dashboard's snapshot, and ``mesh agents list``."""
+    took = []
+    for _ in range(times):
+        began = time.monotonic()
+        req = urllib.request.Request(
+            f"{mesh.gateway}/v1/dashboard/snapshot",
+            headers={"Authorization": f"Bearer {mesh.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+        took.append(time.monotonic() - began)
+    began = time.monotonic()
+    mesh._cli("agents", "list")
+    return {
+        "listing_p50_s": percentile(took, 0.5),
+        "listing_p95_s": percentile(took, 0.95),
+        "agents_cli_s": time.monotonic() - began,
+    }
 
 
 def parse_sizes(text: str) -> list[int]:

@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 
-from edge_agent.protocol import DesiredState
+from edge_agent.protocol import DesiredState, Route
 from mesh.edge.broker._broker import free_port
 from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.chaos_mosquitto import AUTOSAVE, ChaosMosquitto
@@ -285,8 +285,19 @@ class FleetMesh:
 
     # ------------------------------------------------------------------ measurements
 
-    def rollout(self, version: str, *, size: int = 64 * 1024, timeout_s: float = 300.0) -> float:
+    def rollout(
+        self,
+        version: str,
+        *,
+        route: Route | None = None,
+        size: int = 64 * 1024,
+        timeout_s: float = 300.0,
+    ) -> float:
         """Publish ``version`` of the module to every live agent; seconds until all observe it.
+
+        With ``route``, the module's route too, and all must report its epoch: the same
+        version again is a route switch of a module serving every site (no download:
+        each agent holds the artifact; timings under ``route_switch_`` then).
 
         Raises:
             AssertionError: some agent did not report it within ``timeout_s``
@@ -312,6 +323,7 @@ class FleetMesh:
                 base_url=self.gateway,
                 signer=signer,
                 url_signer=url_signer,
+                route=route,
             )
             desired = DesiredState(version=self._desired_version, modules=[spec])
             self._bus.publish_desired(agent.agent_id, desired, timeout_s=None)
@@ -324,7 +336,10 @@ class FleetMesh:
                 view = views.get(agent.agent_id)
                 observed = view.observed if view is not None else None
                 if observed is None or not any(
-                    m.name == MODULE and m.version == version and m.sha256 == info.sha256
+                    m.name == MODULE
+                    and m.version == version
+                    and m.sha256 == info.sha256
+                    and (route is None or m.route_epoch == route.epoch)
                     for m in observed.installed
                 ):
                     out.append(agent.agent_id)
@@ -345,12 +360,15 @@ class FleetMesh:
             raise AssertionError(
                 f"{len(left)} agents never observed {version}: {left[:5]} {errors}"
             )
-        self.timings["rollout_publish_s"] = publish_s
-        self.timings.update(_rollout_phases(live, began))
+        what = "rollout" if route is None else "route_switch"
+        phases = {f"{what}_publish_s": publish_s}
+        for key, value in _rollout_phases(live, began).items():
+            phases[key.replace("rollout", what, 1)] = value
+        self.timings.update(phases)
         self.log(
-            f"rollout of {version} to {len(live)} agents: {took:.1f} s (published in "
-            f"{publish_s:.1f} s, last delivered at {self.timings['rollout_delivered_s']:.1f} s, "
-            f"last installed at {self.timings['rollout_installed_s']:.1f} s)"
+            f"{what} of {version} to {len(live)} agents: {took:.1f} s (published in "
+            f"{publish_s:.1f} s, last delivered at {phases[f'{what}_delivered_s']:.1f} s, "
+            f"last installed at {phases[f'{what}_installed_s']:.1f} s)"
         )
         return took
 
