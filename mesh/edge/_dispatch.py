@@ -145,6 +145,8 @@ class Dispatcher:
     def _loop(self) -> None:
         acks = self._acks
         while True:
+            if acks is not None and acks.due():  # between messages, the deferred ones too
+                self._guarded(acks.flush)
             if self._deferred:  # deferred events run only when nothing else waits
                 try:
                     item = self._inbox.get_nowait()
@@ -167,8 +169,6 @@ class Dispatcher:
                 return
             topic, payload = item
             self._guarded(self.dispatch, topic, payload)
-            if acks is not None and acks.due():  # busy: still no later than max_delay_s
-                self._guarded(acks.flush)
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         try:
