@@ -32,6 +32,7 @@ Usage::
     python bench/lifecycle.py --offline --json bench/results/lifecycle-offline.json
     python bench/lifecycle.py --json bench/results/lifecycle.json   # two mesh runs
     python bench/lifecycle.py --seed 12 --json bench/results/lifecycle-12.json  # another day
+    python bench/lifecycle.py --duration-s 720 --json bench/results/lifecycle-720.json  # longer
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
         >>> report = {"summary": {
         ...     "lifecycle": {"detect_s": 150.0, "candidate_s": 170.0, "promoted_s": 260.0},
         ...     "count_error_drift": {"sites": ["A0"], "at_s": 120.0},
-        ...     "count_error_over_time": {"A0": [[15, 0.5], [135, 9.0], [285, 1.0]]},
+        ...     "count_error_over_time": {"A0": [[15, 0.5], [135, 9.0], [255, 5.0], [285, 1.0]]},
+        ...     "count_error_bucket_s": 30.0,
         ...     "mean_wait_s": {"adaptive": 7.5}}}
         >>> f = drift_figures(report)
         >>> f["detect_s"], f["promoted_s"], f["error"]["after"], f["error"]["undrifted"]
         (30.0, 140.0, 1.0, None)
+        >>> f["error"]["during"]  # [240, 270) straddles the promotion: in neither
+        9.0
     """
     summary = report.get("summary", {})
     life = summary.get("lifecycle") or {}
@@ -81,8 +85,12 @@ def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
     reference = summary.get("count_error_undrifted_over_time") or {}
     undrifted = [(t, e) for s in sites for t, e in reference.get(s, [])]
 
+    # A point is its bucket's middle; a window takes the buckets wholly inside it
+    # (one that straddles the promotion holds seconds of the old counter's misreads).
+    half = float(summary.get("count_error_bucket_s") or 0.0) / 2
+
     def mean(lo: float, hi: float, pts: list[tuple[float, float]] = points) -> float | None:
-        chosen = [e for t, e in pts if lo <= t < hi]
+        chosen = [e for t, e in pts if lo <= t - half and t + half <= hi]
         return round(sum(chosen) / len(chosen), 4) if chosen else None
 
     inf = float("inf")
@@ -105,8 +113,15 @@ def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _copy(scenario: Path, out: Path, *, lifecycle: bool, seed: int | None) -> Path:
-    """A copy of ``scenario`` (``lifecycle``, ``seed`` if given) with its own output directory."""
+def _copy(
+    scenario: Path,
+    out: Path,
+    *,
+    lifecycle: bool,
+    seed: int | None,
+    duration_s: float | None = None,
+) -> Path:
+    """A copy of ``scenario`` (``lifecycle``; ``seed``, ``duration_s`` if given) into ``out``."""
     import yaml
 
     data = yaml.safe_load(scenario.read_text())
@@ -115,6 +130,9 @@ def _copy(scenario: Path, out: Path, *, lifecycle: bool, seed: int | None) -> Pa
     if seed is not None:
         data["seed"] = seed
         name = f"{name}-seed{seed}"
+    if duration_s is not None:
+        data["simulation"]["demand"]["duration_s"] = duration_s
+        name = f"{name}-{duration_s:g}s"
     data["name"] = name
     data.setdefault("outputs", {})["dir"] = str(out / name)
     path = scenario.parent / f".{name}.yaml"  # beside it: relative paths hold
@@ -122,17 +140,22 @@ def _copy(scenario: Path, out: Path, *, lifecycle: bool, seed: int | None) -> Pa
     return path
 
 
-def mesh_bench(scenario: Path, seed: int | None = None) -> dict[str, Any]:
-    """Both mesh runs (of ``seed``, or the scenario's); the figures with the loop, both waits."""
+def mesh_bench(
+    scenario: Path, seed: int | None = None, duration_s: float | None = None
+) -> dict[str, Any]:
+    """Both mesh runs (of ``seed`` and ``duration_s``, or the scenario's); both runs' figures."""
     out = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
-    loop = scenario if seed is None else _copy(scenario, out, lifecycle=True, seed=seed)
+    same = seed is None and duration_s is None
+    loop = (
+        scenario if same else _copy(scenario, out, lifecycle=True, seed=seed, duration_s=duration_s)
+    )
     try:
         with_loop = run_mesh(loop)
     finally:
         if loop != scenario:
             loop.unlink(missing_ok=True)
     figures = drift_figures(json.loads(Path(with_loop["report"]).read_text()))
-    copy = _copy(scenario, out, lifecycle=False, seed=seed)
+    copy = _copy(scenario, out, lifecycle=False, seed=seed, duration_s=duration_s)
     try:
         without = run_mesh(copy)
     finally:
@@ -143,6 +166,7 @@ def mesh_bench(scenario: Path, seed: int | None = None) -> dict[str, Any]:
         "error_without_loop": plain["error"],
         "mean_wait_s": {"with_loop": figures["mean_wait_s"], "without": plain["mean_wait_s"]},
         "seed": seed,
+        "duration_s": duration_s,
         "reports": {"with_loop": with_loop["report"], "without": without["report"]},
     }
 
@@ -182,11 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counter", help="offline: a counter ONNX (default: train one, cached)")
     parser.add_argument("--end-s", type=float, default=420.0, help="offline: simulated seconds")
     parser.add_argument("--seed", type=int, help="the scenario's seed (default: its own)")
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        help="simulated seconds of both mesh runs (default: the scenario's; longer runs give "
+        "the promoted counter time to show in the mean wait)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     run = offline_bench if args.offline else None
     figures = (
-        run(args.counter, args.end_s) if run is not None else mesh_bench(args.scenario, args.seed)
+        run(args.counter, args.end_s)
+        if run is not None
+        else mesh_bench(args.scenario, args.seed, args.duration_s)
     )
     for key in KEYS:
         print(f"{key:<12} {figures[key]}")

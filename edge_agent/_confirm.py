@@ -11,6 +11,12 @@ doubling per resend without a confirmation, up to 300 s), so that a lost
 acknowledgement or a control plane restart costs a resend, not the event. The
 control plane drops duplicates by event id.
 
+The timeout is never shorter than twice the control plane's latest lag (how
+long its last confirmations took since their events went out): a control plane
+working through a backlog (thousands of agents reconnecting at once) confirms
+late but confirms, and resending what it has queued would only feed the
+backlog.
+
 The outbox learns that the control plane confirms from the first EventAcks:
 an older one never sends any, and then events are deleted at PUBACK as before.
 
@@ -71,8 +77,10 @@ class Confirmations:
         self._unconfirmed: OrderedDict[int, float] = OrderedDict()
         # Confirmed (and deleted) while its PUBACK was still awaited: the PUBACK is moot.
         self._early: set[int] = set()
-        self._base_s = timeout_s
-        self._timeout_s = timeout_s
+        self._base_s = float(timeout_s)
+        self._timeout_s = float(timeout_s)
+        # The slowest of the latest confirmations: seconds since their events went out.
+        self._lag_s = 0.0
         self._max_timeout_s = max(max_timeout_s, timeout_s)
         self._clock = clock
 
@@ -109,10 +117,16 @@ class Confirmations:
         if not seqs:
             return []
         self._timeout_s = self._base_s  # the control plane is there: the short timeout again
+        now = self._clock()
+        lags: list[float] = []
         for seq in seqs:
-            self._unconfirmed.pop(seq, None)
+            sent = self._unconfirmed.pop(seq, None)
+            if sent is not None:
+                lags.append(now - sent)
             if seq in inflight:
                 self._early.add(seq)
+        if lags:
+            self._lag_s = max(lags)
         return seqs
 
     def on_puback(self, seq: int, qos: int) -> bool:
@@ -131,12 +145,35 @@ class Confirmations:
         self._unconfirmed.pop(seq, None)
         self._early.discard(seq)
 
+    def timeout_s(self) -> float:
+        """The wait before a resend: the backed-off timeout, or twice the latest lag if longer.
+
+        Example:
+            >>> now = [0.0]
+            >>> c = Confirmations(timeout_s=30, clock=lambda: now[0])
+            >>> c.arrive([]); c.on_puback(1, qos=1), c.on_puback(2, qos=1)
+            (False, False)
+            >>> now[0] = 50.0; c.confirm([1], inflight=set())  # confirmed 50 s after it went
+            [1]
+            >>> c.timeout_s(), c.due()  # seq 2 waited 50 s: the control plane is behind
+            (100.0, False)
+            >>> now[0] = 51.0; c.confirm([2], inflight=set()); c.timeout_s()
+            [2]
+            102.0
+            >>> c.on_puback(3, qos=1); now[0] = 52.0; c.confirm([3], inflight=set())
+            False
+            [3]
+            >>> c.timeout_s()  # caught up: the short timeout again
+            30.0
+        """
+        return max(self._timeout_s, min(2 * self._lag_s, self._max_timeout_s))
+
     def due(self) -> bool:
-        """Whether the oldest unconfirmed event has waited longer than the timeout."""
+        """Whether the oldest unconfirmed event has waited longer than :meth:`timeout_s`."""
         if not self._unconfirmed:
             return False
         oldest = next(iter(self._unconfirmed.values()))
-        return self._clock() - oldest >= self._timeout_s
+        return self._clock() - oldest >= self.timeout_s()
 
     def rewind(
         self, inflight: list[int], sent_upto: int, stored: Callable[[int, int], set[int]]
@@ -162,9 +199,9 @@ class Confirmations:
         return min(resend) - 1
 
     def backoff(self) -> float:
-        """After a resend for the timeout: the next timeout doubles (capped). Returns it."""
+        """After a resend for the timeout: the next timeout doubles (capped). Returns the wait."""
         self._timeout_s = min(self._timeout_s * 2, self._max_timeout_s)
-        return self._timeout_s
+        return self.timeout_s()
 
     def may_send(self, sent_upto: int, inflight: int) -> bool:
         """Whether the pump may send more (resends always; new events below :attr:`limit`)."""

@@ -316,6 +316,16 @@ class PlacementController(ReconcileRound):
         """Stop placing ``module``'s pipelines; returns whether they were tracked or recorded."""
         return self._pipelines.untrack(module)
 
+    def follow_replicas(self, module: str) -> list[MigrationRecord]:
+        """Sites on ``module``'s old replicas move to the new ones, before the old stop.
+
+        The serving manager's :meth:`~mesh.serving._manager.ServingManager.on_replacing`
+        hook; see :mod:`mesh.control._pipeline_follow`.
+        """
+        snapshot = self._snapshot
+        sites = {n: s.site for n, s in snapshot.nodes.items()} if snapshot is not None else {}
+        return self._pipelines.follow_replicas(module, node_sites=sites)
+
     # -- observing
 
     def describe(self) -> dict[str, Any]:

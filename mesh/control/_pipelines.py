@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mesh.control._migrations import MigrationExecutor
+from mesh.control._pipeline_follow import ReplicaFollow
 from mesh.control._pipeline_round import PipelineRound
 from mesh.control._pipeline_sites import PipelineSite, SiteRoute, route_key, site_stats
 from mesh.control._settings import ControllerSettings, EdgeAgents
@@ -64,7 +65,7 @@ __all__ = ["PipelinePlacer"]
 logger = logging.getLogger(__name__)
 
 
-class PipelinePlacer(PipelineRound):
+class PipelinePlacer(PipelineRound, ReplicaFollow):
     """Places each tracked site's pipeline locally or on a Ray replica; owned by the controller.
 
     Args:

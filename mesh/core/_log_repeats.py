@@ -77,7 +77,8 @@ class RepeatLog:
         self._max_lines = max_lines
         self._clock = clock
         self._lock = threading.Lock()
-        self._lines: OrderedDict[tuple[int, str, str], _Line] = OrderedDict()
+        # (level, format, text, key): a line; the same (level, format): the same call.
+        self._lines: OrderedDict[tuple[int, str, str, str], _Line] = OrderedDict()
         #: Lines counted and not written, in all.
         self.suppressed = 0
 
@@ -120,7 +121,7 @@ class RepeatLog:
         if not self.logger.isEnabledFor(level):
             return False
         text = msg % args if args else msg
-        line_key = (level, msg, text + key)
+        line_key = (level, msg, text, key)
         now = self._clock()
         with self._lock:
             line = self._lines.get(line_key)

@@ -107,6 +107,8 @@ def placement_controller(
     if settings.placement_restore:
         controller.restorer.expect(store.deployments())
     manager.record_placements(controller)  # each switch is recorded before its route
+    # A redeploy's old replicas stop only once the sites on them moved to the new ones.
+    undo.append(("replica follow", manager.on_replacing(controller.follow_replicas)))
 
     def restore_then_start() -> None:
         if settings.placement_restore:

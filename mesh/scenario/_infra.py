@@ -76,6 +76,24 @@ def _broker(sc: Scenario, state_dir: Path, stack: ExitStack) -> str:
     return embedded.url
 
 
+def stop_in_reverse(stack: ExitStack, undo: list[tuple[str, Any]]) -> None:
+    """Have ``stack`` stop ``undo``'s services last built first, each quietly.
+
+    An ExitStack runs its callbacks last-in first-out, so they are pushed in the
+    order the services were built: the canary stops before the registry it reads.
+
+    Example:
+        >>> done = []
+        >>> with ExitStack() as stack:
+        ...     stop_in_reverse(stack, [("registry", lambda: done.append("registry")),
+        ...                             ("canary", lambda: done.append("canary"))])
+        >>> done
+        ['canary', 'registry']
+    """
+    for what, stop in undo:
+        stack.callback(quietly(what, stop))
+
+
 def start_infrastructure(
     sc: Scenario, state_dir: Path, testbed: Testbed, stack: ExitStack, *, console: Console
 ) -> Infrastructure:
@@ -128,8 +146,7 @@ def start_infrastructure(
     try:
         services = build_services(settings, backend, broker_url, protocol, undo, host_cpu=False)
     finally:
-        for what, stop in reversed(undo):
-            stack.callback(quietly(what, stop))
+        stop_in_reverse(stack, undo)
     server = serve_asgi(services.app, host="127.0.0.1", port=port)
     stack.callback(server.stop)
     console.print(f"  control plane at {server.url} (REST, /v2 inference, artifacts)")

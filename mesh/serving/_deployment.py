@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from mesh.sdk._specs import ModuleSpec
 from mesh.serving._autoscale import Autoscaler
-from mesh.serving._contract import ModelArtifact, ReplicaHandle
+from mesh.serving._contract import ModelArtifact, ReplicaHandle, ReplicaStatus
 from mesh.serving._routes import AgentEndpoint, Endpoint, ReplicaEndpoint
 
 __all__ = [
@@ -139,6 +139,30 @@ class Deployment:
         if self.agent is not None:
             return [AgentEndpoint(self.agent, self.artifact.version)]
         return [r.endpoint for r in self.serving() if r.endpoint is not None]
+
+    def statuses(self) -> list[ReplicaStatus]:
+        """Its agent and each replica, with their last stats."""
+        name, out = self.spec.name, []
+        if self.agent is not None:
+            out.append(
+                ReplicaStatus(name, self.artifact.version, self.agent, "serving", self.agent, None)
+            )
+        for rid, r in sorted(self.replicas.items()):
+            out.append(
+                ReplicaStatus(
+                    name,
+                    r.version,
+                    rid,
+                    r.status_state,
+                    r.endpoint.node_id if r.endpoint else None,
+                    r.endpoint.url if r.endpoint else None,
+                    r.in_flight,
+                    r.stats.get("requests"),
+                    r.stats.get("p50_ms"),
+                    r.stats.get("p95_ms"),
+                )
+            )
+        return out
 
     def view(self) -> DeploymentView:
         """What serves now: the agent, or the serving replicas' nodes."""

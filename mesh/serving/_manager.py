@@ -161,6 +161,7 @@ class ServingManager(ReplicaSupervisor):
         self._lost_nodes: dict[str, float] = {}
         self._deployments: dict[str, Deployment] = {}
         self._recorder: PlacementRecorder | None = None
+        self._replacing: list[Callable[[str], object]] = []
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -201,6 +202,21 @@ class ServingManager(ReplicaSupervisor):
     def record_placements(self, recorder: PlacementRecorder) -> None:
         """Tell ``recorder`` where each module runs before its route switches (and on undeploy)."""
         self._recorder = recorder
+
+    def on_replacing(self, hook: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``hook(module)`` after a redeploy's new replicas serve, before the old stop.
+
+        Whatever still uses an old replica directly (a site's pipeline offloaded
+        to it) moves to the new ones then, while the old still answers. Returns
+        a function that removes the hook.
+        """
+        self._replacing.append(hook)
+
+        def remove() -> None:
+            if hook in self._replacing:
+                self._replacing.remove(hook)
+
+        return remove
 
     def close(self) -> None:
         """Stop the loop and every replica this manager started; routes are removed.
@@ -479,11 +495,21 @@ class ServingManager(ReplicaSupervisor):
                 if old.agent is not None and old.agent != new.agent
                 else []
             )
+            if old.replicas:
+                self._before_stopping(spec.name)
             self._drain_and_stop(spec.name, list(old.replicas.values()), agents, on_phase)
         else:
             _phase(on_phase, "drained")
             _phase(on_phase, "removed")
         return route
+
+    def _before_stopping(self, module: str) -> None:
+        """The :meth:`on_replacing` hooks, each on its own (one failing stops no other)."""
+        for hook in list(self._replacing):
+            try:
+                hook(module)
+            except Exception:
+                logger.exception("%s: a hook before the old replicas stop failed", module)
 
     def _drain_and_stop(
         self,
@@ -555,30 +581,7 @@ class ServingManager(ReplicaSupervisor):
             deployments = [
                 d for m, d in sorted(self._deployments.items()) if module is None or m == module
             ]
-        out: list[ReplicaStatus] = []
-        for d in deployments:
-            if d.agent is not None:
-                out.append(
-                    ReplicaStatus(
-                        d.spec.name, d.artifact.version, d.agent, "serving", d.agent, None
-                    )
-                )
-            for rid, r in sorted(d.replicas.items()):
-                out.append(
-                    ReplicaStatus(
-                        d.spec.name,
-                        r.version,
-                        rid,
-                        r.status_state,
-                        r.endpoint.node_id if r.endpoint else None,
-                        r.endpoint.url if r.endpoint else None,
-                        r.in_flight,
-                        r.stats.get("requests"),
-                        r.stats.get("p50_ms"),
-                        r.stats.get("p95_ms"),
-                    )
-                )
-        return out
+        return [status for d in deployments for status in d.statuses()]
 
     def _replica_counts(self) -> Iterable[tuple[tuple[str, ...], float]]:
         counts: dict[tuple[str, ...], float] = {}

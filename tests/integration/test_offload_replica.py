@@ -282,3 +282,82 @@ def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
 
     manager.undeploy(MODULE)
     assert "Traceback" not in log(), log()[-4000:]
+
+
+def test_a_redeploy_moves_the_offloaded_pipeline_before_the_old_replica_stops(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    control_plane: tuple[EdgeBus, EdgeInstaller, ServingManager, str],
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
+    # What the placement controller does at a promotion (mesh.control._pipeline_follow):
+    # the new version's replica serves, the agent's route moves to it, then the old stops.
+    edge, installer, manager, public_key = control_plane
+    source = f"test/{uuid.uuid4().hex[:8]}/frames"
+    pipeline = {
+        "name": "count",
+        "module": MODULE,
+        "stream": "counts",
+        "source": {"kind": "mqtt", "topic": source, "options": {"buffer": 100000}},
+    }
+    agent = agent_processes(
+        [
+            *("--id", AGENT, "--site", SITE, "--broker", mosquitto.url),
+            *("--cache-dir", str(tmp_path / "cache"), "--public-key", public_key),
+            *("--heartbeat-period-s", "1", "--log-level", "INFO"),
+        ],
+        tmp_path / "agent.log",
+        env={"EDGE_AGENT_PIPELINES": json.dumps([pipeline])},
+    ).start()
+    log = agent.log
+    edge.wait_for_agent(AGENT, timeout_s=30)
+    v1, v2 = (
+        ModelArtifact.from_file(
+            build_tiny_model(tmp_path / f"tiny-{v}.onnx", scale=2.0), model=MODULE, version=v
+        )
+        for v in ("v1", "v2")
+    )
+    installer.install(AGENT, MODULE, v1, 60.0)
+    (old,) = manager.deploy(SPEC, v1, tier="fog").endpoints
+    assert isinstance(old, ReplicaEndpoint)
+    followed: list[tuple[str, bool]] = []
+
+    def follow(module: str) -> None:
+        route = manager.routes.get(module)
+        assert route is not None
+        (new,) = route.endpoints
+        assert isinstance(new, ReplicaEndpoint)
+        installer.set_route(AGENT, MODULE, "offload", offload_target(new), 30.0)
+        followed.append((new.replica_id, HttpProbe().stats(old, 5.0) is not None))
+
+    manager.on_replacing(follow)
+    with requester(mosquitto.host, mosquitto.port) as r:
+        r.subscribe(T.events(SITE, "counts"))
+        wait(
+            lambda: (v := edge.agent(AGENT)) and v.observed and v.observed.pipelines == ["count"],
+            15,
+            "the pipeline",
+            log,
+        )
+        feeder = Feeder(r.client, source).start()
+        try:
+            wait(lambda: len(events(r)) >= 20, 30, "local pipeline outputs", log)
+            installer.set_route(AGENT, MODULE, "offload", offload_target(old), 30.0)
+            first = f"offload:{offload_target(old)}"
+            wait(lambda: sum(e.route == first for e in events(r)) >= 20, 30, "via v1", log)
+            (new,) = manager.deploy(SPEC, v2, tier="fog").endpoints
+            assert isinstance(new, ReplicaEndpoint) and new.replica_id != old.replica_id
+            second = f"offload:{offload_target(new)}"
+            wait(lambda: sum(e.route == second for e in events(r)) >= 20, 30, "via v2", log)
+        finally:
+            feeder.stop()
+        wait(lambda: len(events(r)) >= feeder.sent, 30, "the last outputs", log)
+        assert followed == [(new.replica_id, True)]  # moved while the old replica answered
+        assert HttpProbe().stats(old, 2.0) is None  # then it stopped
+        evs = sorted(events(r), key=lambda e: e.seq)
+        inputs = [input_of(e) for e in evs]
+        assert inputs == list(range(feeder.sent)), "an input was lost, repeated or reordered"
+        phases = [e.route for i, e in enumerate(evs) if i == 0 or e.route != evs[i - 1].route]
+        assert phases == ["local", first, second], phases  # never back to local between
+    manager.undeploy(MODULE)
+    assert "Traceback" not in log(), log()[-4000:]

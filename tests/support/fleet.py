@@ -22,7 +22,8 @@ with the credentials ``mesh agents enroll`` made for it. It does what
   asking for the control plane's acknowledgement (``ack``), as the agent's outbox
   does: it is kept until the control plane acknowledges its seq on
   ``event_acks`` and sent again after every reconnect and when unacknowledged
-  for ``RESEND_S`` (paho also holds it until the broker's PUBACK).
+  for ``RESEND_S``, or twice the control plane's latest lag if longer (paho
+  also holds it until the broker's PUBACK).
 
 What it leaves out: ONNX Runtime (a module is verified and reported, never
 loaded), the outbox and pipelines.
@@ -161,9 +162,10 @@ class SimAgent:
         self.apply_ended: float | None = None
         self.replies = 0
         self.events_sent = 0
-        #: Events the control plane has not acknowledged: seq -> (topic, payload).
-        self._unacked: dict[int, tuple[str, bytes]] = {}
-        self._resend_at = 0.0  # monotonic; when the unacknowledged ones go again
+        #: Events the control plane has not acknowledged: seq -> (topic, payload, sent at).
+        self._unacked: dict[int, tuple[str, bytes, float]] = {}
+        # The slowest of the latest acknowledgements: seconds since their events went.
+        self._lag_s = 0.0
         self.resent = 0
         self._client = new_client(
             ClientOptions(
@@ -271,7 +273,7 @@ class SimAgent:
             ),
         )
         self._client.publish(self.topics.heartbeat(self.agent_id), beat.model_dump_json(), 0)
-        if self._unacked and time.monotonic() >= self._resend_at:
+        if self._resend_due():
             self._resend()
 
     def publish_event(self, stream: str = "fleet") -> None:
@@ -292,9 +294,7 @@ class SimAgent:
         topic = self.topics.events(self.creds.site, stream)
         payload = event.model_dump_json(exclude_none=True).encode()
         with self._lock:
-            if not self._unacked:
-                self._resend_at = time.monotonic() + RESEND_S
-            self._unacked[seq] = (topic, payload)
+            self._unacked[seq] = (topic, payload, time.monotonic())
         self._client.publish(topic, payload, 1)
 
     @property
@@ -309,15 +309,25 @@ class SimAgent:
         except ProtocolError as exc:
             logger.debug("agent %s: bad event acknowledgement: %s", self.agent_id, exc)
             return
+        now = time.monotonic()
         with self._lock:
-            for seq in acks.seqs:
-                self._unacked.pop(seq, None)
-            self._resend_at = time.monotonic() + RESEND_S
+            lags = [now - e[2] for seq in acks.seqs if (e := self._unacked.pop(seq, None))]
+            if lags:
+                self._lag_s = max(lags)
+
+    def _resend_due(self) -> bool:
+        """The oldest unacknowledged waited ``RESEND_S``, or twice the latest lag if longer."""
+        with self._lock:
+            if not self._unacked:
+                return False
+            oldest = min(sent for _, _, sent in self._unacked.values())
+            return time.monotonic() - oldest >= max(RESEND_S, 2 * self._lag_s)
 
     def _resend(self) -> None:
+        now = time.monotonic()
         with self._lock:
-            again = [self._unacked[seq] for seq in sorted(self._unacked)]
-            self._resend_at = time.monotonic() + RESEND_S
+            again = [self._unacked[seq][:2] for seq in sorted(self._unacked)]
+            self._unacked = {s: (t, p, now) for s, (t, p, _) in self._unacked.items()}
         self.resent += len(again)
         for topic, payload in again:
             self._client.publish(topic, payload, 1)

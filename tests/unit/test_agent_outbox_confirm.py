@@ -202,6 +202,31 @@ def test_the_unconfirmed_are_sent_again_after_a_timeout_that_backs_off(tmp_path:
     box.close()
 
 
+def test_a_control_plane_confirming_late_stretches_the_timeout_instead_of_a_resend(
+    tmp_path: Path,
+) -> None:
+    # Thousands of agents reconnecting at once: the control plane works through a
+    # backlog and confirms 50 s late. Resending what it has queued would feed it.
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", clock=clock, confirm_timeout_s=30)
+    link = FakeLink()
+    box.start_pump(link.publish, window=8)
+    box.set_online(True)
+    activate(box, link)
+    a, b = box.put("t", b"a"), box.put("t", b"b")
+    assert wait(lambda: box.unconfirmed() == 2)
+    clock.now += 25
+    box.confirmed([a])  # 25 s after it went out: within the timeout
+    assert wait(lambda: box.unconfirmed() == 1)
+    clock.now += 10  # b waited 35 s, past 30 s, but the control plane lags 25 s: 50 s
+    c = box.put("t", b"c")
+    assert wait(lambda: link.seqs()[-1:] == [c])
+    assert link.seqs() == [a, b, c]  # nothing sent again
+    clock.now += 16  # b waited 51 s: now it is sent again
+    assert wait(lambda: link.seqs()[3:5] == [b, c])
+    box.close()
+
+
 def test_unconfirmed_events_are_sent_again_after_a_restart(tmp_path: Path) -> None:
     box, link = pumped(tmp_path / "o.db")
     activate(box, link)

@@ -281,6 +281,31 @@ def test_new_version_is_make_before_break() -> None:
     m.close()
 
 
+def test_hooks_run_after_the_new_replicas_serve_and_before_the_old_stop() -> None:
+    launcher = FakeLauncher()
+    m = manager(launcher)
+    m.deploy(spec(), artifact("v1"))
+    seen: list[tuple[str, str | None, list[str]]] = []
+
+    def hook(module: str) -> None:
+        route = m.routes.get(module)
+        seen.append((module, route.version if route else None, list(launcher.events)))
+
+    def broken(module: str) -> None:
+        raise RuntimeError("a follower failed")
+
+    m.on_replacing(broken)  # logged; the redeploy and the other hooks go on
+    remove = m.on_replacing(hook)
+    launcher.events.clear()
+    m.deploy(spec(), artifact("v2"))
+    assert seen == [("counter", "v2", ["launch v2", "ready v2"])]  # v1 still running
+    assert launcher.events == ["launch v2", "ready v2", "stop v1"]
+    remove()
+    m.deploy(spec(), artifact("v3"))
+    assert len(seen) == 1
+    m.close()
+
+
 def test_failed_start_keeps_the_old_version() -> None:
     launcher = FakeLauncher()
     m = manager(launcher)

@@ -75,3 +75,14 @@ def test_bounded_and_checked() -> None:
     assert len(quiet._lines) == 3
     with pytest.raises(ValueError, match="every_s must be > 0"):
         RepeatLog(logging.getLogger("x"), every_s=0)
+
+
+def test_the_note_of_an_old_condition_names_its_text_not_its_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet = RepeatLog(logging.getLogger("test.repeats.key"), clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="test.repeats.key"):
+        for _ in range(3):
+            quiet.log(logging.WARNING, "%s: waits", "A0", key="A0-why")
+        quiet.log(logging.WARNING, "%s: waits", "B1", key="B1-why")
+    assert lines(caplog)[-1] == "B1: waits (before: 'A0: waits' repeated 2 times)"

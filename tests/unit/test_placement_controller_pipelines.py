@@ -198,6 +198,7 @@ def world(
         agents=agents,
         clock=clock,
     )
+    manager.on_replacing(controller.follow_replicas)  # as mesh up wires it
     w = World(clock, canary, monitors, manager, installer, store, controller)
     if fresh:
         manager.deploy(spec(), artifact("v1"), tier="fog")
@@ -417,6 +418,35 @@ def test_a_gone_replica_sends_the_site_to_the_module_s_new_node() -> None:
     assert route is not None
     assert target in {e.replica_id for e in route.endpoints if isinstance(e, ReplicaEndpoint)}
     assert (agent, mode) == (A1, "offload")
+
+
+def test_a_redeploy_moves_an_offloaded_site_to_the_new_replica_before_the_old_stops() -> None:
+    w = world()
+    slow_site_moves(w)
+    [old] = w.fog_replicas()
+    stopped_with_site_on: list[str | None] = []
+    launcher = w.manager._launcher
+    assert isinstance(launcher, FakeLauncher)
+    for handle in launcher.handles:
+        real_stop = handle.stop
+
+        def stop(real_stop: Any = real_stop) -> None:
+            stopped_with_site_on.append(w.installer.routes[-1][3])
+            real_stop()
+
+        handle.stop = stop  # type: ignore[method-assign]
+    w.manager.deploy(spec(), artifact("v2"), tier="fog")  # make-before-break
+    [new] = w.fog_replicas()
+    assert new != old and "v2" in new
+    agent, module, mode, target = w.installer.routes[-1]
+    assert (agent, module, mode, target) == (A1, "counter", "offload", new)
+    assert stopped_with_site_on == [new]  # the site had moved before the old replica stopped
+    [record] = [r for r in w.store.migrations() if "replaced" in r.reason]
+    assert record.status == "done" and (record.from_node, record.to_node) == (FOG, FOG)
+    assert record.reason == f"counter@s1: replica {old} replaced by {new}"
+    assert w.pipeline(A1)["route"] == f"offload:{new}"
+    assert w.pipeline(A2)["route"] == "local"  # a local site is not touched
+    assert not w.round()  # nothing gone: no re-plan
 
 
 def test_the_deployment_serving_an_offloaded_site_stays_on_an_overloaded_node() -> None:

@@ -155,6 +155,7 @@ def test_the_report_gets_the_error_chart_and_the_drift_figures() -> None:
     parts = error_over_time_parts(series, [(20.0, "A0", 1.0)], report, section)
     assert parts["summary"]["x"] == 1
     assert parts["summary"]["count_error_over_time"] == {"A0": [[5.0, 1.0], [25.0, 6.0]]}
+    assert parts["summary"]["count_error_bucket_s"] == 10.0  # a point is its bucket's middle
     assert parts["summary"]["count_error_drift"]["after"] == 6.0
     assert "data-chart" in parts["html"] and "drift A0" in parts["html"]
     assert "count error 1.00 -> 6.00" in parts["headline"][-1]

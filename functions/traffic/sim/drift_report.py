@@ -4,7 +4,8 @@
 error (vehicles per approach, in the relay's buckets of simulated time; the
 drifted sites' lines solid, the others dashed) with a mark where each camera
 changed, and to the summary ``count_error_over_time`` (site -> ``[[t, mae],
-...]``) and ``count_error_drift``: the drifted sites' error before their
+...]``, ``t`` the middle of a ``count_error_bucket_s`` bucket) and
+``count_error_drift``: the drifted sites' error before their
 camera changed and after, beside the other sites' after (what a lifecycle
 bench compares). With the relay's undrifted reference
 (:meth:`~functions.traffic.sim.camera.CameraRelay.set_reference`), the summary
@@ -80,6 +81,7 @@ def error_over_time_parts(
     summary: dict[str, Any] = {
         **section.summary,
         "count_error_over_time": {s: [[t, e] for t, e in pts] for s, pts in by_site.items()},
+        "count_error_bucket_s": series.bucket_s,
     }
     if truth is not None:
         summary["truth_labels"] = truth.published
