@@ -10,7 +10,9 @@ the sites). A service this control plane lacks is skipped with a note.
 :class:`LifecycleWatch` records, in simulated seconds, what the report shows:
 each (module, site)'s drift score (polled about every ``every_s``), the drift
 events, and, read from the registry at the end, the candidates registered
-and the versions promoted or rolled back during the live phase. Its
+and the versions promoted or rolled back during the live phase (a canary's
+promotion when it reached every site, not when the registry's stage changed,
+which comes first). Its
 :meth:`LifecycleWatch.finish` gives ``report.lifecycle``: ``drift_scores``,
 ``marks`` (``{"at", "label", "kind"}``) and the times ``detect_s``,
 ``candidate_s``, ``promoted_s``, ``rolled_back_s`` (None when it did not happen).
@@ -31,6 +33,9 @@ from mesh.scenario._schema import Scenario
 __all__ = ["LifecycleWatch", "track_lifecycle"]
 
 logger = logging.getLogger(__name__)
+
+#: The canary's lifecycle steps the report marks.
+_CANARY_STEPS = ("canary_started", "promoted", "rolled_back")
 
 #: Score samples kept per (module, site); later ones are dropped.
 _MAX_POINTS = 5000
@@ -178,17 +183,21 @@ class LifecycleWatch:
                 if v.created_at >= self._started:
                     at = round(self._sim_time_at(v.created_at), 1)
                     out.append({"at": at, "label": f"candidate {v.version}", "kind": "candidate"})
+            canary = self._canary_marks(registry, model)
+            rolled_out = {m["version"] for m in canary if m["kind"] == "promoted"}
             for change in history:
                 action = str(change.get("action", ""))
                 kind = {"promote": "promoted", "rollback": "rolled_back"}.get(action)
+                if kind == "promoted" and change.get("version") in rolled_out:
+                    continue  # the canary's mark: when every site had it
                 if kind is not None and float(change.get("at") or 0) >= self._started:
                     at = round(self._sim_time_at(float(change["at"])), 1)
                     out.append({"at": at, "label": f"{kind} {change['version']}", "kind": kind})
-            out.extend(self._canary_marks(registry, model))
+            out.extend({k: v for k, v in m.items() if k != "version"} for m in canary)
         return out
 
     def _canary_marks(self, registry: Any, model: str) -> list[dict[str, Any]]:
-        """The canary's own steps: started, and rolled back (with its reason)."""
+        """The canary's own steps: started, promoted at every site, rolled back (and why)."""
         lifecycle = getattr(registry, "lifecycle", None)
         if lifecycle is None:
             return []
@@ -199,11 +208,14 @@ class LifecycleWatch:
             return []
         out: list[dict[str, Any]] = []
         for step in steps:
-            if step.at < self._started or step.step not in ("canary_started", "rolled_back"):
+            if step.at < self._started or step.step not in _CANARY_STEPS:
                 continue
             at = round(self._sim_time_at(step.at), 1)
             if step.step == "canary_started":
                 out.append({"at": at, "label": f"canary {step.version}", "kind": "canary"})
+            elif step.step == "promoted":
+                label = f"promoted {step.version}"
+                out.append({"at": at, "label": label, "kind": "promoted", "version": step.version})
             else:
                 reason = str(step.detail.get("reason", ""))[:80]
                 label = f"rolled back {step.version}" + (f": {reason}" if reason else "")

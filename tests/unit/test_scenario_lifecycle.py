@@ -290,6 +290,33 @@ def test_the_watch_marks_the_canary_and_its_roll_back_with_the_reason() -> None:
     assert life["rolled_back_s"] == 81.0
 
 
+def test_a_canary_s_promotion_is_marked_when_every_site_has_it() -> None:
+    from mesh.models._steps import LifecycleStep
+
+    started = 1_000_000.0
+    # The registry's stage changes first; the installs and the fog redeploy follow.
+    history = [{"action": "promote", "version": "v2", "at": started + 120}]
+    steps = [
+        LifecycleStep("vehicle-counter", "v2", "canary_started", started + 20),
+        LifecycleStep("vehicle-counter", "v2", "promoted", started + 127, {"agents": ["j-A0"]}),
+    ]
+    registry = SimpleNamespace(
+        versions=lambda model: [],
+        history=lambda model: history,
+        lifecycle=SimpleNamespace(steps=lambda model: steps),
+    )
+    watch = LifecycleWatch(
+        SimpleNamespace(registry=registry), {"counter": "vehicle-counter"}, lambda ts: ts - started
+    )
+    watch._started = started
+    life = watch.finish()
+    assert life["promoted_s"] == 127.0
+    assert life["marks"] == [
+        {"at": 20.0, "label": "canary v2", "kind": "canary"},
+        {"at": 127.0, "label": "promoted v2", "kind": "promoted"},
+    ]
+
+
 def test_a_scenario_module_sets_its_agents_sampling() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "drift.yaml", search_path=[str(ROOT)])
     counter = next(m for m in scenario.modules if m.name == "counter")
