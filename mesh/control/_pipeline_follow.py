@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mesh.control._migrations import MigrationExecutor
 from mesh.control._pipeline_routing import Target
 from mesh.control._pipeline_sites import PipelineSite, SiteRoute
 from mesh.control._store import MigrationRecord
+from mesh.serving._routes import Endpoint, ReplicaEndpoint
 
 __all__ = ["FOLLOW_TIMEOUT_S", "ReplicaFollow"]
 
@@ -46,6 +47,7 @@ class ReplicaFollow:
     _lock: threading.Lock
     _sites: dict[str, dict[str, PipelineSite]]
     _routes: dict[tuple[str, str], SiteRoute]
+    _endpoints: Callable[[str], Sequence[Endpoint]]
 
     def _replicas(self, module: str) -> dict[str, str]:
         raise NotImplementedError  # PipelineRound's: Ray node id -> a replica id there
@@ -71,7 +73,8 @@ class ReplicaFollow:
         replicas = self._replicas(module)
         if not replicas:
             return []
-        current = set(replicas.values())
+        # Every replica the route still lists (a canary's candidate beside production's too).
+        current = {e.replica_id for e in self._endpoints(module) if isinstance(e, ReplicaEndpoint)}
         with self._lock:
             moving = [
                 (agent, site, route)
