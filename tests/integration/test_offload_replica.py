@@ -176,14 +176,14 @@ def control_plane(
         edge.stop()
 
 
-def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
+def pipeline_agent(
     tmp_path: Path,
     mosquitto: MosquittoBroker,
-    control_plane: tuple[EdgeBus, EdgeInstaller, ServingManager, str],
-    ray_backend: RayBackend,
+    edge: EdgeBus,
+    public_key: str,
     agent_processes: Callable[..., AgentProcess],
-) -> None:
-    edge, installer, manager, public_key = control_plane
+) -> tuple[str, Callable[[], str]]:
+    """AGENT running pipeline ``count`` of MODULE on a fresh source topic; (topic, its log)."""
     source = f"test/{uuid.uuid4().hex[:8]}/frames"
     pipeline = {
         "name": "count",
@@ -200,8 +200,29 @@ def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
         tmp_path / "agent.log",
         env={"EDGE_AGENT_PIPELINES": json.dumps([pipeline])},
     ).start()
-    log = agent.log
     edge.wait_for_agent(AGENT, timeout_s=30)
+    return source, agent.log
+
+
+def wait_pipeline(edge: EdgeBus, log: Callable[[], str]) -> None:
+    """Until AGENT reports its pipeline running."""
+    wait(
+        lambda: (v := edge.agent(AGENT)) and v.observed and v.observed.pipelines == ["count"],
+        15,
+        "the pipeline",
+        log,
+    )
+
+
+def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    control_plane: tuple[EdgeBus, EdgeInstaller, ServingManager, str],
+    ray_backend: RayBackend,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
+    edge, installer, manager, public_key = control_plane
+    source, log = pipeline_agent(tmp_path, mosquitto, edge, public_key, agent_processes)
     artifact = ModelArtifact.from_file(
         build_tiny_model(tmp_path / "tiny.onnx", scale=2.0), model=MODULE, version="v1"
     )
@@ -209,12 +230,7 @@ def test_pipeline_offloads_to_a_replica_and_back_without_losing_inputs(
 
     with requester(mosquitto.host, mosquitto.port) as r:
         r.subscribe(T.events(SITE, "counts"))
-        wait(
-            lambda: (v := edge.agent(AGENT)) and v.observed and v.observed.pipelines == ["count"],
-            15,
-            "the pipeline",
-            log,
-        )
+        wait_pipeline(edge, log)
         feeder = Feeder(r.client, source).start()
         try:
             wait(lambda: len(events(r)) >= 20, 30, "local pipeline outputs", log)
@@ -293,24 +309,7 @@ def test_a_redeploy_moves_the_offloaded_pipeline_before_the_old_replica_stops(
     # What the placement controller does at a promotion (mesh.control._pipeline_follow):
     # the new version's replica serves, the agent's route moves to it, then the old stops.
     edge, installer, manager, public_key = control_plane
-    source = f"test/{uuid.uuid4().hex[:8]}/frames"
-    pipeline = {
-        "name": "count",
-        "module": MODULE,
-        "stream": "counts",
-        "source": {"kind": "mqtt", "topic": source, "options": {"buffer": 100000}},
-    }
-    agent = agent_processes(
-        [
-            *("--id", AGENT, "--site", SITE, "--broker", mosquitto.url),
-            *("--cache-dir", str(tmp_path / "cache"), "--public-key", public_key),
-            *("--heartbeat-period-s", "1", "--log-level", "INFO"),
-        ],
-        tmp_path / "agent.log",
-        env={"EDGE_AGENT_PIPELINES": json.dumps([pipeline])},
-    ).start()
-    log = agent.log
-    edge.wait_for_agent(AGENT, timeout_s=30)
+    source, log = pipeline_agent(tmp_path, mosquitto, edge, public_key, agent_processes)
     v1, v2 = (
         ModelArtifact.from_file(
             build_tiny_model(tmp_path / f"tiny-{v}.onnx", scale=2.0), model=MODULE, version=v
@@ -333,12 +332,7 @@ def test_a_redeploy_moves_the_offloaded_pipeline_before_the_old_replica_stops(
     manager.on_replacing(follow)
     with requester(mosquitto.host, mosquitto.port) as r:
         r.subscribe(T.events(SITE, "counts"))
-        wait(
-            lambda: (v := edge.agent(AGENT)) and v.observed and v.observed.pipelines == ["count"],
-            15,
-            "the pipeline",
-            log,
-        )
+        wait_pipeline(edge, log)
         feeder = Feeder(r.client, source).start()
         try:
             wait(lambda: len(events(r)) >= 20, 30, "local pipeline outputs", log)

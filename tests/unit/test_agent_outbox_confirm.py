@@ -165,7 +165,8 @@ def test_the_unconfirmed_are_sent_again_in_order_after_a_reconnect(tmp_path: Pat
     box.close()
 
 
-def test_the_unconfirmed_are_sent_again_after_a_timeout_that_backs_off(tmp_path: Path) -> None:
+def two_unconfirmed(tmp_path: Path) -> tuple[FakeClock, Outbox, FakeLink, tuple[int, int]]:
+    """A confirmed-mode outbox (30 s timeout) holding two sent, unconfirmed events."""
     clock = FakeClock()
     box = Outbox(tmp_path / "o.db", clock=clock, confirm_timeout_s=30)
     link = FakeLink()
@@ -174,6 +175,11 @@ def test_the_unconfirmed_are_sent_again_after_a_timeout_that_backs_off(tmp_path:
     activate(box, link)
     a, b = box.put("t", b"a"), box.put("t", b"b")
     assert wait(lambda: box.unconfirmed() == 2)
+    return clock, box, link, (a, b)
+
+
+def test_the_unconfirmed_are_sent_again_after_a_timeout_that_backs_off(tmp_path: Path) -> None:
+    clock, box, link, (a, b) = two_unconfirmed(tmp_path)
 
     def sent_next(payload: bytes) -> int:
         """Put an event and wait until it is sent: the pump has looked at the clock since."""
@@ -207,14 +213,7 @@ def test_a_control_plane_confirming_late_stretches_the_timeout_instead_of_a_rese
 ) -> None:
     # Thousands of agents reconnecting at once: the control plane works through a
     # backlog and confirms 50 s late. Resending what it has queued would feed it.
-    clock = FakeClock()
-    box = Outbox(tmp_path / "o.db", clock=clock, confirm_timeout_s=30)
-    link = FakeLink()
-    box.start_pump(link.publish, window=8)
-    box.set_online(True)
-    activate(box, link)
-    a, b = box.put("t", b"a"), box.put("t", b"b")
-    assert wait(lambda: box.unconfirmed() == 2)
+    clock, box, link, (a, b) = two_unconfirmed(tmp_path)
     clock.now += 25
     box.confirmed([a])  # 25 s after it went out: within the timeout
     assert wait(lambda: box.unconfirmed() == 1)
