@@ -45,6 +45,7 @@ __all__ = [
     "check_content_length",
     "header",
     "read_body",
+    "reserve_port",
     "respond",
     "respond_error",
     "respond_json",
@@ -213,6 +214,24 @@ class ServerThread:
             self._thread.join(timeout_s)
 
 
+def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port), not yet listening.
+
+    Nothing else is given the port while it is held, unlike a port found free
+    and bound later (another process may take it in between).
+
+    Example:
+        >>> sock = reserve_port()
+        >>> sock.getsockname()[1] > 0
+        True
+        >>> sock.close()
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 def serve_asgi(
     app: Any,
     *,
@@ -224,13 +243,16 @@ def serve_asgi(
     lifespan: Literal["on", "off"] = "off",
     read_timeout_s: float = READ_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    sock: socket.socket | None = None,
 ) -> ServerThread:
     """Serve ``app`` with uvicorn in a daemon thread; returns once it accepts connections.
 
     httptools and uvloop are used when installed (uvicorn's ``auto``).
     Keep-alive is long because the gateway pools connections to replicas.
     ``lifespan="on"`` runs the app's startup and shutdown (the gateway closes
-    its connections there). A request's head must arrive within
+    its connections there). ``sock``: a socket bound ahead (:func:`reserve_port`;
+    ``host`` and ``port`` are then unused), so that the port, known to others
+    early, is not taken meanwhile. A request's head must arrive within
     ``read_timeout_s`` (the connection is closed otherwise; bodies are timed by
     :func:`read_body`); past ``max_connections`` open connections, requests get 503.
 
@@ -239,10 +261,9 @@ def serve_asgi(
     """
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound = int(sock.getsockname()[1])
+    if sock is None:
+        sock = reserve_port(host, port)
+    host, bound = str(sock.getsockname()[0]), int(sock.getsockname()[1])
     config = uvicorn.Config(
         app,
         log_config=None,

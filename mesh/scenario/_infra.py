@@ -102,15 +102,18 @@ def start_infrastructure(
     Raises:
         MeshError: the scenario needs the embedded cluster and ``MESH_RAY_ADDRESS`` is set.
     """
-    from mesh.core._http_server import serve_asgi
-    from mesh.edge.broker._broker import free_port
+    from mesh.core._http_server import reserve_port, serve_asgi
     from mesh.runtime._connect import connect_backend
     from mesh.runtime._control_plane import build_services
 
     head = sc.head_node() or RayNode(name="cloud", tier="cloud")
     broker_url = _broker(sc, state_dir, stack)
     console.print(f"  broker ({sc.broker.kind}) at {broker_url}")
-    port = free_port()
+    # Held from now: the Ray cluster's processes bind ports too (a port found free
+    # here and bound after the cluster started was once taken meanwhile).
+    reserved = reserve_port("127.0.0.1")
+    stack.callback(reserved.close)
+    port = int(reserved.getsockname()[1])
     settings = ControlPlaneSettings(
         data_dir=state_dir,
         cloud_cpus=head.cpus,
@@ -147,7 +150,7 @@ def start_infrastructure(
         services = build_services(settings, backend, broker_url, protocol, undo, host_cpu=False)
     finally:
         stop_in_reverse(stack, undo)
-    server = serve_asgi(services.app, host="127.0.0.1", port=port)
+    server = serve_asgi(services.app, sock=reserved)
     stack.callback(server.stop)
     console.print(f"  control plane at {server.url} (REST, /v2 inference, artifacts)")
     return Infrastructure(settings, services, backend, broker_url, server.url)
