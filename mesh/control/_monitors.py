@@ -221,9 +221,10 @@ class Monitors:
     def _agent_nodes(self) -> list[NodeState]:
         assert self._agents is not None
         out = []
+        now = time.time()  # heartbeat ages are on the wall clock; one reading for the walk
         for view in self._agents.agents():
             hb = view.last_heartbeat
-            alive = view.state == "online" and view.health() == "online"
+            alive = view.state == "online" and view.health(now) == "online"
             memory = 512.0
             if hb is not None:
                 memory = max(1.0, hb.host.mem_available_mb)

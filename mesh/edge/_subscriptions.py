@@ -7,6 +7,11 @@ against the handlers' own patterns here. Patterns are reference counted: the
 broker filters change only when the first handler of a pattern arrives or the
 last one leaves.
 
+A topic's matching handlers are remembered (up to :data:`MATCHES_MAX` topics;
+forgotten whenever a handler comes or goes): a fleet's heartbeats come on the
+same few topics per agent, thousands a second, and matching each against every
+pattern took a third of the dispatcher thread's time at 3,000 agents.
+
 No paho here: the gateway hands in its client through :class:`SubscribeClient`
 and feeds SUBACKs to :meth:`Subscriptions.acknowledged`.
 """
@@ -20,12 +25,15 @@ from typing import Any, Protocol
 
 from mesh.core._topics import cover_filters, topic_matches
 
-__all__ = ["Handler", "SubscribeClient", "Subscriptions"]
+__all__ = ["MATCHES_MAX", "Handler", "SubscribeClient", "Subscriptions"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 _EARLY_SUBACKS_MAX = 1024  # SUBACKs nobody waited for (yet) kept before forgetting them
+#: Topics whose matching handlers are remembered; past it, all are forgotten and
+#: matched again (a fleet of N agents uses about 4 N topics).
+MATCHES_MAX = 65_536
 
 
 class SubscribeClient(Protocol):
@@ -77,6 +85,7 @@ class Subscriptions:
         self._filters = cover_filters(self._wanted)  # what is subscribed at the broker
         self._sub_lock = threading.Lock()  # serialises filter changes (never in callbacks)
         self._handlers: list[tuple[str, Handler]] = []
+        self._matches: dict[str, tuple[Handler, ...]] = {}  # topic -> its handlers
         self._suback_waiters: dict[int, threading.Event] = {}
         self._early_subacks: set[int] = set()
 
@@ -85,10 +94,16 @@ class Subscriptions:
         with self._lock:
             return sorted(self._filters)
 
-    def handlers_for(self, topic: str) -> list[Handler]:
+    def handlers_for(self, topic: str) -> tuple[Handler, ...]:
         """The handlers whose pattern matches ``topic``, in subscription order."""
         with self._lock:
-            return [h for p, h in self._handlers if topic_matches(p, topic)]
+            found = self._matches.get(topic)
+            if found is None:
+                found = tuple(h for p, h in self._handlers if topic_matches(p, topic))
+                if len(self._matches) >= MATCHES_MAX:
+                    self._matches.clear()
+                self._matches[topic] = found
+            return found
 
     def add(self, pattern: str, handler: Handler, *, timeout_s: float = 5.0) -> Callable[[], None]:
         """Add ``handler`` for ``pattern``; returns the function that removes it.
@@ -99,6 +114,7 @@ class Subscriptions:
         entry = (pattern, handler)
         with self._lock:
             self._handlers.append(entry)
+            self._matches.clear()
         self._want(pattern, +1, timeout_s)
 
         def unsubscribe() -> None:
@@ -106,6 +122,7 @@ class Subscriptions:
                 if entry not in self._handlers:
                     return
                 self._handlers.remove(entry)
+                self._matches.clear()
             self._want(pattern, -1, timeout_s)
 
         return unsubscribe

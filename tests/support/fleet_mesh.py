@@ -34,10 +34,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,10 +48,10 @@ from mesh.edge.broker._mosquitto import find_mosquitto
 from tests.support.chaos_mosquitto import AUTOSAVE, ChaosMosquitto
 from tests.support.cli import mesh_cli, stop_recorded_daemon
 from tests.support.fleet import SITES, AgentCredentials, Fleet, SimAgent
+from tests.support.fleet_metrics import MetricsReader
 
 __all__ = ["EACH_SECOND", "EVERY_CHANGE", "FleetMesh", "percentile"]
 
-_SAMPLE = re.compile(r'^(\w+)\{(\w+)="([^"]*)"\} (\S+)$')
 MODULE = "fleet-model"
 #: Mosquitto saving its state once a second (deploy/mosquitto.conf's). A ``kill -9``
 #: loses up to a second of what it acknowledged; the agents send their events again
@@ -184,6 +182,7 @@ class FleetMesh:
         self.cluster: dict[str, Any] = {}
         self.gateway = ""
         self.token = ""
+        self.metrics = MetricsReader("", "")  # :meth:`start` points it at the control plane
         self.timings: dict[str, float] = {}
         self._bus: Any = None
         self._desired_version = 0
@@ -228,6 +227,7 @@ class FleetMesh:
         self.gateway = f"http://127.0.0.1:{self.env['MESH_GATEWAY_PORT']}"
         self.timings["mesh_up_s"] = time.monotonic() - began
         self.token = self._cli("tokens", "create", "fleet", "--scope", "read").strip()
+        self.metrics = MetricsReader(self.gateway, self.token)
         self.fleet = Fleet(
             creds,
             host="127.0.0.1",
@@ -271,17 +271,12 @@ class FleetMesh:
 
     def scrape(self) -> dict[str, dict[str, float]]:
         """The control plane's ``/metrics``: name -> {label value: value} (one-label series)."""
-        req = urllib.request.Request(
-            f"{self.gateway}/metrics", headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            text = resp.read().decode()
-        out: dict[str, dict[str, float]] = {}
-        for line in text.splitlines():
-            m = _SAMPLE.match(line)
-            if m:
-                out.setdefault(m.group(1), {})[m.group(3)] = float(m.group(4))
-        return out
+        return self.metrics.read()
+
+    def _wait_to_read(self, floor_s: float = 0.25) -> None:
+        pause = self.metrics.pause(floor_s)  # reading /metrics costs the control plane
+        self.timings["metrics_pause_max_s"] = max(pause, self.timings.get("metrics_pause_max_s", 0))
+        time.sleep(pause)
 
     # ------------------------------------------------------------------ measurements
 
@@ -408,7 +403,7 @@ class FleetMesh:
                     seen_broker.setdefault(view.agent_id, now)
             if len(seen_cp) == len(ids):
                 break
-            time.sleep(0.25)
+            self._wait_to_read()
         took = time.monotonic() - began
         self.detections = {"control_plane": seen_cp, "down": seen_down, "bus": seen_broker}
         self.log(
@@ -487,7 +482,7 @@ class FleetMesh:
 
         missing = not_heard()
         while missing and time.monotonic() < deadline:
-            time.sleep(0.25)
+            self._wait_to_read()
             missing = not_heard()
         if missing:
             raise AssertionError(f"{len(missing)} agents not online again: {missing[:5]}")
@@ -500,7 +495,7 @@ class FleetMesh:
             duplicates = bus.get("duplicate_events", 0.0) - duplicates_before
             if received >= sent:
                 break
-            time.sleep(0.25)
+            self._wait_to_read()
         row = {
             "reconnect_broker_stop": "kill -9" if kill else "SIGTERM",
             "reconnect_agents": len(live),
@@ -556,7 +551,7 @@ class FleetMesh:
                 for agent in churned:
                     agent.churn_leave()
                 next_churn = now + seconds / 4
-            time.sleep(1.0)
+            self._wait_to_read(1.0)
         for agent in churned:
             agent.churn_return()
         wall = time.monotonic() - t0
