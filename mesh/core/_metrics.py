@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -77,6 +77,9 @@ DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 # Classic Prometheus names: the library also takes UTF-8 names and escapes them on
 # the way out, which would expose a name other than the one registered.
+#: What a histogram's series add to its name (asked for by a series' name, render
+#: the histogram).
+_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -127,10 +130,26 @@ class _CallbackGauge:
         yield family
 
 
+class _Collects(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Only:
+    """Some of a registry's metrics, as one collector (a render of named families)."""
+
+    def __init__(self, metrics: Sequence[_Collects]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Each metric's families, in registration order."""
+        for metric in self._metrics:
+            yield from metric.collect()
+
+
 class _WithoutCreated:
     """The registry's families less the ``_created`` samples prometheus-client adds."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: _Collects) -> None:
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
@@ -330,12 +349,31 @@ class MetricsRegistry:
 
         return shared
 
-    def render(self) -> str:
-        """Every metric in the text exposition format 0.0.4."""
+    def render(self, names: Collection[str] | None = None) -> str:
+        """Every metric in the text exposition format 0.0.4, or only those ``names``.
+
+        ``names`` (``GET /metrics?name[]=...``) are the registered names (a
+        histogram's ``_bucket``, ``_sum`` and ``_count`` name it too); each other
+        metric is not even read, so asking for one gauge of a thousand agents
+        costs that gauge's walk alone. An unknown name renders nothing.
+
+        Example:
+            >>> registry = MetricsRegistry()
+            >>> registry.gauge_callback("demo_a", "A.", (), lambda: [((), 1.0)])
+            >>> registry.gauge_callback("demo_b", "B.", (), lambda: 1 / 0)  # never read
+            >>> registry.render(["demo_a"]).splitlines()[-1]
+            'demo_a 1.0'
+        """
+        exposed = self._exposed
+        if names is not None:
+            wanted = {_SUFFIX.sub("", n) for n in names} | set(names)
+            with self._lock:
+                picked = [e.metric for n, e in self._entries.items() if n in wanted]
+            exposed = _WithoutCreated(_Only(picked))
         outer = getattr(self._scrape, "reads", None)
         self._scrape.reads = {}
         try:
-            text: bytes = self._client.generate_latest(self._exposed)
+            text: bytes = self._client.generate_latest(exposed)
         finally:
             self._scrape.reads = outer
         return text.decode()

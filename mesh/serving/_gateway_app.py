@@ -268,9 +268,13 @@ def create_gateway_app(
         return [r.describe() for r in gateway.routes.routes()]
 
     @app.get("/metrics", tags=["metrics"], dependencies=read, response_class=PlainTextResponse)
-    def metrics() -> Response:
-        """Prometheus metrics: latency per module, version and node; errors; replicas."""
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: latency per module, version and node; errors; replicas.
+
+        ``?name[]=NAME`` (repeatable) renders only those metrics.
+        """
+        names = request.query_params.getlist("name[]") or None
+        return Response(gateway.metrics.render(names), media_type=CONTENT_TYPE)
 
     if registry is not None:
         from mesh.models._api import create_models_router

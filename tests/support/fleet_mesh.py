@@ -53,6 +53,11 @@ from tests.support.fleet_metrics import MetricsReader
 __all__ = ["EACH_SECOND", "EVERY_CHANGE", "FleetMesh", "percentile"]
 
 MODULE = "fleet-model"
+_BUS, _UP, _AGE = (
+    "mesh_edge_bus_messages",
+    "mesh_edge_agent_up",
+    "mesh_edge_agent_heartbeat_age_seconds",
+)
 #: Mosquitto saving its state once a second (deploy/mosquitto.conf's). A ``kill -9``
 #: loses up to a second of what it acknowledged; the agents send their events again
 #: until the control plane acknowledges them, and the control plane its desired states.
@@ -269,9 +274,9 @@ class FleetMesh:
 
     # ------------------------------------------------------------------ control plane's view
 
-    def scrape(self) -> dict[str, dict[str, float]]:
-        """The control plane's ``/metrics``: name -> {label value: value} (one-label series)."""
-        return self.metrics.read()
+    def scrape(self, *names: str) -> dict[str, dict[str, float]]:
+        """The control plane's ``/metrics`` (only ``names``, given some): name -> {label: value}."""
+        return self.metrics.read(*names)
 
     def _wait_to_read(self, floor_s: float = 0.25) -> None:
         pause = self.metrics.pause(floor_s)  # reading /metrics costs the control plane
@@ -391,7 +396,7 @@ class FleetMesh:
         seen_broker: dict[str, float] = {}  # the will at this process's own bus
         while time.monotonic() - began < limit:
             now = time.monotonic() - began
-            metrics = self.scrape()
+            metrics = self.scrape("mesh_edge_agent_offline", "mesh_edge_agent_up")
             for agent_id in set(metrics.get("mesh_edge_agent_offline", {})) & ids:
                 seen_cp.setdefault(agent_id, now)
             up = metrics.get("mesh_edge_agent_up", {})
@@ -435,7 +440,7 @@ class FleetMesh:
         """
         assert self.fleet is not None
         live = [a for a in self.fleet.agents if not a.dead]
-        bus_before = self.scrape().get("mesh_edge_bus_messages", {})
+        bus_before = self.scrape(_BUS).get(_BUS, {})
         events_before = bus_before.get("events", 0.0)
         duplicates_before = bus_before.get("duplicate_events", 0.0)
         sent_before = sum(a.events_sent for a in live)
@@ -471,9 +476,8 @@ class FleetMesh:
             agent.publish_event()
 
         def not_heard() -> list[str]:
-            now, metrics = time.time(), self.scrape()
-            ages = metrics.get("mesh_edge_agent_heartbeat_age_seconds", {})
-            up = metrics.get("mesh_edge_agent_up", {})
+            now, metrics = time.time(), self.scrape(_UP, _AGE)
+            ages, up = metrics.get(_AGE, {}), metrics.get(_UP, {})
             return [
                 a.agent_id
                 for a in live
@@ -490,7 +494,7 @@ class FleetMesh:
         sent = sum(a.events_sent for a in live) - sent_before
         received = duplicates = 0.0
         while time.monotonic() < deadline:
-            bus = self.scrape().get("mesh_edge_bus_messages", {})
+            bus = self.scrape(_BUS).get(_BUS, {})
             received = bus.get("events", 0.0) - events_before
             duplicates = bus.get("duplicate_events", 0.0) - duplicates_before
             if received >= sent:
@@ -517,7 +521,7 @@ class FleetMesh:
 
     def offline_now(self) -> set[str]:
         """The agents the control plane's registry lists offline now."""
-        return set(self.scrape().get("mesh_edge_agent_offline", {}))
+        return set(self.scrape("mesh_edge_agent_offline").get("mesh_edge_agent_offline", {}))
 
     def steady(self, seconds: float, *, churn_share: float = 0.02) -> dict[str, Any]:
         """Measure ``seconds`` of steady state with ``churn_share`` leaving and returning."""

@@ -19,12 +19,14 @@ mesh_two_labels{a="1",b="2"} 3.0
 
 
 @pytest.fixture
-def gateway() -> Iterator[tuple[str, list[str]]]:
+def gateway() -> Iterator[tuple[str, list[str], list[str]]]:
     auth: list[str] = []
+    paths: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             auth.append(self.headers.get("Authorization", ""))
+            paths.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", str(len(BODY)))
             self.end_headers()
@@ -37,15 +39,17 @@ def gateway() -> Iterator[tuple[str, list[str]]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", auth
+        yield f"http://127.0.0.1:{server.server_address[1]}", auth, paths
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
 
 
-def test_read_parses_one_label_series_and_times_itself(gateway: tuple[str, list[str]]) -> None:
-    url, auth = gateway
+def test_read_parses_one_label_series_and_times_itself(
+    gateway: tuple[str, list[str], list[str]],
+) -> None:
+    url, auth, paths = gateway
     reader = MetricsReader(url, "tok")
     got = reader.read()
     assert got["mesh_edge_agent_up"] == {"sim-00001": 1.0, "sim-00002": 0.0}
@@ -53,6 +57,8 @@ def test_read_parses_one_label_series_and_times_itself(gateway: tuple[str, list[
     assert "mesh_two_labels" not in got
     assert auth == ["Bearer tok"]
     assert reader.times == [reader.last_s] and reader.last_s > 0
+    reader.read("mesh_edge_agent_up", "mesh_edge_bus_messages")
+    assert paths[-1] == "/metrics?name%5B%5D=mesh_edge_agent_up&name%5B%5D=mesh_edge_bus_messages"
 
 
 def test_pause_is_the_floor_or_a_multiple_of_the_last_read() -> None:

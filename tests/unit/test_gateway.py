@@ -231,6 +231,11 @@ def test_metadata_ready_routes_and_metrics(replica: Replica) -> None:
     metrics = asyncio.run(request(gateway, "GET", "/metrics", headers=read))
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE mesh_inference_latency_seconds histogram" in metrics.text
+    some = asyncio.run(
+        request(gateway, "GET", "/metrics?name[]=mesh_inference_latency_seconds", headers=read)
+    ).text
+    assert "# TYPE mesh_inference_latency_seconds histogram" in some
+    assert some.count("# TYPE") == 1 < metrics.text.count("# TYPE")  # the others left out
     routes.set("m", "v1", [])
     assert (
         asyncio.run(request(gateway, "GET", "/v2/models/m/ready", headers=read)).status_code == 503

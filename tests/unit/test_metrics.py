@@ -117,6 +117,30 @@ def test_per_scrape_reads_a_shared_source_once_a_render() -> None:
     assert count() == ["a-3"] and count() == ["a-3"] and len(reads) == 4  # outside: afresh
 
 
+def test_render_of_some_names_reads_only_those() -> None:
+    registry = MetricsRegistry()
+    read: list[str] = []
+
+    def gauge(name: str) -> None:
+        registry.gauge_callback(name, "G.", (), lambda: read.append(name) or [((), 1.0)])
+
+    gauge("agents_up")
+    gauge("agents_age")
+    latency = registry.histogram("lat_seconds", "L.", buckets=(0.1,))
+    latency.observe(0.05)
+    registry.counter("calls_total", "C.").inc()
+    text = registry.render(["agents_up"])
+    assert read == ["agents_up"]  # the other gauge was not walked
+    assert sample(text, "agents_up") == 1 and "agents_age" not in text
+    text = registry.render(["lat_seconds_count", "calls_total"])  # a histogram by its series
+    assert sample(text, "lat_seconds_count") == 1 and sample(text, "calls_total") == 1
+    assert "agents" not in text and "_created" not in text
+    assert registry.render(["nothing_by_this_name"]) == ""
+    read.clear()
+    registry.render()  # no names: everything
+    assert read == ["agents_up", "agents_age"]
+
+
 def test_a_failed_render_keeps_nothing_after_it() -> None:
     registry = MetricsRegistry()
     values = iter([[((), 1.0)], [((), 2.0)]])
