@@ -85,7 +85,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._fleet_curves import growth, plot, table
 from edge_agent.protocol import Route
-from tests.support.fleet_mesh import EACH_SECOND, EVERY_CHANGE, FleetMesh, percentile
+from tests.support.fleet_mesh import EACH_SECOND, EVERY_CHANGE, FleetMesh
+from tests.support.proc_usage import percentile
 
 #: ``--broker-autosave``: Mosquitto's saving lines.
 AUTOSAVES = {"every-change": EVERY_CHANGE, "each-second": EACH_SECOND}

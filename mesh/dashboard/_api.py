@@ -39,9 +39,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mesh.core._errors import MeshError, NotFoundError
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the cloud extra installs it
+    _orjson = None  # type: ignore[assignment]
 from mesh.dashboard._snapshot import Snapshots
 
-__all__ = ["create_dashboard_router"]
+__all__ = ["create_dashboard_router", "to_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +128,11 @@ def create_dashboard_router(
         }
 
     @router.get("/v1/dashboard/snapshot", tags=["dashboard"], dependencies=read)
-    def snapshot() -> dict[str, Any]:
-        """Nodes, agents, modules with latency per node, recent migrations."""
-        return snapshots.latest()
+    def snapshot() -> Response:
+        """Nodes, agents, modules with latency per node, recent migrations (JSON)."""
+        # Encoded here, once: FastAPI's own validation and encoding of a fleet's
+        # snapshot (thousands of agents, ten heartbeats each) took seconds.
+        return Response(to_json(snapshots.latest()), media_type="application/json")
 
     @router.get("/v1/dashboard/modules/{name}", tags=["dashboard"], dependencies=read)
     def module(name: str, limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
@@ -217,6 +224,22 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def to_json(data: Any) -> bytes:
+    """``data`` as compact JSON, NaN and infinities as null, anything else unknown as ``str``.
+
+    ``orjson`` where it is installed (the cloud extra: a 5,000-agent snapshot in
+    tens of milliseconds, where the standard library's takes several times that
+    and the walk that drops NaNs as long again).
+
+    Example:
+        >>> to_json({"a": float("nan"), "b": [1, 2.5]})
+        b'{"a":null,"b":[1,2.5]}'
+    """
+    if _orjson is not None:
+        encoded: bytes = _orjson.dumps(data, default=str, option=_orjson.OPT_NON_STR_KEYS)
+        return encoded
+    return json.dumps(_finite(data), separators=(",", ":"), default=str).encode()
+
+
 def _event(kind: str, data: Any) -> bytes:
-    body = json.dumps(_finite(data), separators=(",", ":"), default=str)
-    return f"event: {kind}\ndata: {body}\n\n".encode()
+    return b"event: " + kind.encode() + b"\ndata: " + to_json(data) + b"\n\n"

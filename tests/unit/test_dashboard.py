@@ -241,7 +241,9 @@ def test_reads_need_a_read_token_and_whoami_names_its_scopes(signer: TokenSigner
     who = client.get("/v1/dashboard/whoami", headers=_bearer(signer, "read")).json()
     assert who["subject"] == "op" and who["scopes"] == ["read"]
     assert who["expires_at"] > time.time()
-    snap = client.get("/v1/dashboard/snapshot", headers=_bearer(signer, "read")).json()
+    res = client.get("/v1/dashboard/snapshot", headers=_bearer(signer, "read"))
+    assert res.headers["content-type"] == "application/json"
+    snap = res.json()
     assert snap["modules"][0]["module"] == "counter"
     assert snap["agents"] == [{"agent_id": "a1", "health": "online"}]
 
@@ -381,3 +383,16 @@ def test_the_sampler_records_latency_before_any_page_asks() -> None:
     snapshots.latest()  # samples too (t+3) ...
     snapshots.sample()  # ... so the sampler's tick within min_interval_s adds nothing
     assert len(snapshots.latency_history("counter")) == 4
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_json_drops_nan_and_names_the_unknown(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    if not fast:  # the standard library's, without orjson
+        monkeypatch.setattr(_api, "_orjson", None)
+    data = {"p95_ms": math.nan, "rtt": [math.inf, 1.5], 7: Path("/x"), "ok": True}
+    assert json.loads(_api.to_json(data)) == {
+        "p95_ms": None,
+        "rtt": [None, 1.5],
+        "7": "/x",
+        "ok": True,
+    }
