@@ -69,3 +69,16 @@ def test_pause_is_the_floor_or_a_multiple_of_the_last_read() -> None:
     reader.last_s = 1.5  # a slow read: wait long enough that reading stays a fifth of the time
     assert reader.pause(0.25) == pytest.approx(PACE * 1.5)
     assert reader.pause(10.0) == 10.0
+    reader.last_whole = False  # a named read, slow: the control plane is busy, not with it
+    assert reader.pause(0.25) == 0.25
+
+
+def test_a_named_read_is_not_paced_by_its_time(gateway: tuple[str, list[str], list[str]]) -> None:
+    url, _, _ = gateway
+    reader = MetricsReader(url, "tok")
+    reader.read()
+    assert reader.last_whole
+    reader.read("mesh_edge_agent_up")
+    assert not reader.last_whole
+    reader.last_s = 3.0
+    assert reader.pause(0.25) == 0.25
