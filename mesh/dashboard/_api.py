@@ -130,8 +130,8 @@ def create_dashboard_router(
     @router.get("/v1/dashboard/snapshot", tags=["dashboard"], dependencies=read)
     def snapshot() -> Response:
         """Nodes, agents, modules with latency per node, recent migrations (JSON)."""
-        # Encoded here, once: FastAPI's own validation and encoding of a fleet's
-        # snapshot (thousands of agents, ten heartbeats each) took seconds.
+        # Encoded here with orjson: a 5,000-agent snapshot (7 MB) in 0.03 s, where
+        # FastAPI's validation and encoding took 0.05-0.06 s.
         return Response(to_json(snapshots.latest()), media_type="application/json")
 
     @router.get("/v1/dashboard/modules/{name}", tags=["dashboard"], dependencies=read)
@@ -227,9 +227,9 @@ def _finite(data: Any) -> Any:
 def to_json(data: Any) -> bytes:
     """``data`` as compact JSON, NaN and infinities as null, anything else unknown as ``str``.
 
-    ``orjson`` where it is installed (the cloud extra: a 5,000-agent snapshot in
-    tens of milliseconds, where the standard library's takes several times that
-    and the walk that drops NaNs as long again).
+    ``orjson`` where it is installed (the cloud extra): the stream's event of a
+    5,000-agent snapshot took 0.31 s with the standard library's encoder and
+    the walk that drops NaNs first, 0.025 s so.
 
     Example:
         >>> to_json({"a": float("nan"), "b": [1, 2.5]})
