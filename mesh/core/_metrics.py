@@ -77,11 +77,11 @@ DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 # Classic Prometheus names: the library also takes UTF-8 names and escapes them on
 # the way out, which would expose a name other than the one registered.
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: What a histogram's series add to its name (asked for by a series' name, render
 #: the histogram).
 _SUFFIX = re.compile(r"_(bucket|sum|count)$")
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 Labels = tuple[str, ...]
 T = TypeVar("T")

@@ -39,12 +39,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mesh.core._errors import MeshError, NotFoundError
+from mesh.dashboard._snapshot import Snapshots
 
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - the cloud extra installs it
     _orjson = None  # type: ignore[assignment]
-from mesh.dashboard._snapshot import Snapshots
 
 __all__ = ["create_dashboard_router", "to_json"]
 
