@@ -6,9 +6,9 @@ Usage::
 
 Feeds a fleet's heartbeats (and one status each) through the control plane's
 own :class:`~mesh.edge._dispatch.Dispatcher`, on the calling thread: its
-registry records each into the agent store (a SQLite file, as ``mesh up``'s),
-and its subscriptions hold the handlers a control plane registers (pipeline
-handover, fresh data, drift's heartbeats, a trigger). Two passes alternate
+registry keeps them in memory (as ``mesh up``'s bus does: it persists no
+health), and its subscriptions hold the handlers a control plane registers
+(pipeline handover, fresh data, drift's heartbeats, a trigger). Two passes alternate
 (ABAB, best of each kept): the baseline matches each topic against every
 pattern (``MATCHES_MAX`` 0), the other remembers each topic's handlers (the
 default). The figure is the ratio of messages a second; the dispatcher is one
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.protocol import AgentStatus, Heartbeat, HostMetrics
 from mesh.edge import _subscriptions
-from mesh.edge._agent_store import EnrolmentStore
 from mesh.edge._dispatch import Dispatcher
 from mesh.edge._registry import AgentRegistry
 from mesh.edge._subscriptions import Subscriptions
@@ -74,25 +72,20 @@ def _messages(agents: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def one_pass(messages: list[tuple[str, bytes]], rounds: int, *, memory: bool, tmp: Path) -> float:
+def one_pass(messages: list[tuple[str, bytes]], rounds: int, *, memory: bool) -> float:
     """Messages a second through a fresh dispatcher (``memory``: the topic matches remembered)."""
     saved = _subscriptions.MATCHES_MAX
     _subscriptions.MATCHES_MAX = saved if memory else 0
     try:
-        with EnrolmentStore(tmp / f"mesh-{time.monotonic_ns()}.db") as store:
-            ids = sorted({topic.split("/")[3] for topic, _ in messages})
-            store.upsert_many([(a, "s", a, "hash", f"token-{a}") for a in ids])
-            subs = Subscriptions([], client=lambda: None)
-            for pattern in PATTERNS:
-                subs.add(pattern, lambda topic, payload: None)
-            dispatcher = Dispatcher(
-                prefix=PREFIX, registry=AgentRegistry(health_sink=store), subscriptions=subs
-            )
-            began = time.perf_counter()
-            for _ in range(rounds):
-                for topic, payload in messages:
-                    dispatcher.dispatch(topic, payload)
-            return rounds * len(messages) / (time.perf_counter() - began)
+        subs = Subscriptions([], client=lambda: None)
+        for pattern in PATTERNS:
+            subs.add(pattern, lambda topic, payload: None)
+        dispatcher = Dispatcher(prefix=PREFIX, registry=AgentRegistry(), subscriptions=subs)
+        began = time.perf_counter()
+        for _ in range(rounds):
+            for topic, payload in messages:
+                dispatcher.dispatch(topic, payload)
+        return rounds * len(messages) / (time.perf_counter() - began)
     finally:
         _subscriptions.MATCHES_MAX = saved
 
@@ -109,11 +102,9 @@ def main() -> None:
         parser.error("--agents, --rounds and --passes must be at least 1")
     messages = _messages(args.agents)
     best = {"baseline": 0.0, "memory": 0.0}
-    with tempfile.TemporaryDirectory(prefix="dispatch-") as tmp:
-        for _ in range(args.passes):
-            for kind in best:
-                rate = one_pass(messages, args.rounds, memory=kind == "memory", tmp=Path(tmp))
-                best[kind] = max(best[kind], rate)
+    for _ in range(args.passes):
+        for kind in best:
+            best[kind] = max(best[kind], one_pass(messages, args.rounds, memory=kind == "memory"))
     row = {
         "agents": args.agents,
         "messages_per_pass": args.rounds * len(messages),

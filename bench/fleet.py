@@ -56,12 +56,12 @@ a fresh mesh as one ``--agents`` run, and writes ``{"sweep": [rows], "growth":
 the superlinear ones. A size that fails is a row with an ``error``; the sweep
 goes on.
 
-The bench reads ``/metrics`` at most a fifth of the time: it waits four times
-the last read's own time before the next (``tests/support/fleet_metrics.py``;
-the longest wait is ``metrics_pause_max_s``, the resolution of the detection and
-reconnect times). Rendering it walks every agent on the control plane, so reading
-it every 0.25 s (every 1 s in the steady window) kept a render under way most
-of the time at 3,000-5,000 agents and slowed what the bench measured.
+Rendering ``/metrics`` walks every agent on the control plane, so reading all
+of it every 0.25 s (every 1 s in the steady window) kept a render under way most
+of the time at 3,000-5,000 agents and slowed what the bench measured. The polls
+read only the gauges they wait on (``/metrics?name[]=``), and after a whole
+scrape the bench waits four times its time before the next read
+(``tests/support/fleet_metrics.py``; the longest wait is ``metrics_pause_max_s``).
 
 The machine's load average is recorded beside the figures (a shared machine).
 """

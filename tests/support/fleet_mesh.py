@@ -54,8 +54,9 @@ from tests.support.proc_usage import cpu_s, percentile, rss_mb, tree
 __all__ = ["EACH_SECOND", "EVERY_CHANGE", "FleetMesh"]
 
 MODULE = "fleet-model"
-_BUS, _UP, _AGE, _LAG, _ROUNDS = (
+_BUS, _OFFLINE, _UP, _AGE, _LAG, _ROUNDS = (
     "mesh_edge_bus_messages",
+    "mesh_edge_agent_offline",
     "mesh_edge_agent_up",
     "mesh_edge_agent_heartbeat_age_seconds",
     "mesh_edge_agent_heartbeat_lag_seconds",
@@ -366,10 +367,10 @@ class FleetMesh:
         seen_broker: dict[str, float] = {}  # the will at this process's own bus
         while time.monotonic() - began < limit:
             now = time.monotonic() - began
-            metrics = self.scrape("mesh_edge_agent_offline", "mesh_edge_agent_up")
-            for agent_id in set(metrics.get("mesh_edge_agent_offline", {})) & ids:
+            metrics = self.scrape(_OFFLINE, _UP)
+            for agent_id in set(metrics.get(_OFFLINE, {})) & ids:
                 seen_cp.setdefault(agent_id, now)
-            up = metrics.get("mesh_edge_agent_up", {})
+            up = metrics.get(_UP, {})
             for agent_id in ids:
                 if up.get(agent_id) == 0.0:
                     seen_down.setdefault(agent_id, now)
@@ -491,7 +492,7 @@ class FleetMesh:
 
     def offline_now(self) -> set[str]:
         """The agents the control plane's registry lists offline now."""
-        return set(self.scrape("mesh_edge_agent_offline").get("mesh_edge_agent_offline", {}))
+        return set(self.scrape(_OFFLINE).get(_OFFLINE, {}))
 
     def steady(self, seconds: float, *, churn_share: float = 0.02) -> dict[str, Any]:
         """Measure ``seconds`` of steady state with ``churn_share`` leaving and returning.

@@ -50,8 +50,6 @@ class MetricsReader:
         self.last_s = 0.0
         #: Whether the last read was a whole scrape (no names).
         self.last_whole = True
-        #: Every read's time, in order.
-        self.times: list[float] = []
 
     def read(self, *names: str) -> dict[str, dict[str, float]]:
         """The series now: name -> {label value: value} (one-label series only).
@@ -73,7 +71,6 @@ class MetricsReader:
                 out.setdefault(m.group(1), {})[m.group(3)] = float(m.group(4))
         self.last_s = time.monotonic() - began
         self.last_whole = not names
-        self.times.append(self.last_s)
         return out
 
     def pause(self, floor_s: float = 0.25) -> float:
