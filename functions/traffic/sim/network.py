@@ -46,8 +46,10 @@ __all__ = [
     "Network",
     "SimulationError",
     "build_grid",
+    "demand_level",
     "find_sumo_binary",
     "make_demand",
+    "write_routes",
 ]
 
 #: Arms of a grid junction, in the order the occupancy frames stack them.
@@ -417,6 +419,41 @@ class Demand:
     horizon_s: float
 
 
+def demand_level(
+    level: str | DemandLevel, *, horizon_s: float, scale: float
+) -> tuple[DemandLevel, int]:
+    """A demand level by name (or as given), checked, and its salt for the routes' RNG.
+
+    Raises:
+        ValueError: an unknown level, or ``horizon_s`` or ``scale`` not positive.
+    """
+    spec = DEMAND_LEVELS.get(level, None) if isinstance(level, str) else level
+    if spec is None:
+        raise ValueError(
+            f"unknown demand level {level!r}: expected one of {', '.join(DEMAND_LEVELS)}"
+        )
+    if horizon_s <= 0 or scale <= 0:
+        raise ValueError(f"horizon_s and scale must be > 0, got {horizon_s}, {scale}")
+    return spec, sum(ord(c) * (i + 1) for i, c in enumerate(spec.name))
+
+
+def write_routes(path: Path, trips: Sequence[tuple[float, Sequence[str]]]) -> None:
+    """Write ``(depart_s, edges)`` trips, in order, as a SUMO routes file (atomically).
+
+    Vehicles are ``v0``, ``v1``, ... and depart on the best lane at full speed.
+    """
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<routes>"]
+    for i, (t, route) in enumerate(trips):
+        lines.append(
+            f'    <vehicle id="v{i}" depart="{t:.2f}" departLane="best" departSpeed="max">'
+            f'<route edges="{" ".join(route)}"/></vehicle>'
+        )
+    lines.append("</routes>")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
 def _profile(level: DemandLevel, t: np.ndarray, horizon_s: float) -> np.ndarray:
     bump = np.exp(-(((t / horizon_s - level.peak_at) / level.peak_width) ** 2))
     return np.asarray(level.base + (1.0 - level.base) * bump)
@@ -486,14 +523,7 @@ def make_demand(
         >>> make_demand("/tmp/g", grid, level="light", seed=0).vehicles   # doctest: +SKIP
         412
     """
-    spec = DEMAND_LEVELS.get(level, None) if isinstance(level, str) else level
-    if spec is None:
-        raise ValueError(
-            f"unknown demand level {level!r}: expected one of {', '.join(DEMAND_LEVELS)}"
-        )
-    if horizon_s <= 0 or scale <= 0:
-        raise ValueError(f"horizon_s and scale must be > 0, got {horizon_s}, {scale}")
-    salt = sum(ord(c) * (i + 1) for i, c in enumerate(spec.name))
+    spec, salt = demand_level(level, horizon_s=horizon_s, scale=scale)
     rng = np.random.default_rng([seed, salt, grid.rows, grid.cols])
     origin_w = {side: spec.origin_weights.get(side, 1.0) for side in APPROACHES}
     entries = [(side, e) for side in APPROACHES for e in grid.entries[side]]
@@ -535,14 +565,5 @@ def make_demand(
     out.mkdir(parents=True, exist_ok=True)
     scale_tag = "" if math.isclose(scale, 1.0) else f"-x{scale:g}"
     path = out / f"{grid.name}-{spec.name}{scale_tag}-s{seed}-{int(horizon_s)}s.rou.xml"
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<routes>"]
-    for i, (t, route) in enumerate(trips):
-        lines.append(
-            f'    <vehicle id="v{i}" depart="{t:.2f}" departLane="best" departSpeed="max">'
-            f'<route edges="{" ".join(route)}"/></vehicle>'
-        )
-    lines.append("</routes>")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_routes(path, trips)
     return Demand(path=path, level=spec.name, seed=seed, vehicles=len(trips), horizon_s=horizon_s)

@@ -49,7 +49,6 @@ from functions.traffic.sim.junction_map import SLOT_BEARINGS, angle_between, ass
 from functions.traffic.sim.network import (
     APPROACHES,
     CONTROL_TYPES,
-    DEMAND_LEVELS,
     Approach,
     ControlType,
     Demand,
@@ -57,7 +56,9 @@ from functions.traffic.sim.network import (
     SimulationError,
     _departures,
     _run_tool,
+    demand_level,
     find_sumo_binary,
+    write_routes,
 )
 
 __all__ = ["RandomNetwork", "build_random", "make_random_demand"]
@@ -366,14 +367,7 @@ def make_random_demand(
     no weighted exit is reachable, any other exit); the route is the
     shortest path under road costs randomised per trip (module docstring).
     """
-    spec = DEMAND_LEVELS.get(level, None) if isinstance(level, str) else level
-    if spec is None:
-        raise ValueError(
-            f"unknown demand level {level!r}: expected one of {', '.join(DEMAND_LEVELS)}"
-        )
-    if horizon_s <= 0 or scale <= 0:
-        raise ValueError(f"horizon_s and scale must be > 0, got {horizon_s}, {scale}")
-    salt = sum(ord(c) * (i + 1) for i, c in enumerate(spec.name))
+    spec, salt = demand_level(level, horizon_s=horizon_s, scale=scale)
     rng = np.random.default_rng([seed, salt, net.seed, net.iterations, 1])
     exits = [(side, e) for side in APPROACHES for e in net.exits[side]]
     per_side = {s: sum(1 for es, _ in exits if es == s) for s in APPROACHES}
@@ -419,14 +413,5 @@ def make_random_demand(
     scale_tag = "" if math.isclose(scale, 1.0) else f"-x{scale:g}"
     tag = f"{net.name}-i{net.iterations}-{spec.name}{scale_tag}"
     path = out / f"{tag}-s{seed}-{int(horizon_s)}s.rou.xml"
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<routes>"]
-    for i, (t, route) in enumerate(trips):
-        lines.append(
-            f'    <vehicle id="v{i}" depart="{t:.2f}" departLane="best" departSpeed="max">'
-            f'<route edges="{" ".join(route)}"/></vehicle>'
-        )
-    lines.append("</routes>")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_routes(path, trips)
     return Demand(path=path, level=spec.name, seed=seed, vehicles=len(trips), horizon_s=horizon_s)
