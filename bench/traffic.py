@@ -1,10 +1,11 @@
 """Traffic benchmark: the adaptive controller against SUMO's own signal programs.
 
 For each demand level and seed, every controller runs on the same SUMO network
-and the same routes: a grid (``functions.traffic.sim.network``), or with
-``--grid rand`` a random, non-grid network of ten signalised junctions of
-three, four and five arms (``functions.traffic.sim.random_net``; ``rand<N>``
-picks netgenerate's seed N):
+and the same routes: by default the 3x3 and 4x4 grids
+(``functions.traffic.sim.network``) and a random, non-grid network of ten
+signalised junctions of three, four and five arms
+(``functions.traffic.sim.random_net``; ``--grid rand<N>`` picks netgenerate's
+seed N):
 
 * ``fixed`` — SUMO's fixed-time program (``static``);
 * ``actuated`` — SUMO's gap-based actuated control;
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "--grid",
         default=None,
         help="ROWSxCOLS, rand (a random net) or rand<SEED>, or several comma-separated "
-        "(default 3x3,4x4; quick 2x2)",
+        "(default 3x3,4x4,rand; quick 2x2)",
     )
     parser.add_argument("--horizon-s", type=float, default=None, help="demand seconds")
     parser.add_argument("--drain-s", type=float, default=1800.0, help="extra time to finish")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.seeds)
         return 1 if args.quick else (PEAK_SEEDS if level == "peak" else SEEDS)
 
-    grids = [g for g in (args.grid or ("2x2" if args.quick else "3x3,4x4")).split(",") if g]
+    grids = [g for g in (args.grid or ("2x2" if args.quick else "3x3,4x4,rand")).split(",") if g]
     # (label, rows, cols): a grid's rows and columns, or a random net's name (rand, rand<N>).
     shapes = [(g, 0, 0) if g.lower().startswith("rand") else ("", *_rows_cols(g)) for g in grids]
     horizon = args.horizon_s or (1800.0 if args.quick else 3600.0)
