@@ -207,7 +207,7 @@ class ControllerState:
     #: Each exit's trend (veh/s; empty: none yet) and when its counts last came.
     exit_rate: tuple[float, ...] = ()
     exit_at_s: float | None = None
-    #: When each phase last showed green (rule 5's bound on a red; empty: not yet).
+    #: When each phase last showed green (rule 4's max red; empty: not yet).
     served_at_s: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -392,8 +392,11 @@ def decide(
         exit_at_s=exit_at_s,
     )
     t = obs.t
-    # Every phase counts as served when the controller starts (rule 5).
-    served = list(state.served_at_s) or [t] * len(layout.phases)
+    # Every phase counts as served when the controller starts, or when its
+    # phases change (rule 4).
+    served = list(state.served_at_s)
+    if len(served) != len(layout.phases):
+        served = [t] * len(layout.phases)
     if state.stage == "green":
         served[state.phase] = t
     state = replace(state, served_at_s=tuple(served))

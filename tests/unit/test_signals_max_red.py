@@ -89,3 +89,13 @@ def test_when_each_phase_was_served_round_trips_through_a_message() -> None:
 def test_a_negative_max_red_is_refused() -> None:
     with pytest.raises(ValueError, match="max_red_s"):
         ControllerConfig(max_red_s=-1.0)
+
+
+def test_a_state_from_a_layout_with_other_phases_starts_its_reds_afresh() -> None:
+    config = ControllerConfig()
+    two = JunctionLayout.two_phase()
+    state = initial_state(two, config)
+    state, _ = decide(two, config, state, Observation(t=1.0, counts=COUNTS))
+    assert len(state.served_at_s) == 2
+    state, _ = decide(LAYOUT, config, state, Observation(t=2.0, counts=COUNTS))
+    assert state.served_at_s == (2.0, 2.0, 2.0)
