@@ -39,8 +39,11 @@ Once the green has lasted ``min_green_s``:
    **max red** — no phase with movable vehicles stays red longer than
    ``max_red_s``: the one red longest gets the next green. Max-pressure alone
    can pass over a phase whose pressure is always lower (a T's side road, a
-   fifth road sharing an approach slot) for as long as the others stay busy;
-   with two phases, max green already bounds every red. On the random
+   fifth road sharing an approach slot) for as long as the others stay busy.
+   With two phases a red outlasts max green only while the other phase
+   cannot move (rule 1 keeps the green); on the 3x3 and 4x4 grids the rule
+   changed no figure (directional, peak+10, peak+20, exact counts, seeds
+   0-2). On the random
    network (``bench/traffic.py --grid rand``, seeds 0-2, exact counts) the
    medium level's mean wait fell from 60.8 s to 23.2 s;
    **saturated green** — when queues cannot clear (the green and the best

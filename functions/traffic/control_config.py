@@ -70,8 +70,8 @@ class ControllerConfig:
     #: Below this a count is zero (the counter's noise).
     zero_below: float = 0.5
     #: Rule 4 (max red): no phase with movable vehicles stays red longer than this (0: no
-    #: bound). It only acts where a junction has more than two phases: with two,
-    #: ``max_green_s`` and the yellows bound every red below it.
+    #: bound). It matters where a junction has more than two phases: with two, a red
+    #: outlasts ``max_green_s`` and the yellows only while that phase cannot move.
     max_red_s: float = 90.0
 
     def __post_init__(self) -> None:

@@ -55,7 +55,7 @@ def test_without_the_bound_max_pressure_never_serves_that_phase() -> None:
     assert all(p != 2 for _, p, _ in decisions)
 
 
-def test_two_phase_junctions_never_reach_max_red() -> None:
+def test_two_phase_junctions_whose_phases_both_move_never_reach_max_red() -> None:
     layout = JunctionLayout.two_phase()
     config = ControllerConfig()
     ctl = SignalController(layout, config)
