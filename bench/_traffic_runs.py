@@ -169,6 +169,18 @@ def exit_slots(arms: Any, slot_of: dict[str, tuple[str, int]]) -> list[list[tupl
     return out
 
 
+def slot_storage(arms: Any, empty_veh: float) -> tuple[float, ...]:
+    """Vehicles each slot's roads hold when jammed: lanes times length over 7.5 m.
+
+    A shared slot (a fifth road drawn into it) holds both roads; an empty slot
+    (a T's) serves nobody and gets ``empty_veh``.
+    """
+    return tuple(
+        sum(lanes * length for _, lanes, length in a.roads) / 7.5 if a.roads else empty_veh
+        for a in arms
+    )
+
+
 def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
@@ -215,7 +227,11 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
             roads = [a for a in arms if not a.empty]
             capacity = sum(a.lanes * a.length_m for a in roads) / len(roads) / 7.5
             # The phases come from the junction's own program (SumoSession.phases).
-            layout = JunctionLayout(phases=sim.phases(j), capacity_veh=capacity)
+            layout = JunctionLayout(
+                phases=sim.phases(j),
+                capacity_veh=capacity,
+                storage_veh=slot_storage(arms, capacity),
+            )
             controllers[j] = SignalController(
                 layout, replace_yellow(config, sim.yellow_s(j)), t=sim.time_s
             )

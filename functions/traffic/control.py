@@ -55,7 +55,14 @@ Once the green has lasted ``min_green_s``:
    (throughput-aware: a queue that cannot leave adds no pressure): switch
    when another phase's pressure (its movable vehicles, minus
    ``downstream_weight`` times those on its exits) exceeds the current one's
-   by ``pressure_margin`` — what keeps a saturated grid moving;
+   by ``pressure_margin`` — what keeps a saturated grid moving. Where roads
+   differ in length (``JunctionLayout.storage_veh``), each vehicle counts as
+   the share of its road it fills: a full 180 m road presses no harder than a
+   full 130 m one, so a long entry road cannot hold the green while a shorter
+   road fed by the next junction fills and spills back into it (random net,
+   seeds 0-2, exact counts, mean wait against actuated's: peak 1.53x ->
+   1.41x, peak+20 1.73x -> 1.54x; on the 3x3 grid, whose border roads are
+   190 m and inner ones 179 m, no level moved beyond its seeds' spread);
 6. **queue clearance** — no gap-out while more than ``clear_queue_veh``
    movable vehicles still stand on the green: the gap-out (rule 7) sees
    vehicles by their distance, so a standing queue's head (within 15 m) looks
@@ -135,11 +142,15 @@ class JunctionLayout:
         phases: the approaches each green phase serves, by phase index.
         approaches: the order of counts in an :class:`Observation`.
         capacity_veh: vehicles an approach (or an exit road) holds when jammed.
+        storage_veh: what each approach (in :attr:`approaches` order) holds when
+            jammed, where roads differ (empty: ``capacity_veh`` each). Rule 5
+            weighs an approach's vehicles by ``capacity_veh`` over its own.
     """
 
     phases: tuple[frozenset[str], ...]
     approaches: tuple[str, ...] = APPROACHES
     capacity_veh: float = 48.0
+    storage_veh: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Check that phases name known approaches."""
@@ -148,6 +159,13 @@ class JunctionLayout:
         unknown = {a for p in self.phases for a in p} - set(self.approaches)
         if unknown:
             raise ValueError(f"phases name unknown approaches {sorted(unknown)}")
+        if self.storage_veh and (
+            len(self.storage_veh) != len(self.approaches) or min(self.storage_veh) <= 0
+        ):
+            raise ValueError(
+                f"storage_veh needs one value > 0 per approach ({len(self.approaches)}), "
+                f"got {self.storage_veh}"
+            )
 
     @classmethod
     def two_phase(cls, capacity_veh: float = 48.0) -> JunctionLayout:
@@ -433,9 +451,12 @@ def decide(
         # Nobody on the served approaches can leave: a green there moves nobody (rule 2).
         return total(movable, phase) < zero
 
+    # Rule 5 counts a vehicle by the share of its road's storage it fills.
+    weight = tuple(layout.capacity_veh / s for s in layout.storage_veh) or (1.0,) * len(counts)
     pressures = tuple(
         sum(
-            min(expected[idx[a]], room[idx[a]]) - config.downstream_weight * downstream[idx[a]]
+            min(expected[idx[a]], room[idx[a]]) * weight[idx[a]]
+            - config.downstream_weight * downstream[idx[a]]
             for a in layout.phases[p]
             if expected[idx[a]] >= zero and room[idx[a]] > 0
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench._traffic_runs import exit_slots
+from bench._traffic_runs import exit_slots, slot_storage
 from functions.traffic.sim.network import Approach
 
 
@@ -38,3 +38,15 @@ def test_the_side_road_of_a_t_watches_both_turns() -> None:
     assert exits[3] == [("N", 2), ("S", 0)]  # west has no road ahead: it turns
     assert exits[0] == [("S", 0)]
     assert exits[1] == []  # the empty slot
+
+
+def test_each_slot_holds_its_own_roads() -> None:
+    shared = Approach("south", "in_s", "out_s", 2, 150.0, "S", shared=(("in_x", 1, 75.0),))
+    arms = (
+        _arm("north", "in_n", "out_n", "N"),
+        _empty("east"),
+        shared,
+        _arm("west", "in_w", "", None),
+    )
+    # 2 lanes x 150 m / 7.5 m = 40; the shared slot adds 1 x 75 / 7.5 = 10.
+    assert slot_storage(arms, 33.0) == (40.0, 33.0, 50.0, 40.0)
