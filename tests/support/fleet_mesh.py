@@ -351,8 +351,9 @@ class FleetMesh:
         Returns the time and the killed agents; the caller checks the bound. Also
         records (:attr:`detections`) when each stopped counting as up for the control
         plane (``mesh_edge_agent_up`` 0: stale after three silent heartbeat periods,
-        which placement and the gateway already treat as down) and when each one's
-        last will reached this process's own bus. Waits
+        which placement and the gateway already treat as down), when a read last
+        counted each one up (``still_up``) and when each one's last will reached this
+        process's own bus. Times are when each read began. Waits
         at most ``timeout_s`` (default 4 x keepalive) and returns the time waited.
         """
         assert self.fleet is not None
@@ -364,6 +365,10 @@ class FleetMesh:
         ids = {a.agent_id for a in victims}
         seen_cp: dict[str, float] = {}
         seen_down: dict[str, float] = {}  # no longer up: stale (silent) or offline
+        # The last read that still counted each one up. A read's time is when it began:
+        # what it shows was rendered then or later, so an agent it shows up was still
+        # up after that time (a slow read cannot make a late detection look early).
+        still_up: dict[str, float] = {}
         seen_broker: dict[str, float] = {}  # the will at this process's own bus
         while time.monotonic() - began < limit:
             now = time.monotonic() - began
@@ -374,6 +379,8 @@ class FleetMesh:
             for agent_id in ids:
                 if up.get(agent_id) == 0.0:
                     seen_down.setdefault(agent_id, now)
+                elif up.get(agent_id) == 1.0:
+                    still_up[agent_id] = now
             for view in self._bus.agents():
                 if view.agent_id in ids and view.state == "offline":
                     seen_broker.setdefault(view.agent_id, now)
@@ -381,7 +388,12 @@ class FleetMesh:
                 break
             self._wait_to_read()
         took = time.monotonic() - began
-        self.detections = {"control_plane": seen_cp, "down": seen_down, "bus": seen_broker}
+        self.detections = {
+            "control_plane": seen_cp,
+            "down": seen_down,
+            "still_up": still_up,
+            "bus": seen_broker,
+        }
         self.log(
             f"{len(victims)} killed agents listed offline after {took:.1f} s "
             f"(first {min(seen_cp.values(), default=float('nan')):.1f} s; wills at our own "
