@@ -169,14 +169,20 @@ def exit_slots(arms: Any, slot_of: dict[str, tuple[str, int]]) -> list[list[tupl
     return out
 
 
+#: Road length a jammed vehicle takes (its length and the gap to the next).
+JAM_SPACING_M = 7.5
+
+
 def slot_storage(arms: Any, empty_veh: float) -> tuple[float, ...]:
-    """Vehicles each slot's roads hold when jammed: lanes times length over 7.5 m.
+    """Vehicles each slot's roads hold when jammed: lanes times length over the spacing.
 
     A shared slot (a fifth road drawn into it) holds both roads; an empty slot
     (a T's) serves nobody and gets ``empty_veh``.
     """
     return tuple(
-        sum(lanes * length for _, lanes, length in a.roads) / 7.5 if a.roads else empty_veh
+        sum(lanes * length for _, lanes, length in a.roads) / JAM_SPACING_M
+        if a.roads
+        else empty_veh
         for a in arms
     )
 
@@ -225,7 +231,7 @@ def run_adaptive(job: Job, grid: Any, routes: Path) -> tuple[Any, dict[str, Any]
         for j in junctions:
             arms = grid.junctions[j]
             roads = [a for a in arms if not a.empty]
-            capacity = sum(a.lanes * a.length_m for a in roads) / len(roads) / 7.5
+            capacity = sum(a.lanes * a.length_m for a in roads) / len(roads) / JAM_SPACING_M
             # The phases come from the junction's own program (SumoSession.phases).
             layout = JunctionLayout(
                 phases=sim.phases(j),
